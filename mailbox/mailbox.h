@@ -72,10 +72,20 @@ int lm_mailbox_init(lm_mailbox_t *mb, unsigned capacity,
  * shared). Frees every message still queued, then the ring. */
 void lm_mailbox_destroy(lm_mailbox_t *mb);
 
-/* Thread: any. Sends m. 0: ownership moved to the mailbox (and the wake
- * ran if this send found the consumer IDLE). -EAGAIN: full. -EPIPE:
- * closed. On error the caller still owns m. */
+/* Thread: any holding a reference on mb for the whole call (a reference
+ * held by m itself does not count: the consumer may take m and drop what
+ * it holds before send returns, and send still reads mb after publishing
+ * m). Sends m. 0: ownership moved to the mailbox (and the wake ran if
+ * this send found the consumer IDLE). -EAGAIN: full. -EPIPE: closed. On
+ * error the caller still owns m. */
 int lm_mailbox_send(lm_mailbox_t *mb, lm_msg_t *m);
+
+/* Thread: any. Sends up to n messages in order with one reservation and
+ * one commit (producer-side batching: one contended CAS and one wake
+ * check for the lot). Returns how many were sent from the front of msgs
+ * (0..n; fewer than n when the mailbox fills up: the caller keeps the
+ * rest), or -EPIPE if closed (nothing sent). */
+int lm_mailbox_send_batch(lm_mailbox_t *mb, lm_msg_t *const *msgs, unsigned n);
 
 /* Thread: consumer only. The next message, or NULL if empty. */
 lm_msg_t *lm_mailbox_recv(lm_mailbox_t *mb);

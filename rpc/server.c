@@ -165,6 +165,13 @@ int lm_rpc_call_peer_pid(const lm_rpc_call_t *c) { return c->pid; }
 void lm_rpc_call_set_user(lm_rpc_call_t *c, void *user) { c->user = user; }
 void *lm_rpc_call_get_user(const lm_rpc_call_t *c) { return c->user; }
 
+size_t lm_rpc_call_queued_bytes(const lm_rpc_call_t *c)
+{
+	/* relaxed: a snapshot for flow control; the count itself is only ever
+	 * changed with atomic read-modify-writes (send, loop write). */
+	return atomic_load_explicit(&((lm_rpc_call_t *)c)->pending, memory_order_relaxed);
+}
+
 const uint8_t *lm_rpc_call_payload(const lm_rpc_call_t *c, size_t *len)
 {
 	*len = c->payload_len;
@@ -276,13 +283,18 @@ static void post(lm_rpc_call_t *call, struct answer *a)
 		deliver(call->s, a);
 		return;
 	}
+	/* Our own reference for the duration of the send: once the message
+	 * is in, the loop may consume it and drop the call (and the call's
+	 * reference on the mailbox) before lm_mailbox_send has returned. */
+	lm_mailbox_t *mb = call->mb;
+	lm_mailbox_ref(mb);
 	for (unsigned spins = 0;; spins++) {
-		int rc = lm_mailbox_send(call->mb, a->msg);
+		int rc = lm_mailbox_send(mb, a->msg);
 		if (rc == 0)
-			return;
+			break;
 		if (rc != -EAGAIN) {            /* -EPIPE: server stopped */
 			lm_msg_free(a->msg);
-			return;
+			break;
 		}
 		/* full: the loop drains continuously; back off briefly */
 		if (spins < 64) {
@@ -292,6 +304,7 @@ static void post(lm_rpc_call_t *call, struct answer *a)
 			nanosleep(&ts, NULL);
 		}
 	}
+	lm_mailbox_unref(mb);
 }
 
 /* Claims the right to give the final answer. false: already given or the

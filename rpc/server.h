@@ -206,4 +206,10 @@ int lm_rpc_call_end(lm_rpc_call_t *c, int code, const char *msg);
  * will return -ECANCELED; -EMSGSIZE if the item exceeds 4 MiB. */
 int lm_rpc_call_send(lm_rpc_call_t *c, const void *msg, size_t len);
 
+/* Server streaming: bytes of this stream's items queued (given to
+ * lm_rpc_call_send) and not yet written to the socket; the bound is
+ * max_stream_bytes. For flow control by the sender. Thread: any
+ * (a snapshot). */
+size_t lm_rpc_call_queued_bytes(const lm_rpc_call_t *c);
+
 #endif

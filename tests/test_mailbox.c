@@ -72,6 +72,37 @@ static void test_send_returns_eagain_when_full(void **state)
 	lm_mailbox_destroy(&mb);                            /* frees the 7 left */
 }
 
+static void test_send_batch_keeps_order_and_stops_when_full(void **state)
+{
+	lm_mailbox_t mb;
+	lm_msg_t *msgs[10];
+	(void)state;
+	wakes = 0;
+	assert_int_equal(lm_mailbox_init(&mb, 8, count_wake, NULL, NULL, NULL), 0);
+	for (uint32_t i = 0; i < 10; i++)
+		msgs[i] = make(0, i);
+	/* 7 usable slots: the first 7 go, the caller keeps the last 3 */
+	assert_int_equal(lm_mailbox_send_batch(&mb, msgs, 10), 7);
+	assert_int_equal(wakes, 1);                  /* one edge for the batch */
+	assert_int_equal(lm_mailbox_send_batch(&mb, msgs + 7, 3), 0);
+	for (uint32_t i = 0; i < 7; i++) {
+		lm_msg_t *m = lm_mailbox_recv(&mb);
+		assert_int_equal(LM_MSG_PAYLOAD(m, struct item)->seq, i);
+		lm_msg_free(m);
+	}
+	assert_int_equal(lm_mailbox_send_batch(&mb, msgs + 7, 3), 3);
+	for (uint32_t i = 7; i < 10; i++) {
+		lm_msg_t *m = lm_mailbox_recv(&mb);
+		assert_int_equal(LM_MSG_PAYLOAD(m, struct item)->seq, i);
+		lm_msg_free(m);
+	}
+	lm_mailbox_close(&mb);
+	lm_msg_t *x = make(0, 0);
+	assert_int_equal(lm_mailbox_send_batch(&mb, &x, 1), -EPIPE);
+	lm_msg_free(x);
+	lm_mailbox_destroy(&mb);
+}
+
 static void test_capacity_rounds_up_to_power_of_two(void **state)
 {
 	lm_mailbox_t mb;
@@ -221,6 +252,28 @@ static void *mp_producer(void *arg)
 {
 	uint32_t p = atomic_fetch_add(&mp_ids, 1);
 	(void)arg;
+	if (p & 1) {
+		/* odd producers send in batches of 16 (send_batch) */
+		lm_msg_t *b[16];
+		for (uint32_t i = 0; i < PER_PRODUCER; i += 16) {
+			unsigned n = PER_PRODUCER - i < 16 ? PER_PRODUCER - i : 16, done = 0;
+			for (unsigned k = 0; k < n; k++) {
+				b[k] = lm_msg_alloc(1, sizeof(struct item));
+				LM_MSG_PAYLOAD(b[k], struct item)->producer = p;
+				LM_MSG_PAYLOAD(b[k], struct item)->seq = i + k;
+			}
+			while (done < n) {
+				int r = lm_mailbox_send_batch(&mp.mb, b + done, n - done);
+				if (r <= 0) {
+					atomic_fetch_add_explicit(&mp.eagain, 1, memory_order_relaxed);
+					sched_yield();
+					continue;
+				}
+				done += (unsigned)r;
+			}
+		}
+		return NULL;
+	}
 	for (uint32_t i = 0; i < PER_PRODUCER; i++) {
 		lm_msg_t *m = lm_msg_alloc(1, sizeof(struct item));
 		LM_MSG_PAYLOAD(m, struct item)->producer = p;
@@ -562,6 +615,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_send_recv_preserves_order),
 		cmocka_unit_test(test_send_returns_eagain_when_full),
+		cmocka_unit_test(test_send_batch_keeps_order_and_stops_when_full),
 		cmocka_unit_test(test_capacity_rounds_up_to_power_of_two),
 		cmocka_unit_test(test_recv_returns_null_when_empty),
 		cmocka_unit_test(test_wake_fires_only_on_empty_to_nonempty_edge),
