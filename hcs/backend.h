@@ -1,0 +1,189 @@
+/*
+ * backend.h: the seam between the compute service / transfer engine and a
+ * VM backend ("sim" in hcs/sim.c, "kvm" in hcs/kvm/).
+ *
+ * The transfer engine sees a VM only as "memory regions + dirty log +
+ * stop/start + state blob"; the compute service adds lifecycle and
+ * statistics. A backend is a const ops table (lm_backend_ops_t) plus an
+ * opaque instance (lm_vm_t, defined privately by each backend).
+ *
+ * Registry: lm_backend_find("sim") / lm_backend_find("kvm"). The kvm ops
+ * table must be defined by hcs/kvm as
+ *
+ *     extern const lm_backend_ops_t lm_hcs_kvm_ops;
+ *
+ * and is included in the registry when hcs/CMakeLists.txt finds
+ * hcs/kvm/CMakeLists.txt (it links target `lm_hcs_kvm` into `lm_hcs` and
+ * defines LM_HCS_HAVE_KVM).
+ *
+ * Change log (additive only; the KVM engineer reads this):
+ *   v1 (2026-11-25): first version.
+ *   v1.1 (2026-11-25 20:30 UTC): lm_mem_region_t gains `zero_when_incoming`
+ *     (default false = safe: the destination then clears every zero page
+ *     it receives); `fd` must be a MAP_SHARED memfd mapping or -1.
+ *
+ * DESIGN / thread contracts. Three kinds of threads touch a VM:
+ *   - the hcs operation thread of the compute system ("owner"): create,
+ *     destroy, start, pause, resume, terminate, state save/load, compat;
+ *   - the memory-transfer thread: regions (pointers are stable from create
+ *     to destroy), dirty_log_*, set_throttle, stats, and pause/resume/
+ *     state_save/state_load during the blackout (the owner does not call
+ *     lifecycle ops while a transfer runs; hcs guarantees that);
+ *   - the backend's own vCPU / workload threads, which write guest memory
+ *     concurrently with dirty_log_fetch and with the transfer thread
+ *     reading memory.
+ * Every op below says which of these may call it. No op is called
+ * concurrently with destroy. Results are 0 (or a count) or a negative errno.
+ */
+#ifndef LM_HCS_BACKEND_H
+#define LM_HCS_BACKEND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define LM_PAGE_SIZE 4096u
+#define LM_MAX_REGIONS 8
+#define LM_STATE_BLOB_MAX (1u << 20) /* upper bound of any state blob */
+
+typedef struct lm_vm lm_vm_t; /* backend instance, opaque */
+
+/* Guest workload of the sim backend (kvm may interpret rate/pattern for
+ * its own guest code or ignore them). */
+enum lm_workload_pattern {
+	LM_PATTERN_UNIFORM = 0,
+	LM_PATTERN_HOTSET = 1,
+	LM_PATTERN_SEQUENTIAL = 2,
+};
+
+/* Initial memory content (sim; used by tests and benchmarks). */
+enum lm_mem_fill {
+	LM_FILL_ZERO = 0,   /* never written: holes in the memfd */
+	LM_FILL_RANDOM = 1, /* every page incompressible */
+	LM_FILL_ZERO90 = 2, /* 90% of pages zero (holes), 10% random */
+};
+
+/* Parsed compute-system document (hcs parses the JSON; backends get this).
+ * `document_json` is the whole document for backend-specific keys; it
+ * stays valid only during create (copy what you keep). */
+typedef struct lm_vm_config {
+	char id[128];                  /* "Id" / VM id */
+	uint64_t memory_bytes;         /* multiple of LM_PAGE_SIZE */
+	unsigned vcpus;                /* >= 1 */
+	char backend[16];              /* "sim" or "kvm" */
+	bool incoming;                 /* created as a migration destination:
+					  populate memory now, do not start
+					  the guest until state_load+start */
+	struct {
+		unsigned threads;          /* workload threads, >= 1 */
+		double rate_mbps;          /* MB/s dirtied; 0 idle; <0 unlimited */
+		enum lm_workload_pattern pattern;
+		double hot_fraction;       /* hot set size / memory (0..1] */
+		uint64_t seed;
+		enum lm_mem_fill fill;
+	} workload;
+	const char *document_json;
+} lm_vm_config_t;
+
+/* One guest-memory region. `host` stays valid and fixed from create to
+ * destroy. `fd` is the backing memfd, mapped MAP_SHARED at `host` (or -1),
+ * with the region at `fd_offset`: the engine may use mincore() on `host`
+ * or lseek(SEEK_DATA/SEEK_HOLE) on `fd` to find never-written (zero)
+ * pages without reading them. */
+typedef struct lm_mem_region {
+	void *host;
+	uint64_t gpa;              /* guest-physical base, page aligned */
+	uint64_t size;             /* bytes, page multiple */
+	int fd;                    /* memfd backing or -1 */
+	uint64_t fd_offset;
+	bool populate_at_create;   /* backend populates it at create when
+				      incoming (destination) */
+	bool zero_when_incoming;   /* v1.1: on an incoming VM the region is
+				      all zeros until the transfer writes it
+				      (lets the destination skip clearing
+				      ZERO pages of pass 1); leave false if
+				      create loads anything into it */
+} lm_mem_region_t;
+
+/* Guest statistics (what the guest itself counts). */
+typedef struct lm_guest_stats {
+	uint64_t iterations;       /* workload iterations (sum of threads) */
+	uint64_t checksum;         /* running checksum of what it wrote
+				      (combined over threads) */
+	uint64_t pages_written;    /* total page writes */
+	double dirty_rate_mbps;    /* achieved, averaged over running time */
+	unsigned throttle_pct;     /* current throttle (0 = full speed) */
+	bool running;              /* workload/vCPUs currently running */
+} lm_guest_stats_t;
+
+typedef struct lm_backend_ops {
+	const char *name; /* "sim", "kvm" */
+
+	/* Thread: owner. Creates the VM (memory mapped, populated if
+	 * cfg->incoming, guest not running). */
+	int (*create)(lm_vm_t **out, const lm_vm_config_t *cfg);
+	/* Thread: owner. Stops everything and frees. NULL is a no-op. */
+	void (*destroy)(lm_vm_t *vm);
+
+	/* Thread: owner (or transfer thread during blackout for pause/
+	 * resume). start: first run (or, on a destination, run from the
+	 * loaded state). pause returns only once no vCPU/workload thread
+	 * writes memory any more. resume undoes pause. terminate stops the
+	 * guest for good (memory stays mapped until destroy). All are
+	 * idempotent: pausing a paused VM returns 0. */
+	int (*start)(lm_vm_t *vm);
+	int (*pause)(lm_vm_t *vm);
+	int (*resume)(lm_vm_t *vm);
+	int (*terminate)(lm_vm_t *vm);
+
+	/* Thread: any. Fills *out with a pointer to the VM's region array
+	 * (stable until destroy) and returns the count (1..LM_MAX_REGIONS). */
+	int (*regions)(lm_vm_t *vm, const lm_mem_region_t **out);
+
+	/* Thread: transfer. Start / stop dirty tracking of all regions.
+	 * start clears the log. */
+	int (*dirty_log_start)(lm_vm_t *vm);
+	int (*dirty_log_stop)(lm_vm_t *vm);
+	/* Thread: transfer (concurrently with running vCPUs). Fetch-and-clear
+	 * the dirty log of region `idx` and OR it into `bitmap` (bit i of word
+	 * i/64 = page i of the region; `words` = ceil(pages/64)). A page
+	 * written after its bit was cleared is reported again by a later
+	 * fetch (write-then-mark or mark-then-write with the page re-read
+	 * after the fetch: either way, no write is lost). Returns the number
+	 * of dirty pages found. */
+	int64_t (*dirty_log_fetch)(lm_vm_t *vm, unsigned idx, uint64_t *bitmap,
+				   size_t words);
+
+	/* Thread: transfer or owner. Slow the guest: `percent` of vCPU time
+	 * is taken away (0 = full speed, 99 max). */
+	int (*set_throttle)(lm_vm_t *vm, unsigned percent);
+
+	/* Thread: owner or transfer; VM paused. Writes the versioned
+	 * vCPU/device/workload state into buf; returns its size, or -ENOSPC
+	 * if cap is too small. */
+	int (*state_save)(lm_vm_t *vm, void *buf, size_t cap);
+	/* Thread: owner or transfer; VM not running. Loads a blob written by
+	 * state_save of a compatible VM; -EINVAL / -EPROTO if it does not
+	 * parse or its version is unknown. */
+	int (*state_load)(lm_vm_t *vm, const void *buf, size_t len);
+
+	/* Thread: any. Compatibility data of this VM (backend name, version,
+	 * CPU features...): returns its size or -ENOSPC. */
+	int (*compat_get)(lm_vm_t *vm, void *buf, size_t cap);
+	/* Thread: any. 0 if a VM with `buf` compat data can migrate into this
+	 * one, else -EPROTONOSUPPORT (logged with the reason). */
+	int (*compat_check)(lm_vm_t *vm, const void *buf, size_t len);
+
+	/* Thread: any. */
+	int (*stats)(lm_vm_t *vm, lm_guest_stats_t *out);
+} lm_backend_ops_t;
+
+/* Thread: any. The backend registered under `name`, or NULL. */
+const lm_backend_ops_t *lm_backend_find(const char *name);
+
+extern const lm_backend_ops_t lm_hcs_sim_ops;
+#ifdef LM_HCS_HAVE_KVM
+extern const lm_backend_ops_t lm_hcs_kvm_ops;
+#endif
+
+#endif

@@ -1,0 +1,1856 @@
+/*
+ * xfer.c: the memory-transfer engine, both sides of the stream protocol of
+ * hcs/PROTOCOL.md (wire structs in xfer_wire.h).
+ *
+ * Source: handshake; pass 1 sends every page (never-written memfd pages
+ * found without reading them become ZERO runs); each later pass fetches
+ * the dirty log and sends the pages dirtied since; after each pass the
+ * convergence rule decides whether the remaining dirty memory fits the
+ * blackout target at the measured bandwidth (or the pass budget is spent),
+ * and the throttle rule slows the guest when it dirties faster than the
+ * link drains. Blackout: pause, send the last dirty pages and the state
+ * blob, wait for the destination's ACK. Pages go out with sendmsg() whose
+ * iovecs point straight into guest memory (contiguous pages merged into one
+ * iovec); only checksummed or compressed pages use a bounce buffer.
+ *
+ * Destination: validates the hello against its own VM, then reads each
+ * batch's descriptors, validates every pfn/length against its regions
+ * before any byte lands, and readv()s page data straight into guest memory.
+ *
+ * DESIGN: one engine thread per side owns the socket (non-blocking), the
+ * batch buffers, the dirty bitmaps and all counters. Other threads touch
+ * only `go`/`cancel` (atomics) and the eventfd `wakefd` that interrupts the
+ * engine's poll(), and read `pub` (stats copy) under `stmu`. Every blocking
+ * wait is a poll() on the socket and wakefd with a 250 ms tick, so cancel
+ * takes effect within one poll wake-up and progress is reported at least
+ * every 250 ms. Events go out through the callback on the engine thread.
+ */
+#include "hcs/xfer.h"
+#include "hcs/xfer_wire.h"
+#include "util/clock.h"
+#include "util/fault.h"
+#include "util/log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <lz4.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/sysinfo.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+#define XXH_INLINE_ALL /* inline XXH3 and expose XXH3_state_t */
+#include <xxhash.h>
+
+#ifdef LM_TSAN
+#include <sys/syscall.h>
+/* TSan intercepts sendmsg and checks the memory the iovecs point to.
+ * Reading guest memory while the guest writes it is the design (the dirty
+ * log resends every page written meanwhile), so the TSan build goes around
+ * the interceptor; the kernel reads the pages either way. */
+static ssize_t guest_sendmsg(int fd, const struct msghdr *m, int flags)
+{
+	return syscall(SYS_sendmsg, fd, m, flags);
+}
+#else
+#define guest_sendmsg sendmsg
+#endif
+
+#define MOD "hcs.xfer"
+#define IOV_BATCH 1024           /* iovecs per sendmsg/readv call */
+#define MAX_BATCH_IOV 1000       /* iovecs per batch (source) */
+#define WINDOW_PAGES 16384u      /* residency window of pass 1 */
+#define LZ4_KEEP 3072            /* send LZ4 only below this size */
+#define CQ_MAX 256               /* pages per compression round */
+#define CSLOT 4160               /* >= LZ4_COMPRESSBOUND(4096), 64-aligned */
+
+/* Compression worker pool: `n` threads plus the engine thread share a
+ * round's pages through the atomic `next` index. The job (the engine's cq
+ * arrays) is published under `mu` by bumping `gen`; each worker reports
+ * its end under `mu` (busy--), which publishes its clen[] results to the
+ * engine thread that waits for busy == 0. */
+struct cpool {
+	struct lm__xfer *x;
+	pthread_t th[64];
+	unsigned n;
+	pthread_mutex_t mu;
+	pthread_cond_t go_cv, done_cv;
+	unsigned gen;                 /* mu */
+	unsigned busy;                /* mu */
+	bool stop;                    /* mu */
+	atomic_uint next;
+};
+
+struct lm__xfer {
+	enum lm__xfer_role role;
+	const lm_backend_ops_t *ops;
+	lm_vm_t *vm;
+	int sock;
+	int wakefd;
+	lm__xfer_opts_t o;
+	lm__xfer_event_fn fn;
+	void *arg;
+	pthread_t th;
+	bool thread_started;
+	bool joined;
+	atomic_bool go;
+	atomic_bool cancel;
+
+	const lm_mem_region_t *reg;   /* backend's region array */
+	int nreg;
+	uint64_t *bitmap[LM_MAX_REGIONS];
+	size_t words[LM_MAX_REGIONS];
+	bool use_mincore;             /* no swap: residency == not a hole */
+	uint8_t *resid;               /* WINDOW_PAGES residency bytes */
+
+	/* source batch under construction */
+	lm_xf_page_t *descs;          /* also the receive buffer (dest) */
+	uint8_t *hdrbuf;              /* rec header + descs + checksum */
+	struct iovec *iov;
+	unsigned ndesc, niov;
+	size_t data_bytes;
+	uint8_t *bounce;              /* checksum / LZ4 copies, batch_bytes */
+	size_t bounce_used;
+	bool running_guest;           /* brownout: guest writes concurrently */
+	/* compression (source, ThrottleWorkerCount > 0): pages wait in the
+	 * queue cq until a round compresses them on the pool + this thread */
+	struct cpool *pool;
+	uint64_t cq_pfn[CQ_MAX];
+	uint8_t *cq_host[CQ_MAX];
+	int clen[CQ_MAX];             /* LZ4 size per queued page (workers) */
+	uint8_t *cout;                /* CQ_MAX slots of CSLOT bytes */
+	unsigned cq_n;
+	uint64_t comp_in, comp_out, comp_ns;   /* decayed totals */
+	uint64_t link_bytes, link_ns;          /* time spent sending */
+	uint64_t raw_pages_since_sample;
+
+	bool at_boundary;             /* between records on our send side */
+	bool peer_gone;
+	bool paused_by_us;
+	bool fresh;                   /* dest: pass 1, memory still all zero */
+	char remote_msg[128];
+	unsigned remote_reason;
+
+	/* progress */
+	uint64_t t_go, last_progress, pass_t0, pass_bytes0;
+	unsigned pass;
+	double bw_mbps, dirty_mbps;
+	uint64_t pages_remaining;
+	unsigned throttle;
+	lm__xfer_stats_t st;          /* engine thread only */
+	pthread_mutex_t stmu;
+	lm__xfer_stats_t pub;         /* copy under stmu */
+	int result;
+};
+
+void lm__xfer_opts_default(lm__xfer_opts_t *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->throttling_scale = 10;
+	o->min_throttle_pct = 10;
+	o->target_passes = 5;
+	o->start_throttle_pass = 3;
+	o->max_passes = 10;
+	o->target_blackout_ms = 10;
+	o->blackout_cancel_ms = 1000;
+	o->batch_bytes = 1u << 20;
+}
+
+/* ---------------------------------------------------------------- events */
+
+static void publish(struct lm__xfer *x)
+{
+	pthread_mutex_lock(&x->stmu);
+	x->pub = x->st;
+	pthread_mutex_unlock(&x->stmu);
+}
+
+static void emit(struct lm__xfer *x, enum lm__xfer_event_type type,
+		 lm__xfer_event_t *ev)
+{
+	lm__xfer_event_t e0;
+	if (!ev) {
+		memset(&e0, 0, sizeof(e0));
+		ev = &e0;
+	}
+	ev->type = type;
+	ev->role = x->role;
+	ev->pass = x->pass;
+	ev->bytes_sent = x->st.bytes_sent;
+	ev->pages_sent = x->st.pages_sent;
+	ev->pages_remaining = x->pages_remaining;
+	ev->dirty_rate_mbps = x->dirty_mbps;
+	ev->bandwidth_mbps = x->bw_mbps;
+	ev->throttle_pct = x->throttle;
+	ev->elapsed_ns = x->t_go ? lm_now_ns() - x->t_go : 0;
+	publish(x);
+	if (x->fn)
+		x->fn(x->arg, ev);
+	if (type == LM_XEV_PROGRESS)
+		x->last_progress = lm_now_ns();
+}
+
+static void maybe_progress(struct lm__xfer *x)
+{
+	if (x->t_go && lm_now_ns() - x->last_progress >= 250000000ull)
+		emit(x, LM_XEV_PROGRESS, NULL);
+}
+
+/* ------------------------------------------------------------------- I/O */
+
+static const char *side(const struct lm__xfer *x)
+{
+	return x->role == LM_XFER_SOURCE ? "source" : "destination";
+}
+
+/* Waits for `events` on the socket, the wake fd, or the 250 ms tick.
+ * Returns the socket's revents (> 0) or a negative errno. */
+static int wait_io(struct lm__xfer *x, short events)
+{
+	for (;;) {
+		if (atomic_load(&x->cancel))
+			return -ECANCELED;
+		struct pollfd p[2] = { { x->sock, events, 0 }, { x->wakefd, POLLIN, 0 } };
+		int n = poll(p, 2, 250);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (atomic_load(&x->cancel))
+			return -ECANCELED;
+		if (p[1].revents) {
+			uint64_t v;
+			if (read(x->wakefd, &v, sizeof(v)) < 0) { /* drained */ }
+		}
+		if (p[0].revents)
+			return p[0].revents;
+		maybe_progress(x);
+	}
+}
+
+static int recv_full(struct lm__xfer *x, void *buf, size_t len)
+{
+	uint8_t *p = buf;
+	if (atomic_load_explicit(&x->cancel, memory_order_relaxed))
+		return -ECANCELED;
+	while (len) {
+		ssize_t r = recv(x->sock, p, len, MSG_DONTWAIT);
+		if (r > 0) {
+			p += r;
+			len -= (size_t)r;
+			continue;
+		}
+		if (r == 0) {
+			x->peer_gone = true;
+			return -EPIPE;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno != EAGAIN && errno != EWOULDBLOCK) {
+			x->peer_gone = true;
+			return -errno;
+		}
+		int w = wait_io(x, POLLIN);
+		if (w < 0)
+			return w;
+	}
+	return 0;
+}
+
+static int recv_iov(struct lm__xfer *x, struct iovec *iov, unsigned n)
+{
+	while (n) {
+		ssize_t r = readv(x->sock, iov, n > IOV_BATCH ? IOV_BATCH : (int)n);
+		if (r > 0) {
+			size_t left = (size_t)r;
+			while (n && left >= iov->iov_len) {
+				left -= iov->iov_len;
+				iov++;
+				n--;
+			}
+			if (n && left) {
+				iov->iov_base = (uint8_t *)iov->iov_base + left;
+				iov->iov_len -= left;
+			}
+			continue;
+		}
+		if (r == 0) {
+			x->peer_gone = true;
+			return -EPIPE;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno != EAGAIN && errno != EWOULDBLOCK) {
+			x->peer_gone = true;
+			return -errno;
+		}
+		int w = wait_io(x, POLLIN);
+		if (w < 0)
+			return w;
+	}
+	return 0;
+}
+
+static int read_abort_from_peer(struct lm__xfer *x);
+
+/* Sends all of iov (modified). The source also watches for a message from
+ * the destination (an ABORT) while it waits. */
+static int send_iov(struct lm__xfer *x, struct iovec *iov, unsigned n)
+{
+	int rc = LM_FAULT("transfer.send");
+	if (rc < 0)
+		return rc;
+	if (atomic_load_explicit(&x->cancel, memory_order_relaxed))
+		return -ECANCELED;
+	x->at_boundary = false;
+	uint64_t t_send = lm_now_ns(), b_send = x->st.bytes_sent;
+	while (n) {
+		struct msghdr m = { .msg_iov = iov, .msg_iovlen = n > IOV_BATCH ? IOV_BATCH : n };
+		ssize_t w = guest_sendmsg(x->sock, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (w >= 0) {
+			size_t left = (size_t)w;
+			x->st.bytes_sent += left;
+			while (n && left >= iov->iov_len) {
+				left -= iov->iov_len;
+				iov++;
+				n--;
+			}
+			if (n && left) {
+				iov->iov_base = (uint8_t *)iov->iov_base + left;
+				iov->iov_len -= left;
+			}
+			continue;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno != EAGAIN && errno != EWOULDBLOCK) {
+			int e = -errno;
+			int a = read_abort_from_peer(x);
+			x->peer_gone = true;
+			return a < 0 ? a : e;
+		}
+		short ev = POLLOUT;
+		if (x->role == LM_XFER_SOURCE)
+			ev |= POLLIN;
+		int r = wait_io(x, ev);
+		if (r < 0)
+			return r;
+		if (r & (POLLIN | POLLHUP | POLLERR)) {
+			if (!(r & POLLOUT) || (r & POLLIN)) {
+				int a = read_abort_from_peer(x);
+				x->peer_gone = true;
+				return a < 0 ? a : -EPIPE;
+			}
+		}
+	}
+	x->at_boundary = true;
+	x->link_ns += lm_now_ns() - t_send;
+	x->link_bytes += x->st.bytes_sent - b_send;
+	if (x->link_bytes > (256u << 20)) {
+		x->link_bytes /= 2;
+		x->link_ns /= 2;
+	}
+	return 0;
+}
+
+static int send_rec(struct lm__xfer *x, uint32_t type, uint32_t count,
+		    const void *payload, size_t len)
+{
+	lm_xf_rec_t h = { type, count, len };
+	struct iovec iov[2] = { { &h, sizeof(h) }, { (void *)payload, len } };
+	return send_iov(x, iov, len ? 2 : 1);
+}
+
+/* Best effort: tell the peer why we stop (only at a record boundary). */
+static void send_abort(struct lm__xfer *x, int err, unsigned reason, const char *msg)
+{
+	if (x->peer_gone || !x->at_boundary)
+		return;
+	struct {
+		lm_xf_rec_t h;
+		lm_xf_abort_t a;
+	} m;
+	memset(&m, 0, sizeof(m));
+	m.h = (lm_xf_rec_t){ LM_XF_ABORT, 0, sizeof(m.a) };
+	m.a.err = err < 0 ? -err : err;
+	m.a.reason = reason;
+	snprintf(m.a.msg, sizeof(m.a.msg), "%s", msg ? msg : "");
+	ssize_t w = send(x->sock, &m, sizeof(m), MSG_NOSIGNAL | MSG_DONTWAIT);
+	(void)w;
+}
+
+/* The peer sent something while we stream: it can only be an ABORT. */
+static int read_abort_from_peer(struct lm__xfer *x)
+{
+	lm_xf_rec_t h;
+	ssize_t r = recv(x->sock, &h, sizeof(h), MSG_DONTWAIT | MSG_PEEK);
+	if (r < (ssize_t)sizeof(h))
+		return r == 0 ? -EPIPE : 0;
+	if (recv(x->sock, &h, sizeof(h), MSG_DONTWAIT) != sizeof(h))
+		return -EPIPE;
+	if (h.type != LM_XF_ABORT || h.len != sizeof(lm_xf_abort_t)) {
+		snprintf(x->remote_msg, sizeof(x->remote_msg), "unexpected record type %u from peer", h.type);
+		return -EPROTO;
+	}
+	lm_xf_abort_t a;
+	memset(&a, 0, sizeof(a));
+	struct pollfd p = { x->sock, POLLIN, 0 };
+	if (poll(&p, 1, 100) <= 0 || recv(x->sock, &a, sizeof(a), MSG_DONTWAIT) != sizeof(a)) {
+		snprintf(x->remote_msg, sizeof(x->remote_msg), "peer aborted");
+		x->remote_reason = LM_XF_ABORT_FAILED;
+		return -ECONNABORTED;
+	}
+	a.msg[sizeof(a.msg) - 1] = 0;
+	snprintf(x->remote_msg, sizeof(x->remote_msg), "%s", a.msg);
+	x->remote_reason = a.reason;
+	return a.reason == LM_XF_ABORT_CANCELLED ? -ECANCELED : -ECONNABORTED;
+}
+
+/* ------------------------------------------------------------- helpers */
+
+__attribute__((no_sanitize("thread")))
+static bool page_is_zero(const void *p)
+{
+	const uint64_t *q = p;
+	if (q[0])
+		return false; /* the common case: one cache line */
+	uint64_t acc = 0;
+	for (unsigned i = 0; i < LM_PAGE_SIZE / 8; i++)
+		acc |= q[i];
+	return acc == 0;
+}
+
+/* Copy a page the guest may be writing (relaxed word loads: a torn page is
+ * fine, the dirty log resends it). */
+static void copy_page_racy(void *dst, const void *src)
+{
+	uint64_t *d = dst;
+	const uint64_t *s = src;
+	for (unsigned i = 0; i < LM_PAGE_SIZE / 8; i++)
+		d[i] = __atomic_load_n(&s[i], __ATOMIC_RELAXED);
+}
+
+static uint64_t region_pfn0(const lm_mem_region_t *r)
+{
+	return r->gpa / LM_PAGE_SIZE;
+}
+
+static uint64_t region_pages(const lm_mem_region_t *r)
+{
+	return r->size / LM_PAGE_SIZE;
+}
+
+static int64_t fetch_dirty(struct lm__xfer *x)
+{
+	int64_t total = 0;
+	for (int i = 0; i < x->nreg; i++) {
+		int64_t n = x->ops->dirty_log_fetch(x->vm, (unsigned)i, x->bitmap[i], x->words[i]);
+		if (n < 0)
+			return n;
+		total += n;
+	}
+	return total;
+}
+
+static uint64_t count_dirty(struct lm__xfer *x)
+{
+	uint64_t n = 0;
+	for (int i = 0; i < x->nreg; i++)
+		for (size_t w = 0; w < x->words[i]; w++)
+			n += (uint64_t)__builtin_popcountll(x->bitmap[i][w]);
+	return n;
+}
+
+/* -------------------------------------------------------- source batches */
+
+static void batch_reset(struct lm__xfer *x)
+{
+	x->ndesc = 0;
+	x->niov = 1; /* iov[0] is the header + descriptors */
+	x->data_bytes = 0;
+	x->bounce_used = 0;
+}
+
+static int batch_flush(struct lm__xfer *x)
+{
+	if (x->ndesc == 0)
+		return 0;
+	size_t dlen = x->ndesc * sizeof(lm_xf_page_t);
+	lm_xf_rec_t h = { LM_XF_PAGES, x->ndesc, dlen + 8 + x->data_bytes };
+	memcpy(x->hdrbuf, &h, sizeof(h));
+	memcpy(x->hdrbuf + sizeof(h), x->descs, dlen);
+	uint64_t sum = 0;
+	if (x->o.checksum) {
+		XXH3_state_t s;
+		XXH3_64bits_reset(&s);
+		XXH3_64bits_update(&s, x->descs, dlen);
+		for (unsigned i = 1; i < x->niov; i++)
+			XXH3_64bits_update(&s, x->iov[i].iov_base, x->iov[i].iov_len);
+		sum = XXH3_64bits_digest(&s);
+		/* Test hook: corrupt the bounce copy after checksumming. */
+		if (x->niov > 1 && LM_FAULT("transfer.corrupt") < 0)
+			((uint8_t *)x->iov[1].iov_base)[7] ^= 0x10;
+	}
+	memcpy(x->hdrbuf + sizeof(h) + dlen, &sum, 8);
+	x->iov[0].iov_base = x->hdrbuf;
+	x->iov[0].iov_len = sizeof(h) + dlen + 8;
+	int rc = send_iov(x, x->iov, x->niov);
+	batch_reset(x);
+	if (rc == 0)
+		maybe_progress(x);
+	return rc;
+}
+
+static bool batch_full(struct lm__xfer *x)
+{
+	return x->ndesc + 2 > LM_XF_MAX_DESCS || x->niov + 2 > MAX_BATCH_IOV ||
+	       x->data_bytes + LM_PAGE_SIZE > x->o.batch_bytes;
+}
+
+static int batch_add_zero(struct lm__xfer *x, uint64_t pfn, uint64_t n)
+{
+	x->st.pages_sent += n;
+	x->st.zero_pages += n;
+	while (n) {
+		lm_xf_page_t *last = x->ndesc ? &x->descs[x->ndesc - 1] : NULL;
+		if (last && last->flags == LM_XF_PG_ZERO && last->pfn + last->len == pfn &&
+		    last->len < (1u << 30)) {
+			uint64_t k = n < (1u << 30) - last->len ? n : (1u << 30) - last->len;
+			last->len += (uint32_t)k;
+			pfn += k;
+			n -= k;
+			continue;
+		}
+		if (batch_full(x)) {
+			int rc = batch_flush(x);
+			if (rc < 0)
+				return rc;
+		}
+		uint64_t k = n < (1u << 30) ? n : (1u << 30);
+		x->descs[x->ndesc++] = (lm_xf_page_t){ pfn, LM_XF_PG_ZERO, (uint32_t)k };
+		pfn += k;
+		n -= k;
+	}
+	return 0;
+}
+
+static int add_raw(struct lm__xfer *x, uint64_t pfn, uint8_t *host)
+{
+	if (batch_full(x)) {
+		int rc = batch_flush(x);
+		if (rc < 0)
+			return rc;
+	}
+	uint8_t *src = host;
+	if (x->o.checksum) {
+		/* Checksummed data must not change between hash and send. */
+		src = x->bounce + x->bounce_used;
+		if (x->running_guest)
+			copy_page_racy(src, host);
+		else
+			memcpy(src, host, LM_PAGE_SIZE);
+		x->bounce_used += LM_PAGE_SIZE;
+	}
+	lm_xf_page_t *last = x->ndesc ? &x->descs[x->ndesc - 1] : NULL;
+	struct iovec *li = &x->iov[x->niov - 1];
+	if (last && last->flags == LM_XF_PG_RAW && last->pfn + last->len == pfn &&
+	    x->niov > 1 && (uint8_t *)li->iov_base + li->iov_len == src) {
+		last->len++;
+		li->iov_len += LM_PAGE_SIZE;
+	} else {
+		x->descs[x->ndesc++] = (lm_xf_page_t){ pfn, LM_XF_PG_RAW, 1 };
+		x->iov[x->niov++] = (struct iovec){ src, LM_PAGE_SIZE };
+	}
+	x->data_bytes += LM_PAGE_SIZE;
+	return 0;
+}
+
+static void compress_one(struct lm__xfer *x, unsigned i)
+{
+	const uint8_t *in = x->cq_host[i];
+#ifdef LM_TSAN
+	/* As for sendmsg: LZ4 reads racing guest writes are by design; give
+	 * TSan a private copy to look at. */
+	uint64_t tmp[LM_PAGE_SIZE / 8];
+	copy_page_racy(tmp, in);
+	in = (const uint8_t *)tmp;
+#endif
+	x->clen[i] = LZ4_compress_default((const char *)in, (char *)x->cout + (size_t)i * CSLOT,
+					  LM_PAGE_SIZE, CSLOT);
+}
+
+static void pool_take(struct lm__xfer *x)
+{
+	unsigned i;
+	while ((i = atomic_fetch_add_explicit(&x->pool->next, 1, memory_order_relaxed)) < x->cq_n)
+		compress_one(x, i);
+}
+
+static void *cworker_main(void *arg)
+{
+	struct cpool *p = arg;
+	unsigned seen = 0;
+	for (;;) {
+		pthread_mutex_lock(&p->mu);
+		while (!p->stop && p->gen == seen)
+			pthread_cond_wait(&p->go_cv, &p->mu);
+		if (p->stop) {
+			pthread_mutex_unlock(&p->mu);
+			return NULL;
+		}
+		seen = p->gen;
+		pthread_mutex_unlock(&p->mu);
+		pool_take(p->x);
+		pthread_mutex_lock(&p->mu);
+		if (--p->busy == 0)
+			pthread_cond_signal(&p->done_cv);
+		pthread_mutex_unlock(&p->mu);
+	}
+}
+
+/* Compresses the queued pages on the pool and adds them to the batch:
+ * LZ4 when the page shrinks to LZ4_KEEP or less, raw otherwise. */
+static int compress_round(struct lm__xfer *x)
+{
+	if (!x->cq_n)
+		return 0;
+	struct cpool *p = x->pool;
+	uint64_t t0 = lm_now_ns();
+	atomic_store_explicit(&p->next, 0, memory_order_relaxed);
+	pthread_mutex_lock(&p->mu);
+	p->busy = p->n;
+	p->gen++;
+	pthread_cond_broadcast(&p->go_cv);
+	pthread_mutex_unlock(&p->mu);
+	pool_take(x);
+	pthread_mutex_lock(&p->mu);
+	while (p->busy)
+		pthread_cond_wait(&p->done_cv, &p->mu);
+	pthread_mutex_unlock(&p->mu);
+	x->comp_ns += lm_now_ns() - t0;
+	x->comp_in += (uint64_t)x->cq_n * LM_PAGE_SIZE;
+	unsigned n = x->cq_n;
+	x->cq_n = 0;
+	for (unsigned i = 0; i < n; i++) {
+		int c = x->clen[i];
+		if (c > 0 && c <= LZ4_KEEP) {
+			if (batch_full(x)) {
+				int rc = batch_flush(x);
+				if (rc < 0)
+					return rc;
+			}
+			x->comp_out += (uint64_t)c;
+			x->st.lz4_pages++;
+			x->descs[x->ndesc++] = (lm_xf_page_t){ x->cq_pfn[i], LM_XF_PG_LZ4, (uint32_t)c };
+			x->iov[x->niov++] = (struct iovec){ x->cout + (size_t)i * CSLOT, (size_t)c };
+			x->data_bytes += (size_t)c;
+		} else {
+			x->comp_out += LM_PAGE_SIZE;
+			int rc = add_raw(x, x->cq_pfn[i], x->cq_host[i]);
+			if (rc < 0)
+				return rc;
+		}
+	}
+	/* The batch points into cout: send it before the next round. */
+	if (x->comp_in > (64u << 20)) {
+		x->comp_in /= 2;
+		x->comp_out /= 2;
+		x->comp_ns /= 2;
+	}
+	return batch_flush(x);
+}
+
+/* Does compressing pay on this link? With C the pool's compression rate,
+ * r the compressed/raw ratio and B the link rate, compressing then sending
+ * beats sending raw when 1/C + r/B < 1/B, i.e. B < C (1 - r). Until there
+ * is a sample, try; when it does not pay, sample again every 64 rounds. */
+static bool compress_pays(struct lm__xfer *x)
+{
+	if (!x->pool)
+		return false;
+	if (x->comp_in < (1u << 20) || x->link_ns == 0)
+		return true;
+	double c = (double)x->comp_in / (double)x->comp_ns;
+	double r = (double)x->comp_out / (double)x->comp_in;
+	double b = (double)x->link_bytes / (double)x->link_ns;
+	if (b < c * (1 - r))
+		return true;
+	if (++x->raw_pages_since_sample >= 64u * CQ_MAX) {
+		x->raw_pages_since_sample = 0;
+		return true;
+	}
+	return false;
+}
+
+static int batch_add_page(struct lm__xfer *x, uint64_t pfn, uint8_t *host)
+{
+	if (page_is_zero(host))
+		return batch_add_zero(x, pfn, 1);
+	x->st.pages_sent++;
+	if (compress_pays(x)) {
+		x->cq_pfn[x->cq_n] = pfn;
+		x->cq_host[x->cq_n] = host;
+		if (++x->cq_n == CQ_MAX)
+			return compress_round(x);
+		return 0;
+	}
+	return add_raw(x, pfn, host);
+}
+
+/* End of a pass: compress what waits, send the batch. */
+static int batch_finish(struct lm__xfer *x)
+{
+	int rc = compress_round(x);
+	return rc < 0 ? rc : batch_flush(x);
+}
+
+/* Residency of pages [p0, p0+n) of region r (n <= WINDOW_PAGES): 1 = may
+ * hold data, 0 = never written (a hole). */
+static void window_residency(struct lm__xfer *x, const lm_mem_region_t *r,
+			     uint64_t p0, uint64_t n)
+{
+	uint8_t *host = (uint8_t *)r->host + p0 * LM_PAGE_SIZE;
+	if (r->fd < 0) {
+		memset(x->resid, 1, n);
+		return;
+	}
+	if (x->use_mincore && mincore(host, n * LM_PAGE_SIZE, x->resid) == 0) {
+		for (uint64_t i = 0; i < n; i++)
+			x->resid[i] &= 1;
+		return;
+	}
+	/* lseek walk: SEEK_DATA / SEEK_HOLE within the window. */
+	memset(x->resid, 0, n);
+	off_t base = (off_t)(r->fd_offset + p0 * LM_PAGE_SIZE);
+	off_t end = base + (off_t)(n * LM_PAGE_SIZE);
+	off_t off = base;
+	while (off < end) {
+		off_t d = lseek(r->fd, off, SEEK_DATA);
+		if (d < 0) {
+			if (errno == ENXIO)
+				break;
+			memset(x->resid, 1, n); /* cannot tell: send all */
+			return;
+		}
+		if (d >= end)
+			break;
+		off_t h = lseek(r->fd, d, SEEK_HOLE);
+		if (h < 0 || h > end)
+			h = end;
+		uint64_t a = (uint64_t)(d - base) / LM_PAGE_SIZE;
+		uint64_t b = ((uint64_t)(h - base) + LM_PAGE_SIZE - 1) / LM_PAGE_SIZE;
+		memset(x->resid + a, 1, b - a);
+		off = h;
+	}
+}
+
+static int send_full_pass(struct lm__xfer *x)
+{
+	for (int i = 0; i < x->nreg; i++) {
+		const lm_mem_region_t *r = &x->reg[i];
+		uint64_t np = region_pages(r), pfn0 = region_pfn0(r);
+		for (uint64_t p0 = 0; p0 < np; p0 += WINDOW_PAGES) {
+			uint64_t n = np - p0 < WINDOW_PAGES ? np - p0 : WINDOW_PAGES;
+			window_residency(x, r, p0, n);
+			uint64_t i0 = 0;
+			while (i0 < n) {
+				if (atomic_load_explicit(&x->cancel, memory_order_relaxed))
+					return -ECANCELED;
+				if (!x->resid[i0]) {
+					uint64_t j = i0;
+					while (j < n && !x->resid[j])
+						j++;
+					int rc = batch_add_zero(x, pfn0 + p0 + i0, j - i0);
+					if (rc < 0)
+						return rc;
+					i0 = j;
+					continue;
+				}
+				/* The zero check touches the first line of each
+				 * page: fetch a few pages ahead (the hardware
+				 * prefetcher stops at page boundaries). */
+				if (i0 + 8 < n)
+					__builtin_prefetch((uint8_t *)r->host + (p0 + i0 + 8) * LM_PAGE_SIZE);
+				int rc = batch_add_page(x, pfn0 + p0 + i0,
+							(uint8_t *)r->host + (p0 + i0) * LM_PAGE_SIZE);
+				if (rc < 0)
+					return rc;
+				i0++;
+			}
+			x->pages_remaining = np - p0 - n;
+		}
+	}
+	return batch_finish(x);
+}
+
+static int send_dirty_pass(struct lm__xfer *x)
+{
+	uint64_t left = count_dirty(x);
+	for (int i = 0; i < x->nreg; i++) {
+		const lm_mem_region_t *r = &x->reg[i];
+		uint64_t pfn0 = region_pfn0(r);
+		for (size_t w = 0; w < x->words[i]; w++) {
+			uint64_t v = x->bitmap[i][w];
+			if (!v)
+				continue;
+			x->bitmap[i][w] = 0;
+			if (atomic_load_explicit(&x->cancel, memory_order_relaxed))
+				return -ECANCELED;
+			while (v) {
+				unsigned b = (unsigned)__builtin_ctzll(v);
+				v &= v - 1;
+				uint64_t p = w * 64 + b;
+				int rc = batch_add_page(x, pfn0 + p, (uint8_t *)r->host + p * LM_PAGE_SIZE);
+				if (rc < 0)
+					return rc;
+				left--;
+			}
+			x->pages_remaining = left;
+		}
+	}
+	return batch_finish(x);
+}
+
+static int send_pass_end(struct lm__xfer *x, uint64_t pages, bool final)
+{
+	lm_xf_pass_end_t pe = { pages, x->st.bytes_sent, x->pages_remaining, final, 0 };
+	return send_rec(x, LM_XF_PASS_END, x->pass, &pe, sizeof(pe));
+}
+
+/* -------------------------------------------------------------- source */
+
+static int src_handshake(struct lm__xfer *x, char *why, size_t whylen)
+{
+	int rc = LM_FAULT("transfer.handshake");
+	if (rc < 0) {
+		snprintf(why, whylen, "handshake failed (fault)");
+		return rc;
+	}
+	uint8_t buf[sizeof(lm_xf_hello_t) + LM_MAX_REGIONS * sizeof(lm_xf_region_t) + LM_XF_COMPAT_MAX];
+	lm_xf_hello_t h = { LM_XF_MAGIC, LM_XF_VERSION, sizeof(lm_xf_hello_t), x->o.session_id,
+			    LM_PAGE_SIZE, 0, (uint32_t)x->nreg, 0, 0, 0 };
+	if (x->o.checksum)
+		h.flags |= LM_XF_HELLO_CHECKSUM;
+	if (x->o.compress_workers)
+		h.flags |= LM_XF_HELLO_COMPRESS;
+	size_t off = sizeof(h);
+	for (int i = 0; i < x->nreg; i++) {
+		lm_xf_region_t r = { x->reg[i].gpa, x->reg[i].size };
+		memcpy(buf + off, &r, sizeof(r));
+		off += sizeof(r);
+		h.total_bytes += x->reg[i].size;
+	}
+	int c = x->ops->compat_get(x->vm, buf + off, LM_XF_COMPAT_MAX);
+	if (c < 0) {
+		snprintf(why, whylen, "compatibility data unavailable");
+		return c;
+	}
+	h.compat_len = (uint32_t)c;
+	off += (size_t)c;
+	memcpy(buf, &h, sizeof(h));
+	struct iovec iov = { buf, off };
+	if ((rc = send_iov(x, &iov, 1)) < 0) {
+		snprintf(why, whylen, "sending hello: %s", strerror(-rc));
+		return rc;
+	}
+	lm_xf_hello_ack_t a;
+	if ((rc = recv_full(x, &a, sizeof(a))) < 0) {
+		snprintf(why, whylen, "no handshake answer from destination: %s", strerror(-rc));
+		return rc;
+	}
+	a.reason[sizeof(a.reason) - 1] = 0;
+	if (a.magic != LM_XF_MAGIC) {
+		snprintf(why, whylen, "peer is not an lmshim migration stream");
+		return -EPROTO;
+	}
+	if (a.status != 0) {
+		snprintf(why, whylen, "destination refused handshake: %s", a.reason);
+		return -(a.status > 0 && a.status < 4096 ? a.status : EPROTO);
+	}
+	return 0;
+}
+
+static int wait_go(struct lm__xfer *x)
+{
+	bool data_waiting = false; /* dest: the source already streams */
+	while (!atomic_load(&x->go)) {
+		if (atomic_load(&x->cancel))
+			return -ECANCELED;
+		/* Also notice a peer that gives up meanwhile: an ABORT record
+		 * or a closed connection. */
+		short ev = POLLRDHUP | (data_waiting ? 0 : POLLIN);
+		struct pollfd q[2] = { { x->wakefd, POLLIN, 0 }, { x->sock, ev, 0 } };
+		int n = poll(q, 2, 250);
+		if (n > 0 && q[1].revents) {
+			lm_xf_rec_t h;
+			ssize_t r = recv(x->sock, &h, sizeof(h), MSG_DONTWAIT | MSG_PEEK);
+			if (r == (ssize_t)sizeof(h) && h.type != LM_XF_ABORT &&
+			    x->role == LM_XFER_DEST && !(q[1].revents & (POLLRDHUP | POLLHUP))) {
+				data_waiting = true;
+			} else if (r == (ssize_t)sizeof(h) && h.type != LM_XF_ABORT) {
+				/* data, then the peer closed: a broken stream */
+				x->peer_gone = true;
+				return -EPIPE;
+			} else if (r == (ssize_t)sizeof(h) || r == 0 ||
+				   (q[1].revents & (POLLRDHUP | POLLHUP | POLLERR))) {
+				int a = read_abort_from_peer(x);
+				x->peer_gone = true;
+				return a < 0 ? a : -EPIPE;
+			}
+		}
+		uint64_t v;
+		if (read(x->wakefd, &v, sizeof(v)) < 0) { /* not signalled */ }
+	}
+	return 0;
+}
+
+static void end_pass_stats(struct lm__xfer *x, uint64_t ndirty)
+{
+	uint64_t now = lm_now_ns();
+	uint64_t ns = now - x->pass_t0;
+	uint64_t bytes = x->st.bytes_sent - x->pass_bytes0;
+	if (ns && bytes >= (1u << 20))
+		x->bw_mbps = (double)bytes / 1e6 / ((double)ns / 1e9);
+	x->dirty_mbps = ns ? (double)ndirty * LM_PAGE_SIZE / 1e6 / ((double)ns / 1e9) : 0;
+	x->pages_remaining = ndirty;
+	if (x->o.perf_tracing)
+		lm_log_info(MOD, "pass done", "side=%s pass=%u ms=%.2f bytes=%llu dirty_pages=%llu bw_mbps=%.0f dirty_mbps=%.0f throttle=%u",
+			    side(x), x->pass, (double)ns / 1e6, (unsigned long long)bytes,
+			    (unsigned long long)ndirty, x->bw_mbps, x->dirty_mbps, x->throttle);
+}
+
+static void set_throttle(struct lm__xfer *x, unsigned pct)
+{
+	if (pct == x->throttle)
+		return;
+	x->throttle = pct;
+	if (pct > x->st.max_throttle_pct)
+		x->st.max_throttle_pct = pct;
+	x->ops->set_throttle(x->vm, pct);
+}
+
+/* Source after go. On error returns negative errno with `why` set. */
+static int src_transfer(struct lm__xfer *x, char *why, size_t whylen,
+			enum lm__xfer_result *res)
+{
+	int rc;
+	*res = LM_XR_SOURCE_FAILED;
+	if ((rc = x->ops->dirty_log_start(x->vm)) < 0) {
+		snprintf(why, whylen, "dirty log start failed: %s", strerror(-rc));
+		return rc;
+	}
+	x->running_guest = true;
+	x->pass = 1;
+	x->pass_t0 = x->t_go;
+	x->pass_bytes0 = x->st.bytes_sent;
+	emit(x, LM_XEV_PROGRESS, NULL);
+	rc = send_full_pass(x);
+	uint64_t pages_in_pass = x->st.pages_sent;
+	for (;;) {
+		if (rc < 0)
+			goto io_fail;
+		int64_t nd = fetch_dirty(x);
+		if (nd < 0) {
+			snprintf(why, whylen, "dirty log fetch failed: %s", strerror((int)-nd));
+			return (int)nd;
+		}
+		uint64_t ndirty = count_dirty(x);
+		end_pass_stats(x, ndirty);
+		double bw = x->bw_mbps > 0 ? x->bw_mbps : 1000.0;
+		double est_ms = (double)ndirty * LM_PAGE_SIZE / 1e6 / bw * 1e3;
+		bool converge = est_ms <= x->o.target_blackout_ms || x->pass >= x->o.max_passes;
+		x->st.passes = x->pass;
+		rc = send_pass_end(x, pages_in_pass, converge);
+		if (rc < 0)
+			goto io_fail;
+		emit(x, LM_XEV_PROGRESS, NULL);
+		if (converge)
+			break;
+		/* Throttle: from the starting pass on, when the guest dirties
+		 * faster than the link drains (or the target pass count is
+		 * reached without converging), take ThrottlingScale more
+		 * percent of its time, never below MinimumThrottlePercentage
+		 * of its speed. */
+		/* (The dirty rate is measured in unique pages per pass, which
+		 * saturates when the guest rewrites pages faster than a pass
+		 * ends: 80% of the link already counts as overrunning it.) */
+		if (!x->o.skip_throttling && x->pass >= x->o.start_throttle_pass &&
+		    (x->dirty_mbps >= 0.8 * bw || x->pass >= x->o.target_passes)) {
+			double over = x->dirty_mbps / bw;
+			unsigned step = (unsigned)(x->o.throttling_scale * (over > 1 ? over : 1) + 0.5);
+			if (x->pass >= x->o.target_passes)
+				step *= 2;
+			unsigned cap = x->o.min_throttle_pct >= 100 ? 0 : 100 - x->o.min_throttle_pct;
+			if (cap > 99)
+				cap = 99;
+			unsigned t = x->throttle + step;
+			set_throttle(x, t > cap ? cap : t);
+		}
+		x->pass++;
+		x->pass_t0 = lm_now_ns();
+		x->pass_bytes0 = x->st.bytes_sent;
+		uint64_t before = x->st.pages_sent;
+		rc = send_dirty_pass(x);
+		pages_in_pass = x->st.pages_sent - before;
+	}
+
+	/* Blackout. */
+	uint64_t tb0 = lm_now_ns();
+	emit(x, LM_XEV_BLACKOUT_STARTED, NULL);
+	if ((rc = x->ops->pause(x->vm)) < 0) {
+		snprintf(why, whylen, "pausing the VM failed: %s", strerror(-rc));
+		return rc;
+	}
+	x->paused_by_us = true;
+	x->running_guest = false;
+	if ((rc = LM_FAULT("transfer.blackout")) < 0) {
+		snprintf(why, whylen, "blackout failed (fault): %s", strerror(-rc));
+		return rc;
+	}
+	/* the I/O helpers see a cancel only when they wait: look here too,
+	 * or a blackout with nothing left to send would ignore it */
+	if (atomic_load_explicit(&x->cancel, memory_order_relaxed)) {
+		rc = -ECANCELED;
+		goto io_fail;
+	}
+	int64_t nd = fetch_dirty(x);
+	if (nd < 0) {
+		snprintf(why, whylen, "dirty log fetch failed: %s", strerror((int)-nd));
+		return (int)nd;
+	}
+	uint64_t ndirty = count_dirty(x);
+	x->st.blackout_pages = ndirty;
+	x->pages_remaining = ndirty;
+	double bw = x->bw_mbps > 0 ? x->bw_mbps : 1000.0;
+	double est_ms = (double)ndirty * LM_PAGE_SIZE / 1e6 / bw * 1e3;
+	if (x->o.cancel_if_blackout_exceeds && est_ms > x->o.blackout_cancel_ms) {
+		snprintf(why, whylen, "blackout would take %.1f ms, over the %u ms threshold: cancelled",
+			 est_ms, x->o.blackout_cancel_ms);
+		*res = LM_XR_CANCELLED;
+		send_abort(x, ETIME, LM_XF_ABORT_BLACKOUT_THRESHOLD, why);
+		return -ETIME;
+	}
+	x->pass++;
+	x->pass_t0 = lm_now_ns();
+	x->pass_bytes0 = x->st.bytes_sent;
+	uint64_t before = x->st.pages_sent;
+	rc = send_dirty_pass(x);
+	if (rc < 0)
+		goto io_fail;
+	if (x->o.cancel_if_blackout_exceeds &&
+	    lm_now_ns() - tb0 > (uint64_t)x->o.blackout_cancel_ms * 1000000ull) {
+		snprintf(why, whylen, "blackout exceeded the %u ms threshold: cancelled",
+			 x->o.blackout_cancel_ms);
+		*res = LM_XR_CANCELLED;
+		send_abort(x, ETIME, LM_XF_ABORT_BLACKOUT_THRESHOLD, why);
+		return -ETIME;
+	}
+	x->pages_remaining = 0;
+	x->st.passes = x->pass;
+	if ((rc = send_pass_end(x, x->st.pages_sent - before, true)) < 0)
+		goto io_fail;
+	if (atomic_load_explicit(&x->cancel, memory_order_relaxed)) {
+		rc = -ECANCELED;        /* last chance: the state has not left */
+		goto io_fail;
+	}
+	static uint8_t blob_fallback[1];
+	uint8_t *blob = malloc(LM_STATE_BLOB_MAX);
+	int bl = blob ? x->ops->state_save(x->vm, blob, LM_STATE_BLOB_MAX) : -ENOMEM;
+	if (bl < 0 || (rc = LM_FAULT("transfer.state")) < 0) {
+		rc = bl < 0 ? bl : rc;
+		free(blob);
+		snprintf(why, whylen, "saving the VM state failed: %s", strerror(-rc));
+		send_abort(x, rc, LM_XF_ABORT_FAILED, why);
+		return rc;
+	}
+	rc = send_rec(x, LM_XF_STATE, 0, blob ? blob : blob_fallback, (size_t)bl);
+	free(blob);
+	if (rc < 0)
+		goto io_fail;
+	lm_xf_end_t end = { x->st.pages_sent, x->st.bytes_sent };
+	if ((rc = send_rec(x, LM_XF_END, 0, &end, sizeof(end))) < 0)
+		goto io_fail;
+	lm_xf_rec_t h;
+	if ((rc = recv_full(x, &h, sizeof(h))) < 0)
+		goto io_fail;
+	if (h.type == LM_XF_ABORT && h.len == sizeof(lm_xf_abort_t)) {
+		lm_xf_abort_t a;
+		if ((rc = recv_full(x, &a, sizeof(a))) < 0)
+			goto io_fail;
+		a.msg[sizeof(a.msg) - 1] = 0;
+		snprintf(why, whylen, "destination aborted: %s", a.msg);
+		*res = a.reason == LM_XF_ABORT_CANCELLED ? LM_XR_CANCELLED : LM_XR_DEST_FAILED;
+		x->peer_gone = true;
+		return a.reason == LM_XF_ABORT_CANCELLED ? -ECANCELED : -ECONNABORTED;
+	}
+	lm_xf_ack_t ack;
+	if (h.type != LM_XF_ACK || h.len != sizeof(ack)) {
+		snprintf(why, whylen, "protocol error: expected ACK, got record type %u", h.type);
+		return -EPROTO;
+	}
+	if ((rc = recv_full(x, &ack, sizeof(ack))) < 0)
+		goto io_fail;
+	if (ack.status != 0) {
+		snprintf(why, whylen, "destination failed to load the VM: %s", strerror(ack.status));
+		*res = LM_XR_DEST_FAILED;
+		return -ECONNABORTED;
+	}
+	uint64_t tb1 = lm_now_ns();
+	x->st.blackout_ns = tb1 - tb0;
+	x->st.total_ns = tb1 - x->t_go;
+	emit(x, LM_XEV_OFFLINE_DONE, NULL);
+	lm__xfer_event_t ev;
+	memset(&ev, 0, sizeof(ev));
+	ev.blackout_ns = tb1 - tb0;
+	ev.blackout_stop_wall_ns = lm_wall_ns();
+	emit(x, LM_XEV_BLACKOUT_EXITED, &ev);
+	set_throttle(x, 0);
+	x->ops->dirty_log_stop(x->vm);
+	return 0;
+
+io_fail:
+	if (rc == -ECANCELED && !x->remote_msg[0]) {
+		snprintf(why, whylen, "migration cancelled on the source");
+		*res = LM_XR_CANCELLED;
+		send_abort(x, ECANCELED, LM_XF_ABORT_CANCELLED, why);
+	} else if (x->remote_msg[0]) {
+		snprintf(why, whylen, "destination aborted: %s", x->remote_msg);
+		*res = x->remote_reason == LM_XF_ABORT_CANCELLED ? LM_XR_CANCELLED : LM_XR_DEST_FAILED;
+	} else {
+		snprintf(why, whylen, "source stream I/O failed: %s", strerror(-rc));
+		send_abort(x, rc, LM_XF_ABORT_FAILED, why);
+	}
+	return rc;
+}
+
+static int source_run(struct lm__xfer *x, bool wait)
+{
+	char why[160] = "";
+	enum lm__xfer_result res = LM_XR_SOURCE_FAILED;
+	int rc = src_handshake(x, why, sizeof(why));
+	if (rc == 0) {
+		emit(x, LM_XEV_SETUP_DONE, NULL);
+		if (wait)
+			rc = wait_go(x);
+		if (rc < 0) {
+			if (rc == -ECANCELED) {
+				snprintf(why, sizeof(why), "migration cancelled on the source");
+				res = LM_XR_CANCELLED;
+				send_abort(x, ECANCELED, LM_XF_ABORT_CANCELLED, why);
+			} else {
+				snprintf(why, sizeof(why), "destination gone before transfer: %s",
+					 x->remote_msg[0] ? x->remote_msg : strerror(-rc));
+				res = LM_XR_DEST_FAILED;
+			}
+		}
+	} else if (rc == -ECANCELED) {
+		res = LM_XR_CANCELLED;
+		snprintf(why, sizeof(why), "migration cancelled on the source");
+	}
+	if (rc == 0) {
+		x->t_go = lm_now_ns();
+		x->last_progress = x->t_go;
+		rc = src_transfer(x, why, sizeof(why), &res);
+	}
+	if (rc == 0) {
+		x->st.result = 0;
+		emit(x, LM_XEV_COMPLETED, NULL);
+		return 0;
+	}
+	/* Failure: say so, then recover the source exactly as it was. */
+	lm_log_error(MOD, "migration failed", "side=source err=%d why=\"%s\"", rc, why);
+	shutdown(x->sock, SHUT_RDWR);
+	x->peer_gone = true;
+	x->st.result = rc;
+	lm__xfer_event_t ev;
+	memset(&ev, 0, sizeof(ev));
+	ev.err = rc;
+	ev.result = res;
+	snprintf(ev.msg, sizeof(ev.msg), "%s", why);
+	emit(x, LM_XEV_FAILED, &ev);
+	set_throttle(x, 0);
+	x->ops->dirty_log_stop(x->vm);
+	int r2 = 0;
+	if (x->paused_by_us) {
+		r2 = x->ops->resume(x->vm);
+		x->paused_by_us = false;
+	}
+	memset(&ev, 0, sizeof(ev));
+	ev.err = r2;
+	ev.result = r2 ? LM_XR_RECOVERY_FAILED : LM_XR_SUCCESS;
+	emit(x, r2 ? LM_XEV_RECOVERY_FAILED : LM_XEV_RECOVERY_DONE, &ev);
+	return rc;
+}
+
+/* --------------------------------------------------------- destination */
+
+static int dst_handshake(struct lm__xfer *x, char *why, size_t whylen)
+{
+	int rc = LM_FAULT("transfer.handshake");
+	if (rc < 0) {
+		snprintf(why, whylen, "handshake failed (fault)");
+		return rc;
+	}
+	lm_xf_hello_t h;
+	if ((rc = recv_full(x, &h, sizeof(h))) < 0) {
+		snprintf(why, whylen, "no hello from source: %s", strerror(-rc));
+		return rc;
+	}
+	lm_xf_hello_ack_t a;
+	memset(&a, 0, sizeof(a));
+	a.magic = LM_XF_MAGIC;
+	a.version = LM_XF_VERSION;
+	int status = 0;
+	uint64_t total = 0;
+	for (int i = 0; i < x->nreg; i++)
+		total += x->reg[i].size;
+	if (h.magic != LM_XF_MAGIC) {
+		snprintf(why, whylen, "not an lmshim migration stream (magic %#x)", h.magic);
+		status = EPROTO;
+		goto refuse_now;
+	}
+	if (h.version != LM_XF_VERSION || h.hdr_len != sizeof(h)) {
+		snprintf(why, whylen, "protocol version %u not supported (this side speaks %u)",
+			 h.version, LM_XF_VERSION);
+		status = EPROTONOSUPPORT;
+		goto refuse_now;
+	}
+	if (h.nregions == 0 || h.nregions > LM_MAX_REGIONS || h.compat_len > LM_XF_COMPAT_MAX) {
+		snprintf(why, whylen, "malformed hello (regions %u, compat %u bytes)",
+			 h.nregions, h.compat_len);
+		status = EPROTO;
+		goto refuse_now;
+	}
+	lm_xf_region_t regs[LM_MAX_REGIONS];
+	uint8_t compat[LM_XF_COMPAT_MAX];
+	if ((rc = recv_full(x, regs, h.nregions * sizeof(regs[0]))) < 0 ||
+	    (rc = recv_full(x, compat, h.compat_len)) < 0) {
+		snprintf(why, whylen, "truncated hello: %s", strerror(-rc));
+		return rc;
+	}
+	if (h.session_id != x->o.session_id) {
+		snprintf(why, whylen, "session id mismatch (source %u, destination %u)",
+			 h.session_id, x->o.session_id);
+		status = EACCES;
+	} else if (h.page_size != LM_PAGE_SIZE) {
+		snprintf(why, whylen, "page size mismatch (source %u, destination %u)",
+			 h.page_size, LM_PAGE_SIZE);
+		status = EINVAL;
+	} else if (h.total_bytes != total || h.nregions != (uint32_t)x->nreg) {
+		snprintf(why, whylen, "memory size mismatch (source %llu bytes in %u regions, destination %llu in %d)",
+			 (unsigned long long)h.total_bytes, h.nregions,
+			 (unsigned long long)total, x->nreg);
+		status = EINVAL;
+	} else {
+		for (int i = 0; i < x->nreg; i++)
+			if (regs[i].gpa != x->reg[i].gpa || regs[i].size != x->reg[i].size) {
+				snprintf(why, whylen, "memory layout mismatch at region %d", i);
+				status = EINVAL;
+				break;
+			}
+		if (!status && (rc = x->ops->compat_check(x->vm, compat, h.compat_len)) < 0) {
+			snprintf(why, whylen, "incompatible VM (compatibility data refused)");
+			status = -rc;
+		}
+	}
+	if (!status) {
+		x->o.checksum = (h.flags & LM_XF_HELLO_CHECKSUM) != 0;
+		x->o.compress_workers = (h.flags & LM_XF_HELLO_COMPRESS) ? 1 : 0;
+	}
+refuse_now:
+	a.status = status;
+	snprintf(a.reason, sizeof(a.reason), "%s", status ? why : "ok");
+	struct iovec iov = { &a, sizeof(a) };
+	rc = send_iov(x, &iov, 1);
+	if (status)
+		return -status;
+	if (rc < 0)
+		snprintf(why, whylen, "sending handshake answer: %s", strerror(-rc));
+	return rc;
+}
+
+static int dst_pages(struct lm__xfer *x, const lm_xf_rec_t *h, uint8_t *scratch,
+		     char *why, size_t whylen)
+{
+	uint32_t n = h->count;
+	if (n == 0 || n > LM_XF_MAX_DESCS || h->len > LM_XF_MAX_RECORD ||
+	    h->len < (uint64_t)n * sizeof(lm_xf_page_t) + 8) {
+		snprintf(why, whylen, "malformed page batch (count %u, len %llu)", n,
+			 (unsigned long long)h->len);
+		return -EPROTO;
+	}
+	size_t dlen = n * sizeof(lm_xf_page_t);
+	int rc = recv_full(x, x->descs, dlen + 8);
+	if (rc < 0)
+		return rc;
+	uint64_t sum;
+	memcpy(&sum, (uint8_t *)x->descs + dlen, 8);
+	uint64_t data = h->len - dlen - 8, need = 0, scr = 0;
+	unsigned niov = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		lm_xf_page_t *d = &x->descs[i];
+		uint64_t cnt = d->flags == LM_XF_PG_LZ4 ? 1 : d->len;
+		const lm_mem_region_t *r = NULL;
+		for (int k = 0; k < x->nreg; k++) {
+			uint64_t a = region_pfn0(&x->reg[k]), e = a + region_pages(&x->reg[k]);
+			if (d->pfn >= a && d->pfn < e && cnt <= e - d->pfn) {
+				r = &x->reg[k];
+				break;
+			}
+		}
+		if (!r || cnt == 0) {
+			snprintf(why, whylen, "page descriptor out of guest memory (pfn %llu, %llu pages)",
+				 (unsigned long long)d->pfn, (unsigned long long)cnt);
+			return -EPROTO;
+		}
+		uint8_t *host = (uint8_t *)r->host + (d->pfn - region_pfn0(r)) * LM_PAGE_SIZE;
+		switch (d->flags) {
+		case LM_XF_PG_ZERO:
+			break;
+		case LM_XF_PG_RAW:
+			if (cnt > LM_XF_MAX_DATA / LM_PAGE_SIZE) {
+				snprintf(why, whylen, "raw run too long (%llu pages)", (unsigned long long)cnt);
+				return -EPROTO;
+			}
+			need += cnt * LM_PAGE_SIZE;
+			x->iov[niov++] = (struct iovec){ host, cnt * LM_PAGE_SIZE };
+			break;
+		case LM_XF_PG_LZ4:
+			if (!x->o.compress_workers || d->len == 0 ||
+			    d->len > LZ4_COMPRESSBOUND(LM_PAGE_SIZE)) {
+				snprintf(why, whylen, "bad compressed page (len %u)", d->len);
+				return -EPROTO;
+			}
+			need += d->len;
+			if (scr + d->len > LM_XF_MAX_DATA) {
+				snprintf(why, whylen, "compressed data too long");
+				return -EPROTO;
+			}
+			x->iov[niov++] = (struct iovec){ scratch + scr, d->len };
+			scr += d->len;
+			break;
+		default:
+			snprintf(why, whylen, "unknown page flags %#x", d->flags);
+			return -EPROTO;
+		}
+		if (need > data) {
+			snprintf(why, whylen, "page batch data shorter than its descriptors");
+			return -EPROTO;
+		}
+	}
+	if (need != data) {
+		snprintf(why, whylen, "page batch length mismatch (%llu data bytes, descriptors say %llu)",
+			 (unsigned long long)data, (unsigned long long)need);
+		return -EPROTO;
+	}
+	/* Keep a copy of the iovecs: recv_iov consumes them. */
+	struct iovec *cp = x->iov + LM_XF_MAX_DESCS;
+	memcpy(cp, x->iov, niov * sizeof(*cp));
+	if ((rc = recv_iov(x, x->iov, niov)) < 0)
+		return rc;
+	if (x->o.checksum) {
+		XXH3_state_t s;
+		XXH3_64bits_reset(&s);
+		XXH3_64bits_update(&s, x->descs, dlen);
+		for (unsigned i = 0; i < niov; i++)
+			XXH3_64bits_update(&s, cp[i].iov_base, cp[i].iov_len);
+		if (XXH3_64bits_digest(&s) != sum) {
+			snprintf(why, whylen, "batch checksum mismatch: data corrupted in transit (DataLoss)");
+			return -EBADMSG;
+		}
+	}
+	unsigned vi = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		lm_xf_page_t *d = &x->descs[i];
+		const lm_mem_region_t *r = NULL;
+		for (int k = 0; k < x->nreg; k++)
+			if (d->pfn >= region_pfn0(&x->reg[k]) &&
+			    d->pfn < region_pfn0(&x->reg[k]) + region_pages(&x->reg[k]))
+				r = &x->reg[k];
+		uint8_t *host = (uint8_t *)r->host + (d->pfn - region_pfn0(r)) * LM_PAGE_SIZE;
+		if (d->flags == LM_XF_PG_ZERO) {
+			if (!x->fresh)
+				memset(host, 0, (size_t)d->len * LM_PAGE_SIZE);
+			x->st.zero_pages += d->len;
+			x->st.pages_sent += d->len;
+		} else if (d->flags == LM_XF_PG_LZ4) {
+			int o = LZ4_decompress_safe(cp[vi].iov_base, (char *)host, (int)d->len,
+						    LM_PAGE_SIZE);
+			vi++;
+			if (o != LM_PAGE_SIZE) {
+				snprintf(why, whylen, "compressed page does not decode to one page");
+				return -EPROTO;
+			}
+			x->st.lz4_pages++;
+			x->st.pages_sent++;
+		} else {
+			vi++;
+			x->st.pages_sent += d->len;
+		}
+	}
+	return 0;
+}
+
+static int dst_transfer(struct lm__xfer *x, char *why, size_t whylen,
+			enum lm__xfer_result *res)
+{
+	int rc = 0;
+	uint8_t *scratch = malloc(LM_XF_MAX_DATA);
+	uint8_t *blob = NULL;
+	size_t bloblen = 0;
+	*res = LM_XR_DEST_FAILED;
+	if (!scratch)
+		return -ENOMEM;
+	/* Pass 1 ZERO pages need no clearing if the backend promises zeroed
+	 * memory on an incoming VM. */
+	x->fresh = true;
+	for (int i = 0; i < x->nreg; i++)
+		x->fresh = x->fresh && x->reg[i].zero_when_incoming;
+	x->pass = 1;
+	x->pass_t0 = x->t_go;
+	for (;;) {
+		lm_xf_rec_t h;
+		if ((rc = LM_FAULT("transfer.recv")) < 0) {
+			snprintf(why, whylen, "destination receive failed (fault): %s", strerror(-rc));
+			break;
+		}
+		if ((rc = recv_full(x, &h, sizeof(h))) < 0) {
+			if (rc == -EPIPE)
+				snprintf(why, whylen, "source closed the stream before the end");
+			else if (rc == -ECANCELED)
+				snprintf(why, whylen, "migration cancelled on the destination");
+			else
+				snprintf(why, whylen, "destination stream I/O failed: %s", strerror(-rc));
+			break;
+		}
+		x->st.bytes_sent += sizeof(h) + h.len;
+		if (h.type == LM_XF_PAGES) {
+			rc = dst_pages(x, &h, scratch, why, whylen);
+			if (rc < 0) {
+				if (rc == -ECANCELED)
+					snprintf(why, whylen, "migration cancelled on the destination");
+				else if (rc == -EPIPE)
+					snprintf(why, whylen, "source closed the stream mid-batch");
+				break;
+			}
+			maybe_progress(x);
+		} else if (h.type == LM_XF_PASS_END && h.len == sizeof(lm_xf_pass_end_t)) {
+			lm_xf_pass_end_t pe;
+			if ((rc = recv_full(x, &pe, sizeof(pe))) < 0) {
+				snprintf(why, whylen, "truncated pass marker");
+				break;
+			}
+			x->fresh = false;
+			x->pass = h.count;
+			x->st.passes = h.count;
+			x->pages_remaining = pe.pages_remaining;
+			uint64_t now = lm_now_ns();
+			if (now > x->pass_t0)
+				x->bw_mbps = (double)(x->st.bytes_sent - x->pass_bytes0) / 1e3 /
+					     ((double)(now - x->pass_t0) / 1e6);
+			x->pass_t0 = now;
+			x->pass_bytes0 = x->st.bytes_sent;
+			emit(x, LM_XEV_PROGRESS, NULL);
+			if (pe.final && !x->paused_by_us) {
+				/* The source is pausing the guest now. */
+				x->paused_by_us = true;
+				emit(x, LM_XEV_BLACKOUT_STARTED, NULL);
+			}
+		} else if (h.type == LM_XF_STATE && h.len <= LM_STATE_BLOB_MAX) {
+			free(blob);
+			blob = malloc(h.len ? h.len : 1);
+			bloblen = h.len;
+			if (!blob) {
+				rc = -ENOMEM;
+				snprintf(why, whylen, "out of memory for the state blob");
+				break;
+			}
+			if ((rc = recv_full(x, blob, h.len)) < 0) {
+				snprintf(why, whylen, "truncated state blob");
+				break;
+			}
+		} else if (h.type == LM_XF_END && h.len == sizeof(lm_xf_end_t)) {
+			lm_xf_end_t e;
+			if ((rc = recv_full(x, &e, sizeof(e))) < 0) {
+				snprintf(why, whylen, "truncated end record");
+				break;
+			}
+			if (!blob) {
+				snprintf(why, whylen, "stream ended without a VM state");
+				rc = -EPROTO;
+				break;
+			}
+			rc = LM_FAULT("transfer.state");
+			if (rc == 0)
+				rc = x->ops->state_load(x->vm, blob, bloblen);
+			lm_xf_ack_t ack = { rc < 0 ? -rc : 0, 0 };
+			int r2 = send_rec(x, LM_XF_ACK, 0, &ack, sizeof(ack));
+			if (rc < 0) {
+				snprintf(why, whylen, "loading the VM state failed: %s", strerror(-rc));
+				x->peer_gone = true; /* told it already */
+				break;
+			}
+			if (r2 < 0) {
+				rc = r2;
+				snprintf(why, whylen, "sending the ACK failed: %s", strerror(-rc));
+				break;
+			}
+			x->st.total_ns = lm_now_ns() - x->t_go;
+			x->pages_remaining = 0;
+			emit(x, LM_XEV_OFFLINE_DONE, NULL);
+			rc = 0;
+			break;
+		} else if (h.type == LM_XF_ABORT && h.len == sizeof(lm_xf_abort_t)) {
+			lm_xf_abort_t a;
+			if ((rc = recv_full(x, &a, sizeof(a))) < 0) {
+				snprintf(why, whylen, "source aborted");
+				break;
+			}
+			a.msg[sizeof(a.msg) - 1] = 0;
+			snprintf(why, whylen, "source aborted: %s", a.msg);
+			*res = a.reason == LM_XF_ABORT_FAILED ? LM_XR_SOURCE_FAILED : LM_XR_CANCELLED;
+			rc = a.reason == LM_XF_ABORT_FAILED ? -ECONNABORTED : -ECANCELED;
+			x->peer_gone = true;
+			break;
+		} else {
+			snprintf(why, whylen, "protocol error: record type %u length %llu",
+				 h.type, (unsigned long long)h.len);
+			rc = -EPROTO;
+			break;
+		}
+	}
+	if (rc == -ECANCELED && *res == LM_XR_DEST_FAILED)
+		*res = LM_XR_CANCELLED;
+	free(scratch);
+	free(blob);
+	return rc;
+}
+
+static int dest_run(struct lm__xfer *x, bool wait)
+{
+	char why[160] = "";
+	enum lm__xfer_result res = LM_XR_DEST_FAILED;
+	x->at_boundary = true;
+	int rc = dst_handshake(x, why, sizeof(why));
+	if (rc == 0) {
+		emit(x, LM_XEV_SETUP_DONE, NULL);
+		if (wait)
+			rc = wait_go(x);
+		if (rc == -ECANCELED && !x->remote_msg[0]) {
+			snprintf(why, sizeof(why), "migration cancelled on the destination");
+		} else if (rc < 0) {
+			snprintf(why, sizeof(why), "source gone before transfer: %s",
+				 x->remote_msg[0] ? x->remote_msg : strerror(-rc));
+			res = rc == -ECANCELED ? LM_XR_CANCELLED : LM_XR_SOURCE_FAILED;
+		}
+	}
+	if (rc == 0) {
+		x->t_go = lm_now_ns();
+		x->last_progress = x->t_go;
+		rc = dst_transfer(x, why, sizeof(why), &res);
+	} else if (rc == -ECANCELED) {
+		res = LM_XR_CANCELLED;
+	}
+	if (rc == 0) {
+		x->st.result = 0;
+		emit(x, LM_XEV_COMPLETED, NULL);
+		return 0;
+	}
+	lm_log_error(MOD, "migration failed", "side=destination err=%d why=\"%s\"", rc, why);
+	if (rc == -ECANCELED && res == LM_XR_CANCELLED && !x->peer_gone)
+		send_abort(x, ECANCELED, LM_XF_ABORT_CANCELLED, why);
+	else if (!x->peer_gone)
+		send_abort(x, rc, LM_XF_ABORT_FAILED, why);
+	shutdown(x->sock, SHUT_RDWR);
+	x->st.result = rc;
+	lm__xfer_event_t ev;
+	memset(&ev, 0, sizeof(ev));
+	ev.err = rc;
+	ev.result = res;
+	snprintf(ev.msg, sizeof(ev.msg), "%s", why);
+	emit(x, LM_XEV_FAILED, &ev);
+	return rc;
+}
+
+/* ----------------------------------------------------------- lifecycle */
+
+static void pool_destroy(struct lm__xfer *x)
+{
+	struct cpool *p = x->pool;
+	if (!p)
+		return;
+	pthread_mutex_lock(&p->mu);
+	p->stop = true;
+	pthread_cond_broadcast(&p->go_cv);
+	pthread_mutex_unlock(&p->mu);
+	for (unsigned i = 0; i < p->n; i++)
+		pthread_join(p->th[i], NULL);
+	pthread_mutex_destroy(&p->mu);
+	pthread_cond_destroy(&p->go_cv);
+	pthread_cond_destroy(&p->done_cv);
+	free(p);
+	x->pool = NULL;
+}
+
+static int pool_create(struct lm__xfer *x, unsigned n)
+{
+	struct cpool *p = calloc(1, sizeof(*p));
+	x->cout = malloc((size_t)CQ_MAX * CSLOT);
+	if (!p || !x->cout) {
+		free(p);
+		return -ENOMEM;
+	}
+	p->x = x;
+	pthread_mutex_init(&p->mu, NULL);
+	pthread_cond_init(&p->go_cv, NULL);
+	pthread_cond_init(&p->done_cv, NULL);
+	x->pool = p;
+	if (n > 64)
+		n = 64;
+	for (unsigned i = 0; i < n; i++) {
+		if (pthread_create(&p->th[i], NULL, cworker_main, p) != 0)
+			break; /* fewer workers; the engine thread helps anyway */
+		p->n++;
+	}
+	return 0;
+}
+
+static void xfer_free(struct lm__xfer *x)
+{
+	pool_destroy(x);
+	free(x->cout);
+	for (int i = 0; i < LM_MAX_REGIONS; i++)
+		free(x->bitmap[i]);
+	free(x->resid);
+	free(x->descs);
+	free(x->hdrbuf);
+	free(x->iov);
+	free(x->bounce);
+	if (x->sock >= 0)
+		close(x->sock);
+	if (x->wakefd >= 0)
+		close(x->wakefd);
+	pthread_mutex_destroy(&x->stmu);
+	free(x);
+}
+
+static int xfer_init(struct lm__xfer **out, enum lm__xfer_role role,
+		     const lm_backend_ops_t *ops, lm_vm_t *vm, int sock,
+		     const lm__xfer_opts_t *opts, lm__xfer_event_fn fn, void *arg)
+{
+	struct lm__xfer *x = calloc(1, sizeof(*x));
+	if (!x) {
+		close(sock);
+		return -ENOMEM;
+	}
+	x->role = role;
+	x->ops = ops;
+	x->vm = vm;
+	x->sock = sock;
+	x->fn = fn;
+	x->arg = arg;
+	pthread_mutex_init(&x->stmu, NULL);
+	if (opts)
+		x->o = *opts;
+	else
+		lm__xfer_opts_default(&x->o);
+	if (x->o.batch_bytes < LM_PAGE_SIZE * 4 || x->o.batch_bytes > LM_XF_MAX_DATA)
+		x->o.batch_bytes = 1u << 20;
+	x->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	x->nreg = ops->regions(vm, &x->reg);
+	int rc = 0;
+	if (x->wakefd < 0) {
+		rc = -errno;
+		goto fail;
+	}
+	if (x->nreg <= 0 || x->nreg > LM_MAX_REGIONS) {
+		rc = -EINVAL;
+		goto fail;
+	}
+	for (int i = 0; i < x->nreg; i++) {
+		x->words[i] = (region_pages(&x->reg[i]) + 63) / 64;
+		x->bitmap[i] = calloc(x->words[i] ? x->words[i] : 1, sizeof(uint64_t));
+		if (!x->bitmap[i]) {
+			rc = -ENOMEM;
+			goto fail;
+		}
+	}
+	x->resid = malloc(WINDOW_PAGES);
+	x->descs = malloc(LM_XF_MAX_DESCS * sizeof(lm_xf_page_t) + 8);
+	x->hdrbuf = malloc(sizeof(lm_xf_rec_t) + LM_XF_MAX_DESCS * sizeof(lm_xf_page_t) + 8);
+	x->iov = malloc(2 * LM_XF_MAX_DESCS * sizeof(struct iovec) + 16);
+	if (role == LM_XFER_SOURCE && x->o.checksum)
+		x->bounce = malloc(x->o.batch_bytes);
+	if (!x->resid || !x->descs || !x->hdrbuf || !x->iov ||
+	    (role == LM_XFER_SOURCE && x->o.checksum && !x->bounce)) {
+		rc = -ENOMEM;
+		goto fail;
+	}
+	if (role == LM_XFER_SOURCE && x->o.compress_workers &&
+	    (rc = pool_create(x, x->o.compress_workers)) < 0)
+		goto fail;
+	struct sysinfo si;
+	x->use_mincore = sysinfo(&si) == 0 && si.totalswap == 0;
+	int one = 1;
+	setsockopt(sock, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)); /* not TCP: ignored */
+	int fl = fcntl(sock, F_GETFL);
+	if (fl < 0 || fcntl(sock, F_SETFL, fl | O_NONBLOCK) < 0) {
+		rc = -errno;
+		goto fail;
+	}
+	batch_reset(x);
+	x->at_boundary = true;
+	*out = x;
+	return 0;
+fail:
+	xfer_free(x);
+	return rc;
+}
+
+static void *xfer_main(void *arg)
+{
+	struct lm__xfer *x = arg;
+	x->result = x->role == LM_XFER_SOURCE ? source_run(x, true) : dest_run(x, true);
+	struct timespec ts;
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	x->st.cpu_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+	publish(x);
+	return NULL;
+}
+
+int lm__xfer_create(lm__xfer_t **out, enum lm__xfer_role role,
+		    const lm_backend_ops_t *ops, lm_vm_t *vm, int sock,
+		    const lm__xfer_opts_t *opts, lm__xfer_event_fn fn, void *arg)
+{
+	struct lm__xfer *x;
+	int rc = xfer_init(&x, role, ops, vm, sock, opts, fn, arg);
+	if (rc < 0)
+		return rc;
+	if ((rc = pthread_create(&x->th, NULL, xfer_main, x)) != 0) {
+		xfer_free(x);
+		return -rc;
+	}
+	x->thread_started = true;
+	*out = x;
+	return 0;
+}
+
+int lm__xfer_run_sync(enum lm__xfer_role role, const lm_backend_ops_t *ops,
+		      lm_vm_t *vm, int sock, const lm__xfer_opts_t *opts,
+		      lm__xfer_event_fn fn, void *arg)
+{
+	struct lm__xfer *x;
+	int rc = xfer_init(&x, role, ops, vm, sock, opts, fn, arg);
+	if (rc < 0)
+		return rc;
+	rc = role == LM_XFER_SOURCE ? source_run(x, false) : dest_run(x, false);
+	xfer_free(x);
+	return rc;
+}
+
+static void wake(struct lm__xfer *x)
+{
+	uint64_t one = 1;
+	if (write(x->wakefd, &one, sizeof(one)) < 0) { /* counter full: awake anyway */ }
+}
+
+void lm__xfer_go(lm__xfer_t *x)
+{
+	atomic_store(&x->go, true);
+	wake(x);
+}
+
+void lm__xfer_cancel(lm__xfer_t *x)
+{
+	atomic_store(&x->cancel, true);
+	wake(x);
+}
+
+int lm__xfer_join(lm__xfer_t *x)
+{
+	if (x->thread_started && !x->joined) {
+		pthread_join(x->th, NULL);
+		x->joined = true;
+	}
+	return x->result;
+}
+
+void lm__xfer_get_stats(lm__xfer_t *x, lm__xfer_stats_t *out)
+{
+	pthread_mutex_lock(&x->stmu);
+	*out = x->pub;
+	pthread_mutex_unlock(&x->stmu);
+}
+
+void lm__xfer_destroy(lm__xfer_t *x)
+{
+	if (!x)
+		return;
+	lm__xfer_cancel(x);
+	lm__xfer_join(x);
+	xfer_free(x);
+}
+
+/* ------------------------------------------------------------- digest */
+
+static void hash_zeros(XXH3_state_t *s, uint64_t bytes)
+{
+	static const uint8_t zeros[65536];
+	while (bytes) {
+		size_t n = bytes < sizeof(zeros) ? (size_t)bytes : sizeof(zeros);
+		XXH3_64bits_update(s, zeros, n);
+		bytes -= n;
+	}
+}
+
+int lm__mem_digest(const lm_backend_ops_t *ops, lm_vm_t *vm, uint64_t *out)
+{
+	const lm_mem_region_t *reg;
+	int n = ops->regions(vm, &reg);
+	if (n < 0)
+		return n;
+	XXH3_state_t *s = XXH3_createState();
+	if (!s)
+		return -ENOMEM;
+	XXH3_64bits_reset(s);
+	for (int i = 0; i < n; i++) {
+		const lm_mem_region_t *r = &reg[i];
+		const uint8_t *host = r->host;
+		uint64_t off = 0;
+		while (off < r->size) {
+			uint64_t d = off, h = r->size;
+			if (r->fd >= 0) {
+				off_t dd = lseek(r->fd, (off_t)(r->fd_offset + off), SEEK_DATA);
+				if (dd < 0) {
+					d = r->size; /* ENXIO: only a hole remains */
+				} else {
+					d = (uint64_t)dd - r->fd_offset;
+					off_t hh = lseek(r->fd, dd, SEEK_HOLE);
+					h = hh < 0 ? r->size : (uint64_t)hh - r->fd_offset;
+				}
+				if (d > r->size)
+					d = r->size;
+				if (h > r->size)
+					h = r->size;
+			}
+			hash_zeros(s, d - off);
+			if (h > d)
+				XXH3_64bits_update(s, host + d, h - d);
+			off = h > d ? h : d;
+		}
+	}
+	*out = XXH3_64bits_digest(s);
+	XXH3_freeState(s);
+	return 0;
+}

@@ -1,0 +1,115 @@
+/*
+ * xfer_wire.h: the wire format of the memory-transfer stream, version 1.
+ * hcs/PROTOCOL.md is the prose description; this header is the truth for
+ * the byte layout. All integers are little-endian; every struct is
+ * naturally aligned with no padding (checked by static asserts).
+ */
+#ifndef LM_HCS_XFER_WIRE_H
+#define LM_HCS_XFER_WIRE_H
+
+#include <assert.h>
+#include <stdint.h>
+
+#define LM_XF_MAGIC 0x58464d4cu   /* bytes "LMFX" */
+#define LM_XF_VERSION 1u
+#define LM_XF_COMPAT_MAX 4096u    /* compatibility data bytes */
+#define LM_XF_MAX_DESCS 4096u     /* page descriptors per batch */
+#define LM_XF_MAX_DATA (16u << 20) /* data bytes per batch */
+#define LM_XF_MAX_RECORD (LM_XF_MAX_DATA + LM_XF_MAX_DESCS * 16u + 8u)
+
+/* hello.flags */
+#define LM_XF_HELLO_CHECKSUM 0x1u /* PAGES batches carry a checksum */
+#define LM_XF_HELLO_COMPRESS 0x2u /* PAGES may carry LZ4 pages */
+
+/* Source -> destination, first bytes on the socket. Followed by
+ * nregions lm_xf_region_t and compat_len bytes of compatibility data. */
+typedef struct lm_xf_hello {
+	uint32_t magic;
+	uint16_t version;
+	uint16_t hdr_len;        /* sizeof(lm_xf_hello_t) */
+	uint32_t session_id;
+	uint32_t page_size;
+	uint32_t flags;
+	uint32_t nregions;       /* 1..LM_MAX_REGIONS */
+	uint32_t compat_len;     /* 0..LM_XF_COMPAT_MAX */
+	uint32_t reserved;
+	uint64_t total_bytes;    /* sum of region sizes */
+} lm_xf_hello_t;
+static_assert(sizeof(lm_xf_hello_t) == 40, "hello layout");
+
+typedef struct lm_xf_region {
+	uint64_t gpa;
+	uint64_t size;
+} lm_xf_region_t;
+
+/* Destination -> source, answer to hello. status 0 = accepted, else a
+ * positive errno; reason is a NUL-terminated human message. */
+typedef struct lm_xf_hello_ack {
+	uint32_t magic;
+	uint16_t version;
+	uint16_t reserved;
+	int32_t status;
+	char reason[116];
+} lm_xf_hello_ack_t;
+static_assert(sizeof(lm_xf_hello_ack_t) == 128, "hello ack layout");
+
+/* Every later message is a record: header then `len` payload bytes. */
+enum lm_xf_type {
+	LM_XF_PAGES = 1,    /* src->dst: count descs, u64 checksum, data */
+	LM_XF_PASS_END = 2, /* src->dst: count = pass number; lm_xf_pass_end_t */
+	LM_XF_STATE = 3,    /* src->dst: the VM state blob */
+	LM_XF_END = 4,      /* src->dst: no more pages; lm_xf_end_t */
+	LM_XF_ACK = 5,      /* dst->src: lm_xf_ack_t, after END */
+	LM_XF_ABORT = 6,    /* either way: lm_xf_abort_t */
+};
+
+typedef struct lm_xf_rec {
+	uint32_t type;
+	uint32_t count;
+	uint64_t len;
+} lm_xf_rec_t;
+static_assert(sizeof(lm_xf_rec_t) == 16, "record header layout");
+
+/* Page descriptor flags (exactly one). */
+#define LM_XF_PG_ZERO 0x1u /* len = number of zero pages from pfn */
+#define LM_XF_PG_RAW 0x2u  /* len = number of raw pages from pfn */
+#define LM_XF_PG_LZ4 0x4u  /* one page; len = compressed bytes */
+
+typedef struct lm_xf_page {
+	uint64_t pfn;            /* guest-physical address / page size */
+	uint32_t flags;
+	uint32_t len;
+} lm_xf_page_t;
+static_assert(sizeof(lm_xf_page_t) == 16, "page descriptor layout");
+
+typedef struct lm_xf_pass_end {
+	uint64_t pages_sent;     /* pages described in this pass */
+	uint64_t bytes_sent;     /* total stream bytes so far */
+	uint64_t pages_remaining;/* dirty pages known at the end of the pass */
+	uint32_t final;          /* 1 for the blackout pass */
+	uint32_t reserved;
+} lm_xf_pass_end_t;
+
+typedef struct lm_xf_end {
+	uint64_t total_pages;    /* pages described over all passes */
+	uint64_t total_bytes;    /* stream bytes before this record */
+} lm_xf_end_t;
+
+typedef struct lm_xf_ack {
+	int32_t status;          /* 0 or positive errno */
+	uint32_t reserved;
+} lm_xf_ack_t;
+
+/* reason */
+#define LM_XF_ABORT_CANCELLED 1u
+#define LM_XF_ABORT_FAILED 2u
+#define LM_XF_ABORT_BLACKOUT_THRESHOLD 3u
+
+typedef struct lm_xf_abort {
+	int32_t err;             /* positive errno of the cause */
+	uint32_t reason;
+	char msg[120];
+} lm_xf_abort_t;
+static_assert(sizeof(lm_xf_abort_t) == 128, "abort layout");
+
+#endif

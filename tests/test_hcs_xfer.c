@@ -1,0 +1,717 @@
+/*
+ * test_hcs_xfer.c: the memory-transfer engine, two sim VMs in one process
+ * over a socketpair, TCP loopback, or a bad link (bandwidth-limited or cut
+ * relay). Each success test proves: destination memory digest == source's
+ * at blackout, the workload state moved (equal checksum/iterations), and
+ * the workload continues identically on both after the move. Each failure
+ * test proves the source recovers with exactly its memory and keeps
+ * running, and the destination reports the failure.
+ */
+#include "hcs/testkit.h"
+#include "hcs/xfer_wire.h"
+#include "util/fault.h"
+#include "util/log.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+struct mig {
+	lm_vm_t *src, *dst;
+	struct ht_log ls, ld;
+	lm__xfer_t *xs, *xd;
+	int rs, rd;
+	lm__xfer_stats_t ss, sd;
+};
+
+static const lm_backend_ops_t *ops = &lm_hcs_sim_ops;
+
+static uint64_t digest(lm_vm_t *vm)
+{
+	uint64_t d = 0;
+	assert_int_equal(lm__mem_digest(ops, vm, &d), 0);
+	return d;
+}
+
+static lm_guest_stats_t gstats(lm_vm_t *vm)
+{
+	lm_guest_stats_t st;
+	ops->stats(vm, &st);
+	return st;
+}
+
+/* Starts the guest and waits until its workload really runs (a loaded
+ * machine may take a while to schedule the thread). */
+static void start_running(lm_vm_t *vm, bool dirtying)
+{
+	assert_int_equal(ops->start(vm), 0);
+	if (!dirtying)
+		return;
+	uint64_t it0 = gstats(vm).iterations;
+	for (int i = 0; i < 300 && gstats(vm).iterations < it0 + 100; i++)
+		usleep(10000);
+	assert_true(gstats(vm).iterations >= it0 + 100);
+}
+
+static void mig_create(struct mig *m, int fs, int fdd, const lm__xfer_opts_t *os,
+		       const lm__xfer_opts_t *od)
+{
+	ht_log_init(&m->ls);
+	ht_log_init(&m->ld);
+	assert_int_equal(lm__xfer_create(&m->xd, LM_XFER_DEST, ops, m->dst, fdd, od, ht_on_event, &m->ld), 0);
+	assert_int_equal(lm__xfer_create(&m->xs, LM_XFER_SOURCE, ops, m->src, fs, os, ht_on_event, &m->ls), 0);
+}
+
+static void mig_join(struct mig *m)
+{
+	m->rs = lm__xfer_join(m->xs);
+	m->rd = lm__xfer_join(m->xd);
+	lm__xfer_get_stats(m->xs, &m->ss);
+	lm__xfer_get_stats(m->xd, &m->sd);
+}
+
+static void mig_free(struct mig *m)
+{
+	lm__xfer_destroy(m->xs);
+	lm__xfer_destroy(m->xd);
+	ops->destroy(m->src);
+	ops->destroy(m->dst);
+	ht_log_destroy(&m->ls);
+	ht_log_destroy(&m->ld);
+}
+
+static void opts(lm__xfer_opts_t *o)
+{
+	lm__xfer_opts_default(o);
+	o->session_id = 2883990515u;
+}
+
+/* Full migration; asserts the success properties. */
+static void run_success(lm_vm_t *src, lm_vm_t *dst, int fs, int fdd, lm__xfer_opts_t *o,
+			bool dirtying)
+{
+	struct mig m = { .src = src, .dst = dst };
+	start_running(src, dirtying);
+	usleep(20000);
+	mig_create(&m, fs, fdd, o, o);
+	assert_true(ht_wait(&m.ls, LM_XEV_SETUP_DONE, 5000));
+	assert_true(ht_wait(&m.ld, LM_XEV_SETUP_DONE, 5000));
+	lm__xfer_go(m.xd);
+	lm__xfer_go(m.xs);
+	mig_join(&m);
+	assert_int_equal(m.rs, 0);
+	assert_int_equal(m.rd, 0);
+	assert_int_equal(ht_count(&m.ls, LM_XEV_COMPLETED), 1);
+	assert_int_equal(ht_count(&m.ld, LM_XEV_COMPLETED), 1);
+	assert_int_equal(ht_count(&m.ls, LM_XEV_BLACKOUT_EXITED), 1);
+	assert_int_equal(ht_count(&m.ld, LM_XEV_OFFLINE_DONE), 1);
+	assert_true(ht_count(&m.ls, LM_XEV_PROGRESS) >= (int)m.ss.passes);
+	/* Source is paused at blackout: its memory is the blackout image. */
+	assert_false(gstats(src).running);
+	assert_int_equal(digest(src), digest(dst));
+	lm_guest_stats_t a = gstats(src), b = gstats(dst);
+	assert_int_equal(a.checksum, b.checksum);
+	assert_int_equal(a.iterations, b.iterations);
+	/* The workload continues identically on the destination. */
+	assert_int_equal(lm_sim_step(src, ops, 3000), 0);
+	assert_int_equal(lm_sim_step(dst, ops, 3000), 0);
+	assert_int_equal(gstats(src).checksum, gstats(dst).checksum);
+	assert_int_equal(digest(src), digest(dst));
+	/* And runs there. */
+	if (a.iterations > 0)
+		start_running(dst, true); /* asserts its iterations grow */
+	assert_int_equal(ops->pause(dst), 0);
+	mig_free(&m);
+}
+
+static void test_idle_guest_migrates_over_socketpair(void **state)
+{
+	int sv[2] = { -1, -1 };
+	lm__xfer_opts_t o;
+	opts(&o);
+	assert_int_equal(ht_pair(sv, false), 0);
+	run_success(ht_vm(64, 0, LM_PATTERN_UNIFORM, LM_FILL_RANDOM, false),
+		    ht_vm(64, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true), sv[0], sv[1], &o, false);
+}
+
+static void test_uniform_dirtying_guest_migrates_over_tcp(void **state)
+{
+	int sv[2] = { -1, -1 };
+	lm__xfer_opts_t o;
+	opts(&o);
+	assert_int_equal(ht_pair(sv, true), 0);
+	run_success(ht_vm(128, 200, LM_PATTERN_UNIFORM, LM_FILL_RANDOM, false),
+		    ht_vm(128, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true), sv[0], sv[1], &o, true);
+}
+
+static void test_hotset_dirtying_guest_migrates_over_socketpair(void **state)
+{
+	int sv[2] = { -1, -1 };
+	lm__xfer_opts_t o;
+	opts(&o);
+	assert_int_equal(ht_pair(sv, false), 0);
+	run_success(ht_vm(64, 400, LM_PATTERN_HOTSET, LM_FILL_ZERO90, false),
+		    ht_vm(64, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true), sv[0], sv[1], &o, true);
+}
+
+static void test_sequential_guest_with_checksums_and_lz4_migrates_over_tcp(void **state)
+{
+	int sv[2] = { -1, -1 };
+	lm__xfer_opts_t o;
+	opts(&o);
+	o.checksum = true;
+	o.compress_workers = 1;
+	assert_int_equal(ht_pair(sv, true), 0);
+	run_success(ht_vm(64, 100, LM_PATTERN_SEQUENTIAL, LM_FILL_ZERO90, false),
+		    ht_vm(64, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true), sv[0], sv[1], &o, true);
+}
+
+/* 1 GiB over TCP loopback: opt-in (LM_TEST_BIG=1, label hcs_big), it
+ * takes seconds to fill and populate. */
+static void test_one_gib_dirtying_guest_migrates_over_tcp(void **state)
+{
+	if (!getenv("LM_TEST_BIG")) {
+		skip();
+		return;
+	}
+	int sv[2] = { -1, -1 };
+	lm__xfer_opts_t o;
+	opts(&o);
+	assert_int_equal(ht_pair(sv, true), 0);
+	run_success(ht_vm(1024, 200, LM_PATTERN_UNIFORM, LM_FILL_RANDOM, false),
+		    ht_vm(1024, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true), sv[0], sv[1], &o, true);
+}
+
+/* Pages the workload touched in zero memory hold a few words: they
+ * compress well, and on a slow link compression pays, so the workers send
+ * them as LZ4. */
+static void test_compression_workers_send_lz4_pages_on_a_slow_link(void **state)
+{
+	int fs = -1, fdd = -1;
+	static struct ht_relay r; /* static: outlives a failed test's frame */
+	lm__xfer_opts_t o;
+	opts(&o);
+	o.compress_workers = 2;
+	o.checksum = true;
+	assert_int_equal(ht_relay_start(&r, 40000000, 0, &fs, &fdd), 0);
+	struct mig m = { .src = ht_vm(32, 100, LM_PATTERN_UNIFORM, LM_FILL_ZERO, false),
+			 .dst = ht_vm(32, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true) };
+	start_running(m.src, true);
+	usleep(100000);
+	mig_create(&m, fs, fdd, &o, &o);
+	lm__xfer_go(m.xd);
+	lm__xfer_go(m.xs);
+	mig_join(&m);
+	assert_int_equal(m.rs, 0);
+	assert_int_equal(m.rd, 0);
+	print_message("lz4 pages %llu of %llu\n", (unsigned long long)m.ss.lz4_pages,
+		      (unsigned long long)m.ss.pages_sent);
+	assert_true(m.ss.lz4_pages > 100);
+	assert_int_equal(m.sd.lz4_pages, m.ss.lz4_pages);
+	assert_int_equal(digest(m.src), digest(m.dst));
+	assert_int_equal(gstats(m.src).checksum, gstats(m.dst).checksum);
+	ht_relay_stop(&r);
+	mig_free(&m);
+}
+
+static void test_zero_guest_sends_flags_not_pages(void **state)
+{
+	int sv[2] = { -1, -1 };
+	lm__xfer_opts_t o;
+	opts(&o);
+	assert_int_equal(ht_pair(sv, false), 0);
+	struct mig m = { .src = ht_vm(256, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, false),
+			 .dst = ht_vm(256, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true) };
+	mig_create(&m, sv[0], sv[1], &o, &o);
+	lm__xfer_go(m.xd);
+	lm__xfer_go(m.xs);
+	mig_join(&m);
+	assert_int_equal(m.rs, 0);
+	assert_int_equal(m.rd, 0);
+	assert_true(m.ss.bytes_sent < 64 * 1024);
+	assert_int_equal(m.ss.zero_pages, 65536);
+	assert_int_equal(digest(m.src), digest(m.dst));
+	mig_free(&m);
+}
+
+static void test_convergence_stops_at_maximum_passes(void **state)
+{
+	int fs = -1, fdd = -1;
+	static struct ht_relay r; /* static: outlives a failed test's frame */
+	lm__xfer_opts_t o;
+	opts(&o);
+	o.skip_throttling = true;
+	o.max_passes = 3;
+	o.target_passes = 2;
+	o.target_blackout_ms = 1;
+	/* 100 MB/s link, guest dirtying 200 MB/s: never converges alone. */
+	assert_int_equal(ht_relay_start(&r, 100000000, 0, &fs, &fdd), 0);
+	struct mig m = { .src = ht_vm(16, 200, LM_PATTERN_UNIFORM, LM_FILL_RANDOM, false),
+			 .dst = ht_vm(16, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true) };
+	start_running(m.src, true);
+	mig_create(&m, fs, fdd, &o, &o);
+	lm__xfer_go(m.xd);
+	lm__xfer_go(m.xs);
+	mig_join(&m);
+	assert_int_equal(m.rs, 0);
+	assert_int_equal(m.ss.passes, 4); /* 3 brownout + the blackout pass */
+	assert_int_equal(m.ss.max_throttle_pct, 0);
+	assert_int_equal(digest(m.src), digest(m.dst));
+	ht_relay_stop(&r);
+	mig_free(&m);
+}
+
+static void test_convergence_honours_the_blackout_target(void **state)
+{
+	int sv[2] = { -1, -1 };
+	lm__xfer_opts_t o;
+	opts(&o);
+	o.target_blackout_ms = 60000; /* anything left fits: stop after pass 1 */
+	assert_int_equal(ht_pair(sv, false), 0);
+	struct mig m = { .src = ht_vm(16, 200, LM_PATTERN_UNIFORM, LM_FILL_RANDOM, false),
+			 .dst = ht_vm(16, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true) };
+	start_running(m.src, true);
+	mig_create(&m, sv[0], sv[1], &o, &o);
+	lm__xfer_go(m.xd);
+	lm__xfer_go(m.xs);
+	mig_join(&m);
+	assert_int_equal(m.rs, 0);
+	assert_int_equal(m.ss.passes, 2); /* pass 1 + the blackout pass */
+	assert_int_equal(digest(m.src), digest(m.dst));
+	mig_free(&m);
+}
+
+static void test_throttling_engages_when_dirty_rate_beats_link(void **state)
+{
+	int fs = -1, fdd = -1;
+	static struct ht_relay r; /* static: outlives a failed test's frame */
+	lm__xfer_opts_t o;
+	opts(&o);
+	o.start_throttle_pass = 2;
+	o.throttling_scale = 30;
+	o.min_throttle_pct = 5;
+	o.max_passes = 30;
+	o.target_passes = 4;
+	o.target_blackout_ms = 20;
+	assert_int_equal(ht_relay_start(&r, 60000000, 0, &fs, &fdd), 0);
+	struct mig m = { .src = ht_vm(16, 300, LM_PATTERN_UNIFORM, LM_FILL_RANDOM, false),
+			 .dst = ht_vm(16, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true) };
+	start_running(m.src, true);
+	mig_create(&m, fs, fdd, &o, &o);
+	lm__xfer_go(m.xd);
+	lm__xfer_go(m.xs);
+	mig_join(&m);
+	assert_int_equal(m.rs, 0);
+	assert_true(m.ss.max_throttle_pct > 0);
+	assert_true(m.ss.max_throttle_pct <= 95);
+	assert_true(m.ss.passes < 30);
+	assert_int_equal(gstats(m.src).throttle_pct, 0); /* reset after */
+	/* Progress at least every 250 ms (plus scheduling slack), both sides. */
+	print_message("progress events %u/%u, max gap %.0f/%.0f ms\n", m.ls.progress, m.ld.progress,
+		      (double)m.ls.max_progress_gap_ns / 1e6, (double)m.ld.max_progress_gap_ns / 1e6);
+	assert_true(m.ls.progress >= m.ss.passes);
+	assert_true(m.ls.max_progress_gap_ns < 400000000ull);
+	assert_true(m.ld.max_progress_gap_ns < 400000000ull);
+	assert_int_equal(digest(m.src), digest(m.dst));
+	ht_relay_stop(&r);
+	mig_free(&m);
+}
+
+/* Source must run on with exactly its memory: with an idle guest the
+ * digest is unchanged; with a running one, it keeps iterating. */
+static void assert_source_recovered(struct mig *m, uint64_t d0, bool idle)
+{
+	assert_true(ht_wait(&m->ls, LM_XEV_RECOVERY_DONE, 3000));
+	assert_true(gstats(m->src).running);
+	if (idle) {
+		assert_int_equal(ops->pause(m->src), 0);
+		assert_int_equal(digest(m->src), d0);
+	} else {
+		uint64_t it = gstats(m->src).iterations;
+		for (int i = 0; i < 300 && gstats(m->src).iterations <= it; i++)
+			usleep(10000);
+		assert_true(gstats(m->src).iterations > it);
+	}
+}
+
+static void test_blackout_threshold_cancel_recovers_source(void **state)
+{
+	int fs = -1, fdd = -1;
+	static struct ht_relay r; /* static: outlives a failed test's frame */
+	lm__xfer_opts_t o;
+	opts(&o);
+	o.skip_throttling = true;
+	o.max_passes = 2;
+	o.target_passes = 1;
+	o.target_blackout_ms = 1;
+	o.cancel_if_blackout_exceeds = true;
+	o.blackout_cancel_ms = 2;
+	assert_int_equal(ht_relay_start(&r, 50000000, 0, &fs, &fdd), 0);
+	struct mig m = { .src = ht_vm(16, 300, LM_PATTERN_UNIFORM, LM_FILL_RANDOM, false),
+			 .dst = ht_vm(16, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true) };
+	start_running(m.src, true);
+	mig_create(&m, fs, fdd, &o, &o);
+	lm__xfer_go(m.xd);
+	lm__xfer_go(m.xs);
+	mig_join(&m);
+	assert_int_equal(m.rs, -ETIME);
+	assert_int_not_equal(m.rd, 0);
+	assert_int_equal(m.ls.fail_result, LM_XR_CANCELLED);
+	assert_true(ht_count(&m.ls, LM_XEV_BLACKOUT_STARTED) == 1);
+	assert_int_equal(ht_count(&m.ls, LM_XEV_COMPLETED), 0);
+	assert_non_null(strstr(m.ls.fail_msg, "threshold"));
+	assert_source_recovered(&m, 0, false);
+	ht_relay_stop(&r);
+	mig_free(&m);
+}
+
+enum phase { PH_BEFORE_GO, PH_PASS1, PH_LATER_PASS, PH_BLACKOUT };
+
+static void cancel_case(enum phase ph, bool on_source)
+{
+	print_message("cancel phase %d on the %s\n", ph, on_source ? "source" : "destination");
+	int fs = -1, fdd = -1;
+	static struct ht_relay r; /* static: outlives a failed test's frame */
+	lm__xfer_opts_t o;
+	opts(&o);
+	o.skip_throttling = true;
+	o.target_blackout_ms = 0;
+	o.max_passes = 50;
+	if (ph == PH_BLACKOUT)
+		assert_int_equal(lm_fault_arm("transfer.blackout:delay_ms=300:times=1"), 0);
+	uint64_t bps = ph == PH_BLACKOUT ? 0 : 40000000;
+	assert_int_equal(ht_relay_start(&r, bps, 0, &fs, &fdd), 0);
+	double rate = ph == PH_LATER_PASS ? 100 : 0;
+	struct mig m = { .src = ht_vm(16, rate, LM_PATTERN_UNIFORM, LM_FILL_RANDOM, false),
+			 .dst = ht_vm(16, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true) };
+	start_running(m.src, rate > 0);
+	usleep(5000);
+	bool idle = rate == 0;
+	uint64_t d0 = 0;
+	if (idle) {
+		ops->pause(m.src);
+		d0 = digest(m.src);
+		ops->resume(m.src);
+	}
+	mig_create(&m, fs, fdd, &o, &o);
+	assert_true(ht_wait(&m.ls, LM_XEV_SETUP_DONE, 5000));
+	assert_true(ht_wait(&m.ld, LM_XEV_SETUP_DONE, 5000));
+	if (ph != PH_BEFORE_GO) {
+		lm__xfer_go(m.xd);
+		lm__xfer_go(m.xs);
+	}
+	if (ph == PH_PASS1)
+		usleep(50000);
+	if (ph == PH_LATER_PASS) {
+		/* wait for pass 2 */
+		for (int i = 0; i < 400; i++) {
+			pthread_mutex_lock(&m.ls.mu);
+			unsigned p = m.ls.last_progress.pass;
+			pthread_mutex_unlock(&m.ls.mu);
+			if (p >= 2)
+				break;
+			usleep(5000);
+		}
+	}
+	if (ph == PH_BLACKOUT)
+		assert_true(ht_wait(&m.ls, LM_XEV_BLACKOUT_STARTED, 5000));
+	/* Still migrating (else the link was too fast for this test). */
+	assert_int_equal(ht_count(&m.ls, LM_XEV_COMPLETED) + ht_count(&m.ld, LM_XEV_COMPLETED), 0);
+	uint64_t t0 = lm_now_ns();
+	lm__xfer_cancel(on_source ? m.xs : m.xd);
+	assert_true(ht_wait(on_source ? &m.ls : &m.ld, LM_XEV_FAILED, 2000));
+	uint64_t local_ms = (lm_now_ns() - t0) / 1000000;
+	print_message("  cancel took effect locally in %llu ms\n", (unsigned long long)local_ms);
+	/* A blackout delay fault is a sleep the source cannot interrupt. */
+	assert_true(local_ms < (ph == PH_BLACKOUT && on_source ? 450u : 150u));
+	assert_true(ht_wait(on_source ? &m.ld : &m.ls, LM_XEV_FAILED, 2000));
+	mig_join(&m);
+	assert_int_not_equal(m.rs, 0);
+	assert_int_not_equal(m.rd, 0);
+	assert_int_equal(ht_count(&m.ls, LM_XEV_COMPLETED), 0);
+	assert_int_equal(ht_count(&m.ld, LM_XEV_COMPLETED), 0);
+	if (on_source)
+		assert_int_equal(m.ls.fail_result, LM_XR_CANCELLED);
+	else
+		assert_int_equal(m.ld.fail_result, LM_XR_CANCELLED);
+	assert_source_recovered(&m, d0, idle);
+	lm_fault_disarm_all();
+	ht_relay_stop(&r);
+	mig_free(&m);
+}
+
+static void test_cancel_during_the_handshake_recovers_source(void **state)
+{
+	int sv[2] = { -1, -1 };
+	lm__xfer_opts_t o;
+	opts(&o);
+	assert_int_equal(ht_pair(sv, true), 0);
+	struct mig m = { .src = ht_vm(8, 50, LM_PATTERN_UNIFORM, LM_FILL_RANDOM, false) };
+	ht_log_init(&m.ls);
+	start_running(m.src, true);
+	/* Nobody answers the hello: the source waits in the handshake. */
+	assert_int_equal(lm__xfer_create(&m.xs, LM_XFER_SOURCE, ops, m.src, sv[0], &o, ht_on_event, &m.ls), 0);
+	usleep(50000);
+	uint64_t t0 = lm_now_ns();
+	lm__xfer_cancel(m.xs);
+	assert_int_equal(lm__xfer_join(m.xs), -ECANCELED);
+	assert_true(lm_now_ns() - t0 < 150000000ull);
+	assert_int_equal(m.ls.fail_result, LM_XR_CANCELLED);
+	assert_int_equal(ht_count(&m.ls, LM_XEV_SETUP_DONE), 0);
+	assert_source_recovered(&m, 0, false);
+	lm__xfer_destroy(m.xs);
+	close(sv[1]);
+	ops->destroy(m.src);
+	ht_log_destroy(&m.ls);
+}
+
+static void test_cancel_while_destination_waits_for_hello(void **state)
+{
+	int sv[2] = { -1, -1 };
+	lm__xfer_opts_t o;
+	opts(&o);
+	assert_int_equal(ht_pair(sv, false), 0);
+	struct ht_log ld;
+	ht_log_init(&ld);
+	lm_vm_t *dst = ht_vm(8, 0, 0, 0, true);
+	lm__xfer_t *xd;
+	assert_int_equal(lm__xfer_create(&xd, LM_XFER_DEST, ops, dst, sv[1], &o, ht_on_event, &ld), 0);
+	usleep(30000);
+	uint64_t t0 = lm_now_ns();
+	lm__xfer_cancel(xd);
+	assert_int_equal(lm__xfer_join(xd), -ECANCELED);
+	assert_true(lm_now_ns() - t0 < 150000000ull);
+	assert_int_equal(ld.fail_result, LM_XR_CANCELLED);
+	assert_int_equal(ht_count(&ld, LM_XEV_SETUP_DONE), 0);
+	lm__xfer_destroy(xd);
+	close(sv[0]);
+	ops->destroy(dst);
+	ht_log_destroy(&ld);
+}
+
+static void test_cancel_at_every_phase_on_either_side(void **state)
+{
+	for (int ph = PH_BEFORE_GO; ph <= PH_BLACKOUT; ph++) {
+		cancel_case((enum phase)ph, true);
+		cancel_case((enum phase)ph, false);
+	}
+}
+
+static void test_peer_closing_mid_batch_fails_and_source_recovers(void **state)
+{
+	int fs = -1, fdd = -1;
+	static struct ht_relay r; /* static: outlives a failed test's frame */
+	lm__xfer_opts_t o;
+	opts(&o);
+	/* Cut 3 MiB + 100 bytes into the stream: inside a batch. */
+	assert_int_equal(ht_relay_start(&r, 0, (3u << 20) + 100, &fs, &fdd), 0);
+	struct mig m = { .src = ht_vm(32, 0, LM_PATTERN_UNIFORM, LM_FILL_RANDOM, false),
+			 .dst = ht_vm(32, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true) };
+	ops->start(m.src);
+	ops->pause(m.src);
+	uint64_t d0 = digest(m.src);
+	ops->resume(m.src);
+	mig_create(&m, fs, fdd, &o, &o);
+	lm__xfer_go(m.xd);
+	lm__xfer_go(m.xs);
+	mig_join(&m);
+	assert_int_not_equal(m.rs, 0);
+	assert_int_not_equal(m.rd, 0);
+	assert_non_null(strstr(m.ld.fail_msg, "closed"));
+	assert_source_recovered(&m, d0, true);
+	ht_relay_stop(&r);
+	mig_free(&m);
+}
+
+static void test_corrupted_batch_with_checksums_is_dataloss_and_source_intact(void **state)
+{
+	int sv[2] = { -1, -1 };
+	lm__xfer_opts_t o;
+	opts(&o);
+	o.checksum = true;
+	assert_int_equal(ht_pair(sv, false), 0);
+	struct mig m = { .src = ht_vm(32, 0, LM_PATTERN_UNIFORM, LM_FILL_RANDOM, false),
+			 .dst = ht_vm(32, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true) };
+	ops->start(m.src);
+	ops->pause(m.src);
+	uint64_t d0 = digest(m.src);
+	ops->resume(m.src);
+	assert_int_equal(lm_fault_arm("transfer.corrupt:errno=EIO:after=5:times=1"), 0);
+	mig_create(&m, sv[0], sv[1], &o, &o);
+	lm__xfer_go(m.xd);
+	lm__xfer_go(m.xs);
+	mig_join(&m);
+	lm_fault_disarm_all();
+	assert_int_equal(m.rd, -EBADMSG);
+	assert_non_null(strstr(m.ld.fail_msg, "DataLoss"));
+	assert_int_not_equal(m.rs, 0);
+	assert_int_equal(m.ls.fail_result, LM_XR_DEST_FAILED);
+	assert_source_recovered(&m, d0, true);
+	mig_free(&m);
+}
+
+static void test_send_fault_mid_stream_recovers_source(void **state)
+{
+	int sv[2] = { -1, -1 };
+	lm__xfer_opts_t o;
+	opts(&o);
+	assert_int_equal(ht_pair(sv, true), 0);
+	struct mig m = { .src = ht_vm(32, 50, LM_PATTERN_UNIFORM, LM_FILL_RANDOM, false),
+			 .dst = ht_vm(32, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true) };
+	start_running(m.src, true);
+	assert_int_equal(lm_fault_arm("transfer.send:errno=ECONNRESET:after=10:times=1"), 0);
+	mig_create(&m, sv[0], sv[1], &o, &o);
+	lm__xfer_go(m.xd);
+	lm__xfer_go(m.xs);
+	mig_join(&m);
+	lm_fault_disarm_all();
+	assert_int_equal(m.rs, -ECONNRESET);
+	assert_int_equal(m.ls.fail_result, LM_XR_SOURCE_FAILED);
+	assert_int_equal(m.ld.fail_result, LM_XR_SOURCE_FAILED);
+	assert_source_recovered(&m, 0, false);
+	mig_free(&m);
+}
+
+static void test_destination_state_load_failure_recovers_source(void **state)
+{
+	int sv[2] = { -1, -1 };
+	lm__xfer_opts_t o;
+	opts(&o);
+	assert_int_equal(ht_pair(sv, false), 0);
+	struct mig m = { .src = ht_vm(16, 50, LM_PATTERN_UNIFORM, LM_FILL_RANDOM, false),
+			 .dst = ht_vm(16, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true) };
+	start_running(m.src, true);
+	/* The source's state fault hits the first "transfer.state"; arm the
+	 * destination's by letting one pass. */
+	assert_int_equal(lm_fault_arm("transfer.state:errno=EINVAL:after=1:times=1"), 0);
+	mig_create(&m, sv[0], sv[1], &o, &o);
+	lm__xfer_go(m.xd);
+	lm__xfer_go(m.xs);
+	mig_join(&m);
+	lm_fault_disarm_all();
+	assert_int_not_equal(m.rs, 0);
+	assert_int_equal(m.rd, -EINVAL);
+	assert_int_equal(m.ls.fail_result, LM_XR_DEST_FAILED);
+	assert_true(ht_count(&m.ls, LM_XEV_BLACKOUT_STARTED) == 1);
+	assert_source_recovered(&m, 0, false);
+	mig_free(&m);
+}
+
+static void handshake_refused(lm_vm_t *src, lm_vm_t *dst, uint32_t sid_dst, const char *why)
+{
+	int sv[2] = { -1, -1 };
+	lm__xfer_opts_t os, od;
+	opts(&os);
+	opts(&od);
+	od.session_id = sid_dst;
+	assert_int_equal(ht_pair(sv, false), 0);
+	struct mig m = { .src = src, .dst = dst };
+	mig_create(&m, sv[0], sv[1], &os, &od);
+	mig_join(&m);
+	assert_int_not_equal(m.rs, 0);
+	assert_int_not_equal(m.rd, 0);
+	assert_int_equal(ht_count(&m.ls, LM_XEV_SETUP_DONE), 0);
+	assert_int_equal(ht_count(&m.ld, LM_XEV_SETUP_DONE), 0);
+	assert_int_equal(m.sd.pages_sent, 0);
+	assert_non_null(strstr(m.ls.fail_msg, why));
+	assert_non_null(strstr(m.ld.fail_msg, why));
+	mig_free(&m);
+}
+
+static void test_handshake_refuses_session_id_mismatch(void **state)
+{
+	handshake_refused(ht_vm(8, 0, 0, LM_FILL_RANDOM, false), ht_vm(8, 0, 0, 0, true),
+			  1234, "session id mismatch");
+}
+
+static void test_handshake_refuses_memory_size_mismatch(void **state)
+{
+	handshake_refused(ht_vm(8, 0, 0, LM_FILL_RANDOM, false), ht_vm(16, 0, 0, 0, true),
+			  2883990515u, "memory size mismatch");
+}
+
+static void test_handshake_refuses_other_protocol_version(void **state)
+{
+	int sv[2] = { -1, -1 };
+	lm__xfer_opts_t o;
+	opts(&o);
+	assert_int_equal(ht_pair(sv, false), 0);
+	struct ht_log ld;
+	ht_log_init(&ld);
+	lm_vm_t *dst = ht_vm(8, 0, 0, 0, true);
+	lm__xfer_t *xd;
+	assert_int_equal(lm__xfer_create(&xd, LM_XFER_DEST, ops, dst, sv[1], &o, ht_on_event, &ld), 0);
+	lm_xf_hello_t h = { LM_XF_MAGIC, 2, sizeof(h), o.session_id, 4096, 0, 1, 0, 0, 8u << 20 };
+	assert_int_equal(write(sv[0], &h, sizeof(h)), sizeof(h));
+	lm_xf_hello_ack_t a;
+	assert_int_equal(recv(sv[0], &a, sizeof(a), MSG_WAITALL), sizeof(a));
+	assert_int_equal(a.status, EPROTONOSUPPORT);
+	assert_non_null(strstr(a.reason, "version 2"));
+	assert_int_equal(lm__xfer_join(xd), -EPROTONOSUPPORT);
+	assert_int_equal(ht_count(&ld, LM_XEV_SETUP_DONE), 0);
+	lm__xfer_destroy(xd);
+	close(sv[0]);
+	ops->destroy(dst);
+	ht_log_destroy(&ld);
+}
+
+static void test_sim_pause_stops_writes_and_state_blob_roundtrips(void **state)
+{
+	lm_vm_t *a = ht_vm(8, 500, LM_PATTERN_UNIFORM, LM_FILL_RANDOM, false);
+	lm_vm_t *b = ht_vm(8, 0, LM_PATTERN_UNIFORM, LM_FILL_RANDOM, false);
+	assert_int_equal(ops->start(a), 0);
+	usleep(20000);
+	for (int i = 0; i < 200 && gstats(a).iterations < 1000; i++)
+		usleep(10000); /* a loaded machine may be slow to schedule it */
+	assert_int_equal(ops->pause(a), 0);
+	lm_guest_stats_t s1 = gstats(a);
+	assert_true(s1.iterations > 0);
+	assert_true(s1.dirty_rate_mbps > 50);
+	uint64_t d = digest(a);
+	usleep(10000);
+	assert_int_equal(gstats(a).iterations, s1.iterations);
+	assert_int_equal(digest(a), d);
+	uint64_t bm[32] = { 0 };
+	assert_true(ops->dirty_log_fetch(a, 0, bm, 32) > 0);
+	assert_int_equal(ops->dirty_log_fetch(a, 0, bm, 32), 0); /* cleared */
+	uint8_t blob[512];
+	int n = ops->state_save(a, blob, sizeof(blob));
+	assert_true(n > 0);
+	assert_int_equal(ops->state_load(b, blob, (size_t)n), 0);
+	assert_int_equal(gstats(b).checksum, s1.checksum);
+	blob[4] = 99; /* version */
+	assert_int_equal(ops->state_load(b, blob, (size_t)n), -EPROTO);
+	ops->destroy(a);
+	ops->destroy(b);
+}
+
+int main(void)
+{
+	lm_log_set_level(LM_LOG_OFF);
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_sim_pause_stops_writes_and_state_blob_roundtrips),
+		cmocka_unit_test(test_idle_guest_migrates_over_socketpair),
+		cmocka_unit_test(test_uniform_dirtying_guest_migrates_over_tcp),
+		cmocka_unit_test(test_hotset_dirtying_guest_migrates_over_socketpair),
+		cmocka_unit_test(test_sequential_guest_with_checksums_and_lz4_migrates_over_tcp),
+		cmocka_unit_test(test_zero_guest_sends_flags_not_pages),
+		cmocka_unit_test(test_compression_workers_send_lz4_pages_on_a_slow_link),
+		cmocka_unit_test(test_one_gib_dirtying_guest_migrates_over_tcp),
+		cmocka_unit_test(test_convergence_stops_at_maximum_passes),
+		cmocka_unit_test(test_convergence_honours_the_blackout_target),
+		cmocka_unit_test(test_throttling_engages_when_dirty_rate_beats_link),
+		cmocka_unit_test(test_blackout_threshold_cancel_recovers_source),
+		cmocka_unit_test(test_cancel_during_the_handshake_recovers_source),
+		cmocka_unit_test(test_cancel_while_destination_waits_for_hello),
+		cmocka_unit_test(test_cancel_at_every_phase_on_either_side),
+		cmocka_unit_test(test_peer_closing_mid_batch_fails_and_source_recovers),
+		cmocka_unit_test(test_corrupted_batch_with_checksums_is_dataloss_and_source_intact),
+		cmocka_unit_test(test_send_fault_mid_stream_recovers_source),
+		cmocka_unit_test(test_destination_state_load_failure_recovers_source),
+		cmocka_unit_test(test_handshake_refuses_session_id_mismatch),
+		cmocka_unit_test(test_handshake_refuses_memory_size_mismatch),
+		cmocka_unit_test(test_handshake_refuses_other_protocol_version),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
