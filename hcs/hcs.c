@@ -674,7 +674,12 @@ static void do_properties(lm_hcs_system_t *s, struct op *o)
 					      "BlackoutMilliseconds", (double)xs.blackout_ns / 1e6,
 					      "TotalMilliseconds", (double)xs.total_ns / 1e6,
 					      "MaxThrottlePercent", (int)xs.max_throttle_pct));
-	if (digest) {
+	if (digest && st.running) {
+		/* the guest writes while we would read: no stable (nor race-free)
+		 * value exists; say so instead of hashing moving memory */
+		json_object_set_new(r, "MemoryDigestSkipped",
+				    json_string("the guest is running: pause it for a stable digest"));
+	} else if (digest) {
 		uint64_t d;
 		if ((rc = lm__mem_digest(s->ops, s->vm, &d)) < 0) {
 			json_decref(r);

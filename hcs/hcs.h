@@ -76,8 +76,9 @@ int lm_hcs_system_shutdown(lm_hcs_system_t *s, lm_hcs_done_fn done, void *arg);
  * "Statistics":{"Iterations","Checksum","PagesWritten","DirtyRateMBps",
  * "ThrottlePercent"},"CompatibilityInfo":"...","Migration":{...}} and, if
  * `query_json` is {"PropertyTypes":["MemoryDigest"]}, "MemoryDigest":
- * "<16 hex digits>" (XXH3-64 of all guest memory; pause first for a stable
- * value). */
+ * "<16 hex digits>" (XXH3-64 of all guest memory), only while the guest
+ * does not run (paused, stopped, or a migrated VM before its resume); of a
+ * running guest "MemoryDigestSkipped" says why instead. */
 int lm_hcs_system_properties(lm_hcs_system_t *s, const char *query_json,
 			     lm_hcs_done_fn done, void *arg);
 

@@ -158,6 +158,12 @@ static void test_lifecycle_and_properties_through_callbacks(void **state)
 	assert_int_equal(strlen(json_string_value(json_object_get(p, "MemoryDigest"))), 16);
 	json_decref(p);
 	assert_int_equal(CALL(lm_hcs_system_resume(s, on_done, w)), 0);
+	/* a running guest's memory moves: no digest, and the reason */
+	assert_int_equal(CALL(lm_hcs_system_properties(s, "{\"PropertyTypes\":[\"MemoryDigest\"]}", on_done, w)), 0);
+	p = last();
+	assert_null(json_object_get(p, "MemoryDigest"));
+	assert_non_null(json_object_get(p, "MemoryDigestSkipped"));
+	json_decref(p);
 	assert_int_equal(CALL(lm_hcs_system_terminate(s, on_done, w)), 0);
 	assert_int_equal(CALL(lm_hcs_system_start(s, on_done, w)), -EPERM);
 	lm_hcs_system_close(s);
