@@ -1,0 +1,90 @@
+/*
+ * controller.h: the controller actor, the one owner of the migration
+ * session state machine and of the sandbox (pods, containers).
+ *
+ * Every Migration and task RPC becomes a message to it (LM_CTL_MIG_CALL,
+ * LM_CTL_TASK_CALL); compute-service completions and events come back as
+ * messages (LM_CTL_HCS_DONE, LM_CTL_HCS_EVENT); the transport and the
+ * patchers report by message. It never blocks, so Cancel is handled while
+ * a Finalize, a socket wait or a transfer is in flight. The states and
+ * error codes are those of ../shared/spec/migration-service.md.
+ *
+ * DESIGN. Only this actor changes migration state or touches the sandbox.
+ * Calls that wait (TransferSandbox, a Prepare, a Finalize) are parked as
+ * rpc call pointers in the controller's state and answered when the
+ * message that completes them arrives. Every asynchronous compute-service
+ * operation carries a generation number, so a completion that arrives
+ * after a Cancel or Cleanup moved on is recognised as stale.
+ */
+#ifndef LM_ACTORS_CONTROLLER_H
+#define LM_ACTORS_CONTROLLER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "actors/runtime.h"
+#include "actors/shim.h"
+
+struct lm_rpc_call;
+
+/* Message types (0x100-0x1ff; 0x180-0x18f are the task service's). */
+enum {
+	LM_CTL_BOOT = 0x100,      /* standalone start: create the VM and containers */
+	LM_CTL_MIG_CALL,          /* a Migration RPC: struct lm_ctl_call */
+	LM_CTL_CALL_GONE,         /* an RPC's client went away: struct lm_ctl_call (holds a ref) */
+	LM_CTL_HCS_DONE,          /* an hcs operation completed: struct lm_ctl_hcs_done */
+	LM_CTL_HCS_EVENT,         /* an hcs event: struct lm_ctl_hcs_event */
+	LM_CTL_SOCKET,            /* transport result: struct lm_ctl_socket */
+	LM_CTL_SOCKET_TIMEOUT,    /* a TransferSandbox waited too long for the socket */
+	LM_CTL_CLOSED,            /* the compute system was closed (closer thread) */
+	LM_CTL_QUIESCE,           /* shutdown: stop everything (reply_to set) */
+	LM_CTL_INSPECT,           /* an Inspect RPC (lmshim.v1.Inspect): struct lm_ctl_call */
+	LM_CTL_NOTIFY_RETRY,      /* re-publish events the notifier could not take */
+};
+
+/* Migration methods, in the order of the service. */
+enum lm_mig_method {
+	LM_MIG_PREPARE_AND_EXPORT = 0,
+	LM_MIG_IMPORT,
+	LM_MIG_PREPARE,
+	LM_MIG_CREATE_DUPLICATE_SOCKET,
+	LM_MIG_NOTIFICATIONS,
+	LM_MIG_TRANSFER,
+	LM_MIG_FINALIZE,
+	LM_MIG_CANCEL,
+	LM_MIG_CLEANUP,
+	LM_MIG_N
+};
+
+struct lm_ctl_call {
+	struct lm_rpc_call *call;
+	int method;
+};
+
+/* Our own service beside the contract's: lmshim.v1.Inspect/Properties
+ * answers the compute system's properties as JSON bytes (the request is
+ * an HCS properties query, e.g. {"PropertyTypes":["MemoryDigest"]}, or
+ * empty). lmctl uses it to verify a migration (memory digest, workload
+ * checksum). */
+#define LM_INSPECT_SERVICE "lmshim.v1.Inspect"
+
+/* Thread: any. Fills the Migration and Inspect service tables (static
+ * storage) whose handlers post to `ctl`. */
+struct lm_rpc_service;
+void lm_migration_service_init(struct lm_rpc_service *mig, struct lm_rpc_service *inspect,
+			       lm_actor_t *ctl);
+
+/* Thread: any. Spawns the controller (one per shim). `cfg` is copied. */
+int lm_controller_spawn(lm_runtime_t *rt, lm_actor_t **out,
+			const struct lm_shim_config *cfg, lm_actor_t *notifier,
+			lm_actor_t *transport);
+
+/* Thread: not a worker. Standalone start: creates and starts the VM of
+ * cfg->vm_document and its containers; returns when done. 0 or -errno. */
+int lm_controller_boot(lm_actor_t *ctl, char *err, size_t errlen);
+
+/* Thread: not a worker. Before shutdown: cancels any migration, closes
+ * the compute system, ends every stream; returns when done (bounded). */
+void lm_controller_quiesce(lm_actor_t *ctl);
+
+#endif

@@ -1,0 +1,248 @@
+/*
+ * sandbox.h: the sandbox model: pods and simulated containers with a task
+ * lifecycle, parked Wait calls, and the versioned snapshot that carries
+ * them (with the VM's description) from a source shim to a destination.
+ *
+ * Containers are simulated: no process runs. A container is created with
+ * a synthetic, unique init PID (from a counter that never goes backwards,
+ * carried in the snapshot), goes created -> running (start) -> stopped
+ * (kill with signal s: exit status 128+s; or lm_sandbox_exit), and is
+ * deleted once not running. A Wait call parked on a container is answered
+ * (WaitResponse: exit status and time) when it stops, or failed when the
+ * container is removed or the sandbox torn down.
+ *
+ * Pods and containers are kept in arrays sorted by ID: iteration order,
+ * and so the snapshot's bytes, do not depend on the order of insertion.
+ *
+ * The snapshot (proto/snapshot.proto, lmshim.v1.SandboxSnapshot, schema
+ * version 1) is packed in a google.protobuf.Any with type URL
+ * LM_SNAPSHOT_TYPE_URL. Imported containers carry source_id (their ID on
+ * the source) and patched = false until the task Create patch path maps
+ * them onto their new ID (lm_sandbox_apply_patch).
+ *
+ * DESIGN. Thread: owner only. An lm_sandbox_t lives inside the controller
+ * actor and only its dispatch touches it; nothing here locks. The parked
+ * rpc calls are answered from the owner's thread (lm_rpc_call_* may be
+ * called from any thread). lm_sandbox_import builds a new sandbox on the
+ * calling thread and hands it over.
+ */
+#ifndef LM_ACTORS_SANDBOX_H
+#define LM_ACTORS_SANDBOX_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rpc/server.h"
+
+typedef struct lm_sandbox lm_sandbox_t;
+struct lm_patch_result;   /* actors/patcher.h */
+
+#define LM_SNAPSHOT_TYPE_URL "type.googleapis.com/lmshim.v1.SandboxSnapshot"
+#define LM_SNAPSHOT_SCHEMA_VERSION 1u
+/* An import refuses a snapshot with more pods or containers than this. */
+#define LM_SNAPSHOT_MAX_CONTAINERS 4096u
+
+/* The first synthetic PID a fresh sandbox hands out. */
+#define LM_SANDBOX_FIRST_PID 1000u
+
+enum lm_ctr_type {
+	LM_CTR_SANDBOX = 0,    /* the pod's sandbox (pause) container */
+	LM_CTR_CONTAINER = 1,  /* a workload container */
+};
+
+/* Values equal containerd.v1.types.Status (task_types.proto). */
+enum lm_ctr_state {
+	LM_CTR_CREATED = 1,
+	LM_CTR_RUNNING = 2,
+	LM_CTR_STOPPED = 3,
+};
+
+/* What lm_sandbox_add copies into a new container. Every string may be
+ * NULL (stored as ""), except id and pod_id. */
+struct lm_container_spec {
+	const char *id;
+	const char *pod_id;            /* must name an existing pod */
+	enum lm_ctr_type type;
+	const char *bundle;            /* bundle directory */
+	const char *rootfs;            /* rootfs path */
+	const char *scratch;           /* writable (scratch) layer */
+	const char *const *layers;     /* read-only layers (paths/ids), n_layers of them;
+	                                  NULL: n_layers unnamed layers ("layer<i>") */
+	unsigned n_layers;
+	const char *stdin_path, *stdout_path, *stderr_path;
+	bool terminal;
+	const uint8_t *process_spec;   /* OCI process spec (JSON bytes), may be NULL */
+	size_t process_spec_len;
+};
+
+/* A container. Thread: owner only. Read-only to callers; pointers are
+ * valid until the next call that adds, removes or re-keys a container. */
+struct lm_container {
+	char *id;
+	char *pod_id;
+	enum lm_ctr_type type;
+	enum lm_ctr_state state;
+	uint32_t pid;                  /* synthetic init PID, unique in the sandbox */
+	uint32_t exit_status;          /* valid when stopped */
+	uint64_t exited_at_ns;         /* wall clock (lm_wall_ns), when stopped */
+	char *bundle, *rootfs, *scratch;
+	char **layers;                 /* read-only layers */
+	unsigned n_layers;
+	char *stdin_path, *stdout_path, *stderr_path;
+	bool terminal;
+	uint8_t *process_spec;
+	size_t process_spec_len;
+	char *source_id;               /* imported: ID on the source; NULL if not imported */
+	bool patched;                  /* imported and mapped by the patch path */
+	unsigned n_waiters;            /* Wait calls parked on it */
+};
+
+/* A pod. network: its network binding (namespace path or a JSON
+ * description; opaque here, carried by the snapshot). */
+struct lm_pod {
+	char *id;
+	char *network;
+};
+
+/* The VM part of the snapshot. Filled by the caller for export (pointers
+ * borrowed); filled by lm_sandbox_import (heap, freed by
+ * lm_snapshot_vm_clear). */
+struct lm_snapshot_region {
+	uint64_t gpa;                  /* guest physical address */
+	uint64_t size;                 /* bytes */
+};
+struct lm_snapshot_device {
+	char *kind;                    /* "disk", "nic", "vsock", ... */
+	char *id;
+	char *path;                    /* host path or address, may be "" */
+	bool read_only;
+};
+struct lm_snapshot_vm {
+	char *vm_id;                   /* required */
+	char *document;                /* full compute-system document (JSON), required */
+	uint8_t *compat;               /* compatibility blob */
+	size_t compat_len;
+	uint32_t vcpus;                /* required, > 0 */
+	uint64_t memory_bytes;         /* required, > 0 */
+	struct lm_snapshot_region *regions;   /* memory layout */
+	size_t n_regions;
+	struct lm_snapshot_device *devices;   /* device and disk attachments */
+	size_t n_devices;
+	uint64_t generation;           /* counter that must not go backwards (e.g. migrations) */
+};
+
+/* Thread: any. Frees what lm_sandbox_import put in *vm and zeroes it. */
+void lm_snapshot_vm_clear(struct lm_snapshot_vm *vm);
+
+/* Thread: any (the new sandbox then belongs to one owner). 0 or -ENOMEM. */
+int lm_sandbox_create(lm_sandbox_t **out);
+
+/* Thread: owner only. lm_sandbox_clear, then frees. NULL is ignored. */
+void lm_sandbox_destroy(lm_sandbox_t *sb);
+
+/* Thread: owner only. Tears down every pod and container; each parked
+ * Wait is failed with Unavailable ("sandbox torn down"). The PID counter
+ * is kept (it never goes backwards). */
+void lm_sandbox_clear(lm_sandbox_t *sb);
+
+/* ---- pods ------------------------------------------------------------- */
+
+/* Thread: owner only. 0, -EEXIST, -EINVAL (empty id), -ENOMEM. network may
+ * be NULL. */
+int lm_sandbox_add_pod(lm_sandbox_t *sb, const char *id, const char *network);
+/* Thread: owner only. NULL if absent. */
+const struct lm_pod *lm_sandbox_find_pod(const lm_sandbox_t *sb, const char *id);
+/* Thread: owner only. Removes the pod and its containers (their waiters
+ * are failed with NotFound). 0 or -ENOENT. */
+int lm_sandbox_remove_pod(lm_sandbox_t *sb, const char *id);
+/* Thread: owner only. Count, and the i-th pod in ID order. */
+size_t lm_sandbox_pod_count(const lm_sandbox_t *sb);
+const struct lm_pod *lm_sandbox_pod_at(const lm_sandbox_t *sb, size_t i);
+
+/* ---- containers -------------------------------------------------------- */
+
+/* Thread: owner only. Adds a container in state created with a new PID.
+ * 0, -EEXIST (ID taken), -ENOENT (no such pod), -EINVAL (empty id, or a
+ * second sandbox container in the pod), -ENOMEM. *out (may be NULL) gets
+ * the container. */
+int lm_sandbox_add(lm_sandbox_t *sb, const struct lm_container_spec *spec,
+		   const struct lm_container **out);
+/* Thread: owner only. NULL if absent. */
+const struct lm_container *lm_sandbox_find(const lm_sandbox_t *sb, const char *id);
+/* Thread: owner only. The imported container whose source ID is
+ * source_id, or NULL. */
+const struct lm_container *lm_sandbox_find_source(const lm_sandbox_t *sb, const char *source_id);
+/* Thread: owner only. Removes a container whatever its state (waiters
+ * failed with NotFound). 0 or -ENOENT. */
+int lm_sandbox_remove(lm_sandbox_t *sb, const char *id);
+/* Thread: owner only. Count, and the i-th container in ID order. */
+size_t lm_sandbox_count(const lm_sandbox_t *sb);
+const struct lm_container *lm_sandbox_at(const lm_sandbox_t *sb, size_t i);
+
+/* ---- the simulated task lifecycle -------------------------------------- */
+
+/* Thread: owner only. created -> running. 0, -ENOENT, -EBUSY (not in
+ * state created). *pid (may be NULL) gets the init PID. */
+int lm_sandbox_start(lm_sandbox_t *sb, const char *id, uint32_t *pid);
+/* Thread: owner only. created|running -> stopped with exit status
+ * 128+signal, now; parked Waits are answered. 0, -ENOENT, -ESRCH (already
+ * stopped), -EINVAL (signal 0 or > 64). */
+int lm_sandbox_kill(lm_sandbox_t *sb, const char *id, uint32_t signal);
+/* Thread: owner only. The init process exits by itself with `status`
+ * (created|running -> stopped). 0, -ENOENT, -ESRCH. */
+int lm_sandbox_exit(lm_sandbox_t *sb, const char *id, uint32_t status);
+/* Thread: owner only. Deletes a container that is not running; *pid,
+ * *exit_status, *exited_at_ns (each may be NULL) get its last facts.
+ * 0, -ENOENT, -EBUSY (running). */
+int lm_sandbox_delete(lm_sandbox_t *sb, const char *id, uint32_t *pid,
+		      uint32_t *exit_status, uint64_t *exited_at_ns);
+/* Thread: owner only. The PIDs of the container's processes (the init
+ * process while created or running, none once stopped): count written
+ * to pids (at most cap), or -ENOENT. */
+int lm_sandbox_pids(const lm_sandbox_t *sb, const char *id, uint32_t *pids, size_t cap);
+/* Thread: owner only. The next PID the sandbox would hand out. */
+uint32_t lm_sandbox_next_pid(const lm_sandbox_t *sb);
+
+/* Thread: owner only. Parks a Wait call (its reference moves to the
+ * sandbox) on container id; answered with a containerd WaitResponse when
+ * it stops (at once if already stopped). Parked calls whose client has
+ * gone are dropped on each park. 0, or -ENOENT (the caller keeps call). */
+int lm_sandbox_wait(lm_sandbox_t *sb, const char *id, lm_rpc_call_t *call);
+
+/* ---- migration ------------------------------------------------------------ */
+
+/* Thread: owner only. Writes into buf (NUL-terminated, truncated with
+ * "..." if buflen is short; buf may be NULL with buflen 0) the IDs
+ * (source IDs) of imported containers not yet patched, comma-separated,
+ * in ID order. Returns how many there are. */
+size_t lm_sandbox_pending_patches(const lm_sandbox_t *sb, char *buf, size_t buflen);
+
+/* Thread: owner only. Applies a successful patch (r->code == 0): the
+ * imported container r->source_id takes ID r->new_id and the new bundle,
+ * rootfs, scratch, layers and stdio; it is marked patched. The sandbox
+ * container also re-keys its pod (pod ID := new ID, and every container of
+ * the pod follows). 0, -ENOENT (no such imported container), -EALREADY
+ * (already patched), -EEXIST (new ID taken by another container or pod),
+ * -EINVAL (r->code != 0), -ENOMEM (nothing changed). */
+int lm_sandbox_apply_patch(lm_sandbox_t *sb, const struct lm_patch_result *r);
+
+/* Thread: owner only. The snapshot of this sandbox and *vm, packed as a
+ * google.protobuf.Any (type URL LM_SNAPSHOT_TYPE_URL): *out is malloc'd,
+ * *len its size. Byte-for-byte deterministic for the same content. 0,
+ * -EINVAL (vm missing a required field), -ENOMEM. */
+int lm_sandbox_export(const lm_sandbox_t *sb, const struct lm_snapshot_vm *vm,
+		      uint8_t **out, size_t *len);
+
+/* Thread: any. Decodes and validates a snapshot Any (serialized
+ * google.protobuf.Any bytes) into a new sandbox (*out) and *vm. Every
+ * container is marked imported (source_id = its ID, patched = false) and
+ * keeps its state, PID and exit facts; the PID counter resumes from the
+ * snapshot's. All-or-nothing: on error nothing is allocated, *out and *vm
+ * are untouched, and err (errlen bytes, may be NULL) names the cause and
+ * the field. 0, -EINVAL (bad type URL, schema version, missing/invalid
+ * field, duplicate ID, container in two pods, undecodable), -ENOMEM. */
+int lm_sandbox_import(const uint8_t *any, size_t len, lm_sandbox_t **out,
+		      struct lm_snapshot_vm *vm, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,51 @@
+/*
+ * shim.h: one lmshim instance: the actor runtime, the actors (controller,
+ * notifier, transport, patchers), the ttrpc server with the Migration and
+ * task services, and the sandbox's compute system.
+ *
+ * DESIGN. lm_shim_create builds everything and starts serving; the caller
+ * (cmd/lmshim's main) only waits for a signal and calls lm_shim_destroy,
+ * which stops serving (graceful ttrpc shutdown), cancels any migration,
+ * closes the compute system and shuts the runtime down. Every RPC becomes
+ * a message to the controller actor, which owns the session state
+ * machine and the sandbox (pods, containers); see controller.h.
+ */
+#ifndef LM_ACTORS_SHIM_H
+#define LM_ACTORS_SHIM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct lm_shim lm_shim_t;
+
+/* One container of the sandbox a standalone shim starts with. */
+struct lm_shim_container {
+	const char *id;            /* container ID */
+	const char *pod_id;        /* the pod (sandbox) it belongs to */
+	bool is_sandbox;           /* the pod's sandbox (pause) container */
+	unsigned layers;           /* read-only layer count */
+};
+
+struct lm_shim_config {
+	const char *socket;        /* ttrpc address: a path, or '@' + abstract name */
+	const char *id;            /* shim id (containerd's -id) */
+	const char *ns;            /* containerd namespace */
+	/* The sandbox to run at start (standalone mode). NULL document: the
+	 * shim starts idle with no VM (a migration destination). */
+	const char *vm_document;   /* HCS compute-system document (JSON) */
+	const struct lm_shim_container *containers;
+	unsigned n_containers;
+	const char *state_dir;     /* where per-container bundles/stdio live; NULL = /run/lmshim/<id> */
+	unsigned workers;          /* actor workers; 0 = cores */
+	bool any_uid;              /* tests only: accept peers of any uid */
+};
+
+/* Thread: main. Builds and starts the shim; with a VM document it creates
+ * and starts the VM and its containers before returning. 0 or -errno
+ * (logged with the cause). */
+int lm_shim_create(lm_shim_t **out, const struct lm_shim_config *cfg);
+
+/* Thread: main. Graceful stop; frees everything. */
+void lm_shim_destroy(lm_shim_t *s);
+
+#endif

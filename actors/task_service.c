@@ -1,0 +1,744 @@
+/*
+ * task_service.c: containerd.task.v2.Task over the simulated sandbox: the
+ * ttrpc handlers (loop thread: pack the call into a controller message)
+ * and lm_task_handle (controller thread: decode, gate, operate, answer).
+ * See task_service.h for the gating and the Create paths.
+ *
+ * DESIGN. on_call runs on the ttrpc loop thread and only allocates and
+ * sends a message; everything else runs on the controller's thread
+ * inside lm_task_handle, which is the one place that touches the sandbox
+ * for a task call. Reading a bundle's config.json is a bounded read of a
+ * regular file opened with O_NONBLOCK (a FIFO or device there is refused,
+ * not waited on).
+ */
+#define _GNU_SOURCE 1
+#include "actors/task_service.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "google/protobuf/empty.pb-c.h"
+#include "google/protobuf/timestamp.pb-c.h"
+#include "mount.pb-c.h"
+#include "rpc/frame.h"
+#include "task.pb-c.h"
+#include "task_types.pb-c.h"
+#include "util/log.h"
+
+#define CONFIG_MAX (1u << 20)   /* config.json larger than this is refused */
+
+enum { GATE_NONE = 0, GATE_SESSION = 1, GATE_VM = 2 };
+
+static const struct {
+	const char *name;
+	const ProtobufCMessageDescriptor *req;
+	unsigned gate;
+} methods[LM_TASK_N_METHODS] = {
+	[LM_TASK_STATE] = {"State", &containerd__task__v2__state_request__descriptor, GATE_SESSION},
+	[LM_TASK_CREATE] = {"Create", &containerd__task__v2__create_task_request__descriptor, GATE_NONE},
+	[LM_TASK_START] = {"Start", &containerd__task__v2__start_request__descriptor, GATE_VM},
+	[LM_TASK_DELETE] = {"Delete", &containerd__task__v2__delete_request__descriptor, GATE_SESSION},
+	[LM_TASK_PIDS] = {"Pids", &containerd__task__v2__pids_request__descriptor, GATE_VM},
+	[LM_TASK_PAUSE] = {"Pause", &containerd__task__v2__pause_request__descriptor, GATE_VM},
+	[LM_TASK_RESUME] = {"Resume", &containerd__task__v2__resume_request__descriptor, GATE_VM},
+	[LM_TASK_CHECKPOINT] = {"Checkpoint", &containerd__task__v2__checkpoint_task_request__descriptor, GATE_VM},
+	[LM_TASK_KILL] = {"Kill", &containerd__task__v2__kill_request__descriptor, GATE_SESSION},
+	[LM_TASK_EXEC] = {"Exec", &containerd__task__v2__exec_process_request__descriptor, GATE_VM},
+	[LM_TASK_RESIZE_PTY] = {"ResizePty", &containerd__task__v2__resize_pty_request__descriptor, GATE_VM},
+	[LM_TASK_CLOSE_IO] = {"CloseIO", &containerd__task__v2__close_iorequest__descriptor, GATE_VM},
+	[LM_TASK_UPDATE] = {"Update", &containerd__task__v2__update_task_request__descriptor, GATE_VM},
+	[LM_TASK_WAIT] = {"Wait", &containerd__task__v2__wait_request__descriptor, GATE_NONE},
+	[LM_TASK_STATS] = {"Stats", &containerd__task__v2__stats_request__descriptor, GATE_VM},
+	[LM_TASK_CONNECT] = {"Connect", &containerd__task__v2__connect_request__descriptor, GATE_NONE},
+	[LM_TASK_SHUTDOWN] = {"Shutdown", &containerd__task__v2__shutdown_request__descriptor, GATE_NONE},
+};
+
+const char *lm_task_method_name(int method)
+{
+	if (method < 0 || method >= LM_TASK_N_METHODS)
+		return "?";
+	return methods[method].name;
+}
+
+static int method_index(const char *name)
+{
+	for (int i = 0; i < LM_TASK_N_METHODS; i++)
+		if (strcmp(methods[i].name, name) == 0)
+			return i;
+	return -1;
+}
+
+/* ---- the ttrpc glue (loop thread) --------------------------------------- */
+
+static void call_msg_dtor(lm_msg_t *m)
+{
+	struct lm_task_call_msg *p = LM_MSG_PAYLOAD(m, struct lm_task_call_msg);
+	if (p->call) {
+		lm_rpc_call_fail(p->call, LM_RPC_UNAVAILABLE, "task %s: shim shutting down",
+				 lm_task_method_name(p->method));
+		p->call = NULL;
+	}
+}
+
+static void on_call(lm_rpc_call_t *call, void *arg)
+{
+	lm_actor_t *controller = arg;
+	int method = method_index(lm_rpc_call_method(call));
+	lm_msg_t *m = lm_msg_alloc(LM_CTL_TASK_CALL, sizeof(struct lm_task_call_msg));
+	if (!m) {
+		lm_rpc_call_fail(call, LM_RPC_RESOURCE_EXHAUSTED, "task %s: out of memory",
+				 lm_rpc_call_method(call));
+		return;
+	}
+	struct lm_task_call_msg *p = LM_MSG_PAYLOAD(m, struct lm_task_call_msg);
+	p->call = call;
+	p->method = method;
+	m->dtor = call_msg_dtor;
+	int rc = lm_actor_send(controller, m);
+	if (rc < 0) {
+		p->call = NULL;
+		lm_msg_free(m);
+		lm_rpc_call_fail(call, LM_RPC_UNAVAILABLE, "task %s: controller unavailable (%s)",
+				 lm_rpc_call_method(call), strerror(-rc));
+	}
+}
+
+#define M(name) {name, LM_RPC_UNARY, on_call, NULL, NULL}
+static const struct lm_rpc_method method_table[] = {
+	M("State"), M("Create"), M("Start"), M("Delete"), M("Pids"), M("Pause"),
+	M("Resume"), M("Checkpoint"), M("Kill"), M("Exec"), M("ResizePty"),
+	M("CloseIO"), M("Update"), M("Wait"), M("Stats"), M("Connect"), M("Shutdown"),
+};
+#undef M
+
+void lm_task_service_init(struct lm_rpc_service *svc, lm_actor_t *controller)
+{
+	svc->name = LM_TASK_SERVICE_NAME;
+	svc->methods = method_table;
+	svc->n_methods = sizeof method_table / sizeof method_table[0];
+	svc->arg = controller;
+}
+
+/* ---- helpers (controller thread) ---------------------------------------- */
+
+static void reply_msg(lm_rpc_call_t *call, const ProtobufCMessage *msg)
+{
+	uint8_t stack[512];
+	size_t n = protobuf_c_message_get_packed_size(msg);
+	uint8_t *buf = n <= sizeof stack ? stack : malloc(n);
+	if (!buf) {
+		lm_rpc_call_fail(call, LM_RPC_RESOURCE_EXHAUSTED, "out of memory");
+		return;
+	}
+	protobuf_c_message_pack(msg, buf);
+	lm_rpc_call_reply(call, buf, n);
+	if (buf != stack)
+		free(buf);
+}
+
+static void set_ts(Google__Protobuf__Timestamp *ts, uint64_t ns)
+{
+	ts->seconds = (int64_t)(ns / 1000000000u);
+	ts->nanos = (int32_t)(ns % 1000000000u);
+}
+
+static const char *s_or(const char *s)
+{
+	return s ? s : "";
+}
+
+/* The bundle's config.json: *out = NULL when there is none (no bundle, or
+ * no file); -EINVAL with err filled when it is there but unusable. */
+static int read_config(const char *bundle, json_t **out, char *err, size_t errlen)
+{
+	*out = NULL;
+	if (!bundle || !*bundle)
+		return 0;
+	char path[4096];
+	if ((size_t)snprintf(path, sizeof path, "%s/config.json", bundle) >= sizeof path) {
+		snprintf(err, errlen, "bundle path too long");
+		return -EINVAL;
+	}
+	int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+	if (fd < 0) {
+		if (errno == ENOENT || errno == ENOTDIR)
+			return 0;
+		snprintf(err, errlen, "config.json: %s", strerror(errno));
+		return -EINVAL;
+	}
+	struct stat st;
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > (off_t)CONFIG_MAX) {
+		snprintf(err, errlen, "config.json: not a regular file of at most %u bytes", CONFIG_MAX);
+		close(fd);
+		return -EINVAL;
+	}
+	size_t size = (size_t)st.st_size, got = 0;
+	char *buf = malloc(size + 1);
+	if (!buf) {
+		close(fd);
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	while (got < size) {
+		ssize_t n = read(fd, buf + got, size - got);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		got += (size_t)n;
+	}
+	close(fd);
+	json_error_t je;
+	json_t *root = json_loadb(buf, got, JSON_REJECT_DUPLICATES, &je);
+	free(buf);
+	if (!root || !json_is_object(root)) {
+		snprintf(err, errlen, "config.json: %s (line %d)", root ? "not a JSON object" : je.text,
+			 root ? 0 : je.line);
+		json_decref(root);
+		return -EINVAL;
+	}
+	*out = root;
+	return 0;
+}
+
+/* A string annotation of config.json, or NULL. */
+static const char *annotation(json_t *cfg, const char *key)
+{
+	json_t *a = cfg ? json_object_get(cfg, "annotations") : NULL;
+	json_t *v = a ? json_object_get(a, key) : NULL;
+	return json_is_string(v) ? json_string_value(v) : NULL;
+}
+
+/* What a Create brings: resolved rootfs, layers and scratch from the
+ * rootfs mounts, process spec from config.json. All heap. */
+struct create_facts {
+	char *rootfs;
+	char *scratch;
+	char **layers;
+	unsigned n_layers, cap_layers;
+	char *process_spec;
+};
+
+static void facts_free(struct create_facts *f)
+{
+	free(f->rootfs);
+	free(f->scratch);
+	for (unsigned i = 0; i < f->n_layers; i++)
+		free(f->layers[i]);
+	free(f->layers);
+	free(f->process_spec);
+	memset(f, 0, sizeof(*f));
+}
+
+static int push_layer(struct create_facts *f, const char *s, size_t n)
+{
+	if (f->n_layers == f->cap_layers) {
+		unsigned cap = f->cap_layers ? f->cap_layers * 2 : 4;
+		char **v = realloc(f->layers, cap * sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+		f->layers = v;
+		f->cap_layers = cap;
+	}
+	char *d = strndup(s, n);
+	if (!d)
+		return -ENOMEM;
+	f->layers[f->n_layers++] = d;
+	return 0;
+}
+
+/* Rootfs mounts: an overlay mount gives its lowerdir entries (read-only
+ * layers, in order) and its upperdir (scratch); any other mount is a
+ * read-only layer when its options hold "ro", else the scratch. */
+static int parse_mounts(const Containerd__Task__V2__CreateTaskRequest *r, struct create_facts *f)
+{
+	for (size_t i = 0; i < r->n_rootfs; i++) {
+		const Containerd__Types__Mount *m = r->rootfs[i];
+		if (m->type && strcmp(m->type, "overlay") == 0) {
+			for (size_t j = 0; j < m->n_options; j++) {
+				const char *o = m->options[j];
+				if (strncmp(o, "lowerdir=", 9) == 0) {
+					const char *p = o + 9;
+					while (*p) {
+						const char *e = strchr(p, ':');
+						size_t n = e ? (size_t)(e - p) : strlen(p);
+						if (n && push_layer(f, p, n) < 0)
+							return -ENOMEM;
+						p += n;
+						if (*p == ':')
+							p++;
+					}
+				} else if (strncmp(o, "upperdir=", 9) == 0 && !f->scratch) {
+					if (!(f->scratch = strdup(o + 9)))
+						return -ENOMEM;
+				}
+			}
+			continue;
+		}
+		bool ro = false;
+		for (size_t j = 0; j < m->n_options; j++)
+			if (strcmp(m->options[j], "ro") == 0)
+				ro = true;
+		if (ro) {
+			if (push_layer(f, s_or(m->source), strlen(s_or(m->source))) < 0)
+				return -ENOMEM;
+		} else if (!f->scratch) {
+			if (!(f->scratch = strdup(s_or(m->source))))
+				return -ENOMEM;
+		}
+	}
+	return 0;
+}
+
+static int gather_facts(const Containerd__Task__V2__CreateTaskRequest *r, json_t *cfg,
+			struct create_facts *f)
+{
+	memset(f, 0, sizeof(*f));
+	if (parse_mounts(r, f) < 0)
+		return -ENOMEM;
+	json_t *root = cfg ? json_object_get(cfg, "root") : NULL;
+	json_t *rp = root ? json_object_get(root, "path") : NULL;
+	const char *path = json_is_string(rp) ? json_string_value(rp) : "rootfs";
+	int n;
+	if (path[0] == '/')
+		n = asprintf(&f->rootfs, "%s", path);
+	else if (r->bundle && *r->bundle)
+		n = asprintf(&f->rootfs, "%s/%s", r->bundle, path);
+	else
+		n = asprintf(&f->rootfs, "%s", "");
+	if (n < 0) {
+		f->rootfs = NULL;
+		return -ENOMEM;
+	}
+	json_t *proc = cfg ? json_object_get(cfg, "process") : NULL;
+	if (proc) {
+		f->process_spec = json_dumps(proc, JSON_COMPACT | JSON_SORT_KEYS);
+		if (!f->process_spec)
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+static char *dup_opt(const char *s)
+{
+	return s ? strdup(s) : NULL;
+}
+
+/* ---- the methods -------------------------------------------------------- */
+
+static void do_create(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_call_t *call,
+		      const Containerd__Task__V2__CreateTaskRequest *r, int *result,
+		      struct lm_patch_request **patch_out)
+{
+	char err[512];
+	json_t *cfg = NULL;
+	const char *id = s_or(r->id);
+	*result = LM_TASK_ANSWERED;
+	if (!*id) {
+		lm_rpc_call_fail(call, LM_RPC_INVALID_ARGUMENT, "Create: id empty");
+		return;
+	}
+	int rc = read_config(r->bundle, &cfg, err, sizeof err);
+	if (rc < 0) {
+		lm_rpc_call_fail(call, LM_RPC_INVALID_ARGUMENT, "Create %s: bundle config: %s", id, err);
+		return;
+	}
+	const char *source_id = annotation(cfg, LM_ANNOT_SOURCE_ID);
+	const char *ctype = annotation(cfg, LM_ANNOT_CONTAINER_TYPE);
+	const char *sandbox_id = annotation(cfg, LM_ANNOT_SANDBOX_ID);
+	struct create_facts f;
+	if (gather_facts(r, cfg, &f) < 0) {
+		facts_free(&f);
+		json_decref(cfg);
+		lm_rpc_call_fail(call, LM_RPC_RESOURCE_EXHAUSTED, "Create %s: out of memory", id);
+		return;
+	}
+
+	if (source_id) {
+		/* The patch path. */
+		const struct lm_container *c = lm_sandbox_find_source(sb, source_id);
+		if (!c) {
+			lm_rpc_call_fail(call, LM_RPC_NOT_FOUND,
+					 "Create %s: container \"%s\" (annotation %s) was not imported",
+					 id, source_id, LM_ANNOT_SOURCE_ID);
+		} else if (c->patched) {
+			lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION,
+					 "Create %s: imported container \"%s\" is already patched (now \"%s\")",
+					 id, source_id, c->id);
+		} else if (!gate->importing) {
+			lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION,
+					 "Create %s: the patch path is closed (no import awaiting patches)", id);
+		} else {
+			struct lm_patch_request *p = calloc(1, sizeof(*p));
+			bool oom = !p;
+			if (p) {
+				p->new_id = strdup(id);
+				p->bundle = strdup(s_or(r->bundle));
+				p->source_id = strdup(source_id);
+				p->container_type = dup_opt(ctype);
+				p->sandbox_id = dup_opt(sandbox_id);
+				p->rootfs = f.rootfs, f.rootfs = NULL;
+				p->scratch = f.scratch, f.scratch = NULL;
+				p->layers = f.layers, f.layers = NULL;
+				p->n_layers = f.n_layers, f.n_layers = 0;
+				p->stdin_path = strdup(s_or(r->stdin));
+				p->stdout_path = strdup(s_or(r->stdout));
+				p->stderr_path = strdup(s_or(r->stderr));
+				p->terminal = r->terminal;
+				oom = !p->new_id || !p->bundle || !p->source_id || (ctype && !p->container_type) ||
+				      (sandbox_id && !p->sandbox_id) || !p->stdin_path || !p->stdout_path ||
+				      !p->stderr_path;
+			}
+			if (oom) {
+				lm_patch_request_free(p);
+				lm_rpc_call_fail(call, LM_RPC_RESOURCE_EXHAUSTED, "Create %s: out of memory", id);
+			} else {
+				p->call = call;
+				*patch_out = p;
+				*result = LM_TASK_PATCH;
+			}
+		}
+		facts_free(&f);
+		json_decref(cfg);
+		return;
+	}
+
+	/* A plain create. */
+	if (gate->session_active) {
+		lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION,
+				 "Create %s: a migration session is active", id);
+		goto out;
+	}
+	if (!gate->vm_running) {
+		lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION, "Create %s: the VM is not running", id);
+		goto out;
+	}
+	enum lm_ctr_type type = LM_CTR_CONTAINER;
+	const char *pod = id;
+	bool new_pod = true;
+	if (ctype && strcmp(ctype, "sandbox") == 0) {
+		type = LM_CTR_SANDBOX;
+	} else if (ctype && strcmp(ctype, "container") == 0) {
+		if (!sandbox_id || !*sandbox_id) {
+			lm_rpc_call_fail(call, LM_RPC_INVALID_ARGUMENT,
+					 "Create %s: annotation %s is \"container\" but %s is absent",
+					 id, LM_ANNOT_CONTAINER_TYPE, LM_ANNOT_SANDBOX_ID);
+			goto out;
+		}
+		pod = sandbox_id;
+		new_pod = false;
+		if (!lm_sandbox_find_pod(sb, pod)) {
+			lm_rpc_call_fail(call, LM_RPC_NOT_FOUND, "Create %s: pod \"%s\" not found", id, pod);
+			goto out;
+		}
+	} else if (ctype) {
+		lm_rpc_call_fail(call, LM_RPC_INVALID_ARGUMENT,
+				 "Create %s: annotation %s \"%s\" is neither sandbox nor container",
+				 id, LM_ANNOT_CONTAINER_TYPE, ctype);
+		goto out;
+	}
+	if (lm_sandbox_find(sb, id) || (new_pod && lm_sandbox_find_pod(sb, pod))) {
+		lm_rpc_call_fail(call, LM_RPC_ALREADY_EXISTS, "Create %s: already exists", id);
+		goto out;
+	}
+	if (new_pod && (rc = lm_sandbox_add_pod(sb, pod, NULL)) < 0) {
+		lm_rpc_call_fail(call, LM_RPC_INTERNAL, "Create %s: pod: %s", id, strerror(-rc));
+		goto out;
+	}
+	struct lm_container_spec spec = {
+		.id = id,
+		.pod_id = pod,
+		.type = type,
+		.bundle = r->bundle,
+		.rootfs = f.rootfs,
+		.scratch = f.scratch,
+		.layers = (const char *const *)f.layers,
+		.n_layers = f.n_layers,
+		.stdin_path = r->stdin,
+		.stdout_path = r->stdout,
+		.stderr_path = r->stderr,
+		.terminal = r->terminal,
+		.process_spec = (const uint8_t *)f.process_spec,
+		.process_spec_len = f.process_spec ? strlen(f.process_spec) : 0,
+	};
+	const struct lm_container *c;
+	rc = lm_sandbox_add(sb, &spec, &c);
+	if (rc < 0) {
+		if (new_pod)
+			lm_sandbox_remove_pod(sb, pod);
+		lm_rpc_call_fail(call, rc == -EEXIST ? LM_RPC_ALREADY_EXISTS : LM_RPC_INTERNAL,
+				 "Create %s: %s", id, strerror(-rc));
+		goto out;
+	}
+	Containerd__Task__V2__CreateTaskResponse resp = CONTAINERD__TASK__V2__CREATE_TASK_RESPONSE__INIT;
+	resp.pid = c->pid;
+	reply_msg(call, &resp.base);
+out:
+	facts_free(&f);
+	json_decref(cfg);
+}
+
+static void do_state(lm_sandbox_t *sb, lm_rpc_call_t *call, const Containerd__Task__V2__StateRequest *r)
+{
+	const struct lm_container *c = lm_sandbox_find(sb, s_or(r->id));
+	if (!c) {
+		lm_rpc_call_fail(call, LM_RPC_NOT_FOUND, "State: container \"%s\" not found", s_or(r->id));
+		return;
+	}
+	Containerd__Task__V2__StateResponse s = CONTAINERD__TASK__V2__STATE_RESPONSE__INIT;
+	Google__Protobuf__Timestamp ts = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+	s.id = c->id;
+	s.bundle = c->bundle;
+	s.pid = c->pid;
+	s.status = (Containerd__V1__Types__Status)c->state;
+	s.stdin = c->stdin_path;
+	s.stdout = c->stdout_path;
+	s.stderr = c->stderr_path;
+	s.terminal = c->terminal;
+	if (c->state == LM_CTR_STOPPED) {
+		s.exit_status = c->exit_status;
+		set_ts(&ts, c->exited_at_ns);
+		s.exited_at = &ts;
+	}
+	reply_msg(call, &s.base);
+}
+
+static void do_start(lm_sandbox_t *sb, lm_rpc_call_t *call, const Containerd__Task__V2__StartRequest *r)
+{
+	uint32_t pid = 0;
+	int rc = lm_sandbox_start(sb, s_or(r->id), &pid);
+	if (rc == -ENOENT) {
+		lm_rpc_call_fail(call, LM_RPC_NOT_FOUND, "Start: container \"%s\" not found", s_or(r->id));
+		return;
+	}
+	if (rc < 0) {
+		lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION, "Start: container \"%s\" is not in state created",
+				 s_or(r->id));
+		return;
+	}
+	Containerd__Task__V2__StartResponse s = CONTAINERD__TASK__V2__START_RESPONSE__INIT;
+	s.pid = pid;
+	reply_msg(call, &s.base);
+}
+
+static void do_delete(lm_sandbox_t *sb, lm_rpc_call_t *call, const Containerd__Task__V2__DeleteRequest *r)
+{
+	const char *id = s_or(r->id);
+	const struct lm_container *c = lm_sandbox_find(sb, id);
+	char *pod = c ? strdup(c->pod_id) : NULL;
+	uint32_t pid = 0, status = 0;
+	uint64_t at = 0;
+	int rc = lm_sandbox_delete(sb, id, &pid, &status, &at);
+	if (rc == -ENOENT) {
+		lm_rpc_call_fail(call, LM_RPC_NOT_FOUND, "Delete: container \"%s\" not found", id);
+	} else if (rc < 0) {
+		lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION, "Delete: container \"%s\" is running", id);
+	} else {
+		/* A pod whose last container is gone goes too. */
+		bool empty = pod != NULL;
+		for (size_t i = 0; empty && i < lm_sandbox_count(sb); i++)
+			if (strcmp(lm_sandbox_at(sb, i)->pod_id, pod) == 0)
+				empty = false;
+		if (empty)
+			lm_sandbox_remove_pod(sb, pod);
+		Containerd__Task__V2__DeleteResponse d = CONTAINERD__TASK__V2__DELETE_RESPONSE__INIT;
+		Google__Protobuf__Timestamp ts = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+		d.pid = pid;
+		d.exit_status = status;
+		set_ts(&ts, at);
+		d.exited_at = &ts;
+		reply_msg(call, &d.base);
+	}
+	free(pod);
+}
+
+static void do_pids(lm_sandbox_t *sb, lm_rpc_call_t *call, const Containerd__Task__V2__PidsRequest *r)
+{
+	uint32_t pids[1];
+	int n = lm_sandbox_pids(sb, s_or(r->id), pids, 1);
+	if (n < 0) {
+		lm_rpc_call_fail(call, LM_RPC_NOT_FOUND, "Pids: container \"%s\" not found", s_or(r->id));
+		return;
+	}
+	Containerd__Task__V2__PidsResponse p = CONTAINERD__TASK__V2__PIDS_RESPONSE__INIT;
+	Containerd__V1__Types__ProcessInfo info = CONTAINERD__V1__TYPES__PROCESS_INFO__INIT;
+	Containerd__V1__Types__ProcessInfo *infos[1] = {&info};
+	if (n > 0) {
+		info.pid = pids[0];
+		p.n_processes = 1;
+		p.processes = infos;
+	}
+	reply_msg(call, &p.base);
+}
+
+static void do_kill(lm_sandbox_t *sb, lm_rpc_call_t *call, const Containerd__Task__V2__KillRequest *r)
+{
+	const char *id = s_or(r->id);
+	int rc = lm_sandbox_kill(sb, id, r->signal);
+	if (rc == -ENOENT)
+		lm_rpc_call_fail(call, LM_RPC_NOT_FOUND, "Kill: container \"%s\" not found", id);
+	else if (rc == -ESRCH)
+		lm_rpc_call_fail(call, LM_RPC_NOT_FOUND, "Kill %s: process already finished", id);
+	else if (rc < 0)
+		lm_rpc_call_fail(call, LM_RPC_INVALID_ARGUMENT, "Kill %s: signal %" PRIu32 " invalid", id,
+				 r->signal);
+	else
+		lm_rpc_call_reply(call, NULL, 0);   /* google.protobuf.Empty */
+}
+
+static void do_wait(lm_sandbox_t *sb, lm_rpc_call_t *call, const Containerd__Task__V2__WaitRequest *r)
+{
+	if (lm_sandbox_wait(sb, s_or(r->id), call) < 0)
+		lm_rpc_call_fail(call, LM_RPC_NOT_FOUND, "Wait: container \"%s\" not found", s_or(r->id));
+}
+
+static void do_connect(lm_sandbox_t *sb, lm_rpc_call_t *call, const Containerd__Task__V2__ConnectRequest *r)
+{
+	Containerd__Task__V2__ConnectResponse c = CONTAINERD__TASK__V2__CONNECT_RESPONSE__INIT;
+	const char *id = s_or(r->id);
+	if (*id) {
+		const struct lm_container *k = lm_sandbox_find(sb, id);
+		if (!k) {
+			lm_rpc_call_fail(call, LM_RPC_NOT_FOUND, "Connect: container \"%s\" not found", id);
+			return;
+		}
+		c.task_pid = k->pid;
+	}
+	c.shim_pid = (uint32_t)getpid();
+	c.version = (char *)"2";
+	reply_msg(call, &c.base);
+}
+
+/* The exec_id of the requests that have one ("" = the init process). */
+static const char *exec_id_of(int method, const ProtobufCMessage *m)
+{
+	switch (method) {
+	case LM_TASK_STATE: return ((const Containerd__Task__V2__StateRequest *)m)->exec_id;
+	case LM_TASK_START: return ((const Containerd__Task__V2__StartRequest *)m)->exec_id;
+	case LM_TASK_DELETE: return ((const Containerd__Task__V2__DeleteRequest *)m)->exec_id;
+	case LM_TASK_KILL: return ((const Containerd__Task__V2__KillRequest *)m)->exec_id;
+	case LM_TASK_WAIT: return ((const Containerd__Task__V2__WaitRequest *)m)->exec_id;
+	default: return NULL;
+	}
+}
+
+int lm_task_handle(lm_sandbox_t *sb, const struct lm_task_gate *gate,
+		   lm_rpc_call_t *call, int method, struct lm_patch_request **patch_out)
+{
+	if (patch_out)
+		*patch_out = NULL;
+	if (method < 0 || method >= LM_TASK_N_METHODS) {
+		lm_rpc_call_fail(call, LM_RPC_UNIMPLEMENTED, "%s/%s not implemented",
+				 lm_rpc_call_service(call), lm_rpc_call_method(call));
+		return LM_TASK_ANSWERED;
+	}
+	const char *name = methods[method].name;
+	size_t len = 0;
+	const uint8_t *payload = lm_rpc_call_payload(call, &len);
+	ProtobufCMessage *req = protobuf_c_message_unpack(methods[method].req, NULL, len, payload);
+	if (!req) {
+		lm_rpc_call_fail(call, LM_RPC_INVALID_ARGUMENT, "%s: request does not decode as %s", name,
+				 methods[method].req->name);
+		return LM_TASK_ANSWERED;
+	}
+	if ((methods[method].gate & GATE_SESSION) && gate->session_active) {
+		lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION, "%s: a migration session is active", name);
+		goto out;
+	}
+	if ((methods[method].gate & GATE_VM) && !gate->vm_running) {
+		lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION, "%s: the VM is not running", name);
+		goto out;
+	}
+	const char *exec_id = exec_id_of(method, req);
+	if (exec_id && *exec_id) {
+		lm_rpc_call_fail(call, LM_RPC_NOT_FOUND, "%s: exec \"%s\" not found", name, exec_id);
+		goto out;
+	}
+	int result = LM_TASK_ANSWERED;
+	switch (method) {
+	case LM_TASK_STATE:
+		do_state(sb, call, (const Containerd__Task__V2__StateRequest *)req);
+		break;
+	case LM_TASK_CREATE: {
+		struct lm_patch_request *p = NULL;
+		do_create(sb, gate, call, (const Containerd__Task__V2__CreateTaskRequest *)req, &result, &p);
+		if (result == LM_TASK_PATCH) {
+			if (patch_out) {
+				*patch_out = p;
+			} else {
+				lm_patch_request_free(p);   /* fails the call */
+				result = LM_TASK_ANSWERED;
+			}
+		}
+		break;
+	}
+	case LM_TASK_START:
+		do_start(sb, call, (const Containerd__Task__V2__StartRequest *)req);
+		break;
+	case LM_TASK_DELETE:
+		do_delete(sb, call, (const Containerd__Task__V2__DeleteRequest *)req);
+		break;
+	case LM_TASK_PIDS:
+		do_pids(sb, call, (const Containerd__Task__V2__PidsRequest *)req);
+		break;
+	case LM_TASK_KILL:
+		do_kill(sb, call, (const Containerd__Task__V2__KillRequest *)req);
+		break;
+	case LM_TASK_WAIT:
+		do_wait(sb, call, (const Containerd__Task__V2__WaitRequest *)req);
+		break;
+	case LM_TASK_CONNECT:
+		do_connect(sb, call, (const Containerd__Task__V2__ConnectRequest *)req);
+		break;
+	default:
+		lm_rpc_call_fail(call, LM_RPC_UNIMPLEMENTED, "%s: not implemented by lmshim", name);
+		break;
+	}
+	protobuf_c_message_free_unpacked(req, NULL);
+	return result;
+out:
+	protobuf_c_message_free_unpacked(req, NULL);
+	return LM_TASK_ANSWERED;
+}
+
+int lm_task_answer_patch(struct lm_patch_result *r, int apply_rc)
+{
+	lm_rpc_call_t *call = r->call;
+	const char *id = s_or(r->new_id);
+	int code;
+	r->call = NULL;
+	if (r->code != LM_RPC_OK) {
+		code = r->code;
+		if (call)
+			lm_rpc_call_fail(call, code, "%s", r->message);
+		return code;
+	}
+	switch (apply_rc) {
+	case 0: code = LM_RPC_OK; break;
+	case -EALREADY: code = LM_RPC_FAILED_PRECONDITION; break;
+	case -ENOENT: code = LM_RPC_NOT_FOUND; break;
+	case -EEXIST: code = LM_RPC_ALREADY_EXISTS; break;
+	default: code = LM_RPC_INTERNAL; break;
+	}
+	if (!call)
+		return code;
+	if (code != LM_RPC_OK) {
+		lm_rpc_call_fail(call, code, "Create %s: patching imported container \"%s\": %s", id,
+				 s_or(r->source_id),
+				 apply_rc == -EALREADY ? "already patched" :
+				 apply_rc == -ENOENT ? "not imported" :
+				 apply_rc == -EEXIST ? "new ID already in use" : strerror(-apply_rc));
+		return code;
+	}
+	Containerd__Task__V2__CreateTaskResponse resp = CONTAINERD__TASK__V2__CREATE_TASK_RESPONSE__INIT;
+	resp.pid = r->pid;
+	reply_msg(call, &resp.base);
+	return LM_RPC_OK;
+}

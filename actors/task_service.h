@@ -1,0 +1,115 @@
+/*
+ * task_service.h: containerd's task service (containerd.task.v2.Task)
+ * over the simulated sandbox: the ttrpc glue that turns each call into a
+ * controller message, and the work the controller runs for it.
+ *
+ * Gating (the contract, "Task service interplay"), checked after the
+ * request decodes (garbage -> InvalidArgument naming the method):
+ *   - State, Delete, Kill: FailedPrecondition while a session is active;
+ *   - Start, Pids, Exec, Pause, Resume, Checkpoint, ResizePty, CloseIO,
+ *     Update, Stats (need a running VM): FailedPrecondition while the VM
+ *     is not running;
+ *   - Create: the patch path (below) when the bundle's config.json carries
+ *     io.microsoft.migration.source-container-id; otherwise a plain create,
+ *     FailedPrecondition during a session or without a running VM;
+ *   - Wait, Connect: never gated.
+ * Served: State, Create, Start, Delete, Pids, Kill, Wait, Connect. The rest
+ * of the service (Exec, Pause, Resume, Checkpoint, ResizePty, CloseIO,
+ * Update, Stats, Shutdown) answers Unimplemented once past its gate.
+ * exec_id other than "" names no process: NotFound.
+ *
+ * A plain Create reads config.json (when the bundle has one) for the
+ * process spec and the CRI annotations: container-type "sandbox" makes a
+ * new pod named after the container, "container" joins the pod named by
+ * io.kubernetes.cri.sandbox-id; without annotations the container gets a
+ * pod of its own. The read is bounded (1 MiB) and opens the file
+ * non-blocking, regular files only, so it cannot wait on a peer.
+ *
+ * DESIGN. The handlers run on the ttrpc loop thread and do no work: each
+ * packs its call into an LM_CTL_TASK_CALL message to the controller actor
+ * (the message's dtor fails the call with Unavailable if it is dropped
+ * undelivered; a full mailbox is answered Unavailable at once). The
+ * controller, on its own thread, calls lm_task_handle, which owns the
+ * sandbox's side of things and answers the call (or hands a patch request
+ * back). Nothing here blocks.
+ */
+#ifndef LM_ACTORS_TASK_SERVICE_H
+#define LM_ACTORS_TASK_SERVICE_H
+
+#include <stdbool.h>
+
+#include "actors/patcher.h"
+#include "actors/runtime.h"
+#include "actors/sandbox.h"
+#include "rpc/server.h"
+
+#define LM_TASK_SERVICE_NAME "containerd.task.v2.Task"
+
+enum { LM_CTL_TASK_CALL = 0x180 };
+
+/* Payload of LM_CTL_TASK_CALL. The controller takes the call by setting
+ * `call` to NULL (then it must answer it, e.g. via lm_task_handle). */
+struct lm_task_call_msg {
+	lm_rpc_call_t *call;
+	int method;                /* enum lm_task_method */
+};
+
+enum lm_task_method {
+	LM_TASK_STATE = 0,
+	LM_TASK_CREATE,
+	LM_TASK_START,
+	LM_TASK_DELETE,
+	LM_TASK_PIDS,
+	LM_TASK_PAUSE,
+	LM_TASK_RESUME,
+	LM_TASK_CHECKPOINT,
+	LM_TASK_KILL,
+	LM_TASK_EXEC,
+	LM_TASK_RESIZE_PTY,
+	LM_TASK_CLOSE_IO,
+	LM_TASK_UPDATE,
+	LM_TASK_WAIT,
+	LM_TASK_STATS,
+	LM_TASK_CONNECT,
+	LM_TASK_SHUTDOWN,
+	LM_TASK_N_METHODS,
+};
+
+/* Thread: any. The method's name ("State"), or "?" when out of range. */
+const char *lm_task_method_name(int method);
+
+/* The controller's view of the session, for the gating. */
+struct lm_task_gate {
+	bool session_active;       /* any non-Idle migration state */
+	bool vm_running;           /* the sandbox VM is running here */
+	bool importing;            /* destination between ImportSandbox and
+	                              PrepareSandbox: the patch path is open */
+};
+
+/* Thread: any. Fills *svc (name, the static method table, arg =
+ * controller) for lm_rpc_server_register. The controller must outlive the
+ * server (destroy the server first); no reference is taken. */
+void lm_task_service_init(struct lm_rpc_service *svc, lm_actor_t *controller);
+
+/* lm_task_handle's results. */
+enum { LM_TASK_ANSWERED = 0, LM_TASK_PATCH = 1 };
+
+/* Thread: owner of sb (the controller). Handles one call (takes its
+ * reference): decodes, gates, operates on sb and answers; returns
+ * LM_TASK_ANSWERED. A Create on the patch path that may proceed is not
+ * answered: returns LM_TASK_PATCH with *patch_out a heap request holding
+ * the call, to send to the patcher of lm_sandbox_find_source(sb,
+ * (*patch_out)->source_id) (see patcher.h). A Wait on a live container
+ * is parked in sb (answered when it stops). Connect answers getpid() as
+ * the shim PID. */
+int lm_task_handle(lm_sandbox_t *sb, const struct lm_task_gate *gate,
+		   lm_rpc_call_t *call, int method, struct lm_patch_request **patch_out);
+
+/* Thread: any. Answers the Create held by r (and clears r->call):
+ * r->code != 0 -> that code and message; else apply_rc (the result of
+ * lm_sandbox_apply_patch) < 0 -> FailedPrecondition (-EALREADY),
+ * NotFound (-ENOENT), AlreadyExists (-EEXIST), Internal (else); else OK
+ * with CreateTaskResponse{pid = r->pid}. Returns the gRPC code sent. */
+int lm_task_answer_patch(struct lm_patch_result *r, int apply_rc);
+
+#endif

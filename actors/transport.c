@@ -1,0 +1,494 @@
+/*
+ * transport.c: the transport actor and its connect/accept threads.
+ */
+#include "actors/transport.h"
+#include "actors/controller.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "migration.pb-c.h"
+#include "util/clock.h"
+#include "util/fault.h"
+#include "util/log.h"
+
+#define DEFAULT_WAIT_NS (60ull * 1000000000ull)
+
+struct transport {
+	lm_actor_t *self;
+	bool busy;                /* a worker thread is running */
+	int abort_efd;            /* written to abort the worker (owned by the worker job) */
+	lm_mailbox_t *reply_to;   /* requester of the request in progress (ref held) */
+	uint64_t gen;
+};
+
+/* A connect/listen job, owned by its thread. */
+struct job {
+	lm_actor_t *transport;    /* ref held */
+	bool listen;
+	char addr[256];
+	uint64_t deadline_ns;
+	int abort_efd;
+	uint64_t gen;
+};
+
+struct done {
+	uint64_t gen;
+	int fd;
+	int err;
+	int code;
+	char msg[512];
+	char how[300];
+};
+
+static int status_for(int err)
+{
+	switch (err) {
+	case -EINVAL: case -EAFNOSUPPORT: case -ENOTSOCK: case -EBADF:
+	case -ESRCH: case -ENOENT:
+		return 3;      /* InvalidArgument */
+	case -ETIMEDOUT:
+		return 4;      /* DeadlineExceeded */
+	case -ECANCELED:
+		return 10;     /* Aborted */
+	default:
+		return 9;      /* FailedPrecondition: the socket is unusable */
+	}
+}
+
+int lm_transport_check_socket(int fd, char *msg, size_t msglen)
+{
+	int type = 0, soerr = 0;
+	socklen_t len = sizeof(type);
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0) {
+		int e = errno;
+		snprintf(msg, msglen, "not a socket: %s", strerror(e));
+		return -ENOTSOCK;
+	}
+	if (type != SOCK_STREAM) {
+		snprintf(msg, msglen, "not a stream socket (SO_TYPE %d)", type);
+		return -EPROTOTYPE;
+	}
+	len = sizeof(soerr);
+	if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == 0 && soerr) {
+		snprintf(msg, msglen, "socket error: %s", strerror(soerr));
+		return -soerr;
+	}
+	if (getpeername(fd, (struct sockaddr *)&ss, &sl) < 0) {
+		int e = errno;
+		snprintf(msg, msglen, "not connected: %s", strerror(e));
+		return -ENOTCONN;
+	}
+	return 0;
+}
+
+/* Resolves "unix:/path", "host:port" or "[v6]:port" into ss. */
+static int resolve(const char *addr, struct sockaddr_storage *ss, socklen_t *sl,
+		   char *msg, size_t msglen)
+{
+	memset(ss, 0, sizeof(*ss));
+	if (!strncmp(addr, "unix:", 5)) {
+		struct sockaddr_un *un = (struct sockaddr_un *)ss;
+		const char *path = addr + 5;
+		if (!*path || strlen(path) >= sizeof(un->sun_path)) {
+			snprintf(msg, msglen, "bad unix address \"%s\"", addr);
+			return -EINVAL;
+		}
+		un->sun_family = AF_UNIX;
+		strcpy(un->sun_path, path);
+		*sl = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(path) + 1);
+		return 0;
+	}
+	char host[200];
+	const char *port;
+	if (addr[0] == '[') {
+		const char *end = strchr(addr, ']');
+		if (!end || end[1] != ':' || (size_t)(end - addr - 1) >= sizeof(host)) {
+			snprintf(msg, msglen, "bad address \"%s\" (want [v6]:port)", addr);
+			return -EINVAL;
+		}
+		memcpy(host, addr + 1, (size_t)(end - addr - 1));
+		host[end - addr - 1] = '\0';
+		port = end + 2;
+	} else {
+		const char *colon = strrchr(addr, ':');
+		if (!colon || colon == addr || (size_t)(colon - addr) >= sizeof(host)) {
+			snprintf(msg, msglen, "bad address \"%s\" (want host:port, [v6]:port or unix:/path)", addr);
+			return -EINVAL;
+		}
+		memcpy(host, addr, (size_t)(colon - addr));
+		host[colon - addr] = '\0';
+		port = colon + 1;
+	}
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *res = NULL;
+	int rc = getaddrinfo(host, port, &hints, &res);
+	if (rc != 0 || !res) {
+		snprintf(msg, msglen, "cannot resolve \"%s\": %s", addr, gai_strerror(rc));
+		return -EINVAL;
+	}
+	memcpy(ss, res->ai_addr, res->ai_addrlen);
+	*sl = res->ai_addrlen;
+	freeaddrinfo(res);
+	return 0;
+}
+
+/* Waits for fd to be ready for `events`, or the abort eventfd, or the
+ * deadline. 0, -ECANCELED, -ETIMEDOUT. */
+static int wait_ready(int fd, short events, int abort_efd, uint64_t deadline_ns)
+{
+	for (;;) {
+		uint64_t now = lm_now_ns();
+		if (now >= deadline_ns)
+			return -ETIMEDOUT;
+		int ms = (int)((deadline_ns - now) / 1000000u) + 1;
+		struct pollfd p[2] = { { fd, events, 0 }, { abort_efd, POLLIN, 0 } };
+		int n = poll(p, 2, ms);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (p[1].revents)
+			return -ECANCELED;
+		if (p[0].revents)
+			return 0;
+	}
+}
+
+static void *job_main(void *arg)
+{
+	struct job *j = arg;
+	struct done d = { .gen = j->gen, .fd = -1 };
+	struct sockaddr_storage ss;
+	socklen_t sl;
+	int fd = -1, rc;
+
+	snprintf(d.how, sizeof(d.how), "%s %s", j->listen ? "listen" : "connect", j->addr);
+	rc = resolve(j->addr, &ss, &sl, d.msg, sizeof(d.msg));
+	if (rc)
+		goto out;
+	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		rc = -errno;
+		snprintf(d.msg, sizeof(d.msg), "socket: %s", strerror(-rc));
+		goto out;
+	}
+	if (j->listen) {
+		int one = 1;
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		if (ss.ss_family == AF_UNIX)
+			unlink(((struct sockaddr_un *)&ss)->sun_path);
+		if (bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, 1) < 0) {
+			rc = -errno;
+			snprintf(d.msg, sizeof(d.msg), "cannot listen on %s: %s", j->addr, strerror(-rc));
+			goto out;
+		}
+		rc = wait_ready(fd, POLLIN, j->abort_efd, j->deadline_ns);
+		if (rc) {
+			snprintf(d.msg, sizeof(d.msg), "no peer connected to %s: %s", j->addr,
+				 rc == -ETIMEDOUT ? "timed out" : rc == -ECANCELED ? "cancelled" : strerror(-rc));
+			goto out;
+		}
+		int c = accept4(fd, NULL, NULL, SOCK_CLOEXEC);
+		if (c < 0) {
+			rc = -errno;
+			snprintf(d.msg, sizeof(d.msg), "accept on %s: %s", j->addr, strerror(-rc));
+			goto out;
+		}
+		if (ss.ss_family == AF_UNIX)
+			unlink(((struct sockaddr_un *)&ss)->sun_path);
+		close(fd);
+		fd = c;
+	} else {
+		rc = LM_FAULT("transport.connect");
+		if (rc == 0 && connect(fd, (struct sockaddr *)&ss, sl) < 0 && errno != EINPROGRESS)
+			rc = -errno;
+		if (rc == 0)
+			rc = wait_ready(fd, POLLOUT, j->abort_efd, j->deadline_ns);
+		if (rc) {
+			snprintf(d.msg, sizeof(d.msg), "cannot connect to %s: %s", j->addr,
+				 rc == -ETIMEDOUT ? "timed out" : rc == -ECANCELED ? "cancelled" : strerror(-rc));
+			goto out;
+		}
+	}
+	/* the engine uses blocking I/O on its own thread */
+	int fl = fcntl(fd, F_GETFL);
+	if (fl >= 0)
+		fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+	rc = lm_transport_check_socket(fd, d.msg, sizeof(d.msg));
+out:
+	if (rc) {
+		if (fd >= 0)
+			close(fd);
+		d.err = rc;
+		d.code = status_for(rc);
+	} else {
+		d.fd = fd;
+	}
+	lm_msg_t *m = lm_msg_alloc(LM_XPORT_DONE, sizeof(d));
+	if (m) {
+		*LM_MSG_PAYLOAD(m, struct done) = d;
+		int rc2;
+		while ((rc2 = lm_actor_send(j->transport, m)) == -EAGAIN)
+			usleep(100);
+		if (rc2) {      /* the transport is gone: nobody will take the socket */
+			if (d.fd >= 0)
+				close(d.fd);
+			lm_msg_free(m);
+		}
+	} else if (d.fd >= 0) {
+		close(d.fd);
+	}
+	close(j->abort_efd);
+	lm_actor_unref(j->transport);
+	free(j);
+	lm_msg_cache_flush();
+	return NULL;
+}
+
+static void answer(struct transport *t, const struct done *d)
+{
+	lm_msg_t *m = lm_msg_alloc(LM_CTL_SOCKET, sizeof(struct lm_ctl_socket));
+	if (!m)
+		goto drop;
+	struct lm_ctl_socket *s = LM_MSG_PAYLOAD(m, struct lm_ctl_socket);
+	memset(s, 0, sizeof(*s));
+	s->gen = d->gen;
+	s->fd = d->fd;
+	s->err = d->err;
+	s->code = d->code;
+	snprintf(s->msg, sizeof(s->msg), "%s", d->msg);
+	snprintf(s->how, sizeof(s->how), "%s", d->how);
+	if (t->reply_to && lm_mailbox_send(t->reply_to, m) == 0)
+		goto done;
+	lm_msg_free(m);
+drop:
+	if (d->fd >= 0)
+		close(d->fd);
+done:
+	if (t->reply_to)
+		lm_mailbox_unref(t->reply_to);
+	t->reply_to = NULL;
+}
+
+static void adopt(struct transport *t, lm_msg_t *m)
+{
+	struct lm_xport_adopt *a = LM_MSG_PAYLOAD(m, struct lm_xport_adopt);
+	struct done d = { .gen = a->gen, .fd = -1 };
+	LinuxSocketDescriptor *desc;
+
+	if (t->busy || !m->reply_to) {
+		/* a second request while one runs: refuse it on its own reply_to */
+		lm_mailbox_t *saved = t->reply_to;
+		t->reply_to = m->reply_to;
+		if (t->reply_to)
+			lm_mailbox_ref(t->reply_to);
+		d.err = -EBUSY;
+		d.code = 9;
+		snprintf(d.msg, sizeof(d.msg), "another socket is being set up");
+		answer(t, &d);
+		t->reply_to = saved;
+		return;
+	}
+	t->reply_to = m->reply_to;
+	lm_mailbox_ref(t->reply_to);
+	t->gen = a->gen;
+	desc = linux_socket_descriptor__unpack(NULL, a->len, a->desc);
+	if (!desc || desc->mode_case == LINUX_SOCKET_DESCRIPTOR__MODE__NOT_SET) {
+		d.err = -EINVAL;
+		d.code = 3;
+		snprintf(d.msg, sizeof(d.msg), "protocol_info is not a LinuxSocketDescriptor%s",
+			 desc ? " (no mode set)" : "");
+		snprintf(d.how, sizeof(d.how), "decode");
+		goto fail;
+	}
+	if (desc->mode_case == LINUX_SOCKET_DESCRIPTOR__MODE_DUPLICATE) {
+		uint32_t pid = desc->duplicate ? desc->duplicate->pid : 0;
+		int fd = desc->duplicate ? desc->duplicate->fd : -1;
+		snprintf(d.how, sizeof(d.how), "duplicate pid=%u fd=%d", pid, fd);
+		if (pid == 0 || fd < 0) {
+			d.err = -EINVAL;
+			snprintf(d.msg, sizeof(d.msg), "duplicate needs a pid and an fd >= 0");
+			goto fail;
+		}
+		int pidfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
+		if (pidfd < 0) {
+			d.err = -errno;
+			snprintf(d.msg, sizeof(d.msg), "pidfd_open(%u): %s", pid, strerror(errno));
+			goto fail;
+		}
+		int nfd = (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);
+		int e = errno;
+		close(pidfd);
+		if (nfd < 0) {
+			d.err = -e;
+			snprintf(d.msg, sizeof(d.msg), "pidfd_getfd(pid %u, fd %d): %s", pid, fd, strerror(e));
+			goto fail;
+		}
+		int rc = lm_transport_check_socket(nfd, d.msg, sizeof(d.msg));
+		if (rc) {
+			close(nfd);
+			d.err = rc;
+			goto fail;
+		}
+		d.fd = nfd;
+		linux_socket_descriptor__free_unpacked(desc, NULL);
+		answer(t, &d);
+		return;
+	}
+	/* connect or listen: on a thread */
+	struct job *j = calloc(1, sizeof(*j));
+	int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	const char *addr = desc->mode_case == LINUX_SOCKET_DESCRIPTOR__MODE_CONNECT ? desc->connect : desc->listen;
+	snprintf(d.how, sizeof(d.how), "%s %s",
+		 desc->mode_case == LINUX_SOCKET_DESCRIPTOR__MODE_CONNECT ? "connect" : "listen",
+		 addr ? addr : "");
+	if (!j || efd < 0 || !addr || !*addr || strlen(addr) >= sizeof(j->addr)) {
+		free(j);
+		if (efd >= 0)
+			close(efd);
+		d.err = (!addr || !*addr || (addr && strlen(addr) >= 256)) ? -EINVAL : -ENOMEM;
+		snprintf(d.msg, sizeof(d.msg), "%s", d.err == -EINVAL ? "empty or too long address" : "out of memory");
+		goto fail;
+	}
+	j->listen = desc->mode_case == LINUX_SOCKET_DESCRIPTOR__MODE_LISTEN;
+	snprintf(j->addr, sizeof(j->addr), "%s", addr);
+	j->deadline_ns = a->deadline_ns ? a->deadline_ns : lm_now_ns() + DEFAULT_WAIT_NS;
+	j->abort_efd = efd;
+	j->gen = a->gen;
+	j->transport = t->self;
+	lm_actor_ref(t->self);
+	t->abort_efd = dup(efd);
+	pthread_t th;
+	pthread_attr_t at;
+	pthread_attr_init(&at);
+	pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+	if (pthread_create(&th, &at, job_main, j) != 0) {
+		pthread_attr_destroy(&at);
+		close(t->abort_efd);
+		t->abort_efd = -1;
+		close(efd);
+		lm_actor_unref(t->self);
+		free(j);
+		d.err = -EAGAIN;
+		snprintf(d.msg, sizeof(d.msg), "cannot start a thread");
+		goto fail;
+	}
+	pthread_attr_destroy(&at);
+	t->busy = true;
+	linux_socket_descriptor__free_unpacked(desc, NULL);
+	return;
+fail:
+	if (desc)
+		linux_socket_descriptor__free_unpacked(desc, NULL);
+	if (!d.code)
+		d.code = status_for(d.err);
+	lm_log_warn("transport", "socket refused", "how=\"%s\" err=%d reason=\"%s\"", d.how, d.err, d.msg);
+	answer(t, &d);
+}
+
+static void dispatch(lm_actor_t *self, lm_msg_t *m)
+{
+	struct transport *t = lm_actor_state(self);
+
+	switch (m->type) {
+	case LM_XPORT_ADOPT:
+		adopt(t, m);
+		break;
+	case LM_XPORT_ABORT:
+		if (t->busy && t->abort_efd >= 0) {
+			uint64_t one = 1;
+			ssize_t w = write(t->abort_efd, &one, sizeof(one));
+			(void)w;
+		}
+		break;
+	case LM_XPORT_DONE: {
+		struct done *d = LM_MSG_PAYLOAD(m, struct done);
+		t->busy = false;
+		if (t->abort_efd >= 0)
+			close(t->abort_efd);
+		t->abort_efd = -1;
+		if (d->fd < 0)
+			lm_log_warn("transport", "socket refused", "how=\"%s\" err=%d reason=\"%s\"",
+				    d->how, d->err, d->msg);
+		answer(t, d);
+		break;
+	}
+	case LM_MSG_SYS_STOP:
+		if (t->busy && t->abort_efd >= 0) {
+			uint64_t one = 1;
+			ssize_t w = write(t->abort_efd, &one, sizeof(one));
+			(void)w;
+		}
+		break;
+	default:
+		break;
+	}
+}
+
+static void adopt_dtor(lm_msg_t *m)
+{
+	free(LM_MSG_PAYLOAD(m, struct lm_xport_adopt)->desc);
+}
+
+static void state_free(void *p)
+{
+	struct transport *t = p;
+	if (t->abort_efd >= 0)
+		close(t->abort_efd);
+	if (t->reply_to)
+		lm_mailbox_unref(t->reply_to);
+	free(t);
+}
+
+int lm_transport_spawn(lm_runtime_t *rt, lm_actor_t **out)
+{
+	struct transport *t = calloc(1, sizeof(*t));
+	int rc;
+	if (!t)
+		return -ENOMEM;
+	t->abort_efd = -1;
+	rc = lm_actor_spawn(rt, out, "transport", dispatch, t, state_free, 0);
+	if (rc) {
+		free(t);
+		return rc;
+	}
+	t->self = *out;
+	return 0;
+}
+
+lm_msg_t *lm_transport_adopt_msg(uint64_t gen, uint64_t deadline_ns,
+				 const uint8_t *desc, size_t len)
+{
+	lm_msg_t *m = lm_msg_alloc(LM_XPORT_ADOPT, sizeof(struct lm_xport_adopt));
+	if (!m)
+		return NULL;
+	struct lm_xport_adopt *a = LM_MSG_PAYLOAD(m, struct lm_xport_adopt);
+	a->gen = gen;
+	a->deadline_ns = deadline_ns;
+	a->len = len;
+	a->desc = malloc(len ? len : 1);
+	if (!a->desc) {
+		lm_msg_free(m);
+		return NULL;
+	}
+	if (len)
+		memcpy(a->desc, desc, len);
+	m->dtor = adopt_dtor;
+	return m;
+}

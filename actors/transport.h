@@ -1,0 +1,61 @@
+/*
+ * transport.h: the transport actor: turns a CreateDuplicateSocket payload
+ * (a LinuxSocketDescriptor) into a connected stream socket.
+ *
+ * Three ways, as the contract has them: duplicate the caller's socket
+ * ({pid, fd} via pidfd_open + pidfd_getfd), connect to an address
+ * (host:port, [v6]:port, unix:/path), or listen on an address and accept
+ * exactly one peer. Whatever the way, the socket must be a connected
+ * stream socket (SO_TYPE, getpeername, SO_ERROR) before it is handed on.
+ *
+ * DESIGN. Duplicating is immediate and done in the actor. Connecting and
+ * accepting can take long, so each runs on a short-lived thread of its own
+ * that waits in poll() on the socket and on an eventfd the actor writes
+ * to abort (Cancel); the thread reports to the actor by message, and the
+ * actor answers the requester (reply_to) with LM_CTL_SOCKET. One request
+ * at a time; a new ADOPT while one runs is refused with -EBUSY.
+ */
+#ifndef LM_ACTORS_TRANSPORT_H
+#define LM_ACTORS_TRANSPORT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "actors/runtime.h"
+
+enum {
+	LM_XPORT_ADOPT = 0x400,   /* struct lm_xport_adopt, reply_to set */
+	LM_XPORT_ABORT,           /* abort the request in progress, if any */
+	LM_XPORT_DONE,            /* internal: the worker thread's result */
+};
+
+struct lm_xport_adopt {
+	uint64_t gen;             /* echoed in the answer */
+	uint64_t deadline_ns;     /* lm_now_ns() clock; 0 = 60 s from now */
+	size_t len;
+	uint8_t *desc;            /* LinuxSocketDescriptor bytes (freed by the dtor) */
+};
+
+/* The answer (message type LM_CTL_SOCKET, sent to reply_to). */
+struct lm_ctl_socket {
+	uint64_t gen;
+	int fd;                   /* >= 0: a connected stream socket, now the receiver's */
+	int err;                  /* negative errno when fd < 0 */
+	int code;                 /* gRPC status code to answer with when fd < 0 */
+	char msg[512];            /* why, for the error message */
+	char how[300];            /* "duplicate pid=.. fd=..", "connect ADDR", "listen ADDR" */
+};
+
+/* Thread: any. Spawns the transport actor. */
+int lm_transport_spawn(lm_runtime_t *rt, lm_actor_t **out);
+
+/* Thread: any. Builds an LM_XPORT_ADOPT message (copies desc); the
+ * caller sets reply_to and sends it. NULL when out of memory. */
+lm_msg_t *lm_transport_adopt_msg(uint64_t gen, uint64_t deadline_ns,
+				 const uint8_t *desc, size_t len);
+
+/* Thread: any. Checks that fd is a connected stream socket. 0, or a
+ * negative errno with a reason in msg. */
+int lm_transport_check_socket(int fd, char *msg, size_t msglen);
+
+#endif

@@ -1,0 +1,365 @@
+/*
+ * test_shim.c: two whole shims in one process (source with a running sim
+ * VM and containers, destination idle), driven through real ttrpc
+ * connections exactly as an orchestrator drives them: the contract's call
+ * sequence, its state rules and error codes, and the verification that
+ * the destination holds the source's memory and workload.
+ *
+ * The end-to-end tests with separate lmshim processes and lmctl live in
+ * tests/e2e/; this file pins the controller's behaviour call by call.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "actors/controller.h"
+#include "actors/shim.h"
+#include "google/protobuf/any.pb-c.h"
+#include "migration.pb-c.h"
+#include "rpc/client.h"
+#include "task.pb-c.h"
+#include "migration_options.pb-c.h"
+#include "util/fault.h"
+#include "util/log.h"
+
+#include "shim_driver.h"
+
+
+static const char *VM_DOC =
+	"{\"Id\":\"vm-test\",\"VirtualMachine\":{\"Backend\":\"sim\","
+	"\"ComputeTopology\":{\"Memory\":{\"SizeInMB\":64},\"Processor\":{\"Count\":1}},"
+	"\"GuestWorkload\":{\"RateMBps\":20,\"Pattern\":\"HotSet\",\"Fill\":\"Random\"}}}";
+
+static int setup(void **state)
+{
+	struct env *e = NULL;
+	if (driver_env_create(&e, VM_DOC))
+		return -1;
+	*state = e;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	driver_env_destroy(*state);
+	return 0;
+}
+
+static void test_live_migration_happy_path(void **state)
+{
+	struct env *e = *state;
+	uint32_t pid_before = 0;
+	assert_int_equal(task_state(e->sc, "c1", &pid_before), 0);
+	assert_int_equal(prepare_both(e), 0);
+	assert_int_equal(connect_both(e), 0);
+	struct async_call t;
+	async_start(&t, e->dc, 0, NULL);
+	assert_int_equal(transfer(e->sc, SESSION, 0), 0);
+	assert_int_equal(async_join(&t), 0);
+	/* a duplicate TransferSandbox after completion answers OK at once */
+	assert_int_equal(transfer(e->sc, SESSION, 0), 0);
+
+	/* the destination holds exactly the source's memory at blackout, and
+	 * the workload's running checksum continues from the same value */
+	json_t *sp = inspect(e->sc), *dp = inspect(e->dc);
+	assert_non_null(sp);
+	assert_non_null(dp);
+	const char *sd = json_string_value(json_object_get(sp, "MemoryDigest"));
+	const char *dd = json_string_value(json_object_get(dp, "MemoryDigest"));
+	assert_non_null(sd);
+	assert_non_null(dd);
+	assert_string_equal(sd, dd);
+	json_t *ss = json_object_get(json_object_get(sp, "Statistics"), "Checksum");
+	json_t *ds = json_object_get(json_object_get(dp, "Statistics"), "Checksum");
+	assert_true(json_equal(ss, ds));
+	json_decref(sp);
+	json_decref(dp);
+
+	/* task State is gated while the session lasts */
+	assert_int_equal(task_state(e->dc, "c1-new", NULL), 9);
+
+	assert_int_equal(finalize(e->sc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_STOP), 0);
+	assert_int_equal(finalize(e->dc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_RESUME), 0);
+	/* Finalize is idempotent */
+	assert_int_equal(finalize(e->dc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_RESUME), 0);
+	assert_int_equal(cleanup(e->sc, SESSION), 0);
+	assert_int_equal(cleanup(e->dc, SESSION), 0);
+
+	/* the containers live on the destination under their new IDs, with
+	 * their PIDs; the source is torn down */
+	uint32_t pid_after = 0;
+	assert_int_equal(task_state(e->dc, "c1-new", &pid_after), 0);
+	assert_int_equal(pid_after, pid_before);
+	assert_int_equal(task_state(e->sc, "c1", NULL), 5);
+	/* the destination's VM runs */
+	json_t *after = inspect(e->dc);
+	assert_string_equal(json_string_value(json_object_get(after, "State")), "Running");
+	json_decref(after);
+}
+
+static void test_calls_out_of_order_get_the_contracts_codes(void **state)
+{
+	struct env *e = *state;
+	PrepareSandboxRequest p = PREPARE_SANDBOX_REQUEST__INIT;
+	p.session_id = SESSION;
+	/* idle destination: nothing to prepare, no socket, no transfer */
+	assert_int_equal(mig(e->dc, "PrepareSandbox", &p.base), 9);
+	assert_int_equal(socket_desc(e->dc, SESSION, true, "unix:/tmp/none.sock"), 9);
+	assert_int_equal(transfer(e->dc, SESSION, 0), 9);
+	/* Finalize, Cancel, Cleanup on an idle shim are OK whatever the ID */
+	assert_int_equal(finalize(e->dc, "other", FINALIZE_ACTION__FINALIZE_ACTION_STOP), 0);
+	assert_int_equal(cancel(e->dc, "other"), 0);
+	assert_int_equal(cleanup(e->dc, "other"), 0);
+	/* an empty session ID is always InvalidArgument */
+	assert_int_equal(cancel(e->dc, ""), 3);
+	assert_int_equal(cleanup(e->dc, ""), 3);
+	assert_int_equal(finalize(e->dc, "", FINALIZE_ACTION__FINALIZE_ACTION_STOP), 3);
+	assert_int_equal(finalize(e->dc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_UNSPECIFIED), 3);
+	/* a source cannot import; an idle destination has nothing to export */
+	Google__Protobuf__Any *config = NULL;
+	assert_int_equal(export_sandbox(e, &config), 0);
+	assert_int_equal(import_sandbox(e, config) , 0);
+	/* now in a session: a wrong ID is InvalidArgument */
+	assert_int_equal(cancel(e->sc, "sess-other"), 3);
+	assert_int_equal(transfer(e->dc, "sess-other", 0), 3);
+	/* PrepareSandbox before every container is patched names the pending ones */
+	struct lm_rpc_result res;
+	assert_int_equal(call(e->dc, "Migration", "PrepareSandbox", &p.base, &res), 9);
+	assert_non_null(strstr(res.message, "c1"));
+	lm_rpc_result_free(&res);
+	/* a second export or import is out of state */
+	assert_int_equal(import_sandbox(e, config), 9);
+	google__protobuf__any__free_unpacked(config, NULL);
+	/* STOP on a source that did not complete: finalize with RESUME */
+	assert_int_equal(cancel(e->sc, SESSION), 0);
+	assert_int_equal(finalize(e->sc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_STOP), 9);
+	assert_int_equal(cleanup(e->sc, SESSION), 9);
+	assert_int_equal(finalize(e->sc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_RESUME), 0);
+	assert_int_equal(cleanup(e->sc, SESSION), 0);
+	/* a destination cancelled right after import goes straight to Cancelled;
+	 * Cleanup tears the import down */
+	assert_int_equal(cancel(e->dc, SESSION), 0);
+	assert_int_equal(cleanup(e->dc, SESSION), 0);
+	assert_int_equal(task_state(e->dc, "c1", NULL), 5);
+	/* the source runs on: its containers answer */
+	assert_int_equal(task_state(e->sc, "c1", NULL), 0);
+}
+
+static void test_bad_config_is_rejected_and_leaves_no_trace(void **state)
+{
+	struct env *e = *state;
+	Google__Protobuf__Any bad = GOOGLE__PROTOBUF__ANY__INIT;
+	bad.type_url = "type.googleapis.com/something.Else";
+	bad.value.data = (uint8_t *)"\x08\x01";
+	bad.value.len = 2;
+	assert_int_equal(import_sandbox(e, &bad), 3);
+	/* still idle: a Cancel with any ID is OK and a valid import works */
+	assert_int_equal(cancel(e->dc, "whatever"), 0);
+	Google__Protobuf__Any *config = NULL;
+	assert_int_equal(export_sandbox(e, &config), 0);
+	assert_int_equal(import_sandbox(e, config), 0);
+	google__protobuf__any__free_unpacked(config, NULL);
+	assert_int_equal(cancel(e->dc, SESSION), 0);
+	assert_int_equal(cleanup(e->dc, SESSION), 0);
+	assert_int_equal(cancel(e->sc, SESSION), 0);
+	assert_int_equal(finalize(e->sc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_RESUME), 0);
+	assert_int_equal(cleanup(e->sc, SESSION), 0);
+}
+
+static void test_transfer_before_socket_times_out_then_second_socket_exists(void **state)
+{
+	struct env *e = *state;
+	assert_int_equal(prepare_both(e), 0);
+	/* TransferSandbox waits for the socket, up to its timeout */
+	assert_int_equal(transfer(e->sc, SESSION, 200), 4);
+	assert_int_equal(transfer(e->sc, SESSION, -5), 3);
+	assert_int_equal(connect_both(e), 0);
+	/* once registered, a second socket is AlreadyExists */
+	assert_int_equal(socket_desc(e->sc, SESSION, false, "unix:/tmp/nowhere.sock"), 6);
+	/* a socket that cannot connect is refused without poisoning: covered
+	 * by the retry loop in connect_both */
+	struct async_call t;
+	async_start(&t, e->dc, 0, NULL);
+	assert_int_equal(transfer(e->sc, SESSION, 0), 0);
+	assert_int_equal(async_join(&t), 0);
+	assert_int_equal(finalize(e->dc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_STOP), 0);
+	assert_int_equal(finalize(e->sc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_RESUME), 0);
+	assert_int_equal(cleanup(e->sc, SESSION), 0);
+	assert_int_equal(cleanup(e->dc, SESSION), 0);
+	/* rolled back: the source still runs its containers; the destination
+	 * discarded them */
+	assert_int_equal(task_state(e->sc, "c1", NULL), 0);
+	assert_int_equal(task_state(e->dc, "c1-new", NULL), 5);
+}
+
+/* Notifications: a subscriber on each side sees the phases in order with
+ * message ids 1, 2, 3, ... and the stream ends cleanly at Cleanup. */
+struct sub {
+	pthread_t th;
+	lm_rpc_client_t *c;
+	int phases[64];
+	unsigned n;
+	uint32_t last_id;
+	bool ids_ok;
+	int end;          /* 0 clean end, else the recv result */
+};
+
+static void *sub_main(void *arg)
+{
+	struct sub *s = arg;
+	NotificationsRequest r = NOTIFICATIONS_REQUEST__INIT;
+	r.session_id = SESSION;
+	uint8_t buf[64];
+	size_t len = notifications_request__pack(&r, buf);
+	lm_rpc_stream_t *st;
+	s->ids_ok = true;
+	if (lm_rpc_client_stream_open(s->c, "Migration", "Notifications", buf, len, NULL, &st)) {
+		s->end = -1;
+		return NULL;
+	}
+	for (;;) {
+		uint8_t *msg = NULL;
+		size_t ml = 0;
+		int rc = lm_rpc_stream_recv(st, &msg, &ml, 60ll * 1000000000ll);
+		if (rc != 1) {
+			s->end = rc;
+			break;
+		}
+		NotificationsResponse *n = notifications_response__unpack(NULL, ml, msg);
+		free(msg);
+		if (!n) {
+			s->ids_ok = false;
+			continue;
+		}
+		if (n->message_id != s->last_id + 1)
+			s->ids_ok = false;
+		s->last_id = n->message_id;
+		if (n->notification && n->notification->phase != PHASE__PHASE_TRANSFER_IN_PROGRESS &&
+		    s->n < 64)
+			s->phases[s->n++] = n->notification->phase;
+		notifications_response__free_unpacked(n, NULL);
+	}
+	lm_rpc_stream_close(st);
+	return NULL;
+}
+
+static bool has_in_order(const struct sub *s, const int *want, unsigned nwant)
+{
+	unsigned j = 0;
+	for (unsigned i = 0; i < s->n && j < nwant; i++)
+		if (s->phases[i] == want[j])
+			j++;
+	return j == nwant;
+}
+
+static void test_notifications_carry_every_phase_in_order(void **state)
+{
+	struct env *e = *state;
+	struct sub ss = { .c = e->sc }, ds = { .c = e->dc };
+	assert_int_equal(prepare_both(e), 0);
+	pthread_create(&ss.th, NULL, sub_main, &ss);
+	pthread_create(&ds.th, NULL, sub_main, &ds);
+	usleep(50000);
+	assert_int_equal(connect_both(e), 0);
+	struct async_call t;
+	async_start(&t, e->dc, 0, NULL);
+	assert_int_equal(transfer(e->sc, SESSION, 0), 0);
+	assert_int_equal(async_join(&t), 0);
+	assert_int_equal(finalize(e->sc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_STOP), 0);
+	assert_int_equal(finalize(e->dc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_RESUME), 0);
+	assert_int_equal(cleanup(e->sc, SESSION), 0);
+	assert_int_equal(cleanup(e->dc, SESSION), 0);
+	pthread_join(ss.th, NULL);
+	pthread_join(ds.th, NULL);
+	assert_int_equal(ss.end, 0);     /* Cleanup ends the stream cleanly */
+	assert_int_equal(ds.end, 0);
+	assert_true(ss.ids_ok);
+	assert_true(ds.ids_ok);
+	static const int src_want[] = { PHASE__PHASE_SETUP_DONE, PHASE__PHASE_BLACKOUT_STARTED,
+					PHASE__PHASE_OFFLINE_DONE, PHASE__PHASE_BLACKOUT_EXITED,
+					PHASE__PHASE_DONE };
+	assert_true(has_in_order(&ss, src_want, 5));
+	assert_true(has_in_order(&ds, src_want, 1));
+}
+
+/* Cancel in the middle of the transfer: both sides stop, the source
+ * resumes with exactly its memory and its workload goes on; Cleanup
+ * returns both to Idle and a second migration succeeds. */
+static void test_cancel_mid_transfer_recovers_source_then_migrates_again(void **state)
+{
+	struct env *e = *state;
+	assert_int_equal(prepare_both(e), 0);
+	assert_int_equal(connect_both(e), 0);
+	/* slow every batch so that the Cancel lands mid-transfer */
+	assert_int_equal(lm_fault_arm("transfer.send:delay_ms=5"), 0);
+	struct async_call ts, td;
+	async_start(&td, e->dc, 0, NULL);
+	async_start(&ts, e->sc, 0, NULL);
+	usleep(150000);
+	assert_int_equal(cancel(e->sc, SESSION), 0);
+	assert_int_equal(async_join(&ts), 10);          /* Aborted: cancelled */
+	int dcode = async_join(&td);
+	assert_true(dcode == 10 || dcode == 14);
+	lm_fault_disarm_all();
+	assert_int_equal(cancel(e->dc, SESSION), 0);
+	/* Cancel is idempotent */
+	assert_int_equal(cancel(e->sc, SESSION), 0);
+	assert_int_equal(finalize(e->sc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_RESUME), 0);
+	json_t *p = inspect(e->sc);
+	assert_string_equal(json_string_value(json_object_get(p, "State")), "Running");
+	json_t *it0 = json_object_get(json_object_get(p, "Statistics"), "Iterations");
+	uint64_t before = (uint64_t)json_integer_value(it0);
+	json_decref(p);
+	usleep(100000);
+	p = inspect(e->sc);
+	uint64_t after = (uint64_t)json_integer_value(json_object_get(json_object_get(p, "Statistics"), "Iterations"));
+	json_decref(p);
+	assert_true(after > before);                     /* the workload goes on */
+	assert_int_equal(cleanup(e->sc, SESSION), 0);
+	assert_int_equal(cleanup(e->dc, SESSION), 0);
+	assert_int_equal(task_state(e->sc, "c1", NULL), 0);
+
+	/* a second migration then succeeds */
+	assert_int_equal(prepare_both(e), 0);
+	assert_int_equal(connect_both(e), 0);
+	async_start(&td, e->dc, 0, NULL);
+	assert_int_equal(transfer(e->sc, SESSION, 0), 0);
+	assert_int_equal(async_join(&td), 0);
+	json_t *sp = inspect(e->sc), *dp = inspect(e->dc);
+	assert_non_null(sp);
+	assert_non_null(dp);
+	assert_string_equal(json_string_value(json_object_get(sp, "MemoryDigest")),
+			    json_string_value(json_object_get(dp, "MemoryDigest")));
+	json_decref(sp);
+	json_decref(dp);
+	assert_int_equal(finalize(e->sc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_STOP), 0);
+	assert_int_equal(finalize(e->dc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_RESUME), 0);
+	assert_int_equal(cleanup(e->sc, SESSION), 0);
+	assert_int_equal(cleanup(e->dc, SESSION), 0);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_live_migration_happy_path, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_calls_out_of_order_get_the_contracts_codes, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_bad_config_is_rejected_and_leaves_no_trace, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_transfer_before_socket_times_out_then_second_socket_exists, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_notifications_carry_every_phase_in_order, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_cancel_mid_transfer_recovers_source_then_migrates_again, setup, teardown),
+	};
+	if (!getenv("LM_LOG_LEVEL"))
+		lm_log_set_level(LM_LOG_ERROR);
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
