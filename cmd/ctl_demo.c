@@ -1,0 +1,314 @@
+/*
+ * ctl_demo.c: `lmctl demo`, the README's main job. Starts a source lmshim
+ * with a running VM (sim by default: 1 GiB, a guest dirtying memory at
+ * --rate MB/s) and a pod of three containers, and an idle destination
+ * lmshim, both on sockets in a temp dir; migrates the sandbox live with
+ * the progress bar; then verifies: memory digest and workload checksum
+ * equal on both sides at blackout, every container present and running on
+ * the destination under its new ID with its init PID, the source torn
+ * down (its containers gone). Stops both shims (SIGTERM) and exits 0 only
+ * if everything verified.
+ *
+ * The lmshim binary is the one beside lmctl (or $LMSHIM).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cmd/ctl.h"
+
+static const char usage_demo[] =
+	"usage: lmctl demo [--backend sim|kvm] [--vm-size-mb N] [--rate MBps] [--keep]\n"
+	"\n"
+	"Starts a source and a destination lmshim, a running VM (default: sim, 1024 MiB,\n"
+	"guest dirtying 200 MB/s) with a pod of three containers in the source, migrates\n"
+	"it live to the destination and verifies the result. Exits 0 only if everything\n"
+	"verified. --keep leaves the temp dir (logs, bundles) in place.\n";
+
+static int find_lmshim(char *out, size_t len)
+{
+	const char *env = getenv("LMSHIM");
+	if (env && *env) {
+		snprintf(out, len, "%s", env);
+		return access(out, X_OK) == 0 ? 0 : -1;
+	}
+	char self[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	if (n <= 0)
+		return -1;
+	self[n] = 0;
+	char *slash = strrchr(self, '/');
+	if (!slash)
+		return -1;
+	*slash = 0;
+	if (snprintf(out, len, "%s/lmshim", self) >= (int)len)
+		return -1;
+	return access(out, X_OK) == 0 ? 0 : -1;
+}
+
+static pid_t spawn(char *const argv[], const char *log)
+{
+	pid_t pid = fork();
+	if (pid < 0)
+		return -1;
+	if (pid == 0) {
+		/* own process group: a Ctrl-C reaches lmctl only, which rolls
+		 * back and then stops the shims itself */
+		setpgid(0, 0);
+		int fd = open(log, O_CREAT | O_WRONLY | O_TRUNC | O_CLOEXEC, 0600);
+		if (fd >= 0) {
+			dup2(fd, 1);
+			dup2(fd, 2);
+		}
+		execv(argv[0], argv);
+		_exit(127);
+	}
+	return pid;
+}
+
+static int stop(pid_t pid, const char *name)
+{
+	if (pid <= 0)
+		return 0;
+	kill(pid, SIGTERM);
+	int st = 0;
+	for (int i = 0; i < 200; i++) {
+		pid_t r = waitpid(pid, &st, WNOHANG);
+		if (r == pid) {
+			if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
+				return 0;
+			fprintf(stderr, "lmctl demo: %s shim exited with %s %d\n", name,
+				WIFEXITED(st) ? "status" : "signal", WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+			return -1;
+		}
+		usleep(50 * 1000);
+	}
+	fprintf(stderr, "lmctl demo: %s shim did not stop within 10 s after SIGTERM; killing it\n", name);
+	kill(pid, SIGKILL);
+	waitpid(pid, &st, 0);
+	return -1;
+}
+
+static int state_of(struct ctl_side *s, const char *id, uint32_t *pid, int *status, int *code)
+{
+	Containerd__Task__V2__StateRequest req = CONTAINERD__TASK__V2__STATE_REQUEST__INIT;
+	req.id = (char *)id;
+	ProtobufCMessage *resp;
+	int rc = ctl_call(s, CTL_TASK_SERVICE, "State", &req.base,
+			  &containerd__task__v2__state_response__descriptor, &resp, 30ll * 1000000000, true,
+			  NULL, 0);
+	*code = rc;
+	if (rc != 0)
+		return -1;
+	Containerd__Task__V2__StateResponse *r = (void *)resp;
+	*pid = r->pid;
+	*status = r->status;
+	protobuf_c_message_free_unpacked(resp, NULL);
+	return 0;
+}
+
+int ctl_demo_main(int argc, char **argv)
+{
+	static const struct option lo[] = {
+		{ "backend", required_argument, 0, 'b' }, { "vm-size-mb", required_argument, 0, 'm' },
+		{ "rate", required_argument, 0, 'r' }, { "keep", no_argument, 0, 'k' },
+		{ "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 },
+	};
+	const char *backend = "sim";
+	unsigned long mb = 1024, rate = 200;
+	bool keep = false;
+	int c;
+	opterr = 0;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+		char *end;
+		switch (c) {
+		case 'b':
+			if (strcmp(optarg, "sim") && strcmp(optarg, "kvm")) {
+				fprintf(stderr, "lmctl demo: --backend must be sim or kvm\n");
+				return 2;
+			}
+			backend = optarg;
+			break;
+		case 'm':
+			mb = strtoul(optarg, &end, 10);
+			if (end == optarg || *end || mb == 0 || mb > 1u << 20) {
+				fprintf(stderr, "lmctl demo: --vm-size-mb wants a size in MiB\n");
+				return 2;
+			}
+			break;
+		case 'r':
+			rate = strtoul(optarg, &end, 10);
+			if (end == optarg || *end) {
+				fprintf(stderr, "lmctl demo: --rate wants MB/s\n");
+				return 2;
+			}
+			break;
+		case 'k': keep = true; break;
+		case 'h': fputs(usage_demo, stdout); return 0;
+		default:
+			fprintf(stderr, "lmctl demo: unknown or incomplete option '%s' (see 'lmctl demo --help')\n",
+				argv[optind - 1]);
+			return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "lmctl demo: unexpected argument '%s'\n", argv[optind]);
+		return 2;
+	}
+	char lmshim[PATH_MAX];
+	if (find_lmshim(lmshim, sizeof(lmshim)) < 0) {
+		fprintf(stderr, "lmctl demo: lmshim not found beside lmctl (set LMSHIM=/path/to/lmshim)\n");
+		return 1;
+	}
+	char dir[] = "/tmp/lmctl-demo-XXXXXX";
+	if (!mkdtemp(dir)) {
+		fprintf(stderr, "lmctl demo: mkdtemp: %s\n", strerror(errno));
+		return 1;
+	}
+	char ssock[PATH_MAX], dsock[PATH_MAX], slog[PATH_MAX], dlog[PATH_MAX], work[PATH_MAX];
+	char sstate[PATH_MAX], dstate[PATH_MAX];
+	snprintf(ssock, sizeof(ssock), "%s/source.sock", dir);
+	snprintf(dsock, sizeof(dsock), "%s/destination.sock", dir);
+	snprintf(slog, sizeof(slog), "%s/source.log", dir);
+	snprintf(dlog, sizeof(dlog), "%s/destination.log", dir);
+	snprintf(work, sizeof(work), "%s/work", dir);
+	snprintf(sstate, sizeof(sstate), "%s/source-state", dir);
+	snprintf(dstate, sizeof(dstate), "%s/destination-state", dir);
+	char mbs[32], rates[32];
+	snprintf(mbs, sizeof(mbs), "%lu", mb);
+	snprintf(rates, sizeof(rates), "%lu", rate);
+	char *sargv[] = { lmshim, "serve", "--socket", ssock, "--id", "demo-source", "--state-dir", sstate,
+			  "--vm-size-mb", mbs, "--backend", (char *)backend, "--workload-rate", rates,
+			  "--workload-pattern", "hotset",
+			  "--containers", "pod1:sandbox,pod1:web,pod1:db", NULL };
+	char *dargv[] = { lmshim, "serve", "--socket", dsock, "--id", "demo-destination", "--state-dir",
+			  dstate, "--backend", (char *)backend, "--idle", NULL };
+
+	fprintf(stderr, "lmctl demo: %s VM of %lu MiB, guest dirtying %lu MB/s, pod1 = {sandbox, web, db}\n",
+		backend, mb, rate);
+	fprintf(stderr, "lmctl demo: logs in %s\n", dir);
+	int ok = 1;
+	pid_t sp = spawn(sargv, slog);
+	pid_t dp = spawn(dargv, dlog);
+	if (sp < 0 || dp < 0) {
+		fprintf(stderr, "lmctl demo: cannot start lmshim: %s\n", strerror(errno));
+		ok = 0;
+		goto stop;
+	}
+	/* wait until both serve (the source boots its VM first) */
+	struct ctl_side s = { .name = "source", .path = ssock };
+	struct ctl_side d = { .name = "destination", .path = dsock };
+	if (ctl_side_connect(&s, 60000) < 0 || ctl_side_connect(&d, 20000) < 0) {
+		fprintf(stderr, "lmctl demo: the shims did not come up; see %s and %s\n", slog, dlog);
+		ctl_side_close(&s);
+		ctl_side_close(&d);
+		ok = 0;
+		goto stop;
+	}
+	uint32_t src_pids[3] = {0};
+	const char *ids[3] = { "sandbox", "web", "db" };
+	for (int i = 0; i < 3; i++) {
+		int st, code;
+		if (state_of(&s, ids[i], &src_pids[i], &st, &code) < 0) {
+			fprintf(stderr, "lmctl demo: source container %s: State failed (%s)\n", ids[i],
+				code > 0 ? ctl_code_name(code) : strerror(-code));
+			ok = 0;
+		}
+	}
+	ctl_side_close(&s);
+	ctl_side_close(&d);
+	if (!ok)
+		goto stop;
+
+	InitializeOptions io = INITIALIZE_OPTIONS__INIT;
+	io.memory_transport = MEMORY_TRANSPORT__MEMORY_TRANSPORT_TCP;
+	io.checksum_verification = true;
+	struct ctl_migrate_opts o = {
+		.from = ssock, .to = dsock, .transport = "unix", .id_suffix = "-migrated",
+		.workdir = work, .init = &io, .call_timeout_ns = 120ll * 1000000000,
+		.verify = true, .require_verify = true, .vm_bytes = (uint64_t)mb << 20,
+	};
+	struct ctl_migrate_result res;
+	int rc = ctl_migrate(&o, &res);
+	if (rc != 0 || !res.ok) {
+		ok = 0;
+		ctl_migrate_result_free(&res);
+		goto stop;
+	}
+
+	/* containers on the destination under their new IDs, same init PIDs */
+	s.c = NULL;
+	d.c = NULL;
+	if (ctl_side_connect(&s, 2000) < 0 || ctl_side_connect(&d, 2000) < 0) {
+		ok = 0;
+	} else {
+		for (size_t i = 0; i < res.n_containers; i++) {
+			struct ctl_container *ct = &res.containers[i];
+			uint32_t pid = 0;
+			int st = 0, code = 0;
+			uint32_t want = 0;
+			for (int k = 0; k < 3; k++)
+				if (!strcmp(ids[k], ct->src_id))
+					want = src_pids[k];
+			if (state_of(&d, ct->new_id, &pid, &st, &code) < 0) {
+				fprintf(stderr, "lmctl demo: FAIL %s is not on the destination (State: %s)\n",
+					ct->new_id, code > 0 ? ctl_code_name(code) : strerror(-code));
+				ok = 0;
+			} else if (st != 2 || pid != want || pid != ct->pid) {
+				fprintf(stderr, "lmctl demo: FAIL %s on the destination: status %d pid %" PRIu32
+					" (source pid %" PRIu32 ")\n", ct->new_id, st, pid, want);
+				ok = 0;
+			} else {
+				fprintf(stderr, "lmctl demo: ok   %s -> %s running on the destination, pid %" PRIu32 "\n",
+					ct->src_id, ct->new_id, pid);
+			}
+			if (state_of(&s, ct->src_id, &pid, &st, &code) == 0 && st != 3) {
+				fprintf(stderr, "lmctl demo: FAIL %s still present on the source (status %d)\n",
+					ct->src_id, st);
+				ok = 0;
+			}
+		}
+		if (res.n_containers != 3) {
+			fprintf(stderr, "lmctl demo: FAIL %zu containers migrated, 3 expected\n", res.n_containers);
+			ok = 0;
+		} else if (ok) {
+			fprintf(stderr, "lmctl demo: ok   source torn down (its containers are gone)\n");
+		}
+	}
+	ctl_side_close(&s);
+	ctl_side_close(&d);
+	if (res.verified == 1)
+		fprintf(stderr, "lmctl demo: ok   memory digest %s equal, workload checksum %s equal\n",
+			res.src_digest, res.src_sum);
+	else
+		ok = 0;
+	fprintf(stderr, "lmctl demo: total %.0f ms, blackout %" PRId64 " ms\n", res.total_ms, res.blackout_ms);
+	ctl_migrate_result_free(&res);
+
+stop:
+	if (stop(sp, "source") < 0)
+		ok = 0;
+	if (stop(dp, "destination") < 0)
+		ok = 0;
+	fprintf(stderr, "lmctl demo: %s\n", ok ? "VERIFIED" : "FAILED");
+	if (ok && !keep) {
+		char cmd[PATH_MAX + 16];
+		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+		if (system(cmd) != 0)
+			fprintf(stderr, "lmctl demo: could not remove %s\n", dir);
+	} else if (!ok) {
+		fprintf(stderr, "lmctl demo: logs kept in %s\n", dir);
+	}
+	return ok ? 0 : 1;
+}

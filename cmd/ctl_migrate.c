@@ -1,0 +1,907 @@
+/*
+ * ctl_migrate.c: `lmctl migrate`, the whole call sequence of the
+ * Migration contract against two shims:
+ *
+ *   source: PrepareAndExportSandbox -> destination: ImportSandbox ->
+ *   destination: task Create per imported container (patch path) ->
+ *   destination: PrepareSandbox -> Notifications (both) ->
+ *   CreateDuplicateSocket (both) -> TransferSandbox (both, concurrently) ->
+ *   FinalizeSandbox (destination RESUME, then source STOP) -> Cleanup.
+ *
+ * On any failure: Cancel both, source RESUME, destination STOP, Cleanup
+ * both, and exit non-zero with the first cause.
+ *
+ * The container list comes from the snapshot (lmshim.v1.SandboxSnapshot in
+ * the exported Any) or from --container flags. Each container gets a new
+ * bundle directory under the work dir with a config.json carrying the
+ * annotation io.microsoft.migration.source-container-id (and the CRI
+ * container type), an overlay rootfs mount with one lowerdir per
+ * read-only layer, and stdio files.
+ *
+ * The migration socket: --transport unix (default): the destination
+ * listens on unix:<workdir>/migration.sock, the source connects;
+ * --transport tcp: the destination listens on --listen host:port (default
+ * 127.0.0.1 and a free port), the source dials --connect (default the
+ * same); --transport dup: lmctl makes a socketpair and passes
+ * duplicate{pid, fd} to each side (needs ptrace rights over lmctl).
+ *
+ * DESIGN. Main thread drives the sequence; during the transfer one thread
+ * per side blocks in TransferSandbox and one per side reads Notifications,
+ * all writing into a shared struct under its mutex (ctl.h).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <arpa/inet.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "cmd/ctl.h"
+#include "google/protobuf/any.pb-c.h"
+#include "google/protobuf/duration.pb-c.h"
+#ifdef LM_HAVE_SNAPSHOT
+#include "snapshot.pb-c.h"
+#endif
+
+volatile int ctl_interrupted;
+
+/* Between two steps of the sequence: a Ctrl-C rolls back. */
+#define CHECK_INTERRUPT()                                                          \
+	do {                                                                       \
+		if (ctl_interrupted) {                                             \
+			fprintf(stderr, "lmctl: interrupted\n");                   \
+			goto fail;                                                 \
+		}                                                                  \
+	} while (0)
+
+#define SNAPSHOT_TYPE_URL "type.googleapis.com/lmshim.v1.SandboxSnapshot"
+
+static double now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static char *xstrdup(const char *s)
+{
+	char *d = strdup(s ? s : "");
+	if (!d) {
+		fprintf(stderr, "lmctl: out of memory\n");
+		exit(1);
+	}
+	return d;
+}
+
+void ctl_migrate_result_free(struct ctl_migrate_result *res)
+{
+	for (size_t i = 0; i < res->n_containers; i++) {
+		free(res->containers[i].src_id);
+		free(res->containers[i].new_id);
+		free(res->containers[i].pod_id);
+	}
+	free(res->containers);
+	res->containers = NULL;
+	res->n_containers = 0;
+}
+
+/* ---------------------------------------------------------- the snapshot */
+
+/* Fills the container list from the exported Any. 0, or -1 with the cause
+ * printed. */
+static int containers_from_snapshot(const Google__Protobuf__Any *any, const char *suffix,
+				    struct ctl_migrate_result *res)
+{
+	if (!any || !any->type_url || strcmp(any->type_url, SNAPSHOT_TYPE_URL) != 0) {
+		fprintf(stderr, "lmctl: PrepareAndExportSandbox on source: the snapshot's type URL is '%s', "
+			"not %s; name the containers with --container\n",
+			any && any->type_url ? any->type_url : "", SNAPSHOT_TYPE_URL);
+		return -1;
+	}
+#ifdef LM_HAVE_SNAPSHOT
+	Lmshim__V1__SandboxSnapshot *snap =
+		lmshim__v1__sandbox_snapshot__unpack(NULL, any->value.len, any->value.data);
+	if (!snap) {
+		fprintf(stderr, "lmctl: PrepareAndExportSandbox on source: the snapshot does not decode\n");
+		return -1;
+	}
+	size_t n = 0;
+	for (size_t p = 0; p < snap->n_pods; p++)
+		n += snap->pods[p]->n_containers;
+	res->containers = calloc(n ? n : 1, sizeof(*res->containers));
+	if (!res->containers) {
+		lmshim__v1__sandbox_snapshot__free_unpacked(snap, NULL);
+		return -1;
+	}
+	for (size_t p = 0; p < snap->n_pods; p++) {
+		const Lmshim__V1__PodSnapshot *pod = snap->pods[p];
+		for (size_t i = 0; i < pod->n_containers; i++) {
+			const Lmshim__V1__ContainerSnapshot *cs = pod->containers[i];
+			struct ctl_container *c = &res->containers[res->n_containers++];
+			c->src_id = xstrdup(cs->id);
+			size_t l = strlen(cs->id) + strlen(suffix) + 1;
+			c->new_id = malloc(l);
+			if (!c->new_id)
+				exit(1);
+			snprintf(c->new_id, l, "%s%s", cs->id, suffix);
+			c->pod_id = xstrdup(pod->id);
+			c->is_sandbox = cs->type == LMSHIM__V1__CONTAINER_TYPE__CONTAINER_TYPE_SANDBOX;
+			c->type_known = 1;
+			c->layers = (unsigned)cs->n_layers;
+		}
+	}
+	lmshim__v1__sandbox_snapshot__free_unpacked(snap, NULL);
+	return 0;
+#else
+	(void)suffix;
+	(void)res;
+	fprintf(stderr, "lmctl: this lmctl was built without the snapshot schema; name the containers with --container\n");
+	return -1;
+#endif
+}
+
+static int containers_from_flags(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res)
+{
+	res->containers = calloc(o->n_containers ? o->n_containers : 1, sizeof(*res->containers));
+	if (!res->containers)
+		return -1;
+	for (size_t i = 0; i < o->n_containers; i++) {
+		const struct ctl_container *f = &o->containers[i];
+		struct ctl_container *c = &res->containers[res->n_containers++];
+		*c = *f;
+		c->src_id = xstrdup(f->src_id);
+		c->pod_id = xstrdup(f->pod_id);
+		if (f->new_id) {
+			c->new_id = xstrdup(f->new_id);
+		} else {
+			size_t l = strlen(f->src_id) + strlen(o->id_suffix) + 1;
+			c->new_id = malloc(l);
+			if (!c->new_id)
+				return -1;
+			snprintf(c->new_id, l, "%s%s", f->src_id, o->id_suffix);
+		}
+	}
+	return 0;
+}
+
+/* ---------------------------------------------------------------- bundles */
+
+static int mkdir_p(const char *path)
+{
+	char tmp[4096];
+	snprintf(tmp, sizeof(tmp), "%s", path);
+	for (char *p = tmp + 1; *p; p++) {
+		if (*p == '/') {
+			*p = 0;
+			if (mkdir(tmp, 0700) < 0 && errno != EEXIST)
+				return -errno;
+			*p = '/';
+		}
+	}
+	if (mkdir(tmp, 0700) < 0 && errno != EEXIST)
+		return -errno;
+	return 0;
+}
+
+/* A JSON string literal of s (IDs and paths: escape what JSON needs). */
+static void json_str(FILE *f, const char *s)
+{
+	fputc('"', f);
+	for (; *s; s++) {
+		unsigned char ch = (unsigned char)*s;
+		if (ch == '"' || ch == '\\')
+			fprintf(f, "\\%c", ch);
+		else if (ch < 0x20)
+			fprintf(f, "\\u%04x", ch);
+		else
+			fputc(ch, f);
+	}
+	fputc('"', f);
+}
+
+/* Writes <workdir>/<new_id>/{config.json,rootfs,layerN,scratch,work}. */
+static int write_bundle(const char *workdir, const struct ctl_container *c, const char *sandbox_new_id,
+			char *bundle, size_t blen)
+{
+	char p[4200];
+	int rc = -ENAMETOOLONG;
+	if (snprintf(bundle, blen, "%s/bundles/%s", workdir, c->new_id) >= (int)blen)
+		goto fail;
+	rc = mkdir_p(bundle);
+	if (rc < 0)
+		goto fail;
+	const char *sub[] = { "rootfs", "scratch", "work" };
+	for (int i = 0; i < 3; i++) {
+		snprintf(p, sizeof(p), "%s/%s", bundle, sub[i]);
+		if ((rc = mkdir_p(p)) < 0)
+			goto fail;
+	}
+	for (unsigned i = 0; i < c->layers; i++) {
+		snprintf(p, sizeof(p), "%s/layer%u", bundle, i);
+		if ((rc = mkdir_p(p)) < 0)
+			goto fail;
+	}
+	snprintf(p, sizeof(p), "%s/config.json", bundle);
+	FILE *f = fopen(p, "w");
+	if (!f) {
+		rc = -errno;
+		goto fail;
+	}
+	fprintf(f, "{\"ociVersion\":\"1.0.2\",\"process\":{\"args\":[\"/pause\"],\"cwd\":\"/\"},"
+		   "\"root\":{\"path\":\"rootfs\"},\"annotations\":{");
+	json_str(f, CTL_ANNOT_SOURCE_ID);
+	fputc(':', f);
+	json_str(f, c->src_id);
+	if (c->type_known) {
+		fputc(',', f);
+		json_str(f, CTL_ANNOT_TYPE);
+		fputc(':', f);
+		json_str(f, c->is_sandbox ? "sandbox" : "container");
+	}
+	if (sandbox_new_id) {
+		fputc(',', f);
+		json_str(f, "io.kubernetes.cri.sandbox-id");
+		fputc(':', f);
+		json_str(f, sandbox_new_id);
+	}
+	fprintf(f, "}}\n");
+	if (fclose(f) != 0) {
+		rc = -errno;
+		goto fail;
+	}
+	const char *io[] = { "stdout", "stderr" };
+	for (int i = 0; i < 2; i++) {
+		snprintf(p, sizeof(p), "%s/%s.log", bundle, io[i]);
+		int fd = open(p, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+		if (fd >= 0)
+			close(fd);
+	}
+	return 0;
+fail:
+	fprintf(stderr, "lmctl: writing the bundle of %s in %s: %s\n", c->new_id, bundle, strerror(-rc));
+	return -1;
+}
+
+/* task Create on the destination for one container (patch path). */
+static int create_on_destination(struct ctl_side *dst, const char *workdir, struct ctl_container *c,
+				 const char *sandbox_new_id, int64_t tmo)
+{
+	char bundle[4096];
+	if (write_bundle(workdir, c, sandbox_new_id, bundle, sizeof(bundle)) < 0)
+		return -1;
+	/* overlay: lowerdir=layerN-1:...:layer0 (top first), upperdir, workdir */
+	size_t cap = 64 + (size_t)c->layers * (strlen(bundle) + 16);
+	char *lower = malloc(cap);
+	char upper[4200], work[4200], out[4200], err[4200];
+	if (!lower)
+		return -1;
+	int k = snprintf(lower, cap, "lowerdir=");
+	for (unsigned i = c->layers; i-- > 0;)
+		k += snprintf(lower + k, cap - (size_t)k, "%s%s/layer%u", i + 1 == c->layers ? "" : ":",
+			      bundle, i);
+	snprintf(upper, sizeof(upper), "upperdir=%s/scratch", bundle);
+	snprintf(work, sizeof(work), "workdir=%s/work", bundle);
+	snprintf(out, sizeof(out), "%s/stdout.log", bundle);
+	snprintf(err, sizeof(err), "%s/stderr.log", bundle);
+	char *opts[3] = { lower, upper, work };
+	Containerd__Types__Mount m = CONTAINERD__TYPES__MOUNT__INIT;
+	m.type = "overlay";
+	m.source = "overlay";
+	m.options = opts;
+	m.n_options = 3;
+	Containerd__Types__Mount *mounts[1] = { &m };
+	Containerd__Task__V2__CreateTaskRequest req = CONTAINERD__TASK__V2__CREATE_TASK_REQUEST__INIT;
+	req.id = c->new_id;
+	req.bundle = bundle;
+	req.rootfs = mounts;
+	req.n_rootfs = c->layers ? 1 : 0;
+	req.stdout = out;
+	req.stderr = err;
+	ProtobufCMessage *resp = NULL;
+	char msg[512];
+	int rc = ctl_call(dst, CTL_TASK_SERVICE, "Create", &req.base,
+			  &containerd__task__v2__create_task_response__descriptor, &resp, tmo, true,
+			  msg, sizeof(msg));
+	free(lower);
+	if (rc != 0) {
+		fprintf(stderr, "lmctl: task Create(%s, source container %s) on destination (%s): %s: %s\n",
+			c->new_id, c->src_id, dst->path, rc > 0 ? ctl_code_name(rc) : "transport",
+			rc > 0 ? msg : strerror(-rc));
+		return rc;
+	}
+	c->pid = ((Containerd__Task__V2__CreateTaskResponse *)resp)->pid;
+	protobuf_c_message_free_unpacked(resp, NULL);
+	return 0;
+}
+
+/* ---------------------------------------------------------- socket setup */
+
+static int free_tcp_port(void)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t al = sizeof(a);
+	int port = -1;
+	if (bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
+	    getsockname(fd, (struct sockaddr *)&a, &al) == 0)
+		port = ntohs(a.sin_port);
+	close(fd);
+	return port;
+}
+
+static int send_socket(struct ctl_side *s, const char *session, const LinuxSocketDescriptor *d,
+		       int64_t tmo, bool quiet, char *msg, size_t msglen)
+{
+	size_t len = linux_socket_descriptor__get_packed_size(d);
+	uint8_t *buf = malloc(len ? len : 1);
+	if (!buf)
+		return -ENOMEM;
+	linux_socket_descriptor__pack(d, buf);
+	CreateDuplicateSocketRequest req = CREATE_DUPLICATE_SOCKET_REQUEST__INIT;
+	req.session_id = (char *)session;
+	req.protocol_info.data = buf;
+	req.protocol_info.len = len;
+	int rc = ctl_call(s, CTL_MIGRATION_SERVICE, "CreateDuplicateSocket", &req.base, NULL, NULL, tmo,
+			  quiet, msg, msglen);
+	free(buf);
+	return rc;
+}
+
+struct listen_arg {
+	struct ctl_side *side;
+	const char *session;
+	const char *addr;
+	int64_t tmo;
+	int rc;
+	volatile int done;
+};
+
+static void *listen_thread(void *a)
+{
+	struct listen_arg *la = a;
+	LinuxSocketDescriptor d = LINUX_SOCKET_DESCRIPTOR__INIT;
+	d.mode_case = LINUX_SOCKET_DESCRIPTOR__MODE_LISTEN;
+	d.listen = (char *)la->addr;
+	la->rc = send_socket(la->side, la->session, &d, la->tmo, false, NULL, 0);
+	__atomic_store_n(&la->done, 1, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+/* Gives both sides their migration socket. 0 or -1 (printed). */
+static int setup_socket(const struct ctl_migrate_opts *o, struct ctl_side *src, struct ctl_side *dst,
+			const char *session, const char *workdir)
+{
+	const char *tr = o->transport ? o->transport : "unix";
+	if (!strcmp(tr, "dup")) {
+		int sv[2];
+		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+			fprintf(stderr, "lmctl: socketpair: %s\n", strerror(errno));
+			return -1;
+		}
+		LinuxSocketDescriptor__Duplicate dup = LINUX_SOCKET_DESCRIPTOR__DUPLICATE__INIT;
+		LinuxSocketDescriptor d = LINUX_SOCKET_DESCRIPTOR__INIT;
+		d.mode_case = LINUX_SOCKET_DESCRIPTOR__MODE_DUPLICATE;
+		d.duplicate = &dup;
+		dup.pid = (uint32_t)getpid();
+		dup.fd = sv[0];
+		int rc = send_socket(dst, session, &d, o->call_timeout_ns, false, NULL, 0);
+		if (rc == 0) {
+			dup.fd = sv[1];
+			rc = send_socket(src, session, &d, o->call_timeout_ns, false, NULL, 0);
+		}
+		/* the shims hold their duplicates now: ours go */
+		close(sv[0]);
+		close(sv[1]);
+		return rc == 0 ? 0 : -1;
+	}
+	char listen_addr[4200], connect_addr[4200];
+	if (!strcmp(tr, "unix")) {
+		if (o->listen)
+			snprintf(listen_addr, sizeof(listen_addr), "unix:%s",
+				 strncmp(o->listen, "unix:", 5) ? o->listen : o->listen + 5);
+		else
+			snprintf(listen_addr, sizeof(listen_addr), "unix:%s/migration-%.8s.sock", workdir,
+				 session);
+		unlink(listen_addr + 5);
+		snprintf(connect_addr, sizeof(connect_addr), "%s", listen_addr);
+	} else if (!strcmp(tr, "tcp")) {
+		if (o->listen) {
+			snprintf(listen_addr, sizeof(listen_addr), "%s", o->listen);
+		} else {
+			int port = free_tcp_port();
+			if (port < 0) {
+				fprintf(stderr, "lmctl: no free TCP port on 127.0.0.1\n");
+				return -1;
+			}
+			snprintf(listen_addr, sizeof(listen_addr), "127.0.0.1:%d", port);
+		}
+		snprintf(connect_addr, sizeof(connect_addr), "%s", o->connect ? o->connect : listen_addr);
+	} else {
+		fprintf(stderr, "lmctl: unknown transport '%s' (unix, tcp, dup)\n", tr);
+		return -1;
+	}
+	/* The destination's listen may answer only once a peer connected, so
+	 * it runs on its own thread while the source dials (retrying while
+	 * the listener is not up yet: a refused dial never poisons the
+	 * source's session). */
+	struct listen_arg la = { .side = dst, .session = session, .addr = listen_addr,
+				 .tmo = o->call_timeout_ns };
+	pthread_t th;
+	if (pthread_create(&th, NULL, listen_thread, &la) != 0) {
+		fprintf(stderr, "lmctl: cannot start a thread\n");
+		return -1;
+	}
+	LinuxSocketDescriptor d = LINUX_SOCKET_DESCRIPTOR__INIT;
+	d.mode_case = LINUX_SOCKET_DESCRIPTOR__MODE_CONNECT;
+	d.connect = connect_addr;
+	int rc = -1;
+	char msg[512] = "";
+	double t0 = now_ms();
+	for (int attempt = 0;; attempt++) {
+		if (!__atomic_load_n(&la.done, __ATOMIC_ACQUIRE) || la.rc == 0) {
+			usleep(attempt ? 50000 : 20000);
+		}
+		if (__atomic_load_n(&la.done, __ATOMIC_ACQUIRE) && la.rc != 0)
+			break; /* the destination refused: its error is printed */
+		rc = send_socket(src, session, &d, o->call_timeout_ns, true, msg, sizeof(msg));
+		if (rc == 0)
+			break;
+		bool retry = (rc == 3 || rc == 9 || rc == 14) && now_ms() - t0 < 10000 && !ctl_interrupted;
+		if (!retry) {
+			fprintf(stderr, "lmctl: CreateDuplicateSocket on source (%s): %s: %s\n", src->path,
+				rc > 0 ? ctl_code_name(rc) : "transport", rc > 0 ? msg : strerror(-rc));
+			break;
+		}
+	}
+	pthread_join(th, NULL);
+	if (la.rc != 0 || rc != 0)
+		return -1;
+	return 0;
+}
+
+/* ------------------------------------------------------------- transfer */
+
+struct xfer_thread {
+	struct ctl_side *side;
+	const char *session;
+	int64_t timeout_ns;
+	int rc;
+	char msg[512];
+	volatile int done;
+	pthread_t th;
+};
+
+static void *transfer_thread(void *a)
+{
+	struct xfer_thread *x = a;
+	TransferSandboxRequest req = TRANSFER_SANDBOX_REQUEST__INIT;
+	Google__Protobuf__Duration d = GOOGLE__PROTOBUF__DURATION__INIT;
+	req.session_id = (char *)x->session;
+	if (x->timeout_ns > 0) {
+		d.seconds = x->timeout_ns / 1000000000;
+		d.nanos = (int32_t)(x->timeout_ns % 1000000000);
+		req.timeout = &d;
+	}
+	/* no rpc deadline: the call lasts as long as the transfer */
+	x->rc = ctl_call(x->side, CTL_MIGRATION_SERVICE, "TransferSandbox", &req.base, NULL, NULL, 0, true,
+			 x->msg, sizeof(x->msg));
+	__atomic_store_n(&x->done, 1, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+struct notif_thread {
+	struct ctl_side *side;
+	const char *session;
+	struct ctl_progress *prog;
+	lm_rpc_stream_t *st;
+	int end;              /* 1 clean end, <0 error (atomic: reader thread -> main) */
+	volatile int stop;
+	pthread_t th;
+	bool started;
+};
+
+static void *notif_thread(void *a)
+{
+	struct notif_thread *n = a;
+	while (!__atomic_load_n(&n->stop, __ATOMIC_ACQUIRE)) {
+		uint8_t *msg = NULL;
+		size_t len = 0;
+		int rc = lm_rpc_stream_recv(n->st, &msg, &len, 200 * 1000000ll);
+		if (rc == -ETIMEDOUT)
+			continue;
+		if (rc <= 0) {
+			__atomic_store_n(&n->end, rc == 0 ? 1 : rc, __ATOMIC_RELEASE);
+			break;
+		}
+		NotificationsResponse *r = notifications_response__unpack(NULL, len, msg);
+		free(msg);
+		if (r) {
+			ctl_progress_note(n->prog, r);
+			notifications_response__free_unpacked(r, NULL);
+		}
+	}
+	return NULL;
+}
+
+static int open_notifications(struct notif_thread *n)
+{
+	NotificationsRequest req = NOTIFICATIONS_REQUEST__INIT;
+	req.session_id = (char *)n->session;
+	size_t len = notifications_request__get_packed_size(&req);
+	uint8_t buf[512];
+	if (len > sizeof(buf))
+		return -EINVAL;
+	notifications_request__pack(&req, buf);
+	int rc = lm_rpc_client_stream_open(n->side->c, CTL_MIGRATION_SERVICE, "Notifications", buf, len,
+					   NULL, &n->st);
+	if (rc < 0) {
+		fprintf(stderr, "lmctl: Notifications on %s (%s): %s\n", n->side->name, n->side->path,
+			strerror(-rc));
+		return rc;
+	}
+	if (pthread_create(&n->th, NULL, notif_thread, n) != 0) {
+		lm_rpc_stream_close(n->st);
+		n->st = NULL;
+		return -EAGAIN;
+	}
+	n->started = true;
+	return 0;
+}
+
+static void close_notifications(struct notif_thread *n, int wait_ms)
+{
+	if (!n->started)
+		return;
+	/* Cleanup ends the streams; give them a moment to end cleanly */
+	for (int w = 0; w < wait_ms && !__atomic_load_n(&n->end, __ATOMIC_ACQUIRE); w += 10)
+		usleep(10000);
+	__atomic_store_n(&n->stop, 1, __ATOMIC_RELEASE);
+	pthread_join(n->th, NULL);
+	lm_rpc_stream_close(n->st);
+	n->started = false;
+}
+
+/* ------------------------------------------------------------- verify */
+
+/* Verification: lmshim.v1.Inspect/Properties (our own service beside the
+ * contract's, actors/controller.h): the request is an HCS properties query
+ * as JSON bytes, the answer the compute system's properties as JSON:
+ * "MemoryDigest" (XXH3-64 of all guest memory) and
+ * "Statistics":{"Checksum"} (the guest workload's running checksum). Taken
+ * after TransferSandbox, while the source is paused and the destination
+ * not yet resumed: both must equal the state at blackout. */
+static int query_props(struct ctl_side *s, char *digest, size_t dl, char *sum, size_t sl, char *why,
+		       size_t wl)
+{
+	static const char q[] = "{\"PropertyTypes\":[\"MemoryDigest\"]}";
+	struct lm_rpc_result r = {0};
+	struct lm_rpc_call_opts co = { .timeout_ns = 60ll * 1000000000 };
+	int rc = lm_rpc_client_call(s->c, "lmshim.v1.Inspect", "Properties", q, sizeof(q) - 1, &co, &r);
+	if (rc < 0) {
+		snprintf(why, wl, "Properties on %s (%s): %s", s->name, s->path, strerror(-rc));
+		return -1;
+	}
+	if (r.code != 0) {
+		snprintf(why, wl, "Properties on %s (%s): %s: %s", s->name, s->path, ctl_code_name(r.code),
+			 r.message);
+		lm_rpc_result_free(&r);
+		return -1;
+	}
+	json_error_t je;
+	json_t *j = json_loadb((const char *)r.payload, r.len, 0, &je);
+	lm_rpc_result_free(&r);
+	if (!j) {
+		snprintf(why, wl, "Properties on %s (%s): the answer is not JSON: %s", s->name, s->path, je.text);
+		return -1;
+	}
+	const char *d = json_string_value(json_object_get(j, "MemoryDigest"));
+	const char *c = json_string_value(json_object_get(json_object_get(j, "Statistics"), "Checksum"));
+	if (!d) {
+		snprintf(why, wl, "Properties on %s (%s): no MemoryDigest in the answer", s->name, s->path);
+		json_decref(j);
+		return -1;
+	}
+	snprintf(digest, dl, "%s", d);
+	snprintf(sum, sl, "%s", c ? c : "none");
+	json_decref(j);
+	return 0;
+}
+
+/* ------------------------------------------------------------ sequence */
+
+static void rollback(struct ctl_side *src, struct ctl_side *dst, const char *session, int64_t tmo,
+		     bool src_started, bool dst_started)
+{
+	fprintf(stderr, "lmctl: rolling back: cancel both sides, resume the source, discard the destination\n");
+	CancelRequest c = CANCEL_REQUEST__INIT;
+	c.session_id = (char *)session;
+	if (dst_started)
+		ctl_call(dst, CTL_MIGRATION_SERVICE, "Cancel", &c.base, NULL, NULL, tmo, false, NULL, 0);
+	if (src_started)
+		ctl_call(src, CTL_MIGRATION_SERVICE, "Cancel", &c.base, NULL, NULL, tmo, false, NULL, 0);
+	FinalizeSandboxRequest f = FINALIZE_SANDBOX_REQUEST__INIT;
+	f.session_id = (char *)session;
+	if (src_started) {
+		f.action = FINALIZE_ACTION__FINALIZE_ACTION_RESUME;
+		ctl_call(src, CTL_MIGRATION_SERVICE, "FinalizeSandbox", &f.base, NULL, NULL, tmo, false, NULL, 0);
+	}
+	if (dst_started) {
+		f.action = FINALIZE_ACTION__FINALIZE_ACTION_STOP;
+		ctl_call(dst, CTL_MIGRATION_SERVICE, "FinalizeSandbox", &f.base, NULL, NULL, tmo, false, NULL, 0);
+	}
+	CleanupRequest cl = CLEANUP_REQUEST__INIT;
+	cl.session_id = (char *)session;
+	if (src_started)
+		ctl_call(src, CTL_MIGRATION_SERVICE, "Cleanup", &cl.base, NULL, NULL, tmo, false, NULL, 0);
+	if (dst_started)
+		ctl_call(dst, CTL_MIGRATION_SERVICE, "Cleanup", &cl.base, NULL, NULL, tmo, false, NULL, 0);
+}
+
+int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res)
+{
+	memset(res, 0, sizeof(*res));
+	res->blackout_ms = -1;
+	double t0 = now_ms();
+	char session[256];
+	if (o->session && strlen(o->session) >= sizeof(session)) {
+		fprintf(stderr, "lmctl: the session ID is longer than %zu bytes\n", sizeof(session) - 1);
+		return 1;
+	}
+	if (o->session)
+		snprintf(session, sizeof(session), "%s", o->session);
+	else
+		ctl_uuid(session);
+	int64_t tmo = o->call_timeout_ns;
+	struct ctl_side src = { .name = "source", .path = o->from };
+	struct ctl_side dst = { .name = "destination", .path = o->to };
+	bool src_started = false, dst_started = false;
+	int rc = 1;
+	ProtobufCMessage *export_resp = NULL;
+	struct ctl_progress prog = { .blackout_ms = -1, .eta_ms = -1 };
+	pthread_mutex_init(&prog.mu, NULL);
+	struct notif_thread ns = { .side = &src, .session = session, .prog = &prog };
+	struct notif_thread nd = { .side = &dst, .session = session, .prog = &prog };
+	bool tty = isatty(2) && !o->quiet_progress;
+	char workdir[4096];
+
+	if (o->workdir) {
+		snprintf(workdir, sizeof(workdir), "%s", o->workdir);
+	} else {
+		snprintf(workdir, sizeof(workdir), "/tmp/lmctl-%s", session);
+	}
+	if (ctl_side_connect(&src, 0) < 0 || ctl_side_connect(&dst, 0) < 0)
+		goto out;
+	fprintf(stderr, "lmctl: session %s: %s -> %s\n", session, o->from, o->to);
+
+	/* 1. export */
+	PrepareAndExportSandboxRequest ex = PREPARE_AND_EXPORT_SANDBOX_REQUEST__INIT;
+	ex.session_id = session;
+	ex.init_options = o->init;
+	src_started = true;
+	if (ctl_call(&src, CTL_MIGRATION_SERVICE, "PrepareAndExportSandbox", &ex.base,
+		     &prepare_and_export_sandbox_response__descriptor, &export_resp, tmo, false, NULL, 0) != 0)
+		goto fail;
+	Google__Protobuf__Any *cfg = ((PrepareAndExportSandboxResponse *)export_resp)->config;
+	if (o->n_containers) {
+		if (containers_from_flags(o, res) < 0)
+			goto fail;
+	} else if (containers_from_snapshot(cfg, o->id_suffix, res) < 0) {
+		goto fail;
+	}
+	const char *sandbox_new = NULL;
+	for (size_t i = 0; i < res->n_containers; i++)
+		if (res->containers[i].is_sandbox && res->containers[i].type_known)
+			sandbox_new = res->containers[i].new_id;
+
+	CHECK_INTERRUPT();
+
+	/* 2. import */
+	ImportSandboxRequest im = IMPORT_SANDBOX_REQUEST__INIT;
+	im.session_id = session;
+	im.sandbox_id = (char *)(o->sandbox_id ? o->sandbox_id : sandbox_new ? sandbox_new : session);
+	im.config = cfg;
+	dst_started = true;
+	if (ctl_call(&dst, CTL_MIGRATION_SERVICE, "ImportSandbox", &im.base, NULL, NULL, tmo, false, NULL, 0) != 0)
+		goto fail;
+
+	CHECK_INTERRUPT();
+
+	/* the work dir holds the new bundles and the unix migration socket:
+	 * made only once a migration really starts on both sides */
+	int mrc = mkdir_p(workdir);
+	if (mrc < 0) {
+		fprintf(stderr, "lmctl: cannot create the work dir %s: %s\n", workdir, strerror(-mrc));
+		goto fail;
+	}
+
+	/* 3. the patch path, once per imported container */
+	for (size_t i = 0; i < res->n_containers; i++) {
+		struct ctl_container *c = &res->containers[i];
+		if (create_on_destination(&dst, workdir, c, sandbox_new, tmo) != 0)
+			goto fail;
+		fprintf(stderr, "lmctl: container %s -> %s (pid %" PRIu32 ")\n", c->src_id, c->new_id, c->pid);
+	}
+
+	CHECK_INTERRUPT();
+
+	/* 4. prepare */
+	PrepareSandboxRequest pr = PREPARE_SANDBOX_REQUEST__INIT;
+	pr.session_id = session;
+	pr.init_options = o->init;
+	if (ctl_call(&dst, CTL_MIGRATION_SERVICE, "PrepareSandbox", &pr.base, NULL, NULL, tmo, false, NULL, 0) != 0)
+		goto fail;
+
+	/* 6. notifications (before the socket: SETUP_DONE is seen) */
+	if (open_notifications(&ns) < 0 || open_notifications(&nd) < 0)
+		goto fail;
+
+	CHECK_INTERRUPT();
+
+	/* 5. the migration socket */
+	if (setup_socket(o, &src, &dst, session, workdir) < 0)
+		goto fail;
+
+	CHECK_INTERRUPT();
+
+	/* 7. transfer, both sides at once */
+	struct xfer_thread xs = { .side = &src, .session = session, .timeout_ns = o->transfer_timeout_ns };
+	struct xfer_thread xd = { .side = &dst, .session = session, .timeout_ns = o->transfer_timeout_ns };
+	if (pthread_create(&xd.th, NULL, transfer_thread, &xd) != 0)
+		goto fail;
+	if (pthread_create(&xs.th, NULL, transfer_thread, &xs) != 0) {
+		pthread_join(xd.th, NULL);
+		goto fail;
+	}
+	bool cancelled = false;
+	double one_failed_at = 0;
+	while (!__atomic_load_n(&xs.done, __ATOMIC_ACQUIRE) || !__atomic_load_n(&xd.done, __ATOMIC_ACQUIRE)) {
+		if (!o->quiet_progress)
+			ctl_progress_render(&prog, tty, false, o->vm_bytes);
+		/* one side failed: the other may wait for a peer that is gone;
+		 * give it a moment to fail on its own, then cancel it */
+		bool sdone = __atomic_load_n(&xs.done, __ATOMIC_ACQUIRE);
+		bool ddone = __atomic_load_n(&xd.done, __ATOMIC_ACQUIRE);
+		if (!cancelled && ((sdone && xs.rc != 0 && !ddone) || (ddone && xd.rc != 0 && !sdone))) {
+			if (one_failed_at == 0)
+				one_failed_at = now_ms();
+			else if (now_ms() - one_failed_at > 2000) {
+				struct ctl_side *other = sdone ? &dst : &src;
+				fprintf(stderr, "\nlmctl: the %s failed; cancelling the %s\n",
+					sdone ? "source" : "destination", other->name);
+				CancelRequest c = CANCEL_REQUEST__INIT;
+				c.session_id = session;
+				ctl_call(other, CTL_MIGRATION_SERVICE, "Cancel", &c.base, NULL, NULL, tmo, false,
+					 NULL, 0);
+				cancelled = true;
+			}
+		}
+		if (ctl_interrupted && !cancelled) {
+			cancelled = true;
+			fprintf(stderr, "\nlmctl: interrupted: cancelling the migration\n");
+			CancelRequest c = CANCEL_REQUEST__INIT;
+			c.session_id = session;
+			ctl_call(&src, CTL_MIGRATION_SERVICE, "Cancel", &c.base, NULL, NULL, tmo, false, NULL, 0);
+			ctl_call(&dst, CTL_MIGRATION_SERVICE, "Cancel", &c.base, NULL, NULL, tmo, false, NULL, 0);
+		}
+		usleep(100 * 1000);
+	}
+	pthread_join(xs.th, NULL);
+	pthread_join(xd.th, NULL);
+	usleep(50 * 1000); /* let the last notifications land */
+	if (!o->quiet_progress)
+		ctl_progress_render(&prog, tty, true, o->vm_bytes);
+	if (xs.rc != 0 || xd.rc != 0) {
+		if (xs.rc != 0)
+			fprintf(stderr, "lmctl: TransferSandbox on source (%s): %s: %s\n", src.path,
+				xs.rc > 0 ? ctl_code_name(xs.rc) : "transport",
+				xs.rc > 0 ? xs.msg : strerror(-xs.rc));
+		if (xd.rc != 0)
+			fprintf(stderr, "lmctl: TransferSandbox on destination (%s): %s: %s\n", dst.path,
+				xd.rc > 0 ? ctl_code_name(xd.rc) : "transport",
+				xd.rc > 0 ? xd.msg : strerror(-xd.rc));
+		goto fail;
+	}
+	if (cancelled)
+		goto fail;
+
+	/* verification, while the source is paused and the destination not yet resumed */
+	if (o->verify) {
+		char why[512] = "";
+		if (query_props(&src, res->src_digest, sizeof(res->src_digest), res->src_sum,
+				sizeof(res->src_sum), why, sizeof(why)) == 0 &&
+		    query_props(&dst, res->dst_digest, sizeof(res->dst_digest), res->dst_sum,
+				sizeof(res->dst_sum), why, sizeof(why)) == 0) {
+			bool eq = !strcmp(res->src_digest, res->dst_digest) &&
+				  !strcmp(res->src_sum, res->dst_sum);
+			res->verified = eq ? 1 : -1;
+			if (!eq) {
+				fprintf(stderr, "lmctl: verification failed: memory digest %s vs %s, workload checksum %s vs %s\n",
+					res->src_digest, res->dst_digest, res->src_sum, res->dst_sum);
+				goto fail;
+			}
+		} else {
+			res->verified = 0;
+			fprintf(stderr, "lmctl: verification unavailable (%s)\n", why);
+			if (o->require_verify)
+				goto fail;
+		}
+	}
+
+	/* 8. finalize: the destination takes over first, then the source stops */
+	FinalizeSandboxRequest fi = FINALIZE_SANDBOX_REQUEST__INIT;
+	fi.session_id = session;
+	fi.action = FINALIZE_ACTION__FINALIZE_ACTION_RESUME;
+	if (ctl_call(&dst, CTL_MIGRATION_SERVICE, "FinalizeSandbox", &fi.base, NULL, NULL, tmo, false, NULL, 0) != 0)
+		goto fail;
+	fi.action = FINALIZE_ACTION__FINALIZE_ACTION_STOP;
+	if (ctl_call(&src, CTL_MIGRATION_SERVICE, "FinalizeSandbox", &fi.base, NULL, NULL, tmo, false, NULL, 0) != 0) {
+		/* the VM runs on the destination now: report, clean up, fail */
+		fprintf(stderr, "lmctl: the VM runs on the destination but the source did not stop\n");
+	} else {
+		res->ok = true;
+	}
+
+	/* 9. cleanup */
+	CleanupRequest cl = CLEANUP_REQUEST__INIT;
+	cl.session_id = session;
+	int c1 = ctl_call(&src, CTL_MIGRATION_SERVICE, "Cleanup", &cl.base, NULL, NULL, tmo, false, NULL, 0);
+	int c2 = ctl_call(&dst, CTL_MIGRATION_SERVICE, "Cleanup", &cl.base, NULL, NULL, tmo, false, NULL, 0);
+	close_notifications(&ns, 2000);
+	close_notifications(&nd, 2000);
+	if (c1 != 0 || c2 != 0)
+		res->ok = false;
+	rc = res->ok ? 0 : 1;
+	goto summary;
+
+fail:
+	if (tty && !o->quiet_progress)
+		fputc('\n', stderr);
+	rollback(&src, &dst, session, tmo, src_started, dst_started);
+	res->rolled_back = src_started;
+	close_notifications(&ns, 2000);
+	close_notifications(&nd, 2000);
+	rc = 1;
+summary:
+	res->total_ms = now_ms() - t0;
+	pthread_mutex_lock(&prog.mu);
+	res->blackout_ms = prog.blackout_ms;
+	pthread_mutex_unlock(&prog.mu);
+	fprintf(stderr, "lmctl: %s in %.0f ms", rc == 0 ? "migrated" : "migration FAILED (rolled back)",
+		res->total_ms);
+	if (res->blackout_ms >= 0)
+		fprintf(stderr, ", blackout %" PRId64 " ms", res->blackout_ms);
+	if (prog.have_progress)
+		fprintf(stderr, ", %.0f passes, %.2f GiB sent", prog.pass,
+			prog.bytes_sent / (1024.0 * 1024.0 * 1024.0));
+	fprintf(stderr, ", notifications: %" PRIu32 " source, %" PRIu32 " destination (message_id gaps: %" PRIu32 ")\n",
+		prog.events[1], prog.events[2], prog.id_gaps[1] + prog.id_gaps[2] + prog.id_gaps[0]);
+	if (prog.failed) {
+		for (int side = 1; side <= 2; side++)
+			if (prog.fail_state[side])
+				fprintf(stderr, "lmctl: the %s reported FAILED (%s)\n", ctl_origin_name(side),
+					ctl_state_name(prog.fail_state[side]));
+	}
+	if (rc == 0 && o->verify) {
+		if (res->verified == 1)
+			fprintf(stderr, "lmctl: verified: memory digest %s = %s, workload checksum %s = %s\n",
+				res->src_digest, res->dst_digest, res->src_sum, res->dst_sum);
+	}
+out:
+	if (export_resp)
+		protobuf_c_message_free_unpacked(export_resp, NULL);
+	ctl_side_close(&src);
+	ctl_side_close(&dst);
+	pthread_mutex_destroy(&prog.mu);
+	return rc;
+}

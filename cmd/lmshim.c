@@ -1,0 +1,564 @@
+/*
+ * lmshim.c: the shim daemon.
+ *
+ * Two ways to run it:
+ *
+ * 1. As containerd runs a v2 shim:
+ *      lmshim -namespace NS -address ADDR -publish-binary BIN -id ID [-bundle DIR] [-debug] start
+ *    computes the socket containerd expects,
+ *    /run/containerd/s/<sha256 hex of "ADDR/NS/ID">, starts the daemon (a
+ *    re-exec of itself, detached in a new session) unless one already
+ *    answers there, writes the address to ./address as containerd's shims
+ *    do, and prints unix://<path>.
+ *      lmshim -namespace NS -address ADDR -id ID delete
+ *    cleans up (removes a stale socket) and writes a DeleteResponse
+ *    (pid 0, exit status 137, exited now) on stdout, as containerd 1.6's
+ *    shims do.
+ *      lmshim -namespace NS -address ADDR -id ID [-socket PATH]
+ *    (no action) is the daemon itself, idle (no VM) until it imports one.
+ *    Flags are Go-style: -flag value, -flag=value, --flag value.
+ *
+ * 2. Standalone, with a sandbox to run:
+ *      lmshim serve --socket PATH [--vm-size-mb N] [--backend sim|kvm]
+ *             [--workload-rate MBps] [--workload-pattern uniform|hotset|sequential]
+ *             [--containers pod1:sandbox,pod1:c1,...] [--idle] [--id ID]
+ *             [--state-dir DIR] [--workers N]
+ *
+ * Either way it fills struct lm_shim_config and calls lm_shim_create
+ * (actors/shim.h); SIGTERM/SIGINT stop it gracefully (lm_shim_destroy).
+ * Logs go to stderr in logfmt (util/log.h); LM_FAULTS arms fault points.
+ *
+ * DESIGN. The main thread only parses flags, creates the shim and waits
+ * for a signal (sigwait on a blocked set, so no handler runs on any of the
+ * shim's threads); every other thread belongs to the shim.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/sha.h>
+
+#include "actors/shim.h"
+#include "task.pb-c.h"
+#include "util/fault.h"
+#include "util/log.h"
+
+#define SOCKET_ROOT "/run/containerd/s"
+
+static const char usage[] =
+	"usage: lmshim [containerd flags] start|delete\n"
+	"       lmshim [containerd flags]                (the daemon)\n"
+	"       lmshim serve --socket PATH [options]     (standalone)\n"
+	"\n"
+	"containerd flags (Go style, -flag value):\n"
+	"  -namespace NS  -id ID  -address ADDR  -publish-binary BIN  -bundle DIR  -debug\n"
+	"  -socket PATH   serve here instead of the address containerd computes\n"
+	"\n"
+	"serve options:\n"
+	"  --socket PATH                   ttrpc socket to serve (required)\n"
+	"  --id ID                         shim id (default: standalone)\n"
+	"  --namespace NS                  containerd namespace (default: default)\n"
+	"  --vm-size-mb N                  guest memory (default 256)\n"
+	"  --vcpus N                       vCPUs (default 1)\n"
+	"  --backend sim|kvm               VM backend (default sim)\n"
+	"  --workload-rate MBps            guest dirtying rate (default 100; 0 = idle guest)\n"
+	"  --workload-pattern uniform|hotset|sequential   (default uniform)\n"
+	"  --containers POD:ID,...         containers; ID 'sandbox' (or POD:ID:sandbox) is the pod's\n"
+	"                                  sandbox container; POD:ID:layers=N sets its layer count\n"
+	"                                  (default pod1:sandbox)\n"
+	"  --idle                          no VM: a migration destination\n"
+	"  --state-dir DIR                 bundles and stdio (default /run/lmshim/ID)\n"
+	"  --workers N                     actor worker threads (default: cores)\n"
+	"  --debug                         debug logging\n"
+	"  --help                          this text\n";
+
+static int bad(const char *what)
+{
+	fprintf(stderr, "lmshim: %s (see 'lmshim --help')\n", what);
+	return 2;
+}
+
+/* ------------------------------------------------------------ containerd */
+
+struct cflags {
+	const char *ns, *id, *address, *publish, *bundle, *socket;
+	bool debug;
+	const char *action;
+};
+
+/* Go's flag package: -x v, -x=v, --x v, --x=v; bools take no value. */
+static int parse_cflags(int argc, char **argv, struct cflags *f)
+{
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		if (a[0] != '-' || !a[1]) {
+			if (f->action)
+				return bad("more than one action");
+			f->action = a;
+			if (i + 1 < argc)
+				return bad("flags must come before the action");
+			continue;
+		}
+		const char *name = a + 1;
+		if (*name == '-')
+			name++;
+		char key[64];
+		const char *val = NULL;
+		const char *eq = strchr(name, '=');
+		size_t kl = eq ? (size_t)(eq - name) : strlen(name);
+		if (kl >= sizeof(key))
+			return bad("unknown flag");
+		memcpy(key, name, kl);
+		key[kl] = 0;
+		if (eq)
+			val = eq + 1;
+		if (!strcmp(key, "help") || !strcmp(key, "h")) {
+			fputs(usage, stdout);
+			return -1;
+		}
+		if (!strcmp(key, "debug")) {
+			f->debug = !val || !strcmp(val, "true") || !strcmp(val, "1");
+			continue;
+		}
+		if (!strcmp(key, "v")) {
+			printf("lmshim 0.1\n");
+			return -1;
+		}
+		const char **dst = NULL;
+		if (!strcmp(key, "namespace")) dst = &f->ns;
+		else if (!strcmp(key, "id")) dst = &f->id;
+		else if (!strcmp(key, "address")) dst = &f->address;
+		else if (!strcmp(key, "publish-binary")) dst = &f->publish;
+		else if (!strcmp(key, "bundle")) dst = &f->bundle;
+		else if (!strcmp(key, "socket")) dst = &f->socket;
+		if (!dst) {
+			char m[128];
+			snprintf(m, sizeof(m), "unknown flag '-%s'", key);
+			return bad(m);
+		}
+		if (!val) {
+			if (i + 1 >= argc) {
+				char m[128];
+				snprintf(m, sizeof(m), "flag '-%s' needs a value", key);
+				return bad(m);
+			}
+			val = argv[++i];
+		}
+		*dst = val;
+	}
+	return 0;
+}
+
+/* containerd's SocketAddress: sha256(filepath.Join(address, ns, id)). */
+static int socket_path(const struct cflags *f, char *out, size_t len)
+{
+	char joined[PATH_MAX * 2];
+	/* filepath.Join cleans: our inputs are plain, only avoid "//" */
+	const char *addr = f->address ? f->address : "";
+	size_t al = strlen(addr);
+	while (al > 1 && addr[al - 1] == '/')
+		al--;
+	int k;
+	if (al)
+		k = snprintf(joined, sizeof(joined), "%.*s/%s/%s", (int)al, addr, f->ns, f->id);
+	else
+		k = snprintf(joined, sizeof(joined), "%s/%s", f->ns, f->id);
+	if (k < 0 || (size_t)k >= sizeof(joined))
+		return -ENAMETOOLONG;
+	uint8_t d[SHA256_DIGEST_LENGTH];
+	SHA256((const unsigned char *)joined, (size_t)k, d);
+	int n = snprintf(out, len, "%s/", SOCKET_ROOT);
+	for (int i = 0; i < SHA256_DIGEST_LENGTH && (size_t)n + 3 < len; i++)
+		n += snprintf(out + n, len - (size_t)n, "%02x", d[i]);
+	return 0;
+}
+
+static bool socket_answers(const char *path)
+{
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return false;
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	snprintf(a.sun_path, sizeof(a.sun_path), "%s", path);
+	bool ok = connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+	close(fd);
+	return ok;
+}
+
+static int cmd_start(int argc, char **argv, const struct cflags *f)
+{
+	char path[PATH_MAX];
+	if (socket_path(f, path, sizeof(path)) < 0)
+		return bad("address, namespace and id too long");
+	char address[PATH_MAX + 8];
+	snprintf(address, sizeof(address), "unix://%s", path);
+	if (!socket_answers(path)) {
+		if (mkdir("/run/containerd", 0711) < 0 && errno != EEXIST) {
+			fprintf(stderr, "lmshim: mkdir /run/containerd: %s\n", strerror(errno));
+			return 1;
+		}
+		if (mkdir(SOCKET_ROOT, 0700) < 0 && errno != EEXIST) {
+			fprintf(stderr, "lmshim: mkdir %s: %s\n", SOCKET_ROOT, strerror(errno));
+			return 1;
+		}
+		unlink(path); /* stale */
+		char self[PATH_MAX];
+		ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+		if (n <= 0) {
+			fprintf(stderr, "lmshim: /proc/self/exe: %s\n", strerror(errno));
+			return 1;
+		}
+		self[n] = 0;
+		/* the daemon: same flags, no action, our socket */
+		char *args[16];
+		int k = 0;
+		args[k++] = self;
+		args[k++] = "-namespace";
+		args[k++] = (char *)f->ns;
+		args[k++] = "-id";
+		args[k++] = (char *)f->id;
+		args[k++] = "-address";
+		args[k++] = (char *)(f->address ? f->address : "");
+		if (f->publish) {
+			args[k++] = "-publish-binary";
+			args[k++] = (char *)f->publish;
+		}
+		if (f->debug)
+			args[k++] = "-debug";
+		args[k++] = "-socket";
+		args[k++] = path;
+		args[k] = NULL;
+		pid_t pid = fork();
+		if (pid < 0) {
+			fprintf(stderr, "lmshim: fork: %s\n", strerror(errno));
+			return 1;
+		}
+		if (pid == 0) {
+			/* detach: a new session; a second fork so the daemon is
+			 * not our child (containerd reaps only the start process) */
+			setsid();
+			pid_t p2 = fork();
+			if (p2 != 0)
+				_exit(p2 < 0 ? 1 : 0);
+			/* containerd reads start's combined output to its end:
+			 * the daemon must hold neither stdout nor stderr. Logs go
+			 * to the bundle's "log" fifo (containerd reads it) or,
+			 * without one, to ./lmshim.log. */
+			int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
+			if (nul >= 0) {
+				dup2(nul, 0);
+				dup2(nul, 1);
+				dup2(nul, 2);
+			}
+			int log = open("log", O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+			if (log >= 0)
+				fcntl(log, F_SETFL, 0);
+			else
+				log = open("lmshim.log", O_CREAT | O_WRONLY | O_APPEND | O_CLOEXEC, 0600);
+			if (log >= 0)
+				dup2(log, 2);
+			execv(self, args);
+			_exit(127);
+		}
+		int st;
+		waitpid(pid, &st, 0);
+		bool up = false;
+		for (int i = 0; i < 200 && !up; i++) {
+			up = socket_answers(path);
+			if (!up)
+				usleep(50 * 1000);
+		}
+		if (!up) {
+			fprintf(stderr, "lmshim: the daemon did not come up on %s\n", path);
+			return 1;
+		}
+	}
+	int fd = open("address", O_CREAT | O_WRONLY | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd >= 0) {
+		ssize_t w = write(fd, address, strlen(address));
+		(void)w;
+		close(fd);
+	}
+	fputs(address, stdout);
+	fflush(stdout);
+	(void)argc;
+	(void)argv;
+	return 0;
+}
+
+static int cmd_delete(const struct cflags *f)
+{
+	char path[PATH_MAX];
+	if (socket_path(f, path, sizeof(path)) == 0 && !socket_answers(path))
+		unlink(path);
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	Google__Protobuf__Timestamp at = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+	at.seconds = ts.tv_sec;
+	at.nanos = (int32_t)ts.tv_nsec;
+	Containerd__Task__V2__DeleteResponse r = CONTAINERD__TASK__V2__DELETE_RESPONSE__INIT;
+	r.pid = 0;
+	r.exit_status = 128 + SIGKILL;
+	r.exited_at = &at;
+	uint8_t buf[64];
+	size_t len = containerd__task__v2__delete_response__pack(&r, buf);
+	if (fwrite(buf, 1, len, stdout) != len)
+		return 1;
+	fflush(stdout);
+	return 0;
+}
+
+/* -------------------------------------------------------------- serving */
+
+static int run_shim(const struct lm_shim_config *cfg)
+{
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	/* blocked before any shim thread exists: they all inherit the mask */
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	lm_shim_t *s = NULL;
+	int rc = lm_shim_create(&s, cfg);
+	if (rc < 0) {
+		lm_log_error("lmshim", "start failed", "socket=%s err=\"%s\"", cfg->socket, strerror(-rc));
+		return 1;
+	}
+	lm_log_info("lmshim", "serving", "socket=%s id=%s pid=%d vm=%s", cfg->socket, cfg->id,
+		    (int)getpid(), cfg->vm_document ? "yes" : "idle");
+	int sig = 0;
+	for (;;) {
+		if (sigwait(&set, &sig) != 0)
+			continue;
+		if (sig == SIGHUP)
+			continue;
+		break;
+	}
+	lm_log_info("lmshim", "stopping", "signal=%d", sig);
+	lm_shim_destroy(s);
+	lm_log_info("lmshim", "stopped", "socket=%s", cfg->socket);
+	return 0;
+}
+
+static int cmd_daemon(const struct cflags *f)
+{
+	char path[PATH_MAX];
+	if (f->socket) {
+		const char *p = f->socket;
+		if (!strncmp(p, "unix://", 7))
+			p += 7;
+		snprintf(path, sizeof(path), "%s", p);
+	} else if (socket_path(f, path, sizeof(path)) < 0) {
+		return bad("address, namespace and id too long");
+	}
+	struct lm_shim_config cfg = { .socket = path, .id = f->id, .ns = f->ns };
+	return run_shim(&cfg);
+}
+
+/* pod:id[:sandbox|:container][:layers=N],... */
+static int parse_containers(const char *spec, struct lm_shim_container **out, unsigned *n, char **store)
+{
+	char *s = strdup(spec);
+	if (!s)
+		return -ENOMEM;
+	*store = s;
+	unsigned cap = 1;
+	for (const char *p = spec; *p; p++)
+		cap += *p == ',';
+	struct lm_shim_container *v = calloc(cap, sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	unsigned k = 0;
+	char *save = NULL;
+	for (char *item = strtok_r(s, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+		char *save2 = NULL;
+		char *pod = strtok_r(item, ":", &save2);
+		char *id = strtok_r(NULL, ":", &save2);
+		if (!pod || !id || !*pod || !*id) {
+			free(v);
+			return -EINVAL;
+		}
+		struct lm_shim_container *c = &v[k++];
+		c->pod_id = pod;
+		c->id = id;
+		c->is_sandbox = !strcmp(id, "sandbox");
+		c->layers = 1;
+		for (char *t = strtok_r(NULL, ":", &save2); t; t = strtok_r(NULL, ":", &save2)) {
+			if (!strcmp(t, "sandbox")) {
+				c->is_sandbox = true;
+			} else if (!strcmp(t, "container")) {
+				c->is_sandbox = false;
+			} else if (!strncmp(t, "layers=", 7)) {
+				char *end;
+				unsigned long l = strtoul(t + 7, &end, 10);
+				if (end == t + 7 || *end || l > 128) {
+					free(v);
+					return -EINVAL;
+				}
+				c->layers = (unsigned)l;
+			} else {
+				free(v);
+				return -EINVAL;
+			}
+		}
+	}
+	*out = v;
+	*n = k;
+	return 0;
+}
+
+static int cmd_serve(int argc, char **argv)
+{
+	enum { O_SOCKET = 1, O_ID, O_NS, O_MB, O_VCPUS, O_BACKEND, O_RATE, O_PATTERN, O_CONT, O_IDLE,
+	       O_STATE, O_WORKERS, O_DEBUG, O_ANYUID, O_HELP };
+	static const struct option lo[] = {
+		{ "socket", required_argument, 0, O_SOCKET }, { "id", required_argument, 0, O_ID },
+		{ "namespace", required_argument, 0, O_NS },
+		{ "vm-size-mb", required_argument, 0, O_MB }, { "vcpus", required_argument, 0, O_VCPUS },
+		{ "backend", required_argument, 0, O_BACKEND },
+		{ "workload-rate", required_argument, 0, O_RATE },
+		{ "workload-pattern", required_argument, 0, O_PATTERN },
+		{ "containers", required_argument, 0, O_CONT }, { "idle", no_argument, 0, O_IDLE },
+		{ "state-dir", required_argument, 0, O_STATE },
+		{ "workers", required_argument, 0, O_WORKERS }, { "debug", no_argument, 0, O_DEBUG },
+		{ "any-uid", no_argument, 0, O_ANYUID },
+		{ "help", no_argument, 0, O_HELP }, { 0, 0, 0, 0 },
+	};
+	const char *sock = NULL, *id = "standalone", *ns = "default", *backend = "sim";
+	const char *pattern = "Uniform", *conts = "pod1:sandbox", *state = NULL;
+	unsigned long mb = 256, vcpus = 1, rate = 100, workers = 0;
+	bool idle = false, any_uid = false;
+	int c;
+	opterr = 0;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+		char *end;
+		switch (c) {
+		case O_SOCKET: sock = optarg; break;
+		case O_ID: id = optarg; break;
+		case O_NS: ns = optarg; break;
+		case O_MB:
+			mb = strtoul(optarg, &end, 10);
+			if (end == optarg || *end || mb == 0 || mb > (1ul << 20))
+				return bad("--vm-size-mb wants a size in MiB");
+			break;
+		case O_VCPUS:
+			vcpus = strtoul(optarg, &end, 10);
+			if (end == optarg || *end || vcpus == 0 || vcpus > 64)
+				return bad("--vcpus wants 1..64");
+			break;
+		case O_BACKEND:
+			if (strcmp(optarg, "sim") && strcmp(optarg, "kvm"))
+				return bad("--backend must be sim or kvm");
+			backend = optarg;
+			break;
+		case O_RATE:
+			rate = strtoul(optarg, &end, 10);
+			if (end == optarg || *end || rate > 100000)
+				return bad("--workload-rate wants MB/s");
+			break;
+		case O_PATTERN:
+			if (!strcmp(optarg, "uniform")) pattern = "Uniform";
+			else if (!strcmp(optarg, "hotset")) pattern = "HotSet";
+			else if (!strcmp(optarg, "sequential")) pattern = "Sequential";
+			else return bad("--workload-pattern must be uniform, hotset or sequential");
+			break;
+		case O_CONT: conts = optarg; break;
+		case O_IDLE: idle = true; break;
+		case O_STATE: state = optarg; break;
+		case O_WORKERS:
+			workers = strtoul(optarg, &end, 10);
+			if (end == optarg || *end || workers > 256)
+				return bad("--workers wants a number");
+			break;
+		case O_DEBUG: lm_log_set_level(LM_LOG_DEBUG); break;
+		case O_ANYUID: any_uid = true; break;
+		case O_HELP: fputs(usage, stdout); return 0;
+		default: {
+			char m[160];
+			snprintf(m, sizeof(m), "serve: unknown or incomplete option '%s'", argv[optind - 1]);
+			return bad(m);
+		}
+		}
+	}
+	if (optind < argc)
+		return bad("serve: unexpected argument");
+	if (!sock)
+		return bad("serve: --socket is required");
+	struct lm_shim_config cfg = { .socket = sock, .id = id, .ns = ns, .state_dir = state,
+				      .workers = (unsigned)workers, .any_uid = any_uid };
+	char doc[1024];
+	struct lm_shim_container *cv = NULL;
+	char *store = NULL;
+	if (!idle) {
+		snprintf(doc, sizeof(doc),
+			 "{\"Id\":\"vm-%s\",\"VirtualMachine\":{\"Backend\":\"%s\","
+			 "\"ComputeTopology\":{\"Memory\":{\"SizeInMB\":%lu},\"Processor\":{\"Count\":%lu}},"
+			 "\"GuestWorkload\":{\"Threads\":1,\"RateMBps\":%lu,\"Pattern\":\"%s\",\"Seed\":1}}}",
+			 id, backend, mb, vcpus, rate, pattern);
+		cfg.vm_document = doc;
+		unsigned n = 0;
+		int rc = parse_containers(conts, &cv, &n, &store);
+		if (rc < 0) {
+			free(store);
+			return bad("serve: --containers wants POD:ID[:sandbox|:container][:layers=N],...");
+		}
+		cfg.containers = cv;
+		cfg.n_containers = n;
+	}
+	int rc = run_shim(&cfg);
+	free(cv);
+	free(store);
+	return rc;
+}
+
+int main(int argc, char **argv)
+{
+	int frc = lm_fault_init_from_env();
+	if (frc < 0) {
+		fprintf(stderr, "lmshim: LM_FAULTS: %s\n", strerror(-frc));
+		return 2;
+	}
+	if (argc >= 2 && !strcmp(argv[1], "serve"))
+		return cmd_serve(argc - 1, argv + 1);
+	if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help"))) {
+		fputs(usage, stdout);
+		return 0;
+	}
+	struct cflags f = {0};
+	int rc = parse_cflags(argc, argv, &f);
+	if (rc)
+		return rc < 0 ? 0 : rc;
+	if (f.debug)
+		lm_log_set_level(LM_LOG_DEBUG);
+	if (f.action && !strcmp(f.action, "serve"))
+		return bad("'serve' comes first: lmshim serve --socket PATH ...");
+	if (f.action && strcmp(f.action, "start") && strcmp(f.action, "delete")) {
+		char m[160];
+		snprintf(m, sizeof(m), "unknown action '%s' (start, delete, serve)", f.action);
+		return bad(m);
+	}
+	if (!f.ns || !*f.ns)
+		return bad("-namespace is required");
+	if (!f.id || !*f.id)
+		return bad("-id is required");
+	if (f.action && !strcmp(f.action, "start"))
+		return cmd_start(argc, argv, &f);
+	if (f.action && !strcmp(f.action, "delete"))
+		return cmd_delete(&f);
+	return cmd_daemon(&f);
+}

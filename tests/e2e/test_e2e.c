@@ -1,0 +1,700 @@
+/*
+ * test_e2e.c: end-to-end tests with real processes: lmshim source and
+ * destination processes on unix sockets in a temp dir, driven by lmctl
+ * (a child process) and by the test's own ttrpc calls. The default suite:
+ * the happy path (unix and TCP), the contract's codes for wrong states and
+ * session IDs, the second socket, Transfer before the socket, and the
+ * command lines (flags, containerd's start/delete). Cancels, kills and
+ * network namespaces are in test_e2e_faults.c (label e2e-slow).
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <openssl/sha.h>
+
+#include "e2e.h"
+#include "migration.pb-c.h"
+#include "task.pb-c.h"
+
+struct fx {
+	char dir[256];
+	struct e2e_shim src, dst;
+	pid_t daemon;              /* a detached lmshim the test started */
+};
+
+static int setup(void **state)
+{
+	struct fx *f = calloc(1, sizeof(*f));
+	e2e_tmpdir(f->dir);
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fx *f = *state;
+	/* every shim must stop cleanly on SIGTERM (a sanitizer report or a
+	 * crash at shutdown fails the test here) */
+	int bad = 0;
+	struct e2e_shim *shims[] = { &f->src, &f->dst };
+	for (int i = 0; i < 2; i++) {
+		if (shims[i]->pid > 0 && e2e_shim_stop(shims[i]) != 0) {
+			fprintf(stderr, "e2e: lmshim %s did not stop cleanly\n", shims[i]->name);
+			e2e_shim_dump(shims[i]);
+			bad = -1;
+		}
+		e2e_shim_stop(shims[i]);
+	}
+	if (f->daemon > 0)
+		kill(f->daemon, SIGKILL);
+	e2e_rmdir(f->dir);
+	free(f);
+	return bad;
+}
+
+static void dump_on(bool cond, struct fx *f, const char *out)
+{
+	if (!cond)
+		return;
+	if (out) {
+		char *t = e2e_slurp(out);
+		fprintf(stderr, "---- lmctl output ----\n%s\n", t);
+		free(t);
+	}
+	if (f->src.log[0])
+		e2e_shim_dump(&f->src);
+	if (f->dst.log[0])
+		e2e_shim_dump(&f->dst);
+}
+
+/* lmctl migrate between two processes; the containers run on the
+ * destination under their new IDs with their init PIDs; the source's
+ * are gone; both shims stop cleanly. */
+static void migrate_and_check(struct fx *f, const char *const *extra)
+{
+	assert_int_equal(e2e_source_start(&f->src, f->dir, "src", 64, 50, NULL), 0);
+	assert_int_equal(e2e_dest_start(&f->dst, f->dir, "dst", NULL), 0);
+	uint32_t pid_sb = 0, pid_c1 = 0;
+	int st = 0;
+	assert_int_equal(e2e_state(&f->src, "sandbox", &pid_sb, &st), 0);
+	assert_int_equal(st, 2);
+	assert_int_equal(e2e_state(&f->src, "c1", &pid_c1, &st), 0);
+	assert_int_equal(st, 2);
+	assert_true(pid_sb > 0 && pid_c1 > 0 && pid_sb != pid_c1);
+
+	char out[300], work[300];
+	snprintf(out, sizeof(out), "%s/lmctl.out", f->dir);
+	snprintf(work, sizeof(work), "%s/work", f->dir);
+	const char *args[32] = { "migrate", "--from", f->src.sock, "--to", f->dst.sock, "--workdir", work,
+				 "--quiet", "--verify", "--session", "e2e-session-1" };
+	int k = 11;
+	for (int i = 0; extra && extra[i]; i++)
+		args[k++] = extra[i];
+	args[k] = NULL;
+	int rc = e2e_lmctl(args, out, 120000);
+	dump_on(rc != 0, f, out);
+	assert_int_equal(rc, 0);
+	char *text = e2e_slurp(out);
+	/* stdout: "SRC NEW PID" per container */
+	char line[128];
+	snprintf(line, sizeof(line), "sandbox sandbox-m %u", pid_sb);
+	assert_non_null(strstr(text, line));
+	snprintf(line, sizeof(line), "c1 c1-m %u", pid_c1);
+	assert_non_null(strstr(text, line));
+	assert_non_null(strstr(text, "verified: memory digest"));
+	assert_non_null(strstr(text, "(message_id gaps: 0)"));
+	free(text);
+
+	uint32_t pid = 0;
+	assert_int_equal(e2e_state(&f->dst, "sandbox-m", &pid, &st), 0);
+	assert_int_equal(pid, pid_sb);
+	assert_int_equal(st, 2);
+	assert_int_equal(e2e_state(&f->dst, "c1-m", &pid, &st), 0);
+	assert_int_equal(pid, pid_c1);
+	assert_int_equal(st, 2);
+	/* the source is torn down */
+	rc = e2e_state(&f->src, "c1", &pid, &st);
+	assert_true(rc == E2E_NOT_FOUND || (rc == 0 && st == 3));
+	/* the destination's VM runs: its workload moves on */
+	char d1[32], c1[32], d2[32], c2[32];
+	assert_int_equal(e2e_digest(&f->dst, d1, c1), 0);
+	bool moved = false;
+	for (int i = 0; i < 40 && !moved; i++) {
+		usleep(50 * 1000);
+		assert_int_equal(e2e_digest(&f->dst, d2, c2), 0);
+		moved = strcmp(c1, c2) != 0;
+	}
+	assert_true(moved);
+	/* both shims are idle again: a new session is accepted by the destination */
+	assert_int_equal(e2e_mig_simple(&f->dst, "Cleanup", "anything"), 0);
+	int s1 = e2e_shim_stop(&f->src), s2 = e2e_shim_stop(&f->dst);
+	dump_on(s1 != 0 || s2 != 0, f, NULL);
+	assert_int_equal(s1, 0);
+	assert_int_equal(s2, 0);
+}
+
+static void test_migrate_moves_sandbox_to_destination_process(void **state)
+{
+	migrate_and_check(*state, NULL);
+}
+
+static void test_migrate_over_tcp_loopback(void **state)
+{
+	const char *extra[] = { "--transport", "tcp", "--checksum", NULL };
+	migrate_and_check(*state, extra);
+}
+
+static void test_migrate_with_duplicated_socket_pair(void **state)
+{
+	const char *extra[] = { "--transport", "dup", NULL };
+	migrate_and_check(*state, extra);
+}
+
+static void test_migrate_with_compression_and_pass_limits(void **state)
+{
+	const char *extra[] = { "--compression-workers", "2", "--max-passes", "4", "--target-passes", "2", NULL };
+	migrate_and_check(*state, extra);
+}
+
+/* Every call in a wrong state answers the contract's code. */
+static void test_calls_in_wrong_state_answer_contract_codes(void **state)
+{
+	struct fx *f = *state;
+	assert_int_equal(e2e_source_start(&f->src, f->dir, "src", 32, 0, NULL), 0);
+	assert_int_equal(e2e_dest_start(&f->dst, f->dir, "dst", NULL), 0);
+	char msg[256];
+	const char *S = "s-wrong-state";
+
+	/* idle shims: only Export/Import start a session */
+	PrepareSandboxRequest pr = PREPARE_SANDBOX_REQUEST__INIT;
+	pr.session_id = (char *)S;
+	assert_int_equal(e2e_call(&f->dst, "Migration", "PrepareSandbox", &pr.base, NULL, NULL, msg, sizeof(msg)),
+			 E2E_PRECONDITION);
+	assert_int_equal(e2e_transfer(&f->src, S, 0, msg, sizeof(msg)), E2E_PRECONDITION);
+	assert_int_equal(e2e_socket_connect(&f->src, S, "unix:/nonexistent", msg, sizeof(msg)), E2E_PRECONDITION);
+	/* Finalize, Cancel, Cleanup on an idle shim: OK whatever the session */
+	assert_int_equal(e2e_finalize(&f->dst, S, 2), 0);
+	assert_int_equal(e2e_mig_simple(&f->dst, "Cancel", S), 0);
+	assert_int_equal(e2e_mig_simple(&f->dst, "Cleanup", S), 0);
+	/* Export on a shim with no VM */
+	assert_int_equal(e2e_export(&f->dst, S), E2E_PRECONDITION);
+
+	/* source exported */
+	assert_int_equal(e2e_export(&f->src, S), 0);
+	assert_int_equal(e2e_export(&f->src, S), E2E_PRECONDITION);
+	uint32_t pid;
+	int st;
+	assert_int_equal(e2e_state(&f->src, "c1", &pid, &st), E2E_PRECONDITION); /* task gated */
+	assert_int_equal(e2e_call(&f->src, "Migration", "PrepareSandbox", &pr.base, NULL, NULL, msg, sizeof(msg)),
+			 E2E_PRECONDITION);
+	ImportSandboxRequest im = IMPORT_SANDBOX_REQUEST__INIT;
+	Google__Protobuf__Any any = GOOGLE__PROTOBUF__ANY__INIT;
+	im.session_id = (char *)S;
+	im.sandbox_id = "x";
+	im.config = &any;
+	any.type_url = "type.googleapis.com/lmshim.v1.SandboxSnapshot";
+	assert_int_equal(e2e_call(&f->src, "Migration", "ImportSandbox", &im.base, NULL, NULL, msg, sizeof(msg)),
+			 E2E_PRECONDITION);
+	/* source cancelled: STOP refused, RESUME then Cleanup */
+	assert_int_equal(e2e_mig_simple(&f->src, "Cancel", S), 0);
+	assert_int_equal(e2e_mig_simple(&f->src, "Cancel", S), 0); /* no-op */
+	assert_int_equal(e2e_mig_simple(&f->src, "Cleanup", S), E2E_PRECONDITION);
+	assert_int_equal(e2e_finalize(&f->src, S, 1), E2E_PRECONDITION);
+	assert_int_equal(e2e_finalize(&f->src, S, 0), E2E_INVALID);
+	assert_int_equal(e2e_finalize(&f->src, S, 2), 0);
+	assert_int_equal(e2e_finalize(&f->src, S, 2), 0); /* idempotent */
+	assert_int_equal(e2e_mig_simple(&f->src, "Cleanup", S), 0);
+	assert_int_equal(e2e_state(&f->src, "c1", &pid, &st), 0);
+	assert_int_equal(st, 2);
+
+	/* destination: a bad snapshot is InvalidArgument and leaves no trace */
+	any.value.data = (uint8_t *)"\xff\xff\xff";
+	any.value.len = 3;
+	assert_int_equal(e2e_call(&f->dst, "Migration", "ImportSandbox", &im.base, NULL, NULL, msg, sizeof(msg)),
+			 E2E_INVALID);
+	any.type_url = "type.googleapis.com/something.Else";
+	assert_int_equal(e2e_call(&f->dst, "Migration", "ImportSandbox", &im.base, NULL, NULL, msg, sizeof(msg)),
+			 E2E_INVALID);
+	assert_int_equal(e2e_call(&f->dst, "Migration", "PrepareSandbox", &pr.base, NULL, NULL, msg, sizeof(msg)),
+			 E2E_PRECONDITION);
+	/* unknown method */
+	assert_int_equal(e2e_call(&f->dst, "Migration", "NoSuchMethod", &pr.base, NULL, NULL, msg, sizeof(msg)),
+			 E2E_UNIMPLEMENTED);
+}
+
+static void test_empty_and_wrong_session_ids_are_invalid_argument(void **state)
+{
+	struct fx *f = *state;
+	assert_int_equal(e2e_source_start(&f->src, f->dir, "src", 32, 0, NULL), 0);
+	char msg[256];
+	/* empty: always InvalidArgument, idle or not */
+	assert_int_equal(e2e_export(&f->src, ""), E2E_INVALID);
+	assert_int_equal(e2e_mig_simple(&f->src, "Cancel", ""), E2E_INVALID);
+	assert_int_equal(e2e_mig_simple(&f->src, "Cleanup", ""), E2E_INVALID);
+	assert_int_equal(e2e_finalize(&f->src, "", 2), E2E_INVALID);
+	assert_int_equal(e2e_export(&f->src, "s-right"), 0);
+	assert_int_equal(e2e_mig_simple(&f->src, "Cancel", ""), E2E_INVALID);
+	/* wrong: InvalidArgument, and the session is untouched */
+	assert_int_equal(e2e_socket_connect(&f->src, "s-wrong", "unix:/nonexistent", msg, sizeof(msg)), E2E_INVALID);
+	assert_int_equal(e2e_transfer(&f->src, "s-wrong", 0, msg, sizeof(msg)), E2E_INVALID);
+	assert_int_equal(e2e_mig_simple(&f->src, "Cancel", "s-wrong"), E2E_INVALID);
+	assert_int_equal(e2e_finalize(&f->src, "s-wrong", 2), E2E_INVALID);
+	assert_int_equal(e2e_mig_simple(&f->src, "Cleanup", "s-wrong"), E2E_INVALID);
+	assert_int_equal(e2e_wait_phase(&f->src, "s-wrong", 0, 500, NULL), -1);
+	/* the right one still works */
+	assert_int_equal(e2e_mig_simple(&f->src, "Cancel", "s-right"), 0);
+	assert_int_equal(e2e_finalize(&f->src, "s-right", 2), 0);
+	assert_int_equal(e2e_mig_simple(&f->src, "Cleanup", "s-right"), 0);
+}
+
+/* A child that listens on a unix path and accepts one peer, then waits. */
+static pid_t listener_process(const char *path)
+{
+	pid_t pid = fork();
+	if (pid == 0) {
+		int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+		struct sockaddr_un a = { .sun_family = AF_UNIX };
+		if (snprintf(a.sun_path, sizeof(a.sun_path), "%s", path) >= (int)sizeof(a.sun_path) || fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(fd, 4) < 0)
+			_exit(1);
+		int c = accept(fd, NULL, NULL);
+		(void)c;
+		sleep(30);
+		_exit(0);
+	}
+	return pid;
+}
+
+/* A second CreateDuplicateSocket is AlreadyExists; a refused one does not
+ * poison the session. */
+static void test_second_socket_is_already_exists(void **state)
+{
+	struct fx *f = *state;
+	assert_int_equal(e2e_source_start(&f->src, f->dir, "src", 32, 0, NULL), 0);
+	assert_int_equal(e2e_dest_start(&f->dst, f->dir, "dst", NULL), 0);
+	const char *S = "s-two-sockets";
+	char msg[256], addr[300];
+	snprintf(addr, sizeof(addr), "unix:%s/mig.sock", f->dir);
+	assert_int_equal(e2e_export(&f->src, S), 0);
+	/* nobody listens yet: refused, the session stays */
+	int rc = e2e_socket_connect(&f->src, S, addr, msg, sizeof(msg));
+	assert_true(rc == E2E_INVALID || rc == E2E_PRECONDITION);
+	/* a listener of the test's own */
+	pid_t lp = listener_process(addr + 5);
+	for (int i = 0; i < 200 && access(addr + 5, F_OK) != 0; i++)
+		usleep(10000);
+	assert_int_equal(e2e_socket_connect(&f->src, S, addr, msg, sizeof(msg)), 0);
+	assert_int_equal(e2e_socket_connect(&f->src, S, addr, msg, sizeof(msg)), E2E_EXISTS);
+	kill(lp, SIGKILL);
+	e2e_wait(lp, 5000);
+	assert_int_equal(e2e_mig_simple(&f->src, "Cancel", S), 0);
+	assert_int_equal(e2e_finalize(&f->src, S, 2), 0);
+	assert_int_equal(e2e_mig_simple(&f->src, "Cleanup", S), 0);
+	uint32_t pid;
+	int st;
+	assert_int_equal(e2e_state(&f->src, "c1", &pid, &st), 0);
+	assert_int_equal(st, 2);
+}
+
+static void test_transfer_before_socket_times_out_with_deadline_exceeded(void **state)
+{
+	struct fx *f = *state;
+	assert_int_equal(e2e_source_start(&f->src, f->dir, "src", 32, 0, NULL), 0);
+	const char *S = "s-transfer-early";
+	char msg[256];
+	assert_int_equal(e2e_export(&f->src, S), 0);
+	assert_int_equal(e2e_transfer(&f->src, S, -1000000000ll, msg, sizeof(msg)), E2E_INVALID);
+	assert_int_equal(e2e_transfer(&f->src, S, 300 * 1000000ll, msg, sizeof(msg)), E2E_DEADLINE);
+	assert_int_equal(e2e_mig_simple(&f->src, "Cancel", S), 0);
+	assert_int_equal(e2e_finalize(&f->src, S, 2), 0);
+	assert_int_equal(e2e_mig_simple(&f->src, "Cleanup", S), 0);
+}
+
+/* lmctl's failures name the call, the side and the cause; lmctl rolls
+ * back, the source keeps running. */
+static void test_lmctl_error_names_call_side_and_cause_and_rolls_back(void **state)
+{
+	struct fx *f = *state;
+	assert_int_equal(e2e_source_start(&f->src, f->dir, "src", 32, 0, NULL), 0);
+	/* the "destination" is a second source: ImportSandbox is refused */
+	struct e2e_shim *d = &f->dst;
+	assert_int_equal(e2e_source_start(d, f->dir, "dst", 32, 0, NULL), 0);
+	char out[300], work[300];
+	snprintf(out, sizeof(out), "%s/lmctl.out", f->dir);
+	snprintf(work, sizeof(work), "%s/work", f->dir);
+	/* options out of range: the source refuses the export, naming the field */
+	const char *opt[] = { "migrate", "--from", f->src.sock, "--to", d->sock, "--workdir", work, "--quiet",
+			      "--throttling-scale", "500", NULL };
+	assert_int_equal(e2e_lmctl(opt, out, 60000), 1);
+	char *t = e2e_slurp(out);
+	char want[400];
+	snprintf(want, sizeof(want), "lmctl: PrepareAndExportSandbox on source (%s): InvalidArgument: ", f->src.sock);
+	if (!strstr(t, want) || !strstr(t, "throttling"))
+		fprintf(stderr, "%s\n", t);
+	assert_non_null(strstr(t, want));
+	assert_non_null(strstr(t, "throttling"));
+	free(t);
+	unlink(out);
+	const char *args[] = { "migrate", "--from", f->src.sock, "--to", d->sock, "--workdir", work, "--quiet", NULL };
+	assert_int_equal(e2e_lmctl(args, out, 60000), 1);
+	t = e2e_slurp(out);
+	snprintf(want, sizeof(want), "lmctl: ImportSandbox on destination (%s): FailedPrecondition: ", d->sock);
+	if (!strstr(t, want))
+		fprintf(stderr, "%s\n", t);
+	assert_non_null(strstr(t, want));
+	assert_non_null(strstr(t, "rolling back"));
+	free(t);
+	uint32_t pid;
+	int st;
+	assert_int_equal(e2e_state(&f->src, "c1", &pid, &st), 0);
+	assert_int_equal(st, 2);
+}
+
+static void test_lmctl_state_prints_task_state(void **state)
+{
+	struct fx *f = *state;
+	assert_int_equal(e2e_source_start(&f->src, f->dir, "src", 32, 0, NULL), 0);
+	uint32_t pid = 0;
+	int st;
+	assert_int_equal(e2e_state(&f->src, "c1", &pid, &st), 0);
+	char out[300], want[64];
+	snprintf(out, sizeof(out), "%s/state.out", f->dir);
+	const char *a1[] = { "state", "--shim", f->src.sock, "--id", "c1", NULL };
+	assert_int_equal(e2e_lmctl(a1, out, 10000), 0);
+	char *t = e2e_slurp(out);
+	snprintf(want, sizeof(want), "id=c1 pid=%u status=running", pid);
+	assert_non_null(strstr(t, want));
+	free(t);
+	unlink(out);
+	const char *a2[] = { "state", "--shim", f->src.sock, "--id", "nope", NULL };
+	assert_int_equal(e2e_lmctl(a2, out, 10000), 1);
+	t = e2e_slurp(out);
+	assert_non_null(strstr(t, "State on shim"));
+	assert_non_null(strstr(t, "NotFound"));
+	free(t);
+	/* cancel on an idle shim is OK (a no-op) */
+	const char *a3[] = { "cancel", "--shim", f->src.sock, "--session", "x", NULL };
+	assert_int_equal(e2e_lmctl(a3, out, 10000), 0);
+}
+
+/* A destination whose receive fails once (fault point transfer.recv):
+ * both TransferSandbox calls fail naming their side, lmctl rolls back,
+ * the source runs on; the next migration succeeds. */
+static void test_transfer_failure_rolls_back_then_retry_succeeds(void **state)
+{
+	struct fx *f = *state;
+	assert_int_equal(e2e_source_start(&f->src, f->dir, "src", 64, 50, NULL), 0);
+	assert_int_equal(e2e_dest_start(&f->dst, f->dir, "dst", "transfer.recv:errno=ECONNRESET:after=5:times=1"), 0);
+	char out[300], work[300];
+	snprintf(out, sizeof(out), "%s/lmctl.out", f->dir);
+	snprintf(work, sizeof(work), "%s/work", f->dir);
+	const char *args[] = { "migrate", "--from", f->src.sock, "--to", f->dst.sock, "--workdir", work,
+			       "--quiet", NULL };
+	int rc = e2e_lmctl(args, out, 60000);
+	dump_on(rc != 1, f, out);
+	assert_int_equal(rc, 1);
+	char *t = e2e_slurp(out);
+	char want[400];
+	snprintf(want, sizeof(want), "lmctl: TransferSandbox on destination (%s): ", f->dst.sock);
+	assert_non_null(strstr(t, want));
+	assert_non_null(strstr(t, "rolling back"));
+	assert_non_null(strstr(t, "reported FAILED"));
+	free(t);
+	uint32_t pid;
+	int st;
+	assert_int_equal(e2e_state(&f->src, "c1", &pid, &st), 0);
+	assert_int_equal(st, 2);
+	assert_int_equal(e2e_state(&f->dst, "c1-m", &pid, &st), E2E_NOT_FOUND);
+	unlink(out);
+	rc = e2e_lmctl(args, out, 60000);
+	dump_on(rc != 0, f, out);
+	assert_int_equal(rc, 0);
+	assert_int_equal(e2e_state(&f->dst, "c1-m", &pid, &st), 0);
+	assert_int_equal(st, 2);
+}
+
+/* --container names the containers and their new IDs instead of the
+ * snapshot; a layer count that does not match is refused by the patch
+ * path and lmctl names the Create, the container and the side. */
+static void test_migrate_with_explicit_container_list(void **state)
+{
+	struct fx *f = *state;
+	assert_int_equal(e2e_source_start(&f->src, f->dir, "src", 32, 20, NULL), 0);
+	assert_int_equal(e2e_dest_start(&f->dst, f->dir, "dst", NULL), 0);
+	char out[300], work[300];
+	snprintf(out, sizeof(out), "%s/lmctl.out", f->dir);
+	snprintf(work, sizeof(work), "%s/work", f->dir);
+	const char *bad[] = { "migrate", "--from", f->src.sock, "--to", f->dst.sock, "--workdir", work, "--quiet",
+			      "--container", "sandbox=pod-new:sandbox:layers=1",
+			      "--container", "c1=app-new:container:layers=3", NULL };
+	int rc = e2e_lmctl(bad, out, 60000);
+	dump_on(rc != 1, f, out);
+	assert_int_equal(rc, 1);
+	char *t = e2e_slurp(out);
+	char want[400];
+	snprintf(want, sizeof(want), "lmctl: task Create(app-new, source container c1) on destination (%s): ",
+		 f->dst.sock);
+	if (!strstr(t, want))
+		fprintf(stderr, "%s\n", t);
+	assert_non_null(strstr(t, want));
+	free(t);
+	uint32_t pid;
+	int st;
+	assert_int_equal(e2e_state(&f->src, "c1", &pid, &st), 0);
+	assert_int_equal(st, 2);
+	/* the same with the right layer count succeeds */
+	unlink(out);
+	const char *good[] = { "migrate", "--from", f->src.sock, "--to", f->dst.sock, "--workdir", work, "--quiet",
+			       "--container", "sandbox=pod-new:sandbox:layers=1",
+			       "--container", "c1=app-new:container:layers=1", NULL };
+	rc = e2e_lmctl(good, out, 60000);
+	dump_on(rc != 0, f, out);
+	assert_int_equal(rc, 0);
+	uint32_t pid2;
+	assert_int_equal(e2e_state(&f->dst, "app-new", &pid2, &st), 0);
+	assert_int_equal(pid2, pid);
+	assert_int_equal(st, 2);
+	assert_int_equal(e2e_state(&f->dst, "pod-new", &pid2, &st), 0);
+	assert_int_equal(st, 2);
+}
+
+/* The destination's RESUME fails (fault point hcs.finalize, once): lmctl
+ * names it, cancels, resumes the source (it runs on), discards the
+ * destination's copy; the retry succeeds. */
+static void test_destination_resume_failure_resumes_source(void **state)
+{
+	struct fx *f = *state;
+	assert_int_equal(e2e_source_start(&f->src, f->dir, "src", 32, 20, NULL), 0);
+	assert_int_equal(e2e_dest_start(&f->dst, f->dir, "dst", "hcs.finalize:errno=EIO:times=1"), 0);
+	char out[300], work[300];
+	snprintf(out, sizeof(out), "%s/lmctl.out", f->dir);
+	snprintf(work, sizeof(work), "%s/work", f->dir);
+	const char *args[] = { "migrate", "--from", f->src.sock, "--to", f->dst.sock, "--workdir", work,
+			       "--quiet", NULL };
+	int rc = e2e_lmctl(args, out, 60000);
+	dump_on(rc != 1, f, out);
+	assert_int_equal(rc, 1);
+	char *t = e2e_slurp(out);
+	char want[400];
+	snprintf(want, sizeof(want), "lmctl: FinalizeSandbox on destination (%s): ", f->dst.sock);
+	assert_non_null(strstr(t, want));
+	assert_non_null(strstr(t, "rolling back"));
+	free(t);
+	uint32_t pid;
+	int st;
+	assert_int_equal(e2e_state(&f->src, "c1", &pid, &st), 0);
+	assert_int_equal(st, 2);
+	assert_int_equal(e2e_state(&f->dst, "c1-m", &pid, &st), E2E_NOT_FOUND);
+	unlink(out);
+	rc = e2e_lmctl(args, out, 60000);
+	dump_on(rc != 0, f, out);
+	assert_int_equal(rc, 0);
+	assert_int_equal(e2e_state(&f->dst, "c1-m", &pid, &st), 0);
+	assert_int_equal(st, 2);
+}
+
+/* The README's main job, smaller: lmctl demo starts its own two shims,
+ * migrates, verifies and exits 0 only if everything verified. */
+static void test_lmctl_demo_verifies_the_migration(void **state)
+{
+	struct fx *f = *state;
+	char out[300];
+	snprintf(out, sizeof(out), "%s/demo.out", f->dir);
+	const char *args[] = { "demo", "--vm-size-mb", "128", "--rate", "100", NULL };
+	int rc = e2e_lmctl(args, out, 120000);
+	char *t = e2e_slurp(out);
+	if (rc != 0)
+		fprintf(stderr, "%s\n", t);
+	assert_int_equal(rc, 0);
+	assert_non_null(strstr(t, "lmctl demo: VERIFIED"));
+	assert_non_null(strstr(t, "ok   web -> web-migrated running on the destination"));
+	assert_non_null(strstr(t, "ok   source torn down"));
+	assert_non_null(strstr(t, "equal, workload checksum"));
+	free(t);
+}
+
+static void test_command_lines_help_and_bad_flags(void **state)
+{
+	struct fx *f = *state;
+	char out[300];
+	snprintf(out, sizeof(out), "%s/o", f->dir);
+	const char *h1[] = { "--help", NULL };
+	assert_int_equal(e2e_lmctl(h1, out, 5000), 0);
+	const char *cmds[] = { "migrate", "watch", "state", "cancel", "demo" };
+	for (int i = 0; i < 5; i++) {
+		const char *h[] = { cmds[i], "--help", NULL };
+		assert_int_equal(e2e_lmctl(h, out, 5000), 0);
+		const char *b[] = { cmds[i], "--no-such-flag", NULL };
+		assert_int_equal(e2e_lmctl(b, out, 5000), 2);
+	}
+	const char *m1[] = { "migrate", "--from", "/x", NULL };
+	assert_int_equal(e2e_lmctl(m1, out, 5000), 2);
+	const char *m2[] = { "migrate", "--from", "/x", "--to", "/y", "--transport", "carrier-pigeon", NULL };
+	assert_int_equal(e2e_lmctl(m2, out, 5000), 2);
+	const char *m3[] = { "frobnicate", NULL };
+	assert_int_equal(e2e_lmctl(m3, out, 5000), 2);
+	const char *m4[] = { "state", "--shim", "/nonexistent.sock", NULL };
+	assert_int_equal(e2e_lmctl(m4, out, 5000), 1);
+
+	const char *s1[] = { LM_E2E_LMSHIM, "--help", NULL };
+	assert_int_equal(e2e_wait(e2e_spawn(s1, out), 5000), 0);
+	const char *s2[] = { LM_E2E_LMSHIM, "serve", "--help", NULL };
+	assert_int_equal(e2e_wait(e2e_spawn(s2, out), 5000), 0);
+	const char *s3[] = { LM_E2E_LMSHIM, "serve", "--socket", "/tmp/x", "--backend", "qemu", NULL };
+	assert_int_equal(e2e_wait(e2e_spawn(s3, out), 5000), 2);
+	const char *s4[] = { LM_E2E_LMSHIM, "serve", NULL };
+	assert_int_equal(e2e_wait(e2e_spawn(s4, out), 5000), 2);
+	const char *s5[] = { LM_E2E_LMSHIM, "-namespace", "ns", "-bogus", "1", "start", NULL };
+	assert_int_equal(e2e_wait(e2e_spawn(s5, out), 5000), 2);
+	const char *s6[] = { LM_E2E_LMSHIM, "-namespace", "ns", "start", NULL }; /* no -id */
+	assert_int_equal(e2e_wait(e2e_spawn(s6, out), 5000), 2);
+	const char *s7[] = { LM_E2E_LMSHIM, "serve", "--socket", "/tmp/x", "--containers", "nocolon", NULL };
+	assert_int_equal(e2e_wait(e2e_spawn(s7, out), 5000), 2);
+}
+
+/* The detached daemon serving `sock` (its command line names it). */
+static pid_t find_daemon(const char *sock, int *count)
+{
+	*count = 0;
+	DIR *d = opendir("/proc");
+	struct dirent *e;
+	pid_t found = 0;
+	while (d && (e = readdir(d))) {
+		char path[300], buf[4096];
+		if (e->d_name[0] < '1' || e->d_name[0] > '9')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%s/cmdline", e->d_name);
+		FILE *fp = fopen(path, "rb");
+		if (!fp)
+			continue;
+		size_t n = fread(buf, 1, sizeof(buf) - 1, fp);
+		fclose(fp);
+		for (size_t i = 0; i < n; i++)
+			if (!buf[i])
+				buf[i] = ' ';
+		buf[n] = 0;
+		if (strstr(buf, "lmshim") && strstr(buf, sock) && !strstr(buf, " start")) {
+			found = (pid_t)atoi(e->d_name);
+			(*count)++;
+		}
+	}
+	if (d)
+		closedir(d);
+	return found;
+}
+
+/* containerd's shim protocol: `start` prints unix:///run/containerd/s/
+ * <sha256 of ADDRESS/NS/ID>, the daemon answers there; `delete` prints a
+ * DeleteResponse. */
+static void test_lmshim_start_and_delete_follow_containerd(void **state)
+{
+	struct fx *f = *state;
+	char id[64], addr[300], out[300], sockpath[256], want[300];
+	snprintf(id, sizeof(id), "e2e-%d", (int)getpid());
+	snprintf(addr, sizeof(addr), "%s/containerd.sock", f->dir);
+	snprintf(out, sizeof(out), "%s/start.out", f->dir);
+	char joined[600];
+	int jl = snprintf(joined, sizeof(joined), "%s/%s/%s", addr, "e2e", id);
+	uint8_t d[32];
+	SHA256((const unsigned char *)joined, (size_t)jl, d);
+	int k = snprintf(sockpath, sizeof(sockpath), "/run/containerd/s/");
+	for (int i = 0; i < 32; i++)
+		k += snprintf(sockpath + k, sizeof(sockpath) - (size_t)k, "%02x", d[i]);
+	snprintf(want, sizeof(want), "unix://%s", sockpath);
+
+	char cwd[4096];
+	assert_non_null(getcwd(cwd, sizeof(cwd)));
+	assert_int_equal(chdir(f->dir), 0);
+	const char *start[] = { LM_E2E_LMSHIM, "-namespace", "e2e", "-address", addr, "-publish-binary",
+				"/bin/true", "-id", id, "start", NULL };
+	int rc = e2e_wait(e2e_spawn(start, out), 20000);
+	char *addrfile = e2e_slurp("address");
+	assert_int_equal(chdir(cwd), 0);
+	assert_int_equal(rc, 0);
+	char *printed = e2e_slurp(out);
+	assert_string_equal(printed, want);
+	assert_string_equal(addrfile, want);
+	free(printed);
+	free(addrfile);
+
+	/* the daemon serves the task and Migration services there */
+	struct e2e_shim s = {0};
+	snprintf(s.sock, sizeof(s.sock), "%s", sockpath);
+	snprintf(s.name, sizeof(s.name), "containerd-shim");
+	assert_int_equal(lm_rpc_client_connect(&s.c, sockpath), 0);
+	assert_int_equal(e2e_mig_simple(&s, "Cleanup", "x"), 0);
+	int n = 0;
+	pid_t daemon = find_daemon(sockpath, &n);
+	f->daemon = daemon;
+	assert_int_equal(n, 1);
+	assert_true(daemon > 1 && daemon != getpid());
+	/* a second start finds the running daemon and prints the same address */
+	assert_int_equal(chdir(f->dir), 0);
+	unlink(out);
+	rc = e2e_wait(e2e_spawn(start, out), 20000);
+	assert_int_equal(chdir(cwd), 0);
+	assert_int_equal(rc, 0);
+	printed = e2e_slurp(out);
+	assert_string_equal(printed, want);
+	free(printed);
+	assert_int_equal(find_daemon(sockpath, &n), daemon);
+	assert_int_equal(n, 1);
+	lm_rpc_client_close(s.c);
+	/* graceful stop of the daemon, then delete */
+	assert_int_equal(kill(daemon, SIGTERM), 0);
+	for (int i = 0; i < 500 && kill(daemon, 0) == 0; i++)
+		usleep(20000);
+	assert_int_not_equal(kill(daemon, 0), 0);
+	f->daemon = 0;
+	const char *del[] = { LM_E2E_LMSHIM, "-namespace", "e2e", "-address", addr, "-id", id, "delete", NULL };
+	unlink(out);
+	assert_int_equal(e2e_wait(e2e_spawn(del, out), 10000), 0);
+	char *bytes = e2e_slurp(out);
+	struct stat sb;
+	assert_int_equal(stat(out, &sb), 0);
+	Containerd__Task__V2__DeleteResponse *dr =
+		containerd__task__v2__delete_response__unpack(NULL, (size_t)sb.st_size, (const uint8_t *)bytes);
+	assert_non_null(dr);
+	assert_int_equal(dr->exit_status, 137);
+	assert_non_null(dr->exited_at);
+	assert_true(dr->exited_at->seconds > 0);
+	containerd__task__v2__delete_response__free_unpacked(dr, NULL);
+	free(bytes);
+	assert_int_not_equal(access(sockpath, F_OK), 0); /* stale socket removed */
+}
+
+int main(void)
+{
+	signal(SIGPIPE, SIG_IGN);
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_migrate_moves_sandbox_to_destination_process, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_migrate_over_tcp_loopback, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_migrate_with_duplicated_socket_pair, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_migrate_with_compression_and_pass_limits, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lmctl_state_prints_task_state, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_calls_in_wrong_state_answer_contract_codes, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_empty_and_wrong_session_ids_are_invalid_argument, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_second_socket_is_already_exists, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_transfer_before_socket_times_out_with_deadline_exceeded, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lmctl_error_names_call_side_and_cause_and_rolls_back, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_transfer_failure_rolls_back_then_retry_succeeds, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_migrate_with_explicit_container_list, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_destination_resume_failure_resumes_source, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lmctl_demo_verifies_the_migration, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_command_lines_help_and_bad_flags, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lmshim_start_and_delete_follow_containerd, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
