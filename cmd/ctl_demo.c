@@ -190,13 +190,13 @@ int ctl_demo_main(int argc, char **argv)
 	snprintf(rates, sizeof(rates), "%lu", rate);
 	char *sargv[] = { lmshim, "serve", "--socket", ssock, "--id", "demo-source", "--state-dir", sstate,
 			  "--vm-size-mb", mbs, "--backend", (char *)backend, "--workload-rate", rates,
-			  "--workload-pattern", "hotset",
+			  "--workload-pattern", "hotset", "--memory-fill", "random",
 			  "--containers", "pod1:sandbox,pod1:web,pod1:db", NULL };
 	char *dargv[] = { lmshim, "serve", "--socket", dsock, "--id", "demo-destination", "--state-dir",
 			  dstate, "--backend", (char *)backend, "--idle", NULL };
 
-	fprintf(stderr, "lmctl demo: %s VM of %lu MiB, guest dirtying %lu MB/s, pod1 = {sandbox, web, db}\n",
-		backend, mb, rate);
+	fprintf(stderr, "lmctl demo: %s VM of %lu MiB filled with random data, guest dirtying %lu MB/s, "
+		"pod1 = {sandbox, web, db}\n", backend, mb, rate);
 	fprintf(stderr, "lmctl demo: logs in %s\n", dir);
 	int ok = 1;
 	pid_t sp = spawn(sargv, slog);

@@ -75,6 +75,7 @@ static const char usage[] =
 	"  --backend sim|kvm               VM backend (default sim)\n"
 	"  --workload-rate MBps            guest dirtying rate (default 100; 0 = idle guest)\n"
 	"  --workload-pattern uniform|hotset|sequential   (default uniform)\n"
+	"  --memory-fill zero|random|zero90  guest memory at boot (default zero: untouched)\n"
 	"  --containers POD:ID,...         containers; ID 'sandbox' (or POD:ID:sandbox) is the pod's\n"
 	"                                  sandbox container; POD:ID:layers=N sets its layer count\n"
 	"                                  (default pod1:sandbox)\n"
@@ -424,7 +425,7 @@ static int parse_containers(const char *spec, struct lm_shim_container **out, un
 static int cmd_serve(int argc, char **argv)
 {
 	enum { O_SOCKET = 1, O_ID, O_NS, O_MB, O_VCPUS, O_BACKEND, O_RATE, O_PATTERN, O_CONT, O_IDLE,
-	       O_STATE, O_WORKERS, O_DEBUG, O_ANYUID, O_HELP };
+	       O_STATE, O_WORKERS, O_DEBUG, O_ANYUID, O_HELP, O_FILL };
 	static const struct option lo[] = {
 		{ "socket", required_argument, 0, O_SOCKET }, { "id", required_argument, 0, O_ID },
 		{ "namespace", required_argument, 0, O_NS },
@@ -432,6 +433,7 @@ static int cmd_serve(int argc, char **argv)
 		{ "backend", required_argument, 0, O_BACKEND },
 		{ "workload-rate", required_argument, 0, O_RATE },
 		{ "workload-pattern", required_argument, 0, O_PATTERN },
+		{ "memory-fill", required_argument, 0, O_FILL },
 		{ "containers", required_argument, 0, O_CONT }, { "idle", no_argument, 0, O_IDLE },
 		{ "state-dir", required_argument, 0, O_STATE },
 		{ "workers", required_argument, 0, O_WORKERS }, { "debug", no_argument, 0, O_DEBUG },
@@ -439,7 +441,7 @@ static int cmd_serve(int argc, char **argv)
 		{ "help", no_argument, 0, O_HELP }, { 0, 0, 0, 0 },
 	};
 	const char *sock = NULL, *id = "standalone", *ns = "default", *backend = "sim";
-	const char *pattern = "Uniform", *conts = "pod1:sandbox", *state = NULL;
+	const char *pattern = "Uniform", *conts = "pod1:sandbox", *state = NULL, *fill = "Zero";
 	unsigned long mb = 256, vcpus = 1, rate = 100, workers = 0;
 	bool idle = false, any_uid = false;
 	int c;
@@ -477,6 +479,12 @@ static int cmd_serve(int argc, char **argv)
 			else if (!strcmp(optarg, "sequential")) pattern = "Sequential";
 			else return bad("--workload-pattern must be uniform, hotset or sequential");
 			break;
+		case O_FILL:
+			if (!strcmp(optarg, "zero")) fill = "Zero";
+			else if (!strcmp(optarg, "random")) fill = "Random";
+			else if (!strcmp(optarg, "zero90")) fill = "Zero90";
+			else return bad("--memory-fill must be zero, random or zero90");
+			break;
 		case O_CONT: conts = optarg; break;
 		case O_IDLE: idle = true; break;
 		case O_STATE: state = optarg; break;
@@ -508,8 +516,9 @@ static int cmd_serve(int argc, char **argv)
 		snprintf(doc, sizeof(doc),
 			 "{\"Id\":\"vm-%s\",\"VirtualMachine\":{\"Backend\":\"%s\","
 			 "\"ComputeTopology\":{\"Memory\":{\"SizeInMB\":%lu},\"Processor\":{\"Count\":%lu}},"
-			 "\"GuestWorkload\":{\"Threads\":1,\"RateMBps\":%lu,\"Pattern\":\"%s\",\"Seed\":1}}}",
-			 id, backend, mb, vcpus, rate, pattern);
+			 "\"GuestWorkload\":{\"Threads\":1,\"RateMBps\":%lu,\"Pattern\":\"%s\",\"Seed\":1,"
+			 "\"Fill\":\"%s\"}}}",
+			 id, backend, mb, vcpus, rate, pattern, fill);
 		cfg.vm_document = doc;
 		unsigned n = 0;
 		int rc = parse_containers(conts, &cv, &n, &store);
