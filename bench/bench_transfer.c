@@ -23,10 +23,32 @@
  * of N interleaved runs, default 3: the host is shared and noisy),
  * --link-mbps M (migrations, not the baseline, go through a relay thread
  * limited to M MB/s over unix sockets: a link slower than the guest's
- * dirty rate, to see the throttle at work).
+ * dirty rate, to see the throttle at work), --backend sim|kvm (default
+ * sim), --vcpus N (kvm only, default 1).
+ *
+ * --backend kvm runs the same table on real KVM micro-VMs (hcs/kvm): the
+ * baseline copies the source micro-VM's memory into a destination
+ * micro-VM's (populated at create), and every migration moves a running
+ * guest (our guest program, hcs/kvm/guest) between two KVM VMs through the
+ * same engines. The kvm lines add the guest's own view, read from its
+ * status page: the longest gap between two of its iterations (TSC) before
+ * the migration (guest_gap_before_ms: its normal rhythm, ~1 ms iterations),
+ * during pre-copy up to blackout (guest_precopy_max_gap_ms, read on the
+ * paused source) and over the whole migration including the switch-over
+ * and the first ~100 ms on the destination (guest_max_gap_ms; the
+ * destination is started as soon as both engines are joined, which
+ * dst_resume_after_ms measures from the engines' completion); and, for
+ * the dirtying guests, the rate it achieved before (dirty_mbps_before) and
+ * during (dirty_mbps_during) the migration: under nested virtualization
+ * each first write after a dirty-log sync is a slow write-protect fault,
+ * so a guest may not reach the rate it was asked for. Where /dev/kvm is
+ * unusable it says so on stderr and exits 1.
  */
 #include "hcs/testkit.h"
 #include "util/log.h"
+#ifdef LM_HCS_HAVE_KVM
+#include "hcs/kvm/kvm_backend.h"
+#endif
 
 #include <getopt.h>
 #include <sys/resource.h>
@@ -37,6 +59,125 @@ static int reps = 3; /* raw and idle: best of reps, interleaved (busy host) */
 static uint64_t link_mbps; /* >0: migrations go through a relay limited to this */
 static FILE *csv;
 static const char *only;
+static const lm_backend_ops_t *ops = &lm_hcs_sim_ops;
+static bool kvm;          /* --backend kvm */
+static unsigned vcpus = 1; /* kvm: vCPUs per guest (the workload is split) */
+
+/* A guest of size_mib on the chosen backend (sim: exactly ht_vm). Exits
+ * with the reason if it cannot be created (a benchmark has no fallback). */
+static lm_vm_t *bvm(double rate, enum lm_mem_fill fill, bool incoming)
+{
+	lm_vm_t *vm = NULL;
+	int rc = -EINVAL;
+	if (!kvm) {
+		vm = ht_vm(size_mib, rate, LM_PATTERN_UNIFORM, fill, incoming);
+		rc = vm ? 0 : -ENOMEM;
+	} else {
+		lm_vm_config_t c;
+		memset(&c, 0, sizeof(c));
+		snprintf(c.id, sizeof(c.id), "bench");
+		snprintf(c.backend, sizeof(c.backend), "kvm");
+		c.memory_bytes = size_mib << 20;
+		c.vcpus = vcpus;
+		c.incoming = incoming;
+		c.workload.threads = vcpus;
+		c.workload.rate_mbps = rate;
+		c.workload.pattern = LM_PATTERN_UNIFORM;
+		c.workload.hot_fraction = 0.05;
+		c.workload.seed = 42;
+		c.workload.fill = fill;
+		rc = ops->create(&vm, &c);
+	}
+	if (rc < 0 || !vm) {
+		fprintf(stderr, "bench_transfer: cannot create a %llu MiB %s guest: %s\n",
+			(unsigned long long)size_mib, ops->name, strerror(-rc));
+		exit(1);
+	}
+	return vm;
+}
+
+#ifdef LM_HCS_HAVE_KVM
+/* The guest's status slots (hcs/kvm/guest/protocol.h), in its memory. */
+static volatile struct lm_kvm_guest_status *gslot(lm_vm_t *vm, unsigned i)
+{
+	return (volatile struct lm_kvm_guest_status *)(lm_kvm_vm_mem(lm_hcs_kvm_vmm(vm)) +
+						       LM_KVM_STATUS_GPA) + i;
+}
+
+/* Waits (10 s at most) until every vCPU booted and counted `min` iterations
+ * in total; -ETIMEDOUT or -EIO (guest failed) otherwise. */
+static int guest_wait(lm_vm_t *vm, uint64_t min)
+{
+	lm_kvm_vm_t *k = lm_hcs_kvm_vmm(vm);
+	uint64_t deadline = lm_now_ns() + 10000000000ull;
+	for (;;) {
+		char why[160];
+		if (lm_kvm_vm_error(k, why, sizeof(why))) {
+			fprintf(stderr, "bench_transfer: guest failed: %s\n", why);
+			return -EIO;
+		}
+		bool booted = true;
+		for (unsigned i = 0; i < lm_kvm_vm_vcpus(k); i++)
+			booted &= gslot(vm, i)->magic == LM_KVM_STATUS_MAGIC;
+		if (booted && lm_kvm_vm_iterations(k) >= min)
+			return 0;
+		if (lm_now_ns() > deadline)
+			return -ETIMEDOUT;
+		usleep(1000);
+	}
+}
+
+/* Forgets the guest's longest gap. The guest reads and writes it through
+ * a volatile pointer at the end of each iteration (only to raise it), so
+ * this may be done while it runs. */
+static void guest_gap_reset(lm_vm_t *vm)
+{
+	for (unsigned i = 0; i < vcpus; i++)
+		gslot(vm, i)->max_gap_tsc = 0;
+}
+
+/* The longest gap between two iterations over all vCPUs, in ms. */
+static double guest_gap_ms(lm_vm_t *vm)
+{
+	lm_kvm_vm_t *k = lm_hcs_kvm_vmm(vm);
+	uint64_t g = 0;
+	for (unsigned i = 0; i < lm_kvm_vm_vcpus(k); i++) {
+		struct lm_kvm_guest_status st;
+		if (lm_kvm_vm_status(k, i, &st) == 0 && st.max_gap_tsc > g)
+			g = st.max_gap_tsc;
+	}
+	return (double)g / (double)lm_kvm_vm_tsc_khz(k);
+}
+#endif
+
+/* kvm: gets the guest going and its normal rhythm: boots it, then over
+ * `ms` measures its dirty rate and longest gap; forgets the gap again so
+ * that what the migration shows is the migration's. */
+static int guest_warmup(lm_vm_t *src, unsigned ms, double *dirty_mbps, double *gap_ms)
+{
+	*dirty_mbps = 0;
+	*gap_ms = 0;
+#ifdef LM_HCS_HAVE_KVM
+	int rc = guest_wait(src, 50);
+	if (rc < 0)
+		return rc;
+	guest_gap_reset(src);
+	lm_guest_stats_t a, b;
+	ops->stats(src, &a);
+	uint64_t t0 = lm_now_ns();
+	usleep(ms * 1000);
+	ops->stats(src, &b);
+	double s = (double)(lm_now_ns() - t0) / 1e9;
+	*dirty_mbps = (double)(b.pages_written - a.pages_written) * LM_PAGE_SIZE / 1e6 / s;
+	*gap_ms = guest_gap_ms(src);
+	guest_gap_reset(src);
+	return 0;
+#else
+	(void)src;
+	(void)ms;
+	return -ENOTSUP;
+#endif
+}
 
 static bool want(const char *name)
 {
@@ -101,15 +242,17 @@ struct result {
 	double ms;
 	lm__xfer_stats_t ss, sd;
 	double populate_ms;
+	/* kvm: the guest's view (see the top of the file). */
+	double dirty_mbps_during, precopy_gap_ms, gap_ms;
+	double resume_after_ms; /* engines completed -> destination vCPUs started */
 };
 
 static void migrate(const char *name, const char *transport, lm_vm_t *src, bool tcp,
 		    struct result *res)
 {
-	const lm_backend_ops_t *ops = &lm_hcs_sim_ops;
 	memset(res, 0, sizeof(*res));
 	uint64_t tp = lm_now_ns();
-	lm_vm_t *dst = ht_vm(size_mib, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true);
+	lm_vm_t *dst = bvm(0, LM_FILL_ZERO, true);
 	res->populate_ms = (double)(lm_now_ns() - tp) / 1e6;
 	int sv[2];
 	struct ht_relay relay;
@@ -134,16 +277,49 @@ static void migrate(const char *name, const char *transport, lm_vm_t *src, bool 
 	lm__xfer_create(&xs, LM_XFER_SOURCE, ops, src, sv[0], &o, ht_on_event, &ls);
 	ht_wait(&ls, LM_XEV_SETUP_DONE, 10000);
 	ht_wait(&ld, LM_XEV_SETUP_DONE, 10000);
+	lm_guest_stats_t g0, g1;
+	ops->stats(src, &g0);
 	uint64_t t0 = lm_now_ns();
 	lm__xfer_go(xd);
 	lm__xfer_go(xs);
 	int rs = lm__xfer_join(xs);
 	int rd = lm__xfer_join(xd);
 	res->ms = (double)(lm_now_ns() - t0) / 1e6;
+	ops->stats(src, &g1); /* the source is paused from blackout on */
+	res->dirty_mbps_during = (double)(g1.pages_written - g0.pages_written) * LM_PAGE_SIZE /
+				 1e3 / res->ms;
 	res->rc = rs ? rs : rd;
 	lm__xfer_get_stats(xs, &res->ss);
 	lm__xfer_get_stats(xd, &res->sd);
-	if (res->rc == 0) {
+#ifdef LM_HCS_HAVE_KVM
+	if (kvm && res->rc == 0) {
+		/* The guest's view: its longest gap up to blackout (on the
+		 * paused source), then over the whole migration once it has
+		 * run ~100 iterations on the destination, resumed at once (as
+		 * Finalize would). No digest here: hashing both memories
+		 * before the resume would show up in the guest's gap. The
+		 * check is the guest's own: the checksum it keeps must match
+		 * its memory on both sides (hcs/kvm/guest/protocol.h). */
+		res->precopy_gap_ms = guest_gap_ms(src);
+		int rc = ops->start(dst);
+		uint64_t done_ns = res->ss.total_ns > res->sd.total_ns ? res->ss.total_ns
+								       : res->sd.total_ns;
+		res->resume_after_ms = (double)(lm_now_ns() - t0 - done_ns) / 1e6;
+		if (rc == 0)
+			rc = guest_wait(dst, g1.iterations + 100);
+		if (rc == 0)
+			rc = ops->pause(dst);
+		if (rc == 0)
+			res->gap_ms = guest_gap_ms(dst);
+		lm_kvm_vm_t *ks = lm_hcs_kvm_vmm(src), *kd = lm_hcs_kvm_vmm(dst);
+		if (rc == 0 &&
+		    (lm_kvm_guest_verify(lm_kvm_vm_mem(ks), lm_kvm_vm_mem_bytes(ks)) != 0 ||
+		     lm_kvm_guest_verify(lm_kvm_vm_mem(kd), lm_kvm_vm_mem_bytes(kd)) != 0))
+			rc = -EBADMSG;
+		res->rc = rc;
+	}
+#endif
+	if (!kvm && res->rc == 0) {
 		uint64_t a, b;
 		lm__mem_digest(ops, src, &a);
 		lm__mem_digest(ops, dst, &b);
@@ -164,14 +340,13 @@ static void migrate(const char *name, const char *transport, lm_vm_t *src, bool 
 static void run_transport(bool tcp)
 {
 	const char *tr = tcp ? "tcp" : "unix";
-	const lm_backend_ops_t *ops = &lm_hcs_sim_ops;
 	size_t bytes = size_mib << 20;
 	double gib = (double)bytes / (1u << 30);
 	const lm_mem_region_t *rs, *rd;
 
 	/* Baseline over the same memory the idle migration moves. */
-	lm_vm_t *src = ht_vm(size_mib, 0, LM_PATTERN_UNIFORM, LM_FILL_RANDOM, false);
-	lm_vm_t *dstb = ht_vm(size_mib, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true);
+	lm_vm_t *src = bvm(0, LM_FILL_RANDOM, false);
+	lm_vm_t *dstb = bvm(0, LM_FILL_ZERO, true);
 	ops->regions(src, &rs);
 	ops->regions(dstb, &rd);
 	double bms = 1e18, ms;
@@ -183,6 +358,11 @@ static void run_transport(bool tcp)
 			bms = ms;
 		if (want("idle")) {
 			ops->start(src);
+			if (kvm) {
+				double d, g;
+				if (guest_warmup(src, 100, &d, &g) < 0)
+					exit(1);
+			}
 			migrate("idle", tr, src, tcp, &r);
 			if (r.rc || r.ms < best.ms)
 				best = r;
@@ -203,6 +383,10 @@ static void run_transport(bool tcp)
 		       (double)bytes / (r.ms * 1e6) / base, (unsigned long long)r.ss.bytes_sent,
 		       r.ss.passes, (double)r.ss.blackout_ns / 1e6, (double)r.ss.cpu_ns / 1e9 / gib,
 		       (double)r.sd.cpu_ns / 1e9 / gib, r.populate_ms, reps);
+		if (kvm)
+			printf("idle guest transport=%s backend=kvm vcpus=%u guest_precopy_max_gap_ms=%.2f "
+			       "guest_max_gap_ms=%.2f dst_resume_after_ms=%.2f\n",
+			       tr, vcpus, r.precopy_gap_ms, r.gap_ms, r.resume_after_ms);
 		fflush(stdout);
 	}
 	ops->destroy(src);
@@ -212,8 +396,13 @@ static void run_transport(bool tcp)
 	for (int i = 0; i < 2; i++) {
 		if (!want(zs[i].name))
 			continue;
-		src = ht_vm(size_mib, 0, LM_PATTERN_UNIFORM, zs[i].fill, false);
+		src = bvm(0, zs[i].fill, false);
 		ops->start(src);
+		if (kvm) {
+			double d, g;
+			if (guest_warmup(src, 100, &d, &g) < 0)
+				exit(1);
+		}
 		migrate(zs[i].name, tr, src, tcp, &r);
 		double eff = (double)bytes / (r.ms * 1e6);
 		printf("%s transport=%s rc=%d ms=%.1f effective_gbps=%.3f baseline_gbps=%.3f ratio=%.2f "
@@ -231,9 +420,13 @@ static void run_transport(bool tcp)
 		snprintf(name, sizeof(name), "dirty%d", rates[i]);
 		if (!want(name))
 			continue;
-		src = ht_vm(size_mib, rates[i], LM_PATTERN_UNIFORM, LM_FILL_RANDOM, false);
+		src = bvm(rates[i], LM_FILL_RANDOM, false);
 		ops->start(src);
-		usleep(200000);
+		double before_mbps = 0, before_gap = 0;
+		if (!kvm)
+			usleep(200000);
+		else if (guest_warmup(src, 300, &before_mbps, &before_gap) < 0)
+			exit(1);
 		migrate(name, tr, src, tcp, &r);
 		lm_guest_stats_t gs;
 		ops->stats(src, &gs);
@@ -247,6 +440,12 @@ static void run_transport(bool tcp)
 		       (double)r.ss.bytes_sent / (r.ms * 1e6) / base,
 		       (double)r.ss.cpu_ns / 1e9 / ((double)r.ss.bytes_sent / (1u << 30)),
 		       (double)r.sd.cpu_ns / 1e9 / ((double)r.ss.bytes_sent / (1u << 30)));
+		if (kvm)
+			printf("%s guest transport=%s backend=kvm vcpus=%u asked_dirty_mbps=%d "
+			       "dirty_mbps_before=%.0f dirty_mbps_during=%.0f guest_gap_before_ms=%.2f "
+			       "guest_precopy_max_gap_ms=%.2f guest_max_gap_ms=%.2f dst_resume_after_ms=%.2f\n",
+			       name, tr, vcpus, rates[i], before_mbps, r.dirty_mbps_during,
+			       before_gap, r.precopy_gap_ms, r.gap_ms, r.resume_after_ms);
 		fflush(stdout);
 		ops->destroy(src);
 	}
@@ -285,7 +484,9 @@ int main(int argc, char **argv)
 		{ "csv", required_argument, 0, 'c' }, { "png", required_argument, 0, 'p' },
 		{ "only", required_argument, 0, 'o' }, { "reps", required_argument, 0, 'r' },
 		{ "link-mbps", required_argument, 0, 'l' },
+		{ "backend", required_argument, 0, 'b' }, { "vcpus", required_argument, 0, 'v' },
 		{ 0, 0, 0, 0 } };
+	const char *backend = "sim";
 	int c;
 	while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
 		switch (c) {
@@ -296,10 +497,34 @@ int main(int argc, char **argv)
 		case 'o': only = optarg; break;
 		case 'r': reps = atoi(optarg) > 0 ? atoi(optarg) : 1; break;
 		case 'l': link_mbps = strtoull(optarg, NULL, 10); break;
+		case 'b': backend = optarg; break;
+		case 'v': vcpus = (unsigned)atoi(optarg); break;
 		default:
-			fprintf(stderr, "usage: %s [--size-mib N] [--transport unix|tcp|both] [--csv F] [--png F] [--only a,b] [--reps N] [--link-mbps M]\n", argv[0]);
+			fprintf(stderr, "usage: %s [--size-mib N] [--transport unix|tcp|both] [--csv F] [--png F] [--only a,b] [--reps N] [--link-mbps M] [--backend sim|kvm] [--vcpus N]\n", argv[0]);
 			return 2;
 		}
+	}
+	if (strcmp(backend, "kvm") == 0) {
+#ifdef LM_HCS_HAVE_KVM
+		char why[128];
+		if (lm_kvm_probe(why, sizeof(why)) < 0) {
+			fprintf(stderr, "bench_transfer: --backend kvm: /dev/kvm is unusable here: %s\n",
+				why);
+			return 1;
+		}
+		if (vcpus < 1 || vcpus > LM_KVM_MAX_VCPUS) {
+			fprintf(stderr, "bench_transfer: --vcpus must be 1..%u\n", LM_KVM_MAX_VCPUS);
+			return 2;
+		}
+		kvm = true;
+		ops = &lm_hcs_kvm_ops;
+#else
+		fprintf(stderr, "bench_transfer: --backend kvm: built without the kvm backend (hcs/kvm)\n");
+		return 1;
+#endif
+	} else if (strcmp(backend, "sim") != 0) {
+		fprintf(stderr, "bench_transfer: --backend must be sim or kvm, not \"%s\"\n", backend);
+		return 2;
 	}
 	lm_log_set_level(LM_LOG_WARN);
 	if (csvpath) {
@@ -307,8 +532,12 @@ int main(int argc, char **argv)
 		if (csv)
 			fprintf(csv, "run,time_ms,pass,bytes_sent,dirty_pages_remaining,bandwidth_mbps,dirty_rate_mbps,throttle_pct\n");
 	}
-	printf("# bench_transfer size_mib=%llu link_mbps=%llu; destination memory populated at VM create (MADV_POPULATE_WRITE), not during the transfer\n",
-	       (unsigned long long)size_mib, (unsigned long long)link_mbps);
+	if (kvm)
+		printf("# bench_transfer backend=kvm vcpus=%u size_mib=%llu link_mbps=%llu; destination memory populated at VM create (MADV_POPULATE_WRITE), not during the transfer\n",
+		       vcpus, (unsigned long long)size_mib, (unsigned long long)link_mbps);
+	else
+		printf("# bench_transfer size_mib=%llu link_mbps=%llu; destination memory populated at VM create (MADV_POPULATE_WRITE), not during the transfer\n",
+		       (unsigned long long)size_mib, (unsigned long long)link_mbps);
 	if (strcmp(transport, "tcp") != 0)
 		run_transport(false);
 	if (strcmp(transport, "unix") != 0)
