@@ -140,6 +140,8 @@ struct ctl_migrate_result {
 	int verified;                 /* 1 equal, 0 unavailable, -1 mismatch */
 	char src_digest[64], dst_digest[64];
 	char src_sum[64], dst_sum[64];
+	int64_t src_iters, dst_iters; /* guest counter at blackout (-1 unknown) */
+	int64_t dst_iters_after;      /* destination's counter after its resume (-1 unknown) */
 	struct ctl_container *containers; /* what was patched (owned) */
 	size_t n_containers;
 };

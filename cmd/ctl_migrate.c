@@ -581,13 +581,14 @@ static void close_notifications(struct notif_thread *n, int wait_ms)
  * "Statistics":{"Checksum"} (the guest workload's running checksum). Taken
  * after TransferSandbox, while the source is paused and the destination
  * not yet resumed: both must equal the state at blackout. */
-static int query_props(struct ctl_side *s, char *digest, size_t dl, char *sum, size_t sl, char *why,
-		       size_t wl)
+static int query_props(struct ctl_side *s, char *digest, size_t dl, char *sum, size_t sl,
+		       int64_t *iters, char *why, size_t wl)
 {
-	static const char q[] = "{\"PropertyTypes\":[\"MemoryDigest\"]}";
+	static const char qd[] = "{\"PropertyTypes\":[\"MemoryDigest\"]}";
+	const char *q = digest ? qd : "{}";
 	struct lm_rpc_result r = {0};
 	struct lm_rpc_call_opts co = { .timeout_ns = 60ll * 1000000000 };
-	int rc = lm_rpc_client_call(s->c, "lmshim.v1.Inspect", "Properties", q, sizeof(q) - 1, &co, &r);
+	int rc = lm_rpc_client_call(s->c, "lmshim.v1.Inspect", "Properties", q, strlen(q), &co, &r);
 	if (rc < 0) {
 		snprintf(why, wl, "Properties on %s (%s): %s", s->name, s->path, strerror(-rc));
 		return -1;
@@ -607,6 +608,13 @@ static int query_props(struct ctl_side *s, char *digest, size_t dl, char *sum, s
 	}
 	const char *d = json_string_value(json_object_get(j, "MemoryDigest"));
 	const char *c = json_string_value(json_object_get(json_object_get(j, "Statistics"), "Checksum"));
+	json_t *it = json_object_get(json_object_get(j, "Statistics"), "Iterations");
+	if (iters)
+		*iters = json_is_integer(it) ? (int64_t)json_integer_value(it) : -1;
+	if (!digest) {
+		json_decref(j);
+		return 0;
+	}
 	if (!d) {
 		snprintf(why, wl, "Properties on %s (%s): no MemoryDigest in the answer", s->name, s->path);
 		json_decref(j);
@@ -819,15 +827,20 @@ int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res
 	if (o->verify) {
 		char why[512] = "";
 		if (query_props(&src, res->src_digest, sizeof(res->src_digest), res->src_sum,
-				sizeof(res->src_sum), why, sizeof(why)) == 0 &&
+				sizeof(res->src_sum), &res->src_iters, why, sizeof(why)) == 0 &&
 		    query_props(&dst, res->dst_digest, sizeof(res->dst_digest), res->dst_sum,
-				sizeof(res->dst_sum), why, sizeof(why)) == 0) {
+				sizeof(res->dst_sum), &res->dst_iters, why, sizeof(why)) == 0) {
+			/* memory, the workload's checksum and its iteration counter
+			 * all as they were at the blackout */
 			bool eq = !strcmp(res->src_digest, res->dst_digest) &&
-				  !strcmp(res->src_sum, res->dst_sum);
+				  !strcmp(res->src_sum, res->dst_sum) &&
+				  res->src_iters == res->dst_iters;
 			res->verified = eq ? 1 : -1;
 			if (!eq) {
-				fprintf(stderr, "lmctl: verification failed: memory digest %s vs %s, workload checksum %s vs %s\n",
-					res->src_digest, res->dst_digest, res->src_sum, res->dst_sum);
+				fprintf(stderr, "lmctl: verification failed: memory digest %s vs %s, workload checksum %s vs %s, "
+					"guest counter %" PRId64 " vs %" PRId64 "\n",
+					res->src_digest, res->dst_digest, res->src_sum, res->dst_sum,
+					res->src_iters, res->dst_iters);
 				goto fail;
 			}
 		} else {
@@ -844,6 +857,32 @@ int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res
 	fi.action = FINALIZE_ACTION__FINALIZE_ACTION_RESUME;
 	if (ctl_call(&dst, CTL_MIGRATION_SERVICE, "FinalizeSandbox", &fi.base, NULL, NULL, tmo, false, NULL, 0) != 0)
 		goto fail;
+	if (res->verified == 1) {
+		/* the guest goes on from where it was: its counter never resets
+		 * nor goes back, and it advances on the destination */
+		char why[512] = "";
+		res->dst_iters_after = -1;
+		for (int i = 0; i < 100; i++) {
+			int64_t now_it = -1;
+			if (query_props(&dst, NULL, 0, NULL, 0, &now_it, why, sizeof(why)) != 0)
+				break;
+			if (now_it < res->dst_iters) {
+				fprintf(stderr, "lmctl: verification failed: the guest counter went back on the destination "
+					"(%" PRId64 " after resume, %" PRId64 " at blackout)\n", now_it, res->dst_iters);
+				res->verified = -1;
+				break;
+			}
+			res->dst_iters_after = now_it;
+			if (now_it > res->dst_iters || res->dst_iters < 0)
+				break;
+			usleep(20 * 1000);
+		}
+		if (res->verified == 1 && res->dst_iters >= 0 && res->dst_iters_after <= res->dst_iters) {
+			fprintf(stderr, "lmctl: verification: the guest does not advance on the destination "
+				"(counter %" PRId64 ")\n", res->dst_iters_after);
+			res->verified = -1;
+		}
+	}
 	fi.action = FINALIZE_ACTION__FINALIZE_ACTION_STOP;
 	if (ctl_call(&src, CTL_MIGRATION_SERVICE, "FinalizeSandbox", &fi.base, NULL, NULL, tmo, false, NULL, 0) != 0) {
 		/* the VM runs on the destination now: report, clean up, fail */
@@ -894,8 +933,12 @@ summary:
 	}
 	if (rc == 0 && o->verify) {
 		if (res->verified == 1)
-			fprintf(stderr, "lmctl: verified: memory digest %s = %s, workload checksum %s = %s\n",
-				res->src_digest, res->dst_digest, res->src_sum, res->dst_sum);
+			fprintf(stderr, "lmctl: verified: memory digest %s = %s, workload checksum %s = %s, "
+				"guest counter %" PRId64 " = %" PRId64 " at blackout, %" PRId64 " after resume\n",
+				res->src_digest, res->dst_digest, res->src_sum, res->dst_sum,
+				res->src_iters, res->dst_iters, res->dst_iters_after);
+		else if (res->verified == -1)
+			rc = 1;
 	}
 out:
 	if (export_resp)
