@@ -525,6 +525,28 @@ static void test_lmctl_demo_verifies_the_migration(void **state)
 	free(t);
 }
 
+/* lmctl demo --backend kvm: the same with a real KVM guest. */
+static void test_lmctl_demo_on_kvm_verifies_the_migration(void **state)
+{
+	struct fx *f = *state;
+	if (access("/dev/kvm", R_OK | W_OK) != 0) {
+		print_message("SKIP: /dev/kvm is not usable here: lmctl demo --backend kvm is not tested\n");
+		skip();
+	}
+	char out[300];
+	snprintf(out, sizeof(out), "%s/demo-kvm.out", f->dir);
+	const char *args[] = { "demo", "--backend", "kvm", "--vm-size-mb", "256", "--rate", "100", NULL };
+	int rc = e2e_lmctl(args, out, 120000);
+	char *t = e2e_slurp(out);
+	if (rc != 0)
+		fprintf(stderr, "%s\n", t);
+	assert_int_equal(rc, 0);
+	assert_non_null(strstr(t, "lmctl demo: VERIFIED"));
+	assert_non_null(strstr(t, "after resume"));
+	assert_non_null(strstr(t, "ok   source torn down"));
+	free(t);
+}
+
 static void test_command_lines_help_and_bad_flags(void **state)
 {
 	struct fx *f = *state;
@@ -693,6 +715,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_migrate_with_explicit_container_list, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_destination_resume_failure_resumes_source, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lmctl_demo_verifies_the_migration, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lmctl_demo_on_kvm_verifies_the_migration, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_command_lines_help_and_bad_flags, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lmshim_start_and_delete_follow_containerd, setup, teardown),
 	};
