@@ -145,6 +145,9 @@ struct lm__xfer {
 	uint64_t t_go, last_progress, pass_t0, pass_bytes0;
 	unsigned pass;
 	double bw_mbps, dirty_mbps;
+	double write_mbps;            /* guest page writes over the last pass
+					 (0: the backend does not count them) */
+	uint64_t written0;            /* guest pages_written at pass start */
 	uint64_t pages_remaining;
 	unsigned throttle;
 	lm__xfer_stats_t st;          /* engine thread only */
@@ -915,6 +918,16 @@ static int wait_go(struct lm__xfer *x)
 	return 0;
 }
 
+/* The guest's page-write counter (lm_guest_stats_t.pages_written), 0 when
+ * the backend cannot say. */
+static uint64_t guest_pages_written(struct lm__xfer *x)
+{
+	lm_guest_stats_t gs;
+	if (!x->ops->stats || x->ops->stats(x->vm, &gs) < 0)
+		return 0;
+	return gs.pages_written;
+}
+
 static void end_pass_stats(struct lm__xfer *x, uint64_t ndirty)
 {
 	uint64_t now = lm_now_ns();
@@ -923,11 +936,76 @@ static void end_pass_stats(struct lm__xfer *x, uint64_t ndirty)
 	if (ns && bytes >= (1u << 20))
 		x->bw_mbps = (double)bytes / 1e6 / ((double)ns / 1e9);
 	x->dirty_mbps = ns ? (double)ndirty * LM_PAGE_SIZE / 1e6 / ((double)ns / 1e9) : 0;
+	/* Write pressure: every page write of the pass, rewrites included
+	 * (the unique-page rate above saturates once the guest rewrites
+	 * pages within a pass). */
+	uint64_t w = guest_pages_written(x);
+	x->write_mbps = ns && w > x->written0
+				? (double)(w - x->written0) * LM_PAGE_SIZE / 1e6 / ((double)ns / 1e9)
+				: 0;
+	x->written0 = w;
 	x->pages_remaining = ndirty;
 	if (x->o.perf_tracing)
-		lm_log_info(MOD, "pass done", "side=%s pass=%u ms=%.2f bytes=%llu dirty_pages=%llu bw_mbps=%.0f dirty_mbps=%.0f throttle=%u",
+		lm_log_info(MOD, "pass done", "side=%s pass=%u ms=%.2f bytes=%llu dirty_pages=%llu bw_mbps=%.0f dirty_mbps=%.0f write_mbps=%.0f throttle=%u",
 			    side(x), x->pass, (double)ns / 1e6, (unsigned long long)bytes,
-			    (unsigned long long)ndirty, x->bw_mbps, x->dirty_mbps, x->throttle);
+			    (unsigned long long)ndirty, x->bw_mbps, x->dirty_mbps, x->write_mbps,
+			    x->throttle);
+}
+
+/* r in [0,1] with r^k = q (0 <= q <= 1, k >= 1), by bisection (no libm). */
+static double kth_root(double q, unsigned k)
+{
+	double lo = 0, hi = 1;
+	for (int i = 0; i < 50; i++) {
+		double mid = (lo + hi) / 2, p = 1;
+		for (unsigned j = 0; j < k; j++)
+			p *= mid;
+		if (p < q)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/* The throttle rule of hcs/PROTOCOL.md, decided after pass `x->pass` (not
+ * converged) for the passes that follow; `ndirty` pages are left and `bw`
+ * is the measured bandwidth (MB/s). Returns the new throttle percentage
+ * (never below the current one). */
+static unsigned next_throttle(const struct lm__xfer *x, uint64_t ndirty, double bw)
+{
+	const lm__xfer_opts_t *o = &x->o;
+	unsigned cap = o->min_throttle_pct >= 100 ? 0 : 100 - o->min_throttle_pct;
+	if (cap > 99)
+		cap = 99;
+	if (o->skip_throttling || x->pass + 1 < o->start_throttle_pass || x->throttle >= cap)
+		return x->throttle;
+	/* The per-pass shrink factor of the dirty set that brings it from D
+	 * down to G (sendable within the blackout target) by the target
+	 * pass (or by the next pass once the target is reached). */
+	double d_mb = (double)ndirty * LM_PAGE_SIZE / 1e6;
+	double g_mb = bw * (double)o->target_blackout_ms / 1e3;
+	unsigned k = o->target_passes > x->pass ? o->target_passes - x->pass : 1;
+	double rho = d_mb > 0 ? kth_root(g_mb < d_mb ? g_mb / d_mb : 1, k) : 1;
+	/* A pass sending D takes D/bw during which the guest dirties
+	 * dirty_rate * D/bw: the set shrinks by dirty_rate / bw per pass.
+	 * On track: nothing to do. */
+	double allowed = rho * bw;
+	if (x->dirty_mbps <= allowed)
+		return x->throttle;
+	/* Size the throttle from the guest's real write pressure (page
+	 * writes, at least the unique-page rate) scaled back to full speed,
+	 * so that it writes no faster than `allowed`. */
+	double pressure = x->write_mbps > x->dirty_mbps ? x->write_mbps : x->dirty_mbps;
+	double speed = (100.0 - x->throttle) / 100.0;
+	double full = pressure / (speed > 0 ? speed : 0.01);
+	double want = full > 0 ? 100.0 * (1.0 - allowed / full) : 0;
+	/* In whole ThrottlingScale steps, at least one. */
+	unsigned scale = o->throttling_scale ? o->throttling_scale : 1;
+	unsigned t = x->throttle + scale;
+	while (t < want && t < cap)
+		t += scale;
+	return t > cap ? cap : t;
 }
 
 static void set_throttle(struct lm__xfer *x, unsigned pct)
@@ -951,6 +1029,7 @@ static int src_transfer(struct lm__xfer *x, char *why, size_t whylen,
 		return rc;
 	}
 	x->running_guest = true;
+	x->written0 = guest_pages_written(x);
 	x->pass = 1;
 	x->pass_t0 = x->t_go;
 	x->pass_bytes0 = x->st.bytes_sent;
@@ -977,26 +1056,8 @@ static int src_transfer(struct lm__xfer *x, char *why, size_t whylen,
 		emit(x, LM_XEV_PROGRESS, NULL);
 		if (converge)
 			break;
-		/* Throttle: from the starting pass on, when the guest dirties
-		 * faster than the link drains (or the target pass count is
-		 * reached without converging), take ThrottlingScale more
-		 * percent of its time, never below MinimumThrottlePercentage
-		 * of its speed. */
-		/* (The dirty rate is measured in unique pages per pass, which
-		 * saturates when the guest rewrites pages faster than a pass
-		 * ends: 80% of the link already counts as overrunning it.) */
-		if (!x->o.skip_throttling && x->pass >= x->o.start_throttle_pass &&
-		    (x->dirty_mbps >= 0.8 * bw || x->pass >= x->o.target_passes)) {
-			double over = x->dirty_mbps / bw;
-			unsigned step = (unsigned)(x->o.throttling_scale * (over > 1 ? over : 1) + 0.5);
-			if (x->pass >= x->o.target_passes)
-				step *= 2;
-			unsigned cap = x->o.min_throttle_pct >= 100 ? 0 : 100 - x->o.min_throttle_pct;
-			if (cap > 99)
-				cap = 99;
-			unsigned t = x->throttle + step;
-			set_throttle(x, t > cap ? cap : t);
-		}
+		/* Throttle: see next_throttle() and hcs/PROTOCOL.md. */
+		set_throttle(x, next_throttle(x, ndirty, bw));
 		x->pass++;
 		x->pass_t0 = lm_now_ns();
 		x->pass_bytes0 = x->st.bytes_sent;

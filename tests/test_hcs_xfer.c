@@ -318,6 +318,91 @@ static void test_throttling_engages_when_dirty_rate_beats_link(void **state)
 	mig_free(&m);
 }
 
+/* Per-pass record of the source's progress events: the throttle during
+ * pass q and the dirty pages left after it (its last event). */
+#define PASS_LOG_MAX 32
+struct pass_log {
+	struct ht_log l;
+	unsigned throttle[PASS_LOG_MAX + 1];
+	uint64_t remaining[PASS_LOG_MAX + 1];
+	unsigned last_pass;
+};
+
+static void pass_log_event(void *arg, const lm__xfer_event_t *e)
+{
+	struct pass_log *p = arg;
+	ht_on_event(&p->l, e);
+	pthread_mutex_lock(&p->l.mu);
+	if (e->type == LM_XEV_PROGRESS && e->pass <= PASS_LOG_MAX) {
+		if (e->throttle_pct > p->throttle[e->pass])
+			p->throttle[e->pass] = e->throttle_pct;
+		p->remaining[e->pass] = e->pages_remaining;
+		if (e->pass > p->last_pass)
+			p->last_pass = e->pass;
+	}
+	pthread_mutex_unlock(&p->l.mu);
+}
+
+/* Default options (throttling from pass 3, target 5 passes, at most 10,
+ * 10 ms blackout target, steps of 10 points, at least 10% speed); a guest
+ * dirtying twice as fast as the 40 MB/s link drains: unthrottled its dirty
+ * set does not shrink. Throttling must make it converge by the
+ * convergence rule, well before the maximum pass count. */
+static void test_throttling_converges_guest_dirtying_faster_than_link(void **state)
+{
+	int fs = -1, fdd = -1;
+	static struct ht_relay r;  /* static: outlive a failed test's frame */
+	static struct pass_log pl;
+	const uint64_t link_bps = 40000000, mib = 16, npages = (mib << 20) / LM_PAGE_SIZE;
+	lm__xfer_opts_t o;
+	opts(&o);
+	memset(&pl, 0, sizeof(pl));
+	assert_int_equal(ht_relay_start(&r, link_bps, 0, &fs, &fdd), 0);
+	struct mig m = { .src = ht_vm(mib, 80, LM_PATTERN_UNIFORM, LM_FILL_RANDOM, false),
+			 .dst = ht_vm(mib, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true) };
+	start_running(m.src, true);
+	ht_log_init(&pl.l);
+	ht_log_init(&m.ld);
+	assert_int_equal(lm__xfer_create(&m.xd, LM_XFER_DEST, ops, m.dst, fdd, &o, ht_on_event, &m.ld), 0);
+	assert_int_equal(lm__xfer_create(&m.xs, LM_XFER_SOURCE, ops, m.src, fs, &o, pass_log_event, &pl), 0);
+	lm__xfer_go(m.xd);
+	lm__xfer_go(m.xs);
+	mig_join(&m);
+	assert_int_equal(m.rs, 0);
+	assert_int_equal(m.rd, 0);
+	unsigned brownout = m.ss.passes - 1;
+	print_message("brownout passes %u, max throttle %u%%, blackout %u pages %.1f ms, total %.0f ms\n",
+		      brownout, m.ss.max_throttle_pct, (unsigned)m.ss.blackout_pages,
+		      (double)m.ss.blackout_ns / 1e6, (double)m.ss.total_ns / 1e6);
+	for (unsigned q = 1; q <= pl.last_pass && q <= PASS_LOG_MAX; q++)
+		print_message("  pass %u: throttle %u%%, %llu pages left\n", q, pl.throttle[q],
+			      (unsigned long long)pl.remaining[q]);
+	/* The guest outran the link: after the unthrottled passes most of
+	 * its memory was dirty again. */
+	assert_true(pl.remaining[2] >= npages / 2);
+	/* No throttle before the starting pass, throttled from it on, and
+	 * never below MinimumThrottlePercentage of its speed. */
+	assert_int_equal(pl.throttle[1], 0);
+	assert_int_equal(pl.throttle[2], 0);
+	assert_true(pl.throttle[3] > 0);
+	assert_true(m.ss.max_throttle_pct <= 100 - o.min_throttle_pct);
+	/* Converged by the rule, well before the pass limit, with the last
+	 * dirty set near the blackout target (10 ms at 40 MB/s is 98 pages;
+	 * the unthrottled guest leaves thousands). */
+	assert_true(brownout <= o.target_passes + 2);
+	assert_true(brownout < o.max_passes);
+	assert_true(m.ss.blackout_pages <= 4 * link_bps / 100 / LM_PAGE_SIZE);
+	assert_int_equal(gstats(m.src).throttle_pct, 0); /* reset after */
+	assert_int_equal(digest(m.src), digest(m.dst));
+	ht_relay_stop(&r);
+	lm__xfer_destroy(m.xs);
+	lm__xfer_destroy(m.xd);
+	ops->destroy(m.src);
+	ops->destroy(m.dst);
+	ht_log_destroy(&pl.l);
+	ht_log_destroy(&m.ld);
+}
+
 /* Source must run on with exactly its memory: with an idle guest the
  * digest is unchanged; with a running one, it keeps iterating. */
 static void assert_source_recovered(struct mig *m, uint64_t d0, bool idle)
@@ -701,6 +786,7 @@ int main(void)
 		cmocka_unit_test(test_convergence_stops_at_maximum_passes),
 		cmocka_unit_test(test_convergence_honours_the_blackout_target),
 		cmocka_unit_test(test_throttling_engages_when_dirty_rate_beats_link),
+		cmocka_unit_test(test_throttling_converges_guest_dirtying_faster_than_link),
 		cmocka_unit_test(test_blackout_threshold_cancel_recovers_source),
 		cmocka_unit_test(test_cancel_during_the_handshake_recovers_source),
 		cmocka_unit_test(test_cancel_while_destination_waits_for_hello),
