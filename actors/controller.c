@@ -583,6 +583,23 @@ static bool check_session(struct ctl *c, lm_rpc_call_t *call, const char *method
 	return true;
 }
 
+/* Finalize, Cancel and Cleanup answer OK on an idle shim whatever the
+ * (non-empty) session ID, so an orchestrator's retries after Cleanup stay
+ * idempotent; otherwise the ID must be the session's. Returns true if the
+ * call may proceed (it has not been answered). */
+static bool session_or_idle(struct ctl *c, lm_rpc_call_t *call, const char *method, const char *sid)
+{
+	if (!sid || !*sid) {
+		fail(call, C_INVALID, "%s: session_id is empty", method);
+		return false;
+	}
+	if (c->st == ST_IDLE) {
+		ok(call);
+		return false;
+	}
+	return check_session(c, call, method, sid);
+}
+
 static void not_in_state(struct ctl *c, lm_rpc_call_t *call, const char *method)
 {
 	fail(call, C_PRECONDITION, "%s: not allowed in state %s%s%s", method, st_name[c->st],
@@ -1054,11 +1071,7 @@ static void do_finalize(struct ctl *c, lm_rpc_call_t *call, const uint8_t *p, si
 		fail(call, C_INVALID, "%s: action must be STOP or RESUME (got %d)", M, action);
 		goto out;
 	}
-	if (c->st == ST_IDLE) {
-		ok(call);
-		goto out;
-	}
-	if (!check_session(c, call, M, req->session_id))
+	if (!session_or_idle(c, call, M, req->session_id))
 		goto out;
 	if (c->st == ST_FINALIZED) {
 		ok(call);
@@ -1137,15 +1150,7 @@ static void do_cancel(struct ctl *c, lm_rpc_call_t *call, const uint8_t *p, size
 		fail(call, C_INVALID, "%s: request does not decode", M);
 		return;
 	}
-	if (!req->session_id || !*req->session_id) {
-		fail(call, C_INVALID, "%s: session_id is empty", M);
-		goto out;
-	}
-	if (c->st == ST_IDLE) {
-		ok(call);
-		goto out;
-	}
-	if (!check_session(c, call, M, req->session_id))
+	if (!session_or_idle(c, call, M, req->session_id))
 		goto out;
 	switch (c->st) {
 	case ST_CANCELLING:
@@ -1213,15 +1218,7 @@ static void do_cleanup(struct ctl *c, lm_rpc_call_t *call, const uint8_t *p, siz
 		fail(call, C_INVALID, "%s: request does not decode", M);
 		return;
 	}
-	if (!req->session_id || !*req->session_id) {
-		fail(call, C_INVALID, "%s: session_id is empty", M);
-		goto out;
-	}
-	if (c->st == ST_IDLE) {
-		ok(call);
-		goto out;
-	}
-	if (!check_session(c, call, M, req->session_id))
+	if (!session_or_idle(c, call, M, req->session_id))
 		goto out;
 	if (c->st == ST_CANCELLED && c->side == SIDE_SOURCE) {
 		fail(call, C_PRECONDITION, "%s: the source was cancelled: finalize with RESUME first", M);
