@@ -1819,33 +1819,46 @@ int lm_controller_spawn(lm_runtime_t *rt, lm_actor_t **out,
 	return 0;
 }
 
+static void free_waiter_mailbox(lm_mailbox_t *mb, void *arg)
+{
+	(void)arg;
+	lm_mailbox_destroy(mb);
+	free(mb);
+}
+
 /* Sends `type` to the controller with a plain mailbox as reply_to and
- * waits for the answer (non-worker threads only). */
+ * waits for the answer (non-worker threads only). The mailbox is on the
+ * heap and freed by its last reference: if the controller answers after
+ * the timeout, or keeps its reference longer, nothing waits for it. */
 static int call_and_wait(lm_actor_t *ctl, uint32_t type, int64_t timeout_ns, uint32_t *status)
 {
-	lm_mailbox_t mb;
-	int rc = lm_mailbox_init(&mb, 16, NULL, NULL, NULL, NULL);
-	if (rc)
+	lm_mailbox_t *mb = malloc(sizeof(*mb));
+	if (!mb)
+		return -ENOMEM;
+	int rc = lm_mailbox_init(mb, 16, NULL, NULL, free_waiter_mailbox, NULL);
+	if (rc) {
+		free(mb);
 		return rc;
+	}
 	lm_msg_t *m = lm_msg_alloc(type, 0);
 	if (!m) {
-		lm_mailbox_destroy(&mb);
+		lm_mailbox_unref(mb);
 		return -ENOMEM;
 	}
-	lm_msg_set_reply_to(m, &mb);
+	lm_msg_set_reply_to(m, mb);
 	rc = lm_actor_send(ctl, m);
 	if (rc) {
 		lm_msg_free(m);
-		lm_mailbox_destroy(&mb);
+		lm_mailbox_unref(mb);
 		return rc;
 	}
 	uint64_t deadline = lm_now_ns() + (uint64_t)timeout_ns;
 	lm_msg_t *r = NULL;
-	while (!(r = lm_mailbox_recv(&mb))) {
+	while (!(r = lm_mailbox_recv(mb))) {
 		uint64_t now = lm_now_ns();
 		if (now >= deadline)
 			break;
-		lm_mailbox_wait(&mb, (int64_t)(deadline - now));
+		lm_mailbox_wait(mb, (int64_t)(deadline - now));
 	}
 	if (r) {
 		if (status)
@@ -1855,10 +1868,7 @@ static int call_and_wait(lm_actor_t *ctl, uint32_t type, int64_t timeout_ns, uin
 	} else {
 		rc = -ETIMEDOUT;
 	}
-	/* the controller may still hold a reference to mb: wait it out */
-	while (atomic_load(&mb.refs) > 1)
-		usleep(1000);
-	lm_mailbox_destroy(&mb);
+	lm_mailbox_unref(mb);
 	return rc;
 }
 
