@@ -4,6 +4,7 @@
  */
 #include "e2e.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -464,4 +465,39 @@ int e2e_watch_until(lm_rpc_stream_t *st, int phase, int timeout_ms, int *state_o
 			return 1;
 	}
 	return -1;
+}
+
+/* The lmshim daemon serving `sock` (not a `start` invocation), found by
+ * its command line; *count (may be NULL) gets how many there are. */
+pid_t e2e_find_daemon(const char *sock, int *count)
+{
+	int dummy;
+	if (!count)
+		count = &dummy;
+	*count = 0;
+	DIR *d = opendir("/proc");
+	struct dirent *e;
+	pid_t found = 0;
+	while (d && (e = readdir(d))) {
+		char path[300], buf[4096];
+		if (e->d_name[0] < '1' || e->d_name[0] > '9')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%s/cmdline", e->d_name);
+		FILE *fp = fopen(path, "rb");
+		if (!fp)
+			continue;
+		size_t n = fread(buf, 1, sizeof(buf) - 1, fp);
+		fclose(fp);
+		for (size_t i = 0; i < n; i++)
+			if (!buf[i])
+				buf[i] = ' ';
+		buf[n] = 0;
+		if (strstr(buf, "lmshim") && strstr(buf, sock) && !strstr(buf, " start")) {
+			found = (pid_t)atoi(e->d_name);
+			(*count)++;
+		}
+	}
+	if (d)
+		closedir(d);
+	return found;
 }

@@ -53,6 +53,10 @@ int e2e_dest_start(struct e2e_shim *s, const char *dir, const char *name, const 
 /* Thread: test. SIGTERM and wait (10 s, then SIGKILL). Returns the exit
  * status (0 = clean), or -1 if killed. Idempotent. */
 int e2e_shim_stop(struct e2e_shim *s);
+
+/* The lmshim daemon serving sock (by its command line), 0 if none;
+ * *count (may be NULL) gets how many match. */
+pid_t e2e_find_daemon(const char *sock, int *count);
 /* Thread: test. SIGKILL and reap. */
 void e2e_shim_kill9(struct e2e_shim *s);
 /* Prints the shim's log (on failures). */

@@ -7,7 +7,6 @@
  * command lines (flags, containerd's start/delete). Cancels, kills and
  * network namespaces are in test_e2e_faults.c (label e2e-slow).
  */
-#include <dirent.h>
 #include <errno.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -587,36 +586,6 @@ static void test_command_lines_help_and_bad_flags(void **state)
 }
 
 /* The detached daemon serving `sock` (its command line names it). */
-static pid_t find_daemon(const char *sock, int *count)
-{
-	*count = 0;
-	DIR *d = opendir("/proc");
-	struct dirent *e;
-	pid_t found = 0;
-	while (d && (e = readdir(d))) {
-		char path[300], buf[4096];
-		if (e->d_name[0] < '1' || e->d_name[0] > '9')
-			continue;
-		snprintf(path, sizeof(path), "/proc/%s/cmdline", e->d_name);
-		FILE *fp = fopen(path, "rb");
-		if (!fp)
-			continue;
-		size_t n = fread(buf, 1, sizeof(buf) - 1, fp);
-		fclose(fp);
-		for (size_t i = 0; i < n; i++)
-			if (!buf[i])
-				buf[i] = ' ';
-		buf[n] = 0;
-		if (strstr(buf, "lmshim") && strstr(buf, sock) && !strstr(buf, " start")) {
-			found = (pid_t)atoi(e->d_name);
-			(*count)++;
-		}
-	}
-	if (d)
-		closedir(d);
-	return found;
-}
-
 /* containerd's shim protocol: `start` prints unix:///run/containerd/s/
  * <sha256 of ADDRESS/NS/ID>, the daemon answers there; `delete` prints a
  * DeleteResponse. */
@@ -658,7 +627,7 @@ static void test_lmshim_start_and_delete_follow_containerd(void **state)
 	assert_int_equal(lm_rpc_client_connect(&s.c, sockpath), 0);
 	assert_int_equal(e2e_mig_simple(&s, "Cleanup", "x"), 0);
 	int n = 0;
-	pid_t daemon = find_daemon(sockpath, &n);
+	pid_t daemon = e2e_find_daemon(sockpath, &n);
 	f->daemon = daemon;
 	assert_int_equal(n, 1);
 	assert_true(daemon > 1 && daemon != getpid());
@@ -671,7 +640,7 @@ static void test_lmshim_start_and_delete_follow_containerd(void **state)
 	printed = e2e_slurp(out);
 	assert_string_equal(printed, want);
 	free(printed);
-	assert_int_equal(find_daemon(sockpath, &n), daemon);
+	assert_int_equal(e2e_find_daemon(sockpath, &n), daemon);
 	assert_int_equal(n, 1);
 	lm_rpc_client_close(s.c);
 	/* graceful stop of the daemon, then delete */

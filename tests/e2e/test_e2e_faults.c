@@ -11,7 +11,6 @@
  * point transfer.send (LM_FAULTS in the source shim's environment), a
  * bounded number of times so that later migrations run at full speed.
  */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <setjmp.h>
@@ -623,34 +622,6 @@ static void test_migrate_kvm_guest(void **state)
 	}
 }
 
-/* The detached daemon serving `sock` (its command line names it). */
-static pid_t find_daemon(const char *sock)
-{
-	DIR *d = opendir("/proc");
-	struct dirent *e;
-	pid_t found = 0;
-	while (d && (e = readdir(d))) {
-		char path[300], buf[4096];
-		if (e->d_name[0] < '1' || e->d_name[0] > '9')
-			continue;
-		snprintf(path, sizeof(path), "/proc/%s/cmdline", e->d_name);
-		FILE *fp = fopen(path, "rb");
-		if (!fp)
-			continue;
-		size_t n = fread(buf, 1, sizeof(buf) - 1, fp);
-		fclose(fp);
-		for (size_t i = 0; i < n; i++)
-			if (!buf[i])
-				buf[i] = ' ';
-		buf[n] = 0;
-		if (strstr(buf, "lmshim") && strstr(buf, sock) && !strstr(buf, " start"))
-			found = (pid_t)atoi(e->d_name);
-	}
-	if (d)
-		closedir(d);
-	return found;
-}
-
 /* containerd's own client finds the shim that `lmshim start` launched:
  * `ctr shim --id ID state` computes the socket path itself and gets our
  * task service's answer (NotFound: the idle shim has no such task). */
@@ -679,7 +650,7 @@ static void test_ctr_finds_lmshim_started_the_containerd_way(void **state)
 	assert_int_equal(rc, 0);
 	char *printed = e2e_slurp(out);
 	assert_true(strncmp(printed, "unix:///run/containerd/s/", 25) == 0);
-	pid_t daemon = find_daemon(printed + 7);
+	pid_t daemon = e2e_find_daemon(printed + 7, NULL);
 	free(printed);
 	assert_true(daemon > 1);
 	char cout[300];
