@@ -949,8 +949,10 @@ static void on_socket(struct ctl *c, const struct lm_ctl_socket *s)
 	}
 	uint32_t sid = 0;
 	lm_hcs_session_id(c->session, &sid);
-	char start[128];
-	snprintf(start, sizeof(start), "{\"NetworkSettings\":{\"SessionId\":%u}}", sid);
+	char start[160];
+	snprintf(start, sizeof(start),
+		 "{\"NetworkSettings\":{\"SessionId\":%u},\"TransferCpuReservePercent\":%u}",
+		 sid, c->cfg.transfer_cpu_pct);
 	struct hcs_op_ctx *x = op_ctx(c, OP_MIG_START);
 	int rc = x ? lm_hcs_migration_start(c->vm, start, s->fd, hcs_done_cb, x) : -ENOMEM;
 	if (rc) {

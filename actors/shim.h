@@ -38,7 +38,14 @@ struct lm_shim_config {
 	const char *state_dir;     /* where per-container bundles/stdio live; NULL = /run/lmshim/<id> */
 	unsigned workers;          /* actor workers; 0 = cores */
 	bool any_uid;              /* tests only: accept peers of any uid */
+	/* CPU reserved for the memory-transfer thread of a migration, in
+	 * percent of one core (util/sched.h: SCHED_DEADLINE reclaiming idle
+	 * time, else nice -20); 0 = none. lmshim passes
+	 * LM_SHIM_TRANSFER_CPU_DEFAULT unless told otherwise. */
+	unsigned transfer_cpu_pct;
 };
+
+#define LM_SHIM_TRANSFER_CPU_DEFAULT 90
 
 /* Thread: main. Builds and starts the shim; with a VM document it creates
  * and starts the VM and its containers before returning. 0 or -errno

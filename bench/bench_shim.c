@@ -222,6 +222,7 @@ int main(int argc, char **argv)
 		{ "rate", required_argument, NULL, 'r' },
 		{ "clients", required_argument, NULL, 'c' },
 		{ "subscribers", required_argument, NULL, 'n' },
+		{ "transfer-cpu", required_argument, NULL, 't' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -232,6 +233,7 @@ int main(int argc, char **argv)
 		case 'r': opt_rate = (unsigned)atoi(optarg); break;
 		case 'c': opt_clients = (unsigned)atoi(optarg); break;
 		case 'n': opt_subs = (unsigned)atoi(optarg); break;
+		case 't': driver_transfer_cpu = (unsigned)atoi(optarg); break;
 		case 'h':
 			printf("usage: bench_shim [--size-mb N (1024)] [--rate MBps (50)] "
 			       "[--clients N (32)] [--subscribers N (100)]\n");

@@ -22,7 +22,7 @@
  *      lmshim serve --socket PATH [--vm-size-mb N] [--backend sim|kvm]
  *             [--workload-rate MBps] [--workload-pattern uniform|hotset|sequential]
  *             [--containers pod1:sandbox,pod1:c1,...] [--idle] [--id ID]
- *             [--state-dir DIR] [--workers N]
+ *             [--state-dir DIR] [--workers N] [--transfer-cpu PCT]
  *
  * Either way it fills struct lm_shim_config and calls lm_shim_create
  * (actors/shim.h); SIGTERM/SIGINT stop it gracefully (lm_shim_destroy).
@@ -54,6 +54,7 @@
 #include "task.pb-c.h"
 #include "util/fault.h"
 #include "util/log.h"
+#include "util/sched.h"
 
 #define SOCKET_ROOT "/run/containerd/s"
 
@@ -82,6 +83,9 @@ static const char usage[] =
 	"  --idle                          no VM: a migration destination\n"
 	"  --state-dir DIR                 bundles and stdio (default /run/lmshim/ID)\n"
 	"  --workers N                     actor worker threads (default: cores)\n"
+	"  --transfer-cpu PCT              CPU reserved for a migration's memory-transfer thread,\n"
+	"                                  percent of one core, 0..95 (default 90; 0 = none):\n"
+	"                                  SCHED_DEADLINE reclaiming idle time, else nice -20\n"
 	"  --debug                         debug logging\n"
 	"  --help                          this text\n";
 
@@ -366,7 +370,8 @@ static int cmd_daemon(const struct cflags *f)
 	} else if (socket_path(f, path, sizeof(path)) < 0) {
 		return bad("address, namespace and id too long");
 	}
-	struct lm_shim_config cfg = { .socket = path, .id = f->id, .ns = f->ns };
+	struct lm_shim_config cfg = { .socket = path, .id = f->id, .ns = f->ns,
+				      .transfer_cpu_pct = LM_SHIM_TRANSFER_CPU_DEFAULT };
 	return run_shim(&cfg);
 }
 
@@ -425,7 +430,7 @@ static int parse_containers(const char *spec, struct lm_shim_container **out, un
 static int cmd_serve(int argc, char **argv)
 {
 	enum { O_SOCKET = 1, O_ID, O_NS, O_MB, O_VCPUS, O_BACKEND, O_RATE, O_PATTERN, O_CONT, O_IDLE,
-	       O_STATE, O_WORKERS, O_DEBUG, O_ANYUID, O_HELP, O_FILL };
+	       O_STATE, O_WORKERS, O_DEBUG, O_ANYUID, O_HELP, O_FILL, O_XCPU };
 	static const struct option lo[] = {
 		{ "socket", required_argument, 0, O_SOCKET }, { "id", required_argument, 0, O_ID },
 		{ "namespace", required_argument, 0, O_NS },
@@ -438,11 +443,13 @@ static int cmd_serve(int argc, char **argv)
 		{ "state-dir", required_argument, 0, O_STATE },
 		{ "workers", required_argument, 0, O_WORKERS }, { "debug", no_argument, 0, O_DEBUG },
 		{ "any-uid", no_argument, 0, O_ANYUID },
+		{ "transfer-cpu", required_argument, 0, O_XCPU },
 		{ "help", no_argument, 0, O_HELP }, { 0, 0, 0, 0 },
 	};
 	const char *sock = NULL, *id = "standalone", *ns = "default", *backend = "sim";
 	const char *pattern = "Uniform", *conts = "pod1:sandbox", *state = NULL, *fill = "Zero";
 	unsigned long mb = 256, vcpus = 1, rate = 100, workers = 0;
+	unsigned long xcpu = LM_SHIM_TRANSFER_CPU_DEFAULT;
 	bool idle = false, any_uid = false;
 	int c;
 	opterr = 0;
@@ -493,6 +500,11 @@ static int cmd_serve(int argc, char **argv)
 			if (end == optarg || *end || workers > 256)
 				return bad("--workers wants a number");
 			break;
+		case O_XCPU:
+			xcpu = strtoul(optarg, &end, 10);
+			if (end == optarg || *end || xcpu > LM_SCHED_RESERVE_MAX)
+				return bad("--transfer-cpu wants a percentage within 0..95");
+			break;
 		case O_DEBUG: lm_log_set_level(LM_LOG_DEBUG); break;
 		case O_ANYUID: any_uid = true; break;
 		case O_HELP: fputs(usage, stdout); return 0;
@@ -508,7 +520,8 @@ static int cmd_serve(int argc, char **argv)
 	if (!sock)
 		return bad("serve: --socket is required");
 	struct lm_shim_config cfg = { .socket = sock, .id = id, .ns = ns, .state_dir = state,
-				      .workers = (unsigned)workers, .any_uid = any_uid };
+				      .workers = (unsigned)workers, .any_uid = any_uid,
+				      .transfer_cpu_pct = (unsigned)xcpu };
 	char doc[1024];
 	struct lm_shim_container *cv = NULL;
 	char *store = NULL;

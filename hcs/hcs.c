@@ -20,6 +20,7 @@
 #include "util/clock.h"
 #include "util/fault.h"
 #include "util/log.h"
+#include "util/sched.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -666,14 +667,16 @@ static void do_properties(lm_hcs_system_t *s, struct op *o)
 			      "CompatibilityInfo", compat);
 	if (ms != MS_NONE)
 		json_object_set_new(r, "Migration",
-				    json_pack("{s:i, s:I, s:I, s:I, s:f, s:f, s:i}",
+				    json_pack("{s:i, s:I, s:I, s:I, s:f, s:f, s:i, s:s}",
 					      "Passes", (int)xs.passes,
 					      "BytesSent", (json_int_t)xs.bytes_sent,
 					      "PagesSent", (json_int_t)xs.pages_sent,
 					      "ZeroPages", (json_int_t)xs.zero_pages,
 					      "BlackoutMilliseconds", (double)xs.blackout_ns / 1e6,
 					      "TotalMilliseconds", (double)xs.total_ns / 1e6,
-					      "MaxThrottlePercent", (int)xs.max_throttle_pct));
+					      "MaxThrottlePercent", (int)xs.max_throttle_pct,
+					      "TransferThreadScheduling",
+					      lm_sched_kind_name((enum lm_sched_kind)xs.sched)));
 	if (digest && st.running) {
 		/* the guest writes while we would read: no stable (nor race-free)
 		 * value exists; say so instead of hashing moving memory */
@@ -714,16 +717,27 @@ static void do_mig_init(lm_hcs_system_t *s, struct op *o)
 	complete(o, 0, NULL);
 }
 
-static int parse_session(const char *json, uint32_t *sid, char *err, size_t n)
+/* MigrationStartOptions: NetworkSettings.SessionId, and lmshim's own
+ * TransferCpuReservePercent (the engine thread's CPU reservation, see
+ * util/sched.h; absent = none). */
+static int parse_start(const char *json, uint32_t *sid, unsigned *reserve, char *err, size_t n)
 {
 	json_t *j = json_loads(json ? json : "", 0, NULL);
 	json_t *v = json_object_get(json_object_get(j, "NetworkSettings"), "SessionId");
+	json_t *r = json_object_get(j, "TransferCpuReservePercent");
 	int rc = 0;
+	*reserve = 0;
 	if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 0xffffffffll) {
 		snprintf(err, n, "MigrationStartOptions.NetworkSettings.SessionId must be a uint32");
 		rc = -EINVAL;
+	} else if (r && (!json_is_integer(r) || json_integer_value(r) < 0 ||
+			 json_integer_value(r) > LM_SCHED_RESERVE_MAX)) {
+		snprintf(err, n, "MigrationStartOptions.TransferCpuReservePercent must be within 0..%d",
+			 LM_SCHED_RESERVE_MAX);
+		rc = -EINVAL;
 	} else {
 		*sid = (uint32_t)json_integer_value(v);
+		*reserve = r ? (unsigned)json_integer_value(r) : 0;
 	}
 	json_decref(j);
 	return rc;
@@ -733,7 +747,8 @@ static void do_mig_start(lm_hcs_system_t *s, struct op *o)
 {
 	char err[200] = "";
 	uint32_t sid = 0;
-	int rc = parse_session(o->json, &sid, err, sizeof(err));
+	unsigned reserve = 0;
+	int rc = parse_start(o->json, &sid, &reserve, err, sizeof(err));
 	if (rc < 0) {
 		close(o->sock);
 		return fail_op(o, rc, err);
@@ -747,6 +762,7 @@ static void do_mig_start(lm_hcs_system_t *s, struct op *o)
 					 : "migration_initialize first");
 	}
 	s->xo.session_id = sid;
+	s->xo.cpu_reserve_pct = reserve;
 	s->ms = MS_STARTING;
 	s->start_done = o->done;
 	s->start_arg = o->arg;

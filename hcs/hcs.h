@@ -84,7 +84,9 @@ int lm_hcs_system_properties(lm_hcs_system_t *s, const char *query_json,
 
 /* Thread: any. Live migration (see above). Options are HCS JSON:
  * MigrationInitializeOptions, MigrationStartOptions{NetworkSettings{
- * SessionId}}, MigrationTransferOptions, MigrationFinalizedOptions{Origin,
+ * SessionId}, TransferCpuReservePercent (ours, not HCS's: the transfer
+ * thread's CPU reservation of util/sched.h, 0..95, absent = none)},
+ * MigrationTransferOptions, MigrationFinalizedOptions{Origin,
  * FinalizedOperation}, MigrationCancelOptions. migration_start takes
  * ownership of `sock` when it returns 0. */
 int lm_hcs_migration_initialize(lm_hcs_system_t *s, const char *options_json,

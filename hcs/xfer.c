@@ -30,6 +30,7 @@
 #include "util/clock.h"
 #include "util/fault.h"
 #include "util/log.h"
+#include "util/sched.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -1782,6 +1783,17 @@ fail:
 static void *xfer_main(void *arg)
 {
 	struct lm__xfer *x = arg;
+	if (x->o.cpu_reserve_pct) {
+		char why[200];
+		enum lm_sched_kind k = lm_sched_reserve_self(x->o.cpu_reserve_pct, why, sizeof(why));
+		x->st.sched = (int)k;
+		if (k == LM_SCHED_DEADLINE)
+			lm_log_info(MOD, "transfer thread reserved", "side=%s session_id=%u sched=deadline cpu_pct=%u",
+				    side(x), x->o.session_id, x->o.cpu_reserve_pct);
+		else
+			lm_log_warn(MOD, "transfer thread not reserved", "side=%s session_id=%u sched=%s cpu_pct=%u why=\"%s\"",
+				    side(x), x->o.session_id, lm_sched_kind_name(k), x->o.cpu_reserve_pct, why);
+	}
 	x->result = x->role == LM_XFER_SOURCE ? source_run(x, true) : dest_run(x, true);
 	struct timespec ts;
 	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);

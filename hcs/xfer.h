@@ -41,6 +41,7 @@ typedef struct lm__xfer_opts {
 	bool cancel_if_blackout_exceeds;
 	bool perf_tracing;
 	uint32_t batch_bytes;        /* data bytes per batch (default 1 MiB) */
+	unsigned cpu_reserve_pct;    /* engine thread's CPU reservation (util/sched.h); 0 none */
 } lm__xfer_opts_t;
 
 /* Thread: any. Fills the defaults (documented in PROTOCOL.md). */
@@ -98,6 +99,7 @@ typedef struct lm__xfer_stats {
 	unsigned max_throttle_pct;
 	int result;                  /* 0 or negative errno */
 	uint64_t cpu_ns;             /* engine thread CPU time (after join) */
+	int sched;                   /* enum lm_sched_kind the engine thread got */
 } lm__xfer_stats_t;
 
 /* Thread: any. Creates the engine and its thread, which starts the

@@ -31,6 +31,8 @@
 #define DRIVER_BAD_ANSWER (-2)
 
 static bool driver_verbose = true;
+/* the shims' lm_shim_config.transfer_cpu_pct (bench_shim --transfer-cpu) */
+static unsigned driver_transfer_cpu = LM_SHIM_TRANSFER_CPU_DEFAULT;
 
 #define SESSION "sess-1"
 
@@ -64,11 +66,11 @@ static inline int driver_env_create(struct env **out, const char *vm_doc)
 	struct lm_shim_config sc = {
 		.socket = e->src_sock, .id = "src", .ns = "test", .vm_document = vm_doc,
 		.containers = CTRS, .n_containers = 2, .state_dir = sstate, .workers = 2,
-		.any_uid = true,
+		.any_uid = true, .transfer_cpu_pct = driver_transfer_cpu,
 	};
 	struct lm_shim_config dc = {
 		.socket = e->dst_sock, .id = "dst", .ns = "test", .state_dir = dstate,
-		.workers = 2, .any_uid = true,
+		.workers = 2, .any_uid = true, .transfer_cpu_pct = driver_transfer_cpu,
 	};
 	if (lm_shim_create(&e->src, &sc) || lm_shim_create(&e->dst, &dc))
 		return -1;

@@ -10,6 +10,8 @@
 #include "util/log.h"
 
 #include <jansson.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -223,8 +225,35 @@ static void test_errors_arrive_only_through_the_callback(void **state)
 	assert_int_equal(lm_hcs_system_start(NULL, on_done, &w0), -EINVAL);
 }
 
+/* Bad MigrationStartOptions fail the start naming the field, close the
+ * socket they were given and leave the source initialized. */
+static void bad_starts_are_refused(lm_hcs_system_t *s)
+{
+	static const struct {
+		const char *json, *field;
+	} cases[] = {
+		{ "{\"NetworkSettings\":{\"SessionId\":-1}}", "SessionId" },
+		{ "{\"NetworkSettings\":{\"SessionId\":1},\"TransferCpuReservePercent\":96}", "TransferCpuReservePercent" },
+		{ "{\"NetworkSettings\":{\"SessionId\":1},\"TransferCpuReservePercent\":\"90\"}", "TransferCpuReservePercent" },
+		{ "{\"NetworkSettings\":{\"SessionId\":1},\"TransferCpuReservePercent\":-5}", "TransferCpuReservePercent" },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		int sp[2];
+		assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sp), 0);
+		struct waiter w;
+		w_init(&w);
+		assert_int_equal(lm_hcs_migration_start(s, cases[i].json, sp[0], on_done, &w), 0);
+		assert_int_equal(w_wait(&w), -EINVAL);
+		print_message("start %s -> %s\n", cases[i].json, w.json);
+		assert_non_null(strstr(w.json, cases[i].field));
+		char c;
+		assert_int_equal(read(sp[1], &c, 1), 0); /* the shim's end was closed */
+		close(sp[1]);
+	}
+}
+
 static void start_pair(lm_hcs_system_t **src, lm_hcs_system_t **dst, struct evs *es,
-		       struct evs *ed, int fs, int fdd, const char *init)
+		       struct evs *ed, int fs, int fdd, const char *init, const char *so)
 {
 	struct waiter a, b;
 	w_init(&a);
@@ -239,7 +268,7 @@ static void start_pair(lm_hcs_system_t **src, lm_hcs_system_t **dst, struct evs 
 	/* A destination starts only through finalize Resume. */
 	assert_int_equal(CALL(lm_hcs_system_start(d, on_done, w)), -EPERM);
 	assert_int_equal(CALL(lm_hcs_migration_initialize(s, init, on_done, w)), 0);
-	const char *so = "{\"NetworkSettings\":{\"SessionId\":2883990515}}";
+	bad_starts_are_refused(s);
 	w_init(&a);
 	w_init(&b);
 	assert_int_equal(lm_hcs_migration_start(s, so, fs, on_done, &a), 0);
@@ -256,8 +285,11 @@ static void test_live_migration_through_the_api(void **state)
 	assert_int_equal(ht_pair(sv, true), 0);
 	struct evs es = { .mu = PTHREAD_MUTEX_INITIALIZER }, ed = { .mu = PTHREAD_MUTEX_INITIALIZER };
 	lm_hcs_system_t *s, *d;
+	/* lmshim's start option: the engine threads get a CPU reservation
+	 * (util/sched.h), which needs CAP_SYS_NICE (root has it). */
 	start_pair(&s, &d, &es, &ed, sv[0], sv[1],
-		   "{\"Origin\":\"Source\",\"MemoryTransport\":\"TCP\",\"ChecksumVerification\":true}");
+		   "{\"Origin\":\"Source\",\"MemoryTransport\":\"TCP\",\"ChecksumVerification\":true}",
+		   "{\"NetworkSettings\":{\"SessionId\":2883990515},\"TransferCpuReservePercent\":90}");
 	struct waiter a, b;
 	w_init(&a);
 	w_init(&b);
@@ -281,6 +313,16 @@ static void test_live_migration_through_the_api(void **state)
 	assert_string_equal(json_string_value(json_object_get(json_object_get(ps, "Statistics"), "Checksum")),
 			    json_string_value(json_object_get(json_object_get(pd, "Statistics"), "Checksum")));
 	assert_true(json_integer_value(json_object_get(json_object_get(ps, "Migration"), "Passes")) >= 2);
+	const char *ks = json_string_value(json_object_get(json_object_get(ps, "Migration"), "TransferThreadScheduling"));
+	const char *kd = json_string_value(json_object_get(json_object_get(pd, "Migration"), "TransferThreadScheduling"));
+	assert_non_null(ks);
+	assert_non_null(kd);
+	if (geteuid() == 0) {
+		assert_string_equal(ks, "deadline");
+		assert_string_equal(kd, "deadline");
+	} else { /* refused without CAP_SYS_NICE: the migration runs anyway */
+		assert_string_not_equal(ks, "deadline");
+	}
 	json_decref(ps);
 	json_decref(pd);
 	assert_int_equal(CALL(lm_hcs_migration_finalize(s, "{\"Origin\":\"Source\",\"FinalizedOperation\":\"Stop\"}", on_done, w)), 0);
@@ -305,7 +347,8 @@ static void test_cancel_through_the_api_recovers_the_source(void **state)
 	assert_int_equal(ht_relay_start(&r, 20000000, 0, &fs, &fdd), 0);
 	struct evs es = { .mu = PTHREAD_MUTEX_INITIALIZER }, ed = { .mu = PTHREAD_MUTEX_INITIALIZER };
 	lm_hcs_system_t *s, *d;
-	start_pair(&s, &d, &es, &ed, fs, fdd, "{\"Origin\":\"Source\"}");
+	start_pair(&s, &d, &es, &ed, fs, fdd, "{\"Origin\":\"Source\"}",
+		   "{\"NetworkSettings\":{\"SessionId\":2883990515}}");
 	struct waiter a, b;
 	w_init(&a);
 	w_init(&b);

@@ -137,6 +137,18 @@ static void migrate_and_check(struct fx *f, const char *const *extra)
 		moved = strcmp(c1, c2) != 0;
 	}
 	assert_true(moved);
+	/* lmshim's default: each side's transfer thread had its CPU reservation
+	 * (root has CAP_SYS_NICE; elsewhere the shim says why it ran without) */
+	for (int i = 0; i < 2; i++) {
+		char *log = e2e_slurp(i ? f->dst.log : f->src.log);
+		assert_non_null(log);
+		if (geteuid() == 0)
+			assert_non_null(strstr(log, "msg=\"transfer thread reserved\""));
+		else
+			assert_non_null(strstr(log, "msg=\"transfer thread not reserved\""));
+		assert_non_null(strstr(log, "cpu_pct=90"));
+		free(log);
+	}
 	/* both shims are idle again: a new session is accepted by the destination */
 	assert_int_equal(e2e_mig_simple(&f->dst, "Cleanup", "anything"), 0);
 	int s1 = e2e_shim_stop(&f->src), s2 = e2e_shim_stop(&f->dst);
