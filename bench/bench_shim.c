@@ -3,18 +3,25 @@
  *
  * Two whole shims in one process (tests/shim_driver.h): the source boots a
  * sim VM (default 1 GiB, incompressible memory, a guest dirtying 50 MB/s)
- * and migrates it to the destination through the contract's calls. The
- * same migration runs twice in one invocation:
+ * and migrates it to the destination through the contract's calls. Each
+ * repetition runs the same migration twice, interleaved so that both see
+ * the same machine:
  *   - unloaded (the baseline);
  *   - loaded: 32 clients, each on its own connection to the source shim,
- *     call task State / Wait (1 ms deadline) / Connect in a loop, and 100
- *     Notifications subscribers (own connections) listen and drain.
- * It prints the transfer throughput (guest bytes / TransferSandbox time)
- * loaded vs unloaded, and the p50/p99 latency of the hammering RPCs
- * during the transfer:
+ *     call task State / Wait (1 ms deadline) / Connect in a closed loop,
+ *     and 100 Notifications subscribers (own connections) listen and drain.
+ * The shims run with lmshim's transfer-thread CPU reservation
+ * (--transfer-cpu, default LM_SHIM_TRANSFER_CPU_DEFAULT; 0 = none).
+ * It prints each repetition, then the medians: the transfer throughput
+ * loaded vs unloaded (guest bytes / the source engine's transfer time,
+ * go -> completed, blackout included: Migration.TotalMilliseconds), the
+ * same for the TransferSandbox call as the orchestrator timed it (which
+ * adds the control plane's latency to both ends: call_ratio), and the
+ * p50/p99 latency of the State and Connect calls made during the loaded
+ * transfers:
  *
- *   unloaded transfer_ms=... gbps=...
- *   loaded ours=<GB/s loaded> baseline=<GB/s unloaded> ratio=... rpc_p50_us=... rpc_p99_us=... rpc_calls=... subscribers=... items=...
+ *   unloaded transfer_ms=... gbps=... call_ms=...
+ *   loaded ours=<GB/s loaded> baseline=<GB/s unloaded> ratio=... call_ratio=... rpc_p50_us=... rpc_p99_us=... ...
  */
 #include <getopt.h>
 #include <stdatomic.h>
@@ -24,7 +31,7 @@
 
 #include "../tests/shim_driver.h"
 
-static unsigned opt_size_mb = 1024, opt_rate = 50, opt_clients = 32, opt_subs = 100;
+static unsigned opt_size_mb = 1024, opt_rate = 50, opt_clients = 32, opt_subs = 100, opt_reps = 5;
 
 struct hammer {
 	pthread_t th;
@@ -111,12 +118,42 @@ static int cmp_u64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+static int cmp_dbl(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+static double median(double *v, unsigned n)
+{
+	qsort(v, n, sizeof(double), cmp_dbl);
+	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
 struct result {
-	double seconds;
-	double p50_us, p99_us;
-	uint64_t calls, items, samples;
+	double seconds;         /* the source engine's transfer time (go -> completed) */
+	double call_seconds;    /* the TransferSandbox call as the orchestrator saw it */
+	uint64_t *lat;          /* loaded: latency samples during the transfer */
+	size_t nlat;
+	uint64_t calls, items;
 	int ok;
 };
+
+/* The source engine's own transfer time (hcs Migration.TotalMilliseconds),
+ * in seconds, or 0. Asked without a memory digest: nothing is hashed. */
+static double engine_seconds(lm_rpc_client_t *c)
+{
+	const char *q = "{\"PropertyTypes\":[]}";
+	struct lm_rpc_result res = { 0 };
+	struct lm_rpc_call_opts opts = { .timeout_ns = 60ll * 1000000000ll };
+	if (lm_rpc_client_call(c, LM_INSPECT_SERVICE, "Properties", q, strlen(q), &opts, &res))
+		return 0;
+	json_t *j = res.code ? NULL : json_loadb((const char *)res.payload, res.len, 0, NULL);
+	lm_rpc_result_free(&res);
+	double ms = json_number_value(json_object_get(json_object_get(j, "Migration"), "TotalMilliseconds"));
+	json_decref(j);
+	return ms / 1e3;
+}
 
 static void *dst_transfer(void *arg)
 {
@@ -171,11 +208,12 @@ static struct result run(bool loaded)
 	atomic_store(&measuring, 1);
 	uint64_t t0 = lm_now_ns();
 	code = transfer(e->sc, SESSION, 0);
-	res.seconds = (double)(lm_now_ns() - t0) / 1e9;
+	res.call_seconds = (double)(lm_now_ns() - t0) / 1e9;
 	atomic_store(&measuring, 0);
 	void *dcode;
 	pthread_join(dt, &dcode);
-	res.ok = code == 0 && dcode == NULL;
+	res.seconds = engine_seconds(e->sc);
+	res.ok = code == 0 && dcode == NULL && res.seconds > 0;
 	finalize(e->sc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_STOP);
 	finalize(e->dc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_RESUME);
 	cleanup(e->sc, SESSION);
@@ -196,13 +234,8 @@ stop_load:
 			k += hs[i].n;
 			free(hs[i].lat_ns);
 		}
-		qsort(all, k, sizeof(uint64_t), cmp_u64);
-		res.samples = k;
-		if (k) {
-			res.p50_us = (double)all[k / 2] / 1e3;
-			res.p99_us = (double)all[(k * 99) / 100] / 1e3;
-		}
-		free(all);
+		res.lat = all;
+		res.nlat = k;
 		for (unsigned i = 0; i < opt_subs; i++) {
 			pthread_join(ss[i].th, NULL);
 			res.items += ss[i].items;
@@ -223,6 +256,7 @@ int main(int argc, char **argv)
 		{ "clients", required_argument, NULL, 'c' },
 		{ "subscribers", required_argument, NULL, 'n' },
 		{ "transfer-cpu", required_argument, NULL, 't' },
+		{ "reps", required_argument, NULL, 'p' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -234,35 +268,76 @@ int main(int argc, char **argv)
 		case 'c': opt_clients = (unsigned)atoi(optarg); break;
 		case 'n': opt_subs = (unsigned)atoi(optarg); break;
 		case 't': driver_transfer_cpu = (unsigned)atoi(optarg); break;
+		case 'p': opt_reps = (unsigned)atoi(optarg); break;
 		case 'h':
 			printf("usage: bench_shim [--size-mb N (1024)] [--rate MBps (50)] "
-			       "[--clients N (32)] [--subscribers N (100)]\n");
+			       "[--clients N (32)] [--subscribers N (100)]\n"
+			       "                  [--transfer-cpu PCT (%u, lmshim's default; 0 = none)] [--reps N (5)]\n",
+			       LM_SHIM_TRANSFER_CPU_DEFAULT);
 			return 0;
 		default:
 			return 2;
 		}
 	}
-	if (opt_size_mb < 16 || opt_clients > 1024 || opt_subs > 4096) {
-		fprintf(stderr, "bench_shim: --size-mb >= 16, --clients <= 1024, --subscribers <= 4096\n");
+	if (opt_size_mb < 16 || opt_clients > 1024 || opt_subs > 4096 || opt_reps < 1 || opt_reps > 64 ||
+	    driver_transfer_cpu > 95) {
+		fprintf(stderr, "bench_shim: --size-mb >= 16, --clients <= 1024, --subscribers <= 4096, "
+			"--reps 1..64, --transfer-cpu 0..95\n");
 		return 2;
 	}
 	driver_verbose = false;
 	if (!getenv("LM_LOG_LEVEL"))
 		lm_log_set_level(LM_LOG_ERROR);
-	printf("# bench_shim: %u MiB sim guest dirtying %u MB/s; loaded = %u clients (State/Wait/Connect) + %u subscribers\n",
-	       opt_size_mb, opt_rate, opt_clients, opt_subs);
+	printf("# bench_shim: %u MiB sim guest dirtying %u MB/s; loaded = %u clients (State/Wait/Connect) + %u subscribers; "
+	       "transfer thread CPU reservation %u%%; %u repetitions of (unloaded, loaded), medians\n",
+	       opt_size_mb, opt_rate, opt_clients, opt_subs, driver_transfer_cpu, opt_reps);
 	printf("# destination memory is populated when the VM is created (PrepareSandbox), not during the transfer\n");
 	fflush(stdout);
-	struct result u = run(false);
 	double gb = (double)opt_size_mb * 1048576.0 / 1e9;
-	printf("unloaded transfer_ms=%.0f gbps=%.3f ok=%d\n", u.seconds * 1e3, gb / u.seconds, u.ok);
-	fflush(stdout);
-	struct result l = run(true);
-	printf("loaded ours=%.3f baseline=%.3f ratio=%.2f unit=GB/s rpc_p50_us=%.0f rpc_p99_us=%.0f "
-	       "rpc_calls=%llu samples=%llu subscribers=%u items=%llu ok=%d target=0.9 %s\n",
-	       gb / l.seconds, gb / u.seconds, u.seconds / l.seconds, l.p50_us, l.p99_us,
-	       (unsigned long long)l.calls, (unsigned long long)l.samples, opt_subs,
-	       (unsigned long long)l.items, l.ok, u.seconds / l.seconds >= 0.9 ? "met" : "MISSED");
+	double us[64], ls[64], uc[64], lc[64];
+	uint64_t *lat = NULL, calls = 0, items = 0;
+	size_t nlat = 0;
+	int ok = 1;
+	for (unsigned r = 0; r < opt_reps; r++) {
+		struct result u = run(false);
+		printf("rep=%u unloaded transfer_ms=%.0f gbps=%.3f call_ms=%.0f ok=%d\n", r + 1,
+		       u.seconds * 1e3, gb / u.seconds, u.call_seconds * 1e3, u.ok);
+		fflush(stdout);
+		struct result l = run(true);
+		printf("rep=%u loaded transfer_ms=%.0f gbps=%.3f call_ms=%.0f ok=%d ratio=%.2f rpc_calls=%llu samples=%zu\n",
+		       r + 1, l.seconds * 1e3, gb / l.seconds, l.call_seconds * 1e3, l.ok,
+		       u.seconds / l.seconds, (unsigned long long)l.calls, l.nlat);
+		fflush(stdout);
+		us[r] = u.seconds;
+		ls[r] = l.seconds;
+		uc[r] = u.call_seconds;
+		lc[r] = l.call_seconds;
+		ok &= u.ok && l.ok;
+		calls += l.calls;
+		items += l.items;
+		uint64_t *m = realloc(lat, (nlat + l.nlat + 1) * sizeof(uint64_t));
+		if (m) {
+			lat = m;
+			memcpy(lat + nlat, l.lat, l.nlat * sizeof(uint64_t));
+			nlat += l.nlat;
+		}
+		free(l.lat);
+		free(u.lat);
+	}
+	double um = median(us, opt_reps), lm = median(ls, opt_reps);
+	double ucm = median(uc, opt_reps), lcm = median(lc, opt_reps);
+	double p50 = 0, p99 = 0;
+	if (nlat) {
+		qsort(lat, nlat, sizeof(uint64_t), cmp_u64);
+		p50 = (double)lat[nlat / 2] / 1e3;
+		p99 = (double)lat[(nlat * 99) / 100] / 1e3;
+	}
+	free(lat);
+	printf("unloaded transfer_ms=%.0f gbps=%.3f call_ms=%.0f ok=%d\n", um * 1e3, gb / um, ucm * 1e3, ok);
+	printf("loaded ours=%.3f baseline=%.3f ratio=%.2f unit=GB/s call_ratio=%.2f rpc_p50_us=%.0f rpc_p99_us=%.0f "
+	       "rpc_calls=%llu samples=%zu subscribers=%u items=%llu reps=%u transfer_cpu=%u ok=%d target=0.9 %s\n",
+	       gb / lm, gb / um, um / lm, ucm / lcm, p50, p99, (unsigned long long)calls, nlat, opt_subs,
+	       (unsigned long long)items, opt_reps, driver_transfer_cpu, ok, um / lm >= 0.9 ? "met" : "MISSED");
 	lm_msg_pool_trim();
-	return u.ok && l.ok ? 0 : 1;
+	return ok ? 0 : 1;
 }

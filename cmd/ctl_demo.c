@@ -28,12 +28,13 @@
 #include "cmd/ctl.h"
 
 static const char usage_demo[] =
-	"usage: lmctl demo [--backend sim|kvm] [--vm-size-mb N] [--rate MBps] [--keep]\n"
+	"usage: lmctl demo [--backend sim|kvm] [--vm-size-mb N] [--rate MBps] [--transfer-cpu PCT] [--keep]\n"
 	"\n"
 	"Starts a source and a destination lmshim, a running VM (default: sim, 1024 MiB,\n"
 	"guest dirtying 200 MB/s) with a pod of three containers in the source, migrates\n"
 	"it live to the destination and verifies the result. Exits 0 only if everything\n"
-	"verified. --keep leaves the temp dir (logs, bundles) in place.\n";
+	"verified. --transfer-cpu is passed to both shims (lmshim --help; default 90).\n"
+	"--keep leaves the temp dir (logs, bundles) in place.\n";
 
 static int find_lmshim(char *out, size_t len)
 {
@@ -122,10 +123,11 @@ int ctl_demo_main(int argc, char **argv)
 	static const struct option lo[] = {
 		{ "backend", required_argument, 0, 'b' }, { "vm-size-mb", required_argument, 0, 'm' },
 		{ "rate", required_argument, 0, 'r' }, { "keep", no_argument, 0, 'k' },
+		{ "transfer-cpu", required_argument, 0, 't' },
 		{ "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 },
 	};
 	const char *backend = "sim";
-	unsigned long mb = 1024, rate = 200;
+	unsigned long mb = 1024, rate = 200, xcpu = 90;
 	bool keep = false;
 	int c;
 	opterr = 0;
@@ -151,6 +153,13 @@ int ctl_demo_main(int argc, char **argv)
 			rate = strtoul(optarg, &end, 10);
 			if (end == optarg || *end) {
 				fprintf(stderr, "lmctl demo: --rate wants MB/s\n");
+				return 2;
+			}
+			break;
+		case 't':
+			xcpu = strtoul(optarg, &end, 10);
+			if (end == optarg || *end || xcpu > 95) {
+				fprintf(stderr, "lmctl demo: --transfer-cpu wants a percentage within 0..95\n");
 				return 2;
 			}
 			break;
@@ -185,15 +194,16 @@ int ctl_demo_main(int argc, char **argv)
 	snprintf(work, sizeof(work), "%s/work", dir);
 	snprintf(sstate, sizeof(sstate), "%s/source-state", dir);
 	snprintf(dstate, sizeof(dstate), "%s/destination-state", dir);
-	char mbs[32], rates[32];
+	char mbs[32], rates[32], xcpus[32];
+	snprintf(xcpus, sizeof(xcpus), "%lu", xcpu);
 	snprintf(mbs, sizeof(mbs), "%lu", mb);
 	snprintf(rates, sizeof(rates), "%lu", rate);
 	char *sargv[] = { lmshim, "serve", "--socket", ssock, "--id", "demo-source", "--state-dir", sstate,
 			  "--vm-size-mb", mbs, "--backend", (char *)backend, "--workload-rate", rates,
 			  "--workload-pattern", "hotset", "--memory-fill", "random",
-			  "--containers", "pod1:sandbox,pod1:web,pod1:db", NULL };
+			  "--containers", "pod1:sandbox,pod1:web,pod1:db", "--transfer-cpu", xcpus, NULL };
 	char *dargv[] = { lmshim, "serve", "--socket", dsock, "--id", "demo-destination", "--state-dir",
-			  dstate, "--backend", (char *)backend, "--idle", NULL };
+			  dstate, "--backend", (char *)backend, "--idle", "--transfer-cpu", xcpus, NULL };
 
 	fprintf(stderr, "lmctl demo: %s VM of %lu MiB filled with random data, guest dirtying %lu MB/s, "
 		"pod1 = {sandbox, web, db}\n", backend, mb, rate);
