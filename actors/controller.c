@@ -1632,7 +1632,15 @@ static void on_task_call(struct ctl *c, struct lm_task_call_msg *tm)
 	};
 	lm_rpc_call_t *call = tm->call;
 	tm->call = NULL;
-	if (lm_task_handle(c->sb, &gate, call, tm->method, &patch) != LM_TASK_PATCH || !patch)
+	int r = lm_task_handle(c->sb, &gate, call, tm->method, &patch);
+	if (r == LM_TASK_EXIT) {
+		lm_log_info("controller", "shutdown", "why=\"task Shutdown with no container and no session\" exits=%s",
+			    c->cfg.on_shutdown ? "yes" : "no (embedded)");
+		if (c->cfg.on_shutdown)
+			c->cfg.on_shutdown(c->cfg.shutdown_arg);
+		return;
+	}
+	if (r != LM_TASK_PATCH || !patch)
 		return;
 	lm_actor_t *p = patcher_for(c, patch->source_id ? patch->source_id : "");
 	if (!p || lm_patch_send(p, lm_actor_mailbox(c->self), patch) != 0) {

@@ -43,6 +43,12 @@ struct lm_shim_config {
 	 * time, else nice -20); 0 = none. lmshim passes
 	 * LM_SHIM_TRANSFER_CPU_DEFAULT unless told otherwise. */
 	unsigned transfer_cpu_pct;
+	/* Called (on the controller's thread, once per Shutdown) when a task
+	 * Shutdown leaves the shim nothing to serve: no container, no
+	 * migration session. It must not block; lmshim sends itself SIGTERM
+	 * (a graceful stop). NULL: the shim keeps serving. */
+	void (*on_shutdown)(void *arg);
+	void *shutdown_arg;
 };
 
 #define LM_SHIM_TRANSFER_CPU_DEFAULT 90

@@ -697,6 +697,13 @@ int lm_task_handle(lm_sandbox_t *sb, const struct lm_task_gate *gate,
 	case LM_TASK_CONNECT:
 		do_connect(sb, call, (const Containerd__Task__V2__ConnectRequest *)req);
 		break;
+	case LM_TASK_SHUTDOWN:
+		/* containerd's rule (the runc shim's): answer, and exit only
+		 * when nothing is left to serve */
+		lm_rpc_call_reply(call, NULL, 0);   /* google.protobuf.Empty */
+		if (lm_sandbox_count(sb) == 0 && !gate->session_active)
+			result = LM_TASK_EXIT;
+		break;
 	default:
 		lm_rpc_call_fail(call, LM_RPC_UNIMPLEMENTED, "%s: not implemented by lmshim", name);
 		break;

@@ -13,9 +13,13 @@
  *     io.microsoft.migration.source-container-id; otherwise a plain create,
  *     FailedPrecondition during a session or without a running VM;
  *   - Wait, Connect: never gated.
- * Served: State, Create, Start, Delete, Pids, Kill, Wait, Connect. The rest
- * of the service (Exec, Pause, Resume, Checkpoint, ResizePty, CloseIO,
- * Update, Stats, Shutdown) answers Unimplemented once past its gate.
+ * Served: State, Create, Start, Delete, Pids, Kill, Wait, Connect,
+ * Shutdown. The rest of the service (Exec, Pause, Resume, Checkpoint,
+ * ResizePty, CloseIO, Update, Stats) answers Unimplemented once past its
+ * gate. Shutdown follows containerd's runc shim: it always answers OK,
+ * and the shim exits only when it has no container left and no migration
+ * session (otherwise containerd's Shutdown after one task's Delete would
+ * take the others down).
  * exec_id other than "" names no process: NotFound.
  *
  * A plain Create reads config.json (when the bundle has one) for the
@@ -91,8 +95,9 @@ struct lm_task_gate {
  * server (destroy the server first); no reference is taken. */
 void lm_task_service_init(struct lm_rpc_service *svc, lm_actor_t *controller);
 
-/* lm_task_handle's results. */
-enum { LM_TASK_ANSWERED = 0, LM_TASK_PATCH = 1 };
+/* lm_task_handle's results. LM_TASK_EXIT: a Shutdown was answered and
+ * the shim has nothing left to serve: its owner should stop it. */
+enum { LM_TASK_ANSWERED = 0, LM_TASK_PATCH = 1, LM_TASK_EXIT = 2 };
 
 /* Thread: owner of sb (the controller). Handles one call (takes its
  * reference): decodes, gates, operates on sb and answers; returns

@@ -327,6 +327,14 @@ static int cmd_delete(const struct cflags *f)
 
 /* -------------------------------------------------------------- serving */
 
+/* lm_shim_config.on_shutdown: a task Shutdown left nothing to serve; stop
+ * the way SIGTERM does (the main thread's sigwait takes it). */
+static void stop_self(void *arg)
+{
+	(void)arg;
+	kill(getpid(), SIGTERM);
+}
+
 static int run_shim(const struct lm_shim_config *cfg)
 {
 	sigset_t set;
@@ -371,7 +379,8 @@ static int cmd_daemon(const struct cflags *f)
 		return bad("address, namespace and id too long");
 	}
 	struct lm_shim_config cfg = { .socket = path, .id = f->id, .ns = f->ns,
-				      .transfer_cpu_pct = LM_SHIM_TRANSFER_CPU_DEFAULT };
+				      .transfer_cpu_pct = LM_SHIM_TRANSFER_CPU_DEFAULT,
+				      .on_shutdown = stop_self };
 	return run_shim(&cfg);
 }
 
@@ -521,7 +530,7 @@ static int cmd_serve(int argc, char **argv)
 		return bad("serve: --socket is required");
 	struct lm_shim_config cfg = { .socket = sock, .id = id, .ns = ns, .state_dir = state,
 				      .workers = (unsigned)workers, .any_uid = any_uid,
-				      .transfer_cpu_pct = (unsigned)xcpu };
+				      .transfer_cpu_pct = (unsigned)xcpu, .on_shutdown = stop_self };
 	char doc[1024];
 	struct lm_shim_container *cv = NULL;
 	char *store = NULL;

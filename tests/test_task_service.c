@@ -56,6 +56,7 @@ struct ctl {
 	bool hold;                 /* keep patch results instead of applying them */
 	struct lm_patch_result *held[4];
 	unsigned n_held;
+	unsigned exits;            /* LM_TASK_EXIT results (Shutdown, nothing left) */
 };
 
 static void apply_result(struct ctl *c, struct lm_patch_result *r)
@@ -81,7 +82,10 @@ static void ctl_dispatch(lm_actor_t *self, lm_msg_t *m)
 		lm_rpc_call_t *call = p->call;
 		p->call = NULL;
 		struct lm_patch_request *req = NULL;
-		if (lm_task_handle(c->sb, &c->gate, call, p->method, &req) == LM_TASK_PATCH) {
+		int res = lm_task_handle(c->sb, &c->gate, call, p->method, &req);
+		if (res == LM_TASK_EXIT)
+			c->exits++;
+		if (res == LM_TASK_PATCH) {
 			lm_actor_t *to = NULL;
 			for (unsigned i = 0; i < c->n_patchers; i++)
 				if (strcmp(c->patcher_src[i], req->source_id) == 0)
@@ -621,7 +625,7 @@ static void test_vm_not_running_gates_vm_methods(void **state)
 	/* not gated by the VM */
 	expect_id("State", "c1", LM_RPC_OK, NULL);
 	expect_id("Connect", "c1", LM_RPC_OK, NULL);
-	expect_id("Shutdown", "c1", LM_RPC_UNIMPLEMENTED, NULL);
+	expect_id("Shutdown", "c1", LM_RPC_OK, NULL);
 }
 
 static void test_outside_subset_is_unimplemented(void **state)
@@ -629,11 +633,64 @@ static void test_outside_subset_is_unimplemented(void **state)
 	(void)state;
 	create_ok("c1", "", 0);
 	const char *unimpl[] = {"Exec", "Pause", "Resume", "Checkpoint", "ResizePty",
-				"CloseIO", "Update", "Stats", "Shutdown"};
+				"CloseIO", "Update", "Stats"};
 	for (size_t i = 0; i < sizeof unimpl / sizeof unimpl[0]; i++)
 		expect_id(unimpl[i], "c1", LM_RPC_UNIMPLEMENTED, NULL);
 	/* a method the service does not have: the server's own answer */
 	expect_id("NoSuchMethod", "c1", LM_RPC_UNIMPLEMENTED, NULL);
+}
+
+static void exits_fn(struct ctl *c, void *arg)
+{
+	*(unsigned *)arg = c->exits;
+}
+
+/* on_ctl runs after every message sent before it: the count is final */
+static unsigned exits(void)
+{
+	unsigned n = 0;
+	on_ctl(exits_fn, &n);
+	return n;
+}
+
+static void delete_fn(struct ctl *c, void *arg)
+{
+	uint32_t pid, status;
+	uint64_t at;
+	assert_int_equal(lm_sandbox_kill(c->sb, arg, 9), 0);
+	assert_int_equal(lm_sandbox_delete(c->sb, arg, &pid, &status, &at), 0);
+}
+
+static void test_shutdown_answers_and_exits_only_with_nothing_left(void **state)
+{
+	(void)state;
+	Containerd__Task__V2__ShutdownRequest r = CONTAINERD__TASK__V2__SHUTDOWN_REQUEST__INIT;
+	r.id = "c1";
+	create_ok("c1", "", 0);
+	create_ok("c2", "", 0);
+	/* containers left: OK, and the shim stays (containerd calls Shutdown
+	 * after each task's Delete) */
+	expect("Shutdown", &r.base, LM_RPC_OK, NULL);
+	assert_int_equal(exits(), 0);
+	on_ctl(delete_fn, "c1");
+	expect("Shutdown", &r.base, LM_RPC_OK, NULL);
+	assert_int_equal(exits(), 0);
+	on_ctl(delete_fn, "c2");
+	/* a migration session holds the shim even with no container */
+	set_gate(true, true, false);
+	expect("Shutdown", &r.base, LM_RPC_OK, NULL);
+	assert_int_equal(exits(), 0);
+	set_gate(false, true, false);
+	expect("Shutdown", &r.base, LM_RPC_OK, NULL);
+	assert_int_equal(exits(), 1);
+	/* garbage is still InvalidArgument, and no exit */
+	struct lm_rpc_result res;
+	uint8_t junk[] = { 0xff, 0xff, 0xff };
+	memset(&res, 0, sizeof(res));
+	assert_int_equal(lm_rpc_client_call(F.c, LM_TASK_SERVICE_NAME, "Shutdown", junk, sizeof junk, NULL, &res), 0);
+	assert_int_equal(res.code, LM_RPC_INVALID_ARGUMENT);
+	lm_rpc_result_free(&res);
+	assert_int_equal(exits(), 1);
 }
 
 static void kill_fn(struct ctl *c, void *arg)
@@ -968,6 +1025,7 @@ int main(void)
 		T(test_connect_answers_shim_and_task_pid),
 		T(test_session_gates_state_delete_kill),
 		T(test_vm_not_running_gates_vm_methods),
+		T(test_shutdown_answers_and_exits_only_with_nothing_left),
 		T(test_outside_subset_is_unimplemented),
 		T(test_wait_is_never_gated),
 		T(test_wait_fails_when_sandbox_torn_down),

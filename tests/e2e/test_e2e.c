@@ -678,6 +678,73 @@ static void test_lmshim_start_and_delete_follow_containerd(void **state)
 	assert_int_not_equal(access(sockpath, F_OK), 0); /* stale socket removed */
 }
 
+static int task_call(struct e2e_shim *s, const char *method, const ProtobufCMessage *req)
+{
+	char msg[200];
+	int rc = e2e_call(s, "containerd.task.v2.Task", method, req, NULL, NULL, msg, sizeof(msg));
+	if (rc)
+		fprintf(stderr, "e2e: %s -> %d %s\n", method, rc, msg);
+	return rc;
+}
+
+/* containerd calls Shutdown after each task's Delete: the shim answers
+ * and stays while it has containers (or a session), then exits cleanly. */
+static void test_task_shutdown_exits_only_when_nothing_is_left(void **state)
+{
+	struct fx *f = *state;
+	assert_int_equal(e2e_source_start(&f->src, f->dir, "src", 64, 0, NULL), 0);
+	Containerd__Task__V2__ShutdownRequest sh = CONTAINERD__TASK__V2__SHUTDOWN_REQUEST__INIT;
+	sh.id = "c1";
+	assert_int_equal(task_call(&f->src, "Shutdown", &sh.base), 0);
+	/* a session holds it too */
+	assert_int_equal(e2e_export(&f->src, "sess-shutdown"), 0);
+	const char *ids[] = { "c1", "sandbox" };
+	for (int i = 0; i < 2; i++) {
+		Containerd__Task__V2__KillRequest k = CONTAINERD__TASK__V2__KILL_REQUEST__INIT;
+		k.id = (char *)ids[i];
+		k.signal = 9;
+		/* gated by the session: FailedPrecondition */
+		assert_int_equal(task_call(&f->src, "Kill", &k.base), 9);
+	}
+	assert_int_equal(e2e_mig_simple(&f->src, "Cancel", "sess-shutdown"), 0);
+	assert_int_equal(e2e_finalize(&f->src, "sess-shutdown", 2), 0);
+	assert_int_equal(e2e_mig_simple(&f->src, "Cleanup", "sess-shutdown"), 0);
+	for (int i = 0; i < 2; i++) {
+		Containerd__Task__V2__KillRequest k = CONTAINERD__TASK__V2__KILL_REQUEST__INIT;
+		k.id = (char *)ids[i];
+		k.signal = 9;
+		assert_int_equal(task_call(&f->src, "Kill", &k.base), 0);
+		uint32_t pid;
+		int st = 0;
+		for (int t = 0; t < 100 && st != 3; t++) {
+			assert_int_equal(e2e_state(&f->src, ids[i], &pid, &st), 0);
+			if (st != 3)
+				usleep(10000);
+		}
+		assert_int_equal(st, 3);
+		Containerd__Task__V2__DeleteRequest d = CONTAINERD__TASK__V2__DELETE_REQUEST__INIT;
+		d.id = (char *)ids[i];
+		assert_int_equal(task_call(&f->src, "Delete", &d.base), 0);
+		assert_int_equal(task_call(&f->src, "Shutdown", &sh.base), 0);
+		if (i == 0) {
+			usleep(100000);
+			assert_int_equal(kill(f->src.pid, 0), 0);   /* still serving "sandbox" */
+		}
+	}
+	/* nothing left: the shim stops by itself, cleanly */
+	lm_rpc_client_close(f->src.c);
+	f->src.c = NULL;
+	int rc = e2e_wait(f->src.pid, 10000);
+	if (rc != 0)
+		e2e_shim_dump(&f->src);
+	assert_int_equal(rc, 0);
+	f->src.pid = 0;
+	char *log = e2e_slurp(f->src.log);
+	assert_non_null(strstr(log, "msg=shutdown"));
+	assert_non_null(strstr(log, "msg=stopped"));
+	free(log);
+}
+
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
@@ -687,6 +754,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_migrate_with_duplicated_socket_pair, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_migrate_with_compression_and_pass_limits, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lmctl_state_prints_task_state, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_task_shutdown_exits_only_when_nothing_is_left, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_calls_in_wrong_state_answer_contract_codes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_empty_and_wrong_session_ids_are_invalid_argument, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_second_socket_is_already_exists, setup, teardown),
