@@ -18,10 +18,14 @@
  * same for the TransferSandbox call as the orchestrator timed it (which
  * adds the control plane's latency to both ends: call_ratio), and the
  * p50/p99 latency of the State and Connect calls made during the loaded
- * transfers:
+ * transfers. Then one more loaded migration is cancelled 100 ms in
+ * (--cancel-after-ms): how long the Cancel call and the TransferSandbox
+ * answer took under the load, and whether the source runs again after
+ * Finalize(RESUME):
  *
  *   unloaded transfer_ms=... gbps=... call_ms=...
  *   loaded ours=<GB/s loaded> baseline=<GB/s unloaded> ratio=... call_ratio=... rpc_p50_us=... rpc_p99_us=... ...
+ *   cancel_under_load after_ms=100 cancel_call_ms=... transfer_answered_ms=... ...
  */
 #include <getopt.h>
 #include <stdatomic.h>
@@ -31,7 +35,8 @@
 
 #include "../tests/shim_driver.h"
 
-static unsigned opt_size_mb = 1024, opt_rate = 50, opt_clients = 32, opt_subs = 100, opt_reps = 5;
+static unsigned opt_size_mb = 1024, opt_rate = 50, opt_clients = 32, opt_subs = 100, opt_reps = 5,
+		opt_cancel_ms = 100;
 
 struct hammer {
 	pthread_t th;
@@ -162,7 +167,43 @@ static void *dst_transfer(void *arg)
 	return (void *)code;
 }
 
+/* --- Cancel under load: a thread cancels the source's session
+ * `after_ms` into the loaded transfer and times the Cancel call. */
+struct canceller {
+	pthread_t th;
+	lm_rpc_client_t *c;
+	unsigned after_ms;
+	uint64_t t_sent, t_answered;
+	int code;
+};
+
+static void *cancel_main(void *arg)
+{
+	struct canceller *k = arg;
+	usleep(k->after_ms * 1000u);
+	k->t_sent = lm_now_ns();
+	k->code = cancel(k->c, SESSION);
+	k->t_answered = lm_now_ns();
+	return NULL;
+}
+
+struct cancel_result {
+	double cancel_ms;        /* the Cancel call, sent -> answered */
+	double transfer_ms;      /* Cancel sent -> TransferSandbox answered */
+	int cancel_code, transfer_code, resume_code;
+	bool source_running;     /* task State on the source after Finalize(RESUME) */
+};
+
+static struct cancel_result cancel_res;
+
+static struct result run_opt(bool loaded, unsigned cancel_after_ms);
+
 static struct result run(bool loaded)
+{
+	return run_opt(loaded, 0);
+}
+
+static struct result run_opt(bool loaded, unsigned cancel_after_ms)
 {
 	struct result res = { 0 };
 	char doc[512];
@@ -205,13 +246,30 @@ static struct result run(bool loaded)
 	}
 	pthread_t dt;
 	pthread_create(&dt, NULL, dst_transfer, e);
+	struct canceller kc = { .c = e->sc, .after_ms = cancel_after_ms };
+	if (cancel_after_ms)
+		pthread_create(&kc.th, NULL, cancel_main, &kc);
 	atomic_store(&measuring, 1);
 	uint64_t t0 = lm_now_ns();
 	code = transfer(e->sc, SESSION, 0);
-	res.call_seconds = (double)(lm_now_ns() - t0) / 1e9;
+	uint64_t t1 = lm_now_ns();
+	res.call_seconds = (double)(t1 - t0) / 1e9;
 	atomic_store(&measuring, 0);
 	void *dcode;
 	pthread_join(dt, &dcode);
+	if (cancel_after_ms) {
+		pthread_join(kc.th, NULL);
+		cancel_res.cancel_ms = (double)(kc.t_answered - kc.t_sent) / 1e6;
+		cancel_res.transfer_ms = (double)((int64_t)t1 - (int64_t)kc.t_sent) / 1e6;
+		cancel_res.cancel_code = kc.code;
+		cancel_res.transfer_code = code;
+		cancel_res.resume_code = finalize(e->sc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_RESUME);
+		cleanup(e->sc, SESSION);
+		cleanup(e->dc, SESSION);
+		uint32_t pid = 0;   /* out of the session: State is not gated */
+		cancel_res.source_running = task_state(e->sc, "c1", &pid) == 0 && pid != 0;
+		goto stop_load;
+	}
 	res.seconds = engine_seconds(e->sc);
 	res.ok = code == 0 && dcode == NULL && res.seconds > 0;
 	finalize(e->sc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_STOP);
@@ -257,6 +315,7 @@ int main(int argc, char **argv)
 		{ "subscribers", required_argument, NULL, 'n' },
 		{ "transfer-cpu", required_argument, NULL, 't' },
 		{ "reps", required_argument, NULL, 'p' },
+		{ "cancel-after-ms", required_argument, NULL, 'k' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -269,10 +328,12 @@ int main(int argc, char **argv)
 		case 'n': opt_subs = (unsigned)atoi(optarg); break;
 		case 't': driver_transfer_cpu = (unsigned)atoi(optarg); break;
 		case 'p': opt_reps = (unsigned)atoi(optarg); break;
+		case 'k': opt_cancel_ms = (unsigned)atoi(optarg); break;
 		case 'h':
 			printf("usage: bench_shim [--size-mb N (1024)] [--rate MBps (50)] "
 			       "[--clients N (32)] [--subscribers N (100)]\n"
-			       "                  [--transfer-cpu PCT (%u, lmshim's default; 0 = none)] [--reps N (5)]\n",
+			       "                  [--transfer-cpu PCT (%u, lmshim's default; 0 = none)] [--reps N (5)]\n"
+			       "                  [--cancel-after-ms N (100; 0 = no cancel run)]\n",
 			       LM_SHIM_TRANSFER_CPU_DEFAULT);
 			return 0;
 		default:
@@ -323,6 +384,16 @@ int main(int argc, char **argv)
 		}
 		free(l.lat);
 		free(u.lat);
+	}
+	if (opt_cancel_ms) {
+		struct result c = run_opt(true, opt_cancel_ms);
+		free(c.lat);
+		printf("cancel_under_load after_ms=%u in_flight=%d cancel_call_ms=%.1f transfer_answered_ms=%.1f "
+		       "cancel_code=%d transfer_code=%d resume_code=%d source_running=%d\n",
+		       opt_cancel_ms, cancel_res.transfer_code != 0, cancel_res.cancel_ms,
+		       cancel_res.transfer_ms, cancel_res.cancel_code,
+		       cancel_res.transfer_code, cancel_res.resume_code, cancel_res.source_running);
+		ok &= cancel_res.cancel_code == 0 && cancel_res.resume_code == 0 && cancel_res.source_running;
 	}
 	double um = median(us, opt_reps), lm = median(ls, opt_reps);
 	double ucm = median(uc, opt_reps), lcm = median(lc, opt_reps);
