@@ -96,6 +96,13 @@ static void test_reservation_is_a_reclaiming_deadline_reservation(void **state)
 	(void)state;
 	struct job j = { .pct = 90 };
 	run(&j);
+	for (int i = 0; i < 50 && geteuid() == 0 && j.got != LM_SCHED_DEADLINE; i++) {
+		/* a previous test's reservation may be held a moment longer */
+		usleep(20000);
+		memset(&j, 0, sizeof(j));
+		j.pct = 90;
+		run(&j);
+	}
 	if (geteuid() != 0) {
 		/* no CAP_SYS_NICE: refused, and the reason is given */
 		assert_int_not_equal(j.got, LM_SCHED_DEADLINE);

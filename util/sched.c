@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef SCHED_DEADLINE
@@ -60,9 +61,20 @@ enum lm_sched_kind lm_sched_reserve_self(unsigned pct, char *why, size_t n)
 		.sched_deadline = PERIOD_NS,
 		.sched_period = PERIOD_NS,
 	};
-	if (syscall(SYS_sched_setattr, 0, &a, 0) == 0)
-		return LM_SCHED_DEADLINE;
-	int dl_err = errno;
+	/* EBUSY is the admission test: the cores' deadline bandwidth is taken.
+	 * A thread that just ended keeps its share until its 0-lag time (about
+	 * a period), so a migration started right after another one would be
+	 * refused: try again for a few milliseconds first. */
+	int dl_err = 0;
+	for (int i = 0; i < 10; i++) {
+		if (syscall(SYS_sched_setattr, 0, &a, 0) == 0)
+			return LM_SCHED_DEADLINE;
+		dl_err = errno;
+		if (dl_err != EBUSY)
+			break;
+		struct timespec ts = { 0, 2000000 };
+		nanosleep(&ts, NULL);
+	}
 #else
 	int dl_err = ENOSYS;
 #endif
