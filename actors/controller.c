@@ -38,10 +38,13 @@
 
 #include "actors/notifier.h"
 #include "actors/patcher.h"
+#include "actors/publisher.h"
 #include "actors/sandbox.h"
 #include "actors/task_service.h"
 #include "actors/transport.h"
+#include "events.pb-c.h"
 #include "google/protobuf/any.pb-c.h"
+#include "google/protobuf/timestamp.pb-c.h"
 #include "hcs/convert.h"
 #include "hcs/hcs.h"
 #include "migration.pb-c.h"
@@ -96,6 +99,7 @@ struct ctl {
 	lm_actor_t *self;
 	lm_actor_t *notifier;
 	lm_actor_t *transport;
+	lm_publisher_t *pub;         /* task events to containerd, or NULL (the shim's) */
 	char *document;              /* the VM's document (standalone config or snapshot) */
 	struct lm_shim_config cfg;   /* strings not kept beyond boot */
 	struct lm_shim_container *boot_ctrs;
@@ -158,6 +162,8 @@ struct ctl {
 	int boot_rc;
 	lm_mailbox_t *quiesce_reply;
 };
+
+static void on_sandbox_event(void *arg, enum lm_sandbox_event type, const struct lm_container *k);
 
 struct hcs_op_ctx {
 	lm_actor_t *ctl;                 /* reference held */
@@ -793,6 +799,7 @@ static void do_import(struct ctl *c, lm_rpc_call_t *call, const uint8_t *p, size
 	}
 	lm_sandbox_destroy(c->sb);
 	c->sb = sb;
+	lm_sandbox_set_event_fn(c->sb, on_sandbox_event, c);
 	c->imported = vm;
 	c->have_imported = true;
 	c->patchers = ps;
@@ -1781,9 +1788,63 @@ static void call_gone_dtor(lm_msg_t *m)
 	lm_rpc_call_unref(LM_MSG_PAYLOAD(m, struct lm_ctl_call)->call);
 }
 
+/* The sandbox's task events, as containerd's (api/events/task.proto), to
+ * the publisher: controller thread, never blocks. */
+static void on_sandbox_event(void *arg, enum lm_sandbox_event type, const struct lm_container *k)
+{
+	struct ctl *c = arg;
+	if (!c->pub)
+		return;
+	Google__Protobuf__Timestamp at = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+	at.seconds = (int64_t)(k->exited_at_ns / 1000000000ull);
+	at.nanos = (int32_t)(k->exited_at_ns % 1000000000ull);
+	switch (type) {
+	case LM_SB_EV_CREATE: {
+		Containerd__Events__TaskCreate e = CONTAINERD__EVENTS__TASK_CREATE__INIT;
+		Containerd__Events__TaskIO io = CONTAINERD__EVENTS__TASK_IO__INIT;
+		io.stdin = k->stdin_path ? k->stdin_path : (char *)"";
+		io.stdout = k->stdout_path ? k->stdout_path : (char *)"";
+		io.stderr = k->stderr_path ? k->stderr_path : (char *)"";
+		io.terminal = k->terminal;
+		e.container_id = k->id;
+		e.bundle = k->bundle ? k->bundle : (char *)"";
+		e.io = &io;
+		e.pid = k->pid;
+		lm_publisher_publish(c->pub, "/tasks/create", "containerd.events.TaskCreate", &e.base);
+		break;
+	}
+	case LM_SB_EV_START: {
+		Containerd__Events__TaskStart e = CONTAINERD__EVENTS__TASK_START__INIT;
+		e.container_id = k->id;
+		e.pid = k->pid;
+		lm_publisher_publish(c->pub, "/tasks/start", "containerd.events.TaskStart", &e.base);
+		break;
+	}
+	case LM_SB_EV_EXIT: {
+		Containerd__Events__TaskExit e = CONTAINERD__EVENTS__TASK_EXIT__INIT;
+		e.container_id = k->id;
+		e.id = k->id;          /* the init process: its exec ID is the container's */
+		e.pid = k->pid;
+		e.exit_status = k->exit_status;
+		e.exited_at = &at;
+		lm_publisher_publish(c->pub, "/tasks/exit", "containerd.events.TaskExit", &e.base);
+		break;
+	}
+	case LM_SB_EV_DELETE: {
+		Containerd__Events__TaskDelete e = CONTAINERD__EVENTS__TASK_DELETE__INIT;
+		e.container_id = k->id;
+		e.pid = k->pid;
+		e.exit_status = k->exit_status;
+		e.exited_at = &at;
+		lm_publisher_publish(c->pub, "/tasks/delete", "containerd.events.TaskDelete", &e.base);
+		break;
+	}
+	}
+}
+
 int lm_controller_spawn(lm_runtime_t *rt, lm_actor_t **out,
 			const struct lm_shim_config *cfg, lm_actor_t *notifier,
-			lm_actor_t *transport)
+			lm_actor_t *transport, lm_publisher_t *pub)
 {
 	struct ctl *c = calloc(1, sizeof(*c));
 	int rc;
@@ -1796,6 +1857,8 @@ int lm_controller_spawn(lm_runtime_t *rt, lm_actor_t **out,
 		free(c);
 		return rc;
 	}
+	c->pub = pub;
+	lm_sandbox_set_event_fn(c->sb, on_sandbox_event, c);
 	c->cfg = *cfg;
 	c->cfg.socket = NULL;
 	c->cfg.ns = NULL;

@@ -5,5 +5,6 @@ target_sources(lm_shim PRIVATE
   ${CMAKE_CURRENT_LIST_DIR}/controller.c
   ${CMAKE_CURRENT_LIST_DIR}/migration_service.c
   ${CMAKE_CURRENT_LIST_DIR}/transport.c
-  ${CMAKE_CURRENT_LIST_DIR}/shim.c)
+  ${CMAKE_CURRENT_LIST_DIR}/shim.c
+  ${CMAKE_CURRENT_LIST_DIR}/publisher.c)
 target_link_libraries(lm_shim PUBLIC PkgConfig::LM_JANSSON_CTL)

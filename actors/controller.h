@@ -74,10 +74,13 @@ struct lm_rpc_service;
 void lm_migration_service_init(struct lm_rpc_service *mig, struct lm_rpc_service *inspect,
 			       lm_actor_t *ctl);
 
-/* Thread: any. Spawns the controller (one per shim). `cfg` is copied. */
+/* Thread: any. Spawns the controller (one per shim). `cfg` is copied.
+ * `pub` (may be NULL) gets the sandbox's task events; it must outlive
+ * the controller. */
+struct lm_publisher;
 int lm_controller_spawn(lm_runtime_t *rt, lm_actor_t **out,
 			const struct lm_shim_config *cfg, lm_actor_t *notifier,
-			lm_actor_t *transport);
+			lm_actor_t *transport, struct lm_publisher *pub);
 
 /* Thread: not a worker. Standalone start: creates and starts the VM of
  * cfg->vm_document and its containers; returns when done. 0 or -errno. */

@@ -45,7 +45,21 @@ struct lm_sandbox {
 	struct lm_pod **pods;      /* sorted by id */
 	size_t np, pcap;
 	uint32_t next_pid;         /* never goes backwards */
+	lm_sandbox_event_fn ev;    /* task events (containerd's publisher), or NULL */
+	void *ev_arg;
 };
+
+static void emit(const lm_sandbox_t *sb, enum lm_sandbox_event type, const struct lm_container *c)
+{
+	if (sb->ev)
+		sb->ev(sb->ev_arg, type, c);
+}
+
+void lm_sandbox_set_event_fn(lm_sandbox_t *sb, lm_sandbox_event_fn fn, void *arg)
+{
+	sb->ev = fn;
+	sb->ev_arg = arg;
+}
 
 /* ---- small helpers ---------------------------------------------------- */
 
@@ -391,8 +405,11 @@ int lm_sandbox_add(lm_sandbox_t *sb, const struct lm_container_spec *spec,
 {
 	struct ctr *k;
 	int rc = add_ctr(sb, spec, 0, &k);
-	if (rc == 0 && out)
-		*out = &k->c;
+	if (rc == 0) {
+		emit(sb, LM_SB_EV_CREATE, &k->c);
+		if (out)
+			*out = &k->c;
+	}
 	return rc;
 }
 
@@ -452,16 +469,18 @@ int lm_sandbox_start(lm_sandbox_t *sb, const char *id, uint32_t *pid)
 	k->c.state = LM_CTR_RUNNING;
 	if (pid)
 		*pid = k->c.pid;
+	emit(sb, LM_SB_EV_START, &k->c);
 	return 0;
 }
 
-static int stop(struct ctr *k, uint32_t status)
+static int stop(lm_sandbox_t *sb, struct ctr *k, uint32_t status)
 {
 	if (k->c.state == LM_CTR_STOPPED)
 		return -ESRCH;
 	k->c.state = LM_CTR_STOPPED;
 	k->c.exit_status = status;
 	k->c.exited_at_ns = lm_wall_ns();
+	emit(sb, LM_SB_EV_EXIT, &k->c);
 	answer_waiters(k);
 	return 0;
 }
@@ -473,7 +492,7 @@ int lm_sandbox_kill(lm_sandbox_t *sb, const char *id, uint32_t signal)
 		return -ENOENT;
 	if (signal == 0 || signal > 64)
 		return -EINVAL;
-	return stop(k, 128u + signal);
+	return stop(sb, k, 128u + signal);
 }
 
 int lm_sandbox_exit(lm_sandbox_t *sb, const char *id, uint32_t status)
@@ -481,7 +500,7 @@ int lm_sandbox_exit(lm_sandbox_t *sb, const char *id, uint32_t status)
 	struct ctr *k = find_ctr(sb, id);
 	if (!k)
 		return -ENOENT;
-	return stop(k, status);
+	return stop(sb, k, status);
 }
 
 int lm_sandbox_delete(lm_sandbox_t *sb, const char *id, uint32_t *pid,
@@ -502,6 +521,7 @@ int lm_sandbox_delete(lm_sandbox_t *sb, const char *id, uint32_t *pid,
 		*exit_status = c->exit_status;
 	if (exited_at_ns)
 		*exited_at_ns = c->exited_at_ns;
+	emit(sb, LM_SB_EV_DELETE, c);
 	remove_ctr_at(sb, i, LM_RPC_NOT_FOUND, "container deleted");
 	return 0;
 }
@@ -685,6 +705,8 @@ int lm_sandbox_apply_patch(lm_sandbox_t *sb, const struct lm_patch_result *r)
 	qsort(sb->v, sb->n, sizeof(*sb->v), ctr_cmp);
 	lm_log_info("sandbox", "container patched", "source_id=%s id=%s pod=%s pid=%" PRIu32,
 		    c->source_id, c->id, c->pod_id, c->pid);
+	/* containerd created the task under its new ID (running already) */
+	emit(sb, LM_SB_EV_CREATE, c);
 	return 0;
 }
 

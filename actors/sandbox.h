@@ -51,6 +51,22 @@ enum lm_ctr_type {
 	LM_CTR_CONTAINER = 1,  /* a workload container */
 };
 
+/* Task events, as containerd's topics: /tasks/create (a container added,
+ * or an imported one patched under its new ID), /tasks/start, /tasks/exit
+ * (stopped: state, exit status and time are set), /tasks/delete (called
+ * just before the container is freed). Not emitted: lm_sandbox_clear
+ * (teardown after a migration moved the sandbox) and imports. */
+enum lm_sandbox_event {
+	LM_SB_EV_CREATE = 1,
+	LM_SB_EV_START,
+	LM_SB_EV_EXIT,
+	LM_SB_EV_DELETE,
+};
+
+struct lm_container;
+typedef void (*lm_sandbox_event_fn)(void *arg, enum lm_sandbox_event type,
+				    const struct lm_container *c);
+
 /* Values equal containerd.v1.types.Status (task_types.proto). */
 enum lm_ctr_state {
 	LM_CTR_CREATED = 1,
@@ -137,6 +153,9 @@ void lm_snapshot_vm_clear(struct lm_snapshot_vm *vm);
 
 /* Thread: any (the new sandbox then belongs to one owner). 0 or -ENOMEM. */
 int lm_sandbox_create(lm_sandbox_t **out);
+/* Thread: owner only. Calls fn(arg, ...) on the owner's thread at each
+ * task event (see enum lm_sandbox_event); fn must not block. NULL: none. */
+void lm_sandbox_set_event_fn(lm_sandbox_t *sb, lm_sandbox_event_fn fn, void *arg);
 
 /* Thread: owner only. lm_sandbox_clear, then frees. NULL is ignored. */
 void lm_sandbox_destroy(lm_sandbox_t *sb);

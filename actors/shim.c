@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "actors/controller.h"
+#include "actors/publisher.h"
 #include "actors/notifier.h"
 #include "actors/task_service.h"
 #include "actors/transport.h"
@@ -28,6 +29,7 @@ struct lm_shim {
 	lm_actor_t *notifier;
 	lm_actor_t *transport;
 	lm_actor_t *controller;
+	lm_publisher_t *publisher;
 	lm_rpc_server_t *server;
 	struct lm_rpc_service mig, inspect, task;
 };
@@ -47,6 +49,7 @@ static void teardown(lm_shim_t *s)
 	for (unsigned i = 0; i < 3; i++)
 		if (actors[i])
 			lm_actor_unref(actors[i]);
+	lm_publisher_destroy(s->publisher);   /* after the controller: flushes its last events */
 	free(s);
 }
 
@@ -74,7 +77,15 @@ int lm_shim_create(lm_shim_t **out, const struct lm_shim_config *cfg)
 	rc = lm_transport_spawn(s->rt, &s->transport);
 	if (rc)
 		goto fail;
-	rc = lm_controller_spawn(s->rt, &s->controller, cfg, s->notifier, s->transport);
+	if (cfg->events_address && *cfg->events_address) {
+		rc = lm_publisher_create(&s->publisher, cfg->events_address, cfg->ns ? cfg->ns : "default");
+		if (rc) {
+			lm_log_error("shim", "cannot start the event publisher", "address=%s err=\"%s\"",
+				     cfg->events_address, strerror(-rc));
+			goto fail;
+		}
+	}
+	rc = lm_controller_spawn(s->rt, &s->controller, cfg, s->notifier, s->transport, s->publisher);
 	if (rc)
 		goto fail;
 	rc = lm_rpc_server_create(&s->server, &scfg);

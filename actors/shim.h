@@ -49,6 +49,9 @@ struct lm_shim_config {
 	 * (a graceful stop). NULL: the shim keeps serving. */
 	void (*on_shutdown)(void *arg);
 	void *shutdown_arg;
+	/* containerd's ttrpc address (its TTRPC_ADDRESS) for task events
+	 * (actors/publisher.h), stamped with namespace `ns`; NULL: none. */
+	const char *events_address;
 };
 
 #define LM_SHIM_TRANSFER_CPU_DEFAULT 90

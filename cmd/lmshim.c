@@ -16,13 +16,19 @@
  *    shims do.
  *      lmshim -namespace NS -address ADDR -id ID [-socket PATH]
  *    (no action) is the daemon itself, idle (no VM) until it imports one.
- *    Flags are Go-style: -flag value, -flag=value, --flag value.
+ *    It forwards task events to containerd's ttrpc socket named by
+ *    TTRPC_ADDRESS in its environment (containerd sets it; the forked
+ *    daemon inherits it), as containerd's v2 shims do; -publish-binary is
+ *    accepted and not used. A task Shutdown that leaves no container and
+ *    no session stops it. Flags are Go-style: -flag value, -flag=value,
+ *    --flag value.
  *
  * 2. Standalone, with a sandbox to run:
  *      lmshim serve --socket PATH [--vm-size-mb N] [--backend sim|kvm]
  *             [--workload-rate MBps] [--workload-pattern uniform|hotset|sequential]
  *             [--containers pod1:sandbox,pod1:c1,...] [--idle] [--id ID]
  *             [--state-dir DIR] [--workers N] [--transfer-cpu PCT]
+ *             [--events-address ADDR]
  *
  * Either way it fills struct lm_shim_config and calls lm_shim_create
  * (actors/shim.h); SIGTERM/SIGINT stop it gracefully (lm_shim_destroy).
@@ -86,6 +92,9 @@ static const char usage[] =
 	"  --transfer-cpu PCT              CPU reserved for a migration's memory-transfer thread,\n"
 	"                                  percent of one core, 0..95 (default 90; 0 = none):\n"
 	"                                  SCHED_DEADLINE reclaiming idle time, else nice -20\n"
+	"  --events-address ADDR           containerd's ttrpc socket for task events\n"
+	"                                  (/tasks/create|start|exit|delete; default $TTRPC_ADDRESS;\n"
+	"                                  '' = none)\n"
 	"  --debug                         debug logging\n"
 	"  --help                          this text\n";
 
@@ -380,7 +389,9 @@ static int cmd_daemon(const struct cflags *f)
 	}
 	struct lm_shim_config cfg = { .socket = path, .id = f->id, .ns = f->ns,
 				      .transfer_cpu_pct = LM_SHIM_TRANSFER_CPU_DEFAULT,
-				      .on_shutdown = stop_self };
+				      .on_shutdown = stop_self,
+				      /* containerd passes its ttrpc address for events */
+				      .events_address = getenv("TTRPC_ADDRESS") };
 	return run_shim(&cfg);
 }
 
@@ -439,7 +450,7 @@ static int parse_containers(const char *spec, struct lm_shim_container **out, un
 static int cmd_serve(int argc, char **argv)
 {
 	enum { O_SOCKET = 1, O_ID, O_NS, O_MB, O_VCPUS, O_BACKEND, O_RATE, O_PATTERN, O_CONT, O_IDLE,
-	       O_STATE, O_WORKERS, O_DEBUG, O_ANYUID, O_HELP, O_FILL, O_XCPU };
+	       O_STATE, O_WORKERS, O_DEBUG, O_ANYUID, O_HELP, O_FILL, O_XCPU, O_EVENTS };
 	static const struct option lo[] = {
 		{ "socket", required_argument, 0, O_SOCKET }, { "id", required_argument, 0, O_ID },
 		{ "namespace", required_argument, 0, O_NS },
@@ -453,12 +464,14 @@ static int cmd_serve(int argc, char **argv)
 		{ "workers", required_argument, 0, O_WORKERS }, { "debug", no_argument, 0, O_DEBUG },
 		{ "any-uid", no_argument, 0, O_ANYUID },
 		{ "transfer-cpu", required_argument, 0, O_XCPU },
+		{ "events-address", required_argument, 0, O_EVENTS },
 		{ "help", no_argument, 0, O_HELP }, { 0, 0, 0, 0 },
 	};
 	const char *sock = NULL, *id = "standalone", *ns = "default", *backend = "sim";
 	const char *pattern = "Uniform", *conts = "pod1:sandbox", *state = NULL, *fill = "Zero";
 	unsigned long mb = 256, vcpus = 1, rate = 100, workers = 0;
 	unsigned long xcpu = LM_SHIM_TRANSFER_CPU_DEFAULT;
+	const char *events = getenv("TTRPC_ADDRESS");
 	bool idle = false, any_uid = false;
 	int c;
 	opterr = 0;
@@ -509,6 +522,7 @@ static int cmd_serve(int argc, char **argv)
 			if (end == optarg || *end || workers > 256)
 				return bad("--workers wants a number");
 			break;
+		case O_EVENTS: events = optarg; break;
 		case O_XCPU:
 			xcpu = strtoul(optarg, &end, 10);
 			if (end == optarg || *end || xcpu > LM_SCHED_RESERVE_MAX)
@@ -530,7 +544,8 @@ static int cmd_serve(int argc, char **argv)
 		return bad("serve: --socket is required");
 	struct lm_shim_config cfg = { .socket = sock, .id = id, .ns = ns, .state_dir = state,
 				      .workers = (unsigned)workers, .any_uid = any_uid,
-				      .transfer_cpu_pct = (unsigned)xcpu, .on_shutdown = stop_self };
+				      .transfer_cpu_pct = (unsigned)xcpu, .on_shutdown = stop_self,
+				      .events_address = events };
 	char doc[1024];
 	struct lm_shim_container *cv = NULL;
 	char *store = NULL;

@@ -25,6 +25,8 @@
 #include <openssl/sha.h>
 
 #include "e2e.h"
+#include "events.pb-c.h"
+#include "events_sink.h"
 #include "migration.pb-c.h"
 #include "task.pb-c.h"
 
@@ -745,6 +747,104 @@ static void test_task_shutdown_exits_only_when_nothing_is_left(void **state)
 	free(log);
 }
 
+static const struct sink_event *find_event(struct sink *sk, const char *topic, const char *id,
+					    uint32_t *pid, uint32_t *status, int *index)
+{
+	for (unsigned i = 0; i < sk->n; i++) {
+		const struct sink_event *x = &sk->ev[i];
+		if (strcmp(x->topic, topic))
+			continue;
+		char *cid = NULL;
+		uint32_t p = 0, st = 0;
+		if (!strcmp(topic, "/tasks/create")) {
+			Containerd__Events__TaskCreate *e = containerd__events__task_create__unpack(NULL, x->len, x->value);
+			assert_non_null(e);
+			cid = strdup(e->container_id);
+			p = e->pid;
+			containerd__events__task_create__free_unpacked(e, NULL);
+		} else if (!strcmp(topic, "/tasks/start")) {
+			Containerd__Events__TaskStart *e = containerd__events__task_start__unpack(NULL, x->len, x->value);
+			assert_non_null(e);
+			cid = strdup(e->container_id);
+			p = e->pid;
+			containerd__events__task_start__free_unpacked(e, NULL);
+		} else if (!strcmp(topic, "/tasks/exit")) {
+			Containerd__Events__TaskExit *e = containerd__events__task_exit__unpack(NULL, x->len, x->value);
+			assert_non_null(e);
+			assert_non_null(e->exited_at);
+			assert_true(e->exited_at->seconds > 1600000000);
+			cid = strdup(e->container_id);
+			p = e->pid;
+			st = e->exit_status;
+			containerd__events__task_exit__free_unpacked(e, NULL);
+		} else if (!strcmp(topic, "/tasks/delete")) {
+			Containerd__Events__TaskDelete *e = containerd__events__task_delete__unpack(NULL, x->len, x->value);
+			assert_non_null(e);
+			cid = strdup(e->container_id);
+			p = e->pid;
+			st = e->exit_status;
+			containerd__events__task_delete__free_unpacked(e, NULL);
+		}
+		bool match = cid && !strcmp(cid, id);
+		free(cid);
+		if (match) {
+			*pid = p;
+			*status = st;
+			*index = (int)i;
+			return x;
+		}
+	}
+	return NULL;
+}
+
+/* containerd learns of task changes only through the events a shim
+ * forwards to its ttrpc socket (TTRPC_ADDRESS, here --events-address). */
+static void test_task_events_reach_containerds_events_service(void **state)
+{
+	struct fx *f = *state;
+	char path[300];
+	snprintf(path, sizeof(path), "%s/containerd.sock.ttrpc", f->dir);
+	static struct sink sk;   /* static: outlives a failed test's frame */
+	assert_int_equal(sink_start(&sk, path), 0);
+	const char *args[] = { "--vm-size-mb", "64", "--workload-rate", "0", "--namespace", "k8s.io",
+			       "--containers", "pod1:sandbox,pod1:c1", "--events-address", path, NULL };
+	assert_int_equal(e2e_shim_start(&f->src, f->dir, "src", NULL, NULL, args), 0);
+	assert_int_equal(sink_wait(&sk, 4, 10000), 4);   /* boot: create + start of each */
+	uint32_t pid_c1 = 0, pid, st;
+	int cst, ic, is, ix, id;
+	assert_int_equal(e2e_state(&f->src, "c1", &pid_c1, &cst), 0);
+	assert_non_null(find_event(&sk, "/tasks/create", "c1", &pid, &st, &ic));
+	assert_int_equal(pid, pid_c1);
+	assert_non_null(find_event(&sk, "/tasks/start", "c1", &pid, &st, &is));
+	assert_int_equal(pid, pid_c1);
+	assert_true(ic < is);
+	assert_non_null(find_event(&sk, "/tasks/create", "sandbox", &pid, &st, &ic));
+	assert_string_equal(sk.ev[0].ns, "k8s.io");
+	assert_string_equal(sk.ev[0].type_url, "containerd.events.TaskCreate");
+
+	Containerd__Task__V2__KillRequest k = CONTAINERD__TASK__V2__KILL_REQUEST__INIT;
+	k.id = "c1";
+	k.signal = 9;
+	assert_int_equal(task_call(&f->src, "Kill", &k.base), 0);
+	Containerd__Task__V2__DeleteRequest d = CONTAINERD__TASK__V2__DELETE_REQUEST__INIT;
+	d.id = "c1";
+	assert_int_equal(task_call(&f->src, "Delete", &d.base), 0);
+	assert_int_equal(sink_wait(&sk, 6, 10000), 6);
+	assert_non_null(find_event(&sk, "/tasks/exit", "c1", &pid, &st, &ix));
+	assert_int_equal(pid, pid_c1);
+	assert_int_equal(st, 137);
+	assert_string_equal(sk.ev[ix].type_url, "containerd.events.TaskExit");
+	assert_non_null(find_event(&sk, "/tasks/delete", "c1", &pid, &st, &id));
+	assert_int_equal(pid, pid_c1);
+	assert_int_equal(st, 137);
+	assert_true(is < ix && ix < id);
+	for (unsigned i = 0; i < sk.n; i++)
+		assert_string_equal(sk.ev[i].ns, "k8s.io");
+	int rc = e2e_shim_stop(&f->src);
+	assert_int_equal(rc, 0);
+	sink_free(&sk);
+}
+
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
@@ -755,6 +855,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_migrate_with_compression_and_pass_limits, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lmctl_state_prints_task_state, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_task_shutdown_exits_only_when_nothing_is_left, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_task_events_reach_containerds_events_service, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_calls_in_wrong_state_answer_contract_codes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_empty_and_wrong_session_ids_are_invalid_argument, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_second_socket_is_already_exists, setup, teardown),

@@ -1,0 +1,216 @@
+/*
+ * test_publisher.c: task events reach containerd's events service in
+ * order, in containerd's envelope; a containerd that is down, or refuses,
+ * gets them later, still in order; a full queue and a stop are bounded
+ * and counted, never a hang.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "actors/publisher.h"
+#include "events.pb-c.h"
+#include "events_sink.h"
+#include "util/clock.h"
+#include "util/log.h"
+
+struct fx {
+	char dir[64];
+	char path[128];
+	struct sink sink;
+	bool sink_on;
+};
+
+static int setup(void **state)
+{
+	struct fx *f = calloc(1, sizeof(*f));
+	snprintf(f->dir, sizeof(f->dir), "/tmp/lm-pub-XXXXXX");
+	assert_non_null(mkdtemp(f->dir));
+	snprintf(f->path, sizeof(f->path), "%s/containerd.sock.ttrpc", f->dir);
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fx *f = *state;
+	if (f->sink_on)
+		sink_free(&f->sink);
+	unlink(f->path);
+	rmdir(f->dir);
+	free(f);
+	return 0;
+}
+
+static int publish_exit(lm_publisher_t *p, uint32_t pid)
+{
+	Containerd__Events__TaskExit e = CONTAINERD__EVENTS__TASK_EXIT__INIT;
+	char id[32];
+	snprintf(id, sizeof(id), "c%u", pid);
+	e.container_id = id;
+	e.id = id;
+	e.pid = pid;
+	e.exit_status = 137;
+	return lm_publisher_publish(p, "/tasks/exit", "containerd.events.TaskExit", &e.base);
+}
+
+static uint32_t exit_pid(const struct sink_event *x)
+{
+	Containerd__Events__TaskExit *e = containerd__events__task_exit__unpack(NULL, x->len, x->value);
+	assert_non_null(e);
+	uint32_t pid = e->pid;
+	char id[32];
+	snprintf(id, sizeof(id), "c%u", pid);
+	assert_string_equal(e->container_id, id);
+	assert_int_equal(e->exit_status, 137);
+	containerd__events__task_exit__free_unpacked(e, NULL);
+	return pid;
+}
+
+/* The sink records an event before it answers, and the publisher counts
+ * it when the answer is back: wait for the count. */
+static struct lm_publisher_stats stats_when_forwarded(lm_publisher_t *p, uint64_t n)
+{
+	struct lm_publisher_stats st;
+	for (int i = 0; i < 500; i++) {
+		lm_publisher_stats(p, &st);
+		if (st.forwarded >= n)
+			break;
+		usleep(10000);
+	}
+	return st;
+}
+
+static void test_events_arrive_in_order_in_containerds_envelope(void **state)
+{
+	struct fx *f = *state;
+	assert_int_equal(sink_start(&f->sink, f->path), 0);
+	f->sink_on = true;
+	char addr[160];
+	snprintf(addr, sizeof(addr), "unix://%s", f->path);
+	lm_publisher_t *p;
+	assert_int_equal(lm_publisher_create(&p, addr, "k8s.io"), 0);
+	int64_t now = (int64_t)(lm_wall_ns() / 1000000000ull);
+	for (uint32_t i = 0; i < 200; i++)
+		assert_int_equal(publish_exit(p, 1000 + i), 0);
+	assert_int_equal(sink_wait(&f->sink, 200, 10000), 200);
+	for (unsigned i = 0; i < 200; i++) {
+		const struct sink_event *x = &f->sink.ev[i];
+		assert_string_equal(x->topic, "/tasks/exit");
+		assert_string_equal(x->ns, "k8s.io");
+		assert_string_equal(x->type_url, "containerd.events.TaskExit");
+		assert_true(x->ts_seconds >= now - 1 && x->ts_seconds <= now + 60);
+		assert_int_equal(exit_pid(x), 1000 + i);
+	}
+	struct lm_publisher_stats st = stats_when_forwarded(p, 200);
+	assert_int_equal(st.forwarded, 200);
+	assert_int_equal(st.dropped, 0);
+	assert_int_equal(st.retries, 0);
+	lm_publisher_destroy(p);
+}
+
+static void test_containerd_down_then_up_gets_everything_in_order(void **state)
+{
+	struct fx *f = *state;
+	lm_publisher_t *p;
+	assert_int_equal(lm_publisher_create(&p, f->path, "default"), 0);
+	for (uint32_t i = 0; i < 5; i++)
+		assert_int_equal(publish_exit(p, 1 + i), 0);
+	usleep(300000);           /* the first tries fail: nobody listens */
+	assert_int_equal(sink_start(&f->sink, f->path), 0);
+	f->sink_on = true;
+	assert_int_equal(sink_wait(&f->sink, 5, 8000), 5);
+	for (unsigned i = 0; i < 5; i++)
+		assert_int_equal(exit_pid(&f->sink.ev[i]), 1 + i);
+	struct lm_publisher_stats st = stats_when_forwarded(p, 5);
+	assert_int_equal(st.forwarded, 5);
+	assert_true(st.retries >= 1);
+	assert_int_equal(st.dropped, 0);
+	lm_publisher_destroy(p);
+}
+
+static void test_refused_forward_is_retried_and_order_kept(void **state)
+{
+	struct fx *f = *state;
+	assert_int_equal(sink_start(&f->sink, f->path), 0);
+	f->sink_on = true;
+	atomic_store(&f->sink.refuse, 2);
+	lm_publisher_t *p;
+	assert_int_equal(lm_publisher_create(&p, f->path, "default"), 0);
+	assert_int_equal(publish_exit(p, 7), 0);
+	assert_int_equal(publish_exit(p, 8), 0);
+	assert_int_equal(sink_wait(&f->sink, 2, 8000), 2);
+	assert_int_equal(exit_pid(&f->sink.ev[0]), 7);
+	assert_int_equal(exit_pid(&f->sink.ev[1]), 8);
+	struct lm_publisher_stats st = stats_when_forwarded(p, 2);
+	assert_int_equal(st.retries, 2);
+	assert_int_equal(st.forwarded, 2);
+	assert_int_equal(atomic_load(&f->sink.calls), 4);
+	lm_publisher_destroy(p);
+}
+
+static void test_full_queue_drops_and_counts(void **state)
+{
+	struct fx *f = *state;
+	lm_publisher_t *p;
+	assert_int_equal(lm_publisher_create(&p, f->path, "default"), 0);   /* nobody listens */
+	unsigned full = 0;
+	for (uint32_t i = 0; i < LM_PUBLISHER_QUEUE + 500; i++) {
+		int rc = publish_exit(p, i);
+		if (rc == -ENOSPC)
+			full++;
+		else
+			assert_int_equal(rc, 0);
+	}
+	assert_true(full >= 499 && full <= 501);
+	struct lm_publisher_stats st;
+	lm_publisher_stats(p, &st);
+	assert_int_equal(st.dropped, full);
+	/* stopping with ~2048 undeliverable events is bounded (2 s budget) */
+	uint64_t t0 = lm_now_ns();
+	lm_publisher_destroy(p);
+	assert_true(lm_now_ns() - t0 < 4000000000ull);
+}
+
+static void test_stop_while_containerd_is_gone_is_bounded(void **state)
+{
+	struct fx *f = *state;
+	lm_publisher_t *p;
+	assert_int_equal(lm_publisher_create(&p, f->path, "default"), 0);
+	for (uint32_t i = 0; i < 5; i++)
+		assert_int_equal(publish_exit(p, i), 0);
+	usleep(100000);           /* the thread is in its backoff */
+	uint64_t t0 = lm_now_ns();
+	lm_publisher_destroy(p);
+	assert_true(lm_now_ns() - t0 < 3000000000ull);
+}
+
+static void test_bad_arguments(void **state)
+{
+	(void)state;
+	lm_publisher_t *p;
+	assert_int_equal(lm_publisher_create(&p, NULL, "ns"), -EINVAL);
+	assert_int_equal(lm_publisher_create(&p, "", "ns"), -EINVAL);
+	assert_int_equal(lm_publisher_create(&p, "/x", NULL), -EINVAL);
+	lm_publisher_destroy(NULL);
+}
+
+int main(void)
+{
+	lm_log_set_level(getenv("LM_LOG_LEVEL") ? LM_LOG_DEBUG : LM_LOG_OFF);
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_events_arrive_in_order_in_containerds_envelope, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_containerd_down_then_up_gets_everything_in_order, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_refused_forward_is_retried_and_order_kept, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_full_queue_drops_and_counts, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_stop_while_containerd_is_gone_is_bounded, setup, teardown),
+		cmocka_unit_test(test_bad_arguments),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
