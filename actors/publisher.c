@@ -69,14 +69,7 @@ static bool stopping(lm_publisher_t *p, uint64_t *deadline)
 /* Sleeps up to ns, or until stop. */
 static void backoff(lm_publisher_t *p, int64_t ns)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	ts.tv_sec += ns / 1000000000ll;
-	ts.tv_nsec += ns % 1000000000ll;
-	if (ts.tv_nsec >= 1000000000l) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000l;
-	}
+	struct timespec ts = lm_timespec_in(CLOCK_MONOTONIC, ns);
 	pthread_mutex_lock(&p->mu);
 	while (!p->stop && pthread_cond_timedwait(&p->cv, &p->mu, &ts) != ETIMEDOUT)
 		;

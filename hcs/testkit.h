@@ -132,14 +132,7 @@ static inline void ht_on_event(void *arg, const lm__xfer_event_t *e)
 
 static inline bool ht_wait(struct ht_log *l, int type, int timeout_ms)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += timeout_ms / 1000;
-	ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
-	if (ts.tv_nsec >= 1000000000) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000;
-	}
+	struct timespec ts = lm_timespec_in(CLOCK_REALTIME, (int64_t)timeout_ms * 1000000);
 	pthread_mutex_lock(&l->mu);
 	while (l->count[type] == 0)
 		if (pthread_cond_timedwait(&l->cv, &l->mu, &ts) != 0)

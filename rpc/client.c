@@ -13,6 +13,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "util/clock.h"
+
 #define WAIT_MARGIN_NS 200000000ll   /* local wait past the deadline */
 
 struct item {
@@ -336,13 +338,7 @@ static int open_stream(lm_rpc_client_t *c, const char *service, const char *meth
 
 static void deadline_ts(struct timespec *ts, int64_t wait_ns)
 {
-	clock_gettime(CLOCK_MONOTONIC, ts);
-	ts->tv_sec += wait_ns / 1000000000ll;
-	ts->tv_nsec += wait_ns % 1000000000ll;
-	if (ts->tv_nsec >= 1000000000l) {
-		ts->tv_sec++;
-		ts->tv_nsec -= 1000000000l;
-	}
+	*ts = lm_timespec_in(CLOCK_MONOTONIC, wait_ns);
 }
 
 /* Waits on s->cv (client mutex held) until pred or the wait ends. */

@@ -18,6 +18,7 @@
 
 #include "events_ttrpc.pb-c.h"
 #include "rpc/server.h"
+#include "util/clock.h"
 
 #define SINK_MAX 512
 
@@ -117,14 +118,7 @@ static inline void sink_free(struct sink *s)
 /* Waits until at least n events arrived (or timeout_ms); returns the count. */
 static inline unsigned sink_wait(struct sink *s, unsigned n, int timeout_ms)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += timeout_ms / 1000;
-	ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000l;
-	if (ts.tv_nsec >= 1000000000l) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000l;
-	}
+	struct timespec ts = lm_timespec_in(CLOCK_REALTIME, (int64_t)timeout_ms * 1000000);
 	pthread_mutex_lock(&s->mu);
 	while (s->n < n && pthread_cond_timedwait(&s->cv, &s->mu, &ts) == 0)
 		;

@@ -19,6 +19,21 @@ static inline uint64_t lm_now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/* Thread: any. The absolute time `ns` from now on clock `clk`, for
+ * pthread_cond_timedwait and friends (whose clock must be `clk`). */
+static inline struct timespec lm_timespec_in(clockid_t clk, int64_t ns)
+{
+	struct timespec ts;
+	clock_gettime(clk, &ts);
+	ts.tv_sec += (time_t)(ns / 1000000000ll);
+	ts.tv_nsec += (long)(ns % 1000000000ll);
+	if (ts.tv_nsec >= 1000000000l) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000l;
+	}
+	return ts;
+}
+
 /* Thread: any. */
 static inline uint64_t lm_wall_ns(void)
 {

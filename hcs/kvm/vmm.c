@@ -909,13 +909,7 @@ static void join_all(lm_kvm_vm_t *vm)
 			continue;
 		/* Keep kicking until it is out of KVM_RUN and gone. */
 		for (;;) {
-			struct timespec ts;
-			clock_gettime(CLOCK_REALTIME, &ts);
-			ts.tv_nsec += 2000000;
-			if (ts.tv_nsec >= 1000000000) {
-				ts.tv_sec++;
-				ts.tv_nsec -= 1000000000;
-			}
+			struct timespec ts = lm_timespec_in(CLOCK_REALTIME, 2000000);
 			if (pthread_timedjoin_np(v->thread, NULL, &ts) == 0)
 				break;
 			__atomic_store_n(&v->run->immediate_exit, 1, __ATOMIC_RELAXED);
