@@ -420,6 +420,10 @@ static void test_deadline_answers_deadline_exceeded_and_cancels_handler(void **s
 	assert_int_equal(r.code, LM_RPC_DEADLINE_EXCEEDED);
 	assert_string_equal(r.message, "context deadline exceeded");
 	lm_rpc_result_free(&r);
+	/* the handler's side runs on the server's threads: give it a moment */
+	for (int i = 0; i < 200 && (atomic_load(&cancels[LM_RPC_CANCEL_DEADLINE]) != 1 ||
+				    atomic_load(&parked_answered) != 1); i++)
+		usleep(10000);
 	assert_int_equal(atomic_load(&cancels[LM_RPC_CANCEL_DEADLINE]), 1);
 	assert_int_equal(atomic_load(&parked_answered), 1);   /* its answer was dropped */
 	lm_rpc_client_close(c);
