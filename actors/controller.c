@@ -1833,6 +1833,7 @@ static void on_sandbox_event(void *arg, enum lm_sandbox_event type, const struct
 	case LM_SB_EV_DELETE: {
 		Containerd__Events__TaskDelete e = CONTAINERD__EVENTS__TASK_DELETE__INIT;
 		e.container_id = k->id;
+		e.id = k->id;          /* the init process */
 		e.pid = k->pid;
 		e.exit_status = k->exit_status;
 		e.exited_at = &at;

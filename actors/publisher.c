@@ -30,7 +30,7 @@
 #define MAX_TRIES 6                           /* the first + 5 retries */
 #define FLUSH_BUDGET_NS (2ll * 1000000000ll)  /* destroy: for all that is queued */
 
-enum { EV_MSG = 1 };
+enum { EV_MSG = 1, EV_WAKE };   /* EV_WAKE: destroy wakes an idle thread */
 
 struct ev {
 	uint8_t *req;        /* packed ForwardRequest */
@@ -43,10 +43,10 @@ struct lm_publisher {
 	pthread_t th;
 	char *address;
 	char *ns;
-	lm_rpc_client_t *client;    /* publisher thread only */
+	lm_rpc_client_t *client;    /* publisher thread; set and cleared under mu */
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
-	bool stop;                  /* mu */
+	bool stop;                  /* mu; set: the connection is shut down */
 	uint64_t flush_deadline;    /* mu; set with stop */
 	_Atomic uint64_t forwarded, retries, dropped;
 };
@@ -76,14 +76,40 @@ static void backoff(lm_publisher_t *p, int64_t ns)
 	pthread_mutex_unlock(&p->mu);
 }
 
-/* One attempt: 0 when containerd answered OK. */
-static int forward_once(lm_publisher_t *p, const struct ev *e, int64_t timeout_ns, char *why, size_t n)
+static void drop_client(lm_publisher_t *p)
+{
+	pthread_mutex_lock(&p->mu);
+	lm_rpc_client_t *c = p->client;
+	p->client = NULL;
+	pthread_mutex_unlock(&p->mu);
+	lm_rpc_client_close(c);
+}
+
+/* Worth another try: the connection, or containerd being busy or down.
+ * Not: a refusal of the event itself (InvalidArgument for a bad topic or
+ * namespace, Unimplemented from a containerd without the service, ...). */
+static bool transient(int rc, int code)
+{
+	return rc < 0 || code == 4 /* DeadlineExceeded */ || code == 8 /* ResourceExhausted */ ||
+	       code == 10 /* Aborted */ || code == 14 /* Unavailable */;
+}
+
+/* One attempt: 0 when containerd answered OK; else *retry says whether
+ * another attempt may succeed. */
+static int forward_once(lm_publisher_t *p, const struct ev *e, int64_t timeout_ns, bool *retry,
+			char *why, size_t n)
 {
 	int rc;
-	if (!p->client && (rc = lm_rpc_client_connect(&p->client, p->address)) < 0) {
-		p->client = NULL;
-		snprintf(why, n, "connect %s: %s", p->address, strerror(-rc));
-		return rc;
+	*retry = true;
+	if (!p->client) {
+		lm_rpc_client_t *c;
+		if ((rc = lm_rpc_client_connect(&c, p->address)) < 0) {
+			snprintf(why, n, "connect %s: %s", p->address, strerror(-rc));
+			return rc;
+		}
+		pthread_mutex_lock(&p->mu);
+		p->client = c;
+		pthread_mutex_unlock(&p->mu);
 	}
 	struct lm_rpc_call_opts o = { .timeout_ns = timeout_ns };
 	struct lm_rpc_result r = { 0 };
@@ -96,33 +122,38 @@ static int forward_once(lm_publisher_t *p, const struct ev *e, int64_t timeout_n
 		snprintf(why, n, "Forward: %s", strerror(-rc));
 	else
 		snprintf(why, n, "Forward: code %d: %s", r.code, r.message ? r.message : "");
+	*retry = transient(rc, r.code);
 	lm_rpc_result_free(&r);
 	/* a fresh connection for the next try: the old one may be dead */
-	lm_rpc_client_close(p->client);
-	p->client = NULL;
+	drop_client(p);
 	return rc < 0 ? rc : -EPROTO;
 }
 
 static void forward(lm_publisher_t *p, const struct ev *e)
 {
 	char why[256] = "";
+	bool flush_tried = false;
 	for (int t = 0; t < MAX_TRIES; t++) {
 		uint64_t deadline;
-		bool stop = stopping(p, &deadline);
 		int64_t timeout = CALL_TIMEOUT_NS;
-		if (stop) {
+		if (stopping(p, &deadline)) {
+			/* flushing: one try for each event, within the budget */
 			int64_t left = (int64_t)(deadline - lm_now_ns());
-			if (t > 0 || left <= 0)
-				break;               /* flushing: one try each, within the budget */
+			if (flush_tried || left <= 0)
+				break;
+			flush_tried = true;
 			if (left < timeout)
 				timeout = left;
 		}
-		if (forward_once(p, e, timeout, why, sizeof(why)) == 0) {
+		bool retry;
+		if (forward_once(p, e, timeout, &retry, why, sizeof(why)) == 0) {
 			atomic_fetch_add(&p->forwarded, 1);
 			if (t > 0)
 				lm_log_info(MOD, "event forwarded after retries", "topic=%s tries=%d", e->topic, t + 1);
 			return;
 		}
+		if (!retry)
+			break;
 		if (t + 1 < MAX_TRIES && !stopping(p, NULL)) {
 			atomic_fetch_add(&p->retries, 1);
 			lm_log_warn(MOD, "event not forwarded, will retry", "topic=%s try=%d err=\"%s\"",
@@ -145,12 +176,11 @@ static void *pub_main(void *arg)
 			lm_mailbox_wait(&p->mb, 250000000ll);   /* the tick re-checks stop */
 			continue;
 		}
-		forward(p, LM_MSG_PAYLOAD(m, struct ev));
+		if (m->type == EV_MSG)
+			forward(p, LM_MSG_PAYLOAD(m, struct ev));
 		lm_msg_free(m);
 	}
-	if (p->client)
-		lm_rpc_client_close(p->client);
-	p->client = NULL;
+	drop_client(p);
 	lm_msg_cache_flush();
 	return NULL;
 }
@@ -252,19 +282,40 @@ void lm_publisher_destroy(lm_publisher_t *p)
 {
 	if (!p)
 		return;
-	lm_mailbox_close(&p->mb);
 	pthread_mutex_lock(&p->mu);
 	p->stop = true;
 	p->flush_deadline = lm_now_ns() + FLUSH_BUDGET_NS;
 	pthread_cond_broadcast(&p->cv);
 	pthread_mutex_unlock(&p->mu);
-	pthread_join(p->th, NULL);
+	/* wake a thread asleep on an empty mailbox (a full one is not asleep) */
+	lm_msg_t *w = lm_msg_alloc(EV_WAKE, 0);
+	if (w && lm_mailbox_send(&p->mb, w) < 0)
+		lm_msg_free(w);
+	lm_mailbox_close(&p->mb);
+	/* a Forward in flight to a containerd that does not answer would hold
+	 * the stop for its whole deadline: give it until the budget ends */
+	uint64_t end = lm_now_ns() + FLUSH_BUDGET_NS;
+	for (;;) {
+		struct timespec ts = lm_timespec_in(CLOCK_REALTIME, 20000000);
+		if (pthread_timedjoin_np(p->th, NULL, &ts) == 0)
+			break;
+		if (lm_now_ns() >= end) {
+			pthread_mutex_lock(&p->mu);
+			if (p->client)
+				lm_rpc_client_shutdown(p->client);
+			pthread_mutex_unlock(&p->mu);
+			pthread_join(p->th, NULL);
+			break;
+		}
+	}
 	/* what the flush budget did not reach */
 	lm_msg_t *m;
 	while ((m = lm_mailbox_recv(&p->mb))) {
-		atomic_fetch_add(&p->dropped, 1);
-		lm_log_error(MOD, "event dropped", "topic=%s err=\"shim stopping\"",
-			     LM_MSG_PAYLOAD(m, struct ev)->topic);
+		if (m->type == EV_MSG) {
+			atomic_fetch_add(&p->dropped, 1);
+			lm_log_error(MOD, "event dropped", "topic=%s err=\"shim stopping\"",
+				     LM_MSG_PAYLOAD(m, struct ev)->topic);
+		}
 		lm_msg_free(m);
 	}
 	lm_mailbox_unref(&p->mb);

@@ -12,12 +12,17 @@
  * (timestamped then) into a message for the publisher's mailbox, bounded
  * at LM_PUBLISHER_QUEUE; a full queue drops the event, counted and logged.
  * One publisher thread owns the ttrpc client. It forwards in order, each
- * call with a 5 s deadline; on a failure it drops the connection and
- * tries the same event again after 1, 2, 4, 8 and 16 s (reconnecting
- * first), then gives it up with an error log, so an exit is never
- * delivered after its delete and a containerd that restarts gets what was
- * queued meanwhile. Destroy closes the mailbox and gives each queued event
- * one more try within a total of 2 s, then joins the thread.
+ * call with a 5 s deadline; on a transient failure (no connection,
+ * Unavailable, DeadlineExceeded, ResourceExhausted, Aborted) it drops the
+ * connection and tries the same event again after 1, 2, 4, 8 and 16 s
+ * (reconnecting first), then gives it up with an error log, so an exit is
+ * never delivered after its delete and a containerd that restarts gets
+ * what was queued meanwhile. An event containerd refuses as such
+ * (InvalidArgument, Unimplemented, ...) is dropped at once. Destroy wakes
+ * the thread, closes the mailbox and gives each queued event (the one in
+ * a backoff too) one more try within a total of 2 s; a call still in
+ * flight then is cut off (the connection is shut down), and the rest is
+ * dropped and counted. Publishing during or after destroy is not allowed.
  */
 #ifndef LM_ACTORS_PUBLISHER_H
 #define LM_ACTORS_PUBLISHER_H

@@ -705,8 +705,13 @@ int lm_sandbox_apply_patch(lm_sandbox_t *sb, const struct lm_patch_result *r)
 	qsort(sb->v, sb->n, sizeof(*sb->v), ctr_cmp);
 	lm_log_info("sandbox", "container patched", "source_id=%s id=%s pod=%s pid=%" PRIu32,
 		    c->source_id, c->id, c->pod_id, c->pid);
-	/* containerd created the task under its new ID (running already) */
+	/* containerd created the task under its new ID; it runs already (or
+	 * had stopped on the source): say so too */
 	emit(sb, LM_SB_EV_CREATE, c);
+	if (c->state == LM_CTR_RUNNING)
+		emit(sb, LM_SB_EV_START, c);
+	else if (c->state == LM_CTR_STOPPED)
+		emit(sb, LM_SB_EV_EXIT, c);
 	return 0;
 }
 

@@ -52,7 +52,8 @@ enum lm_ctr_type {
 };
 
 /* Task events, as containerd's topics: /tasks/create (a container added,
- * or an imported one patched under its new ID), /tasks/start, /tasks/exit
+ * or an imported one patched under its new ID, followed by /tasks/start
+ * or /tasks/exit as it runs or had stopped), /tasks/start, /tasks/exit
  * (stopped: state, exit status and time are set), /tasks/delete (called
  * just before the container is freed). Not emitted: lm_sandbox_clear
  * (teardown after a migration moved the sandbox) and imports. */

@@ -1787,6 +1787,7 @@ static void *xfer_main(void *arg)
 		char why[200];
 		enum lm_sched_kind k = lm_sched_reserve_self(x->o.cpu_reserve_pct, why, sizeof(why));
 		x->st.sched = (int)k;
+		publish(x);
 		if (k == LM_SCHED_DEADLINE)
 			lm_log_info(MOD, "transfer thread reserved", "side=%s session_id=%u sched=deadline cpu_pct=%u",
 				    side(x), x->o.session_id, x->o.cpu_reserve_pct);

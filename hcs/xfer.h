@@ -41,7 +41,8 @@ typedef struct lm__xfer_opts {
 	bool cancel_if_blackout_exceeds;
 	bool perf_tracing;
 	uint32_t batch_bytes;        /* data bytes per batch (default 1 MiB) */
-	unsigned cpu_reserve_pct;    /* engine thread's CPU reservation (util/sched.h); 0 none */
+	unsigned cpu_reserve_pct;    /* engine thread's CPU reservation (util/sched.h); 0 none.
+	                                The compression workers stay normal threads. */
 } lm__xfer_opts_t;
 
 /* Thread: any. Fills the defaults (documented in PROTOCOL.md). */

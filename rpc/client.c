@@ -255,6 +255,11 @@ static void stream_free(struct lm_rpc_stream *s)
 	free(s);
 }
 
+void lm_rpc_client_shutdown(lm_rpc_client_t *c)
+{
+	shutdown(c->fd, SHUT_RDWR);   /* the reader sees the end and fails every call */
+}
+
 void lm_rpc_client_close(lm_rpc_client_t *c)
 {
 	if (!c)

@@ -38,6 +38,11 @@ int lm_rpc_client_from_fd(lm_rpc_client_t **out, int fd);
  * connection, joins the reader, frees everything. */
 void lm_rpc_client_close(lm_rpc_client_t *c);
 
+/* Thread: any, while the client is open. Ends the connection now: calls
+ * in flight return -EPIPE at once, later calls fail too. The client must
+ * still be closed (by its owner). */
+void lm_rpc_client_shutdown(lm_rpc_client_t *c);
+
 struct lm_rpc_call_opts {
 	int64_t timeout_ns;           /* sent as timeout_nano; 0 = none */
 	const char *const *md;        /* metadata: key, value, key, value, ... */

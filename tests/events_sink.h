@@ -37,7 +37,8 @@ struct sink {
 	pthread_cond_t cv;
 	struct sink_event ev[SINK_MAX];
 	unsigned n;             /* mu */
-	atomic_int refuse;      /* answer Unavailable to this many calls */
+	atomic_int refuse;      /* refuse this many calls ... */
+	atomic_int refuse_code; /* ... with this code (0: Unavailable) */
 	atomic_int calls;
 };
 
@@ -47,7 +48,8 @@ static inline void sink_forward(lm_rpc_call_t *call, void *arg)
 	atomic_fetch_add(&s->calls, 1);
 	if (atomic_load(&s->refuse) > 0) {
 		atomic_fetch_sub(&s->refuse, 1);
-		lm_rpc_call_fail(call, 14, "events: try again later");
+		int code = atomic_load(&s->refuse_code);
+		lm_rpc_call_fail(call, code ? code : 14, "events: refused");
 		return;
 	}
 	size_t len;

@@ -9,7 +9,9 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -122,7 +124,14 @@ static void test_containerd_down_then_up_gets_everything_in_order(void **state)
 	assert_int_equal(lm_publisher_create(&p, f->path, "default"), 0);
 	for (uint32_t i = 0; i < 5; i++)
 		assert_int_equal(publish_exit(p, 1 + i), 0);
-	usleep(300000);           /* the first tries fail: nobody listens */
+	struct lm_publisher_stats st0;
+	for (int i = 0; i < 500; i++) {   /* the first try fails: nobody listens */
+		lm_publisher_stats(p, &st0);
+		if (st0.retries >= 1)
+			break;
+		usleep(10000);
+	}
+	assert_true(st0.retries >= 1);
 	assert_int_equal(sink_start(&f->sink, f->path), 0);
 	f->sink_on = true;
 	assert_int_equal(sink_wait(&f->sink, 5, 8000), 5);
@@ -153,6 +162,73 @@ static void test_refused_forward_is_retried_and_order_kept(void **state)
 	assert_int_equal(st.forwarded, 2);
 	assert_int_equal(atomic_load(&f->sink.calls), 4);
 	lm_publisher_destroy(p);
+}
+
+static void test_event_refused_as_such_is_dropped_not_retried(void **state)
+{
+	struct fx *f = *state;
+	assert_int_equal(sink_start(&f->sink, f->path), 0);
+	f->sink_on = true;
+	atomic_store(&f->sink.refuse_code, 3);   /* InvalidArgument */
+	atomic_store(&f->sink.refuse, 1);
+	lm_publisher_t *p;
+	assert_int_equal(lm_publisher_create(&p, f->path, "default"), 0);
+	uint64_t t0 = lm_now_ns();
+	assert_int_equal(publish_exit(p, 1), 0);
+	assert_int_equal(publish_exit(p, 2), 0);
+	assert_int_equal(sink_wait(&f->sink, 1, 8000), 1);
+	assert_true(lm_now_ns() - t0 < 900000000ull);   /* no backoff went by */
+	assert_int_equal(exit_pid(&f->sink.ev[0]), 2);
+	struct lm_publisher_stats st = stats_when_forwarded(p, 1);
+	assert_int_equal(st.forwarded, 1);
+	assert_int_equal(st.dropped, 1);
+	assert_int_equal(st.retries, 0);
+	lm_publisher_destroy(p);
+}
+
+/* A peer that takes the connection and never answers: listen, no accept. */
+static int mute_listener(const char *path)
+{
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	assert_true(strlen(path) < sizeof(a.sun_path));
+	memcpy(a.sun_path, path, strlen(path) + 1);
+	assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	assert_int_equal(listen(fd, 16), 0);
+	return fd;
+}
+
+static void test_stop_cuts_off_a_call_containerd_never_answers(void **state)
+{
+	struct fx *f = *state;
+	int l = mute_listener(f->path);
+	lm_publisher_t *p;
+	assert_int_equal(lm_publisher_create(&p, f->path, "default"), 0);
+	for (uint32_t i = 0; i < 3; i++)
+		assert_int_equal(publish_exit(p, i), 0);
+	usleep(200000);           /* the first Forward waits for its 5 s deadline */
+	uint64_t t0 = lm_now_ns();
+	lm_publisher_destroy(p);
+	uint64_t dt = lm_now_ns() - t0;
+	print_message("destroy took %.0f ms\n", (double)dt / 1e6);
+	assert_true(dt < 3000000000ull);
+	close(l);
+}
+
+static void test_stop_of_an_idle_publisher_is_prompt(void **state)
+{
+	struct fx *f = *state;
+	assert_int_equal(sink_start(&f->sink, f->path), 0);
+	f->sink_on = true;
+	lm_publisher_t *p;
+	assert_int_equal(lm_publisher_create(&p, f->path, "default"), 0);
+	assert_int_equal(publish_exit(p, 1), 0);
+	assert_int_equal(sink_wait(&f->sink, 1, 8000), 1);
+	stats_when_forwarded(p, 1);
+	usleep(50000);            /* asleep on the empty mailbox */
+	uint64_t t0 = lm_now_ns();
+	lm_publisher_destroy(p);
+	assert_true(lm_now_ns() - t0 < 100000000ull);
 }
 
 static void test_full_queue_drops_and_counts(void **state)
@@ -208,6 +284,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_events_arrive_in_order_in_containerds_envelope, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_containerd_down_then_up_gets_everything_in_order, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_refused_forward_is_retried_and_order_kept, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_event_refused_as_such_is_dropped_not_retried, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_stop_cuts_off_a_call_containerd_never_answers, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_stop_of_an_idle_publisher_is_prompt, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_full_queue_drops_and_counts, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stop_while_containerd_is_gone_is_bounded, setup, teardown),
 		cmocka_unit_test(test_bad_arguments),

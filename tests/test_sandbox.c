@@ -656,6 +656,99 @@ static void test_apply_patch_rekeys_container(void **state)
 	lm_sandbox_destroy(im);
 }
 
+/* ---- task events ------------------------------------------------------ */
+
+struct evlog {
+	char line[32][48];
+	unsigned n;
+};
+
+static void record(void *arg, enum lm_sandbox_event type, const struct lm_container *c)
+{
+	struct evlog *l = arg;
+	static const char *names[] = { "?", "create", "start", "exit", "delete" };
+	assert_true(l->n < 32);
+	if (type == LM_SB_EV_EXIT)
+		snprintf(l->line[l->n++], 48, "exit %s %u", c->id, c->exit_status);
+	else
+		snprintf(l->line[l->n++], 48, "%s %s", names[type], c->id);
+}
+
+static void expect_events(struct evlog *l, const char *const *want)
+{
+	unsigned n = 0;
+	while (want[n])
+		n++;
+	for (unsigned i = 0; i < l->n && i < n; i++)
+		assert_string_equal(l->line[i], want[i]);
+	assert_int_equal(l->n, n);
+	l->n = 0;
+}
+
+static void test_task_events_follow_the_lifecycle_once_each(void **state)
+{
+	(void)state;
+	lm_sandbox_t *sb;
+	struct evlog l = { .n = 0 };
+	assert_int_equal(lm_sandbox_create(&sb), 0);
+	lm_sandbox_set_event_fn(sb, record, &l);
+	assert_int_equal(lm_sandbox_add_pod(sb, "p1", NULL), 0);
+	add(sb, "p1", "p1", LM_CTR_SANDBOX, 1);
+	add(sb, "web", "p1", LM_CTR_CONTAINER, 1);
+	assert_int_equal(lm_sandbox_start(sb, "web", NULL), 0);
+	assert_int_equal(lm_sandbox_start(sb, "web", NULL), -EBUSY);   /* no second start */
+	assert_int_equal(lm_sandbox_kill(sb, "web", 9), 0);
+	assert_int_equal(lm_sandbox_kill(sb, "web", 9), -ESRCH);      /* no second exit */
+	assert_int_equal(lm_sandbox_delete(sb, "web", NULL, NULL, NULL), 0);
+	assert_int_equal(lm_sandbox_delete(sb, "p1", NULL, NULL, NULL), 0);  /* created, never ran */
+	expect_events(&l, (const char *const[]){ "create p1", "create web", "start web", "exit web 137",
+						 "delete web", "delete p1", NULL });
+	/* refused operations say nothing */
+	assert_int_equal(lm_sandbox_kill(sb, "nope", 9), -ENOENT);
+	add(sb, "p1", "p1", LM_CTR_SANDBOX, 1);
+	assert_int_equal(lm_sandbox_start(sb, "p1", NULL), 0);
+	assert_int_equal(lm_sandbox_delete(sb, "p1", NULL, NULL, NULL), -EBUSY);
+	expect_events(&l, (const char *const[]){ "create p1", "start p1", NULL });
+	/* a teardown (after a migration moved the sandbox) says nothing */
+	lm_sandbox_clear(sb);
+	assert_int_equal(l.n, 0);
+	lm_sandbox_destroy(sb);
+}
+
+static void test_patched_import_announces_create_then_its_state(void **state)
+{
+	(void)state;
+	/* on the source: web runs, db ran and stopped, p1 was only created */
+	lm_sandbox_t *sb = two_pods(), *im;
+	assert_int_equal(lm_sandbox_start(sb, "web", NULL), 0);
+	assert_int_equal(lm_sandbox_start(sb, "db", NULL), 0);
+	assert_int_equal(lm_sandbox_kill(sb, "db", 15), 0);
+	uint8_t *a;
+	size_t la;
+	struct lm_snapshot_vm vm;
+	char err[128];
+	export(sb, &a, &la);
+	struct evlog l = { .n = 0 };
+	assert_int_equal(lm_sandbox_import(a, la, &im, &vm, err, sizeof err), 0);
+	free(a);
+	lm_snapshot_vm_clear(&vm);
+	lm_sandbox_destroy(sb);
+	lm_sandbox_set_event_fn(im, record, &l);
+	char *layers3[] = {"/l/a", "/l/b", "/l/c"}, *layers2[] = {"/l/a", "/l/b"}, *layers1[] = {"/l/a"};
+	struct lm_patch_result r = result("web", "web-new", 3, layers3);
+	assert_int_equal(lm_sandbox_apply_patch(im, &r), 0);
+	expect_events(&l, (const char *const[]){ "create web-new", "start web-new", NULL });
+	assert_int_equal(lm_sandbox_apply_patch(im, &r), -EALREADY);
+	assert_int_equal(l.n, 0);
+	r = result("db", "db-new", 2, layers2);
+	assert_int_equal(lm_sandbox_apply_patch(im, &r), 0);
+	expect_events(&l, (const char *const[]){ "create db-new", "exit db-new 143", NULL });
+	r = result("p2", "p2-new", 1, layers1);
+	assert_int_equal(lm_sandbox_apply_patch(im, &r), 0);
+	expect_events(&l, (const char *const[]){ "create p2-new", NULL });
+	lm_sandbox_destroy(im);
+}
+
 static void test_apply_patch_of_sandbox_container_rekeys_pod(void **state)
 {
 	(void)state;
@@ -762,6 +855,8 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_add_assigns_unique_increasing_pids),
+		cmocka_unit_test(test_task_events_follow_the_lifecycle_once_each),
+		cmocka_unit_test(test_patched_import_announces_create_then_its_state),
 		cmocka_unit_test(test_add_rejects_duplicate_missing_pod_and_second_sandbox),
 		cmocka_unit_test(test_start_then_kill_stops_with_128_plus_signal),
 		cmocka_unit_test(test_delete_refuses_running_and_reports_exit),

@@ -34,6 +34,24 @@ struct lm_sched_attr {
 	uint64_t sched_deadline;
 	uint64_t sched_period;
 };
+_Static_assert(sizeof(struct lm_sched_attr) == 48, "SCHED_ATTR_SIZE_VER0");
+
+bool lm_sched_permitted(void)
+{
+	FILE *f = fopen("/proc/self/status", "r");
+	if (!f)
+		return false;
+	char line[256];
+	unsigned long long eff = 0;
+	bool found = false;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "CapEff: %llx", &eff) == 1) {
+			found = true;
+			break;
+		}
+	fclose(f);
+	return found && (eff & (1ull << 23)) != 0;   /* CAP_SYS_NICE */
+}
 
 const char *lm_sched_kind_name(enum lm_sched_kind k)
 {
