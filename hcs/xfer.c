@@ -947,8 +947,8 @@ static void end_pass_stats(struct lm__xfer *x, uint64_t ndirty)
 	x->written0 = w;
 	x->pages_remaining = ndirty;
 	if (x->o.perf_tracing)
-		lm_log_info(MOD, "pass done", "side=%s pass=%u ms=%.2f bytes=%llu dirty_pages=%llu bw_mbps=%.0f dirty_mbps=%.0f write_mbps=%.0f throttle=%u",
-			    side(x), x->pass, (double)ns / 1e6, (unsigned long long)bytes,
+		lm_log_info(MOD, "pass done", "side=%s session_id_hash=%u pass=%u ms=%.2f bytes=%llu dirty_pages=%llu bw_mbps=%.0f dirty_mbps=%.0f write_mbps=%.0f throttle=%u",
+			    side(x), x->o.session_id, x->pass, (double)ns / 1e6, (unsigned long long)bytes,
 			    (unsigned long long)ndirty, x->bw_mbps, x->dirty_mbps, x->write_mbps,
 			    x->throttle);
 }
@@ -1231,7 +1231,8 @@ static int source_run(struct lm__xfer *x, bool wait)
 		return 0;
 	}
 	/* Failure: say so, then recover the source exactly as it was. */
-	lm_log_error(MOD, "migration failed", "side=source err=%d why=\"%s\"", rc, why);
+	lm_log_error(MOD, "migration failed", "side=source session_id_hash=%u err=%d why=\"%s\"",
+		     x->o.session_id, rc, why);
 	shutdown(x->sock, SHUT_RDWR);
 	x->peer_gone = true;
 	x->st.result = rc;
@@ -1629,7 +1630,8 @@ static int dest_run(struct lm__xfer *x, bool wait)
 		emit(x, LM_XEV_COMPLETED, NULL);
 		return 0;
 	}
-	lm_log_error(MOD, "migration failed", "side=destination err=%d why=\"%s\"", rc, why);
+	lm_log_error(MOD, "migration failed", "side=destination session_id_hash=%u err=%d why=\"%s\"",
+		     x->o.session_id, rc, why);
 	if (rc == -ECANCELED && res == LM_XR_CANCELLED && !x->peer_gone)
 		send_abort(x, ECANCELED, LM_XF_ABORT_CANCELLED, why);
 	else if (!x->peer_gone)
@@ -1789,10 +1791,10 @@ static void *xfer_main(void *arg)
 		x->st.sched = (int)k;
 		publish(x);
 		if (k == LM_SCHED_DEADLINE)
-			lm_log_info(MOD, "transfer thread reserved", "side=%s session_id=%u sched=deadline cpu_pct=%u",
+			lm_log_info(MOD, "transfer thread reserved", "side=%s session_id_hash=%u sched=deadline cpu_pct=%u",
 				    side(x), x->o.session_id, x->o.cpu_reserve_pct);
 		else
-			lm_log_warn(MOD, "transfer thread not reserved", "side=%s session_id=%u sched=%s cpu_pct=%u why=\"%s\"",
+			lm_log_warn(MOD, "transfer thread not reserved", "side=%s session_id_hash=%u sched=%s cpu_pct=%u why=\"%s\"",
 				    side(x), x->o.session_id, lm_sched_kind_name(k), x->o.cpu_reserve_pct, why);
 	}
 	x->result = x->role == LM_XFER_SOURCE ? source_run(x, true) : dest_run(x, true);
