@@ -142,6 +142,7 @@ struct ctl_migrate_result {
 	char src_sum[64], dst_sum[64];
 	int64_t src_iters, dst_iters; /* guest counter at blackout (-1 unknown) */
 	int64_t dst_iters_after;      /* destination's counter after its resume (-1 unknown) */
+	char src_sched[16], dst_sched[16]; /* each transfer thread's CPU reservation, "" unknown */
 	struct ctl_container *containers; /* what was patched (owned) */
 	size_t n_containers;
 };

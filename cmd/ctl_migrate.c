@@ -582,7 +582,7 @@ static void close_notifications(struct notif_thread *n, int wait_ms)
  * after TransferSandbox, while the source is paused and the destination
  * not yet resumed: both must equal the state at blackout. */
 static int query_props(struct ctl_side *s, char *digest, size_t dl, char *sum, size_t sl,
-		       int64_t *iters, char *why, size_t wl)
+		       int64_t *iters, char *sched, size_t schl, char *why, size_t wl)
 {
 	static const char qd[] = "{\"PropertyTypes\":[\"MemoryDigest\"]}";
 	const char *q = digest ? qd : "{}";
@@ -611,6 +611,11 @@ static int query_props(struct ctl_side *s, char *digest, size_t dl, char *sum, s
 	json_t *it = json_object_get(json_object_get(j, "Statistics"), "Iterations");
 	if (iters)
 		*iters = json_is_integer(it) ? (int64_t)json_integer_value(it) : -1;
+	if (sched) {   /* how the shim's transfer thread ran (util/sched.h) */
+		const char *k = json_string_value(json_object_get(json_object_get(j, "Migration"),
+								  "TransferThreadScheduling"));
+		snprintf(sched, schl, "%s", k ? k : "");
+	}
 	if (!digest) {
 		json_decref(j);
 		return 0;
@@ -827,9 +832,11 @@ int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res
 	if (o->verify) {
 		char why[512] = "";
 		if (query_props(&src, res->src_digest, sizeof(res->src_digest), res->src_sum,
-				sizeof(res->src_sum), &res->src_iters, why, sizeof(why)) == 0 &&
+				sizeof(res->src_sum), &res->src_iters, res->src_sched, sizeof(res->src_sched),
+				why, sizeof(why)) == 0 &&
 		    query_props(&dst, res->dst_digest, sizeof(res->dst_digest), res->dst_sum,
-				sizeof(res->dst_sum), &res->dst_iters, why, sizeof(why)) == 0) {
+				sizeof(res->dst_sum), &res->dst_iters, res->dst_sched, sizeof(res->dst_sched),
+				why, sizeof(why)) == 0) {
 			/* memory, the workload's checksum and its iteration counter
 			 * all as they were at the blackout */
 			bool eq = !strcmp(res->src_digest, res->dst_digest) &&
@@ -864,7 +871,7 @@ int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res
 		res->dst_iters_after = -1;
 		for (int i = 0; i < 100; i++) {
 			int64_t now_it = -1;
-			if (query_props(&dst, NULL, 0, NULL, 0, &now_it, why, sizeof(why)) != 0)
+			if (query_props(&dst, NULL, 0, NULL, 0, &now_it, NULL, 0, why, sizeof(why)) != 0)
 				break;
 			if (now_it < res->dst_iters) {
 				fprintf(stderr, "lmctl: verification failed: the guest counter went back on the destination "
@@ -937,7 +944,11 @@ summary:
 				"guest counter %" PRId64 " = %" PRId64 " at blackout, %" PRId64 " after resume\n",
 				res->src_digest, res->dst_digest, res->src_sum, res->dst_sum,
 				res->src_iters, res->dst_iters, res->dst_iters_after);
-		else if (res->verified == -1)
+		if (res->src_sched[0] || res->dst_sched[0])
+			fprintf(stderr, "lmctl: transfer threads: source %s, destination %s "
+				"(deadline = CPU reserved; lmshim --transfer-cpu)\n",
+				res->src_sched[0] ? res->src_sched : "?", res->dst_sched[0] ? res->dst_sched : "?");
+		if (res->verified == -1)
 			rc = 1;
 	}
 out:

@@ -118,6 +118,11 @@ static void migrate_and_check(struct fx *f, const char *const *extra)
 	assert_non_null(strstr(text, line));
 	assert_non_null(strstr(text, "verified: memory digest"));
 	assert_non_null(strstr(text, "(message_id gaps: 0)"));
+	/* how each transfer thread ran, as the shims report it */
+	const char *tt = strstr(text, "lmctl: transfer threads: source ");
+	assert_non_null(tt);
+	if (!lm_sched_permitted())
+		assert_null(strstr(tt, "source deadline"));
 	free(text);
 
 	uint32_t pid = 0;
