@@ -22,8 +22,11 @@
  *       lm_notifier_publish on the transfer thread)
  *   fanout subscribers=N ours=US baseline=US ratio=R    (mean fan-out, N vs 1 subscriber)
  *
- * Usage: bench_notifier [SECONDS per run] [SUBSCRIBERS] [ROUNDS]
- * (defaults 3, 1000, 3). The transfer figures are medians over ROUNDS
+ * The stand-in transfer thread takes lmshim's CPU reservation (90% of a
+ * core, util/sched.h; TRANSFER_CPU 0 runs it as a normal thread).
+ *
+ * Usage: bench_notifier [SECONDS per run] [SUBSCRIBERS] [ROUNDS] [TRANSFER_CPU]
+ * (defaults 3, 1000, 3, 90). The transfer figures are medians over ROUNDS
  * alternating runs (baseline, then ours): the machine is shared and noisy.
  */
 #include <errno.h>
@@ -46,6 +49,7 @@
 #include "rpc/server.h"
 #include "util/clock.h"
 #include "util/log.h"
+#include "util/sched.h"
 
 #define SVC "lmshim.bench.Notify"
 #define METHOD "Notifications"
@@ -107,6 +111,7 @@ struct result {
 	double shim_cpu;      /* CPU seconds per second of the shim's other threads */
 	double client_cpu;    /* same, of the client process */
 	uint64_t items;       /* items the subscribers received */
+	enum lm_sched_kind sched; /* what the stand-in transfer thread got */
 };
 
 static uint64_t checksum(const uint64_t *p, size_t n, uint64_t h)
@@ -180,6 +185,64 @@ static void client_process(const char *path, int subs, bool niced, int go, int s
 	_exit(0);
 }
 
+/* The stand-in transfer (see the top): reserves its CPU as lmshim's
+ * engine thread does (util/sched.h), then checksums and publishes. */
+struct xfer_run {
+	double secs;
+	uint64_t bytes, pubs, pub_ns, me_ns;
+	double el;
+	enum lm_sched_kind sched;
+};
+
+static unsigned g_reserve = 90;   /* lmshim's default (--transfer-cpu) */
+
+static void *transfer_main(void *arg)
+{
+	struct xfer_run *x = arg;
+	char why[200];
+	x->sched = lm_sched_reserve_self(g_reserve, why, sizeof(why));
+	size_t words = (64u << 20) / 8;
+	uint64_t *buf = malloc(words * 8);
+	for (size_t i = 0; i < words; i++)
+		buf[i] = i * 2654435761u;
+	size_t chunk = 32768;   /* 256 KiB per step */
+	uint64_t me0 = thread_cpu_ns();
+	uint64_t t0 = lm_now_ns(), end = t0 + (uint64_t)(x->secs * 1e9), next_pub = t0;
+	uint64_t bytes = 0, h = 0, pubs = 0, pub_ns = 0, seq = 0;
+	size_t off = 0;
+	for (;;) {
+		h = checksum(buf + off, chunk, h);
+		off = (off + chunk) % words;
+		bytes += chunk * 8;
+		uint64_t now = lm_now_ns();
+		if (now >= end)
+			break;
+		if (now >= next_pub) {
+			next_pub = now + 1000000;
+			struct lm_notify_event ev = {
+				.origin = 1, .state = 1,
+				.phase = seq % 100 == 0 ? LM_PHASE_SETUP_DONE : LM_PHASE_TRANSFER_IN_PROGRESS,
+				.has_progress = seq % 100 != 0,
+				.progress = { .pass = 1, .bytes_sent = bytes, .bandwidth = 1 },
+			};
+			seq++;
+			uint64_t a = thread_cpu_ns();
+			int rc = lm_notifier_publish(g_nt, &ev);
+			pub_ns += thread_cpu_ns() - a;
+			if (rc == 0)
+				pubs++;
+		}
+	}
+	x->el = (double)(lm_now_ns() - t0) / 1e9;
+	x->me_ns = thread_cpu_ns() - me0;
+	x->bytes = bytes;
+	x->pubs = pubs;
+	x->pub_ns = pub_ns;
+	sink = h;
+	free(buf);
+	return NULL;
+}
+
 static int run(int subs, bool niced, double secs, struct result *out)
 {
 	memset(out, 0, sizeof(*out));
@@ -228,48 +291,19 @@ static int run(int subs, bool niced, double secs, struct result *out)
 		usleep(1000);
 	}
 
-	/* the transfer */
-	size_t words = (64u << 20) / 8;
-	uint64_t *buf = malloc(words * 8);
-	for (size_t i = 0; i < words; i++)
-		buf[i] = i * 2654435761u;
-	size_t chunk = 32768;   /* 256 KiB per step */
+	/* the transfer, on its own thread with lmshim's CPU reservation */
+	struct xfer_run x = { .secs = secs };
 	double self0 = cpu_of(RUSAGE_SELF);
-	uint64_t me0 = thread_cpu_ns();
-	uint64_t t0 = lm_now_ns(), end = t0 + (uint64_t)(secs * 1e9), next_pub = t0;
-	uint64_t bytes = 0, h = 0, pubs = 0, pub_ns = 0, seq = 0;
-	size_t off = 0;
-	for (;;) {
-		h = checksum(buf + off, chunk, h);
-		off = (off + chunk) % words;
-		bytes += chunk * 8;
-		uint64_t now = lm_now_ns();
-		if (now >= end)
-			break;
-		if (now >= next_pub) {
-			next_pub = now + 1000000;
-			struct lm_notify_event ev = {
-				.origin = 1, .state = 1,
-				.phase = seq % 100 == 0 ? LM_PHASE_SETUP_DONE : LM_PHASE_TRANSFER_IN_PROGRESS,
-				.has_progress = seq % 100 != 0,
-				.progress = { .pass = 1, .bytes_sent = bytes, .bandwidth = 1 },
-			};
-			seq++;
-			uint64_t a = thread_cpu_ns();
-			int rc = lm_notifier_publish(g_nt, &ev);
-			pub_ns += thread_cpu_ns() - a;
-			if (rc == 0)
-				pubs++;
-		}
-	}
-	double el = (double)(lm_now_ns() - t0) / 1e9;
-	double me = (double)(thread_cpu_ns() - me0) / 1e9;
-	double others = cpu_of(RUSAGE_SELF) - self0 - me;
-	sink = h;
-	out->mbps = (double)bytes / el / 1e6;
-	out->publish_ns = pubs ? (double)pub_ns / (double)pubs : 0;
+	pthread_t xt;
+	if (pthread_create(&xt, NULL, transfer_main, &x) != 0)
+		return -1;
+	pthread_join(xt, NULL);
+	double others = cpu_of(RUSAGE_SELF) - self0 - (double)x.me_ns / 1e9;
+	double el = x.el;
+	out->mbps = (double)x.bytes / el / 1e6;
+	out->publish_ns = x.pubs ? (double)x.pub_ns / (double)x.pubs : 0;
 	out->shim_cpu = others / el;
-	free(buf);
+	out->sched = x.sched;
 
 	close(stop[1]);
 	if (pid > 0) {
@@ -383,14 +417,17 @@ int main(int argc, char **argv)
 	double secs = argc > 1 ? atof(argv[1]) : 3;
 	int subs = argc > 2 ? atoi(argv[2]) : 1000;
 	int rounds = argc > 3 ? atoi(argv[3]) : 3;
-	if (secs <= 0 || subs < 1 || rounds < 1 || rounds > 32) {
-		fprintf(stderr, "usage: bench_notifier [SECONDS] [SUBSCRIBERS] [ROUNDS<=32]\n");
+	if (argc > 4)
+		g_reserve = (unsigned)atoi(argv[4]);
+	if (secs <= 0 || subs < 1 || rounds < 1 || rounds > 32 || g_reserve > 95) {
+		fprintf(stderr, "usage: bench_notifier [SECONDS] [SUBSCRIBERS] [ROUNDS<=32] [TRANSFER_CPU 0..95 (90)]\n");
 		return 2;
 	}
 	lm_log_set_level(LM_LOG_WARN);
 
 	double bm[32], om[32], nm[32], bp[32], op[32], bs[32], os[32], oc[32], ratio[32], nratio[32];
 	uint64_t items = 0;
+	enum lm_sched_kind sched_seen = LM_SCHED_NORMAL;
 	for (int r = 0; r < rounds; r++) {
 		struct result base, ours, niced;
 		if (run(0, false, secs, &base) < 0 || run(subs, false, secs, &ours) < 0 ||
@@ -409,13 +446,16 @@ int main(int argc, char **argv)
 		os[r] = ours.shim_cpu;
 		oc[r] = ours.client_cpu;
 		items += ours.items;
+		sched_seen = ours.sched;
 	}
 	double mb = median(bm, rounds);
 	printf("transfer subscribers=%d ours=%.0f baseline=%.0f ratio=%.3f rounds=%d "
-	       "items_per_round=%llu shim_cpu=%.3f baseline_shim_cpu=%.3f client_cpu=%.3f\n",
+	       "items_per_round=%llu shim_cpu=%.3f baseline_shim_cpu=%.3f client_cpu=%.3f "
+	       "transfer_cpu=%u sched=%s\n",
 	       subs, median(om, rounds), mb, median(ratio, rounds), rounds,
 	       (unsigned long long)(items / (uint64_t)rounds),
-	       median(os, rounds), median(bs, rounds), median(oc, rounds));
+	       median(os, rounds), median(bs, rounds), median(oc, rounds), g_reserve,
+	       lm_sched_kind_name(sched_seen));
 	printf("transfer_clients_nice19 subscribers=%d ours=%.0f baseline=%.0f ratio=%.3f\n",
 	       subs, median(nm, rounds), mb, median(nratio, rounds));
 	double po = median(op, rounds), pb = median(bp, rounds);
