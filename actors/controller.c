@@ -614,32 +614,27 @@ static void not_in_state(struct ctl *c, lm_rpc_call_t *call, const char *method)
 
 /* ---- Migration calls ------------------------------------------------------------ */
 
-static void do_prepare_and_export(struct ctl *c, lm_rpc_call_t *call, const uint8_t *p, size_t len)
+static void do_prepare_and_export(struct ctl *c, lm_rpc_call_t *call, PrepareAndExportSandboxRequest *req)
 {
 	const char *M = mig_name[LM_MIG_PREPARE_AND_EXPORT];
-	PrepareAndExportSandboxRequest *req = prepare_and_export_sandbox_request__unpack(NULL, len, p);
 	char err[256], *json = NULL;
 
-	if (!req) {
-		fail(call, C_INVALID, "%s: request does not decode", M);
-		return;
-	}
 	if (!check_session(c, call, M, req->session_id))
-		goto out;
+		return;
 	if (c->st != ST_IDLE || c->op != OP_NONE) {
 		if (c->st == ST_IDLE)
 			fail(call, C_PRECONDITION, "%s: another call is in progress", M);
 		else
 			not_in_state(c, call, M);
-		goto out;
+		return;
 	}
 	if (!c->vm || !c->vm_running) {
 		fail(call, C_PRECONDITION, "%s: no running VM to export", M);
-		goto out;
+		return;
 	}
 	if (lm_hcs_init_options_to_json(req->init_options, 1, &json, err, sizeof(err))) {
 		fail(call, C_INVALID, "%s: init_options: %s", M, err);
-		goto out;
+		return;
 	}
 	struct hcs_op_ctx *x = op_ctx(c, OP_INIT);
 	int rc = x ? lm_hcs_migration_initialize(c->vm, json, hcs_done_cb, x) : -ENOMEM;
@@ -648,7 +643,7 @@ static void do_prepare_and_export(struct ctl *c, lm_rpc_call_t *call, const uint
 			op_ctx_drop(x);
 		free(json);
 		fail(call, code_for_errno(rc), "%s: initialize: %s", M, strerror(-rc));
-		goto out;
+		return;
 	}
 	free(c->init_json);
 	c->init_json = json;
@@ -658,8 +653,6 @@ static void do_prepare_and_export(struct ctl *c, lm_rpc_call_t *call, const uint
 	c->op_call = call;
 	c->op_method = LM_MIG_PREPARE_AND_EXPORT;
 	logi(c, "prepare and export started", NULL);
-out:
-	prepare_and_export_sandbox_request__free_unpacked(req, NULL);
 }
 
 /* Builds the snapshot from the properties JSON and answers the export. */
@@ -732,39 +725,34 @@ static void finish_export(struct ctl *c, const char *props_json)
 	(void)M;
 }
 
-static void do_import(struct ctl *c, lm_rpc_call_t *call, const uint8_t *p, size_t len)
+static void do_import(struct ctl *c, lm_rpc_call_t *call, ImportSandboxRequest *req)
 {
 	const char *M = mig_name[LM_MIG_IMPORT];
-	ImportSandboxRequest *req = import_sandbox_request__unpack(NULL, len, p);
 	char err[256];
 
-	if (!req) {
-		fail(call, C_INVALID, "%s: request does not decode", M);
-		return;
-	}
 	if (!check_session(c, call, M, req->session_id))
-		goto out;
+		return;
 	if (c->st != ST_IDLE || c->op != OP_NONE) {
 		not_in_state(c, call, M);
-		goto out;
+		return;
 	}
 	if (c->vm) {
 		fail(call, C_PRECONDITION, "%s: this shim already runs a VM", M);
-		goto out;
+		return;
 	}
 	if (lm_sandbox_count(c->sb) > 0) {
 		fail(call, C_PRECONDITION, "%s: this shim already has containers", M);
-		goto out;
+		return;
 	}
 	if (!req->config) {
 		fail(call, C_INVALID, "%s: config is missing", M);
-		goto out;
+		return;
 	}
 	size_t anylen = google__protobuf__any__get_packed_size(req->config);
 	uint8_t *any = malloc(anylen ? anylen : 1);
 	if (!any) {
 		fail(call, C_EXHAUSTED, "%s: out of memory", M);
-		goto out;
+		return;
 	}
 	google__protobuf__any__pack(req->config, any);
 	lm_sandbox_t *sb = NULL;
@@ -773,7 +761,7 @@ static void do_import(struct ctl *c, lm_rpc_call_t *call, const uint8_t *p, size
 	free(any);
 	if (rc) {
 		fail(call, rc == -ENOMEM ? C_EXHAUSTED : C_INVALID, "%s: config: %s", M, err);
-		goto out;
+		return;
 	}
 	/* one patcher per imported container; all or nothing */
 	struct patcher_ref *ps = calloc(lm_sandbox_count(sb) + 1, sizeof(*ps));
@@ -795,7 +783,7 @@ static void do_import(struct ctl *c, lm_rpc_call_t *call, const uint8_t *p, size
 		lm_sandbox_destroy(sb);
 		lm_snapshot_vm_clear(&vm);
 		fail(call, C_EXHAUSTED, "%s: cannot start the patchers", M);
-		goto out;
+		return;
 	}
 	lm_sandbox_destroy(c->sb);
 	c->sb = sb;
@@ -811,38 +799,31 @@ static void do_import(struct ctl *c, lm_rpc_call_t *call, const uint8_t *p, size
 	set_state(c, ST_DEST_IMPORTED);
 	logi(c, "sandbox imported", "sandbox_id=%s containers=%u", req->sandbox_id ? req->sandbox_id : "", np);
 	ok(call);
-out:
-	import_sandbox_request__free_unpacked(req, NULL);
 }
 
-static void do_prepare(struct ctl *c, lm_rpc_call_t *call, const uint8_t *p, size_t len)
+static void do_prepare(struct ctl *c, lm_rpc_call_t *call, PrepareSandboxRequest *req)
 {
 	const char *M = mig_name[LM_MIG_PREPARE];
-	PrepareSandboxRequest *req = prepare_sandbox_request__unpack(NULL, len, p);
 	char err[256], pending[256], *json = NULL;
 
-	if (!req) {
-		fail(call, C_INVALID, "%s: request does not decode", M);
-		return;
-	}
 	if (!check_session(c, call, M, req->session_id))
-		goto out;
+		return;
 	if (c->st != ST_DEST_IMPORTED || c->op != OP_NONE) {
 		if (c->st == ST_DEST_IMPORTED)
 			fail(call, C_PRECONDITION, "%s: another call is in progress", M);
 		else
 			not_in_state(c, call, M);
-		goto out;
+		return;
 	}
 	size_t np = lm_sandbox_pending_patches(c->sb, pending, sizeof(pending));
 	if (np) {
 		fail(call, C_PRECONDITION, "%s: %zu container(s) not yet created on this shim: %s",
 		     M, np, pending);
-		goto out;
+		return;
 	}
 	if (lm_hcs_init_options_to_json(req->init_options, 2, &json, err, sizeof(err))) {
 		fail(call, C_INVALID, "%s: init_options: %s", M, err);
-		goto out;
+		return;
 	}
 	struct hcs_op_ctx *x = op_ctx(c, OP_DEST_CREATE);
 	lm_hcs_system_t *vm = NULL;
@@ -853,7 +834,7 @@ static void do_prepare(struct ctl *c, lm_rpc_call_t *call, const uint8_t *p, siz
 		if (x)
 			op_ctx_drop(x);
 		fail(call, code_for_errno(rc), "%s: create the VM: %s", M, strerror(-rc));
-		goto out;
+		return;
 	}
 	c->vm = vm;
 	c->vm_running = false;
@@ -862,45 +843,36 @@ static void do_prepare(struct ctl *c, lm_rpc_call_t *call, const uint8_t *p, siz
 	c->op_call = call;
 	c->op_method = LM_MIG_PREPARE;
 	logi(c, "destination VM being created", NULL);
-out:
-	prepare_sandbox_request__free_unpacked(req, NULL);
 }
 
-static void do_socket(struct ctl *c, lm_rpc_call_t *call, const uint8_t *p, size_t len)
+static void do_socket(struct ctl *c, lm_rpc_call_t *call, CreateDuplicateSocketRequest *req)
 {
 	const char *M = mig_name[LM_MIG_CREATE_DUPLICATE_SOCKET];
-	CreateDuplicateSocketRequest *req = create_duplicate_socket_request__unpack(NULL, len, p);
 
-	if (!req) {
-		fail(call, C_INVALID, "%s: request does not decode", M);
-		return;
-	}
 	if (!check_session(c, call, M, req->session_id))
-		goto out;
+		return;
 	if (c->socket_registered || c->sock_call) {
 		fail(call, C_EXISTS, "%s: a socket is already registered for this session", M);
-		goto out;
+		return;
 	}
 	if (c->st != ST_SOURCE_EXPORTED && c->st != ST_DEST_PREPARED && c->st != ST_SOCKET_WAITING) {
 		not_in_state(c, call, M);
-		goto out;
+		return;
 	}
 	uint64_t dl = lm_rpc_call_deadline_ns(call);
 	lm_msg_t *m = lm_transport_adopt_msg(++c->sock_gen, dl, req->protocol_info.data,
 					     req->protocol_info.len);
 	if (!m) {
 		fail(call, C_EXHAUSTED, "%s: out of memory", M);
-		goto out;
+		return;
 	}
 	lm_msg_set_reply_to(m, lm_actor_mailbox(c->self));
 	if (lm_actor_send(c->transport, m) != 0) {
 		lm_msg_free(m);
 		fail(call, C_UNAVAILABLE, "%s: the transport is not available", M);
-		goto out;
+		return;
 	}
 	c->sock_call = call;
-out:
-	create_duplicate_socket_request__free_unpacked(req, NULL);
 }
 
 static void start_transfer(struct ctl *c)
@@ -980,22 +952,17 @@ static void on_socket(struct ctl *c, const struct lm_ctl_socket *s)
 		set_state(c, ST_SOCKET_READY);
 }
 
-static void do_transfer(struct ctl *c, lm_rpc_call_t *call, const uint8_t *p, size_t len)
+static void do_transfer(struct ctl *c, lm_rpc_call_t *call, TransferSandboxRequest *req)
 {
 	const char *M = mig_name[LM_MIG_TRANSFER];
-	TransferSandboxRequest *req = transfer_sandbox_request__unpack(NULL, len, p);
 
-	if (!req) {
-		fail(call, C_INVALID, "%s: request does not decode", M);
-		return;
-	}
 	if (!check_session(c, call, M, req->session_id))
-		goto out;
+		return;
 	uint64_t wait_ns = DEFAULT_TRANSFER_WAIT_NS;
 	if (req->timeout) {
 		if (req->timeout->seconds < 0 || req->timeout->nanos < 0) {
 			fail(call, C_INVALID, "%s: timeout is negative", M);
-			goto out;
+			return;
 		}
 		uint64_t t = (uint64_t)req->timeout->seconds * 1000000000ull + (uint64_t)req->timeout->nanos;
 		if (t)
@@ -1006,7 +973,7 @@ static void do_transfer(struct ctl *c, lm_rpc_call_t *call, const uint8_t *p, si
 	case ST_DEST_PREPARED: {
 		if (!waiters_add(c->xfer_waiters, &c->n_xfer_waiters, call)) {
 			fail(call, C_EXHAUSTED, "%s: too many waiting calls", M);
-			goto out;
+			return;
 		}
 		c->before_wait = c->st;
 		set_state(c, ST_SOCKET_WAITING);
@@ -1028,7 +995,7 @@ static void do_transfer(struct ctl *c, lm_rpc_call_t *call, const uint8_t *p, si
 	case ST_SOCKET_READY:
 		if (!waiters_add(c->xfer_waiters, &c->n_xfer_waiters, call)) {
 			fail(call, C_EXHAUSTED, "%s: too many waiting calls", M);
-			goto out;
+			return;
 		}
 		start_transfer(c);
 		break;
@@ -1049,8 +1016,6 @@ static void do_transfer(struct ctl *c, lm_rpc_call_t *call, const uint8_t *p, si
 		not_in_state(c, call, M);
 		break;
 	}
-out:
-	transfer_sandbox_request__free_unpacked(req, NULL);
 }
 
 static void on_socket_timeout(struct ctl *c, uint64_t gen)
@@ -1061,64 +1026,59 @@ static void on_socket_timeout(struct ctl *c, uint64_t gen)
 	set_state(c, c->before_wait);
 }
 
-static void do_finalize(struct ctl *c, lm_rpc_call_t *call, const uint8_t *p, size_t len)
+static void do_finalize(struct ctl *c, lm_rpc_call_t *call, FinalizeSandboxRequest *req)
 {
 	const char *M = mig_name[LM_MIG_FINALIZE];
-	FinalizeSandboxRequest *req = finalize_sandbox_request__unpack(NULL, len, p);
 
-	if (!req) {
-		fail(call, C_INVALID, "%s: request does not decode", M);
-		return;
-	}
 	int action = req->action;
 	if (!req->session_id || !*req->session_id) {
 		fail(call, C_INVALID, "%s: session_id is empty", M);
-		goto out;
+		return;
 	}
 	if (action != FINALIZE_ACTION__FINALIZE_ACTION_STOP &&
 	    action != FINALIZE_ACTION__FINALIZE_ACTION_RESUME) {
 		fail(call, C_INVALID, "%s: action must be STOP or RESUME (got %d)", M, action);
-		goto out;
+		return;
 	}
 	if (!session_or_idle(c, call, M, req->session_id))
-		goto out;
+		return;
 	if (c->st == ST_FINALIZED) {
 		ok(call);
-		goto out;
+		return;
 	}
 	if (c->op == OP_FINALIZE) {
 		/* a retry of the finalize in flight joins it */
 		if (action == c->finalize_action &&
 		    waiters_add(c->op_joined, &c->n_op_joined, call))
-			goto out;
+			return;
 		fail(call, C_PRECONDITION, "%s: another finalize is in progress", M);
-		goto out;
+		return;
 	}
 	if (c->st != ST_TRANSFER_COMPLETED && c->st != ST_CANCELLED && c->st != ST_FAILED) {
 		not_in_state(c, call, M);
-		goto out;
+		return;
 	}
 	if (c->op != OP_NONE) {
 		fail(call, C_PRECONDITION, "%s: another call is in progress", M);
-		goto out;
+		return;
 	}
 	bool stop = action == FINALIZE_ACTION__FINALIZE_ACTION_STOP;
 	if (c->side == SIDE_SOURCE && stop && c->st != ST_TRANSFER_COMPLETED) {
 		fail(call, C_PRECONDITION, "%s: the migration did not complete (state %s): finalize with RESUME",
 		     M, st_name[c->st]);
-		goto out;
+		return;
 	}
 	if (c->side == SIDE_DEST && !stop && (c->st != ST_TRANSFER_COMPLETED || !c->vm)) {
 		fail(call, C_PRECONDITION, "%s: the destination has no complete VM to resume (state %s)",
 		     M, st_name[c->st]);
-		goto out;
+		return;
 	}
 	if (!c->vm) {
 		/* a destination cancelled before PrepareSandbox: nothing to discard but the import */
 		lm_sandbox_clear(c->sb);
 		set_state(c, ST_FINALIZED);
 		ok(call);
-		goto out;
+		return;
 	}
 	char opts[128];
 	snprintf(opts, sizeof(opts), "{\"Origin\":\"%s\",\"FinalizedOperation\":\"%s\"}",
@@ -1129,7 +1089,7 @@ static void do_finalize(struct ctl *c, lm_rpc_call_t *call, const uint8_t *p, si
 		if (x)
 			op_ctx_drop(x);
 		fail(call, code_for_errno(rc), "%s: %s", M, strerror(-rc));
-		goto out;
+		return;
 	}
 	c->op = OP_FINALIZE;
 	c->op_gen = c->gen;
@@ -1137,8 +1097,6 @@ static void do_finalize(struct ctl *c, lm_rpc_call_t *call, const uint8_t *p, si
 	c->op_method = LM_MIG_FINALIZE;
 	c->finalize_action = action;
 	logi(c, "finalize started", "action=%s", stop ? "stop" : "resume");
-out:
-	finalize_sandbox_request__free_unpacked(req, NULL);
 }
 
 static void finish_cancel(struct ctl *c)
@@ -1150,32 +1108,27 @@ static void finish_cancel(struct ctl *c)
 	c->n_cancel_waiters = 0;
 }
 
-static void do_cancel(struct ctl *c, lm_rpc_call_t *call, const uint8_t *p, size_t len)
+static void do_cancel(struct ctl *c, lm_rpc_call_t *call, CancelRequest *req)
 {
 	const char *M = mig_name[LM_MIG_CANCEL];
-	CancelRequest *req = cancel_request__unpack(NULL, len, p);
 
-	if (!req) {
-		fail(call, C_INVALID, "%s: request does not decode", M);
-		return;
-	}
 	if (!session_or_idle(c, call, M, req->session_id))
-		goto out;
+		return;
 	switch (c->st) {
 	case ST_CANCELLING:
 		if (!waiters_add(c->cancel_waiters, &c->n_cancel_waiters, call))
 			ok(call);
-		goto out;
+		return;
 	case ST_CANCELLED:
 	case ST_FINALIZED:
 		ok(call);
-		goto out;
+		return;
 	case ST_DEST_IMPORTED:
 		c->gen++;
 		set_state(c, ST_CANCELLED);
 		logi(c, "cancelled", NULL);
 		ok(call);
-		goto out;
+		return;
 	default:
 		break;
 	}
@@ -1207,39 +1160,32 @@ static void do_cancel(struct ctl *c, lm_rpc_call_t *call, const uint8_t *p, size
 		int rc = x ? lm_hcs_migration_cancel(c->vm, opts, hcs_done_cb, x) : -ENOMEM;
 		if (rc == 0) {
 			c->cancel_in_flight = true;
-			goto out;
+			return;
 		}
 		if (x)
 			op_ctx_drop(x);
 		logi(c, "compute service cancel refused", "err=%d", rc);
 	}
 	finish_cancel(c);
-out:
-	cancel_request__free_unpacked(req, NULL);
 }
 
-static void do_cleanup(struct ctl *c, lm_rpc_call_t *call, const uint8_t *p, size_t len)
+static void do_cleanup(struct ctl *c, lm_rpc_call_t *call, CleanupRequest *req)
 {
 	const char *M = mig_name[LM_MIG_CLEANUP];
-	CleanupRequest *req = cleanup_request__unpack(NULL, len, p);
 
-	if (!req) {
-		fail(call, C_INVALID, "%s: request does not decode", M);
-		return;
-	}
 	if (!session_or_idle(c, call, M, req->session_id))
-		goto out;
+		return;
 	if (c->st == ST_CANCELLED && c->side == SIDE_SOURCE) {
 		fail(call, C_PRECONDITION, "%s: the source was cancelled: finalize with RESUME first", M);
-		goto out;
+		return;
 	}
 	if (c->st != ST_FINALIZED && !(c->st == ST_CANCELLED && c->side == SIDE_DEST)) {
 		not_in_state(c, call, M);
-		goto out;
+		return;
 	}
 	if (c->op != OP_NONE && c->op_call) {
 		fail(call, C_PRECONDITION, "%s: another call is in progress", M);
-		goto out;
+		return;
 	}
 	if (c->st == ST_CANCELLED && c->side == SIDE_DEST) {
 		/* tear down what ImportSandbox (and PrepareSandbox) created */
@@ -1251,19 +1197,12 @@ static void do_cleanup(struct ctl *c, lm_rpc_call_t *call, const uint8_t *p, siz
 	logi(c, "cleaned up", NULL);
 	reset_session(c);
 	ok(call);
-out:
-	cleanup_request__free_unpacked(req, NULL);
 }
 
-static void do_notifications(struct ctl *c, lm_rpc_call_t *call, const uint8_t *p, size_t len)
+static void do_notifications(struct ctl *c, lm_rpc_call_t *call, NotificationsRequest *req)
 {
 	const char *M = mig_name[LM_MIG_NOTIFICATIONS];
-	NotificationsRequest *req = notifications_request__unpack(NULL, len, p);
 
-	if (!req) {
-		lm_rpc_call_end(call, C_INVALID, "Notifications: request does not decode");
-		return;
-	}
 	if (!req->session_id || !*req->session_id) {
 		lm_rpc_call_end(call, C_INVALID, "Notifications: session_id is empty");
 	} else if (c->st == ST_IDLE) {
@@ -1276,27 +1215,54 @@ static void do_notifications(struct ctl *c, lm_rpc_call_t *call, const uint8_t *
 	} else if (lm_notifier_subscribe(c->notifier, call, c->side) != 0) {
 		lm_rpc_call_end(call, C_UNAVAILABLE, "Notifications: the notifier is not available");
 	}
-	notifications_request__free_unpacked(req, NULL);
 }
 
+/* The request message of each Migration method, in enum lm_mig_method order. */
+static const ProtobufCMessageDescriptor *const mig_req[LM_MIG_N] = {
+	[LM_MIG_PREPARE_AND_EXPORT] = &prepare_and_export_sandbox_request__descriptor,
+	[LM_MIG_IMPORT] = &import_sandbox_request__descriptor,
+	[LM_MIG_PREPARE] = &prepare_sandbox_request__descriptor,
+	[LM_MIG_CREATE_DUPLICATE_SOCKET] = &create_duplicate_socket_request__descriptor,
+	[LM_MIG_NOTIFICATIONS] = &notifications_request__descriptor,
+	[LM_MIG_TRANSFER] = &transfer_sandbox_request__descriptor,
+	[LM_MIG_FINALIZE] = &finalize_sandbox_request__descriptor,
+	[LM_MIG_CANCEL] = &cancel_request__descriptor,
+	[LM_MIG_CLEANUP] = &cleanup_request__descriptor,
+};
+
+/* Decodes the request once for every method (garbage -> InvalidArgument
+ * naming the method), runs its handler, frees the request. */
 static void on_mig_call(struct ctl *c, struct lm_ctl_call *mc)
 {
 	size_t len = 0;
 	const uint8_t *p = lm_rpc_call_payload(mc->call, &len);
-
-	switch (mc->method) {
-	case LM_MIG_PREPARE_AND_EXPORT: do_prepare_and_export(c, mc->call, p, len); break;
-	case LM_MIG_IMPORT: do_import(c, mc->call, p, len); break;
-	case LM_MIG_PREPARE: do_prepare(c, mc->call, p, len); break;
-	case LM_MIG_CREATE_DUPLICATE_SOCKET: do_socket(c, mc->call, p, len); break;
-	case LM_MIG_NOTIFICATIONS: do_notifications(c, mc->call, p, len); break;
-	case LM_MIG_TRANSFER: do_transfer(c, mc->call, p, len); break;
-	case LM_MIG_FINALIZE: do_finalize(c, mc->call, p, len); break;
-	case LM_MIG_CANCEL: do_cancel(c, mc->call, p, len); break;
-	case LM_MIG_CLEANUP: do_cleanup(c, mc->call, p, len); break;
-	default: fail(mc->call, 12, "method %d", mc->method); break;
-	}
+	lm_rpc_call_t *call = mc->call;
 	mc->call = NULL;
+	if (mc->method < 0 || mc->method >= LM_MIG_N) {
+		fail(call, 12, "method %d", mc->method);
+		return;
+	}
+	ProtobufCMessage *req = protobuf_c_message_unpack(mig_req[mc->method], NULL, len, p);
+	if (!req) {
+		if (mc->method == LM_MIG_NOTIFICATIONS) {   /* a stream: ends with the status */
+			lm_rpc_call_end(call, C_INVALID, "Notifications: request does not decode");
+		} else {
+			fail(call, C_INVALID, "%s: request does not decode", mig_name[mc->method]);
+		}
+		return;
+	}
+	switch (mc->method) {
+	case LM_MIG_PREPARE_AND_EXPORT: do_prepare_and_export(c, call, (void *)req); break;
+	case LM_MIG_IMPORT: do_import(c, call, (void *)req); break;
+	case LM_MIG_PREPARE: do_prepare(c, call, (void *)req); break;
+	case LM_MIG_CREATE_DUPLICATE_SOCKET: do_socket(c, call, (void *)req); break;
+	case LM_MIG_NOTIFICATIONS: do_notifications(c, call, (void *)req); break;
+	case LM_MIG_TRANSFER: do_transfer(c, call, (void *)req); break;
+	case LM_MIG_FINALIZE: do_finalize(c, call, (void *)req); break;
+	case LM_MIG_CANCEL: do_cancel(c, call, (void *)req); break;
+	case LM_MIG_CLEANUP: do_cleanup(c, call, (void *)req); break;
+	}
+	protobuf_c_message_free_unpacked(req, NULL);
 }
 
 /* A client went away: a parked TransferSandbox stops waiting (the

@@ -56,6 +56,39 @@ static int teardown(void **state)
 	return 0;
 }
 
+/* Garbage for every Migration method: InvalidArgument naming the method
+ * (Notifications: the stream ends with it), and the shim stays Idle. */
+static void test_undecodable_requests_are_invalid_argument_naming_the_method(void **state)
+{
+	struct env *e = *state;
+	static const char *const methods[] = { "PrepareAndExportSandbox", "ImportSandbox",
+		"PrepareSandbox", "CreateDuplicateSocket", "TransferSandbox", "FinalizeSandbox",
+		"Cancel", "Cleanup" };
+	static const uint8_t junk[] = { 0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f };   /* length past the end */
+	struct lm_rpc_call_opts o = { .timeout_ns = 10ll * 1000000000ll };
+	for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
+		struct lm_rpc_result r = { 0 };
+		assert_int_equal(lm_rpc_client_call(e->sc, "Migration", methods[i], junk, sizeof(junk), &o, &r), 0);
+		assert_int_equal(r.code, 3);
+		char want[80];
+		snprintf(want, sizeof(want), "%s: request does not decode", methods[i]);
+		assert_string_equal(r.message, want);
+		lm_rpc_result_free(&r);
+	}
+	lm_rpc_stream_t *st;
+	assert_int_equal(lm_rpc_client_stream_open(e->sc, "Migration", "Notifications", junk, sizeof(junk),
+						   NULL, &st), 0);
+	uint8_t *msg = NULL;
+	size_t ml = 0;
+	assert_int_equal(lm_rpc_stream_recv(st, &msg, &ml, 10ll * 1000000000ll), -EREMOTEIO);
+	const char *why = NULL;
+	assert_int_equal(lm_rpc_stream_status(st, &why), 3);
+	assert_non_null(strstr(why, "Notifications: request does not decode"));
+	lm_rpc_stream_close(st);
+	/* nothing moved: a session still starts */
+	assert_int_equal(prepare_both(e), 0);
+}
+
 static void test_live_migration_happy_path(void **state)
 {
 	struct env *e = *state;
@@ -353,6 +386,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_live_migration_happy_path, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_undecodable_requests_are_invalid_argument_naming_the_method, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_calls_out_of_order_get_the_contracts_codes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_bad_config_is_rejected_and_leaves_no_trace, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_transfer_before_socket_times_out_then_second_socket_exists, setup, teardown),
