@@ -43,7 +43,7 @@ struct job {
 	int attr_rc;
 	int child_rc;          /* pthread_create from the reserved thread */
 	struct attr child;     /* the child's attributes */
-	uint64_t spin_ns, cpu_ns;
+	uint64_t cpu_ns;
 	pthread_barrier_t *hold;   /* all jobs hold their reservations here */
 };
 

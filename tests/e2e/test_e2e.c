@@ -26,6 +26,7 @@
 
 #include "e2e.h"
 #include "events.pb-c.h"
+#include "google/protobuf/timestamp.pb-c.h"
 #include "events_sink.h"
 #include "util/sched.h"
 #include "migration.pb-c.h"
@@ -757,52 +758,54 @@ static void test_task_shutdown_exits_only_when_nothing_is_left(void **state)
 	free(log);
 }
 
+/* A field of a decoded event by name (0 / NULL when the message has none). */
+static const void *event_field(const ProtobufCMessage *m, const char *name)
+{
+	const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field_by_name(m->descriptor, name);
+	return f ? (const char *)m + f->offset : NULL;
+}
+
+/* The first event on `topic` for container `id`: its pid and exit status
+ * (0 where the event has none) and its index in the sink. */
 static const struct sink_event *find_event(struct sink *sk, const char *topic, const char *id,
 					    uint32_t *pid, uint32_t *status, int *index)
 {
+	static const struct {
+		const char *topic;
+		const ProtobufCMessageDescriptor *d;
+	} kinds[] = {
+		{ "/tasks/create", &containerd__events__task_create__descriptor },
+		{ "/tasks/start", &containerd__events__task_start__descriptor },
+		{ "/tasks/exit", &containerd__events__task_exit__descriptor },
+		{ "/tasks/delete", &containerd__events__task_delete__descriptor },
+	};
+	const ProtobufCMessageDescriptor *d = NULL;
+	for (size_t k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++)
+		if (!strcmp(kinds[k].topic, topic))
+			d = kinds[k].d;
+	assert_non_null(d);
 	for (unsigned i = 0; i < sk->n; i++) {
 		const struct sink_event *x = &sk->ev[i];
 		if (strcmp(x->topic, topic))
 			continue;
-		char *cid = NULL;
-		uint32_t p = 0, st = 0;
-		if (!strcmp(topic, "/tasks/create")) {
-			Containerd__Events__TaskCreate *e = containerd__events__task_create__unpack(NULL, x->len, x->value);
-			assert_non_null(e);
-			cid = strdup(e->container_id);
-			p = e->pid;
-			containerd__events__task_create__free_unpacked(e, NULL);
-		} else if (!strcmp(topic, "/tasks/start")) {
-			Containerd__Events__TaskStart *e = containerd__events__task_start__unpack(NULL, x->len, x->value);
-			assert_non_null(e);
-			cid = strdup(e->container_id);
-			p = e->pid;
-			containerd__events__task_start__free_unpacked(e, NULL);
-		} else if (!strcmp(topic, "/tasks/exit")) {
-			Containerd__Events__TaskExit *e = containerd__events__task_exit__unpack(NULL, x->len, x->value);
-			assert_non_null(e);
-			assert_non_null(e->exited_at);
-			assert_true(e->exited_at->seconds > 1600000000);
-			cid = strdup(e->container_id);
-			p = e->pid;
-			st = e->exit_status;
-			containerd__events__task_exit__free_unpacked(e, NULL);
-		} else if (!strcmp(topic, "/tasks/delete")) {
-			Containerd__Events__TaskDelete *e = containerd__events__task_delete__unpack(NULL, x->len, x->value);
-			assert_non_null(e);
-			cid = strdup(e->container_id);
-			p = e->pid;
-			st = e->exit_status;
-			containerd__events__task_delete__free_unpacked(e, NULL);
+		ProtobufCMessage *m = protobuf_c_message_unpack(d, NULL, x->len, x->value);
+		assert_non_null(m);
+		const char *const *cid = event_field(m, "container_id");
+		const uint32_t *p = event_field(m, "pid"), *st = event_field(m, "exit_status");
+		Google__Protobuf__Timestamp *const *at = event_field(m, "exited_at");
+		if (at) {   /* exit and delete carry the time of the exit */
+			assert_non_null(*at);
+			assert_true((*at)->seconds > 1600000000);
 		}
-		bool match = cid && !strcmp(cid, id);
-		free(cid);
+		bool match = !strcmp(*cid, id);
 		if (match) {
-			*pid = p;
-			*status = st;
+			*pid = p ? *p : 0;
+			*status = st ? *st : 0;
 			*index = (int)i;
-			return x;
 		}
+		protobuf_c_message_free_unpacked(m, NULL);
+		if (match)
+			return x;
 	}
 	return NULL;
 }
