@@ -22,8 +22,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "actors/runtime.h"
-#include "actors/shim.h"
+#include "runtime/runtime.h"
+#include "shim/shim.h"
 
 struct lm_rpc_call;
 

@@ -51,7 +51,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "actors/runtime.h"
+#include "runtime/runtime.h"
 #include "rpc/server.h"
 
 /* Message types of the notifier (range 0x200-0x2ff). */

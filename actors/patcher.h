@@ -31,7 +31,7 @@
  * no grant of its own, so an OK it gave that the controller could not
  * apply (e.g. the new ID is taken) does not block a corrected retry.
  *
- * DESIGN. A patcher is an actor (actors/runtime.h); its state (the
+ * DESIGN. A patcher is an actor (runtime/runtime.h); its state (the
  * imported container's facts, copied at spawn) is touched only by its
  * dispatch. Requests and results are heap
  * objects that move by message; whoever holds one owns it, including the
@@ -45,8 +45,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "actors/runtime.h"
-#include "actors/sandbox.h"
+#include "runtime/runtime.h"
+#include "shim/sandbox.h"
 #include "rpc/server.h"
 
 enum {

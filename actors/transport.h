@@ -21,7 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "actors/runtime.h"
+#include "runtime/runtime.h"
 
 enum {
 	LM_XPORT_ADOPT = 0x400,   /* struct lm_xport_adopt, reply_to set */

@@ -31,7 +31,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "actors/runtime.h"
+#include "runtime/runtime.h"
 #include "mailbox/mailbox.h"
 #include "util/clock.h"
 

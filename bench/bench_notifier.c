@@ -43,7 +43,7 @@
 #include <unistd.h>
 
 #include "actors/notifier.h"
-#include "actors/runtime.h"
+#include "runtime/runtime.h"
 #include "migration.pb-c.h"
 #include "rpc/client.h"
 #include "rpc/server.h"

@@ -21,7 +21,7 @@
 #include <unistd.h>
 
 #include "rpc/server.h"
-#include "tests/interop/test_service.h"
+#include "interop/test_service.h"
 
 struct point {
 	double calls_s, p50, p99;

@@ -44,11 +44,9 @@
  * so a guest may not reach the rate it was asked for. Where /dev/kvm is
  * unusable it says so on stderr and exits 1.
  */
-#include "hcs/testkit.h"
+#include "testkit.h"
 #include "util/log.h"
-#ifdef LM_HCS_HAVE_KVM
 #include "hcs/kvm/kvm_backend.h"
-#endif
 
 #include <getopt.h>
 #include <sys/resource.h>
@@ -96,7 +94,6 @@ static lm_vm_t *bvm(double rate, enum lm_mem_fill fill, bool incoming)
 	return vm;
 }
 
-#ifdef LM_HCS_HAVE_KVM
 /* The guest's status slots (hcs/kvm/guest/protocol.h), in its memory. */
 static volatile struct lm_kvm_guest_status *gslot(lm_vm_t *vm, unsigned i)
 {
@@ -148,7 +145,6 @@ static double guest_gap_ms(lm_vm_t *vm)
 	}
 	return (double)g / (double)lm_kvm_vm_tsc_khz(k);
 }
-#endif
 
 /* kvm: gets the guest going and its normal rhythm: boots it, then over
  * `ms` measures its dirty rate and longest gap; forgets the gap again so
@@ -157,7 +153,6 @@ static int guest_warmup(lm_vm_t *src, unsigned ms, double *dirty_mbps, double *g
 {
 	*dirty_mbps = 0;
 	*gap_ms = 0;
-#ifdef LM_HCS_HAVE_KVM
 	int rc = guest_wait(src, 50);
 	if (rc < 0)
 		return rc;
@@ -172,11 +167,6 @@ static int guest_warmup(lm_vm_t *src, unsigned ms, double *dirty_mbps, double *g
 	*gap_ms = guest_gap_ms(src);
 	guest_gap_reset(src);
 	return 0;
-#else
-	(void)src;
-	(void)ms;
-	return -ENOTSUP;
-#endif
 }
 
 static bool want(const char *name)
@@ -291,7 +281,6 @@ static void migrate(const char *name, const char *transport, lm_vm_t *src, bool 
 	res->rc = rs ? rs : rd;
 	lm__xfer_get_stats(xs, &res->ss);
 	lm__xfer_get_stats(xd, &res->sd);
-#ifdef LM_HCS_HAVE_KVM
 	if (kvm && res->rc == 0) {
 		/* The guest's view: its longest gap up to blackout (on the
 		 * paused source), then over the whole migration once it has
@@ -318,7 +307,6 @@ static void migrate(const char *name, const char *transport, lm_vm_t *src, bool 
 			rc = -EBADMSG;
 		res->rc = rc;
 	}
-#endif
 	if (!kvm && res->rc == 0) {
 		uint64_t a, b;
 		lm__mem_digest(ops, src, &a);
@@ -505,7 +493,6 @@ int main(int argc, char **argv)
 		}
 	}
 	if (strcmp(backend, "kvm") == 0) {
-#ifdef LM_HCS_HAVE_KVM
 		char why[128];
 		if (lm_kvm_probe(why, sizeof(why)) < 0) {
 			fprintf(stderr, "bench_transfer: --backend kvm: /dev/kvm is unusable here: %s\n",
@@ -518,10 +505,6 @@ int main(int argc, char **argv)
 		}
 		kvm = true;
 		ops = &lm_hcs_kvm_ops;
-#else
-		fprintf(stderr, "bench_transfer: --backend kvm: built without the kvm backend (hcs/kvm)\n");
-		return 1;
-#endif
 	} else if (strcmp(backend, "sim") != 0) {
 		fprintf(stderr, "bench_transfer: --backend must be sim or kvm, not \"%s\"\n", backend);
 		return 2;

@@ -48,9 +48,7 @@
 #include "cmd/ctl.h"
 #include "google/protobuf/any.pb-c.h"
 #include "google/protobuf/duration.pb-c.h"
-#ifdef LM_HAVE_SNAPSHOT
 #include "snapshot.pb-c.h"
-#endif
 
 volatile int ctl_interrupted;
 
@@ -107,7 +105,6 @@ static int containers_from_snapshot(const Google__Protobuf__Any *any, const char
 			any && any->type_url ? any->type_url : "", SNAPSHOT_TYPE_URL);
 		return -1;
 	}
-#ifdef LM_HAVE_SNAPSHOT
 	Lmshim__V1__SandboxSnapshot *snap =
 		lmshim__v1__sandbox_snapshot__unpack(NULL, any->value.len, any->value.data);
 	if (!snap) {
@@ -141,12 +138,6 @@ static int containers_from_snapshot(const Google__Protobuf__Any *any, const char
 	}
 	lmshim__v1__sandbox_snapshot__free_unpacked(snap, NULL);
 	return 0;
-#else
-	(void)suffix;
-	(void)res;
-	fprintf(stderr, "lmctl: this lmctl was built without the snapshot schema; name the containers with --container\n");
-	return -1;
-#endif
 }
 
 static int containers_from_flags(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res)

@@ -31,7 +31,7 @@
  *             [--events-address ADDR]
  *
  * Either way it fills struct lm_shim_config and calls lm_shim_create
- * (actors/shim.h); SIGTERM/SIGINT stop it gracefully (lm_shim_destroy).
+ * (shim/shim.h); SIGTERM/SIGINT stop it gracefully (lm_shim_destroy).
  * Logs go to stderr in logfmt (util/log.h); LM_FAULTS arms fault points.
  *
  * DESIGN. The main thread only parses flags, creates the shim and waits
@@ -56,7 +56,7 @@
 
 #include <openssl/sha.h>
 
-#include "actors/shim.h"
+#include "shim/shim.h"
 #include "task.pb-c.h"
 #include "util/fault.h"
 #include "util/log.h"

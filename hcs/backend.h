@@ -1,26 +1,13 @@
 /*
  * backend.h: the seam between the compute service / transfer engine and a
- * VM backend ("sim" in hcs/sim.c, "kvm" in hcs/kvm/).
+ * VM backend ("sim" in hcs/sim/, "kvm" in hcs/kvm/).
  *
  * The transfer engine sees a VM only as "memory regions + dirty log +
  * stop/start + state blob"; the compute service adds lifecycle and
  * statistics. A backend is a const ops table (lm_backend_ops_t) plus an
  * opaque instance (lm_vm_t, defined privately by each backend).
  *
- * Registry: lm_backend_find("sim") / lm_backend_find("kvm"). The kvm ops
- * table must be defined by hcs/kvm as
- *
- *     extern const lm_backend_ops_t lm_hcs_kvm_ops;
- *
- * and is included in the registry when hcs/CMakeLists.txt finds
- * hcs/kvm/CMakeLists.txt (it links target `lm_hcs_kvm` into `lm_hcs` and
- * defines LM_HCS_HAVE_KVM).
- *
- * Change log (additive only; the KVM engineer reads this):
- *   v1 (2026-11-25): first version.
- *   v1.1 (2026-11-25 20:30 UTC): lm_mem_region_t gains `zero_when_incoming`
- *     (default false = safe: the destination then clears every zero page
- *     it receives); `fd` must be a MAP_SHARED memfd mapping or -1.
+ * Registry: lm_backend_find("sim") / lm_backend_find("kvm") (registry.c).
  *
  * DESIGN / thread contracts. Three kinds of threads touch a VM:
  *   - the hcs operation thread of the compute system ("owner"): create,
@@ -98,7 +85,7 @@ typedef struct lm_mem_region {
 	uint64_t fd_offset;
 	bool populate_at_create;   /* backend populates it at create when
 				      incoming (destination) */
-	bool zero_when_incoming;   /* v1.1: on an incoming VM the region is
+	bool zero_when_incoming;   /* on an incoming VM the region is
 				      all zeros until the transfer writes it
 				      (lets the destination skip clearing
 				      ZERO pages of pass 1); leave false if
@@ -182,8 +169,6 @@ typedef struct lm_backend_ops {
 const lm_backend_ops_t *lm_backend_find(const char *name);
 
 extern const lm_backend_ops_t lm_hcs_sim_ops;
-#ifdef LM_HCS_HAVE_KVM
 extern const lm_backend_ops_t lm_hcs_kvm_ops;
-#endif
 
 #endif

@@ -46,7 +46,7 @@
 #define LM_HCS_HCS_H
 
 #include "hcs/backend.h"
-#include "hcs/xfer.h"
+#include "hcs/xfer/xfer.h"
 
 typedef struct lm_hcs_system lm_hcs_system_t;
 

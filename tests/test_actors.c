@@ -22,7 +22,7 @@
 
 #include <cmocka.h>
 
-#include "actors/runtime.h"
+#include "runtime/runtime.h"
 #include "mailbox/mailbox_ev.h"
 #include "util/clock.h"
 

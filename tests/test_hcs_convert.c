@@ -4,7 +4,7 @@
  * validation), HCS event JSON -> proto Notification, session ID ->
  * SessionId.
  */
-#include "hcs/convert.h"
+#include "shim/convert.h"
 #include "hcs/hcs.h"
 
 #include <errno.h>

@@ -7,8 +7,8 @@
  * test proves the source recovers with exactly its memory and keeps
  * running, and the destination reports the failure.
  */
-#include "hcs/testkit.h"
-#include "hcs/xfer_wire.h"
+#include "testkit.h"
+#include "hcs/xfer/xfer_wire.h"
 #include "util/fault.h"
 #include "util/log.h"
 

@@ -1,7 +1,7 @@
 /*
  * test_kvm_backend.c: the kvm backend through the hcs seam (hcs/backend.h),
  * and in-process live migration of a running KVM guest through the hcs
- * transfer engine (hcs/xfer.h) over a socketpair or a bandwidth-limited
+ * transfer engine (hcs/xfer/xfer.h) over a socketpair or a bandwidth-limited
  * relay.
  *
  * A migration test proves: both sides complete; the source is stopped at
@@ -23,7 +23,7 @@
  */
 #include "hcs/hcs.h"
 #include "hcs/kvm/kvm_backend.h"
-#include "hcs/testkit.h"
+#include "testkit.h"
 #include "util/fault.h"
 
 #include <jansson.h>
@@ -397,7 +397,7 @@ static void cancel_case(enum phase ph, bool on_source)
 	uint64_t bps = ph == PH_BLACKOUT ? 0 : 40000000;
 	assert_int_equal(ht_relay_start(&r, bps, 0, &fs, &fdd), 0);
 	/* An idle guest in the blackout case: nothing is left to send then,
-	 * and the cancel must still be seen (hcs/xfer.c checks it before the
+	 * and the cancel must still be seen (hcs/xfer/xfer.c checks it before the
 	 * state leaves). */
 	double rate = ph == PH_LATER_PASS ? 100 : 0;
 	struct mig m = {.src = kvm_vm(16, 1, rate, LM_PATTERN_UNIFORM, LM_FILL_RANDOM, false),

@@ -29,7 +29,7 @@
 #include <cmocka.h>
 
 #include "actors/notifier.h"
-#include "actors/runtime.h"
+#include "runtime/runtime.h"
 #include "migration.pb-c.h"
 #include "migration_options.pb-c.h"
 #include "rpc/client.h"

@@ -25,7 +25,7 @@
 #include <cmocka.h>
 
 #include "actors/patcher.h"
-#include "actors/task_service.h"
+#include "shim/task_service.h"
 #include "rpc/frame.h"
 #include "util/clock.h"
 

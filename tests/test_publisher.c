@@ -16,7 +16,7 @@
 
 #include <cmocka.h>
 
-#include "actors/publisher.h"
+#include "shim/publisher.h"
 #include "events.pb-c.h"
 #include "events_sink.h"
 #include "util/clock.h"

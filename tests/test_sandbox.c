@@ -20,7 +20,7 @@
 #include <cmocka.h>
 
 #include "actors/patcher.h"
-#include "actors/sandbox.h"
+#include "shim/sandbox.h"
 #include "google/protobuf/any.pb-c.h"
 #include "mailbox/msg.h"
 #include "snapshot.pb-c.h"

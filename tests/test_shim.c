@@ -24,7 +24,7 @@
 #include <jansson.h>
 
 #include "actors/controller.h"
-#include "actors/shim.h"
+#include "shim/shim.h"
 #include "google/protobuf/any.pb-c.h"
 #include "migration.pb-c.h"
 #include "rpc/client.h"

@@ -31,8 +31,8 @@
 #include <cmocka.h>
 
 #include "actors/patcher.h"
-#include "actors/sandbox.h"
-#include "actors/task_service.h"
+#include "shim/sandbox.h"
+#include "shim/task_service.h"
 #include "mount.pb-c.h"
 #include "rpc/client.h"
 #include "rpc/frame.h"

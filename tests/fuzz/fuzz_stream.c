@@ -8,7 +8,7 @@
  * (SessionId 7, one 1 MiB region, the sim compat string).
  */
 #include "hcs/backend.h"
-#include "hcs/xfer.h"
+#include "hcs/xfer/xfer.h"
 #include "util/log.h"
 
 #include <stddef.h>

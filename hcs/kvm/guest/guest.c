@@ -2,7 +2,7 @@
  * guest.c: the kvm backend's guest program (freestanding, 64-bit long mode).
  *
  * Built at build time with the host compiler into a flat binary loaded at
- * LM_KVM_GUEST_LOAD (see guest.ld and ../sources.cmake); never committed
+ * LM_KVM_GUEST_LOAD (see guest.ld and ../CMakeLists.txt); never committed
  * as a binary. The VMM enters _start in 64-bit long mode with paging on,
  * interrupts off, at CPL 3 with IOPL 3 (so that OUT works), RSP at the top
  * of this vCPU's stack page and RDI = vCPU index. CPL 3 because some hosts

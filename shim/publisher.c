@@ -6,7 +6,7 @@
  * waits are on a condition variable the destroyer signals, so a stop
  * never waits out a backoff.
  */
-#include "actors/publisher.h"
+#include "shim/publisher.h"
 
 #include <errno.h>
 #include <pthread.h>

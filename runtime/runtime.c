@@ -28,8 +28,8 @@
  * off (their slot copies are synchronised by ck's inline-asm atomics,
  * which TSan cannot see) and with a release/acquire on the ring instead.
  */
-#include "actors/runtime.h"
-#include "actors/timer.h"
+#include "runtime/runtime.h"
+#include "runtime/timer.h"
 #include "mailbox/tsan.h"
 
 #include <errno.h>

@@ -3,7 +3,7 @@
  * (see convert.h). JSON through jansson, SHA-256 through OpenSSL's
  * libcrypto; nothing hand-rolled.
  */
-#include "hcs/convert.h"
+#include "shim/convert.h"
 
 #include <ctype.h>
 #include <errno.h>

@@ -11,8 +11,8 @@
  * asking actor's pending record frees it; firing only sends the message
  * and leaves the struct, marked fired).
  */
-#ifndef LM_ACTORS_TIMER_H
-#define LM_ACTORS_TIMER_H
+#ifndef LM_RUNTIME_TIMER_H
+#define LM_RUNTIME_TIMER_H
 
 #include <stdbool.h>
 #include <stdint.h>

@@ -12,7 +12,7 @@
  * not waited on).
  */
 #define _GNU_SOURCE 1
-#include "actors/task_service.h"
+#include "shim/task_service.h"
 
 #include <errno.h>
 #include <fcntl.h>

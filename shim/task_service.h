@@ -37,14 +37,14 @@
  * sandbox's side of things and answers the call (or hands a patch request
  * back). Nothing here blocks.
  */
-#ifndef LM_ACTORS_TASK_SERVICE_H
-#define LM_ACTORS_TASK_SERVICE_H
+#ifndef LM_SHIM_TASK_SERVICE_H
+#define LM_SHIM_TASK_SERVICE_H
 
 #include <stdbool.h>
 
 #include "actors/patcher.h"
-#include "actors/runtime.h"
-#include "actors/sandbox.h"
+#include "runtime/runtime.h"
+#include "shim/sandbox.h"
 #include "rpc/server.h"
 
 #define LM_TASK_SERVICE_NAME "containerd.task.v2.Task"

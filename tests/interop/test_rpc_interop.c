@@ -26,7 +26,7 @@
 
 #include <cmocka.h>
 
-#include "interop/test_service.h"
+#include "test_service.h"
 #include "mailbox/msg.h"
 #include "rpc/server.h"
 #include "task.pb-c.h"

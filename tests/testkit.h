@@ -13,8 +13,8 @@
 #define LM_HCS_TESTKIT_H
 
 #include "hcs/backend.h"
-#include "hcs/sim.h"
-#include "hcs/xfer.h"
+#include "hcs/sim/sim.h"
+#include "hcs/xfer/xfer.h"
 #include "util/clock.h"
 
 #include <arpa/inet.h>

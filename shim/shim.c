@@ -9,7 +9,7 @@
  * cancelled, the VM closed, every stream ended), the rpc server shuts down
  * gracefully, the actors stop and the runtime joins every thread.
  */
-#include "actors/shim.h"
+#include "shim/shim.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -17,9 +17,9 @@
 #include <string.h>
 
 #include "actors/controller.h"
-#include "actors/publisher.h"
+#include "shim/publisher.h"
 #include "actors/notifier.h"
-#include "actors/task_service.h"
+#include "shim/task_service.h"
 #include "actors/transport.h"
 #include "rpc/server.h"
 #include "util/log.h"

@@ -24,8 +24,8 @@
  * flight then is cut off (the connection is shut down), and the rest is
  * dropped and counted. Publishing during or after destroy is not allowed.
  */
-#ifndef LM_ACTORS_PUBLISHER_H
-#define LM_ACTORS_PUBLISHER_H
+#ifndef LM_SHIM_PUBLISHER_H
+#define LM_SHIM_PUBLISHER_H
 
 #include <stdint.h>
 

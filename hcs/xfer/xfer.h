@@ -14,8 +14,8 @@
  * checksummed batch after its checksum was computed), "transfer.blackout",
  * "transfer.state".
  */
-#ifndef LM_HCS_XFER_H
-#define LM_HCS_XFER_H
+#ifndef LM_HCS_XFER_XFER_H
+#define LM_HCS_XFER_XFER_H
 
 #include "hcs/backend.h"
 

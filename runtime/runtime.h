@@ -33,8 +33,8 @@
  * workers, then frees every message still queued anywhere (running
  * destructors), stops every actor and joins every thread.
  */
-#ifndef LM_ACTORS_RUNTIME_H
-#define LM_ACTORS_RUNTIME_H
+#ifndef LM_RUNTIME_RUNTIME_H
+#define LM_RUNTIME_RUNTIME_H
 
 #include <stdbool.h>
 #include <stddef.h>

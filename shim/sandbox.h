@@ -26,8 +26,8 @@
  * called from any thread). lm_sandbox_import builds a new sandbox on the
  * calling thread and hands it over.
  */
-#ifndef LM_ACTORS_SANDBOX_H
-#define LM_ACTORS_SANDBOX_H
+#ifndef LM_SHIM_SANDBOX_H
+#define LM_SHIM_SANDBOX_H
 
 #include <stdbool.h>
 #include <stddef.h>

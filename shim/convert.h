@@ -3,8 +3,8 @@
  * messages and the compute service's HCS JSON, and the SessionId rule.
  * Plain functions, no state: Thread: any, for all of them.
  */
-#ifndef LM_HCS_CONVERT_H
-#define LM_HCS_CONVERT_H
+#ifndef LM_SHIM_CONVERT_H
+#define LM_SHIM_CONVERT_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -10,8 +10,8 @@
  * a message to the controller actor, which owns the session state
  * machine and the sandbox (pods, containers); see controller.h.
  */
-#ifndef LM_ACTORS_SHIM_H
-#define LM_ACTORS_SHIM_H
+#ifndef LM_SHIM_SHIM_H
+#define LM_SHIM_SHIM_H
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -50,7 +50,7 @@ struct lm_shim_config {
 	void (*on_shutdown)(void *arg);
 	void *shutdown_arg;
 	/* containerd's ttrpc address (its TTRPC_ADDRESS) for task events
-	 * (actors/publisher.h), stamped with namespace `ns`; NULL: none. */
+	 * (shim/publisher.h), stamped with namespace `ns`; NULL: none. */
 	const char *events_address;
 };
 

@@ -26,7 +26,7 @@
  * written only by their thread (or by lm_sim_step while parked) and read by
  * stats with relaxed atomics. The dirty bitmap and throttle are atomics.
  */
-#include "hcs/sim.h"
+#include "hcs/sim/sim.h"
 #include "util/clock.h"
 #include "util/log.h"
 

@@ -25,8 +25,8 @@
  * takes effect within one poll wake-up and progress is reported at least
  * every 250 ms. Events go out through the callback on the engine thread.
  */
-#include "hcs/xfer.h"
-#include "hcs/xfer_wire.h"
+#include "hcs/xfer/xfer.h"
+#include "hcs/xfer/xfer_wire.h"
 #include "util/clock.h"
 #include "util/fault.h"
 #include "util/log.h"

@@ -11,7 +11,7 @@
  * calls are answered with lm_rpc_call_reply/fail, which any thread may
  * call.
  */
-#include "actors/sandbox.h"
+#include "shim/sandbox.h"
 
 #include <errno.h>
 #include <inttypes.h>

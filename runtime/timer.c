@@ -1,7 +1,7 @@
 /*
  * timer.c: the min-heap and thread behind timer.h.
  */
-#include "actors/timer.h"
+#include "runtime/timer.h"
 
 #include <errno.h>
 #include <pthread.h>
