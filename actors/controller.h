@@ -32,8 +32,8 @@ enum {
 	LM_CTL_BOOT = 0x100,      /* standalone start: create the VM and containers */
 	LM_CTL_MIG_CALL,          /* a Migration RPC: struct lm_ctl_call */
 	LM_CTL_CALL_GONE,         /* an RPC's client went away: struct lm_ctl_call (holds a ref) */
-	LM_CTL_HCS_DONE,          /* an hcs operation completed: struct lm_ctl_hcs_done */
-	LM_CTL_HCS_EVENT,         /* an hcs event: struct lm_ctl_hcs_event */
+	LM_CTL_HCS_DONE,          /* an hcs operation completed (controller_int.h) */
+	LM_CTL_HCS_EVENT,         /* an hcs event (controller_int.h) */
 	LM_CTL_SOCKET,            /* transport result: struct lm_ctl_socket */
 	LM_CTL_SOCKET_TIMEOUT,    /* a TransferSandbox waited too long for the socket */
 	LM_CTL_CLOSED,            /* the compute system was closed (closer thread) */
@@ -89,5 +89,9 @@ int lm_controller_boot(lm_actor_t *ctl, char *err, size_t errlen);
 /* Thread: not a worker. Before shutdown: cancels any migration, closes
  * the compute system, ends every stream; returns when done (bounded). */
 void lm_controller_quiesce(lm_actor_t *ctl);
+
+/* Thread: any. The dtor of an LM_CTL_CALL_GONE message (it holds one
+ * reference to the call). */
+void lm_controller_call_gone_dtor(lm_msg_t *m);
 
 #endif

@@ -13,9 +13,10 @@
  *
  * An event is encoded once as a NotificationsResponse without its
  * message_id (field 1, zero, so absent) into a reference-counted `enc`;
- * each subscriber's item is the varint field `message_id = N` followed by
- * those bytes (protobuf allows fields in any order; field 1 first is also
- * the canonical order). Slow subscribers keep references to encs in a small
+ * each subscriber's item is a NotificationsResponse holding only
+ * `message_id = N`, packed by protobuf-c, followed by those bytes (two
+ * messages of one type concatenated are their merge; field 1 first is
+ * also the canonical order). Slow subscribers keep references to encs in a small
  * ring; a progress enc at the ring's tail is replaced by a newer one.
  */
 #include <errno.h>
@@ -95,6 +96,7 @@ static struct enc *encode(const struct lm_notify_event *ev, uint64_t start_ns)
 	BlackoutExitedEventDetails bo = BLACKOUT_EXITED_EVENT_DETAILS__INIT;
 	Google__Protobuf__Timestamp bo_ts = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
 	TransferProgress tp = TRANSFER_PROGRESS__INIT;
+	FailureDetails fd = FAILURE_DETAILS__INIT;
 	Google__Protobuf__Timestamp t0 = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
 	Google__Protobuf__Timestamp t1 = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
 	NotificationsResponse r = NOTIFICATIONS_RESPONSE__INIT;
@@ -121,6 +123,10 @@ static struct enc *encode(const struct lm_notify_event *ev, uint64_t start_ns)
 		}
 		no.phase_details_case = NOTIFICATION__PHASE_DETAILS_BLACKOUT_EXITED;
 		no.blackout_exited = &bo;
+	} else if (ev->has_failure) {
+		fd.message = (char *)ev->failure;
+		no.phase_details_case = NOTIFICATION__PHASE_DETAILS_FAILURE;
+		no.failure = &fd;
 	}
 	set_ts(&t0, start_ns);
 	set_ts(&t1, ev->wall_ns);
@@ -181,15 +187,13 @@ static enum push_rc push(struct notifier *nt, size_t i, struct enc *e)
 		if (!buf)
 			return PUSH_RETRY;
 	}
-	size_t o = 0;
-	buf[o++] = 0x08;   /* field 1 (message_id), varint */
-	for (uint32_t v = s->next_id;; v >>= 7) {
-		if (v < 0x80) {
-			buf[o++] = (uint8_t)v;
-			break;
-		}
-		buf[o++] = (uint8_t)(v | 0x80);
-	}
+	/* A NotificationsResponse holding only this subscriber's message_id,
+	 * then the shared body: two serialized messages of one type
+	 * concatenated are their merge (protobuf's rule), so the item is
+	 * the whole response, encoded once per event plus a few bytes. */
+	NotificationsResponse idr = NOTIFICATIONS_RESPONSE__INIT;
+	idr.message_id = s->next_id;
+	size_t o = notifications_response__pack(&idr, buf);
 	memcpy(buf + o, e->body, e->len);
 	int rc = lm_rpc_call_send(s->call, buf, o + e->len);
 	if (buf != stackbuf)

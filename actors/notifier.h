@@ -102,6 +102,8 @@ struct lm_notify_event {
 	bool has_progress;          /* TransferProgress (only one detail: progress wins
 				       over blackout if both are set) */
 	struct lm_notify_progress progress;
+	bool has_failure;           /* FailureDetails (PHASE_FAILED) */
+	char failure[256];          /* what failed, on which side */
 	uint64_t wall_ns;           /* when it happened (lm_wall_ns()); 0 = at publish */
 };
 

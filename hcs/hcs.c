@@ -1,12 +1,12 @@
 /*
  * hcs.c: the compute service. Turns HCS-shaped calls into work on a VM
  * backend and the transfer engine, and their outcomes into completion
- * callbacks and HCS event JSON.
+ * callbacks and typed events (hcs.h).
  *
  * DESIGN: each compute system has one operation thread that runs its
  * queued operations in order (create, start, pause, properties, finalize,
  * ...). The transfer engine runs on its own thread; its events are turned
- * into HCS events here, on that thread, and complete the operations that
+ * into hcs events here, on that thread, and complete the operations that
  * wait for a phase (migration_start waits for SetupDone, migration_transfer
  * for the end of the transfer). Cancel does not queue: it signals the
  * engine directly and then queues only its completion, so it is never
@@ -17,6 +17,7 @@
  * not touch the VM (the migration states forbid it).
  */
 #include "hcs/hcs.h"
+#include "hcs/xfer/xfer.h"
 #include "util/clock.h"
 #include "util/fault.h"
 #include "util/log.h"
@@ -34,7 +35,6 @@
 
 #define MOD "hcs"
 
-enum vm_state { VS_NONE, VS_CREATED, VS_RUNNING, VS_PAUSED, VS_STOPPED };
 enum mig_state {
 	MS_NONE,
 	MS_INITIALIZED,   /* source: options accepted */
@@ -51,13 +51,19 @@ enum op_kind {
 	OP_MIG_INIT, OP_MIG_START, OP_MIG_TRANSFER, OP_MIG_FINALIZE, OP_DONE_ONLY,
 };
 
+/* One queued operation. Exactly one of done / pdone is set. */
 struct op {
 	struct op *next;
 	enum op_kind kind;
-	char *json;
-	int sock;
-	int err;           /* OP_DONE_ONLY */
+	char *doc;                       /* OP_CREATE: the document */
+	lm_hcs_migration_options_t mo;   /* OP_MIG_INIT */
+	lm_hcs_migration_start_t start;  /* OP_MIG_START */
+	enum lm_hcs_finalize_op fin;     /* OP_MIG_FINALIZE */
+	unsigned query;                  /* OP_PROPERTIES */
+	int sock;                        /* OP_MIG_START */
+	int err;                         /* OP_DONE_ONLY */
 	lm_hcs_done_fn done;
+	lm_hcs_properties_fn pdone;
 	void *arg;
 };
 
@@ -73,9 +79,12 @@ struct lm_hcs_system {
 	void *ev_arg;
 
 	char id[128];
+	char backend[16];
+	uint64_t memory_bytes;
+	unsigned vcpus;
 	const lm_backend_ops_t *ops;
 	lm_vm_t *vm;
-	enum vm_state vs;         /* mu */
+	enum lm_hcs_vm_state vs;  /* mu */
 	bool destination;
 	enum mig_state ms;        /* mu */
 	lm__xfer_opts_t xo;
@@ -86,70 +95,139 @@ struct lm_hcs_system {
 	lm_hcs_done_fn xfer_done;
 	void *xfer_arg;
 	int mig_err;              /* final engine result */
-	char mig_msg[160];
+	char mig_msg[256];        /* and its reason */
 	uint64_t dst_blackout_t0; /* destination: BlackoutStarted time */
 	lm__xfer_stats_t last_stats;
 };
 
-static const char *vs_name(enum vm_state v)
+const char *lm_hcs_vm_state_name(enum lm_hcs_vm_state v)
 {
 	switch (v) {
-	case VS_CREATED: return "Created";
-	case VS_RUNNING: return "Running";
-	case VS_PAUSED: return "Paused";
-	case VS_STOPPED: return "Stopped";
+	case LM_HCS_VM_CREATED: return "Created";
+	case LM_HCS_VM_RUNNING: return "Running";
+	case LM_HCS_VM_PAUSED: return "Paused";
+	case LM_HCS_VM_STOPPED: return "Stopped";
 	default: return "None";
 	}
 }
 
-/* --------------------------------------------------------------- events */
-
-static void send_event(lm_hcs_system_t *s, const char *event, const char *result,
-		       json_t *details)
+const char *lm_hcs_event_name(enum lm_hcs_event_kind k)
 {
-	json_t *j = json_pack("{s:s, s:s, s:s}", "Origin",
-			      s->destination ? "Destination" : "Source",
-			      "Event", event, "Result", result);
-	if (details)
-		json_object_set_new(j, "AdditionalDetails", details);
-	char *txt = json_dumps(j, JSON_COMPACT);
-	json_decref(j);
-	pthread_mutex_lock(&s->evmu);
-	if (s->ev && txt)
-		s->ev(s->ev_arg, txt);
-	pthread_mutex_unlock(&s->evmu);
-	free(txt);
+	switch (k) {
+	case LM_HCS_EV_SETUP_DONE: return "SetupDone";
+	case LM_HCS_EV_TRANSFER_IN_PROGRESS: return "TransferInProgress";
+	case LM_HCS_EV_BLACKOUT_STARTED: return "BlackoutStarted";
+	case LM_HCS_EV_OFFLINE_DONE: return "OfflineDone";
+	case LM_HCS_EV_BLACKOUT_EXITED: return "BlackoutExited";
+	case LM_HCS_EV_MIGRATION_DONE: return "MigrationDone";
+	case LM_HCS_EV_RECOVERY_DONE: return "MigrationRecoveryDone";
+	case LM_HCS_EV_MIGRATION_FAILED: return "MigrationFailed";
+	case LM_HCS_EV_SYSTEM_EXITED: return "SystemExited";
+	}
+	return "Unknown";
 }
 
-static const char *result_name(enum lm__xfer_result r)
+/* ------------------------------------------------------------- options */
+
+void lm_hcs_migration_options_default(lm_hcs_migration_options_t *o, enum lm_hcs_origin origin)
+{
+	lm__xfer_opts_t x;
+	lm__xfer_opts_default(&x);
+	memset(o, 0, sizeof(*o));
+	o->origin = origin;
+	o->skip_throttling = x.skip_throttling;
+	o->throttling_scale = x.throttling_scale;
+	o->min_throttle_pct = x.min_throttle_pct;
+	o->target_passes = x.target_passes;
+	o->start_throttle_pass = x.start_throttle_pass;
+	o->max_passes = x.max_passes;
+	o->target_blackout_ms = x.target_blackout_ms;
+	o->blackout_cancel_ms = x.blackout_cancel_ms;
+	o->cancel_if_blackout_exceeds = x.cancel_if_blackout_exceeds;
+	o->compress_workers = x.compress_workers;
+	o->checksum = x.checksum;
+	o->perf_tracing = x.perf_tracing;
+}
+
+int lm_hcs_migration_options_check(const lm_hcs_migration_options_t *o, char *err, size_t n)
+{
+	const char *why = NULL;
+	if (!o)
+		why = "MigrationInitializeOptions: missing";
+	else if (o->origin != LM_HCS_ORIGIN_SOURCE && o->origin != LM_HCS_ORIGIN_DESTINATION)
+		why = "Origin must be Source or Destination";
+	else if (!(o->throttling_scale >= 1 && o->throttling_scale <= 100))
+		why = "MemoryTransferThrottleParams.ThrottlingScale must be within 1..100";
+	else if (o->min_throttle_pct > 100)
+		why = "MemoryTransferThrottleParams.MinimumThrottlePercentage must be within 0..100";
+	else if (o->max_passes == 0 || o->max_passes < o->target_passes)
+		why = "MemoryTransferThrottleParams.MaximumNumberOfBrownoutTransferPasses must be >= 1 "
+		      "and >= TargetNumberOfBrownoutTransferPasses";
+	else if (o->compress_workers > LM_HCS_MAX_COMPRESS_WORKERS)
+		why = "CompressionSettings.ThrottleWorkerCount must be within 0..64";
+	if (!why)
+		return 0;
+	if (err && n)
+		snprintf(err, n, "%s", why);
+	return -EINVAL;
+}
+
+/* The engine's options from HCS's (checked). */
+static void xfer_opts_from(lm__xfer_opts_t *x, const lm_hcs_migration_options_t *o)
+{
+	lm__xfer_opts_default(x);
+	x->skip_throttling = o->skip_throttling;
+	x->throttling_scale = o->throttling_scale;
+	x->min_throttle_pct = o->min_throttle_pct;
+	x->target_passes = o->target_passes;
+	x->start_throttle_pass = o->start_throttle_pass;
+	x->max_passes = o->max_passes;
+	x->target_blackout_ms = o->target_blackout_ms;
+	x->blackout_cancel_ms = o->blackout_cancel_ms;
+	x->cancel_if_blackout_exceeds = o->cancel_if_blackout_exceeds;
+	x->compress_workers = o->compress_workers;
+	x->checksum = o->checksum;
+	x->perf_tracing = o->perf_tracing;
+}
+
+/* --------------------------------------------------------------- events */
+
+static void send_event(lm_hcs_system_t *s, lm_hcs_event_t *e)
+{
+	e->origin = s->destination ? LM_HCS_ORIGIN_DESTINATION : LM_HCS_ORIGIN_SOURCE;
+	pthread_mutex_lock(&s->evmu);
+	if (s->ev)
+		s->ev(s->ev_arg, e);
+	pthread_mutex_unlock(&s->evmu);
+}
+
+static void send_simple(lm_hcs_system_t *s, enum lm_hcs_event_kind kind, enum lm_hcs_result r)
+{
+	lm_hcs_event_t e = { .kind = kind, .result = r };
+	send_event(s, &e);
+}
+
+static enum lm_hcs_result result_of(enum lm__xfer_result r)
 {
 	switch (r) {
-	case LM_XR_CANCELLED: return "MigrationCancelled";
-	case LM_XR_SOURCE_FAILED: return "SourceMigrationFailed";
-	case LM_XR_DEST_FAILED: return "DestinationMigrationFailed";
-	case LM_XR_RECOVERY_FAILED: return "MigrationRecoveryFailed";
-	default: return "Success";
+	case LM_XR_CANCELLED: return LM_HCS_RESULT_CANCELLED;
+	case LM_XR_SOURCE_FAILED: return LM_HCS_RESULT_SOURCE_FAILED;
+	case LM_XR_DEST_FAILED: return LM_HCS_RESULT_DESTINATION_FAILED;
+	case LM_XR_RECOVERY_FAILED: return LM_HCS_RESULT_RECOVERY_FAILED;
+	default: return LM_HCS_RESULT_SUCCESS;
 	}
 }
 
-static void rfc3339(char *buf, size_t n, uint64_t wall_ns)
-{
-	time_t t = (time_t)(wall_ns / 1000000000ull);
-	struct tm tm;
-	gmtime_r(&t, &tm);
-	size_t k = strftime(buf, n, "%Y-%m-%dT%H:%M:%S", &tm);
-	snprintf(buf + k, n - k, ".%03uZ", (unsigned)(wall_ns / 1000000ull % 1000));
-}
-
 /* Engine thread. */
-static void on_xfer_event(void *arg, const lm__xfer_event_t *e)
+static void on_xfer_event(void *arg, const lm__xfer_event_t *xe)
 {
 	lm_hcs_system_t *s = arg;
 	lm_hcs_done_fn done = NULL;
 	void *darg = NULL;
 	int derr = 0;
+	lm_hcs_event_t e = { .result = LM_HCS_RESULT_SUCCESS };
 
-	switch (e->type) {
+	switch (xe->type) {
 	case LM_XEV_SETUP_DONE:
 		pthread_mutex_lock(&s->mu);
 		s->ms = MS_SETUP_DONE;
@@ -157,44 +235,46 @@ static void on_xfer_event(void *arg, const lm__xfer_event_t *e)
 		darg = s->start_arg;
 		s->start_done = NULL;
 		pthread_mutex_unlock(&s->mu);
-		send_event(s, "SetupDone", "Success", NULL);
+		send_simple(s, LM_HCS_EV_SETUP_DONE, LM_HCS_RESULT_SUCCESS);
 		break;
-	case LM_XEV_PROGRESS:
-		send_event(s, "TransferInProgress", "Success",
-			   json_pack("{s:i, s:I, s:I, s:I, s:f, s:f, s:i, s:I}",
-				     "Pass", (int)e->pass,
-				     "BytesSent", (json_int_t)e->bytes_sent,
-				     "PagesSent", (json_int_t)e->pages_sent,
-				     "PagesRemaining", (json_int_t)e->pages_remaining,
-				     "DirtyRateMBps", e->dirty_rate_mbps,
-				     "BandwidthMBps", e->bandwidth_mbps,
-				     "ThrottlePercent", (int)e->throttle_pct,
-				     "ElapsedMilliseconds", (json_int_t)(e->elapsed_ns / 1000000)));
+	case LM_XEV_PROGRESS: {
+		lm_hcs_progress_t *p = &e.u.progress;
+		e.kind = LM_HCS_EV_TRANSFER_IN_PROGRESS;
+		p->pass = xe->pass;
+		p->bytes_sent = xe->bytes_sent;
+		p->memory_bytes = s->memory_bytes;
+		p->pages_sent = xe->pages_sent;
+		p->pages_remaining = xe->pages_remaining;
+		p->dirty_rate_mbps = xe->dirty_rate_mbps;
+		p->bandwidth_mbps = xe->bandwidth_mbps;
+		p->throttle_pct = xe->throttle_pct;
+		p->elapsed_ms = xe->elapsed_ns / 1000000u;
+		if (xe->bandwidth_mbps > 0)
+			p->eta_ms = (uint64_t)((double)xe->pages_remaining * LM_PAGE_SIZE /
+					       (xe->bandwidth_mbps * 1e6) * 1e3);
+		send_event(s, &e);
 		break;
+	}
 	case LM_XEV_BLACKOUT_STARTED:
 		if (s->destination)
 			s->dst_blackout_t0 = lm_now_ns();
-		send_event(s, "BlackoutStarted", "Success", NULL);
+		send_simple(s, LM_HCS_EV_BLACKOUT_STARTED, LM_HCS_RESULT_SUCCESS);
 		break;
 	case LM_XEV_OFFLINE_DONE:
-		send_event(s, "OfflineDone", "Success", NULL);
+		send_simple(s, LM_HCS_EV_OFFLINE_DONE, LM_HCS_RESULT_SUCCESS);
 		break;
-	case LM_XEV_BLACKOUT_EXITED: {
-		char ts[40];
-		rfc3339(ts, sizeof(ts), e->blackout_stop_wall_ns);
-		send_event(s, "BlackoutExited", "Success",
-			   json_pack("{s:I, s:s, s:f}", "BlackoutDurationMilliseconds",
-				     (json_int_t)((e->blackout_ns + 500000) / 1000000),
-				     "BlackoutStopTimestamp", ts,
-				     "BlackoutDurationMicroseconds", (double)e->blackout_ns / 1e3));
+	case LM_XEV_BLACKOUT_EXITED:
+		e.kind = LM_HCS_EV_BLACKOUT_EXITED;
+		e.u.blackout.duration_ns = xe->blackout_ns;
+		e.u.blackout.stop_wall_ns = xe->blackout_stop_wall_ns;
+		send_event(s, &e);
 		break;
-	}
 	case LM_XEV_COMPLETED:
 		pthread_mutex_lock(&s->mu);
 		s->ms = MS_COMPLETED;
 		s->mig_err = 0;
 		if (!s->destination)
-			s->vs = VS_PAUSED;
+			s->vs = LM_HCS_VM_PAUSED;
 		done = s->xfer_done;
 		darg = s->xfer_arg;
 		s->xfer_done = NULL;
@@ -203,8 +283,8 @@ static void on_xfer_event(void *arg, const lm__xfer_event_t *e)
 	case LM_XEV_FAILED:
 		pthread_mutex_lock(&s->mu);
 		s->ms = MS_FAILED;
-		s->mig_err = e->err ? e->err : -EIO;
-		snprintf(s->mig_msg, sizeof(s->mig_msg), "%s", e->msg);
+		s->mig_err = xe->err ? xe->err : -EIO;
+		snprintf(s->mig_msg, sizeof(s->mig_msg), "%s", xe->msg);
 		derr = s->mig_err;
 		if (!s->destination) {
 			/* The source's operation completes once it recovered. */
@@ -218,14 +298,17 @@ static void on_xfer_event(void *arg, const lm__xfer_event_t *e)
 			s->xfer_done = NULL;
 		}
 		pthread_mutex_unlock(&s->mu);
-		send_event(s, "MigrationFailed", result_name(e->result),
-			   json_pack("{s:s, s:i}", "Error", e->msg, "Errno", -e->err));
+		e.kind = LM_HCS_EV_MIGRATION_FAILED;
+		e.result = result_of(xe->result);
+		e.u.failure.err = derr;
+		snprintf(e.u.failure.message, sizeof(e.u.failure.message), "%s", xe->msg);
+		send_event(s, &e);
 		break;
 	case LM_XEV_RECOVERY_DONE:
 	case LM_XEV_RECOVERY_FAILED:
 		pthread_mutex_lock(&s->mu);
-		if (s->vs == VS_PAUSED && e->type == LM_XEV_RECOVERY_DONE)
-			s->vs = VS_RUNNING;
+		if (s->vs == LM_HCS_VM_PAUSED && xe->type == LM_XEV_RECOVERY_DONE)
+			s->vs = LM_HCS_VM_RUNNING;
 		derr = s->mig_err ? s->mig_err : -EIO;
 		if (s->start_done) {
 			done = s->start_done;
@@ -237,39 +320,23 @@ static void on_xfer_event(void *arg, const lm__xfer_event_t *e)
 			s->xfer_done = NULL;
 		}
 		pthread_mutex_unlock(&s->mu);
-		if (e->type == LM_XEV_RECOVERY_DONE)
-			send_event(s, "MigrationRecoveryDone", "Success", NULL);
-		else
-			send_event(s, "MigrationFailed", "MigrationRecoveryFailed", NULL);
+		if (xe->type == LM_XEV_RECOVERY_DONE) {
+			send_simple(s, LM_HCS_EV_RECOVERY_DONE, LM_HCS_RESULT_SUCCESS);
+		} else {
+			e.kind = LM_HCS_EV_MIGRATION_FAILED;
+			e.result = LM_HCS_RESULT_RECOVERY_FAILED;
+			e.u.failure.err = derr;
+			snprintf(e.u.failure.message, sizeof(e.u.failure.message),
+				 "the source could not resume after the failed migration: %s", s->mig_msg);
+			send_event(s, &e);
+		}
 		break;
 	}
-	if (done) {
-		if (derr) {
-			json_t *j = json_pack("{s:s, s:i}", "Error", s->mig_msg, "Errno", -derr);
-			char *txt = json_dumps(j, JSON_COMPACT);
-			json_decref(j);
-			done(darg, derr, txt);
-			free(txt);
-		} else {
-			done(darg, 0, NULL);
-		}
-	}
+	if (done)
+		done(darg, derr, derr ? s->mig_msg : NULL);
 }
 
 /* -------------------------------------------------------------- parsing */
-
-static int get_bool(json_t *o, const char *k, bool *out, char *err, size_t n)
-{
-	json_t *v = json_object_get(o, k);
-	if (!v || json_is_null(v))
-		return 0;
-	if (!json_is_boolean(v)) {
-		snprintf(err, n, "%s must be a boolean", k);
-		return -EINVAL;
-	}
-	*out = json_is_true(v);
-	return 0;
-}
 
 static int get_uint(json_t *o, const char *k, unsigned *out, char *err, size_t n)
 {
@@ -283,95 +350,6 @@ static int get_uint(json_t *o, const char *k, unsigned *out, char *err, size_t n
 	}
 	*out = (unsigned)json_integer_value(v);
 	return 0;
-}
-
-static int parse_origin(json_t *o, int *origin, char *err, size_t n)
-{
-	json_t *v = json_object_get(o, "Origin");
-	*origin = 0;
-	if (!v)
-		return 0;
-	const char *s = json_string_value(v);
-	if (s && strcmp(s, "Source") == 0)
-		*origin = 1;
-	else if (s && strcmp(s, "Destination") == 0)
-		*origin = 2;
-	else {
-		snprintf(err, n, "Origin must be \"Source\" or \"Destination\"");
-		return -EINVAL;
-	}
-	return 0;
-}
-
-int lm__hcs_parse_init_options(const char *json, lm__xfer_opts_t *o, int *origin,
-			       char *err, size_t errlen)
-{
-	json_error_t je;
-	lm__xfer_opts_default(o);
-	*origin = 0;
-	if (!json)
-		return 0;
-	json_t *j = json_loads(json, 0, &je);
-	if (!j || !json_is_object(j)) {
-		snprintf(err, errlen, "MigrationInitializeOptions: not a JSON object (%s)", je.text);
-		json_decref(j);
-		return -EINVAL;
-	}
-	int rc = parse_origin(j, origin, err, errlen);
-	json_t *v;
-	if (!rc && (v = json_object_get(j, "MemoryTransport")) &&
-	    (!json_is_string(v) || strcmp(json_string_value(v), "TCP") != 0)) {
-		snprintf(err, errlen, "MemoryTransport must be \"TCP\"");
-		rc = -EINVAL;
-	}
-	json_t *t = json_object_get(j, "MemoryTransferThrottleParams");
-	if (!rc && t) {
-		if (!json_is_object(t)) {
-			snprintf(err, errlen, "MemoryTransferThrottleParams must be an object");
-			rc = -EINVAL;
-		}
-		if (!rc) rc = get_bool(t, "SkipThrottling", &o->skip_throttling, err, errlen);
-		if (!rc && (v = json_object_get(t, "ThrottlingScale"))) {
-			if (!json_is_number(v) || json_number_value(v) < 1 || json_number_value(v) > 100) {
-				snprintf(err, errlen, "ThrottlingScale must be within 1..100");
-				rc = -EINVAL;
-			} else {
-				o->throttling_scale = json_number_value(v);
-			}
-		}
-		if (!rc) rc = get_uint(t, "MinimumThrottlePercentage", &o->min_throttle_pct, err, errlen);
-		if (!rc && o->min_throttle_pct > 100) {
-			snprintf(err, errlen, "MinimumThrottlePercentage must be within 0..100");
-			rc = -EINVAL;
-		}
-		if (!rc) rc = get_uint(t, "TargetNumberOfBrownoutTransferPasses", &o->target_passes, err, errlen);
-		if (!rc) rc = get_uint(t, "StartingBrownoutPassNumberForThrottling", &o->start_throttle_pass, err, errlen);
-		if (!rc) rc = get_uint(t, "MaximumNumberOfBrownoutTransferPasses", &o->max_passes, err, errlen);
-		if (!rc) rc = get_uint(t, "TargetBlackoutTransferTime", &o->target_blackout_ms, err, errlen);
-		if (!rc) rc = get_uint(t, "BlackoutTimeThresholdForCancellingMigration", &o->blackout_cancel_ms, err, errlen);
-		if (!rc && (o->max_passes == 0 || o->max_passes < o->target_passes)) {
-			snprintf(err, errlen, "MaximumNumberOfBrownoutTransferPasses must be >= 1 and >= TargetNumberOfBrownoutTransferPasses");
-			rc = -EINVAL;
-		}
-	}
-	json_t *c = json_object_get(j, "CompressionSettings");
-	if (!rc && c) {
-		if (!json_is_object(c)) {
-			snprintf(err, errlen, "CompressionSettings must be an object");
-			rc = -EINVAL;
-		} else {
-			rc = get_uint(c, "ThrottleWorkerCount", &o->compress_workers, err, errlen);
-			if (!rc && o->compress_workers > 64) {
-				snprintf(err, errlen, "ThrottleWorkerCount must be within 0..64");
-				rc = -EINVAL;
-			}
-		}
-	}
-	if (!rc) rc = get_bool(j, "ChecksumVerification", &o->checksum, err, errlen);
-	if (!rc) rc = get_bool(j, "PerfTracingEnabled", &o->perf_tracing, err, errlen);
-	if (!rc) rc = get_bool(j, "CancelIfBlackoutThresholdExceeds", &o->cancel_if_blackout_exceeds, err, errlen);
-	json_decref(j);
-	return rc;
 }
 
 static int parse_document(const char *doc, lm_vm_config_t *cfg, char *err, size_t n)
@@ -483,23 +461,22 @@ out:
 
 /* ------------------------------------------------------------ op queue */
 
-static int enqueue(lm_hcs_system_t *s, enum op_kind kind, const char *json, int sock,
-		   int err, lm_hcs_done_fn done, void *arg)
+static struct op *op_new(enum op_kind kind, lm_hcs_done_fn done, void *arg)
 {
-	if (!s || !done)
-		return -EINVAL;
 	struct op *o = calloc(1, sizeof(*o));
 	if (!o)
-		return -ENOMEM;
-	if (json && !(o->json = strdup(json))) {
-		free(o);
-		return -ENOMEM;
-	}
+		return NULL;
 	o->kind = kind;
-	o->sock = sock;
-	o->err = err;
+	o->sock = -1;
 	o->done = done;
 	o->arg = arg;
+	return o;
+}
+
+static int enqueue(lm_hcs_system_t *s, struct op *o)
+{
+	if (!o)
+		return -ENOMEM;
 	pthread_mutex_lock(&s->mu);
 	if (s->tail)
 		s->tail->next = o;
@@ -511,23 +488,25 @@ static int enqueue(lm_hcs_system_t *s, enum op_kind kind, const char *json, int 
 	return 0;
 }
 
-static void complete(struct op *o, int err, json_t *result)
+static int enqueue_simple(lm_hcs_system_t *s, enum op_kind kind, lm_hcs_done_fn done, void *arg)
 {
-	char *txt = result ? json_dumps(result, JSON_COMPACT) : NULL;
-	json_decref(result);
-	o->done(o->arg, err, txt);
-	free(txt);
+	if (!s || !done)
+		return -EINVAL;
+	return enqueue(s, op_new(kind, done, arg));
 }
 
-static json_t *err_json(const char *msg)
+static void complete(struct op *o, int err, const char *why)
 {
-	return json_pack("{s:s}", "Error", msg);
+	if (o->pdone)
+		o->pdone(o->arg, err, why, NULL);
+	else
+		o->done(o->arg, err, err ? why : NULL);
 }
 
-static void fail_op(struct op *o, int err, const char *msg)
+static void fail_op(struct op *o, int err, const char *why)
 {
-	lm_log_warn(MOD, "operation failed", "err=%d why=\"%s\"", err, msg);
-	complete(o, err, err_json(msg));
+	lm_log_warn(MOD, "operation failed", "err=%d why=\"%s\"", err, why);
+	complete(o, err, why);
 }
 
 static void do_create(lm_hcs_system_t *s, struct op *o)
@@ -537,7 +516,7 @@ static void do_create(lm_hcs_system_t *s, struct op *o)
 	int rc = LM_FAULT("hcs.create");
 	if (rc < 0)
 		return fail_op(o, rc, "create failed (fault)");
-	if ((rc = parse_document(o->json, &cfg, err, sizeof(err))) < 0)
+	if ((rc = parse_document(o->doc, &cfg, err, sizeof(err))) < 0)
 		return fail_op(o, rc, err);
 	const lm_backend_ops_t *ops = lm_backend_find(cfg.backend);
 	if (!ops) {
@@ -545,7 +524,7 @@ static void do_create(lm_hcs_system_t *s, struct op *o)
 		return fail_op(o, -ENOENT, err);
 	}
 	cfg.incoming = s->destination;
-	cfg.document_json = o->json;
+	cfg.document_json = o->doc;
 	lm_vm_t *vm = NULL;
 	if ((rc = ops->create(&vm, &cfg)) < 0) {
 		snprintf(err, sizeof(err), "backend %s could not create the VM: %s",
@@ -555,11 +534,13 @@ static void do_create(lm_hcs_system_t *s, struct op *o)
 	pthread_mutex_lock(&s->mu);
 	s->ops = ops;
 	s->vm = vm;
-	s->vs = VS_CREATED;
+	s->vs = LM_HCS_VM_CREATED;
+	s->memory_bytes = cfg.memory_bytes;
+	s->vcpus = cfg.vcpus;
 	snprintf(s->id, sizeof(s->id), "%s", cfg.id);
+	snprintf(s->backend, sizeof(s->backend), "%s", cfg.backend);
 	pthread_mutex_unlock(&s->mu);
-	complete(o, 0, json_pack("{s:s, s:I, s:b}", "Id", cfg.id, "MemoryBytes",
-				 (json_int_t)cfg.memory_bytes, "Populated", cfg.incoming));
+	complete(o, 0, NULL);
 }
 
 static bool migrating(lm_hcs_system_t *s)
@@ -573,42 +554,42 @@ static void do_lifecycle(lm_hcs_system_t *s, struct op *o)
 	pthread_mutex_lock(&s->mu);
 	bool busy = migrating(s) || (s->ms == MS_COMPLETED && !s->destination);
 	bool have = s->vm != NULL;
-	enum vm_state vs = s->vs;
+	enum lm_hcs_vm_state vs = s->vs;
 	bool dest_waiting = s->destination && s->ms != MS_FINALIZED;
 	pthread_mutex_unlock(&s->mu);
 	if (!have)
 		return fail_op(o, -EPERM, "no VM (create failed or not finished)");
 	if (busy && o->kind != OP_TERMINATE)
 		return fail_op(o, -EPERM, "a live migration owns the VM: finalize or cancel first");
-	enum vm_state next = vs;
+	enum lm_hcs_vm_state next = vs;
 	switch (o->kind) {
 	case OP_START:
 		if (dest_waiting)
 			return fail_op(o, -EPERM, "a migration destination starts with finalize Resume");
 		if ((rc = LM_FAULT("hcs.start")) < 0)
 			return fail_op(o, rc, "start failed (fault)");
-		if (vs == VS_STOPPED)
+		if (vs == LM_HCS_VM_STOPPED)
 			return fail_op(o, -EPERM, "VM is stopped");
-		rc = vs == VS_RUNNING ? 0 : s->ops->start(s->vm);
-		next = VS_RUNNING;
+		rc = vs == LM_HCS_VM_RUNNING ? 0 : s->ops->start(s->vm);
+		next = LM_HCS_VM_RUNNING;
 		break;
 	case OP_PAUSE:
-		if (vs != VS_RUNNING && vs != VS_PAUSED)
+		if (vs != LM_HCS_VM_RUNNING && vs != LM_HCS_VM_PAUSED)
 			return fail_op(o, -EPERM, "VM is not running");
 		rc = s->ops->pause(s->vm);
-		next = VS_PAUSED;
+		next = LM_HCS_VM_PAUSED;
 		break;
 	case OP_RESUME:
-		if (vs != VS_RUNNING && vs != VS_PAUSED)
+		if (vs != LM_HCS_VM_RUNNING && vs != LM_HCS_VM_PAUSED)
 			return fail_op(o, -EPERM, "VM is not paused");
 		rc = s->ops->resume(s->vm);
-		next = VS_RUNNING;
+		next = LM_HCS_VM_RUNNING;
 		break;
 	default: /* OP_TERMINATE */
 		if (busy && s->xfer)
 			lm__xfer_cancel(s->xfer);
 		rc = s->ops->terminate(s->vm);
-		next = VS_STOPPED;
+		next = LM_HCS_VM_STOPPED;
 		break;
 	}
 	if (rc < 0)
@@ -616,9 +597,9 @@ static void do_lifecycle(lm_hcs_system_t *s, struct op *o)
 	pthread_mutex_lock(&s->mu);
 	s->vs = next;
 	pthread_mutex_unlock(&s->mu);
-	if (o->kind == OP_TERMINATE && vs != VS_STOPPED)
-		send_event(s, "SystemExited", "Success", NULL);
-	complete(o, 0, json_pack("{s:s}", "State", vs_name(next)));
+	if (o->kind == OP_TERMINATE && vs != LM_HCS_VM_STOPPED)
+		send_simple(s, LM_HCS_EV_SYSTEM_EXITED, LM_HCS_RESULT_SUCCESS);
+	complete(o, 0, NULL);
 }
 
 static void do_properties(lm_hcs_system_t *s, struct op *o)
@@ -628,155 +609,100 @@ static void do_properties(lm_hcs_system_t *s, struct op *o)
 		return fail_op(o, rc, "properties failed (fault)");
 	if (!s->vm)
 		return fail_op(o, -EPERM, "no VM");
-	bool digest = false;
-	if (o->json) {
-		json_t *q = json_loads(o->json, 0, NULL);
-		json_t *pt = json_object_get(q, "PropertyTypes");
-		size_t i;
-		json_t *v;
-		if (q && !json_is_object(q)) {
-			json_decref(q);
-			return fail_op(o, -EINVAL, "query must be a JSON object");
-		}
-		json_array_foreach(pt, i, v)
-			if (json_is_string(v) && !strcmp(json_string_value(v), "MemoryDigest"))
-				digest = true;
-		json_decref(q);
-	}
-	lm_guest_stats_t st;
-	s->ops->stats(s->vm, &st);
-	char compat[512];
-	int cl = s->ops->compat_get(s->vm, compat, sizeof(compat) - 1);
-	compat[cl > 0 ? cl : 0] = 0;
+	lm_hcs_properties_t *p = calloc(1, sizeof(*p));
+	if (!p)
+		return fail_op(o, -ENOMEM, "out of memory");
+	s->ops->stats(s->vm, &p->stats);
+	int cl = s->ops->compat_get(s->vm, p->compat, sizeof(p->compat));
+	p->compat_len = cl > 0 ? (size_t)cl : 0;
 	pthread_mutex_lock(&s->mu);
-	const char *state = vs_name(s->vs);
-	int ms = s->ms;
+	snprintf(p->id, sizeof(p->id), "%s", s->id);
+	snprintf(p->backend, sizeof(p->backend), "%s", s->backend);
+	p->state = s->vs;
+	p->memory_bytes = s->memory_bytes;
+	p->vcpus = s->vcpus;
+	p->has_migration = s->ms != MS_NONE;
 	lm__xfer_stats_t xs = s->last_stats;
 	if (s->xfer)
 		lm__xfer_get_stats(s->xfer, &xs);
 	pthread_mutex_unlock(&s->mu);
-	char ck[20];
-	snprintf(ck, sizeof(ck), "%016" PRIx64, st.checksum);
-	json_t *r = json_pack("{s:s, s:s, s:{s:I, s:s, s:I, s:f, s:i, s:b}, s:s}",
-			      "Id", s->id, "State", state,
-			      "Statistics", "Iterations", (json_int_t)st.iterations,
-			      "Checksum", ck, "PagesWritten", (json_int_t)st.pages_written,
-			      "DirtyRateMBps", st.dirty_rate_mbps,
-			      "ThrottlePercent", (int)st.throttle_pct,
-			      "GuestRunning", st.running,
-			      "CompatibilityInfo", compat);
-	if (ms != MS_NONE)
-		json_object_set_new(r, "Migration",
-				    json_pack("{s:i, s:I, s:I, s:I, s:f, s:f, s:i, s:s}",
-					      "Passes", (int)xs.passes,
-					      "BytesSent", (json_int_t)xs.bytes_sent,
-					      "PagesSent", (json_int_t)xs.pages_sent,
-					      "ZeroPages", (json_int_t)xs.zero_pages,
-					      "BlackoutMilliseconds", (double)xs.blackout_ns / 1e6,
-					      "TotalMilliseconds", (double)xs.total_ns / 1e6,
-					      "MaxThrottlePercent", (int)xs.max_throttle_pct,
-					      "TransferThreadScheduling",
-					      lm_sched_kind_name((enum lm_sched_kind)xs.sched)));
-	if (digest && st.running) {
+	p->migration.passes = xs.passes;
+	p->migration.bytes_sent = xs.bytes_sent;
+	p->migration.pages_sent = xs.pages_sent;
+	p->migration.zero_pages = xs.zero_pages;
+	p->migration.blackout_ns = xs.blackout_ns;
+	p->migration.total_ns = xs.total_ns;
+	p->migration.max_throttle_pct = xs.max_throttle_pct;
+	p->migration.sched = xs.sched;
+	if ((o->query & LM_HCS_QUERY_DIGEST) && p->stats.running) {
 		/* the guest writes while we would read: no stable (nor race-free)
 		 * value exists; say so instead of hashing moving memory */
-		json_object_set_new(r, "MemoryDigestSkipped",
-				    json_string("the guest is running: pause it for a stable digest"));
-	} else if (digest) {
-		uint64_t d;
-		if ((rc = lm__mem_digest(s->ops, s->vm, &d)) < 0) {
-			json_decref(r);
+		p->digest_skipped = "the guest is running: pause it for a stable digest";
+	} else if (o->query & LM_HCS_QUERY_DIGEST) {
+		if ((rc = lm__mem_digest(s->ops, s->vm, &p->digest)) < 0) {
+			free(p);
 			return fail_op(o, rc, "digest failed");
 		}
-		char dh[20];
-		snprintf(dh, sizeof(dh), "%016" PRIx64, d);
-		json_object_set_new(r, "MemoryDigest", json_string(dh));
+		p->has_digest = true;
 	}
-	complete(o, 0, r);
+	o->pdone(o->arg, 0, NULL, p);
+	free(p);
 }
 
 static void do_mig_init(lm_hcs_system_t *s, struct op *o)
 {
 	char err[200] = "";
-	int origin;
-	lm__xfer_opts_t xo;
-	int rc = lm__hcs_parse_init_options(o->json, &xo, &origin, err, sizeof(err));
-	if (rc < 0)
-		return fail_op(o, rc, err);
-	if (origin == 2 || s->destination)
-		return fail_op(o, -EINVAL, "migration_initialize is for the source (Origin \"Source\")");
+	if (lm_hcs_migration_options_check(&o->mo, err, sizeof(err)) < 0)
+		return fail_op(o, -EINVAL, err);
+	if (o->mo.origin != LM_HCS_ORIGIN_SOURCE)
+		return fail_op(o, -EINVAL, "migration_initialize is for the source (Origin Source)");
+	if (s->destination)
+		return fail_op(o, -EPERM, "this system is a migration destination that has not run yet");
 	pthread_mutex_lock(&s->mu);
-	if (!s->vm || (s->vs != VS_RUNNING && s->vs != VS_PAUSED) ||
+	if (!s->vm || (s->vs != LM_HCS_VM_RUNNING && s->vs != LM_HCS_VM_PAUSED) ||
 	    (s->ms != MS_NONE && s->ms != MS_INITIALIZED && s->ms != MS_FINALIZED)) {
 		pthread_mutex_unlock(&s->mu);
 		return fail_op(o, -EPERM, "source must be running with no migration in progress");
 	}
-	s->xo = xo;
+	xfer_opts_from(&s->xo, &o->mo);
 	s->ms = MS_INITIALIZED;
 	pthread_mutex_unlock(&s->mu);
 	complete(o, 0, NULL);
 }
 
-/* MigrationStartOptions: NetworkSettings.SessionId, and lmshim's own
- * TransferCpuReservePercent (the engine thread's CPU reservation, see
- * util/sched.h; absent = none). */
-static int parse_start(const char *json, uint32_t *sid, unsigned *reserve, char *err, size_t n)
-{
-	json_t *j = json_loads(json ? json : "", 0, NULL);
-	json_t *v = json_object_get(json_object_get(j, "NetworkSettings"), "SessionId");
-	json_t *r = json_object_get(j, "TransferCpuReservePercent");
-	int rc = 0;
-	*reserve = 0;
-	if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 0xffffffffll) {
-		snprintf(err, n, "MigrationStartOptions.NetworkSettings.SessionId must be a uint32");
-		rc = -EINVAL;
-	} else if (r && (!json_is_integer(r) || json_integer_value(r) < 0 ||
-			 json_integer_value(r) > LM_SCHED_RESERVE_MAX)) {
-		snprintf(err, n, "MigrationStartOptions.TransferCpuReservePercent must be within 0..%d",
-			 LM_SCHED_RESERVE_MAX);
-		rc = -EINVAL;
-	} else {
-		*sid = (uint32_t)json_integer_value(v);
-		*reserve = r ? (unsigned)json_integer_value(r) : 0;
-	}
-	json_decref(j);
-	return rc;
-}
-
 static void do_mig_start(lm_hcs_system_t *s, struct op *o)
 {
-	char err[200] = "";
-	uint32_t sid = 0;
-	unsigned reserve = 0;
-	int rc = parse_start(o->json, &sid, &reserve, err, sizeof(err));
-	if (rc < 0) {
-		close(o->sock);
-		return fail_op(o, rc, err);
+	char err[200];
+	int sock = o->sock;
+	o->sock = -1;
+	if (o->start.transfer_cpu_pct > LM_SCHED_RESERVE_MAX) {
+		close(sock);
+		snprintf(err, sizeof(err), "MigrationStartOptions.TransferCpuReservePercent must be within 0..%d",
+			 LM_SCHED_RESERVE_MAX);
+		return fail_op(o, -EINVAL, err);
 	}
 	pthread_mutex_lock(&s->mu);
 	bool ok = s->vm && (s->destination ? s->ms == MS_NONE : s->ms == MS_INITIALIZED);
 	if (!ok) {
 		pthread_mutex_unlock(&s->mu);
-		close(o->sock);
+		close(sock);
 		return fail_op(o, -EPERM, s->destination ? "destination not ready for a migration"
 					 : "migration_initialize first");
 	}
-	s->xo.session_id = sid;
-	s->xo.cpu_reserve_pct = reserve;
+	s->xo.session_id = o->start.session_id;
+	s->xo.cpu_reserve_pct = o->start.transfer_cpu_pct;
 	s->ms = MS_STARTING;
 	s->start_done = o->done;
 	s->start_arg = o->arg;
 	lm__xfer_opts_t xo = s->xo;
-	pthread_mutex_unlock(&s->mu);
-	lm__xfer_t *x = NULL;
 	/* The engine may report SetupDone before we store the pointer: hold
 	 * mu across create so its callback sees s->xfer set. */
-	pthread_mutex_lock(&s->mu);
-	rc = lm__xfer_create(&x, s->destination ? LM_XFER_DEST : LM_XFER_SOURCE,
-			     s->ops, s->vm, o->sock, &xo, on_xfer_event, s);
-	if (rc == 0)
+	lm__xfer_t *x = NULL;
+	int rc = lm__xfer_create(&x, s->destination ? LM_XFER_DEST : LM_XFER_SOURCE,
+				 s->ops, s->vm, sock, &xo, on_xfer_event, s);
+	if (rc == 0) {
 		s->xfer = x;
-	else {
+	} else {
 		s->start_done = NULL;
 		s->ms = s->destination ? MS_NONE : MS_INITIALIZED;
 	}
@@ -795,10 +721,10 @@ static void do_mig_transfer(lm_hcs_system_t *s, struct op *o)
 	}
 	if (s->ms == MS_FAILED) {
 		int e = s->mig_err;
-		char m[160];
+		char m[sizeof(s->mig_msg)];
 		snprintf(m, sizeof(m), "%s", s->mig_msg);
 		pthread_mutex_unlock(&s->mu);
-		return complete(o, e, err_json(m));
+		return complete(o, e, m);
 	}
 	if (s->ms == MS_TRANSFERRING) {
 		pthread_mutex_unlock(&s->mu);
@@ -833,20 +759,21 @@ static void drop_xfer(lm_hcs_system_t *s)
 	lm__xfer_destroy(x);
 }
 
+static void set_vm_state(lm_hcs_system_t *s, enum lm_hcs_vm_state vs, enum mig_state ms)
+{
+	pthread_mutex_lock(&s->mu);
+	s->vs = vs;
+	s->ms = ms;
+	pthread_mutex_unlock(&s->mu);
+}
+
 static void do_mig_finalize(lm_hcs_system_t *s, struct op *o)
 {
-	json_t *j = json_loads(o->json ? o->json : "", 0, NULL);
-	const char *op = json_string_value(json_object_get(j, "FinalizedOperation"));
-	bool resume = op && !strcmp(op, "Resume");
-	bool stop = op && !strcmp(op, "Stop");
-	json_decref(j);
-	if (!resume && !stop)
-		return fail_op(o, -EINVAL, "FinalizedOperation must be \"Resume\" or \"Stop\"");
+	bool stop = o->fin == LM_HCS_FINALIZE_STOP;
 	int rc = LM_FAULT("hcs.finalize");
 	if (rc < 0)
 		return fail_op(o, rc, "finalize failed (fault)");
 	pthread_mutex_lock(&s->mu);
-	enum mig_state ms = s->ms;
 	bool have_vm = s->vm != NULL;
 	if (migrating(s) && s->xfer) {
 		/* Finalizing a running migration: cancel it first. */
@@ -855,7 +782,8 @@ static void do_mig_finalize(lm_hcs_system_t *s, struct op *o)
 	pthread_mutex_unlock(&s->mu);
 	drop_xfer(s);
 	pthread_mutex_lock(&s->mu);
-	ms = s->ms == MS_FINALIZED ? MS_FINALIZED : s->ms;
+	enum mig_state ms = s->ms;
+	enum lm_hcs_vm_state vs = s->vs;
 	pthread_mutex_unlock(&s->mu);
 	if (!have_vm)
 		return fail_op(o, -EPERM, "no VM");
@@ -865,61 +793,55 @@ static void do_mig_finalize(lm_hcs_system_t *s, struct op *o)
 			if (ms != MS_COMPLETED && ms != MS_FINALIZED)
 				return fail_op(o, -EPERM, "source STOP only after a completed transfer: finalize with RESUME");
 			s->ops->terminate(s->vm);
-			pthread_mutex_lock(&s->mu);
-			s->vs = VS_STOPPED;
-			s->ms = MS_FINALIZED;
-			pthread_mutex_unlock(&s->mu);
-			send_event(s, "MigrationDone", "Success", NULL);
-			return complete(o, 0, json_pack("{s:s}", "State", "Stopped"));
+			set_vm_state(s, LM_HCS_VM_STOPPED, MS_FINALIZED);
+			send_simple(s, LM_HCS_EV_MIGRATION_DONE, LM_HCS_RESULT_SUCCESS);
+			return complete(o, 0, NULL);
 		}
 		/* Resume: idempotent, reconciles with the real VM state. */
-		pthread_mutex_lock(&s->mu);
-		enum vm_state vs = s->vs;
-		pthread_mutex_unlock(&s->mu);
-		if (vs == VS_STOPPED)
+		if (vs == LM_HCS_VM_STOPPED)
 			return fail_op(o, -EPERM, "source VM already stopped");
 		if ((rc = s->ops->resume(s->vm)) < 0)
 			return fail_op(o, rc, "resuming the source VM failed");
 		s->ops->set_throttle(s->vm, 0);
-		pthread_mutex_lock(&s->mu);
-		s->vs = VS_RUNNING;
-		s->ms = MS_FINALIZED;
-		pthread_mutex_unlock(&s->mu);
+		set_vm_state(s, LM_HCS_VM_RUNNING, MS_FINALIZED);
 		if (ms == MS_COMPLETED)
-			send_event(s, "MigrationRecoveryDone", "Success", NULL);
-		return complete(o, 0, json_pack("{s:s}", "State", "Running"));
+			send_simple(s, LM_HCS_EV_RECOVERY_DONE, LM_HCS_RESULT_SUCCESS);
+		return complete(o, 0, NULL);
 	}
 	/* Destination. */
-	if (resume) {
-		pthread_mutex_lock(&s->mu);
-		enum vm_state vs = s->vs;
-		pthread_mutex_unlock(&s->mu);
-		if (ms == MS_FINALIZED && vs == VS_RUNNING)
-			return complete(o, 0, json_pack("{s:s}", "State", "Running"));
+	if (!stop) {
+		if (ms == MS_FINALIZED && vs == LM_HCS_VM_RUNNING)
+			return complete(o, 0, NULL);
 		if (ms != MS_COMPLETED)
 			return fail_op(o, -EPERM, "destination holds no complete VM: finalize with STOP");
 		if ((rc = s->ops->start(s->vm)) < 0)
 			return fail_op(o, rc, "starting the migrated VM failed");
 		uint64_t bo = s->dst_blackout_t0 ? lm_now_ns() - s->dst_blackout_t0 : 0;
+		set_vm_state(s, LM_HCS_VM_RUNNING, MS_FINALIZED);
+		/* events of this migration still name the destination; from now
+		 * on the system is an ordinary one, which may be migrated again */
+		lm_hcs_event_t e = { .kind = LM_HCS_EV_BLACKOUT_EXITED };
+		e.u.blackout.duration_ns = bo;
+		e.u.blackout.stop_wall_ns = lm_wall_ns();
+		send_event(s, &e);
+		send_simple(s, LM_HCS_EV_MIGRATION_DONE, LM_HCS_RESULT_SUCCESS);
 		pthread_mutex_lock(&s->mu);
-		s->vs = VS_RUNNING;
-		s->ms = MS_FINALIZED;
+		s->destination = false;
 		pthread_mutex_unlock(&s->mu);
-		char ts[40];
-		rfc3339(ts, sizeof(ts), lm_wall_ns());
-		send_event(s, "BlackoutExited", "Success",
-			   json_pack("{s:I, s:s}", "BlackoutDurationMilliseconds",
-				     (json_int_t)(bo / 1000000), "BlackoutStopTimestamp", ts));
-		send_event(s, "MigrationDone", "Success", NULL);
-		return complete(o, 0, json_pack("{s:s}", "State", "Running"));
+		return complete(o, 0, NULL);
 	}
 	/* Destination STOP: discard what was received. */
 	s->ops->terminate(s->vm);
-	pthread_mutex_lock(&s->mu);
-	s->vs = VS_STOPPED;
-	s->ms = MS_FINALIZED;
-	pthread_mutex_unlock(&s->mu);
-	complete(o, 0, json_pack("{s:s}", "State", "Stopped"));
+	set_vm_state(s, LM_HCS_VM_STOPPED, MS_FINALIZED);
+	complete(o, 0, NULL);
+}
+
+static void op_free(struct op *o)
+{
+	if (o->sock >= 0)
+		close(o->sock);
+	free(o->doc);
+	free(o);
 }
 
 static void *op_main(void *arg)
@@ -949,127 +871,160 @@ static void *op_main(void *arg)
 		case OP_MIG_START: do_mig_start(s, o); break;
 		case OP_MIG_TRANSFER: do_mig_transfer(s, o); break;
 		case OP_MIG_FINALIZE: do_mig_finalize(s, o); break;
-		case OP_DONE_ONLY: complete(o, o->err, NULL); break;
+		case OP_DONE_ONLY: complete(o, o->err, "refused"); break;
 		}
-		free(o->json);
-		free(o);
+		op_free(o);
 	}
 }
 
 /* ------------------------------------------------------------- the API */
 
 int lm_hcs_system_create(lm_hcs_system_t **out, const char *document_json,
-			 const char *migration_options_json, lm_hcs_event_fn ev,
+			 const lm_hcs_migration_options_t *dest, lm_hcs_event_fn ev,
 			 void *ev_arg, lm_hcs_done_fn done, void *arg)
 {
+	char err[200];
 	if (!out || !document_json || !done)
 		return -EINVAL;
+	if (dest && (lm_hcs_migration_options_check(dest, err, sizeof(err)) < 0 ||
+		     dest->origin != LM_HCS_ORIGIN_DESTINATION)) {
+		lm_log_warn(MOD, "create refused", "why=\"%s\"",
+			    dest->origin != LM_HCS_ORIGIN_DESTINATION
+				    ? "migration options at create must have Origin Destination" : err);
+		return -EINVAL;
+	}
 	lm_hcs_system_t *s = calloc(1, sizeof(*s));
-	if (!s)
+	struct op *o = op_new(OP_CREATE, done, arg);
+	if (!s || !o || !(o->doc = strdup(document_json))) {
+		free(s);
+		if (o)
+			op_free(o);
 		return -ENOMEM;
+	}
 	pthread_mutex_init(&s->mu, NULL);
 	pthread_cond_init(&s->cv, NULL);
 	pthread_mutex_init(&s->evmu, NULL);
 	s->ev = ev;
 	s->ev_arg = ev_arg;
 	lm__xfer_opts_default(&s->xo);
-	char err[200] = "";
-	int origin = 0, rc = 0;
-	if (migration_options_json) {
-		rc = lm__hcs_parse_init_options(migration_options_json, &s->xo, &origin, err, sizeof(err));
-		if (rc == 0 && origin != 2) {
-			snprintf(err, sizeof(err), "migration options at create must have Origin \"Destination\"");
-			rc = -EINVAL;
-		}
+	if (dest) {
+		xfer_opts_from(&s->xo, dest);
 		s->destination = true;
 	}
-	if ((rc = pthread_create(&s->th, NULL, op_main, s)) != 0) {
+	int rc = pthread_create(&s->th, NULL, op_main, s);
+	if (rc != 0) {
+		op_free(o);
+		pthread_mutex_destroy(&s->mu);
+		pthread_cond_destroy(&s->cv);
+		pthread_mutex_destroy(&s->evmu);
 		free(s);
 		return -rc;
 	}
-	if (origin == 2 || !migration_options_json)
-		rc = enqueue(s, OP_CREATE, document_json, -1, 0, done, arg);
-	else
-		rc = enqueue(s, OP_DONE_ONLY, NULL, -1, -EINVAL, done, arg);
-	if (rc < 0) {
-		lm_hcs_system_close(s);
-		return rc;
-	}
-	if (migration_options_json && origin != 2)
-		lm_log_warn(MOD, "create refused", "why=\"%s\"", err);
+	enqueue(s, o);
 	*out = s;
 	return 0;
 }
 
 int lm_hcs_system_start(lm_hcs_system_t *s, lm_hcs_done_fn done, void *arg)
 {
-	return enqueue(s, OP_START, NULL, -1, 0, done, arg);
+	return enqueue_simple(s, OP_START, done, arg);
 }
 
 int lm_hcs_system_pause(lm_hcs_system_t *s, lm_hcs_done_fn done, void *arg)
 {
-	return enqueue(s, OP_PAUSE, NULL, -1, 0, done, arg);
+	return enqueue_simple(s, OP_PAUSE, done, arg);
 }
 
 int lm_hcs_system_resume(lm_hcs_system_t *s, lm_hcs_done_fn done, void *arg)
 {
-	return enqueue(s, OP_RESUME, NULL, -1, 0, done, arg);
+	return enqueue_simple(s, OP_RESUME, done, arg);
 }
 
 int lm_hcs_system_terminate(lm_hcs_system_t *s, lm_hcs_done_fn done, void *arg)
 {
-	return enqueue(s, OP_TERMINATE, NULL, -1, 0, done, arg);
+	return enqueue_simple(s, OP_TERMINATE, done, arg);
 }
 
 int lm_hcs_system_shutdown(lm_hcs_system_t *s, lm_hcs_done_fn done, void *arg)
 {
-	return enqueue(s, OP_TERMINATE, NULL, -1, 0, done, arg);
+	return enqueue_simple(s, OP_TERMINATE, done, arg);
 }
 
-int lm_hcs_system_properties(lm_hcs_system_t *s, const char *query_json,
-			     lm_hcs_done_fn done, void *arg)
+int lm_hcs_system_properties(lm_hcs_system_t *s, unsigned query,
+			     lm_hcs_properties_fn done, void *arg)
 {
-	return enqueue(s, OP_PROPERTIES, query_json, -1, 0, done, arg);
+	if (!s || !done)
+		return -EINVAL;
+	struct op *o = op_new(OP_PROPERTIES, NULL, arg);
+	if (o) {
+		o->pdone = done;
+		o->query = query;
+	}
+	return enqueue(s, o);
 }
 
-int lm_hcs_migration_initialize(lm_hcs_system_t *s, const char *options_json,
+int lm_hcs_migration_initialize(lm_hcs_system_t *s, const lm_hcs_migration_options_t *mo,
 				lm_hcs_done_fn done, void *arg)
 {
-	return enqueue(s, OP_MIG_INIT, options_json, -1, 0, done, arg);
+	if (!s || !mo || !done)
+		return -EINVAL;
+	struct op *o = op_new(OP_MIG_INIT, done, arg);
+	if (o)
+		o->mo = *mo;
+	return enqueue(s, o);
 }
 
-int lm_hcs_migration_start(lm_hcs_system_t *s, const char *start_options_json,
+int lm_hcs_migration_start(lm_hcs_system_t *s, const lm_hcs_migration_start_t *p,
 			   int sock, lm_hcs_done_fn done, void *arg)
 {
 	if (sock < 0)
 		return -EBADF;
-	return enqueue(s, OP_MIG_START, start_options_json, sock, 0, done, arg);
+	if (!s || !p || !done) {
+		close(sock);
+		return -EINVAL;
+	}
+	struct op *o = op_new(OP_MIG_START, done, arg);
+	if (!o) {
+		close(sock);
+		return -ENOMEM;
+	}
+	o->start = *p;
+	o->sock = sock;
+	return enqueue(s, o);
 }
 
-int lm_hcs_migration_transfer(lm_hcs_system_t *s, const char *options_json,
-			      lm_hcs_done_fn done, void *arg)
+int lm_hcs_migration_transfer(lm_hcs_system_t *s, lm_hcs_done_fn done, void *arg)
 {
-	return enqueue(s, OP_MIG_TRANSFER, options_json, -1, 0, done, arg);
+	return enqueue_simple(s, OP_MIG_TRANSFER, done, arg);
 }
 
-int lm_hcs_migration_finalize(lm_hcs_system_t *s, const char *options_json,
+int lm_hcs_migration_finalize(lm_hcs_system_t *s, enum lm_hcs_finalize_op op,
 			      lm_hcs_done_fn done, void *arg)
-{
-	return enqueue(s, OP_MIG_FINALIZE, options_json, -1, 0, done, arg);
-}
-
-int lm_hcs_migration_cancel(lm_hcs_system_t *s, const char *options_json,
-			    lm_hcs_done_fn done, void *arg)
 {
 	if (!s || !done)
 		return -EINVAL;
+	if (op != LM_HCS_FINALIZE_RESUME && op != LM_HCS_FINALIZE_STOP)
+		return -EINVAL;
+	struct op *o = op_new(OP_MIG_FINALIZE, done, arg);
+	if (o)
+		o->fin = op;
+	return enqueue(s, o);
+}
+
+int lm_hcs_migration_cancel(lm_hcs_system_t *s, lm_hcs_done_fn done, void *arg)
+{
+	if (!s || !done)
+		return -EINVAL;
+	struct op *o = op_new(OP_DONE_ONLY, done, arg);
+	if (!o)
+		return -ENOMEM;
 	pthread_mutex_lock(&s->mu);
 	if (s->xfer)
 		lm__xfer_cancel(s->xfer);
 	else if (s->ms == MS_INITIALIZED)
 		s->ms = MS_NONE;
 	pthread_mutex_unlock(&s->mu);
-	return enqueue(s, OP_DONE_ONLY, NULL, -1, 0, done, arg);
+	return enqueue(s, o);
 }
 
 int lm_hcs_system_vm(lm_hcs_system_t *s, const lm_backend_ops_t **ops, lm_vm_t **vm)
@@ -1099,4 +1054,73 @@ void lm_hcs_system_close(lm_hcs_system_t *s)
 	pthread_cond_destroy(&s->cv);
 	pthread_mutex_destroy(&s->evmu);
 	free(s);
+}
+
+/* ------------------------------------------------- HCS's external formats */
+
+char *lm_hcs_properties_to_json(const lm_hcs_properties_t *p)
+{
+	char ck[20], compat[sizeof(p->compat) + 1];
+	snprintf(ck, sizeof(ck), "%016" PRIx64, p->stats.checksum);
+	size_t cl = p->compat_len < sizeof(p->compat) ? p->compat_len : sizeof(p->compat);
+	memcpy(compat, p->compat, cl);
+	compat[cl] = '\0';
+	json_t *r = json_pack("{s:s, s:s, s:{s:I, s:s, s:I, s:f, s:i, s:b}, s:s}",
+			      "Id", p->id, "State", lm_hcs_vm_state_name(p->state),
+			      "Statistics", "Iterations", (json_int_t)p->stats.iterations,
+			      "Checksum", ck, "PagesWritten", (json_int_t)p->stats.pages_written,
+			      "DirtyRateMBps", p->stats.dirty_rate_mbps,
+			      "ThrottlePercent", (int)p->stats.throttle_pct,
+			      "GuestRunning", p->stats.running,
+			      "CompatibilityInfo", compat);
+	if (!r)
+		return NULL;
+	if (p->has_migration)
+		json_object_set_new(r, "Migration",
+				    json_pack("{s:i, s:I, s:I, s:I, s:f, s:f, s:i, s:s}",
+					      "Passes", (int)p->migration.passes,
+					      "BytesSent", (json_int_t)p->migration.bytes_sent,
+					      "PagesSent", (json_int_t)p->migration.pages_sent,
+					      "ZeroPages", (json_int_t)p->migration.zero_pages,
+					      "BlackoutMilliseconds", (double)p->migration.blackout_ns / 1e6,
+					      "TotalMilliseconds", (double)p->migration.total_ns / 1e6,
+					      "MaxThrottlePercent", (int)p->migration.max_throttle_pct,
+					      "TransferThreadScheduling",
+					      lm_sched_kind_name((enum lm_sched_kind)p->migration.sched)));
+	if (p->has_digest) {
+		char dh[20];
+		snprintf(dh, sizeof(dh), "%016" PRIx64, p->digest);
+		json_object_set_new(r, "MemoryDigest", json_string(dh));
+	} else if (p->digest_skipped) {
+		json_object_set_new(r, "MemoryDigestSkipped", json_string(p->digest_skipped));
+	}
+	char *txt = json_dumps(r, JSON_COMPACT);
+	json_decref(r);
+	return txt;
+}
+
+int lm_hcs_query_parse(const char *json, unsigned *query)
+{
+	*query = 0;
+	if (!json || !*json)
+		return 0;
+	json_t *q = json_loads(json, 0, NULL);
+	json_t *pt = json_object_get(q, "PropertyTypes");
+	int rc = 0;
+	if (!json_is_object(q) || (pt && !json_is_array(pt))) {
+		rc = -EINVAL;
+	} else {
+		size_t i;
+		json_t *v;
+		json_array_foreach(pt, i, v) {
+			if (!json_is_string(v)) {
+				rc = -EINVAL;
+				break;
+			}
+			if (!strcmp(json_string_value(v), "MemoryDigest"))
+				*query |= LM_HCS_QUERY_DIGEST;
+		}
+	}
+	json_decref(q);
+	return rc;
 }

@@ -2,8 +2,8 @@
  * migration_service.c: the ttrpc glue of the Migration service (and of our
  * Inspect service): every call becomes a message to the controller.
  *
- * Handlers run on the rpc loop thread and do no work: they pack the call
- * (whose handler reference moves into the message) and post it. A client
+ * Handlers run on the rpc loop thread and do no work: they post the call
+ * to the controller (shim/glue.h: one policy when it cannot take it). A client
  * that goes away is reported as LM_CTL_CALL_GONE carrying one extra
  * reference, so the pointer stays valid (and unique) until the controller
  * has looked at it.
@@ -11,39 +11,46 @@
 #include "actors/controller.h"
 
 #include <errno.h>
-#include <unistd.h>
 
+#include "rpc/frame.h"
 #include "rpc/server.h"
-
-void lm__controller_call_gone_dtor(lm_msg_t *m);
+#include "shim/glue.h"
 
 static void call_dtor(lm_msg_t *m)
 {
 	struct lm_ctl_call *cc = LM_MSG_PAYLOAD(m, struct lm_ctl_call);
 	if (cc->call)   /* never handled: the controller is gone */
-		lm_rpc_call_fail(cc->call, 14, "the shim is shutting down");
+		lm_rpc_call_fail(cc->call, LM_RPC_UNAVAILABLE, "%s: the shim is shutting down",
+				 lm_rpc_call_method(cc->call));
+}
+
+void lm__shim_post_call(lm_actor_t *ctl, uint32_t type, lm_rpc_call_t *call, int method,
+			const char *what)
+{
+	lm_msg_t *m = lm_msg_alloc(type, sizeof(struct lm_ctl_call));
+	if (!m) {
+		lm_rpc_call_fail(call, LM_RPC_RESOURCE_EXHAUSTED, "%s: out of memory", what);
+		return;
+	}
+	struct lm_ctl_call *cc = LM_MSG_PAYLOAD(m, struct lm_ctl_call);
+	cc->call = call;
+	cc->method = method;
+	m->dtor = call_dtor;
+	int rc = lm_actor_send(ctl, m);
+	if (rc == 0)
+		return;
+	cc->call = NULL;
+	lm_msg_free(m);
+	if (rc == -EAGAIN)
+		lm_rpc_call_fail(call, LM_RPC_UNAVAILABLE,
+				 "%s: the shim is overloaded (its controller's queue is full): retry", what);
+	else
+		lm_rpc_call_fail(call, LM_RPC_UNAVAILABLE, "%s: the shim is shutting down", what);
 }
 
 static void post_call(lm_actor_t *ctl, uint32_t type, lm_rpc_call_t *call, int method)
 {
-	lm_msg_t *m = lm_msg_alloc(type, sizeof(struct lm_ctl_call));
-	int rc = -ENOMEM;
-	if (m) {
-		struct lm_ctl_call *cc = LM_MSG_PAYLOAD(m, struct lm_ctl_call);
-		cc->call = call;
-		cc->method = method;
-		m->dtor = call_dtor;
-		/* the controller's mailbox is large; a full one is a moment's spike */
-		for (int tries = 0; (rc = lm_actor_send(ctl, m)) == -EAGAIN && tries < 1000; tries++)
-			usleep(100);
-		if (rc) {
-			cc->call = NULL;
-			lm_msg_free(m);
-		}
-	}
-	if (rc)
-		lm_rpc_call_fail(call, rc == -EAGAIN ? 8 : 14, "the shim is %s",
-				 rc == -EAGAIN ? "overloaded" : "shutting down");
+	lm__shim_post_call(ctl, type, call, method, lm_rpc_call_method(call));
 }
 
 #define MIG_HANDLER(fn, method)                                          \
@@ -76,7 +83,7 @@ static void on_cancel(lm_rpc_call_t *call, enum lm_rpc_cancel why, void *arg)
 		return;
 	lm_rpc_call_ref(call);
 	LM_MSG_PAYLOAD(m, struct lm_ctl_call)->call = call;
-	m->dtor = lm__controller_call_gone_dtor;
+	m->dtor = lm_controller_call_gone_dtor;
 	if (lm_actor_send(ctl, m) != 0)
 		lm_msg_free(m);   /* the dtor drops the reference */
 }

@@ -13,6 +13,7 @@
  */
 #define _GNU_SOURCE 1
 #include "shim/task_service.h"
+#include "shim/glue.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -77,37 +78,11 @@ static int method_index(const char *name)
 
 /* ---- the ttrpc glue (loop thread) --------------------------------------- */
 
-static void call_msg_dtor(lm_msg_t *m)
-{
-	struct lm_task_call_msg *p = LM_MSG_PAYLOAD(m, struct lm_task_call_msg);
-	if (p->call) {
-		lm_rpc_call_fail(p->call, LM_RPC_UNAVAILABLE, "task %s: shim shutting down",
-				 lm_task_method_name(p->method));
-		p->call = NULL;
-	}
-}
-
 static void on_call(lm_rpc_call_t *call, void *arg)
 {
-	lm_actor_t *controller = arg;
-	int method = method_index(lm_rpc_call_method(call));
-	lm_msg_t *m = lm_msg_alloc(LM_CTL_TASK_CALL, sizeof(struct lm_task_call_msg));
-	if (!m) {
-		lm_rpc_call_fail(call, LM_RPC_RESOURCE_EXHAUSTED, "task %s: out of memory",
-				 lm_rpc_call_method(call));
-		return;
-	}
-	struct lm_task_call_msg *p = LM_MSG_PAYLOAD(m, struct lm_task_call_msg);
-	p->call = call;
-	p->method = method;
-	m->dtor = call_msg_dtor;
-	int rc = lm_actor_send(controller, m);
-	if (rc < 0) {
-		p->call = NULL;
-		lm_msg_free(m);
-		lm_rpc_call_fail(call, LM_RPC_UNAVAILABLE, "task %s: controller unavailable (%s)",
-				 lm_rpc_call_method(call), strerror(-rc));
-	}
+	char what[64];
+	snprintf(what, sizeof(what), "task %s", lm_rpc_call_method(call));
+	lm__shim_post_call(arg, LM_CTL_TASK_CALL, call, method_index(lm_rpc_call_method(call)), what);
 }
 
 #define M(name) {name, LM_RPC_UNARY, on_call, NULL, NULL}
@@ -362,9 +337,16 @@ static void do_create(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_
 	}
 
 	if (source_id) {
-		/* The patch path. */
-		const struct lm_container *c = lm_sandbox_find_source(sb, source_id);
-		if (!c) {
+		/* The patch path: state first (is an import awaiting patches?),
+		 * then the annotation, then the lookup. */
+		const struct lm_container *c = NULL;
+		if (!gate->importing) {
+			lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION,
+					 "Create %s: the patch path is closed (no import awaiting patches)", id);
+		} else if (!*source_id) {
+			lm_rpc_call_fail(call, LM_RPC_INVALID_ARGUMENT,
+					 "Create %s: annotation %s is empty", id, LM_ANNOT_SOURCE_ID);
+		} else if (!(c = lm_sandbox_find_source(sb, source_id))) {
 			lm_rpc_call_fail(call, LM_RPC_NOT_FOUND,
 					 "Create %s: container \"%s\" (annotation %s) was not imported",
 					 id, source_id, LM_ANNOT_SOURCE_ID);
@@ -372,9 +354,6 @@ static void do_create(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_
 			lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION,
 					 "Create %s: imported container \"%s\" is already patched (now \"%s\")",
 					 id, source_id, c->id);
-		} else if (!gate->importing) {
-			lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION,
-					 "Create %s: the patch path is closed (no import awaiting patches)", id);
 		} else {
 			struct lm_patch_request *p = calloc(1, sizeof(*p));
 			bool oom = !p;

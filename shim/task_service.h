@@ -30,9 +30,8 @@
  * non-blocking, regular files only, so it cannot wait on a peer.
  *
  * DESIGN. The handlers run on the ttrpc loop thread and do no work: each
- * packs its call into an LM_CTL_TASK_CALL message to the controller actor
- * (the message's dtor fails the call with Unavailable if it is dropped
- * undelivered; a full mailbox is answered Unavailable at once). The
+ * posts its call as an LM_CTL_TASK_CALL message to the controller actor
+ * (shim/glue.h: the one policy when the controller cannot take it). The
  * controller, on its own thread, calls lm_task_handle, which owns the
  * sandbox's side of things and answers the call (or hands a patch request
  * back). Nothing here blocks.
@@ -51,12 +50,10 @@
 
 enum { LM_CTL_TASK_CALL = 0x180 };
 
-/* Payload of LM_CTL_TASK_CALL. The controller takes the call by setting
- * `call` to NULL (then it must answer it, e.g. via lm_task_handle). */
-struct lm_task_call_msg {
-	lm_rpc_call_t *call;
-	int method;                /* enum lm_task_method */
-};
+/* The payload of LM_CTL_TASK_CALL is struct lm_ctl_call (actors/
+ * controller.h) with method = enum lm_task_method. The controller takes
+ * the call by setting `call` to NULL (then it must answer it, e.g. via
+ * lm_task_handle). */
 
 enum lm_task_method {
 	LM_TASK_STATE = 0,

@@ -1,9 +1,12 @@
 /*
  * test_hcs_api.c: the compute-service API. Asynchronous operations with
- * completion callbacks on hcs's own threads (errors only through the
- * callback), HCS event JSON, properties, and a whole live migration driven
- * through the HCS-shaped calls (success, cancel + recovery), plus the
- * MigrationInitializeOptions validation table.
+ * their own completion callbacks on hcs's own threads (errors only
+ * through the callback, with the reason), typed events in phase order
+ * with their details (progress totals, elapsed time, ETA; the blackout;
+ * the failure's reason), typed properties and their HCS-shaped JSON, a
+ * whole live migration driven through the HCS-shaped calls (success,
+ * cancel + recovery, a migrated system migrated again), and the
+ * migration options' validation.
  */
 #include "hcs/hcs.h"
 #include "testkit.h"
@@ -25,19 +28,38 @@ struct waiter {
 	int err;
 	int calls;
 	pthread_t thread;
-	char json[4096];
+	char why[512];
+	bool has_props;
+	lm_hcs_properties_t props;
 };
 
-static void on_done(void *arg, int err, const char *json)
+static void w_signal(struct waiter *w, int err, const char *why)
 {
-	struct waiter *w = arg;
-	pthread_mutex_lock(&w->mu);
 	w->done = true;
 	w->calls++;
 	w->err = err;
 	w->thread = pthread_self();
-	snprintf(w->json, sizeof(w->json), "%s", json ? json : "");
+	snprintf(w->why, sizeof(w->why), "%s", why ? why : "");
 	pthread_cond_broadcast(&w->cv);
+}
+
+static void on_done(void *arg, int err, const char *why)
+{
+	struct waiter *w = arg;
+	pthread_mutex_lock(&w->mu);
+	w_signal(w, err, why);
+	pthread_mutex_unlock(&w->mu);
+}
+
+static void on_props(void *arg, int err, const char *why, const lm_hcs_properties_t *p)
+{
+	struct waiter *w = arg;
+	pthread_mutex_lock(&w->mu);
+	if (p) {
+		w->props = *p;
+		w->has_props = true;
+	}
+	w_signal(w, err, why);
 	pthread_mutex_unlock(&w->mu);
 }
 
@@ -63,51 +85,62 @@ static int w_wait(struct waiter *w)
 	return w->err;
 }
 
+static struct waiter last;
+
+/* Runs an operation with `w` as its waiter and waits; the waiter stays in
+ * `last` (its reason, its properties). */
 #define CALL(expr_with_w)                                                     \
 	({                                                                    \
-		struct waiter w_;                                             \
-		w_init(&w_);                                                  \
-		struct waiter *w = &w_;                                       \
+		w_init(&last);                                                \
+		struct waiter *w = &last;                                     \
 		assert_int_equal((expr_with_w), 0);                           \
-		int e_ = w_wait(w);                                           \
-		snprintf(last_json, sizeof(last_json), "%s", w->json);       \
-		e_;                                                           \
+		w_wait(w);                                                    \
 	})
 
-static char last_json[4096];
+static lm_hcs_properties_t props(lm_hcs_system_t *s, unsigned q)
+{
+	assert_int_equal(CALL(lm_hcs_system_properties(s, q, on_props, w)), 0);
+	assert_true(last.has_props);
+	return last.props;
+}
 
 struct evs {
 	pthread_mutex_t mu;
-	char names[256][40];
-	char last_failed_result[64];
+	enum lm_hcs_event_kind kinds[4096];
 	int n;
-	long blackout_ms;
+	enum lm_hcs_result last_failed_result;
+	char last_failed_msg[256];
+	uint64_t blackout_ns;
+	int progress;
+	lm_hcs_progress_t first_progress, last_progress;
 };
 
-static void on_event(void *arg, const char *json)
+static void on_event(void *arg, const lm_hcs_event_t *ev)
 {
 	struct evs *e = arg;
-	json_t *j = json_loads(json, 0, NULL);
 	pthread_mutex_lock(&e->mu);
-	const char *ev = json_string_value(json_object_get(j, "Event"));
-	if (ev && e->n < 256)
-		snprintf(e->names[e->n++], 40, "%s", ev);
-	if (ev && !strcmp(ev, "MigrationFailed"))
-		snprintf(e->last_failed_result, 64, "%s",
-			 json_string_value(json_object_get(j, "Result")));
-	if (ev && !strcmp(ev, "BlackoutExited"))
-		e->blackout_ms = (long)json_integer_value(json_object_get(
-			json_object_get(j, "AdditionalDetails"), "BlackoutDurationMilliseconds"));
+	if (e->n < 4096)
+		e->kinds[e->n++] = ev->kind;
+	if (ev->kind == LM_HCS_EV_MIGRATION_FAILED) {
+		e->last_failed_result = ev->result;
+		snprintf(e->last_failed_msg, sizeof(e->last_failed_msg), "%s", ev->u.failure.message);
+	}
+	if (ev->kind == LM_HCS_EV_BLACKOUT_EXITED)
+		e->blackout_ns = ev->u.blackout.duration_ns;
+	if (ev->kind == LM_HCS_EV_TRANSFER_IN_PROGRESS) {
+		if (!e->progress++)
+			e->first_progress = ev->u.progress;
+		e->last_progress = ev->u.progress;
+	}
 	pthread_mutex_unlock(&e->mu);
-	json_decref(j);
 }
 
-static int ev_index(struct evs *e, const char *name)
+static int ev_index(struct evs *e, enum lm_hcs_event_kind k)
 {
 	pthread_mutex_lock(&e->mu);
 	int r = -1;
 	for (int i = 0; i < e->n; i++)
-		if (!strcmp(e->names[i], name)) {
+		if (e->kinds[i] == k) {
 			r = i;
 			break;
 		}
@@ -137,9 +170,11 @@ static uint64_t wait_iterations(lm_hcs_system_t *s, uint64_t it)
 	return st.iterations;
 }
 
-static json_t *last(void)
+static lm_hcs_migration_options_t opts(enum lm_hcs_origin origin)
 {
-	return json_loads(last_json, 0, NULL);
+	lm_hcs_migration_options_t o;
+	lm_hcs_migration_options_default(&o, origin);
+	return o;
 }
 
 static void test_lifecycle_and_properties_through_callbacks(void **state)
@@ -154,22 +189,48 @@ static void test_lifecycle_and_properties_through_callbacks(void **state)
 	assert_int_equal(CALL(lm_hcs_system_start(s, on_done, w)), 0);
 	assert_true(wait_iterations(s, 0) > 0);
 	assert_int_equal(CALL(lm_hcs_system_pause(s, on_done, w)), 0);
-	assert_int_equal(CALL(lm_hcs_system_properties(s, "{\"PropertyTypes\":[\"MemoryDigest\"]}", on_done, w)), 0);
-	json_t *p = last();
-	assert_string_equal(json_string_value(json_object_get(p, "State")), "Paused");
-	assert_true(json_integer_value(json_object_get(json_object_get(p, "Statistics"), "Iterations")) > 0);
-	assert_int_equal(strlen(json_string_value(json_object_get(p, "MemoryDigest"))), 16);
-	json_decref(p);
+	lm_hcs_properties_t p = props(s, LM_HCS_QUERY_DIGEST);
+	assert_int_equal(p.state, LM_HCS_VM_PAUSED);
+	assert_string_equal(p.id, "vm-a");
+	assert_string_equal(p.backend, "sim");
+	assert_int_equal(p.memory_bytes, 64ull << 20);
+	assert_int_equal(p.vcpus, 1);
+	assert_true(p.stats.iterations > 0);
+	assert_true(p.has_digest);
+	assert_true(p.compat_len > 0);
+	/* the HCS-shaped JSON (Inspect's answer) says the same */
+	char *js = lm_hcs_properties_to_json(&p);
+	json_t *j = json_loads(js, 0, NULL);
+	assert_string_equal(json_string_value(json_object_get(j, "State")), "Paused");
+	assert_int_equal(json_integer_value(json_object_get(json_object_get(j, "Statistics"), "Iterations")),
+			 (json_int_t)p.stats.iterations);
+	assert_int_equal(strlen(json_string_value(json_object_get(j, "MemoryDigest"))), 16);
+	json_decref(j);
+	free(js);
 	assert_int_equal(CALL(lm_hcs_system_resume(s, on_done, w)), 0);
 	/* a running guest's memory moves: no digest, and the reason */
-	assert_int_equal(CALL(lm_hcs_system_properties(s, "{\"PropertyTypes\":[\"MemoryDigest\"]}", on_done, w)), 0);
-	p = last();
-	assert_null(json_object_get(p, "MemoryDigest"));
-	assert_non_null(json_object_get(p, "MemoryDigestSkipped"));
-	json_decref(p);
+	p = props(s, LM_HCS_QUERY_DIGEST);
+	assert_false(p.has_digest);
+	assert_non_null(p.digest_skipped);
 	assert_int_equal(CALL(lm_hcs_system_terminate(s, on_done, w)), 0);
 	assert_int_equal(CALL(lm_hcs_system_start(s, on_done, w)), -EPERM);
+	assert_non_null(strstr(last.why, "stopped"));
 	lm_hcs_system_close(s);
+}
+
+static void test_property_queries_parse_or_are_refused(void **state)
+{
+	unsigned q = 99;
+	assert_int_equal(lm_hcs_query_parse(NULL, &q), 0);
+	assert_int_equal(q, 0);
+	assert_int_equal(lm_hcs_query_parse("{\"PropertyTypes\":[\"MemoryDigest\"]}", &q), 0);
+	assert_int_equal(q, LM_HCS_QUERY_DIGEST);
+	assert_int_equal(lm_hcs_query_parse("{\"PropertyTypes\":[\"Other\"]}", &q), 0);
+	assert_int_equal(q, 0);
+	assert_int_equal(lm_hcs_query_parse("[1]", &q), -EINVAL);
+	assert_int_equal(lm_hcs_query_parse("{\"PropertyTypes\":\"MemoryDigest\"}", &q), -EINVAL);
+	assert_int_equal(lm_hcs_query_parse("{\"PropertyTypes\":[1]}", &q), -EINVAL);
+	assert_int_equal(lm_hcs_query_parse("{not json", &q), -EINVAL);
 }
 
 static void test_backends_are_found_by_name(void **state)
@@ -191,11 +252,10 @@ static void test_shutdown_stops_and_sends_system_exited(void **state)
 	assert_int_equal(lm_hcs_system_create(&s, DOC, NULL, on_event, &e, on_done, &w0), 0);
 	assert_int_equal(w_wait(&w0), 0);
 	assert_int_equal(CALL(lm_hcs_system_start(s, on_done, w)), 0);
-	assert_int_equal(ev_index(&e, "SystemExited"), -1);
+	assert_int_equal(ev_index(&e, LM_HCS_EV_SYSTEM_EXITED), -1);
 	assert_int_equal(CALL(lm_hcs_system_shutdown(s, on_done, w)), 0);
-	assert_true(ev_index(&e, "SystemExited") >= 0);
-	assert_int_equal(CALL(lm_hcs_system_properties(s, NULL, on_done, w)), 0);
-	assert_non_null(strstr(last_json, "\"State\":\"Stopped\""));
+	assert_true(ev_index(&e, LM_HCS_EV_SYSTEM_EXITED) >= 0);
+	assert_int_equal(props(s, 0).state, LM_HCS_VM_STOPPED);
 	lm_hcs_system_close(s);
 }
 
@@ -206,7 +266,7 @@ static void test_errors_arrive_only_through_the_callback(void **state)
 	w_init(&w0);
 	assert_int_equal(lm_hcs_system_create(&s, "{not json", NULL, NULL, NULL, on_done, &w0), 0);
 	assert_int_equal(w_wait(&w0), -EINVAL);
-	assert_non_null(strstr(w0.json, "Error"));
+	assert_non_null(strstr(w0.why, "not a JSON object"));
 	assert_int_equal(w0.calls, 1);
 	lm_hcs_system_close(s);
 
@@ -215,65 +275,95 @@ static void test_errors_arrive_only_through_the_callback(void **state)
 		"{\"VirtualMachine\":{\"Backend\":\"xen\",\"ComputeTopology\":{\"Memory\":{\"SizeInMB\":8}}}}",
 		NULL, NULL, NULL, on_done, &w0), 0);
 	assert_int_equal(w_wait(&w0), -ENOENT);
+	assert_non_null(strstr(w0.why, "xen"));
+	lm_hcs_system_close(s);
+
+	w_init(&w0);
+	assert_int_equal(lm_hcs_system_create(&s, "{\"VirtualMachine\":{}}", NULL, NULL, NULL, on_done, &w0), 0);
+	assert_int_equal(w_wait(&w0), -EINVAL);
+	assert_non_null(strstr(w0.why, "SizeInMB"));
 	lm_hcs_system_close(s);
 
 	/* Argument errors are returned and the callback is never called. */
 	assert_int_equal(lm_hcs_system_create(&s, DOC, NULL, NULL, NULL, NULL, NULL), -EINVAL);
 	assert_int_equal(lm_hcs_system_start(NULL, on_done, &w0), -EINVAL);
+	lm_hcs_migration_options_t src = opts(LM_HCS_ORIGIN_SOURCE);
+	assert_int_equal(lm_hcs_system_create(&s, DOC, &src, NULL, NULL, on_done, &w0), -EINVAL);
+	assert_int_equal(w0.calls, 1);
 }
 
-/* Bad MigrationStartOptions fail the start naming the field, close the
- * socket they were given and leave the source initialized. */
-static void bad_starts_are_refused(lm_hcs_system_t *s)
+/* A bad start parameter fails the start naming the field, closes the
+ * socket it was given and leaves the source initialized. */
+static void bad_start_is_refused(lm_hcs_system_t *s)
 {
-	static const struct {
-		const char *json, *field;
-	} cases[] = {
-		{ "{\"NetworkSettings\":{\"SessionId\":-1}}", "SessionId" },
-		{ "{\"NetworkSettings\":{\"SessionId\":1},\"TransferCpuReservePercent\":96}", "TransferCpuReservePercent" },
-		{ "{\"NetworkSettings\":{\"SessionId\":1},\"TransferCpuReservePercent\":\"90\"}", "TransferCpuReservePercent" },
-		{ "{\"NetworkSettings\":{\"SessionId\":1},\"TransferCpuReservePercent\":-5}", "TransferCpuReservePercent" },
-	};
-	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		int sp[2];
-		assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sp), 0);
-		struct waiter w;
-		w_init(&w);
-		assert_int_equal(lm_hcs_migration_start(s, cases[i].json, sp[0], on_done, &w), 0);
-		assert_int_equal(w_wait(&w), -EINVAL);
-		print_message("start %s -> %s\n", cases[i].json, w.json);
-		assert_non_null(strstr(w.json, cases[i].field));
-		char c;
-		assert_int_equal(read(sp[1], &c, 1), 0); /* the shim's end was closed */
-		close(sp[1]);
-	}
+	int sp[2];
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sp), 0);
+	lm_hcs_migration_start_t st = { .session_id = 1, .transfer_cpu_pct = LM_SCHED_RESERVE_MAX + 1 };
+	struct waiter w;
+	w_init(&w);
+	assert_int_equal(lm_hcs_migration_start(s, &st, sp[0], on_done, &w), 0);
+	assert_int_equal(w_wait(&w), -EINVAL);
+	assert_non_null(strstr(w.why, "TransferCpuReservePercent"));
+	char c;
+	assert_int_equal(read(sp[1], &c, 1), 0); /* the shim's end was closed */
+	close(sp[1]);
 }
 
 static void start_pair(lm_hcs_system_t **src, lm_hcs_system_t **dst, struct evs *es,
-		       struct evs *ed, int fs, int fdd, const char *init, const char *so)
+		       struct evs *ed, int fs, int fdd, const lm_hcs_migration_options_t *init,
+		       const lm_hcs_migration_start_t *so)
 {
 	struct waiter a, b;
 	w_init(&a);
 	w_init(&b);
+	lm_hcs_migration_options_t dopt = opts(LM_HCS_ORIGIN_DESTINATION);
 	assert_int_equal(lm_hcs_system_create(src, DOC, NULL, on_event, es, on_done, &a), 0);
-	assert_int_equal(lm_hcs_system_create(dst, DOC, "{\"Origin\":\"Destination\"}", on_event, ed, on_done, &b), 0);
+	assert_int_equal(lm_hcs_system_create(dst, DOC, &dopt, on_event, ed, on_done, &b), 0);
 	assert_int_equal(w_wait(&a), 0);
 	assert_int_equal(w_wait(&b), 0);
-	assert_non_null(strstr(b.json, "\"Populated\":true"));
 	lm_hcs_system_t *s = *src, *d = *dst;
 	assert_int_equal(CALL(lm_hcs_system_start(s, on_done, w)), 0);
 	/* A destination starts only through finalize Resume. */
 	assert_int_equal(CALL(lm_hcs_system_start(d, on_done, w)), -EPERM);
 	assert_int_equal(CALL(lm_hcs_migration_initialize(s, init, on_done, w)), 0);
-	bad_starts_are_refused(s);
+	bad_start_is_refused(s);
 	w_init(&a);
 	w_init(&b);
 	assert_int_equal(lm_hcs_migration_start(s, so, fs, on_done, &a), 0);
 	assert_int_equal(lm_hcs_migration_start(d, so, fdd, on_done, &b), 0);
 	assert_int_equal(w_wait(&a), 0);
 	assert_int_equal(w_wait(&b), 0);
-	assert_true(ev_index(es, "SetupDone") >= 0);
-	assert_true(ev_index(ed, "SetupDone") >= 0);
+	assert_true(ev_index(es, LM_HCS_EV_SETUP_DONE) >= 0);
+	assert_true(ev_index(ed, LM_HCS_EV_SETUP_DONE) >= 0);
+}
+
+/* Transfers between a started pair and checks what both sides saw. */
+static void transfer_ok(lm_hcs_system_t *s, lm_hcs_system_t *d, struct evs *es, uint64_t mem)
+{
+	struct waiter a, b;
+	w_init(&a);
+	w_init(&b);
+	assert_int_equal(lm_hcs_migration_transfer(d, on_done, &b), 0);
+	assert_int_equal(lm_hcs_migration_transfer(s, on_done, &a), 0);
+	assert_int_equal(w_wait(&a), 0);
+	assert_int_equal(w_wait(&b), 0);
+	/* Phases in order on the source. */
+	int i1 = ev_index(es, LM_HCS_EV_TRANSFER_IN_PROGRESS), i2 = ev_index(es, LM_HCS_EV_BLACKOUT_STARTED),
+	    i3 = ev_index(es, LM_HCS_EV_OFFLINE_DONE), i4 = ev_index(es, LM_HCS_EV_BLACKOUT_EXITED);
+	assert_true(i1 > 0 && i1 < i2 && i2 < i3 && i3 < i4);
+	assert_true(es->blackout_ns < 1000000000ull);
+	/* Progress carries the real totals, elapsed time and ETA. */
+	pthread_mutex_lock(&es->mu);
+	lm_hcs_progress_t f = es->first_progress, l = es->last_progress;
+	pthread_mutex_unlock(&es->mu);
+	assert_int_equal(f.memory_bytes, mem);
+	assert_int_equal(l.memory_bytes, mem);
+	assert_true(l.pass >= 1);
+	assert_true(l.bytes_sent > 0 && l.bytes_sent >= f.bytes_sent);
+	assert_true(l.elapsed_ms >= f.elapsed_ms);
+	assert_true(l.bandwidth_mbps > 0);
+	if (f.pages_remaining > 0 && f.bandwidth_mbps > 0)
+		assert_true(f.eta_ms > 0 || f.pages_remaining * LM_PAGE_SIZE / (f.bandwidth_mbps * 1e3) < 1);
 }
 
 static void test_live_migration_through_the_api(void **state)
@@ -282,60 +372,72 @@ static void test_live_migration_through_the_api(void **state)
 	assert_int_equal(ht_pair(sv, true), 0);
 	struct evs es = { .mu = PTHREAD_MUTEX_INITIALIZER }, ed = { .mu = PTHREAD_MUTEX_INITIALIZER };
 	lm_hcs_system_t *s, *d;
-	/* lmshim's start option: the engine threads get a CPU reservation
+	lm_hcs_migration_options_t init = opts(LM_HCS_ORIGIN_SOURCE);
+	init.checksum = true;
+	/* lmshim's start parameter: the engine threads get a CPU reservation
 	 * (util/sched.h), which needs CAP_SYS_NICE. A small one: the kernel's
 	 * admission test counts every reservation on the host. */
-	start_pair(&s, &d, &es, &ed, sv[0], sv[1],
-		   "{\"Origin\":\"Source\",\"MemoryTransport\":\"TCP\",\"ChecksumVerification\":true}",
-		   "{\"NetworkSettings\":{\"SessionId\":2883990515},\"TransferCpuReservePercent\":10}");
-	struct waiter a, b;
-	w_init(&a);
-	w_init(&b);
-	assert_int_equal(lm_hcs_migration_transfer(d, "{\"Origin\":\"Destination\"}", on_done, &b), 0);
-	assert_int_equal(lm_hcs_migration_transfer(s, "{\"Origin\":\"Source\"}", on_done, &a), 0);
-	assert_int_equal(w_wait(&a), 0);
-	assert_int_equal(w_wait(&b), 0);
-	/* Phases in order on the source. */
-	int i1 = ev_index(&es, "TransferInProgress"), i2 = ev_index(&es, "BlackoutStarted"),
-	    i3 = ev_index(&es, "OfflineDone"), i4 = ev_index(&es, "BlackoutExited");
-	assert_true(i1 > 0 && i1 < i2 && i2 < i3 && i3 < i4);
-	assert_true(es.blackout_ms >= 0 && es.blackout_ms < 1000);
+	lm_hcs_migration_start_t so = { .session_id = 2883990515u, .transfer_cpu_pct = 10 };
+	start_pair(&s, &d, &es, &ed, sv[0], sv[1], &init, &so);
+	transfer_ok(s, d, &es, 64ull << 20);
 	/* Destination equals the source at blackout. */
-	const char *q = "{\"PropertyTypes\":[\"MemoryDigest\"]}";
-	assert_int_equal(CALL(lm_hcs_system_properties(s, q, on_done, w)), 0);
-	json_t *ps = last();
-	assert_int_equal(CALL(lm_hcs_system_properties(d, q, on_done, w)), 0);
-	json_t *pd = last();
-	assert_string_equal(json_string_value(json_object_get(ps, "MemoryDigest")),
-			    json_string_value(json_object_get(pd, "MemoryDigest")));
-	assert_string_equal(json_string_value(json_object_get(json_object_get(ps, "Statistics"), "Checksum")),
-			    json_string_value(json_object_get(json_object_get(pd, "Statistics"), "Checksum")));
-	assert_true(json_integer_value(json_object_get(json_object_get(ps, "Migration"), "Passes")) >= 2);
-	const char *ks = json_string_value(json_object_get(json_object_get(ps, "Migration"), "TransferThreadScheduling"));
-	const char *kd = json_string_value(json_object_get(json_object_get(pd, "Migration"), "TransferThreadScheduling"));
-	assert_non_null(ks);
-	assert_non_null(kd);
+	lm_hcs_properties_t ps = props(s, LM_HCS_QUERY_DIGEST);
+	lm_hcs_properties_t pd = props(d, LM_HCS_QUERY_DIGEST);
+	assert_true(ps.has_digest && pd.has_digest);
+	assert_int_equal(ps.digest, pd.digest);
+	assert_int_equal(ps.stats.checksum, pd.stats.checksum);
+	assert_true(ps.has_migration && ps.migration.passes >= 2);
+	const char *ks = lm_sched_kind_name((enum lm_sched_kind)ps.migration.sched);
+	const char *kd = lm_sched_kind_name((enum lm_sched_kind)pd.migration.sched);
 	if (lm_sched_permitted()) {
 		assert_string_equal(ks, "deadline");
 		assert_string_equal(kd, "deadline");
 	} else { /* refused without CAP_SYS_NICE: the migration runs anyway */
 		assert_string_not_equal(ks, "deadline");
 	}
-	json_decref(ps);
-	json_decref(pd);
-	assert_int_equal(CALL(lm_hcs_migration_finalize(s, "{\"Origin\":\"Source\",\"FinalizedOperation\":\"Stop\"}", on_done, w)), 0);
-	assert_int_equal(CALL(lm_hcs_migration_finalize(d, "{\"Origin\":\"Destination\",\"FinalizedOperation\":\"Resume\"}", on_done, w)), 0);
+	assert_int_equal(CALL(lm_hcs_migration_finalize(s, LM_HCS_FINALIZE_STOP, on_done, w)), 0);
+	assert_int_equal(CALL(lm_hcs_migration_finalize(d, LM_HCS_FINALIZE_RESUME, on_done, w)), 0);
 	/* Idempotent. */
-	assert_int_equal(CALL(lm_hcs_migration_finalize(d, "{\"Origin\":\"Destination\",\"FinalizedOperation\":\"Resume\"}", on_done, w)), 0);
-	assert_true(ev_index(&es, "MigrationDone") > i4);
-	assert_true(ev_index(&ed, "MigrationDone") > ev_index(&ed, "OfflineDone"));
-	usleep(30000);
-	assert_int_equal(CALL(lm_hcs_system_properties(d, NULL, on_done, w)), 0);
-	json_t *p2 = last();
-	assert_string_equal(json_string_value(json_object_get(p2, "State")), "Running");
-	json_decref(p2);
+	assert_int_equal(CALL(lm_hcs_migration_finalize(d, LM_HCS_FINALIZE_RESUME, on_done, w)), 0);
+	assert_true(ev_index(&es, LM_HCS_EV_MIGRATION_DONE) > ev_index(&es, LM_HCS_EV_BLACKOUT_EXITED));
+	assert_true(ev_index(&ed, LM_HCS_EV_MIGRATION_DONE) > ev_index(&ed, LM_HCS_EV_OFFLINE_DONE));
+	assert_int_equal(props(d, 0).state, LM_HCS_VM_RUNNING);
+	assert_true(wait_iterations(d, pd.stats.iterations) > pd.stats.iterations);
+
+	/* A system that arrived by migration is a system like any other: it
+	 * is migrated again, as a source (its events now say so). */
+	int sv2[2] = { -1, -1 };
+	assert_int_equal(ht_pair(sv2, false), 0);
+	struct evs e2 = { .mu = PTHREAD_MUTEX_INITIALIZER }, e3 = { .mu = PTHREAD_MUTEX_INITIALIZER };
+	lm_hcs_system_t *d2;
+	struct waiter b;
+	w_init(&b);
+	lm_hcs_migration_options_t dopt = opts(LM_HCS_ORIGIN_DESTINATION);
+	assert_int_equal(lm_hcs_system_create(&d2, DOC, &dopt, on_event, &e3, on_done, &b), 0);
+	assert_int_equal(w_wait(&b), 0);
+	assert_int_equal(CALL(lm_hcs_migration_initialize(d, &init, on_done, w)), 0);
+	struct waiter a;
+	w_init(&a);
+	w_init(&b);
+	lm_hcs_migration_start_t so2 = { .session_id = 7 };
+	assert_int_equal(lm_hcs_migration_start(d, &so2, sv2[0], on_done, &a), 0);
+	assert_int_equal(lm_hcs_migration_start(d2, &so2, sv2[1], on_done, &b), 0);
+	assert_int_equal(w_wait(&a), 0);
+	assert_int_equal(w_wait(&b), 0);
+	(void)e2;
+	w_init(&a);
+	w_init(&b);
+	assert_int_equal(lm_hcs_migration_transfer(d2, on_done, &b), 0);
+	assert_int_equal(lm_hcs_migration_transfer(d, on_done, &a), 0);
+	assert_int_equal(w_wait(&a), 0);
+	assert_int_equal(w_wait(&b), 0);
+	assert_int_equal(props(d, LM_HCS_QUERY_DIGEST).digest, props(d2, LM_HCS_QUERY_DIGEST).digest);
+	assert_int_equal(CALL(lm_hcs_migration_finalize(d, LM_HCS_FINALIZE_STOP, on_done, w)), 0);
+	assert_int_equal(CALL(lm_hcs_migration_finalize(d2, LM_HCS_FINALIZE_RESUME, on_done, w)), 0);
+	assert_int_equal(props(d2, 0).state, LM_HCS_VM_RUNNING);
 	lm_hcs_system_close(s);
 	lm_hcs_system_close(d);
+	lm_hcs_system_close(d2);
 }
 
 static void test_cancel_through_the_api_recovers_the_source(void **state)
@@ -345,89 +447,79 @@ static void test_cancel_through_the_api_recovers_the_source(void **state)
 	assert_int_equal(ht_relay_start(&r, 20000000, 0, &fs, &fdd), 0);
 	struct evs es = { .mu = PTHREAD_MUTEX_INITIALIZER }, ed = { .mu = PTHREAD_MUTEX_INITIALIZER };
 	lm_hcs_system_t *s, *d;
-	start_pair(&s, &d, &es, &ed, fs, fdd, "{\"Origin\":\"Source\"}",
-		   "{\"NetworkSettings\":{\"SessionId\":2883990515}}");
+	lm_hcs_migration_options_t init = opts(LM_HCS_ORIGIN_SOURCE);
+	lm_hcs_migration_start_t so = { .session_id = 2883990515u };
+	start_pair(&s, &d, &es, &ed, fs, fdd, &init, &so);
 	struct waiter a, b;
 	w_init(&a);
 	w_init(&b);
-	assert_int_equal(lm_hcs_migration_transfer(d, NULL, on_done, &b), 0);
-	assert_int_equal(lm_hcs_migration_transfer(s, NULL, on_done, &a), 0);
-	usleep(100000);
+	assert_int_equal(lm_hcs_migration_transfer(d, on_done, &b), 0);
+	assert_int_equal(lm_hcs_migration_transfer(s, on_done, &a), 0);
+	/* wait for the transfer to be under way (a progress event) */
+	for (int i = 0; i < 500 && ev_index(&es, LM_HCS_EV_TRANSFER_IN_PROGRESS) < 0; i++)
+		usleep(10000);
+	assert_true(ev_index(&es, LM_HCS_EV_TRANSFER_IN_PROGRESS) >= 0);
 	uint64_t t0 = lm_now_ns();
-	assert_int_equal(CALL(lm_hcs_migration_cancel(s, "{\"Origin\":\"Source\"}", on_done, w)), 0);
+	assert_int_equal(CALL(lm_hcs_migration_cancel(s, on_done, w)), 0);
 	assert_int_equal(w_wait(&a), -ECANCELED);
 	assert_true(lm_now_ns() - t0 < 200000000ull);
+	/* the failure's reason reaches the completion and the event */
+	assert_non_null(strstr(a.why, "cancel"));
 	assert_int_not_equal(w_wait(&b), 0);
-	assert_string_equal(es.last_failed_result, "MigrationCancelled");
-	assert_true(ev_index(&es, "MigrationRecoveryDone") > ev_index(&es, "MigrationFailed"));
-	assert_int_equal(CALL(lm_hcs_migration_finalize(s, "{\"FinalizedOperation\":\"Stop\"}", on_done, w)), -EPERM);
-	assert_int_equal(CALL(lm_hcs_migration_finalize(s, "{\"FinalizedOperation\":\"Resume\"}", on_done, w)), 0);
-	assert_int_equal(CALL(lm_hcs_migration_finalize(d, "{\"FinalizedOperation\":\"Resume\"}", on_done, w)), -EPERM);
-	assert_int_equal(CALL(lm_hcs_migration_finalize(d, "{\"FinalizedOperation\":\"Stop\"}", on_done, w)), 0);
-	assert_int_equal(CALL(lm_hcs_system_properties(s, NULL, on_done, w)), 0);
-	json_t *p = last();
-	assert_string_equal(json_string_value(json_object_get(p, "State")), "Running");
-	int64_t it = json_integer_value(json_object_get(json_object_get(p, "Statistics"), "Iterations"));
-	json_decref(p);
-	wait_iterations(s, (uint64_t)it);
-	assert_int_equal(CALL(lm_hcs_system_properties(s, NULL, on_done, w)), 0);
-	p = last();
-	assert_true(json_integer_value(json_object_get(json_object_get(p, "Statistics"), "Iterations")) > it);
-	json_decref(p);
+	assert_true(b.why[0] != '\0');
+	assert_int_equal(es.last_failed_result, LM_HCS_RESULT_CANCELLED);
+	assert_string_equal(es.last_failed_msg, a.why);
+	assert_true(ev_index(&es, LM_HCS_EV_RECOVERY_DONE) > ev_index(&es, LM_HCS_EV_MIGRATION_FAILED));
+	assert_int_equal(CALL(lm_hcs_migration_finalize(s, LM_HCS_FINALIZE_STOP, on_done, w)), -EPERM);
+	assert_int_equal(CALL(lm_hcs_migration_finalize(s, LM_HCS_FINALIZE_RESUME, on_done, w)), 0);
+	assert_int_equal(CALL(lm_hcs_migration_finalize(d, LM_HCS_FINALIZE_RESUME, on_done, w)), -EPERM);
+	assert_int_equal(CALL(lm_hcs_migration_finalize(d, LM_HCS_FINALIZE_STOP, on_done, w)), 0);
+	lm_hcs_properties_t p = props(s, 0);
+	assert_int_equal(p.state, LM_HCS_VM_RUNNING);
+	assert_true(wait_iterations(s, p.stats.iterations) > p.stats.iterations);
 	lm_hcs_system_close(s);
 	lm_hcs_system_close(d);
 	ht_relay_stop(&r);
 }
 
-static void test_initialize_options_are_validated_naming_the_field(void **state)
+static void test_migration_options_are_checked_naming_the_field(void **state)
 {
-	static const struct {
-		const char *json;
-		int rc;
-		const char *field;
-	} cases[] = {
-		{ "{\"MemoryTransferThrottleParams\":{\"ThrottlingScale\":0}}", -EINVAL, "ThrottlingScale" },
-		{ "{\"MemoryTransferThrottleParams\":{\"ThrottlingScale\":101}}", -EINVAL, "ThrottlingScale" },
-		{ "{\"MemoryTransferThrottleParams\":{\"MinimumThrottlePercentage\":101}}", -EINVAL, "MinimumThrottlePercentage" },
-		{ "{\"MemoryTransferThrottleParams\":{\"TargetNumberOfBrownoutTransferPasses\":6,\"MaximumNumberOfBrownoutTransferPasses\":5}}", -EINVAL, "MaximumNumberOfBrownoutTransferPasses" },
-		{ "{\"MemoryTransport\":\"UDP\"}", -EINVAL, "MemoryTransport" },
-		{ "{\"Origin\":\"Elsewhere\"}", -EINVAL, "Origin" },
-		{ "{\"ChecksumVerification\":\"yes\"}", -EINVAL, "ChecksumVerification" },
-		{ "{\"CompressionSettings\":{\"ThrottleWorkerCount\":-1}}", -EINVAL, "ThrottleWorkerCount" },
-		{ "[1]", -EINVAL, "MigrationInitializeOptions" },
-		{ "{\"Origin\":\"Source\",\"MemoryTransport\":\"TCP\",\"MemoryTransferThrottleParams\":{\"ThrottlingScale\":50}}", 0, NULL },
+	static const char *const field[] = {
+		"ThrottlingScale", "ThrottlingScale", "MinimumThrottlePercentage",
+		"MaximumNumberOfBrownoutTransferPasses", "MaximumNumberOfBrownoutTransferPasses",
+		"ThrottleWorkerCount", "Origin",
 	};
-	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		lm__xfer_opts_t o;
-		int origin;
+	for (size_t i = 0; i < sizeof(field) / sizeof(field[0]); i++) {
+		lm_hcs_migration_options_t o = opts(LM_HCS_ORIGIN_SOURCE);
 		char err[200] = "";
-		int rc = lm__hcs_parse_init_options(cases[i].json, &o, &origin, err, sizeof(err));
-		print_message("case %zu: %s -> %d %s\n", i, cases[i].json, rc, err);
-		assert_int_equal(rc, cases[i].rc);
-		if (cases[i].field)
-			assert_non_null(strstr(err, cases[i].field));
+		assert_int_equal(lm_hcs_migration_options_check(&o, err, sizeof(err)), 0);
+		switch (i) {
+		case 0: o.throttling_scale = 0; break;
+		case 1: o.throttling_scale = 101; break;
+		case 2: o.min_throttle_pct = 101; break;
+		case 3: o.target_passes = 6; o.max_passes = 5; break;
+		case 4: o.max_passes = 0; break;
+		case 5: o.compress_workers = 65; break;
+		case 6: o.origin = LM_HCS_ORIGIN_NONE; break;
+		}
+		assert_int_equal(lm_hcs_migration_options_check(&o, err, sizeof(err)), -EINVAL);
+		print_message("case %zu: %s\n", i, err);
+		assert_non_null(strstr(err, field[i]));
 	}
-	lm__xfer_opts_t o;
-	int origin;
-	char err[200];
-	assert_int_equal(lm__hcs_parse_init_options(
-		"{\"Origin\":\"Destination\",\"MemoryTransferThrottleParams\":{\"SkipThrottling\":true,"
-		"\"ThrottlingScale\":25,\"MinimumThrottlePercentage\":30,\"TargetNumberOfBrownoutTransferPasses\":3,"
-		"\"StartingBrownoutPassNumberForThrottling\":2,\"MaximumNumberOfBrownoutTransferPasses\":7,"
-		"\"TargetBlackoutTransferTime\":15,\"BlackoutTimeThresholdForCancellingMigration\":500},"
-		"\"CompressionSettings\":{\"ThrottleWorkerCount\":2},\"ChecksumVerification\":true,"
-		"\"CancelIfBlackoutThresholdExceeds\":true}", &o, &origin, err, sizeof(err)), 0);
-	assert_int_equal(origin, 2);
-	assert_true(o.skip_throttling);
-	assert_true(o.throttling_scale == 25);
-	assert_int_equal(o.min_throttle_pct, 30);
-	assert_int_equal(o.target_passes, 3);
-	assert_int_equal(o.start_throttle_pass, 2);
-	assert_int_equal(o.max_passes, 7);
-	assert_int_equal(o.target_blackout_ms, 15);
-	assert_int_equal(o.blackout_cancel_ms, 500);
-	assert_int_equal(o.compress_workers, 2);
-	assert_true(o.checksum && o.cancel_if_blackout_exceeds);
+	/* initialize refuses bad options through its callback, naming them */
+	lm_hcs_system_t *s;
+	struct waiter w0;
+	w_init(&w0);
+	assert_int_equal(lm_hcs_system_create(&s, DOC, NULL, NULL, NULL, on_done, &w0), 0);
+	assert_int_equal(w_wait(&w0), 0);
+	assert_int_equal(CALL(lm_hcs_system_start(s, on_done, w)), 0);
+	lm_hcs_migration_options_t o = opts(LM_HCS_ORIGIN_SOURCE);
+	o.throttling_scale = 500;
+	assert_int_equal(CALL(lm_hcs_migration_initialize(s, &o, on_done, w)), -EINVAL);
+	assert_non_null(strstr(last.why, "ThrottlingScale"));
+	o = opts(LM_HCS_ORIGIN_DESTINATION);
+	assert_int_equal(CALL(lm_hcs_migration_initialize(s, &o, on_done, w)), -EINVAL);
+	lm_hcs_system_close(s);
 }
 
 int main(void)
@@ -440,7 +532,8 @@ int main(void)
 		cmocka_unit_test(test_shutdown_stops_and_sends_system_exited),
 		cmocka_unit_test(test_live_migration_through_the_api),
 		cmocka_unit_test(test_cancel_through_the_api_recovers_the_source),
-		cmocka_unit_test(test_initialize_options_are_validated_naming_the_field),
+		cmocka_unit_test(test_migration_options_are_checked_naming_the_field),
+		cmocka_unit_test(test_property_queries_parse_or_are_refused),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

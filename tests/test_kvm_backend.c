@@ -471,18 +471,27 @@ struct waiter {
 	pthread_cond_t cv;
 	bool done;
 	int err;
-	char json[4096];
+	char why[512];
+	lm_hcs_properties_t props;
 };
 
-static void on_done(void *arg, int err, const char *json)
+static void on_done(void *arg, int err, const char *why)
 {
 	struct waiter *w = arg;
 	pthread_mutex_lock(&w->mu);
 	w->done = true;
 	w->err = err;
-	snprintf(w->json, sizeof(w->json), "%s", json ? json : "");
+	snprintf(w->why, sizeof(w->why), "%s", why ? why : "");
 	pthread_cond_broadcast(&w->cv);
 	pthread_mutex_unlock(&w->mu);
+}
+
+static void on_props(void *arg, int err, const char *why, const lm_hcs_properties_t *p)
+{
+	struct waiter *w = arg;
+	if (p)
+		w->props = *p;   /* before the signal below */
+	on_done(arg, err, why);
 }
 
 static void w_init(struct waiter *w)
@@ -508,19 +517,22 @@ static int w_wait(struct waiter *w)
 	return w->err;
 }
 
-static char api_json[4096];
+static struct waiter api_last;
 
-/* Runs one operation to completion; its result JSON lands in api_json. */
+/* Runs one operation to completion; its waiter stays in api_last. */
 #define API(call)                                                             \
 	({                                                                    \
-		struct waiter w_;                                             \
-		w_init(&w_);                                                  \
-		struct waiter *w = &w_;                                       \
+		w_init(&api_last);                                            \
+		struct waiter *w = &api_last;                                 \
 		assert_int_equal((call), 0);                                  \
-		int e_ = w_wait(w);                                           \
-		snprintf(api_json, sizeof(api_json), "%s", w->json);          \
-		e_;                                                           \
+		w_wait(w);                                                    \
 	})
+
+static lm_hcs_properties_t api_props(lm_hcs_system_t *s, unsigned q)
+{
+	assert_int_equal(API(lm_hcs_system_properties(s, q, on_props, w)), 0);
+	return api_last.props;
+}
 
 static const char *KVM_DOC =
 	"{\"Id\":\"kvm-a\",\"VirtualMachine\":{\"Backend\":\"kvm\","
@@ -536,14 +548,6 @@ static lm_vm_t *system_vm(lm_hcs_system_t *s)
 	return vm;
 }
 
-static const char *prop(json_t *p, const char *a, const char *b)
-{
-	json_t *v = json_object_get(p, a);
-	if (b)
-		v = json_object_get(v, b);
-	return json_string_value(v);
-}
-
 static void test_live_migration_through_the_hcs_api_on_kvm(void **s)
 {
 	NEED_KVM();
@@ -553,61 +557,53 @@ static void test_live_migration_through_the_hcs_api_on_kvm(void **s)
 	struct waiter a, b;
 	w_init(&a);
 	w_init(&b);
+	lm_hcs_migration_options_t dopt, sopt;
+	lm_hcs_migration_options_default(&dopt, LM_HCS_ORIGIN_DESTINATION);
+	lm_hcs_migration_options_default(&sopt, LM_HCS_ORIGIN_SOURCE);
+	sopt.checksum = true;
 	assert_int_equal(lm_hcs_system_create(&src, KVM_DOC, NULL, NULL, NULL, on_done, &a), 0);
-	assert_int_equal(lm_hcs_system_create(&dst, KVM_DOC, "{\"Origin\":\"Destination\"}",
-					      NULL, NULL, on_done, &b), 0);
+	assert_int_equal(lm_hcs_system_create(&dst, KVM_DOC, &dopt, NULL, NULL, on_done, &b), 0);
 	assert_int_equal(w_wait(&a), 0);
 	assert_int_equal(w_wait(&b), 0);
 	assert_int_equal(API(lm_hcs_system_start(src, on_done, w)), 0);
 	wait_iterations(system_vm(src), 100);
-	assert_int_equal(API(lm_hcs_migration_initialize(
-				 src, "{\"Origin\":\"Source\",\"ChecksumVerification\":true}", on_done, w)),
-			 0);
-	const char *so = "{\"NetworkSettings\":{\"SessionId\":1801678129}}";
+	assert_int_equal(API(lm_hcs_migration_initialize(src, &sopt, on_done, w)), 0);
+	lm_hcs_migration_start_t so = { .session_id = 1801678129u };
 	w_init(&a);
 	w_init(&b);
-	assert_int_equal(lm_hcs_migration_start(src, so, sv[0], on_done, &a), 0);
-	assert_int_equal(lm_hcs_migration_start(dst, so, sv[1], on_done, &b), 0);
+	assert_int_equal(lm_hcs_migration_start(src, &so, sv[0], on_done, &a), 0);
+	assert_int_equal(lm_hcs_migration_start(dst, &so, sv[1], on_done, &b), 0);
 	assert_int_equal(w_wait(&a), 0);
 	assert_int_equal(w_wait(&b), 0);
 	w_init(&a);
 	w_init(&b);
-	assert_int_equal(lm_hcs_migration_transfer(dst, "{\"Origin\":\"Destination\"}", on_done, &b), 0);
-	assert_int_equal(lm_hcs_migration_transfer(src, "{\"Origin\":\"Source\"}", on_done, &a), 0);
+	assert_int_equal(lm_hcs_migration_transfer(dst, on_done, &b), 0);
+	assert_int_equal(lm_hcs_migration_transfer(src, on_done, &a), 0);
 	assert_int_equal(w_wait(&a), 0);
 	assert_int_equal(w_wait(&b), 0);
 
 	/* At blackout: same memory digest and guest statistics. */
-	const char *q = "{\"PropertyTypes\":[\"MemoryDigest\"]}";
-	assert_int_equal(API(lm_hcs_system_properties(src, q, on_done, w)), 0);
-	json_t *ps = json_loads(api_json, 0, NULL);
-	assert_int_equal(API(lm_hcs_system_properties(dst, q, on_done, w)), 0);
-	json_t *pd = json_loads(api_json, 0, NULL);
-	assert_non_null(ps);
-	assert_non_null(pd);
-	assert_string_equal(prop(ps, "MemoryDigest", NULL), prop(pd, "MemoryDigest", NULL));
-	assert_string_equal(prop(ps, "Statistics", "Checksum"), prop(pd, "Statistics", "Checksum"));
-	assert_non_null(strstr(prop(ps, "CompatibilityInfo", NULL), "lmkvm-compat/1"));
-	json_decref(ps);
-	json_decref(pd);
+	lm_hcs_properties_t ps = api_props(src, LM_HCS_QUERY_DIGEST);
+	lm_hcs_properties_t pd = api_props(dst, LM_HCS_QUERY_DIGEST);
+	assert_true(ps.has_digest && pd.has_digest);
+	assert_int_equal(ps.digest, pd.digest);
+	assert_int_equal(ps.stats.checksum, pd.stats.checksum);
+	char compat[sizeof(ps.compat) + 1];
+	memcpy(compat, ps.compat, ps.compat_len);
+	compat[ps.compat_len] = '\0';
+	assert_non_null(strstr(compat, "lmkvm-compat/1"));
 	verify(system_vm(dst));
 	uint64_t at = gstats(system_vm(src)).iterations;
 
-	assert_int_equal(API(lm_hcs_migration_finalize(
-				 src, "{\"Origin\":\"Source\",\"FinalizedOperation\":\"Stop\"}", on_done, w)),
-			 0);
-	assert_int_equal(API(lm_hcs_migration_finalize(
-				 dst, "{\"Origin\":\"Destination\",\"FinalizedOperation\":\"Resume\"}",
-				 on_done, w)),
-			 0);
+	assert_int_equal(API(lm_hcs_migration_finalize(src, LM_HCS_FINALIZE_STOP, on_done, w)), 0);
+	assert_int_equal(API(lm_hcs_migration_finalize(dst, LM_HCS_FINALIZE_RESUME, on_done, w)), 0);
 	/* The guest runs on the destination, counting on from blackout. */
 	assert_true(gstats(system_vm(dst)).iterations >= at);
 	wait_iterations(system_vm(dst), at + 100);
 	assert_int_equal(API(lm_hcs_system_pause(dst, on_done, w)), 0);
 	verify(system_vm(dst));
 	no_error(system_vm(dst));
-	assert_int_equal(API(lm_hcs_system_properties(src, NULL, on_done, w)), 0);
-	assert_non_null(strstr(api_json, "\"Stopped\""));
+	assert_int_equal(api_props(src, 0).state, LM_HCS_VM_STOPPED);
 	lm_hcs_system_close(src);
 	lm_hcs_system_close(dst);
 }

@@ -146,10 +146,11 @@ static void test_calls_out_of_order_get_the_contracts_codes(void **state)
 	struct env *e = *state;
 	PrepareSandboxRequest p = PREPARE_SANDBOX_REQUEST__INIT;
 	p.session_id = SESSION;
-	/* idle destination: nothing to prepare, no socket, no transfer */
-	assert_int_equal(mig(e->dc, "PrepareSandbox", &p.base), 9);
-	assert_int_equal(socket_desc(e->dc, SESSION, true, "unix:/tmp/none.sock"), 9);
-	assert_int_equal(transfer(e->dc, SESSION, 0), 9);
+	/* idle destination: a session ID names no session (InvalidArgument),
+	 * for every call but the idempotent Finalize, Cancel and Cleanup */
+	assert_int_equal(mig(e->dc, "PrepareSandbox", &p.base), 3);
+	assert_int_equal(socket_desc(e->dc, SESSION, true, "unix:/tmp/none.sock"), 3);
+	assert_int_equal(transfer(e->dc, SESSION, 0), 3);
 	/* Finalize, Cancel, Cleanup on an idle shim are OK whatever the ID */
 	assert_int_equal(finalize(e->dc, "other", FINALIZE_ACTION__FINALIZE_ACTION_STOP), 0);
 	assert_int_equal(cancel(e->dc, "other"), 0);
@@ -382,6 +383,198 @@ static void test_cancel_mid_transfer_recovers_source_then_migrates_again(void **
 	assert_int_equal(cleanup(e->dc, SESSION), 0);
 }
 
+/* Progress and failure details: every TRANSFER_IN_PROGRESS notification
+ * carries the guest's real memory size, an elapsed time and an ETA that
+ * agrees with its own remaining pages and bandwidth; a failed transfer's
+ * reason reaches TransferSandbox and the FAILED notification. */
+struct detail_sub {
+	pthread_t th;
+	lm_rpc_client_t *c;
+	unsigned progress, bad_total, bad_eta;
+	uint64_t max_elapsed_ms, max_bytes_sent;
+	char failure[256];
+	int end;
+};
+
+static void *detail_main(void *arg)
+{
+	struct detail_sub *s = arg;
+	NotificationsRequest r = NOTIFICATIONS_REQUEST__INIT;
+	r.session_id = SESSION;
+	uint8_t buf[64];
+	size_t len = notifications_request__pack(&r, buf);
+	lm_rpc_stream_t *st;
+	if (lm_rpc_client_stream_open(s->c, "Migration", "Notifications", buf, len, NULL, &st)) {
+		s->end = -1;
+		return NULL;
+	}
+	for (;;) {
+		uint8_t *msg = NULL;
+		size_t ml = 0;
+		int rc = lm_rpc_stream_recv(st, &msg, &ml, 60ll * 1000000000ll);
+		if (rc != 1) {
+			s->end = rc;
+			break;
+		}
+		NotificationsResponse *n = notifications_response__unpack(NULL, ml, msg);
+		free(msg);
+		const Notification *no = n ? n->notification : NULL;
+		if (no && no->phase == PHASE__PHASE_TRANSFER_IN_PROGRESS && no->transfer_progress) {
+			const TransferProgress *tp = no->transfer_progress;
+			s->progress++;
+			if (tp->bytes_total != 64ull << 20)
+				s->bad_total++;
+			if (tp->bandwidth > 0) {
+				double want = (double)tp->pages_remaining * 4096.0 / (double)tp->bandwidth * 1e3;
+				if ((double)tp->eta_ms < want - 1.5 || (double)tp->eta_ms > want + 1.5)
+					s->bad_eta++;
+			}
+			if (tp->elapsed_ms > s->max_elapsed_ms)
+				s->max_elapsed_ms = tp->elapsed_ms;
+			if (tp->bytes_sent > s->max_bytes_sent)
+				s->max_bytes_sent = tp->bytes_sent;
+		}
+		if (no && no->phase == PHASE__PHASE_FAILED && no->failure && no->failure->message)
+			snprintf(s->failure, sizeof(s->failure), "%s", no->failure->message);
+		if (n)
+			notifications_response__free_unpacked(n, NULL);
+	}
+	lm_rpc_stream_close(st);
+	return NULL;
+}
+
+static void test_notifications_carry_real_progress_and_the_failure_reason(void **state)
+{
+	struct env *e = *state;
+	struct detail_sub ss = { .c = e->sc };
+	assert_int_equal(prepare_both(e), 0);
+	pthread_create(&ss.th, NULL, detail_main, &ss);
+	assert_int_equal(connect_both(e), 0);
+	/* slow enough for progress events (every 250 ms at least) */
+	assert_int_equal(lm_fault_arm("transfer.send:delay_ms=2"), 0);
+	struct async_call t;
+	async_start(&t, e->dc, 0, NULL);
+	assert_int_equal(transfer(e->sc, SESSION, 0), 0);
+	assert_int_equal(async_join(&t), 0);
+	lm_fault_disarm_all();
+	assert_int_equal(finalize(e->sc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_STOP), 0);
+	assert_int_equal(finalize(e->dc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_RESUME), 0);
+	assert_int_equal(cleanup(e->sc, SESSION), 0);
+	assert_int_equal(cleanup(e->dc, SESSION), 0);
+	pthread_join(ss.th, NULL);
+	print_message("progress=%u max_elapsed=%llu ms bytes=%llu\n", ss.progress,
+		      (unsigned long long)ss.max_elapsed_ms, (unsigned long long)ss.max_bytes_sent);
+	assert_true(ss.progress >= 1);
+	assert_int_equal(ss.bad_total, 0);
+	assert_int_equal(ss.bad_eta, 0);
+	assert_true(ss.max_elapsed_ms > 0);
+	assert_true(ss.max_bytes_sent > 0);
+}
+
+static void test_a_failed_transfer_names_its_reason_everywhere(void **state)
+{
+	struct env *e = *state;
+	struct detail_sub ss = { .c = e->sc };
+	assert_int_equal(prepare_both(e), 0);
+	pthread_create(&ss.th, NULL, detail_main, &ss);
+	assert_int_equal(connect_both(e), 0);
+	assert_int_equal(lm_fault_arm("transfer.send:errno=EPIPE:after=20:times=1"), 0);
+	struct async_call t;
+	async_start(&t, e->dc, 0, NULL);
+	struct lm_rpc_result res;
+	TransferSandboxRequest r = TRANSFER_SANDBOX_REQUEST__INIT;
+	r.session_id = SESSION;
+	int code = call(e->sc, "Migration", "TransferSandbox", &r.base, &res);
+	print_message("source: %d %s\n", code, res.message);
+	assert_true(code == 10 || code == 14);
+	assert_non_null(strstr(res.message, "seen on the source"));
+	assert_non_null(strstr(res.message, "Broken pipe"));
+	char reason[256];
+	snprintf(reason, sizeof(reason), "%s", res.message);
+	lm_rpc_result_free(&res);
+	assert_int_not_equal(async_join(&t), 0);
+	lm_fault_disarm_all();
+	assert_int_equal(finalize(e->sc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_RESUME), 0);
+	assert_int_equal(finalize(e->dc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_STOP), 0);
+	assert_int_equal(cleanup(e->sc, SESSION), 0);
+	assert_int_equal(cleanup(e->dc, SESSION), 0);
+	pthread_join(ss.th, NULL);
+	print_message("FAILED notification: %s\n", ss.failure);
+	assert_true(ss.failure[0] != '\0');
+	assert_non_null(strstr(reason, ss.failure));   /* the same reason */
+}
+
+/* The contract's corners (docs/migration-service.md, "Settled later"). */
+static void test_contract_corners(void **state)
+{
+	struct env *e = *state;
+	/* ImportSandbox with an empty sandbox_id: InvalidArgument, no trace */
+	Google__Protobuf__Any *config = NULL;
+	assert_int_equal(export_sandbox(e, &config), 0);
+	ImportSandboxRequest im = IMPORT_SANDBOX_REQUEST__INIT;
+	im.session_id = SESSION;
+	im.sandbox_id = "";
+	im.config = config;
+	assert_int_equal(mig(e->dc, "ImportSandbox", &im.base), 3);
+	PrepareSandboxRequest p = PREPARE_SANDBOX_REQUEST__INIT;
+	p.session_id = SESSION;
+	assert_int_equal(mig(e->dc, "PrepareSandbox", &p.base), 3);   /* still idle */
+	/* a patch-path Create while no import awaits patches: FailedPrecondition */
+	assert_int_equal(patch_create(e, "c1", "c1-new", false, 2, NULL), 9);
+	/* a side's first call while another session is active:
+	 * FailedPrecondition whatever its ID (state first, then identity) */
+	PrepareAndExportSandboxRequest ex = PREPARE_AND_EXPORT_SANDBOX_REQUEST__INIT;
+	ex.session_id = "sess-other";
+	assert_int_equal(mig(e->sc, "PrepareAndExportSandbox", &ex.base), 9);
+	assert_int_equal(import_sandbox(e, config), 0);
+	im.session_id = "sess-other";
+	im.sandbox_id = "pod-a";
+	assert_int_equal(mig(e->dc, "ImportSandbox", &im.base), 9);
+	google__protobuf__any__free_unpacked(config, NULL);
+	/* a patch-path Create with an empty annotation: InvalidArgument */
+	assert_int_equal(patch_create(e, "", "x-new", false, 0, NULL), 3);
+	/* TransferSandbox after a Cancel that came before any transfer:
+	 * FailedPrecondition (Aborted is for a transfer that ran) */
+	assert_int_equal(cancel(e->sc, SESSION), 0);
+	assert_int_equal(transfer(e->sc, SESSION, 0), 9);
+	assert_int_equal(finalize(e->sc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_RESUME), 0);
+	assert_int_equal(cleanup(e->sc, SESSION), 0);
+	assert_int_equal(cancel(e->dc, SESSION), 0);
+	assert_int_equal(cleanup(e->dc, SESSION), 0);
+
+	/* A sandbox that arrived by migration is a sandbox like any other: it
+	 * is exported again, and a shim whose session ended imports again. */
+	assert_int_equal(prepare_both(e), 0);
+	assert_int_equal(connect_both(e), 0);
+	struct async_call t;
+	async_start(&t, e->dc, 0, NULL);
+	assert_int_equal(transfer(e->sc, SESSION, 0), 0);
+	assert_int_equal(async_join(&t), 0);
+	assert_int_equal(finalize(e->sc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_STOP), 0);
+	assert_int_equal(finalize(e->dc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_RESUME), 0);
+	assert_int_equal(cleanup(e->sc, SESSION), 0);
+	assert_int_equal(cleanup(e->dc, SESSION), 0);
+	ex.session_id = "sess-back";
+	struct lm_rpc_result res;
+	assert_int_equal(call(e->dc, "Migration", "PrepareAndExportSandbox", &ex.base, &res), 0);
+	PrepareAndExportSandboxResponse *resp =
+		prepare_and_export_sandbox_response__unpack(NULL, res.len, res.payload);
+	lm_rpc_result_free(&res);
+	assert_non_null(resp);
+	assert_non_null(resp->config);
+	im.session_id = "sess-back";
+	im.sandbox_id = "pod-a";
+	im.config = resp->config;
+	assert_int_equal(mig(e->sc, "ImportSandbox", &im.base), 0);
+	prepare_and_export_sandbox_response__free_unpacked(resp, NULL);
+	assert_int_equal(cancel(e->dc, "sess-back"), 0);
+	assert_int_equal(finalize(e->dc, "sess-back", FINALIZE_ACTION__FINALIZE_ACTION_RESUME), 0);
+	assert_int_equal(cleanup(e->dc, "sess-back"), 0);
+	assert_int_equal(cancel(e->sc, "sess-back"), 0);
+	assert_int_equal(cleanup(e->sc, "sess-back"), 0);
+	assert_int_equal(task_state(e->dc, "c1-new", NULL), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -392,6 +585,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_transfer_before_socket_times_out_then_second_socket_exists, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_notifications_carry_every_phase_in_order, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_cancel_mid_transfer_recovers_source_then_migrates_again, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_notifications_carry_real_progress_and_the_failure_reason, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_a_failed_transfer_names_its_reason_everywhere, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_contract_corners, setup, teardown),
 	};
 	if (!getenv("LM_LOG_LEVEL"))
 		lm_log_set_level(LM_LOG_ERROR);

@@ -32,6 +32,7 @@
 
 #include "actors/patcher.h"
 #include "shim/sandbox.h"
+#include "actors/controller.h"
 #include "shim/task_service.h"
 #include "mount.pb-c.h"
 #include "rpc/client.h"
@@ -78,7 +79,7 @@ static void ctl_dispatch(lm_actor_t *self, lm_msg_t *m)
 	struct ctl *c = lm_actor_state(self);
 	switch (m->type) {
 	case LM_CTL_TASK_CALL: {
-		struct lm_task_call_msg *p = LM_MSG_PAYLOAD(m, struct lm_task_call_msg);
+		struct lm_ctl_call *p = LM_MSG_PAYLOAD(m, struct lm_ctl_call);
 		lm_rpc_call_t *call = p->call;
 		p->call = NULL;
 		struct lm_patch_request *req = NULL;

@@ -202,13 +202,15 @@ static void test_calls_in_wrong_state_answer_contract_codes(void **state)
 	char msg[256];
 	const char *S = "s-wrong-state";
 
-	/* idle shims: only Export/Import start a session */
+	/* idle shims: only Export/Import start a session; any other call's
+	 * session ID names no session */
 	PrepareSandboxRequest pr = PREPARE_SANDBOX_REQUEST__INIT;
 	pr.session_id = (char *)S;
 	assert_int_equal(e2e_call(&f->dst, "Migration", "PrepareSandbox", &pr.base, NULL, NULL, msg, sizeof(msg)),
-			 E2E_PRECONDITION);
-	assert_int_equal(e2e_transfer(&f->src, S, 0, msg, sizeof(msg)), E2E_PRECONDITION);
-	assert_int_equal(e2e_socket_connect(&f->src, S, "unix:/nonexistent", msg, sizeof(msg)), E2E_PRECONDITION);
+			 E2E_INVALID);
+	assert_non_null(strstr(msg, "names no session"));
+	assert_int_equal(e2e_transfer(&f->src, S, 0, msg, sizeof(msg)), E2E_INVALID);
+	assert_int_equal(e2e_socket_connect(&f->src, S, "unix:/nonexistent", msg, sizeof(msg)), E2E_INVALID);
 	/* Finalize, Cancel, Cleanup on an idle shim: OK whatever the session */
 	assert_int_equal(e2e_finalize(&f->dst, S, 2), 0);
 	assert_int_equal(e2e_mig_simple(&f->dst, "Cancel", S), 0);
@@ -252,8 +254,9 @@ static void test_calls_in_wrong_state_answer_contract_codes(void **state)
 	any.type_url = "type.googleapis.com/something.Else";
 	assert_int_equal(e2e_call(&f->dst, "Migration", "ImportSandbox", &im.base, NULL, NULL, msg, sizeof(msg)),
 			 E2E_INVALID);
+	/* ... no trace: the destination is still idle */
 	assert_int_equal(e2e_call(&f->dst, "Migration", "PrepareSandbox", &pr.base, NULL, NULL, msg, sizeof(msg)),
-			 E2E_PRECONDITION);
+			 E2E_INVALID);
 	/* unknown method */
 	assert_int_equal(e2e_call(&f->dst, "Migration", "NoSuchMethod", &pr.base, NULL, NULL, msg, sizeof(msg)),
 			 E2E_UNIMPLEMENTED);

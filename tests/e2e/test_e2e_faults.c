@@ -256,9 +256,9 @@ static void test_cancel_at_each_phase_then_migration_succeeds(void **state)
 		int st;
 		if (phase >= 2)
 			assert_int_equal(e2e_state(&f->dst, "c1-x", &pid, &st), E2E_NOT_FOUND);
-		/* both idle: a call that needs a session is FailedPrecondition */
-		assert_int_equal(e2e_transfer(&f->dst, S, 0, NULL, 0), E2E_PRECONDITION);
-		assert_int_equal(e2e_transfer(&f->src, S, 0, NULL, 0), E2E_PRECONDITION);
+		/* both idle: the session ID names no session any more */
+		assert_int_equal(e2e_transfer(&f->dst, S, 0, NULL, 0), E2E_INVALID);
+		assert_int_equal(e2e_transfer(&f->src, S, 0, NULL, 0), E2E_INVALID);
 	}
 	assert_int_equal(migrate(f, &f->src, &f->dst, "after-cancels", "-m"), 0);
 	uint32_t pid;

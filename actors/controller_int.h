@@ -1,0 +1,221 @@
+/*
+ * controller_int.h: the controller's private state and the helpers its
+ * files share (controller.c, ctl_export.c, ctl_import.c, ctl_transfer.c,
+ * ctl_finish.c, ctl_events.c, ctl_task.c). Nothing here is for other
+ * folders: only the controller's own thread touches struct ctl.
+ *
+ * DESIGN. The state is grouped by what it is about: the VM and the
+ * sandbox (`vm`, `sb`, the import and its patchers), the session (state,
+ * side, identity, generation, progress flags), the calls parked until
+ * something completes, the transfer's outcome, and the notifications the
+ * notifier could not take yet.
+ *
+ * Compute-service operations complete on hcs threads. Each is started
+ * with a context (lm__ctl_op) that names the controller function to run
+ * when it completes and holds the message that will carry the completion,
+ * allocated up front: a completion is never lost to an allocation
+ * failure. The generation (`gen`) the operation was started in comes
+ * back with it; Cancel and Cleanup bump it, so a completion of an
+ * abandoned operation is recognised as stale.
+ */
+#ifndef LM_ACTORS_CONTROLLER_INT_H
+#define LM_ACTORS_CONTROLLER_INT_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "actors/controller.h"
+#include "actors/notifier.h"
+#include "hcs/hcs.h"
+#include "migration.pb-c.h"
+#include "rpc/frame.h"
+#include "rpc/server.h"
+#include "shim/publisher.h"
+#include "shim/sandbox.h"
+
+enum ctl_state {
+	ST_IDLE, ST_SOURCE_PREPARED, ST_SOURCE_EXPORTED, ST_DEST_IMPORTED,
+	ST_DEST_PREPARED, ST_SOCKET_WAITING, ST_SOCKET_READY, ST_TRANSFERRING,
+	ST_TRANSFER_COMPLETED, ST_FINALIZED, ST_CANCELLING, ST_CANCELLED, ST_FAILED,
+};
+
+enum ctl_side { SIDE_NONE = 0, SIDE_SOURCE = 1, SIDE_DEST = 2 };
+
+#define LM_CTL_MAX_WAITERS 64
+#define LM_CTL_DEFAULT_TRANSFER_WAIT_NS (600ull * 1000000000ull)   /* 10 minutes */
+
+struct ctl;
+struct ctl_done;
+typedef void (*ctl_done_fn)(struct ctl *c, struct ctl_done *d);
+
+/* Payload of LM_CTL_HCS_DONE: one compute-service completion. */
+struct ctl_done {
+	ctl_done_fn fn;               /* what runs on the controller */
+	uint64_t gen;                 /* the generation the operation started in */
+	int err;                      /* 0 or negative errno */
+	char why[256];                /* hcs's reason when err != 0 */
+	lm_rpc_call_t *call;          /* Inspect's call, answered by fn (dtor fails it otherwise) */
+	bool has_props;
+	lm_hcs_properties_t props;    /* a properties operation's result */
+};
+
+/* Payload of LM_CTL_HCS_EVENT. */
+struct ctl_event {
+	lm_hcs_event_t ev;
+};
+
+struct patcher_ref {
+	char *source_id;
+	lm_actor_t *actor;
+};
+
+/* A set of parked rpc calls that are answered together. */
+struct waiters {
+	lm_rpc_call_t *calls[LM_CTL_MAX_WAITERS];
+	unsigned n;
+};
+
+struct ctl {
+	lm_actor_t *self;
+	lm_actor_t *notifier;
+	lm_actor_t *transport;
+	lm_publisher_t *pub;             /* task events to containerd, or NULL (the shim's) */
+	struct lm_shim_config cfg;       /* strings not kept beyond boot */
+	struct lm_shim_container *boot_ctrs;
+	unsigned n_boot_ctrs;
+
+	/* the VM and the sandbox */
+	char *document;                  /* the VM's document (standalone config or snapshot) */
+	lm_hcs_system_t *vm;
+	bool vm_running;
+	lm_sandbox_t *sb;
+	struct lm_snapshot_vm imported;  /* destination: the snapshot's VM part */
+	bool have_imported;
+	struct patcher_ref *patchers;    /* destination: one per imported container */
+	unsigned n_patchers;
+	unsigned closing;                /* closer threads running */
+
+	/* the session */
+	enum ctl_state st;
+	enum ctl_side side;
+	char session[256];
+	uint64_t gen;                    /* bumped by Cancel and Cleanup */
+	enum ctl_state before_wait;      /* where a socket-wait timeout returns to */
+	bool socket_registered;          /* CreateDuplicateSocket succeeded */
+	bool mig_started;                /* the compute service owns the socket */
+	bool transfer_started;           /* migration_transfer was issued */
+	bool handshake_done;             /* migration_start completed */
+	bool want_transfer;              /* a TransferSandbox waits for the handshake */
+	enum lm_hcs_finalize_op finalize_op;   /* the finalize in flight */
+	lm_hcs_migration_options_t opts; /* the session's options */
+
+	/* parked calls */
+	bool op_busy;                    /* an operation owns op_call (export, prepare, finalize) */
+	lm_rpc_call_t *op_call;          /* the call waiting for it (NULL once answered) */
+	int op_method;                   /* enum lm_mig_method of op_call */
+	struct waiters op_joined;        /* finalize retries joined to op_call */
+	lm_rpc_call_t *sock_call;        /* CreateDuplicateSocket waiting for the transport */
+	uint64_t sock_gen;
+	struct waiters xfer_waiters;     /* TransferSandbox calls */
+	uint64_t wait_timer_gen;
+	struct waiters cancel_waiters;   /* Cancel calls waiting for hcs's cancel */
+	bool cancel_in_flight;
+
+	/* the transfer's outcome */
+	int xfer_code;
+	char xfer_msg[640];
+	char last_failure[256];          /* from a MigrationFailed event */
+
+	/* events the notifier could not take yet (its mailbox was full):
+	 * phase transitions are kept and re-published in order */
+	struct lm_notify_event pending_ev[32];
+	unsigned n_pending_ev;
+	bool retry_armed;
+
+	/* boot / quiesce waiters (plain mailboxes of non-worker threads) */
+	lm_mailbox_t *boot_reply;
+	char boot_err[256];
+	int boot_rc;
+	lm_mailbox_t *quiesce_reply;
+};
+
+/* ---- controller.c: helpers -------------------------------------------- */
+
+extern const char *const lm__ctl_state_name[];
+extern const char *const lm__ctl_method_name[LM_MIG_N];
+const char *lm__ctl_side_name(const struct ctl *c);
+
+void lm__ctl_log(struct ctl *c, const char *msg, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+void lm__ctl_set_state(struct ctl *c, enum ctl_state st);
+
+/* rpc answers */
+void lm__ctl_fail(lm_rpc_call_t *call, int code, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+void lm__ctl_ok(lm_rpc_call_t *call);
+bool lm__ctl_waiters_add(struct waiters *w, lm_rpc_call_t *call);
+bool lm__ctl_waiters_remove(struct waiters *w, lm_rpc_call_t *call);
+/* Answers and empties the set (code LM_RPC_OK: an empty message). */
+void lm__ctl_waiters_answer(struct waiters *w, int code, const char *msg);
+/* Answers op_call and the calls joined to it; the operation is over. */
+void lm__ctl_op_answer(struct ctl *c, int code, const char *msg);
+/* FailedPrecondition naming the method, the state and the side. */
+void lm__ctl_not_in_state(struct ctl *c, lm_rpc_call_t *call, int method);
+int lm__ctl_code_for_errno(int err);
+
+/* Session identity. check: the ID is non-empty and, while a session is
+ * active, the session's; on an idle shim a non-empty ID names no session
+ * (InvalidArgument) unless `idle_ok`. Returns true if the call may
+ * proceed; otherwise it was answered. */
+bool lm__ctl_check_session(struct ctl *c, lm_rpc_call_t *call, int method, const char *sid,
+			   bool idle_ok);
+/* Finalize, Cancel, Cleanup: OK on an idle shim whatever the (non-empty)
+ * ID; otherwise the ID must be the session's. True: proceed. */
+bool lm__ctl_session_or_idle(struct ctl *c, lm_rpc_call_t *call, int method, const char *sid);
+
+/* Compute-service operations: a context for an operation whose
+ * completion runs `fn` on the controller; NULL when out of memory. Give
+ * it to hcs with the matching callback; drop it if the call failed. */
+void *lm__ctl_op(struct ctl *c, ctl_done_fn fn);
+void lm__ctl_op_drop(void *ctx);
+void lm__ctl_op_set_call(void *ctx, lm_rpc_call_t *call);
+void lm__ctl_hcs_done(void *ctx, int err, const char *why);
+void lm__ctl_hcs_props(void *ctx, int err, const char *why, const lm_hcs_properties_t *p);
+void lm__ctl_hcs_event(void *arg, const lm_hcs_event_t *ev);
+
+void lm__ctl_close_vm(struct ctl *c);
+void lm__ctl_stop_patchers(struct ctl *c);
+void lm__ctl_reset_session(struct ctl *c);
+
+/* ---- the Migration methods, each beside its completions ------------------ */
+
+void lm__ctl_prepare_and_export(struct ctl *c, lm_rpc_call_t *call, PrepareAndExportSandboxRequest *req);
+void lm__ctl_import(struct ctl *c, lm_rpc_call_t *call, ImportSandboxRequest *req);
+void lm__ctl_prepare(struct ctl *c, lm_rpc_call_t *call, PrepareSandboxRequest *req);
+struct lm_ctl_socket;
+void lm__ctl_socket(struct ctl *c, lm_rpc_call_t *call, CreateDuplicateSocketRequest *req);
+void lm__ctl_on_socket(struct ctl *c, const struct lm_ctl_socket *s);
+void lm__ctl_notifications(struct ctl *c, lm_rpc_call_t *call, NotificationsRequest *req);
+void lm__ctl_transfer(struct ctl *c, lm_rpc_call_t *call, TransferSandboxRequest *req);
+void lm__ctl_on_socket_timeout(struct ctl *c, uint64_t gen);
+void lm__ctl_finalize(struct ctl *c, lm_rpc_call_t *call, FinalizeSandboxRequest *req);
+void lm__ctl_cancel(struct ctl *c, lm_rpc_call_t *call, CancelRequest *req);
+void lm__ctl_cleanup(struct ctl *c, lm_rpc_call_t *call, CleanupRequest *req);
+
+/* ---- ctl_import.c: the patch path -------------------------------------- */
+struct lm_patch_result_msg;
+void lm__ctl_on_patch_result(struct ctl *c, struct lm_patch_result_msg *pm);
+void lm__ctl_on_sandbox_event(void *arg, enum lm_sandbox_event type, const struct lm_container *k);
+
+/* ---- ctl_events.c ------------------------------------------------------- */
+void lm__ctl_on_event(struct ctl *c, const lm_hcs_event_t *ev);
+void lm__ctl_publish(struct ctl *c, const struct lm_notify_event *ev);
+void lm__ctl_notify_retry(struct ctl *c);
+
+/* ---- ctl_task.c --------------------------------------------------------- */
+void lm__ctl_on_task_call(struct ctl *c, struct lm_ctl_call *tm);
+void lm__ctl_on_inspect(struct ctl *c, struct lm_ctl_call *ic);
+void lm__ctl_on_boot(struct ctl *c, lm_msg_t *m);
+
+#endif

@@ -1,0 +1,197 @@
+/*
+ * ctl_task.c: the controller's side of the task service (each call gated
+ * by the session and the VM, then handled by shim/task_service.c on the
+ * sandbox; patch-path Creates go to their patcher), of our Inspect
+ * service (the compute system's properties as HCS-shaped JSON), and the
+ * standalone boot (create the VM of the shim's document, start it, create
+ * the boot containers), each beside its completions.
+ */
+#include "actors/controller_int.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "shim/task_service.h"
+#include "util/log.h"
+
+void lm__ctl_patch(struct ctl *c, struct lm_patch_request *patch);
+
+/* ---- task service ----------------------------------------------------------- */
+
+void lm__ctl_on_task_call(struct ctl *c, struct lm_ctl_call *tm)
+{
+	struct lm_patch_request *patch = NULL;
+	struct lm_task_gate gate = {
+		.session_active = c->st != ST_IDLE,
+		.vm_running = c->vm_running,
+		.importing = c->st == ST_DEST_IMPORTED,
+	};
+	lm_rpc_call_t *call = tm->call;
+	tm->call = NULL;
+	int r = lm_task_handle(c->sb, &gate, call, tm->method, &patch);
+	if (r == LM_TASK_EXIT) {
+		lm_log_info("controller", "shutdown", "why=\"task Shutdown with no container and no session\" exits=%s",
+			    c->cfg.on_shutdown ? "yes" : "no (embedded)");
+		if (c->cfg.on_shutdown)
+			c->cfg.on_shutdown(c->cfg.shutdown_arg);
+		return;
+	}
+	if (r == LM_TASK_PATCH && patch)
+		lm__ctl_patch(c, patch);
+}
+
+/* ---- Inspect ------------------------------------------------------------------ */
+
+static void on_inspected(struct ctl *c, struct ctl_done *d)
+{
+	lm_rpc_call_t *call = d->call;
+	d->call = NULL;
+	if (d->err || !d->has_props) {
+		lm__ctl_fail(call, lm__ctl_code_for_errno(d->err), "Properties: %s",
+			     d->why[0] ? d->why : strerror(-d->err));
+		return;
+	}
+	char *json = lm_hcs_properties_to_json(&d->props);
+	if (!json) {
+		lm__ctl_fail(call, LM_RPC_RESOURCE_EXHAUSTED, "Properties: out of memory");
+		return;
+	}
+	lm_rpc_call_reply(call, json, strlen(json));
+	free(json);
+	(void)c;
+}
+
+void lm__ctl_on_inspect(struct ctl *c, struct lm_ctl_call *ic)
+{
+	lm_rpc_call_t *call = ic->call;
+	size_t len = 0;
+	const uint8_t *p = lm_rpc_call_payload(call, &len);
+	char query[256];
+	unsigned q = 0;
+
+	ic->call = NULL;
+	if (!c->vm) {
+		lm__ctl_fail(call, LM_RPC_NOT_FOUND, "Properties: this shim has no VM");
+		return;
+	}
+	if (len >= sizeof(query)) {
+		lm__ctl_fail(call, LM_RPC_INVALID_ARGUMENT, "Properties: query too long (%zu bytes, at most %zu)",
+			     len, sizeof(query) - 1);
+		return;
+	}
+	memcpy(query, p, len);
+	query[len] = '\0';
+	if (lm_hcs_query_parse(query, &q) < 0) {
+		lm__ctl_fail(call, LM_RPC_INVALID_ARGUMENT,
+			     "Properties: the query must be a JSON object {\"PropertyTypes\":[...]}");
+		return;
+	}
+	void *x = lm__ctl_op(c, on_inspected);
+	if (x)
+		lm__ctl_op_set_call(x, call);
+	int rc = x ? lm_hcs_system_properties(c->vm, q, lm__ctl_hcs_props, x) : -ENOMEM;
+	if (rc) {
+		lm__ctl_op_drop(x);
+		lm__ctl_fail(call, lm__ctl_code_for_errno(rc), "Properties: %s", strerror(-rc));
+	}
+}
+
+/* ---- the standalone boot ------------------------------------------------------- */
+
+static void boot_answer(struct ctl *c, int rc, const char *msg)
+{
+	c->boot_rc = rc;
+	snprintf(c->boot_err, sizeof(c->boot_err), "%s", msg ? msg : "");
+	if (c->boot_reply) {
+		lm_msg_t *m = lm_msg_alloc(LM_CTL_BOOT, 0);
+		if (m) {
+			m->status = (uint32_t)-rc;
+			if (lm_mailbox_send(c->boot_reply, m) != 0)
+				lm_msg_free(m);
+		}
+		lm_mailbox_unref(c->boot_reply);
+		c->boot_reply = NULL;
+	}
+}
+
+/* Creates the boot containers, running. */
+static int boot_containers(struct ctl *c)
+{
+	for (unsigned i = 0; i < c->n_boot_ctrs; i++) {
+		const struct lm_shim_container *bc = &c->boot_ctrs[i];
+		if (!lm_sandbox_find_pod(c->sb, bc->pod_id)) {
+			int rc = lm_sandbox_add_pod(c->sb, bc->pod_id, NULL);
+			if (rc)
+				return rc;
+		}
+	}
+	for (unsigned i = 0; i < c->n_boot_ctrs; i++) {
+		const struct lm_shim_container *bc = &c->boot_ctrs[i];
+		char bundle[512], rootfs[600], scratch[600], out[600], errp[600];
+		const char *dir = c->cfg.state_dir ? c->cfg.state_dir : "/run/lmshim";
+		snprintf(bundle, sizeof(bundle), "%s/%s", dir, bc->id);
+		snprintf(rootfs, sizeof(rootfs), "%s/rootfs", bundle);
+		snprintf(scratch, sizeof(scratch), "%s/scratch", bundle);
+		snprintf(out, sizeof(out), "%s/stdout", bundle);
+		snprintf(errp, sizeof(errp), "%s/stderr", bundle);
+		struct lm_container_spec spec = {
+			.id = bc->id, .pod_id = bc->pod_id,
+			.type = bc->is_sandbox ? LM_CTR_SANDBOX : LM_CTR_CONTAINER,
+			.bundle = bundle, .rootfs = rootfs, .scratch = scratch,
+			.n_layers = bc->layers, .stdout_path = out, .stderr_path = errp,
+		};
+		int rc = lm_sandbox_add(c->sb, &spec, NULL);
+		if (!rc)
+			rc = lm_sandbox_start(c->sb, bc->id, NULL);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+static void on_boot_started(struct ctl *c, struct ctl_done *d)
+{
+	if (d->err) {
+		boot_answer(c, d->err, d->why[0] ? d->why : "the VM could not be started");
+		return;
+	}
+	c->vm_running = true;
+	int rc = boot_containers(c);
+	boot_answer(c, rc, rc ? "the containers could not be created" : NULL);
+}
+
+static void on_boot_created(struct ctl *c, struct ctl_done *d)
+{
+	if (d->err) {
+		boot_answer(c, d->err, d->why[0] ? d->why : "the VM could not be created");
+		return;
+	}
+	void *x = lm__ctl_op(c, on_boot_started);
+	int rc = x ? lm_hcs_system_start(c->vm, lm__ctl_hcs_done, x) : -ENOMEM;
+	if (rc) {
+		lm__ctl_op_drop(x);
+		boot_answer(c, rc, "the VM could not be started");
+	}
+}
+
+void lm__ctl_on_boot(struct ctl *c, lm_msg_t *m)
+{
+	c->boot_reply = m->reply_to;
+	m->reply_to = NULL;           /* stolen */
+	if (!c->document) {
+		boot_answer(c, 0, NULL);
+		return;
+	}
+	void *x = lm__ctl_op(c, on_boot_created);
+	lm_hcs_system_t *vm = NULL;
+	int rc = x ? lm_hcs_system_create(&vm, c->document, NULL, lm__ctl_hcs_event, c->self,
+					  lm__ctl_hcs_done, x) : -ENOMEM;
+	if (rc) {
+		lm__ctl_op_drop(x);
+		boot_answer(c, rc, "the VM document was refused");
+		return;
+	}
+	c->vm = vm;
+}
