@@ -129,12 +129,52 @@ static void on_finalized(struct ctl *c, struct ctl_done *d)
 /* ---- Cancel --------------------------------------------------------------- */
 
 static void on_cancelled(struct ctl *c, struct ctl_done *d);
+static void on_handover_cancelled(struct ctl *c, struct ctl_done *d);
 
 static void finish_cancel(struct ctl *c)
 {
 	c->cancel_in_flight = false;
 	lm__ctl_set_state(c, ST_CANCELLED);
 	lm__ctl_waiters_answer(&c->cancel_waiters, LM_RPC_OK, NULL);
+}
+
+/* After a complete transfer, Cancel is the handover's decision, taken by
+ * the compute service at once (it never waits behind a finalize): the
+ * source keeps the guest unless it granted it; the destination gives it
+ * up unless it runs it (or holds the source's grant). Nothing changes
+ * here until the answer. */
+static void cancel_handover(struct ctl *c, lm_rpc_call_t *call)
+{
+	if (c->cancel_in_flight) {
+		if (!lm__ctl_waiters_add(&c->cancel_waiters, call))
+			lm__ctl_fail(call, LM_RPC_RESOURCE_EXHAUSTED, "Cancel: too many waiting calls");
+		return;
+	}
+	void *x = lm__ctl_op(c, on_handover_cancelled);
+	int rc = x ? lm_hcs_migration_cancel(c->vm, lm__ctl_hcs_done, x) : -ENOMEM;
+	if (rc) {
+		lm__ctl_op_drop(x);
+		lm__ctl_fail(call, lm__ctl_code_for_errno(rc), "Cancel: %s", strerror(-rc));
+		return;
+	}
+	lm__ctl_waiters_add(&c->cancel_waiters, call);
+	c->cancel_in_flight = true;
+	lm__ctl_log(c, "cancel: deciding the handover", NULL);
+}
+
+static void on_handover_cancelled(struct ctl *c, struct ctl_done *d)
+{
+	c->cancel_in_flight = false;
+	if (d->err) {
+		/* too late: the guest belongs to the destination */
+		lm__ctl_log(c, "cancel refused", "why=\"%s\"", d->why);
+		lm__ctl_waiters_answer(&c->cancel_waiters, LM_RPC_FAILED_PRECONDITION,
+				       d->why[0] ? d->why : "Cancel: too late to cancel");
+		return;
+	}
+	c->gen++;
+	lm__ctl_log(c, "cancelled", "after=\"the transfer\"");
+	finish_cancel(c);
 }
 
 void lm__ctl_cancel(struct ctl *c, lm_rpc_call_t *call, CancelRequest *req)
@@ -156,6 +196,12 @@ void lm__ctl_cancel(struct ctl *c, lm_rpc_call_t *call, CancelRequest *req)
 		lm__ctl_log(c, "cancelled", NULL);
 		lm__ctl_ok(call);
 		return;
+	case ST_TRANSFER_COMPLETED:
+		if (c->vm) {
+			cancel_handover(c, call);
+			return;
+		}
+		break;
 	default:
 		break;
 	}

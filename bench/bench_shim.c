@@ -272,8 +272,8 @@ static struct result run_opt(bool loaded, unsigned cancel_after_ms)
 	}
 	res.seconds = engine_seconds(e->sc);
 	res.ok = code == 0 && dcode == NULL && res.seconds > 0;
-	finalize(e->sc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_STOP);
 	finalize(e->dc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_RESUME);
+	finalize(e->sc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_STOP);
 	cleanup(e->sc, SESSION);
 	cleanup(e->dc, SESSION);
 stop_load:

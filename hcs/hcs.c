@@ -48,7 +48,7 @@ enum mig_state {
 
 enum op_kind {
 	OP_CREATE, OP_START, OP_PAUSE, OP_RESUME, OP_TERMINATE, OP_PROPERTIES,
-	OP_MIG_INIT, OP_MIG_START, OP_MIG_TRANSFER, OP_MIG_FINALIZE, OP_DONE_ONLY,
+	OP_MIG_INIT, OP_MIG_START, OP_MIG_TRANSFER, OP_MIG_FINALIZE, OP_MIG_RECOVER, OP_DONE_ONLY,
 };
 
 /* One queued operation. Exactly one of done / pdone is set. */
@@ -60,8 +60,12 @@ struct op {
 	lm_hcs_migration_start_t start;  /* OP_MIG_START */
 	enum lm_hcs_finalize_op fin;     /* OP_MIG_FINALIZE */
 	unsigned query;                  /* OP_PROPERTIES */
+	enum lm_hcs_recover_op rec;      /* OP_MIG_RECOVER */
+	uint8_t secret[32];              /* OP_MIG_RECOVER */
+	size_t secret_len;
 	int sock;                        /* OP_MIG_START */
 	int err;                         /* OP_DONE_ONLY */
+	char why[256];                   /* OP_DONE_ONLY */
 	lm_hcs_done_fn done;
 	lm_hcs_properties_fn pdone;
 	void *arg;
@@ -98,6 +102,18 @@ struct lm_hcs_system {
 	char mig_msg[256];        /* and its reason */
 	uint64_t dst_blackout_t0; /* destination: BlackoutStarted time */
 	lm__xfer_stats_t last_stats;
+	bool recovered;           /* source: the engine's recovery (or its failure) was reported */
+	pthread_cond_t mcv;       /* signalled on engine phases (mu) */
+	/* engines of earlier migrations still settling their handover: they
+	 * keep their link open until both sides said their word (closing
+	 * earlier would tell the peer that our VM is gone) */
+	lm__xfer_t **old;
+	unsigned n_old;
+	/* the fast lane: completions that must not wait behind the queue
+	 * (cancel), run on their own thread */
+	pthread_t fth;
+	pthread_cond_t fcv;
+	struct op *fhead, *ftail; /* mu */
 };
 
 const char *lm_hcs_vm_state_name(enum lm_hcs_vm_state v)
@@ -109,6 +125,16 @@ const char *lm_hcs_vm_state_name(enum lm_hcs_vm_state v)
 	case LM_HCS_VM_STOPPED: return "Stopped";
 	default: return "None";
 	}
+}
+
+const char *lm_hcs_handover_state_name(enum lm_hcs_handover_state s)
+{
+	return lm__ho_state_name((enum lm__ho_state)s);
+}
+
+const char *lm_hcs_handover_link_name(enum lm_hcs_handover_link l)
+{
+	return lm__ho_link_name((enum lm__ho_link)l);
 }
 
 const char *lm_hcs_event_name(enum lm_hcs_event_kind k)
@@ -123,6 +149,7 @@ const char *lm_hcs_event_name(enum lm_hcs_event_kind k)
 	case LM_HCS_EV_RECOVERY_DONE: return "MigrationRecoveryDone";
 	case LM_HCS_EV_MIGRATION_FAILED: return "MigrationFailed";
 	case LM_HCS_EV_SYSTEM_EXITED: return "SystemExited";
+	case LM_HCS_EV_HANDOVER: return "Handover";
 	}
 	return "Unknown";
 }
@@ -218,6 +245,23 @@ static enum lm_hcs_result result_of(enum lm__xfer_result r)
 	}
 }
 
+static void handover_of(lm__xfer_t *x, lm_hcs_handover_t *out)
+{
+	lm__ho_status_t st;
+	memset(out, 0, sizeof(*out));
+	if (!x)
+		return;
+	lm__xfer_ho_status(x, &st);
+	out->state = (enum lm_hcs_handover_state)st.state;
+	out->link = (enum lm_hcs_handover_link)st.link;
+	out->may_run = st.may_run;
+	out->may_resume = st.may_resume;
+	out->in_doubt = st.in_doubt;
+	out->has_secret = st.has_secret;
+	memcpy(out->secret, st.secret, sizeof(out->secret));
+	snprintf(out->why, sizeof(out->why), "%s", st.why);
+}
+
 /* Engine thread. */
 static void on_xfer_event(void *arg, const lm__xfer_event_t *xe)
 {
@@ -228,6 +272,20 @@ static void on_xfer_event(void *arg, const lm__xfer_event_t *xe)
 	lm_hcs_event_t e = { .result = LM_HCS_RESULT_SUCCESS };
 
 	switch (xe->type) {
+	case LM_XEV_HANDOVER: {
+		/* the engine that reports may be an earlier migration's, still
+		 * settling: only the current one speaks for the system */
+		pthread_mutex_lock(&s->mu);
+		lm__xfer_t *cur = s->xfer;
+		pthread_mutex_unlock(&s->mu);
+		if (!cur)
+			break;
+		e.kind = LM_HCS_EV_HANDOVER;
+		handover_of(cur, &e.u.handover);
+		memset(e.u.handover.secret, 0, sizeof(e.u.handover.secret));   /* not for events */
+		send_event(s, &e);
+		break;
+	}
 	case LM_XEV_SETUP_DONE:
 		pthread_mutex_lock(&s->mu);
 		s->ms = MS_SETUP_DONE;
@@ -273,6 +331,7 @@ static void on_xfer_event(void *arg, const lm__xfer_event_t *xe)
 		pthread_mutex_lock(&s->mu);
 		s->ms = MS_COMPLETED;
 		s->mig_err = 0;
+		pthread_cond_broadcast(&s->mcv);
 		if (!s->destination)
 			s->vs = LM_HCS_VM_PAUSED;
 		done = s->xfer_done;
@@ -286,6 +345,7 @@ static void on_xfer_event(void *arg, const lm__xfer_event_t *xe)
 		s->mig_err = xe->err ? xe->err : -EIO;
 		snprintf(s->mig_msg, sizeof(s->mig_msg), "%s", xe->msg);
 		derr = s->mig_err;
+		pthread_cond_broadcast(&s->mcv);
 		if (!s->destination) {
 			/* The source's operation completes once it recovered. */
 		} else if (s->start_done) {
@@ -309,6 +369,8 @@ static void on_xfer_event(void *arg, const lm__xfer_event_t *xe)
 		pthread_mutex_lock(&s->mu);
 		if (s->vs == LM_HCS_VM_PAUSED && xe->type == LM_XEV_RECOVERY_DONE)
 			s->vs = LM_HCS_VM_RUNNING;
+		s->recovered = true;
+		pthread_cond_broadcast(&s->mcv);
 		derr = s->mig_err ? s->mig_err : -EIO;
 		if (s->start_done) {
 			done = s->start_done;
@@ -649,6 +711,34 @@ static void do_properties(lm_hcs_system_t *s, struct op *o)
 	free(p);
 }
 
+/* mu held. The engine of an earlier migration (of a system that was
+ * migrated here and is migrated on now) may still be settling its
+ * handover: it keeps its link until both sides said their word. */
+static void retire_xfer(lm_hcs_system_t *s)
+{
+	unsigned k = 0;
+	for (unsigned i = 0; i < s->n_old; i++) {
+		if (lm__xfer_finished(s->old[i]))
+			lm__xfer_destroy(s->old[i]);   /* its thread is done: no wait */
+		else
+			s->old[k++] = s->old[i];
+	}
+	s->n_old = k;
+	if (!s->xfer)
+		return;
+	lm__xfer_stats_t st;
+	lm__xfer_get_stats(s->xfer, &st);
+	s->last_stats = st;
+	lm__xfer_t **n = realloc(s->old, (s->n_old + 1) * sizeof(*n));
+	if (n) {
+		s->old = n;
+		s->old[s->n_old++] = s->xfer;
+	} else {
+		lm__xfer_destroy(s->xfer);     /* out of memory: only the close is left */
+	}
+	s->xfer = NULL;
+}
+
 static void do_mig_init(lm_hcs_system_t *s, struct op *o)
 {
 	char err[200] = "";
@@ -656,15 +746,24 @@ static void do_mig_init(lm_hcs_system_t *s, struct op *o)
 		return fail_op(o, -EINVAL, err);
 	if (o->mo.origin != LM_HCS_ORIGIN_SOURCE)
 		return fail_op(o, -EINVAL, "migration_initialize is for the source (Origin Source)");
-	if (s->destination)
-		return fail_op(o, -EPERM, "this system is a migration destination that has not run yet");
 	pthread_mutex_lock(&s->mu);
+	if (s->destination && s->ms == MS_FINALIZED && s->vs == LM_HCS_VM_RUNNING) {
+		/* a system that arrived by migration and runs is an ordinary
+		 * one: it may be migrated on (as a source) */
+		s->destination = false;
+		s->ms = MS_NONE;
+	}
+	if (s->destination) {
+		pthread_mutex_unlock(&s->mu);
+		return fail_op(o, -EPERM, "this system is a migration destination that has not run yet");
+	}
 	if (!s->vm || (s->vs != LM_HCS_VM_RUNNING && s->vs != LM_HCS_VM_PAUSED) ||
 	    (s->ms != MS_NONE && s->ms != MS_INITIALIZED && s->ms != MS_FINALIZED)) {
 		pthread_mutex_unlock(&s->mu);
 		return fail_op(o, -EPERM, "source must be running with no migration in progress");
 	}
 	xfer_opts_from(&s->xo, &o->mo);
+	retire_xfer(s);   /* the last migration's engine is no longer ours to drive */
 	s->ms = MS_INITIALIZED;
 	pthread_mutex_unlock(&s->mu);
 	complete(o, 0, NULL);
@@ -689,8 +788,13 @@ static void do_mig_start(lm_hcs_system_t *s, struct op *o)
 		return fail_op(o, -EPERM, s->destination ? "destination not ready for a migration"
 					 : "migration_initialize first");
 	}
+	retire_xfer(s);
 	s->xo.session_id = o->start.session_id;
 	s->xo.cpu_reserve_pct = o->start.transfer_cpu_pct;
+	s->xo.handover = true;
+	s->xo.stall_ms = o->start.stall_ms ? o->start.stall_ms : 10000;
+	s->xo.keepalive_ms = o->start.keepalive_ms ? o->start.keepalive_ms : 1000;
+	s->recovered = false;
 	s->ms = MS_STARTING;
 	s->start_done = o->done;
 	s->start_arg = o->arg;
@@ -741,24 +845,6 @@ static void do_mig_transfer(lm_hcs_system_t *s, struct op *o)
 	pthread_mutex_unlock(&s->mu);
 }
 
-static void drop_xfer(lm_hcs_system_t *s)
-{
-	lm__xfer_t *x;
-	pthread_mutex_lock(&s->mu);
-	x = s->xfer;
-	pthread_mutex_unlock(&s->mu);
-	if (!x)
-		return;
-	lm__xfer_join(x);
-	lm__xfer_stats_t st;
-	lm__xfer_get_stats(x, &st);
-	pthread_mutex_lock(&s->mu);
-	s->last_stats = st;
-	s->xfer = NULL;
-	pthread_mutex_unlock(&s->mu);
-	lm__xfer_destroy(x);
-}
-
 static void set_vm_state(lm_hcs_system_t *s, enum lm_hcs_vm_state vs, enum mig_state ms)
 {
 	pthread_mutex_lock(&s->mu);
@@ -767,44 +853,85 @@ static void set_vm_state(lm_hcs_system_t *s, enum lm_hcs_vm_state vs, enum mig_s
 	pthread_mutex_unlock(&s->mu);
 }
 
+/* How long a finalize waits for the peer's word: the link's own bound. */
+static uint64_t peer_wait_ns(lm_hcs_system_t *s)
+{
+	return (uint64_t)(s->xo.stall_ms ? s->xo.stall_ms : 10000) * 1000000ull;
+}
+
+/* Op thread. A finalize of a running transfer stops it first; the engine
+ * then fails and (source) recovers the VM: wait for that (bounded). */
+static void stop_running_transfer(lm_hcs_system_t *s)
+{
+	pthread_mutex_lock(&s->mu);
+	if (migrating(s) && s->xfer) {
+		lm__xfer_cancel(s->xfer);
+		uint64_t deadline = lm_now_ns() + 10000000000ull;
+		while ((migrating(s) || (!s->destination && s->ms == MS_FAILED && !s->recovered)) &&
+		       lm_now_ns() < deadline) {
+			struct timespec ts = lm_timespec_in(CLOCK_REALTIME, 100000000ll);
+			pthread_cond_timedwait(&s->mcv, &s->mu, &ts);
+		}
+	}
+	pthread_mutex_unlock(&s->mu);
+}
+
+static void dest_started(lm_hcs_system_t *s)
+{
+	uint64_t bo = s->dst_blackout_t0 ? lm_now_ns() - s->dst_blackout_t0 : 0;
+	set_vm_state(s, LM_HCS_VM_RUNNING, MS_FINALIZED);
+	lm_hcs_event_t e = { .kind = LM_HCS_EV_BLACKOUT_EXITED };
+	e.u.blackout.duration_ns = bo;
+	e.u.blackout.stop_wall_ns = lm_wall_ns();
+	send_event(s, &e);
+	send_simple(s, LM_HCS_EV_MIGRATION_DONE, LM_HCS_RESULT_SUCCESS);
+}
+
 static void do_mig_finalize(lm_hcs_system_t *s, struct op *o)
 {
 	bool stop = o->fin == LM_HCS_FINALIZE_STOP;
+	char why[256] = "";
 	int rc = LM_FAULT("hcs.finalize");
 	if (rc < 0)
 		return fail_op(o, rc, "finalize failed (fault)");
-	pthread_mutex_lock(&s->mu);
-	bool have_vm = s->vm != NULL;
-	if (migrating(s) && s->xfer) {
-		/* Finalizing a running migration: cancel it first. */
-		lm__xfer_cancel(s->xfer);
-	}
-	pthread_mutex_unlock(&s->mu);
-	drop_xfer(s);
+	if (!s->vm)
+		return fail_op(o, -EPERM, "no VM");
+	stop_running_transfer(s);
 	pthread_mutex_lock(&s->mu);
 	enum mig_state ms = s->ms;
 	enum lm_hcs_vm_state vs = s->vs;
+	lm__xfer_t *x = s->xfer;
 	pthread_mutex_unlock(&s->mu);
-	if (!have_vm)
-		return fail_op(o, -EPERM, "no VM");
+	lm_hcs_handover_t ho;
+	handover_of(x, &ho);
 
 	if (!s->destination) {
 		if (stop) {
-			if (ms != MS_COMPLETED && ms != MS_FINALIZED)
+			if (ms == MS_FINALIZED && vs == LM_HCS_VM_STOPPED)
+				return complete(o, 0, NULL);
+			if (ms != MS_COMPLETED)
 				return fail_op(o, -EPERM, "source STOP only after a completed transfer: finalize with RESUME");
+			/* the paused copy goes only once the destination runs the guest */
+			if ((rc = lm__xfer_ho_wait_committed(x, peer_wait_ns(s), why, sizeof(why))) < 0)
+				return fail_op(o, rc, why);
 			s->ops->terminate(s->vm);
 			set_vm_state(s, LM_HCS_VM_STOPPED, MS_FINALIZED);
 			send_simple(s, LM_HCS_EV_MIGRATION_DONE, LM_HCS_RESULT_SUCCESS);
 			return complete(o, 0, NULL);
 		}
-		/* Resume: idempotent, reconciles with the real VM state. */
+		/* Resume: idempotent, reconciles with the real VM state. After a
+		 * complete transfer the source keeps the guest only if it never
+		 * granted it, and says so before it runs it again. */
 		if (vs == LM_HCS_VM_STOPPED)
 			return fail_op(o, -EPERM, "source VM already stopped");
+		if (ho.state != LM_HCS_HO_NONE &&
+		    (rc = lm__xfer_ho_revoke(x, true, why, sizeof(why))) < 0)
+			return fail_op(o, rc, why);
 		if ((rc = s->ops->resume(s->vm)) < 0)
 			return fail_op(o, rc, "resuming the source VM failed");
 		s->ops->set_throttle(s->vm, 0);
 		set_vm_state(s, LM_HCS_VM_RUNNING, MS_FINALIZED);
-		if (ms == MS_COMPLETED)
+		if (ms == MS_COMPLETED || (ms == MS_FAILED && vs == LM_HCS_VM_PAUSED))
 			send_simple(s, LM_HCS_EV_RECOVERY_DONE, LM_HCS_RESULT_SUCCESS);
 		return complete(o, 0, NULL);
 	}
@@ -814,26 +941,81 @@ static void do_mig_finalize(lm_hcs_system_t *s, struct op *o)
 			return complete(o, 0, NULL);
 		if (ms != MS_COMPLETED)
 			return fail_op(o, -EPERM, "destination holds no complete VM: finalize with STOP");
+		/* the guest runs here only with the source's grant */
+		if ((rc = lm__xfer_ho_commit(x, peer_wait_ns(s), why, sizeof(why))) < 0)
+			return fail_op(o, rc, why);
 		if ((rc = s->ops->start(s->vm)) < 0)
 			return fail_op(o, rc, "starting the migrated VM failed");
-		uint64_t bo = s->dst_blackout_t0 ? lm_now_ns() - s->dst_blackout_t0 : 0;
-		set_vm_state(s, LM_HCS_VM_RUNNING, MS_FINALIZED);
-		/* events of this migration still name the destination; from now
-		 * on the system is an ordinary one, which may be migrated again */
-		lm_hcs_event_t e = { .kind = LM_HCS_EV_BLACKOUT_EXITED };
-		e.u.blackout.duration_ns = bo;
-		e.u.blackout.stop_wall_ns = lm_wall_ns();
-		send_event(s, &e);
-		send_simple(s, LM_HCS_EV_MIGRATION_DONE, LM_HCS_RESULT_SUCCESS);
-		pthread_mutex_lock(&s->mu);
-		s->destination = false;
-		pthread_mutex_unlock(&s->mu);
+		dest_started(s);
 		return complete(o, 0, NULL);
 	}
-	/* Destination STOP: discard what was received. */
+	/* Destination STOP: discard what was received, never to run it. */
+	if (ho.state != LM_HCS_HO_NONE && (rc = lm__xfer_ho_release(x, why, sizeof(why))) < 0)
+		return fail_op(o, rc, why);
 	s->ops->terminate(s->vm);
 	set_vm_state(s, LM_HCS_VM_STOPPED, MS_FINALIZED);
 	complete(o, 0, NULL);
+}
+
+/* Recovery across a broken link (lm_hcs_migration_recover). */
+static void do_mig_recover(lm_hcs_system_t *s, struct op *o)
+{
+	char why[256] = "";
+	int rc = 0;
+	pthread_mutex_lock(&s->mu);
+	lm__xfer_t *x = s->xfer;
+	enum mig_state ms = s->ms;
+	pthread_mutex_unlock(&s->mu);
+	if (!s->vm || !x || ms != MS_COMPLETED)
+		return fail_op(o, -EPERM, "no complete transfer to recover");
+	lm_hcs_handover_t ho;
+	handover_of(x, &ho);
+	switch (o->rec) {
+	case LM_HCS_RECOVER_COMMIT:
+	case LM_HCS_RECOVER_FORCE_COMMIT:
+		if (!s->destination)
+			return fail_op(o, -EINVAL, "COMMIT is for the destination");
+		rc = o->rec == LM_HCS_RECOVER_COMMIT
+			     ? lm__xfer_ho_commit_token(x, o->secret, o->secret_len, why, sizeof(why))
+			     : lm__xfer_ho_force_commit(x, why, sizeof(why));
+		if (rc < 0)
+			return fail_op(o, rc, why);
+		if ((rc = s->ops->start(s->vm)) < 0)
+			return fail_op(o, rc, "starting the migrated VM failed");
+		dest_started(s);
+		return complete(o, 0, NULL);
+	case LM_HCS_RECOVER_RESUME:
+	case LM_HCS_RECOVER_FORCE_RESUME:
+		if (s->destination)
+			return fail_op(o, -EINVAL, "RESUME is for the source");
+		rc = o->rec == LM_HCS_RECOVER_RESUME
+			     ? lm__xfer_ho_release_token(x, o->secret, o->secret_len, why, sizeof(why))
+			     : lm__xfer_ho_force_resume(x, why, sizeof(why));
+		if (rc < 0)
+			return fail_op(o, rc, why);
+		if ((rc = s->ops->resume(s->vm)) < 0)
+			return fail_op(o, rc, "resuming the source VM failed");
+		s->ops->set_throttle(s->vm, 0);
+		set_vm_state(s, LM_HCS_VM_RUNNING, MS_FINALIZED);
+		send_simple(s, LM_HCS_EV_RECOVERY_DONE, LM_HCS_RESULT_SUCCESS);
+		return complete(o, 0, NULL);
+	case LM_HCS_RECOVER_GRANT:
+		if (s->destination)
+			return fail_op(o, -EINVAL, "GRANT is for the source");
+		if ((rc = lm__xfer_ho_grant(x, why, sizeof(why))) < 0)
+			return fail_op(o, rc, why);
+		return complete(o, 0, NULL);
+	case LM_HCS_RECOVER_STOP:
+		if (s->destination)
+			return fail_op(o, -EINVAL, "STOP is for the source");
+		if (ho.state != LM_HCS_HO_GRANTED && ho.state != LM_HCS_HO_COMMITTED)
+			return fail_op(o, -EPERM, "the source has not given the guest away");
+		s->ops->terminate(s->vm);
+		set_vm_state(s, LM_HCS_VM_STOPPED, MS_FINALIZED);
+		send_simple(s, LM_HCS_EV_MIGRATION_DONE, LM_HCS_RESULT_SUCCESS);
+		return complete(o, 0, NULL);
+	}
+	fail_op(o, -EINVAL, "unknown recovery");
 }
 
 static void op_free(struct op *o)
@@ -871,8 +1053,32 @@ static void *op_main(void *arg)
 		case OP_MIG_START: do_mig_start(s, o); break;
 		case OP_MIG_TRANSFER: do_mig_transfer(s, o); break;
 		case OP_MIG_FINALIZE: do_mig_finalize(s, o); break;
-		case OP_DONE_ONLY: complete(o, o->err, "refused"); break;
+		case OP_MIG_RECOVER: do_mig_recover(s, o); break;
+		case OP_DONE_ONLY: complete(o, o->err, o->why[0] ? o->why : "refused"); break;
 		}
+		op_free(o);
+	}
+}
+
+/* The fast lane: completions that must not wait behind a long operation
+ * in the queue (a Cancel answered while a finalize waits for its peer). */
+static void *fast_main(void *arg)
+{
+	lm_hcs_system_t *s = arg;
+	for (;;) {
+		pthread_mutex_lock(&s->mu);
+		while (!s->fhead && !s->stopping)
+			pthread_cond_wait(&s->fcv, &s->mu);
+		struct op *o = s->fhead;
+		if (!o) {
+			pthread_mutex_unlock(&s->mu);
+			return NULL;
+		}
+		s->fhead = o->next;
+		if (!s->fhead)
+			s->ftail = NULL;
+		pthread_mutex_unlock(&s->mu);
+		complete(o, o->err, o->why[0] ? o->why : "refused");
 		op_free(o);
 	}
 }
@@ -903,6 +1109,8 @@ int lm_hcs_system_create(lm_hcs_system_t **out, const char *document_json,
 	}
 	pthread_mutex_init(&s->mu, NULL);
 	pthread_cond_init(&s->cv, NULL);
+	pthread_cond_init(&s->mcv, NULL);
+	pthread_cond_init(&s->fcv, NULL);
 	pthread_mutex_init(&s->evmu, NULL);
 	s->ev = ev;
 	s->ev_arg = ev_arg;
@@ -912,10 +1120,19 @@ int lm_hcs_system_create(lm_hcs_system_t **out, const char *document_json,
 		s->destination = true;
 	}
 	int rc = pthread_create(&s->th, NULL, op_main, s);
+	if (rc == 0 && (rc = pthread_create(&s->fth, NULL, fast_main, s)) != 0) {
+		pthread_mutex_lock(&s->mu);
+		s->stopping = true;
+		pthread_cond_signal(&s->cv);
+		pthread_mutex_unlock(&s->mu);
+		pthread_join(s->th, NULL);
+	}
 	if (rc != 0) {
 		op_free(o);
 		pthread_mutex_destroy(&s->mu);
 		pthread_cond_destroy(&s->cv);
+		pthread_cond_destroy(&s->mcv);
+		pthread_cond_destroy(&s->fcv);
 		pthread_mutex_destroy(&s->evmu);
 		free(s);
 		return -rc;
@@ -1019,11 +1236,52 @@ int lm_hcs_migration_cancel(lm_hcs_system_t *s, lm_hcs_done_fn done, void *arg)
 	if (!o)
 		return -ENOMEM;
 	pthread_mutex_lock(&s->mu);
-	if (s->xfer)
-		lm__xfer_cancel(s->xfer);
-	else if (s->ms == MS_INITIALIZED)
+	lm__xfer_t *x = s->xfer;
+	bool dest = s->destination;
+	if (!x && s->ms == MS_INITIALIZED)
 		s->ms = MS_NONE;
+	if (x) {
+		lm__ho_status_t st;
+		lm__xfer_ho_status(x, &st);
+		if (st.state == LM_HO_NONE)
+			lm__xfer_cancel(x);      /* a transfer runs: stop it */
+		else if (dest)                   /* the handover: decide, never wait */
+			o->err = lm__xfer_ho_release(x, o->why, sizeof(o->why));
+		else
+			o->err = lm__xfer_ho_revoke(x, false, o->why, sizeof(o->why));
+	}
+	/* to the fast lane, never behind the queue */
+	if (s->ftail)
+		s->ftail->next = o;
+	else
+		s->fhead = o;
+	s->ftail = o;
+	pthread_cond_signal(&s->fcv);
 	pthread_mutex_unlock(&s->mu);
+	return 0;
+}
+
+void lm_hcs_migration_handover(lm_hcs_system_t *s, lm_hcs_handover_t *out)
+{
+	pthread_mutex_lock(&s->mu);
+	handover_of(s->xfer, out);
+	pthread_mutex_unlock(&s->mu);
+}
+
+int lm_hcs_migration_recover(lm_hcs_system_t *s, enum lm_hcs_recover_op op, const uint8_t *secret,
+			     size_t len, lm_hcs_done_fn done, void *arg)
+{
+	if (!s || !done || len > 32 || (len && !secret))
+		return -EINVAL;
+	if (op < LM_HCS_RECOVER_COMMIT || op > LM_HCS_RECOVER_FORCE_RESUME)
+		return -EINVAL;
+	struct op *o = op_new(OP_MIG_RECOVER, done, arg);
+	if (!o)
+		return -ENOMEM;
+	o->rec = op;
+	if (len)
+		memcpy(o->secret, secret, len);
+	o->secret_len = len;
 	return enqueue(s, o);
 }
 
@@ -1045,13 +1303,22 @@ void lm_hcs_system_close(lm_hcs_system_t *s)
 		lm__xfer_cancel(s->xfer);
 	s->stopping = true;
 	pthread_cond_signal(&s->cv);
+	pthread_cond_signal(&s->fcv);
 	pthread_mutex_unlock(&s->mu);
 	pthread_join(s->th, NULL);
-	drop_xfer(s);
+	pthread_join(s->fth, NULL);
+	/* the VM goes away: its links close, whatever they were saying (a
+	 * close without a word tells the peer exactly that) */
+	lm__xfer_destroy(s->xfer);
+	for (unsigned i = 0; i < s->n_old; i++)
+		lm__xfer_destroy(s->old[i]);
+	free(s->old);
 	if (s->vm)
 		s->ops->destroy(s->vm);
 	pthread_mutex_destroy(&s->mu);
 	pthread_cond_destroy(&s->cv);
+	pthread_cond_destroy(&s->mcv);
+	pthread_cond_destroy(&s->fcv);
 	pthread_mutex_destroy(&s->evmu);
 	free(s);
 }

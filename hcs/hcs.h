@@ -92,9 +92,12 @@ int lm_hcs_migration_options_check(const lm_hcs_migration_options_t *o, char *er
 
 /* MigrationStartOptions. */
 typedef struct lm_hcs_migration_start {
-	uint32_t session_id;            /* NetworkSettings.SessionId (convert: lm_hcs_session_id) */
+	uint32_t session_id;            /* NetworkSettings.SessionId (convert: lm_convert_session_id) */
 	unsigned transfer_cpu_pct;      /* ours: the transfer thread's CPU reservation
 					   (util/sched.h), 0..LM_SCHED_RESERVE_MAX, 0 = none */
+	unsigned stall_ms;              /* ours: a peer silent this long has stalled
+					   (the link's liveness bound); 0 = 10 s */
+	unsigned keepalive_ms;          /* ours: idle sides say so this often; 0 = 1 s */
 } lm_hcs_migration_start_t;
 
 /* MigrationFinalizedOptions.FinalizedOperation. */
@@ -102,6 +105,36 @@ enum lm_hcs_finalize_op {
 	LM_HCS_FINALIZE_RESUME = 1,
 	LM_HCS_FINALIZE_STOP = 2,
 };
+
+/* The handover after a complete transfer (hcs/PROTOCOL.md, "Handover"):
+ * which side may run the guest. */
+enum lm_hcs_handover_state {
+	LM_HCS_HO_NONE = 0,      /* no complete transfer */
+	LM_HCS_HO_HOLDING,       /* complete, undecided: the guest is paused on both sides */
+	LM_HCS_HO_REQUESTED,     /* destination: asked the source for the guest */
+	LM_HCS_HO_GRANTED,       /* source: gave the guest away; destination: may run it */
+	LM_HCS_HO_COMMITTED,     /* the destination runs the guest */
+	LM_HCS_HO_REVOKED,       /* the source keeps the guest */
+	LM_HCS_HO_RELEASED,      /* the destination gave the guest up */
+};
+
+enum lm_hcs_handover_link {
+	LM_HCS_LINK_UP = 0,
+	LM_HCS_LINK_SETTLED,     /* both sides said their final word */
+	LM_HCS_LINK_CLOSED,      /* closed before it settled: nothing more can be said on it */
+	LM_HCS_LINK_BROKEN,      /* a stall or an error: the peer's fate is unknown */
+};
+
+typedef struct lm_hcs_handover {
+	enum lm_hcs_handover_state state;
+	enum lm_hcs_handover_link link;
+	bool may_run;            /* destination: a RESUME would start the guest now */
+	bool may_resume;         /* source: the guest may run here again */
+	bool in_doubt;           /* only an orchestrator can settle it (lmctl recover) */
+	bool has_secret;         /* `secret` may be carried to the peer's shim */
+	uint8_t secret[32];      /* source: its grant; destination: its release */
+	char why[160];           /* the link's last event */
+} lm_hcs_handover_t;
 
 /* ---------------------------------------------------------------- events */
 
@@ -115,6 +148,7 @@ enum lm_hcs_event_kind {
 	LM_HCS_EV_RECOVERY_DONE,
 	LM_HCS_EV_MIGRATION_FAILED,
 	LM_HCS_EV_SYSTEM_EXITED,
+	LM_HCS_EV_HANDOVER,          /* ours: the handover changed (u.handover) */
 };
 
 /* HCS's event Result. */
@@ -156,6 +190,7 @@ typedef struct lm_hcs_event {
 			int err;                 /* negative errno */
 			char message[256];       /* what failed, on which side */
 		} failure;                       /* MIGRATION_FAILED */
+		lm_hcs_handover_t handover;      /* HANDOVER */
 	} u;
 } lm_hcs_event_t;
 
@@ -243,9 +278,44 @@ int lm_hcs_migration_start(lm_hcs_system_t *s, const lm_hcs_migration_start_t *p
 int lm_hcs_migration_transfer(lm_hcs_system_t *s, lm_hcs_done_fn done, void *arg);
 int lm_hcs_migration_finalize(lm_hcs_system_t *s, enum lm_hcs_finalize_op op,
 			      lm_hcs_done_fn done, void *arg);
-/* Cancel acts at once (it does not queue behind other operations): the
- * transfer stops within milliseconds; done follows. */
+/* Cancel acts at once and completes at once (it never queues behind
+ * other operations): a running transfer stops within milliseconds; after
+ * a complete transfer it decides the handover: the source keeps the
+ * guest (-EPERM once it granted it), the destination gives it up (-EPERM
+ * once it runs it, or holds the source's grant). done follows on hcs's
+ * fast thread, with the reason on -EPERM. */
 int lm_hcs_migration_cancel(lm_hcs_system_t *s, lm_hcs_done_fn done, void *arg);
+
+/* Thread: any; does not wait. The handover's state (all zero before a
+ * complete transfer). */
+void lm_hcs_migration_handover(lm_hcs_system_t *s, lm_hcs_handover_t *out);
+
+/* Recovery when the migration link broke during the handover, driven by
+ * an orchestrator that carries a secret from one shim to the other:
+ *   COMMIT (destination, the source's grant secret): run the guest here;
+ *   RESUME (source, the destination's release secret): run it here again;
+ *   GRANT (source): give the guest to the destination; its grant secret
+ *     then shows in lm_hcs_migration_handover;
+ *   STOP (source, granted): tear the paused copy down once the
+ *     orchestrator has seen the destination run the guest;
+ *   FORCE_COMMIT (destination) / FORCE_RESUME (source): run the guest
+ *     here without the peer's word, on an operator's explicit statement
+ *     that the peer's host is gone for good (never on a guess).
+ * -EACCES: the secret does not match the peer's handshake commitment. */
+enum lm_hcs_recover_op {
+	LM_HCS_RECOVER_COMMIT = 1,
+	LM_HCS_RECOVER_RESUME,
+	LM_HCS_RECOVER_GRANT,
+	LM_HCS_RECOVER_STOP,
+	LM_HCS_RECOVER_FORCE_COMMIT,
+	LM_HCS_RECOVER_FORCE_RESUME,
+};
+int lm_hcs_migration_recover(lm_hcs_system_t *s, enum lm_hcs_recover_op op, const uint8_t *secret,
+			     size_t len, lm_hcs_done_fn done, void *arg);
+
+/* Thread: any. The handover's names, for logs and JSON. */
+const char *lm_hcs_handover_state_name(enum lm_hcs_handover_state s);
+const char *lm_hcs_handover_link_name(enum lm_hcs_handover_link l);
 
 /* Thread: any thread but an hcs callback. Cancels any migration, waits for
  * queued operations, destroys the VM and frees. NULL is a no-op. */

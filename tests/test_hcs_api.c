@@ -10,6 +10,7 @@
  */
 #include "hcs/hcs.h"
 #include "testkit.h"
+#include "util/fault.h"
 #include "util/log.h"
 #include "util/sched.h"
 
@@ -395,8 +396,8 @@ static void test_live_migration_through_the_api(void **state)
 	} else { /* refused without CAP_SYS_NICE: the migration runs anyway */
 		assert_string_not_equal(ks, "deadline");
 	}
-	assert_int_equal(CALL(lm_hcs_migration_finalize(s, LM_HCS_FINALIZE_STOP, on_done, w)), 0);
 	assert_int_equal(CALL(lm_hcs_migration_finalize(d, LM_HCS_FINALIZE_RESUME, on_done, w)), 0);
+	assert_int_equal(CALL(lm_hcs_migration_finalize(s, LM_HCS_FINALIZE_STOP, on_done, w)), 0);
 	/* Idempotent. */
 	assert_int_equal(CALL(lm_hcs_migration_finalize(d, LM_HCS_FINALIZE_RESUME, on_done, w)), 0);
 	assert_true(ev_index(&es, LM_HCS_EV_MIGRATION_DONE) > ev_index(&es, LM_HCS_EV_BLACKOUT_EXITED));
@@ -432,8 +433,8 @@ static void test_live_migration_through_the_api(void **state)
 	assert_int_equal(w_wait(&a), 0);
 	assert_int_equal(w_wait(&b), 0);
 	assert_int_equal(props(d, LM_HCS_QUERY_DIGEST).digest, props(d2, LM_HCS_QUERY_DIGEST).digest);
-	assert_int_equal(CALL(lm_hcs_migration_finalize(d, LM_HCS_FINALIZE_STOP, on_done, w)), 0);
 	assert_int_equal(CALL(lm_hcs_migration_finalize(d2, LM_HCS_FINALIZE_RESUME, on_done, w)), 0);
+	assert_int_equal(CALL(lm_hcs_migration_finalize(d, LM_HCS_FINALIZE_STOP, on_done, w)), 0);
 	assert_int_equal(props(d2, 0).state, LM_HCS_VM_RUNNING);
 	lm_hcs_system_close(s);
 	lm_hcs_system_close(d);
@@ -482,6 +483,221 @@ static void test_cancel_through_the_api_recovers_the_source(void **state)
 	ht_relay_stop(&r);
 }
 
+/* ---- the handover (hcs/PROTOCOL.md): at most one copy ever runs ------------ */
+
+struct pair {
+	lm_hcs_system_t *s, *d;
+	struct evs es, ed;
+	struct ht_relay r;          /* the link, between the two engines */
+};
+
+/* Two systems with a complete transfer between them, over a relay (to
+ * freeze or cut the link). The guest is paused on both sides. */
+static void pair_complete(struct pair *p, unsigned stall_ms)
+{
+	int fs = -1, fdd = -1;
+	memset(p, 0, sizeof(*p));
+	pthread_mutex_init(&p->es.mu, NULL);
+	pthread_mutex_init(&p->ed.mu, NULL);
+	assert_int_equal(ht_relay_start(&p->r, 0, 0, &fs, &fdd), 0);
+	lm_hcs_migration_options_t init = opts(LM_HCS_ORIGIN_SOURCE);
+	lm_hcs_migration_start_t so = { .session_id = 7, .stall_ms = stall_ms, .keepalive_ms = 100 };
+	start_pair(&p->s, &p->d, &p->es, &p->ed, fs, fdd, &init, &so);
+	struct waiter a, b;
+	w_init(&a);
+	w_init(&b);
+	assert_int_equal(lm_hcs_migration_transfer(p->d, on_done, &b), 0);
+	assert_int_equal(lm_hcs_migration_transfer(p->s, on_done, &a), 0);
+	assert_int_equal(w_wait(&a), 0);
+	assert_int_equal(w_wait(&b), 0);
+}
+
+static void pair_close(struct pair *p)
+{
+	lm_hcs_system_close(p->s);
+	lm_hcs_system_close(p->d);
+	ht_relay_stop(&p->r);
+}
+
+static lm_hcs_handover_t ho(lm_hcs_system_t *s)
+{
+	lm_hcs_handover_t h;
+	lm_hcs_migration_handover(s, &h);
+	return h;
+}
+
+/* Waits (5 s at most) for a handover state or link. */
+static bool ho_wait(lm_hcs_system_t *s, int state, int link)
+{
+	for (int i = 0; i < 500; i++) {
+		lm_hcs_handover_t h = ho(s);
+		if ((state < 0 || (int)h.state == state) && (link < 0 || (int)h.link == link))
+			return true;
+		usleep(10000);
+	}
+	return false;
+}
+
+static bool runs(lm_hcs_system_t *s)
+{
+	return props(s, 0).stats.running;
+}
+
+/* (each test's pair is static: a failed assertion leaves its relay thread
+ * running, and it must not point into a reused stack frame) */
+static void test_handover_the_destination_runs_only_with_the_grant(void **state)
+{
+	static struct pair p;
+	pair_complete(&p, 10000);
+	assert_int_equal(ho(p.s).state, LM_HCS_HO_HOLDING);
+	assert_int_equal(ho(p.d).state, LM_HCS_HO_HOLDING);
+	assert_false(runs(p.s));
+	assert_false(runs(p.d));
+	/* the source's copy goes only once the destination runs the guest */
+	assert_int_equal(CALL(lm_hcs_migration_finalize(p.s, LM_HCS_FINALIZE_STOP, on_done, w)), -EPERM);
+	assert_non_null(strstr(last.why, "RESUME first"));
+	assert_int_equal(CALL(lm_hcs_migration_finalize(p.d, LM_HCS_FINALIZE_RESUME, on_done, w)), 0);
+	assert_true(runs(p.d));
+	assert_true(ho_wait(p.s, LM_HCS_HO_COMMITTED, -1));
+	/* the source granted: it never runs the guest again */
+	assert_int_equal(CALL(lm_hcs_migration_finalize(p.s, LM_HCS_FINALIZE_RESUME, on_done, w)), -EPERM);
+	assert_int_equal(CALL(lm_hcs_migration_cancel(p.s, on_done, w)), -EPERM);
+	assert_int_equal(CALL(lm_hcs_migration_cancel(p.d, on_done, w)), -EPERM);
+	assert_non_null(strstr(last.why, "runs on the destination"));
+	assert_false(runs(p.s));
+	assert_int_equal(CALL(lm_hcs_migration_finalize(p.s, LM_HCS_FINALIZE_STOP, on_done, w)), 0);
+	/* both said their word: the link settles and closes */
+	assert_true(ho_wait(p.s, -1, LM_HCS_LINK_SETTLED));
+	assert_true(ho_wait(p.d, -1, LM_HCS_LINK_SETTLED));
+	assert_true(runs(p.d));
+	pair_close(&p);
+}
+
+static void test_handover_cancel_before_resume_keeps_the_guest_on_the_source(void **state)
+{
+	for (int side = 0; side < 2; side++) {
+		static struct pair p;
+		pair_complete(&p, 10000);
+		uint64_t t0 = lm_now_ns();
+		/* a Cancel on either side decides at once */
+		assert_int_equal(CALL(lm_hcs_migration_cancel(side ? p.s : p.d, on_done, w)), 0);
+		assert_true(lm_now_ns() - t0 < 100000000ull);
+		assert_int_equal(CALL(lm_hcs_migration_finalize(p.d, LM_HCS_FINALIZE_RESUME, on_done, w)), -EPERM);
+		print_message("destination RESUME after a cancel on the %s: %s\n",
+			      side ? "source" : "destination", last.why);
+		assert_false(runs(p.d));
+		assert_int_equal(CALL(lm_hcs_migration_finalize(p.s, LM_HCS_FINALIZE_RESUME, on_done, w)), 0);
+		assert_true(runs(p.s));
+		assert_int_equal(CALL(lm_hcs_migration_finalize(p.d, LM_HCS_FINALIZE_STOP, on_done, w)), 0);
+		assert_true(ho_wait(p.s, -1, LM_HCS_LINK_SETTLED));
+		assert_false(runs(p.d));
+		pair_close(&p);
+	}
+}
+
+static void test_handover_cancel_wins_a_race_with_a_slow_resume(void **state)
+{
+	static struct pair p;
+	pair_complete(&p, 10000);
+	/* the destination's compute service is slow to finalize */
+	assert_int_equal(lm_fault_arm("hcs.finalize:delay_ms=500:times=1"), 0);
+	struct waiter r;
+	w_init(&r);
+	assert_int_equal(lm_hcs_migration_finalize(p.d, LM_HCS_FINALIZE_RESUME, on_done, &r), 0);
+	usleep(50000);
+	uint64_t t0 = lm_now_ns();
+	assert_int_equal(CALL(lm_hcs_migration_cancel(p.d, on_done, w)), 0);
+	uint64_t took = lm_now_ns() - t0;
+	print_message("cancel answered in %.1f ms while a finalize waits\n", (double)took / 1e6);
+	assert_true(took < 100000000ull);
+	assert_int_equal(w_wait(&r), -EPERM);   /* the RESUME lost the race */
+	lm_fault_disarm_all();
+	assert_false(runs(p.d));
+	assert_int_equal(CALL(lm_hcs_migration_finalize(p.s, LM_HCS_FINALIZE_RESUME, on_done, w)), 0);
+	assert_true(runs(p.s));
+	assert_false(runs(p.d));
+	pair_close(&p);
+}
+
+/* A link that a proxy closes on both sides, or that stalls: neither side
+ * knows the other's fate. The source, which never granted, may keep the
+ * guest; the destination never runs it without the grant. */
+static void test_handover_a_cut_link_before_the_grant_rolls_back_safely(void **state)
+{
+	static struct pair p;
+	pair_complete(&p, 300);
+	__atomic_store_n(&p.r.frozen, 1, __ATOMIC_RELEASE);   /* the path stalls */
+	assert_true(ho_wait(p.d, -1, LM_HCS_LINK_BROKEN));
+	assert_int_equal(CALL(lm_hcs_migration_finalize(p.d, LM_HCS_FINALIZE_RESUME, on_done, w)), -ETIMEDOUT);
+	print_message("destination RESUME on a stalled link: %s\n", last.why);
+	assert_true(ho(p.d).in_doubt);
+	assert_false(runs(p.d));
+	assert_int_equal(CALL(lm_hcs_migration_finalize(p.s, LM_HCS_FINALIZE_RESUME, on_done, w)), 0);
+	assert_true(runs(p.s));
+	/* the path heals: the destination learns that the source kept it */
+	__atomic_store_n(&p.r.frozen, 0, __ATOMIC_RELEASE);
+	assert_true(ho_wait(p.d, LM_HCS_HO_REVOKED, -1));
+	assert_int_equal(CALL(lm_hcs_migration_finalize(p.d, LM_HCS_FINALIZE_RESUME, on_done, w)), -EPERM);
+	assert_false(runs(p.d));
+	pair_close(&p);
+}
+
+/* The grant left, the link broke before the destination heard it: in
+ * doubt, both hold still; an orchestrator carries a secret across. */
+static void test_handover_in_doubt_is_settled_by_a_carried_secret(void **state)
+{
+	for (int forward = 0; forward < 2; forward++) {
+		static struct pair p;
+		pair_complete(&p, 300);
+		ht_relay_stop(&p.r);                  /* a proxy closes both ends */
+		assert_true(ho_wait(p.s, -1, LM_HCS_LINK_CLOSED));
+		assert_true(ho_wait(p.d, -1, LM_HCS_LINK_CLOSED));
+		assert_int_equal(CALL(lm_hcs_migration_recover(p.s, LM_HCS_RECOVER_GRANT, NULL, 0, on_done, w)), 0);
+		lm_hcs_handover_t hs = ho(p.s);
+		assert_int_equal(hs.state, LM_HCS_HO_GRANTED);
+		assert_true(hs.in_doubt && hs.has_secret);
+		/* neither runs it on its own */
+		assert_int_equal(CALL(lm_hcs_migration_finalize(p.s, LM_HCS_FINALIZE_RESUME, on_done, w)), -EPERM);
+		assert_int_equal(CALL(lm_hcs_migration_finalize(p.d, LM_HCS_FINALIZE_RESUME, on_done, w)), -ETIMEDOUT);
+		assert_false(runs(p.s));
+		assert_false(runs(p.d));
+		uint8_t bad[32] = { 1 };
+		if (forward) {
+			assert_int_equal(CALL(lm_hcs_migration_recover(p.d, LM_HCS_RECOVER_COMMIT, bad, 32, on_done, w)), -EACCES);
+			assert_int_equal(CALL(lm_hcs_migration_recover(p.d, LM_HCS_RECOVER_COMMIT, hs.secret, 32, on_done, w)), 0);
+			assert_true(runs(p.d));
+			assert_int_equal(CALL(lm_hcs_migration_recover(p.s, LM_HCS_RECOVER_STOP, NULL, 0, on_done, w)), 0);
+			assert_false(runs(p.s));
+		} else {
+			assert_int_equal(CALL(lm_hcs_migration_finalize(p.d, LM_HCS_FINALIZE_STOP, on_done, w)), 0);
+			lm_hcs_handover_t hd = ho(p.d);
+			assert_true(hd.has_secret);
+			assert_int_equal(CALL(lm_hcs_migration_recover(p.s, LM_HCS_RECOVER_RESUME, bad, 32, on_done, w)), -EACCES);
+			assert_int_equal(CALL(lm_hcs_migration_recover(p.s, LM_HCS_RECOVER_RESUME, hd.secret, 32, on_done, w)), 0);
+			assert_true(runs(p.s));
+			assert_false(runs(p.d));
+		}
+		lm_hcs_system_close(p.s);
+		lm_hcs_system_close(p.d);
+	}
+}
+
+/* A dead peer looks like a cut link: only an operator's explicit word
+ * (FORCE) moves the survivor. */
+static void test_handover_a_dead_peer_needs_the_operators_word(void **state)
+{
+	static struct pair p;
+	pair_complete(&p, 300);
+	lm_hcs_system_close(p.s);                     /* the source shim dies */
+	assert_true(ho_wait(p.d, -1, LM_HCS_LINK_CLOSED));
+	assert_int_equal(CALL(lm_hcs_migration_finalize(p.d, LM_HCS_FINALIZE_RESUME, on_done, w)), -ETIMEDOUT);
+	assert_false(runs(p.d));
+	assert_int_equal(CALL(lm_hcs_migration_recover(p.d, LM_HCS_RECOVER_FORCE_COMMIT, NULL, 0, on_done, w)), 0);
+	assert_true(runs(p.d));
+	lm_hcs_system_close(p.d);
+	ht_relay_stop(&p.r);
+}
+
 static void test_migration_options_are_checked_naming_the_field(void **state)
 {
 	static const char *const field[] = {
@@ -524,7 +740,8 @@ static void test_migration_options_are_checked_naming_the_field(void **state)
 
 int main(void)
 {
-	lm_log_set_level(LM_LOG_OFF);
+	if (!getenv("LM_LOG_LEVEL"))
+		lm_log_set_level(LM_LOG_OFF);
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_lifecycle_and_properties_through_callbacks),
 		cmocka_unit_test(test_errors_arrive_only_through_the_callback),
@@ -532,6 +749,12 @@ int main(void)
 		cmocka_unit_test(test_shutdown_stops_and_sends_system_exited),
 		cmocka_unit_test(test_live_migration_through_the_api),
 		cmocka_unit_test(test_cancel_through_the_api_recovers_the_source),
+		cmocka_unit_test(test_handover_the_destination_runs_only_with_the_grant),
+		cmocka_unit_test(test_handover_cancel_before_resume_keeps_the_guest_on_the_source),
+		cmocka_unit_test(test_handover_cancel_wins_a_race_with_a_slow_resume),
+		cmocka_unit_test(test_handover_a_cut_link_before_the_grant_rolls_back_safely),
+		cmocka_unit_test(test_handover_in_doubt_is_settled_by_a_carried_secret),
+		cmocka_unit_test(test_handover_a_dead_peer_needs_the_operators_word),
 		cmocka_unit_test(test_migration_options_are_checked_naming_the_field),
 		cmocka_unit_test(test_property_queries_parse_or_are_refused),
 	};

@@ -595,8 +595,8 @@ static void test_live_migration_through_the_hcs_api_on_kvm(void **s)
 	verify(system_vm(dst));
 	uint64_t at = gstats(system_vm(src)).iterations;
 
-	assert_int_equal(API(lm_hcs_migration_finalize(src, LM_HCS_FINALIZE_STOP, on_done, w)), 0);
 	assert_int_equal(API(lm_hcs_migration_finalize(dst, LM_HCS_FINALIZE_RESUME, on_done, w)), 0);
+	assert_int_equal(API(lm_hcs_migration_finalize(src, LM_HCS_FINALIZE_STOP, on_done, w)), 0);
 	/* The guest runs on the destination, counting on from blackout. */
 	assert_true(gstats(system_vm(dst)).iterations >= at);
 	wait_iterations(system_vm(dst), at + 100);

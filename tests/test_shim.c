@@ -122,8 +122,8 @@ static void test_live_migration_happy_path(void **state)
 	/* task State is gated while the session lasts */
 	assert_int_equal(task_state(e->dc, "c1-new", NULL), 9);
 
-	assert_int_equal(finalize(e->sc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_STOP), 0);
 	assert_int_equal(finalize(e->dc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_RESUME), 0);
+	assert_int_equal(finalize(e->sc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_STOP), 0);
 	/* Finalize is idempotent */
 	assert_int_equal(finalize(e->dc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_RESUME), 0);
 	assert_int_equal(cleanup(e->sc, SESSION), 0);
@@ -310,8 +310,8 @@ static void test_notifications_carry_every_phase_in_order(void **state)
 	async_start(&t, e->dc, 0, NULL);
 	assert_int_equal(transfer(e->sc, SESSION, 0), 0);
 	assert_int_equal(async_join(&t), 0);
-	assert_int_equal(finalize(e->sc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_STOP), 0);
 	assert_int_equal(finalize(e->dc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_RESUME), 0);
+	assert_int_equal(finalize(e->sc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_STOP), 0);
 	assert_int_equal(cleanup(e->sc, SESSION), 0);
 	assert_int_equal(cleanup(e->dc, SESSION), 0);
 	pthread_join(ss.th, NULL);
@@ -377,8 +377,8 @@ static void test_cancel_mid_transfer_recovers_source_then_migrates_again(void **
 			    json_string_value(json_object_get(dp, "MemoryDigest")));
 	json_decref(sp);
 	json_decref(dp);
-	assert_int_equal(finalize(e->sc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_STOP), 0);
 	assert_int_equal(finalize(e->dc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_RESUME), 0);
+	assert_int_equal(finalize(e->sc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_STOP), 0);
 	assert_int_equal(cleanup(e->sc, SESSION), 0);
 	assert_int_equal(cleanup(e->dc, SESSION), 0);
 }
@@ -457,8 +457,8 @@ static void test_notifications_carry_real_progress_and_the_failure_reason(void *
 	assert_int_equal(transfer(e->sc, SESSION, 0), 0);
 	assert_int_equal(async_join(&t), 0);
 	lm_fault_disarm_all();
-	assert_int_equal(finalize(e->sc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_STOP), 0);
 	assert_int_equal(finalize(e->dc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_RESUME), 0);
+	assert_int_equal(finalize(e->sc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_STOP), 0);
 	assert_int_equal(cleanup(e->sc, SESSION), 0);
 	assert_int_equal(cleanup(e->dc, SESSION), 0);
 	pthread_join(ss.th, NULL);
@@ -550,8 +550,8 @@ static void test_contract_corners(void **state)
 	async_start(&t, e->dc, 0, NULL);
 	assert_int_equal(transfer(e->sc, SESSION, 0), 0);
 	assert_int_equal(async_join(&t), 0);
-	assert_int_equal(finalize(e->sc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_STOP), 0);
 	assert_int_equal(finalize(e->dc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_RESUME), 0);
+	assert_int_equal(finalize(e->sc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_STOP), 0);
 	assert_int_equal(cleanup(e->sc, SESSION), 0);
 	assert_int_equal(cleanup(e->dc, SESSION), 0);
 	ex.session_id = "sess-back";

@@ -159,6 +159,8 @@ struct ht_relay {
 	uint64_t bps, cut_after;
 	pthread_t th;
 	uint64_t forwarded;
+	int frozen;             /* set (atomically) to stop forwarding, both ways,
+				   with both connections open: a stalled path */
 };
 
 static inline void *ht_relay_main(void *arg)
@@ -167,8 +169,14 @@ static inline void *ht_relay_main(void *arg)
 	static __thread char buf[65536];
 	uint64_t t0 = 0; /* rate limit from the first forwarded byte on */
 	for (;;) {
+		if (__atomic_load_n(&r->frozen, __ATOMIC_ACQUIRE)) {
+			struct pollfd x[2] = { { r->a, POLLRDHUP, 0 }, { r->b, POLLRDHUP, 0 } };
+			if (poll(x, 2, 20) > 0 && ((x[0].revents | x[1].revents) & (POLLRDHUP | POLLHUP)))
+				break;
+			continue;
+		}
 		struct pollfd p[2] = { { r->a, POLLIN, 0 }, { r->b, POLLIN, 0 } };
-		if (poll(p, 2, 1000) < 0)
+		if (poll(p, 2, 100) < 0)
 			break;
 		if (p[1].revents) {
 			ssize_t n = recv(r->b, buf, sizeof(buf), MSG_DONTWAIT);

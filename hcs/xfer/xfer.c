@@ -25,8 +25,7 @@
  * takes effect within one poll wake-up and progress is reported at least
  * every 250 ms. Events go out through the callback on the engine thread.
  */
-#include "hcs/xfer/xfer.h"
-#include "hcs/xfer/xfer_wire.h"
+#include "hcs/xfer/xfer_int.h"
 #include "util/clock.h"
 #include "util/fault.h"
 #include "util/log.h"
@@ -72,90 +71,7 @@ static ssize_t guest_sendmsg(int fd, const struct msghdr *m, int flags)
 #define MAX_BATCH_IOV 1000       /* iovecs per batch (source) */
 #define WINDOW_PAGES 16384u      /* residency window of pass 1 */
 #define LZ4_KEEP 3072            /* send LZ4 only below this size */
-#define CQ_MAX 256               /* pages per compression round */
 #define CSLOT 4160               /* >= LZ4_COMPRESSBOUND(4096), 64-aligned */
-
-/* Compression worker pool: `n` threads plus the engine thread share a
- * round's pages through the atomic `next` index. The job (the engine's cq
- * arrays) is published under `mu` by bumping `gen`; each worker reports
- * its end under `mu` (busy--), which publishes its clen[] results to the
- * engine thread that waits for busy == 0. */
-struct cpool {
-	struct lm__xfer *x;
-	pthread_t th[64];
-	unsigned n;
-	pthread_mutex_t mu;
-	pthread_cond_t go_cv, done_cv;
-	unsigned gen;                 /* mu */
-	unsigned busy;                /* mu */
-	bool stop;                    /* mu */
-	atomic_uint next;
-};
-
-struct lm__xfer {
-	enum lm__xfer_role role;
-	const lm_backend_ops_t *ops;
-	lm_vm_t *vm;
-	int sock;
-	int wakefd;
-	lm__xfer_opts_t o;
-	lm__xfer_event_fn fn;
-	void *arg;
-	pthread_t th;
-	bool thread_started;
-	bool joined;
-	atomic_bool go;
-	atomic_bool cancel;
-
-	const lm_mem_region_t *reg;   /* backend's region array */
-	int nreg;
-	uint64_t *bitmap[LM_MAX_REGIONS];
-	size_t words[LM_MAX_REGIONS];
-	bool use_mincore;             /* no swap: residency == not a hole */
-	uint8_t *resid;               /* WINDOW_PAGES residency bytes */
-
-	/* source batch under construction */
-	lm_xf_page_t *descs;          /* also the receive buffer (dest) */
-	uint8_t *hdrbuf;              /* rec header + descs + checksum */
-	struct iovec *iov;
-	unsigned ndesc, niov;
-	size_t data_bytes;
-	uint8_t *bounce;              /* checksum / LZ4 copies, batch_bytes */
-	size_t bounce_used;
-	bool running_guest;           /* brownout: guest writes concurrently */
-	/* compression (source, ThrottleWorkerCount > 0): pages wait in the
-	 * queue cq until a round compresses them on the pool + this thread */
-	struct cpool *pool;
-	uint64_t cq_pfn[CQ_MAX];
-	uint8_t *cq_host[CQ_MAX];
-	int clen[CQ_MAX];             /* LZ4 size per queued page (workers) */
-	uint8_t *cout;                /* CQ_MAX slots of CSLOT bytes */
-	unsigned cq_n;
-	uint64_t comp_in, comp_out, comp_ns;   /* decayed totals */
-	uint64_t link_bytes, link_ns;          /* time spent sending */
-	uint64_t raw_pages_since_sample;
-
-	bool at_boundary;             /* between records on our send side */
-	bool peer_gone;
-	bool paused_by_us;
-	bool fresh;                   /* dest: pass 1, memory still all zero */
-	char remote_msg[128];
-	unsigned remote_reason;
-
-	/* progress */
-	uint64_t t_go, last_progress, pass_t0, pass_bytes0;
-	unsigned pass;
-	double bw_mbps, dirty_mbps;
-	double write_mbps;            /* guest page writes over the last pass
-					 (0: the backend does not count them) */
-	uint64_t written0;            /* guest pages_written at pass start */
-	uint64_t pages_remaining;
-	unsigned throttle;
-	lm__xfer_stats_t st;          /* engine thread only */
-	pthread_mutex_t stmu;
-	lm__xfer_stats_t pub;         /* copy under stmu */
-	int result;
-};
 
 void lm__xfer_opts_default(lm__xfer_opts_t *o)
 {
@@ -168,6 +84,16 @@ void lm__xfer_opts_default(lm__xfer_opts_t *o)
 	o->target_blackout_ms = 10;
 	o->blackout_cancel_ms = 1000;
 	o->batch_bytes = 1u << 20;
+	o->keepalive_ms = 1000;
+	o->stall_ms = 10000;
+}
+
+unsigned lm__xfer_blackout_bound_ms(const lm__xfer_opts_t *o)
+{
+	if (o->cancel_if_blackout_exceeds)
+		return o->blackout_cancel_ms ? o->blackout_cancel_ms : 1;
+	uint64_t b = (uint64_t)o->target_blackout_ms * 50;
+	return b < 5000 ? 5000 : b > 600000 ? 600000 : (unsigned)b;
 }
 
 /* ---------------------------------------------------------------- events */
@@ -179,8 +105,7 @@ static void publish(struct lm__xfer *x)
 	pthread_mutex_unlock(&x->stmu);
 }
 
-static void emit(struct lm__xfer *x, enum lm__xfer_event_type type,
-		 lm__xfer_event_t *ev)
+void lm__xf_emit(struct lm__xfer *x, enum lm__xfer_event_type type, lm__xfer_event_t *ev)
 {
 	lm__xfer_event_t e0;
 	if (!ev) {
@@ -207,23 +132,89 @@ static void emit(struct lm__xfer *x, enum lm__xfer_event_type type,
 static void maybe_progress(struct lm__xfer *x)
 {
 	if (x->t_go && lm_now_ns() - x->last_progress >= 250000000ull)
-		emit(x, LM_XEV_PROGRESS, NULL);
+		lm__xf_emit(x, LM_XEV_PROGRESS, NULL);
 }
 
 /* ------------------------------------------------------------------- I/O */
 
-static const char *side(const struct lm__xfer *x)
+const char *lm__xf_side(const struct lm__xfer *x)
 {
 	return x->role == LM_XFER_SOURCE ? "source" : "destination";
 }
 
+const char *lm__xf_peer(const struct lm__xfer *x)
+{
+	return x->role == LM_XFER_SOURCE ? "destination" : "source";
+}
+
+/* Why an I/O call failed, in words that name the side at fault. */
+static const char *io_why(struct lm__xfer *x, int rc, char *buf, size_t n)
+{
+	if (x->stalled)
+		snprintf(buf, n, "the %s stopped answering (nothing for %u ms: stalled)", lm__xf_peer(x),
+			 x->o.stall_ms);
+	else if (x->deadline_hit)
+		snprintf(buf, n, "the blackout reached its bound of %u ms", lm__xfer_blackout_bound_ms(&x->o));
+	else if (x->peer_eof)
+		snprintf(buf, n, "the %s closed the connection", lm__xf_peer(x));
+	else if (rc == -ECONNRESET || rc == -EPIPE)
+		snprintf(buf, n, "the connection to the %s was reset (%s)", lm__xf_peer(x), strerror(-rc));
+	else
+		snprintf(buf, n, "%s", strerror(-rc));
+	return buf;
+}
+
+void lm__xf_wake(struct lm__xfer *x)
+{
+	uint64_t one = 1;
+	if (write(x->wakefd, &one, sizeof(one)) < 0) { /* counter full: awake anyway */ }
+}
+
+void lm__xf_maybe_keepalive(struct lm__xfer *x)
+{
+	if (!x->keepalives || x->peer_gone)
+		return;
+	uint64_t now = lm_now_ns();
+	if (x->ka_len == 0) {
+		if (!x->at_boundary || now - x->last_tx_ns < (uint64_t)x->o.keepalive_ms * 1000000ull)
+			return;
+		lm_xf_rec_t h = { LM_XF_KEEPALIVE, 0, 0 };
+		memcpy(x->ka, &h, sizeof(h));
+		x->ka_off = 0;
+		x->ka_len = sizeof(h);
+	}
+	/* a non-blocking send may take part of it: the rest goes before any
+	 * other record (finish_keepalive) */
+	ssize_t r = send(x->sock, x->ka + x->ka_off, x->ka_len - x->ka_off, MSG_NOSIGNAL | MSG_DONTWAIT);
+	if (r > 0) {
+		x->ka_off += (unsigned)r;
+		x->last_tx_ns = now;
+		if (x->ka_off == x->ka_len)
+			x->ka_len = 0;
+	}
+}
+
 /* Waits for `events` on the socket, the wake fd, or the 250 ms tick.
- * Returns the socket's revents (> 0) or a negative errno. */
+ * Returns the socket's revents (> 0) or a negative errno: -ECANCELED,
+ * -ETIMEDOUT (the peer stalled: nothing moved either way for stall_ms),
+ * -ETIME (the current deadline, the blackout's bound, passed). Idle, it
+ * sends KEEPALIVEs (between records) and reports progress. */
 static int wait_io(struct lm__xfer *x, short events)
 {
 	for (;;) {
 		if (atomic_load(&x->cancel))
 			return -ECANCELED;
+		uint64_t now = lm_now_ns();
+		if (x->deadline_ns && now >= x->deadline_ns) {
+			x->deadline_hit = true;
+			return -ETIME;
+		}
+		uint64_t last = x->last_rx_ns > x->last_tx_ns ? x->last_rx_ns : x->last_tx_ns;
+		if (x->o.stall_ms && now - last > (uint64_t)x->o.stall_ms * 1000000ull) {
+			x->stalled = true;
+			return -ETIMEDOUT;
+		}
+		lm__xf_maybe_keepalive(x);
 		struct pollfd p[2] = { { x->sock, events, 0 }, { x->wakefd, POLLIN, 0 } };
 		int n = poll(p, 2, 250);
 		if (n < 0) {
@@ -243,6 +234,27 @@ static int wait_io(struct lm__xfer *x, short events)
 	}
 }
 
+/* The rest of a KEEPALIVE that left in part, before any other record. */
+static int finish_keepalive(struct lm__xfer *x)
+{
+	while (x->ka_len) {
+		lm__xf_maybe_keepalive(x);
+		if (!x->ka_len)
+			break;
+		struct pollfd p[2] = { { x->sock, POLLOUT, 0 }, { x->wakefd, POLLIN, 0 } };
+		if (atomic_load(&x->cancel))
+			return -ECANCELED;
+		if (poll(p, 2, 250) < 0 && errno != EINTR)
+			return -errno;
+		if (x->o.stall_ms && lm_now_ns() - x->last_tx_ns > (uint64_t)x->o.stall_ms * 1000000ull &&
+		    lm_now_ns() - x->last_rx_ns > (uint64_t)x->o.stall_ms * 1000000ull) {
+			x->stalled = true;
+			return -ETIMEDOUT;
+		}
+	}
+	return 0;
+}
+
 static int recv_full(struct lm__xfer *x, void *buf, size_t len)
 {
 	uint8_t *p = buf;
@@ -253,10 +265,12 @@ static int recv_full(struct lm__xfer *x, void *buf, size_t len)
 		if (r > 0) {
 			p += r;
 			len -= (size_t)r;
+			x->last_rx_ns = lm_now_ns();
 			continue;
 		}
 		if (r == 0) {
 			x->peer_gone = true;
+			x->peer_eof = true;
 			return -EPIPE;
 		}
 		if (errno == EINTR)
@@ -278,6 +292,7 @@ static int recv_iov(struct lm__xfer *x, struct iovec *iov, unsigned n)
 		ssize_t r = readv(x->sock, iov, n > IOV_BATCH ? IOV_BATCH : (int)n);
 		if (r > 0) {
 			size_t left = (size_t)r;
+			x->last_rx_ns = lm_now_ns();
 			while (n && left >= iov->iov_len) {
 				left -= iov->iov_len;
 				iov++;
@@ -291,6 +306,7 @@ static int recv_iov(struct lm__xfer *x, struct iovec *iov, unsigned n)
 		}
 		if (r == 0) {
 			x->peer_gone = true;
+			x->peer_eof = true;
 			return -EPIPE;
 		}
 		if (errno == EINTR)
@@ -306,7 +322,22 @@ static int recv_iov(struct lm__xfer *x, struct iovec *iov, unsigned n)
 	return 0;
 }
 
-static int read_abort_from_peer(struct lm__xfer *x);
+/* The next record header, KEEPALIVEs skipped (either side sends them
+ * between records whenever it is idle). */
+static int recv_hdr(struct lm__xfer *x, lm_xf_rec_t *h)
+{
+	for (;;) {
+		int rc = recv_full(x, h, sizeof(*h));
+		if (rc < 0)
+			return rc;
+		if (h->type != LM_XF_KEEPALIVE)
+			return 0;
+		if (h->len != 0)
+			return -EPROTO;
+	}
+}
+
+static int read_control_from_peer(struct lm__xfer *x);
 
 /* Sends all of iov (modified). The source also watches for a message from
  * the destination (an ABORT) while it waits. */
@@ -317,6 +348,8 @@ static int send_iov(struct lm__xfer *x, struct iovec *iov, unsigned n)
 		return rc;
 	if (atomic_load_explicit(&x->cancel, memory_order_relaxed))
 		return -ECANCELED;
+	if ((rc = finish_keepalive(x)) < 0)
+		return rc;
 	x->at_boundary = false;
 	uint64_t t_send = lm_now_ns(), b_send = x->st.bytes_sent;
 	while (n) {
@@ -325,6 +358,8 @@ static int send_iov(struct lm__xfer *x, struct iovec *iov, unsigned n)
 		if (w >= 0) {
 			size_t left = (size_t)w;
 			x->st.bytes_sent += left;
+			if (w > 0)
+				x->last_tx_ns = lm_now_ns();
 			while (n && left >= iov->iov_len) {
 				left -= iov->iov_len;
 				iov++;
@@ -340,21 +375,21 @@ static int send_iov(struct lm__xfer *x, struct iovec *iov, unsigned n)
 			continue;
 		if (errno != EAGAIN && errno != EWOULDBLOCK) {
 			int e = -errno;
-			int a = read_abort_from_peer(x);
+			int a = read_control_from_peer(x);
 			x->peer_gone = true;
 			return a < 0 ? a : e;
 		}
-		short ev = POLLOUT;
-		if (x->role == LM_XFER_SOURCE)
-			ev |= POLLIN;
-		int r = wait_io(x, ev);
+		/* Blocked: wait until we can write, and read what the peer says
+		 * meanwhile (KEEPALIVEs of a destination still waiting for its
+		 * TransferSandbox, or an ABORT). */
+		int r = wait_io(x, POLLOUT | POLLIN);
 		if (r < 0)
 			return r;
 		if (r & (POLLIN | POLLHUP | POLLERR)) {
-			if (!(r & POLLOUT) || (r & POLLIN)) {
-				int a = read_abort_from_peer(x);
+			int a = read_control_from_peer(x);
+			if (a < 0) {
 				x->peer_gone = true;
-				return a < 0 ? a : -EPIPE;
+				return a;
 			}
 		}
 	}
@@ -368,8 +403,7 @@ static int send_iov(struct lm__xfer *x, struct iovec *iov, unsigned n)
 	return 0;
 }
 
-static int send_rec(struct lm__xfer *x, uint32_t type, uint32_t count,
-		    const void *payload, size_t len)
+int lm__xf_send_rec(struct lm__xfer *x, uint32_t type, uint32_t count, const void *payload, size_t len)
 {
 	lm_xf_rec_t h = { type, count, len };
 	struct iovec iov[2] = { { &h, sizeof(h) }, { (void *)payload, len } };
@@ -379,7 +413,7 @@ static int send_rec(struct lm__xfer *x, uint32_t type, uint32_t count,
 /* Best effort: tell the peer why we stop (only at a record boundary). */
 static void send_abort(struct lm__xfer *x, int err, unsigned reason, const char *msg)
 {
-	if (x->peer_gone || !x->at_boundary)
+	if (x->peer_gone || !x->at_boundary || x->ka_len)
 		return;
 	struct {
 		lm_xf_rec_t h;
@@ -394,31 +428,47 @@ static void send_abort(struct lm__xfer *x, int err, unsigned reason, const char 
 	(void)w;
 }
 
-/* The peer sent something while we stream: it can only be an ABORT. */
-static int read_abort_from_peer(struct lm__xfer *x)
+/* The peer sent something while we stream: KEEPALIVEs (consumed) or an
+ * ABORT. Returns 0 (nothing else to read now), -EPIPE (closed), or the
+ * ABORT's meaning (-ECANCELED, -ECONNABORTED, -EPROTO). */
+static int read_control_from_peer(struct lm__xfer *x)
 {
-	lm_xf_rec_t h;
-	ssize_t r = recv(x->sock, &h, sizeof(h), MSG_DONTWAIT | MSG_PEEK);
-	if (r < (ssize_t)sizeof(h))
-		return r == 0 ? -EPIPE : 0;
-	if (recv(x->sock, &h, sizeof(h), MSG_DONTWAIT) != sizeof(h))
-		return -EPIPE;
-	if (h.type != LM_XF_ABORT || h.len != sizeof(lm_xf_abort_t)) {
-		snprintf(x->remote_msg, sizeof(x->remote_msg), "unexpected record type %u from peer", h.type);
-		return -EPROTO;
+	for (;;) {
+		lm_xf_rec_t h;
+		ssize_t r = recv(x->sock, &h, sizeof(h), MSG_DONTWAIT | MSG_PEEK);
+		if (r == 0) {
+			x->peer_eof = true;
+			return -EPIPE;
+		}
+		if (r < (ssize_t)sizeof(h))
+			return r < 0 && errno != EAGAIN && errno != EWOULDBLOCK ? -errno : 0;
+		if (h.type == LM_XF_KEEPALIVE && h.len == 0) {
+			if (recv(x->sock, &h, sizeof(h), MSG_DONTWAIT) != sizeof(h))
+				return -EPIPE;
+			x->last_rx_ns = lm_now_ns();
+			continue;
+		}
+		if (recv(x->sock, &h, sizeof(h), MSG_DONTWAIT) != sizeof(h))
+			return -EPIPE;
+		x->last_rx_ns = lm_now_ns();
+		if (h.type != LM_XF_ABORT || h.len != sizeof(lm_xf_abort_t)) {
+			snprintf(x->remote_msg, sizeof(x->remote_msg), "unexpected record type %u from the %s",
+				 h.type, lm__xf_peer(x));
+			return -EPROTO;
+		}
+		lm_xf_abort_t a;
+		memset(&a, 0, sizeof(a));
+		struct pollfd p = { x->sock, POLLIN, 0 };
+		if (poll(&p, 1, 100) <= 0 || recv(x->sock, &a, sizeof(a), MSG_DONTWAIT) != sizeof(a)) {
+			snprintf(x->remote_msg, sizeof(x->remote_msg), "the %s aborted", lm__xf_peer(x));
+			x->remote_reason = LM_XF_ABORT_FAILED;
+			return -ECONNABORTED;
+		}
+		a.msg[sizeof(a.msg) - 1] = 0;
+		snprintf(x->remote_msg, sizeof(x->remote_msg), "%s", a.msg);
+		x->remote_reason = a.reason;
+		return a.reason == LM_XF_ABORT_CANCELLED ? -ECANCELED : -ECONNABORTED;
 	}
-	lm_xf_abort_t a;
-	memset(&a, 0, sizeof(a));
-	struct pollfd p = { x->sock, POLLIN, 0 };
-	if (poll(&p, 1, 100) <= 0 || recv(x->sock, &a, sizeof(a), MSG_DONTWAIT) != sizeof(a)) {
-		snprintf(x->remote_msg, sizeof(x->remote_msg), "peer aborted");
-		x->remote_reason = LM_XF_ABORT_FAILED;
-		return -ECONNABORTED;
-	}
-	a.msg[sizeof(a.msg) - 1] = 0;
-	snprintf(x->remote_msg, sizeof(x->remote_msg), "%s", a.msg);
-	x->remote_reason = a.reason;
-	return a.reason == LM_XF_ABORT_CANCELLED ? -ECANCELED : -ECONNABORTED;
 }
 
 /* ------------------------------------------------------------- helpers */
@@ -829,7 +879,7 @@ static int send_dirty_pass(struct lm__xfer *x)
 static int send_pass_end(struct lm__xfer *x, uint64_t pages, bool final)
 {
 	lm_xf_pass_end_t pe = { pages, x->st.bytes_sent, x->pages_remaining, final, 0 };
-	return send_rec(x, LM_XF_PASS_END, x->pass, &pe, sizeof(pe));
+	return lm__xf_send_rec(x, LM_XF_PASS_END, x->pass, &pe, sizeof(pe));
 }
 
 /* -------------------------------------------------------------- source */
@@ -842,12 +892,23 @@ static int src_handshake(struct lm__xfer *x, char *why, size_t whylen)
 		return rc;
 	}
 	uint8_t buf[sizeof(lm_xf_hello_t) + LM_MAX_REGIONS * sizeof(lm_xf_region_t) + LM_XF_COMPAT_MAX];
-	lm_xf_hello_t h = { LM_XF_MAGIC, LM_XF_VERSION, sizeof(lm_xf_hello_t), x->o.session_id,
-			    LM_PAGE_SIZE, 0, (uint32_t)x->nreg, 0, 0, 0 };
+	lm_xf_hello_t h;
+	memset(&h, 0, sizeof(h));
+	h.magic = LM_XF_MAGIC;
+	h.version = LM_XF_VERSION;
+	h.hdr_len = sizeof(lm_xf_hello_t);
+	h.session_id = x->o.session_id;
+	h.page_size = LM_PAGE_SIZE;
+	h.nregions = (uint32_t)x->nreg;
+	h.keepalive_ms = x->o.keepalive_ms;
+	h.stall_ms = x->o.stall_ms;
+	lm__xf_commitment(x->ho.secret, h.commit);
 	if (x->o.checksum)
 		h.flags |= LM_XF_HELLO_CHECKSUM;
 	if (x->o.compress_workers)
 		h.flags |= LM_XF_HELLO_COMPRESS;
+	if (x->o.handover)
+		h.flags |= LM_XF_HELLO_HANDOVER;
 	size_t off = sizeof(h);
 	for (int i = 0; i < x->nreg; i++) {
 		lm_xf_region_t r = { x->reg[i].gpa, x->reg[i].size };
@@ -870,7 +931,8 @@ static int src_handshake(struct lm__xfer *x, char *why, size_t whylen)
 	}
 	lm_xf_hello_ack_t a;
 	if ((rc = recv_full(x, &a, sizeof(a))) < 0) {
-		snprintf(why, whylen, "no handshake answer from destination: %s", strerror(-rc));
+		char b[160];
+		snprintf(why, whylen, "no handshake answer from the destination: %s", io_why(x, rc, b, sizeof(b)));
 		return rc;
 	}
 	a.reason[sizeof(a.reason) - 1] = 0;
@@ -879,36 +941,52 @@ static int src_handshake(struct lm__xfer *x, char *why, size_t whylen)
 		return -EPROTO;
 	}
 	if (a.status != 0) {
-		snprintf(why, whylen, "destination refused handshake: %s", a.reason);
+		snprintf(why, whylen, "the destination refused the handshake: %s", a.reason);
 		return -(a.status > 0 && a.status < 4096 ? a.status : EPROTO);
 	}
+	memcpy(x->ho.peer_commit, a.commit, sizeof(a.commit));
 	return 0;
 }
 
+/* Between the handshake and go (the side's TransferSandbox): keep the
+ * link alive with KEEPALIVEs, notice a peer that stalls, gives up (an
+ * ABORT) or closes. A destination whose source already streams stops
+ * reading (the data waits in the socket) but still speaks. */
 static int wait_go(struct lm__xfer *x)
 {
 	bool data_waiting = false; /* dest: the source already streams */
 	while (!atomic_load(&x->go)) {
 		if (atomic_load(&x->cancel))
 			return -ECANCELED;
-		/* Also notice a peer that gives up meanwhile: an ABORT record
-		 * or a closed connection. */
+		uint64_t now = lm_now_ns();
+		if (!data_waiting && x->o.stall_ms &&
+		    now - x->last_rx_ns > (uint64_t)x->o.stall_ms * 1000000ull) {
+			x->stalled = true;
+			return -ETIMEDOUT;
+		}
+		lm__xf_maybe_keepalive(x);
 		short ev = POLLRDHUP | (data_waiting ? 0 : POLLIN);
 		struct pollfd q[2] = { { x->wakefd, POLLIN, 0 }, { x->sock, ev, 0 } };
 		int n = poll(q, 2, 250);
 		if (n > 0 && q[1].revents) {
 			lm_xf_rec_t h;
 			ssize_t r = recv(x->sock, &h, sizeof(h), MSG_DONTWAIT | MSG_PEEK);
+			bool closed = q[1].revents & (POLLRDHUP | POLLHUP | POLLERR);
+			if (r == (ssize_t)sizeof(h) && h.type == LM_XF_KEEPALIVE && h.len == 0) {
+				if (recv(x->sock, &h, sizeof(h), MSG_DONTWAIT) == (ssize_t)sizeof(h))
+					x->last_rx_ns = lm_now_ns();
+				continue;
+			}
 			if (r == (ssize_t)sizeof(h) && h.type != LM_XF_ABORT &&
-			    x->role == LM_XFER_DEST && !(q[1].revents & (POLLRDHUP | POLLHUP))) {
+			    x->role == LM_XFER_DEST && !closed) {
 				data_waiting = true;
 			} else if (r == (ssize_t)sizeof(h) && h.type != LM_XF_ABORT) {
 				/* data, then the peer closed: a broken stream */
 				x->peer_gone = true;
+				x->peer_eof = closed;
 				return -EPIPE;
-			} else if (r == (ssize_t)sizeof(h) || r == 0 ||
-				   (q[1].revents & (POLLRDHUP | POLLHUP | POLLERR))) {
-				int a = read_abort_from_peer(x);
+			} else if (r == (ssize_t)sizeof(h) || r == 0 || closed) {
+				int a = read_control_from_peer(x);
 				x->peer_gone = true;
 				return a < 0 ? a : -EPIPE;
 			}
@@ -948,7 +1026,7 @@ static void end_pass_stats(struct lm__xfer *x, uint64_t ndirty)
 	x->pages_remaining = ndirty;
 	if (x->o.perf_tracing)
 		lm_log_info(MOD, "pass done", "side=%s session_id_hash=%u pass=%u ms=%.2f bytes=%llu dirty_pages=%llu bw_mbps=%.0f dirty_mbps=%.0f write_mbps=%.0f throttle=%u",
-			    side(x), x->o.session_id, x->pass, (double)ns / 1e6, (unsigned long long)bytes,
+			    lm__xf_side(x), x->o.session_id, x->pass, (double)ns / 1e6, (unsigned long long)bytes,
 			    (unsigned long long)ndirty, x->bw_mbps, x->dirty_mbps, x->write_mbps,
 			    x->throttle);
 }
@@ -1034,7 +1112,7 @@ static int src_transfer(struct lm__xfer *x, char *why, size_t whylen,
 	x->pass = 1;
 	x->pass_t0 = x->t_go;
 	x->pass_bytes0 = x->st.bytes_sent;
-	emit(x, LM_XEV_PROGRESS, NULL);
+	lm__xf_emit(x, LM_XEV_PROGRESS, NULL);
 	rc = send_full_pass(x);
 	uint64_t pages_in_pass = x->st.pages_sent;
 	for (;;) {
@@ -1054,7 +1132,7 @@ static int src_transfer(struct lm__xfer *x, char *why, size_t whylen,
 		rc = send_pass_end(x, pages_in_pass, converge);
 		if (rc < 0)
 			goto io_fail;
-		emit(x, LM_XEV_PROGRESS, NULL);
+		lm__xf_emit(x, LM_XEV_PROGRESS, NULL);
 		if (converge)
 			break;
 		/* Throttle: see next_throttle() and hcs/PROTOCOL.md. */
@@ -1067,9 +1145,11 @@ static int src_transfer(struct lm__xfer *x, char *why, size_t whylen,
 		pages_in_pass = x->st.pages_sent - before;
 	}
 
-	/* Blackout. */
+	/* Blackout: from here to the destination's ACK, every wait is bounded
+	 * by the blackout's bound (io_fail: abort, the source resumes). */
 	uint64_t tb0 = lm_now_ns();
-	emit(x, LM_XEV_BLACKOUT_STARTED, NULL);
+	x->deadline_ns = tb0 + (uint64_t)lm__xfer_blackout_bound_ms(&x->o) * 1000000ull;
+	lm__xf_emit(x, LM_XEV_BLACKOUT_STARTED, NULL);
 	if ((rc = x->ops->pause(x->vm)) < 0) {
 		snprintf(why, whylen, "pausing the VM failed: %s", strerror(-rc));
 		return rc;
@@ -1136,24 +1216,26 @@ static int src_transfer(struct lm__xfer *x, char *why, size_t whylen,
 		send_abort(x, rc, LM_XF_ABORT_FAILED, why);
 		return rc;
 	}
-	rc = send_rec(x, LM_XF_STATE, 0, blob ? blob : blob_fallback, (size_t)bl);
+	rc = lm__xf_send_rec(x, LM_XF_STATE, 0, blob ? blob : blob_fallback, (size_t)bl);
 	free(blob);
 	if (rc < 0)
 		goto io_fail;
 	lm_xf_end_t end = { x->st.pages_sent, x->st.bytes_sent };
-	if ((rc = send_rec(x, LM_XF_END, 0, &end, sizeof(end))) < 0)
+	x->end_sent = true;   /* from here the destination may be complete */
+	if ((rc = lm__xf_send_rec(x, LM_XF_END, 0, &end, sizeof(end))) < 0)
 		goto io_fail;
 	lm_xf_rec_t h;
-	if ((rc = recv_full(x, &h, sizeof(h))) < 0)
+	if ((rc = recv_hdr(x, &h)) < 0)
 		goto io_fail;
 	if (h.type == LM_XF_ABORT && h.len == sizeof(lm_xf_abort_t)) {
 		lm_xf_abort_t a;
 		if ((rc = recv_full(x, &a, sizeof(a))) < 0)
 			goto io_fail;
 		a.msg[sizeof(a.msg) - 1] = 0;
-		snprintf(why, whylen, "destination aborted: %s", a.msg);
+		snprintf(why, whylen, "the destination aborted: %s", a.msg);
 		*res = a.reason == LM_XF_ABORT_CANCELLED ? LM_XR_CANCELLED : LM_XR_DEST_FAILED;
 		x->peer_gone = true;
+		x->end_sent = false;   /* it failed: it will never run the guest */
 		return a.reason == LM_XF_ABORT_CANCELLED ? -ECANCELED : -ECONNABORTED;
 	}
 	lm_xf_ack_t ack;
@@ -1164,33 +1246,44 @@ static int src_transfer(struct lm__xfer *x, char *why, size_t whylen,
 	if ((rc = recv_full(x, &ack, sizeof(ack))) < 0)
 		goto io_fail;
 	if (ack.status != 0) {
-		snprintf(why, whylen, "destination failed to load the VM: %s", strerror(ack.status));
+		snprintf(why, whylen, "the destination failed to load the VM: %s", strerror(ack.status));
 		*res = LM_XR_DEST_FAILED;
+		x->end_sent = false;   /* it failed: it will never run the guest */
 		return -ECONNABORTED;
 	}
+	x->deadline_ns = 0;
 	uint64_t tb1 = lm_now_ns();
 	x->st.blackout_ns = tb1 - tb0;
 	x->st.total_ns = tb1 - x->t_go;
-	emit(x, LM_XEV_OFFLINE_DONE, NULL);
+	lm__xf_emit(x, LM_XEV_OFFLINE_DONE, NULL);
 	lm__xfer_event_t ev;
 	memset(&ev, 0, sizeof(ev));
 	ev.blackout_ns = tb1 - tb0;
 	ev.blackout_stop_wall_ns = lm_wall_ns();
-	emit(x, LM_XEV_BLACKOUT_EXITED, &ev);
+	lm__xf_emit(x, LM_XEV_BLACKOUT_EXITED, &ev);
 	set_throttle(x, 0);
 	x->ops->dirty_log_stop(x->vm);
 	return 0;
 
 io_fail:
+	x->deadline_ns = 0;
 	if (rc == -ECANCELED && !x->remote_msg[0]) {
 		snprintf(why, whylen, "migration cancelled on the source");
 		*res = LM_XR_CANCELLED;
 		send_abort(x, ECANCELED, LM_XF_ABORT_CANCELLED, why);
 	} else if (x->remote_msg[0]) {
-		snprintf(why, whylen, "destination aborted: %s", x->remote_msg);
+		snprintf(why, whylen, "the destination aborted: %s", x->remote_msg);
 		*res = x->remote_reason == LM_XF_ABORT_CANCELLED ? LM_XR_CANCELLED : LM_XR_DEST_FAILED;
+		x->end_sent = false;   /* it failed: it will never run the guest */
 	} else {
-		snprintf(why, whylen, "source stream I/O failed: %s", strerror(-rc));
+		char b[160];
+		io_why(x, rc, b, sizeof(b));
+		if (x->deadline_hit)
+			snprintf(why, whylen, "%s waiting for the destination: the source resumes", b);
+		else
+			snprintf(why, whylen, "the source's stream failed: %s", b);
+		if (x->stalled || x->peer_eof)
+			*res = LM_XR_DEST_FAILED;
 		send_abort(x, rc, LM_XF_ABORT_FAILED, why);
 	}
 	return rc;
@@ -1202,7 +1295,9 @@ static int source_run(struct lm__xfer *x, bool wait)
 	enum lm__xfer_result res = LM_XR_SOURCE_FAILED;
 	int rc = src_handshake(x, why, sizeof(why));
 	if (rc == 0) {
-		emit(x, LM_XEV_SETUP_DONE, NULL);
+		x->keepalives = true;
+		x->last_rx_ns = x->last_tx_ns = lm_now_ns();
+		lm__xf_emit(x, LM_XEV_SETUP_DONE, NULL);
 		if (wait)
 			rc = wait_go(x);
 		if (rc < 0) {
@@ -1211,8 +1306,9 @@ static int source_run(struct lm__xfer *x, bool wait)
 				res = LM_XR_CANCELLED;
 				send_abort(x, ECANCELED, LM_XF_ABORT_CANCELLED, why);
 			} else {
-				snprintf(why, sizeof(why), "destination gone before transfer: %s",
-					 x->remote_msg[0] ? x->remote_msg : strerror(-rc));
+				char b[160];
+				snprintf(why, sizeof(why), "the destination failed before the transfer: %s",
+					 x->remote_msg[0] ? x->remote_msg : io_why(x, rc, b, sizeof(b)));
 				res = LM_XR_DEST_FAILED;
 			}
 		}
@@ -1227,21 +1323,33 @@ static int source_run(struct lm__xfer *x, bool wait)
 	}
 	if (rc == 0) {
 		x->st.result = 0;
-		emit(x, LM_XEV_COMPLETED, NULL);
+		if (x->o.handover)   /* holding before anyone hears of the completion */
+			lm__xf_ho_begin(x, LM_HO_HOLDING);
+		lm__xf_emit(x, LM_XEV_COMPLETED, NULL);
+		if (x->o.handover)
+			lm__xf_ho_run(x, LM_HO_HOLDING);
 		return 0;
 	}
-	/* Failure: say so, then recover the source exactly as it was. */
+	/* Failure: say so, then recover the source exactly as it was. Once
+	 * END left, the destination may be complete: the source keeps the
+	 * guest (REVOKED; the destination never runs it without a grant) and
+	 * tells it so on the link while it can (the handover, below). */
+	bool linger = x->o.handover && x->end_sent;
 	lm_log_error(MOD, "migration failed", "side=source session_id_hash=%u err=%d why=\"%s\"",
 		     x->o.session_id, rc, why);
-	shutdown(x->sock, SHUT_RDWR);
-	x->peer_gone = true;
+	if (linger) {
+		lm__xf_ho_revoke_now(x);
+	} else {
+		shutdown(x->sock, SHUT_RDWR);
+		x->peer_gone = true;
+	}
 	x->st.result = rc;
 	lm__xfer_event_t ev;
 	memset(&ev, 0, sizeof(ev));
 	ev.err = rc;
 	ev.result = res;
 	snprintf(ev.msg, sizeof(ev.msg), "%s", why);
-	emit(x, LM_XEV_FAILED, &ev);
+	lm__xf_emit(x, LM_XEV_FAILED, &ev);
 	set_throttle(x, 0);
 	x->ops->dirty_log_stop(x->vm);
 	int r2 = 0;
@@ -1252,7 +1360,9 @@ static int source_run(struct lm__xfer *x, bool wait)
 	memset(&ev, 0, sizeof(ev));
 	ev.err = r2;
 	ev.result = r2 ? LM_XR_RECOVERY_FAILED : LM_XR_SUCCESS;
-	emit(x, r2 ? LM_XEV_RECOVERY_FAILED : LM_XEV_RECOVERY_DONE, &ev);
+	lm__xf_emit(x, r2 ? LM_XEV_RECOVERY_FAILED : LM_XEV_RECOVERY_DONE, &ev);
+	if (linger)
+		lm__xf_ho_run(x, LM_HO_REVOKED);
 	return rc;
 }
 
@@ -1267,7 +1377,8 @@ static int dst_handshake(struct lm__xfer *x, char *why, size_t whylen)
 	}
 	lm_xf_hello_t h;
 	if ((rc = recv_full(x, &h, sizeof(h))) < 0) {
-		snprintf(why, whylen, "no hello from source: %s", strerror(-rc));
+		char b[160];
+		snprintf(why, whylen, "no hello from the source: %s", io_why(x, rc, b, sizeof(b)));
 		return rc;
 	}
 	lm_xf_hello_ack_t a;
@@ -1330,6 +1441,14 @@ static int dst_handshake(struct lm__xfer *x, char *why, size_t whylen)
 	if (!status) {
 		x->o.checksum = (h.flags & LM_XF_HELLO_CHECKSUM) != 0;
 		x->o.compress_workers = (h.flags & LM_XF_HELLO_COMPRESS) ? 1 : 0;
+		x->o.handover = (h.flags & LM_XF_HELLO_HANDOVER) != 0;
+		/* one timing for both sides: the source's */
+		if (h.keepalive_ms)
+			x->o.keepalive_ms = h.keepalive_ms;
+		if (h.stall_ms)
+			x->o.stall_ms = h.stall_ms;
+		memcpy(x->ho.peer_commit, h.commit, sizeof(h.commit));
+		lm__xf_commitment(x->ho.secret, a.commit);
 	}
 refuse_now:
 	a.status = status;
@@ -1488,23 +1607,27 @@ static int dst_transfer(struct lm__xfer *x, char *why, size_t whylen,
 			snprintf(why, whylen, "destination receive failed (fault): %s", strerror(-rc));
 			break;
 		}
-		if ((rc = recv_full(x, &h, sizeof(h))) < 0) {
-			if (rc == -EPIPE)
-				snprintf(why, whylen, "source closed the stream before the end");
-			else if (rc == -ECANCELED)
+		if ((rc = recv_hdr(x, &h)) < 0) {
+			char b[160];
+			if (rc == -ECANCELED)
 				snprintf(why, whylen, "migration cancelled on the destination");
+			else if (x->peer_eof)
+				snprintf(why, whylen, "the source closed the connection before the end of the stream");
 			else
-				snprintf(why, whylen, "destination stream I/O failed: %s", strerror(-rc));
+				snprintf(why, whylen, "the destination's stream failed: %s", io_why(x, rc, b, sizeof(b)));
 			break;
 		}
 		x->st.bytes_sent += sizeof(h) + h.len;
 		if (h.type == LM_XF_PAGES) {
 			rc = dst_pages(x, &h, scratch, why, whylen);
 			if (rc < 0) {
+				char b[160];
 				if (rc == -ECANCELED)
 					snprintf(why, whylen, "migration cancelled on the destination");
-				else if (rc == -EPIPE)
-					snprintf(why, whylen, "source closed the stream mid-batch");
+				else if (x->peer_eof)
+					snprintf(why, whylen, "the source closed the connection mid-batch");
+				else if (x->stalled || rc == -ETIMEDOUT)
+					snprintf(why, whylen, "the destination's stream failed: %s", io_why(x, rc, b, sizeof(b)));
 				break;
 			}
 			maybe_progress(x);
@@ -1524,11 +1647,11 @@ static int dst_transfer(struct lm__xfer *x, char *why, size_t whylen,
 					     ((double)(now - x->pass_t0) / 1e6);
 			x->pass_t0 = now;
 			x->pass_bytes0 = x->st.bytes_sent;
-			emit(x, LM_XEV_PROGRESS, NULL);
+			lm__xf_emit(x, LM_XEV_PROGRESS, NULL);
 			if (pe.final && !x->paused_by_us) {
 				/* The source is pausing the guest now. */
 				x->paused_by_us = true;
-				emit(x, LM_XEV_BLACKOUT_STARTED, NULL);
+				lm__xf_emit(x, LM_XEV_BLACKOUT_STARTED, NULL);
 			}
 		} else if (h.type == LM_XF_STATE && h.len <= LM_STATE_BLOB_MAX) {
 			free(blob);
@@ -1558,7 +1681,7 @@ static int dst_transfer(struct lm__xfer *x, char *why, size_t whylen,
 			if (rc == 0)
 				rc = x->ops->state_load(x->vm, blob, bloblen);
 			lm_xf_ack_t ack = { rc < 0 ? -rc : 0, 0 };
-			int r2 = send_rec(x, LM_XF_ACK, 0, &ack, sizeof(ack));
+			int r2 = lm__xf_send_rec(x, LM_XF_ACK, 0, &ack, sizeof(ack));
 			if (rc < 0) {
 				snprintf(why, whylen, "loading the VM state failed: %s", strerror(-rc));
 				x->peer_gone = true; /* told it already */
@@ -1571,7 +1694,7 @@ static int dst_transfer(struct lm__xfer *x, char *why, size_t whylen,
 			}
 			x->st.total_ns = lm_now_ns() - x->t_go;
 			x->pages_remaining = 0;
-			emit(x, LM_XEV_OFFLINE_DONE, NULL);
+			lm__xf_emit(x, LM_XEV_OFFLINE_DONE, NULL);
 			rc = 0;
 			break;
 		} else if (h.type == LM_XF_ABORT && h.len == sizeof(lm_xf_abort_t)) {
@@ -1581,7 +1704,7 @@ static int dst_transfer(struct lm__xfer *x, char *why, size_t whylen,
 				break;
 			}
 			a.msg[sizeof(a.msg) - 1] = 0;
-			snprintf(why, whylen, "source aborted: %s", a.msg);
+			snprintf(why, whylen, "the source aborted: %s", a.msg);
 			*res = a.reason == LM_XF_ABORT_FAILED ? LM_XR_SOURCE_FAILED : LM_XR_CANCELLED;
 			rc = a.reason == LM_XF_ABORT_FAILED ? -ECONNABORTED : -ECANCELED;
 			x->peer_gone = true;
@@ -1607,14 +1730,17 @@ static int dest_run(struct lm__xfer *x, bool wait)
 	x->at_boundary = true;
 	int rc = dst_handshake(x, why, sizeof(why));
 	if (rc == 0) {
-		emit(x, LM_XEV_SETUP_DONE, NULL);
+		x->keepalives = true;
+		x->last_rx_ns = x->last_tx_ns = lm_now_ns();
+		lm__xf_emit(x, LM_XEV_SETUP_DONE, NULL);
 		if (wait)
 			rc = wait_go(x);
 		if (rc == -ECANCELED && !x->remote_msg[0]) {
 			snprintf(why, sizeof(why), "migration cancelled on the destination");
 		} else if (rc < 0) {
-			snprintf(why, sizeof(why), "source gone before transfer: %s",
-				 x->remote_msg[0] ? x->remote_msg : strerror(-rc));
+			char b[160];
+			snprintf(why, sizeof(why), "the source failed before the transfer: %s",
+				 x->remote_msg[0] ? x->remote_msg : io_why(x, rc, b, sizeof(b)));
 			res = rc == -ECANCELED ? LM_XR_CANCELLED : LM_XR_SOURCE_FAILED;
 		}
 	}
@@ -1627,7 +1753,11 @@ static int dest_run(struct lm__xfer *x, bool wait)
 	}
 	if (rc == 0) {
 		x->st.result = 0;
-		emit(x, LM_XEV_COMPLETED, NULL);
+		if (x->o.handover)   /* holding before anyone hears of the completion */
+			lm__xf_ho_begin(x, LM_HO_HOLDING);
+		lm__xf_emit(x, LM_XEV_COMPLETED, NULL);
+		if (x->o.handover)
+			lm__xf_ho_run(x, LM_HO_HOLDING);
 		return 0;
 	}
 	lm_log_error(MOD, "migration failed", "side=destination session_id_hash=%u err=%d why=\"%s\"",
@@ -1643,7 +1773,7 @@ static int dest_run(struct lm__xfer *x, bool wait)
 	ev.err = rc;
 	ev.result = res;
 	snprintf(ev.msg, sizeof(ev.msg), "%s", why);
-	emit(x, LM_XEV_FAILED, &ev);
+	lm__xf_emit(x, LM_XEV_FAILED, &ev);
 	return rc;
 }
 
@@ -1705,6 +1835,7 @@ static void xfer_free(struct lm__xfer *x)
 		close(x->sock);
 	if (x->wakefd >= 0)
 		close(x->wakefd);
+	lm__xf_ho_fini(x);
 	pthread_mutex_destroy(&x->stmu);
 	free(x);
 }
@@ -1729,6 +1860,15 @@ static int xfer_init(struct lm__xfer **out, enum lm__xfer_role role,
 		x->o = *opts;
 	else
 		lm__xfer_opts_default(&x->o);
+	if (!x->o.keepalive_ms)
+		x->o.keepalive_ms = 1000;
+	x->wakefd = -1;
+	if (lm__xf_ho_init(x) < 0) {
+		pthread_mutex_destroy(&x->stmu);
+		close(sock);
+		free(x);
+		return -ENOMEM;
+	}
 	if (x->o.batch_bytes < LM_PAGE_SIZE * 4 || x->o.batch_bytes > LM_XF_MAX_DATA)
 		x->o.batch_bytes = 1u << 20;
 	x->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -1785,6 +1925,9 @@ fail:
 static void *xfer_main(void *arg)
 {
 	struct lm__xfer *x = arg;
+	/* the handshake too has the link's bound: a peer that says nothing
+	 * for stall_ms is stalled */
+	x->last_rx_ns = x->last_tx_ns = lm_now_ns();
 	if (x->o.cpu_reserve_pct) {
 		char why[200];
 		enum lm_sched_kind k = lm_sched_reserve_self(x->o.cpu_reserve_pct, why, sizeof(why));
@@ -1792,16 +1935,17 @@ static void *xfer_main(void *arg)
 		publish(x);
 		if (k == LM_SCHED_DEADLINE)
 			lm_log_info(MOD, "transfer thread reserved", "side=%s session_id_hash=%u sched=deadline cpu_pct=%u",
-				    side(x), x->o.session_id, x->o.cpu_reserve_pct);
+				    lm__xf_side(x), x->o.session_id, x->o.cpu_reserve_pct);
 		else
 			lm_log_warn(MOD, "transfer thread not reserved", "side=%s session_id_hash=%u sched=%s cpu_pct=%u why=\"%s\"",
-				    side(x), x->o.session_id, lm_sched_kind_name(k), x->o.cpu_reserve_pct, why);
+				    lm__xf_side(x), x->o.session_id, lm_sched_kind_name(k), x->o.cpu_reserve_pct, why);
 	}
 	x->result = x->role == LM_XFER_SOURCE ? source_run(x, true) : dest_run(x, true);
 	struct timespec ts;
 	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
 	x->st.cpu_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 	publish(x);
+	atomic_store(&x->finished, true);
 	return NULL;
 }
 
@@ -1830,27 +1974,29 @@ int lm__xfer_run_sync(enum lm__xfer_role role, const lm_backend_ops_t *ops,
 	int rc = xfer_init(&x, role, ops, vm, sock, opts, fn, arg);
 	if (rc < 0)
 		return rc;
+	x->last_rx_ns = x->last_tx_ns = lm_now_ns();
 	rc = role == LM_XFER_SOURCE ? source_run(x, false) : dest_run(x, false);
 	xfer_free(x);
 	return rc;
 }
 
-static void wake(struct lm__xfer *x)
-{
-	uint64_t one = 1;
-	if (write(x->wakefd, &one, sizeof(one)) < 0) { /* counter full: awake anyway */ }
-}
-
 void lm__xfer_go(lm__xfer_t *x)
 {
 	atomic_store(&x->go, true);
-	wake(x);
+	lm__xf_wake(x);
 }
 
 void lm__xfer_cancel(lm__xfer_t *x)
 {
+	/* After the transfer there is nothing to stop: the handover decides
+	 * (lm__xfer_ho_revoke / _release); only destroy ends it. */
+	pthread_mutex_lock(&x->ho.mu);
+	bool ho = x->ho.active;
+	pthread_mutex_unlock(&x->ho.mu);
+	if (ho && !atomic_load(&x->destroy))
+		return;
 	atomic_store(&x->cancel, true);
-	wake(x);
+	lm__xf_wake(x);
 }
 
 int lm__xfer_join(lm__xfer_t *x)
@@ -1873,9 +2019,15 @@ void lm__xfer_destroy(lm__xfer_t *x)
 {
 	if (!x)
 		return;
+	atomic_store(&x->destroy, true);
 	lm__xfer_cancel(x);
 	lm__xfer_join(x);
 	xfer_free(x);
+}
+
+bool lm__xfer_finished(lm__xfer_t *x)
+{
+	return atomic_load(&x->finished);
 }
 
 /* ------------------------------------------------------------- digest */

@@ -20,7 +20,10 @@
 #include "hcs/backend.h"
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
+
+#define LM_XF_SECRET_LEN_PUBLIC 32   /* = LM_XF_SECRET_LEN */
 
 typedef struct lm__xfer lm__xfer_t;
 
@@ -43,7 +46,16 @@ typedef struct lm__xfer_opts {
 	uint32_t batch_bytes;        /* data bytes per batch (default 1 MiB) */
 	unsigned cpu_reserve_pct;    /* engine thread's CPU reservation (util/sched.h); 0 none.
 	                                The compression workers stay normal threads. */
+	bool handover;               /* source: after ACK, the handover decides who runs
+					the guest (destination: taken from the hello) */
+	unsigned keepalive_ms;       /* idle sides send a KEEPALIVE this often (default 1000) */
+	unsigned stall_ms;           /* a peer silent this long has stalled (default 10000) */
 } lm__xfer_opts_t;
+
+/* The blackout's bound (pause -> the destination's ACK): the threshold
+ * when cancel_if_blackout_exceeds is set, else 50 x the target with a
+ * floor of 5 s. A blackout that reaches it aborts and the source resumes. */
+unsigned lm__xfer_blackout_bound_ms(const lm__xfer_opts_t *o);
 
 /* Thread: any. Fills the defaults (documented in PROTOCOL.md). */
 void lm__xfer_opts_default(lm__xfer_opts_t *o);
@@ -58,6 +70,7 @@ enum lm__xfer_event_type {
 	LM_XEV_FAILED,
 	LM_XEV_RECOVERY_DONE,    /* source resumed after a failure */
 	LM_XEV_RECOVERY_FAILED,
+	LM_XEV_HANDOVER,         /* the handover changed (lm__xfer_ho_status tells) */
 };
 
 enum lm__xfer_result {
@@ -125,8 +138,87 @@ int lm__xfer_join(lm__xfer_t *x);
 /* Thread: any. Statistics so far (complete after join). */
 void lm__xfer_get_stats(lm__xfer_t *x, lm__xfer_stats_t *out);
 
-/* Thread: any but the engine's. Cancels, joins, closes the socket, frees. */
+/* Thread: any but the engine's. Cancels, joins, closes the socket, frees.
+ * Closing an unsettled handover is only right when the VM it speaks for
+ * is going away (the peer takes a close without a final word as "that
+ * VM is gone"). */
 void lm__xfer_destroy(lm__xfer_t *x);
+
+/* Thread: any. true once the engine thread has finished (the handover
+ * settled, or the transfer failed and nothing is left to say): destroy
+ * will not block then. */
+bool lm__xfer_finished(lm__xfer_t *x);
+
+/* ---- the handover (hcs/PROTOCOL.md, "Handover") -----------------------------
+ *
+ * After a transfer with `handover`, the engine thread stays on the link:
+ * the destination runs the guest only with the source's GRANT, and the
+ * source never resumes once it granted (unless the destination released
+ * it). Both send KEEPALIVEs; a silent peer (stall_ms) breaks the link
+ * until it speaks again; a closed link is closed for good. */
+
+enum lm__ho_state {
+	LM_HO_NONE = 0,      /* no handover (yet) */
+	LM_HO_HOLDING,       /* complete; undecided */
+	LM_HO_REQUESTED,     /* dst: COMMIT_REQ sent, waiting for the answer */
+	LM_HO_GRANTED,       /* src: granted (never resumes unless released);
+				dst: grant received */
+	LM_HO_COMMITTED,     /* dst: runs the guest (COMMITTING sent); src: saw it */
+	LM_HO_REVOKED,       /* src: keeps the guest (may resume); dst: told so, never runs */
+	LM_HO_RELEASED,      /* dst: never runs the guest; src: told so, may resume */
+};
+
+enum lm__ho_link {
+	LM_HO_LINK_UP = 0,
+	LM_HO_LINK_SETTLED,  /* both final words exchanged; closed by agreement */
+	LM_HO_LINK_CLOSED,   /* closed before the handover settled: nothing more can
+				be said on it (and nothing is known of the peer) */
+	LM_HO_LINK_BROKEN,   /* an error or a stall: the peer's fate is unknown */
+};
+
+typedef struct lm__ho_status {
+	enum lm__ho_state state;
+	enum lm__ho_link link;
+	bool may_run;        /* dst: Finalize RESUME may start the guest now */
+	bool may_resume;     /* src: the guest may run here again */
+	bool in_doubt;       /* neither side can decide alone (lmctl recover) */
+	bool has_secret;     /* `secret` may be shown to the peer's shim */
+	uint8_t secret[LM_XF_SECRET_LEN_PUBLIC];
+	char why[160];       /* the last link event */
+} lm__ho_status_t;
+
+/* Thread: any but the engine's; these wait (bounded) for the engine.
+ * commit (dst): asks for the grant; 0 = run the guest now (COMMITTING is
+ * on its way), -EPERM (the source kept it, or we released), -ETIMEDOUT
+ * (no answer: in doubt, nothing runs). release (dst): the guest never
+ * runs here; 0, or -EPERM once granted or committed. revoke (src): the
+ * guest stays here; 0 = it may resume, -EPERM once granted (unless the
+ * destination released); with wait_sent, waits (bounded) until the
+ * REVOKE is written, for a destination that waits for it. wait_committed
+ * (src, Finalize STOP): 0 once the destination runs the guest; -EPERM if
+ * it will not (released, or no grant asked yet); -ETIMEDOUT. force_*:
+ * an operator's word that the peer's host is gone for good (the only
+ * way past a dead peer; never taken on a guess): force_commit (dst) runs
+ * the guest without a grant, force_resume (src) resumes after granting.
+ * A `why` says what happened. */
+int lm__xfer_ho_commit(lm__xfer_t *x, uint64_t timeout_ns, char *why, size_t n);
+int lm__xfer_ho_release(lm__xfer_t *x, char *why, size_t n);
+int lm__xfer_ho_revoke(lm__xfer_t *x, bool wait_sent, char *why, size_t n);
+int lm__xfer_ho_wait_committed(lm__xfer_t *x, uint64_t timeout_ns, char *why, size_t n);
+/* Recovery with the peer's secret, carried by an orchestrator when the
+ * link broke: commit_token (dst) with the source's grant secret;
+ * release_token (src) with the destination's release secret. -EACCES if
+ * the secret does not match the peer's commitment. */
+int lm__xfer_ho_commit_token(lm__xfer_t *x, const uint8_t *secret, size_t len, char *why, size_t n);
+int lm__xfer_ho_release_token(lm__xfer_t *x, const uint8_t *secret, size_t len, char *why, size_t n);
+/* grant (src, recovery): give the guest to the destination without its
+ * request (a broken link); the secret then shows in the status. */
+int lm__xfer_ho_grant(lm__xfer_t *x, char *why, size_t n);
+int lm__xfer_ho_force_commit(lm__xfer_t *x, char *why, size_t n);
+int lm__xfer_ho_force_resume(lm__xfer_t *x, char *why, size_t n);
+void lm__xfer_ho_status(lm__xfer_t *x, lm__ho_status_t *out);
+const char *lm__ho_state_name(enum lm__ho_state s);
+const char *lm__ho_link_name(enum lm__ho_link l);
 
 /* Thread: caller. Runs a whole side on the calling thread (no go wait):
  * the fuzz target drives the destination parser with it. */

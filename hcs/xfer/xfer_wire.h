@@ -1,5 +1,5 @@
 /*
- * xfer_wire.h: the wire format of the memory-transfer stream, version 1.
+ * xfer_wire.h: the wire format of the memory-transfer stream, version 2.
  * hcs/PROTOCOL.md is the prose description; this header is the truth for
  * the byte layout. All integers are little-endian; every struct is
  * naturally aligned with no padding (checked by static asserts).
@@ -11,7 +11,7 @@
 #include <stdint.h>
 
 #define LM_XF_MAGIC 0x58464d4cu   /* bytes "LMFX" */
-#define LM_XF_VERSION 1u
+#define LM_XF_VERSION 2u
 #define LM_XF_COMPAT_MAX 4096u    /* compatibility data bytes */
 #define LM_XF_MAX_DESCS 4096u     /* page descriptors per batch */
 #define LM_XF_MAX_DATA (16u << 20) /* data bytes per batch */
@@ -20,6 +20,12 @@
 /* hello.flags */
 #define LM_XF_HELLO_CHECKSUM 0x1u /* PAGES batches carry a checksum */
 #define LM_XF_HELLO_COMPRESS 0x2u /* PAGES may carry LZ4 pages */
+#define LM_XF_HELLO_HANDOVER 0x4u /* after ACK, the handover (PROTOCOL.md):
+				     the destination runs the guest only
+				     with the source's GRANT */
+
+#define LM_XF_SECRET_LEN 32u      /* handover secrets; their SHA-256 is
+				     committed to in the handshake */
 
 /* Source -> destination, first bytes on the socket. Followed by
  * nregions lm_xf_region_t and compat_len bytes of compatibility data. */
@@ -34,8 +40,11 @@ typedef struct lm_xf_hello {
 	uint32_t compat_len;     /* 0..LM_XF_COMPAT_MAX */
 	uint32_t reserved;
 	uint64_t total_bytes;    /* sum of region sizes */
+	uint8_t commit[32];      /* SHA-256 of the source's grant secret */
+	uint32_t keepalive_ms;   /* the source sends a KEEPALIVE when idle this long */
+	uint32_t stall_ms;       /* silence after which a side is stalled */
 } lm_xf_hello_t;
-static_assert(sizeof(lm_xf_hello_t) == 40, "hello layout");
+static_assert(sizeof(lm_xf_hello_t) == 80, "hello layout");
 
 typedef struct lm_xf_region {
 	uint64_t gpa;
@@ -50,8 +59,9 @@ typedef struct lm_xf_hello_ack {
 	uint16_t reserved;
 	int32_t status;
 	char reason[116];
+	uint8_t commit[32];      /* SHA-256 of the destination's release secret */
 } lm_xf_hello_ack_t;
-static_assert(sizeof(lm_xf_hello_ack_t) == 128, "hello ack layout");
+static_assert(sizeof(lm_xf_hello_ack_t) == 160, "hello ack layout");
 
 /* Every later message is a record: header then `len` payload bytes. */
 enum lm_xf_type {
@@ -61,6 +71,14 @@ enum lm_xf_type {
 	LM_XF_END = 4,      /* src->dst: no more pages; lm_xf_end_t */
 	LM_XF_ACK = 5,      /* dst->src: lm_xf_ack_t, after END */
 	LM_XF_ABORT = 6,    /* either way: lm_xf_abort_t */
+	LM_XF_KEEPALIVE = 7,/* either way, no payload: "still here" */
+	/* the handover (after ACK, with LM_XF_HELLO_HANDOVER) */
+	LM_XF_COMMIT_REQ = 8, /* dst->src, no payload: may I run the guest? */
+	LM_XF_GRANT = 9,    /* src->dst: the grant secret; the source never resumes */
+	LM_XF_REVOKE = 10,  /* src->dst, no payload: the source keeps the guest */
+	LM_XF_COMMITTING = 11, /* dst->src, no payload: the destination runs it now */
+	LM_XF_RELEASE = 12, /* dst->src: the release secret; the destination never runs it */
+	LM_XF_BYE = 13,     /* src->dst, no payload: the handover is settled */
 };
 
 typedef struct lm_xf_rec {
