@@ -530,6 +530,7 @@ static void test_reconnect_loses_and_repeats_nothing(void **state)
 	assert_true(col_wait_for(c, "\n100\n", S(20)));
 	/* the host goes away mid-output, and stays away past quick's exit */
 	lm_agent_disconnect(ag);
+	size_t at_cut = col_len(c);
 	struct lm_agent_info in;
 	assert_int_equal(lm_agent_info(ag, &in, S(1)), -ENOTCONN);
 	struct timespec ts = {1, 200000000};
@@ -548,6 +549,8 @@ static void test_reconnect_loses_and_repeats_nothing(void **state)
 		s += k;
 	}
 	assert_int_equal(*s, 0);
+	fprintf(stderr, "agent: output cut at byte %zu of %zu by the disconnect\n", at_cut, c->n_out);
+	assert_true(at_cut < c->n_out);       /* the cut was mid-output */
 	assert_int_equal(c->exits, 1);
 	assert_int_equal(c->exit.status, 5);
 	/* quick exited while nobody listened: reported once, on reconnect */

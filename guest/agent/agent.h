@@ -124,7 +124,6 @@ struct agent {
 	struct job *jobs, *jobs_tail;  /* under job_mu */
 	ev_io sig_w;                 /* SIGCHLD signalfd */
 	int sigfd;
-	int self_pidns;              /* our own PID namespace (to come back after setns) */
 	struct container *containers;
 	atomic_uint n_containers;    /* for Info on the rpc thread */
 	char boot_id[40];

@@ -23,10 +23,9 @@
  * byte that Start writes, and execs. A failing step is reported on the
  * same pipe (stage, errno) and ends the child; the pipe is close-on-exec,
  * so a successful exec reads as end of file.
- * An exec'd process is cloned by the agent thread after setns() into the
- * init's PID namespace (which only affects the children of the calling
- * thread; the thread returns to its own namespace right after), so it is
- * the agent's direct child, whose exit status the agent itself reaps; the
+ * An exec'd process is cloned by a short-lived thread of the agent after
+ * setns() into the init's PID namespace (which only affects the children
+ * of the calling thread), so it is the agent's own child, whose exit status the agent itself reaps; the
  * child then joins the init's mount, UTS and IPC namespaces (it is single
  * threaded, which setns(CLONE_NEWNS) requires) and goes on as above.
  *
@@ -56,6 +55,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <grp.h>
+#include <pthread.h>
 #include <linux/close_range.h>
 
 #include "guest/agent/agent.h"
@@ -665,6 +665,39 @@ static void reap_now(pid_t pid)
 		;
 }
 
+/* An exec'd process is cloned from a short-lived thread that first joins
+ * the container's PID namespace for its children: setns(CLONE_NEWPID)
+ * changes only the calling thread's namespace for children, and 6.1
+ * refuses to set it back (EINVAL), so the agent thread itself never
+ * does it. The child is a copy of this thread; when the thread ends its
+ * children pass to the agent's other threads, and the agent thread reaps
+ * them like any other child (waitpid sees the whole thread group's). */
+struct exec_clone {
+	pthread_t thread;
+	const struct spawn *sp;
+	int pidns;                    /* the init's /proc/PID/ns/pid */
+	pid_t pid;                    /* out: the child, or -1 */
+	int err;                      /* out: errno of the failed step */
+	bool setns_failed;
+};
+
+static void *exec_clone_main(void *arg)
+{
+	struct exec_clone *ec = arg;
+	ec->pid = -1;
+	if (setns(ec->pidns, CLONE_NEWPID) < 0) {
+		ec->err = errno;
+		ec->setns_failed = true;
+		return NULL;
+	}
+	pid_t pid = (pid_t)syscall(SYS_clone, SIGCHLD, NULL, NULL, NULL, NULL);
+	if (pid == 0)
+		child_main(ec->sp);
+	ec->err = errno;
+	ec->pid = pid;
+	return NULL;
+}
+
 /* Clones and prepares a process: the stdio, the report/start pipes, the
  * cgroup. On success the child waits (READY read) for its start byte;
  * p->pid, p->start_fd, p->report_fd are set and the I/O is set up. */
@@ -716,27 +749,32 @@ static int spawn(lm_rpc_call_t *call, struct container *c, struct proc *p,
 		sp.rows = (unsigned short)spec->console_size->height;
 		sp.cols = (unsigned short)spec->console_size->width;
 	}
-	unsigned long flags = SIGCHLD;
+	pid_t pid;
+	int clone_errno;
 	if (new_container) {
-		flags |= CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC;
 		if (c->hostname)
 			sp.hostname = c->hostname;
+		pid = (pid_t)syscall(SYS_clone, SIGCHLD | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS |
+				     CLONE_NEWIPC, NULL, NULL, NULL, NULL);
+		clone_errno = errno;
+		if (pid == 0)
+			child_main(&sp);
 	} else {
 		for (int i = 0; i < 3; i++)
 			sp.ns_fd[i] = ns_fd[i];
-		if (setns(ns_fd[3], CLONE_NEWPID) < 0) {
-			rc = -errno;
+		struct exec_clone ec = {.sp = &sp, .pidns = ns_fd[3]};
+		rc = pthread_create(&ec.thread, NULL, exec_clone_main, &ec);
+		if (rc == 0)
+			pthread_join(ec.thread, NULL);
+		pid = rc ? -1 : ec.pid;
+		clone_errno = rc ? rc : ec.err;
+		if (ec.setns_failed) {
+			rc = -clone_errno;
 			lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION, "exec: join the PID namespace: %s",
-					 strerror(errno));
+					 strerror(clone_errno));
 			goto fail_quiet;
 		}
 	}
-	pid_t pid = (pid_t)syscall(SYS_clone, flags, NULL, NULL, NULL, NULL);
-	int clone_errno = errno;
-	if (!new_container && setns(lm_agent.self_pidns, CLONE_NEWPID) < 0)
-		lm_log_error(MOD, "cannot return to the agent's PID namespace", "errno=%d", errno);
-	if (pid == 0)
-		child_main(&sp);
 	if (pid < 0) {
 		rc = -clone_errno;
 		lm_rpc_call_fail(call, LM_RPC_INTERNAL, "%s: clone: %s", who, strerror(clone_errno));
@@ -1295,7 +1333,6 @@ void lm_agent_delete_container(lm_rpc_call_t *call, struct container *c)
 	while (c->cgroup_made && cgroup_pids(c, pids, 16) > 0 && lm_now_ns() < until)
 		ms_sleep(5);
 	lm_agent_reap();                        /* exec'd processes killed just now */
-	wait_reply(call, init);
 	for (struct proc *q = c->procs; q; q = q->next)
 		lm_agent_proc_end_calls(q, LM_RPC_NOT_FOUND, "the container was deleted");
 	for (struct container **pp = &lm_agent.containers; *pp; pp = &(*pp)->next)
@@ -1303,7 +1340,8 @@ void lm_agent_delete_container(lm_rpc_call_t *call, struct container *c)
 			*pp = c->next;
 			break;
 		}
-	atomic_fetch_sub(&lm_agent.n_containers, 1);
+	atomic_fetch_sub(&lm_agent.n_containers, 1);   /* before the answer: Info agrees */
+	wait_reply(call, init);
 	lm_log_info(MOD, "container deleted", "id=%s", c->id);
 	container_free(c);
 }

@@ -153,9 +153,6 @@ int main(int argc, char **argv)
 	uint64_t t0 = lm_now_ns();
 	read_boot_id();
 	pthread_mutex_init(&lm_agent.job_mu, NULL);
-	lm_agent.self_pidns = open("/proc/self/ns/pid", O_RDONLY | O_CLOEXEC);
-	if (lm_agent.self_pidns < 0)
-		lm_log_error(MOD, "no PID namespace handle: Exec will fail", "errno=%d", errno);
 	int rc = lm_agent_cgroup_init();
 	if (rc < 0)
 		lm_log_error(MOD, "cgroup setup failed", "errno=%d", -rc);
