@@ -849,14 +849,14 @@ static void *pump_main(void *arg)
 			pthread_mutex_unlock(&p->mu);
 			ack(p, c, no, ne);              /* the agent may free it all */
 		}
-		conn_put(a, c);
+		failed_gen = c->gen;                /* if we go on: wait for the next one */
+		conn_put(a, c);                     /* c may be freed from here on */
 		if (ended || gone) {
 			finish(p, gone);
 			return NULL;
 		}
 		if (rc == -ECANCELED)
 			return NULL;
-		failed_gen = c->gen;                /* wait for the next connection */
 	}
 }
 
