@@ -26,7 +26,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -42,7 +44,8 @@
 #define S(n) ((int64_t)(n) * 1000000000ll)
 
 static char tmpdir[128], sock[200], logpath[200], image[200];
-static pid_t qemu_pid = -1;
+static pid_t qemu_pid = -1;        /* the VM's QEMU (source) */
+static pid_t qemu_pid2 = -1;       /* the migration's destination */
 static lm_agent_t *ag;
 static double boot_ms;
 
@@ -179,21 +182,29 @@ static void dump_log(void)
 		fprintf(stderr, "(no log)\n");
 }
 
+static void qemu_kill_one(pid_t *pid)
+{
+	if (*pid <= 0)
+		return;
+	kill(-*pid, SIGKILL);
+	kill(*pid, SIGKILL);
+	while (waitpid(*pid, NULL, 0) < 0 && errno == EINTR)
+		;
+	*pid = -1;
+}
+
 static void qemu_kill(void)
 {
-	if (qemu_pid <= 0)
-		return;
-	kill(-qemu_pid, SIGKILL);
-	kill(qemu_pid, SIGKILL);
-	while (waitpid(qemu_pid, NULL, 0) < 0 && errno == EINTR)
-		;
-	qemu_pid = -1;
+	qemu_kill_one(&qemu_pid);
+	qemu_kill_one(&qemu_pid2);
 }
 
 static void on_fatal(int sig)
 {
 	if (qemu_pid > 0)
 		kill(-qemu_pid, SIGKILL);
+	if (qemu_pid2 > 0)
+		kill(-qemu_pid2, SIGKILL);
 	signal(sig, SIG_DFL);
 	raise(sig);
 }
@@ -211,7 +222,9 @@ static long host_khz(void)
 	return (long)(mhz * 1000);
 }
 
-static int qemu_boot(void)
+/* Starts QEMU #n (0: the VM, 1: a migration destination that waits for
+ * the VM's state on mig.sock); its chardev socket is agent<n>.sock. */
+static int qemu_boot(int n, pid_t *out)
 {
 	char append[200], drive[300];
 	long khz = host_khz();
@@ -221,8 +234,12 @@ static int qemu_boot(void)
 		snprintf(append, sizeof append, "console=ttyS0 quiet panic=-1");
 	snprintf(drive, sizeof drive, "file=%s,if=none,id=l0,format=raw,readonly=on", image);
 	char chardev[300], serial[300];
-	snprintf(chardev, sizeof chardev, "socket,id=agent,path=%s,server=on,wait=off", sock);
-	snprintf(serial, sizeof serial, "file:%s", logpath);
+	char qmp[300], incoming[300];
+	snprintf(chardev, sizeof chardev, "socket,id=agent,path=%s/agent%d.sock,server=on,wait=off",
+		 tmpdir, n);
+	snprintf(serial, sizeof serial, "file:%s%s", logpath, n ? ".dst" : "");
+	snprintf(qmp, sizeof qmp, "unix:%s/qmp%d.sock,server=on,wait=off", tmpdir, n);
+	snprintf(incoming, sizeof incoming, "unix:%s/mig.sock", tmpdir);
 	bool kvm = access("/dev/kvm", R_OK | W_OK) == 0;
 	const char *argv[] = {
 		"qemu-system-x86_64", "-M", "microvm,rtc=on", "-accel", kvm ? "kvm" : "tcg",
@@ -233,7 +250,7 @@ static int qemu_boot(void)
 		"-device", "virtio-serial-device", "-chardev", chardev,
 		"-device", "virtserialport,chardev=agent,name=lmshim.agent",
 		"-drive", drive, "-device", "virtio-blk-device,drive=l0,serial=busybox",
-		NULL};
+		"-qmp", qmp, n ? "-incoming" : NULL, incoming, NULL};
 	pid_t pid = fork();
 	if (pid < 0)
 		return -errno;
@@ -246,7 +263,7 @@ static int qemu_boot(void)
 		_exit(127);
 	}
 	setpgid(pid, pid);
-	qemu_pid = pid;
+	*out = pid;
 	return 0;
 }
 
@@ -260,7 +277,7 @@ static int group_setup(void **state)
 	(void)state;
 	snprintf(tmpdir, sizeof tmpdir, "/tmp/lm-test-agent-XXXXXX");
 	assert_non_null(mkdtemp(tmpdir));
-	snprintf(sock, sizeof sock, "%s/agent.sock", tmpdir);
+	snprintf(sock, sizeof sock, "%s/agent0.sock", tmpdir);
 	snprintf(logpath, sizeof logpath, "%s/guest.log", tmpdir);
 	snprintf(image, sizeof image, "%s/busybox.erofs", tmpdir);
 	/* the container image: busybox and its applets, as erofs */
@@ -276,7 +293,7 @@ static int group_setup(void **state)
 	signal(SIGSEGV, on_fatal);
 	signal(SIGTERM, on_fatal);
 	uint64_t t0 = lm_now_ns();
-	assert_int_equal(qemu_boot(), 0);
+	assert_int_equal(qemu_boot(0, &qemu_pid), 0);
 	int rc = lm_agent_connect(&ag, sock, S(60));
 	if (rc) {
 		dump_log();
@@ -325,10 +342,12 @@ static int group_teardown(void **state)
 	if (ag)
 		lm_agent_close(ag);
 	ag = NULL;
-	pid_t pid = qemu_pid;
+	pid_t pid = qemu_pid, pid2 = qemu_pid2;
 	qemu_kill();
 	if (pid > 0)
 		assert_int_equal(kill(-pid, 0) < 0 ? errno : 0, ESRCH);
+	if (pid2 > 0)
+		assert_int_equal(kill(-pid2, 0) < 0 ? errno : 0, ESRCH);
 	assert_int_equal(qemu_left(), 0);
 	lm_msg_pool_trim();
 	return 0;
@@ -725,6 +744,120 @@ static void test_bad_requests_get_precise_errors(void **state)
 	assert_int_equal(in.containers, 0);
 }
 
+/* ---- live migration: the host reconnects to the destination's socket -- */
+
+/* Sends a QMP command; reads until its answer; 0 if "return", -1 else. */
+static int qmp(int fd, const char *cmd, char *ans, size_t n)
+{
+	if (write(fd, cmd, strlen(cmd)) != (ssize_t)strlen(cmd))
+		return -1;
+	size_t got = 0;
+	ans[0] = 0;
+	uint64_t until = lm_now_ns() + (uint64_t)S(10);
+	while (lm_now_ns() < until && got + 1 < n) {
+		ssize_t r = read(fd, ans + got, n - 1 - got);
+		if (r <= 0)
+			return -1;
+		got += (size_t)r;
+		ans[got] = 0;
+		/* answers end a line; events may come first */
+		char *l = ans;
+		for (char *e; (e = strchr(l, '\n')); l = e + 1) {
+			if (!strncmp(l, "{\"return\"", 9))
+				return 0;
+			if (!strncmp(l, "{\"error\"", 8))
+				return -1;
+		}
+	}
+	return -1;
+}
+
+static int qmp_open(int n)
+{
+	char buf[4096];
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	if (snprintf(sa.sun_path, sizeof sa.sun_path, "%.80s/qmp%d.sock", tmpdir, n) >= (int)sizeof sa.sun_path)
+		return -1;
+	int fd = -1;
+	uint64_t until = lm_now_ns() + (uint64_t)S(10);
+	while (lm_now_ns() < until) {
+		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0)
+			break;
+		close(fd);
+		fd = -1;
+		struct timespec ts = {0, 20000000};
+		nanosleep(&ts, NULL);
+	}
+	if (fd < 0)
+		return -1;
+	ssize_t r = read(fd, buf, sizeof buf - 1);    /* the greeting */
+	if (r <= 0 || qmp(fd, "{\"execute\":\"qmp_capabilities\"}\n", buf, sizeof buf) < 0) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+static void test_live_migration_then_reconnect_to_the_destination(void **state)
+{
+	(void)state;
+	char ans[8192];
+	struct col *c = col_new(), *q = col_new();
+	create("m1", ARGS("sh", "-c", "i=0; while [ $i -lt 60 ]; do echo tick$i; i=$((i+1)); sleep 0.1; done; exit 4"), 0);
+	lm_agent_proc_t *p = watch("m1", "", c);
+	assert_int_equal(lm_agent_start(ag, "m1", NULL, S(10)), 0);
+	exec_in("m1", "short", false, ARGS("sh", "-c", "sleep 1; echo done; exit 9"));
+	lm_agent_proc_t *pq = watch("m1", "short", q);
+	assert_true(col_wait_for(c, "tick3\n", S(20)));
+	assert_int_equal(qemu_boot(1, &qemu_pid2), 0);
+	int src = qmp_open(0), dst = qmp_open(1);
+	assert_true(src >= 0 && dst >= 0);
+	char cmd[512];
+	snprintf(cmd, sizeof cmd, "{\"execute\":\"migrate\",\"arguments\":{\"uri\":\"unix:%s/mig.sock\"}}\n", tmpdir);
+	uint64_t t0 = lm_now_ns();
+	assert_int_equal(qmp(src, cmd, ans, sizeof ans), 0);
+	bool done = false;
+	while (!done && lm_now_ns() - t0 < (uint64_t)S(60)) {
+		struct timespec ts = {0, 50000000};
+		nanosleep(&ts, NULL);
+		assert_int_equal(qmp(src, "{\"execute\":\"query-migrate\"}\n", ans, sizeof ans), 0);
+		assert_null(strstr(ans, "\"failed\""));
+		done = strstr(ans, "\"completed\"") != NULL;
+	}
+	assert_true(done);
+	double mig_ms = (double)(lm_now_ns() - t0) / 1e6;
+	close(src);
+	close(dst);
+	qemu_kill_one(&qemu_pid);           /* the source is gone for good */
+	char dsock[300];
+	snprintf(dsock, sizeof dsock, "%s/agent1.sock", tmpdir);
+	t0 = lm_now_ns();
+	assert_int_equal(lm_agent_reconnect(ag, dsock, S(30)), 0);
+	fprintf(stderr, "agent: live migration %.0f ms (QMP migrate to completed), reconnect to the destination %.0f ms\n",
+		mig_ms, (double)(lm_now_ns() - t0) / 1e6);
+	assert_int_equal(lm_agent_proc_wait_done(p, S(60)), 0);
+	assert_int_equal(lm_agent_proc_wait_done(pq, S(30)), 0);
+	char *s = c->out;
+	for (int i = 0; i < 60; i++) {
+		char want[16];
+		int k = snprintf(want, sizeof want, "tick%d\n", i);
+		assert_memory_equal(s, want, (size_t)k);
+		s += k;
+	}
+	assert_int_equal(*s, 0);
+	assert_int_equal(c->exits, 1);
+	assert_int_equal(c->exit.status, 4);
+	assert_string_equal(q->out, "done\n");
+	assert_int_equal(q->exits, 1);
+	assert_int_equal(q->exit.status, 9);
+	lm_agent_unwatch(p);
+	lm_agent_unwatch(pq);
+	assert_int_equal(lm_agent_delete_container(ag, "m1", NULL, S(10)), 0);
+	col_free(c);
+	col_free(q);
+}
+
 static void test_skipped(void **state)
 {
 	(void)state;
@@ -754,6 +887,7 @@ int main(void)
 		cmocka_unit_test(test_reconnect_loses_and_repeats_nothing),
 		cmocka_unit_test(test_stdin_write_is_exactly_once),
 		cmocka_unit_test(test_bad_requests_get_precise_errors),
+		cmocka_unit_test(test_live_migration_then_reconnect_to_the_destination),
 	};
 	int failed = cmocka_run_group_tests(tests, group_setup, group_teardown);
 	qemu_kill();
