@@ -121,12 +121,15 @@ struct lm_rpc_server {
 	ev_async stop_w;
 	ev_prepare flush_w;
 	ev_timer grace_w;
+	ev_async adopt_w;           /* wakes the loop for fds adopted after start */
+	pthread_mutex_t adopt_mu;   /* guards pending and closed_adopt */
+	int *pending;               /* fds adopted after start, not yet served */
+	size_t n_pending, cap_pending;
+	bool closed_adopt;          /* the loop stopped taking adopted fds */
 	struct svc *svcs;
 	size_t n_svcs;
 	struct conn *conns;
 	struct conn *dirty;
-	int *adopt;
-	size_t n_adopt;
 	uint64_t open_calls;        /* loop */
 	/* stats */
 	atomic_uint_fast64_t st_accepted, st_refused, st_open_conns, st_calls,
@@ -138,6 +141,7 @@ static __thread lm_rpc_server_t *tls_loop;
 static void conn_close(struct conn *c);
 static void conn_mark(struct conn *c);
 static void call_finish(lm_rpc_call_t *call, enum lm_rpc_cancel why);
+static void close_adoption(lm_rpc_server_t *s);
 
 /* ---- calls ------------------------------------------------------------ */
 
@@ -1066,6 +1070,62 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
 	}
 }
 
+/* ---- adoption after start -------------------------------------------- */
+
+/* Serves one adopted, non-blocking fd (loop, or the creator before start). */
+static int adopt_now(lm_rpc_server_t *s, int fd)
+{
+	struct ucred cr = {.pid = -1, .uid = (uid_t)-1};
+	socklen_t cl = sizeof(cr);
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) < 0) {
+		cr.pid = -1;
+		cr.uid = (uid_t)-1;
+	}
+	int rc = conn_open(s, fd, (int)cr.uid, (int)cr.pid);
+	if (rc == 0)
+		atomic_fetch_add_explicit(&s->st_accepted, 1, memory_order_relaxed);
+	return rc;
+}
+
+/* loop: takes over the fds adopted since the last wake. ev_async
+ * coalesces sends, so the whole list is drained each time. */
+static void on_adopt(struct ev_loop *loop, ev_async *w, int revents)
+{
+	lm_rpc_server_t *s = w->data;
+	(void)loop;
+	(void)revents;
+	for (;;) {
+		pthread_mutex_lock(&s->adopt_mu);
+		int *fds = s->pending;
+		size_t n = s->n_pending;
+		s->pending = NULL;
+		s->n_pending = s->cap_pending = 0;
+		pthread_mutex_unlock(&s->adopt_mu);
+		if (n == 0) {
+			free(fds);
+			return;
+		}
+		for (size_t i = 0; i < n; i++) {       /* in the order adopted */
+			if (s->stopping || adopt_now(s, fds[i]) < 0) {
+				lm_log_warn(MOD, "adopted connection dropped", "fd=%d", fds[i]);
+				close(fds[i]);
+			}
+		}
+		free(fds);
+	}
+}
+
+/* loop: no more adoptions; closes the fds still waiting. */
+static void close_adoption(lm_rpc_server_t *s)
+{
+	pthread_mutex_lock(&s->adopt_mu);
+	s->closed_adopt = true;
+	for (size_t i = 0; i < s->n_pending; i++)
+		close(s->pending[i]);
+	s->n_pending = 0;
+	pthread_mutex_unlock(&s->adopt_mu);
+}
+
 /* ---- shutdown --------------------------------------------------------- */
 
 /* loop: the grace period is over (or nothing is left): cancel what is
@@ -1100,6 +1160,7 @@ static void on_grace(struct ev_loop *loop, ev_timer *w, int revents)
 	s->dirty = NULL;
 	ev_prepare_stop(loop, &s->flush_w);
 	ev_async_stop(loop, &s->stop_w);
+	ev_async_stop(loop, &s->adopt_w);
 	ev_break(loop, EVBREAK_ALL);
 }
 
@@ -1110,6 +1171,7 @@ static void on_stop(struct ev_loop *loop, ev_async *w, int revents)
 	if (s->stopping)
 		return;
 	s->stopping = true;
+	close_adoption(s);
 	if (s->lfd >= 0) {
 		ev_io_stop(loop, &s->accept_w);
 		close(s->lfd);
@@ -1169,6 +1231,10 @@ int lm_rpc_server_create(lm_rpc_server_t **out, const struct lm_rpc_server_confi
 	ev_async_init(&s->stop_w, on_stop);
 	s->stop_w.data = s;
 	ev_async_start(s->loop, &s->stop_w);
+	pthread_mutex_init(&s->adopt_mu, NULL);
+	ev_async_init(&s->adopt_w, on_adopt);
+	s->adopt_w.data = s;
+	ev_async_start(s->loop, &s->adopt_w);
 	ev_prepare_init(&s->flush_w, on_prepare);
 	s->flush_w.data = s;
 	ev_prepare_start(s->loop, &s->flush_w);
@@ -1238,18 +1304,31 @@ int lm_rpc_server_listen(lm_rpc_server_t *s, const char *path)
 
 int lm_rpc_server_adopt(lm_rpc_server_t *s, int fd)
 {
-	if (s->started)
-		return -EBUSY;
-	struct ucred cr = {.pid = -1, .uid = (uid_t)-1};
-	socklen_t cl = sizeof(cr);
-	getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl);
 	int fl = fcntl(fd, F_GETFL);
 	if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
 		return -errno;
-	int rc = conn_open(s, fd, (int)cr.uid, (int)cr.pid);
-	if (rc == 0)
-		atomic_fetch_add_explicit(&s->st_accepted, 1, memory_order_relaxed);
-	return rc;
+	if (!s->started)
+		return adopt_now(s, fd);
+	pthread_mutex_lock(&s->adopt_mu);
+	if (s->closed_adopt) {
+		pthread_mutex_unlock(&s->adopt_mu);
+		return -ESHUTDOWN;
+	}
+	if (s->n_pending == s->cap_pending) {
+		size_t ncap = s->cap_pending ? s->cap_pending * 2 : 4;
+		int *n = realloc(s->pending, ncap * sizeof(*n));
+		if (!n) {
+			pthread_mutex_unlock(&s->adopt_mu);
+			return -ENOMEM;
+		}
+		s->pending = n;
+		s->cap_pending = ncap;
+	}
+	s->pending[s->n_pending++] = fd;
+	pthread_mutex_unlock(&s->adopt_mu);
+	/* after the unlock: the loop may take the fd before this returns */
+	ev_async_send(s->loop, &s->adopt_w);
+	return 0;
 }
 
 int lm_rpc_server_start(lm_rpc_server_t *s)
@@ -1286,6 +1365,9 @@ void lm_rpc_server_destroy(lm_rpc_server_t *s)
 	if (s->emb)
 		lm_ev_mailbox_stop(s->emb);
 	ev_loop_destroy(s->loop);
+	close_adoption(s);
+	pthread_mutex_destroy(&s->adopt_mu);
+	free(s->pending);
 	free(s->svcs);
 	free(s);
 }

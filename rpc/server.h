@@ -124,8 +124,15 @@ int lm_rpc_server_register(lm_rpc_server_t *s, const struct lm_rpc_service *svc)
  * connects the same way. 0 or -errno. */
 int lm_rpc_server_listen(lm_rpc_server_t *s, const char *path);
 
-/* Thread: the creator, before start. Serves an already connected socket
- * (socketpair; tests) as one more connection. Takes ownership of fd. */
+/* Thread: any (before start: the creator). Serves an already connected
+ * stream socket (a socketpair's end: tests, or a bridge to a device that
+ * is not a socket) as one more connection, now or at any time while the
+ * server runs: after start the fd is handed to the loop thread, which
+ * takes it over at its next wake-up. Takes ownership of fd whenever it
+ * returns 0 (an fd that arrives while the server is stopping is closed).
+ * 0, -ESHUTDOWN once the server is being destroyed (fd not taken),
+ * -ENOMEM, -errno from fcntl. Not concurrently with
+ * lm_rpc_server_destroy (the caller orders the two). */
 int lm_rpc_server_adopt(lm_rpc_server_t *s, int fd);
 
 /* Thread: the creator. Starts the loop thread. 0 or -errno. */

@@ -730,6 +730,82 @@ static void test_shutdown_cancels_calls_in_flight(void **state)
 	assert_int_equal(atomic_load(&cancels[LM_RPC_CANCEL_SHUTDOWN]), 1);
 }
 
+/* Adoption while running: fds handed over from several threads at once,
+ * while the first adopted connection is busy, are each served, and a
+ * closed adopted connection does not disturb the others. */
+struct adopter {
+	lm_rpc_server_t *s;
+	int mine;                /* our end of the pair whose other end is adopted */
+	int rc;
+};
+
+static void *adopt_thread(void *arg)
+{
+	struct adopter *a = arg;
+	int sv[2];
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+		a->rc = -errno;
+		return NULL;
+	}
+	a->rc = lm_rpc_server_adopt(a->s, sv[0]);
+	a->mine = sv[1];
+	return NULL;
+}
+
+static void test_adopt_after_start_serves_each_connection(void **state)
+{
+	struct fx *f = *state;
+	struct adopter a[4];
+	pthread_t t[4];
+	raw_request(f->raw, 1, 0, "test.Svc", "Park", NULL, 0, 0);  /* busy */
+	for (int i = 0; i < 4; i++) {
+		a[i] = (struct adopter){.s = f->s, .mine = -1};
+		assert_int_equal(pthread_create(&t[i], NULL, adopt_thread, &a[i]), 0);
+	}
+	for (int i = 0; i < 4; i++) {
+		assert_int_equal(pthread_join(t[i], NULL), 0);
+		assert_int_equal(a[i].rc, 0);
+	}
+	for (int i = 0; i < 4; i++)
+		expect_echo_ok(a[i].mine, 1);
+	close(a[0].mine);                          /* one adopted peer leaves */
+	for (int i = 1; i < 4; i++)
+		expect_echo_ok(a[i].mine, 3);
+	lm_rpc_client_t *c;                        /* a client over an adopted fd */
+	int sv[2];
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	assert_int_equal(lm_rpc_server_adopt(f->s, sv[0]), 0);
+	assert_int_equal(lm_rpc_client_from_fd(&c, sv[1]), 0);
+	struct lm_rpc_result r;
+	assert_int_equal(lm_rpc_client_call(c, "test.Svc", "Echo", "\x0a\x01x", 3, NULL, &r), 0);
+	assert_int_equal(r.code, 0);
+	assert_int_equal(r.len, 3);
+	lm_rpc_result_free(&r);
+	lm_rpc_client_close(c);
+	expect_echo_ok(f->raw, 3);                 /* the first one is still served */
+	struct lm_rpc_server_stats st;
+	lm_rpc_server_stats(f->s, &st);
+	assert_int_equal(st.accepted, 6);         /* setup's pair, 4, the client's */
+	for (int i = 1; i < 4; i++)
+		close(a[i].mine);
+}
+
+/* A connection adopted after start is served, then closed by destroy
+ * like an accepted one. */
+static void test_connection_adopted_after_start_is_closed_by_destroy(void **state)
+{
+	struct fx *f = *state;
+	int sv[2];
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	assert_int_equal(lm_rpc_server_adopt(f->s, sv[0]), 0);
+	expect_echo_ok(sv[1], 1);
+	lm_rpc_server_destroy(f->s);
+	f->s = NULL;
+	struct lm_ttrpc_hdr h;
+	assert_int_equal(raw_read(sv[1], &h), -EPIPE);
+	close(sv[1]);
+}
+
 static void test_peer_of_another_uid_is_refused(void **state)
 {
 	struct fx *f = *state;
@@ -788,6 +864,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_stalled_reader_pauses_its_connection_only, setup_small, teardown),
 		cmocka_unit_test_setup_teardown(test_shutdown_cancels_calls_in_flight, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_peer_of_another_uid_is_refused, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_adopt_after_start_serves_each_connection, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_connection_adopted_after_start_is_closed_by_destroy, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
