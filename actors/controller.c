@@ -78,6 +78,8 @@ void lm__ctl_set_state(struct ctl *c, enum ctl_state st)
 		enum ctl_state old = c->st;
 		c->st = st;
 		lm__ctl_log(c, "state changed", "from=%s", lm__ctl_state_name[old]);
+		if (old == ST_IDLE)
+			lm__ctl_touch(c);   /* a session begins: watch for its orchestrator */
 	}
 }
 
@@ -395,6 +397,8 @@ void lm__ctl_reset_session(struct ctl *c)
 	c->handshake_done = false;
 	c->want_transfer = false;
 	c->finalize_op = 0;
+	c->resolving = false;
+	c->orphan_logged = false;
 	c->xfer_code = 0;
 	c->xfer_msg[0] = '\0';
 	c->last_failure[0] = '\0';
@@ -443,6 +447,7 @@ static void on_mig_call(struct ctl *c, struct lm_ctl_call *mc)
 				     lm__ctl_method_name[mc->method]);
 		return;
 	}
+	lm__ctl_touch(c);
 	switch (mc->method) {
 	case LM_MIG_PREPARE_AND_EXPORT: lm__ctl_prepare_and_export(c, call, (void *)req); break;
 	case LM_MIG_IMPORT: lm__ctl_import(c, call, (void *)req); break;
@@ -455,6 +460,7 @@ static void on_mig_call(struct ctl *c, struct lm_ctl_call *mc)
 	case LM_MIG_CLEANUP: lm__ctl_cleanup(c, call, (void *)req); break;
 	}
 	protobuf_c_message_free_unpacked(req, NULL);
+	lm__ctl_touch(c);   /* a session that just began is watched from now */
 }
 
 /* A client went away: a parked TransferSandbox or Cancel stops waiting
@@ -570,6 +576,12 @@ static void dispatch(lm_actor_t *self, lm_msg_t *m)
 		break;
 	case LM_CTL_INSPECT:
 		lm__ctl_on_inspect(c, LM_MSG_PAYLOAD(m, struct lm_ctl_call));
+		break;
+	case LM_CTL_RECOVERY:
+		lm__ctl_on_recovery(c, LM_MSG_PAYLOAD(m, struct lm_ctl_call));
+		break;
+	case LM_CTL_ORPHAN_CHECK:
+		lm__ctl_orphan_check(c, *LM_MSG_PAYLOAD(m, uint64_t));
 		break;
 	case LM_MSG_SYS_STOP:
 		break;

@@ -40,6 +40,8 @@ enum {
 	LM_CTL_QUIESCE,           /* shutdown: stop everything (reply_to set) */
 	LM_CTL_INSPECT,           /* an Inspect RPC (lmshim.v1.Inspect): struct lm_ctl_call */
 	LM_CTL_NOTIFY_RETRY,      /* re-publish events the notifier could not take */
+	LM_CTL_RECOVERY,          /* a Recovery RPC (lmshim.v1.Recovery): struct lm_ctl_call */
+	LM_CTL_ORPHAN_CHECK,      /* timer: is the session still driven? (payload: uint64 gen) */
 };
 
 /* Migration methods, in the order of the service. */
@@ -68,11 +70,21 @@ struct lm_ctl_call {
  * checksum). */
 #define LM_INSPECT_SERVICE "lmshim.v1.Inspect"
 
+/* Ours too: lmshim.v1.Recovery, for an orchestrator (lmctl recover) when
+ * a handover is in doubt. JSON in and out:
+ *   State  {"SessionId"} -> {"SessionId","Side","State","Handover":{"State",
+ *          "Link","MayRun","MayResume","InDoubt","Why","Secret" (hex, when
+ *          it may be carried to the peer)},"VmState"}
+ *   Act    {"SessionId","Action":"Commit"|"Resume"|"Grant"|"Stop"|
+ *          "ForceCommit"|"ForceResume","Secret":"<hex>"} -> {} (see
+ *          lm_hcs_migration_recover) */
+#define LM_RECOVERY_SERVICE "lmshim.v1.Recovery"
+
 /* Thread: any. Fills the Migration and Inspect service tables (static
  * storage) whose handlers post to `ctl`. */
 struct lm_rpc_service;
 void lm_migration_service_init(struct lm_rpc_service *mig, struct lm_rpc_service *inspect,
-			       lm_actor_t *ctl);
+			       struct lm_rpc_service *recovery, lm_actor_t *ctl);
 
 /* Thread: any. Spawns the controller (one per shim). `cfg` is copied.
  * `pub` (may be NULL) gets the sandbox's task events; it must outlive

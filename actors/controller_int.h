@@ -122,6 +122,13 @@ struct ctl {
 	struct waiters cancel_waiters;   /* Cancel calls waiting for hcs's cancel */
 	bool cancel_in_flight;
 
+	/* the orchestrator's presence (ctl_orphan.c) */
+	uint64_t last_call_ns;           /* the session's last call (lm_now_ns) */
+	bool orphan_armed;               /* an LM_CTL_ORPHAN_CHECK is pending */
+	uint64_t orphan_gen;             /* the pending check's generation */
+	bool resolving;                  /* the session resolves itself now */
+	bool orphan_logged;              /* "in doubt" said once */
+
 	/* the transfer's outcome */
 	int xfer_code;
 	char xfer_msg[640];
@@ -212,6 +219,11 @@ void lm__ctl_on_sandbox_event(void *arg, enum lm_sandbox_event type, const struc
 void lm__ctl_on_event(struct ctl *c, const lm_hcs_event_t *ev);
 void lm__ctl_publish(struct ctl *c, const struct lm_notify_event *ev);
 void lm__ctl_notify_retry(struct ctl *c);
+
+/* ---- ctl_orphan.c: a session without its orchestrator; Recovery ---------- */
+void lm__ctl_touch(struct ctl *c);
+void lm__ctl_orphan_check(struct ctl *c, uint64_t gen);
+void lm__ctl_on_recovery(struct ctl *c, struct lm_ctl_call *rc);
 
 /* ---- ctl_task.c --------------------------------------------------------- */
 void lm__ctl_on_task_call(struct ctl *c, struct lm_ctl_call *tm);

@@ -71,6 +71,13 @@ void lm__ctl_publish(struct ctl *c, const struct lm_notify_event *ev)
 void lm__ctl_on_event(struct ctl *c, const lm_hcs_event_t *e)
 {
 	struct lm_notify_event ev;
+	if (e->kind == LM_HCS_EV_HANDOVER) {
+		const lm_hcs_handover_t *h = &e->u.handover;
+		lm__ctl_log(c, "handover", "handover=%s link=%s in_doubt=%s why=\"%s\"",
+			    lm_hcs_handover_state_name(h->state), lm_hcs_handover_link_name(h->link),
+			    h->in_doubt ? "yes" : "no", h->why);
+		return;
+	}
 	if (!lm_convert_event(e, &ev))
 		return;
 	ev.wall_ns = lm_wall_ns();

@@ -76,7 +76,8 @@ void lm__ctl_on_socket(struct ctl *c, const struct lm_ctl_socket *s)
 			     M, lm__ctl_state_name[c->st]);
 		return;
 	}
-	lm_hcs_migration_start_t start = { .transfer_cpu_pct = c->cfg.transfer_cpu_pct };
+	lm_hcs_migration_start_t start = { .transfer_cpu_pct = c->cfg.transfer_cpu_pct,
+					   .stall_ms = c->cfg.stall_ms };
 	lm_convert_session_id(c->session, &start.session_id);
 	void *x = lm__ctl_op(c, on_handshake);
 	int rc = x ? lm_hcs_migration_start(c->vm, &start, s->fd, lm__ctl_hcs_done, x) : -ENOMEM;

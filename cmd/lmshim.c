@@ -92,6 +92,11 @@ static const char usage[] =
 	"  --transfer-cpu PCT              CPU reserved for a migration's memory-transfer thread,\n"
 	"                                  percent of one core, 0..95 (default 90; 0 = none):\n"
 	"                                  SCHED_DEADLINE reclaiming idle time, else nice -20\n"
+	"  --stall-timeout-ms MS           the migration link's liveness: a peer that says nothing\n"
+	"                                  this long has stalled (default 10000)\n"
+	"  --orphan-timeout-ms MS          a migration session with no orchestrator call this long\n"
+	"                                  resolves itself: the guest runs on one side, both shims\n"
+	"                                  go idle (default 60000; 0 = never)\n"
 	"  --events-address ADDR           containerd's ttrpc socket for task events\n"
 	"                                  (/tasks/create|start|exit|delete; default $TTRPC_ADDRESS;\n"
 	"                                  '' = none)\n"
@@ -389,6 +394,7 @@ static int cmd_daemon(const struct cflags *f)
 	}
 	struct lm_shim_config cfg = { .socket = path, .id = f->id, .ns = f->ns,
 				      .transfer_cpu_pct = LM_SHIM_TRANSFER_CPU_DEFAULT,
+				      .orphan_ms = LM_SHIM_ORPHAN_MS_DEFAULT,
 				      .on_shutdown = stop_self,
 				      /* containerd passes its ttrpc address for events */
 				      .events_address = getenv("TTRPC_ADDRESS") };
@@ -450,7 +456,8 @@ static int parse_containers(const char *spec, struct lm_shim_container **out, un
 static int cmd_serve(int argc, char **argv)
 {
 	enum { O_SOCKET = 1, O_ID, O_NS, O_MB, O_VCPUS, O_BACKEND, O_RATE, O_PATTERN, O_CONT, O_IDLE,
-	       O_STATE, O_WORKERS, O_DEBUG, O_ANYUID, O_HELP, O_FILL, O_XCPU, O_EVENTS };
+	       O_STATE, O_WORKERS, O_DEBUG, O_ANYUID, O_HELP, O_FILL, O_XCPU, O_EVENTS, O_STALL,
+	       O_ORPHAN };
 	static const struct option lo[] = {
 		{ "socket", required_argument, 0, O_SOCKET }, { "id", required_argument, 0, O_ID },
 		{ "namespace", required_argument, 0, O_NS },
@@ -465,12 +472,15 @@ static int cmd_serve(int argc, char **argv)
 		{ "any-uid", no_argument, 0, O_ANYUID },
 		{ "transfer-cpu", required_argument, 0, O_XCPU },
 		{ "events-address", required_argument, 0, O_EVENTS },
+		{ "stall-timeout-ms", required_argument, 0, O_STALL },
+		{ "orphan-timeout-ms", required_argument, 0, O_ORPHAN },
 		{ "help", no_argument, 0, O_HELP }, { 0, 0, 0, 0 },
 	};
 	const char *sock = NULL, *id = "standalone", *ns = "default", *backend = "sim";
 	const char *pattern = "Uniform", *conts = "pod1:sandbox", *state = NULL, *fill = "Zero";
 	unsigned long mb = 256, vcpus = 1, rate = 100, workers = 0;
 	unsigned long xcpu = LM_SHIM_TRANSFER_CPU_DEFAULT;
+	unsigned long stall = 10000, orphan = LM_SHIM_ORPHAN_MS_DEFAULT;
 	const char *events = getenv("TTRPC_ADDRESS");
 	bool idle = false, any_uid = false;
 	int c;
@@ -528,6 +538,16 @@ static int cmd_serve(int argc, char **argv)
 			if (end == optarg || *end || xcpu > LM_SCHED_RESERVE_MAX)
 				return bad("--transfer-cpu wants a percentage within 0..95");
 			break;
+		case O_STALL:
+			stall = strtoul(optarg, &end, 10);
+			if (end == optarg || *end || stall < 100 || stall > 3600000)
+				return bad("--stall-timeout-ms wants 100..3600000");
+			break;
+		case O_ORPHAN:
+			orphan = strtoul(optarg, &end, 10);
+			if (end == optarg || *end || (orphan && orphan < 100) || orphan > 86400000)
+				return bad("--orphan-timeout-ms wants 0 (never) or 100..86400000");
+			break;
 		case O_DEBUG: lm_log_set_level(LM_LOG_DEBUG); break;
 		case O_ANYUID: any_uid = true; break;
 		case O_HELP: fputs(usage, stdout); return 0;
@@ -545,7 +565,8 @@ static int cmd_serve(int argc, char **argv)
 	struct lm_shim_config cfg = { .socket = sock, .id = id, .ns = ns, .state_dir = state,
 				      .workers = (unsigned)workers, .any_uid = any_uid,
 				      .transfer_cpu_pct = (unsigned)xcpu, .on_shutdown = stop_self,
-				      .events_address = events };
+				      .events_address = events, .stall_ms = (unsigned)stall,
+				      .orphan_ms = (unsigned)orphan };
 	char doc[1024];
 	struct lm_shim_container *cv = NULL;
 	char *store = NULL;

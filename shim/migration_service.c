@@ -74,6 +74,16 @@ static void h_inspect(lm_rpc_call_t *call, void *arg)
 	post_call(arg, LM_CTL_INSPECT, call, 0);
 }
 
+static void h_recovery_state(lm_rpc_call_t *call, void *arg)
+{
+	post_call(arg, LM_CTL_RECOVERY, call, 0);
+}
+
+static void h_recovery_act(lm_rpc_call_t *call, void *arg)
+{
+	post_call(arg, LM_CTL_RECOVERY, call, 1);
+}
+
 static void on_cancel(lm_rpc_call_t *call, enum lm_rpc_cancel why, void *arg)
 {
 	lm_actor_t *ctl = arg;
@@ -104,9 +114,18 @@ static const struct lm_rpc_method inspect_methods[] = {
 	{ "Properties", LM_RPC_UNARY, h_inspect, NULL, NULL },
 };
 
+static const struct lm_rpc_method recovery_methods[] = {
+	{ "State", LM_RPC_UNARY, h_recovery_state, NULL, NULL },
+	{ "Act", LM_RPC_UNARY, h_recovery_act, NULL, NULL },
+};
+
 void lm_migration_service_init(struct lm_rpc_service *mig, struct lm_rpc_service *inspect,
-			       lm_actor_t *ctl)
+			       struct lm_rpc_service *recovery, lm_actor_t *ctl)
 {
+	recovery->name = LM_RECOVERY_SERVICE;
+	recovery->methods = recovery_methods;
+	recovery->n_methods = 2;
+	recovery->arg = ctl;
 	mig->name = "Migration";
 	mig->methods = mig_methods;
 	mig->n_methods = sizeof(mig_methods) / sizeof(mig_methods[0]);

@@ -31,7 +31,7 @@ struct lm_shim {
 	lm_actor_t *controller;
 	lm_publisher_t *publisher;
 	lm_rpc_server_t *server;
-	struct lm_rpc_service mig, inspect, task;
+	struct lm_rpc_service mig, inspect, recovery, task;
 };
 
 static void teardown(lm_shim_t *s)
@@ -91,10 +91,11 @@ int lm_shim_create(lm_shim_t **out, const struct lm_shim_config *cfg)
 	rc = lm_rpc_server_create(&s->server, &scfg);
 	if (rc)
 		goto fail;
-	lm_migration_service_init(&s->mig, &s->inspect, s->controller);
+	lm_migration_service_init(&s->mig, &s->inspect, &s->recovery, s->controller);
 	lm_task_service_init(&s->task, s->controller);
 	if ((rc = lm_rpc_server_register(s->server, &s->mig)) ||
 	    (rc = lm_rpc_server_register(s->server, &s->inspect)) ||
+	    (rc = lm_rpc_server_register(s->server, &s->recovery)) ||
 	    (rc = lm_rpc_server_register(s->server, &s->task)))
 		goto fail;
 	rc = lm_rpc_server_listen(s->server, cfg->socket);

@@ -43,6 +43,13 @@ struct lm_shim_config {
 	 * time, else nice -20); 0 = none. lmshim passes
 	 * LM_SHIM_TRANSFER_CPU_DEFAULT unless told otherwise. */
 	unsigned transfer_cpu_pct;
+	/* The migration link's liveness: a peer silent this long (no record,
+	 * no keepalive) has stalled; 0 = 10 s. */
+	unsigned stall_ms;
+	/* A session with no orchestrator call for this long resolves itself
+	 * (docs/migration-service.md, "When the orchestrator is gone"): the
+	 * guest ends up running on one side, both shims go idle; 0 = never. */
+	unsigned orphan_ms;
 	/* Called (on the controller's thread, once per Shutdown) when a task
 	 * Shutdown leaves the shim nothing to serve: no container, no
 	 * migration session. It must not block; lmshim sends itself SIGTERM
@@ -55,6 +62,7 @@ struct lm_shim_config {
 };
 
 #define LM_SHIM_TRANSFER_CPU_DEFAULT 90
+#define LM_SHIM_ORPHAN_MS_DEFAULT 60000
 
 /* Thread: main. Builds and starts the shim; with a VM document it creates
  * and starts the VM and its containers before returning. 0 or -errno

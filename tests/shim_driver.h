@@ -33,6 +33,10 @@
 static bool driver_verbose = true;
 /* the shims' lm_shim_config.transfer_cpu_pct (bench_shim --transfer-cpu) */
 static unsigned driver_transfer_cpu = LM_SHIM_TRANSFER_CPU_DEFAULT;
+/* the shims' orphan timeout (0 = never: the tests drive every call) and
+ * the migration link's stall timeout (0 = the default) */
+static unsigned driver_orphan_ms;
+static unsigned driver_stall_ms;
 
 #define SESSION "sess-1"
 
@@ -67,10 +71,12 @@ static inline int driver_env_create(struct env **out, const char *vm_doc)
 		.socket = e->src_sock, .id = "src", .ns = "test", .vm_document = vm_doc,
 		.containers = CTRS, .n_containers = 2, .state_dir = sstate, .workers = 2,
 		.any_uid = true, .transfer_cpu_pct = driver_transfer_cpu,
+		.orphan_ms = driver_orphan_ms, .stall_ms = driver_stall_ms,
 	};
 	struct lm_shim_config dc = {
 		.socket = e->dst_sock, .id = "dst", .ns = "test", .state_dir = dstate,
 		.workers = 2, .any_uid = true, .transfer_cpu_pct = driver_transfer_cpu,
+		.orphan_ms = driver_orphan_ms, .stall_ms = driver_stall_ms,
 	};
 	if (lm_shim_create(&e->src, &sc) || lm_shim_create(&e->dst, &dc))
 		return -1;

@@ -575,6 +575,113 @@ static void test_contract_corners(void **state)
 	assert_int_equal(task_state(e->dc, "c1-new", NULL), 0);
 }
 
+/* ---- the orchestrator goes away (the shims resolve the session) --------- */
+
+static int setup_orphan(void **state)
+{
+	driver_orphan_ms = 400;
+	int rc = setup(state);
+	driver_orphan_ms = 0;
+	return rc;
+}
+
+/* The controller's state for SESSION (lmshim.v1.Recovery/State; it does
+ * not count as an orchestrator's call of the Migration service). */
+static bool session_idle(lm_rpc_client_t *c)
+{
+	const char *q = "{\"SessionId\":\"" SESSION "\"}";
+	struct lm_rpc_result r = { 0 };
+	struct lm_rpc_call_opts o = { .timeout_ns = 5ll * 1000000000ll };
+	if (lm_rpc_client_call(c, LM_RECOVERY_SERVICE, "State", q, strlen(q), &o, &r) || r.code) {
+		lm_rpc_result_free(&r);
+		return false;
+	}
+	json_t *j = json_loadb((const char *)r.payload, r.len, 0, NULL);
+	bool idle = j && !strcmp(json_string_value(json_object_get(j, "State")) ?: "", "Idle");
+	json_decref(j);
+	lm_rpc_result_free(&r);
+	return idle;
+}
+
+/* Waits (10 s at most) until a shim is idle again. */
+static bool wait_idle(lm_rpc_client_t *c)
+{
+	for (int i = 0; i < 500; i++) {
+		if (session_idle(c))
+			return true;
+		usleep(20000);
+	}
+	return false;
+}
+
+static bool guest_running(lm_rpc_client_t *c)
+{
+	json_t *p = inspect(c);
+	bool r = p && json_is_true(json_object_get(json_object_get(p, "Statistics"), "GuestRunning"));
+	json_decref(p);
+	return r;
+}
+
+static void test_orphan_before_the_transfer_expires_the_session(void **state)
+{
+	struct env *e = *state;
+	assert_int_equal(prepare_both(e), 0);
+	/* nobody calls any more */
+	assert_true(wait_idle(e->sc));
+	assert_true(wait_idle(e->dc));
+	assert_int_equal(task_state(e->sc, "c1", NULL), 0);     /* the source serves its tasks */
+	assert_int_equal(task_state(e->dc, "c1-new", NULL), 5); /* the import is gone */
+	assert_true(guest_running(e->sc));
+	/* and a fresh migration of the same sandbox goes through */
+	assert_int_equal(prepare_both(e), 0);
+	assert_int_equal(connect_both(e), 0);
+	struct async_call t;
+	async_start(&t, e->dc, 0, NULL);
+	assert_int_equal(transfer(e->sc, SESSION, 0), 0);
+	assert_int_equal(async_join(&t), 0);
+	assert_int_equal(finalize(e->dc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_RESUME), 0);
+	assert_int_equal(finalize(e->sc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_STOP), 0);
+	assert_int_equal(cleanup(e->sc, SESSION), 0);
+	assert_int_equal(cleanup(e->dc, SESSION), 0);
+	assert_true(guest_running(e->dc));
+}
+
+static void test_orphan_after_the_transfer_keeps_the_guest_on_the_source(void **state)
+{
+	struct env *e = *state;
+	assert_int_equal(prepare_both(e), 0);
+	assert_int_equal(connect_both(e), 0);
+	struct async_call t;
+	async_start(&t, e->dc, 0, NULL);
+	assert_int_equal(transfer(e->sc, SESSION, 0), 0);
+	assert_int_equal(async_join(&t), 0);
+	/* the orchestrator dies between the transfer and the finalize */
+	assert_true(wait_idle(e->sc));
+	assert_true(wait_idle(e->dc));
+	assert_true(guest_running(e->sc));
+	json_t *d = inspect(e->dc);
+	assert_null(d);                      /* the destination discarded its copy */
+	assert_int_equal(task_state(e->sc, "c1", NULL), 0);
+}
+
+static void test_orphan_after_the_destination_took_over_finishes_forward(void **state)
+{
+	struct env *e = *state;
+	assert_int_equal(prepare_both(e), 0);
+	assert_int_equal(connect_both(e), 0);
+	struct async_call t;
+	async_start(&t, e->dc, 0, NULL);
+	assert_int_equal(transfer(e->sc, SESSION, 0), 0);
+	assert_int_equal(async_join(&t), 0);
+	assert_int_equal(finalize(e->dc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_RESUME), 0);
+	/* the orchestrator dies before it stops the source */
+	assert_true(wait_idle(e->sc));
+	assert_true(wait_idle(e->dc));
+	assert_true(guest_running(e->dc));
+	assert_null(inspect(e->sc));         /* the source's copy is gone */
+	assert_int_equal(task_state(e->dc, "c1-new", NULL), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -588,6 +695,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_notifications_carry_real_progress_and_the_failure_reason, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_a_failed_transfer_names_its_reason_everywhere, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_contract_corners, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_orphan_before_the_transfer_expires_the_session, setup_orphan, teardown),
+		cmocka_unit_test_setup_teardown(test_orphan_after_the_transfer_keeps_the_guest_on_the_source, setup_orphan, teardown),
+		cmocka_unit_test_setup_teardown(test_orphan_after_the_destination_took_over_finishes_forward, setup_orphan, teardown),
 	};
 	if (!getenv("LM_LOG_LEVEL"))
 		lm_log_set_level(LM_LOG_ERROR);
