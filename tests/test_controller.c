@@ -842,7 +842,9 @@ static void test_session_rules_and_calls_out_of_order_on_the_source(void **state
 	expect(d, "FinalizeSandbox", req_finalize(SID, RESUME), LM_RPC_FAILED_PRECONDITION,
 	       "FinalizeSandbox: not allowed in state DestinationImported");
 	/* Notifications in the session: the call goes to the notifier with the side */
+	unsigned before = atomic_load(&d->posted);
 	uint32_t nst = send_req(d, 1, "Notifications", req_notifications(SID), LM_TTRPC_F_REMOTE_CLOSED);
+	wait_counter(&d->posted, before + 1);   /* in the mailbox before the probe on conn 0 */
 	assert_string_equal(state_of(d), "DestinationImported");
 	assert_int_equal(d->nts->subscribes, 1);
 	assert_int_equal(d->nts->sub_origin[0], 2);
@@ -1209,7 +1211,9 @@ static void test_a_subscriber_that_goes_away_is_reported_to_the_notifier(void **
 	struct side *s = &F.src;
 	Google__Protobuf__Any *config = export_ok(s);
 	google__protobuf__any__free_unpacked(config, NULL);
+	unsigned before = atomic_load(&s->posted);
 	send_req(s, 1, "Notifications", req_notifications(SID), LM_TTRPC_F_REMOTE_CLOSED);
+	wait_counter(&s->posted, before + 1);   /* in the mailbox before the probe on conn 0 */
 	assert_string_equal(state_of(s), "SourceExported");
 	assert_int_equal(s->nts->subscribes, 1);
 	assert_int_equal(s->nts->sub_origin[0], 1);
@@ -1218,8 +1222,11 @@ static void test_a_subscriber_that_goes_away_is_reported_to_the_notifier(void **
 	close(s->fd2);
 	s->fd2 = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);   /* for teardown */
 	wait_counter(&s->gone, 1);
-	assert_true(lm_runtime_run_until_quiet(F.rt, 0) >= 2);      /* GONE, then the notifier's */
+	int ran = lm_runtime_run_until_quiet(F.rt, 0);
 	struct fake_nt *n = s->nts;
+	if (n->gones != 1)
+		print_error("ran %d, gones %u, subs %u gone %u\n", ran, n->gones, n->nsubs, atomic_load(&s->gone));
+	assert_true(ran >= 2);      /* CALL_GONE, then the notifier's GONE */
 	assert_int_equal(n->gones, 1);
 	assert_int_equal(n->nsubs, 0);
 	assert_string_equal(state_of(s), "SourceExported");
