@@ -200,7 +200,8 @@ int lm_runtime_run_until(lm_runtime_t *rt, bool (*done)(void *arg), void *arg,
  * deadline within the window, fires every timer due then (in the order
  * they were set) and runs until quiet, so a timer armed by a handler
  * counts from the instant its handler ran; finally the clock stands at
- * the end of the window. Returns the number of timers fired;
+ * the end of the window. Returns the number of timers fired (a send a
+ * full mailbox refused counts too: it is retried 1 virtual ms later);
  * -ETIMEDOUT if the actors never went quiet within 60 s of real time;
  * -EINVAL / -EDEADLK as above. */
 int lm_runtime_advance(lm_runtime_t *rt, uint32_t ms);

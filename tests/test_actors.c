@@ -912,6 +912,56 @@ static void test_step_stop_runs_the_last_message_then_frees_the_state(void **sta
 	lm_runtime_destroy(rt);
 }
 
+struct looper { uint64_t n; };
+
+static void looper_dispatch(lm_actor_t *self, lm_msg_t *m)
+{
+	struct looper *l = lm_actor_state(self);
+	(void)m;
+	l->n++;
+	assert_int_equal(lm_actor_send(self, msg(M_PING, 0)), 0);   /* forever */
+}
+
+static void test_step_run_until_quiet_gives_up_at_its_deadline_on_a_livelock(void **state)
+{
+	lm_runtime_t *rt = step_runtime();
+	lm_actor_t *a;
+	struct looper *l = calloc(1, sizeof(*l));
+	(void)state;
+	assert_int_equal(lm_actor_spawn(rt, &a, "looper", looper_dispatch, l, free, 0), 0);
+	assert_int_equal(lm_actor_send(a, msg(M_PING, 0)), 0);
+	assert_int_equal(lm_runtime_run_until_quiet(rt, lm_now_ns() + 20 * MS), -ETIMEDOUT);
+	assert_true(l->n > 0);
+	lm_actor_unref(a);
+	lm_runtime_destroy(rt);
+}
+
+static void test_step_a_timer_into_a_full_mailbox_is_retried_a_virtual_ms_later(void **state)
+{
+	lm_runtime_t *rt = step_runtime();
+	lm_actor_t *a;
+	struct stamp *s = calloc(1, sizeof(*s));
+	(void)state;
+	s->rt = rt;
+	/* 8 slots hold 7 messages; 8 timers fire at the same instant */
+	assert_int_equal(lm_actor_spawn(rt, &a, "stamp", stamp_dispatch, s, free, 8), 0);
+	for (int i = 0; i < 8; i++)
+		assert_int_equal(lm_actor_send_after(a, msg(M_PING, (uint64_t)i), 10), 0);
+	assert_int_equal(lm_runtime_advance(rt, 10), 8);      /* 7 sent, 1 refused */
+	assert_int_equal(s->n, 7);
+	for (unsigned i = 0; i < 7; i++) {
+		assert_int_equal(s->v[i], i);
+		assert_int_equal(s->at[i], 10 * MS);
+	}
+	assert_int_equal(lm_runtime_next_timer_ns(rt), 1 * MS);
+	assert_int_equal(lm_runtime_advance(rt, 1), 1);
+	assert_int_equal(s->n, 8);
+	assert_int_equal(s->v[7], 7);                          /* not lost */
+	assert_int_equal(s->at[7], 11 * MS);
+	lm_actor_unref(a);
+	lm_runtime_destroy(rt);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -936,6 +986,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_step_calls_are_refused_outside_step_mode_and_from_a_dispatch, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_step_destroy_frees_queued_mail_and_pending_timers, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_step_stop_runs_the_last_message_then_frees_the_state, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_step_run_until_quiet_gives_up_at_its_deadline_on_a_livelock, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_step_a_timer_into_a_full_mailbox_is_retried_a_virtual_ms_later, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
