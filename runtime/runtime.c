@@ -23,6 +23,17 @@
  *    exchange acquire, or by the run queue hand-off.
  *  - Registry: every live actor is on a list under `lock` (spawn, stop,
  *    shutdown only), which holds one reference until the actor stops.
+ *  - Step mode: no worker threads; the stepping thread pops the shared
+ *    queue itself (lm_runtime_run_until_quiet) with the same run() the
+ *    workers use, and re-queues an actor that still has mail at the tail,
+ *    so actors take turns in the order they became runnable. It has no
+ *    locality slot (tl_worker stays NULL), so every schedule goes through
+ *    the shared queue in order. While it waits (lm_runtime_wait) it counts
+ *    as a sleeper, so a push from any thread takes rq_push's wake path,
+ *    which in step mode also writes an eventfd the waiter polls beside a
+ *    descriptor of the caller's. The timers run on a virtual clock moved
+ *    by lm_runtime_advance (timer.h). The threaded path is unchanged: the
+ *    eventfd write sits in rq_push's existing slow path (sleepers > 0).
  *
  * TSan: the shared run queue's ck calls run with TSan's access recording
  * off (their slot copies are synchronised by ck's inline-asm atomics,
@@ -40,11 +51,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <ck_ring.h>
 
+#include "util/clock.h"
 #include "util/log.h"
 
 #if defined(LM_TSAN) || defined(__SANITIZE_THREAD__)
@@ -101,6 +115,10 @@ struct lm_runtime {
 	alignas(64) atomic_uint epoch;   /* futex word */
 	atomic_uint sleepers;
 	atomic_uint stopping;
+	/* step mode (cfg.step): set at create, read-only after */
+	int step_efd;                    /* eventfd: mail or lm_runtime_wake while waiting; -1 */
+	struct worker stepper;           /* what run() gets on the stepping thread */
+	atomic_uint stepping;            /* a stepping call is running (re-entry guard) */
 	/* registry */
 	pthread_mutex_t lock;
 	lm_actor_t *actors;              /* list head */
@@ -140,7 +158,10 @@ static void rq_push(lm_runtime_t *rt, lm_actor_t *a)
 	atomic_thread_fence(memory_order_seq_cst);
 	if (atomic_load_explicit(&rt->sleepers, memory_order_relaxed) > 0) {
 		atomic_fetch_add_explicit(&rt->epoch, 1, memory_order_release);
-		futex(&rt->epoch, FUTEX_WAKE_PRIVATE, 1);
+		if (rt->step_efd >= 0)
+			eventfd_write(rt->step_efd, 1);   /* the stepping thread's wait */
+		else
+			futex(&rt->epoch, FUTEX_WAKE_PRIVATE, 1);
 	}
 }
 
@@ -274,8 +295,9 @@ out:
 }
 
 /* Runs one batch of a; returns true if a must run again (still has mail
- * and still owns the schedule), false once it parked (reference dropped). */
-static bool run(struct worker *w, lm_actor_t *a)
+ * and still owns the schedule), false once it parked (reference dropped).
+ * *ran: the messages handled. */
+static bool run(struct worker *w, lm_actor_t *a, unsigned *ran)
 {
 	lm_runtime_t *rt = w->rt;
 	lm_msg_t *batch[MAX_BATCH];
@@ -286,6 +308,7 @@ static bool run(struct worker *w, lm_actor_t *a)
 	n = lm_mailbox_recv_batch(&a->mb, batch, rt->cfg.batch);
 	for (unsigned i = 0; i < n; i++)
 		handle(a, batch[i]);
+	*ran = n;
 	/* a stop whose STOP message could not be queued (mailbox was full) */
 	if (!a->dead && atomic_load_explicit(&a->stop_requested, memory_order_acquire) &&
 	    lm_mailbox_size(&a->mb) == 0) {
@@ -319,7 +342,8 @@ static void *worker_main(void *arg)
 			a = rq_pop(rt);
 		}
 		if (a) {
-			if (run(w, a)) {
+			unsigned ran;
+			if (run(w, a, &ran)) {
 				/* still has mail: keep it local if the slot is free,
 				 * else share it so another worker can take it */
 				if (!w->next)
@@ -359,7 +383,10 @@ int lm_runtime_create(lm_runtime_t **out, const struct lm_runtime_config *cfg)
 		return -ENOMEM;
 	if (cfg)
 		rt->cfg = *cfg;
-	if (!rt->cfg.workers) {
+	rt->step_efd = -1;
+	if (rt->cfg.step) {
+		rt->cfg.workers = 0;
+	} else if (!rt->cfg.workers) {
 		long n = sysconf(_SC_NPROCESSORS_ONLN);
 		rt->cfg.workers = n > 0 ? (unsigned)n : 1;
 	}
@@ -378,17 +405,28 @@ int lm_runtime_create(lm_runtime_t **out, const struct lm_runtime_config *cfg)
 	while (rqsize <= rt->cfg.max_actors)
 		rqsize <<= 1;
 	rt->rqbuf = calloc(rqsize, sizeof(ck_ring_buffer_t));
-	rt->workers = calloc(rt->cfg.workers, sizeof(struct worker));
+	rt->workers = calloc(rt->cfg.workers ? rt->cfg.workers : 1, sizeof(struct worker));
 	if (!rt->rqbuf || !rt->workers) {
 		free(rt->rqbuf);
 		free(rt->workers);
 		free(rt);
 		return -ENOMEM;
 	}
+	if (rt->cfg.step) {
+		rt->step_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+		if (rt->step_efd < 0) {
+			rc = -errno;
+			free(rt->rqbuf);
+			free(rt->workers);
+			free(rt);
+			return rc;
+		}
+		rt->stepper.rt = rt;
+	}
 	ck_ring_init(&rt->rq, rqsize);
 	pthread_mutex_init(&rt->lock, NULL);
 	atomic_init(&rt->next_id, 1);
-	rc = lm__timers_create(&rt->timers);
+	rc = lm__timers_create(&rt->timers, rt->cfg.step);
 	if (rc)
 		goto fail;
 	for (unsigned i = 0; i < rt->cfg.workers; i++) {
@@ -409,6 +447,8 @@ int lm_runtime_create(lm_runtime_t **out, const struct lm_runtime_config *cfg)
 	return 0;
 fail:
 	pthread_mutex_destroy(&rt->lock);
+	if (rt->step_efd >= 0)
+		close(rt->step_efd);
 	free(rt->rqbuf);
 	free(rt->workers);
 	free(rt);
@@ -493,6 +533,8 @@ void lm_runtime_destroy(lm_runtime_t *rt)
 	free(queued);
 
 	pthread_mutex_destroy(&rt->lock);
+	if (rt->step_efd >= 0)
+		close(rt->step_efd);
 	free(rt->rqbuf);
 	free(rt->workers);
 	free(rt);
@@ -650,4 +692,142 @@ void lm_runtime_stats(const lm_runtime_t *rt, struct lm_runtime_stats *out)
 	pthread_mutex_lock(&r->lock);
 	out->live_actors = r->nactors;
 	pthread_mutex_unlock(&r->lock);
+}
+
+/* ---- step mode --------------------------------------------------------------- */
+
+#define STEP_ADVANCE_LIMIT_NS (60ull * 1000000000ull)   /* livelock guard of advance */
+
+/* Enters a stepping call: step mode, not inside a dispatch, one at a time. */
+static int step_enter(lm_runtime_t *rt)
+{
+	if (!rt->cfg.step)
+		return -EINVAL;
+	if (tl_current || atomic_exchange_explicit(&rt->stepping, 1, memory_order_acquire))
+		return -EDEADLK;
+	return 0;
+}
+
+static void step_leave(lm_runtime_t *rt)
+{
+	atomic_store_explicit(&rt->stepping, 0, memory_order_release);
+}
+
+/* The loop of lm_runtime_run_until_quiet, inside step_enter. */
+static int run_quiet(lm_runtime_t *rt, uint64_t deadline_ns)
+{
+	long total = 0;
+	lm_actor_t *a;
+
+	while ((a = rq_pop(rt))) {
+		unsigned ran = 0;
+		if (run(&rt->stepper, a, &ran))
+			rq_push(rt, a);          /* still has mail: its turn again later */
+		total += ran;
+		if (deadline_ns && !rq_empty(rt) && lm_now_ns() >= deadline_ns)
+			return -ETIMEDOUT;
+	}
+	return total > INT_MAX ? INT_MAX : (int)total;
+}
+
+int lm_runtime_run_until_quiet(lm_runtime_t *rt, uint64_t deadline_ns)
+{
+	int rc = step_enter(rt);
+	if (rc)
+		return rc;
+	rc = run_quiet(rt, deadline_ns);
+	step_leave(rt);
+	return rc;
+}
+
+int lm_runtime_wait(lm_runtime_t *rt, int fd, short events, int64_t timeout_ns)
+{
+	struct pollfd p[2] = { { rt->step_efd, POLLIN, 0 }, { fd, events, 0 } };
+	int rc = step_enter(rt);
+	if (rc)
+		return rc;
+	/* a sleeper: from here on every push writes the eventfd (Dekker with
+	 * rq_push: the increment before the queue check, the push before its
+	 * read of sleepers) */
+	atomic_fetch_add_explicit(&rt->sleepers, 1, memory_order_seq_cst);
+	if (rq_empty(rt)) {
+		int ms = timeout_ns < 0 ? -1
+			 : timeout_ns >= (int64_t)INT_MAX * 1000000 ? INT_MAX
+			 : (int)((timeout_ns + 999999) / 1000000);
+		int n;
+		do
+			n = poll(p, fd >= 0 ? 2 : 1, ms);
+		while (n < 0 && errno == EINTR);
+		if (n == 0 && rq_empty(rt))
+			rc = -ETIMEDOUT;
+		eventfd_t v;
+		eventfd_read(rt->step_efd, &v);   /* non-blocking: reset the edge */
+	}
+	atomic_fetch_sub_explicit(&rt->sleepers, 1, memory_order_relaxed);
+	step_leave(rt);
+	return rc;
+}
+
+void lm_runtime_wake(lm_runtime_t *rt)
+{
+	if (rt->step_efd >= 0)
+		eventfd_write(rt->step_efd, 1);
+}
+
+int lm_runtime_run_until(lm_runtime_t *rt, bool (*done)(void *arg), void *arg,
+			 int64_t timeout_ns)
+{
+	uint64_t deadline = lm_now_ns() + (uint64_t)(timeout_ns < 0 ? 0 : timeout_ns);
+	for (;;) {
+		int rc = lm_runtime_run_until_quiet(rt, deadline);
+		if (rc < 0 && rc != -ETIMEDOUT)
+			return rc;
+		if (done(arg))
+			return 0;
+		uint64_t now = lm_now_ns();
+		if (now >= deadline)
+			return -ETIMEDOUT;
+		rc = lm_runtime_wait(rt, -1, 0, (int64_t)(deadline - now));
+		if (rc < 0 && rc != -ETIMEDOUT)
+			return rc;
+	}
+}
+
+int lm_runtime_advance(lm_runtime_t *rt, uint32_t ms)
+{
+	int rc = step_enter(rt);
+	if (rc)
+		return rc;
+	uint64_t target = lm__timers_now(rt->timers) + (uint64_t)ms * 1000000u;
+	uint64_t deadline = lm_now_ns() + STEP_ADVANCE_LIMIT_NS;
+	unsigned fired = 0, n;
+	/* what is queued runs at the current instant, before time moves */
+	rc = run_quiet(rt, deadline);
+	while (rc >= 0 && (n = lm__timers_fire_next(rt->timers, target)) > 0) {
+		fired += n;
+		/* handlers run at the instant their timers fired, so a timer
+		 * they arm counts from there */
+		rc = run_quiet(rt, deadline);
+	}
+	if (rc >= 0) {
+		lm__timers_set_now(rt->timers, target);
+		rc = fired > INT_MAX ? INT_MAX : (int)fired;
+	}
+	step_leave(rt);
+	return rc;
+}
+
+uint64_t lm_runtime_now_ns(const lm_runtime_t *rt)
+{
+	return lm__timers_now(rt->timers);
+}
+
+int64_t lm_runtime_next_timer_ns(const lm_runtime_t *rt)
+{
+	return lm__timers_next(rt->timers);
+}
+
+bool lm_runtime_is_step(const lm_runtime_t *rt)
+{
+	return rt->cfg.step;
 }

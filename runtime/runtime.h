@@ -32,6 +32,35 @@
  * with -EPIPE) and its state's destructor runs. Shutdown stops the
  * workers, then frees every message still queued anywhere (running
  * destructors), stops every actor and joins every thread.
+ *
+ * Step mode (cfg.step; for tests): no worker thread and no timer thread.
+ * Actors run only when the test's thread asks, on that thread:
+ *
+ *     lm_runtime_run_until_quiet(rt, 0);   // every actor with mail runs,
+ *                                          // until none has mail
+ *     lm_runtime_advance(rt, 200);         // 200 ms pass on the timers'
+ *                                          // virtual clock: send_after and
+ *                                          // ask timeouts due fire, in order
+ *     lm_runtime_run_until(rt, done, arg, timeout_ns);
+ *                                          // run, wait for mail from other
+ *                                          // threads, run... until done(arg)
+ *
+ * THREAD CONTRACT of step mode. The "stepping thread" is whichever thread
+ * is inside lm_runtime_run_until_quiet, _run_until, _advance or _wait;
+ * one at a time (a second concurrent call gets -EDEADLK), never from a
+ * dispatch function (-EDEADLK). Every dispatch runs on it, inside one of
+ * those calls, so a test reads actor state between calls without locks
+ * (lm_actor_state). Everything that is "Thread: any" stays so: other
+ * threads (an rpc loop, hcs completions, a connect thread) still send;
+ * their mail waits in the mailbox until the next step, and wakes a
+ * stepping thread blocked in lm_runtime_wait. Actors run in the order they
+ * became runnable (no locality slot), a batch at a time, so the same mail
+ * in the same order runs the same way every time. Only the runtime's own
+ * timers use the virtual clock: code that reads lm_now_ns() itself (a
+ * socket deadline, an rpc deadline) still sees real time.
+ * Functions that block waiting for an actor's answer (a plain-mailbox
+ * request/reply such as lm_controller_quiesce) must then run on another
+ * thread while the stepping thread runs the actor.
  */
 #ifndef LM_RUNTIME_RUNTIME_H
 #define LM_RUNTIME_RUNTIME_H
@@ -56,12 +85,16 @@ struct lm_runtime_config {
 	unsigned max_actors;     /* live actors at once; 0 = 65536 */
 	unsigned batch;          /* messages per run; 0 = 64 */
 	unsigned mailbox_size;   /* default mailbox capacity; 0 = 1024 */
+	bool step;               /* step mode (tests): no threads, `workers` ignored,
+				    virtual timer clock; see above */
 };
 
-/* Thread: any. Starts the workers and the timer thread. 0 or -errno. */
+/* Thread: any. Starts the workers and the timer thread (none in step
+ * mode). 0 or -errno. */
 int lm_runtime_create(lm_runtime_t **out, const struct lm_runtime_config *cfg);
 
-/* Thread: not a worker. Stops accepting spawns, lets each worker finish
+/* Thread: not a worker (step mode: not inside a stepping call). Stops
+ * accepting spawns, lets each worker finish
  * its current batch, joins every thread (workers, timer), frees every
  * message still queued (running their dtors) and every pending timer,
  * stops every actor (state destructors run; dispatch does not see
@@ -70,7 +103,7 @@ int lm_runtime_create(lm_runtime_t **out, const struct lm_runtime_config *cfg);
  * fail with -EPIPE); the holders must drop them to free everything. */
 void lm_runtime_destroy(lm_runtime_t *rt);
 
-/* Thread: any. Number of workers. */
+/* Thread: any. Number of worker threads (0 in step mode). */
 unsigned lm_runtime_workers(const lm_runtime_t *rt);
 
 /* Thread: any. Spawns an actor. `state` is the actor's private state,
@@ -103,7 +136,8 @@ int64_t lm_actor_ask(lm_actor_t *self, lm_actor_t *target, lm_msg_t *req,
 int lm_actor_reply(const lm_msg_t *req, lm_msg_t *reply);
 
 /* Thread: any. Arranges for `a` to receive message `m` after delay_ms
- * (a plain timer; the message is freed if a is gone by then). */
+ * (a plain timer; the message is freed if a is gone by then). In step
+ * mode delay_ms is on the virtual clock (lm_runtime_advance). */
 int lm_actor_send_after(lm_actor_t *a, lm_msg_t *m, uint32_t delay_ms);
 
 /* Thread: any. Stops a: LM_MSG_SYS_STOP is queued behind its mail, then
@@ -129,5 +163,58 @@ struct lm_runtime_stats {
 	uint64_t live_actors;   /* actors not yet freed */
 };
 void lm_runtime_stats(const lm_runtime_t *rt, struct lm_runtime_stats *out);
+
+/* ---- step mode (see the top of this file) -------------------------------- */
+
+/* Thread: the stepping thread. Runs every actor that has mail, a batch at
+ * a time in the order they became runnable, until no actor has mail (mail
+ * sent by the handlers runs too; mail from other threads that arrives
+ * meanwhile as well). Returns the number of messages handled (0: it was
+ * already quiet); -ETIMEDOUT if deadline_ns (lm_now_ns clock; 0 = none)
+ * passed while actors still had mail (a livelock guard); -EINVAL if not in
+ * step mode; -EDEADLK from a dispatch or while another thread steps. */
+int lm_runtime_run_until_quiet(lm_runtime_t *rt, uint64_t deadline_ns);
+
+/* Thread: the stepping thread. Blocks until some actor has mail (sent
+ * from another thread), lm_runtime_wake is called, `fd` (if >= 0) is
+ * ready for `events` (poll(2) bits), or timeout_ns passes (< 0: no
+ * limit). Returns at once if an actor already has mail. 0: look again
+ * (it may return early: callers re-check what they wait for);
+ * -ETIMEDOUT; -EINVAL / -EDEADLK as above. Runs nothing. */
+int lm_runtime_wait(lm_runtime_t *rt, int fd, short events, int64_t timeout_ns);
+
+/* Thread: any. Makes a current or the next lm_runtime_wait return: for a
+ * thread that changes what the stepping thread waits for without sending
+ * it mail. No-op outside step mode. */
+void lm_runtime_wake(lm_runtime_t *rt);
+
+/* Thread: the stepping thread. Runs until quiet, then while done(arg) is
+ * false waits for mail (lm_runtime_wait) and runs again, for at most
+ * timeout_ns. done runs on the stepping thread between runs. 0 once done
+ * returned true; -ETIMEDOUT; -EINVAL / -EDEADLK as above. */
+int lm_runtime_run_until(lm_runtime_t *rt, bool (*done)(void *arg), void *arg,
+			 int64_t timeout_ns);
+
+/* Thread: the stepping thread. Lets `ms` milliseconds pass on the virtual
+ * clock: runs what is queued, then repeatedly moves the clock to the next
+ * deadline within the window, fires every timer due then (in the order
+ * they were set) and runs until quiet, so a timer armed by a handler
+ * counts from the instant its handler ran; finally the clock stands at
+ * the end of the window. Returns the number of timers fired (a send a
+ * full mailbox refused counts too: it is retried 1 virtual ms later);
+ * -ETIMEDOUT if the actors never went quiet within 60 s of real time;
+ * -EINVAL / -EDEADLK as above. */
+int lm_runtime_advance(lm_runtime_t *rt, uint32_t ms);
+
+/* Thread: any. The timers' clock in ns: lm_now_ns(), or in step mode the
+ * virtual clock (0 at create, moved only by lm_runtime_advance). */
+uint64_t lm_runtime_now_ns(const lm_runtime_t *rt);
+
+/* Thread: any. ns until the earliest pending timer (send_after or ask
+ * timeout) fires on the timers' clock (0 if due), -1 if none is pending. */
+int64_t lm_runtime_next_timer_ns(const lm_runtime_t *rt);
+
+/* Thread: any. Whether rt runs in step mode. */
+bool lm_runtime_is_step(const lm_runtime_t *rt);
 
 #endif

@@ -4,13 +4,20 @@
  * gets them later, still in order; a full queue and a stop are bounded
  * and counted, never a hang.
  */
+#include <dirent.h>
 #include <errno.h>
+#include <poll.h>
+#include <sched.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -198,6 +205,44 @@ static int mute_listener(const char *path)
 	return fd;
 }
 
+/* Every thread of this process but the caller is blocked (state S in
+ * /proc): e.g. the publisher's thread is asleep on its empty mailbox or in
+ * its backoff. A bounded poll: no event says a thread went to sleep. */
+static bool others_asleep(void)
+{
+	DIR *d = opendir("/proc/self/task");
+	struct dirent *e;
+	bool all = true;
+	pid_t me = (pid_t)syscall(SYS_gettid);
+	assert_non_null(d);
+	while (all && (e = readdir(d))) {
+		if (e->d_name[0] == '.' || atoi(e->d_name) == me)
+			continue;
+		char path[300], buf[256];
+		snprintf(path, sizeof(path), "/proc/self/task/%s/stat", e->d_name);
+		FILE *fp = fopen(path, "r");
+		if (!fp)
+			continue;     /* it just exited */
+		size_t n = fread(buf, 1, sizeof(buf) - 1, fp);
+		fclose(fp);
+		buf[n] = '\0';
+		const char *rp = strrchr(buf, ')');   /* "tid (comm) S ..." */
+		if (rp && rp[1] == ' ' && rp[2] != 'S')
+			all = false;
+	}
+	closedir(d);
+	return all;
+}
+
+static void wait_others_asleep(void)
+{
+	uint64_t deadline = lm_now_ns() + 10000000000ull;
+	while (!others_asleep()) {
+		assert_true(lm_now_ns() < deadline);
+		sched_yield();
+	}
+}
+
 static void test_stop_cuts_off_a_call_containerd_never_answers(void **state)
 {
 	struct fx *f = *state;
@@ -206,12 +251,18 @@ static void test_stop_cuts_off_a_call_containerd_never_answers(void **state)
 	assert_int_equal(lm_publisher_create(&p, f->path, "default"), 0);
 	for (uint32_t i = 0; i < 3; i++)
 		assert_int_equal(publish_exit(p, i), 0);
-	usleep(200000);           /* the first Forward waits for its 5 s deadline */
+	/* the first Forward is on the wire (it waits for its 5 s deadline):
+	 * take the connection and see its bytes, and answer nothing */
+	int c = accept(l, NULL, NULL);
+	assert_true(c >= 0);
+	struct pollfd pf = { c, POLLIN, 0 };
+	assert_int_equal(poll(&pf, 1, 10000), 1);
 	uint64_t t0 = lm_now_ns();
 	lm_publisher_destroy(p);
 	uint64_t dt = lm_now_ns() - t0;
 	print_message("destroy took %.0f ms\n", (double)dt / 1e6);
 	assert_true(dt < 3000000000ull);
+	close(c);
 	close(l);
 }
 
@@ -225,7 +276,7 @@ static void test_stop_of_an_idle_publisher_is_prompt(void **state)
 	assert_int_equal(publish_exit(p, 1), 0);
 	assert_int_equal(sink_wait(&f->sink, 1, 8000), 1);
 	stats_when_forwarded(p, 1);
-	usleep(50000);            /* asleep on the empty mailbox */
+	wait_others_asleep();     /* asleep on the empty mailbox (and the sink) */
 	uint64_t t0 = lm_now_ns();
 	lm_publisher_destroy(p);
 	assert_true(lm_now_ns() - t0 < 100000000ull);
@@ -261,7 +312,14 @@ static void test_stop_while_containerd_is_gone_is_bounded(void **state)
 	assert_int_equal(lm_publisher_create(&p, f->path, "default"), 0);
 	for (uint32_t i = 0; i < 5; i++)
 		assert_int_equal(publish_exit(p, i), 0);
-	usleep(100000);           /* the thread is in its backoff */
+	/* the thread is in its backoff: a try failed, and it sleeps */
+	struct lm_publisher_stats st;
+	uint64_t deadline = lm_now_ns() + 10000000000ull;
+	do {
+		assert_true(lm_now_ns() < deadline);
+		sched_yield();
+		lm_publisher_stats(p, &st);
+	} while (st.retries < 1 || !others_asleep());
 	uint64_t t0 = lm_now_ns();
 	lm_publisher_destroy(p);
 	assert_true(lm_now_ns() - t0 < 3000000000ull);

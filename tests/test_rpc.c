@@ -63,23 +63,44 @@ static void h_meta(lm_rpc_call_t *c, void *arg)
 	lm_rpc_call_reply(c, buf, strlen(buf));
 }
 
+/* A later answer: the thread answers once the handler has let go. */
+struct later {
+	lm_rpc_call_t *c;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool handler_done;
+};
+
 static void *later_thread(void *arg)
 {
-	lm_rpc_call_t *c = arg;
-	struct timespec ts = {0, 2000000};
-	nanosleep(&ts, NULL);
+	struct later *l = arg;
+	pthread_mutex_lock(&l->mu);
+	while (!l->handler_done)
+		pthread_cond_wait(&l->cv, &l->mu);
+	pthread_mutex_unlock(&l->mu);   /* the handler unlocked before: l is ours */
 	size_t n;
-	const uint8_t *p = lm_rpc_call_payload(c, &n);
-	lm_rpc_call_reply(c, p, n);
+	const uint8_t *p = lm_rpc_call_payload(l->c, &n);
+	lm_rpc_call_reply(l->c, p, n);
+	pthread_mutex_destroy(&l->mu);
+	pthread_cond_destroy(&l->cv);
+	free(l);
 	return NULL;
 }
 
-/* Answers from another thread, later. */
+/* Answers from another thread, after the handler is done with the call. */
 static void h_later(lm_rpc_call_t *c, void *arg)
 {
 	pthread_t t;
-	pthread_create(&t, NULL, later_thread, c);
+	struct later *l = calloc(1, sizeof(*l));
+	l->c = c;
+	pthread_mutex_init(&l->mu, NULL);
+	pthread_cond_init(&l->cv, NULL);
+	pthread_mutex_lock(&l->mu);
+	pthread_create(&t, NULL, later_thread, l);
 	pthread_detach(t);
+	l->handler_done = true;         /* the handler's last touch of the call */
+	pthread_cond_signal(&l->cv);
+	pthread_mutex_unlock(&l->mu);
 }
 
 /* Never answers by itself: the cancel callback answers (dropped). */
@@ -599,7 +620,14 @@ static void test_truncated_header_and_peer_closing_mid_frame(void **state)
 	/* a header cut short, then a body cut short, then close */
 	raw_request(f->raw, 1, 0, "test.Svc", "Park", NULL, 0, 0);
 	raw_write(f->raw, "\x00\x00\x00", 3);
-	usleep(20000);
+	/* the Park call is open (its handler ran) before the peer goes */
+	for (int i = 0; i < 1000; i++) {
+		lm_rpc_server_stats(f->s, &st);
+		if (st.open_calls == 1)
+			break;
+		usleep(10000);
+	}
+	assert_int_equal(st.open_calls, 1);
 	close(f->raw);
 	f->raw = -1;
 	for (int i = 0; i < 200; i++) {
