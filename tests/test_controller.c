@@ -196,7 +196,7 @@ struct side {
 	struct fake_nt *nts;
 	struct fake_xp *xps;
 	lm_rpc_server_t *srv;
-	struct lm_rpc_service mig, inspect;
+	struct lm_rpc_service mig, inspect, recovery;
 	struct lm_rpc_method methods[16];   /* the Migration service's, wrapped */
 	const struct lm_rpc_method *orig;   /* lm_migration_service_init's table */
 	atomic_uint posted;          /* calls the service has posted to the controller */
@@ -295,7 +295,7 @@ static void side_create(struct side *s, const char *name, bool source, unsigned 
 	assert_int_equal(lm_actor_spawn(F.rt, &s->xp, "fake-transport", xp_dispatch, s->xps, xp_free, 0), 0);
 	assert_int_equal(lm_controller_spawn(F.rt, &s->ctl, &cfg, s->nt, s->xp, NULL), 0);
 	assert_int_equal(lm_rpc_server_create(&s->srv, &scfg), 0);
-	lm_migration_service_init(&s->mig, &s->inspect, s->ctl);
+	lm_migration_service_init(&s->mig, &s->inspect, &s->recovery, s->ctl);
 	assert_true(s->mig.n_methods <= 16);
 	s->orig = s->mig.methods;
 	for (size_t i = 0; i < s->mig.n_methods; i++) {
