@@ -38,7 +38,22 @@ struct ctl_side {
 	const char *name;             /* "source" / "destination" / "shim" */
 	const char *path;             /* its ttrpc socket */
 	lm_rpc_client_t *c;           /* NULL until connected */
+	bool silent;                  /* a call got no answer: later calls are not
+					 made (each would wait its whole deadline) */
 };
+
+/* Ctrl-C: the first sets ctl_interrupted and lmctl winds down within 2 s
+ * (every call's deadline is cut to what is left of those 2 s); the
+ * second exits at once. */
+extern volatile int ctl_interrupted;
+void ctl_install_signals(void);
+/* Thread: any. A call's deadline: `tmo`, or less once interrupted. */
+int64_t ctl_deadline(int64_t tmo);
+/* Thread: main. Calls one of our JSON services (Inspect, Recovery):
+ * 0 and *out (malloc'd, NUL-terminated) or the status code / -errno,
+ * with the error printed unless quiet. */
+int ctl_call_json(struct ctl_side *s, const char *service, const char *method, const char *req,
+		  int64_t timeout_ns, bool quiet, char **out, char *msgbuf, size_t msglen);
 
 /* Thread: any. The gRPC name of a status code ("InvalidArgument"). */
 const char *ctl_code_name(int code);
@@ -47,6 +62,9 @@ const char *ctl_code_name(int code);
  * exist or refuses). 0, or -errno with the error printed. */
 int ctl_side_connect(struct ctl_side *s, int wait_ms);
 void ctl_side_close(struct ctl_side *s);
+/* Thread: any. Cuts the connection: the calls in flight on it return at
+ * once; later calls are not made (the side is silent). */
+void ctl_side_abandon(struct ctl_side *s);
 
 /* Thread: any. One unary call: packs `req`, calls service/method, and on
  * success unpacks the answer into *resp (when rdesc is not NULL; free with
@@ -99,6 +117,17 @@ const char *ctl_phase_name(int phase);
 const char *ctl_state_name(int state);
 const char *ctl_origin_name(int origin);
 
+/* `lmctl recover`: settles a migration session that its orchestrator left
+ * in doubt (docs/migration-service.md, "Recovery"). 0 settled (or nothing
+ * to do), 1 failed, 3 still in doubt. */
+struct ctl_recover_opts {
+	const char *from, *to, *session;
+	int64_t call_timeout_ns;
+	bool force_source_gone;       /* the operator says the source's host is gone */
+	bool force_destination_gone;  /* the operator says the destination's host is gone */
+};
+int ctl_recover(const struct ctl_recover_opts *o);
+
 /* One container to patch on the destination. */
 struct ctl_container {
 	char *src_id;                 /* ID in the source (the annotation) */
@@ -135,6 +164,8 @@ struct ctl_migrate_opts {
 struct ctl_migrate_result {
 	bool ok;                      /* the VM runs on the destination */
 	bool rolled_back;             /* the source was resumed */
+	int placement;                /* after a failure: 0 the guest is on the source,
+					 1 on the destination, 2 not settled (recover) */
 	double total_ms;
 	int64_t blackout_ms;
 	int verified;                 /* 1 equal, 0 unavailable, -1 mismatch */

@@ -11,6 +11,7 @@
  * picked up. Without that detail the bar shows the phases only.
  */
 #include <errno.h>
+#include <signal.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -121,11 +122,62 @@ int ctl_side_connect(struct ctl_side *s, int wait_ms)
 	return rc;
 }
 
+void ctl_side_abandon(struct ctl_side *s)
+{
+	if (s->c && !s->silent) {
+		fprintf(stderr, "lmctl: giving up on the %s (%s): it does not answer\n", s->name, s->path);
+		s->silent = true;
+		lm_rpc_client_shutdown(s->c);
+	}
+}
+
 void ctl_side_close(struct ctl_side *s)
 {
 	if (s->c)
 		lm_rpc_client_close(s->c);
 	s->c = NULL;
+}
+
+/* ---- Ctrl-C ------------------------------------------------------------ */
+
+volatile int ctl_interrupted;
+static volatile double interrupted_at;
+
+static double mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static void on_signal(int sig)
+{
+	if (ctl_interrupted) {   /* the second: now */
+		static const char m[] = "\nlmctl: interrupted again: exiting now\n";
+		if (write(2, m, sizeof(m) - 1) < 0) { /* nothing to do */ }
+		_exit(130);
+	}
+	(void)sig;
+	interrupted_at = mono_ms();
+	ctl_interrupted = 1;
+}
+
+void ctl_install_signals(void)
+{
+	signal(SIGPIPE, SIG_IGN);
+	struct sigaction sa = { .sa_handler = on_signal };
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+}
+
+int64_t ctl_deadline(int64_t tmo)
+{
+	if (!ctl_interrupted)
+		return tmo;
+	double left = interrupted_at + 1800 - mono_ms();   /* 2 s in all, with a margin */
+	int64_t l = left > 50 ? (int64_t)(left * 1e6) : 50000000;
+	return tmo && tmo < l ? tmo : l;
 }
 
 int ctl_call(struct ctl_side *s, const char *service, const char *method,
@@ -137,11 +189,15 @@ int ctl_call(struct ctl_side *s, const char *service, const char *method,
 		*resp = NULL;
 	if (msgbuf && msglen)
 		msgbuf[0] = 0;
-	if (!s->c) {
+	if (!s->c || s->silent) {
 		if (!quiet)
-			fprintf(stderr, "lmctl: %s on %s (%s): not connected\n", method, s->name, s->path);
-		return -ENOTCONN;
+			fprintf(stderr, "lmctl: %s on %s (%s): %s\n", method, s->name, s->path,
+				s->silent ? "not tried: it did not answer before" : "not connected");
+		if (msgbuf && msglen)
+			snprintf(msgbuf, msglen, "%s", s->silent ? "the shim does not answer" : "not connected");
+		return s->silent ? -ETIMEDOUT : -ENOTCONN;
 	}
+	timeout_ns = ctl_deadline(timeout_ns);
 	size_t len = protobuf_c_message_get_packed_size(req);
 	uint8_t *buf = malloc(len ? len : 1);
 	if (!buf)
@@ -151,6 +207,10 @@ int ctl_call(struct ctl_side *s, const char *service, const char *method,
 	struct lm_rpc_result r = {0};
 	int rc = lm_rpc_client_call(s->c, service, method, buf, len, &co, &r);
 	free(buf);
+	/* no answer: the shim is silent (a connection we cut at a Ctrl-C is
+	 * not the shim's doing) */
+	if (rc == -ETIMEDOUT || (rc == -EPIPE && !ctl_interrupted))
+		s->silent = true;
 	if (rc < 0) {
 		if (!quiet)
 			fprintf(stderr, "lmctl: %s on %s (%s): %s\n", method, s->name, s->path,
@@ -183,6 +243,49 @@ int ctl_call(struct ctl_side *s, const char *service, const char *method,
 	}
 	lm_rpc_result_free(&r);
 	return 0;
+}
+
+int ctl_call_json(struct ctl_side *s, const char *service, const char *method, const char *req,
+		  int64_t timeout_ns, bool quiet, char **out, char *msgbuf, size_t msglen)
+{
+	*out = NULL;
+	if (msgbuf && msglen)
+		msgbuf[0] = 0;
+	if (!s->c || s->silent) {
+		if (msgbuf && msglen)
+			snprintf(msgbuf, msglen, "%s", s->silent ? "the shim does not answer" : "not connected");
+		return s->silent ? -ETIMEDOUT : -ENOTCONN;
+	}
+	struct lm_rpc_call_opts co = { .timeout_ns = ctl_deadline(timeout_ns) };
+	struct lm_rpc_result r = { 0 };
+	int rc = lm_rpc_client_call(s->c, service, method, req, strlen(req), &co, &r);
+	if (rc == -ETIMEDOUT || rc == -EPIPE)
+		s->silent = true;
+	if (rc < 0) {
+		if (!quiet)
+			fprintf(stderr, "lmctl: %s on %s (%s): %s\n", method, s->name, s->path,
+				rc == -ETIMEDOUT ? "no answer before the deadline" : strerror(-rc));
+		if (msgbuf && msglen)
+			snprintf(msgbuf, msglen, "%s", strerror(-rc));
+		return rc;
+	}
+	if (r.code) {
+		if (!quiet)
+			fprintf(stderr, "lmctl: %s on %s (%s): %s: %s\n", method, s->name, s->path,
+				ctl_code_name(r.code), r.message ? r.message : "");
+		if (msgbuf && msglen)
+			snprintf(msgbuf, msglen, "%s", r.message ? r.message : "");
+		rc = r.code;
+		lm_rpc_result_free(&r);
+		return rc;
+	}
+	*out = malloc(r.len + 1);
+	if (*out) {
+		memcpy(*out, r.payload, r.len);
+		(*out)[r.len] = '\0';
+	}
+	lm_rpc_result_free(&r);
+	return *out ? 0 : -ENOMEM;
 }
 
 /* --------------------------------------------------------------- progress */

@@ -50,7 +50,6 @@
 #include "google/protobuf/duration.pb-c.h"
 #include "snapshot.pb-c.h"
 
-volatile int ctl_interrupted;
 
 /* Between two steps of the sequence: a Ctrl-C rolls back. */
 #define CHECK_INTERRUPT()                                                          \
@@ -624,32 +623,114 @@ static int query_props(struct ctl_side *s, char *digest, size_t dl, char *sum, s
 
 /* ------------------------------------------------------------ sequence */
 
-static void rollback(struct ctl_side *src, struct ctl_side *dst, const char *session, int64_t tmo,
-		     bool src_started, bool dst_started)
+/* Where the guest is after a failure, as lmctl learned it. */
+enum placement { ON_SOURCE = 0, ON_DESTINATION = 1, IN_DOUBT = 2 };
+
+/* Ctrl-C while a call waits: the watcher cuts both connections a second
+ * after the first Ctrl-C (the call returns at once), unless the main
+ * thread already went on to the rollback (which reconnects). */
+struct watcher {
+	pthread_t th;
+	pthread_mutex_t mu;
+	struct ctl_side *src, *dst;
+	bool rolling_back;            /* mu */
+	volatile int stop;
+};
+
+static void *watcher_main(void *arg)
 {
-	fprintf(stderr, "lmctl: rolling back: cancel both sides, resume the source, discard the destination\n");
-	CancelRequest c = CANCEL_REQUEST__INIT;
-	c.session_id = (char *)session;
-	if (dst_started)
-		ctl_call(dst, CTL_MIGRATION_SERVICE, "Cancel", &c.base, NULL, NULL, tmo, false, NULL, 0);
-	if (src_started)
-		ctl_call(src, CTL_MIGRATION_SERVICE, "Cancel", &c.base, NULL, NULL, tmo, false, NULL, 0);
+	struct watcher *w = arg;
+	while (!__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE) && !ctl_interrupted)
+		usleep(50 * 1000);
+	if (__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE))
+		return NULL;
+	for (int i = 0; i < 20 && !__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE); i++)
+		usleep(50 * 1000);
+	pthread_mutex_lock(&w->mu);
+	if (!w->rolling_back && !__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE)) {
+		if (w->src->c)
+			lm_rpc_client_shutdown(w->src->c);
+		if (w->dst->c)
+			lm_rpc_client_shutdown(w->dst->c);
+	}
+	pthread_mutex_unlock(&w->mu);
+	return NULL;
+}
+
+/* A fresh connection after the one of an interrupted call was cut. */
+static int reconnect(struct ctl_side *s)
+{
+	ctl_side_close(s);
+	return ctl_side_connect(s, 0);
+}
+
+static int finalize(struct ctl_side *s, const char *session, int action, int64_t tmo,
+		    char *msg, size_t ml)
+{
 	FinalizeSandboxRequest f = FINALIZE_SANDBOX_REQUEST__INIT;
 	f.session_id = (char *)session;
+	f.action = action;
+	return ctl_call(s, CTL_MIGRATION_SERVICE, "FinalizeSandbox", &f.base, NULL, NULL, tmo, false, msg, ml);
+}
+
+static int simple(struct ctl_side *s, const char *method, const char *session, int64_t tmo,
+		  char *msg, size_t ml)
+{
+	CancelRequest c = CANCEL_REQUEST__INIT;   /* Cancel and Cleanup requests have one field */
+	c.session_id = (char *)session;
+	return ctl_call(s, CTL_MIGRATION_SERVICE, method, &c.base, NULL, NULL, tmo, false, msg, ml);
+}
+
+/* After a failure: put the guest on exactly one side. The destination is
+ * asked to give the guest up first; the source then resumes it, which its
+ * shim does only if the destination cannot run it (the source never gave
+ * it away: hcs/PROTOCOL.md, "Handover"). If the guest turned out to be the
+ * destination's already, the migration is finished forward instead. If
+ * neither can be made sure, nothing more is touched and lmctl says where
+ * things stand and how to recover. */
+static enum placement rollback(struct ctl_side *src, struct ctl_side *dst, const char *session,
+			       int64_t tmo, bool src_started, bool dst_started)
+{
+	char msg[512];
+	bool dst_runs = false;
+	fprintf(stderr, "lmctl: rolling back: the destination gives the guest up, the source resumes it\n");
+	if (dst_started) {
+		int rc = simple(dst, "Cancel", session, tmo, msg, sizeof(msg));
+		if (rc == LM_RPC_FAILED_PRECONDITION && strstr(msg, "runs on the destination"))
+			dst_runs = true;
+	}
+	if (dst_runs) {
+		fprintf(stderr, "lmctl: the guest already runs on the destination: finishing forward\n");
+		int rc = finalize(src, session, FINALIZE_ACTION__FINALIZE_ACTION_STOP, tmo, msg, sizeof(msg));
+		simple(dst, "Cleanup", session, tmo, NULL, 0);
+		if (rc == 0)
+			simple(src, "Cleanup", session, tmo, NULL, 0);
+		return ON_DESTINATION;
+	}
 	if (src_started) {
-		f.action = FINALIZE_ACTION__FINALIZE_ACTION_RESUME;
-		ctl_call(src, CTL_MIGRATION_SERVICE, "FinalizeSandbox", &f.base, NULL, NULL, tmo, false, NULL, 0);
+		simple(src, "Cancel", session, tmo, NULL, 0);
+		int rc = finalize(src, session, FINALIZE_ACTION__FINALIZE_ACTION_RESUME, tmo, msg, sizeof(msg));
+		if (rc == LM_RPC_FAILED_PRECONDITION && strstr(msg, "granted")) {
+			/* the source gave the guest away: it is the destination's */
+			fprintf(stderr, "lmctl: the source gave the guest to the destination: finishing forward\n");
+			if (finalize(dst, session, FINALIZE_ACTION__FINALIZE_ACTION_RESUME, tmo, NULL, 0) == 0 &&
+			    finalize(src, session, FINALIZE_ACTION__FINALIZE_ACTION_STOP, tmo, NULL, 0) == 0) {
+				simple(dst, "Cleanup", session, tmo, NULL, 0);
+				simple(src, "Cleanup", session, tmo, NULL, 0);
+				return ON_DESTINATION;
+			}
+			return IN_DOUBT;
+		}
+		if (rc != 0)
+			return IN_DOUBT;
 	}
 	if (dst_started) {
-		f.action = FINALIZE_ACTION__FINALIZE_ACTION_STOP;
-		ctl_call(dst, CTL_MIGRATION_SERVICE, "FinalizeSandbox", &f.base, NULL, NULL, tmo, false, NULL, 0);
+		finalize(dst, session, FINALIZE_ACTION__FINALIZE_ACTION_STOP, tmo, NULL, 0);
+		simple(dst, "Cleanup", session, tmo, NULL, 0);
 	}
-	CleanupRequest cl = CLEANUP_REQUEST__INIT;
-	cl.session_id = (char *)session;
 	if (src_started)
-		ctl_call(src, CTL_MIGRATION_SERVICE, "Cleanup", &cl.base, NULL, NULL, tmo, false, NULL, 0);
-	if (dst_started)
-		ctl_call(dst, CTL_MIGRATION_SERVICE, "Cleanup", &cl.base, NULL, NULL, tmo, false, NULL, 0);
+		simple(src, "Cleanup", session, tmo, NULL, 0);
+	return ON_SOURCE;
 }
 
 int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res)
@@ -678,6 +759,8 @@ int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res
 	struct notif_thread nd = { .side = &dst, .session = session, .prog = &prog };
 	bool tty = isatty(2) && !o->quiet_progress;
 	char workdir[4096];
+	struct watcher watch = { 0 };
+	bool watch_started = false;
 
 	if (o->workdir) {
 		snprintf(workdir, sizeof(workdir), "%s", o->workdir);
@@ -687,6 +770,10 @@ int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res
 	if (ctl_side_connect(&src, 0) < 0 || ctl_side_connect(&dst, 0) < 0)
 		goto out;
 	fprintf(stderr, "lmctl: session %s: %s -> %s\n", session, o->from, o->to);
+	pthread_mutex_init(&watch.mu, NULL);
+	watch.src = &src;
+	watch.dst = &dst;
+	watch_started = pthread_create(&watch.th, NULL, watcher_main, &watch) == 0;
 
 	/* 1. export */
 	PrepareAndExportSandboxRequest ex = PREPARE_AND_EXPORT_SANDBOX_REQUEST__INIT;
@@ -768,7 +855,7 @@ int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res
 		goto fail;
 	}
 	bool cancelled = false;
-	double one_failed_at = 0;
+	double one_failed_at = 0, cancelled_at = 0;
 	while (!__atomic_load_n(&xs.done, __ATOMIC_ACQUIRE) || !__atomic_load_n(&xd.done, __ATOMIC_ACQUIRE)) {
 		if (!o->quiet_progress)
 			ctl_progress_render(&prog, tty, false, o->vm_bytes);
@@ -788,15 +875,25 @@ int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res
 				ctl_call(other, CTL_MIGRATION_SERVICE, "Cancel", &c.base, NULL, NULL, tmo, false,
 					 NULL, 0);
 				cancelled = true;
+				cancelled_at = now_ms();
 			}
 		}
 		if (ctl_interrupted && !cancelled) {
 			cancelled = true;
-			fprintf(stderr, "\nlmctl: interrupted: cancelling the migration\n");
+			cancelled_at = now_ms();
+			fprintf(stderr, "\nlmctl: interrupted: cancelling the migration (Ctrl-C again to quit at once)\n");
 			CancelRequest c = CANCEL_REQUEST__INIT;
 			c.session_id = session;
 			ctl_call(&src, CTL_MIGRATION_SERVICE, "Cancel", &c.base, NULL, NULL, tmo, false, NULL, 0);
 			ctl_call(&dst, CTL_MIGRATION_SERVICE, "Cancel", &c.base, NULL, NULL, tmo, false, NULL, 0);
+		}
+		/* a side that does not end its TransferSandbox soon after the
+		 * cancel (a frozen shim) is given up: its call is cut */
+		if (cancelled && now_ms() - cancelled_at > (ctl_interrupted ? 500 : 3000)) {
+			if (!__atomic_load_n(&xs.done, __ATOMIC_ACQUIRE))
+				ctl_side_abandon(&src);
+			if (!__atomic_load_n(&xd.done, __ATOMIC_ACQUIRE))
+				ctl_side_abandon(&dst);
 		}
 		usleep(100 * 1000);
 	}
@@ -904,17 +1001,33 @@ int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res
 fail:
 	if (tty && !o->quiet_progress)
 		fputc('\n', stderr);
-	rollback(&src, &dst, session, tmo, src_started, dst_started);
-	res->rolled_back = src_started;
-	close_notifications(&ns, 2000);
-	close_notifications(&nd, 2000);
-	rc = 1;
+	if (watch_started) {
+		pthread_mutex_lock(&watch.mu);
+		watch.rolling_back = true;
+		pthread_mutex_unlock(&watch.mu);
+	}
+	if (ctl_interrupted) {
+		/* the calls cut at the Ctrl-C took their connections with them */
+		if (!src.silent)
+			reconnect(&src);
+		if (!dst.silent)
+			reconnect(&dst);
+	}
+	res->placement = rollback(&src, &dst, session, tmo, src_started, dst_started);
+	res->rolled_back = src_started && res->placement == ON_SOURCE;
+	close_notifications(&ns, ctl_interrupted ? 200 : 2000);
+	close_notifications(&nd, ctl_interrupted ? 200 : 2000);
+	rc = res->placement == IN_DOUBT ? 3 : 1;
 summary:
 	res->total_ms = now_ms() - t0;
 	pthread_mutex_lock(&prog.mu);
 	res->blackout_ms = prog.blackout_ms;
 	pthread_mutex_unlock(&prog.mu);
-	fprintf(stderr, "lmctl: %s in %.0f ms", rc == 0 ? "migrated" : "migration FAILED (rolled back)",
+	fprintf(stderr, "lmctl: %s in %.0f ms",
+		rc == 0 ? "migrated"
+		: res->placement == ON_DESTINATION ? "migration FAILED late, but the guest runs on the destination"
+		: res->placement == IN_DOUBT ? "migration FAILED and is NOT settled"
+		: "migration FAILED (rolled back: the guest runs on the source)",
 		res->total_ms);
 	if (res->blackout_ms >= 0)
 		fprintf(stderr, ", blackout %" PRId64 " ms", res->blackout_ms);
@@ -928,6 +1041,13 @@ summary:
 			if (prog.fail_state[side])
 				fprintf(stderr, "lmctl: the %s reported FAILED (%s)\n", ctl_origin_name(side),
 					ctl_state_name(prog.fail_state[side]));
+	}
+	if (res->placement == IN_DOUBT && rc != 0) {
+		fprintf(stderr, "lmctl: where the guest is could not be made sure: it is paused on the source%s, and runs "
+			"nowhere. The shims settle it themselves once they hear each other again, or\n"
+			"lmctl: run: lmctl recover --session %s --from %s --to %s\n",
+			dst.silent ? " (the destination does not answer)" : src.silent ? " (the source does not answer)" : "",
+			session, o->from, o->to);
 	}
 	if (rc == 0 && o->verify) {
 		if (res->verified == 1)
@@ -943,6 +1063,11 @@ summary:
 			rc = 1;
 	}
 out:
+	if (watch_started) {
+		__atomic_store_n(&watch.stop, 1, __ATOMIC_RELEASE);
+		pthread_join(watch.th, NULL);
+		pthread_mutex_destroy(&watch.mu);
+	}
 	if (export_resp)
 		protobuf_c_message_free_unpacked(export_resp, NULL);
 	ctl_side_close(&src);

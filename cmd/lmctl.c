@@ -5,6 +5,7 @@
  *   lmctl watch   --shim SOCK --session ID          stream notifications
  *   lmctl state   --shim SOCK [--id ID]             task State
  *   lmctl cancel  --shim SOCK --session ID          Cancel a migration
+ *   lmctl recover --session ID --from SOCK --to SOCK settle a session left behind
  *   lmctl demo    [--backend sim|kvm] ...           the README's main job
  *
  * Every subcommand has --help; bad flags print a clear message and exit
@@ -32,6 +33,7 @@ static const char usage_main[] =
 	"  watch     print a migration's notifications, one line each\n"
 	"  state     print a container's task state\n"
 	"  cancel    cancel the migration of a shim\n"
+	"  recover   settle a migration whose orchestrator died or whose handover is in doubt\n"
 	"  inspect   print the shim's VM properties (memory digest, workload statistics)\n"
 	"  demo      start two shims and migrate a running 1 GiB VM between them\n"
 	"\n"
@@ -41,9 +43,13 @@ static const char usage_migrate[] =
 	"usage: lmctl migrate --from SOCK --to SOCK [options]\n"
 	"\n"
 	"Runs the whole Migration sequence: export on the source, import and one task\n"
-	"Create per container on the destination, prepare, the migration socket,\n"
-	"notifications, transfer, finalize, cleanup. On any failure both sides are\n"
-	"cancelled, the source resumes and the destination discards its copy.\n"
+	"Create per container on the destination, prepare, notifications, the migration\n"
+	"socket, transfer, finalize (the destination RESUMEs, then the source STOPs),\n"
+	"cleanup. On a failure the destination gives the guest up and the source resumes\n"
+	"it (its shim refuses if it gave the guest away: then the migration is finished\n"
+	"forward); when neither can be made sure, lmctl says where the guest is and how\n"
+	"to settle it (lmctl recover). Ctrl-C cancels and rolls back within 2 s; a second\n"
+	"Ctrl-C quits at once (the shims then settle the session themselves).\n"
 	"\n"
 	"  --from SOCK                 the source shim's ttrpc socket\n"
 	"  --to SOCK                   the destination shim's ttrpc socket\n"
@@ -72,12 +78,37 @@ static const char usage_migrate[] =
 	"                              reported as unverified, not as a failure)\n"
 	"  --verify                    require the verification (fail if unavailable)\n"
 	"  --timeout DUR               TransferSandbox timeout (e.g. 90s, 10m)\n"
-	"  --call-timeout DUR          deadline of each other call (default 60s)\n"
+	"  --call-timeout DUR          deadline of each other call (default 10s); a shim that\n"
+	"                              misses one is not called again\n"
 	"  --quiet                     no progress bar\n"
 	"  --help                      this text\n"
 	"\n"
 	"On success stdout has one line per container: SOURCE-ID NEW-ID INIT-PID.\n"
-	"Exit status: 0 migrated, 1 failed (rolled back), 2 bad usage.\n";
+	"Exit status: 0 migrated, 1 failed (the guest runs on one side: said which),\n"
+	"2 bad usage, 3 failed and not settled (run lmctl recover).\n";
+
+static const char usage_recover[] =
+	"usage: lmctl recover --session ID --from SOCK --to SOCK [options]\n"
+	"\n"
+	"Settles a migration session left behind (lmctl migrate killed, the shims' link\n"
+	"broken during the handover): asks both shims where it stands, puts the guest on\n"
+	"exactly one side by the handover's rules (the destination runs it only with the\n"
+	"source's grant; the source runs it again only if it never gave it away, or the\n"
+	"destination gave it up), carries a shim's secret to the other when the link broke,\n"
+	"then cleans both up. Prints what it found and did; running it again is harmless.\n"
+	"\n"
+	"  --session ID                 the migration's session ID\n"
+	"  --from SOCK                  the source shim's ttrpc socket\n"
+	"  --to SOCK                    the destination shim's ttrpc socket\n"
+	"  --force-source-gone          the source's host is gone for good: let the destination\n"
+	"                               run the guest without the source's word (never a guess:\n"
+	"                               if the source still runs it, two copies would run)\n"
+	"  --force-destination-gone     the destination's host is gone for good: let the source\n"
+	"                               run the guest again after it gave it away\n"
+	"  --call-timeout DUR           deadline of each call (default 10s)\n"
+	"  --help                       this text\n"
+	"\n"
+	"Exit status: 0 settled (or nothing to do), 1 failed, 2 bad usage, 3 not settled yet.\n";
 
 static const char usage_watch[] =
 	"usage: lmctl watch --shim SOCK --session ID\n"
@@ -101,12 +132,6 @@ static const char usage_cancel[] =
 	"usage: lmctl cancel --shim SOCK --session ID\n"
 	"\n"
 	"Cancels the migration of the session on that shim.\n";
-
-static void on_signal(int sig)
-{
-	(void)sig;
-	ctl_interrupted = 1;
-}
 
 static int bad_flag(const char *cmd, const char *what)
 {
@@ -209,7 +234,7 @@ static int cmd_migrate(int argc, char **argv)
 		{ 0, 0, 0, 0 },
 	};
 	struct ctl_migrate_opts o = { .id_suffix = "-m", .transport = "unix", .verify = true,
-				      .call_timeout_ns = 60ll * 1000000000 };
+				      .call_timeout_ns = 10ll * 1000000000 };
 	InitializeOptions io = INITIALIZE_OPTIONS__INIT;
 	CompressionSettings cs = COMPRESSION_SETTINGS__INIT;
 	io.memory_transport = MEMORY_TRANSPORT__MEMORY_TRANSPORT_TCP;
@@ -534,13 +559,54 @@ static int cmd_inspect(int argc, char **argv)
 	return ret;
 }
 
+static int cmd_recover(int argc, char **argv)
+{
+	enum { O_SESSION = 1, O_FROM, O_TO, O_FSRC, O_FDST, O_TMO, O_HELP };
+	static const struct option lo[] = {
+		{ "session", required_argument, 0, O_SESSION }, { "from", required_argument, 0, O_FROM },
+		{ "to", required_argument, 0, O_TO },
+		{ "force-source-gone", no_argument, 0, O_FSRC },
+		{ "force-destination-gone", no_argument, 0, O_FDST },
+		{ "call-timeout", required_argument, 0, O_TMO }, { "help", no_argument, 0, O_HELP },
+		{ 0, 0, 0, 0 },
+	};
+	struct ctl_recover_opts o = { .call_timeout_ns = 10ll * 1000000000 };
+	int c;
+	opterr = 0;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+		switch (c) {
+		case O_SESSION: o.session = optarg; break;
+		case O_FROM: o.from = optarg; break;
+		case O_TO: o.to = optarg; break;
+		case O_FSRC: o.force_source_gone = true; break;
+		case O_FDST: o.force_destination_gone = true; break;
+		case O_TMO:
+			if ((o.call_timeout_ns = ctl_parse_duration(optarg)) <= 0)
+				return bad_flag("recover", "--call-timeout wants a duration such as 5s");
+			break;
+		case O_HELP: fputs(usage_recover, stdout); return 0;
+		default: {
+			char m[160];
+			snprintf(m, sizeof(m), "unknown or incomplete option '%s'", argv[optind - 1]);
+			return bad_flag("recover", m);
+		}
+		}
+	}
+	if (optind < argc)
+		return bad_flag("recover", "unexpected argument");
+	if (!o.session || !*o.session || !o.from || !o.to)
+		return bad_flag("recover", "--session, --from and --to are required");
+	if (strlen(o.session) > 200 || strpbrk(o.session, "\"\\"))
+		return bad_flag("recover", "--session must be at most 200 characters, without quotes or backslashes");
+	if (o.force_source_gone && o.force_destination_gone)
+		return bad_flag("recover", "--force-source-gone and --force-destination-gone exclude each other");
+	return ctl_recover(&o);
+}
+
 int main(int argc, char **argv)
 {
-	signal(SIGPIPE, SIG_IGN);
-	struct sigaction sa = { .sa_handler = on_signal };
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
+	ctl_install_signals();
 	if (argc < 2) {
 		fputs(usage_main, stderr);
 		return 2;
@@ -560,6 +626,8 @@ int main(int argc, char **argv)
 		return cmd_cancel(argc - 1, argv + 1);
 	if (!strcmp(cmd, "inspect"))
 		return cmd_inspect(argc - 1, argv + 1);
+	if (!strcmp(cmd, "recover"))
+		return cmd_recover(argc - 1, argv + 1);
 	if (!strcmp(cmd, "demo"))
 		return ctl_demo_main(argc - 1, argv + 1);
 	fprintf(stderr, "lmctl: unknown command '%s'\n\n%s", cmd, usage_main);
