@@ -682,7 +682,13 @@ static void waiter_done(void *arg, const lm_qmp_result_t *r)
 	pthread_mutex_lock(&w->mu);
 	w->done = true;
 	w->err = r->err;
-	w->ret = r->ret ? json_incref(r->ret) : NULL;
+	/* A deep copy, not a reference: the loop thread frees the reply
+	 * tree after this callback, and jansson's reference counts are not
+	 * something we want two threads to share (its atomics live in an
+	 * uninstrumented library, so ThreadSanitizer cannot see them either). */
+	w->ret = r->ret ? json_deep_copy(r->ret) : NULL;
+	if (r->ret && !w->ret && !r->err)
+		w->err = -ENOMEM;
 	if (r->err_class[0])
 		snprintf(w->msg, sizeof(w->msg), "%s: %s", r->err_class, r->err_desc);
 	else
