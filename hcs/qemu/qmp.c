@@ -354,14 +354,14 @@ static int on_line(void *arg, const char *line, size_t len)
 	char why[160];
 	int rc = lm__qmp_parse(line, len, &m, why, sizeof(why));
 	if (rc < 0) {
-		char head[96];
+		char head[200], qwhy[200];
 		size_t n = len < 80 ? len : 80;
 		char raw[81];
 		memcpy(raw, line, n);
 		raw[n] = 0;
 		stat_inc(&q->st_proto);
 		lm_log_error(MOD, "bad line from QEMU", "vm=%s why=%s line=%s", q->name,
-			     lm_log_quote(why + 0, sizeof(why), why),
+			     lm_log_quote(qwhy, sizeof(qwhy), why),
 			     lm_log_quote(head, sizeof(head), raw));
 		close_stream(q, -EPROTO, "bad line from QEMU");
 		return -EPROTO;

@@ -611,6 +611,10 @@ static int check_config(const lm_qemu_vm_config_t *c, char *errbuf, size_t errle
 		errf(errbuf, errlen, "cmdline: one line");
 		return -EINVAL;
 	}
+	if (c->incoming_fd >= 0 && fcntl(c->incoming_fd, F_GETFD) < 0) {
+		errf(errbuf, errlen, "incoming_fd %d is not open", c->incoming_fd);
+		return -EBADF;
+	}
 	if (c->n_disks > LM_QEMU_MAX_DISKS || (c->n_disks && !c->disks)) {
 		errf(errbuf, errlen, "disks: at most %d", LM_QEMU_MAX_DISKS);
 		return -EINVAL;
@@ -932,7 +936,7 @@ static int kvm_probe(const lm_qemu_vm_config_t *cfg, enum lm_qemu_accel with,
 	char sock[sizeof(dir) + 16];
 	snprintf(sock, sizeof(sock), "%s/agent.sock", dir);
 	char name[64];
-	snprintf(name, sizeof(name), "%.40s-accel-probe", cfg->name);
+	snprintf(name, sizeof(name), "%.40s-accel-probe", cfg->name ? cfg->name : "vm");
 	lm_qemu_vm_config_t p = {
 		.name = name, .qemu = cfg->qemu, .machine = cfg->machine,
 		.memory_mib = cfg->memory_mib < 256 ? cfg->memory_mib : 256, .vcpus = 1,

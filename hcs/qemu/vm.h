@@ -219,7 +219,7 @@ typedef struct lm_qemu_event {
  * incoming_params and starts reading the incoming stream. The guest is
  * not running. 0 and *out; or a negative errno with the reason in errbuf
  * (may be NULL), QEMU killed and reaped, nothing left: -EINVAL (config),
- * -ENOENT (no QEMU binary, kernel or initrd), -ETIMEDOUT, -ECHILD (QEMU
+ * -EBADF (incoming_fd not open), -ENOENT (no QEMU binary, kernel or initrd), -ETIMEDOUT, -ECHILD (QEMU
  * exited: its stderr is in the reason), -EPIPE/-EPROTO (its monitor),
  * -EREMOTEIO (QEMU refused a setup command). */
 int lm_qemu_vm_launch(lm_qemu_vm_t **out, const lm_qemu_vm_config_t *cfg,
