@@ -39,6 +39,7 @@
 #include "hcs/qemu/migrate.h"
 #include "hcs/qemu/vm.h"
 #include "util/clock.h"
+#include "util/fault.h"
 #include "util/log.h"
 
 #define BOOT_MS 30000           /* the guest's boot bound under TCG */
@@ -628,6 +629,18 @@ static void test_boot_deadline_expires_and_qemu_is_gone(void **state)
 	lm_qemu_exit_t ex;
 	assert_int_equal(lm_qemu_vm_wait_exit(vm, 0, &ex), 0);   /* already killed */
 	assert_true(ex.exited);
+	vm_destroy(vm);
+
+	/* any failure of boot kills QEMU: the fault point stands for one */
+	cfg_init(&c, "bootfault", &l, agent, sizeof(agent));
+	assert_int_equal(lm_qemu_vm_launch(&vm, &c, err, sizeof(err)), 0);
+	track(vm);
+	assert_int_equal(lm_fault_arm("qemu.boot:errno=EIO"), 0);
+	int rc = lm_qemu_vm_boot(vm, BOOT_MS, err, sizeof(err));
+	lm_fault_disarm_all();
+	assert_int_equal(rc, -EIO);
+	assert_int_equal(lm_qemu_vm_wait_exit(vm, 0, &ex), 0);
+	assert_true(ex.signaled);
 	vm_destroy(vm);
 }
 

@@ -23,7 +23,9 @@
  * xbzrle, ...) must match on both sides: give the destination the same
  * params through incoming_params.
  *
- * Threads: as vm.h (any thread but the VM's loop; they wait).
+ * Threads: as vm.h (any thread but the VM's loop; they wait). Fault
+ * point: "qemu.migrate" (lm_qemu_migrate_start fails before QEMU hears of
+ * it).
  */
 #ifndef LM_HCS_QEMU_MIGRATE_H
 #define LM_HCS_QEMU_MIGRATE_H
