@@ -404,7 +404,11 @@ static int setup_socket(const struct ctl_migrate_opts *o, struct ctl_side *src, 
 			snprintf(listen_addr, sizeof(listen_addr), "unix:%s/migration-%.8s.sock", workdir,
 				 session);
 		unlink(listen_addr + 5);
-		snprintf(connect_addr, sizeof(connect_addr), "%s", listen_addr);
+		if (o->connect)   /* e.g. a relay in front of the destination */
+			snprintf(connect_addr, sizeof(connect_addr), "unix:%s",
+				 strncmp(o->connect, "unix:", 5) ? o->connect : o->connect + 5);
+		else
+			snprintf(connect_addr, sizeof(connect_addr), "%s", listen_addr);
 	} else if (!strcmp(tr, "tcp")) {
 		if (o->listen) {
 			snprintf(listen_addr, sizeof(listen_addr), "%s", o->listen);
@@ -980,8 +984,13 @@ int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res
 	}
 	fi.action = FINALIZE_ACTION__FINALIZE_ACTION_STOP;
 	if (ctl_call(&src, CTL_MIGRATION_SERVICE, "FinalizeSandbox", &fi.base, NULL, NULL, tmo, false, NULL, 0) != 0) {
-		/* the VM runs on the destination now: report, clean up, fail */
-		fprintf(stderr, "lmctl: the VM runs on the destination but the source did not stop\n");
+		/* the VM runs on the destination now: report, clean up, fail.
+		 * The source's copy stays paused (it gave the guest away) and
+		 * its shim stops it once it hears of the commit or its session
+		 * is orphaned; it never resumes it. */
+		fprintf(stderr, "lmctl: the VM runs on the destination but the source did not confirm its stop: "
+			"its copy stays paused and is stopped by its shim\n");
+		res->placement = ON_DESTINATION;
 	} else {
 		res->ok = true;
 	}

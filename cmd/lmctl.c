@@ -57,7 +57,7 @@ static const char usage_migrate[] =
 	"  --transport unix|tcp|dup    how the shims get the migration socket (default unix)\n"
 	"  --listen ADDR               the destination listens here: tcp host:port (default\n"
 	"                              127.0.0.1 and a free port), unix a path (default in --workdir)\n"
-	"  --connect ADDR              tcp: the source dials this (default: --listen)\n"
+	"  --connect ADDR              the source dials this (default: --listen), e.g. a relay\n"
 	"  --workdir DIR               where the new bundles are written (default /tmp/lmctl-SESSION);\n"
 	"                              the destination keeps using them: leave them in place\n"
 	"  --sandbox-id ID             ImportSandbox's sandbox_id (default: the sandbox container's new ID)\n"
@@ -348,8 +348,8 @@ static int cmd_migrate(int argc, char **argv)
 		return bad_flag("migrate", "unexpected argument");
 	if (!o.from || !o.to)
 		return bad_flag("migrate", "--from and --to are required");
-	if (o.connect && strcmp(o.transport, "tcp"))
-		return bad_flag("migrate", "--connect goes with --transport tcp");
+	if (o.connect && !strcmp(o.transport, "dup"))
+		return bad_flag("migrate", "--connect goes with --transport unix or tcp");
 	if (o.listen && !strcmp(o.transport, "dup"))
 		return bad_flag("migrate", "--listen goes with --transport unix or tcp");
 	o.containers = conts;

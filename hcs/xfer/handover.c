@@ -31,6 +31,7 @@
  */
 #include "hcs/xfer/xfer_int.h"
 #include "util/clock.h"
+#include "util/fault.h"
 #include "util/log.h"
 
 #include <errno.h>
@@ -488,6 +489,17 @@ int lm__xfer_ho_commit(lm__xfer_t *x, uint64_t timeout_ns, char *why, size_t n)
 		lm__xf_wake(x);
 		pthread_mutex_lock(&h->mu);
 		wait_until(x, answered, deadline);
+	}
+	if (h->state == LM_HO_GRANTED) {
+		/* the fault tests' point between the grant and COMMITTING */
+		pthread_mutex_unlock(&h->mu);
+		int f = LM_FAULT("handover.granted");
+		pthread_mutex_lock(&h->mu);
+		if (f < 0) {
+			WHY("fault at handover.granted: %s", strerror(-f));
+			rc = f;
+			goto out;
+		}
 	}
 	switch (h->state) {
 	case LM_HO_GRANTED:
