@@ -7,7 +7,7 @@
  * messages (LM_CTL_HCS_DONE, LM_CTL_HCS_EVENT); the transport and the
  * patchers report by message. It never blocks, so Cancel is handled while
  * a Finalize, a socket wait or a transfer is in flight. The states and
- * error codes are those of ../shared/spec/migration-service.md.
+ * error codes are those of docs/migration-service.md.
  *
  * DESIGN. Only this actor changes migration state or touches the sandbox.
  * Calls that wait (TransferSandbox, a Prepare, a Finalize) are parked as

@@ -93,7 +93,10 @@ int lm_mailbox_init(lm_mailbox_t *mb, unsigned capacity,
 	while (cap < capacity)
 		cap <<= 1;
 	memset(mb, 0, sizeof(*mb));
-	mb->buf = aligned_alloc(64, cap * sizeof(ck_ring_buffer_t));
+	/* aligned_alloc wants a size that is a multiple of the alignment:
+	 * round the slots' bytes up to whole cache lines */
+	size_t bytes = ((size_t)cap * sizeof(ck_ring_buffer_t) + 63) & ~(size_t)63;
+	mb->buf = aligned_alloc(64, bytes);
 	if (!mb->buf)
 		return -ENOMEM;
 	memset(mb->buf, 0, cap * sizeof(ck_ring_buffer_t));

@@ -1,7 +1,7 @@
 /*
  * frame.h: the ttrpc wire codec: frame headers, Request decoding,
  * Response/Request/Data encoding. Pure functions over caller buffers; no
- * allocation, no I/O, no state (shared/spec/ttrpc.md).
+ * allocation, no I/O, no state (docs/ttrpc.md).
  *
  *   frame = uint32 length (BE) | uint32 stream_id (BE) | uint8 type |
  *           uint8 flags | data[length]        (length <= 4 MiB)

@@ -1,6 +1,6 @@
 /*
  * test_rpc_frame: the ttrpc codec against the bytes captured from real Go
- * peers (shared/spec/ttrpc.md), both directions, and against protobuf-c's
+ * peers (docs/ttrpc.md), both directions, and against protobuf-c's
  * reading of the same messages.
  */
 #include <errno.h>

@@ -579,7 +579,10 @@ static void test_contract_corners(void **state)
 
 static int setup_orphan(void **state)
 {
-	driver_orphan_ms = 400;
+	/* short, but long enough that a driver on a loaded machine (the
+	 * destination's import, patches and prepare after the source's
+	 * export) does not leave the source undriven meanwhile */
+	driver_orphan_ms = 1500;
 	int rc = setup(state);
 	driver_orphan_ms = 0;
 	return rc;
