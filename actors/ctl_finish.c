@@ -47,7 +47,13 @@ void lm__ctl_finalize(struct ctl *c, lm_rpc_call_t *call, FinalizeSandboxRequest
 	if (!lm__ctl_session_or_idle(c, call, LM_MIG_FINALIZE, req->session_id))
 		return;
 	if (c->st == ST_FINALIZED) {
-		lm__ctl_ok(call);
+		/* idempotent for the same outcome; the other one is too late */
+		if ((op == LM_HCS_FINALIZE_RESUME) == c->vm_running)
+			lm__ctl_ok(call);
+		else
+			lm__ctl_fail(call, LM_RPC_FAILED_PRECONDITION,
+				     "%s: the session is already finalized: the guest %s on this %s",
+				     M, c->vm_running ? "runs" : "was stopped", lm__ctl_side_name(c));
 		return;
 	}
 	if (c->op_busy && c->op_method == LM_MIG_FINALIZE) {
@@ -187,8 +193,19 @@ void lm__ctl_cancel(struct ctl *c, lm_rpc_call_t *call, CancelRequest *req)
 			lm__ctl_ok(call);
 		return;
 	case ST_CANCELLED:
-	case ST_FINALIZED:
 		lm__ctl_ok(call);
+		return;
+	case ST_FINALIZED:
+		/* too late once the guest is the destination's */
+		if (c->side == SIDE_DEST && c->vm_running)
+			lm__ctl_fail(call, LM_RPC_FAILED_PRECONDITION,
+				     "Cancel: too late: the sandbox runs on the destination (it was resumed here)");
+		else if (c->side == SIDE_SOURCE && !c->vm_running)
+			lm__ctl_fail(call, LM_RPC_FAILED_PRECONDITION,
+				     "Cancel: too late: the migration completed and the sandbox runs on the "
+				     "destination (it was stopped here)");
+		else
+			lm__ctl_ok(call);
 		return;
 	case ST_DEST_IMPORTED:
 		c->gen++;

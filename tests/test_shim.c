@@ -30,6 +30,7 @@
 #include "rpc/client.h"
 #include "task.pb-c.h"
 #include "migration_options.pb-c.h"
+#include "util/clock.h"
 #include "util/fault.h"
 #include "util/log.h"
 
@@ -685,6 +686,90 @@ static void test_orphan_after_the_destination_took_over_finishes_forward(void **
 	assert_int_equal(task_state(e->dc, "c1-new", NULL), 0);
 }
 
+/* ---- Cancel and the commit ------------------------------------------------- */
+
+struct bg_finalize {
+	pthread_t th;
+	const char *sock;
+	int action;
+	int code;
+};
+
+static void *bg_finalize_main(void *arg)
+{
+	struct bg_finalize *b = arg;
+	lm_rpc_client_t *c;
+	b->code = DRIVER_NO_ANSWER;
+	if (lm_rpc_client_connect(&c, b->sock) == 0) {
+		b->code = finalize(c, SESSION, b->action);
+		lm_rpc_client_close(c);
+	}
+	return NULL;
+}
+
+/* A complete transfer, both sides waiting for FinalizeSandbox. */
+static void transferred(struct env *e)
+{
+	assert_int_equal(prepare_both(e), 0);
+	assert_int_equal(connect_both(e), 0);
+	struct async_call t;
+	async_start(&t, e->dc, 0, NULL);
+	assert_int_equal(transfer(e->sc, SESSION, 0), 0);
+	assert_int_equal(async_join(&t), 0);
+}
+
+/* Cancel is answered at once even while the destination's compute service
+ * is busy with a RESUME; before the commit it wins (the RESUME answers
+ * FailedPrecondition and the guest never runs there, nor does a later
+ * RESUME); after the commit it is FailedPrecondition and changes nothing. */
+static void test_cancel_is_answered_at_once_and_wins_before_the_commit(void **state)
+{
+	struct env *e = *state;
+	transferred(e);
+	assert_int_equal(lm_fault_arm("hcs.finalize:delay_ms=800:times=1"), 0);
+	struct bg_finalize b = { .sock = e->dst_sock, .action = FINALIZE_ACTION__FINALIZE_ACTION_RESUME };
+	assert_int_equal(pthread_create(&b.th, NULL, bg_finalize_main, &b), 0);
+	usleep(150000);                       /* the RESUME sits in the slow step */
+	uint64_t t0 = lm_now_ns();
+	assert_int_equal(cancel(e->dc, SESSION), 0);
+	double ms = (double)(lm_now_ns() - t0) / 1e6;
+	print_message("Cancel answered in %.1f ms while a RESUME waits in the compute service\n", ms);
+	assert_true(ms < 100.0);
+	assert_int_equal(pthread_join(b.th, NULL), 0);
+	lm_fault_disarm_all();
+	assert_int_equal(b.code, 9);          /* the RESUME lost to the Cancel */
+	assert_false(guest_running(e->dc));
+	assert_int_equal(finalize(e->dc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_RESUME), 9);
+	assert_false(guest_running(e->dc));
+	/* the source never granted: it keeps the guest */
+	assert_int_equal(cancel(e->sc, SESSION), 0);
+	assert_int_equal(finalize(e->sc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_RESUME), 0);
+	assert_true(guest_running(e->sc));
+	assert_int_equal(cleanup(e->sc, SESSION), 0);
+	assert_int_equal(finalize(e->dc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_STOP), 0);
+	assert_int_equal(cleanup(e->dc, SESSION), 0);
+
+	/* again, and this time the destination commits first */
+	transferred(e);
+	assert_int_equal(finalize(e->dc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_RESUME), 0);
+	CancelRequest cr = CANCEL_REQUEST__INIT;
+	cr.session_id = SESSION;
+	struct lm_rpc_result res = { 0 };
+	t0 = lm_now_ns();
+	assert_int_equal(call(e->dc, "Migration", "Cancel", &cr.base, &res), 9);
+	assert_true((double)(lm_now_ns() - t0) / 1e6 < 100.0);
+	assert_non_null(strstr(res.message, "runs on the destination"));
+	lm_rpc_result_free(&res);
+	assert_true(guest_running(e->dc));
+	/* and the source, told the destination committed, refuses to resume */
+	assert_int_equal(finalize(e->sc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_RESUME), 9);
+	assert_false(guest_running(e->sc));
+	assert_int_equal(finalize(e->sc, SESSION, FINALIZE_ACTION__FINALIZE_ACTION_STOP), 0);
+	assert_int_equal(cleanup(e->sc, SESSION), 0);
+	assert_int_equal(cleanup(e->dc, SESSION), 0);
+	assert_true(guest_running(e->dc));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -698,6 +783,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_notifications_carry_real_progress_and_the_failure_reason, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_a_failed_transfer_names_its_reason_everywhere, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_contract_corners, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_cancel_is_answered_at_once_and_wins_before_the_commit, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_orphan_before_the_transfer_expires_the_session, setup_orphan, teardown),
 		cmocka_unit_test_setup_teardown(test_orphan_after_the_transfer_keeps_the_guest_on_the_source, setup_orphan, teardown),
 		cmocka_unit_test_setup_teardown(test_orphan_after_the_destination_took_over_finishes_forward, setup_orphan, teardown),

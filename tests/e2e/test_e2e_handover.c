@@ -535,11 +535,150 @@ static void test_a_destination_killed_holding_the_grant_waits_for_the_operator(v
 	e2e_rmdir(dir);
 }
 
+/* Watches a shim's guest from a thread: the longest stretch it did not run. */
+struct pause_watch {
+	pthread_t th;
+	struct e2e_shim *s;
+	volatile int stop;
+	double longest_ms;
+};
+
+static void *pause_watch_main(void *arg)
+{
+	struct pause_watch *w = arg;
+	double since = -1;
+	while (!w->stop) {
+		int64_t it;
+		int g = guest(w->s, &it);
+		double t = now_ms();
+		if (g == 0 && since < 0)
+			since = t;
+		if (g == 1 && since >= 0) {
+			if (t - since > w->longest_ms)
+				w->longest_ms = t - since;
+			since = -1;
+		}
+		usleep(10000);
+	}
+	if (since >= 0 && now_ms() - since > w->longest_ms)
+		w->longest_ms = now_ms() - since;
+	return NULL;
+}
+
+/* The destination's state load is slow (8 s); the blackout bound (500 ms)
+ * holds anyway: the source stops waiting, aborts and resumes the guest,
+ * and lmctl reports a failure, never a success. */
+static void test_a_slow_state_load_cannot_stretch_the_blackout(void **state)
+{
+	(void)state;
+	char dir[256], out[300], work[300];
+	e2e_tmpdir(dir);
+	snprintf(out, sizeof(out), "%s/lmctl.out", dir);
+	snprintf(work, sizeof(work), "%s/work", dir);
+	struct e2e_shim src = { 0 }, dst = { 0 };
+	const char *sargs[] = { "--vm-size-mb", "32", "--workload-rate", "20", "--containers",
+				"pod1:sandbox,pod1:c1", NULL };
+	const char *dargs[] = { "--idle", NULL };
+	assert_int_equal(e2e_shim_start(&src, dir, "src", NULL, NULL, sargs), 0);
+	assert_int_equal(e2e_shim_start(&dst, dir, "dst", NULL, "transfer.state:delay_ms=8000:times=1", dargs), 0);
+	struct pause_watch w = { .s = &src };
+	/* the watcher has its own connection: the test's is used meanwhile */
+	struct e2e_shim watch = src;
+	assert_int_equal(lm_rpc_client_connect(&watch.c, src.sock), 0);
+	w.s = &watch;
+	assert_int_equal(pthread_create(&w.th, NULL, pause_watch_main, &w), 0);
+	const char *args[] = { "migrate", "--from", src.sock, "--to", dst.sock, "--session", "b1",
+			       "--workdir", work, "--quiet", "--blackout-cancel-ms", "500", NULL };
+	double t0 = now_ms();
+	int rc = e2e_lmctl(args, out, 60000);
+	double took = now_ms() - t0;
+	w.stop = 1;
+	pthread_join(w.th, NULL);
+	lm_rpc_client_close(watch.c);
+	char *said = e2e_slurp(out);
+	print_message("blackout bound 500 ms, state load 8000 ms: lmctl rc %d after %.0f ms, the guest was "
+		      "paused at most %.0f ms\n", rc, took, w.longest_ms);
+	if (rc != 1)
+		print_message("%s\n", said);
+	assert_int_equal(rc, 1);
+	assert_null(strstr(said, "lmctl: migrated"));
+	assert_non_null(strstr(said, "blackout reached its bound"));
+	free(said);
+	assert_true(w.longest_ms < 500 + 1000);   /* the bound, and the time to resume */
+	int64_t it;
+	assert_int_equal(guest(&src, &it), 1);
+	assert_int_equal(guest(&dst, &it), 0);
+	e2e_shim_stop(&src);
+	e2e_shim_stop(&dst);
+	e2e_rmdir(dir);
+}
+
+/* Ctrl-C: lmctl rolls back and exits within 2 s, the guest on the source;
+ * with a destination that does not answer, a second Ctrl-C quits at once. */
+static void test_ctrl_c_rolls_back_within_two_seconds_and_twice_quits(void **state)
+{
+	(void)state;
+	char dir[256], out[300], work[300];
+	e2e_tmpdir(dir);
+	snprintf(out, sizeof(out), "%s/lmctl.out", dir);
+	snprintf(work, sizeof(work), "%s/work", dir);
+	struct e2e_shim src = { 0 }, dst = { 0 };
+	const char *sargs[] = { "--vm-size-mb", "32", "--workload-rate", "20", "--containers",
+				"pod1:sandbox,pod1:c1", NULL };
+	const char *dargs[] = { "--idle", NULL };
+	assert_int_equal(e2e_shim_start(&src, dir, "src", NULL, "transfer.send:delay_ms=50", sargs), 0);
+	assert_int_equal(e2e_shim_start(&dst, dir, "dst", NULL, NULL, dargs), 0);
+	const char *args[] = { "migrate", "--from", src.sock, "--to", dst.sock, "--session", "i1",
+			       "--workdir", work, "--quiet", NULL };
+	pid_t lm = e2e_lmctl_spawn(args, out);
+	assert_true(e2e_wait_phase(&src, "i1", PH_PROGRESS, 20000, NULL) == PH_PROGRESS);
+	double t0 = now_ms();
+	kill(lm, SIGINT);
+	int rc = e2e_wait(lm, 10000);
+	double took = now_ms() - t0;
+	print_message("Ctrl-C mid-transfer: lmctl exited %d after %.0f ms\n", rc, took);
+	assert_int_equal(rc, 1);
+	assert_true(took < 2000);
+	int64_t it;
+	assert_int_equal(guest(&src, &it), 1);
+	assert_int_equal(guest(&dst, &it), 0);
+	for (int i = 0; i < 50 && !(idle(&src, "i1") && idle(&dst, "i1")); i++)
+		usleep(100000);
+	assert_true(idle(&src, "i1"));
+	assert_true(idle(&dst, "i1"));
+
+	/* a destination that does not answer: the first Ctrl-C's rollback
+	 * waits on it; the second quits at once */
+	const char *a2[] = { "migrate", "--from", src.sock, "--to", dst.sock, "--session", "i2",
+			     "--workdir", work, "--quiet", NULL };
+	lm = e2e_lmctl_spawn(a2, out);
+	assert_true(e2e_wait_phase(&src, "i2", PH_PROGRESS, 20000, NULL) == PH_PROGRESS);
+	kill(dst.pid, SIGSTOP);
+	kill(lm, SIGINT);
+	usleep(300000);
+	t0 = now_ms();
+	kill(lm, SIGINT);
+	rc = e2e_wait(lm, 10000);
+	took = now_ms() - t0;
+	print_message("second Ctrl-C: lmctl exited %d after %.0f ms\n", rc, took);
+	assert_int_equal(rc, 130);
+	assert_true(took < 500);
+	kill(dst.pid, SIGCONT);
+	/* nobody drives the session now: the shims' own rules settle it */
+	e2e_shim_stop(&src);
+	e2e_shim_stop(&dst);
+	e2e_rmdir(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_at_most_one_copy_runs_whatever_fails_at_any_phase),
 		cmocka_unit_test(test_a_destination_killed_holding_the_grant_waits_for_the_operator),
+		cmocka_unit_test(test_a_slow_state_load_cannot_stretch_the_blackout),
+		cmocka_unit_test(test_ctrl_c_rolls_back_within_two_seconds_and_twice_quits),
 	};
+	if (getenv("LM_TEST_FILTER"))
+		cmocka_set_test_filter(getenv("LM_TEST_FILTER"));
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
