@@ -337,6 +337,14 @@ void lm__ctl_on_recovery(struct ctl *c, struct lm_ctl_call *rc)
 		lm__ctl_fail(call, LM_RPC_INVALID_ARGUMENT, "Recovery: the request must be {\"SessionId\":...}");
 		return;
 	}
+	if (c->st == ST_IDLE && c->op_busy && rc->method == 0 && !strcmp(sid, c->session)) {
+		/* its first call is still at work (an export, an import): not
+		 * idle yet, and nothing to act on */
+		answer_json(call, json_pack("{s:s, s:s, s:s}", "SessionId", sid, "Side", "none",
+					    "State", "Starting"));
+		json_decref(req);
+		return;
+	}
 	if (c->st == ST_IDLE || strcmp(sid, c->session) != 0) {
 		if (rc->method == 0)   /* State of a session that is not (or no longer) here */
 			answer_json(call, json_pack("{s:s, s:s, s:s}", "SessionId", sid, "Side", "none",

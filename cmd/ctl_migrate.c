@@ -49,6 +49,7 @@
 #include "google/protobuf/any.pb-c.h"
 #include "google/protobuf/duration.pb-c.h"
 #include "snapshot.pb-c.h"
+#include "util/fault.h"
 
 
 /* Between two steps of the sequence: a Ctrl-C rolls back. */
@@ -627,6 +628,18 @@ static int query_props(struct ctl_side *s, char *digest, size_t dl, char *sum, s
 
 /* ------------------------------------------------------------ sequence */
 
+/* lmctl's own fault points (LM_FAULTS in its environment; the fault tests
+ * use them to land a fault between two steps): a failing one fails the
+ * step as a failed call would. After the destination resumed, a failure
+ * only skips ahead (the guest is the destination's). */
+#define STEP(name)                               \
+	do {                                     \
+		if (LM_FAULT(name) < 0)          \
+			goto fail;               \
+	} while (0)
+#define STEP_LATE(name) ((void)LM_FAULT(name))
+
+
 /* Where the guest is after a failure, as lmctl learned it. */
 enum placement { ON_SOURCE = 0, ON_DESTINATION = 1, IN_DOUBT = 2 };
 
@@ -696,15 +709,22 @@ static enum placement rollback(struct ctl_side *src, struct ctl_side *dst, const
 			       int64_t tmo, bool src_started, bool dst_started)
 {
 	char msg[512];
-	bool dst_runs = false;
+	bool dst_runs = false, dst_released = false;
 	fprintf(stderr, "lmctl: rolling back: the destination gives the guest up, the source resumes it\n");
 	if (dst_started) {
 		int rc = simple(dst, "Cancel", session, tmo, msg, sizeof(msg));
 		if (rc == LM_RPC_FAILED_PRECONDITION && strstr(msg, "runs on the destination"))
 			dst_runs = true;
+		dst_released = rc == 0;
 	}
 	if (dst_runs) {
-		fprintf(stderr, "lmctl: the guest already runs on the destination: finishing forward\n");
+		/* the guest is the destination's (it may only hold the grant
+		 * yet): make sure it runs there, then stop the source */
+		fprintf(stderr, "lmctl: the guest is the destination's already: finishing forward\n");
+		if (finalize(dst, session, FINALIZE_ACTION__FINALIZE_ACTION_RESUME, tmo, msg, sizeof(msg)) != 0) {
+			fprintf(stderr, "lmctl: the destination did not confirm it runs the guest: %s\n", msg);
+			return IN_DOUBT;
+		}
 		int rc = finalize(src, session, FINALIZE_ACTION__FINALIZE_ACTION_STOP, tmo, msg, sizeof(msg));
 		simple(dst, "Cleanup", session, tmo, NULL, 0);
 		if (rc == 0)
@@ -714,6 +734,13 @@ static enum placement rollback(struct ctl_side *src, struct ctl_side *dst, const
 	if (src_started) {
 		simple(src, "Cancel", session, tmo, NULL, 0);
 		int rc = finalize(src, session, FINALIZE_ACTION__FINALIZE_ACTION_RESUME, tmo, msg, sizeof(msg));
+		/* the destination released the guest, but its RELEASE may still
+		 * be on its way to the source: let it arrive (2 s at most) */
+		for (int i = 0; i < 20 && dst_released && rc == LM_RPC_FAILED_PRECONDITION && strstr(msg, "granted");
+		     i++) {
+			usleep(100 * 1000);
+			rc = finalize(src, session, FINALIZE_ACTION__FINALIZE_ACTION_RESUME, tmo, msg, sizeof(msg));
+		}
 		if (rc == LM_RPC_FAILED_PRECONDITION && strstr(msg, "granted")) {
 			/* the source gave the guest away: it is the destination's */
 			fprintf(stderr, "lmctl: the source gave the guest to the destination: finishing forward\n");
@@ -780,6 +807,7 @@ int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res
 	watch_started = pthread_create(&watch.th, NULL, watcher_main, &watch) == 0;
 
 	/* 1. export */
+	STEP("lmctl.export");
 	PrepareAndExportSandboxRequest ex = PREPARE_AND_EXPORT_SANDBOX_REQUEST__INIT;
 	ex.session_id = session;
 	ex.init_options = o->init;
@@ -802,6 +830,7 @@ int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res
 	CHECK_INTERRUPT();
 
 	/* 2. import */
+	STEP("lmctl.import");
 	ImportSandboxRequest im = IMPORT_SANDBOX_REQUEST__INIT;
 	im.session_id = session;
 	im.sandbox_id = (char *)(o->sandbox_id ? o->sandbox_id : sandbox_new ? sandbox_new : session);
@@ -821,6 +850,7 @@ int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res
 	}
 
 	/* 3. the patch path, once per imported container */
+	STEP("lmctl.prepare");
 	for (size_t i = 0; i < res->n_containers; i++) {
 		struct ctl_container *c = &res->containers[i];
 		if (create_on_destination(&dst, workdir, c, sandbox_new, tmo) != 0)
@@ -844,6 +874,7 @@ int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res
 	CHECK_INTERRUPT();
 
 	/* 5. the migration socket */
+	STEP("lmctl.socket");
 	if (setup_socket(o, &src, &dst, session, workdir) < 0)
 		goto fail;
 
@@ -859,10 +890,28 @@ int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res
 		goto fail;
 	}
 	bool cancelled = false;
-	double one_failed_at = 0, cancelled_at = 0;
+	double one_failed_at = 0, cancelled_at = 0, one_ok_at = 0;
+	struct ctl_side *late = NULL;   /* its answer is asked for again */
 	while (!__atomic_load_n(&xs.done, __ATOMIC_ACQUIRE) || !__atomic_load_n(&xd.done, __ATOMIC_ACQUIRE)) {
 		if (!o->quiet_progress)
 			ctl_progress_render(&prog, tty, false, o->vm_bytes);
+		/* one side finished well and the other says nothing for a call
+		 * deadline: its answer may be lost. TransferSandbox is
+		 * idempotent (a finished transfer answers again at once): cut
+		 * the silent call and ask again on a fresh connection below. */
+		bool sok = __atomic_load_n(&xs.done, __ATOMIC_ACQUIRE) && xs.rc == 0;
+		bool dok = __atomic_load_n(&xd.done, __ATOMIC_ACQUIRE) && xd.rc == 0;
+		if (!late && !cancelled && (sok || dok)) {
+			if (one_ok_at == 0)
+				one_ok_at = now_ms();
+			else if (now_ms() - one_ok_at > (double)tmo / 1e6) {
+				late = sok ? &dst : &src;
+				pthread_mutex_lock(&watch.mu);
+				if (late->c)
+					lm_rpc_client_shutdown(late->c);
+				pthread_mutex_unlock(&watch.mu);
+			}
+		}
 		/* one side failed: the other may wait for a peer that is gone;
 		 * give it a moment to fail on its own, then cancel it */
 		bool sdone = __atomic_load_n(&xs.done, __ATOMIC_ACQUIRE);
@@ -903,6 +952,20 @@ int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res
 	}
 	pthread_join(xs.th, NULL);
 	pthread_join(xd.th, NULL);
+	if (late) {
+		struct xfer_thread *lx = late == &src ? &xs : &xd;
+		fprintf(stderr, "\nlmctl: no answer to TransferSandbox from the %s %.0f ms after the %s's: asking again\n",
+			late->name, (double)tmo / 1e6, late == &src ? "destination" : "source");
+		lx->msg[0] = '\0';
+		late->silent = false;   /* we cut its call: it did not miss a deadline */
+		lx->rc = reconnect(late);
+		if (lx->rc == 0) {
+			TransferSandboxRequest again = TRANSFER_SANDBOX_REQUEST__INIT;
+			again.session_id = session;
+			lx->rc = ctl_call(late, CTL_MIGRATION_SERVICE, "TransferSandbox", &again.base, NULL, NULL, tmo,
+					  false, lx->msg, sizeof(lx->msg));
+		}
+	}
 	usleep(50 * 1000); /* let the last notifications land */
 	if (!o->quiet_progress)
 		ctl_progress_render(&prog, tty, true, o->vm_bytes);
@@ -982,28 +1045,49 @@ int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res
 			res->verified = -1;
 		}
 	}
+	STEP_LATE("lmctl.finalize");
 	fi.action = FINALIZE_ACTION__FINALIZE_ACTION_STOP;
-	if (ctl_call(&src, CTL_MIGRATION_SERVICE, "FinalizeSandbox", &fi.base, NULL, NULL, tmo, false, NULL, 0) != 0) {
-		/* the VM runs on the destination now: report, clean up, fail.
-		 * The source's copy stays paused (it gave the guest away) and
-		 * its shim stops it once it hears of the commit or its session
-		 * is orphaned; it never resumes it. */
-		fprintf(stderr, "lmctl: the VM runs on the destination but the source did not confirm its stop: "
-			"its copy stays paused and is stopped by its shim\n");
-		res->placement = ON_DESTINATION;
+	res->placement = ON_DESTINATION;   /* whatever fails from here */
+	char smsg[512] = "";
+	if (ctl_call(&src, CTL_MIGRATION_SERVICE, "FinalizeSandbox", &fi.base, NULL, NULL, tmo, false, smsg,
+		     sizeof(smsg)) != 0) {
+		/* The VM runs on the destination (its RESUME answered OK). A
+		 * source whose link broke before it heard the commit refuses
+		 * the STOP: we saw the destination run it, and say so
+		 * (Recovery Stop). Otherwise its copy stays paused (it gave the
+		 * guest away and never resumes it) and its shim ends it. */
+		bool told = false;
+		if (!src.silent && strstr(smsg, "has not confirmed")) {
+			char req[400], *out = NULL;
+			snprintf(req, sizeof(req), "{\"SessionId\":\"%s\",\"Action\":\"Stop\"}", session);
+			told = ctl_call_json(&src, "lmshim.v1.Recovery", "Act", req, tmo, false, &out, NULL, 0) == 0;
+			free(out);
+			if (told)
+				fprintf(stderr, "lmctl: the source had not heard the destination's commit: told it the "
+					"destination runs the guest; it stopped its copy\n");
+		}
+		if (!told)
+			fprintf(stderr, "lmctl: the VM runs on the destination but the source did not confirm its stop: "
+				"its copy stays paused and is stopped by its shim\n");
+		res->ok = told;
 	} else {
 		res->ok = true;
 	}
 
 	/* 9. cleanup */
+	STEP_LATE("lmctl.cleanup");
 	CleanupRequest cl = CLEANUP_REQUEST__INIT;
 	cl.session_id = session;
 	int c1 = ctl_call(&src, CTL_MIGRATION_SERVICE, "Cleanup", &cl.base, NULL, NULL, tmo, false, NULL, 0);
 	int c2 = ctl_call(&dst, CTL_MIGRATION_SERVICE, "Cleanup", &cl.base, NULL, NULL, tmo, false, NULL, 0);
 	close_notifications(&ns, 2000);
 	close_notifications(&nd, 2000);
+	/* the guest moved: a cleanup that failed leaves only the session's
+	 * bookkeeping, which the shim ends itself (its orphan timeout) */
 	if (c1 != 0 || c2 != 0)
-		res->ok = false;
+		fprintf(stderr, "lmctl: warning: Cleanup failed on the %s; that shim ends the session itself "
+			"once no orchestrator drives it (lmshim --orphan-timeout-ms)\n",
+			c1 && c2 ? "source and the destination" : c1 ? "source" : "destination");
 	rc = res->ok ? 0 : 1;
 	goto summary;
 

@@ -21,6 +21,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "util/fault.h"
 #include "cmd/ctl.h"
 
 static const char usage_main[] =
@@ -607,6 +608,8 @@ static int cmd_recover(int argc, char **argv)
 int main(int argc, char **argv)
 {
 	ctl_install_signals();
+	if (lm_fault_init_from_env() < 0)
+		return 2;   /* a malformed LM_FAULTS (logged): tests only */
 	if (argc < 2) {
 		fputs(usage_main, stderr);
 		return 2;

@@ -742,6 +742,9 @@ static void retire_xfer(lm_hcs_system_t *s)
 static void do_mig_init(lm_hcs_system_t *s, struct op *o)
 {
 	char err[200] = "";
+	int frc = LM_FAULT("hcs.migration_initialize");
+	if (frc < 0)
+		return fail_op(o, frc, "migration_initialize failed (fault)");
 	if (lm_hcs_migration_options_check(&o->mo, err, sizeof(err)) < 0)
 		return fail_op(o, -EINVAL, err);
 	if (o->mo.origin != LM_HCS_ORIGIN_SOURCE)
@@ -774,6 +777,11 @@ static void do_mig_start(lm_hcs_system_t *s, struct op *o)
 	char err[200];
 	int sock = o->sock;
 	o->sock = -1;
+	int frc = LM_FAULT("hcs.migration_start");
+	if (frc < 0) {
+		close(sock);
+		return fail_op(o, frc, "migration_start failed (fault)");
+	}
 	if (o->start.transfer_cpu_pct > LM_SCHED_RESERVE_MAX) {
 		close(sock);
 		snprintf(err, sizeof(err), "MigrationStartOptions.TransferCpuReservePercent must be within 0..%d",

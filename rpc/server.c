@@ -33,6 +33,7 @@
 
 #include "mailbox/mailbox_ev.h"
 #include "util/clock.h"
+#include "util/fault.h"
 #include "util/log.h"
 
 #define MOD "rpc"
@@ -255,6 +256,20 @@ static void tx_append(struct conn *c, struct answer *a)
 	conn_mark(c);
 }
 
+/* loop: the fault point "rpc.reply.METHOD" with an errno loses the final
+ * answer of a call to METHOD (the reply a network drops: the call's effect
+ * stands, its caller never learns). A delay is not applied here (the loop
+ * never sleeps). */
+static bool lost_reply(const lm_rpc_call_t *call)
+{
+	unsigned delay;
+	char name[96];
+	if (!atomic_load_explicit(&lm__faults_armed, memory_order_relaxed))
+		return false;
+	snprintf(name, sizeof(name), "rpc.reply.%s", call->method);
+	return lm_fault_take(name, &delay) < 0;
+}
+
 /* loop: an answer reached the loop (from the mailbox or directly). */
 static void deliver(lm_rpc_server_t *s, struct answer *a)
 {
@@ -266,6 +281,11 @@ static void deliver(lm_rpc_server_t *s, struct answer *a)
 		return;
 	}
 	bool final = a->final;
+	if (final && lost_reply(call)) {
+		lm_msg_free(a->msg);            /* the call is over; its peer never hears */
+		call_finish(call, LM_RPC_CANCEL_NONE);
+		return;
+	}
 	tx_append(c, a);
 	if (final)
 		call_finish(call, LM_RPC_CANCEL_NONE);

@@ -310,9 +310,9 @@ static void bad_start_is_refused(lm_hcs_system_t *s)
 	close(sp[1]);
 }
 
-static void start_pair(lm_hcs_system_t **src, lm_hcs_system_t **dst, struct evs *es,
-		       struct evs *ed, int fs, int fdd, const lm_hcs_migration_options_t *init,
-		       const lm_hcs_migration_start_t *so)
+static void start_pair2(lm_hcs_system_t **src, lm_hcs_system_t **dst, struct evs *es,
+			struct evs *ed, int fs, int fdd, const lm_hcs_migration_options_t *init,
+			const lm_hcs_migration_start_t *so, const lm_hcs_migration_start_t *dso)
 {
 	struct waiter a, b;
 	w_init(&a);
@@ -331,11 +331,18 @@ static void start_pair(lm_hcs_system_t **src, lm_hcs_system_t **dst, struct evs 
 	w_init(&a);
 	w_init(&b);
 	assert_int_equal(lm_hcs_migration_start(s, so, fs, on_done, &a), 0);
-	assert_int_equal(lm_hcs_migration_start(d, so, fdd, on_done, &b), 0);
+	assert_int_equal(lm_hcs_migration_start(d, dso ? dso : so, fdd, on_done, &b), 0);
 	assert_int_equal(w_wait(&a), 0);
 	assert_int_equal(w_wait(&b), 0);
 	assert_true(ev_index(es, LM_HCS_EV_SETUP_DONE) >= 0);
 	assert_true(ev_index(ed, LM_HCS_EV_SETUP_DONE) >= 0);
+}
+
+static void start_pair(lm_hcs_system_t **src, lm_hcs_system_t **dst, struct evs *es,
+		       struct evs *ed, int fs, int fdd, const lm_hcs_migration_options_t *init,
+		       const lm_hcs_migration_start_t *so)
+{
+	start_pair2(src, dst, es, ed, fs, fdd, init, so, NULL);
 }
 
 /* Transfers between a started pair and checks what both sides saw. */
@@ -698,6 +705,63 @@ static void test_handover_a_dead_peer_needs_the_operators_word(void **state)
 	ht_relay_stop(&p.r);
 }
 
+/* The operator's word is for a peer that is gone: while it still answers
+ * over the link, FORCE is refused on either side and nothing moves. */
+static void test_handover_force_is_refused_while_the_peer_answers(void **state)
+{
+	static struct pair p;
+	pair_complete(&p, 2000);
+	assert_int_equal(CALL(lm_hcs_migration_recover(p.d, LM_HCS_RECOVER_FORCE_COMMIT, NULL, 0, on_done, w)), -EBUSY);
+	assert_non_null(strstr(last.why, "not gone"));
+	assert_int_equal(CALL(lm_hcs_migration_recover(p.s, LM_HCS_RECOVER_FORCE_RESUME, NULL, 0, on_done, w)), -EBUSY);
+	assert_false(runs(p.s));
+	assert_false(runs(p.d));
+	/* the link settles it as usual */
+	assert_int_equal(CALL(lm_hcs_migration_finalize(p.d, LM_HCS_FINALIZE_RESUME, on_done, w)), 0);
+	assert_int_equal(CALL(lm_hcs_migration_finalize(p.s, LM_HCS_FINALIZE_STOP, on_done, w)), 0);
+	assert_true(runs(p.d));
+	assert_false(runs(p.s));
+	pair_close(&p);
+}
+
+/* A source that goes silent mid-transfer (its engine stuck for 3 s, the
+ * connection open) fails the transfer within the stall bound (800 ms):
+ * the receiving destination notices by itself (its own keepalives must
+ * not hide the silence) and names the source as the one that stopped
+ * answering. */
+static void test_a_silent_source_is_noticed_by_the_destination(void **state)
+{
+	int sv[2];
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	struct evs es = { .mu = PTHREAD_MUTEX_INITIALIZER }, ed = { .mu = PTHREAD_MUTEX_INITIALIZER };
+	lm_hcs_system_t *s, *d;
+	lm_hcs_migration_options_t init = opts(LM_HCS_ORIGIN_SOURCE);
+	lm_hcs_migration_start_t so = { .session_id = 11, .stall_ms = 800 };
+	start_pair(&s, &d, &es, &ed, sv[0], sv[1], &init, &so);
+	assert_int_equal(lm_fault_arm("transfer.send:delay_ms=3000:after=5:times=1"), 0);
+	struct waiter a, b;
+	w_init(&a);
+	w_init(&b);
+	uint64_t t0 = lm_now_ns();
+	assert_int_equal(lm_hcs_migration_transfer(d, on_done, &b), 0);
+	assert_int_equal(lm_hcs_migration_transfer(s, on_done, &a), 0);
+	int rb = w_wait(&b);
+	double ms = (double)(lm_now_ns() - t0) / 1e6;
+	int ra = w_wait(&a);
+	lm_fault_disarm_all();
+	print_message("silent source: the destination failed after %.0f ms: \"%s\"; the source: \"%s\"\n", ms,
+		      b.why, a.why);
+	assert_int_not_equal(rb, 0);
+	assert_int_not_equal(ra, 0);
+	assert_non_null(strstr(b.why, "source stopped answering"));
+	assert_true(ms < 2500);               /* not when the source woke up (3 s) */
+	assert_int_equal(CALL(lm_hcs_migration_finalize(s, LM_HCS_FINALIZE_RESUME, on_done, w)), 0);
+	assert_int_equal(CALL(lm_hcs_migration_finalize(d, LM_HCS_FINALIZE_STOP, on_done, w)), 0);
+	assert_true(runs(s));
+	lm_hcs_system_close(s);
+	lm_hcs_system_close(d);
+}
+
 static void test_migration_options_are_checked_naming_the_field(void **state)
 {
 	static const char *const field[] = {
@@ -755,6 +819,8 @@ int main(void)
 		cmocka_unit_test(test_handover_a_cut_link_before_the_grant_rolls_back_safely),
 		cmocka_unit_test(test_handover_in_doubt_is_settled_by_a_carried_secret),
 		cmocka_unit_test(test_handover_a_dead_peer_needs_the_operators_word),
+		cmocka_unit_test(test_handover_force_is_refused_while_the_peer_answers),
+		cmocka_unit_test(test_a_silent_source_is_noticed_by_the_destination),
 		cmocka_unit_test(test_migration_options_are_checked_naming_the_field),
 		cmocka_unit_test(test_property_queries_parse_or_are_refused),
 	};

@@ -197,7 +197,22 @@ static struct rule *find(const char *name)
 	return NULL;
 }
 
+static int hit(const char *name, bool sleep_here, unsigned *delay_out);
+
 int lm__fault_hit(const char *name)
+{
+	return hit(name, true, NULL);
+}
+
+int lm_fault_take(const char *name, unsigned *delay_ms)
+{
+	*delay_ms = 0;
+	if (!atomic_load_explicit(&lm__faults_armed, memory_order_relaxed))
+		return 0;
+	return hit(name, false, delay_ms);
+}
+
+static int hit(const char *name, bool sleep_here, unsigned *delay_out)
 {
 	struct rule *r;
 	int err = 0;
@@ -221,6 +236,10 @@ int lm__fault_hit(const char *name)
 		return 0;
 	lm_log_warn("fault", "fault point fired", "point=%s errno=%d delay_ms=%u kill=%d",
 		    name, err, delay, kill_self);
+	if (delay && !sleep_here) {
+		*delay_out = delay;
+		delay = 0;
+	}
 	if (delay) {
 		struct timespec ts = { delay / 1000, (long)(delay % 1000) * 1000000L };
 		while (nanosleep(&ts, &ts) == -1 && errno == EINTR)

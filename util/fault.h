@@ -40,6 +40,12 @@ int lm__fault_hit(const char *name);
 		 ? lm__fault_hit(name)                                        \
 		 : 0)
 
+/* Thread: any. Like LM_FAULT for a caller that must not sleep (an event
+ * loop): a fired rule's delay is not slept but stored in *delay_ms (0 if
+ * none) for the caller to apply its own way; errno and kill act as usual.
+ * Returns 0 or -errno. */
+int lm_fault_take(const char *name, unsigned *delay_ms);
+
 /* Thread: any. Adds the rules of `spec` (grammar above). Returns 0, or
  * -EINVAL for a malformed spec (nothing is armed then), -ENOSPC if the
  * table is full. */

@@ -188,9 +188,32 @@ static void send_wanted(struct lm__xfer *x)
 }
 
 /* One record from the peer. ho.mu held. */
+/* Who may send a handover record: the source (1), the destination (2),
+ * either (3); 0 for anything else. */
+static int sender_of(uint32_t type)
+{
+	switch (type) {
+	case LM_XF_KEEPALIVE:
+	case LM_XF_ABORT: return 3;
+	case LM_XF_GRANT:
+	case LM_XF_REVOKE:
+	case LM_XF_BYE: return 1;
+	case LM_XF_COMMIT_REQ:
+	case LM_XF_COMMITTING:
+	case LM_XF_RELEASE: return 2;
+	default: return 0;
+	}
+}
+
 static void on_record(struct lm__xfer *x, uint32_t type, const uint8_t *p, size_t len)
 {
 	struct lm__xf_ho *h = &x->ho;
+	int from = sender_of(type);
+	if (from && !(from & (is_src(x) ? 2 : 1))) {
+		/* a record only the other role sends: the peer is not one */
+		set_link(x, LM_HO_LINK_BROKEN, "a handover record from the wrong side");
+		return;
+	}
 	switch (type) {
 	case LM_XF_KEEPALIVE:
 		return;
@@ -218,8 +241,11 @@ static void on_record(struct lm__xfer *x, uint32_t type, const uint8_t *p, size_
 	case LM_XF_REVOKE:          /* dst */
 	case LM_XF_ABORT:           /* either: the peer failed or gave up */
 		h->peer_final = true;
-		if (is_src(x)) {    /* the destination failed: it never runs the guest */
-			if (h->state == LM_HO_HOLDING || h->state == LM_HO_GRANTED)
+		if (is_src(x)) {
+			/* the destination failed. Before the grant it can never
+			 * run the guest: the source has it back. After the grant
+			 * only its RELEASE (with its secret) gives it back. */
+			if (h->state == LM_HO_HOLDING)
 				set_state(x, LM_HO_RELEASED, "the destination aborted");
 			h->want_bye = true;
 		} else if (h->state == LM_HO_HOLDING || h->state == LM_HO_REQUESTED) {
@@ -367,7 +393,7 @@ void lm__xf_ho_run(struct lm__xfer *x, enum lm__ho_state start)
 			break;
 		lm__xf_maybe_keepalive(x);
 		struct pollfd p[2] = { { x->sock, POLLIN, 0 }, { x->wakefd, POLLIN, 0 } };
-		int n = poll(p, 2, 250);
+		int n = poll(p, 2, lm__xf_tick_ms(x));
 		if (n < 0 && errno != EINTR)
 			break;
 		if (p[1].revents) {
@@ -663,6 +689,11 @@ int lm__xfer_ho_force_commit(lm__xfer_t *x, char *why, size_t n)
 	} else if (h->state == LM_HO_REVOKED || h->state == LM_HO_RELEASED) {
 		WHY("the guest was given up here (%s)", lm__ho_state_name(h->state));
 		rc = -EPERM;
+	} else if (h->state != LM_HO_COMMITTED && h->link == LM_HO_LINK_UP) {
+		/* the source speaks over the link: it is not gone */
+		WHY("the source still answers over the migration link: it is not gone "
+		    "(finalize through the link instead)");
+		rc = -EBUSY;
 	} else if (h->state != LM_HO_COMMITTED) {
 		lm_log_warn(MOD, "forced", "side=destination session_id_hash=%u what=\"runs the guest "
 			    "without the source's grant: the operator says the source is gone\"", x->o.session_id);
@@ -684,6 +715,10 @@ int lm__xfer_ho_force_resume(lm__xfer_t *x, char *why, size_t n)
 	} else if (h->state == LM_HO_COMMITTED && h->link == LM_HO_LINK_UP) {
 		WHY("the sandbox runs on the destination (it said so)");
 		rc = -EPERM;
+	} else if (h->state != LM_HO_REVOKED && h->state != LM_HO_RELEASED && h->link == LM_HO_LINK_UP) {
+		WHY("the destination still answers over the migration link: it is not gone "
+		    "(finalize through the link instead)");
+		rc = -EBUSY;
 	} else if (h->state != LM_HO_REVOKED && h->state != LM_HO_RELEASED) {
 		lm_log_warn(MOD, "forced", "side=source session_id_hash=%u what=\"resumes after the handover: "
 			    "the operator says the destination is gone\"", x->o.session_id);

@@ -170,13 +170,31 @@ void lm__xf_wake(struct lm__xfer *x)
 	if (write(x->wakefd, &one, sizeof(one)) < 0) { /* counter full: awake anyway */ }
 }
 
+/* How often an idle side speaks: keepalive_ms, but at least four times
+ * per stall bound, so that a live peer is never taken for a stalled one
+ * whatever bound was chosen. */
+unsigned lm__xf_keepalive_ms(const struct lm__xfer *x)
+{
+	unsigned k = x->o.keepalive_ms ? x->o.keepalive_ms : 1000;
+	if (x->o.stall_ms && k > x->o.stall_ms / 4)
+		k = x->o.stall_ms / 4;
+	return k < 10 ? 10 : k;
+}
+
+/* The poll tick of the engine's waits: fine enough for the keepalives. */
+int lm__xf_tick_ms(const struct lm__xfer *x)
+{
+	unsigned k = lm__xf_keepalive_ms(x);
+	return k < 250 ? (int)k : 250;
+}
+
 void lm__xf_maybe_keepalive(struct lm__xfer *x)
 {
 	if (!x->keepalives || x->peer_gone)
 		return;
 	uint64_t now = lm_now_ns();
 	if (x->ka_len == 0) {
-		if (!x->at_boundary || now - x->last_tx_ns < (uint64_t)x->o.keepalive_ms * 1000000ull)
+		if (!x->at_boundary || now - x->last_tx_ns < (uint64_t)lm__xf_keepalive_ms(x) * 1000000ull)
 			return;
 		lm_xf_rec_t h = { LM_XF_KEEPALIVE, 0, 0 };
 		memcpy(x->ka, &h, sizeof(h));
@@ -209,14 +227,19 @@ static int wait_io(struct lm__xfer *x, short events)
 			x->deadline_hit = true;
 			return -ETIME;
 		}
-		uint64_t last = x->last_rx_ns > x->last_tx_ns ? x->last_rx_ns : x->last_tx_ns;
+		/* Waiting to receive, only the peer's bytes count (our own
+		 * keepalives would hide a peer that froze); waiting to send,
+		 * our bytes leaving count too (the peer reads them). */
+		uint64_t last = x->last_rx_ns;
+		if ((events & POLLOUT) && x->last_tx_ns > last)
+			last = x->last_tx_ns;
 		if (x->o.stall_ms && now - last > (uint64_t)x->o.stall_ms * 1000000ull) {
 			x->stalled = true;
 			return -ETIMEDOUT;
 		}
 		lm__xf_maybe_keepalive(x);
 		struct pollfd p[2] = { { x->sock, events, 0 }, { x->wakefd, POLLIN, 0 } };
-		int n = poll(p, 2, 250);
+		int n = poll(p, 2, lm__xf_tick_ms(x));
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -244,7 +267,7 @@ static int finish_keepalive(struct lm__xfer *x)
 		struct pollfd p[2] = { { x->sock, POLLOUT, 0 }, { x->wakefd, POLLIN, 0 } };
 		if (atomic_load(&x->cancel))
 			return -ECANCELED;
-		if (poll(p, 2, 250) < 0 && errno != EINTR)
+		if (poll(p, 2, lm__xf_tick_ms(x)) < 0 && errno != EINTR)
 			return -errno;
 		if (x->o.stall_ms && lm_now_ns() - x->last_tx_ns > (uint64_t)x->o.stall_ms * 1000000ull &&
 		    lm_now_ns() - x->last_rx_ns > (uint64_t)x->o.stall_ms * 1000000ull) {
@@ -967,7 +990,7 @@ static int wait_go(struct lm__xfer *x)
 		lm__xf_maybe_keepalive(x);
 		short ev = POLLRDHUP | (data_waiting ? 0 : POLLIN);
 		struct pollfd q[2] = { { x->wakefd, POLLIN, 0 }, { x->sock, ev, 0 } };
-		int n = poll(q, 2, 250);
+		int n = poll(q, 2, lm__xf_tick_ms(x));
 		if (n > 0 && q[1].revents) {
 			lm_xf_rec_t h;
 			ssize_t r = recv(x->sock, &h, sizeof(h), MSG_DONTWAIT | MSG_PEEK);
@@ -1133,8 +1156,16 @@ static int src_transfer(struct lm__xfer *x, char *why, size_t whylen,
 		if (rc < 0)
 			goto io_fail;
 		lm__xf_emit(x, LM_XEV_PROGRESS, NULL);
-		if (converge)
+		if (converge) {
+			/* the fault tests' "late in the transfer": pre-copy is
+			 * over, the guest still runs */
+			if ((rc = LM_FAULT("transfer.converged")) < 0)
+				goto io_fail;
 			break;
+		}
+		/* the fault tests' "in the middle": a dirty pass begins */
+		if ((rc = LM_FAULT("transfer.pass")) < 0)
+			goto io_fail;
 		/* Throttle: see next_throttle() and hcs/PROTOCOL.md. */
 		set_throttle(x, next_throttle(x, ndirty, bw));
 		x->pass++;

@@ -152,6 +152,10 @@ void lm__xf_emit(struct lm__xfer *x, enum lm__xfer_event_type type, lm__xfer_eve
 int lm__xf_send_rec(struct lm__xfer *x, uint32_t type, uint32_t count, const void *payload, size_t len);
 /* A keepalive now if the link has been quiet on our side for keepalive_ms
  * and we are between records. */
+/* engine thread: the keepalive interval (at least 4 per stall bound) and
+ * the poll tick of the engine's waits. */
+unsigned lm__xf_keepalive_ms(const struct lm__xfer *x);
+int lm__xf_tick_ms(const struct lm__xfer *x);
 void lm__xf_maybe_keepalive(struct lm__xfer *x);
 void lm__xf_wake(struct lm__xfer *x);
 /* SHA-256 of a secret. */
