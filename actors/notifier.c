@@ -19,6 +19,7 @@
  * also the canonical order). Slow subscribers keep references to encs in a small
  * ring; a progress enc at the ring's tail is replaced by a newer one.
  */
+#include <assert.h>
 #include <errno.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -524,7 +525,10 @@ static void dispatch(lm_actor_t *self, lm_msg_t *m)
 		release_held(nt, self);
 		break;
 	default:
-		break;   /* LM_MSG_SYS_STOP and strays: state_free ends the streams */
+		/* system messages (stop: state_free ends the work; a late
+		 * ask's timeout) need nothing here; any other type is a bug */
+		assert(m->type >= LM_MSG_SYS_BASE && "notifier: unknown message type");
+		break;
 	}
 }
 

@@ -17,6 +17,7 @@
  */
 #include "actors/patcher.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -249,7 +250,10 @@ static void dispatch(lm_actor_t *self, lm_msg_t *m)
 		handle_req(st, m);
 		break;
 	default:
-		break;   /* LM_MSG_SYS_STOP and anything unknown */
+		/* system messages (stop: state_free ends the work; a late
+		 * ask's timeout) need nothing here; any other type is a bug */
+		assert(m->type >= LM_MSG_SYS_BASE && "patcher: unknown message type");
+		break;
 	}
 }
 

@@ -3,7 +3,9 @@
  */
 #include "actors/transport.h"
 #include "actors/controller.h"
+#include "rpc/frame.h"
 
+#include <assert.h>
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -59,13 +61,13 @@ static int status_for(int err)
 	switch (err) {
 	case -EINVAL: case -EAFNOSUPPORT: case -ENOTSOCK: case -EBADF:
 	case -ESRCH: case -ENOENT:
-		return 3;      /* InvalidArgument */
+		return LM_RPC_INVALID_ARGUMENT;
 	case -ETIMEDOUT:
-		return 4;      /* DeadlineExceeded */
+		return LM_RPC_DEADLINE_EXCEEDED;
 	case -ECANCELED:
-		return 10;     /* Aborted */
+		return LM_RPC_ABORTED;
 	default:
-		return 9;      /* FailedPrecondition: the socket is unusable */
+		return LM_RPC_FAILED_PRECONDITION;   /* the socket is unusable */
 	}
 }
 
@@ -299,7 +301,7 @@ static void adopt(struct transport *t, lm_msg_t *m)
 		if (t->reply_to)
 			lm_mailbox_ref(t->reply_to);
 		d.err = -EBUSY;
-		d.code = 9;
+		d.code = LM_RPC_FAILED_PRECONDITION;
 		snprintf(d.msg, sizeof(d.msg), "another socket is being set up");
 		answer(t, &d);
 		t->reply_to = saved;
@@ -311,7 +313,7 @@ static void adopt(struct transport *t, lm_msg_t *m)
 	desc = linux_socket_descriptor__unpack(NULL, a->len, a->desc);
 	if (!desc || desc->mode_case == LINUX_SOCKET_DESCRIPTOR__MODE__NOT_SET) {
 		d.err = -EINVAL;
-		d.code = 3;
+		d.code = LM_RPC_INVALID_ARGUMENT;
 		snprintf(d.msg, sizeof(d.msg), "protocol_info is not a LinuxSocketDescriptor%s",
 			 desc ? " (no mode set)" : "");
 		snprintf(d.how, sizeof(d.how), "decode");
@@ -437,6 +439,9 @@ static void dispatch(lm_actor_t *self, lm_msg_t *m)
 		}
 		break;
 	default:
+		/* system messages (stop, a late ask's timeout) need nothing
+		 * here; any other type is a bug */
+		assert(m->type >= LM_MSG_SYS_BASE && "transport: unknown message type");
 		break;
 	}
 }

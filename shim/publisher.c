@@ -90,8 +90,8 @@ static void drop_client(lm_publisher_t *p)
  * namespace, Unimplemented from a containerd without the service, ...). */
 static bool transient(int rc, int code)
 {
-	return rc < 0 || code == 4 /* DeadlineExceeded */ || code == 8 /* ResourceExhausted */ ||
-	       code == 10 /* Aborted */ || code == 14 /* Unavailable */;
+	return rc < 0 || code == LM_RPC_DEADLINE_EXCEEDED || code == LM_RPC_RESOURCE_EXHAUSTED ||
+	       code == LM_RPC_ABORTED || code == LM_RPC_UNAVAILABLE;
 }
 
 /* One attempt: 0 when containerd answered OK; else *retry says whether
