@@ -447,7 +447,16 @@ static void on_mig_call(struct ctl *c, struct lm_ctl_call *mc)
 				     lm__ctl_method_name[mc->method]);
 		return;
 	}
-	lm__ctl_touch(c);
+	/* only a call of this shim's session shows its orchestrator is there
+	 * (a stray caller with another ID does not keep it alive) */
+	const char *sid = NULL;
+	const ProtobufCFieldDescriptor *fd = protobuf_c_message_descriptor_get_field_by_name(req->descriptor,
+											       "session_id");
+	if (fd && fd->type == PROTOBUF_C_TYPE_STRING)
+		sid = *(const char *const *)((const char *)req + fd->offset);
+	bool ours = sid && c->session[0] && !strcmp(sid, c->session);
+	if (ours)
+		lm__ctl_touch(c);
 	switch (mc->method) {
 	case LM_MIG_PREPARE_AND_EXPORT: lm__ctl_prepare_and_export(c, call, (void *)req); break;
 	case LM_MIG_IMPORT: lm__ctl_import(c, call, (void *)req); break;
@@ -459,8 +468,10 @@ static void on_mig_call(struct ctl *c, struct lm_ctl_call *mc)
 	case LM_MIG_CANCEL: lm__ctl_cancel(c, call, (void *)req); break;
 	case LM_MIG_CLEANUP: lm__ctl_cleanup(c, call, (void *)req); break;
 	}
+	/* a session that just began (its ID is now the shim's) is watched from now */
+	if (ours || (sid && c->session[0] && !strcmp(sid, c->session)))
+		lm__ctl_touch(c);
 	protobuf_c_message_free_unpacked(req, NULL);
-	lm__ctl_touch(c);   /* a session that just began is watched from now */
 }
 
 /* A client went away: a parked TransferSandbox or Cancel stops waiting

@@ -74,7 +74,9 @@ struct lm_ctl_call {
  * a handover is in doubt. JSON in and out:
  *   State  {"SessionId"} -> {"SessionId","Side","State","Handover":{"State",
  *          "Link","MayRun","MayResume","InDoubt","Why","Secret" (hex, when
- *          it may be carried to the peer)},"VmState"}
+ *          it may be carried to the peer)},"VmRunning"}; State is "Idle",
+ *          "OtherSession", "Starting" (its first call still works) or the
+ *          controller's state
  *   Act    {"SessionId","Action":"Commit"|"Resume"|"Grant"|"Stop"|
  *          "ForceCommit"|"ForceResume","Secret":"<hex>"} -> {} (see
  *          lm_hcs_migration_recover) */

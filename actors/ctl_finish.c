@@ -173,9 +173,10 @@ static void on_handover_cancelled(struct ctl *c, struct ctl_done *d)
 	c->cancel_in_flight = false;
 	if (d->err) {
 		/* too late: the guest belongs to the destination */
+		char msg[600];
+		snprintf(msg, sizeof(msg), "Cancel: too late: %s", d->why[0] ? d->why : "the guest is the destination's");
 		lm__ctl_log(c, "cancel refused", "why=\"%s\"", d->why);
-		lm__ctl_waiters_answer(&c->cancel_waiters, LM_RPC_FAILED_PRECONDITION,
-				       d->why[0] ? d->why : "Cancel: too late to cancel");
+		lm__ctl_waiters_answer(&c->cancel_waiters, LM_RPC_FAILED_PRECONDITION, msg);
 		return;
 	}
 	c->gen++;

@@ -8,8 +8,14 @@
  *   CreateDuplicateSocket (both) -> TransferSandbox (both, concurrently) ->
  *   FinalizeSandbox (destination RESUME, then source STOP) -> Cleanup.
  *
- * On any failure: Cancel both, source RESUME, destination STOP, Cleanup
- * both, and exit non-zero with the first cause.
+ * On a failure the guest is put on exactly one side by the handover's
+ * rules (hcs/PROTOCOL.md): the destination is asked to give it up first
+ * (Cancel), then the source resumes it, which its shim does only if it
+ * never gave it away; if the guest is the destination's already, the
+ * migration is finished forward instead. The exit status says where it
+ * runs (1) or that it could not be made sure (3: lmctl recover). A lost
+ * TransferSandbox answer is asked for again; a source that missed the
+ * destination's commit is told (Recovery Stop).
  *
  * The container list comes from the snapshot (lmshim.v1.SandboxSnapshot in
  * the exported Any) or from --container flags. Each container gets a new
@@ -741,8 +747,10 @@ static enum placement rollback(struct ctl_side *src, struct ctl_side *dst, const
 			usleep(100 * 1000);
 			rc = finalize(src, session, FINALIZE_ACTION__FINALIZE_ACTION_RESUME, tmo, msg, sizeof(msg));
 		}
-		if (rc == LM_RPC_FAILED_PRECONDITION && strstr(msg, "granted")) {
-			/* the source gave the guest away: it is the destination's */
+		if (rc == LM_RPC_FAILED_PRECONDITION &&
+		    (strstr(msg, "granted") || strstr(msg, "runs on the destination"))) {
+			/* the source gave the guest away (or heard the destination
+			 * commit): it is the destination's */
 			fprintf(stderr, "lmctl: the source gave the guest to the destination: finishing forward\n");
 			if (finalize(dst, session, FINALIZE_ACTION__FINALIZE_ACTION_RESUME, tmo, NULL, 0) == 0 &&
 			    finalize(src, session, FINALIZE_ACTION__FINALIZE_ACTION_STOP, tmo, NULL, 0) == 0) {

@@ -219,9 +219,13 @@ int ctl_recover(const struct ctl_recover_opts *o)
 				"kept the guest. When the source answers, run this again; if its host is\n"
 				"lmctl: gone for good, run it with --force-source-gone\n");
 			rc = 3;
-		} else if (!strcmp(vd.state, "TransferCompleted") &&
-			   act(&dst, o->session, "ForceCommit", NULL, tmo) == 0) {
-			mig(&dst, "Cleanup", o->session, 0, tmo);
+		} else if (!strcmp(vd.state, "TransferCompleted")) {
+			/* a complete copy: it runs, unless the destination knows
+			 * better (a source that still answers over the link) */
+			if (act(&dst, o->session, "ForceCommit", NULL, tmo) == 0)
+				mig(&dst, "Cleanup", o->session, 0, tmo);
+			else
+				rc = 3;
 		} else {
 			fprintf(stderr, "lmctl: the destination holds no complete copy of the guest: it is lost "
 				"with the source\n");

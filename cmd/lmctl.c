@@ -5,12 +5,13 @@
  *   lmctl watch   --shim SOCK --session ID          stream notifications
  *   lmctl state   --shim SOCK [--id ID]             task State
  *   lmctl cancel  --shim SOCK --session ID          Cancel a migration
+ *   lmctl inspect --shim SOCK                       the compute system's properties
  *   lmctl recover --session ID --from SOCK --to SOCK settle a session left behind
  *   lmctl demo    [--backend sim|kvm] ...           the README's main job
  *
  * Every subcommand has --help; bad flags print a clear message and exit
  * 2; errors name the call, the side and the cause and exit 1. The work is
- * in ctl_migrate.c, ctl_demo.c and ctl_common.c (ctl.h).
+ * in ctl_migrate.c, ctl_recover.c, ctl_demo.c and ctl_common.c (ctl.h).
  */
 #include <errno.h>
 #include <getopt.h>

@@ -316,6 +316,11 @@ static void run_cell(const char *dir, enum phase p, enum fault f, int n, struct 
 		outside = true;
 	}
 
+	/* a first pass long enough (200 ms) for the guest to dirty pages:
+	 * then a second pass, the middle of the transfer, surely comes */
+	if (p == P_MID)
+		add_rule(spec[W_SRC], sizeof(spec[0]), "transfer.send:delay_ms=20:times=10");
+
 	char sname[32], dname[32];
 	snprintf(sname, sizeof(sname), "s%d", n);
 	snprintf(dname, sizeof(dname), "d%d", n);
