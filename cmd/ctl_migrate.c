@@ -1076,7 +1076,9 @@ int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res
 		}
 		if (!told)
 			fprintf(stderr, "lmctl: the VM runs on the destination but the source did not confirm its stop: "
-				"its copy stays paused and is stopped by its shim\n");
+				"its copy stays paused (it never resumes a guest it gave away); if its shim does not "
+				"hear the commit, run: lmctl recover --session %s --from %s --to %s\n",
+				session, o->from, o->to);
 		res->ok = told;
 	} else {
 		res->ok = true;
