@@ -880,7 +880,14 @@ static enum lm_qemu_mig_status migrate_writer(const char *tag, const char *dirty
 		assert_int_equal(lm_qemu_migrate_wait(dst, 30000, LM_QEMU_MIG_NONE, NULL), 0);
 		assert_int_equal(lm_qemu_vm_cont(dst, 0, OP_MS), 0);
 		assert_true(wait_tick(dst, last + 2, 15000));
-		assert_true(tick(dst, true) > last);
+		/* the counter goes on (no reset); a line in flight at the
+		 * switch may come out twice (the serial device's FIFO travels
+		 * with the guest, and under a throttled TCG guest the source's
+		 * output of it may already have been read) */
+		long first = tick(dst, true);
+		if (!(first >= last - 1 && first <= last + 3))
+			print_message("# qemu: counter: source's last %ld, destination's first %ld\n", last, first);
+		assert_true(first >= last - 1 && first <= last + 3);
 	}
 	mi.cpu_throttle_percentage = max_throttle;
 	mi.dirty_pages_rate = max_dirty_rate;
