@@ -501,10 +501,14 @@ static void *transfer_thread(void *a)
 	return NULL;
 }
 
+/* Each stream has a connection of its own: a call cut by its deadline or
+ * a Ctrl-C takes its connection with it (reconnect), and a stream on that
+ * connection would go with it. */
 struct notif_thread {
 	struct ctl_side *side;
 	const char *session;
 	struct ctl_progress *prog;
+	lm_rpc_client_t *c;
 	lm_rpc_stream_t *st;
 	int end;              /* 1 clean end, <0 error (atomic: reader thread -> main) */
 	volatile int stop;
@@ -544,16 +548,23 @@ static int open_notifications(struct notif_thread *n)
 	if (len > sizeof(buf))
 		return -EINVAL;
 	notifications_request__pack(&req, buf);
-	int rc = lm_rpc_client_stream_open(n->side->c, CTL_MIGRATION_SERVICE, "Notifications", buf, len,
-					   NULL, &n->st);
+	int rc = lm_rpc_client_connect(&n->c, n->side->path);
+	if (rc == 0)
+		rc = lm_rpc_client_stream_open(n->c, CTL_MIGRATION_SERVICE, "Notifications", buf, len,
+					       NULL, &n->st);
 	if (rc < 0) {
 		fprintf(stderr, "lmctl: Notifications on %s (%s): %s\n", n->side->name, n->side->path,
 			strerror(-rc));
+		if (n->c)
+			lm_rpc_client_close(n->c);
+		n->c = NULL;
 		return rc;
 	}
 	if (pthread_create(&n->th, NULL, notif_thread, n) != 0) {
 		lm_rpc_stream_close(n->st);
 		n->st = NULL;
+		lm_rpc_client_close(n->c);
+		n->c = NULL;
 		return -EAGAIN;
 	}
 	n->started = true;
@@ -570,6 +581,9 @@ static void close_notifications(struct notif_thread *n, int wait_ms)
 	__atomic_store_n(&n->stop, 1, __ATOMIC_RELEASE);
 	pthread_join(n->th, NULL);
 	lm_rpc_stream_close(n->st);
+	n->st = NULL;
+	lm_rpc_client_close(n->c);
+	n->c = NULL;
 	n->started = false;
 }
 

@@ -24,7 +24,9 @@ struct item {
 };
 
 /* An open stream (a unary call is a stream with one answer). Guarded by
- * the client's mutex. */
+ * the client's mutex. It stays on its client's list from open to its
+ * owner's close (the reader only marks it done or lost), so a client
+ * closed first can detach every stream still open. */
 struct lm_rpc_stream {
 	lm_rpc_client_t *c;
 	struct lm_rpc_stream *next, *prev;
@@ -105,7 +107,7 @@ static int write_full(int fd, const void *buf, size_t n)
 static struct lm_rpc_stream *find(lm_rpc_client_t *c, uint32_t id)
 {
 	for (struct lm_rpc_stream *s = c->streams; s; s = s->next)
-		if (s->id == id)
+		if (s->id == id && !s->done)
 			return s;
 	return NULL;
 }
@@ -159,7 +161,6 @@ static void *reader_main(void *arg)
 				s->len = r.payload.len;
 			}
 			s->done = true;
-			unlink_stream(c, s);
 			pthread_cond_signal(&s->cv);
 		} else if (s && h.type == LM_TTRPC_DATA && s->streaming) {
 			if (!(h.flags & LM_TTRPC_F_NO_DATA)) {
@@ -174,10 +175,8 @@ static void *reader_main(void *arg)
 					s->tail = it;
 				}
 			}
-			if (h.flags & LM_TTRPC_F_REMOTE_CLOSED) {
+			if (h.flags & LM_TTRPC_F_REMOTE_CLOSED)
 				s->done = true;
-				unlink_stream(c, s);
-			}
 			pthread_cond_signal(&s->cv);
 		}
 		pthread_mutex_unlock(&c->mu);
@@ -185,10 +184,10 @@ static void *reader_main(void *arg)
 	free(body);
 	pthread_mutex_lock(&c->mu);
 	c->dead = true;
-	while (c->streams) {
-		struct lm_rpc_stream *s = c->streams;
+	/* they stay listed: each is unlinked by its own close, or detached by
+	 * lm_rpc_client_close if it outlives the client */
+	for (struct lm_rpc_stream *s = c->streams; s; s = s->next) {
 		s->lost = true;
-		unlink_stream(c, s);
 		pthread_cond_signal(&s->cv);
 	}
 	pthread_mutex_unlock(&c->mu);
@@ -267,6 +266,13 @@ void lm_rpc_client_close(lm_rpc_client_t *c)
 	shutdown(c->fd, SHUT_RDWR);
 	pthread_join(c->reader, NULL);
 	close(c->fd);
+	/* a stream still open outlives its connection: it reads as lost
+	 * (the reader marked it) and its close no longer touches us */
+	for (struct lm_rpc_stream *s = c->streams, *n; s; s = n) {
+		n = s->next;
+		s->next = s->prev = NULL;
+		s->c = NULL;
+	}
 	pthread_mutex_destroy(&c->mu);
 	pthread_mutex_destroy(&c->wmu);
 	free(c);
@@ -395,9 +401,8 @@ int lm_rpc_client_call(lm_rpc_client_t *c, const char *service, const char *meth
 		res->len = s->len;
 		s->message = NULL;
 		s->payload = NULL;
-	} else {
-		unlink_stream(c, s);
 	}
+	unlink_stream(c, s);
 	pthread_mutex_unlock(&c->mu);
 	stream_free(s);
 	return rc;
@@ -416,8 +421,11 @@ int lm_rpc_stream_recv(lm_rpc_stream_t *s, uint8_t **msg, size_t *len, int64_t w
 	int rc;
 	*msg = NULL;
 	*len = 0;
-	pthread_mutex_lock(&c->mu);
-	rc = wait_for(s, stream_ready, wait_ns);
+	if (c)
+		pthread_mutex_lock(&c->mu);
+	/* without a connection (closed first) the stream is only what it
+	 * holds: its items, then its end or its loss */
+	rc = c ? wait_for(s, stream_ready, wait_ns) : 0;
 	if (rc == 0) {
 		if (s->head) {
 			struct item *it = s->head;
@@ -434,7 +442,8 @@ int lm_rpc_stream_recv(lm_rpc_stream_t *s, uint8_t **msg, size_t *len, int64_t w
 			rc = -EPIPE;
 		}
 	}
-	pthread_mutex_unlock(&c->mu);
+	if (c)
+		pthread_mutex_unlock(&c->mu);
 	return rc;
 }
 
@@ -448,8 +457,10 @@ int lm_rpc_stream_status(const lm_rpc_stream_t *s, const char **message)
 void lm_rpc_stream_close(lm_rpc_stream_t *s)
 {
 	lm_rpc_client_t *c = s->c;
-	pthread_mutex_lock(&c->mu);
-	unlink_stream(c, s);
-	pthread_mutex_unlock(&c->mu);
+	if (c) {   /* NULL: its connection was closed first */
+		pthread_mutex_lock(&c->mu);
+		unlink_stream(c, s);
+		pthread_mutex_unlock(&c->mu);
+	}
 	stream_free(s);
 }

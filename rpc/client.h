@@ -35,7 +35,8 @@ int lm_rpc_client_connect(lm_rpc_client_t **out, const char *path);
 int lm_rpc_client_from_fd(lm_rpc_client_t **out, int fd);
 
 /* Thread: any, once no call of this client is running. Closes the
- * connection, joins the reader, frees everything. */
+ * connection, joins the reader, frees everything. A server stream still
+ * open stays valid: it yields what it holds, then -EPIPE, until closed. */
 void lm_rpc_client_close(lm_rpc_client_t *c);
 
 /* Thread: any, while the client is open. Ends the connection now: calls

@@ -513,6 +513,37 @@ static void test_client_server_stream(void **state)
 	lm_rpc_client_close(c);
 }
 
+/* lmctl reconnects a side whose call was cut while its Notifications
+ * stream is open: the stream outlives its connection, yields what it
+ * already holds, then reads as lost; closing it afterwards touches nothing
+ * freed (ASan would see it). */
+static void test_stream_outlives_its_closed_client(void **state)
+{
+	struct fx *f = *state;
+	lm_rpc_client_t *c;
+	lm_rpc_stream_t *full, *parked;
+	assert_int_equal(lm_rpc_client_connect(&c, f->path), 0);
+	assert_int_equal(lm_rpc_client_stream_open(c, "test.Svc", "Count", "\x03", 1, NULL, &full), 0);
+	assert_int_equal(lm_rpc_client_stream_open(c, "test.Svc", "Park", NULL, 0, NULL, &parked), 0);
+	/* the first item arrives: the others are on their way or queued */
+	uint8_t *m;
+	size_t n;
+	assert_int_equal(lm_rpc_stream_recv(full, &m, &n, 5000000000ll), 1);
+	free(m);
+	lm_rpc_client_close(c);
+	int items = 0, rc;
+	while ((rc = lm_rpc_stream_recv(full, &m, &n, 5000000000ll)) == 1) {
+		free(m);
+		items++;
+	}
+	assert_true(items <= 2);
+	assert_true(rc == 0 || rc == -EPIPE);
+	assert_int_equal(lm_rpc_stream_recv(parked, &m, &n, 5000000000ll), -EPIPE);
+	assert_null(m);
+	lm_rpc_stream_close(parked);
+	lm_rpc_stream_close(full);
+}
+
 static void test_client_streaming_collects_data_until_close(void **state)
 {
 	struct fx *f = *state;
@@ -880,6 +911,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_deadline_answers_deadline_exceeded_and_cancels_handler, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_many_concurrent_calls_on_one_connection, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_client_server_stream, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_stream_outlives_its_closed_client, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_client_streaming_collects_data_until_close, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_even_stream_id_is_invalid_argument, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_reused_stream_id_is_invalid_argument, setup, teardown),
