@@ -103,6 +103,39 @@ typedef struct lm_guest_stats {
 	bool running;              /* workload/vCPUs currently running */
 } lm_guest_stats_t;
 
+/* The VMM's own migration stream (stream_* ops below). */
+typedef struct lm_vmm_stream_params {
+	unsigned downtime_ms;       /* the blackout target (0: the VMM's default) */
+	uint64_t max_bandwidth;     /* bytes/s (0: unlimited by us) */
+	bool auto_converge;         /* throttle a guest that dirties faster
+				       than the link drains */
+	unsigned throttle_initial;  /* auto-converge: first step, percent (0: default) */
+	unsigned throttle_increment;/* auto-converge: step, percent (0: default) */
+} lm_vmm_stream_params_t;
+
+enum lm_vmm_stream_state {
+	LM_VS_IDLE = 0,             /* no stream yet */
+	LM_VS_ACTIVE,               /* streaming */
+	LM_VS_COMPLETED,            /* source: all sent, the guest stays stopped;
+				       destination: all loaded, not running */
+	LM_VS_FAILED,               /* error[] says why */
+	LM_VS_CANCELLED,
+};
+
+typedef struct lm_vmm_stream_status {
+	enum lm_vmm_stream_state state;
+	bool blackout;              /* source: the VMM stopped the guest for
+				       its last pass (stays true after) */
+	uint64_t total_bytes;       /* guest memory */
+	uint64_t transferred;       /* stream bytes so far */
+	uint64_t remaining;         /* memory bytes still to send (estimate) */
+	uint64_t passes;            /* the VMM's dirty passes so far */
+	double dirty_rate_mbps;     /* the VMM's measured dirty rate, 0 unknown */
+	unsigned throttle_pct;      /* the VMM's current throttle */
+	uint64_t downtime_ms;       /* after completion: the VMM's figure */
+	char error[128];
+} lm_vmm_stream_status_t;
+
 typedef struct lm_backend_ops {
 	const char *name; /* "sim", "kvm" */
 
@@ -163,6 +196,33 @@ typedef struct lm_backend_ops {
 
 	/* Thread: any. */
 	int (*stats)(lm_vm_t *vm, lm_guest_stats_t *out);
+
+	/* The VMM's own stream (NULL for sim and kvm). A backend whose VMM
+	 * keeps the dirty log and the device state to itself (QEMU) cannot
+	 * give the engine its memory: it sets these three, and leaves
+	 * regions, dirty_log_* and state_* unused (they may be NULL). The
+	 * engine then carries the VMM's migration stream inside its own
+	 * records (hcs/PROTOCOL.md, "The VMM's stream"), so the handshake,
+	 * keepalives, aborts and the handover are the same for every
+	 * backend. */
+	/* Thread: transfer. Source: the VMM starts its outgoing migration
+	 * with `p` and writes its stream to a socket whose other end is
+	 * returned. Destination (a VM created incoming): the socket the VMM
+	 * reads its incoming stream from (the VMM waits for it from create
+	 * on). Either way the fd stays the backend's (closed at destroy or at
+	 * the next stream_open); the engine makes it non-blocking and only
+	 * reads (source) or writes (destination) it. A negative errno with
+	 * the reason logged. */
+	int (*stream_open)(lm_vm_t *vm, const struct lm_vmm_stream_params *p);
+	/* Thread: transfer. Where the VMM's migration stands (one VMM query;
+	 * at most a few ms). */
+	int (*stream_status)(lm_vm_t *vm, struct lm_vmm_stream_status *out);
+	/* Thread: transfer. Source: the outgoing migration is over without
+	 * a handover: cancel it if it still runs, and leave the guest running
+	 * as it was before the stream (the VMM's cancel resumes a guest it
+	 * stopped; a stream that already completed is resumed here).
+	 * Destination: stop reading (the VM is then destroyed). */
+	int (*stream_abort)(lm_vm_t *vm);
 } lm_backend_ops_t;
 
 /* Thread: any. The backend registered under `name`, or NULL. */
@@ -170,5 +230,6 @@ const lm_backend_ops_t *lm_backend_find(const char *name);
 
 extern const lm_backend_ops_t lm_hcs_sim_ops;
 extern const lm_backend_ops_t lm_hcs_kvm_ops;
+extern const lm_backend_ops_t lm_hcs_qemu_ops;
 
 #endif

@@ -494,6 +494,28 @@ static int read_control_from_peer(struct lm__xfer *x)
 	}
 }
 
+/* For vmm.c (xfer_int.h). */
+int lm__xf_send_iov(struct lm__xfer *x, struct iovec *iov, unsigned n) { return send_iov(x, iov, n); }
+int lm__xf_recv_full(struct lm__xfer *x, void *buf, size_t len) { return recv_full(x, buf, len); }
+int lm__xf_recv_hdr(struct lm__xfer *x, lm_xf_rec_t *h) { return recv_hdr(x, h); }
+int lm__xf_read_control(struct lm__xfer *x) { return read_control_from_peer(x); }
+void lm__xf_maybe_progress(struct lm__xfer *x) { maybe_progress(x); }
+void lm__xf_send_abort(struct lm__xfer *x, int err, unsigned reason, const char *msg)
+{
+	send_abort(x, err, reason, msg);
+}
+
+void lm__xf_recv_why(struct lm__xfer *x, int rc, char *why, size_t whylen)
+{
+	char b[160];
+	if (rc == -ECANCELED)
+		snprintf(why, whylen, "migration cancelled on the destination");
+	else if (x->peer_eof)
+		snprintf(why, whylen, "the source closed the connection before the end of the stream");
+	else
+		snprintf(why, whylen, "the destination's stream failed: %s", io_why(x, rc, b, sizeof(b)));
+}
+
 /* ------------------------------------------------------------- helpers */
 
 __attribute__((no_sanitize("thread")))
@@ -922,7 +944,7 @@ static int src_handshake(struct lm__xfer *x, char *why, size_t whylen)
 	h.hdr_len = sizeof(lm_xf_hello_t);
 	h.session_id = x->o.session_id;
 	h.page_size = LM_PAGE_SIZE;
-	h.nregions = (uint32_t)x->nreg;
+	h.nregions = (uint32_t)x->nreg;   /* 0 for a VMM stream */
 	h.keepalive_ms = x->o.keepalive_ms;
 	h.stall_ms = x->o.stall_ms;
 	lm__xf_commitment(x->ho.secret, h.commit);
@@ -932,6 +954,8 @@ static int src_handshake(struct lm__xfer *x, char *why, size_t whylen)
 		h.flags |= LM_XF_HELLO_COMPRESS;
 	if (x->o.handover)
 		h.flags |= LM_XF_HELLO_HANDOVER;
+	if (x->vmm)
+		h.flags |= LM_XF_HELLO_VMM;
 	size_t off = sizeof(h);
 	for (int i = 0; i < x->nreg; i++) {
 		lm_xf_region_t r = { x->reg[i].gpa, x->reg[i].size };
@@ -1255,6 +1279,34 @@ static int src_transfer(struct lm__xfer *x, char *why, size_t whylen,
 	x->end_sent = true;   /* from here the destination may be complete */
 	if ((rc = lm__xf_send_rec(x, LM_XF_END, 0, &end, sizeof(end))) < 0)
 		goto io_fail;
+	rc = lm__xf_await_ack(x, why, whylen, res);
+	if (rc == -EAGAIN) {
+		rc = x->io_rc;
+		goto io_fail;
+	}
+	if (rc < 0)
+		return rc;
+	x->deadline_ns = 0;
+	uint64_t tb1 = lm_now_ns();
+	x->st.blackout_ns = tb1 - tb0;
+	x->st.total_ns = tb1 - x->t_go;
+	lm__xf_emit(x, LM_XEV_OFFLINE_DONE, NULL);
+	lm__xfer_event_t ev;
+	memset(&ev, 0, sizeof(ev));
+	ev.blackout_ns = tb1 - tb0;
+	ev.blackout_stop_wall_ns = lm_wall_ns();
+	lm__xf_emit(x, LM_XEV_BLACKOUT_EXITED, &ev);
+	set_throttle(x, 0);
+	x->ops->dirty_log_stop(x->vm);
+	return 0;
+
+io_fail:
+	return lm__xf_src_io_fail(x, rc, why, whylen, res);
+}
+
+int lm__xf_await_ack(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_result *res)
+{
+	int rc;
 	lm_xf_rec_t h;
 	if ((rc = recv_hdr(x, &h)) < 0)
 		goto io_fail;
@@ -1282,21 +1334,14 @@ static int src_transfer(struct lm__xfer *x, char *why, size_t whylen,
 		x->end_sent = false;   /* it failed: it will never run the guest */
 		return -ECONNABORTED;
 	}
-	x->deadline_ns = 0;
-	uint64_t tb1 = lm_now_ns();
-	x->st.blackout_ns = tb1 - tb0;
-	x->st.total_ns = tb1 - x->t_go;
-	lm__xf_emit(x, LM_XEV_OFFLINE_DONE, NULL);
-	lm__xfer_event_t ev;
-	memset(&ev, 0, sizeof(ev));
-	ev.blackout_ns = tb1 - tb0;
-	ev.blackout_stop_wall_ns = lm_wall_ns();
-	lm__xf_emit(x, LM_XEV_BLACKOUT_EXITED, &ev);
-	set_throttle(x, 0);
-	x->ops->dirty_log_stop(x->vm);
 	return 0;
-
 io_fail:
+	x->io_rc = rc;
+	return -EAGAIN;
+}
+
+int lm__xf_src_io_fail(struct lm__xfer *x, int rc, char *why, size_t whylen, enum lm__xfer_result *res)
+{
 	x->deadline_ns = 0;
 	if (rc == -ECANCELED && !x->remote_msg[0]) {
 		snprintf(why, whylen, "migration cancelled on the source");
@@ -1350,7 +1395,8 @@ static int source_run(struct lm__xfer *x, bool wait)
 	if (rc == 0) {
 		x->t_go = lm_now_ns();
 		x->last_progress = x->t_go;
-		rc = src_transfer(x, why, sizeof(why), &res);
+		rc = x->vmm ? lm__xf_src_vmm(x, why, sizeof(why), &res)
+			    : src_transfer(x, why, sizeof(why), &res);
 	}
 	if (rc == 0) {
 		x->st.result = 0;
@@ -1381,12 +1427,20 @@ static int source_run(struct lm__xfer *x, bool wait)
 	ev.result = res;
 	snprintf(ev.msg, sizeof(ev.msg), "%s", why);
 	lm__xf_emit(x, LM_XEV_FAILED, &ev);
-	set_throttle(x, 0);
-	x->ops->dirty_log_stop(x->vm);
 	int r2 = 0;
-	if (x->paused_by_us) {
-		r2 = x->ops->resume(x->vm);
+	if (x->vmm) {
+		/* the VMM's cancel resumes a guest it stopped; a stream that
+		 * completed is resumed (the destination never got the grant) */
+		if (x->vmm_started)
+			r2 = x->ops->stream_abort(x->vm);
 		x->paused_by_us = false;
+	} else {
+		set_throttle(x, 0);
+		x->ops->dirty_log_stop(x->vm);
+		if (x->paused_by_us) {
+			r2 = x->ops->resume(x->vm);
+			x->paused_by_us = false;
+		}
 	}
 	memset(&ev, 0, sizeof(ev));
 	ev.err = r2;
@@ -1431,7 +1485,14 @@ static int dst_handshake(struct lm__xfer *x, char *why, size_t whylen)
 		status = EPROTONOSUPPORT;
 		goto refuse_now;
 	}
-	if (h.nregions == 0 || h.nregions > LM_MAX_REGIONS || h.compat_len > LM_XF_COMPAT_MAX) {
+	if (!!(h.flags & LM_XF_HELLO_VMM) != x->vmm) {
+		snprintf(why, whylen, "the source streams %s, this destination's VM takes %s",
+			 (h.flags & LM_XF_HELLO_VMM) ? "its VMM's own stream" : "pages",
+			 x->vmm ? "its VMM's own stream" : "pages");
+		status = EPROTONOSUPPORT;
+		goto refuse_now;
+	}
+	if ((h.nregions == 0) != x->vmm || h.nregions > LM_MAX_REGIONS || h.compat_len > LM_XF_COMPAT_MAX) {
 		snprintf(why, whylen, "malformed hello (regions %u, compat %u bytes)",
 			 h.nregions, h.compat_len);
 		status = EPROTO;
@@ -1452,7 +1513,7 @@ static int dst_handshake(struct lm__xfer *x, char *why, size_t whylen)
 		snprintf(why, whylen, "page size mismatch (source %u, destination %u)",
 			 h.page_size, LM_PAGE_SIZE);
 		status = EINVAL;
-	} else if (h.total_bytes != total || h.nregions != (uint32_t)x->nreg) {
+	} else if (!x->vmm && (h.total_bytes != total || h.nregions != (uint32_t)x->nreg)) {
 		snprintf(why, whylen, "memory size mismatch (source %llu bytes in %u regions, destination %llu in %d)",
 			 (unsigned long long)h.total_bytes, h.nregions,
 			 (unsigned long long)total, x->nreg);
@@ -1639,13 +1700,7 @@ static int dst_transfer(struct lm__xfer *x, char *why, size_t whylen,
 			break;
 		}
 		if ((rc = recv_hdr(x, &h)) < 0) {
-			char b[160];
-			if (rc == -ECANCELED)
-				snprintf(why, whylen, "migration cancelled on the destination");
-			else if (x->peer_eof)
-				snprintf(why, whylen, "the source closed the connection before the end of the stream");
-			else
-				snprintf(why, whylen, "the destination's stream failed: %s", io_why(x, rc, b, sizeof(b)));
+			lm__xf_recv_why(x, rc, why, whylen);
 			break;
 		}
 		x->st.bytes_sent += sizeof(h) + h.len;
@@ -1778,7 +1833,8 @@ static int dest_run(struct lm__xfer *x, bool wait)
 	if (rc == 0) {
 		x->t_go = lm_now_ns();
 		x->last_progress = x->t_go;
-		rc = dst_transfer(x, why, sizeof(why), &res);
+		rc = x->vmm ? lm__xf_dst_vmm(x, why, sizeof(why), &res)
+			    : dst_transfer(x, why, sizeof(why), &res);
 	} else if (rc == -ECANCELED) {
 		res = LM_XR_CANCELLED;
 	}
@@ -1798,6 +1854,8 @@ static int dest_run(struct lm__xfer *x, bool wait)
 	else if (!x->peer_gone)
 		send_abort(x, rc, LM_XF_ABORT_FAILED, why);
 	shutdown(x->sock, SHUT_RDWR);
+	if (x->vmm && x->vmm_started)
+		x->ops->stream_abort(x->vm);   /* its VMM stops reading */
 	x->st.result = rc;
 	lm__xfer_event_t ev;
 	memset(&ev, 0, sizeof(ev));
@@ -1903,13 +1961,15 @@ static int xfer_init(struct lm__xfer **out, enum lm__xfer_role role,
 	if (x->o.batch_bytes < LM_PAGE_SIZE * 4 || x->o.batch_bytes > LM_XF_MAX_DATA)
 		x->o.batch_bytes = 1u << 20;
 	x->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	x->nreg = ops->regions(vm, &x->reg);
+	/* a backend with its VMM's own stream gives no memory (backend.h) */
+	x->vmm = ops->stream_open != NULL;
+	x->nreg = x->vmm ? 0 : ops->regions(vm, &x->reg);
 	int rc = 0;
 	if (x->wakefd < 0) {
 		rc = -errno;
 		goto fail;
 	}
-	if (x->nreg <= 0 || x->nreg > LM_MAX_REGIONS) {
+	if (!x->vmm && (x->nreg <= 0 || x->nreg > LM_MAX_REGIONS)) {
 		rc = -EINVAL;
 		goto fail;
 	}
@@ -2076,6 +2136,8 @@ static void hash_zeros(XXH3_state_t *s, uint64_t bytes)
 int lm__mem_digest(const lm_backend_ops_t *ops, lm_vm_t *vm, uint64_t *out)
 {
 	const lm_mem_region_t *reg;
+	if (!ops->regions)
+		return -ENOTSUP;    /* the VMM keeps the memory to itself */
 	int n = ops->regions(vm, &reg);
 	if (n < 0)
 		return n;

@@ -1,8 +1,9 @@
 /*
  * xfer_int.h: the memory-transfer engine's private state, shared by its
- * two files: xfer.c (the handshake and the stream of pages, both sides)
- * and handover.c (what follows the stream: who runs the guest). Nothing
- * outside hcs/xfer/ includes it.
+ * three files: xfer.c (the handshake and the stream of pages, both sides),
+ * vmm.c (the stream of a VMM that migrates its own guest, in place of the
+ * pages) and handover.c (what follows the stream: who runs the guest).
+ * Nothing outside hcs/xfer/ includes it.
  *
  * Thread contract: the engine thread owns everything in struct lm__xfer
  * but `go`, `cancel`, `destroy` (atomics, any thread), `pub` (under
@@ -80,6 +81,10 @@ struct lm__xfer {
 	atomic_bool destroy;          /* close now: the VM is going away */
 	atomic_bool finished;         /* the engine thread returned */
 
+	bool vmm;                     /* the backend streams its VMM's own
+					 migration (backend.h): vmm.c */
+	bool vmm_started;             /* stream_open succeeded */
+	int io_rc;                    /* lm__xf_await_ack's I/O failure */
 	const lm_mem_region_t *reg;   /* backend's region array */
 	int nreg;
 	uint64_t *bitmap[LM_MAX_REGIONS];
@@ -160,6 +165,28 @@ void lm__xf_maybe_keepalive(struct lm__xfer *x);
 void lm__xf_wake(struct lm__xfer *x);
 /* SHA-256 of a secret. */
 void lm__xf_commitment(const uint8_t secret[LM_XF_SECRET_LEN], uint8_t out[32]);
+
+/* I/O of xfer.c for vmm.c: as their static namesakes there. */
+int lm__xf_send_iov(struct lm__xfer *x, struct iovec *iov, unsigned n);
+int lm__xf_recv_full(struct lm__xfer *x, void *buf, size_t len);
+int lm__xf_recv_hdr(struct lm__xfer *x, lm_xf_rec_t *h);
+/* What the peer sent while we stream: KEEPALIVEs or an ABORT. */
+int lm__xf_read_control(struct lm__xfer *x);
+void lm__xf_maybe_progress(struct lm__xfer *x);
+void lm__xf_send_abort(struct lm__xfer *x, int err, unsigned reason, const char *msg);
+/* The destination's words for a failed receive. */
+void lm__xf_recv_why(struct lm__xfer *x, int rc, char *why, size_t whylen);
+/* Source, END sent: the destination's ACK (under the blackout's bound).
+ * 0; a failure with `why` and *res set; or -EAGAIN for an I/O failure
+ * whose error is in x->io_rc (for lm__xf_src_io_fail). */
+int lm__xf_await_ack(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_result *res);
+/* Source: an I/O failure `rc` in words, told to the destination. */
+int lm__xf_src_io_fail(struct lm__xfer *x, int rc, char *why, size_t whylen, enum lm__xfer_result *res);
+
+/* ---- vmm.c (engine thread): after go, in place of the pages ------------- */
+
+int lm__xf_src_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_result *res);
+int lm__xf_dst_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_result *res);
 
 /* ---- handover.c (engine thread) ----------------------------------------- */
 

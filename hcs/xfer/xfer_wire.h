@@ -23,6 +23,10 @@
 #define LM_XF_HELLO_HANDOVER 0x4u /* after ACK, the handover (PROTOCOL.md):
 				     the destination runs the guest only
 				     with the source's GRANT */
+#define LM_XF_HELLO_VMM 0x8u      /* the VMM's own stream in VMM records
+				     instead of pages and a state blob
+				     (nregions 0; PROTOCOL.md) */
+#define LM_XF_MAX_VMM (1u << 20)  /* bytes per VMM record */
 
 #define LM_XF_SECRET_LEN 32u      /* handover secrets; their SHA-256 is
 				     committed to in the handshake */
@@ -36,10 +40,10 @@ typedef struct lm_xf_hello {
 	uint32_t session_id;
 	uint32_t page_size;
 	uint32_t flags;
-	uint32_t nregions;       /* 1..LM_MAX_REGIONS */
+	uint32_t nregions;       /* 1..LM_MAX_REGIONS; 0 with LM_XF_HELLO_VMM */
 	uint32_t compat_len;     /* 0..LM_XF_COMPAT_MAX */
 	uint32_t reserved;
-	uint64_t total_bytes;    /* sum of region sizes */
+	uint64_t total_bytes;    /* sum of region sizes (VMM: guest memory) */
 	uint8_t commit[32];      /* SHA-256 of the source's grant secret */
 	uint32_t keepalive_ms;   /* the source sends a KEEPALIVE when idle this long */
 	uint32_t stall_ms;       /* silence after which a side is stalled */
@@ -79,6 +83,8 @@ enum lm_xf_type {
 	LM_XF_COMMITTING = 11, /* dst->src, no payload: the destination runs it now */
 	LM_XF_RELEASE = 12, /* dst->src: the release secret; the destination never runs it */
 	LM_XF_BYE = 13,     /* src->dst, no payload: the handover is settled */
+	LM_XF_VMM = 14,     /* src->dst: the next bytes of the VMM's own
+			       migration stream (LM_XF_HELLO_VMM), 1..LM_XF_MAX_VMM */
 };
 
 typedef struct lm_xf_rec {

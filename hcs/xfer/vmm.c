@@ -1,0 +1,476 @@
+/*
+ * vmm.c: the transfer engine for a backend whose VMM migrates its own
+ * guest (QEMU): the VMM keeps its dirty log and device state to itself, so
+ * instead of pages and a state blob the engine carries the VMM's own
+ * migration stream, in VMM records, over the same link as every other
+ * backend (hcs/PROTOCOL.md, "The VMM's stream"). The handshake before it
+ * and the handover after it are the engine's usual ones (xfer.c,
+ * handover.c): the destination's VMM holds a complete copy that runs only
+ * with the source's grant.
+ *
+ * Source: stream_open starts the VMM's outgoing migration, which writes
+ * into a socket we read; each read becomes a VMM record. The VMM's own
+ * pre-copy and auto-converge pace it; its stream status, polled every
+ * STATUS_MS, gives progress and the moment it stopped the guest (the
+ * blackout, bounded as for every backend: lm__xfer_blackout_bound_ms).
+ * When the VMM says completed and its socket reached EOF, END goes out
+ * and the destination's ACK is awaited under the bound. On failure the
+ * backend's stream_abort puts the guest back as it was (the VMM's cancel
+ * resumes a guest it stopped; a completed stream is resumed).
+ *
+ * Destination: VMM records are written to the socket its VMM reads
+ * (stream_open); after END it waits until its VMM says the incoming
+ * stream completed (the guest loaded, not running), then ACKs.
+ *
+ * DESIGN: everything here runs on the engine thread and follows xfer.c's
+ * rules: every wait is a poll() with the wake fd and the engine's tick,
+ * keepalives go out while idle, a silent peer is stalled after stall_ms,
+ * cancel takes effect at the next wake-up.
+ */
+#include "hcs/xfer/xfer_int.h"
+#include "util/clock.h"
+#include "util/fault.h"
+#include "util/log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#define MOD "hcs.xfer"
+#define STATUS_MS 50            /* how often the VMM's status is asked */
+#define LOAD_BOUND_MS 60000     /* destination: END -> loaded, at most */
+
+static int set_nonblock(int fd)
+{
+	int fl = fcntl(fd, F_GETFL);
+	if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+		return -errno;
+	return 0;
+}
+
+static uint64_t ms_ns(unsigned ms)
+{
+	return (uint64_t)ms * 1000000ull;
+}
+
+/* The VMM's status into the engine's progress fields. */
+static void take_status(struct lm__xfer *x, const lm_vmm_stream_status_t *s)
+{
+	if (s->passes)
+		x->pass = (unsigned)s->passes;
+	x->st.passes = x->pass;
+	x->pages_remaining = s->remaining / LM_PAGE_SIZE;
+	x->dirty_mbps = s->dirty_rate_mbps;
+	x->throttle = s->throttle_pct;
+	if (s->throttle_pct > x->st.max_throttle_pct)
+		x->st.max_throttle_pct = s->throttle_pct;
+	uint64_t ns = lm_now_ns() - x->t_go;
+	if (ns)
+		x->bw_mbps = (double)x->st.bytes_sent / 1e3 / ((double)ns / 1e6);
+}
+
+static const char *vs_name(enum lm_vmm_stream_state s)
+{
+	switch (s) {
+	case LM_VS_IDLE: return "idle";
+	case LM_VS_ACTIVE: return "active";
+	case LM_VS_COMPLETED: return "completed";
+	case LM_VS_FAILED: return "failed";
+	case LM_VS_CANCELLED: return "cancelled";
+	}
+	return "?";
+}
+
+/* One VMM record: header, data, and its checksum when the hello said so. */
+static int send_vmm(struct lm__xfer *x, const uint8_t *buf, size_t n)
+{
+	lm_xf_rec_t h = { LM_XF_VMM, 0, n + (x->o.checksum ? 8 : 0) };
+	uint64_t sum = x->o.checksum ? XXH3_64bits(buf, n) : 0;
+	struct iovec iov[3] = { { &h, sizeof(h) }, { (void *)buf, n }, { &sum, sizeof(sum) } };
+	return lm__xf_send_iov(x, iov, x->o.checksum ? 3 : 2);
+}
+
+/* ------------------------------------------------------------- source */
+
+int lm__xf_src_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_result *res)
+{
+	*res = LM_XR_SOURCE_FAILED;
+	lm_vmm_stream_params_t p = {
+		.downtime_ms = x->o.target_blackout_ms,
+		.auto_converge = !x->o.skip_throttling,
+		.throttle_initial = (unsigned)x->o.throttling_scale,
+		.throttle_increment = (unsigned)x->o.throttling_scale,
+	};
+	int vfd = x->ops->stream_open(x->vm, &p);
+	if (vfd < 0) {
+		snprintf(why, whylen, "the VMM did not start its migration: %s", strerror(-vfd));
+		return vfd;
+	}
+	x->vmm_started = true;
+	x->running_guest = true;
+	int rc = set_nonblock(vfd);
+	if (rc < 0) {
+		snprintf(why, whylen, "VMM stream socket: %s", strerror(-rc));
+		return rc;
+	}
+	uint8_t *buf = malloc(LM_XF_MAX_VMM);
+	if (!buf) {
+		snprintf(why, whylen, "out of memory");
+		return -ENOMEM;
+	}
+	x->pass = 1;
+	lm__xf_emit(x, LM_XEV_PROGRESS, NULL);
+	bool eof = false, blackout = false, completed = false;
+	uint64_t tb0 = 0, next_status = 0;
+	lm_vmm_stream_status_t vs;
+	memset(&vs, 0, sizeof(vs));
+	while (!(eof && completed)) {
+		if (atomic_load(&x->cancel)) {
+			rc = -ECANCELED;
+			goto io_fail;
+		}
+		uint64_t now = lm_now_ns();
+		if (x->deadline_ns && now >= x->deadline_ns) {
+			x->deadline_hit = true;
+			rc = -ETIME;
+			goto io_fail;
+		}
+		if (x->o.stall_ms && now - x->last_rx_ns > ms_ns(x->o.stall_ms)) {
+			x->stalled = true;
+			rc = -ETIMEDOUT;
+			goto io_fail;
+		}
+		if (now >= next_status) {
+			next_status = now + ms_ns(STATUS_MS);
+			if ((rc = x->ops->stream_status(x->vm, &vs)) < 0) {
+				snprintf(why, whylen, "the VMM's migration status is unavailable: %s", strerror(-rc));
+				goto fail;
+			}
+			take_status(x, &vs);
+			if (vs.state == LM_VS_FAILED || vs.state == LM_VS_CANCELLED) {
+				snprintf(why, whylen, "the VMM's migration %s: %s", vs_name(vs.state),
+					 vs.error[0] ? vs.error : "no reason given");
+				rc = -EIO;
+				goto fail;
+			}
+			completed = vs.state == LM_VS_COMPLETED;
+			if ((vs.blackout || completed) && !blackout) {
+				/* the VMM stopped the guest for its last pass: the
+				 * blackout, bounded from here like every backend's */
+				blackout = true;
+				tb0 = now;
+				x->deadline_ns = tb0 + ms_ns(lm__xfer_blackout_bound_ms(&x->o));
+				x->running_guest = false;
+				lm__xf_emit(x, LM_XEV_BLACKOUT_STARTED, NULL);
+				if ((rc = LM_FAULT("transfer.blackout")) < 0) {
+					snprintf(why, whylen, "blackout failed (fault): %s", strerror(-rc));
+					goto fail;
+				}
+				lm_xf_pass_end_t pe = { 0, x->st.bytes_sent, x->pages_remaining, 1, 0 };
+				if ((rc = lm__xf_send_rec(x, LM_XF_PASS_END, x->pass, &pe, sizeof(pe))) < 0)
+					goto io_fail;
+			}
+		}
+		if (eof) {
+			/* all read; the VMM's completion is a status away */
+			lm__xf_maybe_keepalive(x);
+			struct pollfd q = { x->wakefd, POLLIN, 0 };
+			poll(&q, 1, 5);
+			continue;
+		}
+		lm__xf_maybe_keepalive(x);
+		struct pollfd q[3] = { { vfd, POLLIN, 0 }, { x->sock, POLLIN | POLLRDHUP, 0 },
+				       { x->wakefd, POLLIN, 0 } };
+		int n = poll(q, 3, STATUS_MS);
+		if (n < 0 && errno != EINTR) {
+			rc = -errno;
+			goto io_fail;
+		}
+		if (q[2].revents) {
+			uint64_t v;
+			if (read(x->wakefd, &v, sizeof(v)) < 0) { /* drained */ }
+		}
+		if (q[1].revents) {
+			int a = lm__xf_read_control(x);
+			if (a < 0) {
+				x->peer_gone = true;
+				rc = a;
+				goto io_fail;
+			}
+		}
+		if (q[0].revents) {
+			ssize_t r = read(vfd, buf, LM_XF_MAX_VMM);
+			if (r > 0) {
+				if ((rc = send_vmm(x, buf, (size_t)r)) < 0)
+					goto io_fail;
+				lm__xf_maybe_progress(x);
+			} else if (r == 0) {
+				eof = true;
+				next_status = 0;
+			} else if (errno != EAGAIN && errno != EINTR) {
+				rc = -errno;
+				snprintf(why, whylen, "reading the VMM's stream: %s", strerror(errno));
+				goto fail;
+			}
+		}
+	}
+	free(buf);
+	buf = NULL;
+	/* completed: the VMM keeps the guest stopped; from here a failure
+	 * resumes it through stream_abort */
+	x->paused_by_us = true;
+	x->pages_remaining = 0;
+	if (atomic_load(&x->cancel)) {
+		rc = -ECANCELED;     /* last chance: END has not left */
+		goto io_fail;
+	}
+	if ((rc = LM_FAULT("transfer.state")) < 0) {
+		snprintf(why, whylen, "finishing the VMM's stream failed (fault): %s", strerror(-rc));
+		lm__xf_send_abort(x, rc, LM_XF_ABORT_FAILED, why);
+		return rc;
+	}
+	lm_xf_end_t end = { 0, x->st.bytes_sent };
+	x->end_sent = true;   /* from here the destination may be complete */
+	if ((rc = lm__xf_send_rec(x, LM_XF_END, 0, &end, sizeof(end))) < 0)
+		goto io_fail;
+	rc = lm__xf_await_ack(x, why, whylen, res);
+	if (rc == -EAGAIN)
+		goto io_fail;      /* an I/O failure: rc in x->io_rc */
+	if (rc < 0)
+		return rc;
+	x->deadline_ns = 0;
+	uint64_t tb1 = lm_now_ns();
+	x->st.blackout_ns = tb1 - tb0;
+	x->st.total_ns = tb1 - x->t_go;
+	lm__xf_emit(x, LM_XEV_OFFLINE_DONE, NULL);
+	lm__xfer_event_t ev;
+	memset(&ev, 0, sizeof(ev));
+	ev.blackout_ns = tb1 - tb0;
+	ev.blackout_stop_wall_ns = lm_wall_ns();
+	lm__xf_emit(x, LM_XEV_BLACKOUT_EXITED, &ev);
+	lm_log_info(MOD, "vmm stream done", "side=source session_id_hash=%u bytes=%llu passes=%u vmm_downtime_ms=%llu",
+		    x->o.session_id, (unsigned long long)x->st.bytes_sent, x->pass,
+		    (unsigned long long)vs.downtime_ms);
+	return 0;
+
+io_fail:
+	free(buf);
+	if (rc == -EAGAIN)
+		rc = x->io_rc;
+	return lm__xf_src_io_fail(x, rc, why, whylen, res);
+fail:
+	free(buf);
+	lm__xf_send_abort(x, rc, LM_XF_ABORT_FAILED, why);
+	return rc;
+}
+
+/* -------------------------------------------------------- destination */
+
+/* Writes all of buf to the VMM's socket, keeping the link alive. */
+static int write_vmm(struct lm__xfer *x, int vfd, const uint8_t *buf, size_t n, char *why, size_t whylen)
+{
+	while (n) {
+		ssize_t w = send(vfd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (w > 0) {
+			buf += w;
+			n -= (size_t)w;
+			continue;
+		}
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+			int e = -errno;
+			lm_vmm_stream_status_t vs;
+			memset(&vs, 0, sizeof(vs));
+			x->ops->stream_status(x->vm, &vs);
+			snprintf(why, whylen, "the destination's VMM stopped reading the stream (%s): %s",
+				 strerror(-e), vs.error[0] ? vs.error : vs_name(vs.state));
+			return e;
+		}
+		if (atomic_load(&x->cancel)) {
+			snprintf(why, whylen, "migration cancelled on the destination");
+			return -ECANCELED;
+		}
+		lm__xf_maybe_keepalive(x);
+		struct pollfd q[2] = { { vfd, POLLOUT, 0 }, { x->wakefd, POLLIN, 0 } };
+		if (poll(q, 2, lm__xf_tick_ms(x)) < 0 && errno != EINTR)
+			return -errno;
+		if (q[1].revents) {
+			uint64_t v;
+			if (read(x->wakefd, &v, sizeof(v)) < 0) { /* drained */ }
+		}
+	}
+	return 0;
+}
+
+/* After END: until the VMM has loaded the whole stream. */
+static int wait_loaded(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_result *res)
+{
+	uint64_t t0 = lm_now_ns();
+	for (;;) {
+		lm_vmm_stream_status_t vs;
+		memset(&vs, 0, sizeof(vs));
+		int rc = x->ops->stream_status(x->vm, &vs);
+		if (rc < 0) {
+			snprintf(why, whylen, "the destination's VMM status is unavailable: %s", strerror(-rc));
+			return rc;
+		}
+		if (vs.state == LM_VS_COMPLETED)
+			return 0;
+		if (vs.state == LM_VS_FAILED || vs.state == LM_VS_CANCELLED) {
+			snprintf(why, whylen, "the destination's VMM could not load the stream: %s",
+				 vs.error[0] ? vs.error : vs_name(vs.state));
+			return -EIO;
+		}
+		if (atomic_load(&x->cancel)) {
+			snprintf(why, whylen, "migration cancelled on the destination");
+			*res = LM_XR_CANCELLED;
+			return -ECANCELED;
+		}
+		if (lm_now_ns() - t0 > ms_ns(LOAD_BOUND_MS)) {
+			snprintf(why, whylen, "the destination's VMM did not finish loading in %u ms",
+				 LOAD_BOUND_MS);
+			return -ETIMEDOUT;
+		}
+		lm__xf_maybe_keepalive(x);
+		struct pollfd q[2] = { { x->sock, POLLIN | POLLRDHUP, 0 }, { x->wakefd, POLLIN, 0 } };
+		if (poll(q, 2, 5) < 0 && errno != EINTR)
+			return -errno;
+		if (q[1].revents) {
+			uint64_t v;
+			if (read(x->wakefd, &v, sizeof(v)) < 0) { /* drained */ }
+		}
+		if (q[0].revents) {
+			/* the source gave up waiting (its blackout bound): ABORT */
+			int a = lm__xf_read_control(x);
+			if (a < 0) {
+				x->peer_gone = true;
+				snprintf(why, whylen, "%s", x->remote_msg[0] ? x->remote_msg
+									   : "the source closed the connection");
+				*res = a == -ECANCELED ? LM_XR_CANCELLED : LM_XR_SOURCE_FAILED;
+				return a;
+			}
+		}
+	}
+}
+
+int lm__xf_dst_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_result *res)
+{
+	*res = LM_XR_DEST_FAILED;
+	int vfd = x->ops->stream_open(x->vm, NULL);
+	if (vfd < 0) {
+		snprintf(why, whylen, "the destination's VMM is not waiting for a stream: %s", strerror(-vfd));
+		return vfd;
+	}
+	x->vmm_started = true;
+	int rc = set_nonblock(vfd);
+	if (rc < 0)
+		return rc;
+	uint8_t *buf = malloc(LM_XF_MAX_VMM + 8);
+	if (!buf)
+		return -ENOMEM;
+	x->pass = 1;
+	for (;;) {
+		lm_xf_rec_t h;
+		if ((rc = LM_FAULT("transfer.recv")) < 0) {
+			snprintf(why, whylen, "destination receive failed (fault): %s", strerror(-rc));
+			break;
+		}
+		if ((rc = lm__xf_recv_hdr(x, &h)) < 0) {
+			lm__xf_recv_why(x, rc, why, whylen);
+			break;
+		}
+		x->st.bytes_sent += sizeof(h) + h.len;
+		size_t extra = x->o.checksum ? 8 : 0;
+		if (h.type == LM_XF_VMM && h.len > extra && h.len <= LM_XF_MAX_VMM + extra) {
+			if ((rc = lm__xf_recv_full(x, buf, h.len)) < 0) {
+				lm__xf_recv_why(x, rc, why, whylen);
+				break;
+			}
+			size_t n = h.len - extra;
+			if (extra) {
+				uint64_t sum;
+				memcpy(&sum, buf + n, sizeof(sum));
+				if (sum != XXH3_64bits(buf, n)) {
+					snprintf(why, whylen, "a VMM record failed its checksum: the stream was corrupted");
+					rc = -EBADMSG;
+					break;
+				}
+			}
+			if ((rc = write_vmm(x, vfd, buf, n, why, whylen)) < 0)
+				break;
+			lm__xf_maybe_progress(x);
+		} else if (h.type == LM_XF_PASS_END && h.len == sizeof(lm_xf_pass_end_t)) {
+			lm_xf_pass_end_t pe;
+			if ((rc = lm__xf_recv_full(x, &pe, sizeof(pe))) < 0) {
+				snprintf(why, whylen, "truncated pass marker");
+				break;
+			}
+			x->pass = h.count;
+			x->st.passes = h.count;
+			x->pages_remaining = pe.pages_remaining;
+			lm__xf_emit(x, LM_XEV_PROGRESS, NULL);
+			if (pe.final && !x->paused_by_us) {
+				x->paused_by_us = true;
+				lm__xf_emit(x, LM_XEV_BLACKOUT_STARTED, NULL);
+			}
+		} else if (h.type == LM_XF_END && h.len == sizeof(lm_xf_end_t)) {
+			lm_xf_end_t e;
+			if ((rc = lm__xf_recv_full(x, &e, sizeof(e))) < 0) {
+				snprintf(why, whylen, "truncated end record");
+				break;
+			}
+			rc = LM_FAULT("transfer.state");
+			if (rc < 0)
+				snprintf(why, whylen, "loading the VM state failed (fault): %s", strerror(-rc));
+			else
+				rc = wait_loaded(x, why, whylen, res);
+			if (x->peer_gone)
+				break;
+			lm_xf_ack_t ack = { rc < 0 ? -rc : 0, 0 };
+			int r2 = lm__xf_send_rec(x, LM_XF_ACK, 0, &ack, sizeof(ack));
+			if (rc < 0) {
+				x->peer_gone = true; /* told it already */
+				break;
+			}
+			if (r2 < 0) {
+				rc = r2;
+				snprintf(why, whylen, "sending the ACK failed: %s", strerror(-rc));
+				break;
+			}
+			x->st.total_ns = lm_now_ns() - x->t_go;
+			x->pages_remaining = 0;
+			lm__xf_emit(x, LM_XEV_OFFLINE_DONE, NULL);
+			rc = 0;
+			break;
+		} else if (h.type == LM_XF_ABORT && h.len == sizeof(lm_xf_abort_t)) {
+			lm_xf_abort_t a;
+			if ((rc = lm__xf_recv_full(x, &a, sizeof(a))) < 0) {
+				snprintf(why, whylen, "source aborted");
+				break;
+			}
+			a.msg[sizeof(a.msg) - 1] = 0;
+			snprintf(why, whylen, "the source aborted: %s", a.msg);
+			*res = a.reason == LM_XF_ABORT_FAILED ? LM_XR_SOURCE_FAILED : LM_XR_CANCELLED;
+			rc = a.reason == LM_XF_ABORT_FAILED ? -ECONNABORTED : -ECANCELED;
+			x->peer_gone = true;
+			break;
+		} else {
+			snprintf(why, whylen, "protocol error: record type %u length %llu in a VMM stream",
+				 h.type, (unsigned long long)h.len);
+			rc = -EPROTO;
+			break;
+		}
+	}
+	if (rc == -ECANCELED && *res == LM_XR_DEST_FAILED)
+		*res = LM_XR_CANCELLED;
+	free(buf);
+	return rc;
+}
