@@ -102,21 +102,24 @@ struct relay {
 	int lfd;
 	int a, b;             /* source side, destination side */
 	pthread_t th;
-	volatile int cut;
-	volatile int stop;
+	int cut;              /* atomic: the test cuts the link */
+	int stop;             /* atomic */
 };
+
+#define LOAD(v) __atomic_load_n(&(v), __ATOMIC_ACQUIRE)
+#define STORE(v, x) __atomic_store_n(&(v), (x), __ATOMIC_RELEASE)
 
 static void *relay_main(void *arg)
 {
 	struct relay *r = arg;
 	struct pollfd lp = { r->lfd, POLLIN, 0 };
-	while (!r->stop && poll(&lp, 1, 100) <= 0)
+	while (!LOAD(r->stop) && poll(&lp, 1, 100) <= 0)
 		;
-	if (r->stop || (r->a = accept(r->lfd, NULL, NULL)) < 0)
+	if (LOAD(r->stop) || (r->a = accept(r->lfd, NULL, NULL)) < 0)
 		return NULL;
 	struct sockaddr_un u = { .sun_family = AF_UNIX };
 	snprintf(u.sun_path, sizeof(u.sun_path), "%s", r->target);
-	for (int i = 0; i < 100 && !r->stop; i++) {
+	for (int i = 0; i < 100 && !LOAD(r->stop); i++) {
 		r->b = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		if (connect(r->b, (struct sockaddr *)&u, sizeof(u)) == 0)
 			break;
@@ -125,11 +128,11 @@ static void *relay_main(void *arg)
 		usleep(50000);
 	}
 	static __thread char buf[65536];
-	while (!r->stop && !r->cut && r->b >= 0) {
+	while (!LOAD(r->stop) && !LOAD(r->cut) && r->b >= 0) {
 		struct pollfd p[2] = { { r->a, POLLIN, 0 }, { r->b, POLLIN, 0 } };
 		if (poll(p, 2, 50) < 0)
 			break;
-		for (int k = 0; k < 2 && !r->cut; k++) {
+		for (int k = 0; k < 2 && !LOAD(r->cut); k++) {
 			if (!p[k].revents)
 				continue;
 			int from = k ? r->b : r->a, to = k ? r->a : r->b;
@@ -168,7 +171,7 @@ static int relay_start(struct relay *r, const char *dir)
 
 static void relay_stop(struct relay *r)
 {
-	r->stop = 1;
+	STORE(r->stop, 1);
 	pthread_join(r->th, NULL);
 	if (r->a >= 0)
 		close(r->a);
@@ -370,7 +373,7 @@ static void run_cell(const char *dir, enum phase p, enum fault f, int n, struct 
 				usleep(STOP_MS * 1000);
 				kill(dst.pid, SIGCONT);
 				break;
-			case F_CUT: r.cut = 1; break;
+			case F_CUT: STORE(r.cut, 1); break;
 			default: break;
 			}
 		}
@@ -617,7 +620,7 @@ static void test_a_destination_killed_holding_the_grant_waits_for_the_operator(v
 struct pause_watch {
 	pthread_t th;
 	struct e2e_shim *s;
-	volatile int stop;
+	int stop;             /* atomic */
 	double longest_ms;
 };
 
@@ -625,7 +628,7 @@ static void *pause_watch_main(void *arg)
 {
 	struct pause_watch *w = arg;
 	double since = -1;
-	while (!w->stop) {
+	while (!LOAD(w->stop)) {
 		int64_t it;
 		int g = guest(w->s, &it);
 		double t = now_ms();
@@ -670,7 +673,7 @@ static void test_a_slow_state_load_cannot_stretch_the_blackout(void **state)
 	double t0 = now_ms();
 	int rc = e2e_lmctl(args, out, 60000);
 	double took = now_ms() - t0;
-	w.stop = 1;
+	STORE(w.stop, 1);
 	pthread_join(w.th, NULL);
 	lm_rpc_client_close(watch.c);
 	char *said = e2e_slurp(out);
