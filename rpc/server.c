@@ -118,6 +118,8 @@ struct lm_rpc_server {
 	lm_mailbox_t *mb;
 	int lfd;
 	char *unlink_path;
+	dev_t sock_dev;               /* the socket file we made (unlink only it) */
+	ino_t sock_ino;
 	ev_io accept_w;
 	ev_async stop_w;
 	ev_prepare flush_w;
@@ -1303,8 +1305,20 @@ int lm_rpc_server_listen(lm_rpc_server_t *s, const char *path)
 		return -errno;
 	if (!abstract) {
 		struct stat st;
-		if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
-			unlink(path);               /* a stale socket of ours */
+		if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode)) {
+			/* a socket file: replace it only if nobody answers
+			 * there (a live server keeps its socket) */
+			int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+			int live = probe >= 0 && connect(probe, (struct sockaddr *)&sa, sl) == 0;
+			if (probe >= 0)
+				close(probe);
+			if (live) {
+				lm_log_error(MOD, "listen refused", "path=%s why=\"a live server answers there\"", path);
+				close(fd);
+				return -EADDRINUSE;
+			}
+			unlink(path);               /* stale: its server is gone */
+		}
 	}
 	if (bind(fd, (struct sockaddr *)&sa, sl) < 0 ||
 	    (!abstract && chmod(path, 0600) < 0) || listen(fd, 1024) < 0) {
@@ -1313,8 +1327,14 @@ int lm_rpc_server_listen(lm_rpc_server_t *s, const char *path)
 		close(fd);
 		return rc;
 	}
-	if (!abstract)
+	if (!abstract) {
+		struct stat st;
 		s->unlink_path = strdup(path);
+		if (stat(path, &st) == 0) {
+			s->sock_dev = st.st_dev;
+			s->sock_ino = st.st_ino;
+		}
+	}
 	s->lfd = fd;
 	ev_io_init(&s->accept_w, on_accept, fd, EV_READ);
 	s->accept_w.data = s;
@@ -1379,7 +1399,11 @@ void lm_rpc_server_destroy(lm_rpc_server_t *s)
 	if (s->lfd >= 0)
 		close(s->lfd);
 	if (s->unlink_path) {
-		unlink(s->unlink_path);
+		/* only our own socket file: another server may have replaced
+		 * it since (after we stopped answering) */
+		struct stat st;
+		if (lstat(s->unlink_path, &st) == 0 && st.st_dev == s->sock_dev && st.st_ino == s->sock_ino)
+			unlink(s->unlink_path);
 		free(s->unlink_path);
 	}
 	if (s->emb)

@@ -117,7 +117,9 @@ int lm_rpc_server_create(lm_rpc_server_t **out, const struct lm_rpc_server_confi
 int lm_rpc_server_register(lm_rpc_server_t *s, const struct lm_rpc_service *svc);
 
 /* Thread: the creator, before start. Listens on a unix socket: a path
- * (a stale socket there is replaced; the socket is made mode 0600) or,
+ * (a stale socket there, one nobody answers on, is replaced; a live one
+ * is -EADDRINUSE; the socket is made mode 0600, and destroy removes it
+ * only if it is still ours) or,
  * with a leading '@', an abstract name. The abstract address includes a
  * trailing NUL, as containerd's shims and `ctr` have it (Go dials
  * "\x00/containerd-shim/NS/ID/shim.sock" with its NUL); lm_rpc_client

@@ -100,7 +100,8 @@ int lm_shim_create(lm_shim_t **out, const struct lm_shim_config *cfg)
 		goto fail;
 	rc = lm_rpc_server_listen(s->server, cfg->socket);
 	if (rc) {
-		lm_log_error("shim", "cannot listen", "socket=%s err=\"%s\"", cfg->socket, strerror(-rc));
+		lm_log_error("shim", "cannot listen", "socket=%s err=\"%s\"%s", cfg->socket, strerror(-rc),
+			     rc == -EADDRINUSE ? " why=\"another shim serves this socket: stop it first\"" : "");
 		goto fail;
 	}
 	if (cfg->vm_document) {

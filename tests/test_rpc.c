@@ -544,6 +544,51 @@ static void test_stream_outlives_its_closed_client(void **state)
 	lm_rpc_stream_close(full);
 }
 
+/* A second server on the path of a live one is refused and leaves it
+ * reachable; a stale socket (nobody answers) is replaced; a server whose
+ * file was replaced after it stopped answering leaves the new one. */
+static void test_listen_never_takes_a_live_socket(void **state)
+{
+	struct fx *f = *state;
+	lm_rpc_server_t *b;
+	assert_int_equal(lm_rpc_server_create(&b, NULL), 0);
+	assert_int_equal(lm_rpc_server_listen(b, f->path), -EADDRINUSE);
+	lm_rpc_server_destroy(b);
+	struct stat st;
+	assert_int_equal(stat(f->path, &st), 0);          /* still there ... */
+	lm_rpc_client_t *c;
+	assert_int_equal(lm_rpc_client_connect(&c, f->path), 0);   /* ... and answering */
+	struct lm_rpc_result r;
+	assert_int_equal(lm_rpc_client_call(c, "test.Svc", "Echo", "abc", 3, NULL, &r), 0);
+	assert_int_equal(r.code, 0);
+	lm_rpc_result_free(&r);
+	lm_rpc_client_close(c);
+
+	/* a stale socket: bound, then its owner gone without removing it */
+	char stale[96];
+	snprintf(stale, sizeof(stale), "/tmp/lm-test-rpc-stale-%d.sock", (int)getpid());
+	unlink(stale);
+	struct sockaddr_un u = { .sun_family = AF_UNIX };
+	snprintf(u.sun_path, sizeof(u.sun_path), "%s", stale);
+	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	assert_int_equal(bind(fd, (struct sockaddr *)&u, sizeof(u)), 0);
+	close(fd);
+	assert_int_equal(lm_rpc_server_create(&b, NULL), 0);
+	assert_int_equal(lm_rpc_server_listen(b, stale), 0);
+	/* someone replaces the file (b no longer answers there): b's destroy
+	 * leaves the newcomer's file alone */
+	struct stat mine;
+	assert_int_equal(stat(stale, &mine), 0);
+	unlink(stale);
+	fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	assert_int_equal(bind(fd, (struct sockaddr *)&u, sizeof(u)), 0);
+	lm_rpc_server_destroy(b);
+	assert_int_equal(stat(stale, &st), 0);
+	assert_true(st.st_ino != mine.st_ino);
+	close(fd);
+	unlink(stale);
+}
+
 static void test_client_streaming_collects_data_until_close(void **state)
 {
 	struct fx *f = *state;
@@ -912,6 +957,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_many_concurrent_calls_on_one_connection, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_client_server_stream, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stream_outlives_its_closed_client, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_listen_never_takes_a_live_socket, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_client_streaming_collects_data_until_close, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_even_stream_id_is_invalid_argument, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_reused_stream_id_is_invalid_argument, setup, teardown),
