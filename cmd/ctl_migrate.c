@@ -35,6 +35,7 @@
  * per side blocks in TransferSandbox and one per side reads Notifications,
  * all writing into a shared struct under its mutex (ctl.h).
  */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -189,6 +190,63 @@ static int mkdir_p(const char *path)
 	return 0;
 }
 
+/* The work dir holds the destination's bundles and the migration socket:
+ * it must be ours alone. A folder given by the operator is made if
+ * missing and then checked (a real folder, not a link, owned by us,
+ * writable by nobody else); without one, a fresh folder is made
+ * atomically (mkdtemp: 0700, ours). Everything inside is then out of
+ * other users' reach. 0, or -1 with the reason printed. */
+static int private_workdir(const char *given, const char *session, char *out, size_t outlen)
+{
+	if (!given) {
+		const char *tmp = getenv("TMPDIR");
+		char safe[48];
+		size_t k = 0;
+		for (const char *p = session; *p && k < sizeof(safe) - 1; p++)
+			safe[k++] = (isalnum((unsigned char)*p) || *p == '-' || *p == '_') ? *p : '_';
+		safe[k] = 0;
+		if (snprintf(out, outlen, "%s/lmctl-%s-XXXXXX", tmp && *tmp ? tmp : "/tmp", safe) >= (int)outlen ||
+		    !mkdtemp(out)) {
+			fprintf(stderr, "lmctl: cannot make a private work dir %s: %s\n", out, strerror(errno));
+			return -1;
+		}
+		return 0;
+	}
+	snprintf(out, outlen, "%s", given);
+	int rc = mkdir_p(out);
+	struct stat st;
+	if (rc < 0 || lstat(out, &st) < 0) {
+		fprintf(stderr, "lmctl: cannot create the work dir %s: %s\n", out, strerror(rc < 0 ? -rc : errno));
+		return -1;
+	}
+	if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 022)) {
+		fprintf(stderr, "lmctl: the work dir %s is not private (%s, owner uid %u, mode %04o): "
+			"give a folder only you can write, or leave --workdir out for a fresh one\n", out,
+			S_ISLNK(st.st_mode) ? "a symbolic link" : S_ISDIR(st.st_mode) ? "a folder" : "not a folder",
+			(unsigned)st.st_uid, (unsigned)(st.st_mode & 07777));
+		return -1;
+	}
+	return 0;
+}
+
+/* Opens a file of the work dir for writing, never through a link. */
+static FILE *open_private(const char *path)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return NULL;
+	struct stat st;
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid()) {
+		close(fd);
+		errno = EPERM;
+		return NULL;
+	}
+	FILE *f = fdopen(fd, "w");
+	if (!f)
+		close(fd);
+	return f;
+}
+
 /* A JSON string literal of s (IDs and paths: escape what JSON needs). */
 static void json_str(FILE *f, const char *s)
 {
@@ -228,7 +286,7 @@ static int write_bundle(const char *workdir, const struct ctl_container *c, cons
 			goto fail;
 	}
 	snprintf(p, sizeof(p), "%s/config.json", bundle);
-	FILE *f = fopen(p, "w");
+	FILE *f = open_private(p);
 	if (!f) {
 		rc = -errno;
 		goto fail;
@@ -258,7 +316,7 @@ static int write_bundle(const char *workdir, const struct ctl_container *c, cons
 	const char *io[] = { "stdout", "stderr" };
 	for (int i = 0; i < 2; i++) {
 		snprintf(p, sizeof(p), "%s/%s.log", bundle, io[i]);
-		int fd = open(p, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+		int fd = open(p, O_CREAT | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0600);
 		if (fd >= 0)
 			close(fd);
 	}
@@ -636,7 +694,9 @@ static int query_props(struct ctl_side *s, char *digest, size_t dl, char *sum, s
 		return 0;
 	}
 	if (!d) {
-		snprintf(why, wl, "Properties on %s (%s): no MemoryDigest in the answer", s->name, s->path);
+		const char *sk = json_string_value(json_object_get(j, "MemoryDigestSkipped"));
+		snprintf(why, wl, "Properties on %s (%s): no MemoryDigest in the answer%s%s", s->name, s->path,
+			 sk ? ": " : "", sk ? sk : "");
 		json_decref(j);
 		return -1;
 	}
@@ -815,11 +875,6 @@ int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res
 	struct watcher watch = { 0 };
 	bool watch_started = false;
 
-	if (o->workdir) {
-		snprintf(workdir, sizeof(workdir), "%s", o->workdir);
-	} else {
-		snprintf(workdir, sizeof(workdir), "/tmp/lmctl-%s", session);
-	}
 	if (ctl_side_connect(&src, 0) < 0 || ctl_side_connect(&dst, 0) < 0)
 		goto out;
 	fprintf(stderr, "lmctl: session %s: %s -> %s\n", session, o->from, o->to);
@@ -865,11 +920,10 @@ int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res
 
 	/* the work dir holds the new bundles and the unix migration socket:
 	 * made only once a migration really starts on both sides */
-	int mrc = mkdir_p(workdir);
-	if (mrc < 0) {
-		fprintf(stderr, "lmctl: cannot create the work dir %s: %s\n", workdir, strerror(-mrc));
+	if (private_workdir(o->workdir, session, workdir, sizeof(workdir)) < 0)
 		goto fail;
-	}
+	if (!o->workdir)
+		fprintf(stderr, "lmctl: work dir %s (the destination's bundles: leave it in place)\n", workdir);
 
 	/* 3. the patch path, once per imported container */
 	STEP("lmctl.prepare");

@@ -389,6 +389,46 @@ static void test_lmctl_error_names_call_side_and_cause_and_rolls_back(void **sta
 	assert_int_equal(st, 2);
 }
 
+/* A work dir others can write, or a link to one, is refused before
+ * anything is written there (another user could own the destination's
+ * bundles or plant links for root to follow); the guest stays on the
+ * source. */
+static void test_lmctl_refuses_a_work_dir_that_is_not_private(void **state)
+{
+	struct fx *f = *state;
+	assert_int_equal(e2e_source_start(&f->src, f->dir, "src", 32, 0, NULL), 0);
+	assert_int_equal(e2e_dest_start(&f->dst, f->dir, "dst", NULL), 0);
+	char out[300], open_dir[300], link[300];
+	snprintf(out, sizeof(out), "%s/lmctl.out", f->dir);
+	snprintf(open_dir, sizeof(open_dir), "%s/shared", f->dir);
+	snprintf(link, sizeof(link), "%s/link", f->dir);
+	assert_int_equal(mkdir(open_dir, 0700), 0);
+	assert_int_equal(chmod(open_dir, 0777), 0);
+	assert_int_equal(symlink(open_dir, link), 0);
+	const char *dirs[] = { open_dir, link };
+	const char *why[] = { "mode 0777", "a symbolic link" };
+	for (int i = 0; i < 2; i++) {
+		const char *args[] = { "migrate", "--from", f->src.sock, "--to", f->dst.sock, "--workdir", dirs[i],
+				       "--quiet", NULL };
+		assert_int_equal(e2e_lmctl(args, out, 60000), 1);
+		char *t = e2e_slurp(out);
+		if (!strstr(t, "is not private") || !strstr(t, why[i]))
+			fprintf(stderr, "%s\n", t);
+		assert_non_null(strstr(t, "is not private"));
+		assert_non_null(strstr(t, why[i]));
+		free(t);
+		unlink(out);
+		char bundles[400];
+		struct stat st;
+		snprintf(bundles, sizeof(bundles), "%s/bundles", open_dir);
+		assert_int_not_equal(lstat(bundles, &st), 0);   /* nothing written there */
+		uint32_t pid;
+		int s2;
+		assert_int_equal(e2e_state(&f->src, "c1", &pid, &s2), 0);
+		assert_int_equal(s2, 2);
+	}
+}
+
 static void test_lmctl_state_prints_task_state(void **state)
 {
 	struct fx *f = *state;
@@ -601,7 +641,7 @@ static void test_command_lines_help_and_bad_flags(void **state)
 	assert_int_equal(e2e_wait(e2e_spawn(s1, out), 5000), 0);
 	const char *s2[] = { LM_E2E_LMSHIM, "serve", "--help", NULL };
 	assert_int_equal(e2e_wait(e2e_spawn(s2, out), 5000), 0);
-	const char *s3[] = { LM_E2E_LMSHIM, "serve", "--socket", "/tmp/x", "--backend", "qemu", NULL };
+	const char *s3[] = { LM_E2E_LMSHIM, "serve", "--socket", "/tmp/x", "--backend", "xen", NULL };
 	assert_int_equal(e2e_wait(e2e_spawn(s3, out), 5000), 2);
 	const char *s4[] = { LM_E2E_LMSHIM, "serve", NULL };
 	assert_int_equal(e2e_wait(e2e_spawn(s4, out), 5000), 2);
@@ -869,6 +909,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_migrate_over_tcp_loopback, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_migrate_with_duplicated_socket_pair, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_migrate_with_compression_and_pass_limits, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lmctl_refuses_a_work_dir_that_is_not_private, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lmctl_state_prints_task_state, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_task_shutdown_exits_only_when_nothing_is_left, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_task_events_reach_containerds_events_service, setup, teardown),
