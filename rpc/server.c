@@ -95,6 +95,7 @@ struct conn {
 	uint8_t *rbuf;
 	size_t rcap, rlen, rpos;
 	uint32_t discard;           /* body bytes of an oversized frame left to skip */
+	bool close_now;             /* parse saw a frame too large to skip: close */
 	uint32_t discard_stream, discard_len;
 	struct answer *txh, *txt;
 	size_t tx_off, tx_bytes;
@@ -772,10 +773,17 @@ static void pause_reading(struct conn *c)
 	atomic_fetch_add_explicit(&c->s->st_pauses, 1, memory_order_relaxed);
 }
 
+static bool flush(struct conn *c);
+
+/* A frame announcing more than this is answered at its header and the
+ * connection closed; up to it, an oversized body is skipped (Go ttrpc's
+ * behaviour) and the connection kept. */
+#define DISCARD_MAX (2u * LM_TTRPC_MAX_DATA)
+
 /* Parses the complete frames in rbuf; stops when over limits. */
 static void parse(struct conn *c)
 {
-	while (!c->dead && !c->s->stopping) {
+	while (!c->dead && !c->close_now && !c->s->stopping) {
 		size_t avail = c->rlen - c->rpos;
 		if (c->discard) {
 			size_t k = avail < c->discard ? avail : c->discard;
@@ -797,7 +805,19 @@ static void parse(struct conn *c)
 			break;
 		struct lm_ttrpc_hdr h;
 		lm_ttrpc_hdr_decode(c->rbuf + c->rpos, &h);
+		if (h.len > DISCARD_MAX) {
+			/* far beyond any real message: answer at the header
+			 * and close, instead of swallowing up to 4 GiB */
+			char msg[128];
+			snprintf(msg, sizeof(msg), "message length %u exceed maximum message size of %u",
+				 h.len, LM_TTRPC_MAX_DATA);
+			send_status(c, h.stream, LM_RPC_RESOURCE_EXHAUSTED, msg);
+			lm_log_warn(MOD, "oversized frame: connection closed", "fd=%d len=%u", c->fd, h.len);
+			c->close_now = true;   /* by parse's caller: c is freed by the close */
+			break;
+		}
 		if (h.len > LM_TTRPC_MAX_DATA) {
+			/* as Go's ttrpc: skip the body, answer, carry on */
 			c->rpos += LM_TTRPC_HDR_LEN;
 			c->discard = h.len;
 			c->discard_stream = h.stream;
@@ -887,6 +907,11 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
 		c->rlen += (size_t)n;
 		got += (size_t)n;
 		parse(c);
+		if (c->close_now) {
+			if (flush(c))          /* the answer, best effort */
+				conn_close(c);
+			return;
+		}
 		/* a short read drained the socket: skip the read that would
 		 * only say EAGAIN (level-triggered, we are woken for more) */
 		if ((size_t)n < space)
@@ -973,6 +998,8 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
 			c->paused = false;
 			ev_io_start(s->loop, &c->rw);
 			parse(c);                   /* frames already buffered */
+			if (c->close_now && flush(c))
+				conn_close(c);
 		}
 	}
 }

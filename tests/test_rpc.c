@@ -661,6 +661,31 @@ static void test_oversized_frame_is_discarded_with_resource_exhausted(void **sta
 	expect_status(f->raw, 5, LM_RPC_INVALID_ARGUMENT, "unmarshal request error: illegal tag");
 }
 
+/* A header announcing 4 GiB is answered at once (nothing of the body is
+ * waited for) and the connection is closed: no server swallows gigabytes
+ * for one error. Other connections are unaffected. */
+static void test_absurd_frame_length_is_answered_at_the_header_and_closed(void **state)
+{
+	struct fx *f = *state;
+	uint8_t h[10];
+	struct lm_ttrpc_hdr hd = {0xFFFFFFFFu, 1, LM_TTRPC_REQUEST, 0};
+	lm_ttrpc_hdr_encode(h, &hd);
+	raw_write(f->raw, h, 10);
+	expect_status(f->raw, 1, LM_RPC_RESOURCE_EXHAUSTED,
+		      "message length 4294967295 exceed maximum message size of 4194304");
+	struct pollfd p = { f->raw, POLLIN, 0 };
+	assert_int_equal(poll(&p, 1, 5000), 1);
+	char b;
+	assert_int_equal(read(f->raw, &b, 1), 0);     /* closed */
+	lm_rpc_client_t *c;
+	assert_int_equal(lm_rpc_client_connect(&c, f->path), 0);
+	struct lm_rpc_result r;
+	assert_int_equal(lm_rpc_client_call(c, "test.Svc", "Echo", "abc", 3, NULL, &r), 0);
+	assert_int_equal(r.code, 0);
+	lm_rpc_result_free(&r);
+	lm_rpc_client_close(c);
+}
+
 static void test_unknown_type_is_ignored(void **state)
 {
 	struct fx *f = *state;
@@ -963,6 +988,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_reused_stream_id_is_invalid_argument, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_garbage_protobuf_is_invalid_argument, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_oversized_frame_is_discarded_with_resource_exhausted, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_absurd_frame_length_is_answered_at_the_header_and_closed, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unknown_type_is_ignored, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_data_for_unknown_stream_is_invalid_argument, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_close_frame_with_data_is_invalid_argument, setup, teardown),
