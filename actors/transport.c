@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -172,6 +173,31 @@ static int wait_ready(int fd, short events, int abort_efd, uint64_t deadline_ns)
 	}
 }
 
+/* Listen on a unix path: what is there may go only if it is a socket
+ * nobody answers on (a stale one); a live socket or any other file is
+ * refused, never removed. 0 or -errno with msg. */
+static int clear_stale(const char *path, const struct sockaddr_storage *ss, socklen_t sl,
+		       char *msg, size_t ml)
+{
+	struct stat st;
+	if (lstat(path, &st) < 0)
+		return 0;
+	if (!S_ISSOCK(st.st_mode)) {
+		snprintf(msg, ml, "cannot listen on %s: it exists and is not a socket (not removed)", path);
+		return -EEXIST;
+	}
+	int p = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	bool live = p >= 0 && connect(p, (const struct sockaddr *)ss, sl) == 0;
+	if (p >= 0)
+		close(p);
+	if (live) {
+		snprintf(msg, ml, "cannot listen on %s: another listener answers there", path);
+		return -EADDRINUSE;
+	}
+	unlink(path);
+	return 0;
+}
+
 static void *job_main(void *arg)
 {
 	struct job *j = arg;
@@ -179,6 +205,10 @@ static void *job_main(void *arg)
 	struct sockaddr_storage ss;
 	socklen_t sl;
 	int fd = -1, rc;
+	bool made = false;            /* we made a unix socket file at path */
+	dev_t made_dev = 0;
+	ino_t made_ino = 0;
+	const char *path = ((struct sockaddr_un *)&ss)->sun_path;
 
 	snprintf(d.how, sizeof(d.how), "%s %s", j->listen ? "listen" : "connect", j->addr);
 	rc = resolve(j->addr, &ss, &sl, d.msg, sizeof(d.msg));
@@ -193,12 +223,18 @@ static void *job_main(void *arg)
 	if (j->listen) {
 		int one = 1;
 		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-		if (ss.ss_family == AF_UNIX)
-			unlink(((struct sockaddr_un *)&ss)->sun_path);
+		if (ss.ss_family == AF_UNIX && path[0] && (rc = clear_stale(path, &ss, sl, d.msg, sizeof(d.msg))))
+			goto out;
 		if (bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, 1) < 0) {
 			rc = -errno;
 			snprintf(d.msg, sizeof(d.msg), "cannot listen on %s: %s", j->addr, strerror(-rc));
 			goto out;
+		}
+		struct stat st;
+		if (ss.ss_family == AF_UNIX && path[0] && stat(path, &st) == 0) {
+			made = true;     /* ours: removed however this ends */
+			made_dev = st.st_dev;
+			made_ino = st.st_ino;
 		}
 		rc = wait_ready(fd, POLLIN, j->abort_efd, j->deadline_ns);
 		if (rc) {
@@ -212,8 +248,6 @@ static void *job_main(void *arg)
 			snprintf(d.msg, sizeof(d.msg), "accept on %s: %s", j->addr, strerror(-rc));
 			goto out;
 		}
-		if (ss.ss_family == AF_UNIX)
-			unlink(((struct sockaddr_un *)&ss)->sun_path);
 		close(fd);
 		fd = c;
 	} else {
@@ -234,6 +268,13 @@ static void *job_main(void *arg)
 		fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
 	rc = lm_transport_check_socket(fd, d.msg, sizeof(d.msg));
 out:
+	if (made) {
+		/* the socket file served its one accept, or the wait failed:
+		 * remove it (only if it is still the one we made) */
+		struct stat st;
+		if (lstat(path, &st) == 0 && st.st_dev == made_dev && st.st_ino == made_ino)
+			unlink(path);
+	}
 	if (rc) {
 		if (fd >= 0)
 			close(fd);

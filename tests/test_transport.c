@@ -425,6 +425,8 @@ static void test_abort_ends_a_listen_in_progress_with_aborted(void **state)
 	assert_non_null(a);
 	assert_int_equal(lm_actor_send(F.t, a), 0);
 	expect_refused(12, LM_RPC_ABORTED, "cancelled");
+	struct stat st;
+	assert_int_equal(lstat(F.path, &st), -1);   /* no stale socket file left */
 	/* the transport is free again: a new request is served */
 	send_addr(13, false, "no-port-here", 0);
 	expect_refused(13, LM_RPC_INVALID_ARGUMENT, "bad address");
@@ -457,6 +459,47 @@ static void test_a_passed_deadline_is_deadline_exceeded(void **state)
 	 * has already passed ends the wait at its first check */
 	send_addr(14, true, addr, lm_now_ns() - 1);
 	expect_refused(14, LM_RPC_DEADLINE_EXCEEDED, "timed out");
+	struct stat st;
+	assert_int_equal(lstat(F.path, &st), -1);   /* no stale socket file left */
+}
+
+/* Listen never removes what is not a stale socket: a file is refused
+ * and kept, a live listener is refused and keeps answering; a stale
+ * socket (nobody answers) is replaced. */
+static void test_listen_replaces_only_a_stale_socket(void **state)
+{
+	(void)state;
+	char addr[160];
+	snprintf(addr, sizeof(addr), "unix:%s", F.path);
+	int fd = open(F.path, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, "keep", 4), 4);
+	close(fd);
+	send_addr(15, true, addr, 0);
+	expect_refused(15, LM_RPC_FAILED_PRECONDITION, "is not a socket");
+	struct stat st;
+	assert_int_equal(lstat(F.path, &st), 0);
+	assert_true(S_ISREG(st.st_mode) && st.st_size == 4);
+	unlink(F.path);
+
+	struct sockaddr_un u = { .sun_family = AF_UNIX };
+	snprintf(u.sun_path, sizeof(u.sun_path), "%s", F.path);
+	int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_int_equal(bind(l, (struct sockaddr *)&u, sizeof(u)), 0);
+	assert_int_equal(listen(l, 4), 0);
+	send_addr(16, true, addr, 0);
+	expect_refused(16, LM_RPC_FAILED_PRECONDITION, "another listener answers there");
+	int c = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_int_equal(connect(c, (struct sockaddr *)&u, sizeof(u)), 0);   /* still there */
+	close(c);
+	close(l);                                     /* now stale: replaced */
+	send_addr(17, true, addr, 0);
+	assert_int_equal(lm_runtime_run_until_quiet(F.rt, 0), 1);
+	int peer = connect_when_listening(F.path);
+	fd = expect_socket(17, "listen unix:");
+	assert_connected(fd, peer);
+	close(fd);
+	close(peer);
 }
 
 static void test_a_second_request_while_one_runs_is_refused_on_its_own_reply_to(void **state)
@@ -540,6 +583,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_connect_to_nothing_is_refused_with_the_reason, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_listen_on_a_unix_path_accepts_one_peer_then_removes_the_path, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_abort_ends_a_listen_in_progress_with_aborted, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_listen_replaces_only_a_stale_socket, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_abort_with_nothing_in_progress_changes_nothing, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_a_passed_deadline_is_deadline_exceeded, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_a_second_request_while_one_runs_is_refused_on_its_own_reply_to, setup, teardown),
