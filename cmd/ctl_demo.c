@@ -151,8 +151,8 @@ int ctl_demo_main(int argc, char **argv)
 			break;
 		case 'r':
 			rate = strtoul(optarg, &end, 10);
-			if (end == optarg || *end) {
-				fprintf(stderr, "lmctl demo: --rate wants MB/s\n");
+			if (end == optarg || *end || optarg[0] == '-' || rate > 100000) {
+				fprintf(stderr, "lmctl demo: --rate wants MB/s within 0..100000\n");
 				return 2;
 			}
 			break;

@@ -632,6 +632,8 @@ static void test_command_lines_help_and_bad_flags(void **state)
 	assert_int_equal(e2e_lmctl(m1, out, 5000), 2);
 	const char *m2[] = { "migrate", "--from", "/x", "--to", "/y", "--transport", "carrier-pigeon", NULL };
 	assert_int_equal(e2e_lmctl(m2, out, 5000), 2);
+	const char *m5[] = { "demo", "--rate", "-5", NULL };    /* no wrap to 2^64-5 MB/s */
+	assert_int_equal(e2e_lmctl(m5, out, 5000), 2);
 	const char *m3[] = { "frobnicate", NULL };
 	assert_int_equal(e2e_lmctl(m3, out, 5000), 2);
 	const char *m4[] = { "state", "--shim", "/nonexistent.sock", NULL };
