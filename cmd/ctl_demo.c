@@ -100,6 +100,52 @@ static int stop(pid_t pid, const char *name)
 	return -1;
 }
 
+/* Prints the last `n` lines of a log. */
+static void tail_log(const char *path, int n)
+{
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return;
+	static char buf[65536];
+	fseek(f, 0, SEEK_END);
+	long end = ftell(f);
+	long from = end > (long)sizeof(buf) - 1 ? end - (long)sizeof(buf) + 1 : 0;
+	fseek(f, from, SEEK_SET);
+	size_t k = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[k] = 0;
+	char *p = buf + k;
+	for (int lines = 0; p > buf; p--)
+		if (p[-1] == '\n' && p != buf + k && ++lines > n)
+			break;
+	fprintf(stderr, "---- %s (last lines) ----\n%s%s", path, p, k && buf[k - 1] != '\n' ? "\n" : "");
+}
+
+/* Waits until the shim serves, at most ms; a shim that exits first fails
+ * at once with its log's last lines (*pid is then 0: reaped). */
+static int wait_up(struct ctl_side *s, pid_t *pid, const char *log, int ms)
+{
+	for (int waited = 0;; waited += 50) {
+		if (lm_rpc_client_connect(&s->c, s->path) == 0)
+			return 0;
+		s->c = NULL;
+		int st;
+		if (waitpid(*pid, &st, WNOHANG) == *pid) {
+			*pid = 0;
+			fprintf(stderr, "lmctl demo: the %s shim exited (%s %d) before serving\n", s->name,
+				WIFEXITED(st) ? "status" : "signal", WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+			tail_log(log, 15);
+			return -1;
+		}
+		if (waited >= ms) {
+			fprintf(stderr, "lmctl demo: the %s shim did not serve within %d s\n", s->name, ms / 1000);
+			tail_log(log, 15);
+			return -1;
+		}
+		usleep(50 * 1000);
+	}
+}
+
 static int state_of(struct ctl_side *s, const char *id, uint32_t *pid, int *status, int *code)
 {
 	Containerd__Task__V2__StateRequest req = CONTAINERD__TASK__V2__STATE_REQUEST__INIT;
@@ -219,8 +265,7 @@ int ctl_demo_main(int argc, char **argv)
 	/* wait until both serve (the source boots its VM first) */
 	struct ctl_side s = { .name = "source", .path = ssock };
 	struct ctl_side d = { .name = "destination", .path = dsock };
-	if (ctl_side_connect(&s, 60000) < 0 || ctl_side_connect(&d, 20000) < 0) {
-		fprintf(stderr, "lmctl demo: the shims did not come up; see %s and %s\n", slog, dlog);
+	if (wait_up(&s, &sp, slog, 60000) < 0 || wait_up(&d, &dp, dlog, 20000) < 0) {
 		ctl_side_close(&s);
 		ctl_side_close(&d);
 		ok = 0;

@@ -19,6 +19,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -614,6 +615,32 @@ static void test_lmctl_demo_on_kvm_verifies_the_migration(void **state)
 	free(t);
 }
 
+/* A shim that cannot start fails the demo at once, with its log's last
+ * lines in lmctl's own output (it waited 60 s, the cause only in a log). */
+static void test_lmctl_demo_fails_fast_when_a_shim_cannot_start(void **state)
+{
+	struct fx *f = *state;
+	char out[300];
+	snprintf(out, sizeof(out), "%s/demo-fail.out", f->dir);
+	setenv("LM_FAULTS", "hcs.create:errno=EIO", 1);     /* inherited by the shims */
+	const char *args[] = { "demo", "--vm-size-mb", "32", NULL };
+	struct timespec a, b;
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	int rc = e2e_lmctl(args, out, 60000);
+	clock_gettime(CLOCK_MONOTONIC, &b);
+	double took = (double)(b.tv_sec - a.tv_sec) * 1e3 + (double)(b.tv_nsec - a.tv_nsec) / 1e6;
+	unsetenv("LM_FAULTS");
+	char *t = e2e_slurp(out);
+	print_message("demo with a source that cannot boot: rc %d after %.0f ms\n", rc, took);
+	if (rc != 1 || !strstr(t, "before serving"))
+		fprintf(stderr, "%s\n", t);
+	assert_int_equal(rc, 1);
+	assert_true(took < 5000);
+	assert_non_null(strstr(t, "the source shim exited (status 1) before serving"));
+	assert_non_null(strstr(t, "boot failed"));      /* the log's own line */
+	free(t);
+}
+
 static void test_command_lines_help_and_bad_flags(void **state)
 {
 	struct fx *f = *state;
@@ -925,6 +952,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_destination_resume_failure_resumes_source, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lmctl_demo_verifies_the_migration, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lmctl_demo_on_kvm_verifies_the_migration, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lmctl_demo_fails_fast_when_a_shim_cannot_start, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_command_lines_help_and_bad_flags, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lmshim_start_and_delete_follow_containerd, setup, teardown),
 	};
