@@ -24,7 +24,7 @@
  *    --flag value.
  *
  * 2. Standalone, with a sandbox to run:
- *      lmshim serve --socket PATH [--vm-size-mb N] [--backend sim|kvm]
+ *      lmshim serve --socket PATH [--vm-size-mb N] [--backend sim|kvm|qemu]
  *             [--workload-rate MBps] [--workload-pattern uniform|hotset|sequential]
  *             [--containers pod1:sandbox,pod1:c1,...] [--idle] [--id ID]
  *             [--state-dir DIR] [--workers N] [--transfer-cpu PCT]
@@ -79,7 +79,8 @@ static const char usage[] =
 	"  --namespace NS                  containerd namespace (default: default)\n"
 	"  --vm-size-mb N                  guest memory (default 256)\n"
 	"  --vcpus N                       vCPUs (default 1)\n"
-	"  --backend sim|kvm               VM backend (default sim)\n"
+	"  --backend sim|kvm|qemu          VM backend (default sim; qemu: a Linux\n"
+	"                                  utility VM under QEMU, the build's guest image)\n"
 	"  --workload-rate MBps            guest dirtying rate (default 100; 0 = idle guest)\n"
 	"  --workload-pattern uniform|hotset|sequential   (default uniform)\n"
 	"  --memory-fill zero|random|zero90  guest memory at boot (default zero: untouched)\n"
@@ -87,7 +88,8 @@ static const char usage[] =
 	"                                  sandbox container; POD:ID:layers=N sets its layer count\n"
 	"                                  (default pod1:sandbox)\n"
 	"  --idle                          no VM: a migration destination\n"
-	"  --state-dir DIR                 bundles and stdio (default /run/lmshim/ID)\n"
+	"  --state-dir DIR                 the boot containers' bundles and stdio, one folder\n"
+	"                                  per container (default /run/lmshim)\n"
 	"  --workers N                     actor worker threads (default: cores)\n"
 	"  --transfer-cpu PCT              CPU reserved for a migration's memory-transfer thread,\n"
 	"                                  percent of one core, 0..95 (default 90; 0 = none):\n"
@@ -503,8 +505,8 @@ static int cmd_serve(int argc, char **argv)
 				return bad("--vcpus wants 1..64");
 			break;
 		case O_BACKEND:
-			if (strcmp(optarg, "sim") && strcmp(optarg, "kvm"))
-				return bad("--backend must be sim or kvm");
+			if (strcmp(optarg, "sim") && strcmp(optarg, "kvm") && strcmp(optarg, "qemu"))
+				return bad("--backend must be sim, kvm or qemu");
 			backend = optarg;
 			break;
 		case O_RATE:

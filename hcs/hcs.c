@@ -700,6 +700,8 @@ static void do_properties(lm_hcs_system_t *s, struct op *o)
 		/* the guest writes while we would read: no stable (nor race-free)
 		 * value exists; say so instead of hashing moving memory */
 		p->digest_skipped = "the guest is running: pause it for a stable digest";
+	} else if ((o->query & LM_HCS_QUERY_DIGEST) && s->ops->stream_open) {
+		p->digest_skipped = "the VMM keeps the guest's memory to itself (no digest)";
 	} else if (o->query & LM_HCS_QUERY_DIGEST) {
 		if ((rc = lm__mem_digest(s->ops, s->vm, &p->digest)) < 0) {
 			free(p);

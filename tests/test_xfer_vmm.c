@@ -48,7 +48,7 @@ static void *src_main(void *a)
 	struct lm_vm *v = a;
 	size_t off = 0;
 	uint64_t n = v->size;
-	bool ok = write(v->theirs, &n, sizeof(n)) == (ssize_t)sizeof(n);
+	bool ok = send(v->theirs, &n, sizeof(n), MSG_NOSIGNAL) == (ssize_t)sizeof(n);
 	while (ok && off < v->size) {
 		bool stop = __atomic_load_n(&v->stop, __ATOMIC_ACQUIRE);
 		pthread_mutex_lock(&v->mu);
@@ -69,7 +69,7 @@ static void *src_main(void *a)
 		size_t k = v->size - off < CHUNK ? v->size - off : CHUNK;
 		size_t w = 0;
 		while (w < k) {
-			ssize_t r = write(v->theirs, v->mem + off + w, k - w);
+			ssize_t r = send(v->theirs, v->mem + off + w, k - w, MSG_NOSIGNAL);
 			if (r <= 0) {
 				ok = false;
 				break;

@@ -1,0 +1,905 @@
+/*
+ * backend.c: the "qemu" backend behind the hcs seam (hcs/backend.h), an
+ * adapter over one QEMU process per VM (vm.h) and QEMU's own live
+ * migration (migrate.h).
+ *
+ * QEMU keeps the guest's memory, its dirty log and its device state to
+ * itself, so this backend has no regions, dirty log or state blob for the
+ * engine (those ops return -ENOTSUP, as does set_throttle: QEMU throttles
+ * with auto-converge): it migrates through the VMM's own stream instead
+ * (stream_open / stream_status / stream_abort). The source's QEMU writes
+ * its migration stream into one end of a socketpair and the engine reads
+ * the other; the destination's QEMU was launched reading one end of a
+ * socketpair (`-incoming defer` + migrate-incoming fd:), and the engine
+ * writes the other. The engine carries those bytes in its own records, so
+ * the handshake, keepalives, aborts and the handover are those of every
+ * backend.
+ *
+ * The document: the seam's memory size (a MiB multiple) and vCPU count,
+ * and "VirtualMachine": {"Qemu": {...}} for the rest (Kernel, Initrd,
+ * Machine, Accel, Cpu, Cmdline, BootTimeoutMs; see parse_doc). Kernel and
+ * initrd default to $LM_QEMU_KERNEL / $LM_QEMU_INITRD, else to the build's
+ * guest (guest/: LM_GUEST_KERNEL_DIR/vmlinuz and LM_GUEST_INITRAMFS). The
+ * guest agent's chardev socket lives in a private directory (mkdtemp,
+ * 0700, in $TMPDIR or /tmp) that destroy removes.
+ *
+ * Lifecycle: create launches QEMU with the guest not running (-S); start
+ * boots it (and waits for the guest to open its agent port), or, on a
+ * destination, runs it once its incoming stream completed; pause/resume
+ * are QMP stop/cont; terminate kills QEMU. Every failure after the launch
+ * kills QEMU (vm.c does for launch and boot; create's own failures destroy
+ * it), so no QEMU process outlives a failed call or destroy.
+ *
+ * DESIGN / threads (the seam's three kinds): the hcs operation thread
+ * (owner) runs create, destroy, start, pause, resume, terminate; the
+ * memory-transfer thread runs stream_* (and, on failure, resume through
+ * the engine); stats and compat_* come from any thread. All of them call
+ * into vm.h / migrate.h, which wait and may run on any thread but the VM's
+ * loop thread (QMP commands are serialised by QEMU). Our own state is
+ * small: what create decided is immutable afterwards; `mu` guards the
+ * lifecycle flags and the stream fd; `blackout` is an atomic written by
+ * on_event on the VM's loop thread (it only sets it) and by the transfer
+ * thread; `last` is the transfer thread's alone. Nothing here runs on the
+ * loop thread but on_event, which never blocks.
+ *
+ * QEMU answers no QMP command while it holds its big lock, which the
+ * source does for its whole blackout (the guest stopped, the last pass
+ * and the device state sent): stream_status then answers from the events
+ * instead of asking (blackout_answer), so that the engine's loop keeps
+ * its pace through the blackout.
+ */
+#include "hcs/qemu/backend.h"
+#include "hcs/backend.h"
+#include "hcs/qemu/migrate.h"
+#include "hcs/qemu/vm.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "util/log.h"
+
+#define MOD "hcs.qemu"
+#define MiB (1024ull * 1024ull)
+#define OP_MS 5000              /* one QMP command (stop, cont, set) */
+#define STATUS_MS 2000          /* stream_status / stats: one query */
+#define ABORT_MS 10000          /* migrate_cancel until cancelled */
+#define KILL_MS 5000            /* SIGKILL until reaped */
+#define BOOT_TCG_MS 60000       /* default boot bound under TCG */
+#define BOOT_KVM_MS 20000       /* ... and under KVM */
+#define UNLIMITED_BW (1ll << 40) /* "unlimited by us": QEMU's own default
+				    max-bandwidth is 32 MiB/s */
+#define CMDLINE_MAX 1024
+
+#ifndef LM_GUEST_KERNEL_DIR
+#define LM_GUEST_KERNEL_DIR ""
+#endif
+#ifndef LM_GUEST_INITRAMFS
+#define LM_GUEST_INITRAMFS ""
+#endif
+
+struct lm_vm {
+	/* immutable after create */
+	lm_qemu_vm_t *q;
+	char name[64];              /* QEMU's name and ours in logs: the Id,
+				       made safe (safe_name) */
+	char dir[64];               /* the private directory */
+	char agent[96];             /* dir/agent.sock */
+	bool incoming;              /* created as a migration destination */
+	enum lm_qemu_machine machine;
+	unsigned memory_mib, vcpus;
+	char cpu[64];               /* "" = QEMU's default model */
+	unsigned boot_ms;           /* boot bound (agent port) */
+	char compat[192];           /* compat_get's text */
+
+	/* transfer thread and on_event: sticky for the current outgoing
+	 * stream (stream_open clears it before QEMU starts). A flag with no
+	 * data behind it: the default (seq_cst) order, no edge needed */
+	atomic_bool blackout;
+	/* transfer thread only: the source's last full status, the answer
+	 * while QEMU is in its blackout (see stream_status) */
+	lm_vmm_stream_status_t last;
+
+	/* under mu */
+	pthread_mutex_t mu;
+	int stream_fd;              /* ours: source, the end the engine reads;
+				       destination, the end it writes; -1 */
+	bool started;               /* start succeeded (the guest ran) */
+	bool terminated;            /* terminate ran: QEMU is gone for good */
+	bool out_opened;            /* source: stream_open started a migration */
+	bool in_opened;             /* destination: stream_open handed the fd */
+	bool was_running;           /* source: the guest ran at stream_open */
+};
+
+/* ---- helpers ---------------------------------------------------------- */
+
+/* Thread: the VM's loop (vm.h: must not block). */
+static void on_event(void *arg, const lm_qemu_event_t *ev)
+{
+	struct lm_vm *vm = arg;
+	if (ev->type == LM_QEMU_EV_BLACKOUT_START)
+		atomic_store(&vm->blackout, true);
+}
+
+static void rm_private_dir(const char *dir)
+{
+	if (!dir[0])
+		return;
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	while (d && (e = readdir(d))) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		char p[PATH_MAX];
+		snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
+		unlink(p);
+	}
+	if (d)
+		closedir(d);
+	if (rmdir(dir) < 0)
+		lm_log_warn(MOD, "private directory not removed", "dir=%s err=%d", dir, errno);
+}
+
+/* QEMU's -name: the Id with anything outside [A-Za-z0-9_.-] made '_'. */
+static void safe_name(char *out, size_t cap, const char *id)
+{
+	size_t n = 0;
+	for (const char *p = id; *p && n + 1 < cap; p++) {
+		char c = *p;
+		bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+			  (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-';
+		out[n++] = ok ? c : '_';
+	}
+	out[n] = 0;
+	if (!n)
+		snprintf(out, cap, "vm");
+}
+
+/* The guest is gone (QEMU exited): its exit and the last stderr line. */
+static void exit_reason(struct lm_vm *vm, char *out, size_t cap)
+{
+	lm_qemu_exit_t ex;
+	char tail[512];
+	if (lm_qemu_vm_wait_exit(vm->q, 0, &ex) != 0) {
+		snprintf(out, cap, "QEMU's monitor closed");
+		return;
+	}
+	size_t n = lm_qemu_vm_stderr(vm->q, tail, sizeof(tail), NULL);
+	while (n && (tail[n - 1] == '\n' || tail[n - 1] == '\r'))
+		tail[--n] = 0;
+	char *last = strrchr(tail, '\n');
+	snprintf(out, cap, "QEMU exited (%s %d)%s%s", ex.signaled ? "signal" : "status", ex.code,
+		 n ? ": " : "", n ? (last ? last + 1 : tail) : "");
+}
+
+/* ---- the document ----------------------------------------------------- */
+
+struct qopts {
+	char kernel[PATH_MAX];
+	char initrd[PATH_MAX];      /* "" none */
+	enum lm_qemu_machine machine;
+	enum lm_qemu_accel accel;
+	char cpu[64];
+	char cmdline[CMDLINE_MAX];
+	unsigned boot_ms;           /* 0: by the accelerator */
+};
+
+static int bad_field(const char *id, const char *field, const char *why)
+{
+	lm_log_error(MOD, "bad document", "id=%s field=VirtualMachine.Qemu.%s why=\"%s\"", id,
+		     field, why);
+	return -EINVAL;
+}
+
+static int get_string(json_t *v, const char *id, const char *field, char *out, size_t cap,
+		      bool may_be_empty)
+{
+	const char *s = json_string_value(v);
+	if (!s || (!may_be_empty && !*s))
+		return bad_field(id, field, may_be_empty ? "must be a string"
+							 : "must be a non-empty string");
+	if (strlen(s) >= cap)
+		return bad_field(id, field, "too long");
+	if (strchr(s, '\n'))
+		return bad_field(id, field, "must be one line");
+	snprintf(out, cap, "%s", s);
+	return 0;
+}
+
+/* The backend's keys under VirtualMachine.Qemu; unknown keys are refused
+ * (a misspelt "Kernal" must not silently boot the default guest). */
+static int parse_doc(const char *doc, const char *id, struct qopts *o)
+{
+	const char *k = getenv("LM_QEMU_KERNEL"), *i = getenv("LM_QEMU_INITRD");
+	if (k && *k)
+		snprintf(o->kernel, sizeof(o->kernel), "%s", k);
+	else if (LM_GUEST_KERNEL_DIR[0])
+		snprintf(o->kernel, sizeof(o->kernel), "%s/vmlinuz", LM_GUEST_KERNEL_DIR);
+	if (i)
+		snprintf(o->initrd, sizeof(o->initrd), "%s", i);
+	else
+		snprintf(o->initrd, sizeof(o->initrd), "%s", LM_GUEST_INITRAMFS);
+	o->machine = LM_QEMU_MICROVM;
+	o->accel = LM_QEMU_ACCEL_AUTO;
+	if (!doc)
+		return 0;
+	json_error_t je;
+	json_t *j = json_loads(doc, 0, &je);
+	if (!j) {
+		lm_log_error(MOD, "bad document", "id=%s why=\"not JSON: %s\"", id, je.text);
+		return -EINVAL;
+	}
+	int rc = 0;
+	json_t *qj = json_object_get(json_object_get(j, "VirtualMachine"), "Qemu");
+	if (!qj)
+		goto out;
+	if (!json_is_object(qj)) {
+		lm_log_error(MOD, "bad document", "id=%s field=VirtualMachine.Qemu "
+			     "why=\"must be an object\"", id);
+		rc = -EINVAL;
+		goto out;
+	}
+	const char *key;
+	json_t *v;
+	json_object_foreach(qj, key, v) {
+		if (!strcmp(key, "Kernel")) {
+			rc = get_string(v, id, key, o->kernel, sizeof(o->kernel), false);
+		} else if (!strcmp(key, "Initrd")) {
+			/* "" boots the kernel without an initrd */
+			rc = get_string(v, id, key, o->initrd, sizeof(o->initrd), true);
+		} else if (!strcmp(key, "Machine")) {
+			const char *s = json_string_value(v);
+			if (s && !strcmp(s, "microvm"))
+				o->machine = LM_QEMU_MICROVM;
+			else if (s && !strcmp(s, "q35"))
+				o->machine = LM_QEMU_Q35;
+			else
+				rc = bad_field(id, key, "must be 'microvm' or 'q35'");
+		} else if (!strcmp(key, "Accel")) {
+			const char *s = json_string_value(v);
+			if (s && !strcmp(s, "auto"))
+				o->accel = LM_QEMU_ACCEL_AUTO;
+			else if (s && !strcmp(s, "kvm"))
+				o->accel = LM_QEMU_ACCEL_KVM;
+			else if (s && !strcmp(s, "tcg"))
+				o->accel = LM_QEMU_ACCEL_TCG;
+			else
+				rc = bad_field(id, key, "must be 'auto', 'kvm' or 'tcg'");
+		} else if (!strcmp(key, "Cpu")) {
+			rc = get_string(v, id, key, o->cpu, sizeof(o->cpu), false);
+		} else if (!strcmp(key, "Cmdline")) {
+			rc = get_string(v, id, key, o->cmdline, sizeof(o->cmdline), true);
+		} else if (!strcmp(key, "BootTimeoutMs")) {
+			if (!json_is_integer(v) || json_integer_value(v) < 1 ||
+			    json_integer_value(v) > 3600000)
+				rc = bad_field(id, key, "must be an integer within 1..3600000");
+			else
+				o->boot_ms = (unsigned)json_integer_value(v);
+		} else {
+			rc = bad_field(id, key, "unknown key (Kernel, Initrd, Machine, Accel, Cpu, "
+					       "Cmdline, BootTimeoutMs)");
+		}
+		if (rc)
+			break;
+	}
+out:
+	json_decref(j);
+	return rc;
+}
+
+/* ---- lifecycle -------------------------------------------------------- */
+
+static void qemu_destroy(lm_vm_t *vm);
+
+/* Thread: owner. */
+static int qemu_create(lm_vm_t **out, const lm_vm_config_t *cfg)
+{
+	*out = NULL;
+	char id[64];                    /* the Id as logged and as QEMU's name */
+	safe_name(id, sizeof(id), cfg->id);
+	if (!cfg->memory_bytes || cfg->memory_bytes % MiB || cfg->memory_bytes < 16 * MiB ||
+	    cfg->memory_bytes / MiB > (1u << 20)) {
+		lm_log_error(MOD, "bad document", "id=%s field=memory_bytes why=\"a MiB multiple "
+			     "within 16 MiB..1 TiB\" memory_bytes=%" PRIu64, id, cfg->memory_bytes);
+		return -EINVAL;
+	}
+	if (cfg->vcpus < 1 || cfg->vcpus > 64) {
+		lm_log_error(MOD, "bad document", "id=%s field=vcpus why=\"1..64\" vcpus=%u", id,
+			     cfg->vcpus);
+		return -EINVAL;
+	}
+	struct qopts *o = calloc(1, sizeof(*o));
+	if (!o)
+		return -ENOMEM;
+	int rc = parse_doc(cfg->document_json, id, o);
+	if (rc == 0 && !o->kernel[0])
+		rc = bad_field(id, "Kernel", "no kernel: set VirtualMachine.Qemu.Kernel or "
+				       "LM_QEMU_KERNEL (this build has no guest kernel)");
+	if (rc) {
+		free(o);
+		return rc;
+	}
+
+	struct lm_vm *vm = calloc(1, sizeof(*vm));
+	if (!vm) {
+		free(o);
+		return -ENOMEM;
+	}
+	pthread_mutex_init(&vm->mu, NULL);
+	vm->stream_fd = -1;
+	vm->incoming = cfg->incoming;
+	vm->machine = o->machine;
+	vm->memory_mib = (unsigned)(cfg->memory_bytes / MiB);
+	vm->vcpus = cfg->vcpus;
+	snprintf(vm->cpu, sizeof(vm->cpu), "%s", o->cpu);
+	snprintf(vm->name, sizeof(vm->name), "%s", id);
+	snprintf(vm->compat, sizeof(vm->compat), "qemu machine=%s vcpus=%u memory=%" PRIu64
+		 " cpu=%s", o->machine == LM_QEMU_Q35 ? "q35" : "microvm", vm->vcpus,
+		 cfg->memory_bytes, o->cpu[0] ? o->cpu : "default");
+
+	/* $TMPDIR if short: the socket's path must fit a sockaddr_un */
+	const char *tmp = getenv("TMPDIR");
+	if (!tmp || tmp[0] != '/' || strlen(tmp) > 40)
+		tmp = "/tmp";
+	snprintf(vm->dir, sizeof(vm->dir), "%s/lmqemu-vm-XXXXXX", tmp);
+	if (!mkdtemp(vm->dir)) {        /* mode 0700 */
+		rc = -errno;
+		lm_log_error(MOD, "mkdtemp failed", "id=%s err=%d", id, -rc);
+		vm->dir[0] = 0;
+		goto fail;
+	}
+	snprintf(vm->agent, sizeof(vm->agent), "%s/agent.sock", vm->dir);
+
+	int sv[2] = {-1, -1};
+	if (cfg->incoming && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+		rc = -errno;
+		lm_log_error(MOD, "socketpair failed", "id=%s err=%d", id, -rc);
+		goto fail;
+	}
+	lm_qemu_vm_config_t qc = {
+		.name = vm->name, .machine = o->machine, .memory_mib = vm->memory_mib,
+		.vcpus = vm->vcpus, .cpu = o->cpu[0] ? o->cpu : NULL, .kernel = o->kernel,
+		.initrd = o->initrd[0] ? o->initrd : NULL,
+		.cmdline = o->cmdline[0] ? o->cmdline : NULL, .agent_socket = vm->agent,
+		.incoming_fd = sv[1], .accel = o->accel, .on_event = on_event, .event_arg = vm,
+	};
+	char err[512] = "";
+	rc = lm_qemu_vm_launch(&vm->q, &qc, err, sizeof(err));
+	if (sv[1] >= 0)
+		close(sv[1]);           /* QEMU has its own copy (or none: failed) */
+	vm->stream_fd = sv[0];
+	if (rc) {
+		char q[600];
+		vm->q = NULL;           /* launch killed and reaped it */
+		lm_log_error(MOD, "create failed: QEMU did not start", "id=%s err=%d why=%s", id,
+			     -rc, lm_log_quote(q, sizeof(q), err));
+		goto fail;
+	}
+	const char *why = "";
+	enum lm_qemu_accel a = lm_qemu_vm_accel(vm->q, &why);
+	vm->boot_ms = o->boot_ms ? o->boot_ms : a == LM_QEMU_ACCEL_KVM ? BOOT_KVM_MS : BOOT_TCG_MS;
+	char qc1[300], qk[300], qi[300];
+	lm_log_info(MOD, "vm created", "id=%s compat=%s accel=%s incoming=%d kernel=%s initrd=%s",
+		    id, lm_log_quote(qc1, sizeof(qc1), vm->compat), lm_qemu_accel_name(a),
+		    (int)cfg->incoming, lm_log_quote(qk, sizeof(qk), o->kernel),
+		    lm_log_quote(qi, sizeof(qi), o->initrd[0] ? o->initrd : "-"));
+	free(o);
+	*out = vm;
+	return 0;
+fail:
+	free(o);
+	qemu_destroy(vm);
+	return rc;
+}
+
+/* Thread: owner; nothing else runs on the VM (the seam's rule). */
+static void qemu_destroy(lm_vm_t *vm)
+{
+	if (!vm)
+		return;
+	lm_qemu_vm_destroy(vm->q);     /* kills QEMU if it still runs, reaps it */
+	vm->q = NULL;
+	if (vm->stream_fd >= 0)
+		close(vm->stream_fd);
+	rm_private_dir(vm->dir);
+	pthread_mutex_destroy(&vm->mu);
+	free(vm);
+}
+
+static int qemu_resume(lm_vm_t *vm);
+
+/* Thread: owner. Source: boot (until the guest opened its agent port);
+ * destination: run the loaded guest, only once its stream completed. */
+static int qemu_start(lm_vm_t *vm)
+{
+	pthread_mutex_lock(&vm->mu);
+	bool started = vm->started, gone = vm->terminated;
+	pthread_mutex_unlock(&vm->mu);
+	if (gone)
+		return -ESRCH;
+	if (started)
+		return qemu_resume(vm);
+	int rc;
+	if (vm->incoming) {
+		lm_qemu_migration_info_t mi;
+		rc = lm_qemu_migrate_query(vm->q, &mi, OP_MS); /* refreshes the status */
+		if (rc == 0 && mi.status != LM_QEMU_MIG_COMPLETED) {
+			lm_log_warn(MOD, "start refused: the incoming stream has not completed",
+				    "vm=%s status=%s", vm->name, lm_qemu_mig_status_name(mi.status));
+			return -EBUSY;
+		}
+		if (rc == 0)
+			rc = lm_qemu_vm_cont(vm->q, 0, OP_MS);
+		if (rc) {
+			lm_log_error(MOD, "start failed", "vm=%s err=%d", vm->name, -rc);
+			return rc;
+		}
+	} else {
+		char err[512] = "";
+		rc = lm_qemu_vm_boot(vm->q, vm->boot_ms, err, sizeof(err));
+		if (rc) {
+			/* vm.c killed QEMU and logged QEMU's reason */
+			char q[600];
+			lm_log_error(MOD, "start failed: the guest did not boot", "vm=%s err=%d "
+				     "boot_ms=%u why=%s", vm->name, -rc, vm->boot_ms,
+				     lm_log_quote(q, sizeof(q), err));
+			return rc;
+		}
+	}
+	pthread_mutex_lock(&vm->mu);
+	vm->started = true;
+	pthread_mutex_unlock(&vm->mu);
+	return 0;
+}
+
+/* Thread: owner, or transfer. QMP stop returns once no vCPU runs. A VM
+ * that never ran, or is gone, has nothing to pause. */
+static int qemu_pause(lm_vm_t *vm)
+{
+	pthread_mutex_lock(&vm->mu);
+	bool idle = !vm->started || vm->terminated;
+	pthread_mutex_unlock(&vm->mu);
+	if (idle)
+		return 0;
+	int rc = lm_qemu_vm_stop(vm->q, OP_MS);
+	if (rc)
+		lm_log_error(MOD, "pause failed", "vm=%s err=%d", vm->name, -rc);
+	return rc;
+}
+
+/* Thread: owner, or transfer. A source whose outgoing stream completed is
+ * resumed only here or in stream_abort, and only because the caller (the
+ * engine's handover) says the destination's copy never runs: hence the
+ * flag that lets vm.c run a guest that migrated away. */
+static int qemu_resume(lm_vm_t *vm)
+{
+	pthread_mutex_lock(&vm->mu);
+	bool started = vm->started, gone = vm->terminated, out = vm->out_opened;
+	pthread_mutex_unlock(&vm->mu);
+	if (gone)
+		return -ESRCH;
+	if (!started) {
+		lm_log_error(MOD, "resume refused: never started", "vm=%s", vm->name);
+		return -EPERM;
+	}
+	unsigned flags = 0;
+	if (out && lm_qemu_migrate_status(vm->q) == LM_QEMU_MIG_COMPLETED)
+		flags = LM_QEMU_CONT_AFTER_MIGRATION;
+	int rc = lm_qemu_vm_cont(vm->q, flags, OP_MS);
+	if (rc)
+		lm_log_error(MOD, "resume failed", "vm=%s err=%d", vm->name, -rc);
+	return rc;
+}
+
+/* Thread: owner. Kills QEMU: the guest stops for good. */
+static int qemu_terminate(lm_vm_t *vm)
+{
+	pthread_mutex_lock(&vm->mu);
+	vm->terminated = true;
+	pthread_mutex_unlock(&vm->mu);
+	int rc = lm_qemu_vm_kill(vm->q, KILL_MS);
+	if (rc == 0)
+		lm_log_info(MOD, "terminated", "vm=%s", vm->name);
+	return rc;
+}
+
+/* ---- what the engine cannot have from QEMU ---------------------------- */
+
+/* Thread: any. QEMU keeps the guest's memory, dirty log and device state
+ * to itself: the engine uses stream_* instead. */
+static int qemu_regions(lm_vm_t *vm, const lm_mem_region_t **out)
+{
+	*out = NULL;
+	return -ENOTSUP;
+}
+
+/* Thread: transfer. */
+static int qemu_dirty_log_start(lm_vm_t *vm) { return -ENOTSUP; }
+/* Thread: transfer. */
+static int qemu_dirty_log_stop(lm_vm_t *vm) { return -ENOTSUP; }
+/* Thread: transfer. */
+static int64_t qemu_dirty_log_fetch(lm_vm_t *vm, unsigned idx, uint64_t *bitmap, size_t words)
+{
+	return -ENOTSUP;
+}
+/* Thread: transfer or owner. QEMU throttles itself (auto-converge). */
+static int qemu_set_throttle(lm_vm_t *vm, unsigned percent) { return -ENOTSUP; }
+/* Thread: owner or transfer. */
+static int qemu_state_save(lm_vm_t *vm, void *buf, size_t cap) { return -ENOTSUP; }
+/* Thread: owner or transfer. */
+static int qemu_state_load(lm_vm_t *vm, const void *buf, size_t len) { return -ENOTSUP; }
+
+/* ---- compatibility and statistics ------------------------------------- */
+
+/* Thread: any. */
+static int qemu_compat_get(lm_vm_t *vm, void *buf, size_t cap)
+{
+	size_t n = strlen(vm->compat);
+	if (cap < n)
+		return -ENOSPC;
+	memcpy(buf, vm->compat, n);
+	return (int)n;
+}
+
+/* The value of `key=` in a compat text ("" if absent). */
+static void compat_field(const char *text, const char *key, char *out, size_t cap)
+{
+	out[0] = 0;
+	size_t kl = strlen(key);
+	for (const char *p = text; (p = strstr(p, key)); p += kl) {
+		if ((p == text || p[-1] == ' ') && p[kl] == '=') {
+			size_t n = strcspn(p + kl + 1, " ");
+			snprintf(out, cap, "%.*s", (int)(n < cap ? n : cap - 1), p + kl + 1);
+			return;
+		}
+	}
+}
+
+/* Thread: any. */
+static int qemu_compat_check(lm_vm_t *vm, const void *buf, size_t len)
+{
+	char theirs[256];
+	if (len >= sizeof(theirs) || memchr(buf, 0, len)) {
+		lm_log_error(MOD, "incompatible source", "vm=%s why=\"compat data of %zu bytes is "
+			     "not ours\"", vm->name, len);
+		return -EPROTONOSUPPORT;
+	}
+	memcpy(theirs, buf, len);
+	theirs[len] = 0;
+	if (strncmp(theirs, "qemu ", 5) != 0) {
+		char q[300];
+		lm_log_error(MOD, "incompatible source", "vm=%s why=\"not a qemu VM\" theirs=%s",
+			     vm->name, lm_log_quote(q, sizeof(q), theirs));
+		return -EPROTONOSUPPORT;
+	}
+	if (!strcmp(theirs, vm->compat))
+		return 0;
+	static const char *const keys[] = {"machine", "vcpus", "memory", "cpu"};
+	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+		char a[96], b[96];
+		compat_field(theirs, keys[i], a, sizeof(a));
+		compat_field(vm->compat, keys[i], b, sizeof(b));
+		if (strcmp(a, b)) {
+			lm_log_error(MOD, "incompatible source", "vm=%s field=%s source=%s here=%s",
+				     vm->name, keys[i], a[0] ? a : "-", b);
+			return -EPROTONOSUPPORT;
+		}
+	}
+	char q1[300], q2[300];
+	lm_log_error(MOD, "incompatible source", "vm=%s source=%s here=%s", vm->name,
+		     lm_log_quote(q1, sizeof(q1), theirs), lm_log_quote(q2, sizeof(q2), vm->compat));
+	return -EPROTONOSUPPORT;
+}
+
+static bool mig_in_flight(enum lm_qemu_mig_status s);
+
+/* Thread: any. Only "running" is known (QEMU's status); the guest's own
+ * counters are the guest's business. A QEMU that is gone runs nothing,
+ * nor does a source in its blackout (where QEMU would not answer). */
+static int qemu_stats(lm_vm_t *vm, lm_guest_stats_t *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (!vm->incoming && atomic_load(&vm->blackout) &&
+	    mig_in_flight(lm_qemu_migrate_status(vm->q)))
+		return 0;
+	lm_qemu_status_t st;
+	int rc = lm_qemu_vm_status(vm->q, &st, STATUS_MS);
+	if (rc == -EPIPE || rc == -ECHILD)
+		return 0;
+	if (rc)
+		return rc;
+	out->running = st.running;
+	return 0;
+}
+
+/* ---- the VMM's stream ------------------------------------------------- */
+
+static bool mig_in_flight(enum lm_qemu_mig_status s)
+{
+	return s != LM_QEMU_MIG_NONE && s != LM_QEMU_MIG_COMPLETED && s != LM_QEMU_MIG_FAILED &&
+	       s != LM_QEMU_MIG_CANCELLED;
+}
+
+static int clamp_pct(unsigned v)
+{
+	return v == 0 ? LM_QEMU_KEEP : v > 99 ? 99 : (int)v;
+}
+
+/* Thread: transfer. Source: set QEMU's parameters, start its outgoing
+ * migration into a new socketpair, return the end it does not write.
+ * Destination: the end of the socketpair QEMU reads from since create. */
+static int qemu_stream_open(lm_vm_t *vm, const lm_vmm_stream_params_t *p)
+{
+	pthread_mutex_lock(&vm->mu);
+	bool started = vm->started, gone = vm->terminated;
+	int fd = vm->stream_fd;
+	if (vm->incoming && fd >= 0 && !gone)
+		vm->in_opened = true;
+	pthread_mutex_unlock(&vm->mu);
+	if (gone) {
+		lm_log_error(MOD, "stream_open refused: terminated", "vm=%s", vm->name);
+		return -ESRCH;
+	}
+	if (vm->incoming) {
+		if (fd < 0) {
+			lm_log_error(MOD, "stream_open refused: the incoming stream was aborted",
+				     "vm=%s", vm->name);
+			return -EBADF;
+		}
+		return fd;
+	}
+	if (!started) {
+		lm_log_error(MOD, "stream_open refused: the guest was never started", "vm=%s",
+			     vm->name);
+		return -EPERM;
+	}
+
+	lm_qemu_migrate_params_t mp;
+	lm_qemu_migrate_params_init(&mp);
+	lm_vmm_stream_params_t dflt = {0};
+	if (!p)
+		p = &dflt;
+	if (p->downtime_ms)
+		mp.downtime_limit_ms = p->downtime_ms > 2000000 ? 2000000 : p->downtime_ms;
+	mp.max_bandwidth = p->max_bandwidth && p->max_bandwidth < (uint64_t)UNLIMITED_BW
+				   ? (int64_t)p->max_bandwidth : UNLIMITED_BW;
+	mp.auto_converge = p->auto_converge ? 1 : 0; /* either way: no leftover from before */
+	if (p->auto_converge) {
+		mp.cpu_throttle_initial = clamp_pct(p->throttle_initial);
+		mp.cpu_throttle_increment = clamp_pct(p->throttle_increment);
+	}
+	char err[512] = "";
+	int rc = lm_qemu_migrate_set(vm->q, &mp, OP_MS, err, sizeof(err));
+	if (rc) {
+		char q[600];
+		lm_log_error(MOD, "stream_open: QEMU refused the migration parameters", "vm=%s "
+			     "err=%d why=%s", vm->name, -rc, lm_log_quote(q, sizeof(q), err));
+		return rc;
+	}
+	lm_qemu_status_t st;
+	if ((rc = lm_qemu_vm_status(vm->q, &st, OP_MS)) != 0) {
+		lm_log_error(MOD, "stream_open: no QEMU status", "vm=%s err=%d", vm->name, -rc);
+		return rc;
+	}
+	int sv[2];
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+		rc = -errno;
+		lm_log_error(MOD, "stream_open: socketpair failed", "vm=%s err=%d", vm->name, -rc);
+		return rc;
+	}
+	atomic_store(&vm->blackout, false);
+	memset(&vm->last, 0, sizeof(vm->last));
+	rc = lm_qemu_migrate_start(vm->q, sv[0], OP_MS, err, sizeof(err));
+	close(sv[0]);   /* QEMU has its own copy: its close is the engine's EOF */
+	if (rc) {
+		char q[600];
+		close(sv[1]);
+		lm_log_error(MOD, "stream_open: QEMU did not start its migration", "vm=%s err=%d "
+			     "why=%s", vm->name, -rc, lm_log_quote(q, sizeof(q), err));
+		return rc;
+	}
+	pthread_mutex_lock(&vm->mu);
+	if (vm->stream_fd >= 0)
+		close(vm->stream_fd);   /* the previous stream's */
+	vm->stream_fd = sv[1];
+	vm->out_opened = true;
+	vm->was_running = st.running;
+	pthread_mutex_unlock(&vm->mu);
+	lm_log_info(MOD, "outgoing stream opened", "vm=%s downtime_ms=%u max_bandwidth=%" PRIu64
+		    " auto_converge=%d throttle=%u+%u was_running=%d", vm->name, p->downtime_ms,
+		    p->max_bandwidth, (int)p->auto_converge, p->throttle_initial,
+		    p->throttle_increment, (int)st.running);
+	return sv[1];
+}
+
+static enum lm_vmm_stream_state map_state(enum lm_qemu_mig_status s)
+{
+	switch (s) {
+	case LM_QEMU_MIG_NONE: return LM_VS_IDLE;
+	case LM_QEMU_MIG_COMPLETED: return LM_VS_COMPLETED;
+	case LM_QEMU_MIG_FAILED: return LM_VS_FAILED;
+	case LM_QEMU_MIG_CANCELLED: return LM_VS_CANCELLED;
+	default: return LM_VS_ACTIVE;  /* setup, active, cancelling, device... */
+	}
+}
+
+/* The source in its blackout: QEMU holds its big lock from the stop of
+ * the guest to the end of the stream, and a QMP command waits for it, so
+ * the answer comes from the events (BLACKOUT_START, then MIGRATION
+ * completed/failed/cancelled) and the last figures. A lost event cannot
+ * hang the engine: it bounds the blackout itself. */
+static int blackout_answer(lm_vm_t *vm, lm_vmm_stream_status_t *out)
+{
+	*out = vm->last;
+	out->state = LM_VS_ACTIVE;
+	out->blackout = true;
+	out->error[0] = 0;
+	return 0;
+}
+
+/* Thread: transfer. One query-migrate (plus, on a source in flight whose
+ * blackout we have not seen yet, one query-status); none during the
+ * source's blackout (blackout_answer). */
+static int qemu_stream_status(lm_vm_t *vm, lm_vmm_stream_status_t *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (!vm->incoming && atomic_load(&vm->blackout) &&
+	    mig_in_flight(lm_qemu_migrate_status(vm->q)))
+		return blackout_answer(vm, out);
+	lm_qemu_migration_info_t mi;
+	int rc = lm_qemu_migrate_query(vm->q, &mi, STATUS_MS);
+	if (rc == -ETIMEDOUT && !vm->incoming && atomic_load(&vm->blackout))
+		return blackout_answer(vm, out);     /* it began while we asked */
+	if (rc == -EPIPE || rc == -ECHILD) {
+		out->state = LM_VS_FAILED;
+		out->blackout = !vm->incoming && atomic_load(&vm->blackout);
+		exit_reason(vm, out->error, sizeof(out->error));
+		return 0;
+	}
+	if (rc) {
+		lm_log_error(MOD, "stream_status: query-migrate failed", "vm=%s err=%d", vm->name,
+			     -rc);
+		return rc;
+	}
+	out->state = map_state(mi.status);
+	if (mi.status == LM_QEMU_MIG_FAILED)
+		snprintf(out->error, sizeof(out->error), "%s",
+			 mi.error_desc[0] ? mi.error_desc : "QEMU's migration failed");
+	if (vm->incoming) {
+		/* the destination reports its status only; "setup" is QEMU
+		 * waiting for the first byte */
+		pthread_mutex_lock(&vm->mu);
+		bool opened = vm->in_opened;
+		pthread_mutex_unlock(&vm->mu);
+		if (mi.status == LM_QEMU_MIG_SETUP && !opened)
+			out->state = LM_VS_IDLE;
+		out->total_bytes = (uint64_t)vm->memory_mib * MiB;
+		return 0;
+	}
+	out->total_bytes = mi.ram_total;
+	out->transferred = mi.ram_transferred;
+	out->remaining = mi.status == LM_QEMU_MIG_COMPLETED ? 0 : mi.ram_remaining;
+	out->passes = mi.dirty_sync_count;
+	out->dirty_rate_mbps = (double)mi.dirty_pages_rate *
+			       (double)(mi.page_size ? mi.page_size : LM_PAGE_SIZE) / 1e6;
+	out->throttle_pct = mi.cpu_throttle_percentage > 0 ? (unsigned)mi.cpu_throttle_percentage
+							   : 0;
+	if (mi.status == LM_QEMU_MIG_COMPLETED && mi.downtime_ms > 0)
+		out->downtime_ms = (uint64_t)mi.downtime_ms;
+	bool b = atomic_load(&vm->blackout);
+	if (!b && mi.status == LM_QEMU_MIG_COMPLETED) {
+		b = true;       /* it went through finish-migrate to get there */
+	} else if (!b && mig_in_flight(mi.status)) {
+		lm_qemu_status_t st;
+		if (lm_qemu_vm_status(vm->q, &st, STATUS_MS) == 0 &&
+		    (st.state == LM_QEMU_RS_FINISH_MIGRATE || st.state == LM_QEMU_RS_POSTMIGRATE))
+			b = true;
+	}
+	if (b)
+		atomic_store(&vm->blackout, true);
+	out->blackout = b;
+	vm->last = *out;
+	return 0;
+}
+
+/* Thread: transfer. Source: cancel a migration still in flight (QEMU
+ * resumes a guest it stopped for it), resume a guest whose stream already
+ * completed; either way the guest runs again if it ran at stream_open.
+ * Destination: close our end (QEMU's incoming stream ends; the VM is
+ * destroyed next). */
+static int qemu_stream_abort(lm_vm_t *vm)
+{
+	if (vm->incoming) {
+		pthread_mutex_lock(&vm->mu);
+		int fd = vm->stream_fd;
+		vm->stream_fd = -1;
+		pthread_mutex_unlock(&vm->mu);
+		if (fd >= 0)
+			close(fd);
+		lm_log_info(MOD, "incoming stream aborted", "vm=%s", vm->name);
+		return 0;
+	}
+	pthread_mutex_lock(&vm->mu);
+	bool opened = vm->out_opened, was_running = vm->was_running, gone = vm->terminated;
+	pthread_mutex_unlock(&vm->mu);
+	if (!opened)
+		return 0;
+	if (gone)
+		return -ESRCH;
+	lm_qemu_migration_info_t mi;
+	int rc = lm_qemu_migrate_query(vm->q, &mi, OP_MS);
+	if (rc) {
+		lm_log_error(MOD, "stream_abort: query-migrate failed", "vm=%s err=%d", vm->name,
+			     -rc);
+		return rc;
+	}
+	enum lm_qemu_mig_status s = mi.status;
+	if (mig_in_flight(s)) {
+		rc = lm_qemu_migrate_cancel(vm->q, ABORT_MS, &s);
+		if (rc) {
+			lm_log_error(MOD, "stream_abort: the migration was not cancelled in time",
+				     "vm=%s err=%d status=%s", vm->name, -rc,
+				     lm_qemu_mig_status_name(s));
+			return rc;
+		}
+	}
+	rc = 0;
+	if (was_running) {
+		/* completed: QEMU keeps the guest stopped (postmigrate);
+		 * cancelled or failed during the blackout: QEMU has resumed
+		 * it before it said so; make sure either way */
+		lm_qemu_status_t st;
+		rc = lm_qemu_vm_status(vm->q, &st, OP_MS);
+		if (rc == 0 && !st.running)
+			rc = lm_qemu_vm_cont(vm->q, LM_QEMU_CONT_AFTER_MIGRATION, OP_MS);
+	}
+	if (rc)
+		lm_log_error(MOD, "stream_abort: the guest was not resumed", "vm=%s err=%d "
+			     "status=%s", vm->name, -rc, lm_qemu_mig_status_name(s));
+	else
+		lm_log_info(MOD, "outgoing stream aborted", "vm=%s status=%s guest_runs=%d",
+			    vm->name, lm_qemu_mig_status_name(s), (int)was_running);
+	return rc;
+}
+
+const lm_backend_ops_t lm_hcs_qemu_ops = {
+	.name = "qemu",
+	.create = qemu_create,
+	.destroy = qemu_destroy,
+	.start = qemu_start,
+	.pause = qemu_pause,
+	.resume = qemu_resume,
+	.terminate = qemu_terminate,
+	.regions = qemu_regions,
+	.dirty_log_start = qemu_dirty_log_start,
+	.dirty_log_stop = qemu_dirty_log_stop,
+	.dirty_log_fetch = qemu_dirty_log_fetch,
+	.set_throttle = qemu_set_throttle,
+	.state_save = qemu_state_save,
+	.state_load = qemu_state_load,
+	.compat_get = qemu_compat_get,
+	.compat_check = qemu_compat_check,
+	.stats = qemu_stats,
+	.stream_open = qemu_stream_open,
+	.stream_status = qemu_stream_status,
+	.stream_abort = qemu_stream_abort,
+};
+
+lm_qemu_vm_t *lm_hcs_qemu_vm(lm_vm_t *vm)
+{
+	return vm ? vm->q : NULL;
+}
+
+const char *lm_hcs_qemu_agent_socket(lm_vm_t *vm)
+{
+	return vm ? vm->agent : NULL;
+}

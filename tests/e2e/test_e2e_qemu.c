@@ -1,0 +1,249 @@
+/*
+ * test_e2e_qemu.c: a real Linux utility VM (the qemu backend: QEMU under
+ * TCG here, the build's kernel and initramfs with our guest agent)
+ * live-migrated between two lmshim processes by a real lmctl, the VMM's
+ * stream carried inside our own (hcs/PROTOCOL.md, "The VMM's stream").
+ *
+ * What it proves: after `lmctl migrate` exits 0, exactly one QEMU runs
+ * the guest, the destination's, and it runs (QEMU's own status through
+ * Inspect); the source's QEMU is gone; a migration cancelled in the
+ * middle leaves the source's guest running and no QEMU behind on the
+ * destination. Skips (77) without qemu-system-x86_64 or the build's guest
+ * image. No QEMU process of this test is left at its end.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <jansson.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <stdbool.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "tests/e2e/e2e.h"
+
+/* QEMU processes that `shim` started (their parent), 0 if none. */
+static int qemu_of(pid_t shim)
+{
+	DIR *d = opendir("/proc");
+	struct dirent *e;
+	int n = 0;
+	while (d && (e = readdir(d))) {
+		if (e->d_name[0] < '0' || e->d_name[0] > '9')
+			continue;
+		char p[300], buf[512];
+		snprintf(p, sizeof(p), "/proc/%s/stat", e->d_name);
+		FILE *f = fopen(p, "r");
+		if (!f)
+			continue;
+		size_t k = fread(buf, 1, sizeof(buf) - 1, f);
+		fclose(f);
+		buf[k] = 0;
+		/* pid (comm) state ppid ... */
+		char *rp = strrchr(buf, ')');
+		char *lp = strchr(buf, '(');
+		if (!rp || !lp)
+			continue;
+		int ppid = 0;
+		char stc;
+		if (sscanf(rp + 1, " %c %d", &stc, &ppid) != 2 || ppid != shim || stc == 'Z')
+			continue;
+		if (strncmp(lp + 1, "qemu-system", 11) == 0)
+			n++;
+	}
+	if (d)
+		closedir(d);
+	return n;
+}
+
+/* Inspect: the compute system's state word and whether the guest runs. */
+static int props(struct e2e_shim *s, char *state, size_t sl, int *running)
+{
+	static const char q[] = "{}";
+	struct lm_rpc_call_opts co = { .timeout_ns = 10ll * 1000000000 };
+	struct lm_rpc_result r = {0};
+	int rc = lm_rpc_client_call(s->c, "lmshim.v1.Inspect", "Properties", q, sizeof(q) - 1, &co, &r);
+	if (rc < 0)
+		return rc;
+	rc = r.code;
+	if (rc == 0) {
+		json_t *j = json_loadb((const char *)r.payload, r.len, 0, NULL);
+		snprintf(state, sl, "%s", json_string_value(json_object_get(j, "State")) ?: "");
+		*running = json_is_true(json_object_get(json_object_get(j, "Statistics"), "GuestRunning"));
+		json_decref(j);
+	}
+	lm_rpc_result_free(&r);
+	return rc;
+}
+
+static char skip_why[256];
+
+/* Any QEMU booting the build's initramfs still running. */
+static bool leftover_qemu(void)
+{
+	DIR *d = opendir("/proc");
+	struct dirent *e;
+	bool found = false;
+	while (d && (e = readdir(d)) && !found) {
+		if (e->d_name[0] < '0' || e->d_name[0] > '9')
+			continue;
+		char p[300], buf[4096];
+		snprintf(p, sizeof(p), "/proc/%s/cmdline", e->d_name);
+		FILE *fp = fopen(p, "r");
+		if (!fp)
+			continue;
+		size_t k = fread(buf, 1, sizeof(buf) - 1, fp);
+		fclose(fp);
+		buf[k] = 0;
+		for (size_t i = 0; i < k; i++)
+			if (!buf[i])
+				buf[i] = ' ';
+		found = strstr(buf, "qemu-system") && strstr(buf, LM_E2E_INITRAMFS);
+	}
+	if (d)
+		closedir(d);
+	return found;
+}
+
+static int have_qemu(void)
+{
+	if (access(LM_E2E_KERNEL, R_OK) != 0 || access(LM_E2E_INITRAMFS, R_OK) != 0) {
+		snprintf(skip_why, sizeof(skip_why), "no guest image (%s, %s)", LM_E2E_KERNEL, LM_E2E_INITRAMFS);
+		return 0;
+	}
+	if (system("command -v qemu-system-x86_64 >/dev/null 2>&1") != 0) {
+		snprintf(skip_why, sizeof(skip_why), "qemu-system-x86_64 is not installed");
+		return 0;
+	}
+	return 1;
+}
+
+struct fx {
+	char dir[256];
+	struct e2e_shim src, dst;
+};
+
+static int setup_with(void **state, const char *dst_faults)
+{
+	struct fx *f = calloc(1, sizeof(*f));
+	e2e_tmpdir(f->dir);
+	const char *sargs[] = { "--backend", "qemu", "--vm-size-mb", "256", NULL };
+	if (e2e_shim_start(&f->src, f->dir, "qsrc", NULL, NULL, sargs) < 0 ||
+	    e2e_dest_start(&f->dst, f->dir, "qdst", dst_faults) < 0) {
+		e2e_shim_stop(&f->src);
+		e2e_shim_stop(&f->dst);
+		free(f);
+		return -1;
+	}
+	*state = f;
+	return 0;
+}
+
+static int setup(void **state)
+{
+	return setup_with(state, NULL);
+}
+
+/* The destination takes each record 100 ms late: the transfer lasts. */
+static int setup_slow(void **state)
+{
+	return setup_with(state, "transfer.recv:delay_ms=100");
+}
+
+static int teardown(void **state)
+{
+	struct fx *f = *state;
+	pid_t sp = f->src.pid, dp = f->dst.pid;
+	int a = e2e_shim_stop(&f->src), b = e2e_shim_stop(&f->dst);
+	e2e_rmdir(f->dir);
+	free(f);
+	/* a shim that stops takes its QEMU with it (orphans are re-parented:
+	 * look for any QEMU running our guest image) */
+	(void)sp;
+	(void)dp;
+	return a == 0 && b == 0 && !leftover_qemu() ? 0 : -1;
+}
+
+static void test_a_linux_guest_moves_and_runs_only_on_the_destination(void **state)
+{
+	struct fx *f = *state;
+	char st[32];
+	int run = 0;
+	assert_int_equal(props(&f->src, st, sizeof(st), &run), 0);
+	assert_true(run);
+	assert_int_equal(qemu_of(f->src.pid), 1);
+	assert_int_equal(qemu_of(f->dst.pid), 0);
+	char out[300], work[300];
+	snprintf(out, sizeof(out), "%s/lmctl.out", f->dir);
+	snprintf(work, sizeof(work), "%s/work", f->dir);
+	const char *args[] = { "migrate", "--from", f->src.sock, "--to", f->dst.sock, "--workdir", work,
+			       "--quiet", "--session", "qemu-1", NULL };
+	uint64_t t0 = (uint64_t)time(NULL);
+	int rc = e2e_lmctl(args, out, 180000);
+	char *t = e2e_slurp(out);
+	printf("# qemu e2e: lmctl migrate exited %d after ~%llu s\n%s", rc,
+	       (unsigned long long)((uint64_t)time(NULL) - t0), t);
+	free(t);
+	if (rc != 0) {
+		e2e_shim_dump(&f->src);
+		e2e_shim_dump(&f->dst);
+	}
+	assert_int_equal(rc, 0);
+	/* one copy: the destination's QEMU runs the guest, the source's is gone */
+	assert_int_equal(props(&f->dst, st, sizeof(st), &run), 0);
+	assert_true(run);
+	assert_int_equal(qemu_of(f->dst.pid), 1);
+	assert_int_equal(qemu_of(f->src.pid), 0);
+	/* the source has no compute system left */
+	assert_int_equal(props(&f->src, st, sizeof(st), &run), E2E_NOT_FOUND);
+}
+
+static void test_cancel_mid_transfer_keeps_the_source_running(void **state)
+{
+	struct fx *f = *state;
+	char out[300], work[300];
+	snprintf(out, sizeof(out), "%s/lmctl.out", f->dir);
+	snprintf(work, sizeof(work), "%s/work", f->dir);
+	/* a slow destination keeps it in the middle; Ctrl-C there rolls back */
+	const char *args[] = { "migrate", "--from", f->src.sock, "--to", f->dst.sock, "--workdir", work,
+			       "--quiet", "--session", "qemu-2", NULL };
+	pid_t p = e2e_lmctl_spawn(args, out);
+	int ph = e2e_wait_phase(&f->src, "qemu-2", 2 /* TransferInProgress */, 60000, NULL);
+	assert_true(ph >= 0);
+	kill(p, SIGINT);
+	int rc = e2e_wait(p, 30000);
+	char *t = e2e_slurp(out);
+	printf("# qemu e2e: Ctrl-C mid-transfer: lmctl exited %d\n%s", rc, t);
+	free(t);
+	char st[32];
+	int run = 0;
+	assert_int_equal(props(&f->src, st, sizeof(st), &run), 0);
+	assert_true(run);
+	assert_int_equal(qemu_of(f->src.pid), 1);
+	/* the destination's QEMU (it waited for the stream) is gone */
+	uint64_t end = (uint64_t)time(NULL) + 10;
+	while (qemu_of(f->dst.pid) && (uint64_t)time(NULL) < end)
+		usleep(50000);
+	assert_int_equal(qemu_of(f->dst.pid), 0);
+}
+
+int main(void)
+{
+	if (!have_qemu()) {
+		printf("# skipped: %s\n", skip_why);
+		return 77;
+	}
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_cancel_mid_transfer_keeps_the_source_running, setup_slow, teardown),
+		cmocka_unit_test_setup_teardown(test_a_linux_guest_moves_and_runs_only_on_the_destination, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,859 @@
+/*
+ * test_qemu_backend.c: the "qemu" backend through the hcs seam only
+ * (hcs/qemu/backend.c behind lm_backend_ops_t), with real QEMU processes
+ * under TCG.
+ *
+ * The guest is the one of test_qemu.c: the build's kernel with the
+ * busybox initramfs of tests/qemu/mkinitramfs.sh (opens the agent port,
+ * counts "lmtick N" on the console every 100 ms; lm_dirty=MIB[:MBPS]
+ * starts a memory writer). The console is read through the one accessor
+ * the backend adds (hcs/qemu/backend.h). A migration here is what the
+ * transfer engine does with a VMM's stream, minus its records: the source's
+ * stream_open fd is copied by a relay thread into the destination's
+ * stream_open fd while both sides' stream_status are polled.
+ *
+ * Every case but the registry's skips, saying why, when
+ * qemu-system-x86_64 or the kernel is missing; the last checks that no
+ * QEMU process this test started is left. Figures are printed with a
+ * "# qemu-backend:" prefix.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <glob.h>
+#include <jansson.h>
+#include <poll.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "hcs/backend.h"
+#include "hcs/qemu/backend.h"
+#include "hcs/qemu/migrate.h"
+#include "hcs/qemu/vm.h"
+#include "util/clock.h"
+#include "util/log.h"
+
+#define BOOT_MS 30000           /* the document's BootTimeoutMs */
+#define OP_MS 5000
+#define MIGRATE_MS 60000        /* both sides completed, at most */
+#define MEM_MIB 128
+
+static char skip_why[512];
+static char dir[64];
+static char initrd[128], kernel[400];
+static const lm_backend_ops_t *ops;
+
+static double ms_since(uint64_t t0)
+{
+	return (lm_now_ns() - t0) / 1e6;
+}
+
+#define NEED_QEMU()                                         \
+	do {                                                \
+		if (skip_why[0]) {                          \
+			print_message("skipped: %s\n", skip_why); \
+			skip();                             \
+		}                                           \
+	} while (0)
+
+/* ---- VMs of the running case (destroyed by its teardown if it failed) -- */
+
+static lm_vm_t *live[8];
+
+static lm_vm_t *track(lm_vm_t *vm)
+{
+	for (int i = 0; i < 8; i++)
+		if (!live[i]) {
+			live[i] = vm;
+			break;
+		}
+	return vm;
+}
+
+static void vm_destroy(lm_vm_t *vm)
+{
+	for (int i = 0; i < 8; i++)
+		if (live[i] == vm)
+			live[i] = NULL;
+	ops->destroy(vm);
+}
+
+static int case_teardown(void **state)
+{
+	(void)state;
+	for (int i = 0; i < 8; i++)
+		if (live[i]) {
+			ops->destroy(live[i]);
+			live[i] = NULL;
+		}
+	return 0;
+}
+
+/* ---- the document and the VM ------------------------------------------ */
+
+/* A compute-system document with our guest: {"VirtualMachine": {"Qemu":
+ * {...}}}; `extra` (may be NULL) is merged into the Qemu object. Returns
+ * a malloc'd string. */
+static char *make_doc(const char *cmdline, json_t *extra)
+{
+	json_t *q = json_pack("{s:s, s:s, s:s, s:s, s:i}", "Initrd", initrd, "Machine", "microvm",
+			      "Accel", "tcg", "Cmdline", cmdline ? cmdline : "",
+			      "BootTimeoutMs", BOOT_MS);
+	/* the kernel is the backend's default (the build's guest kernel),
+	 * which is also the one the initramfs's modules belong to */
+	if (extra) {
+		json_object_update(q, extra);
+		json_decref(extra);
+	}
+	json_t *d = json_pack("{s:s, s:{s:s, s:o}}", "Id", "doc", "VirtualMachine", "Backend",
+			      "qemu", "Qemu", q);
+	char *s = json_dumps(d, JSON_COMPACT);
+	json_decref(d);
+	return s;
+}
+
+static void cfg_init(lm_vm_config_t *c, const char *id, bool incoming, const char *doc)
+{
+	memset(c, 0, sizeof(*c));
+	snprintf(c->id, sizeof(c->id), "%s", id);
+	snprintf(c->backend, sizeof(c->backend), "qemu");
+	c->memory_bytes = (uint64_t)MEM_MIB << 20;
+	c->vcpus = 1;
+	c->incoming = incoming;
+	c->document_json = doc;
+}
+
+static lm_vm_t *make_vm(const char *id, bool incoming, const char *cmdline)
+{
+	char *doc = make_doc(cmdline, NULL);
+	lm_vm_config_t c;
+	cfg_init(&c, id, incoming, doc);
+	lm_vm_t *vm = NULL;
+	int rc = ops->create(&vm, &c);
+	free(doc);
+	if (rc)
+		fail_msg("create %s: %d", id, rc);
+	return track(vm);
+}
+
+/* A booted guest (start through the seam), its boot time in *ms. */
+static lm_vm_t *boot_vm(const char *id, const char *cmdline, double *ms)
+{
+	lm_vm_t *vm = make_vm(id, false, cmdline);
+	uint64_t t0 = lm_now_ns();
+	int rc = ops->start(vm);
+	if (rc)
+		fail_msg("start %s: %d", id, rc);
+	if (ms)
+		*ms = ms_since(t0);
+	return vm;
+}
+
+static bool qemu_running(lm_vm_t *vm)
+{
+	lm_guest_stats_t st;
+	assert_int_equal(ops->stats(vm, &st), 0);
+	return st.running;
+}
+
+static enum lm_qemu_runstate runstate(lm_vm_t *vm)
+{
+	lm_qemu_status_t st;
+	assert_int_equal(lm_qemu_vm_status(lm_hcs_qemu_vm(vm), &st, OP_MS), 0);
+	return st.state;
+}
+
+/* QEMU's migration parameter `name` (an integer) and capability `cap`. */
+static long long mig_param(lm_vm_t *vm, const char *name)
+{
+	json_t *r = NULL;
+	assert_int_equal(lm_qmp_exec(lm_qemu_vm_qmp(lm_hcs_qemu_vm(vm)),
+				     "query-migrate-parameters", NULL, -1, OP_MS, &r, NULL, 0), 0);
+	json_t *v = json_object_get(r, name);
+	long long x = json_is_integer(v) ? (long long)json_integer_value(v) : -1;
+	json_decref(r);
+	return x;
+}
+
+static bool mig_cap(lm_vm_t *vm, const char *cap)
+{
+	json_t *r = NULL;
+	assert_int_equal(lm_qmp_exec(lm_qemu_vm_qmp(lm_hcs_qemu_vm(vm)),
+				     "query-migrate-capabilities", NULL, -1, OP_MS, &r, NULL, 0), 0);
+	bool on = false;
+	size_t i;
+	json_t *c;
+	json_array_foreach(r, i, c) {
+		const char *n = json_string_value(json_object_get(c, "capability"));
+		if (n && !strcmp(n, cap))
+			on = json_is_true(json_object_get(c, "state"));
+	}
+	json_decref(r);
+	return on;
+}
+
+/* ---- the guest's console (as test_qemu.c reads it) -------------------- */
+
+/* The number of the last (or first) complete "lmtick N" line on the
+ * console, 0 if none. */
+static long tick(lm_vm_t *vm, bool first)
+{
+	static char buf[65536];
+	size_t n = lm_qemu_vm_console(lm_hcs_qemu_vm(vm), buf, sizeof(buf), NULL);
+	long found = 0;
+	for (size_t i = 0; i < n;) {
+		char *nl = memchr(buf + i, '\n', n - i);
+		if (!nl)
+			break;
+		size_t start = i;
+		while (start < (size_t)(nl - buf) && buf[start] == '\r')
+			start++;
+		if (!strncmp(buf + start, "lmtick ", 7)) {
+			long v = strtol(buf + start + 7, NULL, 10);
+			if (v > 0) {
+				found = v;
+				if (first)
+					return found;
+			}
+		}
+		i = (size_t)(nl - buf) + 1;
+	}
+	return found;
+}
+
+static bool wait_tick(lm_vm_t *vm, long at_least, unsigned ms)
+{
+	uint64_t end = lm_now_ns() + (uint64_t)ms * 1000000u;
+	while (lm_now_ns() < end) {
+		if (tick(vm, false) >= at_least)
+			return true;
+		usleep(20000);
+	}
+	char con[2000];
+	uint64_t total;
+	lm_qemu_vm_console(lm_hcs_qemu_vm(vm), con, sizeof(con), &total);
+	print_message("no lmtick %ld within %u ms; console (%llu bytes) ends with:\n%s\n",
+		      at_least, ms, (unsigned long long)total, con);
+	return false;
+}
+
+/* QEMU processes that are our children (alive or zombie). */
+static int qemu_children(void)
+{
+	DIR *d = opendir("/proc");
+	int n = 0;
+	struct dirent *e;
+	while (d && (e = readdir(d))) {
+		if (e->d_name[0] < '0' || e->d_name[0] > '9')
+			continue;
+		char p[300], b[512];
+		snprintf(p, sizeof(p), "/proc/%s/stat", e->d_name);
+		FILE *f = fopen(p, "r");
+		if (!f)
+			continue;
+		size_t len = fread(b, 1, sizeof(b) - 1, f);
+		fclose(f);
+		b[len] = 0;
+		char *rp = strrchr(b, ')');
+		if (!rp || !strstr(b, "qemu"))
+			continue;
+		char st;
+		int ppid;
+		if (sscanf(rp + 1, " %c %d", &st, &ppid) == 2 && ppid == getpid())
+			n++;
+	}
+	if (d)
+		closedir(d);
+	return n;
+}
+
+/* The private directories of the backend's VMs (ours: TMPDIR is the
+ * suite's directory). */
+static size_t private_dirs(void)
+{
+	glob_t g;
+	char pat[128];
+	snprintf(pat, sizeof(pat), "%s/lmqemu-vm-*", dir);
+	size_t n = glob(pat, GLOB_NOSORT, NULL, &g) == 0 ? g.gl_pathc : 0;
+	globfree(&g);
+	return n;
+}
+
+/* ---- the relay: what the engine's records carry ----------------------- */
+
+struct relay {
+	int from, to;
+	pthread_t th;
+	atomic_bool stop;
+	uint64_t bytes;         /* bytes and err: read after the join */
+	int err;                /* 0, or the errno that ended it */
+	atomic_bool eof;        /* the source's QEMU closed its end (polled
+				   while the relay runs) */
+};
+
+static void *relay_main(void *arg)
+{
+	struct relay *r = arg;
+	static char buf[1 << 16];
+	while (!atomic_load(&r->stop)) {
+		struct pollfd p = {.fd = r->from, .events = POLLIN};
+		if (poll(&p, 1, 100) <= 0)
+			continue;
+		ssize_t n = read(r->from, buf, sizeof(buf));
+		if (n == 0) {
+			atomic_store(&r->eof, true);
+			break;
+		}
+		if (n < 0) {
+			if (errno == EINTR || errno == EAGAIN)
+				continue;
+			r->err = errno;
+			break;
+		}
+		for (ssize_t off = 0; off < n && !atomic_load(&r->stop);) {
+			struct pollfd w = {.fd = r->to, .events = POLLOUT};
+			if (poll(&w, 1, 100) <= 0)
+				continue;
+			ssize_t k = send(r->to, buf + off, (size_t)(n - off),
+					 MSG_NOSIGNAL | MSG_DONTWAIT);
+			if (k < 0 && (errno == EINTR || errno == EAGAIN))
+				continue;
+			if (k < 0) {
+				r->err = errno;
+				return NULL;
+			}
+			off += k;
+			r->bytes += (uint64_t)k;
+		}
+	}
+	return NULL;
+}
+
+static void relay_start(struct relay *r, int from, int to)
+{
+	memset(r, 0, sizeof(*r));
+	r->from = from;
+	r->to = to;
+	assert_int_equal(pthread_create(&r->th, NULL, relay_main, r), 0);
+}
+
+static void relay_join(struct relay *r)
+{
+	atomic_store(&r->stop, true);
+	pthread_join(r->th, NULL);
+}
+
+/* Polls both sides' stream_status every 20 ms until both completed (or
+ * one failed, or the deadline); *src_st / *dst_st get the last. Reports
+ * whether the source's blackout was seen before its completion, and the
+ * longest the source's stream_status took. */
+static void wait_both_completed(lm_vm_t *src, lm_vm_t *dst, lm_vmm_stream_status_t *src_st,
+				lm_vmm_stream_status_t *dst_st, bool *blackout_before_done,
+				double *max_status_ms)
+{
+	uint64_t end = lm_now_ns() + (uint64_t)MIGRATE_MS * 1000000u;
+	*blackout_before_done = false;
+	*max_status_ms = 0;
+	for (;;) {
+		uint64_t t0 = lm_now_ns();
+		assert_int_equal(ops->stream_status(src, src_st), 0);
+		if (ms_since(t0) > *max_status_ms)
+			*max_status_ms = ms_since(t0);
+		assert_int_equal(ops->stream_status(dst, dst_st), 0);
+		if (src_st->blackout && src_st->state == LM_VS_ACTIVE)
+			*blackout_before_done = true;
+		if (src_st->state == LM_VS_FAILED || src_st->state == LM_VS_CANCELLED ||
+		    dst_st->state == LM_VS_FAILED || dst_st->state == LM_VS_CANCELLED)
+			fail_msg("migration ended: source %d (%s), destination %d (%s)",
+				 src_st->state, src_st->error, dst_st->state, dst_st->error);
+		if (src_st->state == LM_VS_COMPLETED && dst_st->state == LM_VS_COMPLETED)
+			return;
+		if (lm_now_ns() > end)
+			fail_msg("not completed in %d ms: source %d, destination %d", MIGRATE_MS,
+				 src_st->state, dst_st->state);
+		usleep(20000);
+	}
+}
+
+/* ---- cases ------------------------------------------------------------ */
+
+static void test_registry_finds_the_qemu_backend(void **state)
+{
+	(void)state;
+	const lm_backend_ops_t *b = lm_backend_find("qemu");
+	assert_non_null(b);
+	assert_ptr_equal(b, &lm_hcs_qemu_ops);
+	assert_string_equal(b->name, "qemu");
+	/* the VMM's stream, not the engine's pages */
+	assert_non_null(b->stream_open);
+	assert_non_null(b->stream_status);
+	assert_non_null(b->stream_abort);
+	assert_non_null(lm_backend_find("sim"));
+	assert_null(lm_backend_find("qemu2"));
+}
+
+static void test_start_boots_and_pause_resume_stop_and_run_the_guest(void **state)
+{
+	(void)state;
+	NEED_QEMU();
+	double boot_ms;
+	lm_vm_t *vm = boot_vm("boot", NULL, &boot_ms);
+	print_message("# qemu-backend: create+start to agent port %.0f ms (TCG, microvm, %d MiB)\n",
+		      boot_ms, MEM_MIB);
+	lm_qemu_vm_info_t info;
+	assert_int_equal(lm_qemu_vm_info(lm_hcs_qemu_vm(vm), &info, OP_MS), 0);
+	assert_true(info.agent_open);                       /* booted = the agent port */
+	assert_int_equal(info.memory_bytes, (uint64_t)MEM_MIB << 20);
+	assert_int_equal(info.accel, LM_QEMU_ACCEL_TCG);
+	const char *agent = lm_hcs_qemu_agent_socket(vm);
+	struct stat sb;
+	assert_int_equal(stat(agent, &sb), 0);
+	assert_true(S_ISSOCK(sb.st_mode));
+	char pdir[128];
+	snprintf(pdir, sizeof(pdir), "%s", agent);
+	*strrchr(pdir, '/') = 0;
+	assert_int_equal(stat(pdir, &sb), 0);
+	assert_int_equal(sb.st_mode & 0777, 0700);          /* private */
+	assert_int_equal(strncmp(pdir, dir, strlen(dir)), 0); /* in $TMPDIR */
+	assert_int_equal(private_dirs(), 1);
+	assert_true(qemu_running(vm));
+	assert_int_equal(runstate(vm), LM_QEMU_RS_RUNNING);
+	assert_true(wait_tick(vm, 3, 10000));
+	assert_int_equal(ops->start(vm), 0);                /* idempotent */
+
+	/* pause stops the guest */
+	assert_int_equal(ops->pause(vm), 0);
+	assert_int_equal(runstate(vm), LM_QEMU_RS_PAUSED);
+	assert_false(qemu_running(vm));
+	long t1 = tick(vm, false);
+	usleep(500000);
+	assert_int_equal(tick(vm, false), t1);
+	assert_int_equal(ops->pause(vm), 0);                /* idempotent */
+	assert_int_equal(runstate(vm), LM_QEMU_RS_PAUSED);
+	/* resume runs it */
+	assert_int_equal(ops->resume(vm), 0);
+	assert_int_equal(ops->resume(vm), 0);
+	assert_true(qemu_running(vm));
+	assert_true(wait_tick(vm, t1 + 3, 10000));
+
+	/* what the engine cannot have from QEMU */
+	const lm_mem_region_t *reg;
+	uint64_t bm[1];
+	char blob[64];
+	assert_int_equal(ops->regions(vm, &reg), -ENOTSUP);
+	assert_int_equal(ops->dirty_log_start(vm), -ENOTSUP);
+	assert_int_equal(ops->dirty_log_fetch(vm, 0, bm, 1), -ENOTSUP);
+	assert_int_equal(ops->dirty_log_stop(vm), -ENOTSUP);
+	assert_int_equal(ops->set_throttle(vm, 10), -ENOTSUP);
+	assert_int_equal(ops->state_save(vm, blob, sizeof(blob)), -ENOTSUP);
+	assert_int_equal(ops->state_load(vm, blob, sizeof(blob)), -ENOTSUP);
+	/* no stream yet */
+	lm_vmm_stream_status_t vs;
+	assert_int_equal(ops->stream_status(vm, &vs), 0);
+	assert_int_equal(vs.state, LM_VS_IDLE);
+	assert_int_equal(ops->stream_abort(vm), 0);
+
+	char c[256];
+	int n = ops->compat_get(vm, c, sizeof(c));
+	assert_true(n > 0);
+	c[n] = 0;
+	print_message("# qemu-backend: compat \"%s\"\n", c);
+	assert_string_equal(c, "qemu machine=microvm vcpus=1 memory=134217728 cpu=default");
+	assert_int_equal(ops->compat_get(vm, c, 4), -ENOSPC);
+
+	/* terminate: QEMU is gone for good */
+	assert_int_equal(ops->terminate(vm), 0);
+	lm_qemu_exit_t ex;
+	assert_int_equal(lm_qemu_vm_wait_exit(lm_hcs_qemu_vm(vm), 0, &ex), 0);
+	assert_true(ex.exited);
+	assert_false(qemu_running(vm));
+	assert_int_equal(ops->terminate(vm), 0);
+	assert_int_equal(ops->start(vm), -ESRCH);
+	assert_int_equal(ops->resume(vm), -ESRCH);
+	vm_destroy(vm);
+	assert_int_equal(access(pdir, F_OK), -1);           /* removed at destroy */
+	assert_int_equal(private_dirs(), 0);
+	assert_int_equal(qemu_children(), 0);
+}
+
+/* Creates with `doc` (and the seam's cfg tweaked by mem/vcpus when not 0)
+ * and expects `want`; the log must name `field`. */
+static void expect_refused(const char *doc, uint64_t mem, unsigned vcpus, int want,
+			   const char *field)
+{
+	int lf = memfd_create("log", 0);
+	assert_true(lf >= 0);
+	lm_log_set_fd(lf);
+	lm_vm_config_t c;
+	cfg_init(&c, "bad", false, doc);
+	if (mem)
+		c.memory_bytes = mem;
+	if (vcpus)
+		c.vcpus = vcpus == ~0u ? 0 : vcpus;
+	lm_vm_t *vm = (lm_vm_t *)1;
+	int rc = ops->create(&vm, &c);
+	lm_log_set_fd(2);
+	char log[4096];
+	ssize_t n = pread(lf, log, sizeof(log) - 1, 0);
+	close(lf);
+	log[n > 0 ? n : 0] = 0;
+	if (rc != want || !strstr(log, field))
+		fail_msg("create: rc %d (want %d); log (want %s): %s", rc, want, field, log);
+	assert_null(vm);
+	print_message("# qemu-backend: refused (%d): %s", rc, log);
+}
+
+static char *doc_with(const char *key, json_t *v)
+{
+	json_t *x = json_object();
+	json_object_set_new(x, key, v);
+	return make_doc(NULL, x);
+}
+
+static void test_bad_document_field_is_einval_and_names_it(void **state)
+{
+	(void)state;
+	NEED_QEMU();
+	size_t dirs = private_dirs();
+	struct { const char *key; json_t *v; } bad[] = {
+		{"Machine", json_string("pc")},
+		{"Accel", json_string("hvf")},
+		{"BootTimeoutMs", json_string("soon")},
+		{"BootTimeoutMs", json_integer(0)},
+		{"Kernel", json_integer(42)},
+		{"Kernel", json_string("")},
+		{"Initrd", json_true()},
+		{"Cmdline", json_string("a\nb")},
+		{"Kernal", json_string("/boot/vmlinuz")},   /* misspelt: not ignored */
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char *d = doc_with(bad[i].key, bad[i].v);
+		char field[64];
+		snprintf(field, sizeof(field), "VirtualMachine.Qemu.%s", bad[i].key);
+		expect_refused(d, 0, 0, -EINVAL, field);
+		free(d);
+	}
+	expect_refused("{\"VirtualMachine\": {\"Qemu\": 7}}", 0, 0, -EINVAL,
+		       "VirtualMachine.Qemu");
+	expect_refused("not json", 0, 0, -EINVAL, "not JSON");
+	char *d = make_doc(NULL, NULL);
+	expect_refused(d, (MEM_MIB << 20) + 4096, 0, -EINVAL, "memory_bytes");
+	expect_refused(d, 0, ~0u, -EINVAL, "vcpus");
+	free(d);
+	/* a kernel that is not there: QEMU is never started, nothing is left */
+	d = doc_with("Kernel", json_string("/nonexistent/vmlinuz"));
+	expect_refused(d, 0, 0, -ENOENT, "/nonexistent/vmlinuz");
+	free(d);
+	assert_int_equal(private_dirs(), dirs);
+	assert_int_equal(qemu_children(), 0);
+}
+
+static void test_migration_through_the_stream_ops(void **state)
+{
+	(void)state;
+	NEED_QEMU();
+	lm_vm_t *src = boot_vm("msrc", NULL, NULL);
+	assert_true(wait_tick(src, 5, 10000));
+	lm_vm_t *dst = make_vm("mdst", true, NULL);
+
+	/* the destination accepts the source; not another machine */
+	char c[256];
+	int n = ops->compat_get(src, c, sizeof(c));
+	assert_true(n > 0);
+	assert_int_equal(ops->compat_check(dst, c, (size_t)n), 0);
+	const char *other = "qemu machine=q35 vcpus=1 memory=134217728 cpu=default";
+	assert_int_equal(ops->compat_check(dst, other, strlen(other)), -EPROTONOSUPPORT);
+	assert_int_equal(ops->compat_check(dst, "lmshim-sim v1", 13), -EPROTONOSUPPORT);
+
+	/* the destination waits; it cannot run before its stream completed */
+	lm_vmm_stream_status_t ss, ds;
+	assert_int_equal(ops->stream_status(dst, &ds), 0);
+	assert_int_equal(ds.state, LM_VS_IDLE);
+	assert_int_equal(ops->start(dst), -EBUSY);
+	assert_int_equal(runstate(dst), LM_QEMU_RS_INMIGRATE);
+
+	lm_vmm_stream_params_t p = {0};     /* the VMM's defaults, bandwidth unlimited */
+	uint64_t t0 = lm_now_ns();
+	int sfd = ops->stream_open(src, &p);
+	assert_true(sfd >= 0);
+	int dfd = ops->stream_open(dst, NULL);
+	assert_true(dfd >= 0);
+	assert_int_equal(ops->stream_open(dst, NULL), dfd);   /* the same, still ours */
+	struct relay r;
+	relay_start(&r, sfd, dfd);
+	/* the VMM's defaults, but not QEMU's 32 MiB/s bandwidth cap */
+	assert_true(mig_param(src, "max-bandwidth") >= (1ll << 40));
+	assert_false(mig_cap(src, "auto-converge"));
+	bool early_blackout;
+	double max_status_ms;
+	wait_both_completed(src, dst, &ss, &ds, &early_blackout, &max_status_ms);
+	double wall = ms_since(t0);
+	/* the source's QEMU closed its end once done: the relay saw EOF */
+	for (int i = 0; i < 100 && !atomic_load(&r.eof); i++)
+		usleep(20000);
+	relay_join(&r);
+	assert_true(atomic_load(&r.eof));
+	assert_int_equal(r.err, 0);
+	usleep(100000);         /* QEMU fills in its times a moment after "completed" */
+	assert_int_equal(ops->stream_status(src, &ss), 0);
+	print_message("# qemu-backend: migration %d MiB idle guest through the ops: wall %.0f ms, "
+		      "%.1f MB relayed, passes %llu, transferred %.1f MB, downtime %llu ms, "
+		      "blackout seen while active %d, source's stream_status at most %.1f ms\n",
+		      MEM_MIB, wall, r.bytes / 1e6, (unsigned long long)ss.passes,
+		      ss.transferred / 1e6, (unsigned long long)ss.downtime_ms, early_blackout,
+		      max_status_ms);
+	assert_int_equal(ss.state, LM_VS_COMPLETED);
+	assert_true(ss.blackout);
+	assert_true(ss.total_bytes >= (uint64_t)MEM_MIB << 20);
+	assert_true(ss.transferred > 0);
+	assert_true(ss.passes >= 2);
+	assert_int_equal(ss.remaining, 0);
+	assert_int_equal(ds.state, LM_VS_COMPLETED);
+	assert_false(ds.blackout);
+
+	/* the source stays stopped */
+	long last = tick(src, false);
+	assert_false(qemu_running(src));
+	assert_int_equal(runstate(src), LM_QEMU_RS_POSTMIGRATE);
+	/* the destination runs the guest, which goes on counting */
+	assert_false(qemu_running(dst));
+	t0 = lm_now_ns();
+	assert_int_equal(ops->start(dst), 0);
+	assert_true(qemu_running(dst));
+	assert_true(wait_tick(dst, last + 3, 10000));
+	long first = tick(dst, true);
+	print_message("# qemu-backend: counter: source's last %ld, destination's first %ld "
+		      "(%.0f ms after start)\n", last, first, ms_since(t0));
+	assert_true(first > last && first <= last + 2);   /* no reset, nothing lost */
+	assert_int_equal(ops->start(dst), 0);              /* idempotent */
+	assert_false(qemu_running(src));
+	assert_int_equal(tick(src, false), last);
+	vm_destroy(src);
+	vm_destroy(dst);
+}
+
+static void test_stream_abort_mid_stream_leaves_the_source_running(void **state)
+{
+	(void)state;
+	NEED_QEMU();
+	/* a writer keeps 32 MiB dirty; 8 MiB/s cannot finish before the abort */
+	lm_vm_t *src = boot_vm("asrc", "lm_dirty=32:20", NULL);
+	assert_true(wait_tick(src, 3, 10000));
+	lm_vm_t *dst = make_vm("adst", true, "lm_dirty=32:20");
+	lm_vmm_stream_params_t p = {.max_bandwidth = 8 << 20, .auto_converge = true,
+				    .throttle_initial = 20, .throttle_increment = 10};
+	int sfd = ops->stream_open(src, &p);
+	assert_true(sfd >= 0);
+	int dfd = ops->stream_open(dst, NULL);
+	assert_true(dfd >= 0);
+	/* QEMU got our parameters */
+	assert_int_equal(mig_param(src, "max-bandwidth"), 8 << 20);
+	assert_true(mig_cap(src, "auto-converge"));
+	assert_int_equal(mig_param(src, "cpu-throttle-initial"), 20);
+	assert_int_equal(mig_param(src, "cpu-throttle-increment"), 10);
+	struct relay r;
+	relay_start(&r, sfd, dfd);
+	lm_vmm_stream_status_t ss, ds;
+	uint64_t end = lm_now_ns() + 15000000000ull;
+	do {
+		usleep(50000);
+		assert_int_equal(ops->stream_status(src, &ss), 0);
+	} while ((ss.state != LM_VS_ACTIVE || ss.transferred < (4u << 20)) && lm_now_ns() < end);
+	assert_int_equal(ss.state, LM_VS_ACTIVE);
+	assert_false(ss.blackout);
+	assert_true(ss.remaining > 0);
+	assert_int_equal(ops->stream_status(dst, &ds), 0);
+	assert_int_equal(ds.state, LM_VS_ACTIVE);
+	print_message("# qemu-backend: mid-stream: transferred %.1f MB of %.1f MB, remaining "
+		      "%.1f MB, pass %llu, dirty %.0f MB/s\n", ss.transferred / 1e6,
+		      ss.total_bytes / 1e6, ss.remaining / 1e6, (unsigned long long)ss.passes,
+		      ss.dirty_rate_mbps);
+	long before = tick(src, false);
+
+	uint64_t t0 = lm_now_ns();
+	assert_int_equal(ops->stream_abort(src), 0);
+	print_message("# qemu-backend: source stream_abort mid-stream %.1f ms\n", ms_since(t0));
+	assert_int_equal(ops->stream_status(src, &ss), 0);
+	assert_int_equal(ss.state, LM_VS_CANCELLED);
+	assert_false(ss.blackout);
+	assert_true(qemu_running(src));
+	assert_true(wait_tick(src, before + 3, 10000));
+	/* the source's QEMU closed its end; the destination's is closed by us */
+	for (int i = 0; i < 100 && !atomic_load(&r.eof); i++)
+		usleep(20000);
+	relay_join(&r);
+	assert_true(atomic_load(&r.eof));
+	assert_int_equal(ops->stream_abort(dst), 0);
+	assert_int_equal(ops->stream_open(dst, NULL), -EBADF);
+	/* its QEMU saw the stream end in the middle: it failed (QEMU 7.2
+	 * exits then), and the guest never runs there */
+	end = lm_now_ns() + 5000000000ull;
+	do {
+		usleep(20000);
+		assert_int_equal(ops->stream_status(dst, &ds), 0);
+	} while (ds.state != LM_VS_FAILED && lm_now_ns() < end);
+	print_message("# qemu-backend: destination after its abort: state %d: %s\n", ds.state,
+		      ds.error);
+	assert_int_equal(ds.state, LM_VS_FAILED);
+	assert_true(ds.error[0] != 0);
+	int rc = ops->start(dst);
+	assert_true(rc == -EBUSY || rc == -EPIPE);
+	assert_int_equal(tick(dst, false), 0);
+	vm_destroy(dst);
+	/* and the source can stream again later */
+	assert_int_equal(ops->stream_abort(src), 0);        /* nothing left to abort */
+	assert_true(qemu_running(src));
+	vm_destroy(src);
+}
+
+static void test_stream_abort_after_completion_runs_the_source_again(void **state)
+{
+	(void)state;
+	NEED_QEMU();
+	lm_vm_t *src = boot_vm("csrc", NULL, NULL);
+	assert_true(wait_tick(src, 3, 10000));
+	lm_vm_t *dst = make_vm("cdst", true, NULL);
+	lm_vmm_stream_params_t p = {.downtime_ms = 300};
+	int sfd = ops->stream_open(src, &p);
+	assert_true(sfd >= 0);
+	int dfd = ops->stream_open(dst, NULL);
+	assert_true(dfd >= 0);
+	struct relay r;
+	relay_start(&r, sfd, dfd);
+	assert_int_equal(mig_param(src, "downtime-limit"), 300);
+	lm_vmm_stream_status_t ss, ds;
+	bool early;
+	double max_ms;
+	wait_both_completed(src, dst, &ss, &ds, &early, &max_ms);
+	relay_join(&r);
+	long last = tick(src, false);
+	assert_false(qemu_running(src));
+	/* no handover: the destination's copy never runs, the source's again */
+	assert_int_equal(ops->stream_abort(dst), 0);
+	uint64_t t0 = lm_now_ns();
+	assert_int_equal(ops->stream_abort(src), 0);
+	print_message("# qemu-backend: source stream_abort after completion %.1f ms\n",
+		      ms_since(t0));
+	assert_true(qemu_running(src));
+	assert_int_equal(runstate(src), LM_QEMU_RS_RUNNING);
+	assert_true(wait_tick(src, last + 3, 10000));
+	assert_int_equal(ops->stream_abort(src), 0);        /* idempotent: it runs */
+	assert_true(qemu_running(src));
+	/* pause and resume as before the stream */
+	assert_int_equal(ops->pause(src), 0);
+	assert_false(qemu_running(src));
+	assert_int_equal(ops->resume(src), 0);
+	assert_true(qemu_running(src));
+	vm_destroy(dst);
+	vm_destroy(src);
+}
+
+static void test_zz_no_qemu_process_is_left(void **state)
+{
+	(void)state;
+	NEED_QEMU();
+	assert_int_equal(qemu_children(), 0);
+}
+
+/* ---- setup ------------------------------------------------------------ */
+
+static bool on_path(const char *prog)
+{
+	const char *path = getenv("PATH");
+	char buf[512];
+	while (path && *path) {
+		const char *e = strchr(path, ':');
+		size_t n = e ? (size_t)(e - path) : strlen(path);
+		snprintf(buf, sizeof(buf), "%.*s/%s", (int)n, path, prog);
+		if (access(buf, X_OK) == 0)
+			return true;
+		path += n + (e ? 1 : 0);
+	}
+	return false;
+}
+
+static int suite_setup(void **state)
+{
+	(void)state;
+	ops = lm_backend_find("qemu");
+	if (!ops)
+		return -1;
+	snprintf(kernel, sizeof(kernel), "%s/vmlinuz", LM_TEST_KERNEL_DIR);
+	if (!on_path("qemu-system-x86_64") && !getenv("LM_QEMU")) {
+		snprintf(skip_why, sizeof(skip_why), "qemu-system-x86_64 not found "
+			 "(Debian: qemu-system-x86)");
+		return 0;
+	}
+	if (access(kernel, R_OK) < 0) {
+		snprintf(skip_why, sizeof(skip_why), "no guest kernel at %s (the build fetches "
+			 "it: guest/image/fetch-kernel.sh)", kernel);
+		return 0;
+	}
+	/* the backend's default kernel is the build's; make sure */
+	unsetenv("LM_QEMU_KERNEL");
+	unsetenv("LM_QEMU_INITRD");
+	snprintf(dir, sizeof(dir), "/tmp/lmqemu-btest-XXXXXX");
+	if (!mkdtemp(dir))
+		return -1;
+	snprintf(initrd, sizeof(initrd), "%s/initrd.cpio.gz", dir);
+	char cmd[1024];
+	snprintf(cmd, sizeof(cmd), "sh %s %s %s %s", LM_TEST_MKINITRAMFS, initrd,
+		 LM_TEST_KERNEL_DIR, LM_TEST_LMDIRTY);
+	if (system(cmd) != 0) {
+		fprintf(stderr, "test_qemu_backend: %s failed\n", cmd);
+		return -1;
+	}
+	/* the VMs' private directories go here (counted, removed with it) */
+	setenv("TMPDIR", dir, 1);
+	return 0;
+}
+
+static int suite_teardown(void **state)
+{
+	(void)state;
+	if (dir[0]) {
+		char cmd[128];
+		snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+		if (system(cmd) != 0)
+			return -1;
+	}
+	return 0;
+}
+
+int main(void)
+{
+	signal(SIGPIPE, SIG_IGN);
+	if (!getenv("LM_LOG_LEVEL"))
+		lm_log_set_level(LM_LOG_WARN);
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_registry_finds_the_qemu_backend),
+		cmocka_unit_test_teardown(test_start_boots_and_pause_resume_stop_and_run_the_guest,
+					  case_teardown),
+		cmocka_unit_test_teardown(test_bad_document_field_is_einval_and_names_it,
+					  case_teardown),
+		cmocka_unit_test_teardown(test_migration_through_the_stream_ops, case_teardown),
+		cmocka_unit_test_teardown(test_stream_abort_mid_stream_leaves_the_source_running,
+					  case_teardown),
+		cmocka_unit_test_teardown(test_stream_abort_after_completion_runs_the_source_again,
+					  case_teardown),
+		cmocka_unit_test_teardown(test_zz_no_qemu_process_is_left, case_teardown),
+	};
+	if (getenv("LM_TEST_FILTER"))
+		cmocka_set_test_filter(getenv("LM_TEST_FILTER"));
+	return cmocka_run_group_tests(tests, suite_setup, suite_teardown);
+}
