@@ -103,6 +103,7 @@ struct conn {
 	unsigned tab_cap, n_calls;
 	uint32_t last_id;
 	int uid, pid;
+	ev_tstamp partial_since;    /* an incomplete frame waits since (0: none) */
 };
 
 struct svc {
@@ -125,6 +126,7 @@ struct lm_rpc_server {
 	ev_async stop_w;
 	ev_prepare flush_w;
 	ev_timer grace_w;
+	ev_timer sweep_w;           /* closes connections stuck mid-frame */
 	ev_async adopt_w;           /* wakes the loop for fds adopted after start */
 	pthread_mutex_t adopt_mu;   /* guards pending and closed_adopt */
 	int *pending;               /* fds adopted after start, not yet served */
@@ -831,6 +833,36 @@ static void parse(struct conn *c)
 	}
 	if (c->rpos == c->rlen)
 		c->rpos = c->rlen = 0;
+	/* a frame begun and not finished (or a body being skipped) starts
+	 * the slow-peer clock; a paused connection waits for us, not them */
+	if (c->dead)
+		return;
+	if ((c->rpos < c->rlen || c->discard) && !c->paused) {
+		if (!c->partial_since)
+			c->partial_since = ev_now(c->s->loop);
+	} else {
+		c->partial_since = 0;
+	}
+}
+
+/* Every half frame timeout: a connection whose frame has been incomplete
+ * for frame_timeout_ms (a peer that trickles or stalls mid-frame: a
+ * slowloris) is closed, so it never holds its buffers and slot for ever.
+ * Idle connections between frames are left alone (containerd keeps its
+ * connection to a shim open and quiet). */
+static void on_sweep(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	lm_rpc_server_t *s = w->data;
+	(void)revents;
+	ev_tstamp now = ev_now(loop), lim = s->cfg.frame_timeout_ms / 1000.0;
+	for (struct conn *c = s->conns, *n; c; c = n) {
+		n = c->next;
+		if (c->partial_since && now - c->partial_since >= lim) {
+			lm_log_warn(MOD, "connection closed", "fd=%d uid=%d pid=%d reason=\"a frame incomplete "
+				    "for %u ms\"", c->fd, c->uid, c->pid, s->cfg.frame_timeout_ms);
+			conn_close(c);
+		}
+	}
 }
 
 /* Makes room in rbuf for the next read: compacts, grows to fit a frame. */
@@ -1109,6 +1141,17 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
 			atomic_fetch_add_explicit(&s->st_refused, 1, memory_order_relaxed);
 			continue;
 		}
+		unsigned mine = 0;
+		for (struct conn *c = s->conns; c; c = c->next)
+			mine += c->pid == (int)cr.pid;
+		if (mine >= s->cfg.max_conns_per_peer) {
+			/* one client never takes every slot */
+			lm_log_warn(MOD, "connection dropped", "uid=%u pid=%d reason=\"%u connections from "
+				    "this process already\"", (unsigned)cr.uid, (int)cr.pid, mine);
+			close(fd);
+			atomic_fetch_add_explicit(&s->st_refused, 1, memory_order_relaxed);
+			continue;
+		}
 		if (atomic_load(&s->st_open_conns) >= s->cfg.max_conns ||
 		    conn_open(s, fd, (int)cr.uid, (int)cr.pid) < 0) {
 			lm_log_warn(MOD, "connection dropped", "reason=\"too many connections\"");
@@ -1207,6 +1250,7 @@ static void on_grace(struct ev_loop *loop, ev_timer *w, int revents)
 			conn_close(c);
 	}
 	s->dirty = NULL;
+	ev_timer_stop(loop, &s->sweep_w);
 	ev_prepare_stop(loop, &s->flush_w);
 	ev_async_stop(loop, &s->stop_w);
 	ev_async_stop(loop, &s->adopt_w);
@@ -1260,6 +1304,10 @@ int lm_rpc_server_create(lm_rpc_server_t **out, const struct lm_rpc_server_confi
 		s->cfg.max_stream_bytes = 4u << 20;
 	if (!s->cfg.max_conns)
 		s->cfg.max_conns = 4096;
+	if (!s->cfg.max_conns_per_peer)
+		s->cfg.max_conns_per_peer = 256;
+	if (!s->cfg.frame_timeout_ms)
+		s->cfg.frame_timeout_ms = 30000;
 	if (!s->cfg.mailbox_size)
 		s->cfg.mailbox_size = 65536;
 	if (!s->cfg.grace_ms)
@@ -1289,6 +1337,10 @@ int lm_rpc_server_create(lm_rpc_server_t **out, const struct lm_rpc_server_confi
 	ev_prepare_start(s->loop, &s->flush_w);
 	ev_init(&s->grace_w, on_grace);
 	s->grace_w.data = s;
+	double sweep = s->cfg.frame_timeout_ms / 2000.0;
+	ev_timer_init(&s->sweep_w, on_sweep, sweep, sweep);
+	s->sweep_w.data = s;
+	ev_timer_start(s->loop, &s->sweep_w);
 	*out = s;
 	return 0;
 }

@@ -102,6 +102,12 @@ struct lm_rpc_server_config {
 	size_t max_tx_bytes;       /* queued output per connection; 0 = 16 MiB */
 	size_t max_stream_bytes;   /* queued items per stream; 0 = 4 MiB */
 	unsigned max_conns;        /* connections at once; 0 = 4096 */
+	unsigned max_conns_per_peer; /* connections of one process (SO_PEERCRED
+				      pid) at once; 0 = 256: one client never
+				      takes every slot */
+	unsigned frame_timeout_ms; /* a frame begun must be complete within this,
+				      or the connection is closed (a slowloris);
+				      idle connections between frames stay; 0 = 30000 */
 	unsigned mailbox_size;     /* answer mailbox capacity; 0 = 65536 */
 	unsigned grace_ms;         /* shutdown: wait for calls this long; 0 = 2000 */
 	bool any_uid;              /* tests only: skip the SO_PEERCRED check */

@@ -29,6 +29,7 @@
 #include "mailbox/msg.h"
 #include "rpc/client.h"
 #include "rpc/server.h"
+#include "util/clock.h"
 
 /* ---- the test service ------------------------------------------------- */
 
@@ -971,9 +972,99 @@ static void test_peer_of_another_uid_is_refused(void **state)
 	assert_int_equal(st.refused, 1);
 }
 
-int main(void)
+/* ---- one client cannot starve the others ---------------------------------- */
+
+static int setup_limits(void **state)
 {
+	struct lm_rpc_server_config cfg = {.max_conns_per_peer = 8, .frame_timeout_ms = 300};
+	return setup_cfg(state, &cfg);
+}
+
+/* This binary run as `test_rpc --echo PATH`: another process that
+ * connects and makes one Echo call; exit 0 if it was answered. */
+static int echo_client(const char *path)
+{
+	lm_rpc_client_t *c;
+	struct lm_rpc_result r;
+	if (lm_rpc_client_connect(&c, path) != 0)
+		return 2;
+	int rc = lm_rpc_client_call(c, "test.Svc", "Echo", "ok", 2, NULL, &r);
+	int ok = rc == 0 && r.code == 0;
+	if (rc == 0)
+		lm_rpc_result_free(&r);
+	lm_rpc_client_close(c);
+	return ok ? 0 : 1;
+}
+
+static void test_one_process_cannot_take_every_connection(void **state)
+{
+	struct fx *f = *state;
+	/* the fixture's adopted socketpair is one of ours already */
+	lm_rpc_client_t *c[12];
+	int served = 0;
+	for (int i = 0; i < 12; i++) {
+		assert_int_equal(lm_rpc_client_connect(&c[i], f->path), 0);
+		struct lm_rpc_result r;
+		int rc = lm_rpc_client_call(c[i], "test.Svc", "Echo", "x", 1, NULL, &r);
+		if (rc == 0) {
+			lm_rpc_result_free(&r);
+			served++;
+		} else {
+			assert_int_equal(rc, -EPIPE);   /* closed at accept */
+		}
+	}
+	assert_int_equal(served, 7);
+	/* another process is served meanwhile */
+	pid_t p = fork();
+	if (p == 0) {
+		execl("/proc/self/exe", "test_rpc", "--echo", f->path, (char *)NULL);
+		_exit(127);
+	}
+	int st;
+	assert_int_equal(waitpid(p, &st, 0), p);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	for (int i = 0; i < 12; i++)
+		lm_rpc_client_close(c[i]);
+	/* the slots come back */
+	assert_int_equal(echo_client(f->path), 0);
+}
+
+/* A peer that sends part of a frame and stops is closed once the frame
+ * timeout passed; a quiet connection between frames is kept. */
+static void test_a_frame_left_half_sent_is_closed_after_the_timeout(void **state)
+{
+	struct fx *f = *state;
+	lm_rpc_client_t *quiet;
+	assert_int_equal(lm_rpc_client_connect(&quiet, f->path), 0);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_un u = { .sun_family = AF_UNIX };
+	snprintf(u.sun_path, sizeof(u.sun_path), "%s", f->path);
+	assert_int_equal(connect(fd, (struct sockaddr *)&u, sizeof(u)), 0);
+	uint64_t t0 = lm_now_ns();
+	assert_int_equal(write(fd, "\0\0\0\x10\0", 5), 5);   /* 5 of a 10-byte header */
+	struct pollfd p = { fd, POLLIN, 0 };
+	assert_int_equal(poll(&p, 1, 5000), 1);
+	char b;
+	assert_int_equal(read(fd, &b, 1), 0);                 /* closed by the server */
+	double ms = (lm_now_ns() - t0) / 1e6;
+	print_message("half a header: closed after %.0f ms (timeout 300 ms)\n", ms);
+	assert_true(ms >= 290 && ms < 2000);
+	close(fd);
+	struct lm_rpc_result r;
+	assert_int_equal(lm_rpc_client_call(quiet, "test.Svc", "Echo", "x", 1, NULL, &r), 0);
+	assert_int_equal(r.code, 0);
+	lm_rpc_result_free(&r);
+	lm_rpc_client_close(quiet);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc == 3 && strcmp(argv[1], "--echo") == 0)
+		return echo_client(argv[2]);
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_one_process_cannot_take_every_connection, setup_limits, teardown),
+		cmocka_unit_test_setup_teardown(test_a_frame_left_half_sent_is_closed_after_the_timeout, setup_limits, teardown),
 		cmocka_unit_test_setup_teardown(test_golden_unary_exchange_byte_for_byte, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_golden_server_stream_frames, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_empty_server_stream_request_is_handled_at_once, setup, teardown),
