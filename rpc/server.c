@@ -60,6 +60,8 @@ struct lm_rpc_call {
 	atomic_int answered;        /* the final answer was given (or forced) */
 	atomic_int cancelled;       /* enum lm_rpc_cancel */
 	atomic_size_t pending;      /* stream item bytes queued, not yet written */
+	atomic_size_t *total;       /* the server's st_stream_total (any thread) */
+	size_t max_total;           /* copy of the server's bound on it */
 	lm_rpc_server_t *s;         /* loop-thread use only */
 	lm_mailbox_t *mb;           /* answer mailbox (referenced) */
 	const struct lm_rpc_method *m;
@@ -140,6 +142,9 @@ struct lm_rpc_server {
 	/* stats */
 	atomic_uint_fast64_t st_accepted, st_refused, st_open_conns, st_calls,
 		st_open_calls, st_proto, st_pauses;
+	atomic_size_t st_stream_total; /* stream item bytes queued, all calls */
+	size_t tx_total;            /* loop: bytes in every connection's output queue */
+	bool total_blocked;         /* loop: connections paused for tx_total */
 };
 
 static __thread lm_rpc_server_t *tls_loop;
@@ -213,8 +218,10 @@ static void answer_dtor(lm_msg_t *m)
 {
 	struct answer *a = LM_MSG_PAYLOAD(m, struct answer);
 	if (a->call) {
-		if (a->acct)
+		if (a->acct) {
 			atomic_fetch_sub_explicit(&a->call->pending, a->acct, memory_order_relaxed);
+			atomic_fetch_sub_explicit(a->call->total, a->acct, memory_order_relaxed);
+		}
 		lm_rpc_call_unref(a->call);
 		a->call = NULL;
 	}
@@ -258,6 +265,7 @@ static void tx_append(struct conn *c, struct answer *a)
 		c->txh = a;
 	c->txt = a;
 	c->tx_bytes += a->len;
+	c->s->tx_total += a->len;
 	conn_mark(c);
 }
 
@@ -416,8 +424,12 @@ int lm_rpc_call_send(lm_rpc_call_t *c, const void *msg, size_t len)
 		return -ECANCELED;
 	size_t n = lm_ttrpc_data_frame_size(len);
 	size_t was = atomic_fetch_add_explicit(&c->pending, n, memory_order_relaxed);
-	if (was + n > c->max_stream) {
+	size_t all = atomic_fetch_add_explicit(c->total, n, memory_order_relaxed);
+	if (was + n > c->max_stream || all + n > c->max_total) {
+		/* this stream's client is not draining, or the streams of all
+		 * clients together hold the server's whole output budget */
 		atomic_fetch_sub_explicit(&c->pending, n, memory_order_relaxed);
+		atomic_fetch_sub_explicit(c->total, n, memory_order_relaxed);
 		/* the client is not draining: end the stream explicitly */
 		if (!atomic_exchange_explicit(&c->answered, 1, memory_order_acq_rel)) {
 			struct answer *a = answer_response(c->id, LM_RPC_RESOURCE_EXHAUSTED,
@@ -434,6 +446,7 @@ int lm_rpc_call_send(lm_rpc_call_t *c, const void *msg, size_t len)
 	struct answer *a = answer_alloc(n);
 	if (!a) {
 		atomic_fetch_sub_explicit(&c->pending, n, memory_order_relaxed);
+		atomic_fetch_sub_explicit(c->total, n, memory_order_relaxed);
 		return -ENOMEM;
 	}
 	lm_ttrpc_data_frame_encode(a->frame, c->id, 0, msg, len);
@@ -520,7 +533,8 @@ static void tab_del(struct conn *c, uint32_t id)
 static bool over_limits(const struct conn *c)
 {
 	const lm_rpc_server_t *s = c->s;
-	return c->n_calls >= s->cfg.max_inflight || c->tx_bytes >= s->cfg.max_tx_bytes;
+	return c->n_calls >= s->cfg.max_inflight || c->tx_bytes >= s->cfg.max_tx_bytes ||
+	       s->tx_total >= s->cfg.max_total_tx_bytes;
 }
 
 /* Queues c for the pre-block pass (flush output, resume reading). */
@@ -689,6 +703,8 @@ static void on_request(struct conn *c, const struct lm_ttrpc_hdr *h, const uint8
 	call->m = m;
 	call->svc_arg = v->d->arg;
 	call->max_stream = s->cfg.max_stream_bytes;
+	call->total = &s->st_stream_total;
+	call->max_total = s->cfg.max_total_stream_bytes;
 	call->conn = c;
 	call->id = h->stream;
 	call->uid = c->uid;
@@ -800,6 +816,8 @@ static void parse(struct conn *c)
 			continue;
 		}
 		if (over_limits(c)) {
+			if (c->s->tx_total >= c->s->cfg.max_total_tx_bytes)
+				c->s->total_blocked = true;
 			pause_reading(c);
 			break;
 		}
@@ -994,11 +1012,20 @@ static bool flush(struct conn *c)
 			if (!c->txh)
 				c->txt = NULL;
 			c->tx_bytes -= a->len;
+			s->tx_total -= a->len;
 			lm_msg_free(a->msg);
 		}
 	}
 	if (ev_is_active(&c->ww))
 		ev_io_stop(s->loop, &c->ww);
+	if (s->total_blocked && s->tx_total < s->cfg.max_total_tx_bytes / 2) {
+		/* the server's output drained: every connection paused for it
+		 * may read again (on_prepare resumes them) */
+		s->total_blocked = false;
+		for (struct conn *o = s->conns; o; o = o->next)
+			if (o->paused)
+				conn_mark(o);
+	}
 	return true;
 }
 
@@ -1026,7 +1053,7 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
 		if (!flush(c))
 			continue;
 		if (c->paused && !s->stopping && c->n_calls < s->cfg.max_inflight &&
-		    c->tx_bytes < s->cfg.max_tx_bytes / 2) {
+		    c->tx_bytes < s->cfg.max_tx_bytes / 2 && s->tx_total < s->cfg.max_total_tx_bytes / 2) {
 			c->paused = false;
 			ev_io_start(s->loop, &c->rw);
 			parse(c);                   /* frames already buffered */
@@ -1065,6 +1092,8 @@ static void conn_close(struct conn *c)
 		lm_msg_free(a->msg);
 	}
 	c->txt = NULL;
+	s->tx_total -= c->tx_bytes;
+	c->tx_bytes = 0;
 	close(c->fd);
 	c->fd = -1;
 	if (c->prev)
@@ -1302,6 +1331,10 @@ int lm_rpc_server_create(lm_rpc_server_t **out, const struct lm_rpc_server_confi
 		s->cfg.max_tx_bytes = 16u << 20;
 	if (!s->cfg.max_stream_bytes)
 		s->cfg.max_stream_bytes = 4u << 20;
+	if (!s->cfg.max_total_tx_bytes)
+		s->cfg.max_total_tx_bytes = 256u << 20;
+	if (!s->cfg.max_total_stream_bytes)
+		s->cfg.max_total_stream_bytes = 256u << 20;
 	if (!s->cfg.max_conns)
 		s->cfg.max_conns = 4096;
 	if (!s->cfg.max_conns_per_peer)

@@ -101,6 +101,10 @@ struct lm_rpc_server_config {
 	unsigned max_inflight;     /* open calls per connection; 0 = 1024 */
 	size_t max_tx_bytes;       /* queued output per connection; 0 = 16 MiB */
 	size_t max_stream_bytes;   /* queued items per stream; 0 = 4 MiB */
+	size_t max_total_tx_bytes; /* queued output of all connections: over it,
+				      no connection reads requests; 0 = 256 MiB */
+	size_t max_total_stream_bytes; /* queued items of all streams: a send over
+				      it ends its stream (ResourceExhausted); 0 = 256 MiB */
 	unsigned max_conns;        /* connections at once; 0 = 4096 */
 	unsigned max_conns_per_peer; /* connections of one process (SO_PEERCRED
 				      pid) at once; 0 = 256: one client never

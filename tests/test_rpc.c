@@ -972,6 +972,53 @@ static void test_peer_of_another_uid_is_refused(void **state)
 	assert_int_equal(st.refused, 1);
 }
 
+/* ---- the server's whole output is bounded ---------------------------------- */
+
+static int setup_total(void **state)
+{
+	/* each stream could queue 4 MiB; all of them together only 512 KiB */
+	struct lm_rpc_server_config cfg = {.max_total_stream_bytes = 512 << 10};
+	return setup_cfg(state, &cfg);
+}
+
+/* Two clients flood-streams that neither reads: together they stop at the
+ * server's total, far below what the per-stream bound would let each
+ * queue, and each stream ends with ResourceExhausted. */
+static void test_all_streams_together_are_bounded(void **state)
+{
+	struct fx *f = *state;
+	int fds[2] = { f->raw, socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0) };
+	struct sockaddr_un u = { .sun_family = AF_UNIX };
+	snprintf(u.sun_path, sizeof(u.sun_path), "%s", f->path);
+	assert_int_equal(connect(fds[1], (struct sockaddr *)&u, sizeof(u)), 0);
+	for (int k = 0; k < 2; k++)
+		raw_request(fds[k], 1, LM_TTRPC_F_REMOTE_CLOSED, "test.Svc", "Flood", NULL, 0, 0);
+	for (int i = 0; i < 500 && atomic_load(&enobufs_seen) < 2; i++)
+		usleep(10000);
+	assert_int_equal(atomic_load(&enobufs_seen), 2);
+	size_t bytes = 0;
+	for (int k = 0; k < 2; k++) {
+		struct lm_ttrpc_hdr h;
+		for (;;) {
+			assert_int_equal(raw_read(fds[k], &h), 0);
+			if (h.type != LM_TTRPC_DATA)
+				break;
+			bytes += h.len;
+		}
+		struct lm_ttrpc_response r;
+		assert_int_equal(lm_ttrpc_response_decode(rbody, h.len, &r, NULL), 0);
+		assert_int_equal(r.code, LM_RPC_RESOURCE_EXHAUSTED);
+	}
+	print_message("two unread floods queued %zu KiB in all (total bound 512 KiB, 4 MiB per stream)\n",
+		      bytes >> 10);
+	/* what left the server's queues sits in the sockets' kernel buffers
+	 * (a few hundred KiB each); without the total each stream alone
+	 * would have queued 4 MiB */
+	assert_true(bytes < (2u << 20));
+	close(fds[1]);
+	expect_echo_ok(f->raw, 3);
+}
+
 /* ---- one client cannot starve the others ---------------------------------- */
 
 static int setup_limits(void **state)
@@ -1064,6 +1111,7 @@ int main(int argc, char **argv)
 		return echo_client(argv[2]);
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_one_process_cannot_take_every_connection, setup_limits, teardown),
+		cmocka_unit_test_setup_teardown(test_all_streams_together_are_bounded, setup_total, teardown),
 		cmocka_unit_test_setup_teardown(test_a_frame_left_half_sent_is_closed_after_the_timeout, setup_limits, teardown),
 		cmocka_unit_test_setup_teardown(test_golden_unary_exchange_byte_for_byte, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_golden_server_stream_frames, setup, teardown),
