@@ -225,6 +225,10 @@ static void *job_main(void *arg)
 		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
 		if (ss.ss_family == AF_UNIX && path[0] && (rc = clear_stale(path, &ss, sl, d.msg, sizeof(d.msg))))
 			goto out;
+		if ((rc = LM_FAULT("transport.listen")) < 0) {
+			snprintf(d.msg, sizeof(d.msg), "cannot listen on %s: %s (fault)", j->addr, strerror(-rc));
+			goto out;
+		}
 		if (bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, 1) < 0) {
 			rc = -errno;
 			snprintf(d.msg, sizeof(d.msg), "cannot listen on %s: %s", j->addr, strerror(-rc));
@@ -242,9 +246,10 @@ static void *job_main(void *arg)
 				 rc == -ETIMEDOUT ? "timed out" : rc == -ECANCELED ? "cancelled" : strerror(-rc));
 			goto out;
 		}
-		int c = accept4(fd, NULL, NULL, SOCK_CLOEXEC);
+		rc = LM_FAULT("transport.accept");
+		int c = rc < 0 ? -1 : accept4(fd, NULL, NULL, SOCK_CLOEXEC);
 		if (c < 0) {
-			rc = -errno;
+			rc = rc < 0 ? rc : -errno;
 			snprintf(d.msg, sizeof(d.msg), "accept on %s: %s", j->addr, strerror(-rc));
 			goto out;
 		}

@@ -39,6 +39,7 @@
 
 #include "actors/controller.h"
 #include "actors/transport.h"
+#include "util/fault.h"
 #include "migration.pb-c.h"
 #include "rpc/frame.h"
 #include "runtime/runtime.h"
@@ -450,6 +451,29 @@ static void test_abort_with_nothing_in_progress_changes_nothing(void **state)
 	close(sv[1]);
 }
 
+/* The fault points of the listening side: a listen that fails leaves no
+ * socket file; an accept that fails (a peer had connected) answers with
+ * the reason and removes the file too. */
+static void test_listen_and_accept_fault_points(void **state)
+{
+	(void)state;
+	char addr[160];
+	snprintf(addr, sizeof(addr), "unix:%s", F.path);
+	assert_int_equal(lm_fault_arm("transport.listen:errno=EACCES:times=1"), 0);
+	send_addr(18, true, addr, 0);
+	expect_refused(18, LM_RPC_FAILED_PRECONDITION, "cannot listen on");
+	struct stat st;
+	assert_int_equal(lstat(F.path, &st), -1);
+	assert_int_equal(lm_fault_arm("transport.accept:errno=ECONNABORTED:times=1"), 0);
+	send_addr(19, true, addr, 0);
+	assert_int_equal(lm_runtime_run_until_quiet(F.rt, 0), 1);
+	int peer = connect_when_listening(F.path);
+	expect_refused(19, LM_RPC_FAILED_PRECONDITION, "accept on");
+	assert_int_equal(lstat(F.path, &st), -1);
+	close(peer);
+	lm_fault_disarm_all();
+}
+
 static void test_a_passed_deadline_is_deadline_exceeded(void **state)
 {
 	(void)state;
@@ -584,6 +608,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_listen_on_a_unix_path_accepts_one_peer_then_removes_the_path, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_abort_ends_a_listen_in_progress_with_aborted, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_listen_replaces_only_a_stale_socket, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_listen_and_accept_fault_points, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_abort_with_nothing_in_progress_changes_nothing, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_a_passed_deadline_is_deadline_exceeded, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_a_second_request_while_one_runs_is_refused_on_its_own_reply_to, setup, teardown),
