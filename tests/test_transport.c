@@ -451,10 +451,10 @@ static void test_abort_with_nothing_in_progress_changes_nothing(void **state)
 	close(sv[1]);
 }
 
-/* The fault points of the listening side: a listen that fails leaves no
- * socket file; an accept that fails (a peer had connected) answers with
- * the reason and removes the file too. */
-static void test_listen_and_accept_fault_points(void **state)
+/* The transport's fault points: a listen that fails leaves no socket
+ * file; an accept that fails (a peer had connected) answers with the
+ * reason and removes the file too; a connect that fails says so. */
+static void test_listen_accept_and_connect_fault_points(void **state)
 {
 	(void)state;
 	char addr[160];
@@ -471,6 +471,17 @@ static void test_listen_and_accept_fault_points(void **state)
 	expect_refused(19, LM_RPC_FAILED_PRECONDITION, "accept on");
 	assert_int_equal(lstat(F.path, &st), -1);
 	close(peer);
+	/* and the connecting side's */
+	int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_un u = { .sun_family = AF_UNIX };
+	snprintf(u.sun_path, sizeof(u.sun_path), "%s", F.path);
+	assert_int_equal(bind(l, (struct sockaddr *)&u, sizeof(u)), 0);
+	assert_int_equal(listen(l, 1), 0);
+	assert_int_equal(lm_fault_arm("transport.connect:errno=ECONNREFUSED:times=1"), 0);
+	send_addr(20, false, addr, 0);
+	expect_refused(20, LM_RPC_FAILED_PRECONDITION, "cannot connect to");
+	close(l);
+	unlink(F.path);
 	lm_fault_disarm_all();
 }
 
@@ -608,7 +619,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_listen_on_a_unix_path_accepts_one_peer_then_removes_the_path, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_abort_ends_a_listen_in_progress_with_aborted, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_listen_replaces_only_a_stale_socket, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_listen_and_accept_fault_points, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_listen_accept_and_connect_fault_points, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_abort_with_nothing_in_progress_changes_nothing, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_a_passed_deadline_is_deadline_exceeded, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_a_second_request_while_one_runs_is_refused_on_its_own_reply_to, setup, teardown),

@@ -10,6 +10,7 @@
  */
 #include "testkit.h"
 #include "hcs/xfer/xfer_wire.h"
+#include "util/fault.h"
 #include "util/log.h"
 
 #include <setjmp.h>
@@ -514,6 +515,44 @@ static void test_a_pages_destination_refuses_a_vmm_stream(void **state)
 	ht_log_destroy(&ld);
 }
 
+/* The handshake's fault point: both sides fail before anything moved,
+ * the source runs on and its VMM never started a stream. */
+static void test_a_failed_handshake_moves_nothing(void **state)
+{
+	(void)state;
+	lm_vm_t *src, *dst;
+	lm_vm_config_t c = { .memory_bytes = 8u << 20, .vcpus = 1 };
+	assert_int_equal(f_create(&src, &c), 0);
+	src->running = true;
+	c.incoming = true;
+	assert_int_equal(f_create(&dst, &c), 0);
+	assert_int_equal(lm_fault_arm("transfer.handshake:errno=EIO:times=1"), 0);
+	int sv[2];
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	struct ht_log ls, ld;
+	ht_log_init(&ls);
+	ht_log_init(&ld);
+	lm__xfer_opts_t o;
+	lm__xfer_opts_default(&o);
+	o.session_id = 7;
+	lm__xfer_t *xd, *xs;
+	assert_int_equal(lm__xfer_create(&xs, LM_XFER_SOURCE, &fvmm_ops, src, sv[0], &o, ht_on_event, &ls), 0);
+	assert_int_equal(lm__xfer_create(&xd, LM_XFER_DEST, &fvmm_ops, dst, sv[1], &o, ht_on_event, &ld), 0);
+	assert_true(ht_wait(&ls, LM_XEV_FAILED, 10000));
+	assert_true(ht_wait(&ld, LM_XEV_FAILED, 10000));
+	assert_int_equal(ht_count(&ls, LM_XEV_SETUP_DONE) + ht_count(&ld, LM_XEV_SETUP_DONE), 0);
+	assert_true(running(src));
+	assert_int_equal(src->aborts, 0);
+	assert_int_equal(src->state, LM_VS_IDLE);
+	lm_fault_disarm_all();
+	lm__xfer_destroy(xs);
+	lm__xfer_destroy(xd);
+	f_destroy(src);
+	f_destroy(dst);
+	ht_log_destroy(&ls);
+	ht_log_destroy(&ld);
+}
+
 int main(void)
 {
 	if (!getenv("LM_LOG_LEVEL"))
@@ -525,6 +564,7 @@ int main(void)
 		cmocka_unit_test(test_a_stalled_blackout_is_bounded),
 		cmocka_unit_test(test_no_ack_after_completion_resumes_the_source),
 		cmocka_unit_test(test_a_pages_destination_refuses_a_vmm_stream),
+		cmocka_unit_test(test_a_failed_handshake_moves_nothing),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
