@@ -22,6 +22,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "util/fault.h"
 #include "cmd/ctl.h"
 
@@ -522,6 +524,28 @@ static int cmd_cancel(int argc, char **argv)
 	struct ctl_side s = { .name = "shim", .path = shim };
 	if (ctl_side_connect(&s, 0) < 0)
 		return 1;
+	/* the contract answers OK to a Cancel on an idle shim (a retry after
+	 * the session ended); say what is true instead of "cancelled" */
+	json_t *q = json_pack("{s:s}", "SessionId", session);
+	char *qs = q ? json_dumps(q, JSON_COMPACT) : NULL;
+	json_decref(q);
+	char *ans = NULL;
+	if (qs && ctl_call_json(&s, "lmshim.v1.Recovery", "State", qs, 10ll * 1000000000, true, &ans,
+				NULL, 0) == 0) {
+		json_t *j = json_loads(ans, 0, NULL);
+		const char *st = j ? json_string_value(json_object_get(j, "State")) : NULL;
+		bool idle = st && !strcmp(st, "Idle");
+		json_decref(j);
+		free(ans);
+		if (idle) {
+			free(qs);
+			ctl_side_close(&s);
+			fprintf(stderr, "lmctl cancel: no migration session on %s (the shim is idle): nothing to cancel\n",
+				shim);
+			return 1;
+		}
+	}
+	free(qs);
 	CancelRequest req = CANCEL_REQUEST__INIT;
 	req.session_id = (char *)session;
 	rc = ctl_call(&s, CTL_MIGRATION_SERVICE, "Cancel", &req.base, NULL, NULL, 30ll * 1000000000, false,
