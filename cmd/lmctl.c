@@ -122,9 +122,9 @@ static const char usage_watch[] =
 	"per notification until the stream ends (Cleanup) or the connection goes.\n";
 
 static const char usage_state[] =
-	"usage: lmctl state --shim SOCK [--id ID]\n"
+	"usage: lmctl state --shim SOCK --id ID\n"
 	"\n"
-	"Prints the task State of container ID (default: the shim's own task).\n";
+	"Prints the task State of container ID (lmctl inspect shows the VM).\n";
 
 static const char usage_inspect[] =
 	"usage: lmctl inspect --shim SOCK\n"
@@ -496,6 +496,8 @@ static int cmd_state(int argc, char **argv)
 	int rc = parse_simple("state", usage_state, argc, argv, &shim, NULL, &id);
 	if (rc)
 		return rc < 0 ? 0 : rc;
+	if (!id[0])
+		return bad_flag("state", "--id is required (a container ID)");
 	struct ctl_side s = { .name = "shim", .path = shim };
 	if (ctl_side_connect(&s, 0) < 0)
 		return 1;

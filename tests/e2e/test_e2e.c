@@ -669,8 +669,10 @@ static void test_command_lines_help_and_bad_flags(void **state)
 	assert_int_equal(e2e_lmctl(m5, out, 5000), 2);
 	const char *m3[] = { "frobnicate", NULL };
 	assert_int_equal(e2e_lmctl(m3, out, 5000), 2);
-	const char *m4[] = { "state", "--shim", "/nonexistent.sock", NULL };
+	const char *m4[] = { "state", "--shim", "/nonexistent.sock", "--id", "c1", NULL };
 	assert_int_equal(e2e_lmctl(m4, out, 5000), 1);
+	const char *m6[] = { "state", "--shim", "/nonexistent.sock", NULL };   /* no --id */
+	assert_int_equal(e2e_lmctl(m6, out, 5000), 2);
 
 	const char *s1[] = { LM_E2E_LMSHIM, "--help", NULL };
 	assert_int_equal(e2e_wait(e2e_spawn(s1, out), 5000), 0);
