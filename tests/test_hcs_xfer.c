@@ -722,6 +722,35 @@ static void test_corrupted_batch_with_checksums_is_dataloss_and_source_intact(vo
 	mig_free(&m);
 }
 
+/* transfer.corrupt flips a bit on the wire whatever the options: without
+ * checksums the engine cannot see it (the destination's memory differs
+ * from the source's, which lmctl --verify would catch), and the source's
+ * own memory is untouched (the copy is corrupted, not the guest). */
+static void test_corrupted_batch_without_checksums_reaches_the_destination(void **state)
+{
+	int sv[2] = { -1, -1 };
+	lm__xfer_opts_t o;
+	opts(&o);
+	assert_int_equal(ht_pair(sv, false), 0);
+	struct mig m = { .src = ht_vm(32, 0, LM_PATTERN_UNIFORM, LM_FILL_RANDOM, false),
+			 .dst = ht_vm(32, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true) };
+	ops->start(m.src);
+	ops->pause(m.src);
+	uint64_t d0 = digest(m.src);
+	ops->resume(m.src);
+	assert_int_equal(lm_fault_arm("transfer.corrupt:errno=EIO:after=5:times=1"), 0);
+	mig_create(&m, sv[0], sv[1], &o, &o);
+	lm__xfer_go(m.xd);
+	lm__xfer_go(m.xs);
+	mig_join(&m);
+	lm_fault_disarm_all();
+	assert_int_equal(m.rs, 0);
+	assert_int_equal(m.rd, 0);
+	assert_int_equal(digest(m.src), d0);          /* the guest's own memory: intact */
+	assert_int_not_equal(digest(m.dst), d0);      /* one bit differs on the destination */
+	mig_free(&m);
+}
+
 static void test_send_fault_mid_stream_recovers_source(void **state)
 {
 	int sv[2] = { -1, -1 };
@@ -880,6 +909,7 @@ int main(void)
 		cmocka_unit_test(test_cancel_at_every_phase_on_either_side),
 		cmocka_unit_test(test_peer_closing_mid_batch_fails_and_source_recovers),
 		cmocka_unit_test(test_corrupted_batch_with_checksums_is_dataloss_and_source_intact),
+		cmocka_unit_test(test_corrupted_batch_without_checksums_reaches_the_destination),
 		cmocka_unit_test(test_send_fault_mid_stream_recovers_source),
 		cmocka_unit_test(test_destination_state_load_failure_recovers_source),
 		cmocka_unit_test(test_handshake_refuses_session_id_mismatch),

@@ -597,14 +597,23 @@ static int batch_flush(struct lm__xfer *x)
 		for (unsigned i = 1; i < x->niov; i++)
 			XXH3_64bits_update(&s, x->iov[i].iov_base, x->iov[i].iov_len);
 		sum = XXH3_64bits_digest(&s);
-		/* Test hook: corrupt the bounce copy after checksumming. */
-		if (x->niov > 1 && LM_FAULT("transfer.corrupt") < 0)
-			((uint8_t *)x->iov[1].iov_base)[7] ^= 0x10;
+	}
+	/* Test hook "transfer.corrupt": one bit of the batch's first data
+	 * flips on the wire (the checksum, if any, is of the right bytes).
+	 * A copy is corrupted, never guest memory, which the iovecs may
+	 * point into. */
+	uint8_t *bad = NULL;
+	if (x->niov > 1 && x->iov[1].iov_len > 7 && LM_FAULT("transfer.corrupt") < 0 &&
+	    (bad = malloc(x->iov[1].iov_len))) {
+		memcpy(bad, x->iov[1].iov_base, x->iov[1].iov_len);
+		bad[7] ^= 0x10;
+		x->iov[1].iov_base = bad;
 	}
 	memcpy(x->hdrbuf + sizeof(h) + dlen, &sum, 8);
 	x->iov[0].iov_base = x->hdrbuf;
 	x->iov[0].iov_len = sizeof(h) + dlen + 8;
 	int rc = send_iov(x, x->iov, x->niov);
+	free(bad);
 	batch_reset(x);
 	if (rc == 0)
 		maybe_progress(x);

@@ -11,8 +11,8 @@
  *
  * Fault points (util/fault.h) in the engine: "transfer.handshake",
  * "transfer.send", "transfer.recv", "transfer.corrupt" (flips a bit of a
- * checksummed batch after its checksum was computed), "transfer.blackout",
- * "transfer.state".
+ * batch on the wire, after its checksum if any), "transfer.blackout",
+ * "transfer.state", "transfer.pass", "transfer.converged".
  */
 #ifndef LM_HCS_XFER_XFER_H
 #define LM_HCS_XFER_XFER_H
