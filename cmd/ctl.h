@@ -42,10 +42,11 @@ struct ctl_side {
 					 made (each would wait its whole deadline) */
 };
 
-/* Ctrl-C: the first sets ctl_interrupted and lmctl winds down within 2 s
+/* Ctrl-C: the first sets the interrupted flag and lmctl winds down within 2 s
  * (every call's deadline is cut to what is left of those 2 s); the
  * second exits at once. */
-extern volatile int ctl_interrupted;
+/* Thread: any (and the signal handler sets it). */
+bool ctl_is_interrupted(void);
 void ctl_install_signals(void);
 /* Thread: any. A call's deadline: `tmo`, or less once interrupted. */
 int64_t ctl_deadline(int64_t tmo);
@@ -54,6 +55,10 @@ int64_t ctl_deadline(int64_t tmo);
  * with the error printed unless quiet. */
 int ctl_call_json(struct ctl_side *s, const char *service, const char *method, const char *req,
 		  int64_t timeout_ns, bool quiet, char **out, char *msgbuf, size_t msglen);
+
+/* Thread: main. Whether the shim's guest runs (Inspect's GuestRunning):
+ * 1, 0, -5 when the shim has no VM (NotFound), -1 when it did not answer. */
+int ctl_guest_runs(struct ctl_side *s);
 
 /* Thread: any. The gRPC name of a status code ("InvalidArgument"). */
 const char *ctl_code_name(int code);
@@ -182,9 +187,6 @@ struct ctl_migrate_result {
  * otherwise 1 with the cause printed and the rollback done. */
 int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res);
 void ctl_migrate_result_free(struct ctl_migrate_result *res);
-
-/* Thread: main. Set by SIGINT/SIGTERM: migrate cancels and rolls back. */
-extern volatile int ctl_interrupted;
 
 /* Thread: main. A new random UUID (version 4). */
 void ctl_uuid(char out[37]);

@@ -19,6 +19,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "cmd/ctl.h"
 
 static const char *const code_names[] = {
@@ -140,8 +142,15 @@ void ctl_side_close(struct ctl_side *s)
 
 /* ---- Ctrl-C ------------------------------------------------------------ */
 
-volatile int ctl_interrupted;
-static volatile double interrupted_at;
+/* Written by the signal handler, read by every thread: lock-free atomics
+ * (async-signal-safe). */
+static int interrupted;
+static int64_t interrupted_at_us;
+
+bool ctl_is_interrupted(void)
+{
+	return __atomic_load_n(&interrupted, __ATOMIC_ACQUIRE) != 0;
+}
 
 static double mono_ms(void)
 {
@@ -152,14 +161,14 @@ static double mono_ms(void)
 
 static void on_signal(int sig)
 {
-	if (ctl_interrupted) {   /* the second: now */
+	if (__atomic_load_n(&interrupted, __ATOMIC_ACQUIRE)) {   /* the second: now */
 		static const char m[] = "\nlmctl: interrupted again: exiting now\n";
 		if (write(2, m, sizeof(m) - 1) < 0) { /* nothing to do */ }
 		_exit(130);
 	}
 	(void)sig;
-	interrupted_at = mono_ms();
-	ctl_interrupted = 1;
+	__atomic_store_n(&interrupted_at_us, (int64_t)(mono_ms() * 1000), __ATOMIC_RELAXED);
+	__atomic_store_n(&interrupted, 1, __ATOMIC_RELEASE);
 }
 
 void ctl_install_signals(void)
@@ -173,9 +182,9 @@ void ctl_install_signals(void)
 
 int64_t ctl_deadline(int64_t tmo)
 {
-	if (!ctl_interrupted)
+	if (!ctl_is_interrupted())
 		return tmo;
-	double left = interrupted_at + 1800 - mono_ms();   /* 2 s in all, with a margin */
+	double left = (double)__atomic_load_n(&interrupted_at_us, __ATOMIC_RELAXED) / 1000 + 1800 - mono_ms();   /* 2 s in all, with a margin */
 	int64_t l = left > 50 ? (int64_t)(left * 1e6) : 50000000;
 	return tmo && tmo < l ? tmo : l;
 }
@@ -209,7 +218,7 @@ int ctl_call(struct ctl_side *s, const char *service, const char *method,
 	free(buf);
 	/* no answer: the shim is silent (a connection we cut at a Ctrl-C is
 	 * not the shim's doing) */
-	if (rc == -ETIMEDOUT || (rc == -EPIPE && !ctl_interrupted))
+	if (rc == -ETIMEDOUT || (rc == -EPIPE && !ctl_is_interrupted()))
 		s->silent = true;
 	if (rc < 0) {
 		if (!quiet)
@@ -490,4 +499,20 @@ void ctl_progress_render(struct ctl_progress *p, bool tty, bool final, uint64_t 
 	else
 		fprintf(stderr, "%s\n", line);
 	fflush(stderr);
+}
+
+int ctl_guest_runs(struct ctl_side *s)
+{
+	char *out = NULL, msg[256];
+	int rc = ctl_call_json(s, "lmshim.v1.Inspect", "Properties", "{}", 10ll * 1000000000, true, &out,
+			       msg, sizeof(msg));
+	if (rc == 5)   /* NotFound: no compute system */
+		return -5;
+	if (rc != 0)
+		return -1;
+	json_t *j = json_loads(out, 0, NULL);
+	free(out);
+	int r = json_is_true(json_object_get(json_object_get(j, "Statistics"), "GuestRunning")) ? 1 : 0;
+	json_decref(j);
+	return r;
 }

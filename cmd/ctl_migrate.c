@@ -62,7 +62,7 @@
 /* Between two steps of the sequence: a Ctrl-C rolls back. */
 #define CHECK_INTERRUPT()                                                          \
 	do {                                                                       \
-		if (ctl_interrupted) {                                             \
+		if (ctl_is_interrupted()) {                                        \
 			fprintf(stderr, "lmctl: interrupted\n");                   \
 			goto fail;                                                 \
 		}                                                                  \
@@ -516,7 +516,7 @@ static int setup_socket(const struct ctl_migrate_opts *o, struct ctl_side *src, 
 		rc = send_socket(src, session, &d, o->call_timeout_ns, true, msg, sizeof(msg));
 		if (rc == 0)
 			break;
-		bool retry = (rc == 3 || rc == 9 || rc == 14) && now_ms() - t0 < 10000 && !ctl_interrupted;
+		bool retry = (rc == 3 || rc == 9 || rc == 14) && now_ms() - t0 < 10000 && !ctl_is_interrupted();
 		if (!retry) {
 			fprintf(stderr, "lmctl: CreateDuplicateSocket on source (%s): %s: %s\n", src->path,
 				rc > 0 ? ctl_code_name(rc) : "transport", rc > 0 ? msg : strerror(-rc));
@@ -737,7 +737,7 @@ struct watcher {
 static void *watcher_main(void *arg)
 {
 	struct watcher *w = arg;
-	while (!__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE) && !ctl_interrupted)
+	while (!__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE) && !ctl_is_interrupted())
 		usleep(50 * 1000);
 	if (__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE))
 		return NULL;
@@ -786,7 +786,7 @@ static int simple(struct ctl_side *s, const char *method, const char *session, i
  * neither can be made sure, nothing more is touched and lmctl says where
  * things stand and how to recover. */
 static enum placement rollback(struct ctl_side *src, struct ctl_side *dst, const char *session,
-			       int64_t tmo, bool src_started, bool dst_started)
+			       int64_t tmo, bool src_started, bool dst_started, bool transfer_began)
 {
 	char msg[512];
 	bool dst_runs = false, dst_released = false;
@@ -837,6 +837,16 @@ static enum placement rollback(struct ctl_side *src, struct ctl_side *dst, const
 		if (rc != 0)
 			return IN_DOUBT;
 	}
+	if (src_started && transfer_began && !src->silent && ctl_guest_runs(src) == -5) {
+		/* the source answered, and has no VM: its session had already
+		 * ended by itself (its orphan timeout, while lmctl waited for a
+		 * silent destination) by stopping its copy, which it does only
+		 * once the destination committed. Its OK to the RESUME above
+		 * was an idle shim's. */
+		fprintf(stderr, "lmctl: the source had already stopped its copy by itself (its session was "
+			"orphaned) after the destination took the guest\n");
+		return ON_DESTINATION;
+	}
 	if (dst_started) {
 		finalize(dst, session, FINALIZE_ACTION__FINALIZE_ACTION_STOP, tmo, NULL, 0);
 		simple(dst, "Cleanup", session, tmo, NULL, 0);
@@ -863,7 +873,7 @@ int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res
 	int64_t tmo = o->call_timeout_ns;
 	struct ctl_side src = { .name = "source", .path = o->from };
 	struct ctl_side dst = { .name = "destination", .path = o->to };
-	bool src_started = false, dst_started = false;
+	bool src_started = false, dst_started = false, transfer_began = false;
 	int rc = 1;
 	ProtobufCMessage *export_resp = NULL;
 	struct ctl_progress prog = { .blackout_ms = -1, .eta_ms = -1 };
@@ -965,6 +975,7 @@ int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res
 		pthread_join(xd.th, NULL);
 		goto fail;
 	}
+	transfer_began = true;   /* from here the guest may move */
 	bool cancelled = false;
 	double one_failed_at = 0, cancelled_at = 0, one_ok_at = 0;
 	struct ctl_side *late = NULL;   /* its answer is asked for again */
@@ -1007,7 +1018,7 @@ int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res
 				cancelled_at = now_ms();
 			}
 		}
-		if (ctl_interrupted && !cancelled) {
+		if (ctl_is_interrupted() && !cancelled) {
 			cancelled = true;
 			cancelled_at = now_ms();
 			fprintf(stderr, "\nlmctl: interrupted: cancelling the migration (Ctrl-C again to quit at once)\n");
@@ -1018,7 +1029,7 @@ int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res
 		}
 		/* a side that does not end its TransferSandbox soon after the
 		 * cancel (a frozen shim) is given up: its call is cut */
-		if (cancelled && now_ms() - cancelled_at > (ctl_interrupted ? 500 : 3000)) {
+		if (cancelled && now_ms() - cancelled_at > (ctl_is_interrupted() ? 500 : 3000)) {
 			if (!__atomic_load_n(&xs.done, __ATOMIC_ACQUIRE))
 				ctl_side_abandon(&src);
 			if (!__atomic_load_n(&xd.done, __ATOMIC_ACQUIRE))
@@ -1177,17 +1188,17 @@ fail:
 		watch.rolling_back = true;
 		pthread_mutex_unlock(&watch.mu);
 	}
-	if (ctl_interrupted) {
+	if (ctl_is_interrupted()) {
 		/* the calls cut at the Ctrl-C took their connections with them */
 		if (!src.silent)
 			reconnect(&src);
 		if (!dst.silent)
 			reconnect(&dst);
 	}
-	res->placement = rollback(&src, &dst, session, tmo, src_started, dst_started);
+	res->placement = rollback(&src, &dst, session, tmo, src_started, dst_started, transfer_began);
 	res->rolled_back = src_started && res->placement == ON_SOURCE;
-	close_notifications(&ns, ctl_interrupted ? 200 : 2000);
-	close_notifications(&nd, ctl_interrupted ? 200 : 2000);
+	close_notifications(&ns, ctl_is_interrupted() ? 200 : 2000);
+	close_notifications(&nd, ctl_is_interrupted() ? 200 : 2000);
 	rc = res->placement == IN_DOUBT ? 3 : 1;
 summary:
 	res->total_ms = now_ms() - t0;

@@ -448,7 +448,7 @@ static int cmd_watch(int argc, char **argv)
 		size_t ml = 0;
 		rc = lm_rpc_stream_recv(st, &m, &ml, 200 * 1000000ll);
 		if (rc == -ETIMEDOUT) {
-			if (ctl_interrupted)
+			if (ctl_is_interrupted())
 				break;
 			continue;
 		}
