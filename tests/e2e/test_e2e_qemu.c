@@ -30,8 +30,9 @@
 
 #include "tests/e2e/e2e.h"
 
-/* QEMU processes that `shim` started (their parent), 0 if none. */
-static int qemu_of(pid_t shim)
+/* QEMU processes that `shim` started (their parent): how many, and the
+ * pid of one in *pid (may be NULL). */
+static int qemu_of_pid(pid_t shim, pid_t *pid)
 {
 	DIR *d = opendir("/proc");
 	struct dirent *e;
@@ -56,12 +57,20 @@ static int qemu_of(pid_t shim)
 		char stc;
 		if (sscanf(rp + 1, " %c %d", &stc, &ppid) != 2 || ppid != shim || stc == 'Z')
 			continue;
-		if (strncmp(lp + 1, "qemu-system", 11) == 0)
+		if (strncmp(lp + 1, "qemu-system", 11) == 0) {
 			n++;
+			if (pid)
+				*pid = (pid_t)atoi(e->d_name);
+		}
 	}
 	if (d)
 		closedir(d);
 	return n;
+}
+
+static int qemu_of(pid_t shim)
+{
+	return qemu_of_pid(shim, NULL);
 }
 
 /* Inspect: the compute system's state word and whether the guest runs. */
@@ -235,6 +244,58 @@ static void test_cancel_mid_transfer_keeps_the_source_running(void **state)
 	assert_int_equal(qemu_of(f->dst.pid), 0);
 }
 
+/* The destination's QEMU killed (-9) in the middle of the transfer: the
+ * move fails, the source's guest runs on, nothing runs on the destination
+ * and a later migration works. */
+static void test_a_destination_qemu_killed_mid_transfer_leaves_the_source_running(void **state)
+{
+	struct fx *f = *state;
+	char out[300], work[300];
+	snprintf(out, sizeof(out), "%s/lmctl.out", f->dir);
+	snprintf(work, sizeof(work), "%s/work", f->dir);
+	const char *args[] = { "migrate", "--from", f->src.sock, "--to", f->dst.sock, "--workdir", work,
+			       "--quiet", "--session", "qemu-3", NULL };
+	pid_t p = e2e_lmctl_spawn(args, out);
+	assert_true(e2e_wait_phase(&f->src, "qemu-3", 2 /* TransferInProgress */, 60000, NULL) >= 0);
+	pid_t q = 0;
+	assert_int_equal(qemu_of_pid(f->dst.pid, &q), 1);
+	assert_int_equal(kill(q, SIGKILL), 0);
+	int rc = e2e_wait(p, 60000);
+	char *t = e2e_slurp(out);
+	printf("# qemu e2e: destination QEMU killed mid-transfer: lmctl exited %d\n%s", rc, t);
+	free(t);
+	assert_int_equal(rc, 1);
+	char st[32];
+	int run = 0;
+	assert_int_equal(props(&f->src, st, sizeof(st), &run), 0);
+	assert_true(run);
+	assert_int_equal(qemu_of(f->src.pid), 1);
+	uint64_t end = (uint64_t)time(NULL) + 10;
+	while (qemu_of(f->dst.pid) && (uint64_t)time(NULL) < end)
+		usleep(50000);
+	assert_int_equal(qemu_of(f->dst.pid), 0);
+}
+
+/* lmctl demo --backend qemu: a Linux guest migrated and verified by
+ * where it runs (QEMU keeps its memory: no digest). */
+static void test_lmctl_demo_on_qemu(void **state)
+{
+	(void)state;
+	char dir[256], out[300];
+	e2e_tmpdir(dir);
+	snprintf(out, sizeof(out), "%s/demo.out", dir);
+	const char *args[] = { "demo", "--backend", "qemu", "--vm-size-mb", "256", NULL };
+	int rc = e2e_lmctl(args, out, 180000);
+	char *t = e2e_slurp(out);
+	printf("# qemu e2e: lmctl demo --backend qemu exited %d\n%s", rc, t);
+	assert_int_equal(rc, 0);
+	assert_non_null(strstr(t, "the Linux guest runs on the destination's QEMU"));
+	assert_non_null(strstr(t, "lmctl demo: VERIFIED"));
+	free(t);
+	e2e_rmdir(dir);
+	assert_false(leftover_qemu());
+}
+
 int main(void)
 {
 	if (!have_qemu()) {
@@ -242,7 +303,9 @@ int main(void)
 		return 77;
 	}
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_lmctl_demo_on_qemu),
 		cmocka_unit_test_setup_teardown(test_cancel_mid_transfer_keeps_the_source_running, setup_slow, teardown),
+		cmocka_unit_test_setup_teardown(test_a_destination_qemu_killed_mid_transfer_leaves_the_source_running, setup_slow, teardown),
 		cmocka_unit_test_setup_teardown(test_a_linux_guest_moves_and_runs_only_on_the_destination, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
