@@ -23,8 +23,11 @@
  * of N interleaved runs, default 3: the host is shared and noisy),
  * --link-mbps M (migrations, not the baseline, go through a relay thread
  * limited to M MB/s over unix sockets: a link slower than the guest's
- * dirty rate, to see the throttle at work), --backend sim|kvm (default
- * sim), --vcpus N (kvm only, default 1).
+ * dirty rate, to see the throttle at work), --backend sim|kvm|qemu
+ * (default sim), --vcpus N (kvm only, default 1).
+ *
+ * --backend qemu (transfer_qemu.c) migrates a Linux utility VM (default
+ * 256 MiB) through our engines beside QEMU migrating it by itself.
  *
  * --backend kvm runs the same table on real KVM micro-VMs (hcs/kvm): the
  * baseline copies the source micro-VM's memory into a destination
@@ -53,6 +56,10 @@
 #include <sys/wait.h>
 
 static uint64_t size_mib = 1024;
+static bool size_given;
+
+/* transfer_qemu.c: --backend qemu */
+int bench_transfer_qemu(uint64_t size_mib, int reps, const char *only);
 static int reps = 3; /* raw and idle: best of reps, interleaved (busy host) */
 static uint64_t link_mbps; /* >0: migrations go through a relay limited to this */
 static FILE *csv;
@@ -478,7 +485,7 @@ int main(int argc, char **argv)
 	int c;
 	while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
 		switch (c) {
-		case 's': size_mib = strtoull(optarg, NULL, 10); break;
+		case 's': size_mib = strtoull(optarg, NULL, 10); size_given = true; break;
 		case 't': transport = optarg; break;
 		case 'c': csvpath = optarg; break;
 		case 'p': png = optarg; break;
@@ -488,7 +495,7 @@ int main(int argc, char **argv)
 		case 'b': backend = optarg; break;
 		case 'v': vcpus = (unsigned)atoi(optarg); break;
 		default:
-			fprintf(stderr, "usage: %s [--size-mib N] [--transport unix|tcp|both] [--csv F] [--png F] [--only a,b] [--reps N] [--link-mbps M] [--backend sim|kvm] [--vcpus N]\n", argv[0]);
+			fprintf(stderr, "usage: %s [--size-mib N] [--transport unix|tcp|both] [--csv F] [--png F] [--only a,b] [--reps N] [--link-mbps M] [--backend sim|kvm|qemu] [--vcpus N]\n", argv[0]);
 			return 2;
 		}
 	}
@@ -505,8 +512,11 @@ int main(int argc, char **argv)
 		}
 		kvm = true;
 		ops = &lm_hcs_kvm_ops;
+	} else if (strcmp(backend, "qemu") == 0) {
+		lm_log_set_level(LM_LOG_WARN);
+		return bench_transfer_qemu(size_given ? size_mib : 256, reps, only);
 	} else if (strcmp(backend, "sim") != 0) {
-		fprintf(stderr, "bench_transfer: --backend must be sim or kvm, not \"%s\"\n", backend);
+		fprintf(stderr, "bench_transfer: --backend must be sim, kvm or qemu, not \"%s\"\n", backend);
 		return 2;
 	}
 	lm_log_set_level(LM_LOG_WARN);
