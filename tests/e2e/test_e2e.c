@@ -279,8 +279,14 @@ static void test_back_and_forth_migrations_leave_nothing_behind(void **state)
 	/* at both measurements the source holds the 32 MiB guest and the
 	 * destination none: growth beyond allocator noise is something kept
 	 * per round */
-	assert_true(s1.rss_kib - s0.rss_kib < 2048);
-	assert_true(d1.rss_kib - d0.rss_kib < 2048);
+	const char *san = getenv("LM_SANITIZE");
+	if (san && *san) {
+		/* ASan's quarantine and TSan's shadow grow RSS by design */
+		print_message("soak: RSS not judged under %s\n", san);
+	} else {
+		assert_true(s1.rss_kib - s0.rss_kib < 2048);
+		assert_true(d1.rss_kib - d0.rss_kib < 2048);
+	}
 	uint32_t pid;
 	int st;
 	assert_int_equal(e2e_state(&f->src, "c1", &pid, &st), 0);
