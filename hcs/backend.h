@@ -214,8 +214,9 @@ typedef struct lm_backend_ops {
 	 * reads (source) or writes (destination) it. A negative errno with
 	 * the reason logged. */
 	int (*stream_open)(lm_vm_t *vm, const struct lm_vmm_stream_params *p);
-	/* Thread: transfer. Where the VMM's migration stands (one VMM query;
-	 * at most a few ms). */
+	/* Thread: transfer, or its status thread (never at the same time as
+	 * another stream_* call). Where the VMM's migration stands (one VMM
+	 * query: may wait while the VMM finishes its stream). */
 	int (*stream_status)(lm_vm_t *vm, struct lm_vmm_stream_status *out);
 	/* Thread: transfer. Source: the outgoing migration is over without
 	 * a handover: cancel it if it still runs, and leave the guest running

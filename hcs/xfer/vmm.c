@@ -35,6 +35,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -88,6 +89,91 @@ static const char *vs_name(enum lm_vmm_stream_state s)
 	return "?";
 }
 
+/* The source's status poller. The VMM may answer no status query while it
+ * finishes its stream (QEMU holds its big lock for the whole blackout),
+ * and it finishes only as fast as we read: a status query on the engine
+ * thread would stop the reading and stretch the blackout by the query's
+ * timeout (seen: 2 s). So a thread of its own asks every STATUS_MS and
+ * leaves the latest answer here; the engine thread only reads and relays,
+ * and looks at the latest answer. It is the only caller of stream_status
+ * while it runs, and is joined before any other stream_* call. */
+struct poller {
+	struct lm__xfer *x;
+	pthread_t th;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool stop;                    /* mu */
+	bool fresh;                   /* mu: an answer the engine has not taken */
+	int rc;                       /* mu */
+	lm_vmm_stream_status_t st;    /* mu */
+};
+
+static void *poller_main(void *arg)
+{
+	struct poller *p = arg;
+	pthread_mutex_lock(&p->mu);
+	while (!p->stop) {
+		pthread_mutex_unlock(&p->mu);
+		lm_vmm_stream_status_t st;
+		memset(&st, 0, sizeof(st));
+		int rc = p->x->ops->stream_status(p->x->vm, &st);
+		pthread_mutex_lock(&p->mu);
+		p->st = st;
+		p->rc = rc;
+		p->fresh = true;
+		lm__xf_wake(p->x);
+		if (p->stop)
+			break;
+		struct timespec ts = lm_timespec_in(CLOCK_MONOTONIC, (int64_t)STATUS_MS * 1000000);
+		pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+	}
+	pthread_mutex_unlock(&p->mu);
+	return NULL;
+}
+
+static int poller_start(struct poller *p, struct lm__xfer *x)
+{
+	memset(p, 0, sizeof(*p));
+	p->x = x;
+	pthread_mutex_init(&p->mu, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&p->cv, &ca);
+	pthread_condattr_destroy(&ca);
+	if (pthread_create(&p->th, NULL, poller_main, p) != 0) {
+		pthread_cond_destroy(&p->cv);
+		pthread_mutex_destroy(&p->mu);
+		return -EAGAIN;
+	}
+	return 0;
+}
+
+/* The latest answer, if a new one came: true and *st, *rc. */
+static bool poller_take(struct poller *p, lm_vmm_stream_status_t *st, int *rc)
+{
+	pthread_mutex_lock(&p->mu);
+	bool fresh = p->fresh;
+	if (fresh) {
+		*st = p->st;
+		*rc = p->rc;
+		p->fresh = false;
+	}
+	pthread_mutex_unlock(&p->mu);
+	return fresh;
+}
+
+static void poller_stop(struct poller *p)
+{
+	pthread_mutex_lock(&p->mu);
+	p->stop = true;
+	pthread_cond_signal(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+	pthread_join(p->th, NULL);
+	pthread_cond_destroy(&p->cv);
+	pthread_mutex_destroy(&p->mu);
+}
+
 /* One VMM record: header, data, and its checksum when the hello said so. */
 static int send_vmm(struct lm__xfer *x, const uint8_t *buf, size_t n)
 {
@@ -128,9 +214,15 @@ int lm__xf_src_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_r
 	x->pass = 1;
 	lm__xf_emit(x, LM_XEV_PROGRESS, NULL);
 	bool eof = false, blackout = false, completed = false;
-	uint64_t tb0 = 0, next_status = 0;
+	uint64_t tb0 = 0;
 	lm_vmm_stream_status_t vs;
 	memset(&vs, 0, sizeof(vs));
+	struct poller pl;
+	if ((rc = poller_start(&pl, x)) < 0) {
+		free(buf);
+		snprintf(why, whylen, "cannot start the VMM status thread");
+		return rc;
+	}
 	while (!(eof && completed)) {
 		if (atomic_load(&x->cancel)) {
 			rc = -ECANCELED;
@@ -147,9 +239,9 @@ int lm__xf_src_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_r
 			rc = -ETIMEDOUT;
 			goto io_fail;
 		}
-		if (now >= next_status) {
-			next_status = now + ms_ns(STATUS_MS);
-			if ((rc = x->ops->stream_status(x->vm, &vs)) < 0) {
+		int src;
+		if (poller_take(&pl, &vs, &src)) {
+			if ((rc = src) < 0) {
 				snprintf(why, whylen, "the VMM's migration status is unavailable: %s", strerror(-rc));
 				goto fail;
 			}
@@ -179,10 +271,14 @@ int lm__xf_src_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_r
 			}
 		}
 		if (eof) {
-			/* all read; the VMM's completion is a status away */
+			/* all read; the VMM's completion is a status away (the
+			 * poller wakes us with it) */
 			lm__xf_maybe_keepalive(x);
 			struct pollfd q = { x->wakefd, POLLIN, 0 };
-			poll(&q, 1, 5);
+			if (poll(&q, 1, lm__xf_tick_ms(x)) > 0) {
+				uint64_t v;
+				if (read(x->wakefd, &v, sizeof(v)) < 0) { /* drained */ }
+			}
 			continue;
 		}
 		lm__xf_maybe_keepalive(x);
@@ -213,7 +309,6 @@ int lm__xf_src_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_r
 				lm__xf_maybe_progress(x);
 			} else if (r == 0) {
 				eof = true;
-				next_status = 0;
 			} else if (errno != EAGAIN && errno != EINTR) {
 				rc = -errno;
 				snprintf(why, whylen, "reading the VMM's stream: %s", strerror(errno));
@@ -223,6 +318,7 @@ int lm__xf_src_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_r
 	}
 	free(buf);
 	buf = NULL;
+	poller_stop(&pl);
 	/* completed: the VMM keeps the guest stopped; from here a failure
 	 * resumes it through stream_abort */
 	x->paused_by_us = true;
@@ -261,12 +357,18 @@ int lm__xf_src_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_r
 	return 0;
 
 io_fail:
-	free(buf);
+	if (buf) {              /* still streaming: the poller runs */
+		free(buf);
+		poller_stop(&pl);
+	}
 	if (rc == -EAGAIN)
 		rc = x->io_rc;
 	return lm__xf_src_io_fail(x, rc, why, whylen, res);
 fail:
-	free(buf);
+	if (buf) {
+		free(buf);
+		poller_stop(&pl);
+	}
 	lm__xf_send_abort(x, rc, LM_XF_ABORT_FAILED, why);
 	return rc;
 }
