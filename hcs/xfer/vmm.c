@@ -163,6 +163,14 @@ static bool poller_take(struct poller *p, lm_vmm_stream_status_t *st, int *rc)
 	return fresh;
 }
 
+/* Ask now (the stream ended: its completion is the next answer). */
+static void poller_kick(struct poller *p)
+{
+	pthread_mutex_lock(&p->mu);
+	pthread_cond_signal(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+}
+
 static void poller_stop(struct poller *p)
 {
 	pthread_mutex_lock(&p->mu);
@@ -309,6 +317,7 @@ int lm__xf_src_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_r
 				lm__xf_maybe_progress(x);
 			} else if (r == 0) {
 				eof = true;
+				poller_kick(&pl);
 			} else if (errno != EAGAIN && errno != EINTR) {
 				rc = -errno;
 				snprintf(why, whylen, "reading the VMM's stream: %s", strerror(errno));
