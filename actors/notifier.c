@@ -31,6 +31,7 @@
 #include "migration.pb-c.h"
 #include "migration_options.pb-c.h"
 #include "util/clock.h"
+#include "util/fault.h"
 #include "util/log.h"
 
 #define MOD "notifier"
@@ -196,7 +197,11 @@ static enum push_rc push(struct notifier *nt, size_t i, struct enc *e)
 	idr.message_id = s->next_id;
 	size_t o = notifications_response__pack(&idr, buf);
 	memcpy(buf + o, e->body, e->len);
-	int rc = lm_rpc_call_send(s->call, buf, o + e->len);
+	/* the fault point of notification delivery: an errno fails this
+	 * subscriber's send as a broken stream would */
+	int rc = LM_FAULT("notify.deliver");
+	if (rc == 0)
+		rc = lm_rpc_call_send(s->call, buf, o + e->len);
 	if (buf != stackbuf)
 		free(buf);
 	switch (rc) {

@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "rpc/frame.h"
+#include "util/fault.h"
 #include "util/log.h"
 
 struct patcher {
@@ -207,6 +208,10 @@ static void handle_req(struct patcher *st, lm_msg_t *m)
 		return;
 	}
 	int code = validate(st, req, res);
+	int frc;
+	if (code == LM_RPC_OK && (frc = LM_FAULT("task.create")) < 0)   /* the patch path's Create fails */
+		code = verdict(res, LM_RPC_INTERNAL, "Create %s: patching %s failed (fault): %s", req->new_id,
+			       st->source_id, strerror(-frc));
 	/* Move the request's call and resources into the result. */
 	res->call = req->call;
 	req->call = NULL;

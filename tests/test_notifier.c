@@ -36,6 +36,7 @@
 #include "rpc/frame.h"
 #include "rpc/server.h"
 #include "util/clock.h"
+#include "util/fault.h"
 
 #define SVC "lmshim.test.Notify"
 #define METHOD "Notifications"
@@ -593,6 +594,53 @@ static void test_disconnected_subscriber_is_removed_at_once(void **state)
 	stop();
 }
 
+/* The delivery's fault point: the subscriber whose send fails is ended
+ * with Internal and the reason; the others get every event. */
+static void test_a_failed_delivery_ends_that_subscriber_only(void **state)
+{
+	(void)state;
+	start(NULL, false);
+	wall_base = 1700000000ull * 1000000000ull;
+	lm_rpc_client_t *c[2];
+	lm_rpc_stream_t *st[2];
+	for (int i = 0; i < 2; i++) {
+		c[i] = client();
+		st[i] = subscribe(c[i]);
+	}
+	wait_subscribers(2);
+	assert_int_equal(lm_fault_arm("notify.deliver:errno=EIO:times=1"), 0);
+	publish(phase_ev(LM_PHASE_SETUP_DONE, 0));
+	wait_subscribers(1);
+	lm_fault_disarm_all();
+	publish(progress_ev(1));
+	int ended = -1;
+	for (int i = 0; i < 2; i++) {
+		uint8_t *msg = NULL;
+		size_t len = 0;
+		int rc = lm_rpc_stream_recv(st[i], &msg, &len, 10 * SEC);
+		if (rc == -EREMOTEIO) {
+			const char *why = NULL;
+			assert_int_equal(lm_rpc_stream_status(st[i], &why), 13);   /* Internal */
+			assert_non_null(strstr(why, "cannot send the item"));
+			ended = i;
+			continue;
+		}
+		assert_int_equal(rc, 1);
+		free(msg);
+		NotificationsResponse *r = next(st[i]);    /* the second event */
+		assert_int_equal(r->message_id, 2);
+		notifications_response__free_unpacked(r, NULL);
+	}
+	assert_true(ended >= 0);
+	assert_int_equal(lm_notifier_end_all(F.nt), 0);
+	expect_clean_end(st[1 - ended]);
+	for (int i = 0; i < 2; i++) {
+		lm_rpc_stream_close(st[i]);
+		lm_rpc_client_close(c[i]);
+	}
+	stop();
+}
+
 /* Cleanup (END_ALL) ends every stream with the clean end, and forgets the
  * session: a new subscriber gets no replay, and the next session's first
  * event is its start_time and a new subscriber's message 1. */
@@ -755,6 +803,7 @@ int main(void)
 		cmocka_unit_test(test_slow_subscriber_gets_every_transition_and_coalesced_progress),
 		cmocka_unit_test(test_subscriber_too_slow_even_coalesced_ends_with_resource_exhausted),
 		cmocka_unit_test(test_disconnected_subscriber_is_removed_at_once),
+		cmocka_unit_test(test_a_failed_delivery_ends_that_subscriber_only),
 		cmocka_unit_test(test_end_all_ends_every_stream_cleanly_and_forgets_the_session),
 		cmocka_unit_test(test_progress_faster_than_the_interval_is_coalesced_keeping_the_latest),
 		cmocka_unit_test(test_thousand_subscribers_all_receive_every_event),

@@ -25,6 +25,7 @@
 #include <cmocka.h>
 
 #include "actors/patcher.h"
+#include "util/fault.h"
 #include "shim/task_service.h"
 #include "rpc/frame.h"
 #include "util/clock.h"
@@ -242,6 +243,19 @@ static void test_ok_not_applied_does_not_block_retry(void **state)
 	lm_actor_unref(p);
 }
 
+/* The fault point of the patch path's Create: the call fails with the
+ * reason, and a retry (the fault spent) is patched. */
+static void test_task_create_fault_point(void **state)
+{
+	(void)state;
+	lm_actor_t *p = spawn("web", LM_CTR_CONTAINER, 0, 7);
+	assert_int_equal(lm_fault_arm("task.create:errno=EIO:times=1"), 0);
+	expect(p, request("web-m", "web", NULL, 0), LM_RPC_INTERNAL, "failed (fault)");
+	expect(p, request("web-m", "web", NULL, 0), LM_RPC_OK, "patched");
+	lm_fault_disarm_all();
+	lm_actor_unref(p);
+}
+
 static void test_answer_patch_maps_apply_errors(void **state)
 {
 	(void)state;
@@ -311,6 +325,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_rejects_bad_paths, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_refuses_container_patched_before_spawn, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_ok_not_applied_does_not_block_retry, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_task_create_fault_point, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_answer_patch_maps_apply_errors, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_spawn_refuses_container_not_imported, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_send_to_stopped_patcher_leaves_request_with_caller, setup, teardown),
