@@ -379,10 +379,14 @@ int ctl_demo_main(int argc, char **argv)
 	ctl_migrate_result_free(&res);
 
 stop:
-	if (stop(sp, "source") < 0)
+	if (stop(sp, "source") < 0) {
 		ok = 0;
-	if (stop(dp, "destination") < 0)
+		tail_log(slog, 15);   /* why it exited */
+	}
+	if (stop(dp, "destination") < 0) {
 		ok = 0;
+		tail_log(dlog, 15);
+	}
 	fprintf(stderr, "lmctl demo: %s\n", ok ? "VERIFIED" : "FAILED");
 	if (ok && !keep) {
 		char cmd[PATH_MAX + 16];

@@ -741,7 +741,10 @@ static void test_lmctl_demo_fails_fast_when_a_shim_cannot_start(void **state)
 		fprintf(stderr, "%s\n", t);
 	assert_int_equal(rc, 1);
 	assert_true(took < 5000);
-	assert_non_null(strstr(t, "the source shim exited (status 1) before serving"));
+	/* it exited before serving, or (a slow machine: it listens before
+	 * its VM boots) just after lmctl connected */
+	assert_true(strstr(t, "the source shim exited (status 1) before serving") ||
+		    strstr(t, "source shim exited with status 1"));
 	assert_non_null(strstr(t, "boot failed"));      /* the log's own line */
 	free(t);
 }
