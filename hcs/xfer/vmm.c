@@ -545,33 +545,10 @@ int lm__xf_dst_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_r
 				rc = wait_loaded(x, why, whylen, res);
 			if (x->peer_gone)
 				break;
-			lm_xf_ack_t ack = { rc < 0 ? -rc : 0, 0 };
-			int r2 = lm__xf_send_rec(x, LM_XF_ACK, 0, &ack, sizeof(ack));
-			if (rc < 0) {
-				x->peer_gone = true; /* told it already */
-				break;
-			}
-			if (r2 < 0) {
-				rc = r2;
-				snprintf(why, whylen, "sending the ACK failed: %s", strerror(-rc));
-				break;
-			}
-			x->st.total_ns = lm_now_ns() - x->t_go;
-			x->pages_remaining = 0;
-			lm__xf_emit(x, LM_XEV_OFFLINE_DONE, NULL);
-			rc = 0;
+			rc = lm__xf_dst_ack(x, rc, why, whylen);
 			break;
 		} else if (h.type == LM_XF_ABORT && h.len == sizeof(lm_xf_abort_t)) {
-			lm_xf_abort_t a;
-			if ((rc = lm__xf_recv_full(x, &a, sizeof(a))) < 0) {
-				snprintf(why, whylen, "source aborted");
-				break;
-			}
-			a.msg[sizeof(a.msg) - 1] = 0;
-			snprintf(why, whylen, "the source aborted: %s", a.msg);
-			*res = a.reason == LM_XF_ABORT_FAILED ? LM_XR_SOURCE_FAILED : LM_XR_CANCELLED;
-			rc = a.reason == LM_XF_ABORT_FAILED ? -ECONNABORTED : -ECANCELED;
-			x->peer_gone = true;
+			rc = lm__xf_dst_abort(x, why, whylen, res);
 			break;
 		} else {
 			snprintf(why, whylen, "protocol error: record type %u length %llu in a VMM stream",

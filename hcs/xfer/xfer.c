@@ -1775,34 +1775,12 @@ static int dst_transfer(struct lm__xfer *x, char *why, size_t whylen,
 			rc = LM_FAULT("transfer.state");
 			if (rc == 0)
 				rc = x->ops->state_load(x->vm, blob, bloblen);
-			lm_xf_ack_t ack = { rc < 0 ? -rc : 0, 0 };
-			int r2 = lm__xf_send_rec(x, LM_XF_ACK, 0, &ack, sizeof(ack));
-			if (rc < 0) {
+			if (rc < 0)
 				snprintf(why, whylen, "loading the VM state failed: %s", strerror(-rc));
-				x->peer_gone = true; /* told it already */
-				break;
-			}
-			if (r2 < 0) {
-				rc = r2;
-				snprintf(why, whylen, "sending the ACK failed: %s", strerror(-rc));
-				break;
-			}
-			x->st.total_ns = lm_now_ns() - x->t_go;
-			x->pages_remaining = 0;
-			lm__xf_emit(x, LM_XEV_OFFLINE_DONE, NULL);
-			rc = 0;
+			rc = lm__xf_dst_ack(x, rc, why, whylen);
 			break;
 		} else if (h.type == LM_XF_ABORT && h.len == sizeof(lm_xf_abort_t)) {
-			lm_xf_abort_t a;
-			if ((rc = recv_full(x, &a, sizeof(a))) < 0) {
-				snprintf(why, whylen, "source aborted");
-				break;
-			}
-			a.msg[sizeof(a.msg) - 1] = 0;
-			snprintf(why, whylen, "the source aborted: %s", a.msg);
-			*res = a.reason == LM_XF_ABORT_FAILED ? LM_XR_SOURCE_FAILED : LM_XR_CANCELLED;
-			rc = a.reason == LM_XF_ABORT_FAILED ? -ECONNABORTED : -ECANCELED;
-			x->peer_gone = true;
+			rc = lm__xf_dst_abort(x, why, whylen, res);
 			break;
 		} else {
 			snprintf(why, whylen, "protocol error: record type %u length %llu",
@@ -1816,6 +1794,39 @@ static int dst_transfer(struct lm__xfer *x, char *why, size_t whylen,
 	free(scratch);
 	free(blob);
 	return rc;
+}
+
+int lm__xf_dst_ack(struct lm__xfer *x, int load_rc, char *why, size_t whylen)
+{
+	lm_xf_ack_t ack = { load_rc < 0 ? -load_rc : 0, 0 };
+	int r2 = lm__xf_send_rec(x, LM_XF_ACK, 0, &ack, sizeof(ack));
+	if (load_rc < 0) {
+		x->peer_gone = true; /* told it already */
+		return load_rc;
+	}
+	if (r2 < 0) {
+		snprintf(why, whylen, "sending the ACK failed: %s", strerror(-r2));
+		return r2;
+	}
+	x->st.total_ns = lm_now_ns() - x->t_go;
+	x->pages_remaining = 0;
+	lm__xf_emit(x, LM_XEV_OFFLINE_DONE, NULL);
+	return 0;
+}
+
+int lm__xf_dst_abort(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_result *res)
+{
+	lm_xf_abort_t a;
+	int rc = recv_full(x, &a, sizeof(a));
+	if (rc < 0) {
+		snprintf(why, whylen, "source aborted");
+		return rc;
+	}
+	a.msg[sizeof(a.msg) - 1] = 0;
+	snprintf(why, whylen, "the source aborted: %s", a.msg);
+	*res = a.reason == LM_XF_ABORT_FAILED ? LM_XR_SOURCE_FAILED : LM_XR_CANCELLED;
+	x->peer_gone = true;
+	return a.reason == LM_XF_ABORT_FAILED ? -ECONNABORTED : -ECANCELED;
 }
 
 static int dest_run(struct lm__xfer *x, bool wait)

@@ -180,6 +180,11 @@ void lm__xf_recv_why(struct lm__xfer *x, int rc, char *why, size_t whylen);
  * 0; a failure with `why` and *res set; or -EAGAIN for an I/O failure
  * whose error is in x->io_rc (for lm__xf_src_io_fail). */
 int lm__xf_await_ack(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_result *res);
+/* Destination, END received and its VM loaded with `load_rc` (why set if
+ * < 0): sends the ACK; 0 once OFFLINE_DONE was told, else the error. */
+int lm__xf_dst_ack(struct lm__xfer *x, int load_rc, char *why, size_t whylen);
+/* Destination, an ABORT header read: its payload into why and *res. */
+int lm__xf_dst_abort(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_result *res);
 /* Source: an I/O failure `rc` in words, told to the destination. */
 int lm__xf_src_io_fail(struct lm__xfer *x, int rc, char *why, size_t whylen, enum lm__xfer_result *res);
 
