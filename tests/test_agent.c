@@ -591,6 +591,60 @@ static void test_reconnect_loses_and_repeats_nothing(void **state)
 	col_free(q);
 }
 
+/* Two hosts, one after the other, watch one process the way a live
+ * migration's source and destination do (handover watches): the second
+ * host, which never saw the process, starts where the first one's
+ * delivery ended; the two outputs together are the process's output,
+ * every byte once, and the exit is the second host's. */
+static void test_handover_watches_split_one_stream_between_two_hosts(void **state)
+{
+	(void)state;
+	struct col *a = col_new(), *b = col_new();
+	exec_in("c2", "seq2", false,
+		ARGS("sh", "-c", "i=0; while [ $i -lt 3000 ]; do echo $i; i=$((i+1)); done; exit 6"));
+	struct lm_agent_io_cbs cbs = {.output = col_output, .exit = col_exit, .out_fd = -1,
+				      .err_fd = -1, .arg = a, .handover = true};
+	lm_agent_proc_t *pa = NULL;
+	assert_int_equal(lm_agent_watch(ag, "c2", "seq2", &cbs, &pa), 0);
+	assert_true(col_wait_for(a, "\n100\n", S(20)));
+	/* the first host lets go mid-output (its guest moved away) */
+	lm_agent_disconnect(ag);
+	lm_agent_unwatch(pa);
+	size_t cut = col_len(a);
+	/* a second host connects and adopts the process */
+	lm_agent_t *other = NULL;
+	assert_int_equal(lm_agent_connect(&other, sock, S(30)), 0);
+	cbs.arg = b;
+	lm_agent_proc_t *pb = NULL;
+	assert_int_equal(lm_agent_watch(other, "c2", "seq2", &cbs, &pb), 0);
+	assert_int_equal(lm_agent_proc_wait_done(pb, S(60)), 0);
+	fprintf(stderr, "agent: handover after %zu bytes; the second host delivered %zu\n", cut, b->n_out);
+	assert_true(cut > 0 && b->n_out > 0);
+	/* the first host's bytes, then the second's: every line once, in order */
+	char *all = malloc(cut + b->n_out + 1);
+	memcpy(all, a->out, cut);
+	memcpy(all + cut, b->out, b->n_out + 1);
+	char *p = all;
+	for (int i = 0; i < 3000; i++) {
+		char want[16];
+		int k = snprintf(want, sizeof want, "%d\n", i);
+		assert_memory_equal(p, want, (size_t)k);
+		p += k;
+	}
+	assert_int_equal(*p, 0);
+	free(all);
+	assert_int_equal(a->exits, 0);
+	assert_int_equal(b->exits, 1);
+	assert_int_equal(b->exit.status, 6);
+	lm_agent_unwatch(pb);
+	assert_int_equal(lm_agent_delete_process(other, "c2", "seq2", NULL, S(5)), 0);
+	lm_agent_close(other);
+	/* the first host comes back for the tests that follow */
+	assert_int_equal(lm_agent_reconnect(ag, sock, S(30)), 0);
+	col_free(a);
+	col_free(b);
+}
+
 static void test_stdin_write_is_exactly_once(void **state)
 {
 	(void)state;
@@ -925,6 +979,7 @@ int main(void)
 		cmocka_unit_test(test_pause_stops_a_counter_resume_restarts_it),
 		cmocka_unit_test(test_stats_follow_cpu_and_memory_load),
 		cmocka_unit_test(test_reconnect_loses_and_repeats_nothing),
+		cmocka_unit_test(test_handover_watches_split_one_stream_between_two_hosts),
 		cmocka_unit_test(test_stdin_write_is_exactly_once),
 		cmocka_unit_test(test_bad_requests_get_precise_errors),
 		cmocka_unit_test(test_live_migration_then_reconnect_to_the_destination),

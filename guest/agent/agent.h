@@ -165,7 +165,8 @@ void lm_agent_proc_io_free(struct proc *p);
 /* The process exited: drain its pipes, answer waiters, tell the stream. */
 void lm_agent_proc_exited(struct proc *p);
 void lm_agent_wait(lm_rpc_call_t *call, struct proc *p);
-void lm_agent_output(lm_rpc_call_t *call, struct proc *p, uint64_t out_off, uint64_t err_off);
+void lm_agent_output(lm_rpc_call_t *call, struct proc *p, uint64_t out_off, uint64_t err_off,
+		     bool from_acknowledged);
 void lm_agent_ack(lm_rpc_call_t *call, struct proc *p, uint64_t out_off, uint64_t err_off);
 void lm_agent_stdin(lm_rpc_call_t *call, struct proc *p, uint64_t off, const uint8_t *d, size_t n);
 void lm_agent_close_stdin(lm_rpc_call_t *call, struct proc *p);

@@ -10,7 +10,11 @@
  * connection (in QEMU's buffers or the relay's) when the host goes away.
  * An Output call names the offsets the host already has; the agent sends
  * from there, so after a reconnect nothing is lost and nothing repeats
- * (the client trims nothing; it may check). When the ring is full the
+ * (the client trims nothing; it may check). A host that never saw the
+ * process (the destination of a live migration) asks from_acknowledged:
+ * it starts where the acknowledged output ends; the source host
+ * acknowledges each chunk before it writes it anywhere, so the two hosts'
+ * copies of a stream neither overlap nor leave a gap. When the ring is full the
  * agent stops reading the pipe, and the process blocks in write(2): a
  * host that never acknowledges slows its container down, it never makes
  * the agent drop output or grow.
@@ -288,11 +292,14 @@ void lm_agent_wait(lm_rpc_call_t *call, struct proc *p)
 	p->waiters = w;
 }
 
-void lm_agent_output(lm_rpc_call_t *call, struct proc *p, uint64_t out_off, uint64_t err_off)
+void lm_agent_output(lm_rpc_call_t *call, struct proc *p, uint64_t out_off, uint64_t err_off,
+		     bool from_acknowledged)
 {
 	uint64_t offs[2] = {out_off, err_off};
 	for (int i = 0; i < 2; i++) {
 		struct outbuf *o = &p->out[i];
+		if (from_acknowledged && offs[i] < o->base)
+			offs[i] = o->base;
 		if (offs[i] > o->end || offs[i] < o->base) {
 			lm_rpc_call_end(call, LM_RPC_OUT_OF_RANGE,
 					offs[i] > o->end ? "Output: offset past the output produced so far"

@@ -256,7 +256,7 @@ static void run(enum lm_agent_method m, lm_rpc_call_t *call, ProtobufCMessage *m
 	case M_OUTPUT: {
 		const Lmshim__Agent__V1__OutputRequest *r = (const void *)msg;
 		if ((p = need_proc(call, r->container_id, r->exec_id)))
-			lm_agent_output(call, p, r->stdout_offset, r->stderr_offset);
+			lm_agent_output(call, p, r->stdout_offset, r->stderr_offset, r->from_acknowledged);
 		else
 			return;
 		return;

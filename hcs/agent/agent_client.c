@@ -30,6 +30,8 @@
 #define MOD "agent-client"
 #define ACK_EVERY (64u << 10)          /* acknowledge output this often */
 #define CALL_TIMEOUT_NS 10000000000ll  /* internal calls (acks) */
+#define HANDOVER_ACK_NS 120000000000ll /* a handover watch's ack: outlasts
+					  any blackout and its rollback */
 
 struct conn {
 	lm_rpc_client_t *rpc;
@@ -688,7 +690,16 @@ static void deliver_output(lm_agent_proc_t *p, int fd, const uint8_t *d, size_t 
 	}
 }
 
+static int ack_within(lm_agent_proc_t *p, struct conn *c, uint64_t out, uint64_t err,
+		      int64_t timeout_ns);
+
 static int ack(lm_agent_proc_t *p, struct conn *c, uint64_t out, uint64_t err)
+{
+	return ack_within(p, c, out, err, CALL_TIMEOUT_NS);
+}
+
+static int ack_within(lm_agent_proc_t *p, struct conn *c, uint64_t out, uint64_t err,
+		      int64_t timeout_ns)
 {
 	Lmshim__Agent__V1__AckOutputRequest rq = LMSHIM__AGENT__V1__ACK_OUTPUT_REQUEST__INIT;
 	uint8_t b[256];
@@ -697,7 +708,7 @@ static int ack(lm_agent_proc_t *p, struct conn *c, uint64_t out, uint64_t err)
 	rq.stdout_offset = out;
 	rq.stderr_offset = err;
 	size_t n = lmshim__agent__v1__ack_output_request__pack(&rq, b);
-	struct lm_rpc_call_opts o = {.timeout_ns = CALL_TIMEOUT_NS};
+	struct lm_rpc_call_opts o = {.timeout_ns = timeout_ns};
 	struct lm_rpc_result res = {0};
 	int rc = lm_rpc_client_call(c->rpc, LM_AGENT_SERVICE, "AckOutput", b, n, &o, &res);
 	if (rc == 0 && res.code)
@@ -706,21 +717,40 @@ static int ack(lm_agent_proc_t *p, struct conn *c, uint64_t out, uint64_t err)
 	return rc;
 }
 
-/* Handles one event; returns the bytes it delivered. */
-static size_t on_event(lm_agent_proc_t *p, const Lmshim__Agent__V1__OutputEvent *ev)
+/* Handles one event: 0, or the error of a handover watch's
+ * acknowledgement (nothing was delivered then). */
+static int on_event(lm_agent_proc_t *p, struct conn *c, const Lmshim__Agent__V1__OutputEvent *ev)
 {
-	size_t delivered = 0;
 	int i = ev->fd == LMSHIM__AGENT__V1__FD__FD_STDERR ? 1 : 0;
 	if (ev->data.len) {
 		uint64_t off = ev->offset, end = off + ev->data.len;
-		if (off > p->next[i])
+		if (off > p->next[i] && p->cbs.handover && !p->next[i]) {
+			/* this watch delivered nothing of it yet and the
+			 * stream starts at the acknowledged output: what is
+			 * before went out through an earlier host */
+			lm_log_info(MOD, "output resumes", "id=%s exec=%s fd=%d at=%llu", p->id,
+				    p->exec_id, i + 1, (unsigned long long)off);
+			pthread_mutex_lock(&p->mu);
+			p->next[i] = off;
+			pthread_mutex_unlock(&p->mu);
+		} else if (off > p->next[i]) {
 			lm_log_error(MOD, "output gap", "id=%s exec=%s fd=%d have=%llu got=%llu", p->id,
 				     p->exec_id, i + 1, (unsigned long long)p->next[i],
 				     (unsigned long long)off);
+		}
+		if (end > p->next[i] && p->cbs.handover) {
+			uint64_t o[2] = {p->next[0], p->next[1]};
+			o[i] = end;
+			/* an answer that does not come means the guest stopped
+			 * (a migration's blackout): it comes after a rollback,
+			 * or the connection breaks when this host lets go */
+			int rc = ack_within(p, c, o[0], o[1], HANDOVER_ACK_NS);
+			if (rc)
+				return rc;
+		}
 		if (end > p->next[i]) {
 			size_t skip = off < p->next[i] ? (size_t)(p->next[i] - off) : 0;
 			deliver_output(p, i + 1, ev->data.data + skip, ev->data.len - skip);
-			delivered = ev->data.len - skip;
 			pthread_mutex_lock(&p->mu);
 			p->next[i] = end;
 			pthread_mutex_unlock(&p->mu);
@@ -745,7 +775,7 @@ static size_t on_event(lm_agent_proc_t *p, const Lmshim__Agent__V1__OutputEvent 
 			pthread_mutex_unlock(&p->mu);
 		}
 	}
-	return delivered;
+	return 0;
 }
 
 static bool should_stop(lm_agent_proc_t *p)
@@ -793,6 +823,7 @@ static void *pump_main(void *arg)
 		rq.stdout_offset = p->next[0];
 		rq.stderr_offset = p->next[1];
 		pthread_mutex_unlock(&p->mu);
+		rq.from_acknowledged = p->cbs.handover;
 		uint64_t acked[2] = {rq.stdout_offset, rq.stderr_offset};
 		size_t n = lmshim__agent__v1__output_request__pack(&rq, b);
 		lm_rpc_stream_t *st = NULL;
@@ -820,8 +851,15 @@ static void *pump_main(void *arg)
 				lm_log_error(MOD, "undecodable output event", "id=%s", p->id);
 				continue;
 			}
-			on_event(p, ev);
+			rc = on_event(p, c, ev);
 			lmshim__agent__v1__output_event__free_unpacked(ev, NULL);
+			if (rc) {
+				/* unacknowledged: not delivered; the next stream
+				 * (on this connection or the next) asks again */
+				lm_log_info(MOD, "output ack failed", "id=%s exec=%s err=%d", p->id,
+					    p->exec_id, rc);
+				break;
+			}
 			pthread_mutex_lock(&p->mu);
 			uint64_t no = p->next[0], ne = p->next[1];
 			pthread_mutex_unlock(&p->mu);

@@ -176,6 +176,15 @@ struct lm_agent_io_cbs {
 	void (*exit)(void *arg, const struct lm_agent_exit *e);
 	int out_fd, err_fd;           /* used when output is NULL; -1: drop */
 	void *arg;
+	/* The process's output moves between hosts with its guest (live
+	 * migration): each chunk is acknowledged to the agent before it is
+	 * delivered (a chunk whose acknowledgement got no answer is never
+	 * delivered here: the guest may have stopped before it counted it),
+	 * and the stream starts where the acknowledged output ends. The
+	 * source's and the destination's watches then deliver one stream
+	 * between them with no byte twice and none lost. Costs a round trip
+	 * per chunk. */
+	bool handover;
 };
 
 /* Thread: any. Starts delivering the process's output (from its first
