@@ -129,6 +129,7 @@ static void ctr_free(struct ctr *k)
 	free(c->stderr_path);
 	free(c->process_spec);
 	free(c->source_id);
+	free(c->guest_id);
 	free(k);
 }
 
@@ -539,6 +540,34 @@ int lm_sandbox_pids(const lm_sandbox_t *sb, const char *id, uint32_t *pids, size
 	return 1;
 }
 
+int lm_sandbox_set_guest(lm_sandbox_t *sb, const char *id, const char *guest_id, uint32_t pid)
+{
+	struct ctr *k = find_ctr(sb, id);
+	if (!k)
+		return -ENOENT;
+	if (!guest_id || !*guest_id || pid == 0)
+		return -EINVAL;
+	char *g = strdup(guest_id);
+	if (!g)
+		return -ENOMEM;
+	free(k->c.guest_id);
+	k->c.guest_id = g;
+	k->c.pid = pid;
+	if (pid >= sb->next_pid)
+		sb->next_pid = pid + 1;
+	return 0;
+}
+
+const struct lm_container *lm_sandbox_find_guest(const lm_sandbox_t *sb, const char *guest_id)
+{
+	if (!guest_id)
+		return NULL;
+	for (size_t i = 0; i < sb->n; i++)
+		if (sb->v[i]->c.guest_id && strcmp(sb->v[i]->c.guest_id, guest_id) == 0)
+			return &sb->v[i]->c;
+	return NULL;
+}
+
 uint32_t lm_sandbox_next_pid(const lm_sandbox_t *sb)
 {
 	return sb->next_pid;
@@ -816,6 +845,7 @@ int lm_sandbox_export(const lm_sandbox_t *sb, const struct lm_snapshot_vm *vm,
 			x->layers = c->layers;
 			x->scratch = c->scratch;
 			x->rootfs = c->rootfs;
+			x->guest_id = c->guest_id ? c->guest_id : (char *)"";
 			ip->pid = c->pid;
 			ip->bundle = c->bundle;
 			ip->process_spec.data = c->process_spec;
@@ -1073,6 +1103,9 @@ static int validate(const Lmshim__V1__SandboxSnapshot *s, char *err, size_t errl
 				return reject(err, errlen,
 					      "snapshot: counters.next_pid %" PRIu32 " not above container \"%s\" init.pid %" PRIu32,
 					      next_pid, c->id, ip->pid);
+			if (c->guest_id && strlen(c->guest_id) > LM_GUEST_ID_MAX)
+				return reject(err, errlen, "snapshot: container \"%s\": guest_id longer than %u bytes",
+					      c->id, LM_GUEST_ID_MAX);
 			if (ip->state < LM_CTR_CREATED || ip->state > LM_CTR_STOPPED)
 				return reject(err, errlen, "snapshot: container \"%s\": init.state %" PRIu32 " invalid",
 					      c->id, ip->state);
@@ -1145,6 +1178,9 @@ int lm_sandbox_import(const uint8_t *any, size_t len, lm_sandbox_t **out,
 				k->c.exited_at_ns = ip->exited_at_ns;
 				k->c.source_id = strdup(c->id);
 				if (!k->c.source_id)
+					rc = -ENOMEM;
+				if (rc == 0 && c->guest_id && *c->guest_id &&
+				    !(k->c.guest_id = strdup(c->guest_id)))
 					rc = -ENOMEM;
 			} else if (rc != -ENOMEM) {
 				/* validate() rules these out; keep the message precise anyway */

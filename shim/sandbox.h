@@ -43,6 +43,9 @@ struct lm_patch_result;   /* actors/patcher.h */
 /* An import refuses a snapshot with more pods or containers than this. */
 #define LM_SNAPSHOT_MAX_CONTAINERS 4096u
 
+/* The longest guest_id (the guest agent's container ID) a snapshot may carry. */
+#define LM_GUEST_ID_MAX 64u
+
 /* The first synthetic PID a fresh sandbox hands out. */
 #define LM_SANDBOX_FIRST_PID 1000u
 
@@ -111,6 +114,9 @@ struct lm_container {
 	uint8_t *process_spec;
 	size_t process_spec_len;
 	char *source_id;               /* imported: ID on the source; NULL if not imported */
+	char *guest_id;                /* a real process in the utility VM: the ID the
+					  guest agent knows it by (kept across
+					  migrations and patches); NULL: simulated */
 	bool patched;                  /* imported and mapped by the patch path */
 	unsigned n_waiters;            /* Wait calls parked on it */
 };
@@ -221,6 +227,14 @@ int lm_sandbox_delete(lm_sandbox_t *sb, const char *id, uint32_t *pid,
  * process while created or running, none once stopped): count written
  * to pids (at most cap), or -ENOENT. */
 int lm_sandbox_pids(const lm_sandbox_t *sb, const char *id, uint32_t *pids, size_t cap);
+/* Thread: owner only. The container runs in the guest as agent container
+ * `guest_id` whose init has (guest) PID `pid`: both are recorded (and
+ * carried by the snapshot); the PID counter moves past pid. 0, -ENOENT,
+ * -EINVAL (empty guest_id, pid 0), -ENOMEM. */
+int lm_sandbox_set_guest(lm_sandbox_t *sb, const char *id, const char *guest_id, uint32_t pid);
+/* Thread: owner only. The container whose guest_id is guest_id, or NULL. */
+const struct lm_container *lm_sandbox_find_guest(const lm_sandbox_t *sb, const char *guest_id);
+
 /* Thread: owner only. The next PID the sandbox would hand out. */
 uint32_t lm_sandbox_next_pid(const lm_sandbox_t *sb);
 

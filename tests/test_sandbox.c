@@ -656,6 +656,70 @@ static void test_apply_patch_rekeys_container(void **state)
 	lm_sandbox_destroy(im);
 }
 
+/* A container that runs in the guest keeps its agent ID and guest PID
+ * through a snapshot and a patch (the agent knows it by that ID on every
+ * host); the PID counter moves past a guest PID. */
+static void test_guest_id_and_pid_survive_export_import_and_patch(void **state)
+{
+	(void)state;
+	lm_sandbox_t *sb = two_pods();
+	assert_int_equal(lm_sandbox_set_guest(sb, "web", "web", 4242), 0);
+	assert_int_equal(lm_sandbox_set_guest(sb, "nope", "x", 1), -ENOENT);
+	assert_int_equal(lm_sandbox_set_guest(sb, "db", "", 1), -EINVAL);
+	assert_int_equal(lm_sandbox_set_guest(sb, "db", "db", 0), -EINVAL);
+	assert_int_equal(lm_sandbox_find(sb, "web")->pid, 4242);
+	assert_true(lm_sandbox_next_pid(sb) > 4242);
+	assert_ptr_equal(lm_sandbox_find_guest(sb, "web"), lm_sandbox_find(sb, "web"));
+	assert_null(lm_sandbox_find_guest(sb, "db"));
+	assert_int_equal(lm_sandbox_start(sb, "web", NULL), 0);
+	uint8_t *a;
+	size_t la;
+	export(sb, &a, &la);
+	lm_sandbox_t *im = NULL;
+	struct lm_snapshot_vm vm;
+	char err[256] = "";
+	assert_int_equal(lm_sandbox_import(a, la, &im, &vm, err, sizeof err), 0);
+	const struct lm_container *c = lm_sandbox_find(im, "web");
+	assert_non_null(c);
+	assert_string_equal(c->guest_id, "web");
+	assert_int_equal(c->pid, 4242);
+	assert_null(lm_sandbox_find(im, "db")->guest_id);   /* simulated stays simulated */
+	char *layers[] = {"/l/a", "/l/b", "/l/c"};
+	struct lm_patch_result r = result("web", "web-new", 3, layers);
+	assert_int_equal(lm_sandbox_apply_patch(im, &r), 0);
+	c = lm_sandbox_find_guest(im, "web");   /* found by its agent ID under its new one */
+	assert_non_null(c);
+	assert_string_equal(c->id, "web-new");
+	assert_int_equal(c->pid, 4242);
+	lm_snapshot_vm_clear(&vm);
+	lm_sandbox_destroy(im);
+	free(a);
+	lm_sandbox_destroy(sb);
+}
+
+/* A snapshot whose guest_id is longer than the agent's IDs is refused,
+ * naming the container and the field. */
+static void test_import_rejects_oversized_guest_id(void **state)
+{
+	(void)state;
+	lm_sandbox_t *sb = two_pods();
+	char big[LM_GUEST_ID_MAX + 2];
+	memset(big, 'g', sizeof big - 1);
+	big[sizeof big - 1] = 0;
+	assert_int_equal(lm_sandbox_set_guest(sb, "web", big, 7), 0);
+	uint8_t *a;
+	size_t la;
+	export(sb, &a, &la);
+	lm_sandbox_t *im = NULL;
+	struct lm_snapshot_vm vm;
+	char err[256] = "";
+	assert_int_equal(lm_sandbox_import(a, la, &im, &vm, err, sizeof err), -EINVAL);
+	assert_null(im);
+	assert_non_null(strstr(err, "container \"web\": guest_id longer than 64 bytes"));
+	free(a);
+	lm_sandbox_destroy(sb);
+}
+
 /* ---- task events ------------------------------------------------------ */
 
 struct evlog {
@@ -879,6 +943,8 @@ int main(void)
 		cmocka_unit_test(test_apply_patch_rekeys_container),
 		cmocka_unit_test(test_apply_patch_of_sandbox_container_rekeys_pod),
 		cmocka_unit_test(test_apply_patch_errors),
+		cmocka_unit_test(test_guest_id_and_pid_survive_export_import_and_patch),
+		cmocka_unit_test(test_import_rejects_oversized_guest_id),
 	};
 	int rc = cmocka_run_group_tests(tests, NULL, NULL);
 	lm_msg_pool_trim();
