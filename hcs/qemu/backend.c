@@ -17,9 +17,11 @@
  *
  * The document: the seam's memory size (a MiB multiple) and vCPU count,
  * and "VirtualMachine": {"Qemu": {...}} for the rest (Kernel, Initrd,
- * Machine, Accel, Cpu, Cmdline, BootTimeoutMs; see parse_doc). Kernel and
- * initrd default to $LM_QEMU_KERNEL / $LM_QEMU_INITRD, else to the build's
- * guest (guest/: LM_GUEST_KERNEL_DIR/vmlinuz and LM_GUEST_INITRAMFS). The
+ * Machine, Accel, Cpu, Cmdline, BootTimeoutMs, Rootfs; see parse_doc).
+ * Kernel, initrd and the containers' image (a read-only virtio-blk disk
+ * with serial "rootfs") default to $LM_QEMU_KERNEL / $LM_QEMU_INITRD /
+ * $LM_QEMU_ROOTFS, else to the build's guest (guest/: LM_GUEST_KERNEL_DIR/
+ * vmlinuz, LM_GUEST_INITRAMFS, LM_GUEST_ROOTFS), resolved on each host. The
  * guest agent's chardev socket lives in a private directory (mkdtemp,
  * 0700, in $TMPDIR or /tmp) that destroy removes.
  *
@@ -85,6 +87,9 @@
 #endif
 #ifndef LM_GUEST_INITRAMFS
 #define LM_GUEST_INITRAMFS ""
+#endif
+#ifndef LM_GUEST_ROOTFS
+#define LM_GUEST_ROOTFS ""
 #endif
 
 struct lm_vm {
@@ -191,6 +196,7 @@ struct qopts {
 	char cpu[64];
 	char cmdline[CMDLINE_MAX];
 	unsigned boot_ms;           /* 0: by the accelerator */
+	char rootfs[PATH_MAX];      /* the containers' image, disk "rootfs"; "" none */
 };
 
 static int bad_field(const char *id, const char *field, const char *why)
@@ -228,7 +234,15 @@ static int parse_doc(const char *doc, const char *id, struct qopts *o)
 		snprintf(o->initrd, sizeof(o->initrd), "%s", i);
 	else
 		snprintf(o->initrd, sizeof(o->initrd), "%s", LM_GUEST_INITRAMFS);
-	o->machine = LM_QEMU_MICROVM;
+	/* the containers' image: each host's own (a document that travels
+	 * with a migration does not carry the source's path by default) */
+	const char *r = getenv("LM_QEMU_ROOTFS");
+	snprintf(o->rootfs, sizeof(o->rootfs), "%s", r ? r : LM_GUEST_ROOTFS);
+	const char *cl = getenv("LM_QEMU_CMDLINE");
+	if (cl)
+		snprintf(o->cmdline, sizeof(o->cmdline), "%s", cl);
+	const char *m = getenv("LM_QEMU_MACHINE");
+	o->machine = m && !strcmp(m, "q35") ? LM_QEMU_Q35 : LM_QEMU_MICROVM;
 	o->accel = LM_QEMU_ACCEL_AUTO;
 	if (!doc)
 		return 0;
@@ -276,6 +290,9 @@ static int parse_doc(const char *doc, const char *id, struct qopts *o)
 				rc = bad_field(id, key, "must be 'auto', 'kvm' or 'tcg'");
 		} else if (!strcmp(key, "Cpu")) {
 			rc = get_string(v, id, key, o->cpu, sizeof(o->cpu), false);
+		} else if (!strcmp(key, "Rootfs")) {
+			/* "" attaches no container image */
+			rc = get_string(v, id, key, o->rootfs, sizeof(o->rootfs), true);
 		} else if (!strcmp(key, "Cmdline")) {
 			rc = get_string(v, id, key, o->cmdline, sizeof(o->cmdline), true);
 		} else if (!strcmp(key, "BootTimeoutMs")) {
@@ -286,7 +303,7 @@ static int parse_doc(const char *doc, const char *id, struct qopts *o)
 				o->boot_ms = (unsigned)json_integer_value(v);
 		} else {
 			rc = bad_field(id, key, "unknown key (Kernel, Initrd, Machine, Accel, Cpu, "
-					       "Cmdline, BootTimeoutMs)");
+					       "Cmdline, BootTimeoutMs, Rootfs)");
 		}
 		if (rc)
 			break;
@@ -365,7 +382,24 @@ static int qemu_create(lm_vm_t **out, const lm_vm_config_t *cfg)
 		lm_log_error(MOD, "socketpair failed", "id=%s err=%d", id, -rc);
 		goto fail;
 	}
+	/* the containers' image, read-only; a file that is not there is
+	 * left out (the guest then has no rootfs disk, and a container
+	 * that needs it gets the agent's "no disk with serial rootfs") */
+	lm_qemu_disk_t rootfs = {.id = "rootfs", .serial = "rootfs", .path = o->rootfs,
+				 .read_only = true};
+	bool has_rootfs = o->rootfs[0] && access(o->rootfs, R_OK) == 0;
+	if (o->rootfs[0] && !has_rootfs)
+		lm_log_warn(MOD, "no container image", "id=%s path=%s err=%d", id, o->rootfs, errno);
+	/* $LM_QEMU_CONSOLE_DIR: the guest's console goes to a file there
+	 * (kept after the VM; for a post-mortem), else to our tail buffer */
+	char console[PATH_MAX] = "";
+	const char *cdir = getenv("LM_QEMU_CONSOLE_DIR");
+	if (cdir && *cdir)
+		snprintf(console, sizeof(console), "%s/%s-%s-%d.log", cdir, vm->name,
+			 cfg->incoming ? "in" : "out", (int)getpid());
 	lm_qemu_vm_config_t qc = {
+		.console_log = console[0] ? console : NULL,
+		.disks = has_rootfs ? &rootfs : NULL, .n_disks = has_rootfs ? 1 : 0,
 		.name = vm->name, .machine = o->machine, .memory_mib = vm->memory_mib,
 		.vcpus = vm->vcpus, .cpu = o->cpu[0] ? o->cpu : NULL, .kernel = o->kernel,
 		.initrd = o->initrd[0] ? o->initrd : NULL,

@@ -289,6 +289,19 @@ static void on_pidfd(struct ev_loop *ev, ev_io *w, int revents)
 	pthread_mutex_unlock(&vm->mu);
 	lm_log_info(MOD, "qemu exited", "vm=%s pid=%d %s=%d", vm->name, (int)vm->pid,
 		    e.u.exited.signaled ? "signal" : "status", e.u.exited.code);
+	if (vm->shutdown_guest) {
+		/* the guest ended itself (a kernel panic reboots, and QEMU
+		 * does not reboot): its console's last lines say why */
+		char tail[3000];
+		pthread_mutex_lock(&vm->mu);
+		size_t n = tail_copy(&vm->con, tail, sizeof(tail) - 1);
+		pthread_mutex_unlock(&vm->mu);
+		tail[n] = 0;
+		for (size_t i = 0; i < n; i++)
+			if (tail[i] == '\n' || tail[i] == '\r' || tail[i] == '"')
+				tail[i] = tail[i] == '"' ? '\'' : '|';
+		lm_log_warn(MOD, "the guest ended itself", "vm=%s console_tail=\"%s\"", vm->name, tail);
+	}
 	vm->exit_event = e;
 	vm->exit_event_due = true;
 	if (qmp_open) {
@@ -501,7 +514,12 @@ static int build_argv(struct argv *a, const char *qemu, const lm_qemu_vm_config_
 	arg_add(a, "-M");
 	arg_add(a, "%s", micro ? "microvm,rtc=on" : "q35");
 	arg_add(a, "-accel");
-	arg_add(a, "%s", accel == LM_QEMU_ACCEL_KVM ? "kvm" : "tcg");
+	/* TCG: one translation thread (the vCPU under QEMU's big lock, as
+	 * its migration's dirty tracking expects); guests migrated while busy
+	 * crash less often on the destination this way, though the figures
+	 * are noisy (hcs/qemu/README.md) */
+	const char *tcg = getenv("LM_QEMU_TCG_OPTS");
+	arg_add(a, "%s", accel == LM_QEMU_ACCEL_KVM ? "kvm" : tcg && *tcg ? tcg : "tcg,thread=single");
 	if (c->cpu) {
 		arg_add(a, "-cpu");
 		arg_add(a, "%s", c->cpu);
@@ -538,12 +556,16 @@ static int build_argv(struct argv *a, const char *qemu, const lm_qemu_vm_config_
 		arg_add(a, "-initrd");
 		arg_add(a, "%s", c->initrd);
 	}
+	/* under TCG: the TSC's rate (a busy host makes the kernel's own
+	 * calibration hang) */
 	char tsc[48] = "";
 	unsigned long khz = accel == LM_QEMU_ACCEL_TCG ? host_khz() : 0;
 	if (khz)
 		snprintf(tsc, sizeof(tsc), " tsc_early_khz=%lu", khz);
+	/* oops=panic: a guest whose kernel oopsed ends (panic, no reboot:
+	 * QEMU exits) instead of running on wedged */
 	arg_add(a, "-append");
-	arg_add(a, "console=ttyS0 quiet panic=-1%s%s%s", tsc, c->cmdline ? " " : "",
+	arg_add(a, "console=ttyS0 quiet panic=-1 oops=panic%s%s%s", tsc, c->cmdline ? " " : "",
 		c->cmdline ? c->cmdline : "");
 	/* the agent's port */
 	if (c->agent_socket) {
