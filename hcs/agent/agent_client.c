@@ -46,6 +46,8 @@ struct lm_agent {
 	struct conn *old;             /* being retired: waits for users == 0 */
 	uint64_t gen;                 /* connections made so far */
 	bool closing;
+	bool draining;                /* lm_agent_disconnect_quiet: no new handover ack */
+	unsigned acks;                /* handover acks in flight */
 	char boot_id[40];
 };
 
@@ -329,6 +331,23 @@ int lm_agent_reconnect(lm_agent_t *a, const char *path, int64_t timeout_ns)
 void lm_agent_disconnect(lm_agent_t *a)
 {
 	retire(a);
+}
+
+int lm_agent_disconnect_quiet(lm_agent_t *a, int64_t timeout_ns)
+{
+	struct timespec ts = lm_timespec_in(CLOCK_REALTIME, timeout_ns);
+	int rc = 0;
+	pthread_mutex_lock(&a->mu);
+	a->draining = true;
+	while (a->acks && rc == 0)
+		if (pthread_cond_timedwait(&a->cv, &a->mu, &ts) == ETIMEDOUT)
+			rc = -ETIMEDOUT;
+	pthread_mutex_unlock(&a->mu);
+	retire(a);
+	pthread_mutex_lock(&a->mu);
+	a->draining = false;
+	pthread_mutex_unlock(&a->mu);
+	return rc;
 }
 
 void lm_agent_close(lm_agent_t *a)
@@ -744,7 +763,19 @@ static int on_event(lm_agent_proc_t *p, struct conn *c, const Lmshim__Agent__V1_
 			/* an answer that does not come means the guest stopped
 			 * (a migration's blackout): it comes after a rollback,
 			 * or the connection breaks when this host lets go */
+			lm_agent_t *a = p->a;
+			pthread_mutex_lock(&a->mu);
+			bool draining = a->draining;
+			if (!draining)
+				a->acks++;
+			pthread_mutex_unlock(&a->mu);
+			if (draining)
+				return -EAGAIN;   /* not counted, not delivered: the next host's */
 			int rc = ack_within(p, c, o[0], o[1], HANDOVER_ACK_NS);
+			pthread_mutex_lock(&a->mu);
+			a->acks--;
+			pthread_cond_broadcast(&a->cv);
+			pthread_mutex_unlock(&a->mu);
 			if (rc)
 				return rc;
 		}

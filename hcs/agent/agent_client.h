@@ -124,6 +124,15 @@ int lm_agent_reconnect(lm_agent_t *a, const char *path, int64_t timeout_ns);
  * lm_agent_reconnect. */
 void lm_agent_disconnect(lm_agent_t *a);
 
+/* Thread: any. Lets a handover watch's acknowledgement in flight finish
+ * (within timeout_ns), starts no other, then drops the connection like
+ * lm_agent_disconnect. What the next host (or this one, reconnecting)
+ * delivers then starts exactly where this one stopped: an
+ * acknowledgement cut by a plain disconnect leaves it unknown whether the
+ * guest counted its chunk (which is then lost). 0 or -ETIMEDOUT (dropped
+ * anyway). */
+int lm_agent_disconnect_quiet(lm_agent_t *a, int64_t timeout_ns);
+
 /* Thread: any, once every watch was unwatched and no call runs. */
 void lm_agent_close(lm_agent_t *a);
 
