@@ -238,6 +238,12 @@ void *lm__ctl_op(struct ctl *c, ctl_done_fn fn)
 	return x;
 }
 
+struct ctl_done *lm__ctl_op_payload(void *ctx)
+{
+	struct op_ctx *x = ctx;
+	return LM_MSG_PAYLOAD(x->msg, struct ctl_done);
+}
+
 void lm__ctl_op_set_call(void *ctx, lm_rpc_call_t *call)
 {
 	struct op_ctx *x = ctx;
@@ -323,6 +329,7 @@ void lm__ctl_hcs_event(void *arg, const lm_hcs_event_t *ev)
 /* ---- the VM's life --------------------------------------------------------- */
 
 struct closer {
+	lm_guest_t *guest;        /* the VM's agent connection, closed first */
 	lm_hcs_system_t *vm;
 	lm_actor_t *ctl;
 	lm_msg_t *msg;            /* LM_CTL_CLOSED, allocated by the controller */
@@ -331,6 +338,7 @@ struct closer {
 static void *closer_main(void *arg)
 {
 	struct closer *k = arg;
+	lm_guest_close(k->guest);
 	lm_hcs_system_close(k->vm);
 	post(k->ctl, k->msg);
 	lm_actor_unref(k->ctl);
@@ -345,7 +353,9 @@ void lm__ctl_close_vm(struct ctl *c)
 	if (!c->vm)
 		return;
 	lm_hcs_system_t *vm = c->vm;
+	lm_guest_t *guest = c->guest;
 	c->vm = NULL;
+	c->guest = NULL;
 	c->vm_running = false;
 	struct closer *k = malloc(sizeof(*k));
 	lm_msg_t *m = lm_msg_alloc(LM_CTL_CLOSED, 0);
@@ -353,6 +363,7 @@ void lm__ctl_close_vm(struct ctl *c)
 	pthread_attr_t at;
 	if (k && m) {
 		k->vm = vm;
+		k->guest = guest;
 		k->ctl = c->self;
 		k->msg = m;
 		lm_actor_ref(c->self);
@@ -370,6 +381,7 @@ void lm__ctl_close_vm(struct ctl *c)
 	lm_msg_free(m);
 	/* no thread: close here (blocks this worker briefly; never expected) */
 	lm_log_warn("controller", "closing the VM on the controller's thread", "why=\"no closer thread\"");
+	lm_guest_close(guest);
 	lm_hcs_system_close(vm);
 }
 
@@ -402,6 +414,8 @@ void lm__ctl_reset_session(struct ctl *c)
 	c->xfer_code = 0;
 	c->xfer_msg[0] = '\0';
 	c->last_failure[0] = '\0';
+	if (c->guest)   /* the guest stayed here: its containers' output flows again */
+		lm_guest_resume(c->guest);
 	lm__ctl_stop_patchers(c);
 	if (c->have_imported) {
 		lm_snapshot_vm_clear(&c->imported);
@@ -611,6 +625,7 @@ static void state_free(void *p)
 	struct ctl *c = p;
 	/* calls still parked get Unavailable (dropped if their clients left) */
 	answer_all_parked(c);
+	lm_guest_close(c->guest);
 	if (c->vm)
 		lm_hcs_system_close(c->vm);
 	lm__ctl_stop_patchers(c);
@@ -624,6 +639,7 @@ static void state_free(void *p)
 	for (unsigned i = 0; i < c->n_boot_ctrs; i++) {
 		free((char *)c->boot_ctrs[i].id);
 		free((char *)c->boot_ctrs[i].pod_id);
+		free((char *)c->boot_ctrs[i].cmd);
 	}
 	free(c->boot_ctrs);
 	free((char *)c->cfg.state_dir);
@@ -666,6 +682,7 @@ int lm_controller_spawn(lm_runtime_t *rt, lm_actor_t **out,
 			c->boot_ctrs[i] = cfg->containers[i];
 			c->boot_ctrs[i].id = strdup(cfg->containers[i].id);
 			c->boot_ctrs[i].pod_id = strdup(cfg->containers[i].pod_id);
+			c->boot_ctrs[i].cmd = cfg->containers[i].cmd ? strdup(cfg->containers[i].cmd) : NULL;
 		}
 		c->n_boot_ctrs = c->boot_ctrs ? cfg->n_containers : 0;
 	}

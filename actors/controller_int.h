@@ -31,6 +31,7 @@
 #include "migration.pb-c.h"
 #include "rpc/frame.h"
 #include "rpc/server.h"
+#include "shim/guest.h"
 #include "shim/publisher.h"
 #include "shim/sandbox.h"
 
@@ -58,6 +59,11 @@ struct ctl_done {
 	lm_rpc_call_t *call;          /* Inspect's call, answered by fn (dtor fails it otherwise) */
 	bool has_props;
 	lm_hcs_properties_t props;    /* a properties operation's result */
+	/* guest operations (ctl_guest.c) */
+	char guest_id[72];            /* the container, as the agent knows it */
+	uint32_t pid;                 /* its init's guest PID (create) */
+	uint32_t exit_status;         /* an exit: code, or 128 + signal */
+	uint64_t exited_at_ns;
 };
 
 /* Payload of LM_CTL_HCS_EVENT. */
@@ -90,6 +96,10 @@ struct ctl {
 	lm_hcs_system_t *vm;
 	bool vm_running;
 	lm_sandbox_t *sb;
+	lm_guest_t *guest;               /* the utility VM's agent (qemu backend), or NULL */
+	unsigned boot_pending;           /* boot containers being created in the guest */
+	int boot_guest_rc;               /* the first of their failures */
+	char boot_guest_why[256];
 	struct lm_snapshot_vm imported;  /* destination: the snapshot's VM part */
 	bool have_imported;
 	struct patcher_ref *patchers;    /* destination: one per imported container */
@@ -187,6 +197,8 @@ bool lm__ctl_session_or_idle(struct ctl *c, lm_rpc_call_t *call, int method, con
 void *lm__ctl_op(struct ctl *c, ctl_done_fn fn);
 void lm__ctl_op_drop(void *ctx);
 void lm__ctl_op_set_call(void *ctx, lm_rpc_call_t *call);
+/* The completion an operation's context will carry (to fill before it completes). */
+struct ctl_done *lm__ctl_op_payload(void *ctx);
 void lm__ctl_hcs_done(void *ctx, int err, const char *why);
 void lm__ctl_hcs_props(void *ctx, int err, const char *why, const lm_hcs_properties_t *p);
 void lm__ctl_hcs_event(void *arg, const lm_hcs_event_t *ev);
@@ -229,5 +241,17 @@ void lm__ctl_on_recovery(struct ctl *c, struct lm_ctl_call *rc);
 void lm__ctl_on_task_call(struct ctl *c, struct lm_ctl_call *tm);
 void lm__ctl_on_inspect(struct ctl *c, struct lm_ctl_call *ic);
 void lm__ctl_on_boot(struct ctl *c, lm_msg_t *m);
+void lm__ctl_boot_answer(struct ctl *c, int rc, const char *msg);
+
+/* ---- ctl_guest.c: containers that are real processes in the utility VM --- */
+extern const struct lm_task_guest_ops lm__ctl_guest_task_ops;
+/* Opens c->guest when the VM is a utility VM with an agent (no-op
+ * otherwise, or if open): 0 or -errno. */
+int lm__ctl_guest_open(struct ctl *c);
+/* Creates the boot containers in the guest; the boot is answered when
+ * the last is running (or one failed). */
+void lm__ctl_guest_boot(struct ctl *c);
+/* Destination, once its VM runs: watches every running container. */
+void lm__ctl_guest_adopt(struct ctl *c);
 
 #endif

@@ -126,6 +126,7 @@ static void on_finalized(struct ctl *c, struct ctl_done *d)
 		lm_sandbox_clear(c->sb);
 	} else {
 		c->vm_running = true;
+		lm__ctl_guest_adopt(c);
 	}
 	lm__ctl_set_state(c, ST_FINALIZED);
 	lm__ctl_log(c, "finalized", "action=%s", c->finalize_op == LM_HCS_FINALIZE_STOP ? "stop" : "resume");

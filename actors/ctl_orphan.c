@@ -121,6 +121,7 @@ static void on_resolved(struct ctl *c, struct ctl_done *d)
 		lm_sandbox_clear(c->sb);
 	} else {
 		c->vm_running = true;
+		lm__ctl_guest_adopt(c);
 	}
 	lm__ctl_set_state(c, ST_FINALIZED);
 	cleanup_now(c, c->finalize_op == LM_HCS_FINALIZE_STOP ? "stopped here" : "runs here");
@@ -258,6 +259,7 @@ static void on_recovered(struct ctl *c, struct ctl_done *d)
 	case LM_HCS_RECOVER_FORCE_COMMIT:
 	case LM_HCS_RECOVER_FORCE_RESUME:
 		c->vm_running = true;
+		lm__ctl_guest_adopt(c);
 		lm__ctl_set_state(c, ST_FINALIZED);
 		break;
 	case LM_HCS_RECOVER_STOP:

@@ -27,6 +27,8 @@ void lm__ctl_on_task_call(struct ctl *c, struct lm_ctl_call *tm)
 		.session_active = c->st != ST_IDLE,
 		.vm_running = c->vm_running,
 		.importing = c->st == ST_DEST_IMPORTED,
+		.guest = c->guest ? &lm__ctl_guest_task_ops : NULL,
+		.guest_arg = c,
 	};
 	lm_rpc_call_t *call = tm->call;
 	tm->call = NULL;
@@ -100,7 +102,7 @@ void lm__ctl_on_inspect(struct ctl *c, struct lm_ctl_call *ic)
 
 /* ---- the standalone boot ------------------------------------------------------- */
 
-static void boot_answer(struct ctl *c, int rc, const char *msg)
+void lm__ctl_boot_answer(struct ctl *c, int rc, const char *msg)
 {
 	c->boot_rc = rc;
 	snprintf(c->boot_err, sizeof(c->boot_err), "%s", msg ? msg : "");
@@ -116,7 +118,8 @@ static void boot_answer(struct ctl *c, int rc, const char *msg)
 	}
 }
 
-/* Creates the boot containers, running. */
+/* Adds the boot containers to the sandbox: running (simulated), or, in
+ * a utility VM, created until the guest runs them (ctl_guest.c). */
 static int boot_containers(struct ctl *c)
 {
 	for (unsigned i = 0; i < c->n_boot_ctrs; i++) {
@@ -143,7 +146,7 @@ static int boot_containers(struct ctl *c)
 			.n_layers = bc->layers, .stdout_path = out, .stderr_path = errp,
 		};
 		int rc = lm_sandbox_add(c->sb, &spec, NULL);
-		if (!rc)
+		if (!rc && !c->guest)
 			rc = lm_sandbox_start(c->sb, bc->id, NULL);
 		if (rc)
 			return rc;
@@ -154,25 +157,34 @@ static int boot_containers(struct ctl *c)
 static void on_boot_started(struct ctl *c, struct ctl_done *d)
 {
 	if (d->err) {
-		boot_answer(c, d->err, d->why[0] ? d->why : "the VM could not be started");
+		lm__ctl_boot_answer(c, d->err, d->why[0] ? d->why : "the VM could not be started");
 		return;
 	}
 	c->vm_running = true;
-	int rc = boot_containers(c);
-	boot_answer(c, rc, rc ? "the containers could not be created" : NULL);
+	int rc = lm__ctl_guest_open(c);
+	if (rc) {
+		lm__ctl_boot_answer(c, rc, "the guest agent's connection could not be set up");
+		return;
+	}
+	rc = boot_containers(c);
+	if (rc || !c->guest) {
+		lm__ctl_boot_answer(c, rc, rc ? "the containers could not be created" : NULL);
+		return;
+	}
+	lm__ctl_guest_boot(c);   /* answers the boot */
 }
 
 static void on_boot_created(struct ctl *c, struct ctl_done *d)
 {
 	if (d->err) {
-		boot_answer(c, d->err, d->why[0] ? d->why : "the VM could not be created");
+		lm__ctl_boot_answer(c, d->err, d->why[0] ? d->why : "the VM could not be created");
 		return;
 	}
 	void *x = lm__ctl_op(c, on_boot_started);
 	int rc = x ? lm_hcs_system_start(c->vm, lm__ctl_hcs_done, x) : -ENOMEM;
 	if (rc) {
 		lm__ctl_op_drop(x);
-		boot_answer(c, rc, "the VM could not be started");
+		lm__ctl_boot_answer(c, rc, "the VM could not be started");
 	}
 }
 
@@ -181,7 +193,7 @@ void lm__ctl_on_boot(struct ctl *c, lm_msg_t *m)
 	c->boot_reply = m->reply_to;
 	m->reply_to = NULL;           /* stolen */
 	if (!c->document) {
-		boot_answer(c, 0, NULL);
+		lm__ctl_boot_answer(c, 0, NULL);
 		return;
 	}
 	void *x = lm__ctl_op(c, on_boot_created);
@@ -190,7 +202,7 @@ void lm__ctl_on_boot(struct ctl *c, lm_msg_t *m)
 					  lm__ctl_hcs_done, x) : -ENOMEM;
 	if (rc) {
 		lm__ctl_op_drop(x);
-		boot_answer(c, rc, "the VM document was refused");
+		lm__ctl_boot_answer(c, rc, "the VM document was refused");
 		return;
 	}
 	c->vm = vm;

@@ -151,6 +151,8 @@ static void start_transfer(struct ctl *c)
 		return;
 	}
 	c->transfer_started = true;
+	if (c->guest && c->side == SIDE_SOURCE)
+		lm_guest_suspend(c->guest);   /* a quiet port while the guest is copied */
 	lm__ctl_set_state(c, ST_TRANSFERRING);
 	lm__ctl_log(c, "transfer started", NULL);
 }

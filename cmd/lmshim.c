@@ -87,6 +87,8 @@ static const char usage[] =
 	"  --containers POD:ID,...         containers; ID 'sandbox' (or POD:ID:sandbox) is the pod's\n"
 	"                                  sandbox container; POD:ID:layers=N sets its layer count\n"
 	"                                  (default pod1:sandbox)\n"
+	"  --container-cmd ID=COMMAND      backend qemu: container ID's init runs /bin/sh -c COMMAND\n"
+	"                                  in the utility VM, on busybox (default: sleep; repeatable)\n"
 	"  --idle                          no VM: a migration destination\n"
 	"  --state-dir DIR                 the boot containers' bundles and stdio, one folder\n"
 	"                                  per container (default /run/lmshim)\n"
@@ -459,7 +461,7 @@ static int cmd_serve(int argc, char **argv)
 {
 	enum { O_SOCKET = 1, O_ID, O_NS, O_MB, O_VCPUS, O_BACKEND, O_RATE, O_PATTERN, O_CONT, O_IDLE,
 	       O_STATE, O_WORKERS, O_DEBUG, O_ANYUID, O_HELP, O_FILL, O_XCPU, O_EVENTS, O_STALL,
-	       O_ORPHAN };
+	       O_ORPHAN, O_CCMD };
 	static const struct option lo[] = {
 		{ "socket", required_argument, 0, O_SOCKET }, { "id", required_argument, 0, O_ID },
 		{ "namespace", required_argument, 0, O_NS },
@@ -476,6 +478,7 @@ static int cmd_serve(int argc, char **argv)
 		{ "events-address", required_argument, 0, O_EVENTS },
 		{ "stall-timeout-ms", required_argument, 0, O_STALL },
 		{ "orphan-timeout-ms", required_argument, 0, O_ORPHAN },
+		{ "container-cmd", required_argument, 0, O_CCMD },
 		{ "help", no_argument, 0, O_HELP }, { 0, 0, 0, 0 },
 	};
 	const char *sock = NULL, *id = "standalone", *ns = "default", *backend = "sim";
@@ -485,6 +488,8 @@ static int cmd_serve(int argc, char **argv)
 	unsigned long stall = 10000, orphan = LM_SHIM_ORPHAN_MS_DEFAULT;
 	const char *events = getenv("TTRPC_ADDRESS");
 	bool idle = false, any_uid = false;
+	const char *ccmd[32];
+	unsigned n_ccmd = 0;
 	int c;
 	opterr = 0;
 	optind = 1;
@@ -527,6 +532,15 @@ static int cmd_serve(int argc, char **argv)
 			else return bad("--memory-fill must be zero, random or zero90");
 			break;
 		case O_CONT: conts = optarg; break;
+		case O_CCMD: {
+			const char *eq = strchr(optarg, '=');
+			if (!eq || eq == optarg || !eq[1])
+				return bad("--container-cmd wants ID=COMMAND");
+			if (n_ccmd == sizeof(ccmd) / sizeof(ccmd[0]))
+				return bad("--container-cmd: at most 32");
+			ccmd[n_ccmd++] = optarg;
+			break;
+		}
 		case O_IDLE: idle = true; break;
 		case O_STATE: state = optarg; break;
 		case O_WORKERS:
@@ -585,6 +599,22 @@ static int cmd_serve(int argc, char **argv)
 		if (rc < 0) {
 			free(store);
 			return bad("serve: --containers wants POD:ID[:sandbox|:container][:layers=N],...");
+		}
+		for (unsigned i = 0; i < n_ccmd; i++) {
+			size_t idlen = (size_t)(strchr(ccmd[i], '=') - ccmd[i]);
+			unsigned k = 0;
+			while (k < n && (strlen(cv[k].id) != idlen || strncmp(cv[k].id, ccmd[i], idlen)))
+				k++;
+			if (k == n || strcmp(backend, "qemu")) {
+				char m[200];
+				snprintf(m, sizeof(m), "--container-cmd %.*s: %s", (int)(idlen > 64 ? 64 : idlen),
+					 ccmd[i], k == n ? "no such container in --containers"
+							 : "only a qemu backend runs real processes");
+				free(cv);
+				free(store);
+				return bad(m);
+			}
+			cv[k].cmd = ccmd[i] + idlen + 1;
 		}
 		cfg.containers = cv;
 		cfg.n_containers = n;

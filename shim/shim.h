@@ -24,6 +24,8 @@ struct lm_shim_container {
 	const char *pod_id;        /* the pod (sandbox) it belongs to */
 	bool is_sandbox;           /* the pod's sandbox (pause) container */
 	unsigned layers;           /* read-only layer count */
+	const char *cmd;           /* a real guest (backend qemu): the init's shell
+				      command (/bin/sh -c CMD); NULL: it sleeps */
 };
 
 struct lm_shim_config {

@@ -399,6 +399,15 @@ static void do_create(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_
 		lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION, "Create %s: the VM is not running", id);
 		goto out;
 	}
+	if (gate->guest) {
+		/* the rootfs would have to become a disk of the running VM
+		 * (hot-plug), which the utility VM does not do yet */
+		lm_rpc_call_fail(call, LM_RPC_UNIMPLEMENTED,
+				 "Create %s: this shim's VM is a Linux utility VM, whose containers come "
+				 "from lmshim serve --containers for now (task Create of a new container "
+				 "there is not implemented)", id);
+		goto out;
+	}
 	enum lm_ctr_type type = LM_CTR_CONTAINER;
 	const char *pod = id;
 	bool new_pod = true;
@@ -507,11 +516,13 @@ static void do_start(lm_sandbox_t *sb, lm_rpc_call_t *call, const Containerd__Ta
 	reply_msg(call, &s.base);
 }
 
-static void do_delete(lm_sandbox_t *sb, lm_rpc_call_t *call, const Containerd__Task__V2__DeleteRequest *r)
+static void do_delete(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_call_t *call,
+		      const Containerd__Task__V2__DeleteRequest *r)
 {
 	const char *id = s_or(r->id);
 	const struct lm_container *c = lm_sandbox_find(sb, id);
 	char *pod = c ? strdup(c->pod_id) : NULL;
+	char *guest_id = c && c->guest_id && c->state != LM_CTR_RUNNING ? strdup(c->guest_id) : NULL;
 	uint32_t pid = 0, status = 0;
 	uint64_t at = 0;
 	int rc = lm_sandbox_delete(sb, id, &pid, &status, &at);
@@ -534,8 +545,11 @@ static void do_delete(lm_sandbox_t *sb, lm_rpc_call_t *call, const Containerd__T
 		set_ts(&ts, at);
 		d.exited_at = &ts;
 		reply_msg(call, &d.base);
+		if (guest_id && gate->guest)
+			gate->guest->forget(gate->guest_arg, guest_id);
 	}
 	free(pod);
+	free(guest_id);
 }
 
 static void do_pids(lm_sandbox_t *sb, lm_rpc_call_t *call, const Containerd__Task__V2__PidsRequest *r)
@@ -557,9 +571,23 @@ static void do_pids(lm_sandbox_t *sb, lm_rpc_call_t *call, const Containerd__Tas
 	reply_msg(call, &p.base);
 }
 
-static void do_kill(lm_sandbox_t *sb, lm_rpc_call_t *call, const Containerd__Task__V2__KillRequest *r)
+static void do_kill(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_call_t *call,
+		    const Containerd__Task__V2__KillRequest *r)
 {
 	const char *id = s_or(r->id);
+	const struct lm_container *c = lm_sandbox_find(sb, id);
+	if (c && c->guest_id && gate->guest) {
+		/* a real process: the signal goes to it, and its exit (if it
+		 * exits) comes back through the guest's watch */
+		if (c->state == LM_CTR_STOPPED)
+			lm_rpc_call_fail(call, LM_RPC_NOT_FOUND, "Kill %s: process already finished", id);
+		else if (r->signal == 0 || r->signal > 64)
+			lm_rpc_call_fail(call, LM_RPC_INVALID_ARGUMENT, "Kill %s: signal %" PRIu32 " invalid",
+					 id, r->signal);
+		else
+			gate->guest->kill(gate->guest_arg, c, r->signal, r->all, call);
+		return;
+	}
 	int rc = lm_sandbox_kill(sb, id, r->signal);
 	if (rc == -ENOENT)
 		lm_rpc_call_fail(call, LM_RPC_NOT_FOUND, "Kill: container \"%s\" not found", id);
@@ -662,13 +690,13 @@ int lm_task_handle(lm_sandbox_t *sb, const struct lm_task_gate *gate,
 		do_start(sb, call, (const Containerd__Task__V2__StartRequest *)req);
 		break;
 	case LM_TASK_DELETE:
-		do_delete(sb, call, (const Containerd__Task__V2__DeleteRequest *)req);
+		do_delete(sb, gate, call, (const Containerd__Task__V2__DeleteRequest *)req);
 		break;
 	case LM_TASK_PIDS:
 		do_pids(sb, call, (const Containerd__Task__V2__PidsRequest *)req);
 		break;
 	case LM_TASK_KILL:
-		do_kill(sb, call, (const Containerd__Task__V2__KillRequest *)req);
+		do_kill(sb, gate, call, (const Containerd__Task__V2__KillRequest *)req);
 		break;
 	case LM_TASK_WAIT:
 		do_wait(sb, call, (const Containerd__Task__V2__WaitRequest *)req);

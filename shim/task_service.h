@@ -79,12 +79,26 @@ enum lm_task_method {
 /* Thread: any. The method's name ("State"), or "?" when out of range. */
 const char *lm_task_method_name(int method);
 
+/* Containers that are real processes in the utility VM (guest_id set):
+ * what the task service cannot do on the sandbox alone. Each hook takes
+ * the call (it must answer it); all run on the owner's thread. */
+struct lm_task_guest_ops {
+	/* Kill of a running guest container (signal 1..64 checked) */
+	void (*kill)(void *arg, const struct lm_container *c, uint32_t signal, bool all,
+		     lm_rpc_call_t *call);
+	/* a guest container was deleted from the sandbox (answered already):
+	 * the guest forgets it too */
+	void (*forget)(void *arg, const char *guest_id);
+};
+
 /* The controller's view of the session, for the gating. */
 struct lm_task_gate {
 	bool session_active;       /* any non-Idle migration state */
 	bool vm_running;           /* the sandbox VM is running here */
 	bool importing;            /* destination between ImportSandbox and
 	                              PrepareSandbox: the patch path is open */
+	const struct lm_task_guest_ops *guest;  /* the sandbox is a real guest, or NULL */
+	void *guest_arg;
 };
 
 /* Thread: any. Fills *svc (name, the static method table, arg =

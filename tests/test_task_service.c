@@ -629,6 +629,89 @@ static void test_vm_not_running_gates_vm_methods(void **state)
 	expect_id("Shutdown", "c1", LM_RPC_OK, NULL);
 }
 
+/* ---- a sandbox whose containers run in the guest --------------------------- */
+
+/* What the guest hooks saw (controller thread; read after on_ctl). */
+static struct {
+	unsigned kills, forgets;
+	uint32_t signal;
+	bool all;
+	char guest_id[64], forgot[64];
+} hooked;
+
+static void hook_kill(void *arg, const struct lm_container *k, uint32_t signal, bool all,
+		      lm_rpc_call_t *call)
+{
+	(void)arg;
+	hooked.kills++;
+	hooked.signal = signal;
+	hooked.all = all;
+	snprintf(hooked.guest_id, sizeof hooked.guest_id, "%s", k->guest_id);
+	lm_rpc_call_reply(call, NULL, 0);   /* the guest took the signal */
+}
+
+static void hook_forget(void *arg, const char *guest_id)
+{
+	(void)arg;
+	hooked.forgets++;
+	snprintf(hooked.forgot, sizeof hooked.forgot, "%s", guest_id);
+}
+
+static const struct lm_task_guest_ops guest_ops = {hook_kill, hook_forget};
+
+static void guest_gate_fn(struct ctl *c, void *arg)
+{
+	(void)arg;
+	c->gate.vm_running = true;
+	c->gate.guest = &guest_ops;
+	assert_int_equal(lm_sandbox_start(c->sb, "g1", NULL), 0);
+	assert_int_equal(lm_sandbox_set_guest(c->sb, "g1", "agent-g1", 77), 0);
+}
+
+static void guest_exits_fn(struct ctl *c, void *arg)
+{
+	(void)arg;
+	assert_int_equal(lm_sandbox_exit(c->sb, "g1", 137), 0);
+}
+
+/* Kill of a container that is a real process goes to the guest (its exit
+ * comes back by the guest's watch, not from Kill); the checks before it
+ * stay the task service's; Delete of it tells the guest to forget it; a
+ * plain Create is refused with the reason. */
+static void test_guest_containers_go_to_the_guest(void **state)
+{
+	(void)state;
+	memset(&hooked, 0, sizeof hooked);
+	create_ok("g1", "", 0);
+	on_ctl(guest_gate_fn, NULL);
+	Containerd__Task__V2__KillRequest k = CONTAINERD__TASK__V2__KILL_REQUEST__INIT;
+	k.id = "g1";
+	k.signal = 15;
+	k.all = true;
+	expect("Kill", &k.base, LM_RPC_OK, NULL);
+	assert_int_equal(hooked.kills, 1);
+	assert_int_equal(hooked.signal, 15);
+	assert_true(hooked.all);
+	assert_string_equal(hooked.guest_id, "agent-g1");
+	Containerd__Task__V2__StateResponse *s = state_of("g1");
+	assert_int_equal(s->status, CONTAINERD__V1__TYPES__STATUS__RUNNING);   /* not simulated */
+	assert_int_equal(s->pid, 77);                                           /* the guest's */
+	containerd__task__v2__state_response__free_unpacked(s, NULL);
+	k.signal = 0;
+	expect("Kill", &k.base, LM_RPC_INVALID_ARGUMENT, "signal 0 invalid");
+	assert_int_equal(hooked.kills, 1);
+	expect_create("g2", "", 0, LM_RPC_UNIMPLEMENTED, "Linux utility VM");
+	expect_id("Delete", "g1", LM_RPC_FAILED_PRECONDITION, "running");
+	assert_int_equal(hooked.forgets, 0);
+	on_ctl(guest_exits_fn, NULL);   /* what the guest's watch reports */
+	k.signal = 9;
+	expect("Kill", &k.base, LM_RPC_NOT_FOUND, "already finished");
+	assert_int_equal(hooked.kills, 1);
+	expect_id("Delete", "g1", LM_RPC_OK, NULL);
+	assert_int_equal(hooked.forgets, 1);
+	assert_string_equal(hooked.forgot, "agent-g1");
+}
+
 static void test_outside_subset_is_unimplemented(void **state)
 {
 	(void)state;
@@ -1027,6 +1110,7 @@ int main(void)
 		T(test_session_gates_state_delete_kill),
 		T(test_vm_not_running_gates_vm_methods),
 		T(test_shutdown_answers_and_exits_only_with_nothing_left),
+		T(test_guest_containers_go_to_the_guest),
 		T(test_outside_subset_is_unimplemented),
 		T(test_wait_is_never_gated),
 		T(test_wait_fails_when_sandbox_torn_down),

@@ -1,0 +1,551 @@
+/*
+ * guest.c: the shim's side of the guest agent (guest.h): a job queue run
+ * by one worker thread, and one handover watch per container init.
+ *
+ * Jobs run strictly in the order they were queued. The first is always
+ * the connection; if it fails, every later job fails with its reason.
+ * Close marks the guest closing (no new job), disconnects the agent so
+ * that a call in flight returns at once, lets the worker drain the queue
+ * with -ECANCELED, joins it, then ends the watches.
+ */
+#include "shim/guest.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "util/log.h"
+#include "util/clock.h"
+
+#define MOD "guest"
+#define CALL_NS 30000000000ll        /* one agent call (create mounts a disk) */
+#define CONNECT_SLICE_NS 1000000000ll /* connect attempts between looks at closing */
+#define SUSPEND_NS 2000000000ll      /* acknowledgements in flight, at a suspend */
+
+enum job_kind { JOB_CONNECT, JOB_CREATE, JOB_ADOPT, JOB_KILL, JOB_FORGET, JOB_RECONNECT, JOB_SUSPEND };
+
+struct job {
+	struct job *next;
+	enum job_kind kind;
+	char id[72];
+	char *layer, *fstype, *hostname, *out, *err;
+	char **args;
+	size_t n_args;
+	int sig;
+	bool all;
+	void *exit_ctx;
+	lm_guest_done_fn done;
+	void *ctx;
+};
+
+struct watch {
+	struct watch *next;
+	lm_guest_t *g;
+	char id[72];
+	lm_agent_proc_t *proc;
+	int out_fd, err_fd;
+	void *exit_ctx;
+	atomic_bool fired;            /* cbs.exit ran (pump thread); read after
+					 the pump was joined, or to skip twice */
+};
+
+struct lm_guest {
+	struct lm_guest_cbs cbs;
+	char socket[108];
+	int64_t connect_ns;
+	pthread_t worker;
+
+	pthread_mutex_t mu;           /* guards the fields below */
+	pthread_cond_t cv;
+	struct job *head, *tail;
+	bool closing;
+	struct watch *watches;
+	char boot_id[40];
+	bool connected;               /* agent set (by the worker, once) */
+	bool suspended;               /* lm_guest_suspend, until the reconnect job */
+
+	/* the worker's (set once under mu; close disconnects it under mu) */
+	lm_agent_t *agent;
+	int conn_err;                 /* the connection's failure, 0 */
+	char conn_why[200];
+};
+
+/* ---- helpers ---------------------------------------------------------- */
+
+static void job_free(struct job *j)
+{
+	if (!j)
+		return;
+	free(j->layer);
+	free(j->fstype);
+	free(j->hostname);
+	free(j->out);
+	free(j->err);
+	for (size_t i = 0; i < j->n_args; i++)
+		free(j->args[i]);
+	free(j->args);
+	free(j);
+}
+
+static char *dup_or_null(const char *s, bool *oom)
+{
+	if (!s || !*s)
+		return NULL;
+	char *d = strdup(s);
+	if (!d)
+		*oom = true;
+	return d;
+}
+
+static int push(lm_guest_t *g, struct job *j)
+{
+	pthread_mutex_lock(&g->mu);
+	if (g->closing) {
+		pthread_mutex_unlock(&g->mu);
+		job_free(j);
+		return -EPIPE;
+	}
+	if (g->tail)
+		g->tail->next = j;
+	else
+		g->head = j;
+	g->tail = j;
+	pthread_cond_signal(&g->cv);
+	pthread_mutex_unlock(&g->mu);
+	return 0;
+}
+
+static struct job *job_new(enum job_kind kind, const char *id, lm_guest_done_fn done, void *ctx)
+{
+	if (id && strlen(id) > LM_GUEST_ID_LEN)
+		return NULL;
+	struct job *j = calloc(1, sizeof(*j));
+	if (!j)
+		return NULL;
+	j->kind = kind;
+	snprintf(j->id, sizeof j->id, "%s", id ? id : "");
+	j->done = done;
+	j->ctx = ctx;
+	return j;
+}
+
+/* A stdio file of a container: a file (appended) or a FIFO with a reader
+ * (containerd's); opened without following a link and without waiting. */
+static int open_stdio(const char *path, char *why, size_t whylen)
+{
+	if (!path || !*path)
+		return -1;
+	int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0640);
+	if (fd < 0) {
+		snprintf(why, whylen, "%s: %s", path, strerror(errno));
+		return -errno - 1000;   /* below -1: an error (not "none") */
+	}
+	int fl = fcntl(fd, F_GETFL);
+	if (fl >= 0)
+		(void)fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+	return fd;
+}
+
+/* ---- watches ------------------------------------------------------------ */
+
+static void on_exit_cb(void *arg, const struct lm_agent_exit *e)
+{
+	struct watch *w = arg;
+	bool was = atomic_exchange(&w->fired, true);
+	if (!was && w->g->cbs.exit)
+		w->g->cbs.exit(w->exit_ctx, w->id, e);
+}
+
+/* Worker. Starts a watch of j's container; 0 (the watch took
+ * j->exit_ctx) or -errno with why. */
+static int watch_start(lm_guest_t *g, struct job *j, char *why, size_t whylen)
+{
+	const char *id = j->id, *out = j->out, *err = j->err;
+	void *exit_ctx = j->exit_ctx;
+	struct watch *w = calloc(1, sizeof(*w));
+	if (!w) {
+		snprintf(why, whylen, "out of memory");
+		return -ENOMEM;
+	}
+	w->g = g;
+	snprintf(w->id, sizeof w->id, "%s", id);
+	w->exit_ctx = exit_ctx;
+	w->out_fd = open_stdio(out, why, whylen);
+	w->err_fd = w->out_fd < -1 ? -1 : open_stdio(err, why, whylen);
+	if (w->out_fd < -1 || w->err_fd < -1) {
+		int rc = -ENOENT;
+		if (w->out_fd >= 0)
+			close(w->out_fd);
+		free(w);
+		return rc;
+	}
+	struct lm_agent_io_cbs io = {
+		.exit = on_exit_cb, .out_fd = w->out_fd, .err_fd = w->err_fd, .arg = w,
+		.handover = true,
+	};
+	int rc = lm_agent_watch(g->agent, id, NULL, &io, &w->proc);
+	if (rc) {
+		snprintf(why, whylen, "watch: %s", strerror(-rc));
+		if (w->out_fd >= 0)
+			close(w->out_fd);
+		if (w->err_fd >= 0)
+			close(w->err_fd);
+		free(w);
+		return rc;
+	}
+	pthread_mutex_lock(&g->mu);
+	w->next = g->watches;
+	g->watches = w;
+	pthread_mutex_unlock(&g->mu);
+	j->exit_ctx = NULL;
+	return 0;
+}
+
+/* Not the pump's thread. Ends a watch that was taken off the list. */
+static void watch_end(lm_guest_t *g, struct watch *w)
+{
+	lm_agent_unwatch(w->proc);            /* joins the pump */
+	if (!atomic_load(&w->fired) && g->cbs.drop)
+		g->cbs.drop(w->exit_ctx);
+	if (w->out_fd >= 0)
+		close(w->out_fd);
+	if (w->err_fd >= 0)
+		close(w->err_fd);
+	free(w);
+}
+
+static struct watch *watch_take(lm_guest_t *g, const char *id)
+{
+	pthread_mutex_lock(&g->mu);
+	struct watch **pp = &g->watches, *w = NULL;
+	while (*pp && strcmp((*pp)->id, id))
+		pp = &(*pp)->next;
+	if (*pp) {
+		w = *pp;
+		*pp = w->next;
+	}
+	pthread_mutex_unlock(&g->mu);
+	return w;
+}
+
+/* ---- the worker ------------------------------------------------------------ */
+
+static int agent_err(int rc, const char *call, char *why, size_t whylen)
+{
+	const char *m = NULL;
+	if (lm_agent_last_error(&m) && m && *m)
+		snprintf(why, whylen, "the guest agent's %s: %s", call, m);
+	else
+		snprintf(why, whylen, "the guest agent's %s: %s", call, strerror(-rc));
+	return rc;
+}
+
+static int run_create(lm_guest_t *g, struct job *j, uint32_t *pid, char *why, size_t whylen)
+{
+	struct lm_agent_layer layer = {j->layer, j->fstype};
+	struct lm_agent_container_spec s = {
+		.id = j->id, .layers = &layer, .n_layers = 1, .hostname = j->hostname,
+		.process = {
+			.args = (const char *const *)j->args, .n_args = j->n_args,
+			.env = (const char *const[]){"PATH=/bin:/sbin:/usr/bin:/usr/sbin", "HOME=/"},
+			.n_env = 2,
+		},
+	};
+	int rc = lm_agent_create(g->agent, &s, pid, CALL_NS);
+	if (rc)
+		return agent_err(rc, "CreateContainer", why, whylen);
+	rc = watch_start(g, j, why, whylen);
+	if (rc == 0) {
+		rc = lm_agent_start(g->agent, j->id, pid, CALL_NS);
+		if (rc) {
+			agent_err(rc, "Start", why, whylen);
+			struct watch *w = watch_take(g, j->id);
+			if (w)
+				watch_end(g, w);          /* drops the exit context */
+		}
+	}
+	if (rc)
+		(void)lm_agent_delete_container(g->agent, j->id, NULL, CALL_NS);
+	return rc;
+}
+
+static int run_job(lm_guest_t *g, struct job *j, uint32_t *pid, char *why, size_t whylen)
+{
+	int rc;
+	if (j->kind == JOB_CONNECT) {
+		/* in slices, so that a close does not wait for the deadline */
+		lm_agent_t *a = NULL;
+		uint64_t end = lm_now_ns() + (uint64_t)g->connect_ns;
+		do {
+			int64_t left = (int64_t)(end - lm_now_ns());
+			rc = lm_agent_connect(&a, g->socket, left < CONNECT_SLICE_NS ? left : CONNECT_SLICE_NS);
+			pthread_mutex_lock(&g->mu);
+			bool closing = g->closing;
+			pthread_mutex_unlock(&g->mu);
+			if (closing && rc) {
+				snprintf(why, whylen, "the guest's connection is closing");
+				return -ECANCELED;
+			}
+		} while (rc == -ETIMEDOUT && lm_now_ns() < end);
+		if (rc) {
+			snprintf(why, whylen, "no guest agent answered on %s within %lld ms: %s", g->socket,
+				 (long long)(g->connect_ns / 1000000), strerror(-rc));
+			return rc;
+		}
+		pthread_mutex_lock(&g->mu);
+		g->agent = a;
+		g->connected = true;
+		if (g->closing)
+			lm_agent_disconnect(a);
+		snprintf(g->boot_id, sizeof g->boot_id, "%s", lm_agent_boot_id(a));
+		pthread_mutex_unlock(&g->mu);
+		lm_log_info(MOD, "agent connected", "socket=%s boot_id=%s", g->socket, g->boot_id);
+		return 0;
+	}
+	if (g->conn_err) {
+		snprintf(why, whylen, "%s", g->conn_why);
+		return g->conn_err;
+	}
+	switch (j->kind) {
+	case JOB_CREATE:
+		return run_create(g, j, pid, why, whylen);
+	case JOB_ADOPT:
+		return watch_start(g, j, why, whylen);
+	case JOB_KILL:
+		rc = lm_agent_kill(g->agent, j->id, NULL, j->sig, j->all, CALL_NS);
+		return rc ? agent_err(rc, "Kill", why, whylen) : 0;
+	case JOB_SUSPEND:
+		/* acknowledgements in flight finish first (the guest runs):
+		 * then the next host starts exactly where this one stopped */
+		rc = lm_agent_disconnect_quiet(g->agent, SUSPEND_NS);
+		lm_log_info(MOD, "agent connection suspended", "socket=%s quiet=%s", g->socket,
+			    rc ? "no (timed out)" : "yes");
+		return 0;
+	case JOB_RECONNECT:
+		rc = lm_agent_reconnect(g->agent, g->socket, g->connect_ns);
+		if (rc)
+			snprintf(why, whylen, "the guest agent on %s did not answer again: %s", g->socket,
+				 strerror(-rc));
+		else
+			lm_log_info(MOD, "agent connected again", "socket=%s", g->socket);
+		return rc;
+	case JOB_FORGET: {
+		struct watch *w = watch_take(g, j->id);
+		if (w)
+			watch_end(g, w);
+		rc = lm_agent_delete_container(g->agent, j->id, NULL, CALL_NS);
+		if (rc == -ENOENT)
+			rc = 0;
+		return rc ? agent_err(rc, "DeleteContainer", why, whylen) : 0;
+	}
+	default:
+		return -EINVAL;
+	}
+}
+
+static void *worker_main(void *arg)
+{
+	lm_guest_t *g = arg;
+	for (;;) {
+		pthread_mutex_lock(&g->mu);
+		while (!g->head && !g->closing)
+			pthread_cond_wait(&g->cv, &g->mu);
+		struct job *j = g->head;
+		if (j) {
+			g->head = j->next;
+			if (!g->head)
+				g->tail = NULL;
+		}
+		bool closing = g->closing;
+		pthread_mutex_unlock(&g->mu);
+		if (!j)
+			return NULL;
+		char why[256] = "";
+		uint32_t pid = 0;
+		int rc;
+		if (closing) {
+			rc = -ECANCELED;
+			snprintf(why, sizeof why, "the guest's connection is closing");
+		} else {
+			rc = run_job(g, j, &pid, why, sizeof why);
+		}
+		if (j->kind == JOB_CONNECT && rc) {
+			g->conn_err = rc;
+			snprintf(g->conn_why, sizeof g->conn_why, "%s", why);
+		}
+		if (rc && !closing)
+			lm_log_warn(MOD, "agent call failed", "id=%s job=%d err=%d why=\"%s\"", j->id,
+				    (int)j->kind, rc, why);
+		if (j->exit_ctx && g->cbs.drop)   /* no watch took it */
+			g->cbs.drop(j->exit_ctx);
+		if (j->done)
+			j->done(j->ctx, rc, why, pid);
+		job_free(j);
+	}
+}
+
+/* ---- public ----------------------------------------------------------------- */
+
+int lm_guest_open(lm_guest_t **out, const char *agent_socket, int64_t timeout_ns,
+		  const struct lm_guest_cbs *cbs)
+{
+	if (!agent_socket || strlen(agent_socket) >= sizeof(((lm_guest_t *)0)->socket))
+		return -EINVAL;
+	lm_guest_t *g = calloc(1, sizeof(*g));
+	struct job *j = job_new(JOB_CONNECT, NULL, NULL, NULL);
+	if (!g || !j) {
+		free(g);
+		job_free(j);
+		return -ENOMEM;
+	}
+	g->cbs = *cbs;
+	snprintf(g->socket, sizeof g->socket, "%s", agent_socket);
+	g->connect_ns = timeout_ns;
+	pthread_mutex_init(&g->mu, NULL);
+	pthread_cond_init(&g->cv, NULL);
+	g->head = g->tail = j;
+	int rc = pthread_create(&g->worker, NULL, worker_main, g);
+	if (rc) {
+		job_free(j);
+		pthread_mutex_destroy(&g->mu);
+		pthread_cond_destroy(&g->cv);
+		free(g);
+		return -rc;
+	}
+	*out = g;
+	return 0;
+}
+
+void lm_guest_close(lm_guest_t *g)
+{
+	if (!g)
+		return;
+	pthread_mutex_lock(&g->mu);
+	g->closing = true;
+	pthread_cond_signal(&g->cv);
+	/* a call in flight fails at once (a connect in progress gives up
+	 * within a slice) */
+	if (g->connected)
+		lm_agent_disconnect(g->agent);
+	pthread_mutex_unlock(&g->mu);
+	pthread_join(g->worker, NULL);
+	pthread_mutex_lock(&g->mu);
+	struct watch *w = g->watches;
+	g->watches = NULL;
+	pthread_mutex_unlock(&g->mu);
+	while (w) {
+		struct watch *n = w->next;
+		watch_end(g, w);
+		w = n;
+	}
+	if (g->agent)
+		lm_agent_close(g->agent);
+	pthread_mutex_destroy(&g->mu);
+	pthread_cond_destroy(&g->cv);
+	free(g);
+}
+
+int lm_guest_create(lm_guest_t *g, const struct lm_guest_ctr_spec *spec, void *exit_ctx,
+		    lm_guest_done_fn done, void *ctx)
+{
+	if (!spec->guest_id || !*spec->guest_id || !spec->layer_serial || !spec->n_args)
+		return -EINVAL;
+	struct job *j = job_new(JOB_CREATE, spec->guest_id, done, ctx);
+	if (!j)
+		return strlen(spec->guest_id) > LM_GUEST_ID_LEN ? -EINVAL : -ENOMEM;
+	bool oom = false;
+	j->layer = dup_or_null(spec->layer_serial, &oom);
+	j->fstype = dup_or_null(spec->layer_fstype, &oom);
+	j->hostname = dup_or_null(spec->hostname, &oom);
+	j->out = dup_or_null(spec->stdout_path, &oom);
+	j->err = dup_or_null(spec->stderr_path, &oom);
+	j->args = calloc(spec->n_args, sizeof(char *));
+	oom |= !j->args;
+	for (size_t i = 0; j->args && i < spec->n_args; i++, j->n_args++)
+		if (!(j->args[i] = strdup(spec->args[i] ? spec->args[i] : "")))
+			oom = true;
+	if (oom) {
+		job_free(j);
+		return -ENOMEM;
+	}
+	j->exit_ctx = exit_ctx;
+	return push(g, j);
+}
+
+int lm_guest_adopt(lm_guest_t *g, const char *guest_id, const char *stdout_path,
+		   const char *stderr_path, void *exit_ctx, lm_guest_done_fn done, void *ctx)
+{
+	if (!guest_id || !*guest_id)
+		return -EINVAL;
+	struct job *j = job_new(JOB_ADOPT, guest_id, done, ctx);
+	if (!j)
+		return strlen(guest_id) > LM_GUEST_ID_LEN ? -EINVAL : -ENOMEM;
+	bool oom = false;
+	j->out = dup_or_null(stdout_path, &oom);
+	j->err = dup_or_null(stderr_path, &oom);
+	if (oom) {
+		job_free(j);
+		return -ENOMEM;
+	}
+	j->exit_ctx = exit_ctx;
+	return push(g, j);
+}
+
+int lm_guest_kill(lm_guest_t *g, const char *guest_id, int sig, bool all, lm_guest_done_fn done,
+		  void *ctx)
+{
+	if (!guest_id || !*guest_id || sig <= 0 || sig > 64)
+		return -EINVAL;
+	struct job *j = job_new(JOB_KILL, guest_id, done, ctx);
+	if (!j)
+		return strlen(guest_id) > LM_GUEST_ID_LEN ? -EINVAL : -ENOMEM;
+	j->sig = sig;
+	j->all = all;
+	return push(g, j);
+}
+
+int lm_guest_forget(lm_guest_t *g, const char *guest_id, lm_guest_done_fn done, void *ctx)
+{
+	if (!guest_id || !*guest_id)
+		return -EINVAL;
+	struct job *j = job_new(JOB_FORGET, guest_id, done, ctx);
+	if (!j)
+		return strlen(guest_id) > LM_GUEST_ID_LEN ? -EINVAL : -ENOMEM;
+	return push(g, j);
+}
+
+int lm_guest_suspend(lm_guest_t *g)
+{
+	pthread_mutex_lock(&g->mu);
+	bool was = g->suspended;
+	g->suspended = true;
+	pthread_mutex_unlock(&g->mu);
+	if (was)
+		return 0;
+	struct job *j = job_new(JOB_SUSPEND, NULL, NULL, NULL);
+	return j ? push(g, j) : -ENOMEM;
+}
+
+int lm_guest_resume(lm_guest_t *g)
+{
+	pthread_mutex_lock(&g->mu);
+	bool was = g->suspended;
+	g->suspended = false;
+	pthread_mutex_unlock(&g->mu);
+	if (!was)
+		return 0;
+	struct job *j = job_new(JOB_RECONNECT, NULL, NULL, NULL);
+	return j ? push(g, j) : -ENOMEM;
+}
+
+void lm_guest_boot_id(lm_guest_t *g, char *buf, size_t len)
+{
+	pthread_mutex_lock(&g->mu);
+	snprintf(buf, len, "%s", g->boot_id);
+	pthread_mutex_unlock(&g->mu);
+}
