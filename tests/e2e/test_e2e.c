@@ -685,7 +685,7 @@ static void test_lmctl_demo_verifies_the_migration(void **state)
 	struct fx *f = *state;
 	char out[300];
 	snprintf(out, sizeof(out), "%s/demo.out", f->dir);
-	const char *args[] = { "demo", "--vm-size-mb", "128", "--rate", "100", NULL };
+	const char *args[] = { "demo", "--backend", "sim", "--vm-size-mb", "128", "--rate", "100", NULL };
 	int rc = e2e_lmctl(args, out, 120000);
 	char *t = e2e_slurp(out);
 	if (rc != 0)
@@ -728,7 +728,7 @@ static void test_lmctl_demo_fails_fast_when_a_shim_cannot_start(void **state)
 	char out[300];
 	snprintf(out, sizeof(out), "%s/demo-fail.out", f->dir);
 	setenv("LM_FAULTS", "hcs.create:errno=EIO", 1);     /* inherited by the shims */
-	const char *args[] = { "demo", "--vm-size-mb", "32", NULL };
+	const char *args[] = { "demo", "--backend", "sim", "--vm-size-mb", "32", NULL };
 	struct timespec a, b;
 	clock_gettime(CLOCK_MONOTONIC, &a);
 	int rc = e2e_lmctl(args, out, 60000);
