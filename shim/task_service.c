@@ -544,9 +544,9 @@ static void do_delete(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_
 		d.exit_status = status;
 		set_ts(&ts, at);
 		d.exited_at = &ts;
-		reply_msg(call, &d.base);
-		if (guest_id && gate->guest)
+		if (guest_id && gate->guest)   /* queued before the answer goes out */
 			gate->guest->forget(gate->guest_arg, guest_id);
+		reply_msg(call, &d.base);
 	}
 	free(pod);
 	free(guest_id);
