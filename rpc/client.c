@@ -306,11 +306,7 @@ static int open_stream(lm_rpc_client_t *c, const char *service, const char *meth
 		free(s);
 		return -ENOMEM;
 	}
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);   /* deadline_ts's clock */
-	pthread_cond_init(&s->cv, &ca);
-	pthread_condattr_destroy(&ca);
+	lm_cond_init_monotonic(&s->cv);   /* deadline_ts's clock */
 	s->c = c;
 	s->streaming = streaming;
 

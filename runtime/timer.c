@@ -148,16 +148,12 @@ static void *timer_main(void *arg)
 int lm__timers_create(lm__timers_t **out, bool manual)
 {
 	lm__timers_t *t = calloc(1, sizeof(*t));
-	pthread_condattr_t ca;
 	int rc;
 
 	if (!t)
 		return -ENOMEM;
 	pthread_mutex_init(&t->lock, NULL);
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&t->cond, &ca);
-	pthread_condattr_destroy(&ca);
+	lm_cond_init_monotonic(&t->cond);
 	t->manual = manual;
 	if (manual) {
 		*out = t;

@@ -200,11 +200,7 @@ int lm_publisher_create(lm_publisher_t **out, const char *address, const char *n
 	if (!p->address || !p->ns || (rc = lm_mailbox_init(&p->mb, LM_PUBLISHER_QUEUE, NULL, NULL, NULL, NULL)) < 0)
 		goto fail;
 	pthread_mutex_init(&p->mu, NULL);
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&p->cv, &ca);
-	pthread_condattr_destroy(&ca);
+	lm_cond_init_monotonic(&p->cv);
 	if ((rc = -pthread_create(&p->th, NULL, pub_main, p)) < 0) {
 		pthread_mutex_destroy(&p->mu);
 		pthread_cond_destroy(&p->cv);

@@ -8,6 +8,7 @@
 #ifndef LM_UTIL_CLOCK_H
 #define LM_UTIL_CLOCK_H
 
+#include <pthread.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -17,6 +18,18 @@ static inline uint64_t lm_now_ns(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Thread: any. A condition variable whose timed waits run on
+ * CLOCK_MONOTONIC (deadlines from lm_timespec_in(CLOCK_MONOTONIC, ...)
+ * then do not move with the wall clock). */
+static inline void lm_cond_init_monotonic(pthread_cond_t *cv)
+{
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(cv, &ca);
+	pthread_condattr_destroy(&ca);
 }
 
 /* Thread: any. The absolute time `ns` from now on clock `clk`, for

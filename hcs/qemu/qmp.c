@@ -719,11 +719,7 @@ int lm_qmp_exec(lm_qmp_t *q, const char *cmd, json_t *args, int fd,
 		return -ENOMEM;
 	}
 	pthread_mutex_init(&w->mu, NULL);
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&w->cv, &ca);
-	pthread_condattr_destroy(&ca);
+	lm_cond_init_monotonic(&w->cv);
 	w->refs = 2;
 	int rc = lm_qmp_exec_async(q, cmd, args, fd, timeout_ms, waiter_done, w);
 	if (rc) {

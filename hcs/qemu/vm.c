@@ -1100,11 +1100,7 @@ int lm_qemu_vm_launch(lm_qemu_vm_t **out, const lm_qemu_vm_config_t *cfg, char *
 	vm->event_arg = cfg->event_arg;
 	vm->incoming = incoming;
 	pthread_mutex_init(&vm->mu, NULL);
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&vm->cv, &ca);
-	pthread_condattr_destroy(&ca);
+	lm_cond_init_monotonic(&vm->cv);
 	if (tail_init(&vm->con, CONSOLE_TAIL) || tail_init(&vm->err, STDERR_TAIL)) {
 		vm_free(vm);
 		return -ENOMEM;

@@ -136,11 +136,7 @@ static int poller_start(struct poller *p, struct lm__xfer *x)
 	memset(p, 0, sizeof(*p));
 	p->x = x;
 	pthread_mutex_init(&p->mu, NULL);
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&p->cv, &ca);
-	pthread_condattr_destroy(&ca);
+	lm_cond_init_monotonic(&p->cv);
 	if (pthread_create(&p->th, NULL, poller_main, p) != 0) {
 		pthread_cond_destroy(&p->cv);
 		pthread_mutex_destroy(&p->mu);
