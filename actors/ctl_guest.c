@@ -50,6 +50,17 @@ static void guest_drop(void *exit_ctx)
 	lm__ctl_op_drop(exit_ctx);
 }
 
+/* A controller operation about guest container guest_id (NULL when out
+ * of memory). */
+static void *guest_op(struct ctl *c, ctl_done_fn fn, const char *guest_id)
+{
+	void *x = lm__ctl_op(c, fn);
+	if (x)
+		snprintf(lm__ctl_op_payload(x)->guest_id, sizeof(((struct ctl_done *)0)->guest_id), "%s",
+			 guest_id);
+	return x;
+}
+
 /* ---- exits ----------------------------------------------------------------- */
 
 static void on_exit_of(struct ctl *c, struct ctl_done *d)
@@ -73,11 +84,7 @@ static void on_exit_of(struct ctl *c, struct ctl_done *d)
 /* An exit context for the watch of guest_id (NULL when out of memory). */
 static void *exit_ctx(struct ctl *c, const char *guest_id)
 {
-	void *x = lm__ctl_op(c, on_exit_of);
-	if (x)
-		snprintf(lm__ctl_op_payload(x)->guest_id, sizeof(((struct ctl_done *)0)->guest_id), "%s",
-			 guest_id);
-	return x;
+	return guest_op(c, on_exit_of, guest_id);
 }
 
 /* ---- the connection ---------------------------------------------------------- */
@@ -112,10 +119,8 @@ static void boot_one_done(struct ctl *c, int rc, const char *why)
 
 static void on_boot_created(struct ctl *c, struct ctl_done *d)
 {
-	const struct lm_container *k = NULL;
-	for (size_t i = 0; i < lm_sandbox_count(c->sb) && !k; i++)
-		if (!strcmp(lm_sandbox_at(c->sb, i)->id, d->guest_id))
-			k = lm_sandbox_at(c->sb, i);
+	/* a boot container's guest ID is its ID */
+	const struct lm_container *k = lm_sandbox_find(c->sb, d->guest_id);
 	int rc = d->err;
 	char why[400];
 	snprintf(why, sizeof why, "container %.72s: %.256s", d->guest_id, d->why);
@@ -153,12 +158,9 @@ void lm__ctl_guest_boot(struct ctl *c)
 			.args = bc->cmd ? sh : sleeper, .n_args = bc->cmd ? 3 : 2,
 			.stdout_path = k->stdout_path, .stderr_path = k->stderr_path,
 		};
-		void *x = lm__ctl_op(c, on_boot_created);
+		void *x = guest_op(c, on_boot_created, bc->id);
 		void *e = exit_ctx(c, bc->id);
 		int rc = x && e ? 0 : -ENOMEM;
-		if (x)
-			snprintf(lm__ctl_op_payload(x)->guest_id, sizeof(((struct ctl_done *)0)->guest_id),
-				 "%s", bc->id);
 		if (!rc)
 			rc = lm_guest_create(c->guest, &spec, e, guest_done, x);
 		if (rc) {
@@ -183,7 +185,8 @@ static void on_killed(struct ctl *c, struct ctl_done *d)
 	d->call = NULL;
 	(void)c;
 	if (d->err)
-		lm__ctl_fail(call, lm__ctl_code_for_errno(d->err), "Kill %s: %s", d->guest_id, d->why);
+		lm__ctl_fail(call, lm__ctl_code_for_errno(d->err), "Kill (guest container %s): %s",
+			     d->guest_id, d->why);
 	else
 		lm_rpc_call_reply(call, NULL, 0);
 }
@@ -192,13 +195,11 @@ static void hook_kill(void *arg, const struct lm_container *k, uint32_t signal, 
 		      lm_rpc_call_t *call)
 {
 	struct ctl *c = arg;
-	void *x = lm__ctl_op(c, on_killed);
+	void *x = guest_op(c, on_killed, k->guest_id);
 	if (!x) {
 		lm__ctl_fail(call, LM_RPC_RESOURCE_EXHAUSTED, "Kill %s: out of memory", k->id);
 		return;
 	}
-	snprintf(lm__ctl_op_payload(x)->guest_id, sizeof(((struct ctl_done *)0)->guest_id), "%s",
-		 k->guest_id);
 	lm__ctl_op_set_call(x, call);
 	int rc = lm_guest_kill(c->guest, k->guest_id, (int)signal, all, guest_done, x);
 	if (rc) {
@@ -242,12 +243,9 @@ void lm__ctl_guest_adopt(struct ctl *c)
 		const struct lm_container *k = lm_sandbox_at(c->sb, i);
 		if (!k->guest_id || k->state == LM_CTR_STOPPED)
 			continue;
-		void *x = lm__ctl_op(c, on_adopted);
+		void *x = guest_op(c, on_adopted, k->guest_id);
 		void *e = exit_ctx(c, k->guest_id);
 		int rc = x && e ? 0 : -ENOMEM;
-		if (x)
-			snprintf(lm__ctl_op_payload(x)->guest_id, sizeof(((struct ctl_done *)0)->guest_id),
-				 "%s", k->guest_id);
 		if (!rc)
 			rc = lm_guest_adopt(c->guest, k->guest_id, k->stdout_path, k->stderr_path, e,
 					    guest_done, x);

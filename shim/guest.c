@@ -135,20 +135,25 @@ static struct job *job_new(enum job_kind kind, const char *id, lm_guest_done_fn 
 }
 
 /* A stdio file of a container: a file (appended) or a FIFO with a reader
- * (containerd's); opened without following a link and without waiting. */
-static int open_stdio(const char *path, char *why, size_t whylen)
+ * (containerd's); opened without following a link and without waiting.
+ * *fd gets it, or -1 for no path (the output is dropped). 0 or -errno,
+ * with why naming the file. */
+static int open_stdio(const char *path, int *fd, char *why, size_t whylen)
 {
+	*fd = -1;
 	if (!path || !*path)
-		return -1;
-	int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0640);
-	if (fd < 0) {
-		snprintf(why, whylen, "%s: %s", path, strerror(errno));
-		return -errno - 1000;   /* below -1: an error (not "none") */
+		return 0;
+	int f = open(path, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0640);
+	if (f < 0) {
+		int e = errno;
+		snprintf(why, whylen, "stdio file %s: %s", path, strerror(e));
+		return -e;
 	}
-	int fl = fcntl(fd, F_GETFL);
+	int fl = fcntl(f, F_GETFL);
 	if (fl >= 0)
-		(void)fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
-	return fd;
+		(void)fcntl(f, F_SETFL, fl & ~O_NONBLOCK);
+	*fd = f;
+	return 0;
 }
 
 /* ---- watches ------------------------------------------------------------ */
@@ -175,10 +180,10 @@ static int watch_start(lm_guest_t *g, struct job *j, char *why, size_t whylen)
 	w->g = g;
 	snprintf(w->id, sizeof w->id, "%s", id);
 	w->exit_ctx = exit_ctx;
-	w->out_fd = open_stdio(out, why, whylen);
-	w->err_fd = w->out_fd < -1 ? -1 : open_stdio(err, why, whylen);
-	if (w->out_fd < -1 || w->err_fd < -1) {
-		int rc = -ENOENT;
+	int rc = open_stdio(out, &w->out_fd, why, whylen);
+	if (!rc)
+		rc = open_stdio(err, &w->err_fd, why, whylen);
+	if (rc) {
 		if (w->out_fd >= 0)
 			close(w->out_fd);
 		free(w);
@@ -188,9 +193,9 @@ static int watch_start(lm_guest_t *g, struct job *j, char *why, size_t whylen)
 		.exit = on_exit_cb, .out_fd = w->out_fd, .err_fd = w->err_fd, .arg = w,
 		.handover = true,
 	};
-	int rc = lm_agent_watch(g->agent, id, NULL, &io, &w->proc);
+	rc = lm_agent_watch(g->agent, id, NULL, &io, &w->proc);
 	if (rc) {
-		snprintf(why, whylen, "watch: %s", strerror(-rc));
+		snprintf(why, whylen, "watching its output: %s", strerror(-rc));
 		if (w->out_fd >= 0)
 			close(w->out_fd);
 		if (w->err_fd >= 0)
@@ -292,9 +297,14 @@ static int run_job(lm_guest_t *g, struct job *j, uint32_t *pid, char *why, size_
 				return -ECANCELED;
 			}
 		} while (rc == -ETIMEDOUT && lm_now_ns() < end);
+		if (rc == -ETIMEDOUT) {
+			snprintf(why, whylen, "no guest agent answered on %s within %lld ms", g->socket,
+				 (long long)(g->connect_ns / 1000000));
+			return rc;
+		}
 		if (rc) {
-			snprintf(why, whylen, "no guest agent answered on %s within %lld ms: %s", g->socket,
-				 (long long)(g->connect_ns / 1000000), strerror(-rc));
+			snprintf(why, whylen, "connecting to the guest agent on %s: %s", g->socket,
+				 strerror(-rc));
 			return rc;
 		}
 		pthread_mutex_lock(&g->mu);

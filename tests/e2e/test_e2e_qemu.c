@@ -141,15 +141,27 @@ struct fx {
 	struct e2e_shim src, dst;
 };
 
+/* A qemu source (sargs) named src and an idle destination named dst in
+ * f->dir: 0, or -1 with neither left running. */
+static int start_pair(struct fx *f, const char *src, const char *const *sargs, const char *dst,
+		      const char *dst_faults)
+{
+	if (e2e_shim_start(&f->src, f->dir, src, NULL, NULL, sargs) < 0 ||
+	    e2e_dest_start(&f->dst, f->dir, dst, dst_faults) < 0) {
+		e2e_shim_stop(&f->src);
+		e2e_shim_stop(&f->dst);
+		return -1;
+	}
+	return 0;
+}
+
 static int setup_with(void **state, const char *dst_faults)
 {
 	struct fx *f = calloc(1, sizeof(*f));
 	e2e_tmpdir(f->dir);
 	const char *sargs[] = { "--backend", "qemu", "--vm-size-mb", "256", NULL };
-	if (e2e_shim_start(&f->src, f->dir, "qsrc", NULL, NULL, sargs) < 0 ||
-	    e2e_dest_start(&f->dst, f->dir, "qdst", dst_faults) < 0) {
-		e2e_shim_stop(&f->src);
-		e2e_shim_stop(&f->dst);
+	if (start_pair(f, "qsrc", sargs, "qdst", dst_faults) < 0) {
+		e2e_rmdir(f->dir);
 		free(f);
 		return -1;
 	}
@@ -368,13 +380,7 @@ static int start_pod(struct fx *f, const char *src, const char *dst)
 				"--containers", "pod1:sandbox,pod1:counter,pod1:writer",
 				"--container-cmd", "counter=" COUNTER_CMD,
 				"--container-cmd", "writer=" WRITER_CMD, NULL };
-	if (e2e_shim_start(&f->src, f->dir, src, NULL, NULL, sargs) < 0 ||
-	    e2e_dest_start(&f->dst, f->dir, dst, NULL) < 0) {
-		e2e_shim_stop(&f->src);
-		e2e_shim_stop(&f->dst);
-		return -1;
-	}
-	return 0;
+	return start_pair(f, src, sargs, dst, NULL);
 }
 
 static int setup_pod(void **state)
