@@ -70,6 +70,9 @@ typedef struct lm_vm_config {
 		enum lm_mem_fill fill;
 	} workload;
 	const char *document_json;
+	char *why;                     /* create may explain a failure here in
+					  one line (why_cap bytes; "" none) */
+	size_t why_cap;
 } lm_vm_config_t;
 
 /* One guest-memory region. `host` stays valid and fixed from create to
@@ -193,6 +196,10 @@ typedef struct lm_backend_ops {
 	/* Thread: any. 0 if a VM with `buf` compat data can migrate into this
 	 * one, else -EPROTONOSUPPORT (logged with the reason). */
 	int (*compat_check)(lm_vm_t *vm, const void *buf, size_t len);
+	/* Thread: any. Optional: compat_check that also says why in one line
+	 * (which the transfer's handshake sends back to the source). */
+	int (*compat_check_why)(lm_vm_t *vm, const void *buf, size_t len, char *why,
+				size_t why_cap);
 
 	/* Thread: any. */
 	int (*stats)(lm_vm_t *vm, lm_guest_stats_t *out);

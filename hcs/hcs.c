@@ -573,7 +573,7 @@ static void fail_op(struct op *o, int err, const char *why)
 
 static void do_create(lm_hcs_system_t *s, struct op *o)
 {
-	char err[200] = "";
+	char err[400] = "";
 	lm_vm_config_t cfg;
 	int rc = LM_FAULT("hcs.create");
 	if (rc < 0)
@@ -587,10 +587,13 @@ static void do_create(lm_hcs_system_t *s, struct op *o)
 	}
 	cfg.incoming = s->destination;
 	cfg.document_json = o->doc;
+	char why[200] = "";
+	cfg.why = why;
+	cfg.why_cap = sizeof(why);
 	lm_vm_t *vm = NULL;
 	if ((rc = ops->create(&vm, &cfg)) < 0) {
 		snprintf(err, sizeof(err), "backend %s could not create the VM: %s",
-			 cfg.backend, strerror(-rc));
+			 cfg.backend, why[0] ? why : strerror(-rc));
 		return fail_op(o, rc, err);
 	}
 	pthread_mutex_lock(&s->mu);

@@ -473,7 +473,10 @@ static void test_start_boots_and_pause_resume_stop_and_run_the_guest(void **stat
 	assert_true(n > 0);
 	c[n] = 0;
 	print_message("# qemu-backend: compat \"%s\"\n", c);
-	assert_string_equal(c, "qemu machine=microvm vcpus=1 memory=134217728 cpu=default");
+	/* the shape, then the disks: the build's busybox image, by digest */
+	const char *shape = "qemu machine=microvm vcpus=1 memory=134217728 cpu=default disks=1:";
+	assert_int_equal(strncmp(c, shape, strlen(shape)), 0);
+	assert_int_equal(strlen(c), strlen(shape) + 16);
 	assert_int_equal(ops->compat_get(vm, c, 4), -ENOSPC);
 
 	/* terminate: QEMU is gone for good */
@@ -560,6 +563,132 @@ static void test_bad_document_field_is_einval_and_names_it(void **state)
 	expect_refused(d, 0, 0, -ENOENT, "/nonexistent/vmlinuz");
 	free(d);
 	assert_int_equal(private_dirs(), dirs);
+	assert_int_equal(qemu_children(), 0);
+}
+
+/* A layer folder in dir: busybox and a file /marker holding `marker`. */
+static void make_layer(const char *name, const char *marker, char *out, size_t cap)
+{
+	char cmd[1200];
+	snprintf(out, cap, "%s/%s", dir, name);
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s' && mkdir -p '%s/bin' && cp /bin/busybox '%s/bin/' && "
+		 "printf '%%s' '%s' > '%s/marker'", out, out, out, marker, out);
+	assert_int_equal(system(cmd), 0);
+}
+
+/* A created (not started) VM whose Disks are `layers` (n of them, serials
+ * d0, d1, ...); its compat text in `compat`. */
+static lm_vm_t *vm_with_layers(const char *id, bool incoming, const char *const *layers, unsigned n,
+			       char *compat, size_t cap)
+{
+	json_t *a = json_array();
+	for (unsigned i = 0; i < n; i++) {
+		char serial[8];
+		snprintf(serial, sizeof(serial), "d%u", i);
+		json_array_append_new(a, json_pack("{s:s, s:s, s:s, s:i}", "Serial", serial, "Path",
+						   layers[i], "Container", "c", "Layer", (int)i));
+	}
+	json_t *x = json_object();
+	json_object_set_new(x, "Disks", a);
+	char *doc = make_doc(NULL, x);
+	lm_vm_config_t c;
+	cfg_init(&c, id, incoming, doc);
+	char why[200] = "";
+	c.why = why;
+	c.why_cap = sizeof(why);
+	lm_vm_t *vm = NULL;
+	int rc = ops->create(&vm, &c);
+	free(doc);
+	if (rc)
+		fail_msg("create %s: %d %s", id, rc, why);
+	int k = ops->compat_get(vm, compat, cap - 1);
+	assert_true(k > 0);
+	compat[k] = 0;
+	return track(vm);
+}
+
+/* Each container layer becomes a read-only disk: a folder is packed into
+ * an erofs image (the same tree gives the same bytes), whose digest is in
+ * the compatibility data, so that a destination whose layer differs from
+ * the source's refuses it, and says so; bad Disks entries are refused by
+ * name, and a layer that cannot be packed fails create with the reason. */
+static void test_container_layers_are_disks_checked_across_hosts(void **state)
+{
+	(void)state;
+	NEED_QEMU();
+	if (access("/usr/bin/mkfs.erofs", X_OK) != 0)
+		skip();
+	char a[200], a2[200], b[200], top[200];
+	make_layer("la", "one", a, sizeof(a));
+	make_layer("la2", "one", a2, sizeof(a2));     /* another copy of the same tree */
+	make_layer("lb", "two", b, sizeof(b));
+	make_layer("ltop", "top", top, sizeof(top));
+	char cs[320], cd[320], cx[320], why[200];
+	const char *src_layers[] = {a, top}, *same[] = {a2, top}, *other[] = {b, top};
+	lm_vm_t *src = vm_with_layers("lsrc", false, src_layers, 2, cs, sizeof(cs));
+	assert_non_null(strstr(cs, " disks=3:"));          /* rootfs + 2 layers */
+	lm_vm_t *dst = vm_with_layers("ldst", true, same, 2, cd, sizeof(cd));
+	assert_string_equal(cs, cd);
+	assert_int_equal(ops->compat_check_why(dst, cs, strlen(cs), why, sizeof(why)), 0);
+	lm_vm_t *bad = vm_with_layers("lbad", true, other, 2, cx, sizeof(cx));
+	assert_string_not_equal(cs, cx);
+	assert_int_equal(ops->compat_check_why(bad, cs, strlen(cs), why, sizeof(why)),
+			 -EPROTONOSUPPORT);
+	print_message("# qemu-backend: other layer refused: %s\n", why);
+	assert_non_null(strstr(why, "disk images differ"));
+	/* an image file is taken as it is: the same digest as the folder's */
+	char img[300], ci[320];
+	snprintf(img, sizeof(img), "%s/la.erofs", dir);
+	char cmd[700];
+	snprintf(cmd, sizeof(cmd), "mkfs.erofs --quiet -T0 -U6c6d7368-696d-4c61-7965-720000000000 "
+		 "'%s' '%s'", img, a);
+	assert_int_equal(system(cmd), 0);
+	const char *as_image[] = {img, top};
+	lm_vm_t *fromimg = vm_with_layers("limg", true, as_image, 2, ci, sizeof(ci));
+	assert_string_equal(cs, ci);
+	vm_destroy(src);
+	vm_destroy(dst);
+	vm_destroy(bad);
+	vm_destroy(fromimg);
+
+	/* bad entries, by name */
+	struct { json_t *disk; const char *field; } bads[] = {
+		{json_pack("{s:s, s:s}", "Serial", "d0", "Path", "relative/x"), "Disks[0].Path"},
+		{json_pack("{s:s, s:s}", "Serial", "rootfs", "Path", a), "Disks[0].Serial"},
+		{json_pack("{s:s, s:s}", "Serial", "this-serial-is-too-long", "Path", a),
+		 "Disks[0].Serial"},
+		{json_pack("{s:s}", "Serial", "d0"), "Disks[0]"},
+		{json_pack("{s:s, s:s, s:i}", "Serial", "d0", "Path", a, "Size", 3), "Disks[0].Size"},
+	};
+	for (size_t i = 0; i < sizeof(bads) / sizeof(bads[0]); i++) {
+		json_t *arr = json_array();
+		json_array_append_new(arr, bads[i].disk);
+		char *d = doc_with("Disks", arr);
+		char field[80];
+		snprintf(field, sizeof(field), "VirtualMachine.Qemu.%s", bads[i].field);
+		expect_refused(d, 0, 0, -EINVAL, field);
+		free(d);
+	}
+	json_t *two = json_pack("[{s:s, s:s}, {s:s, s:s}]", "Serial", "d0", "Path", a, "Serial", "d0",
+				"Path", b);
+	char *d = doc_with("Disks", two);
+	expect_refused(d, 0, 0, -EINVAL, "Serial used twice");
+	free(d);
+	/* a layer that is not there: create fails, saying which and why */
+	json_t *gone = json_pack("[{s:s, s:s}]", "Serial", "d0", "Path", "/nonexistent/layer");
+	d = doc_with("Disks", gone);
+	lm_vm_config_t c;
+	cfg_init(&c, "lgone", false, d);
+	char w[200] = "";
+	c.why = w;
+	c.why_cap = sizeof(w);
+	lm_vm_t *vm = NULL;
+	assert_int_equal(ops->create(&vm, &c), -ENOENT);
+	free(d);
+	assert_null(vm);
+	print_message("# qemu-backend: missing layer: %s\n", w);
+	assert_non_null(strstr(w, "/nonexistent/layer"));
+	assert_non_null(strstr(w, "disk d0"));
 	assert_int_equal(qemu_children(), 0);
 }
 
@@ -857,6 +986,8 @@ int main(void)
 		cmocka_unit_test_teardown(test_start_boots_and_pause_resume_stop_and_run_the_guest,
 					  case_teardown),
 		cmocka_unit_test_teardown(test_bad_document_field_is_einval_and_names_it,
+					  case_teardown),
+		cmocka_unit_test_teardown(test_container_layers_are_disks_checked_across_hosts,
 					  case_teardown),
 		cmocka_unit_test_teardown(test_migration_through_the_stream_ops, case_teardown),
 		cmocka_unit_test_teardown(test_stream_abort_mid_stream_leaves_the_source_running,

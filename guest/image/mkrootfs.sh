@@ -4,7 +4,7 @@
 # installed by the set-up). The qemu backend attaches it read-only as the
 # virtio-blk disk with serial "rootfs"; the guest agent overlays it with a
 # writable scratch (a tmpfs in guest memory, so it migrates with the VM).
-# Timestamps are fixed (-T0): two builds of the same busybox make the same
+# Timestamps and the UUID are fixed (-T0 -U): two builds of the same busybox make the same
 # image, which a source and a destination of a migration must both have.
 set -eu
 out=$1
@@ -21,5 +21,5 @@ for a in $("$bb" --list); do
 done
 echo 'root:x:0:0:root:/root:/bin/sh' > "$r/etc/passwd"
 echo 'root:x:0:' > "$r/etc/group"
-mkfs.erofs --quiet --all-root -T0 "$out.tmp" "$r" >/dev/null
+mkfs.erofs --quiet --all-root -T0 -U6c6d7368-696d-4c61-7965-720000000000 "$out.tmp" "$r" >/dev/null
 mv "$out.tmp" "$out"

@@ -52,6 +52,7 @@
  */
 #include "hcs/qemu/backend.h"
 #include "hcs/backend.h"
+#include "hcs/qemu/disks.h"
 #include "hcs/qemu/migrate.h"
 #include "hcs/qemu/vm.h"
 
@@ -67,7 +68,9 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <xxhash.h>
 
+#include "util/clock.h"
 #include "util/log.h"
 
 #define MOD "hcs.qemu"
@@ -104,7 +107,7 @@ struct lm_vm {
 	unsigned memory_mib, vcpus;
 	char cpu[64];               /* "" = QEMU's default model */
 	unsigned boot_ms;           /* boot bound (agent port) */
-	char compat[192];           /* compat_get's text */
+	char compat[256];           /* compat_get's text */
 
 	/* transfer thread and on_event: sticky for the current outgoing
 	 * stream (stream_open clears it before QEMU starts). A flag with no
@@ -197,6 +200,14 @@ struct qopts {
 	char cmdline[CMDLINE_MAX];
 	unsigned boot_ms;           /* 0: by the accelerator */
 	char rootfs[PATH_MAX];      /* the containers' image, disk "rootfs"; "" none */
+	struct qdisk {              /* "Disks": the containers' own layers */
+		char serial[21];    /* what the guest finds it by */
+		char path[PATH_MAX]; /* a directory (packed) or an erofs image */
+		char id[16];        /* QEMU's node id: disk<i> */
+		char image[PATH_MAX]; /* create: the file attached */
+		uint64_t digest;    /* create: its XXH3-64 */
+	} disks[LM_QEMU_MAX_DISKS - 1];
+	unsigned n_disks;
 };
 
 static int bad_field(const char *id, const char *field, const char *why)
@@ -204,6 +215,81 @@ static int bad_field(const char *id, const char *field, const char *why)
 	lm_log_error(MOD, "bad document", "id=%s field=VirtualMachine.Qemu.%s why=\"%s\"", id,
 		     field, why);
 	return -EINVAL;
+}
+
+static int get_string(json_t *v, const char *id, const char *field, char *out, size_t cap,
+		      bool may_be_empty);
+
+static bool serial_ok(const char *s)
+{
+	size_t n = strlen(s);
+	if (n < 1 || n > 20 || !strcmp(s, "rootfs"))
+		return false;
+	for (const char *p = s; *p; p++)
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+		      (*p >= '0' && *p <= '9') || *p == '_' || *p == '.' || *p == '-'))
+			return false;
+	return true;
+}
+
+/* "Disks": [{"Serial": S, "Path": P, "Container": C, "Layer": N}, ...]:
+ * one read-only virtio-blk disk per container layer, in this order (the
+ * same on both sides of a migration). Container and Layer are the shim's
+ * (which container layer it is, so that a destination can name its own
+ * copy); the backend only checks their types. */
+static int parse_disks(json_t *a, const char *id, struct qopts *o)
+{
+	char f[64];
+	if (!json_is_array(a))
+		return bad_field(id, "Disks", "must be an array");
+	if (json_array_size(a) > LM_QEMU_MAX_DISKS - 1)
+		return bad_field(id, "Disks", "at most 15 disks");
+	size_t i;
+	json_t *e;
+	json_array_foreach(a, i, e) {
+		snprintf(f, sizeof(f), "Disks[%zu]", i);
+		if (!json_is_object(e))
+			return bad_field(id, f, "must be an object");
+		struct qdisk *d = &o->disks[i];
+		const char *key;
+		json_t *v;
+		bool has_serial = false, has_path = false;
+		json_object_foreach(e, key, v) {
+			int rc = 0;
+			snprintf(f, sizeof(f), "Disks[%zu].%s", i, key);
+			if (!strcmp(key, "Serial")) {
+				rc = get_string(v, id, f, d->serial, sizeof(d->serial), false);
+				if (!rc && !serial_ok(d->serial))
+					rc = bad_field(id, f, "1..20 of [A-Za-z0-9_.-], not 'rootfs'");
+				has_serial = true;
+			} else if (!strcmp(key, "Path")) {
+				rc = get_string(v, id, f, d->path, sizeof(d->path), false);
+				if (!rc && d->path[0] != '/')
+					rc = bad_field(id, f, "must be an absolute path");
+				if (!rc && strchr(d->path, ','))
+					rc = bad_field(id, f, "must not hold ','");
+				has_path = true;
+			} else if (!strcmp(key, "Container")) {
+				if (!json_is_string(v))
+					rc = bad_field(id, f, "must be a string");
+			} else if (!strcmp(key, "Layer")) {
+				if (!json_is_integer(v) || json_integer_value(v) < 0)
+					rc = bad_field(id, f, "must be an integer >= 0");
+			} else {
+				rc = bad_field(id, f, "unknown key (Serial, Path, Container, Layer)");
+			}
+			if (rc)
+				return rc;
+		}
+		snprintf(f, sizeof(f), "Disks[%zu]", i);
+		if (!has_serial || !has_path)
+			return bad_field(id, f, "needs Serial and Path");
+		for (size_t j = 0; j < i; j++)
+			if (!strcmp(o->disks[j].serial, d->serial))
+				return bad_field(id, f, "Serial used twice");
+	}
+	o->n_disks = (unsigned)json_array_size(a);
+	return 0;
 }
 
 static int get_string(json_t *v, const char *id, const char *field, char *out, size_t cap,
@@ -295,6 +381,8 @@ static int parse_doc(const char *doc, const char *id, struct qopts *o)
 			rc = get_string(v, id, key, o->rootfs, sizeof(o->rootfs), true);
 		} else if (!strcmp(key, "Cmdline")) {
 			rc = get_string(v, id, key, o->cmdline, sizeof(o->cmdline), true);
+		} else if (!strcmp(key, "Disks")) {
+			rc = parse_disks(v, id, o);
 		} else if (!strcmp(key, "BootTimeoutMs")) {
 			if (!json_is_integer(v) || json_integer_value(v) < 1 ||
 			    json_integer_value(v) > 3600000)
@@ -303,7 +391,7 @@ static int parse_doc(const char *doc, const char *id, struct qopts *o)
 				o->boot_ms = (unsigned)json_integer_value(v);
 		} else {
 			rc = bad_field(id, key, "unknown key (Kernel, Initrd, Machine, Accel, Cpu, "
-					       "Cmdline, BootTimeoutMs, Rootfs)");
+					       "Cmdline, BootTimeoutMs, Rootfs, Disks)");
 		}
 		if (rc)
 			break;
@@ -359,9 +447,6 @@ static int qemu_create(lm_vm_t **out, const lm_vm_config_t *cfg)
 	vm->vcpus = cfg->vcpus;
 	snprintf(vm->cpu, sizeof(vm->cpu), "%s", o->cpu);
 	snprintf(vm->name, sizeof(vm->name), "%s", id);
-	snprintf(vm->compat, sizeof(vm->compat), "qemu machine=%s vcpus=%u memory=%" PRIu64
-		 " cpu=%s", o->machine == LM_QEMU_Q35 ? "q35" : "microvm", vm->vcpus,
-		 cfg->memory_bytes, o->cpu[0] ? o->cpu : "default");
 
 	/* $TMPDIR if short: the socket's path must fit a sockaddr_un */
 	const char *tmp = getenv("TMPDIR");
@@ -376,20 +461,73 @@ static int qemu_create(lm_vm_t **out, const lm_vm_config_t *cfg)
 	}
 	snprintf(vm->agent, sizeof(vm->agent), "%s/agent.sock", vm->dir);
 
+	/* the disks: the shared image ("rootfs", each host's own; a file
+	 * that is not there is left out, and a container that needs it gets
+	 * the agent's "no disk with serial rootfs"), then each container
+	 * layer of "Disks", packed now if it is a directory. Every image's
+	 * digest goes into the compat data: the guest's page cache of a
+	 * read-only disk must match the disk on both sides of a migration */
+	lm_qemu_disk_t disks[LM_QEMU_MAX_DISKS];
+	unsigned nd = 0;
+	XXH3_state_t *dg = XXH3_createState();
+	if (!dg) {
+		rc = -ENOMEM;
+		goto fail;
+	}
+	XXH3_64bits_reset(dg);
+	bool has_rootfs = o->rootfs[0] && access(o->rootfs, R_OK) == 0;
+	if (o->rootfs[0] && !has_rootfs)
+		lm_log_warn(MOD, "no container image", "id=%s path=%s err=%d", id, o->rootfs, errno);
+	uint64_t h;
+	if (has_rootfs && (rc = lm_qemu_file_digest(o->rootfs, &h)) < 0) {
+		XXH3_freeState(dg);
+		if (cfg->why)
+			snprintf(cfg->why, cfg->why_cap, "the container image %s: %s", o->rootfs,
+				 strerror(-rc));
+		goto fail;
+	}
+	if (has_rootfs) {
+		disks[nd++] = (lm_qemu_disk_t){.id = "rootfs", .serial = "rootfs", .path = o->rootfs,
+					       .read_only = true};
+		XXH3_64bits_update(dg, "rootfs", 7);
+		XXH3_64bits_update(dg, &h, sizeof(h));
+	}
+	for (unsigned i = 0; i < o->n_disks; i++) {
+		struct qdisk *d = &o->disks[i];
+		char why[400];
+		uint64_t t0 = lm_now_ns();
+		snprintf(d->id, sizeof(d->id), "disk%u", i);
+		rc = lm_qemu_disk_image(d->path, vm->dir, d->serial, d->image, sizeof(d->image),
+					&d->digest, why, sizeof(why));
+		if (rc) {
+			char q[450];
+			lm_log_error(MOD, "create failed: a container layer", "id=%s serial=%s why=%s", id,
+				     d->serial, lm_log_quote(q, sizeof(q), why));
+			if (cfg->why)
+				snprintf(cfg->why, cfg->why_cap, "disk %s: %s", d->serial, why);
+			XXH3_freeState(dg);
+			goto fail;
+		}
+		lm_log_info(MOD, "container layer ready", "id=%s serial=%s layer=%s image=%s "
+			    "digest=%016" PRIx64 " ms=%.1f", id, d->serial, d->path, d->image, d->digest,
+			    (double)(lm_now_ns() - t0) / 1e6);
+		disks[nd++] = (lm_qemu_disk_t){.id = d->id, .serial = d->serial, .path = d->image,
+					       .read_only = true};
+		XXH3_64bits_update(dg, d->serial, strlen(d->serial) + 1);
+		XXH3_64bits_update(dg, &d->digest, sizeof(d->digest));
+	}
+	snprintf(vm->compat, sizeof(vm->compat), "qemu machine=%s vcpus=%u memory=%" PRIu64
+		 " cpu=%s disks=%u:%016" PRIx64, o->machine == LM_QEMU_Q35 ? "q35" : "microvm",
+		 vm->vcpus, cfg->memory_bytes, o->cpu[0] ? o->cpu : "default", nd,
+		 (uint64_t)XXH3_64bits_digest(dg));
+	XXH3_freeState(dg);
+
 	int sv[2] = {-1, -1};
 	if (cfg->incoming && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
 		rc = -errno;
 		lm_log_error(MOD, "socketpair failed", "id=%s err=%d", id, -rc);
 		goto fail;
 	}
-	/* the containers' image, read-only; a file that is not there is
-	 * left out (the guest then has no rootfs disk, and a container
-	 * that needs it gets the agent's "no disk with serial rootfs") */
-	lm_qemu_disk_t rootfs = {.id = "rootfs", .serial = "rootfs", .path = o->rootfs,
-				 .read_only = true};
-	bool has_rootfs = o->rootfs[0] && access(o->rootfs, R_OK) == 0;
-	if (o->rootfs[0] && !has_rootfs)
-		lm_log_warn(MOD, "no container image", "id=%s path=%s err=%d", id, o->rootfs, errno);
 	/* $LM_QEMU_CONSOLE_DIR: the guest's console goes to a file there
 	 * (kept after the VM; for a post-mortem), else to our tail buffer */
 	char console[PATH_MAX] = "";
@@ -399,7 +537,7 @@ static int qemu_create(lm_vm_t **out, const lm_vm_config_t *cfg)
 			 cfg->incoming ? "in" : "out", (int)getpid());
 	lm_qemu_vm_config_t qc = {
 		.console_log = console[0] ? console : NULL,
-		.disks = has_rootfs ? &rootfs : NULL, .n_disks = has_rootfs ? 1 : 0,
+		.disks = nd ? disks : NULL, .n_disks = nd,
 		.name = vm->name, .machine = o->machine, .memory_mib = vm->memory_mib,
 		.vcpus = vm->vcpus, .cpu = o->cpu[0] ? o->cpu : NULL, .kernel = o->kernel,
 		.initrd = o->initrd[0] ? o->initrd : NULL,
@@ -598,11 +736,13 @@ static void compat_field(const char *text, const char *key, char *out, size_t ca
 	}
 }
 
-/* Thread: any. */
-static int qemu_compat_check(lm_vm_t *vm, const void *buf, size_t len)
+/* Thread: any. The refusal is logged, and said in `why`. */
+static int qemu_compat_check_why(lm_vm_t *vm, const void *buf, size_t len, char *why,
+				 size_t why_cap)
 {
-	char theirs[256];
+	char theirs[320];
 	if (len >= sizeof(theirs) || memchr(buf, 0, len)) {
+		snprintf(why, why_cap, "compatibility data of %zu bytes is not a qemu VM's", len);
 		lm_log_error(MOD, "incompatible source", "vm=%s why=\"compat data of %zu bytes is "
 			     "not ours\"", vm->name, len);
 		return -EPROTONOSUPPORT;
@@ -611,27 +751,42 @@ static int qemu_compat_check(lm_vm_t *vm, const void *buf, size_t len)
 	theirs[len] = 0;
 	if (strncmp(theirs, "qemu ", 5) != 0) {
 		char q[300];
+		snprintf(why, why_cap, "the source is not a qemu VM");
 		lm_log_error(MOD, "incompatible source", "vm=%s why=\"not a qemu VM\" theirs=%s",
 			     vm->name, lm_log_quote(q, sizeof(q), theirs));
 		return -EPROTONOSUPPORT;
 	}
 	if (!strcmp(theirs, vm->compat))
 		return 0;
-	static const char *const keys[] = {"machine", "vcpus", "memory", "cpu"};
+	static const char *const keys[] = {"machine", "vcpus", "memory", "cpu", "disks"};
 	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
 		char a[96], b[96];
 		compat_field(theirs, keys[i], a, sizeof(a));
 		compat_field(vm->compat, keys[i], b, sizeof(b));
 		if (strcmp(a, b)) {
+			if (!strcmp(keys[i], "disks"))
+				snprintf(why, why_cap, "the containers' disk images differ: source %s, "
+					 "here %s (count:digest)", a[0] ? a : "-", b);
+			else
+				snprintf(why, why_cap, "%s differs: source %s, here %s", keys[i],
+					 a[0] ? a : "-", b);
 			lm_log_error(MOD, "incompatible source", "vm=%s field=%s source=%s here=%s",
 				     vm->name, keys[i], a[0] ? a : "-", b);
 			return -EPROTONOSUPPORT;
 		}
 	}
 	char q1[300], q2[300];
+	snprintf(why, why_cap, "compatibility data differs");
 	lm_log_error(MOD, "incompatible source", "vm=%s source=%s here=%s", vm->name,
 		     lm_log_quote(q1, sizeof(q1), theirs), lm_log_quote(q2, sizeof(q2), vm->compat));
 	return -EPROTONOSUPPORT;
+}
+
+/* Thread: any. */
+static int qemu_compat_check(lm_vm_t *vm, const void *buf, size_t len)
+{
+	char why[200];
+	return qemu_compat_check_why(vm, buf, len, why, sizeof(why));
 }
 
 static bool mig_in_flight(enum lm_qemu_mig_status s);
@@ -922,6 +1077,7 @@ const lm_backend_ops_t lm_hcs_qemu_ops = {
 	.state_load = qemu_state_load,
 	.compat_get = qemu_compat_get,
 	.compat_check = qemu_compat_check,
+	.compat_check_why = qemu_compat_check_why,
 	.stats = qemu_stats,
 	.stream_open = qemu_stream_open,
 	.stream_status = qemu_stream_status,

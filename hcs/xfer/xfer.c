@@ -1534,8 +1534,14 @@ static int dst_handshake(struct lm__xfer *x, char *why, size_t whylen)
 				status = EINVAL;
 				break;
 			}
-		if (!status && (rc = x->ops->compat_check(x->vm, compat, h.compat_len)) < 0) {
-			snprintf(why, whylen, "incompatible VM (compatibility data refused)");
+		char cw[200] = "";
+		if (!status && x->ops->compat_check_why)
+			rc = x->ops->compat_check_why(x->vm, compat, h.compat_len, cw, sizeof(cw));
+		else if (!status)
+			rc = x->ops->compat_check(x->vm, compat, h.compat_len);
+		if (!status && rc < 0) {
+			snprintf(why, whylen, "incompatible VM (%s)",
+				 cw[0] ? cw : "compatibility data refused");
 			status = -rc;
 		}
 	}
