@@ -640,6 +640,9 @@ static void state_free(void *p)
 		free((char *)c->boot_ctrs[i].id);
 		free((char *)c->boot_ctrs[i].pod_id);
 		free((char *)c->boot_ctrs[i].cmd);
+		for (unsigned l = 0; c->boot_ctrs[i].layer_paths && l < c->boot_ctrs[i].layers; l++)
+			free((char *)c->boot_ctrs[i].layer_paths[l]);
+		free((void *)c->boot_ctrs[i].layer_paths);
 	}
 	free(c->boot_ctrs);
 	free((char *)c->cfg.state_dir);
@@ -683,6 +686,12 @@ int lm_controller_spawn(lm_runtime_t *rt, lm_actor_t **out,
 			c->boot_ctrs[i].id = strdup(cfg->containers[i].id);
 			c->boot_ctrs[i].pod_id = strdup(cfg->containers[i].pod_id);
 			c->boot_ctrs[i].cmd = cfg->containers[i].cmd ? strdup(cfg->containers[i].cmd) : NULL;
+			c->boot_ctrs[i].layer_paths = NULL;
+			const char *const *lp = cfg->containers[i].layer_paths;
+			char **v = lp ? calloc(cfg->containers[i].layers, sizeof(char *)) : NULL;
+			for (unsigned l = 0; v && l < cfg->containers[i].layers; l++)
+				v[l] = strdup(lp[l]);
+			c->boot_ctrs[i].layer_paths = (const char *const *)v;
 		}
 		c->n_boot_ctrs = c->boot_ctrs ? cfg->n_containers : 0;
 	}

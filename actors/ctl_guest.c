@@ -23,6 +23,7 @@
 
 #include "hcs/qemu/backend.h"
 #include "shim/task_service.h"
+#include "shim/vmdoc.h"
 #include "util/log.h"
 
 #define CONNECT_NS 30000000000ll      /* the agent, once the VM reported it ready */
@@ -153,8 +154,20 @@ void lm__ctl_guest_boot(struct ctl *c)
 		(void)mkdir(k->bundle, 0700);
 		const char *sleeper[] = {"sleep", "2000000000"};
 		const char *sh[] = {"/bin/sh", "-c", bc->cmd};
+		/* its own layers (disks named by ctl_task.c's boot_disks), else
+		 * the VM's shared image */
+		char serials[LM_GUEST_MAX_LAYERS][LM_VMDOC_SERIAL_CAP];
+		const char *sv[LM_GUEST_MAX_LAYERS] = {ROOTFS_SERIAL};
+		unsigned nl = 1;
+		if (bc->layer_paths && bc->layers) {
+			nl = bc->layers < LM_GUEST_MAX_LAYERS ? bc->layers : LM_GUEST_MAX_LAYERS;
+			for (unsigned l = 0; l < nl; l++) {
+				lm_vmdoc_serial(i, l, serials[l]);
+				sv[l] = serials[l];
+			}
+		}
 		struct lm_guest_ctr_spec spec = {
-			.guest_id = bc->id, .layer_serial = ROOTFS_SERIAL,
+			.guest_id = bc->id, .layer_serials = sv, .n_layers = nl,
 			.args = bc->cmd ? sh : sleeper, .n_args = bc->cmd ? 3 : 2,
 			.stdout_path = k->stdout_path, .stderr_path = k->stderr_path,
 		};

@@ -17,6 +17,7 @@
 #include "google/protobuf/any.pb-c.h"
 #include "shim/convert.h"
 #include "shim/task_service.h"
+#include "shim/vmdoc.h"
 
 /* One patcher per imported container; all or nothing. */
 static int spawn_patchers(struct ctl *c, lm_sandbox_t *sb, struct patcher_ref **out, unsigned *n)
@@ -194,10 +195,26 @@ void lm__ctl_prepare(struct ctl *c, lm_rpc_call_t *call, PrepareSandboxRequest *
 		lm__ctl_fail(call, LM_RPC_INVALID_ARGUMENT, "%s: init_options: %s", M, err);
 		return;
 	}
+	/* the containers' layers: the source's disks, in its order, each
+	 * this host's copy of the same layer (the patch path's Create named
+	 * it); the backend checks that the bytes are the same */
+	char *doc = NULL;
+	int rc = lm_vmdoc_relocate(c->document, c->sb, &doc, err, sizeof(err));
+	if (rc) {
+		lm__ctl_fail(call, rc == -ENOMEM ? LM_RPC_RESOURCE_EXHAUSTED : LM_RPC_FAILED_PRECONDITION,
+			     "%s: %s", M, err);
+		return;
+	}
 	void *x = lm__ctl_op(c, on_created);
 	lm_hcs_system_t *vm = NULL;
-	int rc = x ? lm_hcs_system_create(&vm, c->document, &o, lm__ctl_hcs_event, c->self,
-					  lm__ctl_hcs_done, x) : -ENOMEM;
+	rc = x ? lm_hcs_system_create(&vm, doc, &o, lm__ctl_hcs_event, c->self, lm__ctl_hcs_done, x)
+	       : -ENOMEM;
+	if (!rc) {
+		free(c->document);      /* this host's document from now on */
+		c->document = doc;
+	} else {
+		free(doc);
+	}
 	if (rc) {
 		lm__ctl_op_drop(x);
 		lm__ctl_fail(call, lm__ctl_code_for_errno(rc), "%s: create the VM: %s", M, strerror(-rc));

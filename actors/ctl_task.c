@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "shim/task_service.h"
+#include "shim/vmdoc.h"
 #include "util/log.h"
 
 void lm__ctl_patch(struct ctl *c, struct lm_patch_request *patch);
@@ -143,7 +144,8 @@ static int boot_containers(struct ctl *c)
 			.id = bc->id, .pod_id = bc->pod_id,
 			.type = bc->is_sandbox ? LM_CTR_SANDBOX : LM_CTR_CONTAINER,
 			.bundle = bundle, .rootfs = rootfs, .scratch = scratch,
-			.n_layers = bc->layers, .stdout_path = out, .stderr_path = errp,
+			.layers = bc->layer_paths, .n_layers = bc->layers,
+			.stdout_path = out, .stderr_path = errp,
 		};
 		int rc = lm_sandbox_add(c->sb, &spec, NULL);
 		if (!rc && !c->guest)
@@ -188,6 +190,45 @@ static void on_boot_created(struct ctl *c, struct ctl_done *d)
 	}
 }
 
+/* The boot containers' own layers become disks of the VM's document
+ * (shim/vmdoc.h): layer l of the i-th boot container is serial c<i>.l<l>,
+ * which ctl_guest.c names when it creates the container. */
+static int boot_disks(struct ctl *c, char *err, size_t errlen)
+{
+	unsigned n = 0;
+	for (unsigned i = 0; i < c->n_boot_ctrs; i++)
+		if (c->boot_ctrs[i].layer_paths)
+			n += c->boot_ctrs[i].layers;
+	if (!n)
+		return 0;
+	struct lm_vmdoc_disk *d = calloc(n, sizeof(*d));
+	char (*serials)[LM_VMDOC_SERIAL_CAP] = calloc(n, sizeof(*serials));
+	if (!d || !serials) {
+		free(d);
+		free(serials);
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	unsigned k = 0;
+	for (unsigned i = 0; i < c->n_boot_ctrs; i++) {
+		const struct lm_shim_container *bc = &c->boot_ctrs[i];
+		for (unsigned l = 0; bc->layer_paths && l < bc->layers; l++, k++) {
+			lm_vmdoc_serial(i, l, serials[k]);
+			d[k] = (struct lm_vmdoc_disk){.serial = serials[k], .path = bc->layer_paths[l],
+						      .container = bc->id, .layer = l};
+		}
+	}
+	char *doc = NULL;
+	int rc = lm_vmdoc_set_disks(c->document, d, n, &doc, err, errlen);
+	free(d);
+	free(serials);
+	if (rc)
+		return rc;
+	free(c->document);
+	c->document = doc;
+	return 0;
+}
+
 void lm__ctl_on_boot(struct ctl *c, lm_msg_t *m)
 {
 	c->boot_reply = m->reply_to;
@@ -196,10 +237,16 @@ void lm__ctl_on_boot(struct ctl *c, lm_msg_t *m)
 		lm__ctl_boot_answer(c, 0, NULL);
 		return;
 	}
+	char err[200];
+	int rc = boot_disks(c, err, sizeof(err));
+	if (rc) {
+		lm__ctl_boot_answer(c, rc, err);
+		return;
+	}
 	void *x = lm__ctl_op(c, on_boot_created);
 	lm_hcs_system_t *vm = NULL;
-	int rc = x ? lm_hcs_system_create(&vm, c->document, NULL, lm__ctl_hcs_event, c->self,
-					  lm__ctl_hcs_done, x) : -ENOMEM;
+	rc = x ? lm_hcs_system_create(&vm, c->document, NULL, lm__ctl_hcs_event, c->self,
+				      lm__ctl_hcs_done, x) : -ENOMEM;
 	if (rc) {
 		lm__ctl_op_drop(x);
 		lm__ctl_boot_answer(c, rc, "the VM document was refused");

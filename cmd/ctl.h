@@ -141,6 +141,8 @@ struct ctl_container {
 	bool is_sandbox;
 	int type_known;               /* 1 when is_sandbox comes from the snapshot or the flag */
 	unsigned layers;              /* read-only layer count */
+	char **src_layers;            /* the source's layers (snapshot), base first;
+					 NULL: unknown */
 	uint32_t pid;                 /* init pid the destination answered */
 };
 
@@ -154,6 +156,9 @@ struct ctl_migrate_opts {
 	const char *sandbox_id;       /* ImportSandbox.sandbox_id (NULL: derived) */
 	const char *id_suffix;        /* new ID = source ID + suffix */
 	const char *workdir;          /* bundles written here (NULL: temp dir) */
+	const char *const *layer_map; /* "FROM=TO": a source layer under FROM is
+					 TO... on the destination (n_layer_map) */
+	size_t n_layer_map;
 	struct ctl_container *containers; /* explicit list (--container) */
 	size_t n_containers;
 	InitializeOptions *init;      /* options sent with export and prepare */

@@ -93,6 +93,9 @@ void ctl_migrate_result_free(struct ctl_migrate_result *res)
 		free(res->containers[i].src_id);
 		free(res->containers[i].new_id);
 		free(res->containers[i].pod_id);
+		for (unsigned l = 0; res->containers[i].src_layers && l < res->containers[i].layers; l++)
+			free(res->containers[i].src_layers[l]);
+		free(res->containers[i].src_layers);
 	}
 	free(res->containers);
 	res->containers = NULL;
@@ -141,6 +144,11 @@ static int containers_from_snapshot(const Google__Protobuf__Any *any, const char
 			c->is_sandbox = cs->type == LMSHIM__V1__CONTAINER_TYPE__CONTAINER_TYPE_SANDBOX;
 			c->type_known = 1;
 			c->layers = (unsigned)cs->n_layers;
+			c->src_layers = c->layers ? calloc(c->layers, sizeof(char *)) : NULL;
+			if (c->layers && !c->src_layers)
+				exit(1);
+			for (unsigned j = 0; j < c->layers; j++)
+				c->src_layers[j] = xstrdup(cs->layers[j] ? cs->layers[j] : "");
 		}
 	}
 	lmshim__v1__sandbox_snapshot__free_unpacked(snap, NULL);
@@ -326,23 +334,52 @@ fail:
 	return -1;
 }
 
+/* The destination's copy of layer l of c: the source's layer itself, or
+ * under --layer-map FROM=TO the same path under TO, when it is an
+ * absolute path that exists here (a real container's layer, a disk of
+ * the utility VM); else the bundle's empty layer<l> (a simulated one). */
+static void dest_layer(const struct ctl_migrate_opts *o, const struct ctl_container *c, unsigned l,
+		       const char *bundle, char *out, size_t cap)
+{
+	const char *src = c->src_layers ? c->src_layers[l] : "";
+	snprintf(out, cap, "%s/layer%u", bundle, l);
+	if (src[0] != '/')
+		return;
+	char p[4096];
+	snprintf(p, sizeof(p), "%s", src);
+	for (size_t i = 0; i < o->n_layer_map; i++) {
+		const char *eq = strchr(o->layer_map[i], '=');
+		size_t fl = (size_t)(eq - o->layer_map[i]);
+		if (!strncmp(src, o->layer_map[i], fl) && (src[fl] == '/' || src[fl] == 0)) {
+			snprintf(p, sizeof(p), "%s%s", eq + 1, src + fl);
+			break;
+		}
+	}
+	struct stat st;
+	if (stat(p, &st) == 0)
+		snprintf(out, cap, "%s", p);
+}
+
 /* task Create on the destination for one container (patch path). */
-static int create_on_destination(struct ctl_side *dst, const char *workdir, struct ctl_container *c,
+static int create_on_destination(const struct ctl_migrate_opts *o, struct ctl_side *dst,
+				 const char *workdir, struct ctl_container *c,
 				 const char *sandbox_new_id, int64_t tmo)
 {
 	char bundle[4096];
 	if (write_bundle(workdir, c, sandbox_new_id, bundle, sizeof(bundle)) < 0)
 		return -1;
 	/* overlay: lowerdir=layerN-1:...:layer0 (top first), upperdir, workdir */
-	size_t cap = 64 + (size_t)c->layers * (strlen(bundle) + 16);
+	size_t cap = 64 + (size_t)c->layers * 4200;
 	char *lower = malloc(cap);
 	char upper[4200], work[4200], out[4200], err[4200];
 	if (!lower)
 		return -1;
 	int k = snprintf(lower, cap, "lowerdir=");
-	for (unsigned i = c->layers; i-- > 0;)
-		k += snprintf(lower + k, cap - (size_t)k, "%s%s/layer%u", i + 1 == c->layers ? "" : ":",
-			      bundle, i);
+	for (unsigned i = c->layers; i-- > 0;) {
+		char lp[4200];
+		dest_layer(o, c, i, bundle, lp, sizeof(lp));
+		k += snprintf(lower + k, cap - (size_t)k, "%s%s", i + 1 == c->layers ? "" : ":", lp);
+	}
 	snprintf(upper, sizeof(upper), "upperdir=%s/scratch", bundle);
 	snprintf(work, sizeof(work), "workdir=%s/work", bundle);
 	snprintf(out, sizeof(out), "%s/stdout.log", bundle);
@@ -939,7 +976,7 @@ int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res
 	STEP("lmctl.prepare");
 	for (size_t i = 0; i < res->n_containers; i++) {
 		struct ctl_container *c = &res->containers[i];
-		if (create_on_destination(&dst, workdir, c, sandbox_new, tmo) != 0)
+		if (create_on_destination(o, &dst, workdir, c, sandbox_new, tmo) != 0)
 			goto fail;
 		fprintf(stderr, "lmctl: container %s -> %s (pid %" PRIu32 ")\n", c->src_id, c->new_id, c->pid);
 	}

@@ -67,6 +67,9 @@ static const char usage_migrate[] =
 	"                              the destination keeps using them: leave them in place\n"
 	"  --sandbox-id ID             ImportSandbox's sandbox_id (default: the sandbox container's new ID)\n"
 	"  --id-suffix S               new container ID = source ID + S (default \"-m\")\n"
+	"  --layer-map FROM=TO         a source layer under FROM is under TO on the destination\n"
+	"                              (repeatable; default: the same path, when it exists here;\n"
+	"                              a layer that does not is an empty folder in the bundle)\n"
 	"  --container SRC[=NEW][:sandbox|:container][:layers=N]\n"
 	"                              name a container to patch (default: read the snapshot)\n"
 	"  --checksum                  checksum verification of every batch\n"
@@ -211,7 +214,7 @@ static int cmd_migrate(int argc, char **argv)
 {
 	enum {
 		O_FROM = 1, O_TO, O_SESSION, O_TRANSPORT, O_LISTEN, O_CONNECT, O_WORKDIR, O_SANDBOX_ID,
-		O_SUFFIX, O_CONTAINER, O_CHECKSUM, O_COMPRESS, O_MAXP, O_TARGETP, O_TBLACK, O_CBLACK,
+		O_SUFFIX, O_LAYERMAP, O_CONTAINER, O_CHECKSUM, O_COMPRESS, O_MAXP, O_TARGETP, O_TBLACK, O_CBLACK,
 		O_SCALE, O_NOTHROTTLE, O_VERIFY, O_NOVERIFY, O_TIMEOUT, O_CTIMEOUT, O_QUIET, O_HELP,
 	};
 	static const struct option lo[] = {
@@ -222,6 +225,7 @@ static int cmd_migrate(int argc, char **argv)
 		{ "workdir", required_argument, 0, O_WORKDIR },
 		{ "sandbox-id", required_argument, 0, O_SANDBOX_ID },
 		{ "id-suffix", required_argument, 0, O_SUFFIX },
+		{ "layer-map", required_argument, 0, O_LAYERMAP },
 		{ "container", required_argument, 0, O_CONTAINER },
 		{ "checksum", no_argument, 0, O_CHECKSUM },
 		{ "compression-workers", required_argument, 0, O_COMPRESS },
@@ -245,6 +249,8 @@ static int cmd_migrate(int argc, char **argv)
 	io.memory_transport = MEMORY_TRANSPORT__MEMORY_TRANSPORT_TCP;
 	struct ctl_container *conts = NULL;
 	size_t ncont = 0;
+	const char *lmap[16];
+	size_t n_lmap = 0;
 	uint32_t u;
 	int c;
 	opterr = 0;
@@ -268,6 +274,17 @@ static int cmd_migrate(int argc, char **argv)
 		case O_WORKDIR: o.workdir = optarg; break;
 		case O_SANDBOX_ID: o.sandbox_id = optarg; break;
 		case O_SUFFIX: o.id_suffix = optarg; break;
+		case O_LAYERMAP: {
+			const char *eq = strchr(optarg, '=');
+			if (!eq || optarg[0] != '/' || eq[1] != '/')
+				return bad_flag("migrate", "--layer-map wants FROM=TO, two absolute paths");
+			if (n_lmap == sizeof(lmap) / sizeof(lmap[0]))
+				return bad_flag("migrate", "--layer-map: at most 16");
+			lmap[n_lmap++] = optarg;
+			o.layer_map = lmap;
+			o.n_layer_map = n_lmap;
+			break;
+		}
 		case O_CONTAINER: {
 			struct ctl_container *n = realloc(conts, (ncont + 1) * sizeof(*conts));
 			if (!n)

@@ -89,6 +89,11 @@ static const char usage[] =
 	"                                  (default pod1:sandbox)\n"
 	"  --container-cmd ID=COMMAND      backend qemu: container ID's init runs /bin/sh -c COMMAND\n"
 	"                                  in the utility VM, on busybox (default: sleep; repeatable)\n"
+	"  --container-rootfs ID=PATH[:PATH...]  backend qemu: container ID's rootfs is these\n"
+	"                                  read-only layers, base first (directories, packed\n"
+	"                                  into erofs images, or erofs image files), one VM disk\n"
+	"                                  each, under a writable scratch (default: the build's\n"
+	"                                  busybox image, shared; repeatable)\n"
 	"  --idle                          no VM: a migration destination\n"
 	"  --state-dir DIR                 the boot containers' bundles and stdio, one folder\n"
 	"                                  per container (default /run/lmshim)\n"
@@ -457,11 +462,81 @@ static int parse_containers(const char *spec, struct lm_shim_container **out, un
 	return 0;
 }
 
+/* --container-rootfs ID=PATH[:PATH...]: container ID's layers, base
+ * first; *store keeps the split string. */
+static int apply_rootfs(const char *arg, struct lm_shim_container *cv, unsigned n,
+			const char *backend, char **store, char *m, size_t mlen)
+{
+	size_t idlen = (size_t)(strchr(arg, '=') - arg);
+	int il = (int)(idlen > 64 ? 64 : idlen);
+	unsigned k = 0;
+	while (k < n && (strlen(cv[k].id) != idlen || strncmp(cv[k].id, arg, idlen)))
+		k++;
+	if (k == n || strcmp(backend, "qemu")) {
+		snprintf(m, mlen, "--container-rootfs %.*s: %s", il, arg,
+			 k == n ? "no such container in --containers"
+				: "only a qemu backend runs real processes");
+		return -EINVAL;
+	}
+	if (cv[k].layer_paths) {
+		snprintf(m, mlen, "--container-rootfs %.*s: given twice", il, arg);
+		return -EINVAL;
+	}
+	char *s = strdup(arg + idlen + 1);
+	unsigned nl = 1;
+	for (const char *p = arg + idlen + 1; *p; p++)
+		nl += *p == ':';
+	const char **v = s ? calloc(nl, sizeof(*v)) : NULL;
+	if (!v) {
+		free(s);
+		snprintf(m, mlen, "--container-rootfs: out of memory");
+		return -ENOMEM;
+	}
+	*store = s;
+	if (nl > 15) {
+		free(v);
+		snprintf(m, mlen, "--container-rootfs %.*s: at most 15 layers", il, arg);
+		return -EINVAL;
+	}
+	unsigned l = 0;
+	char *save = NULL;
+	for (char *t = strtok_r(s, ":", &save); t; t = strtok_r(NULL, ":", &save)) {
+		struct stat st;
+		const char *why = t[0] != '/' ? "not an absolute path"
+				  : stat(t, &st) < 0 ? strerror(errno)
+				  : !S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode)
+					  ? "neither a directory nor an image file" : NULL;
+		if (!why && strchr(t, ','))
+			why = "a path with ',' cannot be a QEMU disk";
+		if (why) {
+			snprintf(m, mlen, "--container-rootfs %.*s: layer %u (%.200s): %s", il, arg, l, t,
+				 why);
+			free(v);
+			return -EINVAL;
+		}
+		v[l++] = t;
+	}
+	if (!l) {
+		free(v);
+		snprintf(m, mlen, "--container-rootfs %.*s: no layer", il, arg);
+		return -EINVAL;
+	}
+	cv[k].layer_paths = v;
+	cv[k].layers = l;
+	return 0;
+}
+
+static void free_layer_paths(struct lm_shim_container *cv, unsigned n)
+{
+	for (unsigned i = 0; cv && i < n; i++)
+		free((void *)cv[i].layer_paths);
+}
+
 static int cmd_serve(int argc, char **argv)
 {
 	enum { O_SOCKET = 1, O_ID, O_NS, O_MB, O_VCPUS, O_BACKEND, O_RATE, O_PATTERN, O_CONT, O_IDLE,
 	       O_STATE, O_WORKERS, O_DEBUG, O_ANYUID, O_HELP, O_FILL, O_XCPU, O_EVENTS, O_STALL,
-	       O_ORPHAN, O_CCMD };
+	       O_ORPHAN, O_CCMD, O_CROOT };
 	static const struct option lo[] = {
 		{ "socket", required_argument, 0, O_SOCKET }, { "id", required_argument, 0, O_ID },
 		{ "namespace", required_argument, 0, O_NS },
@@ -479,6 +554,7 @@ static int cmd_serve(int argc, char **argv)
 		{ "stall-timeout-ms", required_argument, 0, O_STALL },
 		{ "orphan-timeout-ms", required_argument, 0, O_ORPHAN },
 		{ "container-cmd", required_argument, 0, O_CCMD },
+		{ "container-rootfs", required_argument, 0, O_CROOT },
 		{ "help", no_argument, 0, O_HELP }, { 0, 0, 0, 0 },
 	};
 	const char *sock = NULL, *id = "standalone", *ns = "default", *backend = "sim";
@@ -488,8 +564,8 @@ static int cmd_serve(int argc, char **argv)
 	unsigned long stall = 10000, orphan = LM_SHIM_ORPHAN_MS_DEFAULT;
 	const char *events = getenv("TTRPC_ADDRESS");
 	bool idle = false, any_uid = false;
-	const char *ccmd[32];
-	unsigned n_ccmd = 0;
+	const char *ccmd[32], *croot[32];
+	unsigned n_ccmd = 0, n_croot = 0;
 	int c;
 	opterr = 0;
 	optind = 1;
@@ -541,6 +617,15 @@ static int cmd_serve(int argc, char **argv)
 			ccmd[n_ccmd++] = optarg;
 			break;
 		}
+		case O_CROOT: {
+			const char *eq = strchr(optarg, '=');
+			if (!eq || eq == optarg || !eq[1])
+				return bad("--container-rootfs wants ID=PATH[:PATH...]");
+			if (n_croot == sizeof(croot) / sizeof(croot[0]))
+				return bad("--container-rootfs: at most 32");
+			croot[n_croot++] = optarg;
+			break;
+		}
 		case O_IDLE: idle = true; break;
 		case O_STATE: state = optarg; break;
 		case O_WORKERS:
@@ -585,7 +670,7 @@ static int cmd_serve(int argc, char **argv)
 				      .orphan_ms = (unsigned)orphan };
 	char doc[1024];
 	struct lm_shim_container *cv = NULL;
-	char *store = NULL;
+	char *store = NULL, *lstore[32] = {NULL};
 	if (!idle) {
 		snprintf(doc, sizeof(doc),
 			 "{\"Id\":\"vm-%s\",\"VirtualMachine\":{\"Backend\":\"%s\","
@@ -616,10 +701,25 @@ static int cmd_serve(int argc, char **argv)
 			}
 			cv[k].cmd = ccmd[i] + idlen + 1;
 		}
+		for (unsigned i = 0; i < n_croot; i++) {
+			char m[400];
+			rc = apply_rootfs(croot[i], cv, n, backend, &lstore[i], m, sizeof(m));
+			if (rc) {
+				for (unsigned k = 0; k <= i; k++)
+					free(lstore[k]);
+				free_layer_paths(cv, n);
+				free(cv);
+				free(store);
+				return bad(m);
+			}
+		}
 		cfg.containers = cv;
 		cfg.n_containers = n;
 	}
 	int rc = run_shim(&cfg);
+	for (unsigned k = 0; k < n_croot; k++)
+		free(lstore[k]);
+	free_layer_paths(cv, cfg.n_containers);
 	free(cv);
 	free(store);
 	return rc;

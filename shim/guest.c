@@ -33,7 +33,9 @@ struct job {
 	struct job *next;
 	enum job_kind kind;
 	char id[72];
-	char *layer, *fstype, *hostname, *out, *err;
+	char *layers[LM_GUEST_MAX_LAYERS];
+	unsigned n_layers;
+	char *hostname, *out, *err;
 	char **args;
 	size_t n_args;
 	int sig;
@@ -81,8 +83,8 @@ static void job_free(struct job *j)
 {
 	if (!j)
 		return;
-	free(j->layer);
-	free(j->fstype);
+	for (unsigned i = 0; i < j->n_layers; i++)
+		free(j->layers[i]);
 	free(j->hostname);
 	free(j->out);
 	free(j->err);
@@ -252,9 +254,11 @@ static int agent_err(int rc, const char *call, char *why, size_t whylen)
 
 static int run_create(lm_guest_t *g, struct job *j, uint32_t *pid, char *why, size_t whylen)
 {
-	struct lm_agent_layer layer = {j->layer, j->fstype};
+	struct lm_agent_layer layers[LM_GUEST_MAX_LAYERS];
+	for (unsigned i = 0; i < j->n_layers; i++)
+		layers[i] = (struct lm_agent_layer){j->layers[i], NULL};
 	struct lm_agent_container_spec s = {
-		.id = j->id, .layers = &layer, .n_layers = 1, .hostname = j->hostname,
+		.id = j->id, .layers = layers, .n_layers = j->n_layers, .hostname = j->hostname,
 		.process = {
 			.args = (const char *const *)j->args, .n_args = j->n_args,
 			.env = (const char *const[]){"PATH=/bin:/sbin:/usr/bin:/usr/sbin", "HOME=/"},
@@ -463,14 +467,18 @@ void lm_guest_close(lm_guest_t *g)
 int lm_guest_create(lm_guest_t *g, const struct lm_guest_ctr_spec *spec, void *exit_ctx,
 		    lm_guest_done_fn done, void *ctx)
 {
-	if (!spec->guest_id || !*spec->guest_id || !spec->layer_serial || !spec->n_args)
+	if (!spec->guest_id || !*spec->guest_id || !spec->n_layers || !spec->layer_serials ||
+	    spec->n_layers > LM_GUEST_MAX_LAYERS || !spec->n_args)
 		return -EINVAL;
+	for (unsigned i = 0; i < spec->n_layers; i++)
+		if (!spec->layer_serials[i] || !*spec->layer_serials[i])
+			return -EINVAL;
 	struct job *j = job_new(JOB_CREATE, spec->guest_id, done, ctx);
 	if (!j)
 		return strlen(spec->guest_id) > LM_GUEST_ID_LEN ? -EINVAL : -ENOMEM;
 	bool oom = false;
-	j->layer = dup_or_null(spec->layer_serial, &oom);
-	j->fstype = dup_or_null(spec->layer_fstype, &oom);
+	for (; j->n_layers < spec->n_layers; j->n_layers++)
+		j->layers[j->n_layers] = dup_or_null(spec->layer_serials[j->n_layers], &oom);
 	j->hostname = dup_or_null(spec->hostname, &oom);
 	j->out = dup_or_null(spec->stdout_path, &oom);
 	j->err = dup_or_null(spec->stderr_path, &oom);

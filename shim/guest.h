@@ -54,13 +54,15 @@ struct lm_guest_cbs {
 	void (*drop)(void *exit_ctx);
 };
 
-/* What lm_guest_create runs: one container whose rootfs is a read-only
- * disk of the VM (by its serial) under a tmpfs scratch (in guest memory,
- * so it migrates with the VM), its init `args`. Strings are copied. */
+/* What lm_guest_create runs: one container whose rootfs is its read-only
+ * layers (erofs disks of the VM, by serial) overlaid under a tmpfs
+ * scratch (in guest memory, so it migrates with the VM), its init `args`.
+ * Strings are copied. */
+#define LM_GUEST_MAX_LAYERS 16
 struct lm_guest_ctr_spec {
 	const char *guest_id;         /* 1..64 of [A-Za-z0-9_.-] */
-	const char *layer_serial;     /* the VM disk holding the rootfs */
-	const char *layer_fstype;     /* NULL: erofs */
+	const char *const *layer_serials; /* the VM disks, base layer first */
+	unsigned n_layers;            /* 1..LM_GUEST_MAX_LAYERS */
 	const char *const *args;      /* argv; args[0] looked up in PATH */
 	size_t n_args;
 	const char *hostname;         /* NULL: guest_id */

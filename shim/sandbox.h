@@ -107,7 +107,7 @@ struct lm_container {
 	uint32_t exit_status;          /* valid when stopped */
 	uint64_t exited_at_ns;         /* wall clock (lm_wall_ns), when stopped */
 	char *bundle, *rootfs, *scratch;
-	char **layers;                 /* read-only layers */
+	char **layers;                 /* read-only layers, base first */
 	unsigned n_layers;
 	char *stdin_path, *stdout_path, *stderr_path;
 	bool terminal;

@@ -26,6 +26,11 @@ struct lm_shim_container {
 	unsigned layers;           /* read-only layer count */
 	const char *cmd;           /* a real guest (backend qemu): the init's shell
 				      command (/bin/sh -c CMD); NULL: it sleeps */
+	const char *const *layer_paths; /* backend qemu: its rootfs, `layers`
+				      absolute paths (directories or erofs
+				      images), base first, each a read-only
+				      disk of the VM; NULL: the VM's shared
+				      image (disk "rootfs") */
 };
 
 struct lm_shim_config {

@@ -230,7 +230,7 @@ static int push_layer(struct create_facts *f, const char *s, size_t n)
 }
 
 /* Rootfs mounts: an overlay mount gives its lowerdir entries (read-only
- * layers, in order) and its upperdir (scratch); any other mount is a
+ * layers, made base first) and its upperdir (scratch); any other mount is a
  * read-only layer when its options hold "ro", else the scratch. */
 static int parse_mounts(const Containerd__Task__V2__CreateTaskRequest *r, struct create_facts *f)
 {
@@ -240,6 +240,9 @@ static int parse_mounts(const Containerd__Task__V2__CreateTaskRequest *r, struct
 			for (size_t j = 0; j < m->n_options; j++) {
 				const char *o = m->options[j];
 				if (strncmp(o, "lowerdir=", 9) == 0) {
+					/* overlay lists the top layer first; ours
+					 * are base first */
+					unsigned first = f->n_layers;
 					const char *p = o + 9;
 					while (*p) {
 						const char *e = strchr(p, ':');
@@ -249,6 +252,11 @@ static int parse_mounts(const Containerd__Task__V2__CreateTaskRequest *r, struct
 						p += n;
 						if (*p == ':')
 							p++;
+					}
+					for (unsigned a = first, b = f->n_layers; a + 1 < b; a++, b--) {
+						char *t = f->layers[a];
+						f->layers[a] = f->layers[b - 1];
+						f->layers[b - 1] = t;
 					}
 				} else if (strncmp(o, "upperdir=", 9) == 0 && !f->scratch) {
 					if (!(f->scratch = strdup(o + 9)))

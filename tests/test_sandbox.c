@@ -21,6 +21,7 @@
 
 #include "actors/patcher.h"
 #include "shim/sandbox.h"
+#include "shim/vmdoc.h"
 #include "google/protobuf/any.pb-c.h"
 #include "mailbox/msg.h"
 #include "snapshot.pb-c.h"
@@ -697,6 +698,80 @@ static void test_guest_id_and_pid_survive_export_import_and_patch(void **state)
 	lm_sandbox_destroy(sb);
 }
 
+/* The VM's disks in its document: the source names its layers; the
+ * destination keeps the list and its order and points each disk at its
+ * own copy, the layer the patch path gave the container of that guest ID
+ * (found under its new ID); a container or layer it lacks is named. */
+static void test_vm_document_disks_follow_the_patched_layers(void **state)
+{
+	(void)state;
+	char s0[LM_VMDOC_SERIAL_CAP], s1[LM_VMDOC_SERIAL_CAP];
+	lm_vmdoc_serial(2, 0, s0);
+	lm_vmdoc_serial(2, 1, s1);
+	assert_string_equal(s0, "c2.l0");
+	struct lm_vmdoc_disk d[] = {
+		{.serial = s0, .path = "/src/base", .container = "web", .layer = 0},
+		{.serial = s1, .path = "/src/top", .container = "web", .layer = 1},
+	};
+	const char *doc = "{\"Id\":\"vm\",\"VirtualMachine\":{\"Backend\":\"qemu\"}}";
+	char *out = NULL, err[300] = "";
+	assert_int_equal(lm_vmdoc_set_disks(doc, d, 2, &out, err, sizeof err), 0);
+	assert_non_null(strstr(out, "\"Disks\":[{\"Serial\":\"c2.l0\",\"Path\":\"/src/base\""));
+	assert_non_null(strstr(out, "\"Backend\":\"qemu\""));
+
+	/* the destination: web arrived as web-new with its own two layers */
+	lm_sandbox_t *sb = imported();
+	assert_int_equal(lm_sandbox_set_guest(sb, "web", "web", 42), 0);
+	char *layers[] = {"/dst/base", "/dst/top"};
+	struct lm_patch_result r = result("web", "web-new", 2, layers);
+	assert_int_equal(lm_sandbox_apply_patch(sb, &r), 0);
+	char *moved = NULL;
+	assert_int_equal(lm_vmdoc_relocate(out, sb, &moved, err, sizeof err), 0);
+	assert_non_null(strstr(moved, "\"Serial\":\"c2.l0\",\"Path\":\"/dst/base\""));
+	assert_non_null(strstr(moved, "\"Serial\":\"c2.l1\",\"Path\":\"/dst/top\""));
+	assert_null(strstr(moved, "/src/"));
+	assert_true(strstr(moved, "c2.l0") < strstr(moved, "c2.l1"));   /* the order kept */
+	free(moved);
+
+	/* a layer the destination lacks, a guest container it lacks */
+	d[1].layer = 2;
+	free(out);
+	assert_int_equal(lm_vmdoc_set_disks(doc, d, 2, &out, err, sizeof err), 0);
+	assert_int_equal(lm_vmdoc_relocate(out, sb, &moved, err, sizeof err), -ENOENT);
+	assert_null(moved);
+	assert_non_null(strstr(err, "disk c2.l1: container web-new has no layer 2"));
+	d[1].layer = 1;
+	d[1].container = "db";
+	free(out);
+	assert_int_equal(lm_vmdoc_set_disks(doc, d, 2, &out, err, sizeof err), 0);
+	assert_int_equal(lm_vmdoc_relocate(out, sb, &moved, err, sizeof err), -ENOENT);
+	assert_non_null(strstr(err, "no container here runs as guest container db"));
+	free(out);
+	/* a simulated layer (not a path) cannot stand for a disk */
+	char *rel[] = {"layer0", "/dst/top"};
+	lm_sandbox_t *sb2 = imported();
+	assert_int_equal(lm_sandbox_set_guest(sb2, "web", "web", 42), 0);
+	struct lm_patch_result r2 = result("web", "web-2", 2, rel);
+	assert_int_equal(lm_sandbox_apply_patch(sb2, &r2), 0);
+	d[1].container = "web";
+	assert_int_equal(lm_vmdoc_set_disks(doc, d, 2, &out, err, sizeof err), 0);
+	assert_int_equal(lm_vmdoc_relocate(out, sb2, &moved, err, sizeof err), -ENOENT);
+	assert_non_null(strstr(err, "disk c2.l0"));
+	free(out);
+
+	/* no disks: the document as it is; not a document: refused */
+	assert_int_equal(lm_vmdoc_relocate(doc, sb, &moved, err, sizeof err), 0);
+	assert_non_null(strstr(moved, "\"Backend\":\"qemu\""));
+	free(moved);
+	assert_int_equal(lm_vmdoc_set_disks("[1]", d, 2, &out, err, sizeof err), -EINVAL);
+	assert_non_null(strstr(err, "not a JSON object"));
+	assert_int_equal(lm_vmdoc_relocate("{\"VirtualMachine\":{\"Qemu\":{\"Disks\":[{}]}}}", sb,
+					   &moved, err, sizeof err), -EINVAL);
+	assert_non_null(strstr(err, "Disks[0]"));
+	lm_sandbox_destroy(sb);
+	lm_sandbox_destroy(sb2);
+}
+
 /* A snapshot whose guest_id is longer than the agent's IDs is refused,
  * naming the container and the field. */
 static void test_import_rejects_oversized_guest_id(void **state)
@@ -945,6 +1020,7 @@ int main(void)
 		cmocka_unit_test(test_apply_patch_errors),
 		cmocka_unit_test(test_guest_id_and_pid_survive_export_import_and_patch),
 		cmocka_unit_test(test_import_rejects_oversized_guest_id),
+		cmocka_unit_test(test_vm_document_disks_follow_the_patched_layers),
 	};
 	int rc = cmocka_run_group_tests(tests, NULL, NULL);
 	lm_msg_pool_trim();

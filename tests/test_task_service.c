@@ -499,7 +499,9 @@ static void check_web_fn(struct ctl *c, void *arg)
 	assert_non_null(w);
 	assert_string_equal(w->pod_id, "pod1");
 	assert_int_equal(w->n_layers, 3);
-	assert_string_equal(w->layers[2], "/l/2");
+	/* lowerdir=/l/0:/l/1:/l/2 lists the top first; ours are base first */
+	assert_string_equal(w->layers[0], "/l/2");
+	assert_string_equal(w->layers[2], "/l/0");
 	assert_string_equal(w->scratch, "/var/scratch/up");
 	assert_true(strstr(w->rootfs, "/web/rootfs") != NULL);
 	assert_true(w->process_spec_len > 0);

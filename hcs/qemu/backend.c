@@ -766,7 +766,7 @@ static int qemu_compat_check_why(lm_vm_t *vm, const void *buf, size_t len, char 
 		if (strcmp(a, b)) {
 			if (!strcmp(keys[i], "disks"))
 				snprintf(why, why_cap, "the containers' disk images differ: source %s, "
-					 "here %s (count:digest)", a[0] ? a : "-", b);
+					 "here %s", a[0] ? a : "-", b);
 			else
 				snprintf(why, why_cap, "%s differs: source %s, here %s", keys[i],
 					 a[0] ? a : "-", b);

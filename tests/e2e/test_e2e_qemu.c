@@ -8,7 +8,9 @@
  * the guest, the destination's, and it runs (QEMU's own status through
  * Inspect); the source's QEMU is gone; a migration cancelled in the
  * middle leaves the source's guest running and no QEMU behind on the
- * destination. Skips (77) without qemu-system-x86_64 or the build's guest
+ * destination; a container on its own two-layer rootfs (read-only disks
+ * of the VM) moves onto the destination's copies of its layers, and a
+ * destination whose copy differs is refused before any page moves. Skips (77) without qemu-system-x86_64 or the build's guest
  * image. No QEMU process of this test is left at its end.
  */
 #include <dirent.h>
@@ -374,12 +376,35 @@ static int task_delete(struct e2e_shim *s, const char *id)
 	return rc;
 }
 
+/* The writer's own rootfs, two layers in `dir`: lbase (busybox and its
+ * applets, /data) and ltop (/marker: `marker`); `rootfs` is the
+ * --container-rootfs argument for container `id`. */
+static void make_layers(const char *dir, const char *marker, const char *id, char *rootfs,
+			size_t cap)
+{
+	char cmd[1500];
+	snprintf(cmd, sizeof cmd, "set -e; b='%s/lbase'; t='%s/ltop'; rm -rf \"$b\" \"$t\"; "
+		 "mkdir -p \"$b/bin\" \"$b/data\" \"$b/proc\" \"$b/dev\" \"$b/sys\" \"$b/tmp\" \"$t\"; "
+		 "cp /bin/busybox \"$b/bin/\"; for a in $(/bin/busybox --list); do "
+		 "[ \"$a\" = busybox ] || ln -s busybox \"$b/bin/$a\"; done; "
+		 "printf '%%s' '%s' > \"$t/marker\"", dir, dir, marker);
+	assert_int_equal(system(cmd), 0);
+	snprintf(rootfs, cap, "%s=%s/lbase:%s/ltop", id, dir, dir);
+}
+
+/* The writer runs on its own two layers and says what its top layer holds. */
+#define WRITER_L_CMD "while :; do date >> /data/log; echo lines $(wc -l < /data/log) $(cat /marker); " \
+		     "sleep 0.3; done"
+
 static int start_pod(struct fx *f, const char *src, const char *dst)
 {
+	char rootfs[700];
+	make_layers(f->dir, "layer-top", "writer", rootfs, sizeof rootfs);
 	const char *sargs[] = { "--backend", "qemu", "--vm-size-mb", "256",
 				"--containers", "pod1:sandbox,pod1:counter,pod1:writer",
 				"--container-cmd", "counter=" COUNTER_CMD,
-				"--container-cmd", "writer=" WRITER_CMD, NULL };
+				"--container-cmd", "writer=" WRITER_L_CMD,
+				"--container-rootfs", rootfs, NULL };
 	return start_pair(f, src, sargs, dst, NULL);
 }
 
@@ -459,6 +484,16 @@ static bool pod_moves(struct fx *f, const char *session)
 	assert_one_stream(sc, dc, "", true);
 	/* the writer counts the lines of its file: it grew on from before */
 	assert_one_stream(sw, dw, "lines ", false);
+	/* ... on its own layers, the destination's copies (the top one over
+	 * the base: the marker is the top layer's) */
+	char *wt = e2e_slurp(dw);
+	char *last = strrchr(wt, '\n');
+	while (last && last > wt && last[1] == 0) {
+		*last = 0;
+		last = strrchr(wt, '\n');
+	}
+	assert_non_null(strstr(last ? last : wt, " layer-top"));
+	free(wt);
 
 	/* the destination's task service drives the real processes */
 	assert_int_equal(task_kill(&f->dst, "counter-m", 9), 0);
@@ -491,6 +526,46 @@ static void test_a_pod_of_real_processes_moves_and_keeps_running(void **state)
 	e2e_shim_stop(&f->dst);
 	assert_int_equal(start_pod(f, "qsrc2", "qdst2"), 0);
 	assert_true(pod_moves(f, "qemu-pod-2"));
+}
+
+/* A destination whose copy of a container's layer differs from the
+ * source's (another tree under the same --layer-map) refuses the source
+ * at the handshake, before any page moved, saying that the disk images
+ * differ; the source's container runs on, and no QEMU is left on the
+ * destination. */
+static void test_a_destination_with_other_layers_is_refused(void **state)
+{
+	struct fx *f = *state;
+	char other[300], out[300], work[300], sw[400], map[700], rootfs[700];
+	snprintf(other, sizeof other, "%s/other", f->dir);
+	assert_int_equal(mkdir(other, 0700), 0);
+	make_layers(other, "another-top", "writer", rootfs, sizeof rootfs);
+	snprintf(map, sizeof map, "%s=%s", f->dir, other);
+	snprintf(out, sizeof out, "%s/lmctl.out", f->dir);
+	snprintf(work, sizeof work, "%s/work-layers", f->dir);
+	snprintf(sw, sizeof sw, "%s/%s-state/writer/stdout", f->dir, f->src.name);
+	assert_true(wait_lines(sw, "lines ", 2, 60));
+	const char *args[] = { "migrate", "--from", f->src.sock, "--to", f->dst.sock, "--workdir", work,
+			       "--quiet", "--session", "qemu-layers", "--layer-map", map, NULL };
+	int rc = e2e_lmctl(args, out, 180000);
+	char *t = e2e_slurp(out);
+	printf("# qemu e2e: other layers: lmctl exited %d\n%s", rc, t);
+	assert_int_equal(rc, 1);
+	assert_non_null(strstr(t, "disk images differ"));
+	assert_non_null(strstr(t, "rolled back"));
+	free(t);
+	uint32_t pid = 0;
+	int st = 0;
+	assert_int_equal(e2e_state(&f->src, "writer", &pid, &st), 0);
+	assert_int_equal(st, 2);
+	static long v[100000];
+	size_t before = numbers_of(sw, "lines ", v, 100000);
+	assert_true(wait_lines(sw, "lines ", before + 3, 30));    /* it goes on */
+	uint64_t end = (uint64_t)time(NULL) + 10;
+	while (qemu_of(f->dst.pid) && (uint64_t)time(NULL) < end)
+		usleep(50000);
+	assert_int_equal(qemu_of(f->dst.pid), 0);
+	assert_int_equal(qemu_of(f->src.pid), 1);
 }
 
 /* lmctl demo --backend qemu: a Linux guest migrated and verified by
@@ -532,6 +607,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_cancel_mid_transfer_keeps_the_source_running, setup_slow, teardown),
 		cmocka_unit_test_setup_teardown(test_a_destination_qemu_killed_mid_transfer_leaves_the_source_running, setup_slow, teardown),
 		cmocka_unit_test_setup_teardown(test_a_linux_guest_moves_and_runs_only_on_the_destination, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_a_destination_with_other_layers_is_refused, setup_pod, teardown),
 		cmocka_unit_test_setup_teardown(test_a_pod_of_real_processes_moves_and_keeps_running, setup_pod, teardown),
 	};
 	/* LM_TEST_FILTER=test_a_pod* runs the matching tests only (local use) */

@@ -1,0 +1,144 @@
+/*
+ * vmdoc.c: the utility VM's disk list in its document (see vmdoc.h),
+ * edited with jansson. Nothing here touches a file or keeps state.
+ */
+#include "shim/vmdoc.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <jansson.h>
+
+void lm_vmdoc_serial(unsigned index, unsigned layer, char out[LM_VMDOC_SERIAL_CAP])
+{
+	snprintf(out, LM_VMDOC_SERIAL_CAP, "c%u.l%u", index % 100000u, layer % 10000u);
+}
+
+static json_t *load(const char *doc, char *err, size_t errlen)
+{
+	json_error_t je;
+	json_t *j = json_loads(doc ? doc : "", 0, &je);
+	if (!j || !json_is_object(j)) {
+		snprintf(err, errlen, "the VM document is not a JSON object%s%s", j ? "" : ": ",
+			 j ? "" : je.text);
+		json_decref(j);
+		return NULL;
+	}
+	return j;
+}
+
+/* VirtualMachine.Qemu of j, made if absent; NULL if one of them is not an
+ * object. */
+static json_t *qemu_obj(json_t *j)
+{
+	json_t *vm = json_object_get(j, "VirtualMachine");
+	if (!vm) {
+		vm = json_object();
+		if (!vm || json_object_set_new(j, "VirtualMachine", vm))
+			return NULL;
+	}
+	if (!json_is_object(vm))
+		return NULL;
+	json_t *q = json_object_get(vm, "Qemu");
+	if (!q) {
+		q = json_object();
+		if (!q || json_object_set_new(vm, "Qemu", q))
+			return NULL;
+	}
+	return json_is_object(q) ? q : NULL;
+}
+
+static int dump(json_t *j, char **out)
+{
+	*out = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	json_decref(j);
+	return *out ? 0 : -ENOMEM;
+}
+
+int lm_vmdoc_set_disks(const char *doc, const struct lm_vmdoc_disk *disks, unsigned n,
+		       char **out, char *err, size_t errlen)
+{
+	*out = NULL;
+	json_t *j = load(doc, err, errlen);
+	if (!j)
+		return -EINVAL;
+	if (!n)
+		return dump(j, out);
+	json_t *q = qemu_obj(j);
+	json_t *a = json_array();
+	if (!q || !a) {
+		snprintf(err, errlen, "VirtualMachine.Qemu of the VM document is not an object");
+		json_decref(a);
+		json_decref(j);
+		return q ? -ENOMEM : -EINVAL;
+	}
+	for (unsigned i = 0; i < n; i++) {
+		json_t *d = json_pack("{s:s, s:s, s:s, s:I}", "Serial", disks[i].serial, "Path",
+				      disks[i].path, "Container", disks[i].container, "Layer",
+				      (json_int_t)disks[i].layer);
+		if (!d || json_array_append_new(a, d)) {
+			json_decref(a);
+			json_decref(j);
+			return -ENOMEM;
+		}
+	}
+	if (json_object_set_new(q, "Disks", a)) {
+		json_decref(j);
+		return -ENOMEM;
+	}
+	return dump(j, out);
+}
+
+int lm_vmdoc_relocate(const char *doc, const lm_sandbox_t *sb, char **out, char *err,
+		      size_t errlen)
+{
+	*out = NULL;
+	json_t *j = load(doc, err, errlen);
+	if (!j)
+		return -EINVAL;
+	json_t *a = json_object_get(json_object_get(json_object_get(j, "VirtualMachine"), "Qemu"),
+				    "Disks");
+	if (!a)
+		return dump(j, out);
+	if (!json_is_array(a)) {
+		snprintf(err, errlen, "VirtualMachine.Qemu.Disks of the VM document is not a list");
+		json_decref(j);
+		return -EINVAL;
+	}
+	size_t i;
+	json_t *d;
+	json_array_foreach(a, i, d) {
+		const char *serial = json_string_value(json_object_get(d, "Serial"));
+		const char *gid = json_string_value(json_object_get(d, "Container"));
+		json_t *lj = json_object_get(d, "Layer");
+		if (!serial || !gid || !json_is_integer(lj) || json_integer_value(lj) < 0) {
+			snprintf(err, errlen, "VirtualMachine.Qemu.Disks[%zu] of the VM document lacks "
+				 "Serial, Container or Layer", i);
+			json_decref(j);
+			return -EINVAL;
+		}
+		json_int_t layer = json_integer_value(lj);
+		const struct lm_container *k = lm_sandbox_find_guest(sb, gid);
+		if (!k) {
+			snprintf(err, errlen, "disk %.20s: no container here runs as guest container "
+				 "%.64s", serial, gid);
+			json_decref(j);
+			return -ENOENT;
+		}
+		if (layer >= (json_int_t)k->n_layers || !k->layers[layer] || k->layers[layer][0] != '/') {
+			snprintf(err, errlen, "disk %.20s: container %.64s has no layer %lld here "
+				 "(%u layer(s)%s%.200s): its Create must name this host's copy of the "
+				 "source's layer", serial, k->id, (long long)layer, k->n_layers,
+				 layer < (json_int_t)k->n_layers ? ", given " : "",
+				 layer < (json_int_t)k->n_layers && k->layers[layer] ? k->layers[layer] : "");
+			json_decref(j);
+			return -ENOENT;
+		}
+		if (json_object_set_new(d, "Path", json_string(k->layers[layer]))) {
+			json_decref(j);
+			return -ENOMEM;
+		}
+	}
+	return dump(j, out);
+}

@@ -1,0 +1,50 @@
+/*
+ * vmdoc.h: the utility VM's disks in its compute-system document. Each
+ * read-only layer of a container that is a real process in the guest is
+ * one disk of the VM (VirtualMachine.Qemu.Disks, hcs/qemu/backend.c):
+ * {"Serial", "Path", "Container", "Layer"}, where Container is the
+ * container's guest ID and Layer its layer's index (base layer first).
+ *
+ * The source writes the list when it boots the VM; the document travels
+ * in the snapshot, and the destination keeps its disks and their order
+ * (what QEMU's migration needs) but points each Path at its own copy of
+ * the same layer: the layer the patch path's Create gave that container.
+ * The backend then checks that both copies hold the same bytes.
+ *
+ * Pure functions on strings and a read-only sandbox: any thread.
+ */
+#ifndef LM_SHIM_VMDOC_H
+#define LM_SHIM_VMDOC_H
+
+#include <stddef.h>
+
+#include "shim/sandbox.h"
+
+#define LM_VMDOC_SERIAL_CAP 21     /* virtio-blk serials: at most 20 bytes */
+
+/* The serial of layer `layer` of the container booted `index`-th:
+ * "c<index>.l<layer>". */
+void lm_vmdoc_serial(unsigned index, unsigned layer, char out[LM_VMDOC_SERIAL_CAP]);
+
+struct lm_vmdoc_disk {
+	const char *serial;
+	const char *path;          /* this host's copy: a directory or an image */
+	const char *container;     /* the container's guest ID */
+	unsigned layer;
+};
+
+/* A copy of `doc` whose VirtualMachine.Qemu.Disks is `disks` (n of them;
+ * n == 0 leaves the document as it is). 0, or -EINVAL with `err` (a
+ * document that is not a JSON object) or -ENOMEM. *out is malloc'd. */
+int lm_vmdoc_set_disks(const char *doc, const struct lm_vmdoc_disk *disks, unsigned n,
+		       char **out, char *err, size_t errlen);
+
+/* Destination: a copy of `doc` (the source's) with each disk's Path
+ * replaced by the layer the container of that guest ID has in `sb`. 0;
+ * -ENOENT with `err` naming the disk when this sandbox has no such
+ * container or layer, or when that layer is not an absolute path;
+ * -EINVAL for a malformed Disks list; -ENOMEM. */
+int lm_vmdoc_relocate(const char *doc, const lm_sandbox_t *sb, char **out, char *err,
+		      size_t errlen);
+
+#endif
