@@ -625,6 +625,7 @@ static void state_free(void *p)
 	struct ctl *c = p;
 	/* calls still parked get Unavailable (dropped if their clients left) */
 	answer_all_parked(c);
+	lm__ctl_guest_drop_creates(c);
 	lm_guest_close(c->guest);
 	if (c->vm)
 		lm_hcs_system_close(c->vm);

@@ -64,6 +64,20 @@ struct ctl_done {
 	uint32_t pid;                 /* its init's guest PID (create) */
 	uint32_t exit_status;         /* an exit: code, or 128 + signal */
 	uint64_t exited_at_ns;
+	void *ctx;                    /* the operation's own state (a task Create's) */
+};
+
+/* A task Create of a new container in the guest, in flight: its layers
+ * hot-plugged one by one, then the container created (ctl_guest.c). */
+struct gnew {
+	struct gnew *next;
+	struct lm_guest_new *n;
+	lm_rpc_call_t *call;          /* the Create, answered once */
+	unsigned added;               /* layers attached so far */
+	char serials[16][21];         /* theirs (LM_GUEST_MAX_LAYERS, LM_VMDOC_SERIAL_CAP) */
+	char **args, **env;           /* from the OCI process */
+	size_t n_args, n_env;
+	char *cwd;
 };
 
 /* Payload of LM_CTL_HCS_EVENT. */
@@ -100,6 +114,7 @@ struct ctl {
 	unsigned boot_pending;           /* boot containers being created in the guest */
 	int boot_guest_rc;               /* the first of their failures */
 	char boot_guest_why[256];
+	struct gnew *gnews;              /* task Creates in the guest in flight (ctl_guest.c) */
 	struct lm_snapshot_vm imported;  /* destination: the snapshot's VM part */
 	bool have_imported;
 	struct patcher_ref *patchers;    /* destination: one per imported container */
@@ -253,5 +268,7 @@ int lm__ctl_guest_open(struct ctl *c);
 void lm__ctl_guest_boot(struct ctl *c);
 /* Destination, once its VM runs: watches every running container. */
 void lm__ctl_guest_adopt(struct ctl *c);
+/* Fails and frees the task Creates still in flight (Unavailable). */
+void lm__ctl_guest_drop_creates(struct ctl *c);
 
 #endif

@@ -16,6 +16,7 @@
 
 #include "google/protobuf/any.pb-c.h"
 #include "shim/convert.h"
+#include "shim/task_service.h"
 
 #define M lm__ctl_method_name[LM_MIG_PREPARE_AND_EXPORT]
 
@@ -40,6 +41,11 @@ void lm__ctl_prepare_and_export(struct ctl *c, lm_rpc_call_t *call, PrepareAndEx
 	}
 	if (!c->vm || !c->vm_running) {
 		lm__ctl_fail(call, LM_RPC_FAILED_PRECONDITION, "%s: no running VM to export", M);
+		return;
+	}
+	if (c->gnews) {
+		lm__ctl_fail(call, LM_RPC_FAILED_PRECONDITION, "%s: a container is being created in the "
+			     "VM (task Create %s): try again once it is answered", M, c->gnews->n->id);
 		return;
 	}
 	lm_hcs_migration_options_t o;

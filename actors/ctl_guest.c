@@ -16,6 +16,7 @@
 #include "actors/controller_int.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,7 @@
 
 #include "hcs/qemu/backend.h"
 #include "shim/task_service.h"
+#include "task.pb-c.h"
 #include "shim/vmdoc.h"
 #include "util/log.h"
 
@@ -229,7 +231,350 @@ static void hook_forget(void *arg, const char *guest_id)
 		lm_log_warn("controller", "guest container not forgotten", "guest_id=%s err=%d", guest_id, rc);
 }
 
+/* ---- task Create and Start of a new container ------------------------------- */
+
+static void gnew_free(struct gnew *g)
+{
+	if (!g)
+		return;
+	lm_guest_new_free(g->n);
+	for (size_t i = 0; g->args && i < g->n_args; i++)
+		free(g->args[i]);
+	free(g->args);
+	for (size_t i = 0; g->env && i < g->n_env; i++)
+		free(g->env[i]);
+	free(g->env);
+	free(g->cwd);
+	free(g);
+}
+
+/* Unlinks g; false if it is not in flight (dropped meanwhile). */
+static bool gnew_take(struct ctl *c, struct gnew *g)
+{
+	for (struct gnew **p = &c->gnews; *p; p = &(*p)->next)
+		if (*p == g) {
+			*p = g->next;
+			g->next = NULL;
+			return true;
+		}
+	return false;
+}
+
+static void gnew_fail(struct ctl *c, struct gnew *g, int code, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static void gnew_fail(struct ctl *c, struct gnew *g, int code, const char *fmt, ...)
+{
+	char m[600];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(m, sizeof m, fmt, ap);
+	va_end(ap);
+	lm_log_warn("controller", "task Create in the guest failed", "id=%s why=\"%s\"", g->n->id, m);
+	(void)gnew_take(c, g);
+	lm__ctl_fail(g->call, code, "Create %s: %s", g->n->id, m);
+	gnew_free(g);
+}
+
+void lm__ctl_guest_drop_creates(struct ctl *c)
+{
+	while (c->gnews) {
+		struct gnew *g = c->gnews;
+		c->gnews = g->next;
+		lm__ctl_fail(g->call, LM_RPC_UNAVAILABLE, "Create %s: the shim is stopping", g->n->id);
+		gnew_free(g);
+	}
+}
+
+static char **strv_of(json_t *a, size_t *n)
+{
+	*n = json_array_size(a);
+	char **v = *n ? calloc(*n, sizeof(char *)) : NULL;
+	if (*n && !v)
+		return NULL;
+	for (size_t i = 0; i < *n; i++)
+		if (!(v[i] = strdup(json_string_value(json_array_get(a, i)))))
+			return v;               /* the caller sees the hole */
+	return v;
+}
+
+/* The OCI process: args (required), env, cwd. 0, or -EINVAL with why. */
+static int parse_process(struct gnew *g, char *why, size_t whylen)
+{
+	json_error_t je;
+	json_t *p = g->n->process_spec ? json_loads(g->n->process_spec, 0, &je) : NULL;
+	json_t *args = json_object_get(p, "args"), *env = json_object_get(p, "env");
+	json_t *cwd = json_object_get(p, "cwd");
+	int rc = -EINVAL;
+	size_t i;
+	json_t *v;
+	if (!json_is_array(args) || !json_array_size(args)) {
+		snprintf(why, whylen, "config.json: process.args must be a non-empty list");
+		goto out;
+	}
+	json_array_foreach(args, i, v) if (!json_is_string(v)) {
+		snprintf(why, whylen, "config.json: process.args[%zu] is not a string", i);
+		goto out;
+	}
+	if (env && !json_is_array(env)) {
+		snprintf(why, whylen, "config.json: process.env must be a list");
+		goto out;
+	}
+	json_array_foreach(env, i, v) if (!json_is_string(v)) {
+		snprintf(why, whylen, "config.json: process.env[%zu] is not a string", i);
+		goto out;
+	}
+	if (cwd && !json_is_string(cwd)) {
+		snprintf(why, whylen, "config.json: process.cwd is not a string");
+		goto out;
+	}
+	rc = -ENOMEM;
+	g->args = strv_of(args, &g->n_args);
+	g->env = strv_of(env, &g->n_env);
+	g->cwd = cwd ? strdup(json_string_value(cwd)) : NULL;
+	bool ok = g->args && (!g->n_env || g->env) && (!cwd || g->cwd);
+	for (i = 0; ok && i < g->n_args; i++)
+		ok = g->args[i] != NULL;
+	for (i = 0; ok && i < g->n_env; i++)
+		ok = g->env[i] != NULL;
+	if (ok)
+		rc = 0;
+	else
+		snprintf(why, whylen, "out of memory");
+out:
+	json_decref(p);
+	return rc;
+}
+
+static void gnew_next(struct ctl *c, struct gnew *g);
+
+static void on_gnew_created(struct ctl *c, struct ctl_done *d)
+{
+	struct gnew *g = d->ctx;
+	if (!gnew_take(c, g))
+		return;                 /* dropped meanwhile */
+	g->next = c->gnews;             /* gnew_fail unlinks it again */
+	c->gnews = g;
+	struct lm_guest_new *n = g->n;
+	if (d->err) {
+		gnew_fail(c, g, lm__ctl_code_for_errno(d->err), "%s", d->why);
+		return;
+	}
+	int rc = 0;
+	if (n->new_pod && !lm_sandbox_find_pod(c->sb, n->pod_id))
+		rc = lm_sandbox_add_pod(c->sb, n->pod_id, NULL);
+	struct lm_container_spec spec = {
+		.id = n->id, .pod_id = n->pod_id, .type = n->type, .bundle = n->bundle,
+		.rootfs = n->rootfs, .scratch = n->scratch, .layers = (const char *const *)n->layers,
+		.n_layers = n->n_layers, .stdin_path = n->stdin_path, .stdout_path = n->stdout_path,
+		.stderr_path = n->stderr_path, .terminal = n->terminal,
+		.process_spec = (const uint8_t *)n->process_spec,
+		.process_spec_len = n->process_spec ? strlen(n->process_spec) : 0,
+	};
+	const struct lm_container *k = NULL;
+	if (!rc)
+		rc = lm_sandbox_add(c->sb, &spec, &k);
+	if (!rc)
+		rc = lm_sandbox_set_guest(c->sb, n->id, n->id, d->pid);
+	if (rc) {
+		(void)lm_guest_forget(c->guest, n->id, NULL, NULL);
+		if (k)
+			(void)lm_sandbox_remove(c->sb, n->id);
+		gnew_fail(c, g, rc == -EEXIST ? LM_RPC_ALREADY_EXISTS : LM_RPC_INTERNAL,
+			  "the sandbox did not take it: %s", strerror(-rc));
+		return;
+	}
+	lm_log_info("controller", "container created in the guest", "id=%s pid=%u layers=%u", n->id,
+		    d->pid, n->n_layers);
+	(void)gnew_take(c, g);
+	Containerd__Task__V2__CreateTaskResponse resp = CONTAINERD__TASK__V2__CREATE_TASK_RESPONSE__INIT;
+	resp.pid = d->pid;
+	lm_task_reply_msg(g->call, &resp.base);
+	gnew_free(g);
+}
+
+static void on_gnew_disk(struct ctl *c, struct ctl_done *d)
+{
+	struct gnew *g = d->ctx;
+	if (!gnew_take(c, g))
+		return;
+	g->next = c->gnews;
+	c->gnews = g;
+	unsigned l = g->added;
+	if (d->err) {
+		gnew_fail(c, g, d->err == -ENOTSUP ? LM_RPC_UNIMPLEMENTED : lm__ctl_code_for_errno(d->err),
+			  "layer %u (%s): %s%s", l, g->n->layers[l], d->why,
+			  l ? " (the layers before it stay attached until the VM stops)" : "");
+		return;
+	}
+	/* the document names the disk from now on: an export carries it, in
+	 * the order the VM has them */
+	struct lm_vmdoc_disk disk = {.serial = g->serials[l], .path = g->n->layers[l],
+				     .container = g->n->id, .layer = l};
+	char *doc = NULL, err[200];
+	int rc = lm_vmdoc_add_disk(c->document, &disk, &doc, err, sizeof err);
+	if (rc) {
+		gnew_fail(c, g, LM_RPC_INTERNAL, "the VM document: %s", err);
+		return;
+	}
+	free(c->document);
+	c->document = doc;
+	g->added++;
+	gnew_next(c, g);
+}
+
+/* The next step of g: attach its next layer, else create the container. */
+static void gnew_next(struct ctl *c, struct gnew *g)
+{
+	struct lm_guest_new *n = g->n;
+	if (g->added < n->n_layers) {
+		void *x = lm__ctl_op(c, on_gnew_disk);
+		if (x)
+			lm__ctl_op_payload(x)->ctx = g;
+		int rc = x ? lm_hcs_system_disk_add(c->vm, g->serials[g->added], n->layers[g->added],
+						    lm__ctl_hcs_done, x) : -ENOMEM;
+		if (rc) {
+			lm__ctl_op_drop(x);
+			gnew_fail(c, g, lm__ctl_code_for_errno(rc), "layer %u: %s", g->added, strerror(-rc));
+		}
+		return;
+	}
+	const char *sv[LM_GUEST_MAX_LAYERS] = {ROOTFS_SERIAL};
+	for (unsigned l = 0; l < n->n_layers; l++)
+		sv[l] = g->serials[l];
+	struct lm_guest_ctr_spec spec = {
+		.guest_id = n->id, .layer_serials = sv, .n_layers = n->n_layers ? n->n_layers : 1,
+		.args = (const char *const *)g->args, .n_args = g->n_args,
+		.env = (const char *const *)g->env, .n_env = g->n_env, .cwd = g->cwd,
+		.created_only = true,
+		.stdout_path = n->stdout_path, .stderr_path = n->stderr_path,
+	};
+	void *x = guest_op(c, on_gnew_created, n->id);
+	void *e = exit_ctx(c, n->id);
+	if (x)
+		lm__ctl_op_payload(x)->ctx = g;
+	int rc = x && e ? lm_guest_create(c->guest, &spec, e, guest_done, x) : -ENOMEM;
+	if (rc) {
+		lm__ctl_op_drop(x);
+		lm__ctl_op_drop(e);
+		gnew_fail(c, g, lm__ctl_code_for_errno(rc), "the guest agent: %s", strerror(-rc));
+	}
+}
+
+static bool guest_id_ok(const char *s)
+{
+	size_t n = strlen(s);
+	if (n < 1 || n > 64)
+		return false;
+	for (const char *p = s; *p; p++)
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+		      *p == '_' || *p == '.' || *p == '-'))
+			return false;
+	return true;
+}
+
+static void hook_create(void *arg, struct lm_guest_new *n, lm_rpc_call_t *call)
+{
+	struct ctl *c = arg;
+	struct gnew *g = calloc(1, sizeof(*g));
+	if (!g) {
+		lm__ctl_fail(call, LM_RPC_RESOURCE_EXHAUSTED, "Create %s: out of memory", n->id);
+		lm_guest_new_free(n);
+		return;
+	}
+	g->n = n;
+	g->call = call;
+	g->next = c->gnews;
+	c->gnews = g;
+	char why[300];
+	if (!c->guest || !c->vm) {
+		gnew_fail(c, g, LM_RPC_FAILED_PRECONDITION, "the guest agent is not connected");
+		return;
+	}
+	if (!guest_id_ok(n->id)) {
+		gnew_fail(c, g, LM_RPC_INVALID_ARGUMENT, "a container of the utility VM needs an ID of "
+			  "1..64 of [A-Za-z0-9_.-]");
+		return;
+	}
+	for (struct gnew *o = g->next; o; o = o->next)
+		if (!strcmp(o->n->id, n->id)) {
+			gnew_fail(c, g, LM_RPC_ALREADY_EXISTS, "already being created");
+			return;
+		}
+	if (n->n_layers > LM_GUEST_MAX_LAYERS - 1) {
+		gnew_fail(c, g, LM_RPC_INVALID_ARGUMENT, "%u read-only layers: at most %d",
+			  n->n_layers, LM_GUEST_MAX_LAYERS - 1);
+		return;
+	}
+	for (unsigned l = 0; l < n->n_layers; l++) {
+		if (n->layers[l][0] != '/') {
+			gnew_fail(c, g, LM_RPC_INVALID_ARGUMENT, "layer %u (%s): not an absolute path", l,
+				  n->layers[l]);
+			return;
+		}
+		/* a serial of its own: the ID's FNV-1a and the layer */
+		uint32_t h = 2166136261u;
+		for (const char *p = n->id; *p; p++)
+			h = (h ^ (uint8_t)*p) * 16777619u;
+		snprintf(g->serials[l], sizeof g->serials[l], "h%08x.l%u", h, l % 100u);
+		if (lm_vmdoc_has_serial(c->document, g->serials[l])) {
+			gnew_fail(c, g, LM_RPC_ALREADY_EXISTS, "layer %u: the VM has a disk %s already "
+				  "(an ID whose hash another container has)", l, g->serials[l]);
+			return;
+		}
+	}
+	if (parse_process(g, why, sizeof why)) {
+		gnew_fail(c, g, LM_RPC_INVALID_ARGUMENT, "%s", why);
+		return;
+	}
+	lm_log_info("controller", "task Create in the guest", "id=%s pod=%s layers=%u", n->id,
+		    n->pod_id, n->n_layers);
+	gnew_next(c, g);
+}
+
+static void on_started(struct ctl *c, struct ctl_done *d)
+{
+	lm_rpc_call_t *call = d->call;
+	d->call = NULL;
+	const struct lm_container *k = lm_sandbox_find_guest(c->sb, d->guest_id);
+	if (d->err) {
+		lm__ctl_fail(call, lm__ctl_code_for_errno(d->err), "Start (guest container %s): %s",
+			     d->guest_id, d->why);
+		return;
+	}
+	uint32_t pid = 0;
+	char *id = k ? strdup(k->id) : NULL;
+	int rc = id ? lm_sandbox_start(c->sb, id, &pid) : -ENOENT;
+	free(id);
+	if (rc && rc != -EALREADY) {
+		lm__ctl_fail(call, LM_RPC_FAILED_PRECONDITION, "Start (guest container %s): it runs in the "
+			     "guest, but the sandbox did not take it: %s", d->guest_id, strerror(-rc));
+		return;
+	}
+	Containerd__Task__V2__StartResponse resp = CONTAINERD__TASK__V2__START_RESPONSE__INIT;
+	resp.pid = k ? k->pid : d->pid;
+	lm_task_reply_msg(call, &resp.base);
+}
+
+static void hook_start(void *arg, const struct lm_container *k, lm_rpc_call_t *call)
+{
+	struct ctl *c = arg;
+	void *x = guest_op(c, on_started, k->guest_id);
+	if (!x) {
+		lm__ctl_fail(call, LM_RPC_RESOURCE_EXHAUSTED, "Start %s: out of memory", k->id);
+		return;
+	}
+	lm__ctl_op_payload(x)->call = call;
+	int rc = lm_guest_start(c->guest, k->guest_id, guest_done, x);
+	if (rc) {
+		lm__ctl_op_payload(x)->call = NULL;
+		lm__ctl_op_drop(x);
+		lm__ctl_fail(call, lm__ctl_code_for_errno(rc), "Start %s: %s", k->id, strerror(-rc));
+	}
+}
+
 const struct lm_task_guest_ops lm__ctl_guest_task_ops = {
+	.create = hook_create,
+	.start = hook_start,
 	.kill = hook_kill,
 	.forget = hook_forget,
 };

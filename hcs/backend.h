@@ -201,6 +201,13 @@ typedef struct lm_backend_ops {
 	int (*compat_check_why)(lm_vm_t *vm, const void *buf, size_t len, char *why,
 				size_t why_cap);
 
+	/* Thread: owner. Optional: attaches a read-only disk to the running
+	 * VM (a container layer: a directory packed into an image, or an
+	 * image file), which the guest finds by `serial`; it joins the
+	 * compat data. -ENOTSUP when the VM cannot, with `why`. */
+	int (*disk_add)(lm_vm_t *vm, const char *serial, const char *path, char *why,
+			size_t why_cap);
+
 	/* Thread: any. */
 	int (*stats)(lm_vm_t *vm, lm_guest_stats_t *out);
 

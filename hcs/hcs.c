@@ -49,13 +49,15 @@ enum mig_state {
 enum op_kind {
 	OP_CREATE, OP_START, OP_PAUSE, OP_RESUME, OP_TERMINATE, OP_PROPERTIES,
 	OP_MIG_INIT, OP_MIG_START, OP_MIG_TRANSFER, OP_MIG_FINALIZE, OP_MIG_RECOVER, OP_DONE_ONLY,
+	OP_DISK_ADD,
 };
 
 /* One queued operation. Exactly one of done / pdone is set. */
 struct op {
 	struct op *next;
 	enum op_kind kind;
-	char *doc;                       /* OP_CREATE: the document */
+	char *doc;                       /* OP_CREATE: the document; OP_DISK_ADD: the path */
+	char serial[24];                 /* OP_DISK_ADD */
 	lm_hcs_migration_options_t mo;   /* OP_MIG_INIT */
 	lm_hcs_migration_start_t start;  /* OP_MIG_START */
 	enum lm_hcs_finalize_op fin;     /* OP_MIG_FINALIZE */
@@ -613,6 +615,31 @@ static bool migrating(lm_hcs_system_t *s)
 	return s->ms == MS_STARTING || s->ms == MS_SETUP_DONE || s->ms == MS_TRANSFERRING;
 }
 
+static void do_disk_add(lm_hcs_system_t *s, struct op *o)
+{
+	pthread_mutex_lock(&s->mu);
+	bool quiet = s->ms == MS_NONE || s->ms == MS_FINALIZED;
+	bool have = s->vm != NULL;
+	enum lm_hcs_vm_state vs = s->vs;
+	pthread_mutex_unlock(&s->mu);
+	if (!have)
+		return fail_op(o, -EPERM, "no VM (create failed or not finished)");
+	if (!quiet)
+		return fail_op(o, -EBUSY, "a live migration session holds the VM's shape");
+	if (vs != LM_HCS_VM_RUNNING && vs != LM_HCS_VM_PAUSED)
+		return fail_op(o, -EPERM, "the VM is not running");
+	if (!s->ops->disk_add)
+		return fail_op(o, -ENOTSUP, "this backend attaches no disk to a running VM");
+	int rc = LM_FAULT("hcs.disk_add");
+	if (rc < 0)
+		return fail_op(o, rc, "disk add failed (fault)");
+	char why[256] = "";
+	rc = s->ops->disk_add(s->vm, o->serial, o->doc, why, sizeof(why));
+	if (rc < 0)
+		return fail_op(o, rc, why[0] ? why : strerror(-rc));
+	complete(o, 0, NULL);
+}
+
 static void do_lifecycle(lm_hcs_system_t *s, struct op *o)
 {
 	int rc = 0;
@@ -1068,6 +1095,7 @@ static void *op_main(void *arg)
 		case OP_MIG_FINALIZE: do_mig_finalize(s, o); break;
 		case OP_MIG_RECOVER: do_mig_recover(s, o); break;
 		case OP_DONE_ONLY: complete(o, o->err, o->why[0] ? o->why : "refused"); break;
+		case OP_DISK_ADD: do_disk_add(s, o); break;
 		}
 		op_free(o);
 	}
@@ -1158,6 +1186,21 @@ int lm_hcs_system_create(lm_hcs_system_t **out, const char *document_json,
 int lm_hcs_system_start(lm_hcs_system_t *s, lm_hcs_done_fn done, void *arg)
 {
 	return enqueue_simple(s, OP_START, done, arg);
+}
+
+int lm_hcs_system_disk_add(lm_hcs_system_t *s, const char *serial, const char *path,
+			   lm_hcs_done_fn done, void *arg)
+{
+	if (!s || !done || !serial || !path || strlen(serial) >= sizeof(((struct op *)0)->serial))
+		return -EINVAL;
+	struct op *o = op_new(OP_DISK_ADD, done, arg);
+	if (!o || !(o->doc = strdup(path))) {
+		if (o)
+			free(o);
+		return -ENOMEM;
+	}
+	snprintf(o->serial, sizeof(o->serial), "%s", serial);
+	return enqueue(s, o);
 }
 
 int lm_hcs_system_pause(lm_hcs_system_t *s, lm_hcs_done_fn done, void *arg)

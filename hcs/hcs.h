@@ -257,6 +257,14 @@ int lm_hcs_system_create(lm_hcs_system_t **out, const char *document_json,
  * in the current state. */
 int lm_hcs_system_start(lm_hcs_system_t *s, lm_hcs_done_fn done, void *arg);
 int lm_hcs_system_pause(lm_hcs_system_t *s, lm_hcs_done_fn done, void *arg);
+/* Thread: any. Attaches a read-only disk to the running VM (the qemu
+ * backend on q35: a container layer, `path` a directory or an image
+ * file, found in the guest by `serial`), HCS's ModifyComputeSystem for
+ * one attachment. Through done: -ENOTSUP (the backend or machine cannot,
+ * with the reason), -EBUSY (a migration session is open), -EPERM (not
+ * running). */
+int lm_hcs_system_disk_add(lm_hcs_system_t *s, const char *serial, const char *path,
+			   lm_hcs_done_fn done, void *arg);
 int lm_hcs_system_resume(lm_hcs_system_t *s, lm_hcs_done_fn done, void *arg);
 int lm_hcs_system_terminate(lm_hcs_system_t *s, lm_hcs_done_fn done, void *arg);
 /* Graceful stop. The sim guest has no agent to ask, so it stops like

@@ -27,7 +27,8 @@
 #define CONNECT_SLICE_NS 1000000000ll /* connect attempts between looks at closing */
 #define SUSPEND_NS 2000000000ll      /* acknowledgements in flight, at a suspend */
 
-enum job_kind { JOB_CONNECT, JOB_CREATE, JOB_ADOPT, JOB_KILL, JOB_FORGET, JOB_RECONNECT, JOB_SUSPEND };
+enum job_kind { JOB_CONNECT, JOB_CREATE, JOB_START, JOB_ADOPT, JOB_KILL, JOB_FORGET, JOB_RECONNECT,
+		JOB_SUSPEND };
 
 struct job {
 	struct job *next;
@@ -36,8 +37,10 @@ struct job {
 	char *layers[LM_GUEST_MAX_LAYERS];
 	unsigned n_layers;
 	char *hostname, *out, *err;
-	char **args;
-	size_t n_args;
+	char **args, **env;
+	size_t n_args, n_env;
+	char *cwd;
+	bool created_only;            /* JOB_CREATE: JOB_START starts it */
 	int sig;
 	bool all;
 	void *exit_ctx;
@@ -85,6 +88,10 @@ static void job_free(struct job *j)
 		return;
 	for (unsigned i = 0; i < j->n_layers; i++)
 		free(j->layers[i]);
+	for (size_t i = 0; j->env && i < j->n_env; i++)
+		free(j->env[i]);
+	free(j->env);
+	free(j->cwd);
 	free(j->hostname);
 	free(j->out);
 	free(j->err);
@@ -261,15 +268,17 @@ static int run_create(lm_guest_t *g, struct job *j, uint32_t *pid, char *why, si
 		.id = j->id, .layers = layers, .n_layers = j->n_layers, .hostname = j->hostname,
 		.process = {
 			.args = (const char *const *)j->args, .n_args = j->n_args,
-			.env = (const char *const[]){"PATH=/bin:/sbin:/usr/bin:/usr/sbin", "HOME=/"},
-			.n_env = 2,
+			.env = j->n_env ? (const char *const *)j->env
+					: (const char *const[]){"PATH=/bin:/sbin:/usr/bin:/usr/sbin", "HOME=/"},
+			.n_env = j->n_env ? j->n_env : 2,
+			.cwd = j->cwd,
 		},
 	};
 	int rc = lm_agent_create(g->agent, &s, pid, CALL_NS);
 	if (rc)
 		return agent_err(rc, "CreateContainer", why, whylen);
 	rc = watch_start(g, j, why, whylen);
-	if (rc == 0) {
+	if (rc == 0 && !j->created_only) {
 		rc = lm_agent_start(g->agent, j->id, pid, CALL_NS);
 		if (rc) {
 			agent_err(rc, "Start", why, whylen);
@@ -328,6 +337,9 @@ static int run_job(lm_guest_t *g, struct job *j, uint32_t *pid, char *why, size_
 	switch (j->kind) {
 	case JOB_CREATE:
 		return run_create(g, j, pid, why, whylen);
+	case JOB_START:
+		rc = lm_agent_start(g->agent, j->id, pid, CALL_NS);
+		return rc ? agent_err(rc, "Start", why, whylen) : 0;
 	case JOB_ADOPT:
 		return watch_start(g, j, why, whylen);
 	case JOB_KILL:
@@ -487,11 +499,30 @@ int lm_guest_create(lm_guest_t *g, const struct lm_guest_ctr_spec *spec, void *e
 	for (size_t i = 0; j->args && i < spec->n_args; i++, j->n_args++)
 		if (!(j->args[i] = strdup(spec->args[i] ? spec->args[i] : "")))
 			oom = true;
+	if (spec->n_env) {
+		j->env = calloc(spec->n_env, sizeof(char *));
+		oom |= !j->env;
+		for (size_t i = 0; j->env && i < spec->n_env; i++, j->n_env++)
+			if (!(j->env[i] = strdup(spec->env[i] ? spec->env[i] : "")))
+				oom = true;
+	}
+	j->cwd = dup_or_null(spec->cwd, &oom);
+	j->created_only = spec->created_only;
 	if (oom) {
 		job_free(j);
 		return -ENOMEM;
 	}
 	j->exit_ctx = exit_ctx;
+	return push(g, j);
+}
+
+int lm_guest_start(lm_guest_t *g, const char *guest_id, lm_guest_done_fn done, void *ctx)
+{
+	if (!guest_id || !*guest_id)
+		return -EINVAL;
+	struct job *j = job_new(JOB_START, guest_id, done, ctx);
+	if (!j)
+		return strlen(guest_id) > LM_GUEST_ID_LEN ? -EINVAL : -ENOMEM;
 	return push(g, j);
 }
 

@@ -65,6 +65,11 @@ struct lm_guest_ctr_spec {
 	unsigned n_layers;            /* 1..LM_GUEST_MAX_LAYERS */
 	const char *const *args;      /* argv; args[0] looked up in PATH */
 	size_t n_args;
+	const char *const *env;       /* "KEY=value"; none: PATH and HOME */
+	size_t n_env;
+	const char *cwd;              /* NULL: "/" */
+	bool created_only;            /* created, not started: lm_guest_start
+					 starts it (task Create, then Start) */
 	const char *hostname;         /* NULL: guest_id */
 	const char *stdout_path;      /* "" or NULL: dropped */
 	const char *stderr_path;
@@ -93,6 +98,8 @@ void lm_guest_close(lm_guest_t *g);
  * job failed, the watch ended, the guest closed). */
 int lm_guest_create(lm_guest_t *g, const struct lm_guest_ctr_spec *spec, void *exit_ctx,
 		    lm_guest_done_fn done, void *ctx);
+/* Start a container created with created_only; done gets its pid. */
+int lm_guest_start(lm_guest_t *g, const char *guest_id, lm_guest_done_fn done, void *ctx);
 /* Watch a container that already runs in this guest (a migration's
  * destination): its output from where the previous host's ended. */
 int lm_guest_adopt(lm_guest_t *g, const char *guest_id, const char *stdout_path,

@@ -103,7 +103,7 @@ void lm_task_service_init(struct lm_rpc_service *svc, lm_actor_t *controller)
 
 /* ---- helpers (controller thread) ---------------------------------------- */
 
-static void reply_msg(lm_rpc_call_t *call, const ProtobufCMessage *msg)
+void lm_task_reply_msg(lm_rpc_call_t *call, const ProtobufCMessage *msg)
 {
 	uint8_t stack[512];
 	size_t n = protobuf_c_message_get_packed_size(msg);
@@ -407,15 +407,6 @@ static void do_create(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_
 		lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION, "Create %s: the VM is not running", id);
 		goto out;
 	}
-	if (gate->guest) {
-		/* the rootfs would have to become a disk of the running VM
-		 * (hot-plug), which the utility VM does not do yet */
-		lm_rpc_call_fail(call, LM_RPC_UNIMPLEMENTED,
-				 "Create %s: this shim's VM is a Linux utility VM, whose containers come "
-				 "from lmshim serve --containers for now (task Create of a new container "
-				 "there is not implemented)", id);
-		goto out;
-	}
 	enum lm_ctr_type type = LM_CTR_CONTAINER;
 	const char *pod = id;
 	bool new_pod = true;
@@ -442,6 +433,37 @@ static void do_create(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_
 	}
 	if (lm_sandbox_find(sb, id) || (new_pod && lm_sandbox_find_pod(sb, pod))) {
 		lm_rpc_call_fail(call, LM_RPC_ALREADY_EXISTS, "Create %s: already exists", id);
+		goto out;
+	}
+	if (gate->guest) {
+		/* a real process in the utility VM: its layers become disks of
+		 * the running VM first (the owner answers once it runs there) */
+		struct lm_guest_new *n = calloc(1, sizeof(*n));
+		bool oom = !n;
+		if (n) {
+			n->id = strdup(id);
+			n->pod_id = strdup(pod);
+			n->new_pod = new_pod;
+			n->type = type;
+			n->bundle = strdup(s_or(r->bundle));
+			n->rootfs = f.rootfs, f.rootfs = NULL;
+			n->scratch = f.scratch, f.scratch = NULL;
+			n->layers = f.layers, f.layers = NULL;
+			n->n_layers = f.n_layers, f.n_layers = 0;
+			n->stdin_path = strdup(s_or(r->stdin));
+			n->stdout_path = strdup(s_or(r->stdout));
+			n->stderr_path = strdup(s_or(r->stderr));
+			n->terminal = r->terminal;
+			n->process_spec = f.process_spec, f.process_spec = NULL;
+			oom = !n->id || !n->pod_id || !n->bundle || !n->stdin_path || !n->stdout_path ||
+			      !n->stderr_path;
+		}
+		if (oom) {
+			lm_guest_new_free(n);
+			lm_rpc_call_fail(call, LM_RPC_RESOURCE_EXHAUSTED, "Create %s: out of memory", id);
+		} else {
+			gate->guest->create(gate->guest_arg, n, call);
+		}
 		goto out;
 	}
 	if (new_pod && (rc = lm_sandbox_add_pod(sb, pod, NULL)) < 0) {
@@ -475,7 +497,7 @@ static void do_create(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_
 	}
 	Containerd__Task__V2__CreateTaskResponse resp = CONTAINERD__TASK__V2__CREATE_TASK_RESPONSE__INIT;
 	resp.pid = c->pid;
-	reply_msg(call, &resp.base);
+	lm_task_reply_msg(call, &resp.base);
 out:
 	facts_free(&f);
 	json_decref(cfg);
@@ -503,11 +525,36 @@ static void do_state(lm_sandbox_t *sb, lm_rpc_call_t *call, const Containerd__Ta
 		set_ts(&ts, c->exited_at_ns);
 		s.exited_at = &ts;
 	}
-	reply_msg(call, &s.base);
+	lm_task_reply_msg(call, &s.base);
 }
 
-static void do_start(lm_sandbox_t *sb, lm_rpc_call_t *call, const Containerd__Task__V2__StartRequest *r)
+void lm_guest_new_free(struct lm_guest_new *n)
 {
+	if (!n)
+		return;
+	free(n->id);
+	free(n->pod_id);
+	free(n->bundle);
+	free(n->rootfs);
+	free(n->scratch);
+	for (unsigned i = 0; i < n->n_layers; i++)
+		free(n->layers[i]);
+	free(n->layers);
+	free(n->stdin_path);
+	free(n->stdout_path);
+	free(n->stderr_path);
+	free(n->process_spec);
+	free(n);
+}
+
+static void do_start(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_call_t *call,
+		     const Containerd__Task__V2__StartRequest *r)
+{
+	const struct lm_container *c = lm_sandbox_find(sb, s_or(r->id));
+	if (c && c->guest_id && gate->guest && c->state == LM_CTR_CREATED && !s_or(r->exec_id)[0]) {
+		gate->guest->start(gate->guest_arg, c, call);
+		return;
+	}
 	uint32_t pid = 0;
 	int rc = lm_sandbox_start(sb, s_or(r->id), &pid);
 	if (rc == -ENOENT) {
@@ -521,7 +568,7 @@ static void do_start(lm_sandbox_t *sb, lm_rpc_call_t *call, const Containerd__Ta
 	}
 	Containerd__Task__V2__StartResponse s = CONTAINERD__TASK__V2__START_RESPONSE__INIT;
 	s.pid = pid;
-	reply_msg(call, &s.base);
+	lm_task_reply_msg(call, &s.base);
 }
 
 static void do_delete(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_call_t *call,
@@ -554,7 +601,7 @@ static void do_delete(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_
 		d.exited_at = &ts;
 		if (guest_id && gate->guest)   /* queued before the answer goes out */
 			gate->guest->forget(gate->guest_arg, guest_id);
-		reply_msg(call, &d.base);
+		lm_task_reply_msg(call, &d.base);
 	}
 	free(pod);
 	free(guest_id);
@@ -576,7 +623,7 @@ static void do_pids(lm_sandbox_t *sb, lm_rpc_call_t *call, const Containerd__Tas
 		p.n_processes = 1;
 		p.processes = infos;
 	}
-	reply_msg(call, &p.base);
+	lm_task_reply_msg(call, &p.base);
 }
 
 static void do_kill(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_call_t *call,
@@ -628,7 +675,7 @@ static void do_connect(lm_sandbox_t *sb, lm_rpc_call_t *call, const Containerd__
 	}
 	c.shim_pid = (uint32_t)getpid();
 	c.version = (char *)"2";
-	reply_msg(call, &c.base);
+	lm_task_reply_msg(call, &c.base);
 }
 
 /* The exec_id of the requests that have one ("" = the init process). */
@@ -695,7 +742,7 @@ int lm_task_handle(lm_sandbox_t *sb, const struct lm_task_gate *gate,
 		break;
 	}
 	case LM_TASK_START:
-		do_start(sb, call, (const Containerd__Task__V2__StartRequest *)req);
+		do_start(sb, gate, call, (const Containerd__Task__V2__StartRequest *)req);
 		break;
 	case LM_TASK_DELETE:
 		do_delete(sb, gate, call, (const Containerd__Task__V2__DeleteRequest *)req);
@@ -761,6 +808,6 @@ int lm_task_answer_patch(struct lm_patch_result *r, int apply_rc)
 	}
 	Containerd__Task__V2__CreateTaskResponse resp = CONTAINERD__TASK__V2__CREATE_TASK_RESPONSE__INIT;
 	resp.pid = r->pid;
-	reply_msg(call, &resp.base);
+	lm_task_reply_msg(call, &resp.base);
 	return LM_RPC_OK;
 }

@@ -41,6 +41,8 @@
 
 #include <stdbool.h>
 
+#include <protobuf-c/protobuf-c.h>
+
 #include "actors/patcher.h"
 #include "runtime/runtime.h"
 #include "shim/sandbox.h"
@@ -79,10 +81,33 @@ enum lm_task_method {
 /* Thread: any. The method's name ("State"), or "?" when out of range. */
 const char *lm_task_method_name(int method);
 
+/* A task Create of a new container in the utility VM, checked by the
+ * task service (ID free, pod there, type annotations), handed to the
+ * owner with everything it needs (all heap; lm_guest_new_free). */
+struct lm_guest_new {
+	char *id, *pod_id;
+	bool new_pod;                  /* a sandbox container: its pod is made too */
+	enum lm_ctr_type type;
+	char *bundle, *rootfs, *scratch;
+	char **layers;                 /* read-only layers, base first */
+	unsigned n_layers;
+	char *stdin_path, *stdout_path, *stderr_path;
+	bool terminal;
+	char *process_spec;            /* the OCI process (JSON), or NULL */
+};
+void lm_guest_new_free(struct lm_guest_new *n);
+
+/* Thread: any. Packs msg and answers the call with it (a hook's answer). */
+void lm_task_reply_msg(lm_rpc_call_t *call, const ProtobufCMessage *msg);
+
 /* Containers that are real processes in the utility VM (guest_id set):
  * what the task service cannot do on the sandbox alone. Each hook takes
  * the call (it must answer it); all run on the owner's thread. */
 struct lm_task_guest_ops {
+	/* Create of a new container in the VM (takes n) */
+	void (*create)(void *arg, struct lm_guest_new *n, lm_rpc_call_t *call);
+	/* Start of a guest container in state created */
+	void (*start)(void *arg, const struct lm_container *c, lm_rpc_call_t *call);
 	/* Kill of a running guest container (signal 1..64 checked) */
 	void (*kill)(void *arg, const struct lm_container *c, uint32_t signal, bool all,
 		     lm_rpc_call_t *call);

@@ -90,6 +90,55 @@ int lm_vmdoc_set_disks(const char *doc, const struct lm_vmdoc_disk *disks, unsig
 	return dump(j, out);
 }
 
+int lm_vmdoc_add_disk(const char *doc, const struct lm_vmdoc_disk *disk, char **out, char *err,
+		      size_t errlen)
+{
+	*out = NULL;
+	json_t *j = load(doc, err, errlen);
+	if (!j)
+		return -EINVAL;
+	json_t *q = qemu_obj(j);
+	json_t *a = q ? json_object_get(q, "Disks") : NULL;
+	if (q && !a) {
+		a = json_array();
+		if (!a || json_object_set_new(q, "Disks", a)) {
+			json_decref(j);
+			return -ENOMEM;
+		}
+	}
+	if (!q || !json_is_array(a)) {
+		snprintf(err, errlen, "VirtualMachine.Qemu.Disks of the VM document is not a list");
+		json_decref(j);
+		return -EINVAL;
+	}
+	json_t *d = json_pack("{s:s, s:s, s:s, s:I}", "Serial", disk->serial, "Path", disk->path,
+			      "Container", disk->container, "Layer", (json_int_t)disk->layer);
+	if (!d || json_array_append_new(a, d)) {
+		json_decref(j);
+		return -ENOMEM;
+	}
+	return dump(j, out);
+}
+
+bool lm_vmdoc_has_serial(const char *doc, const char *serial)
+{
+	char err[8];
+	json_t *j = load(doc, err, sizeof err);
+	if (!j)
+		return true;
+	json_t *a = json_object_get(json_object_get(json_object_get(j, "VirtualMachine"), "Qemu"),
+				    "Disks");
+	bool found = false;
+	size_t i;
+	json_t *d;
+	json_array_foreach(a, i, d) {
+		const char *s = json_string_value(json_object_get(d, "Serial"));
+		found |= s && !strcmp(s, serial);
+	}
+	json_decref(j);
+	return found;
+}
+
 int lm_vmdoc_relocate(const char *doc, const lm_sandbox_t *sb, char **out, char *err,
 		      size_t errlen)
 {

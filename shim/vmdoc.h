@@ -16,6 +16,7 @@
 #ifndef LM_SHIM_VMDOC_H
 #define LM_SHIM_VMDOC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "shim/sandbox.h"
@@ -38,6 +39,15 @@ struct lm_vmdoc_disk {
  * document that is not a JSON object) or -ENOMEM. *out is malloc'd. */
 int lm_vmdoc_set_disks(const char *doc, const struct lm_vmdoc_disk *disks, unsigned n,
 		       char **out, char *err, size_t errlen);
+
+/* A copy of `doc` with `disk` appended to VirtualMachine.Qemu.Disks (a
+ * layer hot-plugged into the running VM: the next slot). 0, -EINVAL with
+ * `err`, -ENOMEM. */
+int lm_vmdoc_add_disk(const char *doc, const struct lm_vmdoc_disk *disk, char **out, char *err,
+		      size_t errlen);
+
+/* True if `doc` has a disk of this serial (or cannot be read). */
+bool lm_vmdoc_has_serial(const char *doc, const char *serial);
 
 /* Destination: a copy of `doc` (the source's) with each disk's Path
  * replaced by the layer the container of that guest ID has in `sb`. 0;

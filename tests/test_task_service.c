@@ -635,11 +635,37 @@ static void test_vm_not_running_gates_vm_methods(void **state)
 
 /* What the guest hooks saw (controller thread; read after on_ctl). */
 static struct {
-	unsigned kills, forgets;
+	unsigned kills, forgets, creates, starts;
 	uint32_t signal;
 	bool all;
-	char guest_id[64], forgot[64];
+	char guest_id[64], forgot[64], created[64], base_layer[64], started[64];
+	unsigned n_layers;
+	bool has_spec;
 } hooked;
+
+static void hook_create(void *arg, struct lm_guest_new *n, lm_rpc_call_t *call)
+{
+	(void)arg;
+	hooked.creates++;
+	snprintf(hooked.created, sizeof hooked.created, "%s", n->id);
+	hooked.n_layers = n->n_layers;
+	snprintf(hooked.base_layer, sizeof hooked.base_layer, "%s", n->n_layers ? n->layers[0] : "");
+	hooked.has_spec = n->process_spec && strstr(n->process_spec, "\"sleep\"");
+	Containerd__Task__V2__CreateTaskResponse r = CONTAINERD__TASK__V2__CREATE_TASK_RESPONSE__INIT;
+	r.pid = 88;
+	lm_task_reply_msg(call, &r.base);
+	lm_guest_new_free(n);
+}
+
+static void hook_start(void *arg, const struct lm_container *k, lm_rpc_call_t *call)
+{
+	(void)arg;
+	hooked.starts++;
+	snprintf(hooked.started, sizeof hooked.started, "%s", k->guest_id);
+	Containerd__Task__V2__StartResponse r = CONTAINERD__TASK__V2__START_RESPONSE__INIT;
+	r.pid = k->pid;
+	lm_task_reply_msg(call, &r.base);
+}
 
 static void hook_kill(void *arg, const struct lm_container *k, uint32_t signal, bool all,
 		      lm_rpc_call_t *call)
@@ -659,7 +685,7 @@ static void hook_forget(void *arg, const char *guest_id)
 	snprintf(hooked.forgot, sizeof hooked.forgot, "%s", guest_id);
 }
 
-static const struct lm_task_guest_ops guest_ops = {hook_kill, hook_forget};
+static const struct lm_task_guest_ops guest_ops = {hook_create, hook_start, hook_kill, hook_forget};
 
 static void guest_gate_fn(struct ctl *c, void *arg)
 {
@@ -668,6 +694,7 @@ static void guest_gate_fn(struct ctl *c, void *arg)
 	c->gate.guest = &guest_ops;
 	assert_int_equal(lm_sandbox_start(c->sb, "g1", NULL), 0);
 	assert_int_equal(lm_sandbox_set_guest(c->sb, "g1", "agent-g1", 77), 0);
+	assert_int_equal(lm_sandbox_set_guest(c->sb, "g0", "agent-g0", 76), 0);   /* created */
 }
 
 static void guest_exits_fn(struct ctl *c, void *arg)
@@ -679,12 +706,13 @@ static void guest_exits_fn(struct ctl *c, void *arg)
 /* Kill of a container that is a real process goes to the guest (its exit
  * comes back by the guest's watch, not from Kill); the checks before it
  * stay the task service's; Delete of it tells the guest to forget it; a
- * plain Create is refused with the reason. */
+ * plain Create and the Start of a created one go to the guest. */
 static void test_guest_containers_go_to_the_guest(void **state)
 {
 	(void)state;
 	memset(&hooked, 0, sizeof hooked);
 	create_ok("g1", "", 0);
+	create_ok("g0", "", 0);
 	on_ctl(guest_gate_fn, NULL);
 	Containerd__Task__V2__KillRequest k = CONTAINERD__TASK__V2__KILL_REQUEST__INIT;
 	k.id = "g1";
@@ -702,7 +730,26 @@ static void test_guest_containers_go_to_the_guest(void **state)
 	k.signal = 0;
 	expect("Kill", &k.base, LM_RPC_INVALID_ARGUMENT, "signal 0 invalid");
 	assert_int_equal(hooked.kills, 1);
-	expect_create("g2", "", 0, LM_RPC_UNIMPLEMENTED, "Linux utility VM");
+	/* a plain Create goes to the guest with what it needs (layers base
+	 * first, the process), and the guest's answer is the Create's */
+	char b[256];
+	bundle(b, sizeof b, "g2", NULL);
+	assert_int_equal(create_ok("g2", b, 2), 88);
+	assert_int_equal(hooked.creates, 1);
+	assert_string_equal(hooked.created, "g2");
+	assert_int_equal(hooked.n_layers, 2);
+	assert_string_equal(hooked.base_layer, "/l/1");
+	assert_true(hooked.has_spec);
+	/* ... but not an ID the sandbox has */
+	expect_create("g1", "", 0, LM_RPC_ALREADY_EXISTS, "already exists");
+	assert_int_equal(hooked.creates, 1);
+	/* Start of a created guest container goes to the guest; of a running
+	 * one it is the task service's refusal */
+	expect_id("Start", "g0", LM_RPC_OK, NULL);
+	assert_int_equal(hooked.starts, 1);
+	assert_string_equal(hooked.started, "agent-g0");
+	expect_id("Start", "g1", LM_RPC_FAILED_PRECONDITION, "not in state created");
+	assert_int_equal(hooked.starts, 1);
 	expect_id("Delete", "g1", LM_RPC_FAILED_PRECONDITION, "running");
 	assert_int_equal(hooked.forgets, 0);
 	on_ctl(guest_exits_fn, NULL);   /* what the guest's watch reports */

@@ -39,7 +39,8 @@
  * into vm.h / migrate.h, which wait and may run on any thread but the VM's
  * loop thread (QMP commands are serialised by QEMU). Our own state is
  * small: what create decided is immutable afterwards; `mu` guards the
- * lifecycle flags and the stream fd; `blackout` is an atomic written by
+ * lifecycle flags, the stream fd, and the disk list with its compat text
+ * (disk_add, on the owner's thread, appends a hot-plugged disk); `blackout` is an atomic written by
  * on_event on the VM's loop thread (it only sets it) and by the transfer
  * thread; `last` is the transfer thread's alone. Nothing here runs on the
  * loop thread but on_event, which never blocks.
@@ -67,6 +68,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -106,8 +108,8 @@ struct lm_vm {
 	enum lm_qemu_machine machine;
 	unsigned memory_mib, vcpus;
 	char cpu[64];               /* "" = QEMU's default model */
+	char cpu_compat[64];        /* the compat data's cpu= */
 	unsigned boot_ms;           /* boot bound (agent port) */
-	char compat[256];           /* compat_get's text */
 
 	/* transfer thread and on_event: sticky for the current outgoing
 	 * stream (stream_open clears it before QEMU starts). A flag with no
@@ -126,6 +128,16 @@ struct lm_vm {
 	bool out_opened;            /* source: stream_open started a migration */
 	bool in_opened;             /* destination: stream_open handed the fd */
 	bool was_running;           /* source: the guest ran at stream_open */
+	bool early_stop;            /* source under TCG: stop the guest before
+				       QEMU's second dirty sync (stream_status) */
+	bool early_stopped;         /* ... done for this stream */
+	struct {                    /* the disks, in slot order (create's, then
+				       disk_add's): what the compat data names */
+		char serial[21];
+		uint64_t digest;
+	} dsk[LM_QEMU_MAX_DISKS];
+	unsigned n_dsk;
+	char compat[256];           /* compat_get's text (compat_refresh) */
 };
 
 /* ---- helpers ---------------------------------------------------------- */
@@ -187,6 +199,27 @@ static void exit_reason(struct lm_vm *vm, char *out, size_t cap)
 	char *last = strrchr(tail, '\n');
 	snprintf(out, cap, "QEMU exited (%s %d)%s%s", ex.signaled ? "signal" : "status", ex.code,
 		 n ? ": " : "", n ? (last ? last + 1 : tail) : "");
+}
+
+/* The compat text: the VM's shape and its disks (how many, and one
+ * XXH3-64 over each one's serial and image digest). Thread: create's
+ * (before anyone sees vm), or under mu. */
+static void compat_refresh(struct lm_vm *vm)
+{
+	XXH3_state_t *dg = XXH3_createState();
+	uint64_t h = 0;
+	if (dg) {
+		XXH3_64bits_reset(dg);
+		for (unsigned i = 0; i < vm->n_dsk; i++) {
+			XXH3_64bits_update(dg, vm->dsk[i].serial, strlen(vm->dsk[i].serial) + 1);
+			XXH3_64bits_update(dg, &vm->dsk[i].digest, sizeof(vm->dsk[i].digest));
+		}
+		h = XXH3_64bits_digest(dg);
+		XXH3_freeState(dg);
+	}
+	snprintf(vm->compat, sizeof(vm->compat), "qemu machine=%s vcpus=%u memory=%" PRIu64
+		 " cpu=%s disks=%u:%016" PRIx64, vm->machine == LM_QEMU_Q35 ? "q35" : "microvm",
+		 vm->vcpus, (uint64_t)(vm->memory_mib * MiB), vm->cpu_compat, vm->n_dsk, h);
 }
 
 /* ---- the document ----------------------------------------------------- */
@@ -327,8 +360,10 @@ static int parse_doc(const char *doc, const char *id, struct qopts *o)
 	const char *cl = getenv("LM_QEMU_CMDLINE");
 	if (cl)
 		snprintf(o->cmdline, sizeof(o->cmdline), "%s", cl);
+	/* q35 by default: it boots as fast as microvm here (2.4 s under TCG)
+	 * and can hot-plug a disk (a new container's layers) */
 	const char *m = getenv("LM_QEMU_MACHINE");
-	o->machine = m && !strcmp(m, "q35") ? LM_QEMU_Q35 : LM_QEMU_MICROVM;
+	o->machine = m && !strcmp(m, "microvm") ? LM_QEMU_MICROVM : LM_QEMU_Q35;
 	o->accel = LM_QEMU_ACCEL_AUTO;
 	if (!doc)
 		return 0;
@@ -469,18 +504,10 @@ static int qemu_create(lm_vm_t **out, const lm_vm_config_t *cfg)
 	 * read-only disk must match the disk on both sides of a migration */
 	lm_qemu_disk_t disks[LM_QEMU_MAX_DISKS];
 	unsigned nd = 0;
-	XXH3_state_t *dg = XXH3_createState();
-	if (!dg) {
-		rc = -ENOMEM;
-		goto fail;
-	}
-	XXH3_64bits_reset(dg);
 	bool has_rootfs = o->rootfs[0] && access(o->rootfs, R_OK) == 0;
 	if (o->rootfs[0] && !has_rootfs)
 		lm_log_warn(MOD, "no container image", "id=%s path=%s err=%d", id, o->rootfs, errno);
-	uint64_t h;
-	if (has_rootfs && (rc = lm_qemu_file_digest(o->rootfs, &h)) < 0) {
-		XXH3_freeState(dg);
+	if (has_rootfs && (rc = lm_qemu_file_digest(o->rootfs, &vm->dsk[0].digest)) < 0) {
 		if (cfg->why)
 			snprintf(cfg->why, cfg->why_cap, "the container image %s: %s", o->rootfs,
 				 strerror(-rc));
@@ -489,8 +516,7 @@ static int qemu_create(lm_vm_t **out, const lm_vm_config_t *cfg)
 	if (has_rootfs) {
 		disks[nd++] = (lm_qemu_disk_t){.id = "rootfs", .serial = "rootfs", .path = o->rootfs,
 					       .read_only = true};
-		XXH3_64bits_update(dg, "rootfs", 7);
-		XXH3_64bits_update(dg, &h, sizeof(h));
+		snprintf(vm->dsk[vm->n_dsk++].serial, sizeof(vm->dsk[0].serial), "rootfs");
 	}
 	for (unsigned i = 0; i < o->n_disks; i++) {
 		struct qdisk *d = &o->disks[i];
@@ -505,7 +531,6 @@ static int qemu_create(lm_vm_t **out, const lm_vm_config_t *cfg)
 				     d->serial, lm_log_quote(q, sizeof(q), why));
 			if (cfg->why)
 				snprintf(cfg->why, cfg->why_cap, "disk %s: %s", d->serial, why);
-			XXH3_freeState(dg);
 			goto fail;
 		}
 		lm_log_info(MOD, "container layer ready", "id=%s serial=%s layer=%s image=%s "
@@ -513,14 +538,11 @@ static int qemu_create(lm_vm_t **out, const lm_vm_config_t *cfg)
 			    (double)(lm_now_ns() - t0) / 1e6);
 		disks[nd++] = (lm_qemu_disk_t){.id = d->id, .serial = d->serial, .path = d->image,
 					       .read_only = true};
-		XXH3_64bits_update(dg, d->serial, strlen(d->serial) + 1);
-		XXH3_64bits_update(dg, &d->digest, sizeof(d->digest));
+		snprintf(vm->dsk[vm->n_dsk].serial, sizeof(vm->dsk[0].serial), "%s", d->serial);
+		vm->dsk[vm->n_dsk++].digest = d->digest;
 	}
-	snprintf(vm->compat, sizeof(vm->compat), "qemu machine=%s vcpus=%u memory=%" PRIu64
-		 " cpu=%s disks=%u:%016" PRIx64, o->machine == LM_QEMU_Q35 ? "q35" : "microvm",
-		 vm->vcpus, cfg->memory_bytes, o->cpu[0] ? o->cpu : "default", nd,
-		 (uint64_t)XXH3_64bits_digest(dg));
-	XXH3_freeState(dg);
+	snprintf(vm->cpu_compat, sizeof(vm->cpu_compat), "%s", o->cpu[0] ? o->cpu : "default");
+	compat_refresh(vm);
 
 	int sv[2] = {-1, -1};
 	if (cfg->incoming && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
@@ -710,16 +732,80 @@ static int qemu_state_save(lm_vm_t *vm, void *buf, size_t cap) { return -ENOTSUP
 /* Thread: owner or transfer. */
 static int qemu_state_load(lm_vm_t *vm, const void *buf, size_t len) { return -ENOTSUP; }
 
+/* ---- disks added to a running VM -------------------------------------- */
+
+/* Thread: owner. A container layer hot-plugged (q35): its image made as
+ * create makes them, attached in the next slot, its digest added to the
+ * compat data (a destination is launched with it in the same slot). */
+static int qemu_disk_add(lm_vm_t *vm, const char *serial, const char *path, char *why,
+			 size_t why_cap)
+{
+	if (!serial_ok(serial)) {
+		snprintf(why, why_cap, "disk serial \"%.30s\": 1..20 of [A-Za-z0-9_.-], not 'rootfs'",
+			 serial);
+		return -EINVAL;
+	}
+	pthread_mutex_lock(&vm->mu);
+	unsigned slot = vm->n_dsk;
+	bool dup = false, gone = vm->terminated;
+	for (unsigned i = 0; i < vm->n_dsk; i++)
+		dup |= !strcmp(vm->dsk[i].serial, serial);
+	pthread_mutex_unlock(&vm->mu);
+	if (dup || gone) {
+		snprintf(why, why_cap, dup ? "disk %s: this VM has a disk of that serial already"
+					   : "disk %s: the VM is gone", serial);
+		return dup ? -EEXIST : -ESRCH;
+	}
+	if (vm->machine != LM_QEMU_Q35) {
+		snprintf(why, why_cap, "disk %s: a microvm machine cannot hot-plug a disk "
+			 "(VirtualMachine.Qemu.Machine q35 can)", serial);
+		return -ENOTSUP;
+	}
+	if (slot >= LM_QEMU_MAX_DISKS) {
+		snprintf(why, why_cap, "disk %s: the VM has %d disks, its most", serial,
+			 LM_QEMU_MAX_DISKS);
+		return -ENOSPC;
+	}
+	char image[PATH_MAX], w[400], id[16];
+	uint64_t digest = 0, t0 = lm_now_ns();
+	int rc = lm_qemu_disk_image(path, vm->dir, serial, image, sizeof(image), &digest, w,
+				    sizeof(w));
+	if (rc) {
+		snprintf(why, why_cap, "disk %s: %s", serial, w);
+		return rc;
+	}
+	snprintf(id, sizeof(id), "hdisk%u", slot);
+	lm_qemu_disk_t d = {.id = id, .serial = serial, .path = image, .read_only = true};
+	rc = lm_qemu_vm_disk_add(vm->q, &d, slot, OP_MS, w, sizeof(w));
+	if (rc) {
+		snprintf(why, why_cap, "disk %s: QEMU: %s", serial, w);
+		if (strcmp(image, path))
+			unlink(image);
+		return rc;
+	}
+	pthread_mutex_lock(&vm->mu);
+	snprintf(vm->dsk[slot].serial, sizeof(vm->dsk[slot].serial), "%s", serial);
+	vm->dsk[slot].digest = digest;
+	vm->n_dsk = slot + 1;
+	compat_refresh(vm);
+	pthread_mutex_unlock(&vm->mu);
+	lm_log_info(MOD, "container layer hot-plugged", "vm=%s serial=%s layer=%s slot=%u "
+		    "digest=%016" PRIx64 " ms=%.1f", vm->name, serial, path, slot, digest,
+		    (double)(lm_now_ns() - t0) / 1e6);
+	return 0;
+}
+
 /* ---- compatibility and statistics ------------------------------------- */
 
 /* Thread: any. */
 static int qemu_compat_get(lm_vm_t *vm, void *buf, size_t cap)
 {
+	pthread_mutex_lock(&vm->mu);
 	size_t n = strlen(vm->compat);
-	if (cap < n)
-		return -ENOSPC;
-	memcpy(buf, vm->compat, n);
-	return (int)n;
+	if (cap >= n)
+		memcpy(buf, vm->compat, n);
+	pthread_mutex_unlock(&vm->mu);
+	return cap < n ? -ENOSPC : (int)n;
 }
 
 /* The value of `key=` in a compat text ("" if absent). */
@@ -749,6 +835,10 @@ static int qemu_compat_check_why(lm_vm_t *vm, const void *buf, size_t len, char 
 	}
 	memcpy(theirs, buf, len);
 	theirs[len] = 0;
+	char mine[sizeof(vm->compat)];
+	pthread_mutex_lock(&vm->mu);
+	memcpy(mine, vm->compat, sizeof(mine));
+	pthread_mutex_unlock(&vm->mu);
 	if (strncmp(theirs, "qemu ", 5) != 0) {
 		char q[300];
 		snprintf(why, why_cap, "the source is not a qemu VM");
@@ -756,13 +846,13 @@ static int qemu_compat_check_why(lm_vm_t *vm, const void *buf, size_t len, char 
 			     vm->name, lm_log_quote(q, sizeof(q), theirs));
 		return -EPROTONOSUPPORT;
 	}
-	if (!strcmp(theirs, vm->compat))
+	if (!strcmp(theirs, mine))
 		return 0;
 	static const char *const keys[] = {"machine", "vcpus", "memory", "cpu", "disks"};
 	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
 		char a[96], b[96];
 		compat_field(theirs, keys[i], a, sizeof(a));
-		compat_field(vm->compat, keys[i], b, sizeof(b));
+		compat_field(mine, keys[i], b, sizeof(b));
 		if (strcmp(a, b)) {
 			if (!strcmp(keys[i], "disks"))
 				snprintf(why, why_cap, "the containers' disk images differ: source %s, "
@@ -778,7 +868,7 @@ static int qemu_compat_check_why(lm_vm_t *vm, const void *buf, size_t len, char 
 	char q1[300], q2[300];
 	snprintf(why, why_cap, "compatibility data differs");
 	lm_log_error(MOD, "incompatible source", "vm=%s source=%s here=%s", vm->name,
-		     lm_log_quote(q1, sizeof(q1), theirs), lm_log_quote(q2, sizeof(q2), vm->compat));
+		     lm_log_quote(q1, sizeof(q1), theirs), lm_log_quote(q2, sizeof(q2), mine));
 	return -EPROTONOSUPPORT;
 }
 
@@ -862,6 +952,18 @@ static int qemu_stream_open(lm_vm_t *vm, const lm_vmm_stream_params_t *p)
 	mp.max_bandwidth = p->max_bandwidth && p->max_bandwidth < (uint64_t)UNLIMITED_BW
 				   ? (int64_t)p->max_bandwidth : UNLIMITED_BW;
 	mp.auto_converge = p->auto_converge ? 1 : 0; /* either way: no leftover from before */
+	/* TCG: QEMU's dirty sync can miss a store that races with it while
+	 * the vCPU runs (the guest then resumes on the destination with a
+	 * stale page and crashes: hcs/qemu/README.md). So under TCG the guest
+	 * is stopped before the first sync after the bulk pass (stream_status
+	 * watches for it), and every later sync sees a stopped vCPU; a
+	 * downtime limit of 1 ms keeps QEMU from syncing before that. */
+	const char *why_accel = "";
+	const char *es = getenv("LM_QEMU_TCG_EARLY_STOP");
+	bool early = lm_qemu_vm_accel(vm->q, &why_accel) == LM_QEMU_ACCEL_TCG &&
+		     !(es && !strcmp(es, "0"));
+	if (early)
+		mp.downtime_limit_ms = 1;
 	if (p->auto_converge) {
 		mp.cpu_throttle_initial = clamp_pct(p->throttle_initial);
 		mp.cpu_throttle_increment = clamp_pct(p->throttle_increment);
@@ -902,11 +1004,13 @@ static int qemu_stream_open(lm_vm_t *vm, const lm_vmm_stream_params_t *p)
 	vm->stream_fd = sv[1];
 	vm->out_opened = true;
 	vm->was_running = st.running;
+	vm->early_stop = early && st.running;
+	vm->early_stopped = false;
 	pthread_mutex_unlock(&vm->mu);
 	lm_log_info(MOD, "outgoing stream opened", "vm=%s downtime_ms=%u max_bandwidth=%" PRIu64
-		    " auto_converge=%d throttle=%u+%u was_running=%d", vm->name, p->downtime_ms,
-		    p->max_bandwidth, (int)p->auto_converge, p->throttle_initial,
-		    p->throttle_increment, (int)st.running);
+		    " auto_converge=%d throttle=%u+%u was_running=%d early_stop=%d", vm->name,
+		    p->downtime_ms, p->max_bandwidth, (int)p->auto_converge, p->throttle_initial,
+		    p->throttle_increment, (int)st.running, (int)(early && st.running));
 	return sv[1];
 }
 
@@ -938,6 +1042,46 @@ static int blackout_answer(lm_vm_t *vm, lm_vmm_stream_status_t *out)
 /* Thread: transfer. One query-migrate (plus, on a source in flight whose
  * blackout we have not seen yet, one query-status); none during the
  * source's blackout (blackout_answer). */
+/* Transfer thread (stream_status's caller). Under TCG: once the bulk
+ * pass is nearly sent and QEMU has synced the dirty log only once (at
+ * the start, which is safe: every page is sent after it), the guest is
+ * stopped, so that no sync races with a running vCPU. The rest of the
+ * bulk pass and what the guest dirtied meanwhile go in the blackout. */
+#define EARLY_NEAR (32ull * MiB)     /* from here on, look closely ... */
+#define EARLY_AT (4ull * MiB)        /* ... and stop here */
+#define EARLY_LOOK_MS 300            /* looking closely, at most */
+static void early_stop_check(struct lm_vm *vm, const lm_qemu_migration_info_t *mi)
+{
+	if (!vm->early_stop || vm->early_stopped || mi->status != LM_QEMU_MIG_ACTIVE ||
+	    atomic_load(&vm->blackout))
+		return;
+	uint64_t near = mi->ram_total / 8 > EARLY_NEAR ? mi->ram_total / 8 : EARLY_NEAR;
+	if (mi->dirty_sync_count > 1 || mi->ram_remaining > near)
+		return;
+	/* near the end of the bulk pass: ask every 2 ms until little is left
+	 * (the engine's poll is every 50 ms, long enough to send 20 MB) */
+	uint64_t t0 = lm_now_ns(), remaining = mi->ram_remaining, syncs = mi->dirty_sync_count;
+	unsigned looks = 0;
+	while (remaining > EARLY_AT && syncs <= 1 &&
+	       lm_now_ns() - t0 < (uint64_t)EARLY_LOOK_MS * 1000000u) {
+		struct timespec ts = {0, 2000000};
+		nanosleep(&ts, NULL);
+		lm_qemu_migration_info_t m2;
+		if (lm_qemu_migrate_query(vm->q, &m2, STATUS_MS) || m2.status != LM_QEMU_MIG_ACTIVE)
+			return;         /* the next poll sees what happened */
+		remaining = m2.ram_remaining;
+		syncs = m2.dirty_sync_count;
+		looks++;
+	}
+	vm->early_stopped = true;
+	uint64_t t1 = lm_now_ns();
+	int rc = lm_qemu_vm_stop_for_switchover(vm->q, OP_MS);
+	lm_log_info(MOD, "guest stopped for the last pass (TCG: no dirty sync with a running vCPU)",
+		    "vm=%s rc=%d remaining=%" PRIu64 " syncs=%" PRIu64 " looks=%u looked_ms=%.1f "
+		    "stop_ms=%.1f", vm->name, rc, remaining, syncs, looks, (double)(t1 - t0) / 1e6,
+		    (double)(lm_now_ns() - t1) / 1e6);
+}
+
 static int qemu_stream_status(lm_vm_t *vm, lm_vmm_stream_status_t *out)
 {
 	memset(out, 0, sizeof(*out));
@@ -984,6 +1128,7 @@ static int qemu_stream_status(lm_vm_t *vm, lm_vmm_stream_status_t *out)
 							   : 0;
 	if (mi.status == LM_QEMU_MIG_COMPLETED && mi.downtime_ms > 0)
 		out->downtime_ms = (uint64_t)mi.downtime_ms;
+	early_stop_check(vm, &mi);
 	bool b = atomic_load(&vm->blackout);
 	if (!b && mi.status == LM_QEMU_MIG_COMPLETED) {
 		b = true;       /* it went through finish-migrate to get there */
@@ -1078,6 +1223,7 @@ const lm_backend_ops_t lm_hcs_qemu_ops = {
 	.compat_get = qemu_compat_get,
 	.compat_check = qemu_compat_check,
 	.compat_check_why = qemu_compat_check_why,
+	.disk_add = qemu_disk_add,
 	.stats = qemu_stats,
 	.stream_open = qemu_stream_open,
 	.stream_status = qemu_stream_status,

@@ -577,6 +577,14 @@ static int build_argv(struct argv *a, const char *qemu, const lm_qemu_vm_config_
 		arg_add(a, "virtserialport,bus=vser0.0,chardev=agent,name=%s,id=%s",
 			LM_QEMU_AGENT_PORT, AGENT_PORT_ID);
 	}
+	/* q35: one PCIe root port per disk slot (rp0..), so that a disk can
+	 * be hot-plugged later (lm_qemu_vm_disk_add) and a migration's
+	 * destination, launched with every disk, has each in the same slot */
+	if (!micro)
+		for (unsigned i = 0; i < LM_QEMU_MAX_DISKS; i++) {
+			arg_add(a, "-device");
+			arg_add(a, "pcie-root-port,id=rp%u,chassis=%u,bus=pcie.0", i, i + 1);
+		}
 	for (unsigned i = 0; i < c->n_disks; i++) {
 		const lm_qemu_disk_t *d = &c->disks[i];
 		arg_add(a, "-blockdev");
@@ -586,8 +594,12 @@ static int build_argv(struct argv *a, const char *qemu, const lm_qemu_vm_config_
 		arg_add(a, "driver=raw,file=f-%s,node-name=%s,read-only=%s", d->id, d->id,
 			d->read_only ? "on" : "off");
 		arg_add(a, "-device");
-		arg_add(a, "virtio-blk-%s,drive=%s,id=dev-%s%s%s", bus, d->id, d->id,
-			d->serial ? ",serial=" : "", d->serial ? d->serial : "");
+		if (micro)
+			arg_add(a, "virtio-blk-device,drive=%s,id=dev-%s%s%s", d->id, d->id,
+				d->serial ? ",serial=" : "", d->serial ? d->serial : "");
+		else
+			arg_add(a, "virtio-blk-pci,bus=rp%u,drive=%s,id=dev-%s%s%s", i, d->id, d->id,
+				d->serial ? ",serial=" : "", d->serial ? d->serial : "");
 	}
 	if (incoming) {
 		arg_add(a, "-incoming");
@@ -1095,6 +1107,7 @@ int lm_qemu_vm_launch(lm_qemu_vm_t **out, const lm_qemu_vm_config_t *cfg, char *
 	vm->out_fd = vm->err_fd = -1;
 	vm->has_agent = cfg->agent_socket != NULL;
 	vm->accel = accel;
+	vm->machine = cfg->machine;
 	snprintf(vm->accel_reason, sizeof(vm->accel_reason), "%s", why);
 	vm->on_event = cfg->on_event;
 	vm->event_arg = cfg->event_arg;
@@ -1319,6 +1332,60 @@ int lm_qemu_vm_cont(lm_qemu_vm_t *vm, unsigned flags, unsigned timeout_ms)
 			    done_out ? " after a completed outgoing migration (recovery)" : "");
 	}
 	return rc;
+}
+
+int lm_qemu_vm_disk_add(lm_qemu_vm_t *vm, const lm_qemu_disk_t *d, unsigned slot,
+			unsigned timeout_ms, char *errbuf, size_t errlen)
+{
+	if (lm_qemu_loop_on_thread(vm->loop))
+		return -EDEADLK;
+	if (vm->machine != LM_QEMU_Q35) {
+		errf(errbuf, errlen, "a microvm machine cannot hot-plug a disk (Machine q35 can)");
+		return -ENOTSUP;
+	}
+	if (slot >= LM_QEMU_MAX_DISKS) {
+		errf(errbuf, errlen, "no free disk slot (at most %d disks)", LM_QEMU_MAX_DISKS);
+		return -ENOSPC;
+	}
+	char fnode[40], dev[40], bus[16];
+	snprintf(fnode, sizeof(fnode), "f-%s", d->id);
+	snprintf(dev, sizeof(dev), "dev-%s", d->id);
+	snprintf(bus, sizeof(bus), "rp%u", slot);
+	json_t *a1 = json_pack("{s:s, s:s, s:s, s:b}", "driver", "file", "filename", d->path,
+			       "node-name", fnode, "read-only", d->read_only);
+	int rc = lm__vm_exec(vm, "blockdev-add", a1, -1, timeout_ms, NULL, errbuf, errlen);
+	if (rc)
+		return rc;
+	json_t *a2 = json_pack("{s:s, s:s, s:s, s:b}", "driver", "raw", "file", fnode, "node-name",
+			       d->id, "read-only", d->read_only);
+	rc = lm__vm_exec(vm, "blockdev-add", a2, -1, timeout_ms, NULL, errbuf, errlen);
+	if (rc) {
+		lm__vm_exec(vm, "blockdev-del", json_pack("{s:s}", "node-name", fnode), -1, timeout_ms,
+			    NULL, NULL, 0);
+		return rc;
+	}
+	json_t *a3 = json_pack("{s:s, s:s, s:s, s:s}", "driver", "virtio-blk-pci", "bus", bus,
+			       "drive", d->id, "id", dev);
+	if (a3 && d->serial)
+		json_object_set_new(a3, "serial", json_string(d->serial));
+	rc = lm__vm_exec(vm, "device_add", a3, -1, timeout_ms, NULL, errbuf, errlen);
+	if (rc) {
+		lm__vm_exec(vm, "blockdev-del", json_pack("{s:s}", "node-name", d->id), -1, timeout_ms,
+			    NULL, NULL, 0);
+		lm__vm_exec(vm, "blockdev-del", json_pack("{s:s}", "node-name", fnode), -1, timeout_ms,
+			    NULL, NULL, 0);
+		return rc;
+	}
+	lm_log_info(MOD, "disk hot-plugged", "vm=%s id=%s serial=%s slot=%u path=%s", vm->name, d->id,
+		    d->serial ? d->serial : "-", slot, d->path);
+	return 0;
+}
+
+int lm_qemu_vm_stop_for_switchover(lm_qemu_vm_t *vm, unsigned timeout_ms)
+{
+	if (lm_qemu_loop_on_thread(vm->loop))
+		return -EDEADLK;
+	return lm__vm_exec(vm, "stop", NULL, -1, timeout_ms, NULL, NULL, 0);
 }
 
 int lm_qemu_vm_stop(lm_qemu_vm_t *vm, unsigned timeout_ms)

@@ -248,6 +248,11 @@ int lm_qemu_vm_cont(lm_qemu_vm_t *vm, unsigned flags, unsigned timeout_ms);
  * no longer runs. */
 int lm_qemu_vm_stop(lm_qemu_vm_t *vm, unsigned timeout_ms);
 
+/* Thread: any but the loop's. The source's guest stopped for the end of
+ * its outgoing migration, before QEMU's own stop: the STOP starts the
+ * blackout (LM_QEMU_EV_BLACKOUT_START), as QEMU's would. */
+int lm_qemu_vm_stop_for_switchover(lm_qemu_vm_t *vm, unsigned timeout_ms);
+
 enum lm_qemu_shutdown_how {
 	LM_QEMU_SHUTDOWN_GUEST = 1,  /* the guest powered off (power button) */
 	LM_QEMU_SHUTDOWN_QUIT,       /* QEMU quit when told to */
@@ -294,6 +299,15 @@ typedef struct lm_qemu_vm_info {
 /* Thread: any but the loop's. What QEMU says (memory, vCPUs) and what we
  * know (pid, accelerator, exit). */
 int lm_qemu_vm_info(lm_qemu_vm_t *vm, lm_qemu_vm_info_t *out, unsigned timeout_ms);
+
+/* Thread: any but the loop's. Hot-plugs disk `d` (its image's file and
+ * raw nodes, then a virtio-blk-pci device) into root port `slot` of a q35
+ * machine; a failure removes what it added. 0; -ENOTSUP on microvm (no
+ * hot-plug), -ENOSPC for a slot out of range, else QMP's error (errbuf
+ * says it). The caller keeps the slots in the order a migration's
+ * destination is launched with (disk i at root port i). */
+int lm_qemu_vm_disk_add(lm_qemu_vm_t *vm, const lm_qemu_disk_t *d, unsigned slot,
+			unsigned timeout_ms, char *errbuf, size_t errlen);
 
 /* Thread: any. The accelerator the VM runs with and why. */
 enum lm_qemu_accel lm_qemu_vm_accel(lm_qemu_vm_t *vm, const char **reason);

@@ -35,6 +35,7 @@ struct lm_qemu_vm {
 	int pidfd;
 	bool has_agent;
 	enum lm_qemu_accel accel;
+	enum lm_qemu_machine machine;
 	char accel_reason[160];
 	void (*on_event)(void *arg, const lm_qemu_event_t *ev);
 	void *event_arg;
