@@ -64,7 +64,7 @@
 
 #define MOD "agent"
 #define REPORT_TIMEOUT_MS 10000
-#define DISK_WAIT_MS 2000
+#define DISK_WAIT_MS 10000     /* a hot-plugged disk under TCG: about a second */
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 /* ---- small file helpers ----------------------------------------------- */
@@ -923,7 +923,14 @@ static int container_mount(lm_rpc_call_t *call, struct container *c,
 		snprintf(p, sizeof p, "%s/l%zu", c->dir, i);
 		if (mkdir(p, 0755) < 0)
 			goto sys;
-		if (mount(dev, p, t, MS_RDONLY, NULL) < 0) {
+		/* a hot-plugged disk: its serial shows before the block device
+		 * takes I/O (ENXIO seen), so a mount may be tried again */
+		int mrc;
+		uint64_t until = lm_now_ns() + (uint64_t)DISK_WAIT_MS * 1000000ull;
+		while ((mrc = mount(dev, p, t, MS_RDONLY, NULL)) < 0 &&
+		       (errno == ENXIO || errno == ENODEV || errno == ENOENT) && lm_now_ns() < until)
+			ms_sleep(20);
+		if (mrc < 0) {
 			lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION,
 					 "CreateContainer: layers[%zu]: mount %s (serial %s) as %s: %s", i,
 					 dev, l->serial, t, strerror(errno));
