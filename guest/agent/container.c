@@ -64,7 +64,7 @@
 
 #define MOD "agent"
 #define REPORT_TIMEOUT_MS 10000
-#define DISK_WAIT_MS 10000     /* a hot-plugged disk under TCG: about a second */
+#define DISK_WAIT_MS 5000      /* a hot-plugged disk under TCG: about a second */
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 /* ---- small file helpers ----------------------------------------------- */
