@@ -505,20 +505,23 @@ static void hook_create(void *arg, struct lm_guest_new *n, lm_rpc_call_t *call)
 			  n->n_layers, LM_GUEST_MAX_LAYERS - 1);
 		return;
 	}
+	/* serials d<N>: the VM's disks are only ever added (the document
+	 * lists them, and travels), so N counts them, with the layers of
+	 * Creates in flight that are not attached yet reserved */
+	unsigned base = lm_vmdoc_n_disks(c->document);
+	for (struct gnew *o = g->next; o; o = o->next)
+		base += o->n->n_layers - o->added;
 	for (unsigned l = 0; l < n->n_layers; l++) {
-		if (n->layers[l][0] != '/') {
-			gnew_fail(c, g, LM_RPC_INVALID_ARGUMENT, "layer %u (%s): not an absolute path", l,
-				  n->layers[l]);
+		if (n->layers[l][0] != '/' || strchr(n->layers[l], ',')) {
+			gnew_fail(c, g, LM_RPC_INVALID_ARGUMENT, "layer %u (%s): %s", l, n->layers[l],
+				  n->layers[l][0] != '/' ? "not an absolute path"
+							 : "a path with ',' cannot be a QEMU disk");
 			return;
 		}
-		/* a serial of its own: the ID's FNV-1a and the layer */
-		uint32_t h = 2166136261u;
-		for (const char *p = n->id; *p; p++)
-			h = (h ^ (uint8_t)*p) * 16777619u;
-		snprintf(g->serials[l], sizeof g->serials[l], "h%08x.l%u", h, l % 100u);
+		snprintf(g->serials[l], sizeof g->serials[l], "d%u", (base + l) % 100000u);
 		if (lm_vmdoc_has_serial(c->document, g->serials[l])) {
-			gnew_fail(c, g, LM_RPC_ALREADY_EXISTS, "layer %u: the VM has a disk %s already "
-				  "(an ID whose hash another container has)", l, g->serials[l]);
+			gnew_fail(c, g, LM_RPC_INTERNAL, "layer %u: the VM has a disk %s already", l,
+				  g->serials[l]);
 			return;
 		}
 	}

@@ -139,6 +139,16 @@ bool lm_vmdoc_has_serial(const char *doc, const char *serial)
 	return found;
 }
 
+unsigned lm_vmdoc_n_disks(const char *doc)
+{
+	char err[8];
+	json_t *j = load(doc, err, sizeof err);
+	unsigned n = (unsigned)json_array_size(json_object_get(
+		json_object_get(json_object_get(j, "VirtualMachine"), "Qemu"), "Disks"));
+	json_decref(j);
+	return n;
+}
+
 int lm_vmdoc_relocate(const char *doc, const lm_sandbox_t *sb, char **out, char *err,
 		      size_t errlen)
 {

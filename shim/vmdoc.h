@@ -49,6 +49,9 @@ int lm_vmdoc_add_disk(const char *doc, const struct lm_vmdoc_disk *disk, char **
 /* True if `doc` has a disk of this serial (or cannot be read). */
 bool lm_vmdoc_has_serial(const char *doc, const char *serial);
 
+/* How many disks `doc` lists (0 if none or unreadable). */
+unsigned lm_vmdoc_n_disks(const char *doc);
+
 /* Destination: a copy of `doc` (the source's) with each disk's Path
  * replaced by the layer the container of that guest ID has in `sb`. 0;
  * -ENOENT with `err` naming the disk when this sandbox has no such

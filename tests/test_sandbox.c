@@ -719,6 +719,21 @@ static void test_vm_document_disks_follow_the_patched_layers(void **state)
 	assert_non_null(strstr(out, "\"Disks\":[{\"Serial\":\"c2.l0\",\"Path\":\"/src/base\""));
 	assert_non_null(strstr(out, "\"Backend\":\"qemu\""));
 
+	/* a layer hot-plugged later goes at the end, and counts */
+	assert_int_equal(lm_vmdoc_n_disks(out), 2);
+	assert_int_equal(lm_vmdoc_n_disks(doc), 0);
+	struct lm_vmdoc_disk hot = {.serial = "d2", .path = "/src/new", .container = "web", .layer = 0};
+	char *more = NULL;
+	assert_int_equal(lm_vmdoc_add_disk(out, &hot, &more, err, sizeof err), 0);
+	assert_int_equal(lm_vmdoc_n_disks(more), 3);
+	assert_true(lm_vmdoc_has_serial(more, "d2"));
+	assert_false(lm_vmdoc_has_serial(out, "d2"));
+	assert_true(strstr(more, "c2.l1") < strstr(more, "\"d2\""));
+	free(more);
+	assert_int_equal(lm_vmdoc_add_disk(doc, &hot, &more, err, sizeof err), 0);   /* the first */
+	assert_int_equal(lm_vmdoc_n_disks(more), 1);
+	free(more);
+
 	/* the destination: web arrived as web-new with its own two layers */
 	lm_sandbox_t *sb = imported();
 	assert_int_equal(lm_sandbox_set_guest(sb, "web", "web", 42), 0);

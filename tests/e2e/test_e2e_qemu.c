@@ -780,6 +780,17 @@ static void test_task_create_of_a_new_container_in_the_running_vm(void **state)
 	assert_int_equal(task_start(&f->dst, "late"), 0);
 	snprintf(out, sizeof out, "%s/stdout", b3);
 	assert_true(wait_lines(out, "", 5, 60));
+	/* ... and again under the same ID once deleted (its layers are new
+	 * disks: the VM's disks are only ever added) */
+	uint32_t status = 0;
+	assert_int_equal(task_kill(&f->dst, "late", 9), 0);
+	assert_int_equal(task_wait(&f->dst, "late", &status), 0);
+	assert_int_equal(status, 137);
+	assert_int_equal(task_delete(&f->dst, "late"), 0);
+	assert_int_equal(unlink(out), 0);
+	assert_int_equal(task_create(&f->dst, "late", b3, lower, &p2, msg, sizeof msg), 0);
+	assert_int_equal(task_start(&f->dst, "late"), 0);
+	assert_true(wait_lines(out, "", 5, 60));
 }
 
 /* lmctl demo --backend qemu: a Linux guest migrated and verified by
