@@ -3,15 +3,21 @@
  * processes in the utility VM (the qemu backend): the agent's connection
  * (shim/guest.h) opened once the VM runs, the boot containers created
  * there, their exits applied to the sandbox, Kill and Delete of the task
- * service passed to the guest, and, on a migration's destination, every
- * running container adopted once the VM runs there.
+ * service passed to the guest, a task Create of a new container (its
+ * layers hot-plugged as disks of the VM one by one and added to the VM
+ * document, then the container created in the guest, not started) and
+ * its Start, and, on a migration's destination, every container adopted
+ * once the VM runs there.
  *
  * DESIGN. Every guest call completes on the guest's worker thread, and
  * every exit on a watch's pump thread; each carries a controller
  * operation context (lm__ctl_op: the completion message is allocated
  * when the call is made, so it cannot be lost) back to this thread,
  * where the sandbox is touched. An exit names its container by guest_id,
- * which survives the patch path's renaming on a destination.
+ * which survives the patch path's renaming on a destination. A task
+ * Create in flight is a `struct gnew` on c->gnews, which its completions
+ * find again (a stopping controller fails and frees what is left); the
+ * container joins the sandbox only once the guest created it.
  */
 #include "actors/controller_int.h"
 
@@ -24,8 +30,8 @@
 
 #include "hcs/qemu/backend.h"
 #include "shim/task_service.h"
-#include "task.pb-c.h"
 #include "shim/vmdoc.h"
+#include "task.pb-c.h"
 #include "util/log.h"
 
 #define CONNECT_NS 30000000000ll      /* the agent, once the VM reported it ready */
