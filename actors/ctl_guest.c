@@ -254,6 +254,15 @@ static void gnew_free(struct gnew *g)
 	free(g);
 }
 
+/* Is g still in flight (not dropped meanwhile)? */
+static bool gnew_live(const struct ctl *c, const struct gnew *g)
+{
+	for (const struct gnew *o = c->gnews; o; o = o->next)
+		if (o == g)
+			return true;
+	return false;
+}
+
 /* Unlinks g; false if it is not in flight (dropped meanwhile). */
 static bool gnew_take(struct ctl *c, struct gnew *g)
 {
@@ -356,10 +365,8 @@ static void gnew_next(struct ctl *c, struct gnew *g);
 static void on_gnew_created(struct ctl *c, struct ctl_done *d)
 {
 	struct gnew *g = d->ctx;
-	if (!gnew_take(c, g))
+	if (!gnew_live(c, g))
 		return;                 /* dropped meanwhile */
-	g->next = c->gnews;             /* gnew_fail unlinks it again */
-	c->gnews = g;
 	struct lm_guest_new *n = g->n;
 	if (d->err) {
 		gnew_fail(c, g, lm__ctl_code_for_errno(d->err), "%s", d->why);
@@ -401,10 +408,8 @@ static void on_gnew_created(struct ctl *c, struct ctl_done *d)
 static void on_gnew_disk(struct ctl *c, struct ctl_done *d)
 {
 	struct gnew *g = d->ctx;
-	if (!gnew_take(c, g))
-		return;
-	g->next = c->gnews;
-	c->gnews = g;
+	if (!gnew_live(c, g))
+		return;                 /* dropped meanwhile */
 	unsigned l = g->added;
 	if (d->err) {
 		gnew_fail(c, g, d->err == -ENOTSUP ? LM_RPC_UNIMPLEMENTED : lm__ctl_code_for_errno(d->err),
