@@ -27,7 +27,8 @@
  *
  * Lifecycle: create launches QEMU with the guest not running (-S); start
  * boots it (and waits for the guest to open its agent port), or, on a
- * destination, runs it once its incoming stream completed; pause/resume
+ * destination, runs it once its incoming stream completed (from then on
+ * it is an ordinary VM, which may migrate on to a third host); pause/resume
  * are QMP stop/cont; terminate kills QEMU. Every failure after the launch
  * kills QEMU (vm.c does for launch and boot; create's own failures destroy
  * it), so no QEMU process outlives a failed call or destroy.
@@ -104,7 +105,9 @@ struct lm_vm {
 				       made safe (safe_name) */
 	char dir[64];               /* the private directory */
 	char agent[96];             /* dir/agent.sock */
-	bool incoming;              /* created as a migration destination */
+	atomic_bool incoming;       /* created as a migration destination, until
+				       its guest starts (qemu_start): from then
+				       on an ordinary VM, which may migrate on */
 	enum lm_qemu_machine machine;
 	unsigned memory_mib, vcpus;
 	char cpu[64];               /* "" = QEMU's default model */
@@ -637,6 +640,15 @@ static int qemu_start(lm_vm_t *vm)
 			lm_log_error(MOD, "start failed", "vm=%s err=%d", vm->name, -rc);
 			return rc;
 		}
+		/* the stream is spent: the guest runs here now, and a next
+		 * migration takes it on as from any source */
+		pthread_mutex_lock(&vm->mu);
+		int fd = vm->stream_fd;
+		vm->stream_fd = -1;
+		atomic_store(&vm->incoming, false);
+		pthread_mutex_unlock(&vm->mu);
+		if (fd >= 0)
+			close(fd);
 	} else {
 		char err[512] = "";
 		rc = lm_qemu_vm_boot(vm->q, vm->boot_ms, err, sizeof(err));

@@ -216,6 +216,51 @@ void e2e_shim_kill9(struct e2e_shim *s)
 	}
 }
 
+int e2e_qemu_procs(const char *image, pid_t parent, pid_t *one)
+{
+	DIR *d = opendir("/proc");
+	struct dirent *e;
+	int n = 0;
+	while (d && (e = readdir(d))) {
+		if (e->d_name[0] < '0' || e->d_name[0] > '9')
+			continue;
+		char p[300], buf[4096];
+		snprintf(p, sizeof(p), "/proc/%s/stat", e->d_name);
+		FILE *f = fopen(p, "r");
+		if (!f)
+			continue;
+		size_t k = fread(buf, 1, sizeof(buf) - 1, f);
+		fclose(f);
+		buf[k] = 0;
+		/* pid (comm) state ppid ... */
+		char *rp = strrchr(buf, ')'), *lp = strchr(buf, '(');
+		int ppid = 0;
+		char stc;
+		if (!rp || !lp || sscanf(rp + 1, " %c %d", &stc, &ppid) != 2 || stc == 'Z' ||
+		    (parent && ppid != parent) || strncmp(lp + 1, "qemu-system", 11) != 0)
+			continue;
+		if (image) {
+			snprintf(p, sizeof(p), "/proc/%s/cmdline", e->d_name);
+			if (!(f = fopen(p, "r")))
+				continue;
+			k = fread(buf, 1, sizeof(buf) - 1, f);
+			fclose(f);
+			buf[k] = 0;
+			for (size_t i = 0; i < k; i++)
+				if (!buf[i])
+					buf[i] = ' ';
+			if (!strstr(buf, image))
+				continue;
+		}
+		n++;
+		if (one)
+			*one = (pid_t)atoi(e->d_name);
+	}
+	if (d)
+		closedir(d);
+	return n;
+}
+
 void e2e_shim_dump(const struct e2e_shim *s)
 {
 	char *t = e2e_slurp(s->log);

@@ -59,6 +59,11 @@ int e2e_shim_stop(struct e2e_shim *s);
 pid_t e2e_find_daemon(const char *sock, int *count);
 /* Thread: test. SIGKILL and reap. */
 void e2e_shim_kill9(struct e2e_shim *s);
+
+/* Live (not zombie) QEMU processes: those whose command line names image
+ * (NULL: any QEMU) and whose parent is parent (0: any parent). Their
+ * number, and the pid of one in *one (may be NULL). */
+int e2e_qemu_procs(const char *image, pid_t parent, pid_t *one);
 /* Prints the shim's log (on failures). */
 void e2e_shim_dump(const struct e2e_shim *s);
 

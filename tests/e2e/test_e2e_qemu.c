@@ -13,7 +13,6 @@
  * destination whose copy differs is refused before any page moves. Skips (77) without qemu-system-x86_64 or the build's guest
  * image. No QEMU process of this test is left at its end.
  */
-#include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
 #include <setjmp.h>
@@ -37,38 +36,7 @@
  * pid of one in *pid (may be NULL). */
 static int qemu_of_pid(pid_t shim, pid_t *pid)
 {
-	DIR *d = opendir("/proc");
-	struct dirent *e;
-	int n = 0;
-	while (d && (e = readdir(d))) {
-		if (e->d_name[0] < '0' || e->d_name[0] > '9')
-			continue;
-		char p[300], buf[512];
-		snprintf(p, sizeof(p), "/proc/%s/stat", e->d_name);
-		FILE *f = fopen(p, "r");
-		if (!f)
-			continue;
-		size_t k = fread(buf, 1, sizeof(buf) - 1, f);
-		fclose(f);
-		buf[k] = 0;
-		/* pid (comm) state ppid ... */
-		char *rp = strrchr(buf, ')');
-		char *lp = strchr(buf, '(');
-		if (!rp || !lp)
-			continue;
-		int ppid = 0;
-		char stc;
-		if (sscanf(rp + 1, " %c %d", &stc, &ppid) != 2 || ppid != shim || stc == 'Z')
-			continue;
-		if (strncmp(lp + 1, "qemu-system", 11) == 0) {
-			n++;
-			if (pid)
-				*pid = (pid_t)atoi(e->d_name);
-		}
-	}
-	if (d)
-		closedir(d);
-	return n;
+	return e2e_qemu_procs(NULL, shim, pid);
 }
 
 static int qemu_of(pid_t shim)
@@ -101,28 +69,7 @@ static char skip_why[256];
 /* Any QEMU booting the build's initramfs still running. */
 static bool leftover_qemu(void)
 {
-	DIR *d = opendir("/proc");
-	struct dirent *e;
-	bool found = false;
-	while (d && (e = readdir(d)) && !found) {
-		if (e->d_name[0] < '0' || e->d_name[0] > '9')
-			continue;
-		char p[300], buf[4096];
-		snprintf(p, sizeof(p), "/proc/%s/cmdline", e->d_name);
-		FILE *fp = fopen(p, "r");
-		if (!fp)
-			continue;
-		size_t k = fread(buf, 1, sizeof(buf) - 1, fp);
-		fclose(fp);
-		buf[k] = 0;
-		for (size_t i = 0; i < k; i++)
-			if (!buf[i])
-				buf[i] = ' ';
-		found = strstr(buf, "qemu-system") && strstr(buf, LM_E2E_INITRAMFS);
-	}
-	if (d)
-		closedir(d);
-	return found;
+	return e2e_qemu_procs(LM_E2E_INITRAMFS, 0, NULL) > 0;
 }
 
 static int have_qemu(void)
@@ -521,6 +468,44 @@ static bool pod_moves(struct fx *f, const char *session)
 	/* the writer, still running, is not touched by that */
 	assert_int_equal(e2e_state(&f->dst, "writer-m", NULL, &st), 0);
 	assert_int_equal(st, 2);
+
+	/* and the pod moves on, from the host it arrived on to a third one:
+	 * same PID, the file grows on, the third's agent connection drives it */
+	struct e2e_shim third;
+	char name[40], w3[400], tw[500], s3[80];
+	snprintf(name, sizeof name, "%s3", f->dst.name);
+	snprintf(s3, sizeof s3, "%s-on", session);
+	snprintf(w3, sizeof w3, "%s/work-%s", f->dir, s3);
+	snprintf(tw, sizeof tw, "%s/bundles/writer-m-m/stdout.log", w3);
+	assert_int_equal(e2e_dest_start(&third, f->dir, name, NULL), 0);
+	const char *a3[] = { "migrate", "--from", f->dst.sock, "--to", third.sock, "--workdir", w3,
+			     "--quiet", "--session", s3, NULL };
+	rc = e2e_lmctl(a3, out, 180000);
+	t = e2e_slurp(out);
+	printf("# qemu e2e: the pod's second hop: lmctl migrate exited %d\n%s", rc, t);
+	free(t);
+	if (rc) {
+		e2e_shim_dump(&f->dst);
+		e2e_shim_dump(&third);
+	}
+	assert_int_equal(rc, 0);
+	assert_int_equal(e2e_state(&f->dst, "writer-m", NULL, NULL), E2E_NOT_FOUND);
+	assert_int_equal(qemu_of(f->dst.pid), 0);
+	assert_int_equal(qemu_of(third.pid), 1);
+	assert_int_equal(e2e_state(&third, "writer-m-m", &pid, &st), 0);
+	assert_int_equal(pid, pid_w);
+	assert_int_equal(st, 2);
+	bool tw_ok = wait_lines(tw, "lines ", 3, 60);
+	if (!tw_ok && guest_crashed(&third)) {
+		e2e_shim_stop(&third);
+		return false;
+	}
+	assert_true(tw_ok);
+	assert_one_stream(dw, tw, "lines ", false);
+	assert_int_equal(task_kill(&third, "writer-m-m", 9), 0);
+	assert_int_equal(task_wait(&third, "writer-m-m", &status), 0);
+	assert_int_equal(status, 137);
+	assert_int_equal(e2e_shim_stop(&third), 0);
 	return true;
 }
 
@@ -529,7 +514,7 @@ static bool pod_moves(struct fx *f, const char *session)
  * the other host (the two stdout files hold one stream: no reset, no
  * gap, no line twice), the file written before the move is there after,
  * and the destination's task service drives them (Kill, Wait with the
- * real exit status, Delete). A destination guest that crashed (the QEMU
+ * real exit status, Delete); then the pod moves on to a third host. A destination guest that crashed (the QEMU
  * TCG defect, detected by its oops) is tried once more with new shims. */
 static void test_a_pod_of_real_processes_moves_and_keeps_running(void **state)
 {
