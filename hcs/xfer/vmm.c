@@ -350,6 +350,7 @@ int lm__xf_src_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_r
 	uint64_t tb1 = lm_now_ns();
 	x->st.blackout_ns = tb1 - tb0;
 	x->st.total_ns = tb1 - x->t_go;
+	lm__xf_emit(x, LM_XEV_PROGRESS, NULL);   /* the final figures (bytes, passes) */
 	lm__xf_emit(x, LM_XEV_OFFLINE_DONE, NULL);
 	lm__xfer_event_t ev;
 	memset(&ev, 0, sizeof(ev));
