@@ -75,6 +75,7 @@ struct gnew {
 	lm_rpc_call_t *call;          /* the Create, answered once */
 	unsigned added;               /* layers attached so far */
 	char serials[16][21];         /* theirs (LM_GUEST_MAX_LAYERS, LM_VMDOC_SERIAL_CAP) */
+	unsigned slots[16];           /* the VM's disk slots they take */
 	char **args, **env;           /* from the OCI process */
 	size_t n_args, n_env;
 	char *cwd;
@@ -115,6 +116,7 @@ struct ctl {
 	int boot_guest_rc;               /* the first of their failures */
 	char boot_guest_why[256];
 	struct gnew *gnews;              /* task Creates in the guest in flight (ctl_guest.c) */
+	unsigned disk_removals;          /* deleted containers' forgets and disk detaches in flight (ctl_guest.c) */
 	struct lm_snapshot_vm imported;  /* destination: the snapshot's VM part */
 	bool have_imported;
 	struct patcher_ref *patchers;    /* destination: one per imported container */

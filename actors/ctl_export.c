@@ -48,6 +48,11 @@ void lm__ctl_prepare_and_export(struct ctl *c, lm_rpc_call_t *call, PrepareAndEx
 			     "VM (task Create %s): try again once it is answered", M, c->gnews->n->id);
 		return;
 	}
+	if (c->disk_removals) {
+		lm__ctl_fail(call, LM_RPC_FAILED_PRECONDITION, "%s: %u disk(s) of deleted containers are "
+			     "being detached from the VM: try again in a few seconds", M, c->disk_removals);
+		return;
+	}
 	lm_hcs_migration_options_t o;
 	if (lm_convert_init_options(req->init_options, LM_HCS_ORIGIN_SOURCE, &o, err, sizeof(err))) {
 		lm__ctl_fail(call, LM_RPC_INVALID_ARGUMENT, "%s: init_options: %s", M, err);

@@ -4,10 +4,11 @@
  * (shim/guest.h) opened once the VM runs, the boot containers created
  * there, their exits applied to the sandbox, Kill and Delete of the task
  * service passed to the guest, a task Create of a new container (its
- * layers hot-plugged as disks of the VM one by one and added to the VM
- * document, then the container created in the guest, not started) and
- * its Start, and, on a migration's destination, every container adopted
- * once the VM runs there.
+ * layers hot-plugged as disks of the VM one by one, each in a free slot,
+ * and added to the VM document, then the container created in the guest,
+ * not started) and its Start, a deleted container's disks detached once
+ * the guest let it go (their slots free again), and, on a migration's
+ * destination, every container adopted once the VM runs there.
  *
  * DESIGN. Every guest call completes on the guest's worker thread, and
  * every exit on a watch's pump thread; each carries a controller
@@ -36,6 +37,7 @@
 
 #define CONNECT_NS 30000000000ll      /* the agent, once the VM reported it ready */
 #define ROOTFS_SERIAL "rootfs"        /* the qemu backend's container image disk */
+#define LM_VM_DISK_SLOTS 16           /* the qemu backend's (q35 root ports; 0 is rootfs's) */
 
 /* ---- completions (other threads) ------------------------------------------ */
 
@@ -229,12 +231,77 @@ static void hook_kill(void *arg, const struct lm_container *k, uint32_t signal, 
 	}
 }
 
+/* ---- a deleted container's disks ------------------------------------------- */
+
+static void on_disk_removed(struct ctl *c, struct ctl_done *d)
+{
+	const char *serial = d->guest_id;    /* (the payload's name field: the disk's) */
+	c->disk_removals--;
+	if (d->err) {
+		lm_log_error("controller", "a deleted container's disk stays attached", "serial=%s "
+			     "err=%d why=\"%s\"", serial, d->err, d->why);
+		return;
+	}
+	char *doc = NULL, err[200];
+	int rc = lm_vmdoc_remove_disk(c->document, serial, &doc, err, sizeof err);
+	if (rc) {
+		lm_log_error("controller", "disk detached but still in the VM document", "serial=%s "
+			     "why=\"%s\"", serial, err);
+		return;
+	}
+	free(c->document);
+	c->document = doc;
+	lm_log_info("controller", "disk detached", "serial=%s disks=%u", serial,
+		    lm_vmdoc_n_disks(c->document));
+}
+
+/* Detaches disk `serial` from the VM (the container on it is gone); the
+ * document drops it once it is gone. c->disk_removals counts what is in
+ * flight (a forget whose disks are to go, each disk going): an export is
+ * refused until it is 0, so that no snapshot lists a deleted container's
+ * disk. A disk the guest does not let go stays attached and listed (the
+ * error is logged); a destination cannot then be given a layer for it. */
+static void disk_remove(struct ctl *c, const char *serial)
+{
+	void *x = c->vm ? lm__ctl_op(c, on_disk_removed) : NULL;
+	if (x)
+		snprintf(lm__ctl_op_payload(x)->guest_id, sizeof(((struct ctl_done *)0)->guest_id),
+			 "%s", serial);
+	int rc = x ? lm_hcs_system_disk_remove(c->vm, serial, lm__ctl_hcs_done, x) : -ENOMEM;
+	if (rc) {
+		lm__ctl_op_drop(x);
+		lm_log_error("controller", "a deleted container's disk stays attached", "serial=%s err=%d",
+			     serial, rc);
+		return;
+	}
+	c->disk_removals++;
+}
+
+/* The guest let go of a deleted container (its mounts are gone): its
+ * disks can go. */
+static void on_forgotten(struct ctl *c, struct ctl_done *d)
+{
+	c->disk_removals--;          /* hook_forget's: now each disk's own */
+	if (d->err)
+		lm_log_warn("controller", "guest container not deleted in the guest", "guest_id=%s "
+			    "why=\"%s\"", d->guest_id, d->why);
+	char serials[LM_GUEST_MAX_LAYERS][LM_VMDOC_SERIAL_CAP];
+	unsigned n = lm_vmdoc_disks_of(c->document, d->guest_id, serials, LM_GUEST_MAX_LAYERS);
+	for (unsigned i = 0; i < n; i++)
+		disk_remove(c, serials[i]);
+}
+
 static void hook_forget(void *arg, const char *guest_id)
 {
 	struct ctl *c = arg;
-	int rc = lm_guest_forget(c->guest, guest_id, NULL, NULL);
-	if (rc)
+	void *x = guest_op(c, on_forgotten, guest_id);
+	int rc = x ? lm_guest_forget(c->guest, guest_id, guest_done, x) : -ENOMEM;
+	if (rc) {
+		lm__ctl_op_drop(x);
 		lm_log_warn("controller", "guest container not forgotten", "guest_id=%s err=%d", guest_id, rc);
+		return;
+	}
+	c->disk_removals++;          /* its disks are to go: an export waits */
 }
 
 /* ---- task Create and Start of a new container ------------------------------- */
@@ -275,6 +342,7 @@ static bool gnew_take(struct ctl *c, struct gnew *g)
 	return false;
 }
 
+static void disk_remove(struct ctl *c, const char *serial);
 static void gnew_fail(struct ctl *c, struct gnew *g, int code, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 static void gnew_fail(struct ctl *c, struct gnew *g, int code, const char *fmt, ...)
@@ -286,6 +354,8 @@ static void gnew_fail(struct ctl *c, struct gnew *g, int code, const char *fmt, 
 	va_end(ap);
 	lm_log_warn("controller", "task Create in the guest failed", "id=%s why=\"%s\"", g->n->id, m);
 	(void)gnew_take(c, g);
+	for (unsigned l = 0; l < g->added; l++)     /* the layers it attached go again */
+		disk_remove(c, g->serials[l]);
 	lm__ctl_fail(g->call, code, "Create %s: %s", g->n->id, m);
 	gnew_free(g);
 }
@@ -413,14 +483,13 @@ static void on_gnew_disk(struct ctl *c, struct ctl_done *d)
 	unsigned l = g->added;
 	if (d->err) {
 		gnew_fail(c, g, d->err == -ENOTSUP ? LM_RPC_UNIMPLEMENTED : lm__ctl_code_for_errno(d->err),
-			  "layer %u (%s): %s%s", l, g->n->layers[l], d->why,
-			  l ? " (the layers before it stay attached until the VM stops)" : "");
+			  "layer %u (%s): %s", l, g->n->layers[l], d->why);
 		return;
 	}
 	/* the document names the disk from now on: an export carries it, in
 	 * the order the VM has them */
 	struct lm_vmdoc_disk disk = {.serial = g->serials[l], .path = g->n->layers[l],
-				     .container = g->n->id, .layer = l};
+				     .container = g->n->id, .layer = l, .slot = g->slots[l]};
 	char *doc = NULL, err[200];
 	int rc = lm_vmdoc_add_disk(c->document, &disk, &doc, err, sizeof err);
 	if (rc) {
@@ -442,7 +511,7 @@ static void gnew_next(struct ctl *c, struct gnew *g)
 		if (x)
 			lm__ctl_op_payload(x)->ctx = g;
 		int rc = x ? lm_hcs_system_disk_add(c->vm, g->serials[g->added], n->layers[g->added],
-						    lm__ctl_hcs_done, x) : -ENOMEM;
+						    g->slots[g->added], lm__ctl_hcs_done, x) : -ENOMEM;
 		if (rc) {
 			lm__ctl_op_drop(x);
 			gnew_fail(c, g, lm__ctl_code_for_errno(rc), "layer %u: %s", g->added, strerror(-rc));
@@ -516,12 +585,22 @@ static void hook_create(void *arg, struct lm_guest_new *n, lm_rpc_call_t *call)
 			  n->n_layers, LM_GUEST_MAX_LAYERS - 1);
 		return;
 	}
-	/* serials d<N>: the VM's disks are only ever added (the document
-	 * lists them, and travels), so N counts them, with the layers of
-	 * Creates in flight that are not attached yet reserved */
-	unsigned base = lm_vmdoc_n_disks(c->document);
+	/* each layer: a serial d<N> and a slot, the first ones that neither
+	 * the VM's disks (the document) nor the Creates in flight hold */
+	unsigned used = lm_vmdoc_slots(c->document) | 1u;   /* slot 0: the shared image */
 	for (struct gnew *o = g->next; o; o = o->next)
-		base += o->n->n_layers - o->added;
+		for (unsigned l = o->added; l < o->n->n_layers; l++)
+			used |= 1u << o->slots[l];
+	unsigned nfree = 0;
+	for (unsigned k = 1; k < LM_VM_DISK_SLOTS; k++)
+		nfree += !(used & (1u << k));
+	if (n->n_layers > nfree) {
+		gnew_fail(c, g, LM_RPC_RESOURCE_EXHAUSTED, "%u read-only layers, and the VM has %u free "
+			  "disk slot(s) of %d (a deleted container's slots come free once its disks "
+			  "are detached)", n->n_layers, nfree, LM_VM_DISK_SLOTS - 1);
+		return;
+	}
+	unsigned next = 0;
 	for (unsigned l = 0; l < n->n_layers; l++) {
 		if (n->layers[l][0] != '/' || strchr(n->layers[l], ',')) {
 			gnew_fail(c, g, LM_RPC_INVALID_ARGUMENT, "layer %u (%s): %s", l, n->layers[l],
@@ -529,12 +608,21 @@ static void hook_create(void *arg, struct lm_guest_new *n, lm_rpc_call_t *call)
 							 : "a path with ',' cannot be a QEMU disk");
 			return;
 		}
-		snprintf(g->serials[l], sizeof g->serials[l], "d%u", (base + l) % 100000u);
-		if (lm_vmdoc_has_serial(c->document, g->serials[l])) {
-			gnew_fail(c, g, LM_RPC_INTERNAL, "layer %u: the VM has a disk %s already", l,
-				  g->serials[l]);
-			return;
+		unsigned k = 1;
+		while (used & (1u << k))
+			k++;
+		used |= 1u << k;
+		g->slots[l] = k;
+		for (;; next++) {
+			snprintf(g->serials[l], sizeof g->serials[l], "d%u", next);
+			bool taken = lm_vmdoc_has_serial(c->document, g->serials[l]);
+			for (struct gnew *o = g; o && !taken; o = o->next)
+				for (unsigned i = 0; i < (o == g ? l : o->n->n_layers) && !taken; i++)
+					taken = !strcmp(o->serials[i], g->serials[l]);
+			if (!taken)
+				break;
 		}
+		next++;
 	}
 	if (parse_process(g, why, sizeof why)) {
 		gnew_fail(c, g, LM_RPC_INVALID_ARGUMENT, "%s", why);

@@ -203,10 +203,16 @@ typedef struct lm_backend_ops {
 
 	/* Thread: owner. Optional: attaches a read-only disk to the running
 	 * VM (a container layer: a directory packed into an image, or an
-	 * image file), which the guest finds by `serial`; it joins the
-	 * compat data. -ENOTSUP when the VM cannot, with `why`. */
-	int (*disk_add)(lm_vm_t *vm, const char *serial, const char *path, char *why,
-			size_t why_cap);
+	 * image file), which the guest finds by `serial`, in slot `slot`
+	 * (where the VM document says it is: a migration's destination is
+	 * launched with it there); it joins the compat data. -ENOTSUP when
+	 * the VM cannot, with `why`. */
+	int (*disk_add)(lm_vm_t *vm, const char *serial, const char *path, unsigned slot,
+			char *why, size_t why_cap);
+	/* Thread: owner. Optional: detaches the disk of `serial` added by
+	 * create or disk_add (the guest no longer uses it: the container on
+	 * it is gone); it leaves the compat data and its slot is free. */
+	int (*disk_remove)(lm_vm_t *vm, const char *serial, char *why, size_t why_cap);
 
 	/* Thread: any. */
 	int (*stats)(lm_vm_t *vm, lm_guest_stats_t *out);

@@ -50,6 +50,7 @@ enum op_kind {
 	OP_CREATE, OP_START, OP_PAUSE, OP_RESUME, OP_TERMINATE, OP_PROPERTIES,
 	OP_MIG_INIT, OP_MIG_START, OP_MIG_TRANSFER, OP_MIG_FINALIZE, OP_MIG_RECOVER, OP_DONE_ONLY,
 	OP_DISK_ADD,
+	OP_DISK_REMOVE,
 };
 
 /* One queued operation. Exactly one of done / pdone is set. */
@@ -57,7 +58,8 @@ struct op {
 	struct op *next;
 	enum op_kind kind;
 	char *doc;                       /* OP_CREATE: the document; OP_DISK_ADD: the path */
-	char serial[24];                 /* OP_DISK_ADD */
+	char serial[24];                 /* OP_DISK_ADD, OP_DISK_REMOVE */
+	unsigned slot;                   /* OP_DISK_ADD */
 	lm_hcs_migration_options_t mo;   /* OP_MIG_INIT */
 	lm_hcs_migration_start_t start;  /* OP_MIG_START */
 	enum lm_hcs_finalize_op fin;     /* OP_MIG_FINALIZE */
@@ -615,8 +617,10 @@ static bool migrating(lm_hcs_system_t *s)
 	return s->ms == MS_STARTING || s->ms == MS_SETUP_DONE || s->ms == MS_TRANSFERRING;
 }
 
-static void do_disk_add(lm_hcs_system_t *s, struct op *o)
+/* A disk attached to, or detached from, the running VM (o->kind). */
+static void do_disk(lm_hcs_system_t *s, struct op *o)
 {
+	bool add = o->kind == OP_DISK_ADD;
 	pthread_mutex_lock(&s->mu);
 	bool quiet = s->ms == MS_NONE || s->ms == MS_FINALIZED;
 	bool have = s->vm != NULL;
@@ -628,13 +632,15 @@ static void do_disk_add(lm_hcs_system_t *s, struct op *o)
 		return fail_op(o, -EBUSY, "a live migration session holds the VM's shape");
 	if (vs != LM_HCS_VM_RUNNING && vs != LM_HCS_VM_PAUSED)
 		return fail_op(o, -EPERM, "the VM is not running");
-	if (!s->ops->disk_add)
-		return fail_op(o, -ENOTSUP, "this backend attaches no disk to a running VM");
-	int rc = LM_FAULT("hcs.disk_add");
+	if (add ? !s->ops->disk_add : !s->ops->disk_remove)
+		return fail_op(o, -ENOTSUP, add ? "this backend attaches no disk to a running VM"
+						: "this backend detaches no disk from a running VM");
+	int rc = LM_FAULT(add ? "hcs.disk_add" : "hcs.disk_remove");
 	if (rc < 0)
-		return fail_op(o, rc, "disk add failed (fault)");
+		return fail_op(o, rc, add ? "disk add failed (fault)" : "disk remove failed (fault)");
 	char why[256] = "";
-	rc = s->ops->disk_add(s->vm, o->serial, o->doc, why, sizeof(why));
+	rc = add ? s->ops->disk_add(s->vm, o->serial, o->doc, o->slot, why, sizeof(why))
+		 : s->ops->disk_remove(s->vm, o->serial, why, sizeof(why));
 	if (rc < 0)
 		return fail_op(o, rc, why[0] ? why : strerror(-rc));
 	complete(o, 0, NULL);
@@ -1095,7 +1101,8 @@ static void *op_main(void *arg)
 		case OP_MIG_FINALIZE: do_mig_finalize(s, o); break;
 		case OP_MIG_RECOVER: do_mig_recover(s, o); break;
 		case OP_DONE_ONLY: complete(o, o->err, o->why[0] ? o->why : "refused"); break;
-		case OP_DISK_ADD: do_disk_add(s, o); break;
+		case OP_DISK_ADD:
+		case OP_DISK_REMOVE: do_disk(s, o); break;
 		}
 		op_free(o);
 	}
@@ -1189,7 +1196,7 @@ int lm_hcs_system_start(lm_hcs_system_t *s, lm_hcs_done_fn done, void *arg)
 }
 
 int lm_hcs_system_disk_add(lm_hcs_system_t *s, const char *serial, const char *path,
-			   lm_hcs_done_fn done, void *arg)
+			   unsigned slot, lm_hcs_done_fn done, void *arg)
 {
 	if (!s || !done || !serial || !path || strlen(serial) >= sizeof(((struct op *)0)->serial))
 		return -EINVAL;
@@ -1199,6 +1206,19 @@ int lm_hcs_system_disk_add(lm_hcs_system_t *s, const char *serial, const char *p
 			free(o);
 		return -ENOMEM;
 	}
+	snprintf(o->serial, sizeof(o->serial), "%s", serial);
+	o->slot = slot;
+	return enqueue(s, o);
+}
+
+int lm_hcs_system_disk_remove(lm_hcs_system_t *s, const char *serial, lm_hcs_done_fn done,
+			      void *arg)
+{
+	if (!s || !done || !serial || strlen(serial) >= sizeof(((struct op *)0)->serial))
+		return -EINVAL;
+	struct op *o = op_new(OP_DISK_REMOVE, done, arg);
+	if (!o)
+		return -ENOMEM;
 	snprintf(o->serial, sizeof(o->serial), "%s", serial);
 	return enqueue(s, o);
 }

@@ -259,12 +259,17 @@ int lm_hcs_system_start(lm_hcs_system_t *s, lm_hcs_done_fn done, void *arg);
 int lm_hcs_system_pause(lm_hcs_system_t *s, lm_hcs_done_fn done, void *arg);
 /* Thread: any. Attaches a read-only disk to the running VM (the qemu
  * backend on q35: a container layer, `path` a directory or an image
- * file, found in the guest by `serial`), HCS's ModifyComputeSystem for
- * one attachment. Through done: -ENOTSUP (the backend or machine cannot,
- * with the reason), -EBUSY (a migration session is open), -EPERM (not
- * running). */
+ * file, found in the guest by `serial`, in slot `slot`, 1..15, free),
+ * HCS's ModifyComputeSystem for one attachment. Through done: -ENOTSUP
+ * (the backend or machine cannot, with the reason), -EBUSY (a migration
+ * session is open), -EPERM (not running). */
 int lm_hcs_system_disk_add(lm_hcs_system_t *s, const char *serial, const char *path,
-			   lm_hcs_done_fn done, void *arg);
+			   unsigned slot, lm_hcs_done_fn done, void *arg);
+/* Thread: any. Detaches the disk of `serial` (a deleted container's
+ * layer) from the running VM; its slot is free again. Through done: as
+ * disk_add, and -ENOENT (no such disk), -ETIMEDOUT (the guest kept it). */
+int lm_hcs_system_disk_remove(lm_hcs_system_t *s, const char *serial, lm_hcs_done_fn done,
+			      void *arg);
 int lm_hcs_system_resume(lm_hcs_system_t *s, lm_hcs_done_fn done, void *arg);
 int lm_hcs_system_terminate(lm_hcs_system_t *s, lm_hcs_done_fn done, void *arg);
 /* Graceful stop. The sim guest has no agent to ask, so it stops like

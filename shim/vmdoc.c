@@ -49,6 +49,34 @@ static json_t *qemu_obj(json_t *j)
 	return json_is_object(q) ? q : NULL;
 }
 
+/* One disk's entry (Slot only when given). */
+static json_t *disk_json(const struct lm_vmdoc_disk *d)
+{
+	json_t *e = json_pack("{s:s, s:s, s:s, s:I}", "Serial", d->serial, "Path", d->path,
+			      "Container", d->container, "Layer", (json_int_t)d->layer);
+	if (e && d->slot && json_object_set_new(e, "Slot", json_integer(d->slot))) {
+		json_decref(e);
+		return NULL;
+	}
+	return e;
+}
+
+/* VirtualMachine.Qemu.Disks of j (NULL if absent or not a list). */
+static json_t *disks_of(json_t *j)
+{
+	json_t *a = json_object_get(json_object_get(json_object_get(j, "VirtualMachine"), "Qemu"),
+				    "Disks");
+	return json_is_array(a) ? a : NULL;
+}
+
+/* The slot of entry i of the list: its Slot, else i + 1. */
+static unsigned slot_at(json_t *d, size_t i)
+{
+	json_t *v = json_object_get(d, "Slot");
+	return json_is_integer(v) && json_integer_value(v) > 0 && json_integer_value(v) < 32
+		       ? (unsigned)json_integer_value(v) : (unsigned)i + 1;
+}
+
 static int dump(json_t *j, char **out)
 {
 	*out = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
@@ -74,9 +102,7 @@ int lm_vmdoc_set_disks(const char *doc, const struct lm_vmdoc_disk *disks, unsig
 		return q ? -ENOMEM : -EINVAL;
 	}
 	for (unsigned i = 0; i < n; i++) {
-		json_t *d = json_pack("{s:s, s:s, s:s, s:I}", "Serial", disks[i].serial, "Path",
-				      disks[i].path, "Container", disks[i].container, "Layer",
-				      (json_int_t)disks[i].layer);
+		json_t *d = disk_json(&disks[i]);
 		if (!d || json_array_append_new(a, d)) {
 			json_decref(a);
 			json_decref(j);
@@ -111,8 +137,7 @@ int lm_vmdoc_add_disk(const char *doc, const struct lm_vmdoc_disk *disk, char **
 		json_decref(j);
 		return -EINVAL;
 	}
-	json_t *d = json_pack("{s:s, s:s, s:s, s:I}", "Serial", disk->serial, "Path", disk->path,
-			      "Container", disk->container, "Layer", (json_int_t)disk->layer);
+	json_t *d = disk_json(disk);
 	if (!d || json_array_append_new(a, d)) {
 		json_decref(j);
 		return -ENOMEM;
@@ -147,6 +172,69 @@ unsigned lm_vmdoc_n_disks(const char *doc)
 		json_object_get(json_object_get(j, "VirtualMachine"), "Qemu"), "Disks"));
 	json_decref(j);
 	return n;
+}
+
+unsigned lm_vmdoc_slots(const char *doc)
+{
+	char err[8];
+	json_t *j = load(doc, err, sizeof err);
+	if (!j)
+		return ~0u;
+	unsigned used = 0;
+	size_t i;
+	json_t *d;
+	json_array_foreach(disks_of(j), i, d)
+		used |= 1u << slot_at(d, i);
+	json_decref(j);
+	return used;
+}
+
+unsigned lm_vmdoc_disks_of(const char *doc, const char *guest_id,
+			   char (*out)[LM_VMDOC_SERIAL_CAP], unsigned cap)
+{
+	char err[8];
+	json_t *j = load(doc, err, sizeof err);
+	unsigned n = 0;
+	size_t i;
+	json_t *d;
+	json_array_foreach(disks_of(j), i, d) {
+		const char *s = json_string_value(json_object_get(d, "Serial"));
+		const char *g = json_string_value(json_object_get(d, "Container"));
+		if (s && g && !strcmp(g, guest_id) && n < cap)
+			snprintf(out[n++], LM_VMDOC_SERIAL_CAP, "%s", s);
+	}
+	json_decref(j);
+	return n;
+}
+
+int lm_vmdoc_remove_disk(const char *doc, const char *serial, char **out, char *err,
+			 size_t errlen)
+{
+	*out = NULL;
+	json_t *j = load(doc, err, errlen);
+	if (!j)
+		return -EINVAL;
+	json_t *a = disks_of(j);
+	size_t i, at = (size_t)-1;
+	json_t *d;
+	json_array_foreach(a, i, d) {
+		/* every entry says its slot from now on: the list shrinks */
+		if (!json_object_get(d, "Slot") &&
+		    json_object_set_new(d, "Slot", json_integer(slot_at(d, i)))) {
+			json_decref(j);
+			return -ENOMEM;
+		}
+		const char *s = json_string_value(json_object_get(d, "Serial"));
+		if (s && !strcmp(s, serial))
+			at = i;
+	}
+	if (at == (size_t)-1) {
+		snprintf(err, errlen, "the VM document has no disk %.20s", serial);
+		json_decref(j);
+		return -ENOENT;
+	}
+	json_array_remove(a, at);
+	return dump(j, out);
 }
 
 int lm_vmdoc_relocate(const char *doc, const lm_sandbox_t *sb, char **out, char *err,

@@ -2,8 +2,12 @@
  * vmdoc.h: the utility VM's disks in its compute-system document. Each
  * read-only layer of a container that is a real process in the guest is
  * one disk of the VM (VirtualMachine.Qemu.Disks, hcs/qemu/backend.c):
- * {"Serial", "Path", "Container", "Layer"}, where Container is the
- * container's guest ID and Layer its layer's index (base layer first).
+ * {"Serial", "Path", "Container", "Layer", "Slot"}, where Container is the
+ * container's guest ID, Layer its layer's index (base layer first) and
+ * Slot where the VM has the disk (1..15; absent: its index + 1, as the
+ * boot containers' disks are written). A task Create's layers are added
+ * in free slots, and a deleted container's disks leave the list, so the
+ * others keep their slots.
  *
  * The source writes the list when it boots the VM; the document travels
  * in the snapshot, and the destination keeps its disks and their order
@@ -32,6 +36,7 @@ struct lm_vmdoc_disk {
 	const char *path;          /* this host's copy: a directory or an image */
 	const char *container;     /* the container's guest ID */
 	unsigned layer;
+	unsigned slot;             /* 0: not written (its index + 1) */
 };
 
 /* A copy of `doc` whose VirtualMachine.Qemu.Disks is `disks` (n of them;
@@ -51,6 +56,21 @@ bool lm_vmdoc_has_serial(const char *doc, const char *serial);
 
 /* How many disks `doc` lists (0 if none or unreadable). */
 unsigned lm_vmdoc_n_disks(const char *doc);
+
+/* The slots `doc`'s disks hold: bit k for slot k (all bits if it cannot
+ * be read: nothing is free then). */
+unsigned lm_vmdoc_slots(const char *doc);
+
+/* The serials of the disks of guest container `guest_id` (at most cap,
+ * in the list's order) into out; how many. */
+unsigned lm_vmdoc_disks_of(const char *doc, const char *guest_id,
+			   char (*out)[LM_VMDOC_SERIAL_CAP], unsigned cap);
+
+/* A copy of `doc` without the disk of `serial` (the others keep their
+ * slots: an entry without Slot gets its slot written first). 0,
+ * -ENOENT (no such disk), -EINVAL with `err`, -ENOMEM. */
+int lm_vmdoc_remove_disk(const char *doc, const char *serial, char **out, char *err,
+			 size_t errlen);
 
 /* Destination: a copy of `doc` (the source's) with each disk's Path
  * replaced by the layer the container of that guest ID has in `sb`. 0;

@@ -692,6 +692,83 @@ static void test_container_layers_are_disks_checked_across_hosts(void **state)
 	assert_int_equal(qemu_children(), 0);
 }
 
+/* A running q35 VM takes a container layer in a given slot and gives it
+ * back: the compat data names it while it is attached (a destination is
+ * launched with it in that slot) and not after, the slot can be taken
+ * again, and what cannot be done is refused with the reason. The
+ * document's Slot places a disk; a bad or repeated one is refused. */
+static void test_a_layer_is_hot_plugged_in_its_slot_and_removed(void **state)
+{
+	(void)state;
+	NEED_QEMU();
+	if (access("/usr/bin/mkfs.erofs", X_OK) != 0)
+		skip();
+	char a[200], b[200], c1[320], c2[320], c3[320], why[300];
+	make_layer("hpa", "one", a, sizeof(a));
+	make_layer("hpb", "two", b, sizeof(b));
+	json_t *x = json_pack("{s:s, s:[{s:s, s:s, s:i}]}", "Machine", "q35", "Disks", "Serial", "c0.l0",
+			      "Path", a, "Slot", 5);
+	char *doc = make_doc(NULL, x);
+	lm_vm_config_t c;
+	cfg_init(&c, "hplug", false, doc);
+	lm_vm_t *vm = NULL;
+	assert_int_equal(ops->create(&vm, &c), 0);
+	free(doc);
+	track(vm);
+	assert_int_equal(ops->start(vm), 0);
+	int k = ops->compat_get(vm, c1, sizeof(c1) - 1);
+	c1[k] = 0;
+	assert_non_null(strstr(c1, " disks=2:"));          /* rootfs + c0.l0 */
+
+	/* slot 5 is c0.l0's; slot 0 is nobody's to take; the same serial twice */
+	assert_int_equal(ops->disk_add(vm, "d0", b, 5, why, sizeof(why)), -EEXIST);
+	assert_non_null(strstr(why, "slot 5"));
+	assert_int_equal(ops->disk_add(vm, "d0", b, 0, why, sizeof(why)), -ENOSPC);
+	assert_int_equal(ops->disk_add(vm, "c0.l0", b, 2, why, sizeof(why)), -EEXIST);
+	uint64_t t0 = lm_now_ns();
+	assert_int_equal(ops->disk_add(vm, "d0", b, 2, why, sizeof(why)), 0);
+	double add_ms = ms_since(t0);
+	k = ops->compat_get(vm, c2, sizeof(c2) - 1);
+	c2[k] = 0;
+	assert_non_null(strstr(c2, " disks=3:"));
+	/* removed: what the VM was before, and the slot is free again */
+	assert_int_equal(ops->disk_remove(vm, "nosuch", why, sizeof(why)), -ENOENT);
+	assert_int_equal(ops->disk_remove(vm, "rootfs", why, sizeof(why)), -ENOENT);
+	t0 = lm_now_ns();
+	int rc = ops->disk_remove(vm, "d0", why, sizeof(why));
+	double rm_ms = ms_since(t0);
+	if (rc)
+		fail_msg("disk_remove d0: %d %s", rc, why);
+	print_message("# qemu-backend: hot-plug %.0f ms, unplug %.0f ms (TCG)\n", add_ms, rm_ms);
+	k = ops->compat_get(vm, c3, sizeof(c3) - 1);
+	c3[k] = 0;
+	assert_string_equal(c1, c3);
+	assert_int_equal(ops->disk_add(vm, "d1", b, 2, why, sizeof(why)), 0);
+	assert_int_equal(ops->disk_remove(vm, "d1", why, sizeof(why)), 0);
+	/* the boot-time layer goes the same way */
+	assert_int_equal(ops->disk_remove(vm, "c0.l0", why, sizeof(why)), 0);
+	k = ops->compat_get(vm, c3, sizeof(c3) - 1);
+	c3[k] = 0;
+	assert_non_null(strstr(c3, " disks=1:"));
+	assert_true(qemu_running(vm));
+	vm_destroy(vm);
+
+	/* Slot in the document, by name */
+	struct { json_t *disks; const char *want; } bads[] = {
+		{json_pack("[{s:s, s:s, s:i}]", "Serial", "d0", "Path", a, "Slot", 0), "Disks[0].Slot"},
+		{json_pack("[{s:s, s:s, s:i}]", "Serial", "d0", "Path", a, "Slot", 16), "Disks[0].Slot"},
+		{json_pack("[{s:s, s:s, s:s}]", "Serial", "d0", "Path", a, "Slot", "1"), "Disks[0].Slot"},
+		{json_pack("[{s:s, s:s, s:i}, {s:s, s:s}]", "Serial", "d0", "Path", a, "Slot", 2,
+			   "Serial", "d1", "Path", b), "Slot used twice"},
+	};
+	for (size_t i = 0; i < sizeof(bads) / sizeof(bads[0]); i++) {
+		char *d = doc_with("Disks", bads[i].disks);
+		expect_refused(d, 0, 0, -EINVAL, bads[i].want);
+		free(d);
+	}
+	assert_int_equal(qemu_children(), 0);
+}
+
 static void test_migration_through_the_stream_ops(void **state)
 {
 	(void)state;
@@ -994,6 +1071,8 @@ int main(void)
 		cmocka_unit_test_teardown(test_bad_document_field_is_einval_and_names_it,
 					  case_teardown),
 		cmocka_unit_test_teardown(test_container_layers_are_disks_checked_across_hosts,
+					  case_teardown),
+		cmocka_unit_test_teardown(test_a_layer_is_hot_plugged_in_its_slot_and_removed,
 					  case_teardown),
 		cmocka_unit_test_teardown(test_migration_through_the_stream_ops, case_teardown),
 		cmocka_unit_test_teardown(test_stream_abort_mid_stream_leaves_the_source_running,

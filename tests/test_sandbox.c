@@ -787,6 +787,54 @@ static void test_vm_document_disks_follow_the_patched_layers(void **state)
 	lm_sandbox_destroy(sb2);
 }
 
+/* A deleted container's disks leave the document; the others keep their
+ * slots (written on the first removal), and a freed slot shows free. */
+static void test_vm_document_disk_removal_keeps_the_other_slots(void **state)
+{
+	(void)state;
+	struct lm_vmdoc_disk d[] = {
+		{.serial = "c0.l0", .path = "/l/a", .container = "web", .layer = 0},
+		{.serial = "c1.l0", .path = "/l/b", .container = "db", .layer = 0},
+		{.serial = "c1.l1", .path = "/l/c", .container = "db", .layer = 1},
+	};
+	const char *doc = "{\"VirtualMachine\":{\"Qemu\":{}}}";
+	char *out = NULL, *more = NULL, *less = NULL, err[200] = "";
+	assert_int_equal(lm_vmdoc_slots(doc), 0);
+	assert_int_equal(lm_vmdoc_set_disks(doc, d, 3, &out, err, sizeof err), 0);
+	assert_null(strstr(out, "Slot"));                     /* boot disks: by index */
+	assert_int_equal(lm_vmdoc_slots(out), (1u << 1) | (1u << 2) | (1u << 3));
+	struct lm_vmdoc_disk hot = {.serial = "d0", .path = "/l/n", .container = "new", .layer = 0,
+				    .slot = 7};
+	assert_int_equal(lm_vmdoc_add_disk(out, &hot, &more, err, sizeof err), 0);
+	assert_non_null(strstr(more, "\"Serial\":\"d0\",\"Path\":\"/l/n\",\"Container\":\"new\","
+			       "\"Layer\":0,\"Slot\":7"));
+	assert_int_equal(lm_vmdoc_slots(more), (1u << 1) | (1u << 2) | (1u << 3) | (1u << 7));
+
+	char serials[4][LM_VMDOC_SERIAL_CAP];
+	assert_int_equal(lm_vmdoc_disks_of(more, "db", serials, 4), 2);
+	assert_string_equal(serials[0], "c1.l0");
+	assert_string_equal(serials[1], "c1.l1");
+	assert_int_equal(lm_vmdoc_disks_of(more, "db", serials, 1), 1);   /* at most cap */
+	assert_int_equal(lm_vmdoc_disks_of(more, "nobody", serials, 4), 0);
+
+	/* db's first disk goes: c1.l1 stays in slot 3, slot 2 is free */
+	assert_int_equal(lm_vmdoc_remove_disk(more, "c1.l0", &less, err, sizeof err), 0);
+	assert_int_equal(lm_vmdoc_n_disks(less), 3);
+	assert_false(lm_vmdoc_has_serial(less, "c1.l0"));
+	assert_non_null(strstr(less, "\"Serial\":\"c1.l1\",\"Path\":\"/l/c\",\"Container\":\"db\","
+			       "\"Layer\":1,\"Slot\":3"));
+	assert_int_equal(lm_vmdoc_slots(less), (1u << 1) | (1u << 3) | (1u << 7));
+	free(more);
+	more = NULL;
+	assert_int_equal(lm_vmdoc_remove_disk(less, "c1.l0", &more, err, sizeof err), -ENOENT);
+	assert_null(more);
+	assert_non_null(strstr(err, "no disk c1.l0"));
+	assert_int_equal(lm_vmdoc_remove_disk("[", "d0", &more, err, sizeof err), -EINVAL);
+	assert_int_equal(lm_vmdoc_slots("["), ~0u);            /* unreadable: nothing free */
+	free(less);
+	free(out);
+}
+
 /* A snapshot whose guest_id is longer than the agent's IDs is refused,
  * naming the container and the field. */
 static void test_import_rejects_oversized_guest_id(void **state)
@@ -1036,6 +1084,7 @@ int main(void)
 		cmocka_unit_test(test_guest_id_and_pid_survive_export_import_and_patch),
 		cmocka_unit_test(test_import_rejects_oversized_guest_id),
 		cmocka_unit_test(test_vm_document_disks_follow_the_patched_layers),
+		cmocka_unit_test(test_vm_document_disk_removal_keeps_the_other_slots),
 	};
 	int rc = cmocka_run_group_tests(tests, NULL, NULL);
 	lm_msg_pool_trim();

@@ -134,12 +134,16 @@ struct lm_vm {
 	bool early_stop;            /* source under TCG: stop the guest before
 				       QEMU's second dirty sync (stream_status) */
 	bool early_stopped;         /* ... done for this stream */
-	struct {                    /* the disks, in slot order (create's, then
-				       disk_add's): what the compat data names */
+	struct {                    /* the disks by slot (root port): create's
+				       and disk_add's, what the compat data
+				       names; serial "" = a free slot */
 		char serial[21];
+		char id[16];        /* QEMU's node id */
+		char image[PATH_MAX]; /* the file attached */
+		bool made;          /* image made by us (in dir): removed with it */
 		uint64_t digest;
 	} dsk[LM_QEMU_MAX_DISKS];
-	unsigned n_dsk;
+	unsigned n_dsk;             /* slots in use */
 	char compat[256];           /* compat_get's text (compat_refresh) */
 };
 
@@ -205,15 +209,21 @@ static void exit_reason(struct lm_vm *vm, char *out, size_t cap)
 }
 
 /* The compat text: the VM's shape and its disks (how many, and one
- * XXH3-64 over each one's serial and image digest). Thread: create's
- * (before anyone sees vm), or under mu. */
+ * XXH3-64 over each one's slot, serial and image digest). Thread:
+ * create's (before anyone sees vm), or under mu. */
 static void compat_refresh(struct lm_vm *vm)
 {
 	XXH3_state_t *dg = XXH3_createState();
 	uint64_t h = 0;
+	vm->n_dsk = 0;
+	for (unsigned i = 0; i < LM_QEMU_MAX_DISKS; i++)
+		vm->n_dsk += vm->dsk[i].serial[0] != 0;
 	if (dg) {
 		XXH3_64bits_reset(dg);
-		for (unsigned i = 0; i < vm->n_dsk; i++) {
+		for (uint32_t i = 0; i < LM_QEMU_MAX_DISKS; i++) {
+			if (!vm->dsk[i].serial[0])
+				continue;
+			XXH3_64bits_update(dg, &i, sizeof(i));
 			XXH3_64bits_update(dg, vm->dsk[i].serial, strlen(vm->dsk[i].serial) + 1);
 			XXH3_64bits_update(dg, &vm->dsk[i].digest, sizeof(vm->dsk[i].digest));
 		}
@@ -239,9 +249,10 @@ struct qopts {
 	struct qdisk {              /* "Disks": the containers' own layers */
 		char serial[21];    /* what the guest finds it by */
 		char path[PATH_MAX]; /* a directory (packed) or an erofs image */
-		char id[16];        /* QEMU's node id: disk<i> */
+		char id[16];        /* QEMU's node id: disk<slot> */
 		char image[PATH_MAX]; /* create: the file attached */
 		uint64_t digest;    /* create: its XXH3-64 */
+		unsigned slot;      /* "Slot", else its index + 1 */
 	} disks[LM_QEMU_MAX_DISKS - 1];
 	unsigned n_disks;
 };
@@ -268,11 +279,14 @@ static bool serial_ok(const char *s)
 	return true;
 }
 
-/* "Disks": [{"Serial": S, "Path": P, "Container": C, "Layer": N}, ...]:
- * one read-only virtio-blk disk per container layer, in this order (the
- * same on both sides of a migration). Container and Layer are the shim's
- * (which container layer it is, so that a destination can name its own
- * copy); the backend only checks their types. */
+/* "Disks": [{"Serial": S, "Path": P, "Container": C, "Layer": N,
+ * "Slot": K}, ...]: one read-only virtio-blk disk per container layer, in
+ * slot K (1..15: q35's root port K; the shared image "rootfs" has slot 0),
+ * by default its index + 1 (the same on both sides of a migration: a disk
+ * hot-plugged or removed leaves the others where they are). Container and
+ * Layer are the shim's (which container layer it is, so that a
+ * destination can name its own copy); the backend only checks their
+ * types. */
 static int parse_disks(json_t *a, const char *id, struct qopts *o)
 {
 	char f[64];
@@ -311,8 +325,14 @@ static int parse_disks(json_t *a, const char *id, struct qopts *o)
 			} else if (!strcmp(key, "Layer")) {
 				if (!json_is_integer(v) || json_integer_value(v) < 0)
 					rc = bad_field(id, f, "must be an integer >= 0");
+			} else if (!strcmp(key, "Slot")) {
+				if (!json_is_integer(v) || json_integer_value(v) < 1 ||
+				    json_integer_value(v) >= LM_QEMU_MAX_DISKS)
+					rc = bad_field(id, f, "must be an integer, 1..15");
+				else
+					d->slot = (unsigned)json_integer_value(v);
 			} else {
-				rc = bad_field(id, f, "unknown key (Serial, Path, Container, Layer)");
+				rc = bad_field(id, f, "unknown key (Serial, Path, Container, Layer, Slot)");
 			}
 			if (rc)
 				return rc;
@@ -320,9 +340,14 @@ static int parse_disks(json_t *a, const char *id, struct qopts *o)
 		snprintf(f, sizeof(f), "Disks[%zu]", i);
 		if (!has_serial || !has_path)
 			return bad_field(id, f, "needs Serial and Path");
-		for (size_t j = 0; j < i; j++)
+		if (!d->slot)
+			d->slot = (unsigned)i + 1;
+		for (size_t j = 0; j < i; j++) {
 			if (!strcmp(o->disks[j].serial, d->serial))
 				return bad_field(id, f, "Serial used twice");
+			if (o->disks[j].slot == d->slot)
+				return bad_field(id, f, "Slot used twice");
+		}
 	}
 	o->n_disks = (unsigned)json_array_size(a);
 	return 0;
@@ -519,13 +544,14 @@ static int qemu_create(lm_vm_t **out, const lm_vm_config_t *cfg)
 	if (has_rootfs) {
 		disks[nd++] = (lm_qemu_disk_t){.id = "rootfs", .serial = "rootfs", .path = o->rootfs,
 					       .read_only = true};
-		snprintf(vm->dsk[vm->n_dsk++].serial, sizeof(vm->dsk[0].serial), "rootfs");
+		snprintf(vm->dsk[0].serial, sizeof(vm->dsk[0].serial), "rootfs");
+		snprintf(vm->dsk[0].id, sizeof(vm->dsk[0].id), "rootfs");
 	}
 	for (unsigned i = 0; i < o->n_disks; i++) {
 		struct qdisk *d = &o->disks[i];
 		char why[400];
 		uint64_t t0 = lm_now_ns();
-		snprintf(d->id, sizeof(d->id), "disk%u", i);
+		snprintf(d->id, sizeof(d->id), "disk%u", d->slot);
 		rc = lm_qemu_disk_image(d->path, vm->dir, d->serial, d->image, sizeof(d->image),
 					&d->digest, why, sizeof(why));
 		if (rc) {
@@ -540,9 +566,12 @@ static int qemu_create(lm_vm_t **out, const lm_vm_config_t *cfg)
 			    "digest=%016" PRIx64 " ms=%.1f", id, d->serial, d->path, d->image, d->digest,
 			    (double)(lm_now_ns() - t0) / 1e6);
 		disks[nd++] = (lm_qemu_disk_t){.id = d->id, .serial = d->serial, .path = d->image,
-					       .read_only = true};
-		snprintf(vm->dsk[vm->n_dsk].serial, sizeof(vm->dsk[0].serial), "%s", d->serial);
-		vm->dsk[vm->n_dsk++].digest = d->digest;
+					       .read_only = true, .slot = d->slot};
+		snprintf(vm->dsk[d->slot].serial, sizeof(vm->dsk[0].serial), "%s", d->serial);
+		snprintf(vm->dsk[d->slot].id, sizeof(vm->dsk[0].id), "%s", d->id);
+		snprintf(vm->dsk[d->slot].image, sizeof(vm->dsk[0].image), "%s", d->image);
+		vm->dsk[d->slot].made = strcmp(d->image, d->path) != 0;
+		vm->dsk[d->slot].digest = d->digest;
 	}
 	snprintf(vm->cpu_compat, sizeof(vm->cpu_compat), "%s", o->cpu[0] ? o->cpu : "default");
 	compat_refresh(vm);
@@ -747,36 +776,37 @@ static int qemu_state_load(lm_vm_t *vm, const void *buf, size_t len) { return -E
 /* ---- disks added to a running VM -------------------------------------- */
 
 /* Thread: owner. A container layer hot-plugged (q35): its image made as
- * create makes them, attached in the next slot, its digest added to the
- * compat data (a destination is launched with it in the same slot). */
-static int qemu_disk_add(lm_vm_t *vm, const char *serial, const char *path, char *why,
-			 size_t why_cap)
+ * create makes them, attached in slot `slot` (the document's: a
+ * destination is launched with it there), its digest added to the
+ * compat data. */
+static int qemu_disk_add(lm_vm_t *vm, const char *serial, const char *path, unsigned slot,
+			 char *why, size_t why_cap)
 {
 	if (!serial_ok(serial)) {
 		snprintf(why, why_cap, "disk serial \"%.30s\": 1..20 of [A-Za-z0-9_.-], not 'rootfs'",
 			 serial);
 		return -EINVAL;
 	}
-	pthread_mutex_lock(&vm->mu);
-	unsigned slot = vm->n_dsk;
-	bool dup = false, gone = vm->terminated;
-	for (unsigned i = 0; i < vm->n_dsk; i++)
-		dup |= !strcmp(vm->dsk[i].serial, serial);
-	pthread_mutex_unlock(&vm->mu);
-	if (dup || gone) {
-		snprintf(why, why_cap, dup ? "disk %s: this VM has a disk of that serial already"
-					   : "disk %s: the VM is gone", serial);
-		return dup ? -EEXIST : -ESRCH;
-	}
 	if (vm->machine != LM_QEMU_Q35) {
 		snprintf(why, why_cap, "disk %s: a microvm machine cannot hot-plug a disk "
 			 "(VirtualMachine.Qemu.Machine q35 can)", serial);
 		return -ENOTSUP;
 	}
-	if (slot >= LM_QEMU_MAX_DISKS) {
-		snprintf(why, why_cap, "disk %s: the VM has %d disks, its most", serial,
-			 LM_QEMU_MAX_DISKS);
+	if (slot < 1 || slot >= LM_QEMU_MAX_DISKS) {
+		snprintf(why, why_cap, "disk %s: slot %u: the VM has slots 1..%d", serial, slot,
+			 LM_QEMU_MAX_DISKS - 1);
 		return -ENOSPC;
+	}
+	pthread_mutex_lock(&vm->mu);
+	bool dup = false, gone = vm->terminated, taken = vm->dsk[slot].serial[0] != 0;
+	for (unsigned i = 0; i < LM_QEMU_MAX_DISKS; i++)
+		dup |= !strcmp(vm->dsk[i].serial, serial);
+	pthread_mutex_unlock(&vm->mu);
+	if (dup || gone || taken) {
+		snprintf(why, why_cap, dup ? "disk %s: this VM has a disk of that serial already"
+				       : gone ? "disk %s: the VM is gone"
+					      : "disk %s: slot %u holds another disk", serial, slot);
+		return dup || taken ? -EEXIST : -ESRCH;
 	}
 	char image[PATH_MAX], w[400], id[16];
 	uint64_t digest = 0, t0 = lm_now_ns();
@@ -797,13 +827,59 @@ static int qemu_disk_add(lm_vm_t *vm, const char *serial, const char *path, char
 	}
 	pthread_mutex_lock(&vm->mu);
 	snprintf(vm->dsk[slot].serial, sizeof(vm->dsk[slot].serial), "%s", serial);
+	snprintf(vm->dsk[slot].id, sizeof(vm->dsk[slot].id), "%s", id);
+	snprintf(vm->dsk[slot].image, sizeof(vm->dsk[slot].image), "%s", image);
+	vm->dsk[slot].made = strcmp(image, path) != 0;
 	vm->dsk[slot].digest = digest;
-	vm->n_dsk = slot + 1;
 	compat_refresh(vm);
 	pthread_mutex_unlock(&vm->mu);
 	lm_log_info(MOD, "container layer hot-plugged", "vm=%s serial=%s layer=%s slot=%u "
 		    "digest=%016" PRIx64 " ms=%.1f", vm->name, serial, path, slot, digest,
 		    (double)(lm_now_ns() - t0) / 1e6);
+	return 0;
+}
+
+#define UNPLUG_MS 30000   /* the guest's PCIe hot-plug waits 5 s; TCG is slow */
+
+/* Thread: owner. A container layer unplugged: QEMU's device and nodes go,
+ * then the image we made; its slot is free and it leaves the compat
+ * data. The shared image "rootfs" stays. */
+static int qemu_disk_remove(lm_vm_t *vm, const char *serial, char *why, size_t why_cap)
+{
+	pthread_mutex_lock(&vm->mu);
+	unsigned slot = LM_QEMU_MAX_DISKS;
+	for (unsigned i = 1; i < LM_QEMU_MAX_DISKS; i++)
+		if (!strcmp(vm->dsk[i].serial, serial))
+			slot = i;
+	bool gone = vm->terminated;
+	char id[16] = "";
+	if (slot < LM_QEMU_MAX_DISKS)
+		snprintf(id, sizeof(id), "%s", vm->dsk[slot].id);
+	pthread_mutex_unlock(&vm->mu);
+	if (slot == LM_QEMU_MAX_DISKS || gone) {
+		snprintf(why, why_cap, gone ? "disk %s: the VM is gone"
+					    : "disk %s: no such container layer in this VM", serial);
+		return gone ? -ESRCH : -ENOENT;
+	}
+	if (vm->machine != LM_QEMU_Q35) {
+		snprintf(why, why_cap, "disk %s: a microvm machine cannot unplug a disk", serial);
+		return -ENOTSUP;
+	}
+	char w[400];
+	uint64_t t0 = lm_now_ns();
+	int rc = lm_qemu_vm_disk_remove(vm->q, id, UNPLUG_MS, w, sizeof(w));
+	if (rc) {
+		snprintf(why, why_cap, "disk %s: QEMU: %s", serial, w);
+		return rc;
+	}
+	pthread_mutex_lock(&vm->mu);
+	if (vm->dsk[slot].made)
+		unlink(vm->dsk[slot].image);
+	memset(&vm->dsk[slot], 0, sizeof(vm->dsk[slot]));
+	compat_refresh(vm);
+	pthread_mutex_unlock(&vm->mu);
+	lm_log_info(MOD, "container layer unplugged", "vm=%s serial=%s slot=%u ms=%.1f", vm->name,
+		    serial, slot, (double)(lm_now_ns() - t0) / 1e6);
 	return 0;
 }
 
@@ -1236,6 +1312,7 @@ const lm_backend_ops_t lm_hcs_qemu_ops = {
 	.compat_check = qemu_compat_check,
 	.compat_check_why = qemu_compat_check_why,
 	.disk_add = qemu_disk_add,
+	.disk_remove = qemu_disk_remove,
 	.stats = qemu_stats,
 	.stream_open = qemu_stream_open,
 	.stream_status = qemu_stream_status,

@@ -598,7 +598,8 @@ static int build_argv(struct argv *a, const char *qemu, const lm_qemu_vm_config_
 			arg_add(a, "virtio-blk-device,drive=%s,id=dev-%s%s%s", d->id, d->id,
 				d->serial ? ",serial=" : "", d->serial ? d->serial : "");
 		else
-			arg_add(a, "virtio-blk-pci,bus=rp%u,drive=%s,id=dev-%s%s%s", i, d->id, d->id,
+			arg_add(a, "virtio-blk-pci,bus=rp%u,drive=%s,id=dev-%s%s%s",
+				d->slot ? d->slot : i, d->id, d->id,
 				d->serial ? ",serial=" : "", d->serial ? d->serial : "");
 	}
 	if (incoming) {
@@ -1379,6 +1380,72 @@ int lm_qemu_vm_disk_add(lm_qemu_vm_t *vm, const lm_qemu_disk_t *d, unsigned slot
 	lm_log_info(MOD, "disk hot-plugged", "vm=%s id=%s serial=%s slot=%u path=%s", vm->name, d->id,
 		    d->serial ? d->serial : "-", slot, d->path);
 	return 0;
+}
+
+/* Is device `dev` still a peripheral of the machine? 1 yes, 0 no, < 0
+ * QMP's error. */
+static int has_device(lm_qemu_vm_t *vm, const char *dev, unsigned timeout_ms)
+{
+	json_t *ret = NULL;
+	int rc = lm__vm_exec(vm, "qom-list", json_pack("{s:s}", "path", "/machine/peripheral"), -1,
+			     timeout_ms, &ret, NULL, 0);
+	if (rc)
+		return rc;
+	int found = 0;
+	size_t i;
+	json_t *e;
+	json_array_foreach(ret, i, e) {
+		const char *n = json_string_value(json_object_get(e, "name"));
+		if (n && !strcmp(n, dev))
+			found = 1;
+	}
+	json_decref(ret);
+	return found;
+}
+
+int lm_qemu_vm_disk_remove(lm_qemu_vm_t *vm, const char *id, unsigned timeout_ms, char *errbuf,
+			   size_t errlen)
+{
+	if (lm_qemu_loop_on_thread(vm->loop))
+		return -EDEADLK;
+	char fnode[40], dev[40];
+	snprintf(fnode, sizeof(fnode), "f-%s", id);
+	snprintf(dev, sizeof(dev), "dev-%s", id);
+	uint64_t t0 = lm_now_ns(), end = t0 + (uint64_t)timeout_ms * 1000000u;
+	unsigned step = timeout_ms < 2000 ? timeout_ms : 2000;
+	int rc = lm__vm_exec(vm, "device_del", json_pack("{s:s}", "id", dev), -1, step, NULL, errbuf,
+			     errlen);
+	if (rc)
+		return rc;
+	/* the guest takes it (QEMU says DEVICE_DELETED then): ask every 100 ms */
+	while ((rc = has_device(vm, dev, step)) == 1 && lm_now_ns() < end) {
+		struct timespec ts = {0, 100000000};
+		nanosleep(&ts, NULL);
+	}
+	if (rc == 1) {
+		errf(errbuf, errlen, "the guest did not release device %s within %u ms", dev, timeout_ms);
+		return -ETIMEDOUT;
+	}
+	if (rc < 0) {
+		errf(errbuf, errlen, "qom-list: %s", strerror(-rc));
+		return rc;
+	}
+	/* the device lets go of its node a moment after it left the tree
+	 * (QEMU finalizes it later): "Node ... is in use" until then */
+	for (;;) {
+		rc = lm__vm_exec(vm, "blockdev-del", json_pack("{s:s}", "node-name", id), -1, step,
+				 NULL, errbuf, errlen);
+		if (rc != -EREMOTEIO || lm_now_ns() >= end)
+			break;
+		struct timespec ts = {0, 20000000};
+		nanosleep(&ts, NULL);
+	}
+	if (!rc)
+		rc = lm__vm_exec(vm, "blockdev-del", json_pack("{s:s}", "node-name", fnode), -1, step,
+				 NULL, errbuf, errlen);
+	lm_log_info(MOD, "disk unplugged", "vm=%s id=%s rc=%d ms=%.1f", vm->name, id, rc,
+		    (double)(lm_now_ns() - t0) / 1e6);
+	return rc;
 }
 
 int lm_qemu_vm_stop_for_switchover(lm_qemu_vm_t *vm, unsigned timeout_ms)

@@ -91,6 +91,8 @@ typedef struct lm_qemu_disk {
 				   [A-Za-z0-9_.-]), NULL none */
 	const char *path;       /* raw image file or block device */
 	bool read_only;
+	unsigned slot;          /* q35: its root port (rpN); 0: its index in
+				   the config's disks */
 } lm_qemu_disk_t;
 
 /* Strings are copied by launch. Zero means "default" for every number. */
@@ -308,6 +310,15 @@ int lm_qemu_vm_info(lm_qemu_vm_t *vm, lm_qemu_vm_info_t *out, unsigned timeout_m
  * destination is launched with (disk i at root port i). */
 int lm_qemu_vm_disk_add(lm_qemu_vm_t *vm, const lm_qemu_disk_t *d, unsigned slot,
 			unsigned timeout_ms, char *errbuf, size_t errlen);
+
+/* Thread: any but the loop's. Unplugs disk `id` (added by launch or
+ * lm_qemu_vm_disk_add): device_del, then waits until the guest let the
+ * device go (a PCIe unplug goes through the guest's hot-plug driver,
+ * which waits 5 s for the button press to be taken back), then removes
+ * its nodes. 0; -ETIMEDOUT when the guest did not let it go within
+ * timeout_ms (the disk stays, in use), else QMP's error (errbuf). */
+int lm_qemu_vm_disk_remove(lm_qemu_vm_t *vm, const char *id, unsigned timeout_ms, char *errbuf,
+			   size_t errlen);
 
 /* Thread: any. The accelerator the VM runs with and why. */
 enum lm_qemu_accel lm_qemu_vm_accel(lm_qemu_vm_t *vm, const char **reason);
