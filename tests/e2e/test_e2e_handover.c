@@ -408,8 +408,12 @@ static void run_cell(const struct rig *rg, const char *dir, enum phase p, enum f
 		snprintf(out->verdict, sizeof(out->verdict), "shims did not start");
 		goto done;
 	}
+	/* the source's guest runs before lmctl starts (a Linux guest boots
+	 * for seconds, longer on a loaded host, and lmctl's first call has
+	 * its call deadline) */
 	int64_t before = -1;
-	guest(&src, &before);
+	for (double end = now_ms() + 120000; guest(&src, &before) != 1 && now_ms() < end;)
+		usleep(100000);
 
 	struct relay r;
 	bool relay = relay_start(&r, dir) == 0;
