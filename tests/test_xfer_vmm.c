@@ -39,6 +39,7 @@ struct lm_vm {
 	unsigned stall_after_blackout_ms; /* source: before the last bytes */
 	size_t fail_at;               /* destination: stop reading here (0 never) */
 	bool never_loaded;            /* destination: never says completed */
+	unsigned complete_delay_ms;   /* source: EOF, then completed this late */
 	int aborts;
 };
 
@@ -81,6 +82,12 @@ static void *src_main(void *a)
 		__atomic_store_n(&v->done, off, __ATOMIC_RELEASE);
 		if (v->chunk_delay_us)
 			usleep(v->chunk_delay_us);
+	}
+	if (ok && off == v->size && v->complete_delay_ms) {
+		/* the stream's EOF first, its status later (QEMU finishing) */
+		shutdown(v->theirs, SHUT_WR);
+		for (unsigned i = 0; i < v->complete_delay_ms / 10 && !__atomic_load_n(&v->stop, __ATOMIC_ACQUIRE); i++)
+			usleep(10000);
 	}
 	bool stop = __atomic_load_n(&v->stop, __ATOMIC_ACQUIRE);
 	pthread_mutex_lock(&v->mu);
@@ -327,6 +334,7 @@ static void mig_setup(struct mig *m, size_t mib, lm__xfer_opts_t *os)
 	if (!os)
 		os = &o;
 	lm__xfer_opts_t od = o;
+	od.stall_ms = os->stall_ms;   /* both ends of a link share its bound */
 	int sv[2];
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
 	ht_log_init(&m->ls);
@@ -553,6 +561,32 @@ static void test_a_failed_handshake_moves_nothing(void **state)
 	ht_log_destroy(&ld);
 }
 
+/* The VMM's stream reached EOF but its status says completed only later
+ * (QEMU finishing on a loaded host) for longer than the stall bound: the
+ * destination, waiting for END, keeps the link alive, so the source does
+ * not take it for stalled and the move completes (CI: failed "the
+ * destination stopped answering" when the source did not read the
+ * destination's keepalives while it waited). */
+static void test_a_vmm_slow_to_say_completed_is_not_a_stalled_destination(void **state)
+{
+	(void)state;
+	struct mig m;
+	lm__xfer_opts_t o;
+	lm__xfer_opts_default(&o);
+	o.session_id = 7;
+	o.stall_ms = 300;
+	mig_setup(&m, 8, &o);
+	m.src->complete_delay_ms = 1500;
+	mig_go(&m);
+	assert_true(ht_wait(&m.ls, LM_XEV_COMPLETED, 30000));
+	assert_true(ht_wait(&m.ld, LM_XEV_COMPLETED, 30000));
+	assert_int_equal(lm__xfer_join(m.xs), 0);
+	assert_int_equal(lm__xfer_join(m.xd), 0);
+	assert_memory_equal(m.src->mem, m.dst->mem, m.src->size);
+	assert_int_equal(m.src->aborts, 0);
+	mig_teardown(&m);
+}
+
 int main(void)
 {
 	if (!getenv("LM_LOG_LEVEL"))
@@ -565,6 +599,7 @@ int main(void)
 		cmocka_unit_test(test_no_ack_after_completion_resumes_the_source),
 		cmocka_unit_test(test_a_pages_destination_refuses_a_vmm_stream),
 		cmocka_unit_test(test_a_failed_handshake_moves_nothing),
+		cmocka_unit_test(test_a_vmm_slow_to_say_completed_is_not_a_stalled_destination),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

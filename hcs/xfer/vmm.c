@@ -239,9 +239,19 @@ int lm__xf_src_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_r
 			goto io_fail;
 		}
 		if (x->o.stall_ms && now - x->last_rx_ns > ms_ns(x->o.stall_ms)) {
-			x->stalled = true;
-			rc = -ETIMEDOUT;
-			goto io_fail;
+			/* what the destination said while this thread was busy
+			 * elsewhere (its keepalives) counts */
+			int a = lm__xf_read_control(x);
+			if (a < 0) {
+				x->peer_gone = true;
+				rc = a;
+				goto io_fail;
+			}
+			if (lm_now_ns() - x->last_rx_ns > ms_ns(x->o.stall_ms)) {
+				x->stalled = true;
+				rc = -ETIMEDOUT;
+				goto io_fail;
+			}
 		}
 		int src;
 		if (poller_take(&pl, &vs, &src)) {
@@ -276,12 +286,23 @@ int lm__xf_src_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_r
 		}
 		if (eof) {
 			/* all read; the VMM's completion is a status away (the
-			 * poller wakes us with it) */
+			 * poller wakes us with it). The destination's keepalives
+			 * are read meanwhile: a VMM slow to say completed is not
+			 * a stalled destination (CI: a loaded host took it for
+			 * one after 3 s) */
 			lm__xf_maybe_keepalive(x);
-			struct pollfd q = { x->wakefd, POLLIN, 0 };
-			if (poll(&q, 1, lm__xf_tick_ms(x)) > 0) {
+			struct pollfd q[2] = { { x->wakefd, POLLIN, 0 }, { x->sock, POLLIN | POLLRDHUP, 0 } };
+			if (poll(q, 2, lm__xf_tick_ms(x)) > 0) {
 				uint64_t v;
-				if (read(x->wakefd, &v, sizeof(v)) < 0) { /* drained */ }
+				if (q[0].revents && read(x->wakefd, &v, sizeof(v)) < 0) { /* drained */ }
+				if (q[1].revents) {
+					int a = lm__xf_read_control(x);
+					if (a < 0) {
+						x->peer_gone = true;
+						rc = a;
+						goto io_fail;
+					}
+				}
 			}
 			continue;
 		}

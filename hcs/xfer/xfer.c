@@ -234,8 +234,13 @@ static int wait_io(struct lm__xfer *x, short events)
 		if ((events & POLLOUT) && x->last_tx_ns > last)
 			last = x->last_tx_ns;
 		if (x->o.stall_ms && now - last > (uint64_t)x->o.stall_ms * 1000000ull) {
-			x->stalled = true;
-			return -ETIMEDOUT;
+			/* bytes of the peer already here (read late: this side
+			 * was busy in a long step) say it is alive */
+			struct pollfd p0 = { x->sock, POLLIN, 0 };
+			if (!(poll(&p0, 1, 0) > 0 && (p0.revents & POLLIN))) {
+				x->stalled = true;
+				return -ETIMEDOUT;
+			}
 		}
 		lm__xf_maybe_keepalive(x);
 		struct pollfd p[2] = { { x->sock, events, 0 }, { x->wakefd, POLLIN, 0 } };
