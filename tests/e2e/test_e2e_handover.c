@@ -278,7 +278,7 @@ static bool idle(struct e2e_shim *s, const char *session)
 /* ---- one cell ----------------------------------------------------------------- */
 
 struct cell {
-	char verdict[200];
+	char verdict[400];
 	bool ok;
 	bool na;
 	double ms;
@@ -350,6 +350,28 @@ static bool qemu_settled(const struct e2e_shim *src, const struct e2e_shim *dst,
 	return false;
 }
 #endif
+
+/* lmctl's first complaint after the line naming session: the line a
+ * verdict quotes (a CI log is cut, the matrix line stays). */
+static void lmctl_complaint(const char *path, const char *session, char *out, size_t n)
+{
+	snprintf(out, n, "lmctl said nothing");
+	char *t = e2e_slurp(path);
+	const char *l = t ? strstr(t, session) : NULL;
+	while (l && *l) {
+		const char *nl = strchr(l, '\n');
+		size_t len = nl ? (size_t)(nl - l) : strlen(l);
+		char line[512];
+		snprintf(line, sizeof(line), "%.*s", (int)(len < sizeof(line) ? len : sizeof(line) - 1), l);
+		if (strncmp(line, "lmctl: ", 7) == 0 &&
+		    (strstr(line, "failed") || strstr(line, "Aborted") || strstr(line, "FAILED"))) {
+			snprintf(out, n, "%.290s", line + 7);
+			break;
+		}
+		l = nl ? nl + 1 : NULL;
+	}
+	free(t);
+}
 
 static void run_cell(const struct rig *rg, const char *dir, enum phase p, enum fault f, int n, struct cell *out)
 {
@@ -539,21 +561,29 @@ static void run_cell(const struct rig *rg, const char *dir, enum phase p, enum f
 			     "--workdir", w2, "--quiet", rg->verify, "--id-suffix", "-again", NULL };
 	int rc2 = e2e_lmctl(a2, out_path, 60000);
 	if (rc2 != 0) {
-		snprintf(out->verdict, sizeof(out->verdict), "the fresh migration failed (rc %d)", rc2);
+		char why[300];
+		lmctl_complaint(out_path, s2, why, sizeof(why));
+		snprintf(out->verdict, sizeof(out->verdict), "the fresh migration failed (rc %d): %s", rc2, why);
 		goto done;
 	}
 	snprintf(out->verdict, sizeof(out->verdict), "ok: runs on the %s (lmctl rc %d)",
 		 gs == 1 ? "source" : "destination", lrc);
 	out->ok = true;
 done:
-	if (!out->ok) {
+	/* a failed cell shows what lmctl said and the shims' logs; so does
+	 * every cell run alone (LM_MATRIX_CELL) */
+	if (!out->ok || getenv("LM_MATRIX_CELL")) {
 		char *t = e2e_slurp(out_path);
-		print_message("cell %s x %s: %s\n--- lmctl:\n%s\n", ph->name, fault_name[f], out->verdict, t);
+		/* (printf: cmocka's print_message cuts at 1 KiB) */
+		printf("cell %s x %s: %s\n--- lmctl:\n%s\n", ph->name, fault_name[f], out->verdict, t ? t : "");
+		fflush(stdout);
 		free(t);
 		if (src.pid)
 			e2e_shim_dump(&src);
 		if (dst.pid)
 			e2e_shim_dump(&dst);
+		if (dst2.pid)
+			e2e_shim_dump(&dst2);
 	}
 	/* (idempotent; closes the test's connection of a killed shim too) */
 	e2e_shim_stop(&src);
