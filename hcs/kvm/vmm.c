@@ -23,6 +23,7 @@
 
 #include "util/clock.h"
 #include "util/log.h"
+#include "util/memready.h"
 
 #define MOD "kvm"
 
@@ -265,10 +266,11 @@ static int setup_memory(lm_kvm_vm_t *vm, bool populate)
 		return -errno;
 	vm->mem = p;
 	if (populate) {
-#ifdef MADV_POPULATE_WRITE
-		if (madvise(p, vm->mem_bytes, MADV_POPULATE_WRITE) < 0)
-			lm_log_debug(MOD, "populate failed", "err=%d", errno);
-#endif
+		/* ready before anything is written into it (util/memready.h) */
+		struct lm_mem_ready mr;
+		lm_mem_make_ready(p, vm->mem_bytes, &mr);
+		lm_log_info(MOD, "guest memory ready", "bytes=%llu populated=%d populate_ms=%.1f touch_ms=%.1f",
+			    (unsigned long long)vm->mem_bytes, (int)mr.populated, mr.populate_ms, mr.touch_ms);
 	}
 	return lm__kvm_set_memslot(vm, false);
 }

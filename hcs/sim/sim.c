@@ -29,6 +29,7 @@
 #include "hcs/sim/sim.h"
 #include "util/clock.h"
 #include "util/log.h"
+#include "util/memready.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -39,10 +40,6 @@
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
-
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23
-#endif
 
 #define STATE_MAGIC 0x534d4953u /* "SIMS" */
 #define STATE_VERSION 1u
@@ -282,13 +279,14 @@ static int sim_create(lm_vm_t **out, const lm_vm_config_t *cfg)
 		.populate_at_create = true, .zero_when_incoming = true };
 
 	if (cfg->incoming) {
-		/* Destination: touch every page now, not during the transfer
-		 * (first touch is slow on these machines). */
-		if (madvise(vm->mem, cfg->memory_bytes, MADV_POPULATE_WRITE) < 0) {
-			lm_log_warn("hcs.sim", "populate failed, touching", "err=%d", errno);
-			for (uint64_t p = 0; p < vm->npages; p++)
-				vm->mem[p * LM_PAGE_SIZE] = 0;
-		}
+		/* Destination: every page ready now, not during the transfer
+		 * (util/memready.h: a populate alone is not enough on some
+		 * hosts) */
+		struct lm_mem_ready mr;
+		lm_mem_make_ready(vm->mem, cfg->memory_bytes, &mr);
+		lm_log_info("hcs.sim", "destination memory ready", "bytes=%llu populated=%d populate_ms=%.1f "
+			    "touch_ms=%.1f", (unsigned long long)cfg->memory_bytes, (int)mr.populated,
+			    mr.populate_ms, mr.touch_ms);
 	} else if (cfg->workload.fill != LM_FILL_ZERO) {
 		pthread_t th;
 		struct fill_arg a0 = { vm, 0, vm->npages / 2 }, a1 = { vm, vm->npages / 2, vm->npages };
