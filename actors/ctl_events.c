@@ -146,5 +146,17 @@ void lm__ctl_on_sandbox_event(void *arg, enum lm_sandbox_event type, const struc
 		lm_publisher_publish(c->pub, "/tasks/delete", "containerd.events.TaskDelete", &e.base);
 		break;
 	}
+	case LM_SB_EV_PAUSED: {
+		Containerd__Events__TaskPaused e = CONTAINERD__EVENTS__TASK_PAUSED__INIT;
+		e.container_id = k->id;
+		lm_publisher_publish(c->pub, "/tasks/paused", "containerd.events.TaskPaused", &e.base);
+		break;
+	}
+	case LM_SB_EV_RESUMED: {
+		Containerd__Events__TaskResumed e = CONTAINERD__EVENTS__TASK_RESUMED__INIT;
+		e.container_id = k->id;
+		lm_publisher_publish(c->pub, "/tasks/resumed", "containerd.events.TaskResumed", &e.base);
+		break;
+	}
 	}
 }

@@ -2,8 +2,10 @@
  * ctl_guest.c: the controller's side of containers that are real
  * processes in the utility VM (the qemu backend): the agent's connection
  * (shim/guest.h) opened once the VM runs, the boot containers created
- * there, their exits applied to the sandbox, Kill and Delete of the task
- * service passed to the guest, a task Create of a new container (its
+ * there, their exits applied to the sandbox, Kill, Pids, Stats, Pause/Resume
+ * and Delete of the task service passed to the guest (Pids and Stats
+ * answered from the guest's worker thread: they touch no sandbox), a task Create of a
+ * new container (its
  * layers hot-plugged as disks of the VM one by one, each in a free slot,
  * and added to the VM document, then the container created in the guest,
  * not started) and its Start, a deleted container's disks detached once
@@ -674,11 +676,135 @@ static void hook_start(void *arg, const struct lm_container *k, lm_rpc_call_t *c
 	}
 }
 
+/* Pids: the agent's list is the answer, made on the guest's worker
+ * thread (the sandbox is not touched). The init comes first. */
+static void on_ps(void *ctx, int err, const char *why, const struct lm_agent_ps_entry *e, size_t n)
+{
+	lm_rpc_call_t *call = ctx;
+	if (err) {
+		lm__ctl_fail(call, lm__ctl_code_for_errno(err), "Pids: %s", why);
+		return;
+	}
+	Containerd__V1__Types__ProcessInfo *infos = calloc(n ? n : 1, sizeof(*infos));
+	Containerd__V1__Types__ProcessInfo **ptrs = calloc(n ? n : 1, sizeof(*ptrs));
+	if (!infos || !ptrs) {
+		free(infos);
+		free(ptrs);
+		lm__ctl_fail(call, LM_RPC_RESOURCE_EXHAUSTED, "Pids: out of memory");
+		return;
+	}
+	size_t k = 0;
+	for (int pass = 0; pass < 2; pass++)
+		for (size_t i = 0; i < n; i++)
+			if (e[i].is_init == (pass == 0)) {
+				containerd__v1__types__process_info__init(&infos[k]);
+				infos[k].pid = e[i].pid;
+				ptrs[k] = &infos[k];
+				k++;
+			}
+	Containerd__Task__V2__PidsResponse p = CONTAINERD__TASK__V2__PIDS_RESPONSE__INIT;
+	p.n_processes = k;
+	p.processes = ptrs;
+	lm_task_reply_msg(call, &p.base);
+	free(ptrs);
+	free(infos);
+}
+
+static void hook_pids(void *arg, const struct lm_container *k, lm_rpc_call_t *call)
+{
+	struct ctl *c = arg;
+	int rc = lm_guest_ps(c->guest, k->guest_id, on_ps, call);
+	if (rc)
+		lm__ctl_fail(call, lm__ctl_code_for_errno(rc), "Pids %s: %s", k->id, strerror(-rc));
+}
+
+/* Stats: the agent's cgroup figures, answered on the worker thread. */
+static void on_stats(void *ctx, int err, const char *why, const struct lm_agent_stats *a)
+{
+	lm_rpc_call_t *call = ctx;
+	if (err) {
+		lm__ctl_fail(call, lm__ctl_code_for_errno(err), "Stats: %s", why);
+		return;
+	}
+	struct lm_task_stats st = {
+		.cpu_usage_usec = a->cpu_usage_usec, .cpu_user_usec = a->cpu_user_usec,
+		.cpu_system_usec = a->cpu_system_usec, .memory_usage = a->memory_current,
+		.memory_limit = a->memory_max, .pids_current = a->pids_current, .pids_limit = a->pids_max,
+	};
+	lm_task_reply_stats(call, &st);
+}
+
+static void hook_stats(void *arg, const struct lm_container *k, lm_rpc_call_t *call)
+{
+	struct ctl *c = arg;
+	int rc = lm_guest_stats(c->guest, k->guest_id, on_stats, call);
+	if (rc)
+		lm__ctl_fail(call, lm__ctl_code_for_errno(rc), "Stats %s: %s", k->id, strerror(-rc));
+}
+
+/* Pause / Resume: the guest freezes (thaws) the container's cgroup; then
+ * the sandbox says so (its event tells containerd). */
+static void on_frozen(struct ctl *c, struct ctl_done *d, bool resume)
+{
+	lm_rpc_call_t *call = d->call;
+	d->call = NULL;
+	const char *name = resume ? "Resume" : "Pause";
+	const struct lm_container *k = lm_sandbox_find_guest(c->sb, d->guest_id);
+	if (d->err) {
+		lm__ctl_fail(call, lm__ctl_code_for_errno(d->err), "%s (guest container %s): %s", name,
+			     d->guest_id, d->why);
+		return;
+	}
+	int rc = k ? lm_sandbox_set_paused(c->sb, k->id, !resume) : -ENOENT;
+	if (rc) {
+		/* it exited (or went) meanwhile: the guest's work stands, the
+		 * state it had is kept */
+		lm__ctl_fail(call, rc == -ENOENT ? LM_RPC_NOT_FOUND : LM_RPC_FAILED_PRECONDITION,
+			     "%s (guest container %s): the container %s meanwhile", name, d->guest_id,
+			     rc == -ENOENT ? "was deleted" : "stopped");
+		return;
+	}
+	lm_log_info("controller", resume ? "container resumed" : "container paused", "id=%s guest_id=%s",
+		    k->id, d->guest_id);
+	lm_rpc_call_reply(call, NULL, 0);   /* google.protobuf.Empty */
+}
+
+static void on_paused(struct ctl *c, struct ctl_done *d)
+{
+	on_frozen(c, d, false);
+}
+
+static void on_resumed(struct ctl *c, struct ctl_done *d)
+{
+	on_frozen(c, d, true);
+}
+
+static void hook_pause(void *arg, const struct lm_container *k, bool resume, lm_rpc_call_t *call)
+{
+	struct ctl *c = arg;
+	const char *name = resume ? "Resume" : "Pause";
+	void *x = guest_op(c, resume ? on_resumed : on_paused, k->guest_id);
+	if (!x) {
+		lm__ctl_fail(call, LM_RPC_RESOURCE_EXHAUSTED, "%s %s: out of memory", name, k->id);
+		return;
+	}
+	lm__ctl_op_set_call(x, call);
+	int rc = lm_guest_freeze(c->guest, k->guest_id, resume, guest_done, x);
+	if (rc) {
+		lm__ctl_op_payload(x)->call = NULL;
+		lm__ctl_op_drop(x);
+		lm__ctl_fail(call, lm__ctl_code_for_errno(rc), "%s %s: %s", name, k->id, strerror(-rc));
+	}
+}
+
 const struct lm_task_guest_ops lm__ctl_guest_task_ops = {
 	.create = hook_create,
 	.start = hook_start,
 	.kill = hook_kill,
 	.forget = hook_forget,
+	.pids = hook_pids,
+	.pause = hook_pause,
+	.stats = hook_stats,
 };
 
 /* ---- the destination ----------------------------------------------------------- */

@@ -28,7 +28,7 @@
 #define SUSPEND_NS 2000000000ll      /* acknowledgements in flight, at a suspend */
 
 enum job_kind { JOB_CONNECT, JOB_CREATE, JOB_START, JOB_ADOPT, JOB_KILL, JOB_FORGET, JOB_RECONNECT,
-		JOB_SUSPEND };
+		JOB_SUSPEND, JOB_PS, JOB_FREEZE, JOB_STATS };
 
 struct job {
 	struct job *next;
@@ -43,8 +43,14 @@ struct job {
 	bool created_only;            /* JOB_CREATE: JOB_START starts it */
 	int sig;
 	bool all;
+	bool thaw;                    /* JOB_FREEZE: resume instead */
 	void *exit_ctx;
 	lm_guest_done_fn done;
+	lm_guest_ps_fn ps_done;       /* JOB_PS: instead of done */
+	struct lm_agent_ps_entry *ps; /* JOB_PS: the agent's answer */
+	size_t n_ps;
+	lm_guest_stats_fn stats_done; /* JOB_STATS: instead of done */
+	struct lm_agent_stats stats;
 	void *ctx;
 };
 
@@ -98,6 +104,7 @@ static void job_free(struct job *j)
 	for (size_t i = 0; i < j->n_args; i++)
 		free(j->args[i]);
 	free(j->args);
+	free(j->ps);
 	free(j);
 }
 
@@ -345,6 +352,15 @@ static int run_job(lm_guest_t *g, struct job *j, uint32_t *pid, char *why, size_
 	case JOB_KILL:
 		rc = lm_agent_kill(g->agent, j->id, NULL, j->sig, j->all, CALL_NS);
 		return rc ? agent_err(rc, "Kill", why, whylen) : 0;
+	case JOB_PS:
+		rc = lm_agent_ps(g->agent, j->id, &j->ps, &j->n_ps, CALL_NS);
+		return rc ? agent_err(rc, "Ps", why, whylen) : 0;
+	case JOB_STATS:
+		rc = lm_agent_stats(g->agent, j->id, &j->stats, CALL_NS);
+		return rc ? agent_err(rc, "Stats", why, whylen) : 0;
+	case JOB_FREEZE:
+		rc = j->thaw ? lm_agent_resume(g->agent, j->id, CALL_NS) : lm_agent_pause(g->agent, j->id, CALL_NS);
+		return rc ? agent_err(rc, j->thaw ? "Resume" : "Pause", why, whylen) : 0;
 	case JOB_SUSPEND:
 		/* acknowledgements in flight finish first (the guest runs):
 		 * then the next host starts exactly where this one stopped */
@@ -409,7 +425,11 @@ static void *worker_main(void *arg)
 				    (int)j->kind, rc, why);
 		if (j->exit_ctx && g->cbs.drop)   /* no watch took it */
 			g->cbs.drop(j->exit_ctx);
-		if (j->done)
+		if (j->ps_done)
+			j->ps_done(j->ctx, rc, why, rc ? NULL : j->ps, rc ? 0 : j->n_ps);
+		else if (j->stats_done)
+			j->stats_done(j->ctx, rc, why, rc ? NULL : &j->stats);
+		else if (j->done)
 			j->done(j->ctx, rc, why, pid);
 		job_free(j);
 	}
@@ -555,6 +575,39 @@ int lm_guest_kill(lm_guest_t *g, const char *guest_id, int sig, bool all, lm_gue
 		return strlen(guest_id) > LM_GUEST_ID_LEN ? -EINVAL : -ENOMEM;
 	j->sig = sig;
 	j->all = all;
+	return push(g, j);
+}
+
+int lm_guest_ps(lm_guest_t *g, const char *guest_id, lm_guest_ps_fn done, void *ctx)
+{
+	if (!guest_id || !*guest_id || !done)
+		return -EINVAL;
+	struct job *j = job_new(JOB_PS, guest_id, NULL, ctx);
+	if (!j)
+		return strlen(guest_id) > LM_GUEST_ID_LEN ? -EINVAL : -ENOMEM;
+	j->ps_done = done;
+	return push(g, j);
+}
+
+int lm_guest_stats(lm_guest_t *g, const char *guest_id, lm_guest_stats_fn done, void *ctx)
+{
+	if (!guest_id || !*guest_id || !done)
+		return -EINVAL;
+	struct job *j = job_new(JOB_STATS, guest_id, NULL, ctx);
+	if (!j)
+		return strlen(guest_id) > LM_GUEST_ID_LEN ? -EINVAL : -ENOMEM;
+	j->stats_done = done;
+	return push(g, j);
+}
+
+int lm_guest_freeze(lm_guest_t *g, const char *guest_id, bool thaw, lm_guest_done_fn done, void *ctx)
+{
+	if (!guest_id || !*guest_id)
+		return -EINVAL;
+	struct job *j = job_new(JOB_FREEZE, guest_id, done, ctx);
+	if (!j)
+		return strlen(guest_id) > LM_GUEST_ID_LEN ? -EINVAL : -ENOMEM;
+	j->thaw = thaw;
 	return push(g, j);
 }
 

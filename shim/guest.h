@@ -107,6 +107,19 @@ int lm_guest_adopt(lm_guest_t *g, const char *guest_id, const char *stdout_path,
 /* A signal to the init (all: every process of the container). */
 int lm_guest_kill(lm_guest_t *g, const char *guest_id, int sig, bool all, lm_guest_done_fn done,
 		  void *ctx);
+/* The processes of a container (its init and everything in its PID
+ * namespace): done gets them on the worker thread, valid during the call
+ * (NULL, 0 on failure). */
+typedef void (*lm_guest_ps_fn)(void *ctx, int err, const char *why, const struct lm_agent_ps_entry *e,
+			       size_t n);
+int lm_guest_ps(lm_guest_t *g, const char *guest_id, lm_guest_ps_fn done, void *ctx);
+/* A container's cgroup figures (CPU, memory, PIDs): done gets them on
+ * the worker thread (NULL on failure). */
+typedef void (*lm_guest_stats_fn)(void *ctx, int err, const char *why, const struct lm_agent_stats *st);
+int lm_guest_stats(lm_guest_t *g, const char *guest_id, lm_guest_stats_fn done, void *ctx);
+/* Freezes every process of a container (its cgroup's freezer), or thaws
+ * them (thaw). */
+int lm_guest_freeze(lm_guest_t *g, const char *guest_id, bool thaw, lm_guest_done_fn done, void *ctx);
 /* Ends the watch and deletes the container in the guest (whatever is
  * left of it is killed, its mounts and cgroup removed). done may be NULL. */
 int lm_guest_forget(lm_guest_t *g, const char *guest_id, lm_guest_done_fn done, void *ctx);

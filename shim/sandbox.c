@@ -474,6 +474,18 @@ int lm_sandbox_start(lm_sandbox_t *sb, const char *id, uint32_t *pid)
 	return 0;
 }
 
+int lm_sandbox_set_paused(lm_sandbox_t *sb, const char *id, bool paused)
+{
+	struct ctr *k = find_ctr(sb, id);
+	if (!k)
+		return -ENOENT;
+	if (k->c.state != (paused ? LM_CTR_RUNNING : LM_CTR_PAUSED))
+		return -EBUSY;
+	k->c.state = paused ? LM_CTR_PAUSED : LM_CTR_RUNNING;
+	emit(sb, paused ? LM_SB_EV_PAUSED : LM_SB_EV_RESUMED, &k->c);
+	return 0;
+}
+
 static int stop(lm_sandbox_t *sb, struct ctr *k, uint32_t status)
 {
 	if (k->c.state == LM_CTR_STOPPED)
@@ -514,7 +526,7 @@ int lm_sandbox_delete(lm_sandbox_t *sb, const char *id, uint32_t *pid,
 	if (!found)
 		return -ENOENT;
 	struct lm_container *c = &sb->v[i]->c;
-	if (c->state == LM_CTR_RUNNING)
+	if (c->state == LM_CTR_RUNNING || c->state == LM_CTR_PAUSED)
 		return -EBUSY;
 	if (pid)
 		*pid = c->pid;
@@ -737,8 +749,10 @@ int lm_sandbox_apply_patch(lm_sandbox_t *sb, const struct lm_patch_result *r)
 	/* containerd created the task under its new ID; it runs already (or
 	 * had stopped on the source): say so too */
 	emit(sb, LM_SB_EV_CREATE, c);
-	if (c->state == LM_CTR_RUNNING)
+	if (c->state == LM_CTR_RUNNING || c->state == LM_CTR_PAUSED)
 		emit(sb, LM_SB_EV_START, c);
+	if (c->state == LM_CTR_PAUSED)
+		emit(sb, LM_SB_EV_PAUSED, c);
 	else if (c->state == LM_CTR_STOPPED)
 		emit(sb, LM_SB_EV_EXIT, c);
 	return 0;
@@ -1106,7 +1120,8 @@ static int validate(const Lmshim__V1__SandboxSnapshot *s, char *err, size_t errl
 			if (c->guest_id && strlen(c->guest_id) > LM_GUEST_ID_MAX)
 				return reject(err, errlen, "snapshot: container \"%s\": guest_id longer than %u bytes",
 					      c->id, LM_GUEST_ID_MAX);
-			if (ip->state < LM_CTR_CREATED || ip->state > LM_CTR_STOPPED)
+			if (ip->state < LM_CTR_CREATED || ip->state > LM_CTR_PAUSED ||
+			    (ip->state == LM_CTR_PAUSED && (!c->guest_id || !*c->guest_id)))
 				return reject(err, errlen, "snapshot: container \"%s\": init.state %" PRIu32 " invalid",
 					      c->id, ip->state);
 			total++;

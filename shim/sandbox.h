@@ -65,6 +65,8 @@ enum lm_sandbox_event {
 	LM_SB_EV_START,
 	LM_SB_EV_EXIT,
 	LM_SB_EV_DELETE,
+	LM_SB_EV_PAUSED,
+	LM_SB_EV_RESUMED,
 };
 
 struct lm_container;
@@ -76,6 +78,7 @@ enum lm_ctr_state {
 	LM_CTR_CREATED = 1,
 	LM_CTR_RUNNING = 2,
 	LM_CTR_STOPPED = 3,
+	LM_CTR_PAUSED = 4,     /* a guest container whose processes are frozen */
 };
 
 /* What lm_sandbox_add copies into a new container. Every string may be
@@ -211,6 +214,10 @@ const struct lm_container *lm_sandbox_at(const lm_sandbox_t *sb, size_t i);
 /* Thread: owner only. created -> running. 0, -ENOENT, -EBUSY (not in
  * state created). *pid (may be NULL) gets the init PID. */
 int lm_sandbox_start(lm_sandbox_t *sb, const char *id, uint32_t *pid);
+/* Thread: owner. A running container's processes were frozen (paused)
+ * or a paused one's thawed: its state follows, with the event. -ENOENT,
+ * -EBUSY (not running, resp. not paused). */
+int lm_sandbox_set_paused(lm_sandbox_t *sb, const char *id, bool paused);
 /* Thread: owner only. created|running -> stopped with exit status
  * 128+signal, now; parked Waits are answered. 0, -ENOENT, -ESRCH (already
  * stopped), -EINVAL (signal 0 or > 64). */

@@ -25,6 +25,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cgroups_metrics.pb-c.h"
+#include "google/protobuf/any.pb-c.h"
 #include "google/protobuf/empty.pb-c.h"
 #include "google/protobuf/timestamp.pb-c.h"
 #include "mount.pb-c.h"
@@ -47,8 +49,9 @@ static const struct {
 	[LM_TASK_START] = {"Start", &containerd__task__v2__start_request__descriptor, GATE_VM},
 	[LM_TASK_DELETE] = {"Delete", &containerd__task__v2__delete_request__descriptor, GATE_SESSION},
 	[LM_TASK_PIDS] = {"Pids", &containerd__task__v2__pids_request__descriptor, GATE_VM},
-	[LM_TASK_PAUSE] = {"Pause", &containerd__task__v2__pause_request__descriptor, GATE_VM},
-	[LM_TASK_RESUME] = {"Resume", &containerd__task__v2__resume_request__descriptor, GATE_VM},
+	/* (a migration's snapshot holds the state: none changes in one) */
+	[LM_TASK_PAUSE] = {"Pause", &containerd__task__v2__pause_request__descriptor, GATE_VM | GATE_SESSION},
+	[LM_TASK_RESUME] = {"Resume", &containerd__task__v2__resume_request__descriptor, GATE_VM | GATE_SESSION},
 	[LM_TASK_CHECKPOINT] = {"Checkpoint", &containerd__task__v2__checkpoint_task_request__descriptor, GATE_VM},
 	[LM_TASK_KILL] = {"Kill", &containerd__task__v2__kill_request__descriptor, GATE_SESSION},
 	[LM_TASK_EXEC] = {"Exec", &containerd__task__v2__exec_process_request__descriptor, GATE_VM},
@@ -116,6 +119,39 @@ void lm_task_reply_msg(lm_rpc_call_t *call, const ProtobufCMessage *msg)
 	lm_rpc_call_reply(call, buf, n);
 	if (buf != stack)
 		free(buf);
+}
+
+void lm_task_reply_stats(lm_rpc_call_t *call, const struct lm_task_stats *st)
+{
+	Io__Containerd__Cgroups__V2__PidsStat pids = IO__CONTAINERD__CGROUPS__V2__PIDS_STAT__INIT;
+	Io__Containerd__Cgroups__V2__CPUStat cpu = IO__CONTAINERD__CGROUPS__V2__CPUSTAT__INIT;
+	Io__Containerd__Cgroups__V2__MemoryStat mem = IO__CONTAINERD__CGROUPS__V2__MEMORY_STAT__INIT;
+	Io__Containerd__Cgroups__V2__Metrics m = IO__CONTAINERD__CGROUPS__V2__METRICS__INIT;
+	pids.current = st->pids_current;
+	pids.limit = st->pids_limit;
+	cpu.usage_usec = st->cpu_usage_usec;
+	cpu.user_usec = st->cpu_user_usec;
+	cpu.system_usec = st->cpu_system_usec;
+	mem.usage = st->memory_usage;
+	mem.usage_limit = st->memory_limit;
+	m.pids = &pids;
+	m.cpu = &cpu;
+	m.memory = &mem;
+	uint8_t buf[256];
+	size_t n = protobuf_c_message_get_packed_size(&m.base);
+	if (n > sizeof buf) {
+		lm_rpc_call_fail(call, LM_RPC_INTERNAL, "Stats: metrics of %zu bytes", n);
+		return;
+	}
+	protobuf_c_message_pack(&m.base, buf);
+	/* the type URL as containerd's typeurl writes it: the message's name */
+	Google__Protobuf__Any any = GOOGLE__PROTOBUF__ANY__INIT;
+	any.type_url = (char *)"io.containerd.cgroups.v2.Metrics";
+	any.value.data = buf;
+	any.value.len = n;
+	Containerd__Task__V2__StatsResponse r = CONTAINERD__TASK__V2__STATS_RESPONSE__INIT;
+	r.stats = &any;
+	lm_task_reply_msg(call, &r.base);
 }
 
 static void set_ts(Google__Protobuf__Timestamp *ts, uint64_t ns)
@@ -577,7 +613,8 @@ static void do_delete(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_
 	const char *id = s_or(r->id);
 	const struct lm_container *c = lm_sandbox_find(sb, id);
 	char *pod = c ? strdup(c->pod_id) : NULL;
-	char *guest_id = c && c->guest_id && c->state != LM_CTR_RUNNING ? strdup(c->guest_id) : NULL;
+	char *guest_id = c && c->guest_id && c->state != LM_CTR_RUNNING && c->state != LM_CTR_PAUSED
+				 ? strdup(c->guest_id) : NULL;
 	uint32_t pid = 0, status = 0;
 	uint64_t at = 0;
 	int rc = lm_sandbox_delete(sb, id, &pid, &status, &at);
@@ -607,8 +644,15 @@ static void do_delete(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_
 	free(guest_id);
 }
 
-static void do_pids(lm_sandbox_t *sb, lm_rpc_call_t *call, const Containerd__Task__V2__PidsRequest *r)
+static void do_pids(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_call_t *call,
+		    const Containerd__Task__V2__PidsRequest *r)
 {
+	const struct lm_container *c = lm_sandbox_find(sb, s_or(r->id));
+	if (c && c->guest_id && gate->guest && gate->guest->pids &&
+	    (c->state == LM_CTR_RUNNING || c->state == LM_CTR_PAUSED)) {
+		gate->guest->pids(gate->guest_arg, c, call);   /* its real processes */
+		return;
+	}
 	uint32_t pids[1];
 	int n = lm_sandbox_pids(sb, s_or(r->id), pids, 1);
 	if (n < 0) {
@@ -624,6 +668,53 @@ static void do_pids(lm_sandbox_t *sb, lm_rpc_call_t *call, const Containerd__Tas
 		p.processes = infos;
 	}
 	lm_task_reply_msg(call, &p.base);
+}
+
+/* Stats: a guest container's cgroup figures, from the guest; a
+ * simulated container has no cgroup. */
+static void do_stats(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_call_t *call, const char *id)
+{
+	const struct lm_container *c = lm_sandbox_find(sb, id);
+	if (!c) {
+		lm_rpc_call_fail(call, LM_RPC_NOT_FOUND, "Stats: container \"%s\" not found", id);
+		return;
+	}
+	if (!c->guest_id || !gate->guest || !gate->guest->stats) {
+		lm_rpc_call_fail(call, LM_RPC_UNIMPLEMENTED, "Stats %s: a simulated container has no cgroup "
+				 "(the qemu backend's containers have)", id);
+		return;
+	}
+	if (c->state != LM_CTR_RUNNING && c->state != LM_CTR_PAUSED) {
+		lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION, "Stats %s: the container is not running", id);
+		return;
+	}
+	gate->guest->stats(gate->guest_arg, c, call);
+}
+
+/* Pause / Resume: a guest container's processes are frozen or thawed by
+ * the guest (its cgroup's freezer); a simulated container has none. */
+static void do_pause(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_call_t *call, const char *id,
+		     bool resume)
+{
+	const char *name = resume ? "Resume" : "Pause";
+	const struct lm_container *c = lm_sandbox_find(sb, id);
+	if (!c) {
+		lm_rpc_call_fail(call, LM_RPC_NOT_FOUND, "%s: container \"%s\" not found", name, id);
+		return;
+	}
+	if (!c->guest_id || !gate->guest || !gate->guest->pause) {
+		lm_rpc_call_fail(call, LM_RPC_UNIMPLEMENTED, "%s %s: a simulated container has no processes "
+				 "to freeze (the qemu backend's containers pause)", name, id);
+		return;
+	}
+	enum lm_ctr_state want = resume ? LM_CTR_PAUSED : LM_CTR_RUNNING;
+	if (c->state != want) {
+		static const char *const names[] = { "unknown", "created", "running", "stopped", "paused" };
+		lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION, "%s %s: the container is %s, not %s", name, id,
+				 names[c->state <= LM_CTR_PAUSED ? c->state : 0], names[want]);
+		return;
+	}
+	gate->guest->pause(gate->guest_arg, c, resume, call);
 }
 
 static void do_kill(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_call_t *call,
@@ -748,10 +839,19 @@ int lm_task_handle(lm_sandbox_t *sb, const struct lm_task_gate *gate,
 		do_delete(sb, gate, call, (const Containerd__Task__V2__DeleteRequest *)req);
 		break;
 	case LM_TASK_PIDS:
-		do_pids(sb, call, (const Containerd__Task__V2__PidsRequest *)req);
+		do_pids(sb, gate, call, (const Containerd__Task__V2__PidsRequest *)req);
 		break;
 	case LM_TASK_KILL:
 		do_kill(sb, gate, call, (const Containerd__Task__V2__KillRequest *)req);
+		break;
+	case LM_TASK_STATS:
+		do_stats(sb, gate, call, s_or(((const Containerd__Task__V2__StatsRequest *)req)->id));
+		break;
+	case LM_TASK_PAUSE:
+		do_pause(sb, gate, call, s_or(((const Containerd__Task__V2__PauseRequest *)req)->id), false);
+		break;
+	case LM_TASK_RESUME:
+		do_pause(sb, gate, call, s_or(((const Containerd__Task__V2__ResumeRequest *)req)->id), true);
 		break;
 	case LM_TASK_WAIT:
 		do_wait(sb, call, (const Containerd__Task__V2__WaitRequest *)req);

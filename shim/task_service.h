@@ -100,6 +100,16 @@ void lm_guest_new_free(struct lm_guest_new *n);
 /* Thread: any. Packs msg and answers the call with it (a hook's answer). */
 void lm_task_reply_msg(lm_rpc_call_t *call, const ProtobufCMessage *msg);
 
+/* Thread: any. Answers a Stats call with a container's cgroup figures,
+ * as containerd reads them: StatsResponse.stats, an Any of type
+ * io.containerd.cgroups.v2.Metrics. */
+struct lm_task_stats {
+	uint64_t cpu_usage_usec, cpu_user_usec, cpu_system_usec;
+	uint64_t memory_usage, memory_limit;   /* limit 0: none */
+	uint64_t pids_current, pids_limit;     /* limit 0: none */
+};
+void lm_task_reply_stats(lm_rpc_call_t *call, const struct lm_task_stats *st);
+
 /* Containers that are real processes in the utility VM (guest_id set):
  * what the task service cannot do on the sandbox alone. Each hook takes
  * the call (it must answer it); all run on the owner's thread. */
@@ -114,6 +124,14 @@ struct lm_task_guest_ops {
 	/* a guest container was deleted from the sandbox (answered already):
 	 * the guest forgets it too */
 	void (*forget)(void *arg, const char *guest_id);
+	/* Pids of a running or paused guest container: its processes */
+	void (*pids)(void *arg, const struct lm_container *c, lm_rpc_call_t *call);
+	/* Pause of a running guest container (resume false: its processes
+	 * frozen, then the sandbox's state), or Resume of a paused one */
+	void (*pause)(void *arg, const struct lm_container *c, bool resume, lm_rpc_call_t *call);
+	/* Stats of a running or paused guest container: its cgroup's
+	 * figures as io.containerd.cgroups.v2.Metrics (lm_task_reply_stats) */
+	void (*stats)(void *arg, const struct lm_container *c, lm_rpc_call_t *call);
 };
 
 /* The controller's view of the session, for the gating. */

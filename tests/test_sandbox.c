@@ -570,6 +570,9 @@ static void test_import_rejects_bad_pods_and_containers(void **state)
 	f.ip[2].state = 7;
 	reject_fx(&f, LM_SNAPSHOT_TYPE_URL, "init.state 7");
 	snapfx_init(&f, false);
+	f.ip[2].state = LM_CTR_PAUSED;   /* paused, but no process in a guest */
+	reject_fx(&f, LM_SNAPSHOT_TYPE_URL, "init.state 4 invalid");
+	snapfx_init(&f, false);
 	f.cs[1].type = LMSHIM__V1__CONTAINER_TYPE__CONTAINER_TYPE_SANDBOX;
 	reject_fx(&f, LM_SNAPSHOT_TYPE_URL, "more than one sandbox");
 	snapfx_init(&f, false);
@@ -868,7 +871,7 @@ struct evlog {
 static void record(void *arg, enum lm_sandbox_event type, const struct lm_container *c)
 {
 	struct evlog *l = arg;
-	static const char *names[] = { "?", "create", "start", "exit", "delete" };
+	static const char *names[] = { "?", "create", "start", "exit", "delete", "paused", "resumed" };
 	assert_true(l->n < 32);
 	if (type == LM_SB_EV_EXIT)
 		snprintf(l->line[l->n++], 48, "exit %s %u", c->id, c->exit_status);
@@ -914,6 +917,53 @@ static void test_task_events_follow_the_lifecycle_once_each(void **state)
 	/* a teardown (after a migration moved the sandbox) says nothing */
 	lm_sandbox_clear(sb);
 	assert_int_equal(l.n, 0);
+	lm_sandbox_destroy(sb);
+}
+
+/* A guest container pauses and resumes (the guest froze it): each once,
+ * each with its event; a paused one is not deleted, still exits (a
+ * SIGKILL reaches frozen processes), and travels in the snapshot paused,
+ * announced on the destination as started then paused. A simulated
+ * container cannot be paused in a snapshot. */
+static void test_a_guest_container_pauses_and_travels_paused(void **state)
+{
+	(void)state;
+	lm_sandbox_t *sb = two_pods(), *im;
+	struct evlog l = { .n = 0 };
+	assert_int_equal(lm_sandbox_set_paused(sb, "web", true), -EBUSY);     /* only created */
+	assert_int_equal(lm_sandbox_start(sb, "web", NULL), 0);
+	assert_int_equal(lm_sandbox_start(sb, "db", NULL), 0);
+	assert_int_equal(lm_sandbox_set_guest(sb, "web", "g-web", 40), 0);
+	assert_int_equal(lm_sandbox_set_guest(sb, "db", "g-db", 41), 0);
+	lm_sandbox_set_event_fn(sb, record, &l);
+	assert_int_equal(lm_sandbox_set_paused(sb, "web", false), -EBUSY);    /* not paused */
+	assert_int_equal(lm_sandbox_set_paused(sb, "web", true), 0);
+	assert_int_equal(lm_sandbox_set_paused(sb, "web", true), -EBUSY);
+	assert_int_equal(lm_sandbox_find(sb, "web")->state, LM_CTR_PAUSED);
+	assert_int_equal(lm_sandbox_delete(sb, "web", NULL, NULL, NULL), -EBUSY);
+	assert_int_equal(lm_sandbox_set_paused(sb, "web", false), 0);
+	assert_int_equal(lm_sandbox_find(sb, "web")->state, LM_CTR_RUNNING);
+	assert_int_equal(lm_sandbox_set_paused(sb, "nope", true), -ENOENT);
+	assert_int_equal(lm_sandbox_set_paused(sb, "db", true), 0);
+	assert_int_equal(lm_sandbox_kill(sb, "db", 9), 0);                     /* paused -> stopped */
+	assert_int_equal(lm_sandbox_set_paused(sb, "web", true), 0);
+	expect_events(&l, (const char *const[]){ "paused web", "resumed web", "paused db", "exit db 137",
+						 "paused web", NULL });
+	uint8_t *a;
+	size_t la;
+	struct lm_snapshot_vm vm;
+	char err[160];
+	export(sb, &a, &la);
+	assert_int_equal(lm_sandbox_import(a, la, &im, &vm, err, sizeof err), 0);
+	lm_snapshot_vm_clear(&vm);
+	assert_int_equal(lm_sandbox_find(im, "web")->state, LM_CTR_PAUSED);
+	lm_sandbox_set_event_fn(im, record, &l);
+	char *layers[] = {"/l/a", "/l/b", "/l/c"};
+	struct lm_patch_result r = result("web", "web-new", 3, layers);
+	assert_int_equal(lm_sandbox_apply_patch(im, &r), 0);
+	expect_events(&l, (const char *const[]){ "create web-new", "start web-new", "paused web-new", NULL });
+	lm_sandbox_destroy(im);
+	free(a);
 	lm_sandbox_destroy(sb);
 }
 
@@ -1059,6 +1109,7 @@ int main(void)
 		cmocka_unit_test(test_add_assigns_unique_increasing_pids),
 		cmocka_unit_test(test_task_events_follow_the_lifecycle_once_each),
 		cmocka_unit_test(test_patched_import_announces_create_then_its_state),
+		cmocka_unit_test(test_a_guest_container_pauses_and_travels_paused),
 		cmocka_unit_test(test_add_rejects_duplicate_missing_pod_and_second_sandbox),
 		cmocka_unit_test(test_start_then_kill_stops_with_128_plus_signal),
 		cmocka_unit_test(test_delete_refuses_running_and_reports_exit),

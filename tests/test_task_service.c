@@ -38,6 +38,7 @@
 #include "rpc/client.h"
 #include "rpc/frame.h"
 #include "rpc/server.h"
+#include "cgroups_metrics.pb-c.h"
 #include "task.pb-c.h"
 #include "util/clock.h"
 
@@ -635,7 +636,7 @@ static void test_vm_not_running_gates_vm_methods(void **state)
 
 /* What the guest hooks saw (controller thread; read after on_ctl). */
 static struct {
-	unsigned kills, forgets, creates, starts;
+	unsigned kills, forgets, creates, starts, pids, pauses, resumes;
 	uint32_t signal;
 	bool all;
 	char guest_id[64], forgot[64], created[64], base_layer[64], started[64];
@@ -685,16 +686,67 @@ static void hook_forget(void *arg, const char *guest_id)
 	snprintf(hooked.forgot, sizeof hooked.forgot, "%s", guest_id);
 }
 
-static const struct lm_task_guest_ops guest_ops = {hook_create, hook_start, hook_kill, hook_forget};
+/* the guest's processes of k: its init and a child */
+static void hook_pids(void *arg, const struct lm_container *k, lm_rpc_call_t *call)
+{
+	(void)arg;
+	hooked.pids++;
+	Containerd__V1__Types__ProcessInfo a = CONTAINERD__V1__TYPES__PROCESS_INFO__INIT, b = a;
+	a.pid = k->pid;
+	b.pid = k->pid + 5;
+	Containerd__V1__Types__ProcessInfo *v[] = {&a, &b};
+	Containerd__Task__V2__PidsResponse r = CONTAINERD__TASK__V2__PIDS_RESPONSE__INIT;
+	r.n_processes = 2;
+	r.processes = v;
+	lm_task_reply_msg(call, &r.base);
+}
+
+/* the guest froze (thawed) it: the owner records it (arg: the ctl) */
+static void hook_pause(void *arg, const struct lm_container *k, bool resume, lm_rpc_call_t *call)
+{
+	struct ctl *c = arg;
+	if (resume)
+		hooked.resumes++;
+	else
+		hooked.pauses++;
+	char id[64];
+	snprintf(id, sizeof id, "%s", k->id);
+	assert_int_equal(lm_sandbox_set_paused(c->sb, id, !resume), 0);
+	lm_rpc_call_reply(call, NULL, 0);
+}
+
+/* the guest's cgroup figures of k */
+static void hook_stats(void *arg, const struct lm_container *k, lm_rpc_call_t *call)
+{
+	(void)arg;
+	(void)k;
+	struct lm_task_stats st = { .cpu_usage_usec = 1500, .cpu_user_usec = 1000, .cpu_system_usec = 500,
+				    .memory_usage = 4u << 20, .memory_limit = 0, .pids_current = 2, .pids_limit = 64 };
+	lm_task_reply_stats(call, &st);
+}
+
+static const struct lm_task_guest_ops guest_ops = {hook_create, hook_start, hook_kill, hook_forget,
+						   hook_pids, hook_pause, hook_stats};
 
 static void guest_gate_fn(struct ctl *c, void *arg)
 {
 	(void)arg;
 	c->gate.vm_running = true;
 	c->gate.guest = &guest_ops;
+	c->gate.guest_arg = c;
 	assert_int_equal(lm_sandbox_start(c->sb, "g1", NULL), 0);
 	assert_int_equal(lm_sandbox_set_guest(c->sb, "g1", "agent-g1", 77), 0);
 	assert_int_equal(lm_sandbox_set_guest(c->sb, "g0", "agent-g0", 76), 0);   /* created */
+}
+
+/* the session over: the gate as guest_gate_fn left it */
+static void guest_gate_back_fn(struct ctl *c, void *arg)
+{
+	(void)arg;
+	c->gate.session_active = false;
+	c->gate.vm_running = true;
+	c->gate.guest = &guest_ops;
+	c->gate.guest_arg = c;
 }
 
 static void guest_exits_fn(struct ctl *c, void *arg)
@@ -752,7 +804,62 @@ static void test_guest_containers_go_to_the_guest(void **state)
 	assert_int_equal(hooked.starts, 1);
 	expect_id("Delete", "g1", LM_RPC_FAILED_PRECONDITION, "running");
 	assert_int_equal(hooked.forgets, 0);
+	/* Pids are the guest's processes */
+	Containerd__Task__V2__StateRequest q = CONTAINERD__TASK__V2__STATE_REQUEST__INIT;
+	q.id = "g1";
+	struct lm_rpc_result res;
+	assert_int_equal(call("Pids", &q.base, &res), LM_RPC_OK);
+	Containerd__Task__V2__PidsResponse *pr = containerd__task__v2__pids_response__unpack(NULL, res.len, res.payload);
+	assert_non_null(pr);
+	assert_int_equal(pr->n_processes, 2);
+	assert_int_equal(pr->processes[0]->pid, 77);
+	assert_int_equal(pr->processes[1]->pid, 82);
+	containerd__task__v2__pids_response__free_unpacked(pr, NULL);
+	lm_rpc_result_free(&res);
+	assert_int_equal(hooked.pids, 1);
+	/* Stats: the guest's figures as containerd's cgroup v2 metrics */
+	assert_int_equal(call("Stats", &q.base, &res), LM_RPC_OK);
+	Containerd__Task__V2__StatsResponse *sr = containerd__task__v2__stats_response__unpack(NULL, res.len, res.payload);
+	assert_non_null(sr);
+	assert_non_null(sr->stats);
+	assert_string_equal(sr->stats->type_url, "io.containerd.cgroups.v2.Metrics");
+	Io__Containerd__Cgroups__V2__Metrics *m =
+		io__containerd__cgroups__v2__metrics__unpack(NULL, sr->stats->value.len, sr->stats->value.data);
+	assert_non_null(m);
+	assert_true(m->cpu && m->memory && m->pids);
+	assert_int_equal(m->cpu->usage_usec, 1500);
+	assert_int_equal(m->cpu->system_usec, 500);
+	assert_int_equal(m->memory->usage, 4u << 20);
+	assert_int_equal(m->pids->current, 2);
+	assert_int_equal(m->pids->limit, 64);
+	io__containerd__cgroups__v2__metrics__free_unpacked(m, NULL);
+	containerd__task__v2__stats_response__free_unpacked(sr, NULL);
+	lm_rpc_result_free(&res);
+	/* Pause and Resume go to the guest, each from the right state; the
+	 * State says paused in between; a paused container is not deleted */
+	expect_id("Resume", "g1", LM_RPC_FAILED_PRECONDITION, "Resume g1: the container is running, not paused");
+	expect_id("Pause", "g1", LM_RPC_OK, NULL);
+	assert_int_equal(hooked.pauses, 1);
+	s = state_of("g1");
+	assert_int_equal(s->status, CONTAINERD__V1__TYPES__STATUS__PAUSED);
+	containerd__task__v2__state_response__free_unpacked(s, NULL);
+	expect_id("Pause", "g1", LM_RPC_FAILED_PRECONDITION, "Pause g1: the container is paused, not running");
+	expect_id("Delete", "g1", LM_RPC_FAILED_PRECONDITION, "running");
+	assert_int_equal(call("Pids", &q.base, &res), LM_RPC_OK);   /* paused: still its processes */
+	lm_rpc_result_free(&res);
+	assert_int_equal(hooked.pids, 2);
+	/* not while a migration is in progress (its snapshot holds the state) */
+	set_gate(true, true, false);
+	expect_id("Resume", "g1", LM_RPC_FAILED_PRECONDITION, "a migration session is active");
+	on_ctl(guest_gate_back_fn, NULL);
+	expect_id("Resume", "g1", LM_RPC_OK, NULL);
+	assert_int_equal(hooked.resumes, 1);
+	s = state_of("g1");
+	assert_int_equal(s->status, CONTAINERD__V1__TYPES__STATUS__RUNNING);
+	containerd__task__v2__state_response__free_unpacked(s, NULL);
+	expect_id("Pause", "nope", LM_RPC_NOT_FOUND, "not found");
 	on_ctl(guest_exits_fn, NULL);   /* what the guest's watch reports */
+	expect_id("Stats", "g1", LM_RPC_FAILED_PRECONDITION, "not running");
 	k.signal = 9;
 	expect("Kill", &k.base, LM_RPC_NOT_FOUND, "already finished");
 	assert_int_equal(hooked.kills, 1);

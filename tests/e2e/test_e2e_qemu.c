@@ -36,6 +36,7 @@
 #include <cmocka.h>
 
 #include "tests/e2e/e2e.h"
+#include "cgroups_metrics.pb-c.h"
 #include "task.pb-c.h"
 
 /* QEMU processes that `shim` started (their parent): how many, and the
@@ -321,6 +322,70 @@ static int task_kill(struct e2e_shim *s, const char *id, uint32_t sig)
 	return rc;
 }
 
+/* Pause (resume false) or Resume: 0 or the gRPC code. */
+static int task_pause(struct e2e_shim *s, const char *id, bool resume)
+{
+	Containerd__Task__V2__PauseRequest rq = CONTAINERD__TASK__V2__PAUSE_REQUEST__INIT;
+	rq.id = (char *)id;   /* (ResumeRequest: the same field) */
+	char msg[256] = "";
+	int rc = e2e_call(s, "containerd.task.v2.Task", resume ? "Resume" : "Pause", &rq.base, NULL, NULL, msg,
+			  sizeof msg);
+	if (rc)
+		printf("# %s %s: %d %s\n", resume ? "Resume" : "Pause", id, rc, msg);
+	return rc;
+}
+
+/* Pids: how many (at most cap in pids), or minus the gRPC code. */
+static int task_pids(struct e2e_shim *s, const char *id, uint32_t *pids, size_t cap)
+{
+	Containerd__Task__V2__PidsRequest rq = CONTAINERD__TASK__V2__PIDS_REQUEST__INIT;
+	rq.id = (char *)id;
+	ProtobufCMessage *resp = NULL;
+	int rc = e2e_call(s, "containerd.task.v2.Task", "Pids", &rq.base,
+			  &containerd__task__v2__pids_response__descriptor, &resp, NULL, 0);
+	if (rc)
+		return -rc;
+	Containerd__Task__V2__PidsResponse *r = (Containerd__Task__V2__PidsResponse *)resp;
+	int n = (int)r->n_processes;
+	for (size_t i = 0; i < r->n_processes && i < cap; i++)
+		pids[i] = r->processes[i]->pid;
+	protobuf_c_message_free_unpacked(resp, NULL);
+	return n;
+}
+
+/* Stats: the container's cgroup v2 metrics (0), or the gRPC code. */
+static int task_stats(struct e2e_shim *s, const char *id, uint64_t *cpu_usec, uint64_t *mem, uint64_t *pids)
+{
+	Containerd__Task__V2__StatsRequest rq = CONTAINERD__TASK__V2__STATS_REQUEST__INIT;
+	rq.id = (char *)id;
+	ProtobufCMessage *resp = NULL;
+	int rc = e2e_call(s, "containerd.task.v2.Task", "Stats", &rq.base,
+			  &containerd__task__v2__stats_response__descriptor, &resp, NULL, 0);
+	if (rc)
+		return rc;
+	Containerd__Task__V2__StatsResponse *r = (Containerd__Task__V2__StatsResponse *)resp;
+	Io__Containerd__Cgroups__V2__Metrics *m = NULL;
+	if (r->stats && !strcmp(r->stats->type_url, "io.containerd.cgroups.v2.Metrics"))
+		m = io__containerd__cgroups__v2__metrics__unpack(NULL, r->stats->value.len, r->stats->value.data);
+	rc = m && m->cpu && m->memory && m->pids ? 0 : 13;
+	if (!rc) {
+		*cpu_usec = m->cpu->usage_usec;
+		*mem = m->memory->usage;
+		*pids = m->pids->current;
+	}
+	if (m)
+		io__containerd__cgroups__v2__metrics__free_unpacked(m, NULL);
+	protobuf_c_message_free_unpacked(resp, NULL);
+	return rc;
+}
+
+/* How many numbered lines the file has now. */
+static size_t lines_now(const char *path, const char *prefix)
+{
+	static long v[100000];
+	return numbers_of(path, prefix, v, 100000);
+}
+
 static int task_wait(struct e2e_shim *s, const char *id, uint32_t *status)
 {
 	Containerd__Task__V2__WaitRequest rq = CONTAINERD__TASK__V2__WAIT_REQUEST__INIT;
@@ -443,6 +508,36 @@ static bool pod_moves(struct fx *f, const char *session)
 	assert_int_equal(e2e_state(&f->src, "writer", &pid_w, &st), 0);
 	assert_true(pid_c > 1 && pid_c < 1000 && pid_w > 1 && pid_w != pid_c);   /* the guest's */
 
+	/* Pids: the guest's processes of the container, its init first (the
+	 * counter's shell and its sleep) */
+	uint32_t pids[16];
+	int np = task_pids(&f->src, "counter", pids, 16);
+	assert_true(np >= 1);
+	assert_int_equal(pids[0], pid_c);
+	/* Stats: its cgroup's figures, as containerd's cgroup v2 metrics */
+	uint64_t cpu = 0, mem = 0, npids = 0;
+	assert_int_equal(task_stats(&f->src, "counter", &cpu, &mem, &npids), 0);
+	printf("# counter: Pids %d, Stats cpu %llu us, memory %llu B, pids %llu\n", np,
+	       (unsigned long long)cpu, (unsigned long long)mem, (unsigned long long)npids);
+	assert_true(cpu > 0 && mem > 0 && npids >= 1);
+	/* Pause freezes the counter: its output stops, State says paused;
+	 * Resume thaws it and it counts on */
+	assert_int_equal(task_pause(&f->src, "counter", false), 0);
+	assert_int_equal(e2e_state(&f->src, "counter", NULL, &st), 0);
+	assert_int_equal(st, 4);
+	assert_int_equal(task_pause(&f->src, "counter", false), 9);   /* FailedPrecondition */
+	usleep(300000);                 /* a line already on its way lands */
+	size_t n0 = lines_now(sc, "");
+	usleep(1000000);
+	assert_int_equal(lines_now(sc, ""), n0);
+	assert_int_equal(task_pause(&f->src, "counter", true), 0);
+	assert_true(wait_lines(sc, "", n0 + 3, 30));
+	assert_int_equal(e2e_state(&f->src, "counter", NULL, &st), 0);
+	assert_int_equal(st, 2);
+	/* the writer moves paused: it stays so on the destination until
+	 * Resumed there */
+	assert_int_equal(task_pause(&f->src, "writer", false), 0);
+
 	const char *args[] = { "migrate", "--from", f->src.sock, "--to", f->dst.sock, "--workdir", work,
 			       "--quiet", "--session", session, NULL };
 	int rc = e2e_lmctl(args, out, 180000);
@@ -460,6 +555,10 @@ static bool pod_moves(struct fx *f, const char *session)
 	assert_int_equal(pid, pid_c);
 	assert_int_equal(e2e_state(&f->dst, "writer-m", &pid, &st), 0);
 	assert_int_equal(pid, pid_w);
+	assert_int_equal(st, 4);
+	assert_int_equal(task_pause(&f->dst, "writer-m", true), 0);
+	assert_int_equal(e2e_state(&f->dst, "writer-m", NULL, &st), 0);
+	assert_int_equal(st, 2);
 	bool dc_ok = wait_lines(dc, "", 10, 60), dw_ok = wait_lines(dw, "lines ", 3, 60);
 	if ((!dc_ok || !dw_ok) && guest_crashed(&f->dst))
 		return false;
