@@ -269,8 +269,9 @@ static int setup_memory(lm_kvm_vm_t *vm, bool populate)
 		/* ready before anything is written into it (util/memready.h) */
 		struct lm_mem_ready mr;
 		lm_mem_make_ready(p, vm->mem_bytes, &mr);
-		lm_log_info(MOD, "guest memory ready", "bytes=%llu populated=%d populate_ms=%.1f touch_ms=%.1f",
-			    (unsigned long long)vm->mem_bytes, (int)mr.populated, mr.populate_ms, mr.touch_ms);
+		lm_log_info(MOD, "guest memory ready", "bytes=%llu populated=%d populate_ms=%.1f touch_ms=%.1f "
+			    "kernel_touched=%d", (unsigned long long)vm->mem_bytes, (int)mr.populated,
+			    mr.populate_ms, mr.touch_ms, (int)mr.kernel_touched);
 	}
 	return lm__kvm_set_memslot(vm, false);
 }

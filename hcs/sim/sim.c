@@ -285,8 +285,8 @@ static int sim_create(lm_vm_t **out, const lm_vm_config_t *cfg)
 		struct lm_mem_ready mr;
 		lm_mem_make_ready(vm->mem, cfg->memory_bytes, &mr);
 		lm_log_info("hcs.sim", "destination memory ready", "bytes=%llu populated=%d populate_ms=%.1f "
-			    "touch_ms=%.1f", (unsigned long long)cfg->memory_bytes, (int)mr.populated,
-			    mr.populate_ms, mr.touch_ms);
+			    "touch_ms=%.1f kernel_touched=%d", (unsigned long long)cfg->memory_bytes,
+			    (int)mr.populated, mr.populate_ms, mr.touch_ms, (int)mr.kernel_touched);
 	} else if (cfg->workload.fill != LM_FILL_ZERO) {
 		pthread_t th;
 		struct fill_arg a0 = { vm, 0, vm->npages / 2 }, a1 = { vm, vm->npages / 2, vm->npages };
