@@ -61,6 +61,16 @@ static uint64_t ms_ns(unsigned ms)
 	return (uint64_t)ms * 1000000ull;
 }
 
+/* Source: what the destination said (keepalives, an ABORT), read; < 0
+ * when it aborted or left. */
+static int peer_said(struct lm__xfer *x)
+{
+	int a = lm__xf_read_control(x);
+	if (a < 0)
+		x->peer_gone = true;
+	return a;
+}
+
 /* The VMM's status into the engine's progress fields. */
 static void take_status(struct lm__xfer *x, const lm_vmm_stream_status_t *s)
 {
@@ -241,12 +251,8 @@ int lm__xf_src_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_r
 		if (x->o.stall_ms && now - x->last_rx_ns > ms_ns(x->o.stall_ms)) {
 			/* what the destination said while this thread was busy
 			 * elsewhere (its keepalives) counts */
-			int a = lm__xf_read_control(x);
-			if (a < 0) {
-				x->peer_gone = true;
-				rc = a;
+			if ((rc = peer_said(x)) < 0)
 				goto io_fail;
-			}
 			if (lm_now_ns() - x->last_rx_ns > ms_ns(x->o.stall_ms)) {
 				x->stalled = true;
 				rc = -ETIMEDOUT;
@@ -295,14 +301,8 @@ int lm__xf_src_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_r
 			if (poll(q, 2, lm__xf_tick_ms(x)) > 0) {
 				uint64_t v;
 				if (q[0].revents && read(x->wakefd, &v, sizeof(v)) < 0) { /* drained */ }
-				if (q[1].revents) {
-					int a = lm__xf_read_control(x);
-					if (a < 0) {
-						x->peer_gone = true;
-						rc = a;
-						goto io_fail;
-					}
-				}
+				if (q[1].revents && (rc = peer_said(x)) < 0)
+					goto io_fail;
 			}
 			continue;
 		}
@@ -318,14 +318,8 @@ int lm__xf_src_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_r
 			uint64_t v;
 			if (read(x->wakefd, &v, sizeof(v)) < 0) { /* drained */ }
 		}
-		if (q[1].revents) {
-			int a = lm__xf_read_control(x);
-			if (a < 0) {
-				x->peer_gone = true;
-				rc = a;
-				goto io_fail;
-			}
-		}
+		if (q[1].revents && (rc = peer_said(x)) < 0)
+			goto io_fail;
 		if (q[0].revents) {
 			ssize_t r = read(vfd, buf, LM_XF_MAX_VMM);
 			if (r > 0) {
