@@ -494,6 +494,27 @@ fail:
 	return rc;
 }
 
+/* For the fuzz target (tests/fuzz/fuzz_kvm_state.c): makes any bytes of
+ * at least a header's length a blob whose header vm accepts (magic,
+ * version, lengths, shape, body hash), leaving n_sections, tsc_khz and
+ * the body as they are, so that the fuzzer explores the sections. */
+size_t lm__kvm_state_seal(lm_kvm_vm_t *vm, void *buf, size_t len)
+{
+	struct state_hdr h;
+	if (len < sizeof(h))
+		return 0;
+	memcpy(&h, buf, sizeof(h));
+	memcpy(h.magic, STATE_MAGIC, 8);
+	h.version = STATE_VERSION;
+	h.hdr_size = sizeof(h);
+	h.total_len = len;
+	h.n_vcpus = vm->n_vcpus;
+	h.mem_bytes = vm->mem_bytes;
+	h.body_hash = fnv1a((const uint8_t *)buf + sizeof(h), len - sizeof(h));
+	memcpy(buf, &h, sizeof(h));
+	return sizeof(h);
+}
+
 /* ---- load ---------------------------------------------------------------- */
 
 struct sect_ref {

@@ -78,5 +78,9 @@ struct kvm_cpuid_entry2 *lm__kvm_cpuid_find(struct kvm_cpuid2 *c, uint32_t fn,
 size_t lm__kvm_cpuid_size(const struct kvm_cpuid2 *c);
 int lm__kvm_set_memslot(lm_kvm_vm_t *vm, bool log_dirty);
 struct lm_kvm_guest_config *lm__kvm_config(lm_kvm_vm_t *vm);
+/* Fuzzing only: rewrites buf's header so that vm's state load accepts it
+ * as far as the header goes (state.c); the header's size, or 0 if len is
+ * shorter. */
+size_t lm__kvm_state_seal(lm_kvm_vm_t *vm, void *buf, size_t len);
 
 #endif
