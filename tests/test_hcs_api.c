@@ -208,6 +208,15 @@ static void test_lifecycle_and_properties_through_callbacks(void **state)
 	assert_int_equal(strlen(json_string_value(json_object_get(j, "MemoryDigest"))), 16);
 	json_decref(j);
 	free(js);
+	/* a properties query that fails (fault hcs.properties) says so
+	 * through its callback, with no properties; the next one answers */
+	assert_int_equal(lm_fault_arm("hcs.properties:errno=EIO:times=1"), 0);
+	assert_int_equal(CALL(lm_hcs_system_properties(s, 0, on_props, w)), -EIO);
+	assert_false(last.has_props);
+	assert_non_null(strstr(last.why, "properties failed"));
+	lm_fault_disarm_all();
+	p = props(s, 0);
+	assert_int_equal(p.state, LM_HCS_VM_PAUSED);
 	assert_int_equal(CALL(lm_hcs_system_resume(s, on_done, w)), 0);
 	/* a running guest's memory moves: no digest, and the reason */
 	p = props(s, LM_HCS_QUERY_DIGEST);
