@@ -20,7 +20,7 @@
 
 #include "util/memready.h"
 
-#define LEN (64u << 20)
+#define LEN (192u << 20)   /* several slices (threads) on a multi-core host */
 
 static size_t resident_pages(void *p, size_t len)
 {
@@ -45,16 +45,16 @@ static void test_every_page_is_resident_and_kept(void **state)
 	size_t pg = (size_t)sysconf(_SC_PAGESIZE);
 	/* a few pages already hold data: it must survive */
 	for (size_t i = 0; i < 16; i++)
-		memset(p + i * 997 * pg, (int)(0xA0 + i), pg);
+		memset(p + i * (LEN / pg / 16) * pg, (int)(0xA0 + i), pg);
 	assert_true(resident_pages(p, LEN) < LEN / pg);
 	struct lm_mem_ready mr;
 	lm_mem_make_ready(p, LEN, &mr);
-	print_message("64 MiB: populated=%d populate %.1f ms, kernel_touched=%d, a read and a write per "
+	print_message("192 MiB: populated=%d populate %.1f ms, kernel_touched=%d, a read and a write per "
 		      "page %.1f ms\n", (int)mr.populated, mr.populate_ms, (int)mr.kernel_touched, mr.touch_ms);
 	assert_int_equal(resident_pages(p, LEN), LEN / pg);
 	for (size_t i = 0; i < 16; i++) {
-		assert_int_equal(p[i * 997 * pg], 0xA0 + i);
-		assert_int_equal(p[i * 997 * pg + pg - 1], 0xA0 + i);
+		assert_int_equal(p[i * (LEN / pg / 16) * pg], 0xA0 + i);
+		assert_int_equal(p[i * (LEN / pg / 16) * pg + pg - 1], 0xA0 + i);
 	}
 	assert_int_equal(p[LEN - 1], 0);
 	assert_true(mr.populated);          /* Linux >= 5.14 */

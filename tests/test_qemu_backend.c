@@ -46,6 +46,7 @@
 #include "hcs/qemu/migrate.h"
 #include "hcs/qemu/vm.h"
 #include "util/clock.h"
+#include "util/fault.h"
 #include "util/log.h"
 
 #define BOOT_MS 30000           /* the document's BootTimeoutMs */
@@ -987,6 +988,50 @@ static void test_stream_abort_after_completion_runs_the_source_again(void **stat
 	vm_destroy(src);
 }
 
+/* The QEMU layer's fault points: a QEMU that cannot be launched fails the
+ * VM's create or start with the error and leaves no QEMU and no private
+ * folder behind, and the next VM launches; a migration QEMU refuses to
+ * start fails stream_open and leaves the guest running, and the next
+ * stream opens. */
+static void test_a_failed_launch_or_migrate_leaves_nothing_and_the_guest_running(void **state)
+{
+	(void)state;
+	NEED_QEMU();
+	int q0 = qemu_children();
+	size_t d0 = private_dirs();
+	assert_int_equal(lm_fault_arm("qemu.launch:errno=EIO:times=1"), 0);
+	char *doc = make_doc(NULL, NULL);
+	lm_vm_config_t c;
+	cfg_init(&c, "flaunch", false, doc);
+	lm_vm_t *vm = NULL;
+	int rc = ops->create(&vm, &c);
+	if (rc == 0) {
+		track(vm);
+		rc = ops->start(vm);
+	}
+	free(doc);
+	assert_int_equal(rc, -EIO);
+	if (vm)
+		vm_destroy(vm);
+	assert_int_equal(qemu_children(), q0);
+	assert_int_equal(private_dirs(), d0);
+	lm_fault_disarm_all();
+	lm_vm_t *src = boot_vm("fmig", NULL, NULL);
+	assert_true(wait_tick(src, 3, 10000));
+	assert_int_equal(lm_fault_arm("qemu.migrate:errno=EIO:times=1"), 0);
+	assert_true(ops->stream_open(src, NULL) < 0);
+	lm_fault_disarm_all();
+	long before = tick(src, false);
+	assert_true(qemu_running(src));
+	assert_true(wait_tick(src, before + 3, 10000));
+	int sfd = ops->stream_open(src, NULL);
+	assert_true(sfd >= 0);
+	assert_int_equal(ops->stream_abort(src), 0);
+	assert_true(qemu_running(src));
+	vm_destroy(src);
+	assert_int_equal(qemu_children(), q0);
+}
+
 static void test_zz_no_qemu_process_is_left(void **state)
 {
 	(void)state;
@@ -1078,6 +1123,8 @@ int main(void)
 		cmocka_unit_test_teardown(test_stream_abort_mid_stream_leaves_the_source_running,
 					  case_teardown),
 		cmocka_unit_test_teardown(test_stream_abort_after_completion_runs_the_source_again,
+					  case_teardown),
+		cmocka_unit_test_teardown(test_a_failed_launch_or_migrate_leaves_nothing_and_the_guest_running,
 					  case_teardown),
 		cmocka_unit_test_teardown(test_zz_no_qemu_process_is_left, case_teardown),
 	};

@@ -29,7 +29,8 @@ struct lm_mem_ready {
 	double touch_ms;       /* every page read, then written by the kernel */
 };
 
-/* Thread: any; nobody else may write the memory meanwhile (a VM being
+/* Thread: any (it runs up to one helper thread per CPU, joined before it
+ * returns); nobody else may write the memory meanwhile (a VM being
  * created). p and len page-aligned; contents are kept. */
 void lm_mem_make_ready(void *p, size_t len, struct lm_mem_ready *out);
 
