@@ -2,11 +2,10 @@
  * ctl_guest.c: the controller's side of containers that are real
  * processes in the utility VM (the qemu backend): the agent's connection
  * (shim/guest.h) opened once the VM runs, the boot containers created
- * there, their exits applied to the sandbox, Kill, Pids, Stats, Pause/Resume
- * and Delete of the task service passed to the guest (Pids and Stats
- * answered from the guest's worker thread: they touch no sandbox), a task Create of a
- * new container (its
- * layers hot-plugged as disks of the VM one by one, each in a free slot,
+ * there, their exits applied to the sandbox, Kill, Pids, Stats,
+ * Pause/Resume and Delete of the task service passed to the guest (Pids
+ * and Stats answered from the guest's worker thread: they touch no
+ * sandbox), a task Create of a new container (its layers hot-plugged as disks of the VM one by one, each in a free slot,
  * and added to the VM document, then the container created in the guest,
  * not started) and its Start, a deleted container's disks detached once
  * the guest let it go (their slots free again), and, on a migration's
@@ -791,8 +790,7 @@ static void hook_pause(void *arg, const struct lm_container *k, bool resume, lm_
 	lm__ctl_op_set_call(x, call);
 	int rc = lm_guest_freeze(c->guest, k->guest_id, resume, guest_done, x);
 	if (rc) {
-		lm__ctl_op_payload(x)->call = NULL;
-		lm__ctl_op_drop(x);
+		lm__ctl_op_drop(x);    /* (leaves the call to us) */
 		lm__ctl_fail(call, lm__ctl_code_for_errno(rc), "%s %s: %s", name, k->id, strerror(-rc));
 	}
 }

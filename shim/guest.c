@@ -266,6 +266,15 @@ static int agent_err(int rc, const char *call, char *why, size_t whylen)
 	return rc;
 }
 
+/* agent_err naming the container: the reason is all a task call's
+ * answer is made from. */
+static int ctr_err(int rc, const char *call, const char *id, char *why, size_t whylen)
+{
+	char c[100];
+	snprintf(c, sizeof c, "%s of container %s", call, id);
+	return agent_err(rc, c, why, whylen);
+}
+
 static int run_create(lm_guest_t *g, struct job *j, uint32_t *pid, char *why, size_t whylen)
 {
 	struct lm_agent_layer layers[LM_GUEST_MAX_LAYERS];
@@ -354,13 +363,13 @@ static int run_job(lm_guest_t *g, struct job *j, uint32_t *pid, char *why, size_
 		return rc ? agent_err(rc, "Kill", why, whylen) : 0;
 	case JOB_PS:
 		rc = lm_agent_ps(g->agent, j->id, &j->ps, &j->n_ps, CALL_NS);
-		return rc ? agent_err(rc, "Ps", why, whylen) : 0;
+		return rc ? ctr_err(rc, "Ps", j->id, why, whylen) : 0;
 	case JOB_STATS:
 		rc = lm_agent_stats(g->agent, j->id, &j->stats, CALL_NS);
-		return rc ? agent_err(rc, "Stats", why, whylen) : 0;
+		return rc ? ctr_err(rc, "Stats", j->id, why, whylen) : 0;
 	case JOB_FREEZE:
 		rc = j->thaw ? lm_agent_resume(g->agent, j->id, CALL_NS) : lm_agent_pause(g->agent, j->id, CALL_NS);
-		return rc ? agent_err(rc, j->thaw ? "Resume" : "Pause", why, whylen) : 0;
+		return rc ? ctr_err(rc, j->thaw ? "Resume" : "Pause", j->id, why, whylen) : 0;
 	case JOB_SUSPEND:
 		/* acknowledgements in flight finish first (the guest runs):
 		 * then the next host starts exactly where this one stopped */

@@ -625,6 +625,8 @@ static bool pod_moves(struct fx *f, const char *session)
 		e2e_shim_stop(&third);
 		return false;
 	}
+	if (!tw_ok)
+		e2e_shim_dump(&third);   /* why its output stopped */
 	assert_true(tw_ok);
 	assert_one_stream(dw, tw, "lines ", false);
 	assert_int_equal(task_kill(&third, "writer-m-m", 9), 0);
