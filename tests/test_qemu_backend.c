@@ -806,10 +806,9 @@ static void test_migration_through_the_stream_ops(void **state)
 	/* the VMM's defaults, but not QEMU's 32 MiB/s bandwidth cap */
 	assert_true(mig_param(src, "max-bandwidth") >= (1ll << 40));
 	assert_false(mig_cap(src, "auto-converge"));
-	/* TCG: QEMU never syncs the dirty log with the vCPU running after the
-	 * bulk pass (the backend stops the guest first: downtime-limit 1 ms
-	 * keeps QEMU from syncing before it does) */
-	assert_int_equal(mig_param(src, "downtime-limit"), 1);
+	/* TCG: one pass with the guest running, the next sync only once it
+	 * stopped (downtime-limit 0: QEMU never syncs to refine its figure) */
+	assert_int_equal(mig_param(src, "downtime-limit"), 0);
 	bool early_blackout;
 	double max_status_ms;
 	wait_both_completed(src, dst, &ss, &ds, &early_blackout, &max_status_ms);
@@ -836,6 +835,8 @@ static void test_migration_through_the_stream_ops(void **state)
 	assert_int_equal(ss.remaining, 0);
 	assert_int_equal(ds.state, LM_VS_COMPLETED);
 	assert_false(ds.blackout);
+	/* no sync of the dirty log while the guest ran, but the first */
+	assert_int_equal(lm_qemu_migrate_synced_running(lm_hcs_qemu_vm(src)), 0);
 
 	/* the source stays stopped */
 	long last = tick(src, false);
@@ -847,17 +848,12 @@ static void test_migration_through_the_stream_ops(void **state)
 	assert_int_equal(ops->start(dst), 0);
 	assert_true(qemu_running(dst));
 	if (!wait_tick(dst, last + 3, 10000)) {
-		/* the QEMU TCG defect (hcs/qemu/README.md, "Seen under TCG"),
-		 * told by the destination kernel's oops: skipped, saying so */
+		/* a kernel that crashed says so on its console (the page the
+		 * TCG sync race lost: hcs/qemu/README.md) */
 		static char con[65536];
 		lm_qemu_vm_console(lm_hcs_qemu_vm(dst), con, sizeof(con), NULL);
-		if (strstr(con, "Oops") || strstr(con, "BUG:") || strstr(con, "Kernel panic") ||
-		    strstr(con, "general protection")) {
-			print_message("# SKIP: the migrated guest's kernel crashed on the destination "
-				      "(the QEMU TCG defect; its console is above)\n");
-			skip();
-		}
-		fail_msg("the destination's counter stopped and its kernel did not crash");
+		printf("%s\n", con);
+		fail_msg("the destination's counter stopped (its console is above)");
 	}
 	long first = tick(dst, true);
 	print_message("# qemu-backend: counter: source's last %ld, destination's first %ld "
@@ -952,9 +948,9 @@ static void test_stream_abort_after_completion_runs_the_source_again(void **stat
 	assert_true(wait_tick(src, 3, 10000));
 	lm_vm_t *dst = make_vm("cdst", true, NULL);
 	lm_vmm_stream_params_t p = {.downtime_ms = 300};
-	setenv("LM_QEMU_TCG_EARLY_STOP", "0", 1);   /* QEMU's own switchover */
+	setenv("LM_QEMU_TCG_ONE_PASS", "0", 1);   /* QEMU's own passes */
 	int sfd = ops->stream_open(src, &p);
-	unsetenv("LM_QEMU_TCG_EARLY_STOP");
+	unsetenv("LM_QEMU_TCG_ONE_PASS");
 	assert_true(sfd >= 0);
 	int dfd = ops->stream_open(dst, NULL);
 	assert_true(dfd >= 0);
@@ -984,6 +980,56 @@ static void test_stream_abort_after_completion_runs_the_source_again(void **stat
 	assert_false(qemu_running(src));
 	assert_int_equal(ops->resume(src), 0);
 	assert_true(qemu_running(src));
+	vm_destroy(dst);
+	vm_destroy(src);
+}
+
+/* Under TCG a sync of QEMU's dirty log with the guest running can miss a
+ * page the guest writes: the backend keeps QEMU from making one, and if
+ * QEMU makes one anyway (here: the downtime limit raised behind the
+ * backend's back, so that QEMU syncs to refine its figure at the end of
+ * the bulk pass), the source's stream fails, saying why, and its copy is
+ * not used: the source's guest runs on. */
+static void test_a_sync_while_the_guest_runs_fails_the_stream(void **state)
+{
+	(void)state;
+	NEED_QEMU();
+	lm_vm_t *src = boot_vm("ssrc", NULL, NULL);
+	assert_true(wait_tick(src, 3, 10000));
+	lm_vm_t *dst = make_vm("sdst", true, NULL);
+	lm_vmm_stream_params_t p = {0};
+	int sfd = ops->stream_open(src, &p);
+	assert_true(sfd >= 0);
+	lm_qemu_migrate_params_t mp;
+	lm_qemu_migrate_params_init(&mp);
+	mp.downtime_limit_ms = 300;
+	char err[200] = "";
+	assert_int_equal(lm_qemu_migrate_set(lm_hcs_qemu_vm(src), &mp, 5000, err, sizeof(err)), 0);
+	int dfd = ops->stream_open(dst, NULL);
+	assert_true(dfd >= 0);
+	struct relay r;
+	relay_start(&r, sfd, dfd);
+	lm_vmm_stream_status_t ss;
+	uint64_t end = lm_now_ns() + (uint64_t)MIGRATE_MS * 1000000u;
+	do {
+		usleep(20000);
+		assert_int_equal(ops->stream_status(src, &ss), 0);
+	} while (ss.state != LM_VS_FAILED && ss.state != LM_VS_COMPLETED && lm_now_ns() < end);
+	print_message("# qemu-backend: a sync with the guest running: state %d: %s\n", ss.state,
+		      ss.error);
+	assert_true(lm_qemu_migrate_synced_running(lm_hcs_qemu_vm(src)) >= 2);
+	assert_int_equal(ss.state, LM_VS_FAILED);
+	assert_non_null(strstr(ss.error, "dirty log"));
+	/* the engine's abort: the destination gives its copy up, the source
+	 * runs its guest on, though no one reads its stream any more (QEMU,
+	 * blocked writing its blackout, answers no command until its write
+	 * fails: stream_abort shuts the stream) */
+	assert_int_equal(ops->stream_abort(dst), 0);
+	relay_join(&r);
+	long last = tick(src, false);
+	assert_int_equal(ops->stream_abort(src), 0);
+	assert_true(qemu_running(src));
+	assert_true(wait_tick(src, last + 3, 10000));
 	vm_destroy(dst);
 	vm_destroy(src);
 }
@@ -1124,6 +1170,7 @@ int main(void)
 					  case_teardown),
 		cmocka_unit_test_teardown(test_stream_abort_after_completion_runs_the_source_again,
 					  case_teardown),
+		cmocka_unit_test_teardown(test_a_sync_while_the_guest_runs_fails_the_stream, case_teardown),
 		cmocka_unit_test_teardown(test_a_failed_launch_or_migrate_leaves_nothing_and_the_guest_running,
 					  case_teardown),
 		cmocka_unit_test_teardown(test_zz_no_qemu_process_is_left, case_teardown),

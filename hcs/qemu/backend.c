@@ -131,9 +131,9 @@ struct lm_vm {
 	bool out_opened;            /* source: stream_open started a migration */
 	bool in_opened;             /* destination: stream_open handed the fd */
 	bool was_running;           /* source: the guest ran at stream_open */
-	bool early_stop;            /* source under TCG: stop the guest before
-				       QEMU's second dirty sync (stream_status) */
-	bool early_stopped;         /* ... done for this stream */
+	bool one_pass;              /* source under TCG: QEMU syncs its dirty
+				       log only with the guest stopped
+				       (stream_open, stream_status) */
 	struct {                    /* the disks by slot (root port): create's
 				       and disk_add's, what the compat data
 				       names; serial "" = a free slot */
@@ -1042,16 +1042,20 @@ static int qemu_stream_open(lm_vm_t *vm, const lm_vmm_stream_params_t *p)
 	mp.auto_converge = p->auto_converge ? 1 : 0; /* either way: no leftover from before */
 	/* TCG: QEMU's dirty sync can miss a store that races with it while
 	 * the vCPU runs (the guest then resumes on the destination with a
-	 * stale page and crashes: hcs/qemu/README.md). So under TCG the guest
-	 * is stopped before the first sync after the bulk pass (stream_status
-	 * watches for it), and every later sync sees a stopped vCPU; a
-	 * downtime limit of 1 ms keeps QEMU from syncing before that. */
+	 * stale page and crashes: hcs/qemu/README.md). So under TCG QEMU
+	 * makes one pass with the guest running and syncs again only once it
+	 * stopped it: with a downtime limit of 0 its pending figure is never
+	 * below its threshold, so it never syncs to refine it, and it
+	 * switches over when the bulk pass is done (the guest stopped, the
+	 * sync, what was dirtied meanwhile, the device state: the blackout).
+	 * stream_status fails a stream in which QEMU synced with the guest
+	 * running anyway. $LM_QEMU_TCG_ONE_PASS=0 turns both off. */
 	const char *why_accel = "";
-	const char *es = getenv("LM_QEMU_TCG_EARLY_STOP");
-	bool early = lm_qemu_vm_accel(vm->q, &why_accel) == LM_QEMU_ACCEL_TCG &&
-		     !(es && !strcmp(es, "0"));
-	if (early)
-		mp.downtime_limit_ms = 1;
+	const char *op = getenv("LM_QEMU_TCG_ONE_PASS");
+	bool one_pass = lm_qemu_vm_accel(vm->q, &why_accel) == LM_QEMU_ACCEL_TCG &&
+			!(op && !strcmp(op, "0"));
+	if (one_pass)
+		mp.downtime_limit_ms = 0;
 	if (p->auto_converge) {
 		mp.cpu_throttle_initial = clamp_pct(p->throttle_initial);
 		mp.cpu_throttle_increment = clamp_pct(p->throttle_increment);
@@ -1092,13 +1096,12 @@ static int qemu_stream_open(lm_vm_t *vm, const lm_vmm_stream_params_t *p)
 	vm->stream_fd = sv[1];
 	vm->out_opened = true;
 	vm->was_running = st.running;
-	vm->early_stop = early && st.running;
-	vm->early_stopped = false;
+	vm->one_pass = one_pass;
 	pthread_mutex_unlock(&vm->mu);
 	lm_log_info(MOD, "outgoing stream opened", "vm=%s downtime_ms=%u max_bandwidth=%" PRIu64
-		    " auto_converge=%d throttle=%u+%u was_running=%d early_stop=%d", vm->name,
+		    " auto_converge=%d throttle=%u+%u was_running=%d tcg_one_pass=%d", vm->name,
 		    p->downtime_ms, p->max_bandwidth, (int)p->auto_converge, p->throttle_initial,
-		    p->throttle_increment, (int)st.running, (int)(early && st.running));
+		    p->throttle_increment, (int)st.running, (int)one_pass);
 	return sv[1];
 }
 
@@ -1129,50 +1132,24 @@ static int blackout_answer(lm_vm_t *vm, lm_vmm_stream_status_t *out)
 
 /* Thread: transfer. One query-migrate (plus, on a source in flight whose
  * blackout we have not seen yet, one query-status); none during the
- * source's blackout (blackout_answer). */
-/* Transfer thread (stream_status's caller). Under TCG: once the bulk
- * pass is nearly sent and QEMU has synced the dirty log only once (at
- * the start, which is safe: every page is sent after it), the guest is
- * stopped, so that no sync races with a running vCPU. The rest of the
- * bulk pass and what the guest dirtied meanwhile go in the blackout. */
-#define EARLY_NEAR (32ull * MiB)     /* from here on, look closely ... */
-#define EARLY_AT (4ull * MiB)        /* ... and stop here */
-#define EARLY_LOOK_MS 300            /* looking closely, at most */
-static void early_stop_check(struct lm_vm *vm, const lm_qemu_migration_info_t *mi)
-{
-	if (!vm->early_stop || vm->early_stopped || mi->status != LM_QEMU_MIG_ACTIVE ||
-	    atomic_load(&vm->blackout))
-		return;
-	uint64_t near = mi->ram_total / 8 > EARLY_NEAR ? mi->ram_total / 8 : EARLY_NEAR;
-	if (mi->dirty_sync_count > 1 || mi->ram_remaining > near)
-		return;
-	/* near the end of the bulk pass: ask every 2 ms until little is left
-	 * (the engine's poll is every 50 ms, long enough to send 20 MB) */
-	uint64_t t0 = lm_now_ns(), remaining = mi->ram_remaining, syncs = mi->dirty_sync_count;
-	unsigned looks = 0;
-	while (remaining > EARLY_AT && syncs <= 1 &&
-	       lm_now_ns() - t0 < (uint64_t)EARLY_LOOK_MS * 1000000u) {
-		struct timespec ts = {0, 2000000};
-		nanosleep(&ts, NULL);
-		lm_qemu_migration_info_t m2;
-		if (lm_qemu_migrate_query(vm->q, &m2, STATUS_MS) || m2.status != LM_QEMU_MIG_ACTIVE)
-			return;         /* the next poll sees what happened */
-		remaining = m2.ram_remaining;
-		syncs = m2.dirty_sync_count;
-		looks++;
-	}
-	vm->early_stopped = true;
-	uint64_t t1 = lm_now_ns();
-	int rc = lm_qemu_vm_stop_for_switchover(vm->q, OP_MS);
-	lm_log_info(MOD, "guest stopped for the last pass (TCG: no dirty sync with a running vCPU)",
-		    "vm=%s rc=%d remaining=%" PRIu64 " syncs=%" PRIu64 " looks=%u looked_ms=%.1f "
-		    "stop_ms=%.1f", vm->name, rc, remaining, syncs, looks, (double)(t1 - t0) / 1e6,
-		    (double)(lm_now_ns() - t1) / 1e6);
-}
-
+ * source's blackout (blackout_answer). Under TCG a source whose QEMU
+ * synced its dirty log with the guest running is failed: its copy may
+ * lack a page (stream_open). */
 static int qemu_stream_status(lm_vm_t *vm, lm_vmm_stream_status_t *out)
 {
 	memset(out, 0, sizeof(*out));
+	pthread_mutex_lock(&vm->mu);
+	bool one_pass = vm->one_pass && vm->out_opened;
+	pthread_mutex_unlock(&vm->mu);
+	uint64_t pass = one_pass && !vm->incoming ? lm_qemu_migrate_synced_running(vm->q) : 0;
+	if (pass) {
+		out->state = LM_VS_FAILED;
+		out->blackout = atomic_load(&vm->blackout);
+		snprintf(out->error, sizeof(out->error), "QEMU synced its dirty log (pass %" PRIu64 ") "
+			 "while the guest ran under TCG, which can miss a page the guest wrote: "
+			 "its copy is not used", pass);
+		return 0;
+	}
 	if (!vm->incoming && atomic_load(&vm->blackout) &&
 	    mig_in_flight(lm_qemu_migrate_status(vm->q)))
 		return blackout_answer(vm, out);
@@ -1216,7 +1193,6 @@ static int qemu_stream_status(lm_vm_t *vm, lm_vmm_stream_status_t *out)
 							   : 0;
 	if (mi.status == LM_QEMU_MIG_COMPLETED && mi.downtime_ms > 0)
 		out->downtime_ms = (uint64_t)mi.downtime_ms;
-	early_stop_check(vm, &mi);
 	bool b = atomic_load(&vm->blackout);
 	if (!b && mi.status == LM_QEMU_MIG_COMPLETED) {
 		b = true;       /* it went through finish-migrate to get there */
@@ -1233,9 +1209,10 @@ static int qemu_stream_status(lm_vm_t *vm, lm_vmm_stream_status_t *out)
 	return 0;
 }
 
-/* Thread: transfer. Source: cancel a migration still in flight (QEMU
- * resumes a guest it stopped for it), resume a guest whose stream already
- * completed; either way the guest runs again if it ran at stream_open.
+/* Thread: transfer. Source: end the stream (our end shut: QEMU's writes
+ * fail), cancel a migration still in flight (QEMU resumes a guest it
+ * stopped for it), resume a guest whose stream already completed; either
+ * way the guest runs again if it ran at stream_open.
  * Destination: close our end (QEMU's incoming stream ends; the VM is
  * destroyed next). */
 static int qemu_stream_abort(lm_vm_t *vm)
@@ -1252,6 +1229,10 @@ static int qemu_stream_abort(lm_vm_t *vm)
 	}
 	pthread_mutex_lock(&vm->mu);
 	bool opened = vm->out_opened, was_running = vm->was_running, gone = vm->terminated;
+	/* QEMU writes its blackout holding its big lock: if no one reads
+	 * the stream any more, it answers no command until its write fails */
+	if (opened && vm->stream_fd >= 0)
+		shutdown(vm->stream_fd, SHUT_RDWR);
 	pthread_mutex_unlock(&vm->mu);
 	if (!opened)
 		return 0;

@@ -168,6 +168,7 @@ int lm_qemu_migrate_start(lm_qemu_vm_t *vm, int fd, unsigned timeout_ms, char *e
 		vm->mig_outgoing = true;
 		vm->outgoing_completed = false;
 		vm->blackout_reported = false;
+		vm->sync_running = 0;
 		vm->mig_status = LM_QEMU_MIG_SETUP;
 	}
 	pthread_mutex_unlock(&vm->mu);
@@ -330,6 +331,14 @@ int lm_qemu_migrate_continue(lm_qemu_vm_t *vm, unsigned timeout_ms)
 {
 	return lm__vm_exec(vm, "migrate-continue", json_pack("{s:s}", "state", "pre-switchover"),
 			   -1, timeout_ms, NULL, NULL, 0);
+}
+
+uint64_t lm_qemu_migrate_synced_running(lm_qemu_vm_t *vm)
+{
+	pthread_mutex_lock(&vm->mu);
+	uint64_t pass = vm->sync_running;
+	pthread_mutex_unlock(&vm->mu);
+	return pass;
 }
 
 enum lm_qemu_mig_status lm_qemu_migrate_status(lm_qemu_vm_t *vm)

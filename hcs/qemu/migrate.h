@@ -115,6 +115,12 @@ int lm_qemu_migrate_wait(lm_qemu_vm_t *vm, unsigned timeout_ms,
 /* Thread: any. The status as the events last said (no QMP round trip). */
 enum lm_qemu_mig_status lm_qemu_migrate_status(lm_qemu_vm_t *vm);
 
+/* Thread: any. The source's current outgoing migration: the number of the
+ * first sync of QEMU's dirty log, after its first, that QEMU made while
+ * the guest ran (its MIGRATION_PASS came before the guest's STOP), or 0.
+ * Under TCG such a sync may miss a store that races with it (README.md). */
+uint64_t lm_qemu_migrate_synced_running(lm_qemu_vm_t *vm);
+
 /* Thread: any. QEMU's word for a status, and back (LM_QEMU_MIG_UNKNOWN). */
 const char *lm_qemu_mig_status_name(enum lm_qemu_mig_status s);
 enum lm_qemu_mig_status lm_qemu_mig_status_parse(const char *s);

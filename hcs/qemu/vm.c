@@ -338,7 +338,7 @@ static void on_qmp_event(void *arg, const char *name, json_t *data, uint64_t ts_
 	lm_qemu_vm_t *vm = arg;
 	lm_qemu_event_t e = {.type = LM_QEMU_EV_OTHER, .name = name, .qemu_ts_us = ts_us,
 			     .mono_ns = lm_now_ns()};
-	bool blackout = false;
+	bool blackout = false, running = false;
 
 	pthread_mutex_lock(&vm->mu);
 	if (!strcmp(name, "STOP")) {
@@ -380,6 +380,13 @@ static void on_qmp_event(void *arg, const char *name, json_t *data, uint64_t ts_
 		json_t *p = json_object_get(data, "pass");
 		e.u.pass.pass = json_is_integer(p) && json_integer_value(p) > 0
 					? (uint64_t)json_integer_value(p) : 0;
+		/* QEMU sends it at the end of each sync of its dirty log and
+		 * STOP when the guest stops, both under its big lock: their
+		 * order here is the order they happened in */
+		running = vm->running;
+		if (vm->mig_outgoing && mig_in_flight(vm->mig_status) && running &&
+		    e.u.pass.pass >= 2 && !vm->sync_running)
+			vm->sync_running = e.u.pass.pass;
 	} else if (!strcmp(name, "VSERPORT_CHANGE")) {
 		const char *id = json_string_value(json_object_get(data, "id"));
 		if (id && !strcmp(id, AGENT_PORT_ID)) {
@@ -391,6 +398,9 @@ static void on_qmp_event(void *arg, const char *name, json_t *data, uint64_t ts_
 	pthread_cond_broadcast(&vm->cv);
 	pthread_mutex_unlock(&vm->mu);
 
+	if (e.type == LM_QEMU_EV_MIGRATION_PASS)
+		lm_log_debug(MOD, "dirty log synced", "vm=%s pass=%llu guest_running=%d", vm->name,
+			     (unsigned long long)e.u.pass.pass, (int)running);
 	if (e.type == LM_QEMU_EV_MIGRATION)
 		lm_log_info(MOD, "migration status", "vm=%s status=%s", vm->name,
 			    lm_qemu_mig_status_name(e.u.migration.status));
@@ -1446,13 +1456,6 @@ int lm_qemu_vm_disk_remove(lm_qemu_vm_t *vm, const char *id, unsigned timeout_ms
 	lm_log_info(MOD, "disk unplugged", "vm=%s id=%s rc=%d ms=%.1f", vm->name, id, rc,
 		    (double)(lm_now_ns() - t0) / 1e6);
 	return rc;
-}
-
-int lm_qemu_vm_stop_for_switchover(lm_qemu_vm_t *vm, unsigned timeout_ms)
-{
-	if (lm_qemu_loop_on_thread(vm->loop))
-		return -EDEADLK;
-	return lm__vm_exec(vm, "stop", NULL, -1, timeout_ms, NULL, NULL, 0);
 }
 
 int lm_qemu_vm_stop(lm_qemu_vm_t *vm, unsigned timeout_ms)

@@ -250,11 +250,6 @@ int lm_qemu_vm_cont(lm_qemu_vm_t *vm, unsigned flags, unsigned timeout_ms);
  * no longer runs. */
 int lm_qemu_vm_stop(lm_qemu_vm_t *vm, unsigned timeout_ms);
 
-/* Thread: any but the loop's. The source's guest stopped for the end of
- * its outgoing migration, before QEMU's own stop: the STOP starts the
- * blackout (LM_QEMU_EV_BLACKOUT_START), as QEMU's would. */
-int lm_qemu_vm_stop_for_switchover(lm_qemu_vm_t *vm, unsigned timeout_ms);
-
 enum lm_qemu_shutdown_how {
 	LM_QEMU_SHUTDOWN_GUEST = 1,  /* the guest powered off (power button) */
 	LM_QEMU_SHUTDOWN_QUIT,       /* QEMU quit when told to */

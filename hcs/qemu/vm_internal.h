@@ -61,6 +61,9 @@ struct lm_qemu_vm {
 	bool mig_outgoing;          /* lm_qemu_migrate_start ran on this VM */
 	bool outgoing_completed;    /* ... and it completed: no cont */
 	bool blackout_reported;     /* BLACKOUT_START sent for this migration */
+	uint64_t sync_running;      /* the first MIGRATION_PASS after the
+				       first (a dirty-log sync) that came while
+				       the guest ran, this migration; 0 none */
 	unsigned user_stops;        /* lm_qemu_vm_stop calls in flight: their
 				       STOP is no blackout */
 	bool shutdown_seen;         /* SHUTDOWN event */
