@@ -272,5 +272,10 @@ void lm__ctl_guest_boot(struct ctl *c);
 void lm__ctl_guest_adopt(struct ctl *c);
 /* Fails and frees the task Creates still in flight (Unavailable). */
 void lm__ctl_guest_drop_creates(struct ctl *c);
+/* The disks of deleted containers that a failed detach left attached
+ * (still in the VM document, which a destination could not rebuild):
+ * each is detached again (in flight: c->disk_removals). How many; the
+ * first's serial into `first`. */
+unsigned lm__ctl_guest_retry_orphans(struct ctl *c, char *first, size_t len);
 
 #endif

@@ -53,6 +53,16 @@ void lm__ctl_prepare_and_export(struct ctl *c, lm_rpc_call_t *call, PrepareAndEx
 			     "being detached from the VM: try again in a few seconds", M, c->disk_removals);
 		return;
 	}
+	char orphan[32];
+	unsigned n_orphans = lm__ctl_guest_retry_orphans(c, orphan, sizeof orphan);
+	if (n_orphans) {
+		lm__ctl_fail(call, LM_RPC_FAILED_PRECONDITION, "%s: disk %s%s of a deleted container is "
+			     "still attached to the VM (its detach failed: the shim's log says why), "
+			     "and a destination could not rebuild the VM with it: detaching it again: "
+			     "try again in a few seconds", M, orphan,
+			     n_orphans > 1 ? " (and others)" : "");
+		return;
+	}
 	lm_hcs_migration_options_t o;
 	if (lm_convert_init_options(req->init_options, LM_HCS_ORIGIN_SOURCE, &o, err, sizeof(err))) {
 		lm__ctl_fail(call, LM_RPC_INVALID_ARGUMENT, "%s: init_options: %s", M, err);

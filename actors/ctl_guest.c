@@ -234,6 +234,8 @@ static void hook_kill(void *arg, const struct lm_container *k, uint32_t signal, 
 
 /* ---- a deleted container's disks ------------------------------------------- */
 
+#define ORPHANS_MAX 64
+
 static void on_disk_removed(struct ctl *c, struct ctl_done *d)
 {
 	const char *serial = d->guest_id;    /* (the payload's name field: the disk's) */
@@ -261,7 +263,9 @@ static void on_disk_removed(struct ctl *c, struct ctl_done *d)
  * flight (a forget whose disks are to go, each disk going): an export is
  * refused until it is 0, so that no snapshot lists a deleted container's
  * disk. A disk the guest does not let go stays attached and listed (the
- * error is logged); a destination cannot then be given a layer for it. */
+ * error is logged), and a destination could not be given a layer for it:
+ * the next export detaches it again (lm__ctl_guest_retry_orphans) and is
+ * refused until it is gone. */
 static void disk_remove(struct ctl *c, const char *serial)
 {
 	void *x = c->vm ? lm__ctl_op(c, on_disk_removed) : NULL;
@@ -276,6 +280,21 @@ static void disk_remove(struct ctl *c, const char *serial)
 		return;
 	}
 	c->disk_removals++;
+}
+
+unsigned lm__ctl_guest_retry_orphans(struct ctl *c, char *first, size_t len)
+{
+	char serials[ORPHANS_MAX][LM_VMDOC_SERIAL_CAP];
+	unsigned n = c->document ? lm_vmdoc_orphans(c->document, c->sb, serials,
+						    ORPHANS_MAX) : 0;
+	for (unsigned i = 0; i < n; i++) {
+		lm_log_warn("controller", "detaching a deleted container's disk again", "serial=%s",
+			    serials[i]);
+		disk_remove(c, serials[i]);
+	}
+	if (n && first && len)
+		snprintf(first, len, "%s", serials[0]);
+	return n;
 }
 
 /* The guest let go of a deleted container (its mounts are gone): its

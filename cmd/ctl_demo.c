@@ -495,8 +495,7 @@ int ctl_demo_main(int argc, char **argv)
 		ok = 0;
 		if (demo_log_has(dlog, "the guest ended itself"))
 			fprintf(stderr, "lmctl demo: FAIL the destination's guest kernel crashed right after the "
-				"migration (QEMU 7.2 under TCG does this to a few migrations of a running guest: "
-				"see hcs/qemu/README.md); its console is in %s\n", dlog);
+				"migration; its console is in %s\n", dlog);
 	}
 	if (qemu) {
 		/* QEMU keeps the memory: verified by where the guest runs */

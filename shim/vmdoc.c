@@ -207,6 +207,24 @@ unsigned lm_vmdoc_disks_of(const char *doc, const char *guest_id,
 	return n;
 }
 
+unsigned lm_vmdoc_orphans(const char *doc, const lm_sandbox_t *sb,
+			  char (*out)[LM_VMDOC_SERIAL_CAP], unsigned cap)
+{
+	char err[8];
+	json_t *j = load(doc, err, sizeof err);
+	unsigned n = 0;
+	size_t i;
+	json_t *d;
+	json_array_foreach(disks_of(j), i, d) {
+		const char *s = json_string_value(json_object_get(d, "Serial"));
+		const char *g = json_string_value(json_object_get(d, "Container"));
+		if (s && g && !lm_sandbox_find_guest(sb, g) && n < cap)
+			snprintf(out[n++], LM_VMDOC_SERIAL_CAP, "%s", s);
+	}
+	json_decref(j);
+	return n;
+}
+
 int lm_vmdoc_remove_disk(const char *doc, const char *serial, char **out, char *err,
 			 size_t errlen)
 {

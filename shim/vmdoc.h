@@ -66,6 +66,12 @@ unsigned lm_vmdoc_slots(const char *doc);
 unsigned lm_vmdoc_disks_of(const char *doc, const char *guest_id,
 			   char (*out)[LM_VMDOC_SERIAL_CAP], unsigned cap);
 
+/* The serials of the disks whose container is not in `sb` (no container
+ * there runs as its guest ID: deleted, its disk left attached by a detach
+ * that failed), at most cap, in the list's order, into out; how many. */
+unsigned lm_vmdoc_orphans(const char *doc, const lm_sandbox_t *sb,
+			  char (*out)[LM_VMDOC_SERIAL_CAP], unsigned cap);
+
 /* A copy of `doc` without the disk of `serial` (the others keep their
  * slots: an entry without Slot gets its slot written first). 0,
  * -ENOENT (no such disk), -EINVAL with `err`, -ENOMEM. */

@@ -820,6 +820,19 @@ static void test_vm_document_disk_removal_keeps_the_other_slots(void **state)
 	assert_int_equal(lm_vmdoc_disks_of(more, "db", serials, 1), 1);   /* at most cap */
 	assert_int_equal(lm_vmdoc_disks_of(more, "nobody", serials, 4), 0);
 
+	/* a disk whose container is not in the sandbox (deleted, its
+	 * detach failed) is an orphan; the others are not */
+	lm_sandbox_t *sb = imported();
+	assert_int_equal(lm_sandbox_set_guest(sb, "web", "web", 42), 0);
+	assert_int_equal(lm_vmdoc_orphans(more, sb, serials, 4), 3);     /* db's two, new's */
+	assert_string_equal(serials[0], "c1.l0");
+	assert_string_equal(serials[1], "c1.l1");
+	assert_string_equal(serials[2], "d0");
+	assert_int_equal(lm_vmdoc_orphans(more, sb, serials, 2), 2);     /* at most cap */
+	assert_int_equal(lm_vmdoc_orphans(doc, sb, serials, 4), 0);
+	assert_int_equal(lm_vmdoc_orphans("[", sb, serials, 4), 0);
+	lm_sandbox_destroy(sb);
+
 	/* db's first disk goes: c1.l1 stays in slot 3, slot 2 is free */
 	assert_int_equal(lm_vmdoc_remove_disk(more, "c1.l0", &less, err, sizeof err), 0);
 	assert_int_equal(lm_vmdoc_n_disks(less), 3);
