@@ -129,6 +129,7 @@ typedef struct lm_vmm_stream_status {
 	enum lm_vmm_stream_state state;
 	bool blackout;              /* source: the VMM stopped the guest for
 				       its last pass (stays true after) */
+	uint64_t blackout_ns;       /* ... when it did (lm_now_ns), 0 unknown */
 	uint64_t total_bytes;       /* guest memory */
 	uint64_t transferred;       /* stream bytes so far */
 	uint64_t remaining;         /* memory bytes still to send (estimate) */

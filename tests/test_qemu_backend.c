@@ -829,6 +829,8 @@ static void test_migration_through_the_stream_ops(void **state)
 		      max_status_ms);
 	assert_int_equal(ss.state, LM_VS_COMPLETED);
 	assert_true(ss.blackout);
+	/* when the guest stopped, as its STOP event said */
+	assert_true(ss.blackout_ns > t0 && ss.blackout_ns < lm_now_ns());
 	assert_true(ss.total_bytes >= (uint64_t)MEM_MIB << 20);
 	assert_true(ss.transferred > 0);
 	assert_true(ss.passes >= 2);

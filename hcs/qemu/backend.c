@@ -118,6 +118,7 @@ struct lm_vm {
 	 * stream (stream_open clears it before QEMU starts). A flag with no
 	 * data behind it: the default (seq_cst) order, no edge needed */
 	atomic_bool blackout;
+	_Atomic uint64_t blackout_ns; /* ... the guest's STOP (lm_now_ns), 0 unknown */
 	/* transfer thread only: the source's last full status, the answer
 	 * while QEMU is in its blackout (see stream_status) */
 	lm_vmm_stream_status_t last;
@@ -153,8 +154,10 @@ struct lm_vm {
 static void on_event(void *arg, const lm_qemu_event_t *ev)
 {
 	struct lm_vm *vm = arg;
-	if (ev->type == LM_QEMU_EV_BLACKOUT_START)
+	if (ev->type == LM_QEMU_EV_BLACKOUT_START) {
+		atomic_store(&vm->blackout_ns, ev->mono_ns);
 		atomic_store(&vm->blackout, true);
+	}
 }
 
 static void rm_private_dir(const char *dir)
@@ -1080,6 +1083,7 @@ static int qemu_stream_open(lm_vm_t *vm, const lm_vmm_stream_params_t *p)
 		return rc;
 	}
 	atomic_store(&vm->blackout, false);
+	atomic_store(&vm->blackout_ns, 0);
 	memset(&vm->last, 0, sizeof(vm->last));
 	rc = lm_qemu_migrate_start(vm->q, sv[0], OP_MS, err, sizeof(err));
 	close(sv[0]);   /* QEMU has its own copy: its close is the engine's EOF */
@@ -1126,6 +1130,7 @@ static int blackout_answer(lm_vm_t *vm, lm_vmm_stream_status_t *out)
 	*out = vm->last;
 	out->state = LM_VS_ACTIVE;
 	out->blackout = true;
+	out->blackout_ns = atomic_load(&vm->blackout_ns);
 	out->error[0] = 0;
 	return 0;
 }
@@ -1205,6 +1210,7 @@ static int qemu_stream_status(lm_vm_t *vm, lm_vmm_stream_status_t *out)
 	if (b)
 		atomic_store(&vm->blackout, true);
 	out->blackout = b;
+	out->blackout_ns = b ? atomic_load(&vm->blackout_ns) : 0;
 	vm->last = *out;
 	return 0;
 }

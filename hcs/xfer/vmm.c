@@ -46,6 +46,7 @@
 
 #define MOD "hcs.xfer"
 #define STATUS_MS 50            /* how often the VMM's status is asked */
+#define BLACKOUT_STATUS_MS 2    /* ... once it stopped the guest */
 #define LOAD_BOUND_MS 60000     /* destination: END -> loaded, at most */
 
 static int set_nonblock(int fd)
@@ -134,7 +135,10 @@ static void *poller_main(void *arg)
 		lm__xf_wake(p->x);
 		if (p->stop)
 			break;
-		struct timespec ts = lm_timespec_in(CLOCK_MONOTONIC, (int64_t)STATUS_MS * 1000000);
+		/* in the blackout the answer costs the VMM nothing (the backend
+		 * answers from its events) and its end is what we wait for */
+		int64_t ms = st.blackout ? BLACKOUT_STATUS_MS : STATUS_MS;
+		struct timespec ts = lm_timespec_in(CLOCK_MONOTONIC, ms * 1000000);
 		pthread_cond_timedwait(&p->cv, &p->mu, &ts);
 	}
 	pthread_mutex_unlock(&p->mu);
@@ -277,7 +281,9 @@ int lm__xf_src_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_r
 				/* the VMM stopped the guest for its last pass: the
 				 * blackout, bounded from here like every backend's */
 				blackout = true;
-				tb0 = now;
+				/* from the guest's stop when the VMM told it, not
+				 * from the poll that saw it (up to STATUS_MS later) */
+				tb0 = vs.blackout_ns && vs.blackout_ns <= now ? vs.blackout_ns : now;
 				x->deadline_ns = tb0 + ms_ns(lm__xfer_blackout_bound_ms(&x->o));
 				x->running_guest = false;
 				lm__xf_emit(x, LM_XEV_BLACKOUT_STARTED, NULL);
