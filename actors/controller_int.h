@@ -78,6 +78,7 @@ struct gnew {
 	unsigned slots[16];           /* the VM's disk slots they take */
 	char **args, **env;           /* from the OCI process */
 	size_t n_args, n_env;
+	uint16_t width, height;        /* a terminal's first size */
 	char *cwd;
 };
 

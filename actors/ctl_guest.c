@@ -402,13 +402,17 @@ static char **strv_of(json_t *a, size_t *n)
 	return v;
 }
 
-/* The OCI process: args (required), env, cwd. 0, or -EINVAL with why. */
+/* The OCI process: args (required), env, cwd, consoleSize (a terminal's
+ * first size; without it 80x24, as a terminal of no size is none to most
+ * programs). 0, or -EINVAL with why. */
 static int parse_process(struct gnew *g, char *why, size_t whylen)
 {
 	json_error_t je;
 	json_t *p = g->n->process_spec ? json_loads(g->n->process_spec, 0, &je) : NULL;
 	json_t *args = json_object_get(p, "args"), *env = json_object_get(p, "env");
 	json_t *cwd = json_object_get(p, "cwd");
+	json_t *cs = json_object_get(p, "consoleSize");
+	json_t *cw = json_object_get(cs, "width"), *ch = json_object_get(cs, "height");
 	int rc = -EINVAL;
 	size_t i;
 	json_t *v;
@@ -432,6 +436,15 @@ static int parse_process(struct gnew *g, char *why, size_t whylen)
 		snprintf(why, whylen, "config.json: process.cwd is not a string");
 		goto out;
 	}
+	if (cs && (!json_is_integer(cw) || !json_is_integer(ch) || json_integer_value(cw) < 1 ||
+		   json_integer_value(cw) > 65535 || json_integer_value(ch) < 1 ||
+		   json_integer_value(ch) > 65535)) {
+		snprintf(why, whylen, "config.json: process.consoleSize needs width and height, "
+			 "each 1..65535");
+		goto out;
+	}
+	g->width = cs ? (uint16_t)json_integer_value(cw) : 80;
+	g->height = cs ? (uint16_t)json_integer_value(ch) : 24;
 	rc = -ENOMEM;
 	g->args = strv_of(args, &g->n_args);
 	g->env = strv_of(env, &g->n_env);
@@ -547,6 +560,8 @@ static void gnew_next(struct ctl *c, struct gnew *g)
 		.env = (const char *const *)g->env, .n_env = g->n_env, .cwd = g->cwd,
 		.created_only = true,
 		.stdout_path = n->stdout_path, .stderr_path = n->stderr_path,
+		.stdin_path = n->stdin_path, .terminal = n->terminal,
+		.width = n->terminal ? g->width : 0, .height = n->terminal ? g->height : 0,
 	};
 	void *x = guest_op(c, on_gnew_created, n->id);
 	void *e = exit_ctx(c, n->id);
@@ -814,6 +829,64 @@ static void hook_pause(void *arg, const struct lm_container *k, bool resume, lm_
 	}
 }
 
+/* ---- CloseIO, ResizePty -------------------------------------------------------- */
+
+static void io_answer(struct ctl_done *d, const char *name)
+{
+	lm_rpc_call_t *call = d->call;
+	d->call = NULL;
+	if (d->err)
+		lm__ctl_fail(call, lm__ctl_code_for_errno(d->err), "%s (guest container %s): %s", name,
+			     d->guest_id, d->why);
+	else
+		lm_rpc_call_reply(call, NULL, 0);      /* google.protobuf.Empty */
+}
+
+static void on_stdin_closed(struct ctl *c, struct ctl_done *d)
+{
+	(void)c;
+	io_answer(d, "CloseIO");
+}
+
+static void on_resized(struct ctl *c, struct ctl_done *d)
+{
+	(void)c;
+	io_answer(d, "ResizePty");
+}
+
+static void hook_close_io(void *arg, const struct lm_container *k, lm_rpc_call_t *call)
+{
+	struct ctl *c = arg;
+	void *x = guest_op(c, on_stdin_closed, k->guest_id);
+	if (!x) {
+		lm__ctl_fail(call, LM_RPC_RESOURCE_EXHAUSTED, "CloseIO %s: out of memory", k->id);
+		return;
+	}
+	lm__ctl_op_set_call(x, call);
+	int rc = lm_guest_close_stdin(c->guest, k->guest_id, guest_done, x);
+	if (rc) {
+		lm__ctl_op_drop(x);
+		lm__ctl_fail(call, lm__ctl_code_for_errno(rc), "CloseIO %s: %s", k->id, strerror(-rc));
+	}
+}
+
+static void hook_resize(void *arg, const struct lm_container *k, uint32_t width, uint32_t height,
+			lm_rpc_call_t *call)
+{
+	struct ctl *c = arg;
+	void *x = guest_op(c, on_resized, k->guest_id);
+	if (!x) {
+		lm__ctl_fail(call, LM_RPC_RESOURCE_EXHAUSTED, "ResizePty %s: out of memory", k->id);
+		return;
+	}
+	lm__ctl_op_set_call(x, call);
+	int rc = lm_guest_resize(c->guest, k->guest_id, (uint16_t)width, (uint16_t)height, guest_done, x);
+	if (rc) {
+		lm__ctl_op_drop(x);
+		lm__ctl_fail(call, lm__ctl_code_for_errno(rc), "ResizePty %s: %s", k->id, strerror(-rc));
+	}
+}
+
 const struct lm_task_guest_ops lm__ctl_guest_task_ops = {
 	.create = hook_create,
 	.start = hook_start,
@@ -822,6 +895,8 @@ const struct lm_task_guest_ops lm__ctl_guest_task_ops = {
 	.pids = hook_pids,
 	.pause = hook_pause,
 	.stats = hook_stats,
+	.close_io = hook_close_io,
+	.resize = hook_resize,
 };
 
 /* ---- the destination ----------------------------------------------------------- */
@@ -850,8 +925,8 @@ void lm__ctl_guest_adopt(struct ctl *c)
 		void *e = exit_ctx(c, k->guest_id);
 		int rc = x && e ? 0 : -ENOMEM;
 		if (!rc)
-			rc = lm_guest_adopt(c->guest, k->guest_id, k->stdout_path, k->stderr_path, e,
-					    guest_done, x);
+			rc = lm_guest_adopt(c->guest, k->guest_id, k->stdout_path, k->stderr_path,
+					    k->stdin_path, e, guest_done, x);
 		if (rc) {
 			lm__ctl_op_drop(x);
 			lm__ctl_op_drop(e);

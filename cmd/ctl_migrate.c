@@ -68,6 +68,44 @@
 		}                                                                  \
 	} while (0)
 
+/* PrepareAndExportSandbox. A source that is still tidying up after a
+ * deleted container (its disks being detached: FailedPrecondition,
+ * "try again in a few seconds") is asked again every 300 ms, for at most
+ * EXPORT_WAIT_MS, saying so once; any other answer is the call's. */
+#define EXPORT_WAIT_MS 15000
+static double now_ms(void);
+static int export_waiting(struct ctl_side *src, const ProtobufCMessage *req, ProtobufCMessage **resp,
+			  int64_t tmo)
+{
+	double t0 = now_ms();
+	bool said = false;
+	for (;;) {
+		char msg[600];
+		int rc = ctl_call(src, CTL_MIGRATION_SERVICE, "PrepareAndExportSandbox", req,
+				  &prepare_and_export_sandbox_response__descriptor, resp, tmo, true, msg,
+				  sizeof msg);
+		bool again = rc == 9 && strstr(msg, "try again in a few seconds") &&
+			     now_ms() - t0 < EXPORT_WAIT_MS && !ctl_is_interrupted();
+		if (!again) {
+			if (rc > 0)
+				fprintf(stderr, "lmctl: PrepareAndExportSandbox on %s (%s): %s: %s\n", src->name,
+					src->path, ctl_code_name(rc), msg);
+			else if (rc < 0)
+				fprintf(stderr, "lmctl: PrepareAndExportSandbox on %s (%s): %s\n", src->name,
+					src->path,
+					rc == -EPIPE ? "connection lost (the shim went away)"
+					: rc == -ETIMEDOUT ? "no answer before the deadline" : msg);
+			return rc;
+		}
+		if (!said)
+			fprintf(stderr, "lmctl: the source is not ready to export yet (%s): waiting, at most "
+				"%d s\n", msg, EXPORT_WAIT_MS / 1000);
+		said = true;
+		struct timespec ts = { 0, 300000000 };
+		nanosleep(&ts, NULL);
+	}
+}
+
 #define SNAPSHOT_TYPE_URL "type.googleapis.com/lmshim.v1.SandboxSnapshot"
 
 static double now_ms(void)
@@ -936,8 +974,7 @@ int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res
 	ex.session_id = session;
 	ex.init_options = o->init;
 	src_started = true;
-	if (ctl_call(&src, CTL_MIGRATION_SERVICE, "PrepareAndExportSandbox", &ex.base,
-		     &prepare_and_export_sandbox_response__descriptor, &export_resp, tmo, false, NULL, 0) != 0)
+	if (export_waiting(&src, &ex.base, &export_resp, tmo) != 0)
 		goto fail;
 	Google__Protobuf__Any *cfg = ((PrepareAndExportSandboxResponse *)export_resp)->config;
 	if (o->n_containers) {

@@ -12,6 +12,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -28,7 +29,7 @@
 #define SUSPEND_NS 2000000000ll      /* acknowledgements in flight, at a suspend */
 
 enum job_kind { JOB_CONNECT, JOB_CREATE, JOB_START, JOB_ADOPT, JOB_KILL, JOB_FORGET, JOB_RECONNECT,
-		JOB_SUSPEND, JOB_PS, JOB_FREEZE, JOB_STATS };
+		JOB_SUSPEND, JOB_PS, JOB_FREEZE, JOB_STATS, JOB_CLOSE_STDIN, JOB_RESIZE };
 
 struct job {
 	struct job *next;
@@ -36,7 +37,9 @@ struct job {
 	char id[72];
 	char *layers[LM_GUEST_MAX_LAYERS];
 	unsigned n_layers;
-	char *hostname, *out, *err;
+	char *hostname, *out, *err, *in;
+	bool terminal;
+	uint16_t width, height;       /* JOB_CREATE, JOB_RESIZE */
 	char **args, **env;
 	size_t n_args, n_env;
 	char *cwd;
@@ -60,6 +63,11 @@ struct watch {
 	char id[72];
 	lm_agent_proc_t *proc;
 	int out_fd, err_fd;
+	int in_fd;                    /* the stdin file, -1: none */
+	int in_wake[2];               /* stops the pump's poll */
+	pthread_t in_th;
+	bool in_running;              /* the pump was started (joined at the end) */
+	atomic_bool in_stop;
 	void *exit_ctx;
 	atomic_bool fired;            /* cbs.exit ran (pump thread); read after
 					 the pump was joined, or to skip twice */
@@ -101,6 +109,7 @@ static void job_free(struct job *j)
 	free(j->hostname);
 	free(j->out);
 	free(j->err);
+	free(j->in);
 	for (size_t i = 0; i < j->n_args; i++)
 		free(j->args[i]);
 	free(j->args);
@@ -182,6 +191,105 @@ static void on_exit_cb(void *arg, const struct lm_agent_exit *e)
 		w->g->cbs.exit(w->exit_ctx, w->id, e);
 }
 
+#define STDIN_CHUNK 32768
+#define STDIN_RETRY_NS 100000000ll    /* a write refused while disconnected */
+
+/* The stdin pump's thread: the stdin file into the init's stdin until
+ * the file ends (then the init's stdin is closed), the watch ends, or
+ * CloseIO. A FIFO opened without a writer shows no end until a writer
+ * came and went (Linux), so it waits for containerd's. */
+static void *stdin_pump(void *arg)
+{
+	struct watch *w = arg;
+	uint8_t *buf = malloc(STDIN_CHUNK);
+	bool eof = false;
+	while (buf && !atomic_load(&w->in_stop)) {
+		struct pollfd q[2] = { { w->in_fd, POLLIN, 0 }, { w->in_wake[0], POLLIN, 0 } };
+		if (poll(q, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		if (q[1].revents || atomic_load(&w->in_stop))
+			break;
+		ssize_t n = read(w->in_fd, buf, STDIN_CHUNK);
+		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+			continue;
+		if (n <= 0) {
+			eof = n == 0;
+			if (n < 0)
+				lm_log_warn(MOD, "stdin read failed", "id=%s err=%d", w->id, errno);
+			break;
+		}
+		/* exactly once, across a reconnect (the agent skips what it
+		 * took); while the connection is down (a migration's copy),
+		 * again every 100 ms */
+		int rc;
+		while ((rc = lm_agent_proc_write(w->proc, buf, (size_t)n, CALL_NS)) != 0 &&
+		       (rc == -ENOTCONN || rc == -EPIPE) && !atomic_load(&w->in_stop)) {
+			struct pollfd z = { w->in_wake[0], POLLIN, 0 };
+			(void)poll(&z, 1, (int)(STDIN_RETRY_NS / 1000000));
+		}
+		if (rc) {
+			if (!atomic_load(&w->in_stop))
+				lm_log_warn(MOD, "stdin not delivered", "id=%s err=%d", w->id, rc);
+			break;
+		}
+	}
+	free(buf);
+	if (eof && !atomic_load(&w->in_stop)) {
+		/* the writer is done: so is the init's stdin (a job: in order
+		 * after the writes, on the worker) */
+		lm_log_info(MOD, "stdin ended", "id=%s", w->id);
+		(void)lm_guest_close_stdin(w->g, w->id, NULL, NULL);
+	}
+	return NULL;
+}
+
+/* Opens the stdin file (no link followed, no waiting for a writer) and
+ * starts the pump. 0 or -errno with why. */
+static int stdin_start(struct watch *w, const char *path, char *why, size_t whylen)
+{
+	w->in_fd = open(path, O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+	if (w->in_fd < 0) {
+		int e = errno;
+		snprintf(why, whylen, "stdin file %s: %s", path, strerror(e));
+		return -e;
+	}
+	if (pipe2(w->in_wake, O_CLOEXEC) < 0) {
+		int e = errno;
+		close(w->in_fd);
+		w->in_fd = -1;
+		snprintf(why, whylen, "stdin pump: %s", strerror(e));
+		return -e;
+	}
+	if (pthread_create(&w->in_th, NULL, stdin_pump, w) != 0) {
+		close(w->in_fd);
+		close(w->in_wake[0]);
+		close(w->in_wake[1]);
+		w->in_fd = -1;
+		snprintf(why, whylen, "stdin pump: no thread");
+		return -EAGAIN;
+	}
+	w->in_running = true;
+	return 0;
+}
+
+/* Not the pump's thread. Stops and joins the pump (idempotent). */
+static void stdin_stop(struct watch *w)
+{
+	if (!w->in_running)
+		return;
+	atomic_store(&w->in_stop, true);
+	if (write(w->in_wake[1], "x", 1) < 0) { /* the pipe is ours: cannot fill */ }
+	pthread_join(w->in_th, NULL);
+	w->in_running = false;
+	close(w->in_fd);
+	close(w->in_wake[0]);
+	close(w->in_wake[1]);
+	w->in_fd = -1;
+}
+
 /* Worker. Starts a watch of j's container; 0 (the watch took
  * j->exit_ctx) or -errno with why. */
 static int watch_start(lm_guest_t *g, struct job *j, char *why, size_t whylen)
@@ -196,6 +304,7 @@ static int watch_start(lm_guest_t *g, struct job *j, char *why, size_t whylen)
 	w->g = g;
 	snprintf(w->id, sizeof w->id, "%s", id);
 	w->exit_ctx = exit_ctx;
+	w->in_fd = -1;
 	int rc = open_stdio(out, &w->out_fd, why, whylen);
 	if (!rc)
 		rc = open_stdio(err, &w->err_fd, why, whylen);
@@ -219,6 +328,22 @@ static int watch_start(lm_guest_t *g, struct job *j, char *why, size_t whylen)
 		free(w);
 		return rc;
 	}
+	if (j->in && (rc = stdin_start(w, j->in, why, whylen)) != 0 && j->kind == JOB_ADOPT) {
+		/* a migration's destination: the output matters more than a
+		 * stdin it cannot read (its patch named a file it lacks) */
+		lm_log_warn(MOD, "stdin not read", "id=%s why=\"%s\"", id, why);
+		why[0] = 0;
+		rc = 0;
+	}
+	if (rc) {
+		lm_agent_unwatch(w->proc);
+		if (w->out_fd >= 0)
+			close(w->out_fd);
+		if (w->err_fd >= 0)
+			close(w->err_fd);
+		free(w);
+		return rc;
+	}
 	pthread_mutex_lock(&g->mu);
 	w->next = g->watches;
 	g->watches = w;
@@ -230,6 +355,7 @@ static int watch_start(lm_guest_t *g, struct job *j, char *why, size_t whylen)
 /* Not the pump's thread. Ends a watch that was taken off the list. */
 static void watch_end(lm_guest_t *g, struct watch *w)
 {
+	stdin_stop(w);                        /* it writes through w->proc */
 	lm_agent_unwatch(w->proc);            /* joins the pump */
 	if (!atomic_load(&w->fired) && g->cbs.drop)
 		g->cbs.drop(w->exit_ctx);
@@ -288,6 +414,9 @@ static int run_create(lm_guest_t *g, struct job *j, uint32_t *pid, char *why, si
 					: (const char *const[]){"PATH=/bin:/sbin:/usr/bin:/usr/sbin", "HOME=/"},
 			.n_env = j->n_env ? j->n_env : 2,
 			.cwd = j->cwd,
+			.terminal = j->terminal,
+			.open_stdin = j->in != NULL,
+			.width = j->width, .height = j->height,
 		},
 	};
 	int rc = lm_agent_create(g->agent, &s, pid, CALL_NS);
@@ -385,6 +514,22 @@ static int run_job(lm_guest_t *g, struct job *j, uint32_t *pid, char *why, size_
 		else
 			lm_log_info(MOD, "agent connected again", "socket=%s", g->socket);
 		return rc;
+	case JOB_CLOSE_STDIN: {
+		/* the pump reads no more (this job may be its own: it only
+		 * sets the flag then, and ends by itself) */
+		pthread_mutex_lock(&g->mu);
+		for (struct watch *w = g->watches; w; w = w->next)
+			if (!strcmp(w->id, j->id) && w->in_running) {
+				atomic_store(&w->in_stop, true);
+				if (write(w->in_wake[1], "x", 1) < 0) { /* one byte is enough */ }
+			}
+		pthread_mutex_unlock(&g->mu);
+		rc = lm_agent_close_stdin(g->agent, j->id, NULL, CALL_NS);
+		return rc ? ctr_err(rc, "CloseStdin", j->id, why, whylen) : 0;
+	}
+	case JOB_RESIZE:
+		rc = lm_agent_resize(g->agent, j->id, NULL, j->width, j->height, CALL_NS);
+		return rc ? ctr_err(rc, "ResizePty", j->id, why, whylen) : 0;
 	case JOB_FORGET: {
 		struct watch *w = watch_take(g, j->id);
 		if (w)
@@ -523,6 +668,10 @@ int lm_guest_create(lm_guest_t *g, const struct lm_guest_ctr_spec *spec, void *e
 	j->hostname = dup_or_null(spec->hostname, &oom);
 	j->out = dup_or_null(spec->stdout_path, &oom);
 	j->err = dup_or_null(spec->stderr_path, &oom);
+	j->in = dup_or_null(spec->stdin_path, &oom);
+	j->terminal = spec->terminal;
+	j->width = spec->width;
+	j->height = spec->height;
 	j->args = calloc(spec->n_args, sizeof(char *));
 	oom |= !j->args;
 	for (size_t i = 0; j->args && i < spec->n_args; i++, j->n_args++)
@@ -556,7 +705,8 @@ int lm_guest_start(lm_guest_t *g, const char *guest_id, lm_guest_done_fn done, v
 }
 
 int lm_guest_adopt(lm_guest_t *g, const char *guest_id, const char *stdout_path,
-		   const char *stderr_path, void *exit_ctx, lm_guest_done_fn done, void *ctx)
+		   const char *stderr_path, const char *stdin_path, void *exit_ctx,
+		   lm_guest_done_fn done, void *ctx)
 {
 	if (!guest_id || !*guest_id)
 		return -EINVAL;
@@ -566,11 +716,35 @@ int lm_guest_adopt(lm_guest_t *g, const char *guest_id, const char *stdout_path,
 	bool oom = false;
 	j->out = dup_or_null(stdout_path, &oom);
 	j->err = dup_or_null(stderr_path, &oom);
+	j->in = dup_or_null(stdin_path, &oom);
 	if (oom) {
 		job_free(j);
 		return -ENOMEM;
 	}
 	j->exit_ctx = exit_ctx;
+	return push(g, j);
+}
+
+int lm_guest_close_stdin(lm_guest_t *g, const char *guest_id, lm_guest_done_fn done, void *ctx)
+{
+	if (!guest_id || !*guest_id)
+		return -EINVAL;
+	struct job *j = job_new(JOB_CLOSE_STDIN, guest_id, done, ctx);
+	if (!j)
+		return strlen(guest_id) > LM_GUEST_ID_LEN ? -EINVAL : -ENOMEM;
+	return push(g, j);
+}
+
+int lm_guest_resize(lm_guest_t *g, const char *guest_id, uint16_t width, uint16_t height,
+		    lm_guest_done_fn done, void *ctx)
+{
+	if (!guest_id || !*guest_id || !width || !height)
+		return -EINVAL;
+	struct job *j = job_new(JOB_RESIZE, guest_id, done, ctx);
+	if (!j)
+		return strlen(guest_id) > LM_GUEST_ID_LEN ? -EINVAL : -ENOMEM;
+	j->width = width;
+	j->height = height;
 	return push(g, j);
 }
 

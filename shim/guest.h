@@ -6,7 +6,13 @@
  * One lm_guest_t is the shim's side of one VM's agent: its connection,
  * a worker thread that makes the agent calls, and a watch per container
  * init that writes its stdout/stderr to the container's stdio files and
- * reports its exit once.
+ * reports its exit once, and, when the container has a stdin, a stdin
+ * pump: a thread that reads the stdin file (containerd's FIFO: it waits
+ * for a writer) and hands the bytes to the agent, exactly once even
+ * across a reconnect (lm_agent_proc_write), and closes the init's stdin
+ * at the file's end. Bytes the source's pump read but the agent had not
+ * taken when the migration dropped the connection are lost (at most one
+ * read, 32 KiB); the destination reads its own stdin file.
  *
  * Live migration. A container keeps its agent ID (guest_id, carried by
  * the snapshot) and its guest PID wherever the VM goes. Every watch is a
@@ -73,6 +79,11 @@ struct lm_guest_ctr_spec {
 	const char *hostname;         /* NULL: guest_id */
 	const char *stdout_path;      /* "" or NULL: dropped */
 	const char *stderr_path;
+	const char *stdin_path;       /* "" or NULL: /dev/null; else a FIFO
+					 (containerd's) or file read into the
+					 init's stdin until its end */
+	bool terminal;                /* a pty: stdout carries both streams */
+	uint16_t width, height;       /* the pty's size, 0: the agent's */
 };
 
 /* Thread: any. A guest whose agent answers on `agent_socket` (QEMU's
@@ -101,9 +112,17 @@ int lm_guest_create(lm_guest_t *g, const struct lm_guest_ctr_spec *spec, void *e
 /* Start a container created with created_only; done gets its pid. */
 int lm_guest_start(lm_guest_t *g, const char *guest_id, lm_guest_done_fn done, void *ctx);
 /* Watch a container that already runs in this guest (a migration's
- * destination): its output from where the previous host's ended. */
+ * destination): its output from where the previous host's ended, its
+ * stdin (if it has one) from stdin_path on. */
 int lm_guest_adopt(lm_guest_t *g, const char *guest_id, const char *stdout_path,
-		   const char *stderr_path, void *exit_ctx, lm_guest_done_fn done, void *ctx);
+		   const char *stderr_path, const char *stdin_path, void *exit_ctx,
+		   lm_guest_done_fn done, void *ctx);
+/* Closes the init's stdin (its reader sees the end; the shim reads no
+ * more of its stdin file). */
+int lm_guest_close_stdin(lm_guest_t *g, const char *guest_id, lm_guest_done_fn done, void *ctx);
+/* Resizes the init's terminal. */
+int lm_guest_resize(lm_guest_t *g, const char *guest_id, uint16_t width, uint16_t height,
+		    lm_guest_done_fn done, void *ctx);
 /* A signal to the init (all: every process of the container). */
 int lm_guest_kill(lm_guest_t *g, const char *guest_id, int sig, bool all, lm_guest_done_fn done,
 		  void *ctx);

@@ -746,6 +746,75 @@ static void do_kill(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_ca
 		lm_rpc_call_reply(call, NULL, 0);   /* google.protobuf.Empty */
 }
 
+/* The container a CloseIO / ResizePty may act on: a guest container,
+ * running or paused; else the call is answered (NotFound, Unimplemented
+ * for a simulated one, FailedPrecondition) and NULL. */
+static const struct lm_container *io_target(lm_sandbox_t *sb, const struct lm_task_gate *gate,
+					    lm_rpc_call_t *call, const char *name, const char *id,
+					    bool has_hook)
+{
+	const struct lm_container *c = lm_sandbox_find(sb, id);
+	if (!c) {
+		lm_rpc_call_fail(call, LM_RPC_NOT_FOUND, "%s: container \"%s\" not found", name, id);
+		return NULL;
+	}
+	if (!c->guest_id || !gate->guest || !has_hook) {
+		lm_rpc_call_fail(call, LM_RPC_UNIMPLEMENTED, "%s %s: a simulated container has no stdio "
+				 "(the qemu backend's containers have)", name, id);
+		return NULL;
+	}
+	if (c->state != LM_CTR_RUNNING && c->state != LM_CTR_PAUSED) {
+		lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION, "%s %s: the container is not running",
+				 name, id);
+		return NULL;
+	}
+	return c;
+}
+
+/* CloseIO: the init's stdin ends (containerd asks it with stdin true;
+ * without, there is nothing to close). */
+static void do_close_io(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_call_t *call,
+			const Containerd__Task__V2__CloseIORequest *r)
+{
+	const char *id = s_or(r->id);
+	const struct lm_container *c =
+		io_target(sb, gate, call, "CloseIO", id, gate->guest && gate->guest->close_io);
+	if (!c)
+		return;
+	if (!r->stdin) {
+		lm_rpc_call_reply(call, NULL, 0);
+		return;
+	}
+	if (!c->stdin_path || !c->stdin_path[0]) {
+		lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION, "CloseIO %s: the container was created "
+				 "without stdin", id);
+		return;
+	}
+	gate->guest->close_io(gate->guest_arg, c, call);
+}
+
+/* ResizePty: the init's terminal takes the new size. */
+static void do_resize(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_call_t *call,
+		      const Containerd__Task__V2__ResizePtyRequest *r)
+{
+	const char *id = s_or(r->id);
+	const struct lm_container *c =
+		io_target(sb, gate, call, "ResizePty", id, gate->guest && gate->guest->resize);
+	if (!c)
+		return;
+	if (!c->terminal) {
+		lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION, "ResizePty %s: the container has no "
+				 "terminal", id);
+		return;
+	}
+	if (r->width == 0 || r->height == 0 || r->width > 65535 || r->height > 65535) {
+		lm_rpc_call_fail(call, LM_RPC_INVALID_ARGUMENT, "ResizePty %s: width and height must be "
+				 "1..65535, not %" PRIu32 "x%" PRIu32, id, r->width, r->height);
+		return;
+	}
+	gate->guest->resize(gate->guest_arg, c, r->width, r->height, call);
+}
+
 static void do_wait(lm_sandbox_t *sb, lm_rpc_call_t *call, const Containerd__Task__V2__WaitRequest *r)
 {
 	if (lm_sandbox_wait(sb, s_or(r->id), call) < 0)
@@ -778,6 +847,8 @@ static const char *exec_id_of(int method, const ProtobufCMessage *m)
 	case LM_TASK_DELETE: return ((const Containerd__Task__V2__DeleteRequest *)m)->exec_id;
 	case LM_TASK_KILL: return ((const Containerd__Task__V2__KillRequest *)m)->exec_id;
 	case LM_TASK_WAIT: return ((const Containerd__Task__V2__WaitRequest *)m)->exec_id;
+	case LM_TASK_RESIZE_PTY: return ((const Containerd__Task__V2__ResizePtyRequest *)m)->exec_id;
+	case LM_TASK_CLOSE_IO: return ((const Containerd__Task__V2__CloseIORequest *)m)->exec_id;
 	default: return NULL;
 	}
 }
@@ -855,6 +926,12 @@ int lm_task_handle(lm_sandbox_t *sb, const struct lm_task_gate *gate,
 		break;
 	case LM_TASK_WAIT:
 		do_wait(sb, call, (const Containerd__Task__V2__WaitRequest *)req);
+		break;
+	case LM_TASK_CLOSE_IO:
+		do_close_io(sb, gate, call, (const Containerd__Task__V2__CloseIORequest *)req);
+		break;
+	case LM_TASK_RESIZE_PTY:
+		do_resize(sb, gate, call, (const Containerd__Task__V2__ResizePtyRequest *)req);
 		break;
 	case LM_TASK_CONNECT:
 		do_connect(sb, call, (const Containerd__Task__V2__ConnectRequest *)req);

@@ -14,9 +14,10 @@
  *     FailedPrecondition during a session or without a running VM;
  *   - Wait, Connect: never gated.
  * Served: State, Create, Start, Delete, Pids, Kill, Wait, Connect,
- * Shutdown. The rest of the service (Exec, Pause, Resume, Checkpoint,
- * ResizePty, CloseIO, Update, Stats) answers Unimplemented once past its
- * gate. Shutdown follows containerd's runc shim: it always answers OK,
+ * Shutdown; for containers that are real processes in the utility VM
+ * also Pause, Resume, Stats, CloseIO (stdin) and ResizePty, which a
+ * simulated container answers Unimplemented. Exec, Checkpoint and Update
+ * answer Unimplemented once past their gate. Shutdown follows containerd's runc shim: it always answers OK,
  * and the shim exits only when it has no container left and no migration
  * session (otherwise containerd's Shutdown after one task's Delete would
  * take the others down).
@@ -132,6 +133,13 @@ struct lm_task_guest_ops {
 	/* Stats of a running or paused guest container: its cgroup's
 	 * figures as io.containerd.cgroups.v2.Metrics (lm_task_reply_stats) */
 	void (*stats)(void *arg, const struct lm_container *c, lm_rpc_call_t *call);
+	/* CloseIO (stdin) of a running or paused guest container: its
+	 * init's stdin is closed, the shim reads no more of its stdin file */
+	void (*close_io)(void *arg, const struct lm_container *c, lm_rpc_call_t *call);
+	/* ResizePty of a running or paused guest container with a terminal
+	 * (width and height 1..65535 checked) */
+	void (*resize)(void *arg, const struct lm_container *c, uint32_t width, uint32_t height,
+		       lm_rpc_call_t *call);
 };
 
 /* The controller's view of the session, for the gating. */

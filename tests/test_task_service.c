@@ -289,6 +289,10 @@ static void bundle(char *out, size_t outlen, const char *name, const char *const
 }
 
 /* A Create with an overlay rootfs of `layers` lower dirs. */
+/* What the next Create asks for besides: a stdin, a terminal. */
+static const char *create_stdin;
+static bool create_terminal;
+
 static int create(const char *id, const char *bundle_path, unsigned layers, struct lm_rpc_result *r)
 {
 	Containerd__Task__V2__CreateTaskRequest q = CONTAINERD__TASK__V2__CREATE_TASK_REQUEST__INIT;
@@ -310,6 +314,8 @@ static int create(const char *id, const char *bundle_path, unsigned layers, stru
 	q.n_rootfs = layers ? 1 : 0;
 	q.rootfs = &mp;
 	q.stdout = "/run/fifo/out";
+	q.stdin = (char *)(create_stdin ? create_stdin : "");
+	q.terminal = create_terminal;
 	return call("Create", &q.base, r);
 }
 
@@ -636,7 +642,8 @@ static void test_vm_not_running_gates_vm_methods(void **state)
 
 /* What the guest hooks saw (controller thread; read after on_ctl). */
 static struct {
-	unsigned kills, forgets, creates, starts, pids, pauses, resumes;
+	unsigned kills, forgets, creates, starts, pids, pauses, resumes, close_ios, resizes;
+	uint32_t width, height;
 	uint32_t signal;
 	bool all;
 	char guest_id[64], forgot[64], created[64], base_layer[64], started[64];
@@ -725,8 +732,28 @@ static void hook_stats(void *arg, const struct lm_container *k, lm_rpc_call_t *c
 	lm_task_reply_stats(call, &st);
 }
 
+static void hook_close_io(void *arg, const struct lm_container *k, lm_rpc_call_t *call)
+{
+	(void)arg;
+	hooked.close_ios++;
+	snprintf(hooked.guest_id, sizeof hooked.guest_id, "%s", k->guest_id);
+	lm_rpc_call_reply(call, NULL, 0);
+}
+
+static void hook_resize(void *arg, const struct lm_container *k, uint32_t width, uint32_t height,
+			lm_rpc_call_t *call)
+{
+	(void)arg;
+	hooked.resizes++;
+	hooked.width = width;
+	hooked.height = height;
+	snprintf(hooked.guest_id, sizeof hooked.guest_id, "%s", k->guest_id);
+	lm_rpc_call_reply(call, NULL, 0);
+}
+
 static const struct lm_task_guest_ops guest_ops = {hook_create, hook_start, hook_kill, hook_forget,
-						   hook_pids, hook_pause, hook_stats};
+						   hook_pids, hook_pause, hook_stats, hook_close_io,
+						   hook_resize};
 
 static void guest_gate_fn(struct ctl *c, void *arg)
 {
@@ -866,6 +893,87 @@ static void test_guest_containers_go_to_the_guest(void **state)
 	expect_id("Delete", "g1", LM_RPC_OK, NULL);
 	assert_int_equal(hooked.forgets, 1);
 	assert_string_equal(hooked.forgot, "agent-g1");
+}
+
+static void io_gate_fn(struct ctl *c, void *arg)
+{
+	(void)arg;
+	c->gate.vm_running = true;
+	c->gate.guest = &guest_ops;
+	c->gate.guest_arg = c;
+	assert_int_equal(lm_sandbox_start(c->sb, "g1", NULL), 0);
+	assert_int_equal(lm_sandbox_set_guest(c->sb, "g1", "agent-g1", 77), 0);
+	assert_int_equal(lm_sandbox_start(c->sb, "t1", NULL), 0);
+	assert_int_equal(lm_sandbox_set_guest(c->sb, "t1", "agent-t1", 78), 0);
+}
+
+static void t1_exits_fn(struct ctl *c, void *arg)
+{
+	(void)arg;
+	assert_int_equal(lm_sandbox_exit(c->sb, "t1", 0), 0);
+}
+
+/* CloseIO and ResizePty of a guest container go to the guest, when it
+ * has what they act on (a stdin, a terminal) and runs; the checks before
+ * are the task service's, each naming why. */
+static void test_guest_stdin_and_terminal_calls_go_to_the_guest(void **state)
+{
+	(void)state;
+	memset(&hooked, 0, sizeof hooked);
+	create_ok("g1", "", 0);
+	create_stdin = "/run/fifo/in";
+	create_terminal = true;
+	create_ok("t1", "", 0);
+	create_stdin = NULL;
+	create_terminal = false;
+	on_ctl(io_gate_fn, NULL);
+	Containerd__Task__V2__StateResponse *s = state_of("t1");
+	assert_string_equal(s->stdin, "/run/fifo/in");
+	assert_true(s->terminal);
+	containerd__task__v2__state_response__free_unpacked(s, NULL);
+
+	Containerd__Task__V2__CloseIORequest ci = CONTAINERD__TASK__V2__CLOSE_IOREQUEST__INIT;
+	ci.id = "g1";
+	ci.stdin = true;
+	expect("CloseIO", &ci.base, LM_RPC_FAILED_PRECONDITION, "CloseIO g1: the container was created without stdin");
+	ci.id = "t1";
+	ci.stdin = false;
+	expect("CloseIO", &ci.base, LM_RPC_OK, NULL);          /* nothing to close */
+	assert_int_equal(hooked.close_ios, 0);
+	ci.stdin = true;
+	expect("CloseIO", &ci.base, LM_RPC_OK, NULL);
+	assert_int_equal(hooked.close_ios, 1);
+	assert_string_equal(hooked.guest_id, "agent-t1");
+	ci.exec_id = "e1";
+	expect("CloseIO", &ci.base, LM_RPC_NOT_FOUND, "exec \"e1\" not found");
+	ci.exec_id = "";
+	ci.id = "nope";
+	expect("CloseIO", &ci.base, LM_RPC_NOT_FOUND, "CloseIO: container \"nope\" not found");
+
+	Containerd__Task__V2__ResizePtyRequest rz = CONTAINERD__TASK__V2__RESIZE_PTY_REQUEST__INIT;
+	rz.id = "g1";
+	rz.width = 100;
+	rz.height = 40;
+	expect("ResizePty", &rz.base, LM_RPC_FAILED_PRECONDITION, "ResizePty g1: the container has no terminal");
+	rz.id = "t1";
+	rz.width = 0;
+	expect("ResizePty", &rz.base, LM_RPC_INVALID_ARGUMENT, "width and height must be 1..65535, not 0x40");
+	rz.width = 70000;
+	expect("ResizePty", &rz.base, LM_RPC_INVALID_ARGUMENT, "not 70000x40");
+	assert_int_equal(hooked.resizes, 0);
+	rz.width = 100;
+	expect("ResizePty", &rz.base, LM_RPC_OK, NULL);
+	assert_int_equal(hooked.resizes, 1);
+	assert_int_equal(hooked.width, 100);
+	assert_int_equal(hooked.height, 40);
+	/* not once it stopped */
+	on_ctl(t1_exits_fn, NULL);
+	expect("ResizePty", &rz.base, LM_RPC_FAILED_PRECONDITION, "ResizePty t1: the container is not running");
+	expect("CloseIO", &ci.base, LM_RPC_NOT_FOUND, "not found");
+	ci.id = "t1";
+	expect("CloseIO", &ci.base, LM_RPC_FAILED_PRECONDITION, "CloseIO t1: the container is not running");
+	assert_int_equal(hooked.resizes, 1);
+	assert_int_equal(hooked.close_ios, 1);
 }
 
 static void test_outside_subset_is_unimplemented(void **state)
@@ -1267,6 +1375,7 @@ int main(void)
 		T(test_vm_not_running_gates_vm_methods),
 		T(test_shutdown_answers_and_exits_only_with_nothing_left),
 		T(test_guest_containers_go_to_the_guest),
+		T(test_guest_stdin_and_terminal_calls_go_to_the_guest),
 		T(test_outside_subset_is_unimplemented),
 		T(test_wait_is_never_gated),
 		T(test_wait_fails_when_sandbox_torn_down),

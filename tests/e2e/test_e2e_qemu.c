@@ -753,8 +753,8 @@ static void new_bundle(const char *dir, const char *id, const char *pod, const c
 
 /* task Create of `id` from `bundle` with an overlay of `lower` (top
  * first): 0 and its pid, or the code with the message printed. */
-static int task_create(struct e2e_shim *s, const char *id, const char *bundle, const char *lower,
-		       uint32_t *pid, char *msg, size_t ml)
+static int task_create_io(struct e2e_shim *s, const char *id, const char *bundle, const char *lower,
+			  const char *in, bool terminal, uint32_t *pid, char *msg, size_t ml)
 {
 	char lo[700], out[600], err[600];
 	snprintf(lo, sizeof lo, "lowerdir=%s", lower);
@@ -774,6 +774,8 @@ static int task_create(struct e2e_shim *s, const char *id, const char *bundle, c
 	rq.n_rootfs = 1;
 	rq.stdout = out;
 	rq.stderr = err;
+	rq.stdin = (char *)(in ? in : "");
+	rq.terminal = terminal;
 	ProtobufCMessage *resp = NULL;
 	int rc = e2e_call(s, "containerd.task.v2.Task", "Create", &rq.base,
 			  &containerd__task__v2__create_task_response__descriptor, &resp, msg, ml);
@@ -783,6 +785,37 @@ static int task_create(struct e2e_shim *s, const char *id, const char *bundle, c
 		protobuf_c_message_free_unpacked(resp, NULL);
 	if (rc)
 		printf("# Create %s: %d %s\n", id, rc, msg);
+	return rc;
+}
+
+static int task_create(struct e2e_shim *s, const char *id, const char *bundle, const char *lower,
+		       uint32_t *pid, char *msg, size_t ml)
+{
+	return task_create_io(s, id, bundle, lower, NULL, false, pid, msg, ml);
+}
+
+static int task_close_stdin(struct e2e_shim *s, const char *id)
+{
+	Containerd__Task__V2__CloseIORequest rq = CONTAINERD__TASK__V2__CLOSE_IOREQUEST__INIT;
+	rq.id = (char *)id;
+	rq.stdin = true;
+	char msg[256] = "";
+	int rc = e2e_call(s, "containerd.task.v2.Task", "CloseIO", &rq.base, NULL, NULL, msg, sizeof msg);
+	if (rc)
+		printf("# CloseIO %s: %d %s\n", id, rc, msg);
+	return rc;
+}
+
+static int task_resize(struct e2e_shim *s, const char *id, uint32_t w, uint32_t h)
+{
+	Containerd__Task__V2__ResizePtyRequest rq = CONTAINERD__TASK__V2__RESIZE_PTY_REQUEST__INIT;
+	rq.id = (char *)id;
+	rq.width = w;
+	rq.height = h;
+	char msg[256] = "";
+	int rc = e2e_call(s, "containerd.task.v2.Task", "ResizePty", &rq.base, NULL, NULL, msg, sizeof msg);
+	if (rc)
+		printf("# ResizePty %s: %d %s\n", id, rc, msg);
 	return rc;
 }
 
@@ -863,6 +896,14 @@ static void test_task_create_of_a_new_container_in_the_running_vm(void **state)
 	assert_int_equal(task_create(&f->src, "badproc", b2, lower, NULL, msg, sizeof msg),
 			 3 /* InvalidArgument */);
 	assert_non_null(strstr(msg, "process.args"));
+	fp = fopen(cfgp, "w");
+	fputs("{\"process\":{\"args\":[\"sh\"],\"terminal\":true,\"consoleSize\":{\"width\":0,"
+	      "\"height\":24}},\"annotations\":{\"io.kubernetes.cri.container-type\":"
+	      "\"container\",\"io.kubernetes.cri.sandbox-id\":\"pod1\"}}", fp);
+	fclose(fp);
+	assert_int_equal(task_create(&f->src, "badproc", b2, lower, NULL, msg, sizeof msg),
+			 3 /* InvalidArgument */);
+	assert_non_null(strstr(msg, "process.consoleSize"));
 
 	/* stdout a FIFO with a reader, as containerd gives it: the lines come
 	 * through it; with no reader, Create is refused naming the file, and
@@ -983,33 +1024,27 @@ static void test_task_create_of_a_new_container_in_the_running_vm(void **state)
 	printf("# qemu e2e: 10 Creates of two layers each in one VM, %u disks detached\n", detached);
 
 	/* the VM, its disks in the slots they kept, moves on to a third host:
-	 * first refused, the disk left attached named (no destination could
-	 * rebuild the VM with it), which is detached again meanwhile; then
-	 * it moves */
+	 * the export is refused at first, naming the disk left attached (no
+	 * destination could rebuild the VM with it), which the source
+	 * detaches again meanwhile; lmctl waits for it, and the VM moves */
 	struct e2e_shim third;
-	char name[40], w3[400], w3x[400], tout[500];
+	char name[40], w3[400], tout[500];
 	snprintf(name, sizeof name, "%s3", f->dst.name);
 	snprintf(w3, sizeof w3, "%s/work-new-on", f->dir);
-	snprintf(w3x, sizeof w3x, "%s/work-new-on-x", f->dir);
 	snprintf(tout, sizeof tout, "%s/bundles/fresh-m-m/stdout.log", w3);
 	assert_int_equal(e2e_dest_start(&third, f->dir, name, NULL), 0);
-	const char *a3x[] = { "migrate", "--from", f->dst.sock, "--to", third.sock, "--workdir", w3x,
-			      "--quiet", "--session", "qemu-new-on-x", NULL };
-	rc = e2e_lmctl(a3x, lout, 180000);
-	t = e2e_slurp(lout);
-	printf("# qemu e2e: a deleted container's disk still attached: migrate exited %d\n%s", rc, t);
-	assert_true(rc != 0);
-	assert_non_null(strstr(t, "of a deleted container is still attached to the VM"));
-	free(t);
-	assert_true(wait_detached(&f->dst, detached, 30000));
-	assert_int_equal(e2e_state(&f->dst, "fresh-m", NULL, &st), 0);
-	assert_int_equal(st, 2);           /* untouched */
 	const char *a3[] = { "migrate", "--from", f->dst.sock, "--to", third.sock, "--workdir", w3,
 			     "--quiet", "--session", "qemu-new-on", NULL };
 	rc = e2e_lmctl(a3, lout, 180000);
 	t = e2e_slurp(lout);
 	printf("# qemu e2e: after the deletes, migrate on exited %d\n%s", rc, t);
+	assert_non_null(strstr(t, "not ready to export yet"));
+	assert_non_null(strstr(t, "of a deleted container is still attached to the VM"));
 	free(t);
+	t = e2e_slurp(f->dst.log);
+	assert_non_null(strstr(t, "detaching a deleted container's disk again"));
+	free(t);
+	assert_true(wait_detached(&f->dst, detached, 1000));
 	if (rc) {
 		e2e_shim_dump(&f->dst);
 		e2e_shim_dump(&third);
@@ -1021,6 +1056,84 @@ static void test_task_create_of_a_new_container_in_the_running_vm(void **state)
 	assert_true(ok);
 	assert_one_stream(dout, tout, "", false);
 	assert_int_equal(e2e_shim_stop(&third), 0);
+}
+
+/* A container's stdin is containerd's FIFO: what is written reaches its
+ * init, and the FIFO's end (the writer closed) closes its stdin, so `cat`
+ * ends with 0; CloseIO ends it while the writer still holds the FIFO; a
+ * terminal container starts at 80x24 (its config.json gives no
+ * consoleSize) and ResizePty is its pty's new size. */
+static void test_a_container_reads_its_stdin_and_its_terminal_resizes(void **state)
+{
+	struct fx *f = *state;
+	char rootfs[700], lower[700], ld[300], msg[512];
+	snprintf(ld, sizeof ld, "%s/io-layers", f->dir);
+	assert_int_equal(mkdir(ld, 0700), 0);
+	make_layers(ld, "io-top", "none", rootfs, sizeof rootfs);
+	snprintf(lower, sizeof lower, "%s/ltop:%s/lbase", ld, ld);
+	char b1[400], b2[400], b3[400], in1[500], in2[500], in3[500], o1[500], o2[500], o3[500];
+	new_bundle(f->dir, "reader", "pod1", "cat; echo cat-ended $?", b1, sizeof b1);
+	new_bundle(f->dir, "closer", "pod1", "cat; echo cat-ended $?", b2, sizeof b2);
+	new_bundle(f->dir, "tty", "pod1", "while :; do echo size $(stty size); sleep 0.2; done", b3,
+		   sizeof b3);
+	snprintf(in1, sizeof in1, "%s/stdin", b1);
+	snprintf(in2, sizeof in2, "%s/stdin", b2);
+	snprintf(in3, sizeof in3, "%s/stdin", b3);
+	snprintf(o1, sizeof o1, "%s/stdout", b1);
+	snprintf(o2, sizeof o2, "%s/stdout", b2);
+	snprintf(o3, sizeof o3, "%s/stdout", b3);
+	assert_int_equal(mkfifo(in1, 0600), 0);
+	assert_int_equal(mkfifo(in2, 0600), 0);
+	assert_int_equal(mkfifo(in3, 0600), 0);
+
+	/* the writer goes away: the end of stdin */
+	assert_int_equal(task_create_io(&f->src, "reader", b1, lower, in1, false, NULL, msg, sizeof msg), 0);
+	assert_int_equal(task_start(&f->src, "reader"), 0);
+	int w1 = open(in1, O_WRONLY | O_CLOEXEC);      /* the shim reads it: no wait */
+	assert_true(w1 >= 0);
+	assert_int_equal(write(w1, "hello stdin\n", 12), 12);
+	assert_true(wait_lines(o1, "hello stdin", 1, 60));
+	assert_int_equal(write(w1, "more\n", 5), 5);
+	assert_true(wait_lines(o1, "more", 1, 60));
+	close(w1);
+	uint32_t status = 99;
+	assert_int_equal(task_wait(&f->src, "reader", &status), 0);
+	assert_int_equal(status, 0);
+	assert_true(wait_lines(o1, "cat-ended 0", 1, 10));
+
+	/* CloseIO while the writer holds on */
+	assert_int_equal(task_create_io(&f->src, "closer", b2, lower, in2, false, NULL, msg, sizeof msg), 0);
+	assert_int_equal(task_start(&f->src, "closer"), 0);
+	int w2 = open(in2, O_WRONLY | O_CLOEXEC);
+	assert_true(w2 >= 0);
+	assert_int_equal(write(w2, "before close\n", 13), 13);
+	assert_true(wait_lines(o2, "before close", 1, 60));
+	assert_int_equal(task_close_stdin(&f->src, "closer"), 0);
+	status = 99;
+	assert_int_equal(task_wait(&f->src, "closer", &status), 0);
+	assert_int_equal(status, 0);
+	close(w2);
+	/* a container without stdin has none to close; nor a terminal */
+	assert_int_equal(task_close_stdin(&f->src, "counter"), 9 /* FailedPrecondition */);
+	assert_int_equal(task_resize(&f->src, "counter", 80, 25), 9);
+
+	/* a terminal: ResizePty changes what stty sees */
+	assert_int_equal(task_create_io(&f->src, "tty", b3, lower, in3, true, NULL, msg, sizeof msg), 0);
+	assert_int_equal(task_start(&f->src, "tty"), 0);
+	if (!wait_lines(o3, "size 24 80", 2, 60)) {     /* no consoleSize: 80x24 */
+		char *t = e2e_slurp(o3);
+		printf("# the terminal's output: [%s]\n", t ? t : "(none)");
+		free(t);
+		e2e_shim_dump(&f->src);
+		fail_msg("no size lines from the terminal container");
+	}
+	assert_int_equal(task_resize(&f->src, "tty", 100, 40), 0);
+	assert_true(wait_lines(o3, "size 40 100", 1, 30));
+	assert_int_equal(task_resize(&f->src, "tty", 0, 40), 3 /* InvalidArgument */);
+	assert_int_equal(task_kill(&f->src, "tty", 9), 0);
+	assert_int_equal(task_wait(&f->src, "tty", &status), 0);
+	assert_int_equal(status, 137);
+	assert_int_equal(task_resize(&f->src, "tty", 80, 25), 9);   /* not running */
 }
 
 /* lmctl demo --backend qemu: a Linux guest migrated and verified by
@@ -1058,6 +1171,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_a_linux_guest_moves_and_runs_only_on_the_destination, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_a_destination_with_other_layers_is_refused, setup_pod, teardown),
 		cmocka_unit_test_setup_teardown(test_a_failure_at_each_step_leaves_the_guest_on_the_source, setup_pod, teardown),
+		cmocka_unit_test_setup_teardown(test_a_container_reads_its_stdin_and_its_terminal_resizes,
+						setup_pod, teardown),
 		cmocka_unit_test_setup_teardown(test_task_create_of_a_new_container_in_the_running_vm,
 						setup_pod_dst_disk_fault, teardown),
 		cmocka_unit_test_setup_teardown(test_a_pod_of_real_processes_moves_and_keeps_running, setup_pod, teardown),
