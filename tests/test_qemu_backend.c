@@ -1026,8 +1026,8 @@ static void test_a_sync_while_the_guest_runs_fails_the_stream(void **state)
 	 * runs its guest on, though no one reads its stream any more (QEMU,
 	 * blocked writing its blackout, answers no command until its write
 	 * fails: stream_abort shuts the stream) */
+	relay_join(&r);          /* (before the destination's end closes) */
 	assert_int_equal(ops->stream_abort(dst), 0);
-	relay_join(&r);
 	long last = tick(src, false);
 	assert_int_equal(ops->stream_abort(src), 0);
 	assert_true(qemu_running(src));

@@ -95,6 +95,8 @@ static int have_qemu(void)
 struct fx {
 	char dir[256];
 	struct e2e_shim src, dst;
+	struct e2e_shim third;        /* a second hop's destination: stopped by
+					 teardown if a case failed first */
 };
 
 /* A qemu source (sargs) named src and an idle destination named dst in
@@ -141,6 +143,7 @@ static int teardown(void **state)
 	struct fx *f = *state;
 	pid_t sp = f->src.pid, dp = f->dst.pid;
 	int a = e2e_shim_stop(&f->src), b = e2e_shim_stop(&f->dst);
+	(void)e2e_shim_stop(&f->third);   /* a case that failed midway */
 	e2e_rmdir(f->dir);
 	free(f);
 	/* a shim that stops takes its QEMU with it (orphans are re-parented:
@@ -589,14 +592,13 @@ static void pod_moves(struct fx *f, const char *session)
 
 	/* and the pod moves on, from the host it arrived on to a third one:
 	 * same PID, the file grows on, the third's agent connection drives it */
-	struct e2e_shim third;
 	char name[40], w3[400], tw[500], s3[80];
 	snprintf(name, sizeof name, "%s3", f->dst.name);
 	snprintf(s3, sizeof s3, "%s-on", session);
 	snprintf(w3, sizeof w3, "%s/work-%s", f->dir, s3);
 	snprintf(tw, sizeof tw, "%s/bundles/writer-m-m/stdout.log", w3);
-	assert_int_equal(e2e_dest_start(&third, f->dir, name, NULL), 0);
-	const char *a3[] = { "migrate", "--from", f->dst.sock, "--to", third.sock, "--workdir", w3,
+	assert_int_equal(e2e_dest_start(&f->third, f->dir, name, NULL), 0);
+	const char *a3[] = { "migrate", "--from", f->dst.sock, "--to", f->third.sock, "--workdir", w3,
 			     "--quiet", "--session", s3, NULL };
 	rc = e2e_lmctl(a3, out, 180000);
 	t = e2e_slurp(out);
@@ -604,24 +606,24 @@ static void pod_moves(struct fx *f, const char *session)
 	free(t);
 	if (rc) {
 		e2e_shim_dump(&f->dst);
-		e2e_shim_dump(&third);
+		e2e_shim_dump(&f->third);
 	}
 	assert_int_equal(rc, 0);
 	assert_int_equal(e2e_state(&f->dst, "writer-m", NULL, NULL), E2E_NOT_FOUND);
 	assert_int_equal(qemu_of(f->dst.pid), 0);
-	assert_int_equal(qemu_of(third.pid), 1);
-	assert_int_equal(e2e_state(&third, "writer-m-m", &pid, &st), 0);
+	assert_int_equal(qemu_of(f->third.pid), 1);
+	assert_int_equal(e2e_state(&f->third, "writer-m-m", &pid, &st), 0);
 	assert_int_equal(pid, pid_w);
 	assert_int_equal(st, 2);
 	bool tw_ok = wait_lines(tw, "lines ", 3, 60);
 	if (!tw_ok)
-		why_it_stopped(&third);
+		why_it_stopped(&f->third);
 	assert_true(tw_ok);
 	assert_one_stream(dw, tw, "lines ", false);
-	assert_int_equal(task_kill(&third, "writer-m-m", 9), 0);
-	assert_int_equal(task_wait(&third, "writer-m-m", &status), 0);
+	assert_int_equal(task_kill(&f->third, "writer-m-m", 9), 0);
+	assert_int_equal(task_wait(&f->third, "writer-m-m", &status), 0);
 	assert_int_equal(status, 137);
-	assert_int_equal(e2e_shim_stop(&third), 0);
+	assert_int_equal(e2e_shim_stop(&f->third), 0);
 }
 
 /* Two containers that are real processes in the utility VM move with it:
@@ -1027,13 +1029,12 @@ static void test_task_create_of_a_new_container_in_the_running_vm(void **state)
 	 * the export is refused at first, naming the disk left attached (no
 	 * destination could rebuild the VM with it), which the source
 	 * detaches again meanwhile; lmctl waits for it, and the VM moves */
-	struct e2e_shim third;
 	char name[40], w3[400], tout[500];
 	snprintf(name, sizeof name, "%s3", f->dst.name);
 	snprintf(w3, sizeof w3, "%s/work-new-on", f->dir);
 	snprintf(tout, sizeof tout, "%s/bundles/fresh-m-m/stdout.log", w3);
-	assert_int_equal(e2e_dest_start(&third, f->dir, name, NULL), 0);
-	const char *a3[] = { "migrate", "--from", f->dst.sock, "--to", third.sock, "--workdir", w3,
+	assert_int_equal(e2e_dest_start(&f->third, f->dir, name, NULL), 0);
+	const char *a3[] = { "migrate", "--from", f->dst.sock, "--to", f->third.sock, "--workdir", w3,
 			     "--quiet", "--session", "qemu-new-on", NULL };
 	rc = e2e_lmctl(a3, lout, 180000);
 	t = e2e_slurp(lout);
@@ -1047,15 +1048,15 @@ static void test_task_create_of_a_new_container_in_the_running_vm(void **state)
 	assert_true(wait_detached(&f->dst, detached, 1000));
 	if (rc) {
 		e2e_shim_dump(&f->dst);
-		e2e_shim_dump(&third);
+		e2e_shim_dump(&f->third);
 	}
 	assert_int_equal(rc, 0);
 	bool ok = wait_lines(tout, "", 5, 60);
 	if (!ok)
-		why_it_stopped(&third);
+		why_it_stopped(&f->third);
 	assert_true(ok);
 	assert_one_stream(dout, tout, "", false);
-	assert_int_equal(e2e_shim_stop(&third), 0);
+	assert_int_equal(e2e_shim_stop(&f->third), 0);
 }
 
 /* A container's stdin is containerd's FIFO: what is written reaches its
