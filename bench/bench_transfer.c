@@ -524,7 +524,8 @@ int main(int argc, char **argv)
 		kvm = true;
 		ops = &lm_hcs_kvm_ops;
 	} else if (strcmp(backend, "qemu") == 0) {
-		if (!getenv("LM_LOG_LEVEL")) lm_log_set_level(LM_LOG_WARN);
+		if (!getenv("LM_LOG_LEVEL"))    /* LM_LOG_LEVEL=debug shows the VMs' steps */
+			lm_log_set_level(LM_LOG_WARN);
 		return bench_transfer_qemu(size_given ? size_mib : 256, reps, only);
 	} else if (strcmp(backend, "sim") != 0) {
 		fprintf(stderr, "bench_transfer: --backend must be sim, kvm or qemu, not \"%s\"\n", backend);

@@ -290,6 +290,16 @@ static void stdin_stop(struct watch *w)
 	w->in_fd = -1;
 }
 
+/* Closes a watch's stdio files and frees it (its pumps are stopped). */
+static void watch_free(struct watch *w)
+{
+	if (w->out_fd >= 0)
+		close(w->out_fd);
+	if (w->err_fd >= 0)
+		close(w->err_fd);
+	free(w);
+}
+
 /* Worker. Starts a watch of j's container; 0 (the watch took
  * j->exit_ctx) or -errno with why. */
 static int watch_start(lm_guest_t *g, struct job *j, char *why, size_t whylen)
@@ -304,14 +314,12 @@ static int watch_start(lm_guest_t *g, struct job *j, char *why, size_t whylen)
 	w->g = g;
 	snprintf(w->id, sizeof w->id, "%s", id);
 	w->exit_ctx = exit_ctx;
-	w->in_fd = -1;
+	w->in_fd = w->out_fd = w->err_fd = -1;
 	int rc = open_stdio(out, &w->out_fd, why, whylen);
 	if (!rc)
 		rc = open_stdio(err, &w->err_fd, why, whylen);
 	if (rc) {
-		if (w->out_fd >= 0)
-			close(w->out_fd);
-		free(w);
+		watch_free(w);
 		return rc;
 	}
 	struct lm_agent_io_cbs io = {
@@ -321,11 +329,7 @@ static int watch_start(lm_guest_t *g, struct job *j, char *why, size_t whylen)
 	rc = lm_agent_watch(g->agent, id, NULL, &io, &w->proc);
 	if (rc) {
 		snprintf(why, whylen, "watching its output: %s", strerror(-rc));
-		if (w->out_fd >= 0)
-			close(w->out_fd);
-		if (w->err_fd >= 0)
-			close(w->err_fd);
-		free(w);
+		watch_free(w);
 		return rc;
 	}
 	if (j->in && (rc = stdin_start(w, j->in, why, whylen)) != 0 && j->kind == JOB_ADOPT) {
@@ -337,11 +341,7 @@ static int watch_start(lm_guest_t *g, struct job *j, char *why, size_t whylen)
 	}
 	if (rc) {
 		lm_agent_unwatch(w->proc);
-		if (w->out_fd >= 0)
-			close(w->out_fd);
-		if (w->err_fd >= 0)
-			close(w->err_fd);
-		free(w);
+		watch_free(w);
 		return rc;
 	}
 	pthread_mutex_lock(&g->mu);
@@ -359,11 +359,7 @@ static void watch_end(lm_guest_t *g, struct watch *w)
 	lm_agent_unwatch(w->proc);            /* joins the pump */
 	if (!atomic_load(&w->fired) && g->cbs.drop)
 		g->cbs.drop(w->exit_ctx);
-	if (w->out_fd >= 0)
-		close(w->out_fd);
-	if (w->err_fd >= 0)
-		close(w->err_fd);
-	free(w);
+	watch_free(w);
 }
 
 static struct watch *watch_take(lm_guest_t *g, const char *id)
@@ -694,14 +690,21 @@ int lm_guest_create(lm_guest_t *g, const struct lm_guest_ctr_spec *spec, void *e
 	return push(g, j);
 }
 
-int lm_guest_start(lm_guest_t *g, const char *guest_id, lm_guest_done_fn done, void *ctx)
+/* Queues a job that needs nothing but the container's ID. */
+static int push_plain(lm_guest_t *g, enum job_kind kind, const char *guest_id,
+		      lm_guest_done_fn done, void *ctx)
 {
 	if (!guest_id || !*guest_id)
 		return -EINVAL;
-	struct job *j = job_new(JOB_START, guest_id, done, ctx);
+	struct job *j = job_new(kind, guest_id, done, ctx);
 	if (!j)
 		return strlen(guest_id) > LM_GUEST_ID_LEN ? -EINVAL : -ENOMEM;
 	return push(g, j);
+}
+
+int lm_guest_start(lm_guest_t *g, const char *guest_id, lm_guest_done_fn done, void *ctx)
+{
+	return push_plain(g, JOB_START, guest_id, done, ctx);
 }
 
 int lm_guest_adopt(lm_guest_t *g, const char *guest_id, const char *stdout_path,
@@ -727,12 +730,7 @@ int lm_guest_adopt(lm_guest_t *g, const char *guest_id, const char *stdout_path,
 
 int lm_guest_close_stdin(lm_guest_t *g, const char *guest_id, lm_guest_done_fn done, void *ctx)
 {
-	if (!guest_id || !*guest_id)
-		return -EINVAL;
-	struct job *j = job_new(JOB_CLOSE_STDIN, guest_id, done, ctx);
-	if (!j)
-		return strlen(guest_id) > LM_GUEST_ID_LEN ? -EINVAL : -ENOMEM;
-	return push(g, j);
+	return push_plain(g, JOB_CLOSE_STDIN, guest_id, done, ctx);
 }
 
 int lm_guest_resize(lm_guest_t *g, const char *guest_id, uint16_t width, uint16_t height,

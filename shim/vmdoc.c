@@ -189,8 +189,10 @@ unsigned lm_vmdoc_slots(const char *doc)
 	return used;
 }
 
-unsigned lm_vmdoc_disks_of(const char *doc, const char *guest_id,
-			   char (*out)[LM_VMDOC_SERIAL_CAP], unsigned cap)
+/* The serials of the disks whose Container `keep` accepts (at most cap,
+ * in the list's order) into out; how many. */
+static unsigned serials_where(const char *doc, bool (*keep)(const char *guest_id, const void *arg),
+			      const void *arg, char (*out)[LM_VMDOC_SERIAL_CAP], unsigned cap)
 {
 	char err[8];
 	json_t *j = load(doc, err, sizeof err);
@@ -200,29 +202,33 @@ unsigned lm_vmdoc_disks_of(const char *doc, const char *guest_id,
 	json_array_foreach(disks_of(j), i, d) {
 		const char *s = json_string_value(json_object_get(d, "Serial"));
 		const char *g = json_string_value(json_object_get(d, "Container"));
-		if (s && g && !strcmp(g, guest_id) && n < cap)
+		if (s && g && keep(g, arg) && n < cap)
 			snprintf(out[n++], LM_VMDOC_SERIAL_CAP, "%s", s);
 	}
 	json_decref(j);
 	return n;
 }
 
+static bool is_container(const char *guest_id, const void *arg)
+{
+	return !strcmp(guest_id, arg);
+}
+
+static bool not_in_sandbox(const char *guest_id, const void *arg)
+{
+	return !lm_sandbox_find_guest(arg, guest_id);
+}
+
+unsigned lm_vmdoc_disks_of(const char *doc, const char *guest_id,
+			   char (*out)[LM_VMDOC_SERIAL_CAP], unsigned cap)
+{
+	return serials_where(doc, is_container, guest_id, out, cap);
+}
+
 unsigned lm_vmdoc_orphans(const char *doc, const lm_sandbox_t *sb,
 			  char (*out)[LM_VMDOC_SERIAL_CAP], unsigned cap)
 {
-	char err[8];
-	json_t *j = load(doc, err, sizeof err);
-	unsigned n = 0;
-	size_t i;
-	json_t *d;
-	json_array_foreach(disks_of(j), i, d) {
-		const char *s = json_string_value(json_object_get(d, "Serial"));
-		const char *g = json_string_value(json_object_get(d, "Container"));
-		if (s && g && !lm_sandbox_find_guest(sb, g) && n < cap)
-			snprintf(out[n++], LM_VMDOC_SERIAL_CAP, "%s", s);
-	}
-	json_decref(j);
-	return n;
+	return serials_where(doc, not_in_sandbox, sb, out, cap);
 }
 
 int lm_vmdoc_remove_disk(const char *doc, const char *serial, char **out, char *err,
