@@ -32,7 +32,9 @@
 #include "rpc/frame.h"
 #include "rpc/server.h"
 #include "shim/guest.h"
+#include "shim/ociproc.h"
 #include "shim/publisher.h"
+#include "shim/ociproc.h"
 #include "shim/sandbox.h"
 
 enum ctl_state {
@@ -61,6 +63,7 @@ struct ctl_done {
 	lm_hcs_properties_t props;    /* a properties operation's result */
 	/* guest operations (ctl_guest.c) */
 	char guest_id[72];            /* the container, as the agent knows it */
+	char exec_id[72];             /* its exec'd process, "" = the init */
 	uint32_t pid;                 /* its init's guest PID (create) */
 	uint32_t exit_status;         /* an exit: code, or 128 + signal */
 	uint64_t exited_at_ns;
@@ -76,10 +79,7 @@ struct gnew {
 	unsigned added;               /* layers attached so far */
 	char serials[16][21];         /* theirs (LM_GUEST_MAX_LAYERS, LM_VMDOC_SERIAL_CAP) */
 	unsigned slots[16];           /* the VM's disk slots they take */
-	char **args, **env;           /* from the OCI process */
-	size_t n_args, n_env;
-	uint16_t width, height;        /* a terminal's first size */
-	char *cwd;
+	struct lm_oci_proc proc;      /* from the bundle's OCI process */
 };
 
 /* Payload of LM_CTL_HCS_EVENT. */
@@ -243,7 +243,8 @@ void lm__ctl_cleanup(struct ctl *c, lm_rpc_call_t *call, CleanupRequest *req);
 /* ---- ctl_import.c: the patch path -------------------------------------- */
 struct lm_patch_result_msg;
 void lm__ctl_on_patch_result(struct ctl *c, struct lm_patch_result_msg *pm);
-void lm__ctl_on_sandbox_event(void *arg, enum lm_sandbox_event type, const struct lm_container *k);
+void lm__ctl_on_sandbox_event(void *arg, enum lm_sandbox_event type, const struct lm_container *k,
+			      const struct lm_exec *x);
 
 /* ---- ctl_events.c ------------------------------------------------------- */
 void lm__ctl_on_event(struct ctl *c, const lm_hcs_event_t *ev);

@@ -96,14 +96,16 @@ void lm__ctl_on_event(struct ctl *c, const lm_hcs_event_t *e)
 
 /* The sandbox's task events, as containerd's (api/events/task.proto), to
  * the publisher: controller thread, never blocks. */
-void lm__ctl_on_sandbox_event(void *arg, enum lm_sandbox_event type, const struct lm_container *k)
+void lm__ctl_on_sandbox_event(void *arg, enum lm_sandbox_event type, const struct lm_container *k,
+			      const struct lm_exec *x)
 {
 	struct ctl *c = arg;
 	if (!c->pub)
 		return;
 	Google__Protobuf__Timestamp at = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
-	at.seconds = (int64_t)(k->exited_at_ns / 1000000000ull);
-	at.nanos = (int32_t)(k->exited_at_ns % 1000000000ull);
+	uint64_t exited = x ? x->exited_at_ns : k->exited_at_ns;
+	at.seconds = (int64_t)(exited / 1000000000ull);
+	at.nanos = (int32_t)(exited % 1000000000ull);
 	switch (type) {
 	case LM_SB_EV_CREATE: {
 		Containerd__Events__TaskCreate e = CONTAINERD__EVENTS__TASK_CREATE__INIT;
@@ -129,11 +131,27 @@ void lm__ctl_on_sandbox_event(void *arg, enum lm_sandbox_event type, const struc
 	case LM_SB_EV_EXIT: {
 		Containerd__Events__TaskExit e = CONTAINERD__EVENTS__TASK_EXIT__INIT;
 		e.container_id = k->id;
-		e.id = k->id;          /* the init process: its exec ID is the container's */
-		e.pid = k->pid;
-		e.exit_status = k->exit_status;
+		e.id = x ? x->id : k->id;   /* the init process: its exec ID is the container's */
+		e.pid = x ? x->pid : k->pid;
+		e.exit_status = x ? x->exit_status : k->exit_status;
 		e.exited_at = &at;
 		lm_publisher_publish(c->pub, "/tasks/exit", "containerd.events.TaskExit", &e.base);
+		break;
+	}
+	case LM_SB_EV_EXEC_ADDED: {
+		Containerd__Events__TaskExecAdded e = CONTAINERD__EVENTS__TASK_EXEC_ADDED__INIT;
+		e.container_id = k->id;
+		e.exec_id = x ? x->id : (char *)"";
+		lm_publisher_publish(c->pub, "/tasks/exec-added", "containerd.events.TaskExecAdded", &e.base);
+		break;
+	}
+	case LM_SB_EV_EXEC_STARTED: {
+		Containerd__Events__TaskExecStarted e = CONTAINERD__EVENTS__TASK_EXEC_STARTED__INIT;
+		e.container_id = k->id;
+		e.exec_id = x ? x->id : (char *)"";
+		e.pid = x ? x->pid : 0;
+		lm_publisher_publish(c->pub, "/tasks/exec-started", "containerd.events.TaskExecStarted",
+				     &e.base);
 		break;
 	}
 	case LM_SB_EV_DELETE: {

@@ -99,6 +99,27 @@ static void *exit_ctx(struct ctl *c, const char *guest_id)
 	return guest_op(c, on_exit_of, guest_id);
 }
 
+/* A guest operation about exec'd process exec_id of guest_id. */
+static void *exec_op(struct ctl *c, ctl_done_fn fn, const char *guest_id, const char *exec_id)
+{
+	void *x = guest_op(c, fn, guest_id);
+	if (x)
+		snprintf(lm__ctl_op_payload(x)->exec_id, sizeof(((struct ctl_done *)0)->exec_id), "%s",
+			 exec_id ? exec_id : "");
+	return x;
+}
+
+static void on_exec_exit(struct ctl *c, struct ctl_done *d)
+{
+	const struct lm_container *k = lm_sandbox_find_guest(c->sb, d->guest_id);
+	char *id = k ? strdup(k->id) : NULL;
+	int rc = id ? lm_sandbox_exec_exit(c->sb, id, d->exec_id, d->exit_status) : -ENOENT;
+	lm_log_info("controller", "exec'd process exited", "id=%s guest_id=%s exec=%s status=%u%s",
+		    id ? id : "-", d->guest_id, d->exec_id, d->exit_status,
+		    rc == -ENOENT ? " (no such exec here)" : "");
+	free(id);
+}
+
 /* ---- the connection ---------------------------------------------------------- */
 
 int lm__ctl_guest_open(struct ctl *c)
@@ -209,23 +230,23 @@ static void on_killed(struct ctl *c, struct ctl_done *d)
 	d->call = NULL;
 	(void)c;
 	if (d->err)
-		lm__ctl_fail(call, lm__ctl_code_for_errno(d->err), "Kill (guest container %s): %s",
-			     d->guest_id, d->why);
+		lm__ctl_fail(call, lm__ctl_code_for_errno(d->err), "Kill (guest container %s%s%s): %s",
+			     d->guest_id, d->exec_id[0] ? ", exec " : "", d->exec_id, d->why);
 	else
 		lm_rpc_call_reply(call, NULL, 0);
 }
 
-static void hook_kill(void *arg, const struct lm_container *k, uint32_t signal, bool all,
-		      lm_rpc_call_t *call)
+static void hook_kill(void *arg, const struct lm_container *k, const struct lm_exec *xp, uint32_t signal,
+		      bool all, lm_rpc_call_t *call)
 {
 	struct ctl *c = arg;
-	void *x = guest_op(c, on_killed, k->guest_id);
+	void *x = exec_op(c, on_killed, k->guest_id, xp ? xp->id : NULL);
 	if (!x) {
 		lm__ctl_fail(call, LM_RPC_RESOURCE_EXHAUSTED, "Kill %s: out of memory", k->id);
 		return;
 	}
 	lm__ctl_op_set_call(x, call);
-	int rc = lm_guest_kill(c->guest, k->guest_id, (int)signal, all, guest_done, x);
+	int rc = lm_guest_kill(c->guest, k->guest_id, xp ? xp->id : NULL, (int)signal, all, guest_done, x);
 	if (rc) {
 		lm__ctl_op_drop(x);
 		lm__ctl_fail(call, lm__ctl_code_for_errno(rc), "Kill %s: %s", k->id, strerror(-rc));
@@ -331,13 +352,7 @@ static void gnew_free(struct gnew *g)
 	if (!g)
 		return;
 	lm_guest_new_free(g->n);
-	for (size_t i = 0; g->args && i < g->n_args; i++)
-		free(g->args[i]);
-	free(g->args);
-	for (size_t i = 0; g->env && i < g->n_env; i++)
-		free(g->env[i]);
-	free(g->env);
-	free(g->cwd);
+	lm_oci_proc_clear(&g->proc);
 	free(g);
 }
 
@@ -390,77 +405,11 @@ void lm__ctl_guest_drop_creates(struct ctl *c)
 	}
 }
 
-static char **strv_of(json_t *a, size_t *n)
-{
-	*n = json_array_size(a);
-	char **v = *n ? calloc(*n, sizeof(char *)) : NULL;
-	if (*n && !v)
-		return NULL;
-	for (size_t i = 0; i < *n; i++)
-		if (!(v[i] = strdup(json_string_value(json_array_get(a, i)))))
-			return v;               /* the caller sees the hole */
-	return v;
-}
-
-/* The OCI process: args (required), env, cwd, consoleSize (a terminal's
- * first size; without it 80x24, as a terminal of no size is none to most
- * programs). 0, or -EINVAL with why. */
+/* The OCI process of the bundle's config.json (lm_oci_proc_parse). */
 static int parse_process(struct gnew *g, char *why, size_t whylen)
 {
-	json_error_t je;
-	json_t *p = g->n->process_spec ? json_loads(g->n->process_spec, 0, &je) : NULL;
-	json_t *args = json_object_get(p, "args"), *env = json_object_get(p, "env");
-	json_t *cwd = json_object_get(p, "cwd");
-	json_t *cs = json_object_get(p, "consoleSize");
-	json_t *cw = json_object_get(cs, "width"), *ch = json_object_get(cs, "height");
-	int rc = -EINVAL;
-	size_t i;
-	json_t *v;
-	if (!json_is_array(args) || !json_array_size(args)) {
-		snprintf(why, whylen, "config.json: process.args must be a non-empty list");
-		goto out;
-	}
-	json_array_foreach(args, i, v) if (!json_is_string(v)) {
-		snprintf(why, whylen, "config.json: process.args[%zu] is not a string", i);
-		goto out;
-	}
-	if (env && !json_is_array(env)) {
-		snprintf(why, whylen, "config.json: process.env must be a list");
-		goto out;
-	}
-	json_array_foreach(env, i, v) if (!json_is_string(v)) {
-		snprintf(why, whylen, "config.json: process.env[%zu] is not a string", i);
-		goto out;
-	}
-	if (cwd && !json_is_string(cwd)) {
-		snprintf(why, whylen, "config.json: process.cwd is not a string");
-		goto out;
-	}
-	if (cs && (!json_is_integer(cw) || !json_is_integer(ch) || json_integer_value(cw) < 1 ||
-		   json_integer_value(cw) > 65535 || json_integer_value(ch) < 1 ||
-		   json_integer_value(ch) > 65535)) {
-		snprintf(why, whylen, "config.json: process.consoleSize needs width and height, "
-			 "each 1..65535");
-		goto out;
-	}
-	g->width = cs ? (uint16_t)json_integer_value(cw) : 80;
-	g->height = cs ? (uint16_t)json_integer_value(ch) : 24;
-	rc = -ENOMEM;
-	g->args = strv_of(args, &g->n_args);
-	g->env = strv_of(env, &g->n_env);
-	g->cwd = cwd ? strdup(json_string_value(cwd)) : NULL;
-	bool ok = g->args && (!g->n_env || g->env) && (!cwd || g->cwd);
-	for (i = 0; ok && i < g->n_args; i++)
-		ok = g->args[i] != NULL;
-	for (i = 0; ok && i < g->n_env; i++)
-		ok = g->env[i] != NULL;
-	if (ok)
-		rc = 0;
-	else
-		snprintf(why, whylen, "out of memory");
-out:
-	json_decref(p);
-	return rc;
+	const char *js = g->n->process_spec;
+	return lm_oci_proc_parse(js, js ? strlen(js) : 0, "config.json: process", &g->proc, why, whylen);
 }
 
 static void gnew_next(struct ctl *c, struct gnew *g);
@@ -556,12 +505,12 @@ static void gnew_next(struct ctl *c, struct gnew *g)
 		sv[l] = g->serials[l];
 	struct lm_guest_ctr_spec spec = {
 		.guest_id = n->id, .layer_serials = sv, .n_layers = n->n_layers ? n->n_layers : 1,
-		.args = (const char *const *)g->args, .n_args = g->n_args,
-		.env = (const char *const *)g->env, .n_env = g->n_env, .cwd = g->cwd,
+		.args = (const char *const *)g->proc.args, .n_args = g->proc.n_args,
+		.env = (const char *const *)g->proc.env, .n_env = g->proc.n_env, .cwd = g->proc.cwd,
 		.created_only = true,
 		.stdout_path = n->stdout_path, .stderr_path = n->stderr_path,
 		.stdin_path = n->stdin_path, .terminal = n->terminal,
-		.width = n->terminal ? g->width : 0, .height = n->terminal ? g->height : 0,
+		.width = n->terminal ? g->proc.width : 0, .height = n->terminal ? g->proc.height : 0,
 	};
 	void *x = guest_op(c, on_gnew_created, n->id);
 	void *e = exit_ctx(c, n->id);
@@ -836,8 +785,8 @@ static void io_answer(struct ctl_done *d, const char *name)
 	lm_rpc_call_t *call = d->call;
 	d->call = NULL;
 	if (d->err)
-		lm__ctl_fail(call, lm__ctl_code_for_errno(d->err), "%s (guest container %s): %s", name,
-			     d->guest_id, d->why);
+		lm__ctl_fail(call, lm__ctl_code_for_errno(d->err), "%s (guest container %s%s%s): %s", name,
+			     d->guest_id, d->exec_id[0] ? ", exec " : "", d->exec_id, d->why);
 	else
 		lm_rpc_call_reply(call, NULL, 0);      /* google.protobuf.Empty */
 }
@@ -854,36 +803,125 @@ static void on_resized(struct ctl *c, struct ctl_done *d)
 	io_answer(d, "ResizePty");
 }
 
-static void hook_close_io(void *arg, const struct lm_container *k, lm_rpc_call_t *call)
+static void hook_close_io(void *arg, const struct lm_container *k, const struct lm_exec *xp,
+			  lm_rpc_call_t *call)
 {
 	struct ctl *c = arg;
-	void *x = guest_op(c, on_stdin_closed, k->guest_id);
+	void *x = exec_op(c, on_stdin_closed, k->guest_id, xp ? xp->id : NULL);
 	if (!x) {
 		lm__ctl_fail(call, LM_RPC_RESOURCE_EXHAUSTED, "CloseIO %s: out of memory", k->id);
 		return;
 	}
 	lm__ctl_op_set_call(x, call);
-	int rc = lm_guest_close_stdin(c->guest, k->guest_id, guest_done, x);
+	int rc = lm_guest_close_stdin(c->guest, k->guest_id, xp ? xp->id : NULL, guest_done, x);
 	if (rc) {
 		lm__ctl_op_drop(x);
 		lm__ctl_fail(call, lm__ctl_code_for_errno(rc), "CloseIO %s: %s", k->id, strerror(-rc));
 	}
 }
 
-static void hook_resize(void *arg, const struct lm_container *k, uint32_t width, uint32_t height,
-			lm_rpc_call_t *call)
+static void hook_resize(void *arg, const struct lm_container *k, const struct lm_exec *xp, uint32_t width,
+			uint32_t height, lm_rpc_call_t *call)
 {
 	struct ctl *c = arg;
-	void *x = guest_op(c, on_resized, k->guest_id);
+	void *x = exec_op(c, on_resized, k->guest_id, xp ? xp->id : NULL);
 	if (!x) {
 		lm__ctl_fail(call, LM_RPC_RESOURCE_EXHAUSTED, "ResizePty %s: out of memory", k->id);
 		return;
 	}
 	lm__ctl_op_set_call(x, call);
-	int rc = lm_guest_resize(c->guest, k->guest_id, (uint16_t)width, (uint16_t)height, guest_done, x);
+	int rc = lm_guest_resize(c->guest, k->guest_id, xp ? xp->id : NULL, (uint16_t)width,
+				 (uint16_t)height, guest_done, x);
 	if (rc) {
 		lm__ctl_op_drop(x);
 		lm__ctl_fail(call, lm__ctl_code_for_errno(rc), "ResizePty %s: %s", k->id, strerror(-rc));
+	}
+}
+
+/* ---- exec'd processes ------------------------------------------------------------ */
+
+static void on_exec_started(struct ctl *c, struct ctl_done *d)
+{
+	lm_rpc_call_t *call = d->call;
+	d->call = NULL;
+	if (d->err) {
+		lm__ctl_fail(call, lm__ctl_code_for_errno(d->err), "Start (exec %s of guest container %s): %s",
+			     d->exec_id, d->guest_id, d->why);
+		return;
+	}
+	const struct lm_container *k = lm_sandbox_find_guest(c->sb, d->guest_id);
+	char *id = k ? strdup(k->id) : NULL;
+	int rc = id ? lm_sandbox_exec_start(c->sb, id, d->exec_id, d->pid) : -ENOENT;
+	free(id);
+	if (rc) {
+		/* deleted meanwhile (the container or the exec): the process
+		 * runs in the guest, its watch reports to no one */
+		lm__ctl_fail(call, LM_RPC_FAILED_PRECONDITION, "Start (exec %s of guest container %s): it "
+			     "runs in the guest (pid %u), but the sandbox did not take it: %s", d->exec_id,
+			     d->guest_id, d->pid, strerror(-rc));
+		return;
+	}
+	lm_log_info("controller", "exec'd process started", "guest_id=%s exec=%s pid=%u", d->guest_id,
+		    d->exec_id, d->pid);
+	Containerd__Task__V2__StartResponse resp = CONTAINERD__TASK__V2__START_RESPONSE__INIT;
+	resp.pid = d->pid;
+	lm_task_reply_msg(call, &resp.base);
+}
+
+static void hook_exec_start(void *arg, const struct lm_container *k, const struct lm_exec *xp,
+			    lm_rpc_call_t *call)
+{
+	struct ctl *c = arg;
+	char why[300], where[200];
+	struct lm_oci_proc proc;
+	snprintf(where, sizeof where, "Start %s/%s: spec", k->id, xp->id);
+	int rc = lm_oci_proc_parse((const char *)xp->process_spec, xp->process_spec_len, where, &proc, why,
+				   sizeof why);
+	if (rc) {
+		lm__ctl_fail(call, rc == -ENOMEM ? LM_RPC_RESOURCE_EXHAUSTED : LM_RPC_INVALID_ARGUMENT, "%s",
+			     why);
+		return;
+	}
+	struct lm_guest_exec_spec spec = {
+		.guest_id = k->guest_id, .exec_id = xp->id,
+		.args = (const char *const *)proc.args, .n_args = proc.n_args,
+		.env = (const char *const *)proc.env, .n_env = proc.n_env, .cwd = proc.cwd,
+		.stdin_path = xp->stdin_path, .stdout_path = xp->stdout_path, .stderr_path = xp->stderr_path,
+		.terminal = xp->terminal,
+		.width = xp->terminal ? proc.width : 0, .height = xp->terminal ? proc.height : 0,
+	};
+	void *x = exec_op(c, on_exec_started, k->guest_id, xp->id);
+	void *e = exec_op(c, on_exec_exit, k->guest_id, xp->id);
+	rc = x && e ? 0 : -ENOMEM;
+	if (!rc) {
+		lm__ctl_op_set_call(x, call);
+		rc = lm_guest_exec(c->guest, &spec, e, guest_done, x);
+	}
+	lm_oci_proc_clear(&proc);
+	if (rc) {
+		lm__ctl_op_drop(x);    /* (leaves the call to us) */
+		lm__ctl_op_drop(e);
+		lm__ctl_fail(call, lm__ctl_code_for_errno(rc), "Start %s/%s: %s", k->id, xp->id, strerror(-rc));
+	}
+}
+
+static void on_exec_forgotten(struct ctl *c, struct ctl_done *d)
+{
+	(void)c;
+	if (d->err)
+		lm_log_warn("controller", "exec'd process not deleted in the guest", "guest_id=%s exec=%s "
+			    "why=\"%s\"", d->guest_id, d->exec_id, d->why);
+}
+
+static void hook_exec_forget(void *arg, const struct lm_container *k, const char *exec_id)
+{
+	struct ctl *c = arg;
+	void *x = exec_op(c, on_exec_forgotten, k->guest_id, exec_id);
+	int rc = x ? lm_guest_delete_exec(c->guest, k->guest_id, exec_id, guest_done, x) : -ENOMEM;
+	if (rc) {
+		lm__ctl_op_drop(x);
+		lm_log_warn("controller", "exec'd process not forgotten", "guest_id=%s exec=%s err=%d",
+			    k->guest_id, exec_id, rc);
 	}
 }
 
@@ -897,6 +935,8 @@ const struct lm_task_guest_ops lm__ctl_guest_task_ops = {
 	.stats = hook_stats,
 	.close_io = hook_close_io,
 	.resize = hook_resize,
+	.exec_start = hook_exec_start,
+	.exec_forget = hook_exec_forget,
 };
 
 /* ---- the destination ----------------------------------------------------------- */
@@ -905,10 +945,34 @@ static void on_adopted(struct ctl *c, struct ctl_done *d)
 {
 	(void)c;
 	if (d->err)
-		lm_log_error("controller", "container not adopted", "guest_id=%s why=\"%s\"", d->guest_id,
-			     d->why);
+		lm_log_error("controller", "container not adopted", "guest_id=%s exec=%s why=\"%s\"",
+			     d->guest_id, d->exec_id, d->why);
 	else
-		lm_log_info("controller", "container adopted", "guest_id=%s", d->guest_id);
+		lm_log_info("controller", "container adopted", "guest_id=%s exec=%s", d->guest_id,
+			    d->exec_id);
+}
+
+/* The running exec'd processes of k: watched from where the previous
+ * host's watch ended (their output into the files the patch named). */
+static void adopt_execs(struct ctl *c, const struct lm_container *k)
+{
+	for (size_t i = 0; i < k->n_execs; i++) {
+		const struct lm_exec *xp = lm_container_exec_at(k, i);
+		if (xp->state != LM_CTR_RUNNING)
+			continue;
+		void *x = exec_op(c, on_adopted, k->guest_id, xp->id);
+		void *e = exec_op(c, on_exec_exit, k->guest_id, xp->id);
+		int rc = x && e ? 0 : -ENOMEM;
+		if (!rc)
+			rc = lm_guest_adopt(c->guest, k->guest_id, xp->id, xp->stdout_path, xp->stderr_path,
+					    xp->stdin_path, e, guest_done, x);
+		if (rc) {
+			lm__ctl_op_drop(x);
+			lm__ctl_op_drop(e);
+			lm_log_error("controller", "exec'd process not adopted", "id=%s exec=%s err=%d", k->id,
+				     xp->id, rc);
+		}
+	}
 }
 
 void lm__ctl_guest_adopt(struct ctl *c)
@@ -925,12 +989,13 @@ void lm__ctl_guest_adopt(struct ctl *c)
 		void *e = exit_ctx(c, k->guest_id);
 		int rc = x && e ? 0 : -ENOMEM;
 		if (!rc)
-			rc = lm_guest_adopt(c->guest, k->guest_id, k->stdout_path, k->stderr_path,
+			rc = lm_guest_adopt(c->guest, k->guest_id, NULL, k->stdout_path, k->stderr_path,
 					    k->stdin_path, e, guest_done, x);
 		if (rc) {
 			lm__ctl_op_drop(x);
 			lm__ctl_op_drop(e);
 			lm_log_error("controller", "container not adopted", "id=%s err=%d", k->id, rc);
 		}
+		adopt_execs(c, k);
 	}
 }

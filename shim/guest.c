@@ -29,12 +29,14 @@
 #define SUSPEND_NS 2000000000ll      /* acknowledgements in flight, at a suspend */
 
 enum job_kind { JOB_CONNECT, JOB_CREATE, JOB_START, JOB_ADOPT, JOB_KILL, JOB_FORGET, JOB_RECONNECT,
-		JOB_SUSPEND, JOB_PS, JOB_FREEZE, JOB_STATS, JOB_CLOSE_STDIN, JOB_RESIZE };
+		JOB_SUSPEND, JOB_PS, JOB_FREEZE, JOB_STATS, JOB_CLOSE_STDIN, JOB_RESIZE, JOB_EXEC,
+		JOB_DELETE_EXEC };
 
 struct job {
 	struct job *next;
 	enum job_kind kind;
 	char id[72];
+	char exec[72];                /* the exec'd process, "" = the init */
 	char *layers[LM_GUEST_MAX_LAYERS];
 	unsigned n_layers;
 	char *hostname, *out, *err, *in;
@@ -61,6 +63,7 @@ struct watch {
 	struct watch *next;
 	lm_guest_t *g;
 	char id[72];
+	char exec[72];                /* "" = the init */
 	lm_agent_proc_t *proc;
 	int out_fd, err_fd;
 	int in_fd;                    /* the stdin file, -1: none */
@@ -145,6 +148,22 @@ static int push(lm_guest_t *g, struct job *j)
 	return 0;
 }
 
+/* Queues a job that starts a watch: its stdio files and exit context
+ * (oom: the job's filling already ran out of memory). */
+static int push_watched(lm_guest_t *g, struct job *j, bool oom, const char *out, const char *err,
+			const char *in, void *exit_ctx)
+{
+	j->out = dup_or_null(out, &oom);
+	j->err = dup_or_null(err, &oom);
+	j->in = dup_or_null(in, &oom);
+	if (oom) {
+		job_free(j);
+		return -ENOMEM;
+	}
+	j->exit_ctx = exit_ctx;
+	return push(g, j);
+}
+
 static struct job *job_new(enum job_kind kind, const char *id, lm_guest_done_fn done, void *ctx)
 {
 	if (id && strlen(id) > LM_GUEST_ID_LEN)
@@ -157,6 +176,49 @@ static struct job *job_new(enum job_kind kind, const char *id, lm_guest_done_fn 
 	j->done = done;
 	j->ctx = ctx;
 	return j;
+}
+
+/* A job about process (guest_id, exec_id), exec_id NULL or "" for the
+ * init; *err -EINVAL (a name empty or too long) or -ENOMEM when NULL. */
+static struct job *job_for(enum job_kind kind, const char *guest_id, const char *exec_id,
+			   lm_guest_done_fn done, void *ctx, int *err)
+{
+	*err = -EINVAL;
+	if (!guest_id || !*guest_id || strlen(guest_id) > LM_GUEST_ID_LEN ||
+	    (exec_id && strlen(exec_id) > LM_GUEST_ID_LEN))
+		return NULL;
+	*err = -ENOMEM;
+	struct job *j = job_new(kind, guest_id, done, ctx);
+	if (j)
+		snprintf(j->exec, sizeof j->exec, "%s", exec_id ? exec_id : "");
+	return j;
+}
+
+/* The exec ID for the agent's calls: NULL for the init. */
+static const char *exec_arg(const char *exec)
+{
+	return exec[0] ? exec : NULL;
+}
+
+/* Copies a process's argv, env and cwd into j; false when out of memory. */
+static bool job_process(struct job *j, const char *const *args, size_t n_args, const char *const *env,
+			size_t n_env, const char *cwd)
+{
+	bool oom = false;
+	j->args = calloc(n_args, sizeof(char *));
+	oom |= !j->args;
+	for (size_t i = 0; j->args && i < n_args; i++, j->n_args++)
+		if (!(j->args[i] = strdup(args[i] ? args[i] : "")))
+			oom = true;
+	if (n_env) {
+		j->env = calloc(n_env, sizeof(char *));
+		oom |= !j->env;
+		for (size_t i = 0; j->env && i < n_env; i++, j->n_env++)
+			if (!(j->env[i] = strdup(env[i] ? env[i] : "")))
+				oom = true;
+	}
+	j->cwd = dup_or_null(cwd, &oom);
+	return !oom;
 }
 
 /* A stdio file of a container: a file (appended) or a FIFO with a reader
@@ -188,7 +250,7 @@ static void on_exit_cb(void *arg, const struct lm_agent_exit *e)
 	struct watch *w = arg;
 	bool was = atomic_exchange(&w->fired, true);
 	if (!was && w->g->cbs.exit)
-		w->g->cbs.exit(w->exit_ctx, w->id, e);
+		w->g->cbs.exit(w->exit_ctx, w->id, e);   /* (exit_ctx names the exec) */
 }
 
 #define STDIN_CHUNK 32768
@@ -240,8 +302,8 @@ static void *stdin_pump(void *arg)
 	if (eof && !atomic_load(&w->in_stop)) {
 		/* the writer is done: so is the init's stdin (a job: in order
 		 * after the writes, on the worker) */
-		lm_log_info(MOD, "stdin ended", "id=%s", w->id);
-		(void)lm_guest_close_stdin(w->g, w->id, NULL, NULL);
+		lm_log_info(MOD, "stdin ended", "id=%s exec=%s", w->id, w->exec);
+		(void)lm_guest_close_stdin(w->g, w->id, w->exec, NULL, NULL);
 	}
 	return NULL;
 }
@@ -313,6 +375,7 @@ static int watch_start(lm_guest_t *g, struct job *j, char *why, size_t whylen)
 	}
 	w->g = g;
 	snprintf(w->id, sizeof w->id, "%s", id);
+	snprintf(w->exec, sizeof w->exec, "%s", j->exec);
 	w->exit_ctx = exit_ctx;
 	w->in_fd = w->out_fd = w->err_fd = -1;
 	int rc = open_stdio(out, &w->out_fd, why, whylen);
@@ -326,7 +389,7 @@ static int watch_start(lm_guest_t *g, struct job *j, char *why, size_t whylen)
 		.exit = on_exit_cb, .out_fd = w->out_fd, .err_fd = w->err_fd, .arg = w,
 		.handover = true,
 	};
-	rc = lm_agent_watch(g->agent, id, NULL, &io, &w->proc);
+	rc = lm_agent_watch(g->agent, id, exec_arg(j->exec), &io, &w->proc);
 	if (rc) {
 		snprintf(why, whylen, "watching its output: %s", strerror(-rc));
 		watch_free(w);
@@ -362,11 +425,13 @@ static void watch_end(lm_guest_t *g, struct watch *w)
 	watch_free(w);
 }
 
-static struct watch *watch_take(lm_guest_t *g, const char *id)
+/* Takes the watch of process (id, exec) off the list; exec NULL: of any
+ * process of container id. */
+static struct watch *watch_take(lm_guest_t *g, const char *id, const char *exec)
 {
 	pthread_mutex_lock(&g->mu);
 	struct watch **pp = &g->watches, *w = NULL;
-	while (*pp && strcmp((*pp)->id, id))
+	while (*pp && (strcmp((*pp)->id, id) || (exec && strcmp((*pp)->exec, exec))))
 		pp = &(*pp)->next;
 	if (*pp) {
 		w = *pp;
@@ -423,13 +488,41 @@ static int run_create(lm_guest_t *g, struct job *j, uint32_t *pid, char *why, si
 		rc = lm_agent_start(g->agent, j->id, pid, CALL_NS);
 		if (rc) {
 			agent_err(rc, "Start", why, whylen);
-			struct watch *w = watch_take(g, j->id);
+			struct watch *w = watch_take(g, j->id, "");
 			if (w)
 				watch_end(g, w);          /* drops the exit context */
 		}
 	}
 	if (rc)
 		(void)lm_agent_delete_container(g->agent, j->id, NULL, CALL_NS);
+	return rc;
+}
+
+/* An exec'd process: started by the agent at once, then watched; if the
+ * watch cannot be set up, the process is killed and forgotten (nobody
+ * would learn of its exit). */
+static int run_exec(lm_guest_t *g, struct job *j, uint32_t *pid, char *why, size_t whylen)
+{
+	struct lm_agent_process_spec ps = {
+		.args = (const char *const *)j->args, .n_args = j->n_args,
+		.env = j->n_env ? (const char *const *)j->env
+				: (const char *const[]){"PATH=/bin:/sbin:/usr/bin:/usr/sbin", "HOME=/"},
+		.n_env = j->n_env ? j->n_env : 2,
+		.cwd = j->cwd, .terminal = j->terminal, .open_stdin = j->in != NULL,
+		.width = j->width, .height = j->height,
+	};
+	char c[200];
+	snprintf(c, sizeof c, "Exec of %s in container %s", j->exec, j->id);
+	int rc = lm_agent_exec(g->agent, j->id, j->exec, &ps, pid, CALL_NS);
+	if (rc)
+		return agent_err(rc, c, why, whylen);
+	rc = watch_start(g, j, why, whylen);
+	if (rc) {
+		struct lm_agent_exit e;
+		(void)lm_agent_kill(g->agent, j->id, j->exec, 9, false, CALL_NS);
+		if (lm_agent_wait(g->agent, j->id, j->exec, &e, CALL_NS) == 0)
+			(void)lm_agent_delete_process(g->agent, j->id, j->exec, NULL, CALL_NS);
+	}
 	return rc;
 }
 
@@ -483,8 +576,19 @@ static int run_job(lm_guest_t *g, struct job *j, uint32_t *pid, char *why, size_
 		return rc ? agent_err(rc, "Start", why, whylen) : 0;
 	case JOB_ADOPT:
 		return watch_start(g, j, why, whylen);
+	case JOB_EXEC:
+		return run_exec(g, j, pid, why, whylen);
+	case JOB_DELETE_EXEC: {
+		struct watch *w = watch_take(g, j->id, j->exec);
+		if (w)
+			watch_end(g, w);
+		rc = lm_agent_delete_process(g->agent, j->id, j->exec, NULL, CALL_NS);
+		if (rc == -ENOENT)
+			rc = 0;
+		return rc ? ctr_err(rc, "DeleteProcess", j->id, why, whylen) : 0;
+	}
 	case JOB_KILL:
-		rc = lm_agent_kill(g->agent, j->id, NULL, j->sig, j->all, CALL_NS);
+		rc = lm_agent_kill(g->agent, j->id, exec_arg(j->exec), j->sig, j->all, CALL_NS);
 		return rc ? agent_err(rc, "Kill", why, whylen) : 0;
 	case JOB_PS:
 		rc = lm_agent_ps(g->agent, j->id, &j->ps, &j->n_ps, CALL_NS);
@@ -515,20 +619,20 @@ static int run_job(lm_guest_t *g, struct job *j, uint32_t *pid, char *why, size_
 		 * sets the flag then, and ends by itself) */
 		pthread_mutex_lock(&g->mu);
 		for (struct watch *w = g->watches; w; w = w->next)
-			if (!strcmp(w->id, j->id) && w->in_running) {
+			if (!strcmp(w->id, j->id) && !strcmp(w->exec, j->exec) && w->in_running) {
 				atomic_store(&w->in_stop, true);
 				if (write(w->in_wake[1], "x", 1) < 0) { /* one byte is enough */ }
 			}
 		pthread_mutex_unlock(&g->mu);
-		rc = lm_agent_close_stdin(g->agent, j->id, NULL, CALL_NS);
+		rc = lm_agent_close_stdin(g->agent, j->id, exec_arg(j->exec), CALL_NS);
 		return rc ? ctr_err(rc, "CloseStdin", j->id, why, whylen) : 0;
 	}
 	case JOB_RESIZE:
-		rc = lm_agent_resize(g->agent, j->id, NULL, j->width, j->height, CALL_NS);
+		rc = lm_agent_resize(g->agent, j->id, exec_arg(j->exec), j->width, j->height, CALL_NS);
 		return rc ? ctr_err(rc, "ResizePty", j->id, why, whylen) : 0;
 	case JOB_FORGET: {
-		struct watch *w = watch_take(g, j->id);
-		if (w)
+		struct watch *w;
+		while ((w = watch_take(g, j->id, NULL)) != NULL)   /* the init's and the execs' */
 			watch_end(g, w);
 		rc = lm_agent_delete_container(g->agent, j->id, NULL, CALL_NS);
 		if (rc == -ENOENT)
@@ -662,32 +766,12 @@ int lm_guest_create(lm_guest_t *g, const struct lm_guest_ctr_spec *spec, void *e
 	for (; j->n_layers < spec->n_layers; j->n_layers++)
 		j->layers[j->n_layers] = dup_or_null(spec->layer_serials[j->n_layers], &oom);
 	j->hostname = dup_or_null(spec->hostname, &oom);
-	j->out = dup_or_null(spec->stdout_path, &oom);
-	j->err = dup_or_null(spec->stderr_path, &oom);
-	j->in = dup_or_null(spec->stdin_path, &oom);
 	j->terminal = spec->terminal;
 	j->width = spec->width;
 	j->height = spec->height;
-	j->args = calloc(spec->n_args, sizeof(char *));
-	oom |= !j->args;
-	for (size_t i = 0; j->args && i < spec->n_args; i++, j->n_args++)
-		if (!(j->args[i] = strdup(spec->args[i] ? spec->args[i] : "")))
-			oom = true;
-	if (spec->n_env) {
-		j->env = calloc(spec->n_env, sizeof(char *));
-		oom |= !j->env;
-		for (size_t i = 0; j->env && i < spec->n_env; i++, j->n_env++)
-			if (!(j->env[i] = strdup(spec->env[i] ? spec->env[i] : "")))
-				oom = true;
-	}
-	j->cwd = dup_or_null(spec->cwd, &oom);
+	oom |= !job_process(j, spec->args, spec->n_args, spec->env, spec->n_env, spec->cwd);
 	j->created_only = spec->created_only;
-	if (oom) {
-		job_free(j);
-		return -ENOMEM;
-	}
-	j->exit_ctx = exit_ctx;
-	return push(g, j);
+	return push_watched(g, j, oom, spec->stdout_path, spec->stderr_path, spec->stdin_path, exit_ctx);
 }
 
 /* Queues a job that needs nothing but the container's ID. */
@@ -707,53 +791,48 @@ int lm_guest_start(lm_guest_t *g, const char *guest_id, lm_guest_done_fn done, v
 	return push_plain(g, JOB_START, guest_id, done, ctx);
 }
 
-int lm_guest_adopt(lm_guest_t *g, const char *guest_id, const char *stdout_path,
+int lm_guest_adopt(lm_guest_t *g, const char *guest_id, const char *exec_id, const char *stdout_path,
 		   const char *stderr_path, const char *stdin_path, void *exit_ctx,
 		   lm_guest_done_fn done, void *ctx)
 {
-	if (!guest_id || !*guest_id)
-		return -EINVAL;
-	struct job *j = job_new(JOB_ADOPT, guest_id, done, ctx);
+	int err;
+	struct job *j = job_for(JOB_ADOPT, guest_id, exec_id, done, ctx, &err);
 	if (!j)
-		return strlen(guest_id) > LM_GUEST_ID_LEN ? -EINVAL : -ENOMEM;
-	bool oom = false;
-	j->out = dup_or_null(stdout_path, &oom);
-	j->err = dup_or_null(stderr_path, &oom);
-	j->in = dup_or_null(stdin_path, &oom);
-	if (oom) {
-		job_free(j);
-		return -ENOMEM;
-	}
-	j->exit_ctx = exit_ctx;
-	return push(g, j);
+		return err;
+	return push_watched(g, j, false, stdout_path, stderr_path, stdin_path, exit_ctx);
 }
 
-int lm_guest_close_stdin(lm_guest_t *g, const char *guest_id, lm_guest_done_fn done, void *ctx)
+int lm_guest_close_stdin(lm_guest_t *g, const char *guest_id, const char *exec_id,
+			 lm_guest_done_fn done, void *ctx)
 {
-	return push_plain(g, JOB_CLOSE_STDIN, guest_id, done, ctx);
+	int err;
+	struct job *j = job_for(JOB_CLOSE_STDIN, guest_id, exec_id, done, ctx, &err);
+	return j ? push(g, j) : err;
 }
 
-int lm_guest_resize(lm_guest_t *g, const char *guest_id, uint16_t width, uint16_t height,
-		    lm_guest_done_fn done, void *ctx)
+int lm_guest_resize(lm_guest_t *g, const char *guest_id, const char *exec_id, uint16_t width,
+		    uint16_t height, lm_guest_done_fn done, void *ctx)
 {
-	if (!guest_id || !*guest_id || !width || !height)
+	int err;
+	if (!width || !height)
 		return -EINVAL;
-	struct job *j = job_new(JOB_RESIZE, guest_id, done, ctx);
+	struct job *j = job_for(JOB_RESIZE, guest_id, exec_id, done, ctx, &err);
 	if (!j)
-		return strlen(guest_id) > LM_GUEST_ID_LEN ? -EINVAL : -ENOMEM;
+		return err;
 	j->width = width;
 	j->height = height;
 	return push(g, j);
 }
 
-int lm_guest_kill(lm_guest_t *g, const char *guest_id, int sig, bool all, lm_guest_done_fn done,
-		  void *ctx)
+int lm_guest_kill(lm_guest_t *g, const char *guest_id, const char *exec_id, int sig, bool all,
+		  lm_guest_done_fn done, void *ctx)
 {
-	if (!guest_id || !*guest_id || sig <= 0 || sig > 64)
+	int err;
+	if (sig <= 0 || sig > 64)
 		return -EINVAL;
-	struct job *j = job_new(JOB_KILL, guest_id, done, ctx);
+	struct job *j = job_for(JOB_KILL, guest_id, exec_id, done, ctx, &err);
 	if (!j)
-		return strlen(guest_id) > LM_GUEST_ID_LEN ? -EINVAL : -ENOMEM;
+		return err;
 	j->sig = sig;
 	j->all = all;
 	return push(g, j);
@@ -800,6 +879,32 @@ int lm_guest_forget(lm_guest_t *g, const char *guest_id, lm_guest_done_fn done, 
 	if (!j)
 		return strlen(guest_id) > LM_GUEST_ID_LEN ? -EINVAL : -ENOMEM;
 	return push(g, j);
+}
+
+int lm_guest_exec(lm_guest_t *g, const struct lm_guest_exec_spec *spec, void *exit_ctx,
+		  lm_guest_done_fn done, void *ctx)
+{
+	int err;
+	if (!spec->exec_id || !*spec->exec_id || !spec->n_args || !spec->args)
+		return -EINVAL;
+	struct job *j = job_for(JOB_EXEC, spec->guest_id, spec->exec_id, done, ctx, &err);
+	if (!j)
+		return err;
+	bool oom = !job_process(j, spec->args, spec->n_args, spec->env, spec->n_env, spec->cwd);
+	j->terminal = spec->terminal;
+	j->width = spec->width;
+	j->height = spec->height;
+	return push_watched(g, j, oom, spec->stdout_path, spec->stderr_path, spec->stdin_path, exit_ctx);
+}
+
+int lm_guest_delete_exec(lm_guest_t *g, const char *guest_id, const char *exec_id,
+			 lm_guest_done_fn done, void *ctx)
+{
+	int err;
+	if (!exec_id || !*exec_id)
+		return -EINVAL;
+	struct job *j = job_for(JOB_DELETE_EXEC, guest_id, exec_id, done, ctx, &err);
+	return j ? push(g, j) : err;
 }
 
 int lm_guest_suspend(lm_guest_t *g)

@@ -4,9 +4,11 @@
  * host's agent client (hcs/agent/agent_client.h).
  *
  * One lm_guest_t is the shim's side of one VM's agent: its connection,
- * a worker thread that makes the agent calls, and a watch per container
- * init that writes its stdout/stderr to the container's stdio files and
- * reports its exit once, and, when the container has a stdin, a stdin
+ * a worker thread that makes the agent calls, and a watch per process (a
+ * container's init, or a process exec'd in it: a process is named by
+ * its container's guest_id and its exec ID, "" or NULL for the init)
+ * that writes its stdout/stderr to the process's stdio files and
+ * reports its exit once, and, when the process has a stdin, a stdin
  * pump: a thread that reads the stdin file (containerd's FIFO: it waits
  * for a writer) and hands the bytes to the agent, exactly once even
  * across a reconnect (lm_agent_proc_write), and closes the init's stdin
@@ -111,21 +113,49 @@ int lm_guest_create(lm_guest_t *g, const struct lm_guest_ctr_spec *spec, void *e
 		    lm_guest_done_fn done, void *ctx);
 /* Start a container created with created_only; done gets its pid. */
 int lm_guest_start(lm_guest_t *g, const char *guest_id, lm_guest_done_fn done, void *ctx);
-/* Watch a container that already runs in this guest (a migration's
+/* Watch a process that already runs in this guest (a migration's
  * destination): its output from where the previous host's ended, its
  * stdin (if it has one) from stdin_path on. */
-int lm_guest_adopt(lm_guest_t *g, const char *guest_id, const char *stdout_path,
+int lm_guest_adopt(lm_guest_t *g, const char *guest_id, const char *exec_id, const char *stdout_path,
 		   const char *stderr_path, const char *stdin_path, void *exit_ctx,
 		   lm_guest_done_fn done, void *ctx);
-/* Closes the init's stdin (its reader sees the end; the shim reads no
+/* Closes a process's stdin (its reader sees the end; the shim reads no
  * more of its stdin file). */
-int lm_guest_close_stdin(lm_guest_t *g, const char *guest_id, lm_guest_done_fn done, void *ctx);
-/* Resizes the init's terminal. */
-int lm_guest_resize(lm_guest_t *g, const char *guest_id, uint16_t width, uint16_t height,
-		    lm_guest_done_fn done, void *ctx);
-/* A signal to the init (all: every process of the container). */
-int lm_guest_kill(lm_guest_t *g, const char *guest_id, int sig, bool all, lm_guest_done_fn done,
-		  void *ctx);
+int lm_guest_close_stdin(lm_guest_t *g, const char *guest_id, const char *exec_id,
+			 lm_guest_done_fn done, void *ctx);
+/* Resizes a process's terminal. */
+int lm_guest_resize(lm_guest_t *g, const char *guest_id, const char *exec_id, uint16_t width,
+		    uint16_t height, lm_guest_done_fn done, void *ctx);
+/* A signal to a process (all, for the init: every process of the
+ * container). */
+int lm_guest_kill(lm_guest_t *g, const char *guest_id, const char *exec_id, int sig, bool all,
+		  lm_guest_done_fn done, void *ctx);
+
+/* An extra process in a running container (task Exec, then Start): the
+ * agent starts it at once in the container's namespaces and cgroup.
+ * Strings are copied. */
+struct lm_guest_exec_spec {
+	const char *guest_id;         /* its container */
+	const char *exec_id;          /* 1..64 of [A-Za-z0-9_.-], unique in it */
+	const char *const *args;      /* argv (n_args >= 1) */
+	size_t n_args;
+	const char *const *env;       /* none: PATH and HOME */
+	size_t n_env;
+	const char *cwd;              /* NULL: "/" */
+	const char *stdin_path, *stdout_path, *stderr_path;   /* as the init's */
+	bool terminal;
+	uint16_t width, height;
+};
+/* Starts and watches an exec'd process; done gets its guest PID. Once
+ * queued, exit_ctx comes back exactly once (cbs.exit or cbs.drop), as
+ * lm_guest_create's. A process whose watch cannot be set up is killed
+ * and forgotten (the job fails). */
+int lm_guest_exec(lm_guest_t *g, const struct lm_guest_exec_spec *spec, void *exit_ctx,
+		  lm_guest_done_fn done, void *ctx);
+/* Ends the watch of an exec'd process and has the agent forget it (its
+ * exit status). done may be NULL. */
+int lm_guest_delete_exec(lm_guest_t *g, const char *guest_id, const char *exec_id,
+			 lm_guest_done_fn done, void *ctx);
 /* The processes of a container (its init and everything in its PID
  * namespace): done gets them on the worker thread, valid during the call
  * (NULL, 0 on failure). */
@@ -139,8 +169,9 @@ int lm_guest_stats(lm_guest_t *g, const char *guest_id, lm_guest_stats_fn done, 
 /* Freezes every process of a container (its cgroup's freezer), or thaws
  * them (thaw). */
 int lm_guest_freeze(lm_guest_t *g, const char *guest_id, bool thaw, lm_guest_done_fn done, void *ctx);
-/* Ends the watch and deletes the container in the guest (whatever is
- * left of it is killed, its mounts and cgroup removed). done may be NULL. */
+/* Ends the watches (the init's and its exec'd processes') and deletes the
+ * container in the guest (whatever is left of it is killed, its mounts
+ * and cgroup removed). done may be NULL. */
 int lm_guest_forget(lm_guest_t *g, const char *guest_id, lm_guest_done_fn done, void *ctx);
 
 /* Thread: any. Suspend (a job, after those queued): the acknowledgements

@@ -5,7 +5,8 @@
  * containerd starts a shim with TTRPC_ADDRESS in its environment (its own
  * ttrpc socket); the shim forwards every task event there, each in an
  * Envelope {timestamp, namespace, topic, event as Any}: /tasks/create,
- * /tasks/start, /tasks/exit, /tasks/delete. containerd (and the CRI above
+ * /tasks/start, /tasks/exit, /tasks/delete, /tasks/paused,
+ * /tasks/resumed, /tasks/exec-added, /tasks/exec-started. containerd (and the CRI above
  * it) learns that a container exited only this way.
  *
  * DESIGN. Producers never block: lm_publisher_publish packs the envelope

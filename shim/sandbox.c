@@ -34,9 +34,17 @@ struct waiter {
 	struct waiter *next;
 };
 
+struct xproc {
+	struct lm_exec x;          /* first: lm_exec * <-> xproc * */
+	struct waiter *waiters;
+	bool exit_pending;         /* its exit came before its start (x.exit_status) */
+};
+
 struct ctr {
 	struct lm_container c;     /* first: lm_container * <-> ctr * */
 	struct waiter *waiters;
+	struct xproc **xs;         /* its exec'd processes, sorted by x.id */
+	size_t xcap;               /* (their count is c.n_execs) */
 };
 
 struct lm_sandbox {
@@ -52,7 +60,15 @@ struct lm_sandbox {
 static void emit(const lm_sandbox_t *sb, enum lm_sandbox_event type, const struct lm_container *c)
 {
 	if (sb->ev)
-		sb->ev(sb->ev_arg, type, c);
+		sb->ev(sb->ev_arg, type, c, NULL);
+}
+
+/* An exec'd process's event; none for one that came with a snapshot. */
+static void emit_exec(const lm_sandbox_t *sb, enum lm_sandbox_event type, const struct lm_container *c,
+		      const struct lm_exec *x)
+{
+	if (sb->ev && !x->imported)
+		sb->ev(sb->ev_arg, type, c, x);
 }
 
 void lm_sandbox_set_event_fn(lm_sandbox_t *sb, lm_sandbox_event_fn fn, void *arg)
@@ -115,9 +131,24 @@ static struct ctr *find_ctr(const lm_sandbox_t *sb, const char *id)
 	return found ? sb->v[i] : NULL;
 }
 
+static void xproc_free(struct xproc *p)
+{
+	if (!p)
+		return;
+	free(p->x.id);
+	free(p->x.stdin_path);
+	free(p->x.stdout_path);
+	free(p->x.stderr_path);
+	free(p->x.process_spec);
+	free(p);
+}
+
 static void ctr_free(struct ctr *k)
 {
 	struct lm_container *c = &k->c;
+	for (size_t i = 0; i < c->n_execs; i++)
+		xproc_free(k->xs[i]);
+	free(k->xs);
 	free(c->id);
 	free(c->pod_id);
 	free(c->bundle);
@@ -144,61 +175,90 @@ static void pod_free(struct lm_pod *p)
 
 /* ---- waiters ------------------------------------------------------------ */
 
-static void answer_wait(lm_rpc_call_t *call, const struct lm_container *c)
+static void answer_wait(lm_rpc_call_t *call, uint32_t status, uint64_t at_ns)
 {
 	Containerd__Task__V2__WaitResponse r = CONTAINERD__TASK__V2__WAIT_RESPONSE__INIT;
 	Google__Protobuf__Timestamp ts = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
 	uint8_t buf[64];
-	r.exit_status = c->exit_status;
-	ts.seconds = (int64_t)(c->exited_at_ns / 1000000000u);
-	ts.nanos = (int32_t)(c->exited_at_ns % 1000000000u);
+	r.exit_status = status;
+	ts.seconds = (int64_t)(at_ns / 1000000000u);
+	ts.nanos = (int32_t)(at_ns % 1000000000u);
 	r.exited_at = &ts;
 	size_t n = containerd__task__v2__wait_response__pack(&r, buf);
 	lm_rpc_call_reply(call, buf, n);
 }
 
-static void answer_waiters(struct ctr *k)
+/* The parked Waits of one process (the init's or an exec'd one's). */
+static void answer_list(struct waiter **head, unsigned *n, uint32_t status, uint64_t at_ns)
 {
-	struct waiter *w = k->waiters;
-	k->waiters = NULL;
-	k->c.n_waiters = 0;
+	struct waiter *w = *head;
+	*head = NULL;
+	*n = 0;
 	while (w) {
 		struct waiter *next = w->next;
-		answer_wait(w->call, &k->c);
+		answer_wait(w->call, status, at_ns);
 		free(w);
 		w = next;
 	}
 }
 
-static void fail_waiters(struct ctr *k, int code, const char *why)
+static void fail_list(struct waiter **head, unsigned *n, int code, const char *who, const char *why)
 {
-	struct waiter *w = k->waiters;
-	k->waiters = NULL;
-	k->c.n_waiters = 0;
+	struct waiter *w = *head;
+	*head = NULL;
+	*n = 0;
 	while (w) {
 		struct waiter *next = w->next;
-		lm_rpc_call_fail(w->call, code, "wait %s: %s", k->c.id, why);
+		lm_rpc_call_fail(w->call, code, "wait %s: %s", who, why);
 		free(w);
 		w = next;
 	}
+}
+
+static void answer_waiters(struct ctr *k)
+{
+	answer_list(&k->waiters, &k->c.n_waiters, k->c.exit_status, k->c.exited_at_ns);
+}
+
+/* The container's waiters and those of its exec'd processes. */
+static void fail_waiters(struct ctr *k, int code, const char *why)
+{
+	fail_list(&k->waiters, &k->c.n_waiters, code, k->c.id, why);
+	for (size_t i = 0; i < k->c.n_execs; i++)
+		fail_list(&k->xs[i]->waiters, &k->xs[i]->x.n_waiters, code, k->xs[i]->x.id, why);
 }
 
 /* Drops the parked calls whose client has gone (their answer would be
  * dropped anyway): keeps the list bounded by live clients. */
-static void prune_waiters(struct ctr *k)
+static void prune_list(struct waiter **head, unsigned *n)
 {
-	struct waiter **pp = &k->waiters;
+	struct waiter **pp = head;
 	while (*pp) {
 		struct waiter *w = *pp;
 		if (lm_rpc_call_cancelled(w->call) != LM_RPC_CANCEL_NONE) {
 			*pp = w->next;
 			lm_rpc_call_fail(w->call, LM_RPC_CANCELED, "wait cancelled");
 			free(w);
-			k->c.n_waiters--;
+			(*n)--;
 		} else {
 			pp = &w->next;
 		}
 	}
+}
+
+/* Parks call on a list (after pruning it). */
+static void park(struct waiter **head, unsigned *n, lm_rpc_call_t *call, const char *who)
+{
+	prune_list(head, n);
+	struct waiter *w = malloc(sizeof(*w));
+	if (!w) {
+		lm_rpc_call_fail(call, LM_RPC_RESOURCE_EXHAUSTED, "wait %s: out of memory", who);
+		return;
+	}
+	w->call = call;
+	w->next = *head;
+	*head = w;
+	(*n)++;
 }
 
 /* ---- lifecycle of the sandbox ------------------------------------------- */
@@ -590,20 +650,210 @@ int lm_sandbox_wait(lm_sandbox_t *sb, const char *id, lm_rpc_call_t *call)
 	struct ctr *k = find_ctr(sb, id);
 	if (!k)
 		return -ENOENT;
-	if (k->c.state == LM_CTR_STOPPED) {
-		answer_wait(call, &k->c);
+	if (k->c.state == LM_CTR_STOPPED)
+		answer_wait(call, k->c.exit_status, k->c.exited_at_ns);
+	else
+		park(&k->waiters, &k->c.n_waiters, call, id);
+	return 0;
+}
+
+/* ---- exec'd processes ------------------------------------------------------ */
+
+bool lm_sandbox_exec_id_ok(const char *s)
+{
+	size_t n = s ? strlen(s) : 0;
+	if (n == 0 || n > LM_GUEST_ID_MAX || !strcmp(s, ".") || !strcmp(s, ".."))
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		char ch = s[i];
+		if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+		      ch == '_' || ch == '.' || ch == '-'))
+			return false;
+	}
+	return true;
+}
+
+const struct lm_exec *lm_container_exec_at(const struct lm_container *c, size_t i)
+{
+	const struct ctr *k = (const struct ctr *)c;
+	return c && i < c->n_execs ? &k->xs[i]->x : NULL;
+}
+
+/* Index of the first exec of k with id >= key; *found if equal. */
+static size_t exec_lower(const struct ctr *k, const char *key, int *found)
+{
+	size_t lo = 0, hi = k->c.n_execs;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (strcmp(k->xs[mid]->x.id, key) < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	*found = lo < k->c.n_execs && strcmp(k->xs[lo]->x.id, key) == 0;
+	return lo;
+}
+
+static struct xproc *find_xproc(const lm_sandbox_t *sb, const char *id, const char *exec_id,
+				struct ctr **kout)
+{
+	struct ctr *k = find_ctr(sb, id);
+	int found = 0;
+	size_t i = k && exec_id ? exec_lower(k, exec_id, &found) : 0;
+	if (kout)
+		*kout = k;
+	return found ? k->xs[i] : NULL;
+}
+
+const struct lm_exec *lm_sandbox_find_exec(const lm_sandbox_t *sb, const char *id, const char *exec_id)
+{
+	struct xproc *p = find_xproc(sb, id, exec_id, NULL);
+	return p ? &p->x : NULL;
+}
+
+/* Adds an exec record to k (no event, no state check). */
+static int add_xproc(struct ctr *k, const struct lm_exec_spec *s, struct xproc **out)
+{
+	int found;
+	if (!lm_sandbox_exec_id_ok(s->id))
+		return -EINVAL;
+	size_t at = exec_lower(k, s->id, &found);
+	if (found)
+		return -EEXIST;
+	if (k->c.n_execs >= LM_SANDBOX_MAX_EXECS)
+		return -ENOSPC;
+	if (k->c.n_execs == k->xcap) {
+		size_t cap = k->xcap ? k->xcap * 2 : 4;
+		struct xproc **v = realloc(k->xs, cap * sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+		k->xs = v;
+		k->xcap = cap;
+	}
+	struct xproc *p = calloc(1, sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	struct lm_exec *x = &p->x;
+	x->id = strdup(s->id);
+	x->state = LM_CTR_CREATED;
+	x->stdin_path = dup_or_empty(s->stdin_path);
+	x->stdout_path = dup_or_empty(s->stdout_path);
+	x->stderr_path = dup_or_empty(s->stderr_path);
+	x->terminal = s->terminal;
+	bool oom = !x->id || !x->stdin_path || !x->stdout_path || !x->stderr_path;
+	if (!oom && s->process_spec_len) {
+		oom = !(x->process_spec = malloc(s->process_spec_len));
+		if (!oom) {
+			memcpy(x->process_spec, s->process_spec, s->process_spec_len);
+			x->process_spec_len = s->process_spec_len;
+		}
+	}
+	if (oom) {
+		xproc_free(p);
+		return -ENOMEM;
+	}
+	memmove(&k->xs[at + 1], &k->xs[at], (k->c.n_execs - at) * sizeof(*k->xs));
+	k->xs[at] = p;
+	k->c.n_execs++;
+	*out = p;
+	return 0;
+}
+
+int lm_sandbox_exec_add(lm_sandbox_t *sb, const char *id, const struct lm_exec_spec *spec,
+			const struct lm_exec **out)
+{
+	struct ctr *k = find_ctr(sb, id);
+	struct xproc *p;
+	if (!k)
+		return -ENOENT;
+	if (!lm_sandbox_exec_id_ok(spec->id))
+		return -EINVAL;
+	if (k->c.state != LM_CTR_RUNNING)
+		return -EBUSY;
+	int rc = add_xproc(k, spec, &p);
+	if (rc)
+		return rc;
+	emit_exec(sb, LM_SB_EV_EXEC_ADDED, &k->c, &p->x);
+	if (out)
+		*out = &p->x;
+	return 0;
+}
+
+int lm_sandbox_exec_start(lm_sandbox_t *sb, const char *id, const char *exec_id, uint32_t pid)
+{
+	struct ctr *k;
+	struct xproc *p = find_xproc(sb, id, exec_id, &k);
+	if (!p)
+		return -ENOENT;
+	if (pid == 0)
+		return -EINVAL;
+	if (p->x.state != LM_CTR_CREATED)
+		return -EBUSY;
+	p->x.state = LM_CTR_RUNNING;
+	p->x.pid = pid;
+	emit_exec(sb, LM_SB_EV_EXEC_STARTED, &k->c, &p->x);
+	if (p->exit_pending) {
+		p->exit_pending = false;
+		return lm_sandbox_exec_exit(sb, id, exec_id, p->x.exit_status);
+	}
+	return 0;
+}
+
+int lm_sandbox_exec_exit(lm_sandbox_t *sb, const char *id, const char *exec_id, uint32_t status)
+{
+	struct ctr *k;
+	struct xproc *p = find_xproc(sb, id, exec_id, &k);
+	if (!p)
+		return -ENOENT;
+	if (p->x.state == LM_CTR_STOPPED || p->exit_pending)
+		return -ESRCH;
+	if (p->x.state == LM_CTR_CREATED && p->x.pid == 0 && !p->x.imported) {
+		/* the start's answer is on its way: the exit follows it */
+		p->exit_pending = true;
+		p->x.exit_status = status;
 		return 0;
 	}
-	prune_waiters(k);
-	struct waiter *w = malloc(sizeof(*w));
-	if (!w) {
-		lm_rpc_call_fail(call, LM_RPC_RESOURCE_EXHAUSTED, "wait %s: out of memory", id);
-		return 0;
-	}
-	w->call = call;
-	w->next = k->waiters;
-	k->waiters = w;
-	k->c.n_waiters++;
+	p->x.state = LM_CTR_STOPPED;
+	p->x.exit_status = status;
+	p->x.exited_at_ns = lm_wall_ns();
+	emit_exec(sb, LM_SB_EV_EXIT, &k->c, &p->x);
+	answer_list(&p->waiters, &p->x.n_waiters, status, p->x.exited_at_ns);
+	return 0;
+}
+
+int lm_sandbox_exec_delete(lm_sandbox_t *sb, const char *id, const char *exec_id, uint32_t *pid,
+			   uint32_t *exit_status, uint64_t *exited_at_ns)
+{
+	struct ctr *k = find_ctr(sb, id);
+	int found = 0;
+	size_t i = k && exec_id ? exec_lower(k, exec_id, &found) : 0;
+	if (!found)
+		return -ENOENT;
+	struct xproc *p = k->xs[i];
+	if (p->x.state == LM_CTR_RUNNING)
+		return -EBUSY;
+	if (pid)
+		*pid = p->x.pid;
+	if (exit_status)
+		*exit_status = p->x.exit_status;
+	if (exited_at_ns)
+		*exited_at_ns = p->x.exited_at_ns;
+	fail_list(&p->waiters, &p->x.n_waiters, LM_RPC_NOT_FOUND, p->x.id, "exec deleted");
+	xproc_free(p);
+	memmove(&k->xs[i], &k->xs[i + 1], (k->c.n_execs - i - 1) * sizeof(*k->xs));
+	k->c.n_execs--;
+	return 0;
+}
+
+int lm_sandbox_wait_exec(lm_sandbox_t *sb, const char *id, const char *exec_id, lm_rpc_call_t *call)
+{
+	struct xproc *p = find_xproc(sb, id, exec_id, NULL);
+	if (!p)
+		return -ENOENT;
+	if (p->x.state == LM_CTR_STOPPED)
+		answer_wait(call, p->x.exit_status, p->x.exited_at_ns);
+	else
+		park(&p->waiters, &p->x.n_waiters, call, exec_id);
 	return 0;
 }
 
@@ -648,6 +898,18 @@ static int pod_cmp(const void *a, const void *b)
 	const struct lm_pod *x = *(const struct lm_pod *const *)a;
 	const struct lm_pod *y = *(const struct lm_pod *const *)b;
 	return strcmp(x->id, y->id);
+}
+
+/* <dir>/exec-<id>.<ext>, or "" without a dir. */
+static char *exec_file(const char *dir, const char *id, const char *ext)
+{
+	if (!*dir)
+		return strdup("");
+	size_t n = strlen(dir) + strlen(id) + strlen(ext) + 8;
+	char *p = malloc(n);
+	if (p)
+		snprintf(p, n, "%s/exec-%s.%s", dir, id, ext);
+	return p;
 }
 
 int lm_sandbox_apply_patch(lm_sandbox_t *sb, const struct lm_patch_result *r)
@@ -695,7 +957,19 @@ int lm_sandbox_apply_patch(lm_sandbox_t *sb, const struct lm_patch_result *r)
 		oom = !(pod_ids[i] = strdup(r->new_id));
 	for (unsigned i = 0; !oom && i < r->n_layers; i++)
 		oom = !(layers[i] = dup_or_empty(r->layers ? r->layers[i] : NULL));
+	/* its exec'd processes' output goes to files of the new bundle */
+	size_t nx = c->n_execs;
+	char **xio = nx ? calloc(nx * 3, sizeof(char *)) : NULL;
+	oom = oom || (nx && !xio);
+	for (size_t i = 0; !oom && i < nx; i++) {
+		const struct lm_exec *x = &k->xs[i]->x;
+		xio[3 * i] = strdup("");
+		xio[3 * i + 1] = exec_file(bundle, x->id, "stdout");
+		xio[3 * i + 2] = x->terminal ? strdup("") : exec_file(bundle, x->id, "stderr");
+		oom = !xio[3 * i] || !xio[3 * i + 1] || !xio[3 * i + 2];
+	}
 	if (oom) {
+		free_strv(xio, (unsigned)(nx * 3));
 		free_strv(pod_ids, (unsigned)members);
 		free(id);
 		free(pid_new);
@@ -743,6 +1017,16 @@ int lm_sandbox_apply_patch(lm_sandbox_t *sb, const struct lm_patch_result *r)
 	c->n_layers = r->n_layers;
 	c->terminal = r->terminal;
 	c->patched = true;
+	for (size_t i = 0; i < nx; i++) {
+		struct lm_exec *x = &k->xs[i]->x;
+		free(x->stdin_path);
+		free(x->stdout_path);
+		free(x->stderr_path);
+		x->stdin_path = xio[3 * i];
+		x->stdout_path = xio[3 * i + 1];
+		x->stderr_path = xio[3 * i + 2];
+	}
+	free(xio);
 	qsort(sb->v, sb->n, sizeof(*sb->v), ctr_cmp);
 	lm_log_info("sandbox", "container patched", "source_id=%s id=%s pod=%s pid=%" PRIu32,
 		    c->source_id, c->id, c->pod_id, c->pid);
@@ -776,6 +1060,7 @@ int lm_sandbox_export(const lm_sandbox_t *sb, const struct lm_snapshot_vm *vm,
 	Lmshim__V1__PodSnapshot *pods = NULL, **podp = NULL;
 	Lmshim__V1__ContainerSnapshot *cs = NULL, **csp = NULL;
 	Lmshim__V1__InitProcess *inits = NULL;
+	Lmshim__V1__ExecProcess *xs = NULL, **xsp = NULL;
 	uint8_t *body = NULL, *anyb = NULL;
 
 	v.vm_id = vm->vm_id;
@@ -834,6 +1119,15 @@ int lm_sandbox_export(const lm_sandbox_t *sb, const struct lm_snapshot_vm *vm,
 		if (!cs || !csp || !inits)
 			goto out;
 	}
+	size_t total_x = 0, used_x = 0;
+	for (size_t i = 0; i < sb->n; i++)
+		total_x += sb->v[i]->c.n_execs;
+	if (total_x) {
+		xs = calloc(total_x, sizeof(*xs));
+		xsp = calloc(total_x, sizeof(*xsp));
+		if (!xs || !xsp)
+			goto out;
+	}
 	/* Pods in ID order; each pod's containers in ID order (sb->v is
 	 * sorted, so filtering keeps the order). csp is one array carved
 	 * into consecutive per-pod slices. */
@@ -872,6 +1166,25 @@ int lm_sandbox_export(const lm_sandbox_t *sb, const struct lm_snapshot_vm *vm,
 			ip->exit_status = c->exit_status;
 			ip->exited_at_ns = c->exited_at_ns;
 			x->init = ip;
+			x->execs = xsp ? &xsp[used_x] : NULL;
+			for (size_t e = 0; e < c->n_execs; e++) {
+				const struct lm_exec *src = &sb->v[i]->xs[e]->x;
+				Lmshim__V1__ExecProcess *xp = &xs[used_x];
+				lmshim__v1__exec_process__init(xp);
+				xp->id = src->id;
+				xp->pid = src->pid;
+				xp->process_spec.data = src->process_spec;
+				xp->process_spec.len = src->process_spec_len;
+				xp->stdin = src->stdin_path;
+				xp->stdout = src->stdout_path;
+				xp->stderr = src->stderr_path;
+				xp->terminal = src->terminal;
+				xp->state = (uint32_t)src->state;
+				xp->exit_status = src->exit_status;
+				xp->exited_at_ns = src->exited_at_ns;
+				xsp[used_x++] = xp;
+				x->n_execs++;
+			}
 			csp[used++] = x;
 			ps->n_containers++;
 		}
@@ -902,6 +1215,8 @@ int lm_sandbox_export(const lm_sandbox_t *sb, const struct lm_snapshot_vm *vm,
 out:
 	free(anyb);
 	free(body);
+	free(xsp);
+	free(xs);
 	free(inits);
 	free(csp);
 	free(cs);
@@ -1067,6 +1382,34 @@ out:
 	return rc;
 }
 
+/* A container's exec'd processes: a guest container's only, named as
+ * the agent takes them, in strictly increasing ID order (so unique), each
+ * in a state an exec has, with a PID once started. */
+static int validate_execs(const Lmshim__V1__ContainerSnapshot *c, char *err, size_t errlen)
+{
+	if (c->n_execs && (!c->guest_id || !*c->guest_id))
+		return reject(err, errlen, "snapshot: container \"%s\": execs without a guest_id", c->id);
+	if (c->n_execs > LM_SANDBOX_MAX_EXECS)
+		return reject(err, errlen, "snapshot: container \"%s\": %zu execs, over the limit of %u",
+			      c->id, c->n_execs, LM_SANDBOX_MAX_EXECS);
+	for (size_t e = 0; e < c->n_execs; e++) {
+		const Lmshim__V1__ExecProcess *x = c->execs[e];
+		if (!lm_sandbox_exec_id_ok(x->id))
+			return reject(err, errlen, "snapshot: container \"%s\": execs[%zu].id \"%.80s\" "
+				      "invalid (1..64 of [A-Za-z0-9_.-])", c->id, e, x->id ? x->id : "");
+		if (e && strcmp(c->execs[e - 1]->id, x->id) >= 0)
+			return reject(err, errlen, "snapshot: container \"%s\": execs[%zu].id \"%s\" "
+				      "duplicate or out of order", c->id, e, x->id);
+		if (x->state < LM_CTR_CREATED || x->state > LM_CTR_STOPPED)
+			return reject(err, errlen, "snapshot: container \"%s\": exec \"%s\": state %" PRIu32
+				      " invalid", c->id, x->id, x->state);
+		if (x->state == LM_CTR_RUNNING && x->pid == 0)
+			return reject(err, errlen, "snapshot: container \"%s\": exec \"%s\": running "
+				      "without a pid", c->id, x->id);
+	}
+	return 0;
+}
+
 /* Structural checks of a decoded snapshot; builds nothing. */
 static int validate(const Lmshim__V1__SandboxSnapshot *s, char *err, size_t errlen)
 {
@@ -1124,6 +1467,9 @@ static int validate(const Lmshim__V1__SandboxSnapshot *s, char *err, size_t errl
 			    (ip->state == LM_CTR_PAUSED && (!c->guest_id || !*c->guest_id)))
 				return reject(err, errlen, "snapshot: container \"%s\": init.state %" PRIu32 " invalid",
 					      c->id, ip->state);
+			int rc = validate_execs(c, err, errlen);
+			if (rc)
+				return rc;
 			total++;
 		}
 	}
@@ -1197,6 +1543,27 @@ int lm_sandbox_import(const uint8_t *any, size_t len, lm_sandbox_t **out,
 				if (rc == 0 && c->guest_id && *c->guest_id &&
 				    !(k->c.guest_id = strdup(c->guest_id)))
 					rc = -ENOMEM;
+				for (size_t e = 0; rc == 0 && e < c->n_execs; e++) {
+					const Lmshim__V1__ExecProcess *x = c->execs[e];
+					struct lm_exec_spec xs = {
+						.id = x->id, .stdin_path = x->stdin, .stdout_path = x->stdout,
+						.stderr_path = x->stderr, .terminal = x->terminal,
+						.process_spec = x->process_spec.data,
+						.process_spec_len = x->process_spec.len,
+					};
+					struct xproc *xp = NULL;
+					rc = add_xproc(k, &xs, &xp);
+					if (rc == 0) {
+						xp->x.state = (enum lm_ctr_state)x->state;
+						xp->x.pid = x->pid;
+						xp->x.exit_status = x->exit_status;
+						xp->x.exited_at_ns = x->exited_at_ns;
+						xp->x.imported = true;
+					} else if (rc != -ENOMEM) {
+						rc = reject(err, errlen, "snapshot: container \"%s\": exec \"%s\" "
+							    "rejected (%s)", c->id, x->id, strerror(-rc));
+					}
+				}
 			} else if (rc != -ENOMEM) {
 				/* validate() rules these out; keep the message precise anyway */
 				rc = reject(err, errlen, "snapshot: container \"%s\" rejected (%s)",

@@ -57,9 +57,13 @@ enum lm_ctr_type {
 /* Task events, as containerd's topics: /tasks/create (a container added,
  * or an imported one patched under its new ID, followed by /tasks/start
  * or /tasks/exit as it runs or had stopped), /tasks/start, /tasks/exit
- * (stopped: state, exit status and time are set), /tasks/delete (called
- * just before the container is freed). Not emitted: lm_sandbox_clear
- * (teardown after a migration moved the sandbox) and imports. */
+ * (stopped: state, exit status and time are set; of the init, or of an
+ * exec'd process: x set), /tasks/delete (called just before the container
+ * is freed; an exec'd process's delete has none, as runc's shim),
+ * /tasks/exec-added, /tasks/exec-started. Not emitted: lm_sandbox_clear
+ * (teardown after a migration moved the sandbox), imports, and any event
+ * of an exec'd process that came with a snapshot (containerd on this
+ * host never created it). */
 enum lm_sandbox_event {
 	LM_SB_EV_CREATE = 1,
 	LM_SB_EV_START,
@@ -67,11 +71,15 @@ enum lm_sandbox_event {
 	LM_SB_EV_DELETE,
 	LM_SB_EV_PAUSED,
 	LM_SB_EV_RESUMED,
+	LM_SB_EV_EXEC_ADDED,
+	LM_SB_EV_EXEC_STARTED,
 };
 
 struct lm_container;
+struct lm_exec;
+/* x: the exec'd process the event is about, NULL for the init's. */
 typedef void (*lm_sandbox_event_fn)(void *arg, enum lm_sandbox_event type,
-				    const struct lm_container *c);
+				    const struct lm_container *c, const struct lm_exec *x);
 
 /* Values equal containerd.v1.types.Status (task_types.proto). */
 enum lm_ctr_state {
@@ -122,7 +130,39 @@ struct lm_container {
 					  migrations and patches); NULL: simulated */
 	bool patched;                  /* imported and mapped by the patch path */
 	unsigned n_waiters;            /* Wait calls parked on it */
+	size_t n_execs;                /* its exec'd processes (lm_container_exec_at) */
 };
+
+/* A process exec'd in a running guest container: task Exec records it
+ * (created), Start runs it in the guest (running, with its guest PID), its
+ * exit stops it, Delete (with its exec ID) forgets it. Thread: owner only;
+ * read-only to callers, valid until the next call that adds or removes an
+ * exec of the container or removes the container. */
+struct lm_exec {
+	char *id;                      /* lm_sandbox_exec_id_ok, unique in its container */
+	enum lm_ctr_state state;       /* created, running or stopped */
+	uint32_t pid;                  /* its guest PID once started, else 0 */
+	uint32_t exit_status;          /* valid when stopped */
+	uint64_t exited_at_ns;
+	char *stdin_path, *stdout_path, *stderr_path;
+	bool terminal;
+	uint8_t *process_spec;         /* OCI process (JSON) */
+	size_t process_spec_len;
+	bool imported;                 /* came with a snapshot: no events here */
+	unsigned n_waiters;
+};
+
+/* What lm_sandbox_exec_add copies (strings may be NULL: ""). */
+struct lm_exec_spec {
+	const char *id;
+	const char *stdin_path, *stdout_path, *stderr_path;
+	bool terminal;
+	const uint8_t *process_spec;
+	size_t process_spec_len;
+};
+
+/* Exec'd processes a container may hold at once. */
+#define LM_SANDBOX_MAX_EXECS 256u
 
 /* A pod. network: its network binding (namespace path or a JSON
  * description; opaque here, carried by the snapshot). */
@@ -242,6 +282,39 @@ int lm_sandbox_set_guest(lm_sandbox_t *sb, const char *id, const char *guest_id,
 /* Thread: owner only. The container whose guest_id is guest_id, or NULL. */
 const struct lm_container *lm_sandbox_find_guest(const lm_sandbox_t *sb, const char *guest_id);
 
+/* ---- exec'd processes (guest containers) ------------------------------- */
+
+/* Thread: any. An exec ID the guest agent takes: 1..64 of
+ * [A-Za-z0-9_.-], not "." or "..". */
+bool lm_sandbox_exec_id_ok(const char *exec_id);
+/* Thread: owner only. The i-th exec'd process of c, in ID order (NULL
+ * past the end). */
+const struct lm_exec *lm_container_exec_at(const struct lm_container *c, size_t i);
+/* Thread: owner only. NULL if either is absent. */
+const struct lm_exec *lm_sandbox_find_exec(const lm_sandbox_t *sb, const char *id, const char *exec_id);
+/* Thread: owner only. Records an exec'd process of running container id
+ * (state created, no PID yet). 0, -ENOENT (no container), -EINVAL (bad
+ * exec ID), -EBUSY (the container is not running), -EEXIST (exec ID
+ * taken), -ENOSPC (LM_SANDBOX_MAX_EXECS), -ENOMEM. */
+int lm_sandbox_exec_add(lm_sandbox_t *sb, const char *id, const struct lm_exec_spec *spec,
+			const struct lm_exec **out);
+/* Thread: owner only. created -> running with guest PID pid. 0, -ENOENT,
+ * -EINVAL (pid 0), -EBUSY (not created). */
+int lm_sandbox_exec_start(lm_sandbox_t *sb, const char *id, const char *exec_id, uint32_t pid);
+/* Thread: owner only. running -> stopped with `status`, now; parked
+ * Waits are answered. An exit reported while the process is still
+ * created (its start's completion not applied yet) is held and applied
+ * by lm_sandbox_exec_start, so that its events come in order. 0,
+ * -ENOENT, -ESRCH (stopped already). */
+int lm_sandbox_exec_exit(lm_sandbox_t *sb, const char *id, const char *exec_id, uint32_t status);
+/* Thread: owner only. Forgets an exec'd process that is not running;
+ * out-parameters as lm_sandbox_delete. 0, -ENOENT, -EBUSY (running). */
+int lm_sandbox_exec_delete(lm_sandbox_t *sb, const char *id, const char *exec_id, uint32_t *pid,
+			   uint32_t *exit_status, uint64_t *exited_at_ns);
+/* Thread: owner only. lm_sandbox_wait for an exec'd process. 0 or
+ * -ENOENT (the caller keeps call). */
+int lm_sandbox_wait_exec(lm_sandbox_t *sb, const char *id, const char *exec_id, lm_rpc_call_t *call);
+
 /* Thread: owner only. The next PID the sandbox would hand out. */
 uint32_t lm_sandbox_next_pid(const lm_sandbox_t *sb);
 
@@ -261,7 +334,10 @@ size_t lm_sandbox_pending_patches(const lm_sandbox_t *sb, char *buf, size_t bufl
 
 /* Thread: owner only. Applies a successful patch (r->code == 0): the
  * imported container r->source_id takes ID r->new_id and the new bundle,
- * rootfs, scratch, layers and stdio; it is marked patched. The sandbox
+ * rootfs, scratch, layers and stdio; it is marked patched. Its exec'd
+ * processes write their output to <bundle>/exec-<exec ID>.stdout and
+ * .stderr from then on (containerd here never saw their stdio; no
+ * bundle: dropped) and read no stdin. The sandbox
  * container also re-keys its pod (pod ID := new ID, and every container of
  * the pod follows). 0, -ENOENT (no such imported container), -EALREADY
  * (already patched), -EEXIST (new ID taken by another container or pod),
@@ -282,7 +358,9 @@ int lm_sandbox_export(const lm_sandbox_t *sb, const struct lm_snapshot_vm *vm,
  * snapshot's. All-or-nothing: on error nothing is allocated, *out and *vm
  * are untouched, and err (errlen bytes, may be NULL) names the cause and
  * the field. 0, -EINVAL (bad type URL, schema version, missing/invalid
- * field, duplicate ID, container in two pods, undecodable), -ENOMEM. */
+ * field, duplicate ID, container in two pods, undecodable), -ENOMEM.
+ * Exec'd processes come along with their state (imported: they raise no
+ * event here). */
 int lm_sandbox_import(const uint8_t *any, size_t len, lm_sandbox_t **out,
 		      struct lm_snapshot_vm *vm, char *err, size_t errlen);
 

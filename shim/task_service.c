@@ -14,6 +14,7 @@
 #define _GNU_SOURCE 1
 #include "shim/task_service.h"
 #include "shim/glue.h"
+#include "shim/ociproc.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -54,7 +55,7 @@ static const struct {
 	[LM_TASK_RESUME] = {"Resume", &containerd__task__v2__resume_request__descriptor, GATE_VM | GATE_SESSION},
 	[LM_TASK_CHECKPOINT] = {"Checkpoint", &containerd__task__v2__checkpoint_task_request__descriptor, GATE_VM},
 	[LM_TASK_KILL] = {"Kill", &containerd__task__v2__kill_request__descriptor, GATE_SESSION},
-	[LM_TASK_EXEC] = {"Exec", &containerd__task__v2__exec_process_request__descriptor, GATE_VM},
+	[LM_TASK_EXEC] = {"Exec", &containerd__task__v2__exec_process_request__descriptor, GATE_VM | GATE_SESSION},
 	[LM_TASK_RESIZE_PTY] = {"ResizePty", &containerd__task__v2__resize_pty_request__descriptor, GATE_VM},
 	[LM_TASK_CLOSE_IO] = {"CloseIO", &containerd__task__v2__close_iorequest__descriptor, GATE_VM},
 	[LM_TASK_UPDATE] = {"Update", &containerd__task__v2__update_task_request__descriptor, GATE_VM},
@@ -539,6 +540,30 @@ out:
 	json_decref(cfg);
 }
 
+/* State's answer for container c's init, or for its exec'd process x
+ * (as runc's shim: then the process's ID is its exec ID). */
+static void reply_state(lm_rpc_call_t *call, const struct lm_container *c, const struct lm_exec *x)
+{
+	Containerd__Task__V2__StateResponse s = CONTAINERD__TASK__V2__STATE_RESPONSE__INIT;
+	Google__Protobuf__Timestamp ts = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+	enum lm_ctr_state state = x ? x->state : c->state;
+	s.id = x ? x->id : c->id;
+	s.exec_id = x ? x->id : (char *)"";
+	s.bundle = c->bundle;
+	s.pid = x ? x->pid : c->pid;
+	s.status = (Containerd__V1__Types__Status)state;
+	s.stdin = x ? x->stdin_path : c->stdin_path;
+	s.stdout = x ? x->stdout_path : c->stdout_path;
+	s.stderr = x ? x->stderr_path : c->stderr_path;
+	s.terminal = x ? x->terminal : c->terminal;
+	if (state == LM_CTR_STOPPED) {
+		s.exit_status = x ? x->exit_status : c->exit_status;
+		set_ts(&ts, x ? x->exited_at_ns : c->exited_at_ns);
+		s.exited_at = &ts;
+	}
+	lm_task_reply_msg(call, &s.base);
+}
+
 static void do_state(lm_sandbox_t *sb, lm_rpc_call_t *call, const Containerd__Task__V2__StateRequest *r)
 {
 	const struct lm_container *c = lm_sandbox_find(sb, s_or(r->id));
@@ -546,22 +571,7 @@ static void do_state(lm_sandbox_t *sb, lm_rpc_call_t *call, const Containerd__Ta
 		lm_rpc_call_fail(call, LM_RPC_NOT_FOUND, "State: container \"%s\" not found", s_or(r->id));
 		return;
 	}
-	Containerd__Task__V2__StateResponse s = CONTAINERD__TASK__V2__STATE_RESPONSE__INIT;
-	Google__Protobuf__Timestamp ts = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
-	s.id = c->id;
-	s.bundle = c->bundle;
-	s.pid = c->pid;
-	s.status = (Containerd__V1__Types__Status)c->state;
-	s.stdin = c->stdin_path;
-	s.stdout = c->stdout_path;
-	s.stderr = c->stderr_path;
-	s.terminal = c->terminal;
-	if (c->state == LM_CTR_STOPPED) {
-		s.exit_status = c->exit_status;
-		set_ts(&ts, c->exited_at_ns);
-		s.exited_at = &ts;
-	}
-	lm_task_reply_msg(call, &s.base);
+	reply_state(call, c, NULL);
 }
 
 void lm_guest_new_free(struct lm_guest_new *n)
@@ -691,6 +701,13 @@ static void do_stats(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_c
 	gate->guest->stats(gate->guest_arg, c, call);
 }
 
+static const char *const state_names[] = { "unknown", "created", "running", "stopped", "paused" };
+
+static const char *state_name(enum lm_ctr_state s)
+{
+	return state_names[s <= LM_CTR_PAUSED ? s : 0];
+}
+
 /* Pause / Resume: a guest container's processes are frozen or thawed by
  * the guest (its cgroup's freezer); a simulated container has none. */
 static void do_pause(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_call_t *call, const char *id,
@@ -709,9 +726,8 @@ static void do_pause(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_c
 	}
 	enum lm_ctr_state want = resume ? LM_CTR_PAUSED : LM_CTR_RUNNING;
 	if (c->state != want) {
-		static const char *const names[] = { "unknown", "created", "running", "stopped", "paused" };
 		lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION, "%s %s: the container is %s, not %s", name, id,
-				 names[c->state <= LM_CTR_PAUSED ? c->state : 0], names[want]);
+				 state_name(c->state), state_name(want));
 		return;
 	}
 	gate->guest->pause(gate->guest_arg, c, resume, call);
@@ -731,7 +747,7 @@ static void do_kill(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_ca
 			lm_rpc_call_fail(call, LM_RPC_INVALID_ARGUMENT, "Kill %s: signal %" PRIu32 " invalid",
 					 id, r->signal);
 		else
-			gate->guest->kill(gate->guest_arg, c, r->signal, r->all, call);
+			gate->guest->kill(gate->guest_arg, c, NULL, r->signal, r->all, call);
 		return;
 	}
 	int rc = lm_sandbox_kill(sb, id, r->signal);
@@ -790,7 +806,7 @@ static void do_close_io(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rp
 				 "without stdin", id);
 		return;
 	}
-	gate->guest->close_io(gate->guest_arg, c, call);
+	gate->guest->close_io(gate->guest_arg, c, NULL, call);
 }
 
 /* ResizePty: the init's terminal takes the new size. */
@@ -812,7 +828,7 @@ static void do_resize(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_
 				 "1..65535, not %" PRIu32 "x%" PRIu32, id, r->width, r->height);
 		return;
 	}
-	gate->guest->resize(gate->guest_arg, c, r->width, r->height, call);
+	gate->guest->resize(gate->guest_arg, c, NULL, r->width, r->height, call);
 }
 
 static void do_wait(lm_sandbox_t *sb, lm_rpc_call_t *call, const Containerd__Task__V2__WaitRequest *r)
@@ -836,6 +852,216 @@ static void do_connect(lm_sandbox_t *sb, lm_rpc_call_t *call, const Containerd__
 	c.shim_pid = (uint32_t)getpid();
 	c.version = (char *)"2";
 	lm_task_reply_msg(call, &c.base);
+}
+
+/* ---- exec'd processes ------------------------------------------------------ */
+
+/* Exec: an extra process in a running guest container, recorded here
+ * (created, /tasks/exec-added); Start runs it. Its spec (an Any holding
+ * the OCI process as JSON, containerd's
+ * types.containerd.io/opencontainers/runtime-spec/1/Process) is checked
+ * now, so that a bad one fails this call, not the Start. */
+static void do_exec(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_call_t *call,
+		    const Containerd__Task__V2__ExecProcessRequest *r)
+{
+	const char *id = s_or(r->id), *xid = s_or(r->exec_id);
+	const struct lm_container *c = lm_sandbox_find(sb, id);
+	if (!c) {
+		lm_rpc_call_fail(call, LM_RPC_NOT_FOUND, "Exec: container \"%s\" not found", id);
+		return;
+	}
+	if (!c->guest_id || !gate->guest || !gate->guest->exec_start) {
+		lm_rpc_call_fail(call, LM_RPC_UNIMPLEMENTED, "Exec %s: a simulated container has no processes "
+				 "(the qemu backend's containers exec)", id);
+		return;
+	}
+	if (!lm_sandbox_exec_id_ok(xid)) {
+		lm_rpc_call_fail(call, LM_RPC_INVALID_ARGUMENT, "Exec %s: exec_id \"%.80s\" invalid "
+				 "(1..64 of [A-Za-z0-9_.-], not . or ..)", id, xid);
+		return;
+	}
+	if (c->state != LM_CTR_RUNNING) {
+		lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION, "Exec %s/%s: the container is %s, not "
+				 "running", id, xid, state_name(c->state));
+		return;
+	}
+	if (lm_sandbox_find_exec(sb, id, xid)) {
+		lm_rpc_call_fail(call, LM_RPC_ALREADY_EXISTS, "Exec %s/%s: exec ID already in use", id, xid);
+		return;
+	}
+	if (!r->spec || !r->spec->value.len) {
+		lm_rpc_call_fail(call, LM_RPC_INVALID_ARGUMENT, "Exec %s/%s: spec missing (an OCI process)",
+				 id, xid);
+		return;
+	}
+	char why[300], where[200];
+	struct lm_oci_proc proc;
+	snprintf(where, sizeof where, "Exec %s/%s: spec", id, xid);
+	int rc = lm_oci_proc_parse((const char *)r->spec->value.data, r->spec->value.len, where, &proc,
+				   why, sizeof why);
+	if (rc) {
+		lm_rpc_call_fail(call, rc == -ENOMEM ? LM_RPC_RESOURCE_EXHAUSTED : LM_RPC_INVALID_ARGUMENT,
+				 "%s", why);
+		return;
+	}
+	lm_oci_proc_clear(&proc);
+	struct lm_exec_spec xs = {
+		.id = xid, .stdin_path = r->stdin, .stdout_path = r->stdout, .stderr_path = r->stderr,
+		.terminal = r->terminal, .process_spec = r->spec->value.data,
+		.process_spec_len = r->spec->value.len,
+	};
+	rc = lm_sandbox_exec_add(sb, id, &xs, NULL);
+	if (rc == -ENOSPC)
+		lm_rpc_call_fail(call, LM_RPC_RESOURCE_EXHAUSTED, "Exec %s/%s: the container has %u exec'd "
+				 "processes already (delete some)", id, xid, LM_SANDBOX_MAX_EXECS);
+	else if (rc)
+		lm_rpc_call_fail(call, LM_RPC_INTERNAL, "Exec %s/%s: %s", id, xid, strerror(-rc));
+	else
+		lm_rpc_call_reply(call, NULL, 0);   /* google.protobuf.Empty */
+}
+
+/* A task call about exec'd process xid of container id (every method
+ * that has an exec_id but Exec itself). */
+static void do_exec_call(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_call_t *call,
+			 int method, const ProtobufCMessage *req, const char *id, const char *xid)
+{
+	const char *name = methods[method].name;
+	const struct lm_container *c = lm_sandbox_find(sb, id);
+	const struct lm_exec *x = c ? lm_sandbox_find_exec(sb, id, xid) : NULL;
+	if (!c) {
+		lm_rpc_call_fail(call, LM_RPC_NOT_FOUND, "%s: container \"%s\" not found", name, id);
+		return;
+	}
+	if (!x) {
+		lm_rpc_call_fail(call, LM_RPC_NOT_FOUND, "%s %s: exec \"%.80s\" not found", name, id, xid);
+		return;
+	}
+	bool hooks = c->guest_id && gate->guest;
+	switch (method) {
+	case LM_TASK_STATE:
+		reply_state(call, c, x);
+		return;
+	case LM_TASK_WAIT:
+		(void)lm_sandbox_wait_exec(sb, id, xid, call);
+		return;
+	case LM_TASK_DELETE: {
+		uint32_t pid = 0, status = 0;
+		uint64_t at = 0;
+		if (x->state == LM_CTR_RUNNING) {
+			lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION, "Delete %s: exec \"%s\" is running",
+					 id, xid);
+			return;
+		}
+		char *keep = strdup(xid);
+		int rc = keep ? lm_sandbox_exec_delete(sb, id, xid, &pid, &status, &at) : -ENOMEM;
+		if (rc) {
+			free(keep);
+			lm_rpc_call_fail(call, LM_RPC_INTERNAL, "Delete %s: exec \"%s\": %s", id, xid,
+					 strerror(-rc));
+			return;
+		}
+		Containerd__Task__V2__DeleteResponse d = CONTAINERD__TASK__V2__DELETE_RESPONSE__INIT;
+		Google__Protobuf__Timestamp ts = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+		d.pid = pid;
+		d.exit_status = status;
+		set_ts(&ts, at);
+		d.exited_at = &ts;
+		if (hooks && gate->guest->exec_forget && pid)   /* it ran: the guest holds its status */
+			gate->guest->exec_forget(gate->guest_arg, c, keep);
+		free(keep);
+		lm_task_reply_msg(call, &d.base);
+		return;
+	}
+	default:
+		break;
+	}
+	if (method == LM_TASK_START && gate->session_active) {
+		lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION, "Start %s/%s: a migration session is active",
+				 id, xid);
+		return;
+	}
+	if (!hooks) {
+		lm_rpc_call_fail(call, LM_RPC_UNIMPLEMENTED, "%s %s/%s: not a guest container", name, id, xid);
+		return;
+	}
+	if (method == LM_TASK_START) {
+		if (x->state != LM_CTR_CREATED) {
+			lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION, "Start %s/%s: the exec is %s, not "
+					 "created", id, xid, state_name(x->state));
+		} else if (c->state != LM_CTR_RUNNING) {
+			lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION, "Start %s/%s: the container is %s, "
+					 "not running", id, xid, state_name(c->state));
+		} else {
+			gate->guest->exec_start(gate->guest_arg, c, x, call);
+		}
+		return;
+	}
+	if (x->state == LM_CTR_STOPPED && method == LM_TASK_KILL) {
+		lm_rpc_call_fail(call, LM_RPC_NOT_FOUND, "Kill %s/%s: process already finished", id, xid);
+		return;
+	}
+	if (x->state != LM_CTR_RUNNING) {
+		lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION, "%s %s/%s: the exec is %s, not running",
+				 name, id, xid, state_name(x->state));
+		return;
+	}
+	switch (method) {
+	case LM_TASK_KILL: {
+		const Containerd__Task__V2__KillRequest *r = (const void *)req;
+		if (r->signal == 0 || r->signal > 64)
+			lm_rpc_call_fail(call, LM_RPC_INVALID_ARGUMENT, "Kill %s/%s: signal %" PRIu32 " invalid",
+					 id, xid, r->signal);
+		else
+			gate->guest->kill(gate->guest_arg, c, x, r->signal, false, call);
+		return;
+	}
+	case LM_TASK_CLOSE_IO: {
+		const Containerd__Task__V2__CloseIORequest *r = (const void *)req;
+		if (!r->stdin)
+			lm_rpc_call_reply(call, NULL, 0);
+		else if (!x->stdin_path[0])
+			lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION, "CloseIO %s/%s: the exec has no "
+					 "stdin", id, xid);
+		else if (!gate->guest->close_io)
+			lm_rpc_call_fail(call, LM_RPC_UNIMPLEMENTED, "CloseIO %s/%s: not supported", id, xid);
+		else
+			gate->guest->close_io(gate->guest_arg, c, x, call);
+		return;
+	}
+	case LM_TASK_RESIZE_PTY: {
+		const Containerd__Task__V2__ResizePtyRequest *r = (const void *)req;
+		if (!x->terminal)
+			lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION, "ResizePty %s/%s: the exec has no "
+					 "terminal", id, xid);
+		else if (r->width == 0 || r->height == 0 || r->width > 65535 || r->height > 65535)
+			lm_rpc_call_fail(call, LM_RPC_INVALID_ARGUMENT, "ResizePty %s/%s: width and height "
+					 "must be 1..65535, not %" PRIu32 "x%" PRIu32, id, xid, r->width,
+					 r->height);
+		else if (!gate->guest->resize)
+			lm_rpc_call_fail(call, LM_RPC_UNIMPLEMENTED, "ResizePty %s/%s: not supported", id, xid);
+		else
+			gate->guest->resize(gate->guest_arg, c, x, r->width, r->height, call);
+		return;
+	}
+	default:
+		lm_rpc_call_fail(call, LM_RPC_INTERNAL, "%s: no exec handling", name);
+		return;
+	}
+}
+
+/* The container ID of the requests that have an exec_id. */
+static const char *id_of(int method, const ProtobufCMessage *m)
+{
+	switch (method) {
+	case LM_TASK_STATE: return ((const Containerd__Task__V2__StateRequest *)m)->id;
+	case LM_TASK_START: return ((const Containerd__Task__V2__StartRequest *)m)->id;
+	case LM_TASK_DELETE: return ((const Containerd__Task__V2__DeleteRequest *)m)->id;
+	case LM_TASK_KILL: return ((const Containerd__Task__V2__KillRequest *)m)->id;
+	case LM_TASK_WAIT: return ((const Containerd__Task__V2__WaitRequest *)m)->id;
+	case LM_TASK_RESIZE_PTY: return ((const Containerd__Task__V2__ResizePtyRequest *)m)->id;
+	case LM_TASK_CLOSE_IO: return ((const Containerd__Task__V2__CloseIORequest *)m)->id;
+	default: return NULL;
+	}
 }
 
 /* The exec_id of the requests that have one ("" = the init process). */
@@ -882,7 +1108,7 @@ int lm_task_handle(lm_sandbox_t *sb, const struct lm_task_gate *gate,
 	}
 	const char *exec_id = exec_id_of(method, req);
 	if (exec_id && *exec_id) {
-		lm_rpc_call_fail(call, LM_RPC_NOT_FOUND, "%s: exec \"%s\" not found", name, exec_id);
+		do_exec_call(sb, gate, call, method, req, s_or(id_of(method, req)), exec_id);
 		goto out;
 	}
 	int result = LM_TASK_ANSWERED;
@@ -929,6 +1155,9 @@ int lm_task_handle(lm_sandbox_t *sb, const struct lm_task_gate *gate,
 		break;
 	case LM_TASK_CLOSE_IO:
 		do_close_io(sb, gate, call, (const Containerd__Task__V2__CloseIORequest *)req);
+		break;
+	case LM_TASK_EXEC:
+		do_exec(sb, gate, call, (const Containerd__Task__V2__ExecProcessRequest *)req);
 		break;
 	case LM_TASK_RESIZE_PTY:
 		do_resize(sb, gate, call, (const Containerd__Task__V2__ResizePtyRequest *)req);

@@ -119,9 +119,10 @@ struct lm_task_guest_ops {
 	void (*create)(void *arg, struct lm_guest_new *n, lm_rpc_call_t *call);
 	/* Start of a guest container in state created */
 	void (*start)(void *arg, const struct lm_container *c, lm_rpc_call_t *call);
-	/* Kill of a running guest container (signal 1..64 checked) */
-	void (*kill)(void *arg, const struct lm_container *c, uint32_t signal, bool all,
-		     lm_rpc_call_t *call);
+	/* Kill of a running guest container, or of its running exec'd
+	 * process x (x NULL: the init; signal 1..64 checked) */
+	void (*kill)(void *arg, const struct lm_container *c, const struct lm_exec *x, uint32_t signal,
+		     bool all, lm_rpc_call_t *call);
 	/* a guest container was deleted from the sandbox (answered already):
 	 * the guest forgets it too */
 	void (*forget)(void *arg, const char *guest_id);
@@ -133,13 +134,23 @@ struct lm_task_guest_ops {
 	/* Stats of a running or paused guest container: its cgroup's
 	 * figures as io.containerd.cgroups.v2.Metrics (lm_task_reply_stats) */
 	void (*stats)(void *arg, const struct lm_container *c, lm_rpc_call_t *call);
-	/* CloseIO (stdin) of a running or paused guest container: its
-	 * init's stdin is closed, the shim reads no more of its stdin file */
-	void (*close_io)(void *arg, const struct lm_container *c, lm_rpc_call_t *call);
-	/* ResizePty of a running or paused guest container with a terminal
-	 * (width and height 1..65535 checked) */
-	void (*resize)(void *arg, const struct lm_container *c, uint32_t width, uint32_t height,
-		       lm_rpc_call_t *call);
+	/* CloseIO (stdin) of a running or paused guest container, or of its
+	 * running exec'd process x: its stdin is closed, the shim reads no
+	 * more of its stdin file */
+	void (*close_io)(void *arg, const struct lm_container *c, const struct lm_exec *x,
+			 lm_rpc_call_t *call);
+	/* ResizePty of a running or paused guest container with a terminal,
+	 * or of its running exec'd process x with one (width and height
+	 * 1..65535 checked) */
+	void (*resize)(void *arg, const struct lm_container *c, const struct lm_exec *x, uint32_t width,
+		       uint32_t height, lm_rpc_call_t *call);
+	/* Start of exec'd process x (created; its container running): the
+	 * guest runs it; the answer carries its guest PID */
+	void (*exec_start)(void *arg, const struct lm_container *c, const struct lm_exec *x,
+			   lm_rpc_call_t *call);
+	/* exec'd process exec_id of c was deleted (answered already): the
+	 * guest forgets it too */
+	void (*exec_forget)(void *arg, const struct lm_container *c, const char *exec_id);
 };
 
 /* The controller's view of the session, for the gating. */

@@ -881,13 +881,21 @@ struct evlog {
 	unsigned n;
 };
 
-static void record(void *arg, enum lm_sandbox_event type, const struct lm_container *c)
+static void record(void *arg, enum lm_sandbox_event type, const struct lm_container *c,
+		   const struct lm_exec *x)
 {
 	struct evlog *l = arg;
-	static const char *names[] = { "?", "create", "start", "exit", "delete", "paused", "resumed" };
+	static const char *names[] = { "?", "create", "start", "exit", "delete", "paused", "resumed",
+				       "exec-added", "exec-started" };
 	assert_true(l->n < 32);
-	if (type == LM_SB_EV_EXIT)
+	if (type == LM_SB_EV_EXIT && x)
+		snprintf(l->line[l->n++], 48, "exit %s/%s %u %u", c->id, x->id, x->pid, x->exit_status);
+	else if (type == LM_SB_EV_EXIT)
 		snprintf(l->line[l->n++], 48, "exit %s %u", c->id, c->exit_status);
+	else if (type == LM_SB_EV_EXEC_STARTED)
+		snprintf(l->line[l->n++], 48, "%s %s/%s %u", names[type], c->id, x->id, x->pid);
+	else if (x)
+		snprintf(l->line[l->n++], 48, "%s %s/%s", names[type], c->id, x->id);
 	else
 		snprintf(l->line[l->n++], 48, "%s %s", names[type], c->id);
 }
@@ -1116,6 +1124,207 @@ static void test_import_rejects_too_many_containers(void **state)
 	free(ids);
 }
 
+/* ---- exec'd processes ---------------------------------------------------- */
+
+static void add_exec(lm_sandbox_t *sb, const char *id, const char *xid, bool terminal, int want)
+{
+	struct lm_exec_spec x = {
+		.id = xid, .stdin_path = "/src/in", .stdout_path = "/src/out", .stderr_path = "/src/err",
+		.terminal = terminal, .process_spec = (const uint8_t *)"{\"args\":[\"ps\"]}",
+		.process_spec_len = 15,
+	};
+	assert_int_equal(lm_sandbox_exec_add(sb, id, &x, NULL), want);
+}
+
+/* Exec'd processes of a running guest container: created, started with
+ * a guest PID, stopped, deleted, each once, with containerd's events in
+ * order even when the exit is reported before the start is applied; the
+ * refusals say why (errno); at most LM_SANDBOX_MAX_EXECS at once. */
+static void test_exec_lifecycle_and_events(void **state)
+{
+	(void)state;
+	lm_sandbox_t *sb = two_pods();
+	struct evlog l = { .n = 0 };
+	assert_int_equal(lm_sandbox_start(sb, "web", NULL), 0);
+	assert_int_equal(lm_sandbox_set_guest(sb, "web", "g-web", 40), 0);
+	lm_sandbox_set_event_fn(sb, record, &l);
+	add_exec(sb, "db", "e1", false, -EBUSY);          /* created, not running */
+	add_exec(sb, "nope", "e1", false, -ENOENT);
+	add_exec(sb, "web", "a/b", false, -EINVAL);
+	add_exec(sb, "web", "..", false, -EINVAL);
+	add_exec(sb, "web", "e1", false, 0);
+	add_exec(sb, "web", "e1", false, -EEXIST);
+	add_exec(sb, "web", "e0", false, 0);
+	const struct lm_container *k = lm_sandbox_find(sb, "web");
+	assert_int_equal(k->n_execs, 2);
+	assert_string_equal(lm_container_exec_at(k, 0)->id, "e0");   /* ID order */
+	assert_string_equal(lm_container_exec_at(k, 1)->id, "e1");
+	assert_null(lm_container_exec_at(k, 2));
+	assert_string_equal(lm_sandbox_find_exec(sb, "web", "e1")->stdout_path, "/src/out");
+	assert_int_equal(lm_sandbox_find_exec(sb, "web", "e1")->state, LM_CTR_CREATED);
+	assert_int_equal(lm_sandbox_exec_start(sb, "web", "e1", 0), -EINVAL);
+	assert_int_equal(lm_sandbox_exec_start(sb, "web", "e1", 500), 0);
+	assert_int_equal(lm_sandbox_exec_start(sb, "web", "e1", 501), -EBUSY);
+	assert_int_equal(lm_sandbox_exec_start(sb, "web", "e9", 501), -ENOENT);
+	/* e0's exit is reported before its start is applied: held, then in order */
+	assert_int_equal(lm_sandbox_exec_exit(sb, "web", "e0", 7), 0);
+	assert_int_equal(lm_sandbox_find_exec(sb, "web", "e0")->state, LM_CTR_CREATED);
+	assert_int_equal(lm_sandbox_exec_exit(sb, "web", "e0", 7), -ESRCH);
+	assert_int_equal(lm_sandbox_exec_start(sb, "web", "e0", 600), 0);
+	assert_int_equal(lm_sandbox_find_exec(sb, "web", "e0")->state, LM_CTR_STOPPED);
+	assert_int_equal(lm_sandbox_find_exec(sb, "web", "e0")->exit_status, 7);
+	assert_int_equal(lm_sandbox_exec_exit(sb, "web", "e1", 2), 0);
+	assert_int_equal(lm_sandbox_exec_exit(sb, "web", "e1", 2), -ESRCH);
+	expect_events(&l, (const char *const[]){ "exec-added web/e1", "exec-added web/e0",
+						 "exec-started web/e1 500", "exec-started web/e0 600",
+						 "exit web/e0 600 7", "exit web/e1 500 2", NULL });
+	uint32_t pid = 0, st = 0;
+	uint64_t at = 0;
+	assert_int_equal(lm_sandbox_exec_delete(sb, "web", "e1", &pid, &st, &at), 0);
+	assert_int_equal(pid, 500);
+	assert_int_equal(st, 2);
+	assert_true(at > 0);
+	assert_null(lm_sandbox_find_exec(sb, "web", "e1"));
+	assert_int_equal(lm_sandbox_exec_delete(sb, "web", "e1", NULL, NULL, NULL), -ENOENT);
+	add_exec(sb, "web", "e2", false, 0);
+	assert_int_equal(lm_sandbox_exec_start(sb, "web", "e2", 700), 0);
+	assert_int_equal(lm_sandbox_exec_delete(sb, "web", "e2", NULL, NULL, NULL), -EBUSY);
+	assert_int_equal(l.n, 2);                         /* deletes say nothing */
+	/* the container's own state is untouched */
+	assert_int_equal(lm_sandbox_find(sb, "web")->state, LM_CTR_RUNNING);
+	/* a bounded number at once */
+	lm_sandbox_set_event_fn(sb, NULL, NULL);
+	for (unsigned i = lm_sandbox_find(sb, "web")->n_execs; i < LM_SANDBOX_MAX_EXECS; i++) {
+		char xid[16];
+		snprintf(xid, sizeof xid, "x%u", i);
+		add_exec(sb, "web", xid, false, 0);
+	}
+	add_exec(sb, "web", "one-more", false, -ENOSPC);
+	lm_sandbox_destroy(sb);
+}
+
+/* Exec'd processes travel in the snapshot with their state, guest PID and
+ * exit; on the destination they raise no event (containerd there never
+ * created them), and the patch gives them output files in the new bundle
+ * and no stdin. */
+static void test_execs_travel_in_the_snapshot(void **state)
+{
+	(void)state;
+	lm_sandbox_t *sb = two_pods(), *im;
+	assert_int_equal(lm_sandbox_start(sb, "web", NULL), 0);
+	assert_int_equal(lm_sandbox_set_guest(sb, "web", "g-web", 40), 0);
+	add_exec(sb, "web", "e1", false, 0);
+	assert_int_equal(lm_sandbox_exec_start(sb, "web", "e1", 500), 0);
+	add_exec(sb, "web", "e2", true, 0);
+	assert_int_equal(lm_sandbox_exec_start(sb, "web", "e2", 501), 0);
+	assert_int_equal(lm_sandbox_exec_exit(sb, "web", "e2", 5), 0);
+	add_exec(sb, "web", "e3", false, 0);
+	uint8_t *a;
+	size_t la;
+	struct lm_snapshot_vm vm;
+	char err[256];
+	export(sb, &a, &la);
+	assert_int_equal(lm_sandbox_import(a, la, &im, &vm, err, sizeof err), 0);
+	lm_snapshot_vm_clear(&vm);
+	free(a);
+	const struct lm_container *k = lm_sandbox_find(im, "web");
+	assert_int_equal(k->n_execs, 3);
+	const struct lm_exec *e1 = lm_sandbox_find_exec(im, "web", "e1");
+	const struct lm_exec *e2 = lm_sandbox_find_exec(im, "web", "e2");
+	assert_int_equal(e1->state, LM_CTR_RUNNING);
+	assert_int_equal(e1->pid, 500);
+	assert_true(e1->imported);
+	assert_int_equal(e1->process_spec_len, 15);
+	assert_memory_equal(e1->process_spec, "{\"args\":[\"ps\"]}", 15);
+	assert_int_equal(e2->state, LM_CTR_STOPPED);
+	assert_int_equal(e2->exit_status, 5);
+	assert_int_equal(e2->exited_at_ns, lm_sandbox_find_exec(sb, "web", "e2")->exited_at_ns);
+	assert_true(e2->terminal);
+	assert_int_equal(lm_sandbox_find_exec(im, "web", "e3")->state, LM_CTR_CREATED);
+	struct evlog l = { .n = 0 };
+	lm_sandbox_set_event_fn(im, record, &l);
+	char *layers[] = {"/l/a", "/l/b", "/l/c"};
+	struct lm_patch_result r = result("web", "web-new", 3, layers);
+	assert_int_equal(lm_sandbox_apply_patch(im, &r), 0);
+	expect_events(&l, (const char *const[]){ "create web-new", "start web-new", NULL });
+	e1 = lm_sandbox_find_exec(im, "web-new", "e1");
+	e2 = lm_sandbox_find_exec(im, "web-new", "e2");
+	assert_string_equal(e1->stdin_path, "");
+	assert_string_equal(e1->stdout_path, "/new/bundle/exec-e1.stdout");
+	assert_string_equal(e1->stderr_path, "/new/bundle/exec-e1.stderr");
+	assert_string_equal(e2->stdout_path, "/new/bundle/exec-e2.stdout");
+	assert_string_equal(e2->stderr_path, "");         /* a terminal: one stream */
+	/* its exit here says nothing to this containerd either */
+	assert_int_equal(lm_sandbox_exec_exit(im, "web-new", "e1", 0), 0);
+	assert_int_equal(lm_sandbox_find_exec(im, "web-new", "e1")->state, LM_CTR_STOPPED);
+	assert_int_equal(l.n, 0);
+	lm_sandbox_destroy(im);
+	lm_sandbox_destroy(sb);
+}
+
+/* The snapshot's execs are checked like the rest: named as the agent
+ * takes them, unique and in order, in an exec's states, with a PID once
+ * running, and only for a guest container. */
+static void test_import_rejects_bad_execs(void **state)
+{
+	(void)state;
+	static const struct { const char *id0, *id1; uint32_t state, pid; bool no_guest; const char *needle; }
+	cases[] = {
+		{ "a/b", NULL, 2, 9, false, "execs[0].id \"a/b\" invalid" },
+		{ "", NULL, 2, 9, false, "execs[0].id \"\" invalid" },
+		{ "e2", "e1", 2, 9, false, "execs[1].id \"e1\" duplicate or out of order" },
+		{ "e1", "e1", 2, 9, false, "execs[1].id \"e1\" duplicate or out of order" },
+		{ "e1", NULL, 4, 9, false, "exec \"e1\": state 4 invalid" },
+		{ "e1", NULL, 0, 9, false, "exec \"e1\": state 0 invalid" },
+		{ "e1", NULL, 2, 0, false, "exec \"e1\": running without a pid" },
+		{ "e1", NULL, 2, 9, true, "container \"web\": execs without a guest_id" },
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		lm_sandbox_t *sb = two_pods();
+		assert_int_equal(lm_sandbox_start(sb, "web", NULL), 0);
+		assert_int_equal(lm_sandbox_set_guest(sb, "web", "g-web", 40), 0);
+		add_exec(sb, "web", "x1", false, 0);
+		add_exec(sb, "web", "x2", false, 0);
+		uint8_t *a;
+		size_t la;
+		export(sb, &a, &la);
+		Google__Protobuf__Any *any = google__protobuf__any__unpack(NULL, la, a);
+		assert_non_null(any);
+		Lmshim__V1__SandboxSnapshot *s =
+			lmshim__v1__sandbox_snapshot__unpack(NULL, any->value.len, any->value.data);
+		assert_non_null(s);
+		Lmshim__V1__ContainerSnapshot *web = NULL;
+		for (size_t p = 0; p < s->n_pods; p++)
+			for (size_t j = 0; j < s->pods[p]->n_containers; j++)
+				if (!strcmp(s->pods[p]->containers[j]->id, "web"))
+					web = s->pods[p]->containers[j];
+		assert_non_null(web);
+		assert_int_equal(web->n_execs, 2);
+		char *keep0 = web->execs[0]->id, *keep1 = web->execs[1]->id, *keepg = web->guest_id;
+		web->execs[0]->id = (char *)cases[i].id0;
+		web->execs[0]->state = cases[i].state;
+		web->execs[0]->pid = cases[i].pid;
+		if (cases[i].id1)
+			web->execs[1]->id = (char *)cases[i].id1;
+		else
+			web->n_execs = 1;
+		if (cases[i].no_guest)
+			web->guest_id = (char *)"";
+		size_t len;
+		uint8_t *b = pack_any(s, LM_SNAPSHOT_TYPE_URL, &len);
+		expect_reject(b, len, cases[i].needle);
+		free(b);
+		web->execs[0]->id = keep0;
+		web->execs[1]->id = keep1;
+		web->guest_id = keepg;
+		web->n_execs = 2;
+		lmshim__v1__sandbox_snapshot__free_unpacked(s, NULL);
+		google__protobuf__any__free_unpacked(any, NULL);
+		free(a);
+		lm_sandbox_destroy(sb);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1123,6 +1332,9 @@ int main(void)
 		cmocka_unit_test(test_task_events_follow_the_lifecycle_once_each),
 		cmocka_unit_test(test_patched_import_announces_create_then_its_state),
 		cmocka_unit_test(test_a_guest_container_pauses_and_travels_paused),
+		cmocka_unit_test(test_exec_lifecycle_and_events),
+		cmocka_unit_test(test_execs_travel_in_the_snapshot),
+		cmocka_unit_test(test_import_rejects_bad_execs),
 		cmocka_unit_test(test_add_rejects_duplicate_missing_pod_and_second_sandbox),
 		cmocka_unit_test(test_start_then_kill_stops_with_128_plus_signal),
 		cmocka_unit_test(test_delete_refuses_running_and_reports_exit),

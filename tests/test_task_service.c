@@ -34,6 +34,7 @@
 #include "shim/sandbox.h"
 #include "actors/controller.h"
 #include "shim/task_service.h"
+#include "google/protobuf/any.pb-c.h"
 #include "mount.pb-c.h"
 #include "rpc/client.h"
 #include "rpc/frame.h"
@@ -643,10 +644,13 @@ static void test_vm_not_running_gates_vm_methods(void **state)
 /* What the guest hooks saw (controller thread; read after on_ctl). */
 static struct {
 	unsigned kills, forgets, creates, starts, pids, pauses, resumes, close_ios, resizes;
+	unsigned exec_starts, exec_forgets;
 	uint32_t width, height;
 	uint32_t signal;
 	bool all;
 	char guest_id[64], forgot[64], created[64], base_layer[64], started[64];
+	char exec[64];                 /* the exec'd process of the last hook, "" for the init */
+	char exec_args0[64];           /* what the Start found in the exec's spec */
 	unsigned n_layers;
 	bool has_spec;
 } hooked;
@@ -675,11 +679,12 @@ static void hook_start(void *arg, const struct lm_container *k, lm_rpc_call_t *c
 	lm_task_reply_msg(call, &r.base);
 }
 
-static void hook_kill(void *arg, const struct lm_container *k, uint32_t signal, bool all,
-		      lm_rpc_call_t *call)
+static void hook_kill(void *arg, const struct lm_container *k, const struct lm_exec *x, uint32_t signal,
+		      bool all, lm_rpc_call_t *call)
 {
 	(void)arg;
 	hooked.kills++;
+	snprintf(hooked.exec, sizeof hooked.exec, "%s", x ? x->id : "");
 	hooked.signal = signal;
 	hooked.all = all;
 	snprintf(hooked.guest_id, sizeof hooked.guest_id, "%s", k->guest_id);
@@ -732,28 +737,55 @@ static void hook_stats(void *arg, const struct lm_container *k, lm_rpc_call_t *c
 	lm_task_reply_stats(call, &st);
 }
 
-static void hook_close_io(void *arg, const struct lm_container *k, lm_rpc_call_t *call)
+static void hook_close_io(void *arg, const struct lm_container *k, const struct lm_exec *x,
+			  lm_rpc_call_t *call)
 {
 	(void)arg;
 	hooked.close_ios++;
+	snprintf(hooked.exec, sizeof hooked.exec, "%s", x ? x->id : "");
 	snprintf(hooked.guest_id, sizeof hooked.guest_id, "%s", k->guest_id);
 	lm_rpc_call_reply(call, NULL, 0);
 }
 
-static void hook_resize(void *arg, const struct lm_container *k, uint32_t width, uint32_t height,
-			lm_rpc_call_t *call)
+static void hook_resize(void *arg, const struct lm_container *k, const struct lm_exec *x, uint32_t width,
+			uint32_t height, lm_rpc_call_t *call)
 {
 	(void)arg;
 	hooked.resizes++;
+	snprintf(hooked.exec, sizeof hooked.exec, "%s", x ? x->id : "");
 	hooked.width = width;
 	hooked.height = height;
 	snprintf(hooked.guest_id, sizeof hooked.guest_id, "%s", k->guest_id);
 	lm_rpc_call_reply(call, NULL, 0);
 }
 
+/* the guest ran the exec'd process as guest PID 300 (arg: the ctl) */
+static void hook_exec_start(void *arg, const struct lm_container *k, const struct lm_exec *x,
+			    lm_rpc_call_t *call)
+{
+	struct ctl *c = arg;
+	hooked.exec_starts++;
+	snprintf(hooked.exec, sizeof hooked.exec, "%s", x->id);
+	const char *a = x->process_spec ? strstr((const char *)x->process_spec, "\"args\":[\"") : NULL;
+	snprintf(hooked.exec_args0, sizeof hooked.exec_args0, "%.*s", a ? (int)strcspn(a + 9, "\"") : 0,
+		 a ? a + 9 : "");
+	assert_int_equal(lm_sandbox_exec_start(c->sb, k->id, x->id, 300), 0);
+	Containerd__Task__V2__StartResponse r = CONTAINERD__TASK__V2__START_RESPONSE__INIT;
+	r.pid = 300;
+	lm_task_reply_msg(call, &r.base);
+}
+
+static void hook_exec_forget(void *arg, const struct lm_container *k, const char *exec_id)
+{
+	(void)arg;
+	(void)k;
+	hooked.exec_forgets++;
+	snprintf(hooked.forgot, sizeof hooked.forgot, "%s", exec_id);
+}
+
 static const struct lm_task_guest_ops guest_ops = {hook_create, hook_start, hook_kill, hook_forget,
 						   hook_pids, hook_pause, hook_stats, hook_close_io,
-						   hook_resize};
+						   hook_resize, hook_exec_start, hook_exec_forget};
 
 static void guest_gate_fn(struct ctl *c, void *arg)
 {
@@ -974,6 +1006,163 @@ static void test_guest_stdin_and_terminal_calls_go_to_the_guest(void **state)
 	expect("CloseIO", &ci.base, LM_RPC_FAILED_PRECONDITION, "CloseIO t1: the container is not running");
 	assert_int_equal(hooked.resizes, 1);
 	assert_int_equal(hooked.close_ios, 1);
+}
+
+/* An Exec request of process xid in container id running `json`. */
+static int exec_call(const char *id, const char *xid, const char *json, const char *out, bool terminal,
+		     int want, const char *msg)
+{
+	Containerd__Task__V2__ExecProcessRequest r = CONTAINERD__TASK__V2__EXEC_PROCESS_REQUEST__INIT;
+	Google__Protobuf__Any spec = GOOGLE__PROTOBUF__ANY__INIT;
+	spec.type_url = "types.containerd.io/opencontainers/runtime-spec/1/Process";
+	spec.value.data = (uint8_t *)json;
+	spec.value.len = json ? strlen(json) : 0;
+	r.id = (char *)id;
+	r.exec_id = (char *)xid;
+	r.stdout = (char *)out;
+	r.terminal = terminal;
+	r.spec = json ? &spec : NULL;
+	expect("Exec", &r.base, want, msg);
+	return 0;
+}
+
+static void e1_exits_fn(struct ctl *c, void *arg)
+{
+	(void)arg;
+	assert_int_equal(lm_sandbox_exec_exit(c->sb, "g1", "e1", 3), 0);
+}
+
+static void exec_state(const char *id, const char *xid, uint32_t want_status, uint32_t want_pid)
+{
+	Containerd__Task__V2__StateRequest q = CONTAINERD__TASK__V2__STATE_REQUEST__INIT;
+	struct lm_rpc_result res;
+	q.id = (char *)id;
+	q.exec_id = (char *)xid;
+	assert_int_equal(call("State", &q.base, &res), LM_RPC_OK);
+	Containerd__Task__V2__StateResponse *s =
+		containerd__task__v2__state_response__unpack(NULL, res.len, res.payload);
+	assert_non_null(s);
+	assert_int_equal(s->status, want_status);
+	assert_int_equal(s->pid, want_pid);
+	assert_string_equal(s->exec_id, xid);
+	assert_string_equal(s->id, xid);        /* runc's shim: the process's ID */
+	containerd__task__v2__state_response__free_unpacked(s, NULL);
+	lm_rpc_result_free(&res);
+}
+
+/* Exec, then Start, Kill, Wait, State and Delete with its exec_id: the
+ * checks are the task service's (each refusal names why), the process
+ * runs in the guest (the hooks), its exit comes from the guest's watch. */
+static void test_guest_exec_lifecycle(void **state)
+{
+	(void)state;
+	memset(&hooked, 0, sizeof hooked);
+	create_ok("g1", "", 0);
+	create_ok("t1", "", 0);
+	on_ctl(io_gate_fn, NULL);
+	const char *sh = "{\"args\":[\"sh\",\"-c\",\"exit 3\"],\"cwd\":\"/\"}";
+	exec_call("nope", "e1", sh, "", false, LM_RPC_NOT_FOUND, "Exec: container \"nope\" not found");
+	exec_call("g1", "../x", sh, "", false, LM_RPC_INVALID_ARGUMENT, "exec_id \"../x\" invalid");
+	exec_call("g1", "", sh, "", false, LM_RPC_INVALID_ARGUMENT, "exec_id \"\" invalid");
+	exec_call("g1", "e1", NULL, "", false, LM_RPC_INVALID_ARGUMENT, "Exec g1/e1: spec missing");
+	exec_call("g1", "e1", "{\"args\":[]}", "", false, LM_RPC_INVALID_ARGUMENT,
+		  "Exec g1/e1: spec.args must be a non-empty list");
+	exec_call("g1", "e1", "{\"args\":[\"sh\"],\"env\":[1]}", "", false, LM_RPC_INVALID_ARGUMENT,
+		  "spec.env[0] is not a string");
+	exec_call("g1", "e1", "not json", "", false, LM_RPC_INVALID_ARGUMENT, "Exec g1/e1: spec: not JSON");
+	exec_call("g1", "e1", sh, "/run/e1.out", false, LM_RPC_OK, NULL);
+	exec_call("g1", "e1", sh, "", false, LM_RPC_ALREADY_EXISTS, "exec ID already in use");
+	exec_state("g1", "e1", CONTAINERD__V1__TYPES__STATUS__CREATED, 0);
+	Containerd__Task__V2__KillRequest k = CONTAINERD__TASK__V2__KILL_REQUEST__INIT;
+	k.id = "g1";
+	k.exec_id = "e1";
+	k.signal = 15;
+	expect("Kill", &k.base, LM_RPC_FAILED_PRECONDITION, "Kill g1/e1: the exec is created, not running");
+	assert_int_equal(hooked.kills, 0);
+	Containerd__Task__V2__StartRequest st = CONTAINERD__TASK__V2__START_REQUEST__INIT;
+	st.id = "g1";
+	st.exec_id = "e9";
+	expect("Start", &st.base, LM_RPC_NOT_FOUND, "Start g1: exec \"e9\" not found");
+	/* no Start of an exec while a migration is in progress */
+	set_gate(true, true, false);
+	st.exec_id = "e1";
+	expect("Start", &st.base, LM_RPC_FAILED_PRECONDITION, "a migration session is active");
+	exec_call("g1", "e2", sh, "", false, LM_RPC_FAILED_PRECONDITION, "a migration session is active");
+	on_ctl(guest_gate_back_fn, NULL);
+	struct lm_rpc_result res;
+	assert_int_equal(call("Start", &st.base, &res), LM_RPC_OK);
+	Containerd__Task__V2__StartResponse *sr = containerd__task__v2__start_response__unpack(NULL, res.len,
+											       res.payload);
+	assert_non_null(sr);
+	assert_int_equal(sr->pid, 300);
+	containerd__task__v2__start_response__free_unpacked(sr, NULL);
+	lm_rpc_result_free(&res);
+	assert_int_equal(hooked.exec_starts, 1);
+	assert_string_equal(hooked.exec, "e1");
+	assert_string_equal(hooked.exec_args0, "sh");
+	exec_state("g1", "e1", CONTAINERD__V1__TYPES__STATUS__RUNNING, 300);
+	expect("Start", &st.base, LM_RPC_FAILED_PRECONDITION, "Start g1/e1: the exec is running, not created");
+	/* signals go to the exec'd process, never to all */
+	k.all = true;
+	expect("Kill", &k.base, LM_RPC_OK, NULL);
+	assert_int_equal(hooked.kills, 1);
+	assert_string_equal(hooked.exec, "e1");
+	assert_false(hooked.all);
+	k.signal = 65;
+	expect("Kill", &k.base, LM_RPC_INVALID_ARGUMENT, "Kill g1/e1: signal 65 invalid");
+	Containerd__Task__V2__ResizePtyRequest rz = CONTAINERD__TASK__V2__RESIZE_PTY_REQUEST__INIT;
+	rz.id = "g1";
+	rz.exec_id = "e1";
+	rz.width = rz.height = 10;
+	expect("ResizePty", &rz.base, LM_RPC_FAILED_PRECONDITION, "ResizePty g1/e1: the exec has no terminal");
+	Containerd__Task__V2__CloseIORequest ci = CONTAINERD__TASK__V2__CLOSE_IOREQUEST__INIT;
+	ci.id = "g1";
+	ci.exec_id = "e1";
+	ci.stdin = true;
+	expect("CloseIO", &ci.base, LM_RPC_FAILED_PRECONDITION, "CloseIO g1/e1: the exec has no stdin");
+	Containerd__Task__V2__DeleteRequest d = CONTAINERD__TASK__V2__DELETE_REQUEST__INIT;
+	d.id = "g1";
+	d.exec_id = "e1";
+	expect("Delete", &d.base, LM_RPC_FAILED_PRECONDITION, "Delete g1: exec \"e1\" is running");
+	/* the guest's watch reports its exit: Wait answers it, State shows it */
+	on_ctl(e1_exits_fn, NULL);
+	Containerd__Task__V2__WaitRequest w = CONTAINERD__TASK__V2__WAIT_REQUEST__INIT;
+	w.id = "g1";
+	w.exec_id = "e1";
+	assert_int_equal(call("Wait", &w.base, &res), LM_RPC_OK);
+	Containerd__Task__V2__WaitResponse *wr = containerd__task__v2__wait_response__unpack(NULL, res.len,
+											    res.payload);
+	assert_non_null(wr);
+	assert_int_equal(wr->exit_status, 3);
+	containerd__task__v2__wait_response__free_unpacked(wr, NULL);
+	lm_rpc_result_free(&res);
+	exec_state("g1", "e1", CONTAINERD__V1__TYPES__STATUS__STOPPED, 300);
+	k.signal = 9;
+	expect("Kill", &k.base, LM_RPC_NOT_FOUND, "Kill g1/e1: process already finished");
+	/* the container itself is untouched */
+	Containerd__Task__V2__StateResponse *s = state_of("g1");
+	assert_int_equal(s->status, CONTAINERD__V1__TYPES__STATUS__RUNNING);
+	containerd__task__v2__state_response__free_unpacked(s, NULL);
+	assert_int_equal(call("Delete", &d.base, &res), LM_RPC_OK);
+	Containerd__Task__V2__DeleteResponse *dr = containerd__task__v2__delete_response__unpack(NULL, res.len,
+											      res.payload);
+	assert_non_null(dr);
+	assert_int_equal(dr->pid, 300);
+	assert_int_equal(dr->exit_status, 3);
+	containerd__task__v2__delete_response__free_unpacked(dr, NULL);
+	lm_rpc_result_free(&res);
+	assert_int_equal(hooked.exec_forgets, 1);
+	assert_string_equal(hooked.forgot, "e1");
+	expect("Wait", &w.base, LM_RPC_NOT_FOUND, "Wait g1: exec \"e1\" not found");
+	/* a created exec may be deleted (the guest never ran it: no forget) */
+	exec_call("g1", "e3", sh, "", true, LM_RPC_OK, NULL);
+	d.exec_id = "e3";
+	expect("Delete", &d.base, LM_RPC_OK, NULL);
+	assert_int_equal(hooked.exec_forgets, 1);
+	/* not into a container that stopped */
+	on_ctl(t1_exits_fn, NULL);
+	exec_call("t1", "e1", sh, "", false, LM_RPC_FAILED_PRECONDITION,
+		  "Exec t1/e1: the container is stopped, not running");
 }
 
 static void test_outside_subset_is_unimplemented(void **state)
@@ -1376,6 +1565,7 @@ int main(void)
 		T(test_shutdown_answers_and_exits_only_with_nothing_left),
 		T(test_guest_containers_go_to_the_guest),
 		T(test_guest_stdin_and_terminal_calls_go_to_the_guest),
+		T(test_guest_exec_lifecycle),
 		T(test_outside_subset_is_unimplemented),
 		T(test_wait_is_never_gated),
 		T(test_wait_fails_when_sandbox_torn_down),

@@ -37,6 +37,7 @@
 
 #include "tests/e2e/e2e.h"
 #include "cgroups_metrics.pb-c.h"
+#include "google/protobuf/any.pb-c.h"
 #include "task.pb-c.h"
 
 /* QEMU processes that `shim` started (their parent): how many, and the
@@ -1137,6 +1138,179 @@ static void test_a_container_reads_its_stdin_and_its_terminal_resizes(void **sta
 	assert_int_equal(task_resize(&f->src, "tty", 80, 25), 9);   /* not running */
 }
 
+/* task Exec of process `xid` in container `id` running `cmd` under sh,
+ * its stdout to `out`: 0 or the code (message printed). */
+static int task_exec(struct e2e_shim *s, const char *id, const char *xid, const char *cmd, const char *out,
+		     char *msg, size_t ml)
+{
+	json_t *p = json_pack("{s:[s,s,s], s:[s], s:s}", "args", "/bin/sh", "-c", cmd, "env", "PATH=/bin",
+			      "cwd", "/");
+	char *js = json_dumps(p, JSON_COMPACT);
+	json_decref(p);
+	Google__Protobuf__Any spec = GOOGLE__PROTOBUF__ANY__INIT;
+	spec.type_url = "types.containerd.io/opencontainers/runtime-spec/1/Process";
+	spec.value.data = (uint8_t *)js;
+	spec.value.len = strlen(js);
+	Containerd__Task__V2__ExecProcessRequest rq = CONTAINERD__TASK__V2__EXEC_PROCESS_REQUEST__INIT;
+	rq.id = (char *)id;
+	rq.exec_id = (char *)xid;
+	rq.stdout = (char *)out;
+	rq.spec = &spec;
+	int rc = e2e_call(s, "containerd.task.v2.Task", "Exec", &rq.base, NULL, NULL, msg, ml);
+	free(js);
+	if (rc)
+		printf("# Exec %s/%s: %d %s\n", id, xid, rc, msg);
+	return rc;
+}
+
+/* A call about exec'd process xid of id: Start (*pid), Wait (*status),
+ * Kill (sig), Delete (*status), State (*status: its containerd state,
+ * *pid). 0 or the code, the message printed. */
+static int exec_do(struct e2e_shim *s, const char *method, const char *id, const char *xid, uint32_t sig,
+		   uint32_t *pid, uint32_t *status, char *msg, size_t ml)
+{
+	ProtobufCMessage *resp = NULL;
+	const ProtobufCMessageDescriptor *d = NULL;
+	int rc;
+	if (!strcmp(method, "Kill")) {
+		Containerd__Task__V2__KillRequest rq = CONTAINERD__TASK__V2__KILL_REQUEST__INIT;
+		rq.id = (char *)id;
+		rq.exec_id = (char *)xid;
+		rq.signal = sig;
+		rc = e2e_call(s, "containerd.task.v2.Task", method, &rq.base, NULL, NULL, msg, ml);
+	} else {
+		/* Start, Wait, Delete and State requests share fields 1 and 2 */
+		Containerd__Task__V2__StateRequest rq = CONTAINERD__TASK__V2__STATE_REQUEST__INIT;
+		rq.id = (char *)id;
+		rq.exec_id = (char *)xid;
+		d = !strcmp(method, "Start") ? &containerd__task__v2__start_response__descriptor
+		  : !strcmp(method, "Wait") ? &containerd__task__v2__wait_response__descriptor
+		  : !strcmp(method, "Delete") ? &containerd__task__v2__delete_response__descriptor
+		  : &containerd__task__v2__state_response__descriptor;
+		rc = e2e_call(s, "containerd.task.v2.Task", method, &rq.base, d, &resp, msg, ml);
+	}
+	if (!rc && resp) {
+		if (d == &containerd__task__v2__start_response__descriptor && pid)
+			*pid = ((Containerd__Task__V2__StartResponse *)resp)->pid;
+		if (d == &containerd__task__v2__wait_response__descriptor && status)
+			*status = ((Containerd__Task__V2__WaitResponse *)resp)->exit_status;
+		if (d == &containerd__task__v2__delete_response__descriptor && status)
+			*status = ((Containerd__Task__V2__DeleteResponse *)resp)->exit_status;
+		if (d == &containerd__task__v2__state_response__descriptor) {
+			if (status)
+				*status = ((Containerd__Task__V2__StateResponse *)resp)->status;
+			if (pid)
+				*pid = ((Containerd__Task__V2__StateResponse *)resp)->pid;
+		}
+	}
+	if (resp)
+		protobuf_c_message_free_unpacked(resp, NULL);
+	if (rc)
+		printf("# %s %s/%s: %d %s\n", method, id, xid, rc, msg);
+	return rc;
+}
+
+static bool has_pid(struct e2e_shim *s, const char *id, uint32_t pid)
+{
+	uint32_t pids[64];
+	int n = task_pids(s, id, pids, 64);
+	for (int i = 0; i < n && i < 64; i++)
+		if (pids[i] == pid)
+			return true;
+	return false;
+}
+
+#define EXEC_COUNTER "i=0; while :; do echo x $i; i=$((i+1)); sleep 0.1; done"
+
+/* task Exec in a running container: the process is created, runs on
+ * Start inside the container (its PID among the container's), its output
+ * goes to its own file, its exit status is Wait's, and Delete forgets
+ * it; a program that does not exist fails the Start by name. A process
+ * exec'd on the source moves with the pod: same PID on the destination,
+ * its output goes on there (one stream across the two hosts), and Kill,
+ * Wait and Delete work there. */
+static void test_exec_runs_in_a_container_and_moves_with_it(void **state)
+{
+	struct fx *f = *state;
+	char msg[512], o1[400], o2[400], o3[400];
+	uint32_t pid = 0, pid2 = 0, status = 99;
+	snprintf(o1, sizeof o1, "%s/x1.out", f->dir);
+	snprintf(o2, sizeof o2, "%s/x2.out", f->dir);
+	snprintf(o3, sizeof o3, "%s/x3.out", f->dir);
+	assert_int_equal(task_exec(&f->src, "counter", "x1", "echo exec-says $(hostname); exit 3", o1, msg,
+				   sizeof msg), 0);
+	assert_int_equal(exec_do(&f->src, "State", "counter", "x1", 0, &pid, &status, msg, sizeof msg), 0);
+	assert_int_equal(status, 1);                       /* created: not run yet */
+	assert_int_equal(pid, 0);
+	assert_int_equal(task_exec(&f->src, "counter", "x1", "true", o1, msg, sizeof msg), 6 /* AlreadyExists */);
+	assert_int_equal(exec_do(&f->src, "Start", "counter", "x1", 0, &pid, NULL, msg, sizeof msg), 0);
+	assert_true(pid > 1 && pid < 100000);
+	assert_int_equal(exec_do(&f->src, "Wait", "counter", "x1", 0, NULL, &status, msg, sizeof msg), 0);
+	assert_int_equal(status, 3);
+	char *t = e2e_slurp(o1);
+	printf("# qemu e2e: exec x1 (pid %u) said: %s", pid, t ? t : "(nothing)\n");
+	assert_non_null(t);
+	assert_non_null(strstr(t, "exec-says counter"));  /* the container's UTS namespace */
+	free(t);
+	assert_int_equal(exec_do(&f->src, "Delete", "counter", "x1", 0, NULL, &status, msg, sizeof msg), 0);
+	assert_int_equal(status, 3);
+	assert_int_equal(exec_do(&f->src, "State", "counter", "x1", 0, NULL, NULL, msg, sizeof msg),
+			 5 /* NotFound */);
+	/* no such program: the Start fails, naming the exec; it can go */
+	Google__Protobuf__Any bad = GOOGLE__PROTOBUF__ANY__INIT;
+	bad.value.data = (uint8_t *)"{\"args\":[\"/no/such/program\"]}";
+	bad.value.len = strlen((const char *)bad.value.data);
+	Containerd__Task__V2__ExecProcessRequest xr = CONTAINERD__TASK__V2__EXEC_PROCESS_REQUEST__INIT;
+	xr.id = "counter";
+	xr.exec_id = "x3";
+	xr.stdout = o3;
+	xr.spec = &bad;
+	assert_int_equal(e2e_call(&f->src, "containerd.task.v2.Task", "Exec", &xr.base, NULL, NULL, msg,
+				  sizeof msg), 0);
+	assert_int_not_equal(exec_do(&f->src, "Start", "counter", "x3", 0, NULL, NULL, msg, sizeof msg), 0);
+	printf("# qemu e2e: Start of a missing program: %s\n", msg);
+	assert_non_null(strstr(msg, "x3"));
+	assert_int_equal(exec_do(&f->src, "Delete", "counter", "x3", 0, NULL, NULL, msg, sizeof msg), 0);
+
+	/* a process that runs on, and moves */
+	assert_int_equal(task_exec(&f->src, "counter", "x2", EXEC_COUNTER, o2, msg, sizeof msg), 0);
+	assert_int_equal(exec_do(&f->src, "Start", "counter", "x2", 0, &pid, NULL, msg, sizeof msg), 0);
+	assert_true(wait_lines(o2, "x ", 5, 60));
+	assert_true(has_pid(&f->src, "counter", pid));     /* in the container's PID namespace */
+	char work[300], lout[300], dout[500];
+	snprintf(work, sizeof work, "%s/work-exec", f->dir);
+	snprintf(lout, sizeof lout, "%s/lmctl.out", f->dir);
+	snprintf(dout, sizeof dout, "%s/bundles/counter-m/exec-x2.stdout", work);
+	const char *args[] = { "migrate", "--from", f->src.sock, "--to", f->dst.sock, "--workdir", work,
+			       "--quiet", "--session", "qemu-exec", NULL };
+	int rc = e2e_lmctl(args, lout, 180000);
+	t = e2e_slurp(lout);
+	printf("# qemu e2e: migrate with an exec'd process exited %d\n%s", rc, t);
+	free(t);
+	if (rc) {
+		e2e_shim_dump(&f->src);
+		e2e_shim_dump(&f->dst);
+	}
+	assert_int_equal(rc, 0);
+	assert_int_equal(exec_do(&f->dst, "State", "counter-m", "x2", 0, &pid2, &status, msg, sizeof msg), 0);
+	assert_int_equal(status, 2);                       /* running */
+	assert_int_equal(pid2, pid);                       /* the same process */
+	bool ok = wait_lines(dout, "x ", 5, 60);
+	if (!ok)
+		why_it_stopped(&f->dst);
+	assert_true(ok);
+	assert_one_stream(o2, dout, "x ", true);
+	assert_true(has_pid(&f->dst, "counter-m", pid));
+	assert_int_equal(exec_do(&f->dst, "Kill", "counter-m", "x2", 15, NULL, NULL, msg, sizeof msg), 0);
+	assert_int_equal(exec_do(&f->dst, "Wait", "counter-m", "x2", 0, NULL, &status, msg, sizeof msg), 0);
+	assert_int_equal(status, 143);
+	assert_int_equal(exec_do(&f->dst, "Delete", "counter-m", "x2", 0, NULL, NULL, msg, sizeof msg), 0);
+	/* the container itself runs on */
+	int st = 0;
+	assert_int_equal(e2e_state(&f->dst, "counter-m", NULL, &st), 0);
+	assert_int_equal(st, 2);
+}
+
 /* lmctl demo --backend qemu: a Linux guest migrated and verified by
  * where it runs (QEMU keeps its memory: no digest). */
 static void test_lmctl_demo_on_qemu(void **state)
@@ -1174,6 +1348,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_a_failure_at_each_step_leaves_the_guest_on_the_source, setup_pod, teardown),
 		cmocka_unit_test_setup_teardown(test_a_container_reads_its_stdin_and_its_terminal_resizes,
 						setup_pod, teardown),
+		cmocka_unit_test_setup_teardown(test_exec_runs_in_a_container_and_moves_with_it, setup_pod,
+						teardown),
 		cmocka_unit_test_setup_teardown(test_task_create_of_a_new_container_in_the_running_vm,
 						setup_pod_dst_disk_fault, teardown),
 		cmocka_unit_test_setup_teardown(test_a_pod_of_real_processes_moves_and_keeps_running, setup_pod, teardown),
