@@ -647,6 +647,7 @@ static void state_free(void *p)
 	}
 	free(c->boot_ctrs);
 	free((char *)c->cfg.state_dir);
+	free((char *)c->cfg.vm_on_create);
 	free((char *)c->cfg.id);
 	free(c->document);
 	if (c->notifier)
@@ -677,6 +678,7 @@ int lm_controller_spawn(lm_runtime_t *rt, lm_actor_t **out,
 	c->cfg.ns = NULL;
 	c->cfg.vm_document = NULL;
 	c->cfg.containers = NULL;
+	c->cfg.vm_on_create = cfg->vm_on_create ? strdup(cfg->vm_on_create) : NULL;
 	c->cfg.id = cfg->id ? strdup(cfg->id) : NULL;
 	c->cfg.state_dir = cfg->state_dir ? strdup(cfg->state_dir) : NULL;
 	c->document = cfg->vm_document ? strdup(cfg->vm_document) : NULL;

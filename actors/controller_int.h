@@ -80,6 +80,7 @@ struct gnew {
 	char serials[16][21];         /* theirs (LM_GUEST_MAX_LAYERS, LM_VMDOC_SERIAL_CAP) */
 	unsigned slots[16];           /* the VM's disk slots they take */
 	struct lm_oci_proc proc;      /* from the bundle's OCI process */
+	bool waits_vm;                /* until the VM this Create boots runs */
 };
 
 /* Payload of LM_CTL_HCS_EVENT. */
@@ -114,6 +115,7 @@ struct ctl {
 	lm_sandbox_t *sb;
 	lm_guest_t *guest;               /* the utility VM's agent (qemu backend), or NULL */
 	unsigned boot_pending;           /* boot containers being created in the guest */
+	bool vm_booting;                 /* a Create's VM (cfg.vm_on_create) is booting */
 	int boot_guest_rc;               /* the first of their failures */
 	char boot_guest_why[256];
 	struct gnew *gnews;              /* task Creates in the guest in flight (ctl_guest.c) */

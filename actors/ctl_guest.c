@@ -289,7 +289,9 @@ static void on_disk_removed(struct ctl *c, struct ctl_done *d)
  * refused until it is gone. */
 static void disk_remove(struct ctl *c, const char *serial)
 {
-	void *x = c->vm ? lm__ctl_op(c, on_disk_removed) : NULL;
+	if (!c->vm)                   /* the VM is gone (a shim stopping): its disks too */
+		return;
+	void *x = lm__ctl_op(c, on_disk_removed);
 	if (x)
 		snprintf(lm__ctl_op_payload(x)->guest_id, sizeof(((struct ctl_done *)0)->guest_id),
 			 "%s", serial);
@@ -536,6 +538,9 @@ static bool guest_id_ok(const char *s)
 	return true;
 }
 
+static void gnew_begin(struct ctl *c, struct gnew *g);
+static void vm_boot(struct ctl *c, const struct lm_guest_new *n);
+
 static void hook_create(void *arg, struct lm_guest_new *n, lm_rpc_call_t *call)
 {
 	struct ctl *c = arg;
@@ -549,6 +554,100 @@ static void hook_create(void *arg, struct lm_guest_new *n, lm_rpc_call_t *call)
 	g->call = call;
 	g->next = c->gnews;
 	c->gnews = g;
+	if (c->vm_booting || (!c->vm && c->cfg.vm_on_create)) {
+		/* the sandbox's VM boots first (a shim containerd started) */
+		g->waits_vm = true;
+		if (!c->vm_booting)
+			vm_boot(c, n);
+		return;
+	}
+	gnew_begin(c, g);
+}
+
+/* ---- the VM a Create boots ------------------------------------------------------- */
+
+/* Every Create waiting for the VM: on with its own steps, or failed with
+ * the boot's reason. */
+static void vm_booted(struct ctl *c, int err, const char *why)
+{
+	c->vm_booting = false;
+	if (err) {
+		lm_log_error("controller", "the sandbox VM did not boot", "why=\"%s\"", why);
+		lm__ctl_close_vm(c);
+		free(c->document);
+		c->document = NULL;
+	} else {
+		lm_log_info("controller", "the sandbox VM runs", "booted_by=create");
+	}
+	for (;;) {
+		struct gnew *g = c->gnews;
+		while (g && !g->waits_vm)
+			g = g->next;
+		if (!g)
+			break;
+		g->waits_vm = false;
+		if (err)
+			gnew_fail(c, g, lm__ctl_code_for_errno(err), "booting the sandbox VM: %s", why);
+		else
+			gnew_begin(c, g);
+	}
+}
+
+static void on_vm_started(struct ctl *c, struct ctl_done *d)
+{
+	if (d->err) {
+		vm_booted(c, d->err, d->why[0] ? d->why : "the VM did not start");
+		return;
+	}
+	c->vm_running = true;
+	int rc = lm__ctl_guest_open(c);
+	vm_booted(c, rc, rc ? "the guest agent's connection could not be set up" : NULL);
+}
+
+static void on_vm_created(struct ctl *c, struct ctl_done *d)
+{
+	if (d->err) {
+		vm_booted(c, d->err, d->why[0] ? d->why : "the VM could not be created");
+		return;
+	}
+	void *x = lm__ctl_op(c, on_vm_started);
+	int rc = x ? lm_hcs_system_start(c->vm, lm__ctl_hcs_done, x) : -ENOMEM;
+	if (rc) {
+		lm__ctl_op_drop(x);
+		vm_booted(c, rc, "the VM could not be started");
+	}
+}
+
+/* Boots cfg.vm_on_create, sized for the Create n (lm_vmdoc_sized). */
+static void vm_boot(struct ctl *c, const struct lm_guest_new *n)
+{
+	char err[200], *doc = NULL;
+	c->vm_booting = true;
+	int rc = lm_vmdoc_sized(c->cfg.vm_on_create, n->memory_limit, n->cpus, &doc, err, sizeof err);
+	if (rc) {
+		vm_booted(c, rc, err);
+		return;
+	}
+	free(c->document);
+	c->document = doc;
+	lm_log_info("controller", "booting the sandbox VM for a Create", "id=%s memory_limit=%llu cpus=%u",
+		    n->id, (unsigned long long)n->memory_limit, n->cpus);
+	void *x = lm__ctl_op(c, on_vm_created);
+	lm_hcs_system_t *vm = NULL;
+	rc = x ? lm_hcs_system_create(&vm, c->document, NULL, lm__ctl_hcs_event, c->self, lm__ctl_hcs_done, x)
+	       : -ENOMEM;
+	if (rc) {
+		lm__ctl_op_drop(x);
+		vm_booted(c, rc, "the VM document was refused");
+		return;
+	}
+	c->vm = vm;
+}
+
+/* A Create's own steps, once the VM runs. */
+static void gnew_begin(struct ctl *c, struct gnew *g)
+{
+	struct lm_guest_new *n = g->n;
 	char why[300];
 	if (!c->guest || !c->vm) {
 		gnew_fail(c, g, LM_RPC_FAILED_PRECONDITION, "the guest agent is not connected");

@@ -28,7 +28,8 @@ void lm__ctl_on_task_call(struct ctl *c, struct lm_ctl_call *tm)
 		.session_active = c->st != ST_IDLE,
 		.vm_running = c->vm_running,
 		.importing = c->st == ST_DEST_IMPORTED,
-		.guest = c->guest ? &lm__ctl_guest_task_ops : NULL,
+		.boots_vm = !c->vm && c->cfg.vm_on_create && c->st == ST_IDLE,
+		.guest = c->guest || (!c->vm && c->cfg.vm_on_create) ? &lm__ctl_guest_task_ops : NULL,
 		.guest_arg = c,
 	};
 	lm_rpc_call_t *call = tm->call;

@@ -95,6 +95,10 @@ static const char usage[] =
 	"                                  each, under a writable scratch (default: the build's\n"
 	"                                  busybox image, shared; repeatable)\n"
 	"  --idle                          no VM: a migration destination\n"
+	"  --boot-on-create                with --idle and --backend qemu: the first plain task\n"
+	"                                  Create boots the VM (--vm-size-mb plus the container's\n"
+	"                                  memory limit, at least --vcpus), as the shim that\n"
+	"                                  containerd starts does\n"
 	"  --state-dir DIR                 the boot containers' bundles and stdio, one folder\n"
 	"                                  per container (default /run/lmshim)\n"
 	"  --workers N                     actor worker threads (default: cores)\n"
@@ -390,6 +394,15 @@ static int run_shim(const struct lm_shim_config *cfg)
 	return 0;
 }
 
+/* The utility VM a task Create boots (shim.h vm_on_create): the qemu
+ * backend's, `mb` MiB before the container's own memory limit. */
+static void sandbox_document(char *doc, size_t cap, const char *id, unsigned long mb, unsigned long vcpus)
+{
+	snprintf(doc, cap, "{\"Id\":\"vm-%s\",\"VirtualMachine\":{\"Backend\":\"qemu\","
+		 "\"ComputeTopology\":{\"Memory\":{\"SizeInMB\":%lu},\"Processor\":{\"Count\":%lu}}}}",
+		 id, mb, vcpus);
+}
+
 static int cmd_daemon(const struct cflags *f)
 {
 	char path[PATH_MAX];
@@ -407,6 +420,10 @@ static int cmd_daemon(const struct cflags *f)
 				      .on_shutdown = stop_self,
 				      /* containerd passes its ttrpc address for events */
 				      .events_address = getenv("TTRPC_ADDRESS") };
+	/* the first Create boots the sandbox: a utility VM under QEMU */
+	char doc[512];
+	sandbox_document(doc, sizeof doc, f->id, 256, 1);
+	cfg.vm_on_create = doc;
 	return run_shim(&cfg);
 }
 
@@ -536,7 +553,7 @@ static int cmd_serve(int argc, char **argv)
 {
 	enum { O_SOCKET = 1, O_ID, O_NS, O_MB, O_VCPUS, O_BACKEND, O_RATE, O_PATTERN, O_CONT, O_IDLE,
 	       O_STATE, O_WORKERS, O_DEBUG, O_ANYUID, O_HELP, O_FILL, O_XCPU, O_EVENTS, O_STALL,
-	       O_ORPHAN, O_CCMD, O_CROOT };
+	       O_ORPHAN, O_CCMD, O_CROOT, O_BOOTC };
 	static const struct option lo[] = {
 		{ "socket", required_argument, 0, O_SOCKET }, { "id", required_argument, 0, O_ID },
 		{ "namespace", required_argument, 0, O_NS },
@@ -555,6 +572,7 @@ static int cmd_serve(int argc, char **argv)
 		{ "orphan-timeout-ms", required_argument, 0, O_ORPHAN },
 		{ "container-cmd", required_argument, 0, O_CCMD },
 		{ "container-rootfs", required_argument, 0, O_CROOT },
+		{ "boot-on-create", no_argument, 0, O_BOOTC },
 		{ "help", no_argument, 0, O_HELP }, { 0, 0, 0, 0 },
 	};
 	const char *sock = NULL, *id = "standalone", *ns = "default", *backend = "sim";
@@ -563,7 +581,7 @@ static int cmd_serve(int argc, char **argv)
 	unsigned long xcpu = LM_SHIM_TRANSFER_CPU_DEFAULT;
 	unsigned long stall = 10000, orphan = LM_SHIM_ORPHAN_MS_DEFAULT;
 	const char *events = getenv("TTRPC_ADDRESS");
-	bool idle = false, any_uid = false;
+	bool idle = false, any_uid = false, boot_on_create = false;
 	const char *ccmd[32], *croot[32];
 	unsigned n_ccmd = 0, n_croot = 0;
 	int c;
@@ -627,6 +645,7 @@ static int cmd_serve(int argc, char **argv)
 			break;
 		}
 		case O_IDLE: idle = true; break;
+		case O_BOOTC: boot_on_create = true; break;
 		case O_STATE: state = optarg; break;
 		case O_WORKERS:
 			workers = strtoul(optarg, &end, 10);
@@ -668,7 +687,13 @@ static int cmd_serve(int argc, char **argv)
 				      .transfer_cpu_pct = (unsigned)xcpu, .on_shutdown = stop_self,
 				      .events_address = events, .stall_ms = (unsigned)stall,
 				      .orphan_ms = (unsigned)orphan };
-	char doc[1024];
+	char doc[1024], cdoc[512];
+	if (boot_on_create) {
+		if (!idle || strcmp(backend, "qemu"))
+			return bad("serve: --boot-on-create needs --idle and --backend qemu");
+		sandbox_document(cdoc, sizeof cdoc, id, mb, vcpus);
+		cfg.vm_on_create = cdoc;
+	}
 	struct lm_shim_container *cv = NULL;
 	char *store = NULL, *lstore[32] = {NULL};
 	if (!idle) {

@@ -66,6 +66,12 @@ struct lm_shim_config {
 	/* containerd's ttrpc address (its TTRPC_ADDRESS) for task events
 	 * (shim/publisher.h), stamped with namespace `ns`; NULL: none. */
 	const char *events_address;
+	/* A VM document (vm_document's form) booted at the first plain task
+	 * Create while the shim has no VM: a shim that containerd starts
+	 * boots its sandbox so. Its memory and vCPUs follow the Create's OCI
+	 * resources (docs/README: the sizing rule). NULL: such a Create is
+	 * refused ("the VM is not running"). */
+	const char *vm_on_create;
 };
 
 #define LM_SHIM_TRANSFER_CPU_DEFAULT 90

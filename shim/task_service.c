@@ -236,6 +236,8 @@ struct create_facts {
 	char **layers;
 	unsigned n_layers, cap_layers;
 	char *process_spec;
+	uint64_t memory_limit;
+	uint32_t cpus;
 };
 
 static void facts_free(struct create_facts *f)
@@ -336,6 +338,19 @@ static int gather_facts(const Containerd__Task__V2__CreateTaskRequest *r, json_t
 	if (n < 0) {
 		f->rootfs = NULL;
 		return -ENOMEM;
+	}
+	/* what the VM is sized by when this Create boots it */
+	json_t *res = json_object_get(json_object_get(cfg, "linux"), "resources");
+	json_t *mem = json_object_get(json_object_get(res, "memory"), "limit");
+	json_t *cpu = json_object_get(res, "cpu");
+	json_t *quota = json_object_get(cpu, "quota"), *period = json_object_get(cpu, "period");
+	if (json_is_integer(mem) && json_integer_value(mem) > 0)
+		f->memory_limit = (uint64_t)json_integer_value(mem);
+	if (json_is_integer(quota) && json_is_integer(period) && json_integer_value(quota) > 0 &&
+	    json_integer_value(period) > 0) {
+		json_int_t q = json_integer_value(quota), p = json_integer_value(period);
+		json_int_t k = (q + p - 1) / p;
+		f->cpus = k > 64 ? 64 : (uint32_t)k;
 	}
 	json_t *proc = cfg ? json_object_get(cfg, "process") : NULL;
 	if (proc) {
@@ -440,7 +455,7 @@ static void do_create(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_
 				 "Create %s: a migration session is active", id);
 		goto out;
 	}
-	if (!gate->vm_running) {
+	if (!gate->vm_running && !gate->boots_vm) {
 		lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION, "Create %s: the VM is not running", id);
 		goto out;
 	}
@@ -492,6 +507,8 @@ static void do_create(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_
 			n->stderr_path = strdup(s_or(r->stderr));
 			n->terminal = r->terminal;
 			n->process_spec = f.process_spec, f.process_spec = NULL;
+			n->memory_limit = f.memory_limit;
+			n->cpus = f.cpus;
 			oom = !n->id || !n->pod_id || !n->bundle || !n->stdin_path || !n->stdout_path ||
 			      !n->stderr_path;
 		}

@@ -95,6 +95,8 @@ struct lm_guest_new {
 	char *stdin_path, *stdout_path, *stderr_path;
 	bool terminal;
 	char *process_spec;            /* the OCI process (JSON), or NULL */
+	uint64_t memory_limit;         /* linux.resources.memory.limit, 0: none */
+	uint32_t cpus;                 /* linux.resources.cpu quota/period rounded up, 0: none */
 };
 void lm_guest_new_free(struct lm_guest_new *n);
 
@@ -159,6 +161,8 @@ struct lm_task_gate {
 	bool vm_running;           /* the sandbox VM is running here */
 	bool importing;            /* destination between ImportSandbox and
 	                              PrepareSandbox: the patch path is open */
+	bool boots_vm;             /* no VM yet: a plain Create boots one (the
+	                              guest's create hook, below, does) */
 	const struct lm_task_guest_ops *guest;  /* the sandbox is a real guest, or NULL */
 	void *guest_arg;
 };

@@ -313,3 +313,40 @@ int lm_vmdoc_relocate(const char *doc, const lm_sandbox_t *sb, char **out, char 
 	}
 	return dump(j, out);
 }
+
+int lm_vmdoc_sized(const char *doc, uint64_t memory_limit, uint32_t cpus, char **out, char *err,
+		   size_t errlen)
+{
+	*out = NULL;
+	json_t *j = load(doc, err, errlen);
+	if (!j)
+		return -EINVAL;
+	json_t *vm = json_object_get(j, "VirtualMachine");
+	json_t *top = json_object_get(vm, "ComputeTopology");
+	if (!json_is_object(vm) || (top && !json_is_object(top))) {
+		snprintf(err, errlen, "the VM document has no VirtualMachine object");
+		json_decref(j);
+		return -EINVAL;
+	}
+	if (!top && json_object_set_new(vm, "ComputeTopology", top = json_object()))
+		goto oom;
+	json_t *mem = json_object_get(top, "Memory"), *proc = json_object_get(top, "Processor");
+	if (!json_is_object(mem) && json_object_set_new(top, "Memory", mem = json_object()))
+		goto oom;
+	if (!json_is_object(proc) && json_object_set_new(top, "Processor", proc = json_object()))
+		goto oom;
+	json_t *mb = json_object_get(mem, "SizeInMB"), *n = json_object_get(proc, "Count");
+	uint64_t base = json_is_integer(mb) && json_integer_value(mb) > 0 ? (uint64_t)json_integer_value(mb) : 256;
+	uint64_t add = (memory_limit + (1u << 20) - 1) >> 20;
+	uint64_t total = base + add > 65536 ? 65536 : base + add;
+	uint64_t count = json_is_integer(n) && json_integer_value(n) > 0 ? (uint64_t)json_integer_value(n) : 1;
+	if (cpus > count)
+		count = cpus > 64 ? 64 : cpus;
+	if (json_object_set_new(mem, "SizeInMB", json_integer((json_int_t)total)) ||
+	    json_object_set_new(proc, "Count", json_integer((json_int_t)count)))
+		goto oom;
+	return dump(j, out);
+oom:
+	json_decref(j);
+	return -ENOMEM;
+}

@@ -22,6 +22,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "shim/sandbox.h"
 
@@ -85,5 +86,13 @@ int lm_vmdoc_remove_disk(const char *doc, const char *serial, char **out, char *
  * -EINVAL for a malformed Disks list; -ENOMEM. */
 int lm_vmdoc_relocate(const char *doc, const lm_sandbox_t *sb, char **out, char *err,
 		      size_t errlen);
+
+/* The VM sized for a container that boots it (a shim containerd started,
+ * shim.h vm_on_create): memory = the document's SizeInMB (256 when it has
+ * none) plus the container's memory limit in MiB (rounded up), at most
+ * 65536; vCPUs = the larger of the document's Count (1) and `cpus`, at
+ * most 64. *out is malloc'd. 0, -EINVAL (with err), -ENOMEM. */
+int lm_vmdoc_sized(const char *doc, uint64_t memory_limit, uint32_t cpus, char **out, char *err,
+		   size_t errlen);
 
 #endif

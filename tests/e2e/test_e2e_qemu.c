@@ -1311,6 +1311,118 @@ static void test_exec_runs_in_a_container_and_moves_with_it(void **state)
 	assert_int_equal(st, 2);
 }
 
+/* ---- a shim whose first Create boots the VM (as containerd starts it) ---- */
+
+static int setup_boot(void **state)
+{
+	struct fx *f = calloc(1, sizeof(*f));
+	e2e_tmpdir(f->dir);
+	const char *args[] = { "--idle", "--backend", "qemu", "--boot-on-create", NULL };
+	/* its first VM start fails (fault point hcs.start) */
+	if (e2e_shim_start(&f->src, f->dir, "qboot", NULL, "hcs.start:errno=EIO:times=1", args) < 0) {
+		e2e_rmdir(f->dir);
+		free(f);
+		return -1;
+	}
+	*state = f;
+	return 0;
+}
+
+/* A lone container's bundle (no pod annotations) running `cmd`, with a
+ * memory limit of `limit_mib` and a CPU quota of 1.5 CPUs. */
+static void lone_bundle(const char *dir, const char *id, const char *cmd, unsigned limit_mib, char *bundle,
+			size_t cap)
+{
+	snprintf(bundle, cap, "%s/b-%s", dir, id);
+	assert_int_equal(mkdir(bundle, 0700), 0);
+	char p[600];
+	snprintf(p, sizeof p, "%s/config.json", bundle);
+	json_t *cfg = json_pack("{s:s, s:{s:[s,s,s], s:[s], s:s}, s:{s:s}, s:{s:{s:{s:I}, s:{s:I, s:I}}}}",
+				"ociVersion", "1.0.2", "process", "args", "/bin/sh", "-c", cmd, "env",
+				"PATH=/bin", "cwd", "/", "root", "path", "rootfs", "linux", "resources",
+				"memory", "limit", (json_int_t)limit_mib << 20, "cpu", "quota",
+				(json_int_t)150000, "period", (json_int_t)100000);
+	assert_int_equal(json_dump_file(cfg, p, 0), 0);
+	json_decref(cfg);
+}
+
+/* Whether QEMU's command line (pid) has `flag` followed by `value`. */
+static bool qemu_arg(pid_t pid, const char *flag, const char *value)
+{
+	char p[64], buf[8192];
+	snprintf(p, sizeof p, "/proc/%d/cmdline", (int)pid);
+	FILE *fp = fopen(p, "r");
+	if (!fp)
+		return false;
+	size_t n = fread(buf, 1, sizeof buf - 1, fp);
+	fclose(fp);
+	buf[n] = 0;
+	for (size_t i = 0; i < n; i += strlen(buf + i) + 1)
+		if (!strcmp(buf + i, flag) && i + strlen(flag) + 1 < n)
+			return !strcmp(buf + i + strlen(flag) + 1, value);
+	return false;
+}
+
+/* The shim containerd starts has no VM until a task Create: the first
+ * Create boots the utility VM sized by the container's OCI resources
+ * (256 MiB + its 64 MiB limit, 2 vCPUs for a quota of 1.5), then creates
+ * the container in it; a VM that fails to start fails that Create by
+ * name and leaves no QEMU, and the next Create boots it; the last Delete
+ * and Shutdown stop the shim and its VM. */
+static void test_the_first_create_boots_the_sandbox_vm(void **state)
+{
+	struct fx *f = *state;
+	char rootfs[700], lower[700], ld[300], msg[512], b1[400], b2[400], out[500];
+	snprintf(ld, sizeof ld, "%s/boot-layers", f->dir);
+	assert_int_equal(mkdir(ld, 0700), 0);
+	make_layers(ld, "boot-top", "none", rootfs, sizeof rootfs);
+	snprintf(lower, sizeof lower, "%s/ltop:%s/lbase", ld, ld);
+	lone_bundle(f->dir, "solo", "echo hi from $(hostname) $(cat /marker); exit 7", 64, b1, sizeof b1);
+	assert_int_equal(qemu_of(f->src.pid), 0);          /* no VM yet */
+	uint32_t pid = 0, status = 0;
+	int rc = task_create(&f->src, "solo", b1, lower, &pid, msg, sizeof msg);
+	printf("# qemu e2e: the first Create with a failing VM start: %d %s\n", rc, msg);
+	assert_int_not_equal(rc, 0);
+	assert_non_null(strstr(msg, "booting the sandbox VM"));
+	for (int i = 0; i < 100 && qemu_of(f->src.pid); i++)
+		usleep(100000);
+	assert_int_equal(qemu_of(f->src.pid), 0);          /* nothing left of it */
+	assert_int_equal(e2e_state(&f->src, "solo", NULL, NULL), E2E_NOT_FOUND);
+	assert_int_equal(task_create(&f->src, "solo", b1, lower, &pid, msg, sizeof msg), 0);
+	assert_true(pid > 1);
+	pid_t q = 0;
+	assert_int_equal(qemu_of_pid(f->src.pid, &q), 1);
+	assert_true(qemu_arg(q, "-m", "320"));
+	assert_true(qemu_arg(q, "-smp", "2"));
+	assert_int_equal(task_start(&f->src, "solo"), 0);
+	assert_int_equal(task_wait(&f->src, "solo", &status), 0);
+	assert_int_equal(status, 7);
+	snprintf(out, sizeof out, "%s/stdout", b1);
+	char *t = e2e_slurp(out);
+	printf("# qemu e2e: the booted container said: %s", t);
+	assert_non_null(strstr(t, "hi from solo boot-top"));
+	free(t);
+	/* a second container joins the running VM */
+	lone_bundle(f->dir, "solo2", "echo second; exit 0", 16, b2, sizeof b2);
+	assert_int_equal(task_create(&f->src, "solo2", b2, lower, NULL, msg, sizeof msg), 0);
+	assert_int_equal(qemu_of(f->src.pid), 1);
+	assert_int_equal(task_start(&f->src, "solo2"), 0);
+	assert_int_equal(task_wait(&f->src, "solo2", &status), 0);
+	assert_int_equal(status, 0);
+	assert_int_equal(task_delete(&f->src, "solo2"), 0);
+	assert_int_equal(task_delete(&f->src, "solo"), 0);
+	/* containerd's Shutdown after the last Delete: the shim goes, its VM too */
+	Containerd__Task__V2__ShutdownRequest sd = CONTAINERD__TASK__V2__SHUTDOWN_REQUEST__INIT;
+	sd.id = "solo";
+	assert_int_equal(e2e_call(&f->src, "containerd.task.v2.Task", "Shutdown", &sd.base, NULL, NULL, msg,
+				  sizeof msg), 0);
+	pid_t sp = f->src.pid;
+	assert_int_equal(e2e_wait(sp, 20000), 0);
+	f->src.pid = 0;
+	assert_int_equal(qemu_of(sp), 0);
+	assert_false(leftover_qemu());
+}
+
 /* lmctl demo --backend qemu: a Linux guest migrated and verified by
  * where it runs (QEMU keeps its memory: no digest). */
 static void test_lmctl_demo_on_qemu(void **state)
@@ -1348,6 +1460,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_a_failure_at_each_step_leaves_the_guest_on_the_source, setup_pod, teardown),
 		cmocka_unit_test_setup_teardown(test_a_container_reads_its_stdin_and_its_terminal_resizes,
 						setup_pod, teardown),
+		cmocka_unit_test_setup_teardown(test_the_first_create_boots_the_sandbox_vm, setup_boot, teardown),
 		cmocka_unit_test_setup_teardown(test_exec_runs_in_a_container_and_moves_with_it, setup_pod,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_task_create_of_a_new_container_in_the_running_vm,

@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# ctr_run.sh: a real containerd (Debian's, run from its package without
+# installing it) with lmshim registered as runtime io.containerd.lmshim.v1,
+# and `ctr` driving it the way a user does:
+#   - an OCI image built here from busybox-static, imported with
+#     `ctr images import`;
+#   - `ctr run --rm` prints the container's output and returns its exit
+#     status, the shim booting the utility VM for it (QEMU);
+#   - `ctr run -d`, then `ctr task exec` (exit status and output), `ctr
+#     task ps`, `ctr task kill`, and `ctr task delete`.
+# Everything lives in a temp folder (containerd's root, state and socket);
+# every process started is stopped and the folder removed at the end.
+#
+#   ctr_run.sh LMSHIM FETCH_CTR CTR_DIR KERNEL INITRAMFS
+# Exit 0 passed, 77 skipped (no QEMU, no guest image, no containerd
+# package), anything else failed.
+set -uo pipefail
+lmshim=$1 fetch=$2 ctrdir=$3 kernel=$4 initramfs=$5
+
+skip() { echo "# skipped: $*"; exit 77; }
+[ -x /usr/bin/qemu-system-x86_64 ] || skip "no qemu-system-x86_64"
+[ -r "$kernel" ] && [ -r "$initramfs" ] || skip "no guest image ($kernel, $initramfs)"
+[ -x /bin/busybox ] || skip "no /bin/busybox (busybox-static)"
+bash "$fetch" "$ctrdir" >/dev/null || skip "Debian's containerd package cannot be had"
+bin=$ctrdir/root/usr/bin
+[ -x "$bin/containerd" ] || skip "no containerd in the package"
+
+t=$(mktemp -d /tmp/lm-ctr-XXXXXX)
+sock=$t/containerd.sock
+cpid=""
+fail=0
+ctr() { "$bin/ctr" --address "$sock" --namespace lmtest "$@"; }
+cleanup() {
+	ctr tasks kill -s KILL lmrun-d >/dev/null 2>&1
+	ctr tasks delete -f lmrun-d >/dev/null 2>&1
+	ctr containers delete lmrun-d lmrun >/dev/null 2>&1
+	if [ -n "$cpid" ]; then
+		kill "$cpid" 2>/dev/null
+		wait "$cpid" 2>/dev/null
+	fi
+	# a shim containerd started and left (it should not): named by its socket
+	pkill -f "containerd-shim-lmshim-v1 .*-address $sock" 2>/dev/null
+	umount -R "$t/root" 2>/dev/null
+	rm -rf "$t"
+}
+trap cleanup EXIT
+check() {   # check WHAT COND...: one assertion
+	local what=$1; shift
+	if "$@"; then echo "ok - $what"; else echo "not ok - $what"; fail=1; fi
+}
+dump() {
+	echo "# containerd's log (tail):"; tail -n 40 "$t/containerd.log" | sed 's/^/#   /'
+}
+
+# ---- the runtime: lmshim under the name containerd looks for ----------
+mkdir -p "$t/bin"
+ln -s "$(readlink -f "$lmshim")" "$t/bin/containerd-shim-lmshim-v1"
+cat > "$t/config.toml" <<CFG
+version = 2
+root = "$t/root"
+state = "$t/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$sock"
+[ttrpc]
+  address = "$sock.ttrpc"
+CFG
+PATH="$t/bin:$bin:$PATH" "$bin/containerd" --config "$t/config.toml" >"$t/containerd.log" 2>&1 &
+cpid=$!
+for _ in $(seq 100); do
+	ctr version >/dev/null 2>&1 && break
+	sleep 0.1
+done
+ctr version >/dev/null 2>&1 || { dump; echo "containerd did not start"; exit 1; }
+
+# ---- an OCI image: busybox-static and its applets, one layer -------------
+img=$t/img
+mkdir -p "$img/layer/bin" "$img/oci/blobs/sha256"
+cp /bin/busybox "$img/layer/bin/busybox"
+for a in $(/bin/busybox --list); do
+	[ "$a" = busybox ] || ln -s busybox "$img/layer/bin/$a"
+done
+tar --sort=name --mtime=@0 --owner=0 --group=0 -C "$img/layer" -cf "$img/layer.tar" .
+blob() {   # blob FILE: copies FILE into the layout, prints "sha256:HEX SIZE"
+	local h s
+	h=$(sha256sum "$1" | cut -d' ' -f1)
+	s=$(stat -c %s "$1")
+	cp "$1" "$img/oci/blobs/sha256/$h"
+	echo "sha256:$h $s"
+}
+read -r ld ls < <(blob "$img/layer.tar")
+printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":["%s"]}}' \
+	"$ld" > "$img/config.json"
+read -r cd cs < <(blob "$img/config.json")
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"%s","size":%s}]}' \
+	"$cd" "$cs" "$ld" "$ls" > "$img/manifest.json"
+read -r md ms < <(blob "$img/manifest.json")
+printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"docker.io/library/lmbusybox:1"}}]}' \
+	"$md" "$ms" > "$img/oci/index.json"
+echo '{"imageLayoutVersion":"1.0.0"}' > "$img/oci/oci-layout"
+tar -C "$img/oci" -cf "$img/image.tar" oci-layout index.json blobs
+ctr images import --all-platforms "$img/image.tar" >"$t/import.out" 2>&1 ||
+	{ cat "$t/import.out"; dump; echo "image import failed"; exit 1; }
+ref=$(ctr images ls -q | head -n 1)
+check "the image is imported ($ref)" [ -n "$ref" ]
+
+# ---- ctr run --rm: the output, and the exit status ----------------------
+start=$(date +%s%N)
+out=$(timeout 120 "$bin/ctr" --address "$sock" --namespace lmtest run --rm \
+	--runtime io.containerd.lmshim.v1 "$ref" lmrun sh -c 'echo hi from $(hostname); exit 3' </dev/null 2>&1)
+rc=$?
+ms=$(( ($(date +%s%N) - start) / 1000000 ))
+echo "# ctr run --rm: exit $rc in $ms ms, said: $out"
+check "ctr run prints the container's output" [ "$out" = "hi from lmrun" ]
+check "ctr run returns the container's exit status" [ "$rc" -eq 3 ]
+check "ctr run --rm leaves no container" [ -z "$(ctr containers ls -q)" ]
+
+# ---- a detached task: exec, ps, kill, delete -----------------------------
+# (its shell is PID 1 of its PID namespace: no signal stops it unless it
+# handles it, as under runc)
+timeout 120 "$bin/ctr" --address "$sock" --namespace lmtest run -d \
+	--runtime io.containerd.lmshim.v1 "$ref" lmrun-d sh -c 'trap "exit 143" TERM; while :; do sleep 0.2; done' </dev/null >"$t/rund.out" 2>&1
+check "ctr run -d starts the task" [ "$(ctr tasks ls | awk '$1=="lmrun-d"{print $3}')" = RUNNING ]
+xout=$(timeout 60 "$bin/ctr" --address "$sock" --namespace lmtest tasks exec --exec-id x1 lmrun-d \
+	sh -c 'echo exec in $(hostname); exit 5' </dev/null 2>&1)
+xrc=$?
+echo "# ctr task exec: exit $xrc, said: $xout"
+check "ctr task exec prints the process's output" [ "$xout" = "exec in lmrun-d" ]
+check "ctr task exec returns its exit status" [ "$xrc" -eq 5 ]
+ps=$(ctr tasks ps lmrun-d 2>&1)
+echo "# ctr task ps:"; echo "$ps" | sed 's/^/#   /'
+check "ctr task ps lists the task's processes" [ "$(echo "$ps" | tail -n +2 | wc -l)" -ge 1 ]
+ctr tasks kill -s WINCH lmrun-d
+sleep 1
+check "SIGWINCH does not stop it" [ "$(ctr tasks ls | awk '$1=="lmrun-d"{print $3}')" = RUNNING ]
+ctr tasks kill -s TERM lmrun-d
+for _ in $(seq 100); do
+	[ "$(ctr tasks ls | awk '$1=="lmrun-d"{print $3}')" = STOPPED ] && break
+	sleep 0.1
+done
+check "ctr task kill stops it" [ "$(ctr tasks ls | awk '$1=="lmrun-d"{print $3}')" = STOPPED ]
+ctr tasks delete lmrun-d >/dev/null 2>&1
+check "ctr task delete removes it" [ -z "$(ctr tasks ls -q)" ]
+ctr containers delete lmrun-d >/dev/null 2>&1
+sleep 1
+check "no shim and no QEMU of these tasks is left running" \
+	[ -z "$(pgrep -f "guest=vm-lmrun|containerd-shim-lmshim-v1 .*$sock" || true)" ]
+check "no sanitizer report in the shims' logs" \
+	[ -z "$(grep -E "Sanitizer|runtime error:" "$t/containerd.log" || true)" ]
+[ "$fail" -eq 0 ] || dump
+exit $fail
