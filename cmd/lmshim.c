@@ -54,6 +54,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <jansson.h>
 #include <openssl/sha.h>
 
 #include "shim/shim.h"
@@ -72,6 +73,8 @@ static const char usage[] =
 	"containerd flags (Go style, -flag value):\n"
 	"  -namespace NS  -id ID  -address ADDR  -publish-binary BIN  -bundle DIR  -debug\n"
 	"  -socket PATH   serve here instead of the address containerd computes\n"
+	"  start: a bundle whose config.json has io.kubernetes.cri.sandbox-id=P is served by\n"
+	"  the shim of P (one shim, one utility VM per pod); the first task Create boots the VM\n"
 	"\n"
 	"serve options:\n"
 	"  --socket PATH                   ttrpc socket to serve (required)\n"
@@ -229,8 +232,36 @@ static bool socket_answers(const char *path)
 	return ok;
 }
 
-static int cmd_start(int argc, char **argv, const struct cflags *f)
+/* The shim a container's `start` names: its pod's. A bundle whose
+ * config.json says io.kubernetes.cri.sandbox-id=P (the CRI's sandbox
+ * container and app containers alike) is served by the shim of P, as
+ * containerd's runc-v2 shim groups a pod; otherwise by its own. `group`
+ * gets the ID (at most cap bytes; a sandbox ID that is not a plain name
+ * is ignored). */
+static void shim_group(const struct cflags *f, char *group, size_t cap)
 {
+	snprintf(group, cap, "%s", f->id);
+	char p[PATH_MAX];
+	snprintf(p, sizeof p, "%s/config.json", f->bundle && *f->bundle ? f->bundle : ".");
+	json_t *cfg = json_load_file(p, 0, NULL);
+	const char *sb = json_string_value(json_object_get(json_object_get(cfg, "annotations"),
+							   "io.kubernetes.cri.sandbox-id"));
+	bool plain = sb && *sb && strlen(sb) < cap && strlen(sb) <= 128;
+	for (const char *c = sb; plain && *c; c++)
+		plain = (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+			*c == '_' || *c == '.' || *c == '-';
+	if (plain)
+		snprintf(group, cap, "%s", sb);
+	json_decref(cfg);
+}
+
+static int cmd_start(int argc, char **argv, const struct cflags *given)
+{
+	char group[160];
+	shim_group(given, group, sizeof group);
+	struct cflags grouped = *given;
+	grouped.id = group;           /* the pod's shim: its socket, its daemon */
+	const struct cflags *f = &grouped;
 	char path[PATH_MAX];
 	if (socket_path(f, path, sizeof(path)) < 0)
 		return bad("address, namespace and id too long");

@@ -7,7 +7,9 @@
 #   - `ctr run --rm` prints the container's output and returns its exit
 #     status, the shim booting the utility VM for it (QEMU);
 #   - `ctr run -d`, then `ctr task exec` (exit status and output), `ctr
-#     task ps`, `ctr task kill`, and `ctr task delete`.
+#     task ps`, `ctr task kill`, and `ctr task delete`;
+#   - a pod (the CRI's annotations): its sandbox and an app container are
+#     served by one shim and run in one VM.
 # Everything lives in a temp folder (containerd's root, state and socket);
 # every process started is stopped and the folder removed at the end.
 #
@@ -33,13 +35,17 @@ ctr() { "$bin/ctr" --address "$sock" --namespace lmtest "$@"; }
 cleanup() {
 	ctr tasks kill -s KILL lmrun-d >/dev/null 2>&1
 	ctr tasks delete -f lmrun-d >/dev/null 2>&1
-	ctr containers delete lmrun-d lmrun >/dev/null 2>&1
+	for c in lmrun-d lmapp lmpod; do
+		ctr tasks kill -s KILL $c >/dev/null 2>&1
+		ctr tasks delete -f $c >/dev/null 2>&1
+	done
+	ctr containers delete lmrun-d lmrun lmapp lmpod >/dev/null 2>&1
 	if [ -n "$cpid" ]; then
 		kill "$cpid" 2>/dev/null
 		wait "$cpid" 2>/dev/null
 	fi
 	# a shim containerd started and left (it should not): named by its socket
-	pkill -f "containerd-shim-lmshim-v1 .*-address $sock" 2>/dev/null
+	pkill -f -- "-namespace lmtest -id [^ ]+ -address $sock" 2>/dev/null
 	umount -R "$t/root" 2>/dev/null
 	rm -rf "$t"
 }
@@ -143,8 +149,41 @@ ctr tasks delete lmrun-d >/dev/null 2>&1
 check "ctr task delete removes it" [ -z "$(ctr tasks ls -q)" ]
 ctr containers delete lmrun-d >/dev/null 2>&1
 sleep 1
+# ---- a pod: its sandbox and an app container in one shim, one VM ------------
+state() { ctr tasks ls | awk -v id="$1" '$1==id{print $3}'; }
+pod=(--annotation io.kubernetes.cri.sandbox-id=lmpod)
+loop='trap "exit 0" TERM; while :; do sleep 0.2; done'
+timeout 120 "$bin/ctr" --address "$sock" --namespace lmtest run -d --runtime io.containerd.lmshim.v1 \
+	--annotation io.kubernetes.cri.container-type=sandbox "${pod[@]}" "$ref" lmpod sh -c "$loop" \
+	</dev/null >"$t/pod.out" 2>&1
+timeout 120 "$bin/ctr" --address "$sock" --namespace lmtest run -d --runtime io.containerd.lmshim.v1 \
+	--annotation io.kubernetes.cri.container-type=container "${pod[@]}" "$ref" lmapp sh -c "$loop" \
+	</dev/null >>"$t/pod.out" 2>&1
+check "the pod's sandbox and app container run" [ "$(state lmpod)/$(state lmapp)" = RUNNING/RUNNING ]
+shims=$(pgrep -c -f -- "-namespace lmtest -id [^ ]+ -address $sock" || true)
+vms=$(pgrep -c -f "guest=vm-lm(pod|app)" || true)
+echo "# the pod: $shims shim(s), $vms VM(s)"
+check "one shim serves the pod" [ "$shims" = 1 ]
+check "one VM runs the pod" [ "$vms" = 1 ] && [ -n "$(pgrep -f guest=vm-lmpod || true)" ]
+aout=$(timeout 60 "$bin/ctr" --address "$sock" --namespace lmtest tasks exec --exec-id a1 lmapp \
+	hostname </dev/null 2>&1)
+check "exec in the app container runs there ($aout)" [ "$aout" = lmapp ]
+ctr tasks kill lmapp
+for _ in $(seq 100); do [ "$(state lmapp)" = STOPPED ] && break; sleep 0.1; done
+ctr tasks delete lmapp >/dev/null 2>&1
+ctr containers delete lmapp >/dev/null 2>&1
+sleep 0.5
+check "the pod's shim stays while its sandbox runs" [ "$(state lmpod)" = RUNNING ]
+ctr tasks kill lmpod
+for _ in $(seq 100); do [ "$(state lmpod)" = STOPPED ] && break; sleep 0.1; done
+ctr tasks delete lmpod >/dev/null 2>&1
+ctr containers delete lmpod >/dev/null 2>&1
+for _ in $(seq 50); do
+	[ -z "$(pgrep -f -- "-namespace lmtest -id [^ ]+ -address $sock" || true)" ] && break
+	sleep 0.1
+done
 check "no shim and no QEMU of these tasks is left running" \
-	[ -z "$(pgrep -f "guest=vm-lmrun|containerd-shim-lmshim-v1 .*$sock" || true)" ]
+	[ -z "$(pgrep -f -- "guest=vm-lm|-namespace lmtest -id [^ ]+ -address $sock" || true)" ]
 check "no sanitizer report in the shims' logs" \
 	[ -z "$(grep -E "Sanitizer|runtime error:" "$t/containerd.log" || true)" ]
 [ "$fail" -eq 0 ] || dump
