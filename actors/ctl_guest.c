@@ -8,8 +8,11 @@
  * sandbox), a task Create of a new container (its layers hot-plugged as disks of the VM one by one, each in a free slot,
  * and added to the VM document, then the container created in the guest,
  * not started) and its Start, a deleted container's disks detached once
- * the guest let it go (their slots free again), and, on a migration's
- * destination, every container adopted once the VM runs there.
+ * the guest let it go (their slots free again), exec'd processes (task
+ * Exec's Start, their exits, Delete), the VM a shim started by containerd
+ * boots at its first task Create (shim.h vm_on_create: the Creates wait
+ * for it as `waits_vm` gnews), and, on a migration's destination, every
+ * container and running exec'd process adopted once the VM runs there.
  *
  * DESIGN. Every guest call completes on the guest's worker thread, and
  * every exit on a watch's pump thread; each carries a controller

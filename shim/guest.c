@@ -1,6 +1,7 @@
 /*
  * guest.c: the shim's side of the guest agent (guest.h): a job queue run
- * by one worker thread, and one handover watch per container init.
+ * by one worker thread, and one handover watch per process (a container's
+ * init, or a process exec'd in it: keyed by guest_id and exec ID).
  *
  * Jobs run strictly in the order they were queued. The first is always
  * the connection; if it fails, every later job fails with its reason.

@@ -9,7 +9,11 @@
  * (kill with signal s: exit status 128+s; or lm_sandbox_exit), and is
  * deleted once not running. A Wait call parked on a container is answered
  * (WaitResponse: exit status and time) when it stops, or failed when the
- * container is removed or the sandbox torn down.
+ * container is removed or the sandbox torn down. A container that is a
+ * real process in the utility VM (guest_id set) has its init's guest PID
+ * instead, and may hold exec'd processes (struct lm_exec: created by task
+ * Exec, running with a guest PID, stopped, deleted), each with its own
+ * parked Waits, carried by the snapshot too.
  *
  * Pods and containers are kept in arrays sorted by ID: iteration order,
  * and so the snapshot's bytes, do not depend on the order of insertion.
