@@ -35,6 +35,7 @@
 
 #include "actors/patcher.h"
 #include "actors/transport.h"
+#include "shim/sandbox_api.h"
 #include "shim/task_service.h"
 #include "util/clock.h"
 #include "util/log.h"
@@ -528,6 +529,7 @@ static void answer_all_parked(struct ctl *c)
 		c->sock_call = NULL;
 	}
 	lm__ctl_waiters_answer(&c->cancel_waiters, LM_RPC_OK, NULL);
+	lm__ctl_sandbox_drop(c);
 }
 
 static void on_quiesce(struct ctl *c, lm_msg_t *m)
@@ -564,6 +566,9 @@ static void dispatch(lm_actor_t *self, lm_msg_t *m)
 		break;
 	case LM_CTL_TASK_CALL:
 		lm__ctl_on_task_call(c, LM_MSG_PAYLOAD(m, struct lm_ctl_call));
+		break;
+	case LM_CTL_SANDBOX_CALL:
+		lm__ctl_on_sandbox_call(c, LM_MSG_PAYLOAD(m, struct lm_ctl_call));
 		break;
 	case LM_CTL_CALL_GONE:
 		on_call_gone(c, LM_MSG_PAYLOAD(m, struct lm_ctl_call)->call);

@@ -116,6 +116,13 @@ struct ctl {
 	lm_guest_t *guest;               /* the utility VM's agent (qemu backend), or NULL */
 	unsigned boot_pending;           /* boot containers being created in the guest */
 	bool vm_booting;                 /* a Create's VM (cfg.vm_on_create) is booting */
+	/* containerd's sandbox API (ctl_sandbox.c) */
+	char *sbx_id;                    /* CreateSandbox's sandbox_id, NULL: none */
+	uint64_t sbx_created_ns;         /* wall clock: its VM ran */
+	uint64_t sbx_exited_ns;          /* wall clock: it stopped, 0: not */
+	uint32_t sbx_exit_status;
+	struct waiters sbx_starts;       /* StartSandbox calls waiting for the VM */
+	struct waiters sbx_waits;        /* WaitSandbox calls */
 	int boot_guest_rc;               /* the first of their failures */
 	char boot_guest_why[256];
 	struct gnew *gnews;              /* task Creates in the guest in flight (ctl_guest.c) */
@@ -260,6 +267,19 @@ void lm__ctl_on_recovery(struct ctl *c, struct lm_ctl_call *rc);
 
 /* ---- ctl_task.c --------------------------------------------------------- */
 void lm__ctl_on_task_call(struct ctl *c, struct lm_ctl_call *tm);
+
+/* ---- ctl_sandbox.c: containerd's sandbox API ---------------------------- */
+void lm__ctl_on_sandbox_call(struct ctl *c, struct lm_ctl_call *tm);
+/* The VM a task Create or StartSandbox booted runs (err 0), or failed. */
+void lm__ctl_sandbox_booted(struct ctl *c, int err, const char *why);
+/* The VM ended by itself (its compute system exited). */
+void lm__ctl_sandbox_vm_exited(struct ctl *c);
+/* Shutdown: parked calls answered, the sandbox forgotten. */
+void lm__ctl_sandbox_drop(struct ctl *c);
+/* ctl_guest.c: boots cfg.vm_on_create sized for a container's limits
+ * (for_id names what it is for in the log); the Creates waiting and
+ * lm__ctl_sandbox_booted learn the outcome. */
+void lm__ctl_vm_boot(struct ctl *c, const char *for_id, uint64_t memory_limit, uint32_t cpus);
 void lm__ctl_on_inspect(struct ctl *c, struct lm_ctl_call *ic);
 void lm__ctl_on_boot(struct ctl *c, lm_msg_t *m);
 void lm__ctl_boot_answer(struct ctl *c, int rc, const char *msg);

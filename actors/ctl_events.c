@@ -71,6 +71,8 @@ void lm__ctl_publish(struct ctl *c, const struct lm_notify_event *ev)
 void lm__ctl_on_event(struct ctl *c, const lm_hcs_event_t *e)
 {
 	struct lm_notify_event ev;
+	if (e->kind == LM_HCS_EV_SYSTEM_EXITED && c->vm && c->st == ST_IDLE)
+		lm__ctl_sandbox_vm_exited(c);   /* (a VM we close is c->vm no more) */
 	if (e->kind == LM_HCS_EV_HANDOVER) {
 		const lm_hcs_handover_t *h = &e->u.handover;
 		lm__ctl_log(c, "handover", "handover=%s link=%s in_doubt=%s why=\"%s\"",

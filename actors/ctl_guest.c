@@ -542,7 +542,6 @@ static bool guest_id_ok(const char *s)
 }
 
 static void gnew_begin(struct ctl *c, struct gnew *g);
-static void vm_boot(struct ctl *c, const struct lm_guest_new *n);
 
 static void hook_create(void *arg, struct lm_guest_new *n, lm_rpc_call_t *call)
 {
@@ -561,7 +560,7 @@ static void hook_create(void *arg, struct lm_guest_new *n, lm_rpc_call_t *call)
 		/* the sandbox's VM boots first (a shim containerd started) */
 		g->waits_vm = true;
 		if (!c->vm_booting)
-			vm_boot(c, n);
+			lm__ctl_vm_boot(c, n->id, n->memory_limit, n->cpus);
 		return;
 	}
 	gnew_begin(c, g);
@@ -580,8 +579,9 @@ static void vm_booted(struct ctl *c, int err, const char *why)
 		free(c->document);
 		c->document = NULL;
 	} else {
-		lm_log_info("controller", "the sandbox VM runs", "booted_by=create");
+		lm_log_info("controller", "the sandbox VM runs", "state=running");
 	}
+	lm__ctl_sandbox_booted(c, err, why);
 	for (;;) {
 		struct gnew *g = c->gnews;
 		while (g && !g->waits_vm)
@@ -621,20 +621,20 @@ static void on_vm_created(struct ctl *c, struct ctl_done *d)
 	}
 }
 
-/* Boots cfg.vm_on_create, sized for the Create n (lm_vmdoc_sized). */
-static void vm_boot(struct ctl *c, const struct lm_guest_new *n)
+/* Boots cfg.vm_on_create, sized by lm_vmdoc_sized. */
+void lm__ctl_vm_boot(struct ctl *c, const char *for_id, uint64_t memory_limit, uint32_t cpus)
 {
 	char err[200], *doc = NULL;
 	c->vm_booting = true;
-	int rc = lm_vmdoc_sized(c->cfg.vm_on_create, n->memory_limit, n->cpus, &doc, err, sizeof err);
+	int rc = lm_vmdoc_sized(c->cfg.vm_on_create, memory_limit, cpus, &doc, err, sizeof err);
 	if (rc) {
 		vm_booted(c, rc, err);
 		return;
 	}
 	free(c->document);
 	c->document = doc;
-	lm_log_info("controller", "booting the sandbox VM for a Create", "id=%s memory_limit=%llu cpus=%u",
-		    n->id, (unsigned long long)n->memory_limit, n->cpus);
+	lm_log_info("controller", "booting the sandbox VM", "for=%s memory_limit=%llu cpus=%u", for_id,
+		    (unsigned long long)memory_limit, cpus);
 	void *x = lm__ctl_op(c, on_vm_created);
 	lm_hcs_system_t *vm = NULL;
 	rc = x ? lm_hcs_system_create(&vm, c->document, NULL, lm__ctl_hcs_event, c->self, lm__ctl_hcs_done, x)

@@ -28,8 +28,10 @@ void lm__ctl_on_task_call(struct ctl *c, struct lm_ctl_call *tm)
 		.session_active = c->st != ST_IDLE,
 		.vm_running = c->vm_running,
 		.importing = c->st == ST_DEST_IMPORTED,
-		.boots_vm = !c->vm && c->cfg.vm_on_create && c->st == ST_IDLE,
-		.guest = c->guest || (!c->vm && c->cfg.vm_on_create) ? &lm__ctl_guest_task_ops : NULL,
+		/* (a sandbox the sandbox API stopped boots no VM again) */
+		.boots_vm = !c->vm && c->cfg.vm_on_create && c->st == ST_IDLE && !c->sbx_exited_ns,
+		.guest = c->guest || (!c->vm && c->cfg.vm_on_create && !c->sbx_exited_ns)
+				 ? &lm__ctl_guest_task_ops : NULL,
 		.guest_arg = c,
 	};
 	lm_rpc_call_t *call = tm->call;

@@ -15,6 +15,7 @@
 #include "rpc/frame.h"
 #include "rpc/server.h"
 #include "shim/glue.h"
+#include "shim/sandbox_api.h"
 #include "shim/task_service.h"
 
 static void call_dtor(lm_msg_t *m)
@@ -22,7 +23,8 @@ static void call_dtor(lm_msg_t *m)
 	struct lm_ctl_call *cc = LM_MSG_PAYLOAD(m, struct lm_ctl_call);
 	if (cc->call)   /* never handled: the controller is gone; named as the poster named it */
 		lm_rpc_call_fail(cc->call, LM_RPC_UNAVAILABLE, "%s%s: the shim is shutting down",
-				 m->type == LM_CTL_TASK_CALL ? "task " : "", lm_rpc_call_method(cc->call));
+				 m->type == LM_CTL_TASK_CALL ? "task " : m->type == LM_CTL_SANDBOX_CALL ? "sandbox " : "",
+				 lm_rpc_call_method(cc->call));
 }
 
 void lm__shim_post_call(lm_actor_t *ctl, uint32_t type, lm_rpc_call_t *call, int method,

@@ -19,6 +19,7 @@
 #include "actors/controller.h"
 #include "shim/publisher.h"
 #include "actors/notifier.h"
+#include "shim/sandbox_api.h"
 #include "shim/task_service.h"
 #include "actors/transport.h"
 #include "rpc/server.h"
@@ -31,7 +32,7 @@ struct lm_shim {
 	lm_actor_t *controller;
 	lm_publisher_t *publisher;
 	lm_rpc_server_t *server;
-	struct lm_rpc_service mig, inspect, recovery, task;
+	struct lm_rpc_service mig, inspect, recovery, task, sandbox;
 };
 
 static void teardown(lm_shim_t *s)
@@ -93,10 +94,12 @@ int lm_shim_create(lm_shim_t **out, const struct lm_shim_config *cfg)
 		goto fail;
 	lm_migration_service_init(&s->mig, &s->inspect, &s->recovery, s->controller);
 	lm_task_service_init(&s->task, s->controller);
+	lm_sandbox_api_init(&s->sandbox, s->controller);
 	if ((rc = lm_rpc_server_register(s->server, &s->mig)) ||
 	    (rc = lm_rpc_server_register(s->server, &s->inspect)) ||
 	    (rc = lm_rpc_server_register(s->server, &s->recovery)) ||
-	    (rc = lm_rpc_server_register(s->server, &s->task)))
+	    (rc = lm_rpc_server_register(s->server, &s->task)) ||
+	    (rc = lm_rpc_server_register(s->server, &s->sandbox)))
 		goto fail;
 	rc = lm_rpc_server_listen(s->server, cfg->socket);
 	if (rc) {

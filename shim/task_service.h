@@ -112,6 +112,9 @@ struct lm_task_stats {
 	uint64_t pids_current, pids_limit;     /* limit 0: none */
 };
 void lm_task_reply_stats(lm_rpc_call_t *call, const struct lm_task_stats *st);
+/* Thread: any. The same figures packed as an io.containerd.cgroups.v2.Metrics
+ * message into buf (cap bytes): its length, or -ENOSPC. */
+int lm_task_stats_pack(const struct lm_task_stats *st, uint8_t *buf, size_t cap);
 
 /* Containers that are real processes in the utility VM (guest_id set):
  * what the task service cannot do on the sandbox alone. Each hook takes

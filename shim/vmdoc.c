@@ -350,3 +350,14 @@ oom:
 	json_decref(j);
 	return -ENOMEM;
 }
+
+unsigned lm_vmdoc_memory_mb(const char *doc)
+{
+	char err[8];
+	json_t *j = load(doc, err, sizeof err);
+	json_t *mb = json_object_get(json_object_get(json_object_get(json_object_get(j, "VirtualMachine"),
+								     "ComputeTopology"), "Memory"), "SizeInMB");
+	json_int_t v = json_is_integer(mb) ? json_integer_value(mb) : 0;
+	json_decref(j);
+	return v > 0 && v < (json_int_t)UINT32_MAX ? (unsigned)v : 0;
+}

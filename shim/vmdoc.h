@@ -92,6 +92,9 @@ int lm_vmdoc_relocate(const char *doc, const lm_sandbox_t *sb, char **out, char 
  * none) plus the container's memory limit in MiB (rounded up), at most
  * 65536; vCPUs = the larger of the document's Count (1) and `cpus`, at
  * most 64. *out is malloc'd. 0, -EINVAL (with err), -ENOMEM. */
+/* The VM's memory in MiB (ComputeTopology.Memory.SizeInMB), 0 if none. */
+unsigned lm_vmdoc_memory_mb(const char *doc);
+
 int lm_vmdoc_sized(const char *doc, uint64_t memory_limit, uint32_t cpus, char **out, char *err,
 		   size_t errlen);
 

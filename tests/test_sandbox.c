@@ -1325,6 +1325,40 @@ static void test_import_rejects_bad_execs(void **state)
 	}
 }
 
+/* The VM a Create (or StartSandbox) boots is sized by the container's
+ * limits: memory = the document's + the limit rounded up to MiB, vCPUs
+ * at least the CPU quota's; both capped; a broken document is refused. */
+static void test_vm_document_sized_for_a_container(void **state)
+{
+	(void)state;
+	const char *doc = "{\"Id\":\"vm-x\",\"VirtualMachine\":{\"Backend\":\"qemu\",\"ComputeTopology\":"
+			  "{\"Memory\":{\"SizeInMB\":256},\"Processor\":{\"Count\":1}}}}";
+	char *out = NULL, err[200];
+	assert_int_equal(lm_vmdoc_sized(doc, (64u << 20) + 1, 2, &out, err, sizeof err), 0);
+	assert_int_equal(lm_vmdoc_memory_mb(out), 256 + 65);
+	assert_non_null(strstr(out, "\"Count\":2"));
+	assert_non_null(strstr(out, "\"Backend\":\"qemu\""));
+	free(out);
+	assert_int_equal(lm_vmdoc_sized(doc, 0, 0, &out, err, sizeof err), 0);   /* no limits: as written */
+	assert_int_equal(lm_vmdoc_memory_mb(out), 256);
+	assert_non_null(strstr(out, "\"Count\":1"));
+	free(out);
+	assert_int_equal(lm_vmdoc_sized(doc, UINT64_MAX / 2, 1000, &out, err, sizeof err), 0);
+	assert_int_equal(lm_vmdoc_memory_mb(out), 65536);
+	assert_non_null(strstr(out, "\"Count\":64"));
+	free(out);
+	/* no topology: 256 MiB and one vCPU to start from */
+	assert_int_equal(lm_vmdoc_sized("{\"VirtualMachine\":{}}", 1u << 20, 0, &out, err, sizeof err), 0);
+	assert_int_equal(lm_vmdoc_memory_mb(out), 257);
+	free(out);
+	assert_int_equal(lm_vmdoc_sized("not json", 0, 0, &out, err, sizeof err), -EINVAL);
+	assert_null(out);
+	assert_non_null(strstr(err, "not a JSON object"));
+	assert_int_equal(lm_vmdoc_sized("{\"Id\":1}", 0, 0, &out, err, sizeof err), -EINVAL);
+	assert_non_null(strstr(err, "no VirtualMachine object"));
+	assert_int_equal(lm_vmdoc_memory_mb("{}"), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1335,6 +1369,7 @@ int main(void)
 		cmocka_unit_test(test_exec_lifecycle_and_events),
 		cmocka_unit_test(test_execs_travel_in_the_snapshot),
 		cmocka_unit_test(test_import_rejects_bad_execs),
+		cmocka_unit_test(test_vm_document_sized_for_a_container),
 		cmocka_unit_test(test_add_rejects_duplicate_missing_pod_and_second_sandbox),
 		cmocka_unit_test(test_start_then_kill_stops_with_128_plus_signal),
 		cmocka_unit_test(test_delete_refuses_running_and_reports_exit),

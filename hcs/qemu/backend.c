@@ -1315,3 +1315,8 @@ const char *lm_hcs_qemu_agent_socket(lm_vm_t *vm)
 {
 	return vm ? vm->agent : NULL;
 }
+
+pid_t lm_hcs_qemu_pid(lm_vm_t *vm)
+{
+	return vm && vm->q ? lm_qemu_vm_pid(vm->q) : 0;
+}

@@ -24,4 +24,8 @@ lm_qemu_vm_t *lm_hcs_qemu_vm(lm_vm_t *vm);
  * virtio-serial port (in the VM's private directory), NULL for NULL. */
 const char *lm_hcs_qemu_agent_socket(lm_vm_t *vm);
 
+/* Thread: any. The QEMU process's pid (the VMM: what a sandbox's PID is
+ * to containerd), 0 for NULL or before it was launched. */
+pid_t lm_hcs_qemu_pid(lm_vm_t *vm);
+
 #endif

@@ -1600,3 +1600,8 @@ size_t lm_qemu_vm_stderr(lm_qemu_vm_t *vm, char *buf, size_t cap, uint64_t *tota
 	pthread_mutex_unlock(&vm->mu);
 	return n;
 }
+
+pid_t lm_qemu_vm_pid(const lm_qemu_vm_t *vm)
+{
+	return vm ? vm->pid : 0;
+}

@@ -278,6 +278,9 @@ int lm_qemu_vm_wait_exit(lm_qemu_vm_t *vm, unsigned timeout_ms, lm_qemu_exit_t *
  * event is delivered after it returns. NULL is a no-op. */
 void lm_qemu_vm_destroy(lm_qemu_vm_t *vm);
 
+/* Thread: any. QEMU's pid (set at launch, never changes). */
+pid_t lm_qemu_vm_pid(const lm_qemu_vm_t *vm);
+
 /* Thread: any but the loop's. query-status. */
 int lm_qemu_vm_status(lm_qemu_vm_t *vm, lm_qemu_status_t *out, unsigned timeout_ms);
 

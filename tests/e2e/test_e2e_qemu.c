@@ -20,7 +20,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <inttypes.h>
 #include <poll.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -38,6 +40,7 @@
 #include "tests/e2e/e2e.h"
 #include "cgroups_metrics.pb-c.h"
 #include "google/protobuf/any.pb-c.h"
+#include "sandbox_api.pb-c.h"
 #include "task.pb-c.h"
 
 /* QEMU processes that `shim` started (their parent): how many, and the
@@ -1423,6 +1426,199 @@ static void test_the_first_create_boots_the_sandbox_vm(void **state)
 	assert_false(leftover_qemu());
 }
 
+/* ---- containerd's sandbox API (containerd.runtime.sandbox.v1) ------------ */
+
+#define SBX "containerd.runtime.sandbox.v1.Sandbox"
+
+/* A sandbox API call whose request is just {sandbox_id = id}: the code
+ * (message in msg), the response in *resp when rdesc is given. */
+static int sbx_call(struct e2e_shim *s, const char *method, const char *id,
+		    const ProtobufCMessageDescriptor *rdesc, ProtobufCMessage **resp, char *msg, size_t ml)
+{
+	Containerd__Runtime__Sandbox__V1__PingRequest rq = CONTAINERD__RUNTIME__SANDBOX__V1__PING_REQUEST__INIT;
+	rq.sandbox_id = (char *)id;   /* every request's field 1 */
+	int rc = e2e_call(s, SBX, method, &rq.base, rdesc, resp, msg, ml);
+	if (rc)
+		printf("# %s %s: %d %s\n", method, id, rc, msg);
+	return rc;
+}
+
+struct sbx_waiter {
+	struct e2e_shim s;            /* its own connection */
+	int rc;
+	uint32_t status;
+	uint64_t exited_s;
+};
+
+static void *sbx_wait_main(void *arg)
+{
+	struct sbx_waiter *w = arg;
+	char msg[256];
+	ProtobufCMessage *r = NULL;
+	w->rc = sbx_call(&w->s, "WaitSandbox", "sb1", &containerd__runtime__sandbox__v1__wait_sandbox_response__descriptor,
+			 &r, msg, sizeof msg);
+	if (!w->rc) {
+		Containerd__Runtime__Sandbox__V1__WaitSandboxResponse *x = (void *)r;
+		w->status = x->exit_status;
+		w->exited_s = x->exited_at ? (uint64_t)x->exited_at->seconds : 0;
+		protobuf_c_message_free_unpacked(r, NULL);
+	}
+	return NULL;
+}
+
+static int setup_sandbox_api(void **state)
+{
+	struct fx *f = calloc(1, sizeof(*f));
+	e2e_tmpdir(f->dir);
+	const char *args[] = { "--idle", "--backend", "qemu", "--boot-on-create", NULL };
+	if (e2e_shim_start(&f->src, f->dir, "qsbx", NULL, NULL, args) < 0) {
+		e2e_rmdir(f->dir);
+		free(f);
+		return -1;
+	}
+	*state = f;
+	return 0;
+}
+
+/* containerd 1.7's sandbox API, with our own client: CreateSandbox names
+ * the shim's one sandbox (a second is refused), StartSandbox boots its
+ * VM and answers QEMU's pid, Status/Ping/Platform/Metrics look at it (the
+ * metrics are QEMU's own CPU and memory), a pod's container joins it,
+ * StopSandbox stops the VM and what runs in it (a WaitSandbox parked
+ * before is answered), it never starts again, ShutdownSandbox ends the
+ * shim. Calls before CreateSandbox or for another ID are NotFound. */
+static void test_the_sandbox_api_runs_the_vm(void **state)
+{
+	struct fx *f = *state;
+	char msg[512];
+	ProtobufCMessage *r = NULL;
+	assert_int_equal(sbx_call(&f->src, "StartSandbox", "sb1", NULL, NULL, msg, sizeof msg), E2E_NOT_FOUND);
+	assert_non_null(strstr(msg, "no CreateSandbox yet"));
+	Containerd__Runtime__Sandbox__V1__CreateSandboxRequest cr =
+		CONTAINERD__RUNTIME__SANDBOX__V1__CREATE_SANDBOX_REQUEST__INIT;
+	cr.sandbox_id = "";
+	assert_int_equal(e2e_call(&f->src, SBX, "CreateSandbox", &cr.base, NULL, NULL, msg, sizeof msg), E2E_INVALID);
+	cr.sandbox_id = "sb1";
+	cr.netns_path = "/run/netns/sb1";
+	assert_int_equal(e2e_call(&f->src, SBX, "CreateSandbox", &cr.base, NULL, NULL, msg, sizeof msg), 0);
+	cr.sandbox_id = "sb2";
+	assert_int_equal(e2e_call(&f->src, SBX, "CreateSandbox", &cr.base, NULL, NULL, msg, sizeof msg), E2E_EXISTS);
+	assert_non_null(strstr(msg, "this shim serves sandbox \"sb1\""));
+	assert_int_equal(sbx_call(&f->src, "PingSandbox", "sb1", NULL, NULL, msg, sizeof msg), E2E_PRECONDITION);
+	assert_non_null(strstr(msg, "the sandbox is created, not ready"));
+	assert_int_equal(sbx_call(&f->src, "SandboxStatus", "sb2", NULL, NULL, msg, sizeof msg), E2E_NOT_FOUND);
+	assert_int_equal(qemu_of(f->src.pid), 0);
+
+	/* StartSandbox: the VM, QEMU's pid */
+	assert_int_equal(sbx_call(&f->src, "StartSandbox", "sb1",
+				  &containerd__runtime__sandbox__v1__start_sandbox_response__descriptor, &r, msg,
+				  sizeof msg), 0);
+	Containerd__Runtime__Sandbox__V1__StartSandboxResponse *st = (void *)r;
+	pid_t q = 0;
+	assert_int_equal(qemu_of_pid(f->src.pid, &q), 1);
+	assert_int_equal(st->pid, (uint32_t)q);
+	assert_non_null(st->created_at);
+	assert_true(st->created_at->seconds > 1700000000);
+	protobuf_c_message_free_unpacked(r, NULL);
+	Containerd__Runtime__Sandbox__V1__SandboxStatusRequest sr =
+		CONTAINERD__RUNTIME__SANDBOX__V1__SANDBOX_STATUS_REQUEST__INIT;
+	sr.sandbox_id = "sb1";
+	sr.verbose = true;
+	assert_int_equal(e2e_call(&f->src, SBX, "SandboxStatus", &sr.base,
+				  &containerd__runtime__sandbox__v1__sandbox_status_response__descriptor, &r, msg,
+				  sizeof msg), 0);
+	Containerd__Runtime__Sandbox__V1__SandboxStatusResponse *ss = (void *)r;
+	assert_string_equal(ss->sandbox_id, "sb1");
+	assert_string_equal(ss->state, "SANDBOX_READY");
+	assert_int_equal(ss->pid, (uint32_t)q);
+	bool life_ready = false;
+	for (size_t i = 0; i < ss->n_info; i++)
+		life_ready |= !strcmp(ss->info[i]->key, "life") && !strcmp(ss->info[i]->value, "ready");
+	assert_true(life_ready);
+	protobuf_c_message_free_unpacked(r, NULL);
+	assert_int_equal(sbx_call(&f->src, "PingSandbox", "sb1", NULL, NULL, msg, sizeof msg), 0);
+	assert_int_equal(sbx_call(&f->src, "Platform", "sb1",
+				  &containerd__runtime__sandbox__v1__platform_response__descriptor, &r, msg,
+				  sizeof msg), 0);
+	Containerd__Runtime__Sandbox__V1__PlatformResponse *pf = (void *)r;
+	assert_non_null(pf->platform);
+	assert_string_equal(pf->platform->os, "linux");
+	assert_string_equal(pf->platform->architecture, "amd64");
+	protobuf_c_message_free_unpacked(r, NULL);
+	assert_int_equal(sbx_call(&f->src, "SandboxMetrics", "sb1",
+				  &containerd__runtime__sandbox__v1__sandbox_metrics_response__descriptor, &r, msg,
+				  sizeof msg), 0);
+	Containerd__Runtime__Sandbox__V1__SandboxMetricsResponse *mr = (void *)r;
+	assert_non_null(mr->metrics);
+	assert_string_equal(mr->metrics->id, "sb1");
+	assert_non_null(mr->metrics->data);
+	assert_string_equal(mr->metrics->data->type_url, "io.containerd.cgroups.v2.Metrics");
+	Io__Containerd__Cgroups__V2__Metrics *m = io__containerd__cgroups__v2__metrics__unpack(
+		NULL, mr->metrics->data->value.len, mr->metrics->data->value.data);
+	assert_non_null(m);
+	assert_true(m->cpu && m->memory);
+	printf("# qemu e2e: sandbox metrics: cpu %" PRIu64 " us, memory %" PRIu64 " of %" PRIu64 " bytes\n",
+	       m->cpu->usage_usec, m->memory->usage, m->memory->usage_limit);
+	assert_true(m->cpu->usage_usec > 0);              /* QEMU booted a kernel */
+	assert_true(m->memory->usage > (16u << 20));
+	assert_int_equal(m->memory->usage_limit, 256u << 20);
+	io__containerd__cgroups__v2__metrics__free_unpacked(m, NULL);
+	protobuf_c_message_free_unpacked(r, NULL);
+
+	/* a container of the pod joins the sandbox's VM */
+	char ld[300], rootfs[700], lower[700], b1[400];
+	snprintf(ld, sizeof ld, "%s/sbx-layers", f->dir);
+	assert_int_equal(mkdir(ld, 0700), 0);
+	make_layers(ld, "sbx-top", "none", rootfs, sizeof rootfs);
+	snprintf(lower, sizeof lower, "%s/ltop:%s/lbase", ld, ld);
+	new_bundle(f->dir, "a1", "sb1", "while :; do sleep 1; done", b1, sizeof b1);
+	assert_int_equal(task_create(&f->src, "a1", b1, lower, NULL, msg, sizeof msg), 0);
+	assert_int_equal(task_start(&f->src, "a1"), 0);
+	assert_int_equal(qemu_of(f->src.pid), 1);
+
+	/* WaitSandbox parked, then StopSandbox */
+	struct sbx_waiter w = { .s = f->src };
+	w.s.c = NULL;
+	assert_int_equal(lm_rpc_client_connect(&w.s.c, f->src.sock), 0);
+	pthread_t th;
+	assert_int_equal(pthread_create(&th, NULL, sbx_wait_main, &w), 0);
+	usleep(300000);
+	Containerd__Runtime__Sandbox__V1__StopSandboxRequest stp = CONTAINERD__RUNTIME__SANDBOX__V1__STOP_SANDBOX_REQUEST__INIT;
+	stp.sandbox_id = "sb1";
+	assert_int_equal(e2e_call(&f->src, SBX, "StopSandbox", &stp.base, NULL, NULL, msg, sizeof msg), 0);
+	pthread_join(th, NULL);
+	lm_rpc_client_close(w.s.c);
+	assert_int_equal(w.rc, 0);
+	assert_int_equal(w.status, 0);
+	assert_true(w.exited_s > 1700000000);
+	uint32_t status = 0;
+	assert_int_equal(task_wait(&f->src, "a1", &status), 0);
+	assert_int_equal(status, 137);                     /* it went with the VM */
+	for (int i = 0; i < 100 && qemu_of(f->src.pid); i++)
+		usleep(100000);
+	assert_int_equal(qemu_of(f->src.pid), 0);
+	assert_int_equal(sbx_call(&f->src, "StartSandbox", "sb1", NULL, NULL, msg, sizeof msg), E2E_PRECONDITION);
+	assert_non_null(strstr(msg, "stopped"));
+	assert_int_equal(e2e_call(&f->src, SBX, "SandboxStatus", &sr.base,
+				  &containerd__runtime__sandbox__v1__sandbox_status_response__descriptor, &r, msg,
+				  sizeof msg), 0);
+	ss = (void *)r;
+	assert_string_equal(ss->state, "SANDBOX_NOTREADY");
+	assert_non_null(ss->exited_at);
+	protobuf_c_message_free_unpacked(r, NULL);
+	/* nor does a task Create boot it again */
+	char b2[400];
+	new_bundle(f->dir, "a2", "sb1", "true", b2, sizeof b2);
+	assert_int_equal(task_create(&f->src, "a2", b2, lower, NULL, msg, sizeof msg), E2E_PRECONDITION);
+	assert_int_equal(qemu_of(f->src.pid), 0);
+	/* ShutdownSandbox: the shim goes */
+	assert_int_equal(sbx_call(&f->src, "ShutdownSandbox", "sb1", NULL, NULL, msg, sizeof msg), 0);
+	pid_t sp = f->src.pid;
+	assert_int_equal(e2e_wait(sp, 20000), 0);
+	f->src.pid = 0;
+	assert_false(leftover_qemu());
+}
+
 /* lmctl demo --backend qemu: a Linux guest migrated and verified by
  * where it runs (QEMU keeps its memory: no digest). */
 static void test_lmctl_demo_on_qemu(void **state)
@@ -1461,6 +1657,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_a_container_reads_its_stdin_and_its_terminal_resizes,
 						setup_pod, teardown),
 		cmocka_unit_test_setup_teardown(test_the_first_create_boots_the_sandbox_vm, setup_boot, teardown),
+		cmocka_unit_test_setup_teardown(test_the_sandbox_api_runs_the_vm, setup_sandbox_api, teardown),
 		cmocka_unit_test_setup_teardown(test_exec_runs_in_a_container_and_moves_with_it, setup_pod,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_task_create_of_a_new_container_in_the_running_vm,
