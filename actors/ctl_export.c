@@ -68,6 +68,12 @@ void lm__ctl_prepare_and_export(struct ctl *c, lm_rpc_call_t *call, PrepareAndEx
 		lm__ctl_fail(call, LM_RPC_INVALID_ARGUMENT, "%s: init_options: %s", M, err);
 		return;
 	}
+	/* integrity by default: every batch this source sends is checksummed
+	 * (the hello tells the destination) unless this shim was told
+	 * otherwise (lmshim --no-checksum); an orchestrator can only ask for
+	 * it, not refuse it (proto3 cannot tell false from unset) */
+	if (!c->cfg.no_checksum)
+		o.checksum = true;
 	void *x = lm__ctl_op(c, on_initialized);
 	int rc = x ? lm_hcs_migration_initialize(c->vm, &o, lm__ctl_hcs_done, x) : -ENOMEM;
 	if (rc) {

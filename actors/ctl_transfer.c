@@ -42,6 +42,9 @@ void lm__ctl_socket(struct ctl *c, lm_rpc_call_t *call, CreateDuplicateSocketReq
 		lm__ctl_fail(call, LM_RPC_RESOURCE_EXHAUSTED, "%s: out of memory", M);
 		return;
 	}
+	uint32_t sid = 0;
+	if (c->side != SIDE_SOURCE && lm_convert_session_id(c->session, &sid) == 0)
+		lm_transport_adopt_expect_hello(m, sid);   /* a listening destination: its source only */
 	lm_msg_set_reply_to(m, lm_actor_mailbox(c->self));
 	if (lm_actor_send(c->transport, m) != 0) {
 		lm_msg_free(m);

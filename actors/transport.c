@@ -1,5 +1,9 @@
 /*
- * transport.c: the transport actor and its connect/accept threads.
+ * transport.c: the transport actor and its connect/accept threads. A
+ * destination's listener hands over only its session's source
+ * (accept_source): a peer is kept, unread, until its first bytes show the
+ * transfer HELLO with the session's SessionId; any other is closed
+ * without a word and the listener waits on until the deadline.
  */
 #include "actors/transport.h"
 #include "actors/controller.h"
@@ -23,6 +27,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "hcs/xfer/xfer_wire.h"
 #include "migration.pb-c.h"
 #include "util/clock.h"
 #include "util/fault.h"
@@ -46,7 +51,16 @@ struct job {
 	uint64_t deadline_ns;
 	int abort_efd;
 	uint64_t gen;
+	bool expect_hello;        /* listen: only this session's source (see below) */
+	uint32_t session_id;
 };
+
+/* A listener that expects its session's source keeps up to PEERS_MAX
+ * accepted peers at once, each for at most PEER_MS, until one shows the
+ * HELLO: so a stranger that connects first, or connects and says nothing,
+ * neither takes the one slot nor holds the listener. */
+#define PEERS_MAX 8
+#define PEER_MS 2000
 
 struct done {
 	uint64_t gen;
@@ -198,6 +212,116 @@ static int clear_stale(const char *path, const struct sockaddr_storage *ss, sock
 	return 0;
 }
 
+/* What the first bytes of a peer say: 1 it is this session's source (its
+ * HELLO's magic, version, header length and SessionId; left unread), 0
+ * not yet known (fewer bytes so far), -1 not it. */
+static int hello_of(int fd, uint32_t session_id)
+{
+	lm_xf_hello_t h;
+	ssize_t n = recv(fd, &h, 12, MSG_PEEK | MSG_DONTWAIT);
+	if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+		return -1;
+	if (n < 12)
+		return n >= 4 && h.magic != LM_XF_MAGIC ? -1 : 0;
+	return h.magic == LM_XF_MAGIC && h.version == LM_XF_VERSION && h.hdr_len == sizeof(h) &&
+	       h.session_id == session_id ? 1 : -1;
+}
+
+/* Listen mode for a destination: accepts until a peer shows this
+ * session's HELLO (see PEERS_MAX). The winner in *out; the others are
+ * closed without a word (nothing about the session reaches a peer that
+ * has not shown it). 0, -ETIMEDOUT, -ECANCELED, -errno; *refused counts
+ * the peers dropped. */
+static int accept_source(struct job *j, int lfd, int *out, unsigned *refused)
+{
+	struct { int fd; uint64_t until; } p[PEERS_MAX];
+	unsigned np = 0;
+	int rc = 0;
+	*out = -1;
+	*refused = 0;
+	for (;;) {
+		uint64_t now = lm_now_ns(), next = j->deadline_ns;
+		if (now >= j->deadline_ns) {
+			rc = -ETIMEDOUT;
+			break;
+		}
+		for (unsigned i = 0; i < np;) {
+			if (now >= p[i].until) {      /* said nothing (enough) in time */
+				close(p[i].fd);
+				p[i] = p[--np];
+				++*refused;
+				continue;
+			}
+			if (p[i].until < next)
+				next = p[i].until;
+			i++;
+		}
+		struct pollfd q[PEERS_MAX + 2];
+		q[0] = (struct pollfd){ lfd, POLLIN, 0 };
+		q[1] = (struct pollfd){ j->abort_efd, POLLIN, 0 };
+		for (unsigned i = 0; i < np; i++)
+			q[2 + i] = (struct pollfd){ p[i].fd, POLLIN | POLLRDHUP, 0 };
+		int n = poll(q, 2 + np, (int)((next - now) / 1000000u) + 1);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			rc = -errno;
+			break;
+		}
+		if (q[1].revents) {
+			rc = -ECANCELED;
+			break;
+		}
+		for (unsigned i = np; i-- > 0;) {
+			if (!q[2 + i].revents)
+				continue;
+			int h = hello_of(p[i].fd, j->session_id);
+			if (h > 0) {
+				*out = p[i].fd;
+				p[i] = p[--np];
+				goto done;
+			}
+			if (h < 0 || (q[2 + i].revents & (POLLHUP | POLLRDHUP | POLLERR))) {
+				close(p[i].fd);
+				p[i] = p[--np];
+				++*refused;
+			}
+		}
+		if (q[0].revents) {
+			rc = LM_FAULT("transport.accept");
+			int c = rc < 0 ? -1 : accept4(lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+			if (c < 0) {
+				rc = rc < 0 ? rc : -errno;
+				if (rc == -EAGAIN || rc == -EINTR || rc == -ECONNABORTED) {
+					rc = 0;
+					continue;
+				}
+				break;
+			}
+			if (np == PEERS_MAX) {        /* the oldest goes */
+				unsigned o = 0;
+				for (unsigned i = 1; i < np; i++)
+					if (p[i].until < p[o].until)
+						o = i;
+				close(p[o].fd);
+				p[o] = p[--np];
+				++*refused;
+			}
+			uint64_t until = lm_now_ns() + (uint64_t)PEER_MS * 1000000u;
+			p[np].fd = c;
+			p[np].until = until < j->deadline_ns ? until : j->deadline_ns;
+			np++;
+		}
+	}
+done:
+	for (unsigned i = 0; i < np; i++)
+		close(p[i].fd);
+	if (*refused)
+		lm_log_warn("transport", "peers refused: not this session's source", "listen=%s refused=%u%s",
+			    j->addr, *refused, *out >= 0 ? " then=accepted" : "");
+	return *out >= 0 ? 0 : rc;
+}
+
 static void *job_main(void *arg)
 {
 	struct job *j = arg;
@@ -240,18 +364,35 @@ static void *job_main(void *arg)
 			made_dev = st.st_dev;
 			made_ino = st.st_ino;
 		}
-		rc = wait_ready(fd, POLLIN, j->abort_efd, j->deadline_ns);
-		if (rc) {
-			snprintf(d.msg, sizeof(d.msg), "no peer connected to %s: %s", j->addr,
-				 rc == -ETIMEDOUT ? "timed out" : rc == -ECANCELED ? "cancelled" : strerror(-rc));
-			goto out;
-		}
-		rc = LM_FAULT("transport.accept");
-		int c = rc < 0 ? -1 : accept4(fd, NULL, NULL, SOCK_CLOEXEC);
-		if (c < 0) {
-			rc = rc < 0 ? rc : -errno;
-			snprintf(d.msg, sizeof(d.msg), "accept on %s: %s", j->addr, strerror(-rc));
-			goto out;
+		int c = -1;
+		if (j->expect_hello) {
+			unsigned refused = 0;
+			rc = accept_source(j, fd, &c, &refused);
+			if (rc) {
+				char also[80] = "";
+				if (refused)
+					snprintf(also, sizeof also, " (%u other peer%s refused: not this session's "
+						 "source)", refused, refused == 1 ? "" : "s");
+				snprintf(d.msg, sizeof(d.msg), "no source of this session connected to %s: %s%s",
+					 j->addr, rc == -ETIMEDOUT ? "timed out" : rc == -ECANCELED ? "cancelled"
+					 : strerror(-rc), also);
+				goto out;
+			}
+		} else {
+			rc = wait_ready(fd, POLLIN, j->abort_efd, j->deadline_ns);
+			if (rc) {
+				snprintf(d.msg, sizeof(d.msg), "no peer connected to %s: %s", j->addr,
+					 rc == -ETIMEDOUT ? "timed out" : rc == -ECANCELED ? "cancelled"
+					 : strerror(-rc));
+				goto out;
+			}
+			rc = LM_FAULT("transport.accept");
+			c = rc < 0 ? -1 : accept4(fd, NULL, NULL, SOCK_CLOEXEC);
+			if (c < 0) {
+				rc = rc < 0 ? rc : -errno;
+				snprintf(d.msg, sizeof(d.msg), "accept on %s: %s", j->addr, strerror(-rc));
+				goto out;
+			}
 		}
 		close(fd);
 		fd = c;
@@ -415,6 +556,8 @@ static void adopt(struct transport *t, lm_msg_t *m)
 		goto fail;
 	}
 	j->listen = desc->mode_case == LINUX_SOCKET_DESCRIPTOR__MODE_LISTEN;
+	j->expect_hello = a->expect_hello;
+	j->session_id = a->session_id;
 	snprintf(j->addr, sizeof(j->addr), "%s", addr);
 	j->deadline_ns = a->deadline_ns ? a->deadline_ns : lm_now_ns() + DEFAULT_WAIT_NS;
 	j->abort_efd = efd;
@@ -521,6 +664,13 @@ int lm_transport_spawn(lm_runtime_t *rt, lm_actor_t **out)
 	}
 	t->self = *out;
 	return 0;
+}
+
+void lm_transport_adopt_expect_hello(lm_msg_t *m, uint32_t session_id)
+{
+	struct lm_xport_adopt *a = LM_MSG_PAYLOAD(m, struct lm_xport_adopt);
+	a->expect_hello = true;
+	a->session_id = session_id;
 }
 
 lm_msg_t *lm_transport_adopt_msg(uint64_t gen, uint64_t deadline_ns,

@@ -19,6 +19,7 @@
 #define LM_ACTORS_TRANSPORT_H
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "runtime/runtime.h"
@@ -34,6 +35,9 @@ struct lm_xport_adopt {
 	uint64_t deadline_ns;     /* lm_now_ns() clock; 0 = 60 s from now */
 	size_t len;
 	uint8_t *desc;            /* LinuxSocketDescriptor bytes (freed by the dtor) */
+	bool expect_hello;        /* listen mode: hand over only a peer whose first
+				     bytes are the HELLO of session_id */
+	uint32_t session_id;
 };
 
 /* The answer (message type LM_CTL_SOCKET, sent to reply_to). */
@@ -51,6 +55,14 @@ int lm_transport_spawn(lm_runtime_t *rt, lm_actor_t **out);
 
 /* Thread: any. Builds an LM_XPORT_ADOPT message (copies desc); the
  * caller sets reply_to and sends it. NULL when out of memory. */
+/* Thread: any. On an LM_XPORT_ADOPT message: if the descriptor says
+ * listen, a peer is handed over only once its first bytes are an lmshim
+ * transfer HELLO of session session_id (a destination waiting for its
+ * source): any other peer (a stranger, a port scanner, another session's
+ * source) is closed, told nothing, and the listener waits on until the
+ * deadline. The HELLO stays unread for the engine. */
+void lm_transport_adopt_expect_hello(lm_msg_t *m, uint32_t session_id);
+
 lm_msg_t *lm_transport_adopt_msg(uint64_t gen, uint64_t deadline_ns,
 				 const uint8_t *desc, size_t len);
 

@@ -11,6 +11,9 @@
  *
  *   raw transport=unix bytes=1073741824 ms=... gbps=... ratio=1.00 ... hot_ms=...
  *   idle transport=unix ms=... gbps=... baseline_gbps=... ratio=...
+ *   idle_checksum transport=unix ms=... unchecked_ms=... ratio=...  (the same
+ *       guest with every batch checksummed, lmshim's default; ratio =
+ *       unchecked time / checked)
  *   dirty200 transport=unix ms=... passes=... bytes=... blackout_ms=... ...
  *
  * ratio = our GB/s (effective: guest bytes / time) over the baseline's.
@@ -70,6 +73,7 @@ static FILE *csv;
 static const char *only;
 static const lm_backend_ops_t *ops = &lm_hcs_sim_ops;
 static bool kvm;          /* --backend kvm */
+static bool with_checksum; /* migrate(): batches checksummed (lmshim's default) */
 static unsigned vcpus = 1; /* kvm: vCPUs per guest (the workload is split) */
 
 /* A guest of size_mib on the chosen backend (sim: exactly ht_vm). Exits
@@ -266,6 +270,7 @@ static void migrate(const char *name, const char *transport, lm_vm_t *src, bool 
 	lm__xfer_opts_t o;
 	lm__xfer_opts_default(&o);
 	o.session_id = 7;
+	o.checksum = with_checksum;
 	struct ht_log ls, ld;
 	ht_log_init(&ls);
 	ht_log_init(&ld);
@@ -351,7 +356,7 @@ static void run_transport(bool tcp)
 	lm_vm_t *src = bvm(0, LM_FILL_RANDOM, false);
 	ops->regions(src, &rs);
 	double bms = 1e18, hot_ms = 1e18, ms;
-	struct result r, best = { .ms = 1e18 };
+	struct result r, best = { .ms = 1e18 }, best_ck = { .ms = 1e18 };
 	for (int i = 0; i < reps; i++) {
 		lm_vm_t *dstb = bvm(0, LM_FILL_ZERO, true);
 		ops->regions(dstb, &rd);
@@ -372,6 +377,12 @@ static void run_transport(bool tcp)
 			migrate("idle", tr, src, tcp, &r);
 			if (r.rc || r.ms < best.ms)
 				best = r;
+			/* the same with every batch checksummed, interleaved */
+			with_checksum = true;
+			migrate("idle_checksum", tr, src, tcp, &r);
+			with_checksum = false;
+			if (r.rc || r.ms < best_ck.ms)
+				best_ck = r;
 		}
 	}
 	double base = (double)bytes / (bms * 1e6);
@@ -389,6 +400,11 @@ static void run_transport(bool tcp)
 		       (double)bytes / (r.ms * 1e6) / base, (unsigned long long)r.ss.bytes_sent,
 		       r.ss.passes, (double)r.ss.blackout_ns / 1e6, (double)r.ss.cpu_ns / 1e9 / gib,
 		       (double)r.sd.cpu_ns / 1e9 / gib, r.populate_ms, reps);
+		/* integrity's cost: checksummed (lmshim's default) vs unchecked */
+		printf("idle_checksum transport=%s rc=%d ms=%.1f unchecked_ms=%.1f ratio=%.2f "
+		       "cpu_src_s_per_gib=%.3f cpu_dst_s_per_gib=%.3f best_of=%d\n",
+		       tr, best_ck.rc, best_ck.ms, r.ms, r.ms / best_ck.ms, (double)best_ck.ss.cpu_ns / 1e9 / gib,
+		       (double)best_ck.sd.cpu_ns / 1e9 / gib, reps);
 		if (kvm)
 			printf("idle guest transport=%s backend=kvm vcpus=%u guest_precopy_max_gap_ms=%.2f "
 			       "guest_max_gap_ms=%.2f dst_resume_after_ms=%.2f\n",

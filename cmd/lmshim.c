@@ -98,6 +98,8 @@ static const char usage[] =
 	"                                  each, under a writable scratch (default: the build's\n"
 	"                                  busybox image, shared; repeatable)\n"
 	"  --idle                          no VM: a migration destination\n"
+	"  --no-checksum                   migrations this shim sends carry batch checksums only\n"
+	"                                  when the orchestrator asks (default: always)\n"
 	"  --boot-on-create                with --idle and --backend qemu: the first plain task\n"
 	"                                  Create boots the VM (--vm-size-mb plus the container's\n"
 	"                                  memory limit, at least --vcpus), as the shim that\n"
@@ -584,7 +586,7 @@ static int cmd_serve(int argc, char **argv)
 {
 	enum { O_SOCKET = 1, O_ID, O_NS, O_MB, O_VCPUS, O_BACKEND, O_RATE, O_PATTERN, O_CONT, O_IDLE,
 	       O_STATE, O_WORKERS, O_DEBUG, O_ANYUID, O_HELP, O_FILL, O_XCPU, O_EVENTS, O_STALL,
-	       O_ORPHAN, O_CCMD, O_CROOT, O_BOOTC };
+	       O_ORPHAN, O_CCMD, O_CROOT, O_BOOTC, O_NOCSUM };
 	static const struct option lo[] = {
 		{ "socket", required_argument, 0, O_SOCKET }, { "id", required_argument, 0, O_ID },
 		{ "namespace", required_argument, 0, O_NS },
@@ -604,6 +606,7 @@ static int cmd_serve(int argc, char **argv)
 		{ "container-cmd", required_argument, 0, O_CCMD },
 		{ "container-rootfs", required_argument, 0, O_CROOT },
 		{ "boot-on-create", no_argument, 0, O_BOOTC },
+		{ "no-checksum", no_argument, 0, O_NOCSUM },
 		{ "help", no_argument, 0, O_HELP }, { 0, 0, 0, 0 },
 	};
 	const char *sock = NULL, *id = "standalone", *ns = "default", *backend = "sim";
@@ -612,7 +615,7 @@ static int cmd_serve(int argc, char **argv)
 	unsigned long xcpu = LM_SHIM_TRANSFER_CPU_DEFAULT;
 	unsigned long stall = 10000, orphan = LM_SHIM_ORPHAN_MS_DEFAULT;
 	const char *events = getenv("TTRPC_ADDRESS");
-	bool idle = false, any_uid = false, boot_on_create = false;
+	bool idle = false, any_uid = false, boot_on_create = false, no_checksum = false;
 	const char *ccmd[32], *croot[32];
 	unsigned n_ccmd = 0, n_croot = 0;
 	int c;
@@ -677,6 +680,7 @@ static int cmd_serve(int argc, char **argv)
 		}
 		case O_IDLE: idle = true; break;
 		case O_BOOTC: boot_on_create = true; break;
+		case O_NOCSUM: no_checksum = true; break;
 		case O_STATE: state = optarg; break;
 		case O_WORKERS:
 			workers = strtoul(optarg, &end, 10);
@@ -717,7 +721,7 @@ static int cmd_serve(int argc, char **argv)
 				      .workers = (unsigned)workers, .any_uid = any_uid,
 				      .transfer_cpu_pct = (unsigned)xcpu, .on_shutdown = stop_self,
 				      .events_address = events, .stall_ms = (unsigned)stall,
-				      .orphan_ms = (unsigned)orphan };
+				      .orphan_ms = (unsigned)orphan, .no_checksum = no_checksum };
 	char doc[1024], cdoc[512];
 	if (boot_on_create) {
 		if (!idle || strcmp(backend, "qemu"))

@@ -72,6 +72,10 @@ struct lm_shim_config {
 	 * resources (docs/README: the sizing rule). NULL: such a Create is
 	 * refused ("the VM is not running"). */
 	const char *vm_on_create;
+	/* Migrations this shim sends carry batch checksums only when the
+	 * orchestrator's options ask (ChecksumVerification); false (the
+	 * default): always (docs: "Integrity"). */
+	bool no_checksum;
 };
 
 #define LM_SHIM_TRANSFER_CPU_DEFAULT 90

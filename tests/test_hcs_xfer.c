@@ -825,6 +825,30 @@ static void test_handshake_refuses_session_id_mismatch(void **state)
 			  1234, "session id mismatch");
 }
 
+/* A source of another session is told the mismatch and nothing else:
+ * not the destination's SessionId (its own log names both), and not
+ * what this side holds (a destination of another size: still only the
+ * mismatch, the first thing checked). */
+static void test_session_mismatch_tells_the_peer_nothing(void **state)
+{
+	(void)state;
+	int sv[2] = { -1, -1 };
+	lm__xfer_opts_t os, od;
+	opts(&os);
+	opts(&od);
+	od.session_id = 987654321;
+	assert_int_equal(ht_pair(sv, false), 0);
+	struct mig m = { .src = ht_vm(8, 0, 0, LM_FILL_RANDOM, false), .dst = ht_vm(16, 0, 0, 0, true) };
+	mig_create(&m, sv[0], sv[1], &os, &od);
+	mig_join(&m);
+	assert_int_not_equal(m.rs, 0);
+	assert_non_null(strstr(m.ls.fail_msg, "session id mismatch"));
+	assert_null(strstr(m.ls.fail_msg, "987654321"));
+	assert_null(strstr(m.ls.fail_msg, "memory"));
+	assert_non_null(strstr(m.ld.fail_msg, "987654321"));   /* the destination's own account */
+	mig_free(&m);
+}
+
 static void test_handshake_refuses_memory_size_mismatch(void **state)
 {
 	handshake_refused(ht_vm(8, 0, 0, LM_FILL_RANDOM, false), ht_vm(16, 0, 0, 0, true),
@@ -913,6 +937,7 @@ int main(void)
 		cmocka_unit_test(test_send_fault_mid_stream_recovers_source),
 		cmocka_unit_test(test_destination_state_load_failure_recovers_source),
 		cmocka_unit_test(test_handshake_refuses_session_id_mismatch),
+		cmocka_unit_test(test_session_mismatch_tells_the_peer_nothing),
 		cmocka_unit_test(test_handshake_refuses_memory_size_mismatch),
 		cmocka_unit_test(test_handshake_refuses_other_protocol_version),
 	};

@@ -17,6 +17,7 @@
  */
 #define _GNU_SOURCE 1
 #include <errno.h>
+#include <poll.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
@@ -39,6 +40,7 @@
 
 #include "actors/controller.h"
 #include "actors/transport.h"
+#include "hcs/xfer/xfer_wire.h"
 #include "util/fault.h"
 #include "migration.pb-c.h"
 #include "rpc/frame.h"
@@ -415,6 +417,91 @@ static void test_listen_on_a_unix_path_accepts_one_peer_then_removes_the_path(vo
 	close(peer);
 }
 
+/* A listen for this session's source (lm_transport_adopt_expect_hello). */
+static void send_listen_for(uint64_t gen, const char *addr, uint64_t deadline_ns, uint32_t session_id)
+{
+	LinuxSocketDescriptor d = LINUX_SOCKET_DESCRIPTOR__INIT;
+	d.mode_case = LINUX_SOCKET_DESCRIPTOR__MODE_LISTEN;
+	d.listen = (char *)addr;
+	lm_msg_t *m = adopt_msg(gen, deadline_ns, &d);
+	lm_transport_adopt_expect_hello(m, session_id);
+	assert_int_equal(lm_actor_send(F.t, m), 0);
+}
+
+static lm_xf_hello_t hello_of_session(uint32_t session_id)
+{
+	lm_xf_hello_t h;
+	memset(&h, 0, sizeof h);
+	h.magic = LM_XF_MAGIC;
+	h.version = LM_XF_VERSION;
+	h.hdr_len = sizeof h;
+	h.session_id = session_id;
+	h.page_size = 4096;
+	return h;
+}
+
+/* The peer was closed without a word: EOF, no byte, within 10 s. */
+static void assert_dropped_silently(int fd)
+{
+	struct pollfd p = { fd, POLLIN, 0 };
+	assert_int_equal(poll(&p, 1, 10000), 1);
+	char b[64];
+	ssize_t n = read(fd, b, sizeof b);
+	assert_true(n == 0 || (n < 0 && errno == ECONNRESET));
+	close(fd);
+}
+
+/* A destination listening for its source: strangers that connect first
+ * (garbage, another session's HELLO, one that says nothing) take no slot
+ * and learn nothing; the source that comes after them gets through with
+ * its HELLO unread. */
+static void test_a_listening_destination_hands_over_only_its_sessions_source(void **state)
+{
+	(void)state;
+	char addr[160];
+	snprintf(addr, sizeof(addr), "unix:%s", F.path);
+	send_listen_for(21, addr, lm_now_ns() + 30 * SEC, 0xC0FFEEu);
+	assert_int_equal(lm_runtime_run_until_quiet(F.rt, 0), 1);
+	int junk = connect_when_listening(F.path);
+	int other = connect_when_listening(F.path);
+	int mute = connect_when_listening(F.path);
+	assert_int_equal(write(junk, "GET / HTTP/1.0\r\n\r\n", 18), 18);
+	lm_xf_hello_t h = hello_of_session(0xBADu);
+	assert_int_equal(write(other, &h, sizeof h), (ssize_t)sizeof h);
+	assert_dropped_silently(junk);
+	assert_dropped_silently(other);
+	assert_int_equal(lm_mailbox_size(&F.answers), 0);     /* still waiting */
+	int src = connect_when_listening(F.path);
+	h = hello_of_session(0xC0FFEEu);
+	assert_int_equal(write(src, &h, sizeof h), (ssize_t)sizeof h);
+	int fd = expect_socket(21, "listen unix:");
+	lm_xf_hello_t got;
+	assert_int_equal(read(fd, &got, sizeof got), (ssize_t)sizeof got);   /* left for the engine */
+	assert_memory_equal(&got, &h, sizeof h);
+	assert_connected(fd, src);
+	assert_dropped_silently(mute);                          /* the others go with the wait */
+	close(fd);
+	close(src);
+}
+
+/* Only strangers until the deadline: DeadlineExceeded, counting them. */
+static void test_a_listen_that_meets_only_strangers_times_out_saying_so(void **state)
+{
+	(void)state;
+	char addr[160];
+	snprintf(addr, sizeof(addr), "unix:%s", F.path);
+	send_listen_for(22, addr, lm_now_ns() + 3 * SEC, 7u);
+	assert_int_equal(lm_runtime_run_until_quiet(F.rt, 0), 1);
+	int a = connect_when_listening(F.path);
+	lm_xf_hello_t h = hello_of_session(8u);
+	assert_int_equal(write(a, &h, sizeof h), (ssize_t)sizeof h);
+	int b = connect_when_listening(F.path);
+	assert_int_equal(write(b, "x", 1), 1);
+	expect_refused(22, LM_RPC_DEADLINE_EXCEEDED, "no source of this session connected");
+	assert_dropped_silently(a);
+	assert_dropped_silently(b);
+}
+
 static void test_abort_ends_a_listen_in_progress_with_aborted(void **state)
 {
 	(void)state;
@@ -616,6 +703,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_connect_to_a_unix_path_gives_a_blocking_connected_socket, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_connect_over_tcp_loopback, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_connect_to_nothing_is_refused_with_the_reason, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_a_listening_destination_hands_over_only_its_sessions_source,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_a_listen_that_meets_only_strangers_times_out_saying_so,
+						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_listen_on_a_unix_path_accepts_one_peer_then_removes_the_path, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_abort_ends_a_listen_in_progress_with_aborted, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_listen_replaces_only_a_stale_socket, setup, teardown),

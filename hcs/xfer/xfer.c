@@ -1485,6 +1485,7 @@ static int dst_handshake(struct lm__xfer *x, char *why, size_t whylen)
 	a.magic = LM_XF_MAGIC;
 	a.version = LM_XF_VERSION;
 	int status = 0;
+	char peer_why[64] = "";       /* what the peer is told, when not `why` */
 	uint64_t total = 0;
 	for (int i = 0; i < x->nreg; i++)
 		total += x->reg[i].size;
@@ -1497,6 +1498,15 @@ static int dst_handshake(struct lm__xfer *x, char *why, size_t whylen)
 		snprintf(why, whylen, "protocol version %u not supported (this side speaks %u)",
 			 h.version, LM_XF_VERSION);
 		status = EPROTONOSUPPORT;
+		goto refuse_now;
+	}
+	if (h.session_id != x->o.session_id) {
+		/* before anything about this side: the peer is told only
+		 * that (no SessionId of ours, no memory size, no VM kind) */
+		snprintf(peer_why, sizeof peer_why, "session id mismatch");
+		snprintf(why, whylen, "session id mismatch (source %u, destination %u)",
+			 h.session_id, x->o.session_id);
+		status = EACCES;
 		goto refuse_now;
 	}
 	if (!!(h.flags & LM_XF_HELLO_VMM) != x->vmm) {
@@ -1519,11 +1529,7 @@ static int dst_handshake(struct lm__xfer *x, char *why, size_t whylen)
 		snprintf(why, whylen, "truncated hello: %s", strerror(-rc));
 		return rc;
 	}
-	if (h.session_id != x->o.session_id) {
-		snprintf(why, whylen, "session id mismatch (source %u, destination %u)",
-			 h.session_id, x->o.session_id);
-		status = EACCES;
-	} else if (h.page_size != LM_PAGE_SIZE) {
+	if (h.page_size != LM_PAGE_SIZE) {
 		snprintf(why, whylen, "page size mismatch (source %u, destination %u)",
 			 h.page_size, LM_PAGE_SIZE);
 		status = EINVAL;
@@ -1564,7 +1570,7 @@ static int dst_handshake(struct lm__xfer *x, char *why, size_t whylen)
 	}
 refuse_now:
 	a.status = status;
-	snprintf(a.reason, sizeof(a.reason), "%s", status ? why : "ok");
+	snprintf(a.reason, sizeof(a.reason), "%s", !status ? "ok" : peer_why[0] ? peer_why : why);
 	struct iovec iov = { &a, sizeof(a) };
 	rc = send_iov(x, &iov, 1);
 	if (status)
