@@ -415,6 +415,8 @@ void lm__ctl_reset_session(struct ctl *c)
 	c->xfer_code = 0;
 	c->xfer_msg[0] = '\0';
 	c->last_failure[0] = '\0';
+	lm_tls_link_unref(c->tls_link);
+	c->tls_link = NULL;
 	if (c->guest)   /* the guest stayed here: its containers' output flows again */
 		lm_guest_resume(c->guest);
 	lm__ctl_stop_patchers(c);
@@ -530,6 +532,8 @@ static void answer_all_parked(struct ctl *c)
 	}
 	lm__ctl_waiters_answer(&c->cancel_waiters, LM_RPC_OK, NULL);
 	lm__ctl_sandbox_drop(c);
+	lm_tls_link_unref(c->tls_link);
+	c->tls_link = NULL;
 }
 
 static void on_quiesce(struct ctl *c, lm_msg_t *m)

@@ -27,6 +27,7 @@
 
 #include "actors/controller.h"
 #include "actors/notifier.h"
+#include "actors/tls_link.h"
 #include "hcs/hcs.h"
 #include "migration.pb-c.h"
 #include "rpc/frame.h"
@@ -123,6 +124,7 @@ struct ctl {
 	uint32_t sbx_exit_status;
 	struct waiters sbx_starts;       /* StartSandbox calls waiting for the VM */
 	struct waiters sbx_waits;        /* WaitSandbox calls */
+	lm_tls_link_t *tls_link;         /* the session's link, when TLS (tls_link.h) */
 	int boot_guest_rc;               /* the first of their failures */
 	char boot_guest_why[256];
 	struct gnew *gnews;              /* task Creates in the guest in flight (ctl_guest.c) */

@@ -16,6 +16,7 @@
 
 #include "actors/transport.h"
 #include "shim/convert.h"
+#include "util/clock.h"
 
 /* ---- CreateDuplicateSocket ----------------------------------------------- */
 
@@ -36,6 +37,13 @@ void lm__ctl_socket(struct ctl *c, lm_rpc_call_t *call, CreateDuplicateSocketReq
 		return;
 	}
 	uint64_t dl = lm_rpc_call_deadline_ns(call);
+	uint64_t now = lm_now_ns();
+	if (dl > now) {
+		/* the transport gives up a little before the caller does, so
+		 * that its reason (not "deadline exceeded") is the answer */
+		uint64_t margin = (dl - now) / 20;
+		dl -= margin < 500000000ull ? margin : 500000000ull;
+	}
 	lm_msg_t *m = lm_transport_adopt_msg(++c->sock_gen, dl, req->protocol_info.data,
 					     req->protocol_info.len);
 	if (!m) {
@@ -45,6 +53,7 @@ void lm__ctl_socket(struct ctl *c, lm_rpc_call_t *call, CreateDuplicateSocketReq
 	uint32_t sid = 0;
 	if (c->side != SIDE_SOURCE && lm_convert_session_id(c->session, &sid) == 0)
 		lm_transport_adopt_expect_hello(m, sid);   /* a listening destination: its source only */
+	lm_transport_adopt_role(m, c->side == SIDE_SOURCE);
 	lm_msg_set_reply_to(m, lm_actor_mailbox(c->self));
 	if (lm_actor_send(c->transport, m) != 0) {
 		lm_msg_free(m);
@@ -65,6 +74,7 @@ void lm__ctl_on_socket(struct ctl *c, const struct lm_ctl_socket *s)
 	if (s->gen != c->sock_gen || !call) {
 		if (s->fd >= 0)
 			close(s->fd);
+		lm_tls_link_unref(s->link);
 		return;
 	}
 	c->sock_call = NULL;
@@ -75,12 +85,16 @@ void lm__ctl_on_socket(struct ctl *c, const struct lm_ctl_socket *s)
 	if (c->st == ST_CANCELLING || c->st == ST_CANCELLED || !c->vm ||
 	    (c->st != ST_SOURCE_EXPORTED && c->st != ST_DEST_PREPARED && c->st != ST_SOCKET_WAITING)) {
 		close(s->fd);
+		lm_tls_link_unref(s->link);
 		lm__ctl_fail(call, LM_RPC_ABORTED, "%s: the session moved on (state %s) while the socket was set up",
 			     M, lm__ctl_state_name[c->st]);
 		return;
 	}
 	lm_hcs_migration_start_t start = { .transfer_cpu_pct = c->cfg.transfer_cpu_pct,
-					   .stall_ms = c->cfg.stall_ms };
+					   .stall_ms = c->cfg.stall_ms, .bound = s->tls };
+	memcpy(start.binding, s->binding, sizeof start.binding);
+	lm_tls_link_unref(c->tls_link);
+	c->tls_link = s->link;       /* (its status tells a tampered stream) */
 	lm_convert_session_id(c->session, &start.session_id);
 	void *x = lm__ctl_op(c, on_handshake);
 	int rc = x ? lm_hcs_migration_start(c->vm, &start, s->fd, lm__ctl_hcs_done, x) : -ENOMEM;
@@ -94,7 +108,8 @@ void lm__ctl_on_socket(struct ctl *c, const struct lm_ctl_socket *s)
 	}
 	c->socket_registered = true;
 	c->mig_started = true;
-	lm__ctl_log(c, "migration socket adopted", "how=\"%s\" session_id_hash=%u", s->how, start.session_id);
+	lm__ctl_log(c, "migration socket adopted", "how=\"%s\" session_id_hash=%u link=\"%s\"", s->how,
+		    start.session_id, s->tls ? s->tls_what : "plain");
 	lm__ctl_ok(call);
 	if (c->st == ST_SOCKET_WAITING)
 		start_transfer(c);
@@ -257,6 +272,13 @@ static void on_transferred(struct ctl *c, struct ctl_done *d)
 		return;
 	}
 	lm__ctl_set_state(c, ST_FAILED);
+	char tw[200];
+	if (!c->xfer_code && c->tls_link && lm_tls_link_tampered(c->tls_link, tw, sizeof tw)) {
+		/* the link's TLS saw a record altered: the stream was tampered with */
+		c->xfer_code = LM_RPC_DATA_LOSS;
+		snprintf(c->xfer_msg, sizeof(c->xfer_msg), "TransferSandbox: the transfer failed (seen on the %s): "
+			 "%s", lm__ctl_side_name(c), tw);
+	}
 	if (!c->xfer_code) {
 		int code = lm__ctl_code_for_errno(d->err);
 		c->xfer_code = code == LM_RPC_UNAVAILABLE || code == LM_RPC_DATA_LOSS ? code : LM_RPC_ABORTED;

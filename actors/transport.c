@@ -37,6 +37,7 @@
 
 struct transport {
 	lm_actor_t *self;
+	struct lm_transport_config cfg;
 	bool busy;                /* a worker thread is running */
 	int abort_efd;            /* written to abort the worker (owned by the worker job) */
 	lm_mailbox_t *reply_to;   /* requester of the request in progress (ref held) */
@@ -53,6 +54,10 @@ struct job {
 	uint64_t gen;
 	bool expect_hello;        /* listen: only this session's source (see below) */
 	uint32_t session_id;
+	int fd_in;                /* >= 0: a duplicated socket to secure (no dial) */
+	lm_tls_ctx_t *tls;        /* the transport's config */
+	bool insecure;
+	bool source;              /* the TLS client */
 };
 
 /* A listener that expects its session's source keeps up to PEERS_MAX
@@ -69,7 +74,23 @@ struct done {
 	int code;
 	char msg[512];
 	char how[300];
+	bool tls;
+	uint8_t binding[LM_TLS_BINDING_LEN];
+	lm_tls_link_t *link;
+	char tls_what[96];
+	bool unauthenticated;     /* the TLS peer did not authenticate */
+	bool forbidden;           /* a plain link where only TLS is allowed */
 };
+
+/* A done that will not be delivered: what it holds goes. */
+static void done_drop(struct done *d)
+{
+	if (d->fd >= 0)
+		close(d->fd);
+	d->fd = -1;
+	lm_tls_link_unref(d->link);
+	d->link = NULL;
+}
 
 static int status_for(int err)
 {
@@ -232,9 +253,21 @@ static int hello_of(int fd, uint32_t session_id)
  * closed without a word (nothing about the session reaches a peer that
  * has not shown it). 0, -ETIMEDOUT, -ECANCELED, -errno; *refused counts
  * the peers dropped. */
-static int accept_source(struct job *j, int lfd, int *out, unsigned *refused)
+/* What the last peer a TLS listener dropped said (for the log). */
+static void tls_dropped(struct job *j, const char *why)
 {
-	struct { int fd; uint64_t until; } p[PEERS_MAX];
+	lm_log_warn("transport", "peer refused", "listen=%s why=\"%s\"", j->addr, why);
+}
+
+static void peer_close(int fd, lm_tls_conn_t *t)
+{
+	lm_tls_conn_free(t);
+	close(fd);
+}
+
+static int accept_source(struct job *j, int lfd, int *out, unsigned *refused, struct done *d)
+{
+	struct { int fd; uint64_t until; lm_tls_conn_t *tls; short ev; } p[PEERS_MAX];
 	unsigned np = 0;
 	int rc = 0;
 	*out = -1;
@@ -247,7 +280,7 @@ static int accept_source(struct job *j, int lfd, int *out, unsigned *refused)
 		}
 		for (unsigned i = 0; i < np;) {
 			if (now >= p[i].until) {      /* said nothing (enough) in time */
-				close(p[i].fd);
+				peer_close(p[i].fd, p[i].tls);
 				p[i] = p[--np];
 				++*refused;
 				continue;
@@ -260,7 +293,7 @@ static int accept_source(struct job *j, int lfd, int *out, unsigned *refused)
 		q[0] = (struct pollfd){ lfd, POLLIN, 0 };
 		q[1] = (struct pollfd){ j->abort_efd, POLLIN, 0 };
 		for (unsigned i = 0; i < np; i++)
-			q[2 + i] = (struct pollfd){ p[i].fd, POLLIN | POLLRDHUP, 0 };
+			q[2 + i] = (struct pollfd){ p[i].fd, p[i].tls ? p[i].ev : POLLIN | POLLRDHUP, 0 };
 		int n = poll(q, 2 + np, (int)((next - now) / 1000000u) + 1);
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -275,6 +308,29 @@ static int accept_source(struct job *j, int lfd, int *out, unsigned *refused)
 		for (unsigned i = np; i-- > 0;) {
 			if (!q[2 + i].revents)
 				continue;
+			if (p[i].tls) {
+				/* TLS: the peer that authenticates first is ours */
+				char why[300];
+				int h = lm_tls_conn_step(p[i].tls, &p[i].ev, why, sizeof why);
+				if (h == 0)
+					continue;
+				if (h < 0) {
+					tls_dropped(j, why);
+					peer_close(p[i].fd, p[i].tls);
+					p[i] = p[--np];
+					++*refused;
+					continue;
+				}
+				int efd = -1;
+				lm_tls_conn_t *t = p[i].tls;
+				p[i] = p[--np];
+				rc = lm_tls_conn_finish(t, &efd, d->binding, &d->link, d->msg, sizeof d->msg);
+				if (rc)
+					goto done;
+				d->tls = true;
+				*out = efd;
+				goto done;
+			}
 			int h = hello_of(p[i].fd, j->session_id);
 			if (h > 0) {
 				*out = p[i].fd;
@@ -303,23 +359,75 @@ static int accept_source(struct job *j, int lfd, int *out, unsigned *refused)
 				for (unsigned i = 1; i < np; i++)
 					if (p[i].until < p[o].until)
 						o = i;
-				close(p[o].fd);
+				peer_close(p[o].fd, p[o].tls);
 				p[o] = p[--np];
 				++*refused;
 			}
 			uint64_t until = lm_now_ns() + (uint64_t)PEER_MS * 1000000u;
 			p[np].fd = c;
 			p[np].until = until < j->deadline_ns ? until : j->deadline_ns;
+			p[np].tls = NULL;
+			p[np].ev = POLLIN;
+			if (j->tls && lm_tls_conn_new(j->tls, c, j->source, &p[np].tls) < 0) {
+				close(c);
+				continue;
+			}
+			if (p[np].tls) {
+				/* a TLS client speaks first: a source starts at once */
+				char why[300];
+				int h = lm_tls_conn_step(p[np].tls, &p[np].ev, why, sizeof why);
+				if (h < 0) {
+					tls_dropped(j, why);
+					peer_close(c, p[np].tls);
+					++*refused;
+					continue;
+				}
+			}
 			np++;
 		}
 	}
 done:
 	for (unsigned i = 0; i < np; i++)
-		close(p[i].fd);
+		peer_close(p[i].fd, p[i].tls);
 	if (*refused)
-		lm_log_warn("transport", "peers refused: not this session's source", "listen=%s refused=%u%s",
-			    j->addr, *refused, *out >= 0 ? " then=accepted" : "");
+		lm_log_warn("transport", j->tls ? "peers refused: not authenticated"
+						: "peers refused: not this session's source",
+			    "listen=%s refused=%u%s", j->addr, *refused, *out >= 0 ? " then=accepted" : "");
 	return *out >= 0 ? 0 : rc;
+}
+
+static bool is_tcp(int fd)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof ss;
+	return getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 &&
+	       (ss.ss_family == AF_INET || ss.ss_family == AF_INET6);
+}
+
+/* A connected socket becomes a migration link: TLS when the transport has
+ * a directory (*fd is then the engine's end), else plain, which only a
+ * unix socket may be unless the operator allowed plain TCP. 0 or -errno
+ * with d->msg (*fd is still the caller's). */
+static int secure(struct job *j, int *fd, struct done *d)
+{
+	if (j->tls) {
+		int efd = -1;
+		int rc = lm_tls_handshake(j->tls, *fd, j->source, j->deadline_ns, j->abort_efd, &efd, d->binding,
+					  &d->link, d->msg, sizeof d->msg);
+		d->unauthenticated = rc == -EACCES;
+		if (rc)
+			return rc;
+		*fd = efd;
+		d->tls = true;
+		return 0;
+	}
+	if (!j->insecure && is_tcp(*fd)) {
+		snprintf(d->msg, sizeof d->msg, "the migration link is TCP and would be plain: give lmshim "
+			 "--migration-tls-dir (mutual TLS), or --insecure-migration to allow plain TCP");
+		d->forbidden = true;
+		return -EPERM;
+	}
+	return 0;
 }
 
 static void *job_main(void *arg)
@@ -334,7 +442,13 @@ static void *job_main(void *arg)
 	ino_t made_ino = 0;
 	const char *path = ((struct sockaddr_un *)&ss)->sun_path;
 
-	snprintf(d.how, sizeof(d.how), "%s %s", j->listen ? "listen" : "connect", j->addr);
+	snprintf(d.how, sizeof(d.how), "%s %s", j->fd_in >= 0 ? "duplicate" : j->listen ? "listen" : "connect",
+		 j->addr);
+	if (j->fd_in >= 0) {          /* a duplicated socket: only to be secured */
+		fd = j->fd_in;
+		rc = secure(j, &fd, &d);
+		goto secured;
+	}
 	rc = resolve(j->addr, &ss, &sl, d.msg, sizeof(d.msg));
 	if (rc)
 		goto out;
@@ -365,17 +479,22 @@ static void *job_main(void *arg)
 			made_ino = st.st_ino;
 		}
 		int c = -1;
-		if (j->expect_hello) {
+		bool secured = false;
+		if (j->expect_hello || j->tls) {
 			unsigned refused = 0;
-			rc = accept_source(j, fd, &c, &refused);
+			rc = accept_source(j, fd, &c, &refused, &d);
+			secured = !rc && j->tls;
 			if (rc) {
 				char also[80] = "";
 				if (refused)
-					snprintf(also, sizeof also, " (%u other peer%s refused: not this session's "
-						 "source)", refused, refused == 1 ? "" : "s");
-				snprintf(d.msg, sizeof(d.msg), "no source of this session connected to %s: %s%s",
-					 j->addr, rc == -ETIMEDOUT ? "timed out" : rc == -ECANCELED ? "cancelled"
-					 : strerror(-rc), also);
+					snprintf(also, sizeof also, " (%u other peer%s refused: %s)", refused,
+						 refused == 1 ? "" : "s", j->tls ? "not authenticated"
+									: "not this session's source");
+				if (rc == -ETIMEDOUT || rc == -ECANCELED || !d.msg[0])
+					snprintf(d.msg, sizeof(d.msg), "no %s connected to %s: %s%s",
+						 j->tls ? "authenticated peer" : "source of this session", j->addr,
+						 rc == -ETIMEDOUT ? "timed out" : rc == -ECANCELED ? "cancelled"
+						 : strerror(-rc), also);
 				goto out;
 			}
 		} else {
@@ -396,6 +515,8 @@ static void *job_main(void *arg)
 		}
 		close(fd);
 		fd = c;
+		if (!secured && (rc = secure(j, &fd, &d)) != 0)
+			goto out;
 	} else {
 		rc = LM_FAULT("transport.connect");
 		if (rc == 0 && connect(fd, (struct sockaddr *)&ss, sl) < 0 && errno != EINPROGRESS)
@@ -407,7 +528,15 @@ static void *job_main(void *arg)
 				 rc == -ETIMEDOUT ? "timed out" : rc == -ECANCELED ? "cancelled" : strerror(-rc));
 			goto out;
 		}
+		if ((rc = secure(j, &fd, &d)) != 0)
+			goto out;
 	}
+secured:
+	if (rc)
+		goto out;
+	if (d.tls)
+		snprintf(d.tls_what, sizeof d.tls_what, "TLS 1.3 %s (%s)", lm_tls_link_cipher(d.link),
+			 lm_tls_link_kind(d.link));
 	/* the engine uses blocking I/O on its own thread */
 	int fl = fcntl(fd, F_GETFL);
 	if (fl >= 0)
@@ -424,8 +553,12 @@ out:
 	if (rc) {
 		if (fd >= 0)
 			close(fd);
+		lm_tls_link_unref(d.link);
+		d.link = NULL;
+		d.tls = false;
 		d.err = rc;
-		d.code = status_for(rc);
+		d.code = d.unauthenticated ? LM_RPC_UNAUTHENTICATED : d.forbidden ? LM_RPC_PERMISSION_DENIED
+										 : status_for(rc);
 	} else {
 		d.fd = fd;
 	}
@@ -436,12 +569,11 @@ out:
 		while ((rc2 = lm_actor_send(j->transport, m)) == -EAGAIN)
 			usleep(100);
 		if (rc2) {      /* the transport is gone: nobody will take the socket */
-			if (d.fd >= 0)
-				close(d.fd);
+			done_drop(&d);
 			lm_msg_free(m);
 		}
-	} else if (d.fd >= 0) {
-		close(d.fd);
+	} else {
+		done_drop(&d);
 	}
 	close(j->abort_efd);
 	lm_actor_unref(j->transport);
@@ -450,7 +582,7 @@ out:
 	return NULL;
 }
 
-static void answer(struct transport *t, const struct done *d)
+static void answer(struct transport *t, struct done *d)
 {
 	lm_msg_t *m = lm_msg_alloc(LM_CTL_SOCKET, sizeof(struct lm_ctl_socket));
 	if (!m)
@@ -463,16 +595,70 @@ static void answer(struct transport *t, const struct done *d)
 	s->code = d->code;
 	snprintf(s->msg, sizeof(s->msg), "%s", d->msg);
 	snprintf(s->how, sizeof(s->how), "%s", d->how);
+	s->tls = d->tls;
+	memcpy(s->binding, d->binding, sizeof s->binding);
+	s->link = d->link;
+	snprintf(s->tls_what, sizeof(s->tls_what), "%s", d->tls_what);
 	if (t->reply_to && lm_mailbox_send(t->reply_to, m) == 0)
 		goto done;
+	s->link = NULL;
 	lm_msg_free(m);
 drop:
-	if (d->fd >= 0)
-		close(d->fd);
+	done_drop((struct done *)d);
 done:
 	if (t->reply_to)
 		lm_mailbox_unref(t->reply_to);
 	t->reply_to = NULL;
+}
+
+/* Starts the thread of a dial, a listen, or (fd_in >= 0) the securing
+ * of a duplicated socket. 0, or -errno with d filled (fd_in stays the
+ * caller's). */
+static int start_job(struct transport *t, const struct lm_xport_adopt *a, struct done *d, bool listen,
+		     const char *addr, int fd_in)
+{
+	struct job *j = calloc(1, sizeof(*j));
+	int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (!j || efd < 0) {
+		free(j);
+		if (efd >= 0)
+			close(efd);
+		d->err = -ENOMEM;
+		snprintf(d->msg, sizeof(d->msg), "out of memory");
+		return d->err;
+	}
+	j->listen = listen;
+	j->expect_hello = a->expect_hello;
+	j->session_id = a->session_id;
+	j->fd_in = fd_in;
+	j->tls = t->cfg.tls;
+	j->insecure = t->cfg.insecure;
+	j->source = a->role == LM_XPORT_SOURCE;
+	snprintf(j->addr, sizeof(j->addr), "%s", addr);
+	j->deadline_ns = a->deadline_ns ? a->deadline_ns : lm_now_ns() + DEFAULT_WAIT_NS;
+	j->abort_efd = efd;
+	j->gen = a->gen;
+	j->transport = t->self;
+	lm_actor_ref(t->self);
+	t->abort_efd = dup(efd);
+	pthread_t th;
+	pthread_attr_t at;
+	pthread_attr_init(&at);
+	pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+	if (pthread_create(&th, &at, job_main, j) != 0) {
+		pthread_attr_destroy(&at);
+		close(t->abort_efd);
+		t->abort_efd = -1;
+		close(efd);
+		lm_actor_unref(t->self);
+		free(j);
+		d->err = -EAGAIN;
+		snprintf(d->msg, sizeof(d->msg), "cannot start a thread");
+		return d->err;
+	}
+	pthread_attr_destroy(&at);
+	t->busy = true;
+	return 0;
 }
 
 static void adopt(struct transport *t, lm_msg_t *m)
@@ -535,53 +721,42 @@ static void adopt(struct transport *t, lm_msg_t *m)
 			d.err = rc;
 			goto fail;
 		}
+		if (t->cfg.tls) {
+			/* the handshake takes a while: on a thread, as a dial's */
+			linux_socket_descriptor__free_unpacked(desc, NULL);
+			desc = NULL;
+			char what[64];
+			snprintf(what, sizeof what, "pid=%u fd=%d", pid, fd);
+			if (start_job(t, a, &d, false, what, nfd) == 0)
+				return;
+			close(nfd);
+			goto fail;
+		}
+		if (!t->cfg.insecure && is_tcp(nfd)) {
+			close(nfd);
+			d.err = -EPERM;
+			d.code = LM_RPC_PERMISSION_DENIED;
+			snprintf(d.msg, sizeof d.msg, "the migration link is TCP and would be plain: give lmshim "
+				 "--migration-tls-dir (mutual TLS), or --insecure-migration to allow plain TCP");
+			goto fail;
+		}
 		d.fd = nfd;
 		linux_socket_descriptor__free_unpacked(desc, NULL);
 		answer(t, &d);
 		return;
 	}
 	/* connect or listen: on a thread */
-	struct job *j = calloc(1, sizeof(*j));
-	int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	const char *addr = desc->mode_case == LINUX_SOCKET_DESCRIPTOR__MODE_CONNECT ? desc->connect : desc->listen;
 	snprintf(d.how, sizeof(d.how), "%s %s",
 		 desc->mode_case == LINUX_SOCKET_DESCRIPTOR__MODE_CONNECT ? "connect" : "listen",
 		 addr ? addr : "");
-	if (!j || efd < 0 || !addr || !*addr || strlen(addr) >= sizeof(j->addr)) {
-		free(j);
-		if (efd >= 0)
-			close(efd);
-		d.err = (!addr || !*addr || (addr && strlen(addr) >= 256)) ? -EINVAL : -ENOMEM;
-		snprintf(d.msg, sizeof(d.msg), "%s", d.err == -EINVAL ? "empty or too long address" : "out of memory");
+	if (!addr || !*addr || strlen(addr) >= sizeof(((struct job *)0)->addr)) {
+		d.err = -EINVAL;
+		snprintf(d.msg, sizeof(d.msg), "empty or too long address");
 		goto fail;
 	}
-	j->listen = desc->mode_case == LINUX_SOCKET_DESCRIPTOR__MODE_LISTEN;
-	j->expect_hello = a->expect_hello;
-	j->session_id = a->session_id;
-	snprintf(j->addr, sizeof(j->addr), "%s", addr);
-	j->deadline_ns = a->deadline_ns ? a->deadline_ns : lm_now_ns() + DEFAULT_WAIT_NS;
-	j->abort_efd = efd;
-	j->gen = a->gen;
-	j->transport = t->self;
-	lm_actor_ref(t->self);
-	t->abort_efd = dup(efd);
-	pthread_t th;
-	pthread_attr_t at;
-	pthread_attr_init(&at);
-	pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-	if (pthread_create(&th, &at, job_main, j) != 0) {
-		pthread_attr_destroy(&at);
-		close(t->abort_efd);
-		t->abort_efd = -1;
-		close(efd);
-		lm_actor_unref(t->self);
-		free(j);
-		d.err = -EAGAIN;
-		snprintf(d.msg, sizeof(d.msg), "cannot start a thread");
+	if (start_job(t, a, &d, desc->mode_case == LINUX_SOCKET_DESCRIPTOR__MODE_LISTEN, addr, -1) != 0)
 		goto fail;
-	}
-	pthread_attr_destroy(&at);
-	t->busy = true;
 	linux_socket_descriptor__free_unpacked(desc, NULL);
 	return;
 fail:
@@ -652,11 +827,18 @@ static void state_free(void *p)
 
 int lm_transport_spawn(lm_runtime_t *rt, lm_actor_t **out)
 {
+	struct lm_transport_config cfg = { .tls = NULL, .insecure = true };
+	return lm_transport_spawn_cfg(rt, out, &cfg);
+}
+
+int lm_transport_spawn_cfg(lm_runtime_t *rt, lm_actor_t **out, const struct lm_transport_config *cfg)
+{
 	struct transport *t = calloc(1, sizeof(*t));
 	int rc;
 	if (!t)
 		return -ENOMEM;
 	t->abort_efd = -1;
+	t->cfg = *cfg;
 	rc = lm_actor_spawn(rt, out, "transport", dispatch, t, state_free, 0);
 	if (rc) {
 		free(t);
@@ -664,6 +846,11 @@ int lm_transport_spawn(lm_runtime_t *rt, lm_actor_t **out)
 	}
 	t->self = *out;
 	return 0;
+}
+
+void lm_transport_adopt_role(lm_msg_t *m, bool source)
+{
+	LM_MSG_PAYLOAD(m, struct lm_xport_adopt)->role = source ? LM_XPORT_SOURCE : LM_XPORT_DEST;
 }
 
 void lm_transport_adopt_expect_hello(lm_msg_t *m, uint32_t session_id)
@@ -680,6 +867,7 @@ lm_msg_t *lm_transport_adopt_msg(uint64_t gen, uint64_t deadline_ns,
 	if (!m)
 		return NULL;
 	struct lm_xport_adopt *a = LM_MSG_PAYLOAD(m, struct lm_xport_adopt);
+	memset(a, 0, sizeof(*a));     /* (a message's payload comes unzeroed) */
 	a->gen = gen;
 	a->deadline_ns = deadline_ns;
 	a->len = len;

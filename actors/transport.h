@@ -22,6 +22,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "actors/tls_link.h"
 #include "runtime/runtime.h"
 
 enum {
@@ -38,7 +39,10 @@ struct lm_xport_adopt {
 	bool expect_hello;        /* listen mode: hand over only a peer whose first
 				     bytes are the HELLO of session_id */
 	uint32_t session_id;
+	int role;                 /* LM_XPORT_SOURCE / LM_XPORT_DEST: the TLS role */
 };
+
+enum { LM_XPORT_ROLE_UNSET = 0, LM_XPORT_SOURCE = 1, LM_XPORT_DEST = 2 };
 
 /* The answer (message type LM_CTL_SOCKET, sent to reply_to). */
 struct lm_ctl_socket {
@@ -48,10 +52,29 @@ struct lm_ctl_socket {
 	int code;                 /* gRPC status code to answer with when fd < 0 */
 	char msg[512];            /* why, for the error message */
 	char how[300];            /* "duplicate pid=.. fd=..", "connect ADDR", "listen ADDR" */
+	/* a TLS link (the transport's config has a TLS directory) */
+	bool tls;
+	uint8_t binding[LM_TLS_BINDING_LEN];   /* the hello's binding (tls_link.h) */
+	lm_tls_link_t *link;      /* one reference, now the receiver's (unref it) */
+	char tls_what[96];        /* "TLS 1.3 TLS_AES_256_GCM_SHA384 (user space)" */
 };
 
-/* Thread: any. Spawns the transport actor. */
+/* What the transport does to every migration link. */
+struct lm_transport_config {
+	lm_tls_ctx_t *tls;        /* mutual TLS 1.3 on each link (tls_link.h), or NULL;
+				     borrowed: outlives the actor */
+	bool insecure;            /* without tls: a plain link over TCP is allowed
+				     (otherwise refused: only a unix socket may be plain) */
+};
+
+/* Thread: any. Spawns the transport actor; cfg NULL: no TLS, plain TCP
+ * allowed (the unit tests). */
 int lm_transport_spawn(lm_runtime_t *rt, lm_actor_t **out);
+int lm_transport_spawn_cfg(lm_runtime_t *rt, lm_actor_t **out, const struct lm_transport_config *cfg);
+
+/* Thread: any. On an LM_XPORT_ADOPT message: this side's role in the
+ * migration (the TLS client is the source, whichever side connects). */
+void lm_transport_adopt_role(lm_msg_t *m, bool source);
 
 /* Thread: any. Builds an LM_XPORT_ADOPT message (copies desc); the
  * caller sets reply_to and sends it. NULL when out of memory. */

@@ -11,6 +11,9 @@
  *
  *   raw transport=unix bytes=1073741824 ms=... gbps=... ratio=1.00 ... hot_ms=...
  *   idle transport=unix ms=... gbps=... baseline_gbps=... ratio=...
+ *   idle_tls transport=unix ms=... plain_ms=... ratio=... tls="TLS 1.3 ..." (the same
+ *       guest through mutual TLS on both engines' sockets, as lmshim's
+ *       transports set it up; ratio = plain time / TLS time)
  *   idle_checksum transport=unix ms=... unchecked_ms=... ratio=...  (the same
  *       guest with every batch checksummed, lmshim's default; ratio =
  *       unchecked time / checked)
@@ -55,6 +58,8 @@
  * unusable it says so on stderr and exits 1.
  */
 #include "testkit.h"
+#include "tlskit.h"
+#include "actors/tls_link.h"
 #include "util/log.h"
 #include "hcs/kvm/kvm_backend.h"
 
@@ -74,6 +79,68 @@ static const char *only;
 static const lm_backend_ops_t *ops = &lm_hcs_sim_ops;
 static bool kvm;          /* --backend kvm */
 static bool with_checksum; /* migrate(): batches checksummed (lmshim's default) */
+static bool with_tls;      /* migrate(): each engine's socket through mutual TLS */
+static char tls_cipher_seen[64] = "?", tls_kind_seen[16] = "?";
+
+/* The link's TLS for idle_tls: certificates made once in a temp dir. */
+static lm_tls_ctx_t *tls_ctx(void)
+{
+	static lm_tls_ctx_t *ctx;
+	if (ctx)
+		return ctx;
+	char dir[] = "/tmp/lm-bench-tls-XXXXXX", why[300];
+	struct tk_ca ca;
+	if (!mkdtemp(dir) || !tk_ca_make(&ca, "bench CA") || !tk_dir(dir, &ca, &ca, false, 86400) ||
+	    lm_tls_ctx_load(&ctx, dir, why, sizeof why) != 0) {
+		fprintf(stderr, "bench_transfer: TLS set-up failed\n");
+		exit(1);
+	}
+	tk_ca_free(&ca);
+	char cmd[128];
+	snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+	if (system(cmd) != 0) { /* a temp dir left */ }
+	return ctx;
+}
+
+struct tls_side {
+	int fd, efd, rc;
+	bool source;
+	uint8_t binding[LM_TLS_BINDING_LEN];
+	lm_tls_link_t *link;
+	char why[300];
+	pthread_t th;
+};
+
+static void *tls_side_main(void *arg)
+{
+	struct tls_side *t = arg;
+	t->rc = lm_tls_handshake(tls_ctx(), t->fd, t->source, lm_now_ns() + 10000000000ull, -1, &t->efd,
+				 t->binding, &t->link, t->why, sizeof t->why);
+	return NULL;
+}
+
+/* Both ends of sv through TLS (as two shims' transports would): sv
+ * becomes the engines' ends; *links to unref after. */
+static void tls_wrap(int sv[2], lm_tls_link_t *links[2], uint8_t binding[LM_TLS_BINDING_LEN])
+{
+	(void)tls_ctx();
+	struct tls_side t[2] = { { .fd = sv[0], .source = true }, { .fd = sv[1], .source = false } };
+	for (int i = 0; i < 2; i++)
+		pthread_create(&t[i].th, NULL, tls_side_main, &t[i]);
+	for (int i = 0; i < 2; i++)
+		pthread_join(t[i].th, NULL);
+	if (t[0].rc || t[1].rc) {
+		fprintf(stderr, "bench_transfer: TLS handshake: %s / %s\n", t[0].why, t[1].why);
+		exit(1);
+	}
+	for (int i = 0; i < 2; i++) {
+		sv[i] = t[i].efd;
+		links[i] = t[i].link;
+	}
+	snprintf(tls_cipher_seen, sizeof tls_cipher_seen, "%s", lm_tls_link_cipher(links[0]));
+	snprintf(tls_kind_seen, sizeof tls_kind_seen, "%s", lm_tls_link_kind(links[0]));
+	memcpy(binding, t[0].binding, LM_TLS_BINDING_LEN);
+}
 static unsigned vcpus = 1; /* kvm: vCPUs per guest (the workload is split) */
 
 /* A guest of size_mib on the chosen backend (sim: exactly ht_vm). Exits
@@ -271,6 +338,11 @@ static void migrate(const char *name, const char *transport, lm_vm_t *src, bool 
 	lm__xfer_opts_default(&o);
 	o.session_id = 7;
 	o.checksum = with_checksum;
+	lm_tls_link_t *links[2] = { NULL, NULL };
+	if (with_tls) {
+		tls_wrap(sv, links, o.binding);
+		o.bound = true;
+	}
 	struct ht_log ls, ld;
 	ht_log_init(&ls);
 	ht_log_init(&ld);
@@ -332,6 +404,8 @@ static void migrate(const char *name, const char *transport, lm_vm_t *src, bool 
 	}
 	lm__xfer_destroy(xs);
 	lm__xfer_destroy(xd);
+	lm_tls_link_unref(links[0]);
+	lm_tls_link_unref(links[1]);
 	if (link_mbps)
 		ht_relay_stop(&relay);
 	ops->destroy(dst);
@@ -356,7 +430,7 @@ static void run_transport(bool tcp)
 	lm_vm_t *src = bvm(0, LM_FILL_RANDOM, false);
 	ops->regions(src, &rs);
 	double bms = 1e18, hot_ms = 1e18, ms;
-	struct result r, best = { .ms = 1e18 }, best_ck = { .ms = 1e18 };
+	struct result r, best = { .ms = 1e18 }, best_ck = { .ms = 1e18 }, best_tls = { .ms = 1e18 };
 	for (int i = 0; i < reps; i++) {
 		lm_vm_t *dstb = bvm(0, LM_FILL_ZERO, true);
 		ops->regions(dstb, &rd);
@@ -383,6 +457,15 @@ static void run_transport(bool tcp)
 			with_checksum = false;
 			if (r.rc || r.ms < best_ck.ms)
 				best_ck = r;
+			/* and through mutual TLS (each side's relay), unchecked
+			 * as the plain one: the cost of the encryption alone */
+			if (!kvm && !link_mbps) {
+				with_tls = true;
+				migrate("idle_tls", tr, src, tcp, &r);
+				with_tls = false;
+				if (r.rc || r.ms < best_tls.ms)
+					best_tls = r;
+			}
 		}
 	}
 	double base = (double)bytes / (bms * 1e6);
@@ -400,6 +483,11 @@ static void run_transport(bool tcp)
 		       (double)bytes / (r.ms * 1e6) / base, (unsigned long long)r.ss.bytes_sent,
 		       r.ss.passes, (double)r.ss.blackout_ns / 1e6, (double)r.ss.cpu_ns / 1e9 / gib,
 		       (double)r.sd.cpu_ns / 1e9 / gib, r.populate_ms, reps);
+		if (!kvm && !link_mbps)
+			printf("idle_tls transport=%s rc=%d ms=%.1f plain_ms=%.1f ratio=%.2f tls=\"TLS 1.3 %s (%s)\" "
+			       "cpu_src_s_per_gib=%.3f cpu_dst_s_per_gib=%.3f best_of=%d\n",
+			       tr, best_tls.rc, best_tls.ms, r.ms, r.ms / best_tls.ms, tls_cipher_seen, tls_kind_seen,
+			       (double)best_tls.ss.cpu_ns / 1e9 / gib, (double)best_tls.sd.cpu_ns / 1e9 / gib, reps);
 		/* integrity's cost: checksummed (lmshim's default) vs unchecked */
 		printf("idle_checksum transport=%s rc=%d ms=%.1f unchecked_ms=%.1f ratio=%.2f "
 		       "cpu_src_s_per_gib=%.3f cpu_dst_s_per_gib=%.3f best_of=%d\n",

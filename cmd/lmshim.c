@@ -98,6 +98,12 @@ static const char usage[] =
 	"                                  each, under a writable scratch (default: the build's\n"
 	"                                  busybox image, shared; repeatable)\n"
 	"  --idle                          no VM: a migration destination\n"
+	"  --migration-tls-dir DIR         mutual TLS 1.3 on every migration link: DIR holds\n"
+	"                                  ca-cert.pem, server-cert.pem, server-key.pem (this host\n"
+	"                                  as a destination: serverAuth), client-cert.pem,\n"
+	"                                  client-key.pem (as a source: clientAuth)\n"
+	"  --insecure-migration            without --migration-tls-dir, allow plain TCP links\n"
+	"                                  (default: only a unix socket may carry a plain link)\n"
 	"  --no-checksum                   migrations this shim sends carry batch checksums only\n"
 	"                                  when the orchestrator asks (default: always)\n"
 	"  --boot-on-create                with --idle and --backend qemu: the first plain task\n"
@@ -586,7 +592,7 @@ static int cmd_serve(int argc, char **argv)
 {
 	enum { O_SOCKET = 1, O_ID, O_NS, O_MB, O_VCPUS, O_BACKEND, O_RATE, O_PATTERN, O_CONT, O_IDLE,
 	       O_STATE, O_WORKERS, O_DEBUG, O_ANYUID, O_HELP, O_FILL, O_XCPU, O_EVENTS, O_STALL,
-	       O_ORPHAN, O_CCMD, O_CROOT, O_BOOTC, O_NOCSUM };
+	       O_ORPHAN, O_CCMD, O_CROOT, O_BOOTC, O_NOCSUM, O_TLSDIR, O_INSECURE };
 	static const struct option lo[] = {
 		{ "socket", required_argument, 0, O_SOCKET }, { "id", required_argument, 0, O_ID },
 		{ "namespace", required_argument, 0, O_NS },
@@ -607,6 +613,8 @@ static int cmd_serve(int argc, char **argv)
 		{ "container-rootfs", required_argument, 0, O_CROOT },
 		{ "boot-on-create", no_argument, 0, O_BOOTC },
 		{ "no-checksum", no_argument, 0, O_NOCSUM },
+		{ "migration-tls-dir", required_argument, 0, O_TLSDIR },
+		{ "insecure-migration", no_argument, 0, O_INSECURE },
 		{ "help", no_argument, 0, O_HELP }, { 0, 0, 0, 0 },
 	};
 	const char *sock = NULL, *id = "standalone", *ns = "default", *backend = "sim";
@@ -615,7 +623,8 @@ static int cmd_serve(int argc, char **argv)
 	unsigned long xcpu = LM_SHIM_TRANSFER_CPU_DEFAULT;
 	unsigned long stall = 10000, orphan = LM_SHIM_ORPHAN_MS_DEFAULT;
 	const char *events = getenv("TTRPC_ADDRESS");
-	bool idle = false, any_uid = false, boot_on_create = false, no_checksum = false;
+	bool idle = false, any_uid = false, boot_on_create = false, no_checksum = false, insecure = false;
+	const char *tls_dir = NULL;
 	const char *ccmd[32], *croot[32];
 	unsigned n_ccmd = 0, n_croot = 0;
 	int c;
@@ -681,6 +690,8 @@ static int cmd_serve(int argc, char **argv)
 		case O_IDLE: idle = true; break;
 		case O_BOOTC: boot_on_create = true; break;
 		case O_NOCSUM: no_checksum = true; break;
+		case O_TLSDIR: tls_dir = optarg; break;
+		case O_INSECURE: insecure = true; break;
 		case O_STATE: state = optarg; break;
 		case O_WORKERS:
 			workers = strtoul(optarg, &end, 10);
@@ -721,7 +732,8 @@ static int cmd_serve(int argc, char **argv)
 				      .workers = (unsigned)workers, .any_uid = any_uid,
 				      .transfer_cpu_pct = (unsigned)xcpu, .on_shutdown = stop_self,
 				      .events_address = events, .stall_ms = (unsigned)stall,
-				      .orphan_ms = (unsigned)orphan, .no_checksum = no_checksum };
+				      .orphan_ms = (unsigned)orphan, .no_checksum = no_checksum,
+				      .migration_tls_dir = tls_dir, .insecure_migration = insecure };
 	char doc[1024], cdoc[512];
 	if (boot_on_create) {
 		if (!idle || strcmp(backend, "qemu"))

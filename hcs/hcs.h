@@ -98,6 +98,10 @@ typedef struct lm_hcs_migration_start {
 	unsigned stall_ms;              /* ours: a peer silent this long has stalled
 					   (the link's liveness bound); 0 = 10 s */
 	unsigned keepalive_ms;          /* ours: idle sides say so this often; 0 = 1 s */
+	bool bound;                     /* ours: the link is a TLS session: its binding
+					   (exported keying material) goes in the hello
+					   and must match the peer's (hcs/PROTOCOL.md) */
+	uint8_t binding[32];
 } lm_hcs_migration_start_t;
 
 /* MigrationFinalizedOptions.FinalizedOperation. */

@@ -19,6 +19,7 @@
 #include "actors/controller.h"
 #include "shim/publisher.h"
 #include "actors/notifier.h"
+#include "actors/tls_link.h"
 #include "shim/sandbox_api.h"
 #include "shim/task_service.h"
 #include "actors/transport.h"
@@ -33,6 +34,7 @@ struct lm_shim {
 	lm_publisher_t *publisher;
 	lm_rpc_server_t *server;
 	struct lm_rpc_service mig, inspect, recovery, task, sandbox;
+	lm_tls_ctx_t *tls;                    /* the migration links' TLS, or NULL */
 };
 
 static void teardown(lm_shim_t *s)
@@ -51,6 +53,7 @@ static void teardown(lm_shim_t *s)
 		if (actors[i])
 			lm_actor_unref(actors[i]);
 	lm_publisher_destroy(s->publisher);   /* after the controller: flushes its last events */
+	lm_tls_ctx_free(s->tls);              /* (a relay still ending holds its own references) */
 	free(s);
 }
 
@@ -75,7 +78,16 @@ int lm_shim_create(lm_shim_t **out, const struct lm_shim_config *cfg)
 	rc = lm_notifier_spawn(s->rt, &s->notifier, NULL);
 	if (rc)
 		goto fail;
-	rc = lm_transport_spawn(s->rt, &s->transport);
+	if (cfg->migration_tls_dir && *cfg->migration_tls_dir) {
+		rc = lm_tls_ctx_load(&s->tls, cfg->migration_tls_dir, err, sizeof(err));
+		if (rc) {
+			lm_log_error("shim", "migration TLS not set up", "why=\"%s\"", err);
+			goto fail;
+		}
+		lm_log_info("shim", "migration links use mutual TLS 1.3", "dir=%s", cfg->migration_tls_dir);
+	}
+	struct lm_transport_config tcfg = { .tls = s->tls, .insecure = cfg->insecure_migration };
+	rc = lm_transport_spawn_cfg(s->rt, &s->transport, &tcfg);
 	if (rc)
 		goto fail;
 	if (cfg->events_address && *cfg->events_address) {

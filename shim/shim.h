@@ -76,6 +76,12 @@ struct lm_shim_config {
 	 * orchestrator's options ask (ChecksumVerification); false (the
 	 * default): always (docs: "Integrity"). */
 	bool no_checksum;
+	/* Mutual TLS 1.3 on every migration link: the directory of
+	 * actors/tls_link.h (ca-cert.pem, server-cert.pem, server-key.pem,
+	 * client-cert.pem, client-key.pem), or NULL: plain links, which only
+	 * a unix socket may carry unless insecure_migration. */
+	const char *migration_tls_dir;
+	bool insecure_migration;
 };
 
 #define LM_SHIM_TRANSFER_CPU_DEFAULT 90

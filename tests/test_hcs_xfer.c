@@ -825,6 +825,47 @@ static void test_handshake_refuses_session_id_mismatch(void **state)
 			  1234, "session id mismatch");
 }
 
+/* Over TLS the hello carries the session's binding: a destination whose
+ * link is bound takes only a hello with the same 32 bytes (another TLS
+ * session's, or none, is refused before anything moves); the same binding
+ * on both sides migrates. */
+static void test_a_bound_destination_takes_only_its_sessions_hello(void **state)
+{
+	(void)state;
+	static const struct { bool src_bound; uint8_t src_byte; bool ok; } cases[] = {
+		{ true, 0xA5, true }, { true, 0x5A, false }, { false, 0, false },
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		int sv[2] = { -1, -1 };
+		lm__xfer_opts_t os, od;
+		opts(&os);
+		opts(&od);
+		od.bound = true;
+		memset(od.binding, 0xA5, sizeof od.binding);
+		os.bound = cases[i].src_bound;
+		memset(os.binding, cases[i].src_byte, sizeof os.binding);
+		assert_int_equal(ht_pair(sv, false), 0);
+		struct mig m = { .src = ht_vm(8, 0, 0, LM_FILL_RANDOM, false), .dst = ht_vm(8, 0, 0, 0, true) };
+		mig_create(&m, sv[0], sv[1], &os, &od);
+		if (cases[i].ok) {
+			/* the handshake passes: the transfer runs when told to */
+			ht_wait(&m.ls, LM_XEV_SETUP_DONE, 10000);
+			lm__xfer_go(m.xd);
+			lm__xfer_go(m.xs);
+		}
+		mig_join(&m);
+		if (cases[i].ok) {
+			assert_int_equal(m.rs, 0);
+			assert_int_equal(m.rd, 0);
+		} else {
+			assert_int_not_equal(m.rs, 0);
+			assert_int_equal(m.sd.pages_sent, 0);
+			assert_non_null(strstr(m.ld.fail_msg, "not bound to this TLS session"));
+		}
+		mig_free(&m);
+	}
+}
+
 /* A source of another session is told the mismatch and nothing else:
  * not the destination's SessionId (its own log names both), and not
  * what this side holds (a destination of another size: still only the
@@ -938,6 +979,7 @@ int main(void)
 		cmocka_unit_test(test_destination_state_load_failure_recovers_source),
 		cmocka_unit_test(test_handshake_refuses_session_id_mismatch),
 		cmocka_unit_test(test_session_mismatch_tells_the_peer_nothing),
+		cmocka_unit_test(test_a_bound_destination_takes_only_its_sessions_hello),
 		cmocka_unit_test(test_handshake_refuses_memory_size_mismatch),
 		cmocka_unit_test(test_handshake_refuses_other_protocol_version),
 	};

@@ -51,6 +51,7 @@
 #include <unistd.h>
 #define XXH_INLINE_ALL /* inline XXH3 and expose XXH3_state_t */
 #include <xxhash.h>
+#include <openssl/crypto.h>
 
 #ifdef LM_TSAN
 #include <sys/syscall.h>
@@ -951,6 +952,8 @@ static int src_handshake(struct lm__xfer *x, char *why, size_t whylen)
 		return rc;
 	}
 	uint8_t buf[sizeof(lm_xf_hello_t) + LM_MAX_REGIONS * sizeof(lm_xf_region_t) + LM_XF_COMPAT_MAX];
+	uint8_t bound[LM_XF_BINDING_LEN];
+	int iovn = 1;
 	lm_xf_hello_t h;
 	memset(&h, 0, sizeof(h));
 	h.magic = LM_XF_MAGIC;
@@ -970,6 +973,8 @@ static int src_handshake(struct lm__xfer *x, char *why, size_t whylen)
 		h.flags |= LM_XF_HELLO_HANDOVER;
 	if (x->vmm)
 		h.flags |= LM_XF_HELLO_VMM;
+	if (x->o.bound)
+		h.flags |= LM_XF_HELLO_BOUND;
 	size_t off = sizeof(h);
 	for (int i = 0; i < x->nreg; i++) {
 		lm_xf_region_t r = { x->reg[i].gpa, x->reg[i].size };
@@ -985,8 +990,12 @@ static int src_handshake(struct lm__xfer *x, char *why, size_t whylen)
 	h.compat_len = (uint32_t)c;
 	off += (size_t)c;
 	memcpy(buf, &h, sizeof(h));
-	struct iovec iov = { buf, off };
-	if ((rc = send_iov(x, &iov, 1)) < 0) {
+	if (x->o.bound) {
+		memcpy(bound, x->o.binding, LM_XF_BINDING_LEN);
+		iovn = 2;
+	}
+	struct iovec iov[2] = { { buf, off }, { bound, sizeof bound } };
+	if ((rc = send_iov(x, iov, iovn)) < 0) {
 		snprintf(why, whylen, "sending hello: %s", strerror(-rc));
 		return rc;
 	}
@@ -1524,10 +1533,20 @@ static int dst_handshake(struct lm__xfer *x, char *why, size_t whylen)
 	}
 	lm_xf_region_t regs[LM_MAX_REGIONS];
 	uint8_t compat[LM_XF_COMPAT_MAX];
+	uint8_t peer_binding[LM_XF_BINDING_LEN];
 	if ((rc = recv_full(x, regs, h.nregions * sizeof(regs[0]))) < 0 ||
-	    (rc = recv_full(x, compat, h.compat_len)) < 0) {
+	    (rc = recv_full(x, compat, h.compat_len)) < 0 ||
+	    ((h.flags & LM_XF_HELLO_BOUND) && (rc = recv_full(x, peer_binding, sizeof peer_binding)) < 0)) {
 		snprintf(why, whylen, "truncated hello: %s", strerror(-rc));
 		return rc;
+	}
+	if (x->o.bound && (!(h.flags & LM_XF_HELLO_BOUND) ||
+			   CRYPTO_memcmp(peer_binding, x->o.binding, sizeof peer_binding) != 0)) {
+		/* a transfer handshake from another TLS session (replayed, or
+		 * relayed from elsewhere): nothing of it is taken */
+		snprintf(why, whylen, "the hello is not bound to this TLS session");
+		status = EACCES;
+		goto refuse_now;
 	}
 	if (h.page_size != LM_PAGE_SIZE) {
 		snprintf(why, whylen, "page size mismatch (source %u, destination %u)",

@@ -50,6 +50,10 @@ typedef struct lm__xfer_opts {
 					the guest (destination: taken from the hello) */
 	unsigned keepalive_ms;       /* idle sides send a KEEPALIVE this often (default 1000) */
 	unsigned stall_ms;           /* a peer silent this long has stalled (default 10000) */
+	bool bound;                  /* the link is a TLS session: binding (its exported
+					keying material) travels in the hello, and a
+					destination takes only its own (PROTOCOL.md) */
+	uint8_t binding[32];
 } lm__xfer_opts_t;
 
 /* The blackout's bound (pause -> the destination's ACK): the threshold

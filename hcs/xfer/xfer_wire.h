@@ -27,6 +27,10 @@
 				     instead of pages and a state blob
 				     (nregions 0; PROTOCOL.md) */
 #define LM_XF_MAX_VMM (1u << 20)  /* bytes per VMM record */
+#define LM_XF_HELLO_BOUND 0x10u   /* the link is a TLS session: LM_XF_BINDING_LEN
+				     bytes of its exported keying material follow
+				     the compatibility data */
+#define LM_XF_BINDING_LEN 32u
 
 #define LM_XF_SECRET_LEN 32u      /* handover secrets; their SHA-256 is
 				     committed to in the handshake */

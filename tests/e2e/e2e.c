@@ -179,13 +179,13 @@ int e2e_source_start(struct e2e_shim *s, const char *dir, const char *name, unsi
 	snprintf(mbs, sizeof(mbs), "%u", mb);
 	snprintf(rates, sizeof(rates), "%u", rate);
 	const char *args[] = { "--vm-size-mb", mbs, "--workload-rate", rates,
-			       "--containers", "pod1:sandbox,pod1:c1", NULL };
+			       "--containers", "pod1:sandbox,pod1:c1", "--insecure-migration", NULL };
 	return e2e_shim_start(s, dir, name, NULL, faults, args);
 }
 
 int e2e_dest_start(struct e2e_shim *s, const char *dir, const char *name, const char *faults)
 {
-	const char *args[] = { "--idle", NULL };
+	const char *args[] = { "--idle", "--insecure-migration", NULL };
 	return e2e_shim_start(s, dir, name, NULL, faults, args);
 }
 

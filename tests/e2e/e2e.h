@@ -45,7 +45,9 @@ void e2e_rmdir(const char *dir);
  * waits until it serves and connects s->c. 0 or -1 (log printed). */
 int e2e_shim_start(struct e2e_shim *s, const char *dir, const char *name, const char *netns,
 		   const char *faults, const char *const *args);
-/* A source: VM of `mb` MiB, guest at `rate` MB/s, pod1 = {sandbox, c1}. */
+/* A source: VM of `mb` MiB, guest at `rate` MB/s, pod1 = {sandbox, c1}.
+ * Both helpers allow plain TCP links (--insecure-migration); a test of
+ * TLS or of that rule starts its shims with e2e_shim_start. */
 int e2e_source_start(struct e2e_shim *s, const char *dir, const char *name, unsigned mb,
 		     unsigned rate, const char *faults);
 /* An idle destination. */

@@ -32,6 +32,7 @@
 
 #include "e2e.h"
 #include "hcs/xfer/xfer_wire.h"
+#include "tests/tlskit.h"
 #include "events.pb-c.h"
 #include "google/protobuf/timestamp.pb-c.h"
 #include "events_sink.h"
@@ -325,6 +326,236 @@ static void test_a_flipped_bit_is_caught_without_asking(void **state)
 		moved = strcmp(c1, c2) != 0;
 	}
 	assert_true(moved);
+	assert_int_equal(e2e_shim_stop(&f->src), 0);
+	assert_int_equal(e2e_shim_stop(&f->dst), 0);
+}
+
+/* ---- the migration link's TLS ---------------------------------------------- */
+
+static struct tk_ca e2e_ca, e2e_other_ca;
+
+/* TLS directories under f->dir: "tls-src", "tls-dst" (our CA), "tls-foreign"
+ * (signed by another CA). */
+static void tls_dirs(struct fx *f)
+{
+	if (!e2e_ca.cert) {
+		assert_true(tk_ca_make(&e2e_ca, "e2e CA"));
+		assert_true(tk_ca_make(&e2e_other_ca, "someone else's CA"));
+	}
+	char p[300];
+	snprintf(p, sizeof p, "%s/tls-src", f->dir);
+	assert_true(tk_dir(p, &e2e_ca, &e2e_ca, false, 86400));
+	snprintf(p, sizeof p, "%s/tls-dst", f->dir);
+	assert_true(tk_dir(p, &e2e_ca, &e2e_ca, false, 86400));
+	snprintf(p, sizeof p, "%s/tls-foreign", f->dir);
+	assert_true(tk_dir(p, &e2e_ca, &e2e_other_ca, false, 86400));
+}
+
+/* A source and a destination shim; tls: their directory's name under
+ * f->dir, or NULL for none. */
+static void tls_pair(struct fx *f, const char *src_tls, const char *dst_tls)
+{
+	char sd[300], dd[300];
+	snprintf(sd, sizeof sd, "%s/%s", f->dir, src_tls ? src_tls : "");
+	snprintf(dd, sizeof dd, "%s/%s", f->dir, dst_tls ? dst_tls : "");
+	const char *sargs[] = { "--vm-size-mb", "64", "--workload-rate", "50", "--containers", "pod1:sandbox,pod1:c1",
+				src_tls ? "--migration-tls-dir" : NULL, sd, NULL };
+	const char *dargs[] = { "--idle", dst_tls ? "--migration-tls-dir" : NULL, dd, NULL };
+	assert_int_equal(e2e_shim_start(&f->src, f->dir, "src", NULL, NULL, sargs), 0);
+	assert_int_equal(e2e_shim_start(&f->dst, f->dir, "dst", NULL, NULL, dargs), 0);
+}
+
+/* lmctl migrate src -> dst with extra args; its exit status, output in *text. */
+static int tls_migrate(struct fx *f, const char *session, const char *const *extra, char **text)
+{
+	char out[300], work[300];
+	snprintf(out, sizeof(out), "%s/lmctl-%s.out", f->dir, session);
+	snprintf(work, sizeof(work), "%s/work-%s", f->dir, session);
+	const char *args[24] = { "migrate", "--from", f->src.sock, "--to", f->dst.sock, "--workdir", work,
+				 "--quiet", "--session", session };
+	int k = 10;
+	for (int i = 0; extra && extra[i]; i++)
+		args[k++] = extra[i];
+	args[k] = NULL;
+	int rc = e2e_lmctl(args, out, 120000);
+	*text = e2e_slurp(out);
+	return rc;
+}
+
+static void assert_source_runs(struct fx *f)
+{
+	uint32_t pid = 0;
+	int st = 0;
+	assert_int_equal(e2e_state(&f->src, "c1", &pid, &st), 0);
+	assert_int_equal(st, 2);
+}
+
+/* Two shims with certificates of one CA migrate over TLS, over a unix
+ * socket and over TCP; each log names the link (TLS 1.3, its cipher). */
+static void test_migrate_over_mutual_tls(void **state)
+{
+	struct fx *f = *state;
+	tls_dirs(f);
+	static const char *const how[][4] = { { NULL }, { "--transport", "tcp", NULL } };
+	for (int i = 0; i < 2; i++) {
+		tls_pair(f, "tls-src", "tls-dst");
+		char *text = NULL, session[32];
+		snprintf(session, sizeof session, "e2e-tls-%d", i);
+		int rc = tls_migrate(f, session, how[i], &text);
+		dump_on(rc != 0, f, NULL);
+		if (rc)
+			printf("%s", text);
+		assert_int_equal(rc, 0);
+		free(text);
+		uint32_t pid = 0;
+		int st = 0;
+		assert_int_equal(e2e_state(&f->dst, "c1-m", &pid, &st), 0);
+		assert_int_equal(st, 2);
+		for (int side = 0; side < 2; side++) {
+			char *log = e2e_slurp(side ? f->dst.log : f->src.log);
+			const char *l = strstr(log, "msg=\"migration socket adopted\"");
+			assert_non_null(l);
+			assert_non_null(strstr(l, "link=\"TLS 1.3 TLS_"));
+			free(log);
+		}
+		assert_int_equal(e2e_shim_stop(&f->src), 0);
+		assert_int_equal(e2e_shim_stop(&f->dst), 0);
+	}
+}
+
+/* A peer that does not authenticate is refused on both sides (a
+ * certificate from another CA; a plain peer), and a plain TCP link
+ * without --insecure-migration is refused saying what to do; each time
+ * the guest runs on at the source. */
+static void test_tls_refusals_leave_the_source_running(void **state)
+{
+	struct fx *f = *state;
+	tls_dirs(f);
+	static const struct { const char *src, *dst; const char *extra[4]; const char *want; } cases[] = {
+		{ "tls-foreign", "tls-dst", { NULL }, "certificate was refused" },
+		{ "tls-src", "tls-foreign", { NULL }, "refused" },
+		{ NULL, "tls-dst", { NULL }, "TLS" },
+		{ NULL, NULL, { "--transport", "tcp", NULL }, "--migration-tls-dir" },
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		tls_pair(f, cases[i].src, cases[i].dst);
+		char *text = NULL, session[32];
+		snprintf(session, sizeof session, "e2e-tls-no-%zu", i);
+		int rc = tls_migrate(f, session, cases[i].extra, &text);
+		printf("# case %zu: lmctl exited %d: %.300s\n", i, rc, strstr(text, "lmctl: ") ? strstr(text, "lmctl: ")
+												: text);
+		assert_int_not_equal(rc, 0);
+		char *sl = e2e_slurp(f->src.log), *dl = e2e_slurp(f->dst.log);
+		bool said = strstr(text, cases[i].want) || strstr(sl, cases[i].want) || strstr(dl, cases[i].want);
+		free(sl);
+		free(dl);
+		free(text);
+		assert_true(said);
+		assert_source_runs(f);
+		assert_int_equal(e2e_shim_stop(&f->src), 0);
+		assert_int_equal(e2e_shim_stop(&f->dst), 0);
+	}
+}
+
+/* A TCP relay that flips one bit of the source's stream after `after`
+ * bytes (a man in the middle). */
+struct flipper {
+	int lfd;               /* listening */
+	int to_port;
+	size_t after;
+	pthread_t th;
+};
+
+static void *flipper_main(void *arg)
+{
+	struct flipper *fl = arg;
+	int a = accept(fl->lfd, NULL, NULL);
+	if (a < 0)
+		return NULL;
+	int b = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons((uint16_t)fl->to_port) };
+	to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (connect(b, (struct sockaddr *)&to, sizeof to) < 0) {
+		close(a);
+		close(b);
+		return NULL;
+	}
+	size_t seen = 0;
+	bool flipped = false;
+	static uint8_t buf[65536];
+	for (;;) {
+		struct pollfd q[2] = { { a, POLLIN, 0 }, { b, POLLIN, 0 } };
+		if (poll(q, 2, 30000) <= 0)
+			break;
+		if (q[0].revents) {
+			ssize_t n = read(a, buf, sizeof buf);
+			if (n <= 0)
+				break;
+			if (!flipped && seen + (size_t)n > fl->after) {
+				buf[fl->after - seen] ^= 0x01;
+				flipped = true;
+			}
+			seen += (size_t)n;
+			if (write(b, buf, (size_t)n) != n)
+				break;
+		}
+		if (q[1].revents) {
+			ssize_t n = read(b, buf, sizeof buf);
+			if (n <= 0 || write(a, buf, (size_t)n) != n)
+				break;
+		}
+	}
+	close(a);
+	close(b);
+	return NULL;
+}
+
+static int free_port(int *fd_out)
+{
+	int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	socklen_t al = sizeof a;
+	assert_int_equal(bind(s, (struct sockaddr *)&a, sizeof a), 0);
+	assert_int_equal(getsockname(s, (struct sockaddr *)&a, &al), 0);
+	if (fd_out) {
+		assert_int_equal(listen(s, 4), 0);
+		*fd_out = s;
+	} else {
+		close(s);
+	}
+	return ntohs(a.sin_port);
+}
+
+/* A bit flipped in the TLS stream by a relay in the middle: the
+ * destination's TLS sees a record fail its authentication, the migration
+ * fails with DataLoss, and the guest runs on at the source. */
+static void test_a_bit_flipped_in_the_tls_stream_is_dataloss(void **state)
+{
+	struct fx *f = *state;
+	tls_dirs(f);
+	tls_pair(f, "tls-src", "tls-dst");
+	struct flipper fl = { .after = 3u << 20 };
+	int relay_port = free_port(&fl.lfd);
+	fl.to_port = free_port(NULL);
+	pthread_t th;
+	assert_int_equal(pthread_create(&th, NULL, flipper_main, &fl), 0);
+	char listen_at[64], connect_to[64];
+	snprintf(listen_at, sizeof listen_at, "127.0.0.1:%d", fl.to_port);
+	snprintf(connect_to, sizeof connect_to, "127.0.0.1:%d", relay_port);
+	const char *extra[] = { "--transport", "tcp", "--listen", listen_at, "--connect", connect_to, NULL };
+	char *text = NULL;
+	int rc = tls_migrate(f, "e2e-tls-flip", extra, &text);
+	printf("# a flipped bit in TLS: lmctl exited %d\n", rc);
+	assert_int_not_equal(rc, 0);
+	if (!strstr(text, "DataLoss"))
+		printf("%s", text);
+	assert_non_null(strstr(text, "DataLoss"));
+	assert_non_null(strstr(text, "altered on the way"));
+	free(text);
+	pthread_join(th, NULL);
+	close(fl.lfd);
+	assert_source_runs(f);
 	assert_int_equal(e2e_shim_stop(&f->src), 0);
 	assert_int_equal(e2e_shim_stop(&f->dst), 0);
 }
@@ -1183,6 +1414,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_strangers_on_the_listener_do_not_stop_the_source, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_a_flipped_bit_is_caught_without_asking, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_migrate_over_mutual_tls, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_tls_refusals_leave_the_source_running, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_a_bit_flipped_in_the_tls_stream_is_dataloss, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_migrate_with_duplicated_socket_pair, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_migrate_with_compression_and_pass_limits, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_back_and_forth_migrations_leave_nothing_behind, setup, teardown),

@@ -546,8 +546,8 @@ static void test_migration_over_tcp_between_network_namespaces(void **state)
 	assert_int_equal(ip(o2), 0);
 
 	const char *sargs[] = { "--vm-size-mb", "64", "--workload-rate", "50", "--containers",
-				"pod1:sandbox,pod1:c1", NULL };
-	const char *dargs[] = { "--idle", NULL };
+				"pod1:sandbox,pod1:c1", "--insecure-migration", NULL };
+	const char *dargs[] = { "--idle", "--insecure-migration", NULL };
 	assert_int_equal(e2e_shim_start(&f->src, f->dir, "src", f->netns[0], NULL, sargs), 0);
 	assert_int_equal(e2e_shim_start(&f->dst, f->dir, "dst", f->netns[1], NULL, dargs), 0);
 	char out[300], work[300];

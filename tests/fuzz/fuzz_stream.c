@@ -52,6 +52,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	lm__xfer_opts_t o;
 	lm__xfer_opts_default(&o);
 	o.session_id = 7;
+#ifdef LM_FUZZ_BOUND
+	o.bound = true;
+	memset(o.binding, 0xb1, sizeof o.binding);
+#endif
 	lm__xfer_run_sync(LM_XFER_DEST, &lm_hcs_sim_ops, vm, sv[1], &o, NULL, NULL);
 	close(sv[0]);
 	return 0;

@@ -1,0 +1,604 @@
+/*
+ * tls_link.c: mutual TLS 1.3 on the migration connection (see tls_link.h):
+ * the certificate directory, one non-blocking handshake, and then either
+ * kernel TLS or the user-space relay thread.
+ *
+ * The relay moves bytes both ways between the TLS socket and its end of a
+ * socketpair, each way through a buffer of its own, and keeps half-closes
+ * apart: the engine shutting its sending side becomes a close_notify, the
+ * peer's close_notify becomes a shutdown of the engine's receiving side,
+ * and each direction ends on its own. A record that fails its
+ * authentication, or any other TLS error, ends both at once (the engine
+ * sees its connection reset) and is kept for lm_tls_link_tampered.
+ */
+#include "actors/tls_link.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include "util/clock.h"
+#include "util/log.h"
+
+#define MOD "tls"
+#define RELAY_BUF (256u << 10)
+#define EXPORTER_LABEL "EXPORTER-lmshim-migration"
+
+struct lm_tls_ctx {
+	SSL_CTX *as_source;           /* TLS client, client-cert.pem */
+	SSL_CTX *as_dest;             /* TLS server, server-cert.pem */
+};
+
+struct lm_tls_conn {
+	SSL *ssl;
+	int fd;
+	bool source;
+	bool confirming;              /* handshake done; the destination's word pending */
+};
+
+/* In TLS 1.3 a client's handshake is over before the server has looked
+ * at its certificate: the server's refusal would reach the source only as
+ * a reset later. So the destination, once it accepted the source, says
+ * so with one byte of application data, and the source waits for it (or
+ * for the alert that says why not): both sides judge the handshake. */
+#define ACCEPTED_BYTE 'K'
+
+struct lm_tls_link {
+	atomic_int refs;
+	bool kernel;
+	char cipher[64];
+	pthread_mutex_t mu;
+	bool tampered;                /* mu */
+	char why[200];                /* mu */
+};
+
+/* ---- errors --------------------------------------------------------------- */
+
+/* OpenSSL's last error, as one line ("" if none). */
+static void ssl_err(char *buf, size_t len)
+{
+	unsigned long e = ERR_peek_last_error();
+	buf[0] = 0;
+	if (e)
+		ERR_error_string_n(e, buf, len);
+	ERR_clear_error();
+}
+
+/* ---- the certificate directory ---------------------------------------------- */
+
+static int file_in(const char *dir, const char *name, char *path, size_t cap, char *why, size_t whylen)
+{
+	int n = snprintf(path, cap, "%s/%s", dir, name);
+	if (n < 0 || (size_t)n >= cap) {
+		snprintf(why, whylen, "TLS directory %s: path too long", dir);
+		return -ENAMETOOLONG;
+	}
+	if (access(path, R_OK) != 0) {
+		int e = errno;
+		snprintf(why, whylen, "TLS directory %s: %s: %s", dir, name, strerror(e));
+		return -e;
+	}
+	return 0;
+}
+
+static SSL_CTX *make_ctx(const char *dir, bool server, char *why, size_t whylen, int *err)
+{
+	char ca[PATH_MAX], cert[PATH_MAX], key[PATH_MAX], e[200];
+	const char *cn = server ? "server-cert.pem" : "client-cert.pem";
+	const char *kn = server ? "server-key.pem" : "client-key.pem";
+	if ((*err = file_in(dir, "ca-cert.pem", ca, sizeof ca, why, whylen)) ||
+	    (*err = file_in(dir, cn, cert, sizeof cert, why, whylen)) ||
+	    (*err = file_in(dir, kn, key, sizeof key, why, whylen)))
+		return NULL;
+	SSL_CTX *c = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
+	if (!c) {
+		*err = -ENOMEM;
+		snprintf(why, whylen, "TLS: out of memory");
+		return NULL;
+	}
+	*err = -EINVAL;
+	if (!SSL_CTX_set_min_proto_version(c, TLS1_3_VERSION) ||
+	    !SSL_CTX_set_max_proto_version(c, TLS1_3_VERSION)) {
+		ssl_err(e, sizeof e);
+		snprintf(why, whylen, "TLS 1.3 is not available: %s", e);
+		goto fail;
+	}
+	if (SSL_CTX_load_verify_locations(c, ca, NULL) != 1) {
+		ssl_err(e, sizeof e);
+		snprintf(why, whylen, "TLS directory %s: ca-cert.pem: %s", dir, e);
+		goto fail;
+	}
+	if (SSL_CTX_use_certificate_chain_file(c, cert) != 1) {
+		ssl_err(e, sizeof e);
+		snprintf(why, whylen, "TLS directory %s: %s: %s", dir, cn, e);
+		goto fail;
+	}
+	if (SSL_CTX_use_PrivateKey_file(c, key, SSL_FILETYPE_PEM) != 1) {
+		bool mismatch = ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH;
+		ssl_err(e, sizeof e);
+		if (mismatch)
+			snprintf(why, whylen, "TLS directory %s: %s does not match %s", dir, kn, cn);
+		else
+			snprintf(why, whylen, "TLS directory %s: %s: %s", dir, kn, e);
+		goto fail;
+	}
+	if (SSL_CTX_check_private_key(c) != 1) {
+		ssl_err(e, sizeof e);
+		snprintf(why, whylen, "TLS directory %s: %s does not match %s (%s)", dir, kn, cn, e);
+		goto fail;
+	}
+	/* both ends authenticate; the peer's role is OpenSSL's purpose check
+	 * (a server verifies an "SSL client" certificate, a client an "SSL
+	 * server" one: extendedKeyUsage clientAuth / serverAuth) */
+	SSL_CTX_set_verify(c, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+	SSL_CTX_set_options(c, SSL_OP_ENABLE_KTLS | SSL_OP_NO_TICKET);
+	SSL_CTX_set_mode(c, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+	SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);
+	/* AES-128-GCM first: with AES-NI the fastest of TLS 1.3's, and
+	 * ample for a link that lives for one migration */
+	SSL_CTX_set_ciphersuites(c, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256");
+	/* read whole buffers from the socket, not a record header at a time */
+	SSL_CTX_set_read_ahead(c, 1);
+	SSL_CTX_set_default_read_buffer_len(c, 64u << 10);
+	*err = 0;
+	return c;
+fail:
+	SSL_CTX_free(c);
+	return NULL;
+}
+
+int lm_tls_ctx_load(lm_tls_ctx_t **out, const char *dir, char *why, size_t whylen)
+{
+	lm_tls_ctx_t *c = calloc(1, sizeof(*c));
+	if (!c) {
+		snprintf(why, whylen, "TLS: out of memory");
+		return -ENOMEM;
+	}
+	int err = 0;
+	c->as_source = make_ctx(dir, false, why, whylen, &err);
+	if (c->as_source)
+		c->as_dest = make_ctx(dir, true, why, whylen, &err);
+	if (err) {
+		lm_tls_ctx_free(c);
+		return err;
+	}
+	*out = c;
+	return 0;
+}
+
+void lm_tls_ctx_free(lm_tls_ctx_t *c)
+{
+	if (!c)
+		return;
+	SSL_CTX_free(c->as_source);
+	SSL_CTX_free(c->as_dest);
+	free(c);
+}
+
+/* ---- one handshake ---------------------------------------------------------------- */
+
+static int set_blocking(int fd, bool blocking)
+{
+	int fl = fcntl(fd, F_GETFL);
+	if (fl < 0)
+		return -errno;
+	fl = blocking ? fl & ~O_NONBLOCK : fl | O_NONBLOCK;
+	return fcntl(fd, F_SETFL, fl) < 0 ? -errno : 0;
+}
+
+int lm_tls_conn_new(lm_tls_ctx_t *c, int fd, bool source, lm_tls_conn_t **out)
+{
+	lm_tls_conn_t *t = calloc(1, sizeof(*t));
+	if (!t)
+		return -ENOMEM;
+	t->ssl = SSL_new(source ? c->as_source : c->as_dest);
+	if (!t->ssl || SSL_set_fd(t->ssl, fd) != 1) {
+		SSL_free(t->ssl);
+		free(t);
+		return -ENOMEM;
+	}
+	if (source)
+		SSL_set_connect_state(t->ssl);
+	else
+		SSL_set_accept_state(t->ssl);
+	(void)set_blocking(fd, false);
+	t->fd = fd;
+	t->source = source;
+	*out = t;
+	return 0;
+}
+
+int lm_tls_conn_step(lm_tls_conn_t *t, short *events, char *why, size_t whylen)
+{
+	ERR_clear_error();
+	int r;
+	if (!t->confirming) {
+		r = SSL_do_handshake(t->ssl);
+		if (r == 1)
+			t->confirming = true;
+	}
+	if (t->confirming) {
+		uint8_t b = ACCEPTED_BYTE;
+		r = t->source ? SSL_read(t->ssl, &b, 1) : SSL_write(t->ssl, &b, 1);
+		if (r == 1) {
+			if (b == ACCEPTED_BYTE)
+				return 1;
+			snprintf(why, whylen, "TLS: the destination did not confirm the handshake");
+			return -EPROTO;
+		}
+	}
+	int e = SSL_get_error(t->ssl, r);
+	if (e == SSL_ERROR_WANT_READ) {
+		*events = POLLIN;
+		return 0;
+	}
+	if (e == SSL_ERROR_WANT_WRITE) {
+		*events = POLLOUT;
+		return 0;
+	}
+	const char *peer = t->source ? "the destination" : "the source";
+	long vr = SSL_get_verify_result(t->ssl);
+	unsigned long le = ERR_peek_last_error();
+	int reason = ERR_GET_REASON(le);
+	char es[200];
+	ssl_err(es, sizeof es);
+	if (vr != X509_V_OK) {
+		snprintf(why, whylen, "TLS: %s's certificate was refused: %s", peer,
+			 X509_verify_cert_error_string(vr));
+		return -EACCES;
+	}
+	if (reason == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE) {
+		snprintf(why, whylen, "TLS: %s sent no certificate", peer);
+		return -EACCES;
+	}
+	if (le && strstr(es, "alert")) {
+		/* the peer refused us (our certificate, our role, our CA) */
+		const char *a = strrchr(es, ':');
+		snprintf(why, whylen, "TLS: %s refused this side (%s)", peer, a ? a + 1 : es);
+		return -EACCES;
+	}
+	if (e == SSL_ERROR_SYSCALL || e == SSL_ERROR_ZERO_RETURN || (!le && e != SSL_ERROR_SSL)) {
+		snprintf(why, whylen, "TLS: %s closed the connection during the handshake", peer);
+		return -ECONNRESET;
+	}
+	const char *a = strrchr(es, ':');
+	snprintf(why, whylen, "TLS: %s does not speak TLS 1.3 with this side (%s)", peer, a ? a + 1 : es);
+	return -EPROTO;
+}
+
+void lm_tls_conn_free(lm_tls_conn_t *t)
+{
+	if (!t)
+		return;
+	SSL_free(t->ssl);             /* (SSL_set_fd's BIO leaves fd open) */
+	free(t);
+}
+
+/* ---- the relay -------------------------------------------------------------------- */
+
+struct relay {
+	lm_tls_link_t *link;          /* one reference */
+	SSL *ssl;
+	int tfd;                      /* the TLS socket */
+	int pfd;                      /* our end of the engine's socketpair */
+};
+
+static void link_fail(lm_tls_link_t *l, bool tampered, const char *why)
+{
+	pthread_mutex_lock(&l->mu);
+	if (!l->why[0]) {
+		l->tampered = tampered;
+		snprintf(l->why, sizeof l->why, "%s", why);
+	}
+	pthread_mutex_unlock(&l->mu);
+}
+
+/* A TLS error that ends the link: whether a record failed its
+ * authentication (the stream was altered on the way). */
+static bool record_tampered(unsigned long e)
+{
+	int r = ERR_GET_REASON(e);
+	return r == SSL_R_DECRYPTION_FAILED_OR_BAD_RECORD_MAC || r == SSL_R_DECRYPTION_FAILED ||
+	       r == SSL_R_SSLV3_ALERT_BAD_RECORD_MAC;
+}
+
+static void *relay_main(void *arg)
+{
+	struct relay *r = arg;
+	uint8_t *down = malloc(RELAY_BUF), *up = malloc(RELAY_BUF);   /* peer->engine, engine->peer */
+	size_t dn = 0, doff = 0, un = 0, uoff = 0;
+	bool peer_eof = false, engine_eof = false, sent_notify = false, down_shut = false;
+	bool failed = !down || !up;
+	short tls_in_wants = POLLIN, tls_out_wants = POLLOUT;
+	while (!failed && !(down_shut && sent_notify && !un)) {
+		/* peer -> engine */
+		while (!peer_eof && dn < RELAY_BUF) {
+			ERR_clear_error();
+			int n = SSL_read(r->ssl, down + dn, (int)(RELAY_BUF - dn));
+			if (n > 0) {
+				dn += (size_t)n;
+				continue;
+			}
+			int e = SSL_get_error(r->ssl, n);
+			if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+				tls_in_wants = e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT;
+				break;
+			}
+			if (e == SSL_ERROR_ZERO_RETURN) {      /* close_notify */
+				peer_eof = true;
+				break;
+			}
+			unsigned long le = ERR_peek_last_error();
+			char es[160];
+			ssl_err(es, sizeof es);
+			if (e == SSL_ERROR_SYSCALL && !le) {
+				peer_eof = true;        /* the peer's socket closed without a notify */
+				break;
+			}
+			char w[200];
+			bool t = record_tampered(le);
+			snprintf(w, sizeof w, t ? "a TLS record failed its authentication: the stream was "
+						  "altered on the way (%s)" : "TLS: %s", es);
+			link_fail(r->link, t, w);
+			failed = true;
+			break;
+		}
+		if (failed)
+			break;
+		while (doff < dn) {
+			ssize_t w = send(r->pfd, down + doff, dn - doff, MSG_NOSIGNAL | MSG_DONTWAIT);
+			if (w > 0) {
+				doff += (size_t)w;
+				continue;
+			}
+			if (w < 0 && (errno == EAGAIN || errno == EINTR))
+				break;
+			failed = true;          /* the engine went away */
+			break;
+		}
+		if (doff == dn)
+			dn = doff = 0;
+		if (peer_eof && !dn && !down_shut) {
+			shutdown(r->pfd, SHUT_WR);
+			down_shut = true;
+		}
+		/* engine -> peer */
+		if (!engine_eof && un < RELAY_BUF) {
+			ssize_t n = recv(r->pfd, up + un, RELAY_BUF - un, MSG_DONTWAIT);
+			if (n > 0)
+				un += (size_t)n;
+			else if (n == 0)
+				engine_eof = true;
+			else if (errno != EAGAIN && errno != EINTR)
+				engine_eof = true;
+		}
+		while (uoff < un) {
+			ERR_clear_error();
+			int w = SSL_write(r->ssl, up + uoff, (int)(un - uoff));
+			if (w > 0) {
+				uoff += (size_t)w;
+				continue;
+			}
+			int e = SSL_get_error(r->ssl, w);
+			if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) {
+				tls_out_wants = e == SSL_ERROR_WANT_WRITE ? POLLOUT : POLLIN;
+				break;
+			}
+			char es[160], wh[200];
+			ssl_err(es, sizeof es);
+			snprintf(wh, sizeof wh, "TLS: sending to the peer: %s", es[0] ? es : "connection lost");
+			link_fail(r->link, false, wh);
+			failed = true;
+			break;
+		}
+		if (failed)
+			break;
+		if (uoff == un)
+			un = uoff = 0;
+		bool notify_wait = false;
+		if (engine_eof && !un && !sent_notify) {
+			/* close_notify (the peer's may come later), all of it
+			 * out before our side of the socket closes */
+			ERR_clear_error();
+			int sr = SSL_shutdown(r->ssl);
+			int e = sr < 0 ? SSL_get_error(r->ssl, sr) : SSL_ERROR_NONE;
+			if (sr >= 0 || (e != SSL_ERROR_WANT_WRITE && e != SSL_ERROR_WANT_READ)) {
+				ERR_clear_error();
+				shutdown(r->tfd, SHUT_WR);
+				sent_notify = true;
+			} else {
+				notify_wait = true;
+				tls_out_wants = e == SSL_ERROR_WANT_WRITE ? POLLOUT : POLLIN;
+			}
+		}
+		if (down_shut && sent_notify && !un)
+			break;
+		/* wait for what can move next */
+		short te = 0, pe = 0;
+		if (!peer_eof && dn < RELAY_BUF && SSL_pending(r->ssl) > 0)
+			continue;
+		if (!peer_eof && dn < RELAY_BUF)
+			te |= tls_in_wants;
+		if (un || notify_wait)
+			te |= tls_out_wants;
+		if (dn)
+			pe |= POLLOUT;
+		if (!engine_eof && un < RELAY_BUF)
+			pe |= POLLIN;
+		struct pollfd q[2] = { { r->tfd, te, 0 }, { r->pfd, pe, 0 } };
+		if (poll(q, 2, 1000) < 0 && errno != EINTR)
+			failed = true;
+		if (q[1].revents & (POLLERR | POLLNVAL))
+			failed = true;
+	}
+	free(down);
+	free(up);
+	if (failed)
+		shutdown(r->pfd, SHUT_RDWR);    /* the engine sees its link end */
+	SSL_free(r->ssl);
+	close(r->tfd);
+	close(r->pfd);
+	lm_tls_link_unref(r->link);
+	free(r);
+	return NULL;
+}
+
+/* ---- after the handshake ------------------------------------------------------------ */
+
+int lm_tls_conn_finish(lm_tls_conn_t *t, int *engine_fd, uint8_t binding[LM_TLS_BINDING_LEN],
+		       lm_tls_link_t **link, char *why, size_t whylen)
+{
+	int fd = t->fd, rc = -ENOMEM;
+	SSL *ssl = t->ssl;
+	free(t);
+	lm_tls_link_t *l = calloc(1, sizeof(*l));
+	if (!l) {
+		snprintf(why, whylen, "TLS: out of memory");
+		goto fail;
+	}
+	atomic_init(&l->refs, 1);
+	pthread_mutex_init(&l->mu, NULL);
+	snprintf(l->cipher, sizeof l->cipher, "%s", SSL_get_cipher_name(ssl));
+	if (SSL_export_keying_material(ssl, binding, LM_TLS_BINDING_LEN, EXPORTER_LABEL,
+				       sizeof(EXPORTER_LABEL) - 1, NULL, 0, 0) != 1) {
+		char es[160];
+		ssl_err(es, sizeof es);
+		snprintf(why, whylen, "TLS: no keying material to bind the transfer to: %s", es);
+		rc = -EPROTO;
+		goto fail;
+	}
+	if (BIO_get_ktls_send(SSL_get_wbio(ssl)) && BIO_get_ktls_recv(SSL_get_rbio(ssl))) {
+		/* both ways in the kernel: the engine reads and writes the TCP
+		 * socket itself */
+		l->kernel = true;
+		SSL_set_quiet_shutdown(ssl, 1);
+		SSL_free(ssl);
+		(void)set_blocking(fd, true);
+		*engine_fd = fd;
+		*link = l;
+		return 0;
+	}
+	int sp[2];
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) < 0) {
+		rc = -errno;
+		snprintf(why, whylen, "TLS relay: socketpair: %s", strerror(errno));
+		goto fail;
+	}
+	(void)set_blocking(sp[1], false);
+	struct relay *r = calloc(1, sizeof(*r));
+	pthread_t th;
+	pthread_attr_t at;
+	pthread_attr_init(&at);
+	pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+	if (r) {
+		atomic_fetch_add(&l->refs, 1);
+		*r = (struct relay){ .link = l, .ssl = ssl, .tfd = fd, .pfd = sp[1] };
+	}
+	if (!r || pthread_create(&th, &at, relay_main, r) != 0) {
+		pthread_attr_destroy(&at);
+		if (r)
+			atomic_fetch_sub(&l->refs, 1);
+		free(r);
+		close(sp[0]);
+		close(sp[1]);
+		rc = -EAGAIN;
+		snprintf(why, whylen, "TLS relay: no thread");
+		goto fail;
+	}
+	pthread_attr_destroy(&at);
+	*engine_fd = sp[0];
+	*link = l;
+	return 0;
+fail:
+	SSL_free(ssl);
+	close(fd);
+	if (l) {
+		pthread_mutex_destroy(&l->mu);
+		free(l);
+	}
+	return rc;
+}
+
+int lm_tls_handshake(lm_tls_ctx_t *c, int fd, bool source, uint64_t deadline_ns, int abort_efd,
+		     int *engine_fd, uint8_t binding[LM_TLS_BINDING_LEN], lm_tls_link_t **link,
+		     char *why, size_t whylen)
+{
+	lm_tls_conn_t *t = NULL;
+	int rc = lm_tls_conn_new(c, fd, source, &t);
+	if (rc) {
+		snprintf(why, whylen, "TLS: out of memory");
+		return rc;
+	}
+	for (;;) {
+		short ev = 0;
+		rc = lm_tls_conn_step(t, &ev, why, whylen);
+		if (rc < 0) {
+			lm_tls_conn_free(t);
+			return rc;
+		}
+		if (rc == 1)
+			break;
+		uint64_t now = lm_now_ns();
+		if (now >= deadline_ns) {
+			lm_tls_conn_free(t);
+			snprintf(why, whylen, "TLS: the handshake did not complete in time");
+			return -ETIMEDOUT;
+		}
+		struct pollfd q[2] = { { fd, ev, 0 }, { abort_efd, POLLIN, 0 } };
+		int n = poll(q, abort_efd >= 0 ? 2 : 1, (int)((deadline_ns - now) / 1000000u) + 1);
+		if (n < 0 && errno != EINTR) {
+			rc = -errno;
+			lm_tls_conn_free(t);
+			snprintf(why, whylen, "TLS: poll: %s", strerror(-rc));
+			return rc;
+		}
+		if (abort_efd >= 0 && q[1].revents) {
+			lm_tls_conn_free(t);
+			snprintf(why, whylen, "TLS: cancelled during the handshake");
+			return -ECANCELED;
+		}
+	}
+	return lm_tls_conn_finish(t, engine_fd, binding, link, why, whylen);
+}
+
+/* ---- the link ------------------------------------------------------------------------ */
+
+const char *lm_tls_link_kind(const lm_tls_link_t *l)
+{
+	return l->kernel ? "kernel" : "user space";
+}
+
+const char *lm_tls_link_cipher(const lm_tls_link_t *l)
+{
+	return l->cipher;
+}
+
+bool lm_tls_link_tampered(lm_tls_link_t *l, char *why, size_t whylen)
+{
+	pthread_mutex_lock(&l->mu);
+	bool t = l->tampered;
+	if (t && why && whylen)
+		snprintf(why, whylen, "%s", l->why);
+	pthread_mutex_unlock(&l->mu);
+	return t;
+}
+
+void lm_tls_link_unref(lm_tls_link_t *l)
+{
+	if (!l || atomic_fetch_sub(&l->refs, 1) != 1)
+		return;
+	pthread_mutex_destroy(&l->mu);
+	free(l);
+}

@@ -1,0 +1,445 @@
+/*
+ * test_tls.c: the migration link's TLS (actors/tls_link.h) between two
+ * threads over a socketpair: the handshake with the right certificates
+ * (both ends get the same binding, bytes flow both ways through the relay,
+ * half-closes stay apart), and every way it must refuse: a certificate
+ * from another CA, an expired one, one of the wrong role, a peer that is
+ * not TLS, a peer that says nothing (deadline), a bit flipped on the wire
+ * (the link says it was tampered with); a directory with a missing or
+ * mismatched file is refused naming it.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "actors/tls_link.h"
+#include "tests/tlskit.h"
+#include "util/clock.h"
+
+#define SEC 1000000000ull
+
+static char dir[128];
+static struct tk_ca ca, other_ca;
+
+static void path(char *out, size_t cap, const char *name)
+{
+	snprintf(out, cap, "%s/%s", dir, name);
+}
+
+static int group_setup(void **state)
+{
+	(void)state;
+	snprintf(dir, sizeof dir, "/tmp/lm-tls-XXXXXX");
+	if (!mkdtemp(dir) || !tk_ca_make(&ca, "lmshim test CA") || !tk_ca_make(&other_ca, "another CA"))
+		return -1;
+	char p[200];
+	path(p, sizeof p, "good");
+	if (!tk_dir(p, &ca, &ca, false, 86400))
+		return -1;
+	path(p, sizeof p, "good2");
+	if (!tk_dir(p, &ca, &ca, false, 86400))
+		return -1;
+	path(p, sizeof p, "foreign");         /* trusts our CA, signed by another */
+	if (!tk_dir(p, &ca, &other_ca, false, 86400))
+		return -1;
+	path(p, sizeof p, "expired");
+	if (!tk_dir(p, &ca, &ca, false, -3600))
+		return -1;
+	path(p, sizeof p, "wrongrole");
+	if (!tk_dir(p, &ca, &ca, true, 86400))
+		return -1;
+	return 0;
+}
+
+static int group_teardown(void **state)
+{
+	(void)state;
+	char cmd[200];
+	snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+	if (system(cmd) != 0)
+		return -1;
+	tk_ca_free(&ca);
+	tk_ca_free(&other_ca);
+	return 0;
+}
+
+static lm_tls_ctx_t *load(const char *name)
+{
+	char p[200], why[300];
+	path(p, sizeof p, name);
+	lm_tls_ctx_t *c = NULL;
+	int rc = lm_tls_ctx_load(&c, p, why, sizeof why);
+	if (rc)
+		fprintf(stderr, "load %s: %s\n", name, why);
+	assert_int_equal(rc, 0);
+	return c;
+}
+
+/* One side's handshake on its own thread. */
+struct side {
+	lm_tls_ctx_t *ctx;
+	int fd;
+	bool source;
+	uint64_t deadline;
+	int rc;
+	int efd;
+	uint8_t binding[LM_TLS_BINDING_LEN];
+	lm_tls_link_t *link;
+	char why[300];
+	pthread_t th;
+};
+
+static void *side_main(void *arg)
+{
+	struct side *s = arg;
+	s->rc = lm_tls_handshake(s->ctx, s->fd, s->source, s->deadline, -1, &s->efd, s->binding, &s->link, s->why,
+				 sizeof s->why);
+	return NULL;
+}
+
+static void side_start(struct side *s, lm_tls_ctx_t *ctx, int fd, bool source)
+{
+	memset(s, 0, sizeof(*s));
+	s->ctx = ctx;
+	s->fd = fd;
+	s->source = source;
+	s->deadline = lm_now_ns() + 10 * SEC;
+	s->efd = -1;
+	assert_int_equal(pthread_create(&s->th, NULL, side_main, s), 0);
+}
+
+static void side_end(struct side *s)
+{
+	pthread_join(s->th, NULL);
+	if (s->rc)
+		close(s->fd);      /* the caller's on failure */
+}
+
+/* A source with `src` and a destination with `dst` over a socketpair. */
+static void pair(lm_tls_ctx_t *src, lm_tls_ctx_t *dst, struct side *a, struct side *b)
+{
+	int sv[2];
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	side_start(a, src, sv[0], true);
+	side_start(b, dst, sv[1], false);
+	side_end(a);
+	side_end(b);
+}
+
+static void release(struct side *s)
+{
+	if (!s->rc) {
+		close(s->efd);
+		lm_tls_link_unref(s->link);
+	}
+}
+
+/* ---- the right certificates ---------------------------------------------- */
+
+struct pump {
+	int fd;
+	size_t n;
+	uint8_t seed;
+	bool ok;
+	pthread_t th;
+};
+
+static void *writer_main(void *arg)
+{
+	struct pump *p = arg;
+	uint8_t buf[65536];
+	size_t done = 0;
+	p->ok = true;
+	while (done < p->n) {
+		size_t k = p->n - done < sizeof buf ? p->n - done : sizeof buf;
+		for (size_t i = 0; i < k; i++)
+			buf[i] = (uint8_t)((done + i) * 31u + p->seed);
+		ssize_t w = write(p->fd, buf, k);
+		if (w <= 0) {
+			p->ok = false;
+			break;
+		}
+		done += (size_t)w;
+	}
+	shutdown(p->fd, SHUT_WR);              /* half-close: the other way goes on */
+	return NULL;
+}
+
+/* Reads until EOF: all n bytes, in order. */
+static bool read_all(int fd, size_t n, uint8_t seed)
+{
+	uint8_t buf[65536];
+	size_t got = 0;
+	for (;;) {
+		ssize_t r = read(fd, buf, sizeof buf);
+		if (r < 0)
+			return false;
+		if (r == 0)
+			break;
+		for (ssize_t i = 0; i < r; i++)
+			if (buf[i] != (uint8_t)((got + (size_t)i) * 31u + seed))
+				return false;
+		got += (size_t)r;
+	}
+	return got == n;
+}
+
+static void test_the_right_certificates_make_one_bound_link(void **state)
+{
+	(void)state;
+	lm_tls_ctx_t *s = load("good"), *d = load("good2");
+	struct side a, b;
+	pair(s, d, &a, &b);
+	if (a.rc || b.rc)
+		fprintf(stderr, "source: %s\ndestination: %s\n", a.why, b.why);
+	assert_int_equal(a.rc, 0);
+	assert_int_equal(b.rc, 0);
+	assert_memory_equal(a.binding, b.binding, LM_TLS_BINDING_LEN);   /* one session */
+	printf("# link: %s, %s\n", lm_tls_link_kind(a.link), lm_tls_link_cipher(a.link));
+	assert_non_null(strstr(lm_tls_link_cipher(a.link), "TLS_"));
+	/* 8 MiB each way at once; each side half-closes when done */
+	struct pump pa = { .fd = a.efd, .n = 8u << 20, .seed = 1 }, pb = { .fd = b.efd, .n = 8u << 20, .seed = 2 };
+	assert_int_equal(pthread_create(&pa.th, NULL, writer_main, &pa), 0);
+	assert_int_equal(pthread_create(&pb.th, NULL, writer_main, &pb), 0);
+	assert_true(read_all(b.efd, pa.n, 1));
+	assert_true(read_all(a.efd, pb.n, 2));
+	pthread_join(pa.th, NULL);
+	pthread_join(pb.th, NULL);
+	assert_true(pa.ok && pb.ok);
+	assert_false(lm_tls_link_tampered(a.link, NULL, 0));
+	release(&a);
+	release(&b);
+	/* another session: another binding */
+	struct side c, e;
+	pair(s, d, &c, &e);
+	assert_int_equal(c.rc, 0);
+	assert_memory_not_equal(a.binding, c.binding, LM_TLS_BINDING_LEN);
+	release(&c);
+	release(&e);
+	lm_tls_ctx_free(s);
+	lm_tls_ctx_free(d);
+}
+
+/* ---- refusals ----------------------------------------------------------------- */
+
+/* The handshake between `src_dir` and `dst_dir` fails; the side that
+ * judges says why (want), both fail. */
+static void refused(const char *src_dir, const char *dst_dir, bool dst_judges, const char *want)
+{
+	lm_tls_ctx_t *s = load(src_dir), *d = load(dst_dir);
+	struct side a, b;
+	pair(s, d, &a, &b);
+	printf("# %s -> %s: source \"%s\", destination \"%s\"\n", src_dir, dst_dir, a.why, b.why);
+	assert_int_not_equal(a.rc, 0);
+	assert_int_not_equal(b.rc, 0);
+	struct side *j = dst_judges ? &b : &a;
+	assert_int_equal(j->rc, -EACCES);
+	assert_non_null(strstr(j->why, want));
+	lm_tls_ctx_free(s);
+	lm_tls_ctx_free(d);
+}
+
+static void test_a_certificate_from_another_ca_is_refused(void **state)
+{
+	(void)state;
+	refused("foreign", "good", true, "the source's certificate was refused");
+	refused("good", "foreign", false, "the destination's certificate was refused");
+}
+
+static void test_an_expired_certificate_is_refused(void **state)
+{
+	(void)state;
+	refused("expired", "good", true, "certificate has expired");
+}
+
+static void test_a_certificate_of_the_wrong_role_is_refused(void **state)
+{
+	(void)state;
+	/* a source presenting a serverAuth certificate; a destination a
+	 * clientAuth one */
+	refused("wrongrole", "good", true, "unsuitable certificate purpose");
+	refused("good", "wrongrole", false, "unsuitable certificate purpose");
+}
+
+static void *plain_peer_main(void *arg)
+{
+	int fd = *(int *)arg;
+	const char hello[] = "LMFX\x02\x00\x50\x00 this is not TLS, it is a plain lmshim hello......";
+	if (write(fd, hello, sizeof hello) < 0) { /* the other side decides */ }
+	char b[512];
+	(void)read(fd, b, sizeof b);
+	return NULL;
+}
+
+static void test_a_peer_that_is_not_tls_is_refused(void **state)
+{
+	(void)state;
+	lm_tls_ctx_t *d = load("good");
+	int sv[2];
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	pthread_t th;
+	assert_int_equal(pthread_create(&th, NULL, plain_peer_main, &sv[0]), 0);
+	struct side b;
+	side_start(&b, d, sv[1], false);
+	side_end(&b);
+	shutdown(sv[0], SHUT_RDWR);
+	pthread_join(th, NULL);
+	close(sv[0]);
+	printf("# a plain peer: %s\n", b.why);
+	assert_int_equal(b.rc, -EPROTO);
+	assert_non_null(strstr(b.why, "does not speak TLS 1.3"));
+	lm_tls_ctx_free(d);
+}
+
+static void test_a_silent_peer_meets_the_deadline(void **state)
+{
+	(void)state;
+	lm_tls_ctx_t *d = load("good");
+	int sv[2];
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	int efd = -1;
+	uint8_t bind[LM_TLS_BINDING_LEN];
+	lm_tls_link_t *l = NULL;
+	char why[200];
+	uint64_t t0 = lm_now_ns();
+	int rc = lm_tls_handshake(d, sv[1], false, t0 + SEC / 2, -1, &efd, bind, &l, why, sizeof why);
+	assert_int_equal(rc, -ETIMEDOUT);
+	assert_true(lm_now_ns() - t0 < 3 * SEC);
+	close(sv[0]);
+	close(sv[1]);
+	lm_tls_ctx_free(d);
+}
+
+/* A relay between the two TLS sockets that flips one bit after `after`
+ * bytes of the source's stream. */
+struct mitm {
+	int a, b;              /* source side, destination side */
+	size_t after;
+	pthread_t th;
+};
+
+static void *mitm_main(void *arg)
+{
+	struct mitm *m = arg;
+	size_t seen = 0;
+	bool flipped = false;
+	uint8_t buf[16384];
+	for (;;) {
+		struct pollfd q[2] = { { m->a, POLLIN, 0 }, { m->b, POLLIN, 0 } };
+		if (poll(q, 2, 5000) <= 0)
+			break;
+		if (q[0].revents) {
+			ssize_t n = read(m->a, buf, sizeof buf);
+			if (n <= 0)
+				break;
+			if (!flipped && seen + (size_t)n > m->after) {
+				buf[m->after - seen] ^= 0x10;
+				flipped = true;
+			}
+			seen += (size_t)n;
+			if (write(m->b, buf, (size_t)n) != n)
+				break;
+		}
+		if (q[1].revents) {
+			ssize_t n = read(m->b, buf, sizeof buf);
+			if (n <= 0 || write(m->a, buf, (size_t)n) != n)
+				break;
+		}
+	}
+	shutdown(m->a, SHUT_RDWR);
+	shutdown(m->b, SHUT_RDWR);
+	return NULL;
+}
+
+static void test_a_flipped_bit_ends_the_link_as_tampered(void **state)
+{
+	(void)state;
+	lm_tls_ctx_t *s = load("good"), *d = load("good2");
+	int x[2], y[2];
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, x), 0);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, y), 0);
+	struct mitm m = { .a = x[1], .b = y[0], .after = 200000 };   /* well after the handshake */
+	assert_int_equal(pthread_create(&m.th, NULL, mitm_main, &m), 0);
+	struct side a, b;
+	side_start(&a, s, x[0], true);
+	side_start(&b, d, y[1], false);
+	side_end(&a);
+	side_end(&b);
+	assert_int_equal(a.rc, 0);
+	assert_int_equal(b.rc, 0);
+	struct pump pa = { .fd = a.efd, .n = 4u << 20, .seed = 3 };
+	assert_int_equal(pthread_create(&pa.th, NULL, writer_main, &pa), 0);
+	assert_false(read_all(b.efd, pa.n, 3));       /* the link ends short */
+	char why[200] = "";
+	bool t = false;
+	for (int i = 0; i < 100 && !(t = lm_tls_link_tampered(b.link, why, sizeof why)); i++)
+		usleep(10000);
+	printf("# tampered: %s\n", why);
+	assert_true(t);
+	assert_non_null(strstr(why, "the stream was altered"));
+	shutdown(a.efd, SHUT_RDWR);
+	pthread_join(pa.th, NULL);
+	pthread_join(m.th, NULL);
+	release(&a);
+	release(&b);
+	close(x[1]);
+	close(y[0]);
+	lm_tls_ctx_free(s);
+	lm_tls_ctx_free(d);
+}
+
+static void test_a_directory_missing_a_file_is_refused_naming_it(void **state)
+{
+	(void)state;
+	char p[200], f[260], why[300];
+	lm_tls_ctx_t *c = NULL;
+	path(p, sizeof p, "broken");
+	assert_true(tk_dir(p, &ca, &ca, false, 86400));
+	snprintf(f, sizeof f, "%s/client-key.pem", p);
+	assert_int_equal(unlink(f), 0);
+	assert_int_equal(lm_tls_ctx_load(&c, p, why, sizeof why), -ENOENT);
+	assert_non_null(strstr(why, "client-key.pem: No such file or directory"));
+	/* a key that is not its certificate's */
+	char g[260];
+	snprintf(g, sizeof g, "%s/server-key.pem", p);
+	char cmd[600];
+	snprintf(cmd, sizeof cmd, "cp %s %s", g, f);
+	assert_int_equal(system(cmd), 0);
+	assert_int_equal(lm_tls_ctx_load(&c, p, why, sizeof why), -EINVAL);
+	printf("# %s\n", why);
+	assert_non_null(strstr(why, "client-key.pem does not match client-cert.pem"));
+	snprintf(f, sizeof f, "%s/ca-cert.pem", p);
+	FILE *fp = fopen(f, "w");
+	fputs("not a certificate\n", fp);
+	fclose(fp);
+	assert_int_equal(lm_tls_ctx_load(&c, p, why, sizeof why), -EINVAL);
+	assert_non_null(strstr(why, "ca-cert.pem"));
+}
+
+int main(void)
+{
+	signal(SIGPIPE, SIG_IGN);
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_the_right_certificates_make_one_bound_link),
+		cmocka_unit_test(test_a_certificate_from_another_ca_is_refused),
+		cmocka_unit_test(test_an_expired_certificate_is_refused),
+		cmocka_unit_test(test_a_certificate_of_the_wrong_role_is_refused),
+		cmocka_unit_test(test_a_peer_that_is_not_tls_is_refused),
+		cmocka_unit_test(test_a_silent_peer_meets_the_deadline),
+		cmocka_unit_test(test_a_flipped_bit_ends_the_link_as_tampered),
+		cmocka_unit_test(test_a_directory_missing_a_file_is_refused_naming_it),
+	};
+	return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
