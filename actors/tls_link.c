@@ -427,8 +427,8 @@ static void *relay_main(void *arg)
 			break;
 		/* wait for what can move next */
 		short te = 0, pe = 0;
-		if (!peer_eof && dn < RELAY_BUF && SSL_pending(r->ssl) > 0)
-			continue;
+		/* (SSL_read ran until it wanted the socket: nothing it holds
+		 * waits for the poll below) */
 		if (!peer_eof && dn < RELAY_BUF)
 			te |= tls_in_wants;
 		if (un || notify_wait)

@@ -62,7 +62,9 @@ void lm_tls_ctx_free(lm_tls_ctx_t *c);
  * (made non-blocking; the caller keeps fd until lm_tls_conn_finish).
  * source: this side is the migration's source (TLS client). 0 or -ENOMEM. */
 int lm_tls_conn_new(lm_tls_ctx_t *c, int fd, bool source, lm_tls_conn_t **out);
-/* Advances the handshake: 1 done, 0 not yet (poll fd for *events), or
+/* Advances the handshake: 1 done (call it no more: lm_tls_conn_finish
+ * next; it may be done at the first call), 0 not yet (poll fd for
+ * *events), or
  * -errno with why: -EACCES the peer did not authenticate (its
  * certificate: why says which check failed), -EPROTO it does not speak
  * TLS 1.3, -ECONNRESET it went away. */

@@ -268,6 +268,7 @@ static void peer_close(int fd, lm_tls_conn_t *t)
 static int accept_source(struct job *j, int lfd, int *out, unsigned *refused, struct done *d)
 {
 	struct { int fd; uint64_t until; lm_tls_conn_t *tls; short ev; } p[PEERS_MAX];
+	int efd1 = -1;
 	unsigned np = 0;
 	int rc = 0;
 	*out = -1;
@@ -381,6 +382,18 @@ static int accept_source(struct job *j, int lfd, int *out, unsigned *refused, st
 					peer_close(c, p[np].tls);
 					++*refused;
 					continue;
+				}
+				if (h > 0) {
+					/* done in one step (a fast peer: its answer was
+					 * there before this side's step returned); a
+					 * second step would confirm twice */
+					rc = lm_tls_conn_finish(p[np].tls, &efd1, d->binding, &d->link, d->msg,
+								sizeof d->msg);
+					if (rc)
+						goto done;
+					d->tls = true;
+					*out = efd1;
+					goto done;
 				}
 			}
 			np++;

@@ -1074,34 +1074,20 @@ static void do_exec_call(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_r
 	}
 }
 
-/* The container ID of the requests that have an exec_id. */
-static const char *id_of(int method, const ProtobufCMessage *m)
+/* Field n (a string) of the requests that have an exec_id: every one of
+ * them starts with `string id = 1; string exec_id = 2;`. NULL for the
+ * others. */
+static const char *id_field(int method, const ProtobufCMessage *m, unsigned n)
 {
 	switch (method) {
-	case LM_TASK_STATE: return ((const Containerd__Task__V2__StateRequest *)m)->id;
-	case LM_TASK_START: return ((const Containerd__Task__V2__StartRequest *)m)->id;
-	case LM_TASK_DELETE: return ((const Containerd__Task__V2__DeleteRequest *)m)->id;
-	case LM_TASK_KILL: return ((const Containerd__Task__V2__KillRequest *)m)->id;
-	case LM_TASK_WAIT: return ((const Containerd__Task__V2__WaitRequest *)m)->id;
-	case LM_TASK_RESIZE_PTY: return ((const Containerd__Task__V2__ResizePtyRequest *)m)->id;
-	case LM_TASK_CLOSE_IO: return ((const Containerd__Task__V2__CloseIORequest *)m)->id;
-	default: return NULL;
+	case LM_TASK_STATE: case LM_TASK_START: case LM_TASK_DELETE: case LM_TASK_KILL:
+	case LM_TASK_WAIT: case LM_TASK_RESIZE_PTY: case LM_TASK_CLOSE_IO:
+		break;
+	default:
+		return NULL;
 	}
-}
-
-/* The exec_id of the requests that have one ("" = the init process). */
-static const char *exec_id_of(int method, const ProtobufCMessage *m)
-{
-	switch (method) {
-	case LM_TASK_STATE: return ((const Containerd__Task__V2__StateRequest *)m)->exec_id;
-	case LM_TASK_START: return ((const Containerd__Task__V2__StartRequest *)m)->exec_id;
-	case LM_TASK_DELETE: return ((const Containerd__Task__V2__DeleteRequest *)m)->exec_id;
-	case LM_TASK_KILL: return ((const Containerd__Task__V2__KillRequest *)m)->exec_id;
-	case LM_TASK_WAIT: return ((const Containerd__Task__V2__WaitRequest *)m)->exec_id;
-	case LM_TASK_RESIZE_PTY: return ((const Containerd__Task__V2__ResizePtyRequest *)m)->exec_id;
-	case LM_TASK_CLOSE_IO: return ((const Containerd__Task__V2__CloseIORequest *)m)->exec_id;
-	default: return NULL;
-	}
+	const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field(m->descriptor, n);
+	return f && f->type == PROTOBUF_C_TYPE_STRING ? *(char *const *)((const char *)m + f->offset) : NULL;
 }
 
 int lm_task_handle(lm_sandbox_t *sb, const struct lm_task_gate *gate,
@@ -1131,9 +1117,9 @@ int lm_task_handle(lm_sandbox_t *sb, const struct lm_task_gate *gate,
 		lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION, "%s: the VM is not running", name);
 		goto out;
 	}
-	const char *exec_id = exec_id_of(method, req);
+	const char *exec_id = id_field(method, req, 2);
 	if (exec_id && *exec_id) {
-		do_exec_call(sb, gate, call, method, req, s_or(id_of(method, req)), exec_id);
+		do_exec_call(sb, gate, call, method, req, s_or(id_field(method, req, 1)), exec_id);
 		goto out;
 	}
 	int result = LM_TASK_ANSWERED;

@@ -19,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -127,11 +129,34 @@ static void side_end(struct side *s)
 		close(s->fd);      /* the caller's on failure */
 }
 
-/* A source with `src` and a destination with `dst` over a socketpair. */
+static bool over_tcp;      /* pair(): a TCP loopback connection instead */
+
+/* A connected TCP pair on 127.0.0.1. */
+static void tcp_pair(int sv[2])
+{
+	int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	socklen_t al = sizeof a;
+	assert_int_equal(bind(l, (struct sockaddr *)&a, sizeof a), 0);
+	assert_int_equal(listen(l, 1), 0);
+	assert_int_equal(getsockname(l, (struct sockaddr *)&a, &al), 0);
+	sv[0] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_int_equal(connect(sv[0], (struct sockaddr *)&a, sizeof a), 0);
+	sv[1] = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+	assert_true(sv[1] >= 0);
+	close(l);
+}
+
+/* A source with `src` and a destination with `dst` over a socketpair
+ * (or TCP). */
 static void pair(lm_tls_ctx_t *src, lm_tls_ctx_t *dst, struct side *a, struct side *b)
 {
 	int sv[2];
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	if (over_tcp)
+		tcp_pair(sv);
+	else
+		assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
 	side_start(a, src, sv[0], true);
 	side_start(b, dst, sv[1], false);
 	side_end(a);
@@ -199,6 +224,8 @@ static bool read_all(int fd, size_t n, uint8_t seed)
 static void test_the_right_certificates_make_one_bound_link(void **state)
 {
 	(void)state;
+	for (int tcp = 0; tcp < 2; tcp++) {
+	over_tcp = tcp;
 	lm_tls_ctx_t *s = load("good"), *d = load("good2");
 	struct side a, b;
 	pair(s, d, &a, &b);
@@ -230,6 +257,8 @@ static void test_the_right_certificates_make_one_bound_link(void **state)
 	release(&e);
 	lm_tls_ctx_free(s);
 	lm_tls_ctx_free(d);
+	}
+	over_tcp = false;
 }
 
 /* ---- refusals ----------------------------------------------------------------- */

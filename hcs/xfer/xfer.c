@@ -1007,7 +1007,7 @@ static int src_handshake(struct lm__xfer *x, char *why, size_t whylen)
 	}
 	a.reason[sizeof(a.reason) - 1] = 0;
 	if (a.magic != LM_XF_MAGIC) {
-		snprintf(why, whylen, "peer is not an lmshim migration stream");
+		snprintf(why, whylen, "peer is not an lmshim migration stream (magic %#x)", a.magic);
 		return -EPROTO;
 	}
 	if (a.status != 0) {

@@ -94,6 +94,20 @@ static void dump_on(bool cond, struct fx *f, const char *out)
 /* lmctl migrate between two processes; the containers run on the
  * destination under their new IDs with their init PIDs; the source's
  * are gone; both shims stop cleanly. */
+/* The guest's workload moves on (its checksum changes) within 2 s. */
+static void assert_workload_moves(struct e2e_shim *s)
+{
+	char d1[32], c1[32], d2[32], c2[32];
+	assert_int_equal(e2e_digest(s, d1, c1), 0);
+	bool moved = false;
+	for (int i = 0; i < 40 && !moved; i++) {
+		usleep(50 * 1000);
+		assert_int_equal(e2e_digest(s, d2, c2), 0);
+		moved = strcmp(c1, c2) != 0;
+	}
+	assert_true(moved);
+}
+
 static void migrate_and_check(struct fx *f, const char *const *extra)
 {
 	assert_int_equal(e2e_source_start(&f->src, f->dir, "src", 64, 50, NULL), 0);
@@ -145,15 +159,7 @@ static void migrate_and_check(struct fx *f, const char *const *extra)
 	rc = e2e_state(&f->src, "c1", &pid, &st);
 	assert_true(rc == E2E_NOT_FOUND || (rc == 0 && st == 3));
 	/* the destination's VM runs: its workload moves on */
-	char d1[32], c1[32], d2[32], c2[32];
-	assert_int_equal(e2e_digest(&f->dst, d1, c1), 0);
-	bool moved = false;
-	for (int i = 0; i < 40 && !moved; i++) {
-		usleep(50 * 1000);
-		assert_int_equal(e2e_digest(&f->dst, d2, c2), 0);
-		moved = strcmp(c1, c2) != 0;
-	}
-	assert_true(moved);
+	assert_workload_moves(&f->dst);
 	/* lmshim's default: each side's transfer thread asked for its 90% CPU
 	 * reservation and got it, or the shim said why not: no CAP_SYS_NICE,
 	 * or the kernel's admission test (other reservations on this host) */
@@ -317,15 +323,7 @@ static void test_a_flipped_bit_is_caught_without_asking(void **state)
 	int st = 0;
 	assert_int_equal(e2e_state(&f->src, "c1", &pid, &st), 0);
 	assert_int_equal(st, 2);                            /* the source runs on */
-	char d1[32], c1[32], d2[32], c2[32];
-	assert_int_equal(e2e_digest(&f->src, d1, c1), 0);
-	bool moved = false;
-	for (int i = 0; i < 40 && !moved; i++) {
-		usleep(50 * 1000);
-		assert_int_equal(e2e_digest(&f->src, d2, c2), 0);
-		moved = strcmp(c1, c2) != 0;
-	}
-	assert_true(moved);
+	assert_workload_moves(&f->src);
 	assert_int_equal(e2e_shim_stop(&f->src), 0);
 	assert_int_equal(e2e_shim_stop(&f->dst), 0);
 }

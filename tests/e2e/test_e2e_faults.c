@@ -28,6 +28,7 @@
 #include <cmocka.h>
 
 #include "e2e.h"
+#include "tests/tlskit.h"
 #include "google/protobuf/any.pb-c.h"
 #include "migration.pb-c.h"
 #include "task.pb-c.h"
@@ -507,7 +508,8 @@ static int ip(const char *const *args)
 
 /* Source and destination in two network namespaces joined by a veth
  * pair; the migration socket is TCP across it (the ttrpc sockets are
- * unix paths, which a network namespace does not hide). */
+ * unix paths, which a network namespace does not hide): plain, then
+ * through mutual TLS. */
 static void test_migration_over_tcp_between_network_namespaces(void **state)
 {
 	struct fx *f = *state;
@@ -545,32 +547,49 @@ static void test_migration_over_tcp_between_network_namespaces(void **state)
 	assert_int_equal(ip(o1), 0);
 	assert_int_equal(ip(o2), 0);
 
-	const char *sargs[] = { "--vm-size-mb", "64", "--workload-rate", "50", "--containers",
-				"pod1:sandbox,pod1:c1", "--insecure-migration", NULL };
-	const char *dargs[] = { "--idle", "--insecure-migration", NULL };
-	assert_int_equal(e2e_shim_start(&f->src, f->dir, "src", f->netns[0], NULL, sargs), 0);
-	assert_int_equal(e2e_shim_start(&f->dst, f->dir, "dst", f->netns[1], NULL, dargs), 0);
-	char out[300], work[300];
-	snprintf(out, sizeof(out), "%s/lmctl.out", f->dir);
-	snprintf(work, sizeof(work), "%s/work", f->dir);
-	const char *args[] = { "migrate", "--from", f->src.sock, "--to", f->dst.sock, "--transport", "tcp",
-			       "--listen", "10.213.7.2:7412", "--connect", "10.213.7.2:7412",
-			       "--workdir", work, "--quiet", "--verify", NULL };
-	int rc = e2e_lmctl(args, out, 120000);
-	if (rc != 0)
-		dump_all(f, out);
-	assert_int_equal(rc, 0);
-	/* the source's shim really dialled across the veth */
-	char *log = e2e_slurp(f->src.log);
-	assert_non_null(strstr(log, "10.213.7.2:7412"));
-	free(log);
-	uint32_t pid;
-	int st;
-	assert_int_equal(e2e_state(&f->dst, "c1-m", &pid, &st), 0);
-	assert_int_equal(st, 2);
-	/* lmshim's own pid is the one `ip netns exec` became */
-	assert_int_equal(e2e_shim_stop(&f->src), 0);
-	assert_int_equal(e2e_shim_stop(&f->dst), 0);
+	/* plain (the operator allowed it), then mutual TLS: each its own pair */
+	struct tk_ca ca;
+	assert_true(tk_ca_make(&ca, "netns CA"));
+	char tdir[300];
+	snprintf(tdir, sizeof tdir, "%s/tls", f->dir);
+	assert_true(tk_dir(tdir, &ca, &ca, false, 86400));
+	tk_ca_free(&ca);
+	for (int tls = 0; tls < 2; tls++) {
+		const char *sargs[] = { "--vm-size-mb", "64", "--workload-rate", "50", "--containers",
+					"pod1:sandbox,pod1:c1", tls ? "--migration-tls-dir" : "--insecure-migration",
+					tls ? tdir : NULL, NULL };
+		const char *dargs[] = { "--idle", tls ? "--migration-tls-dir" : "--insecure-migration",
+					tls ? tdir : NULL, NULL };
+		char sname[16], dname[16];
+		snprintf(sname, sizeof sname, "src%d", tls);
+		snprintf(dname, sizeof dname, "dst%d", tls);
+		assert_int_equal(e2e_shim_start(&f->src, f->dir, sname, f->netns[0], NULL, sargs), 0);
+		assert_int_equal(e2e_shim_start(&f->dst, f->dir, dname, f->netns[1], NULL, dargs), 0);
+		char out[300], work[300], port[40];
+		snprintf(out, sizeof(out), "%s/lmctl%d.out", f->dir, tls);
+		snprintf(work, sizeof(work), "%s/work%d", f->dir, tls);
+		snprintf(port, sizeof(port), "10.213.7.2:%d", 7412 + tls);
+		const char *args[] = { "migrate", "--from", f->src.sock, "--to", f->dst.sock, "--transport", "tcp",
+				       "--listen", port, "--connect", port, "--workdir", work, "--quiet", "--verify",
+				       NULL };
+		int rc = e2e_lmctl(args, out, 120000);
+		if (rc != 0)
+			dump_all(f, out);
+		assert_int_equal(rc, 0);
+		/* the source's shim really dialled across the veth, and over TLS
+		 * the second time */
+		char *log = e2e_slurp(f->src.log);
+		assert_non_null(strstr(log, port));
+		assert_true(!tls || strstr(log, "link=\"TLS 1.3 "));
+		free(log);
+		uint32_t pid;
+		int st;
+		assert_int_equal(e2e_state(&f->dst, "c1-m", &pid, &st), 0);
+		assert_int_equal(st, 2);
+		/* lmshim's own pid is the one `ip netns exec` became */
+		assert_int_equal(e2e_shim_stop(&f->src), 0);
+		assert_int_equal(e2e_shim_stop(&f->dst), 0);
+	}
 }
 
 /* Live migration of a real KVM guest (hcs kvm backend) between two lmshim
