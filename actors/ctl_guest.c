@@ -529,18 +529,6 @@ static void gnew_next(struct ctl *c, struct gnew *g)
 	}
 }
 
-static bool guest_id_ok(const char *s)
-{
-	size_t n = strlen(s);
-	if (n < 1 || n > 64)
-		return false;
-	for (const char *p = s; *p; p++)
-		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-		      *p == '_' || *p == '.' || *p == '-'))
-			return false;
-	return true;
-}
-
 static void gnew_begin(struct ctl *c, struct gnew *g);
 
 static void hook_create(void *arg, struct lm_guest_new *n, lm_rpc_call_t *call)
@@ -656,7 +644,7 @@ static void gnew_begin(struct ctl *c, struct gnew *g)
 		gnew_fail(c, g, LM_RPC_FAILED_PRECONDITION, "the guest agent is not connected");
 		return;
 	}
-	if (!guest_id_ok(n->id)) {
+	if (!lm_sandbox_exec_id_ok(n->id)) {   /* the agent's one rule for its names */
 		gnew_fail(c, g, LM_RPC_INVALID_ARGUMENT, "a container of the utility VM needs an ID of "
 			  "1..64 of [A-Za-z0-9_.-]");
 		return;

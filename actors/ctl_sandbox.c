@@ -208,15 +208,11 @@ static void do_metrics(struct ctl *c, lm_rpc_call_t *call)
 	st.cpu_usage_usec = st.cpu_user_usec + st.cpu_system_usec;
 	st.memory_limit = (uint64_t)lm_vmdoc_memory_mb(c->document) << 20;   /* the guest's RAM */
 	uint8_t buf[256];
-	int n = lm_task_stats_pack(&st, buf, sizeof buf);
-	if (n < 0) {
-		lm__ctl_fail(call, LM_RPC_INTERNAL, "SandboxMetrics: metrics too large");
+	Google__Protobuf__Any any;
+	if (lm_task_stats_any(&st, buf, sizeof buf, &any) < 0) {
+		lm__ctl_fail(call, LM_RPC_INTERNAL, "SandboxMetrics %s: metrics over %zu bytes", c->sbx_id, sizeof buf);
 		return;
 	}
-	Google__Protobuf__Any any = GOOGLE__PROTOBUF__ANY__INIT;
-	any.type_url = (char *)"io.containerd.cgroups.v2.Metrics";
-	any.value.data = buf;
-	any.value.len = (size_t)n;
 	Google__Protobuf__Timestamp ts = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
 	set_ts(&ts, lm_wall_ns());
 	Containerd__Types__Metric m = CONTAINERD__TYPES__METRIC__INIT;

@@ -288,8 +288,8 @@ const struct lm_container *lm_sandbox_find_guest(const lm_sandbox_t *sb, const c
 
 /* ---- exec'd processes (guest containers) ------------------------------- */
 
-/* Thread: any. An exec ID the guest agent takes: 1..64 of
- * [A-Za-z0-9_.-], not "." or "..". */
+/* Thread: any. A name the guest agent takes (an exec ID, a container's
+ * guest ID): 1..64 of [A-Za-z0-9_.-], not "." or "..". */
 bool lm_sandbox_exec_id_ok(const char *exec_id);
 /* Thread: owner only. The i-th exec'd process of c, in ID order (NULL
  * past the end). */

@@ -122,7 +122,7 @@ void lm_task_reply_msg(lm_rpc_call_t *call, const ProtobufCMessage *msg)
 		free(buf);
 }
 
-int lm_task_stats_pack(const struct lm_task_stats *st, uint8_t *buf, size_t cap)
+int lm_task_stats_any(const struct lm_task_stats *st, uint8_t *buf, size_t cap, Google__Protobuf__Any *any)
 {
 	Io__Containerd__Cgroups__V2__PidsStat pids = IO__CONTAINERD__CGROUPS__V2__PIDS_STAT__INIT;
 	Io__Containerd__Cgroups__V2__CPUStat cpu = IO__CONTAINERD__CGROUPS__V2__CPUSTAT__INIT;
@@ -142,22 +142,22 @@ int lm_task_stats_pack(const struct lm_task_stats *st, uint8_t *buf, size_t cap)
 	if (n > cap)
 		return -ENOSPC;
 	protobuf_c_message_pack(&m.base, buf);
-	return (int)n;
+	/* the type URL as containerd's typeurl writes it: the message's name */
+	google__protobuf__any__init(any);
+	any->type_url = (char *)"io.containerd.cgroups.v2.Metrics";
+	any->value.data = buf;
+	any->value.len = n;
+	return 0;
 }
 
 void lm_task_reply_stats(lm_rpc_call_t *call, const struct lm_task_stats *st)
 {
 	uint8_t buf[256];
-	int n = lm_task_stats_pack(st, buf, sizeof buf);
-	if (n < 0) {
+	Google__Protobuf__Any any;
+	if (lm_task_stats_any(st, buf, sizeof buf, &any) < 0) {
 		lm_rpc_call_fail(call, LM_RPC_INTERNAL, "Stats: metrics over %zu bytes", sizeof buf);
 		return;
 	}
-	/* the type URL as containerd's typeurl writes it: the message's name */
-	Google__Protobuf__Any any = GOOGLE__PROTOBUF__ANY__INIT;
-	any.type_url = (char *)"io.containerd.cgroups.v2.Metrics";
-	any.value.data = buf;
-	any.value.len = (size_t)n;
 	Containerd__Task__V2__StatsResponse r = CONTAINERD__TASK__V2__STATS_RESPONSE__INIT;
 	r.stats = &any;
 	lm_task_reply_msg(call, &r.base);

@@ -44,6 +44,8 @@
 
 #include <protobuf-c/protobuf-c.h>
 
+#include "google/protobuf/any.pb-c.h"
+
 #include "actors/patcher.h"
 #include "runtime/runtime.h"
 #include "shim/sandbox.h"
@@ -112,9 +114,10 @@ struct lm_task_stats {
 	uint64_t pids_current, pids_limit;     /* limit 0: none */
 };
 void lm_task_reply_stats(lm_rpc_call_t *call, const struct lm_task_stats *st);
-/* Thread: any. The same figures packed as an io.containerd.cgroups.v2.Metrics
- * message into buf (cap bytes): its length, or -ENOSPC. */
-int lm_task_stats_pack(const struct lm_task_stats *st, uint8_t *buf, size_t cap);
+/* Thread: any. The same figures as containerd reads them: *any (type
+ * io.containerd.cgroups.v2.Metrics) over buf (cap bytes, which must
+ * outlive *any). 0 or -ENOSPC. */
+int lm_task_stats_any(const struct lm_task_stats *st, uint8_t *buf, size_t cap, Google__Protobuf__Any *any);
 
 /* Containers that are real processes in the utility VM (guest_id set):
  * what the task service cannot do on the sandbox alone. Each hook takes
