@@ -217,7 +217,7 @@ struct stranger {
 	int connected;
 	char got[3];                   /* a byte one of them received: must stay 0 */
 	bool eof[3];
-	volatile int stop;
+	int stop;                      /* set by the test, read by the thread (atomic) */
 };
 
 static void *stranger_main(void *arg)
@@ -226,7 +226,7 @@ static void *stranger_main(void *arg)
 	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)st->port) };
 	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	uint64_t end = (uint64_t)time(NULL) + 60;
-	while (st->connected < 3 && !st->stop && (uint64_t)time(NULL) < end) {
+	while (st->connected < 3 && !__atomic_load_n(&st->stop, __ATOMIC_ACQUIRE) && (uint64_t)time(NULL) < end) {
 		int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
 			close(fd);
@@ -280,7 +280,7 @@ static void test_strangers_on_the_listener_do_not_stop_the_source(void **state)
 	assert_int_equal(pthread_create(&th, NULL, stranger_main, &st), 0);
 	const char *extra[] = { "--transport", "tcp", "--listen", addr, NULL };
 	migrate_and_check(f, extra);
-	st.stop = 1;
+	__atomic_store_n(&st.stop, 1, __ATOMIC_RELEASE);
 	pthread_join(th, NULL);
 	printf("# strangers connected first: %d\n", st.connected);
 	/* (any stranger that got in did so before the source was taken: the
