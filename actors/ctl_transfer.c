@@ -91,7 +91,8 @@ void lm__ctl_on_socket(struct ctl *c, const struct lm_ctl_socket *s)
 		return;
 	}
 	lm_hcs_migration_start_t start = { .transfer_cpu_pct = c->cfg.transfer_cpu_pct,
-					   .stall_ms = c->cfg.stall_ms, .bound = s->tls };
+					   .stall_ms = c->cfg.stall_ms, .bound = s->tls,
+					   .io = lm_tls_link_io(s->link) };
 	memcpy(start.binding, s->binding, sizeof start.binding);
 	lm_tls_link_unref(c->tls_link);
 	c->tls_link = s->link;       /* (its status tells a tampered stream) */
@@ -100,7 +101,7 @@ void lm__ctl_on_socket(struct ctl *c, const struct lm_ctl_socket *s)
 	int rc = x ? lm_hcs_migration_start(c->vm, &start, s->fd, lm__ctl_hcs_done, x) : -ENOMEM;
 	if (rc) {
 		if (!x)
-			close(s->fd);   /* otherwise migration_start closed it */
+			lm_link_close(s->fd, start.io);   /* otherwise migration_start closed them */
 		lm__ctl_op_drop(x);
 		lm__ctl_fail(call, lm__ctl_code_for_errno(rc), "%s: the compute service refused the socket: %s",
 			     M, strerror(-rc));

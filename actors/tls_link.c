@@ -1,7 +1,19 @@
 /*
  * tls_link.c: mutual TLS 1.3 on the migration connection (see tls_link.h):
- * the certificate directory, one non-blocking handshake, and then either
- * kernel TLS or the user-space relay thread.
+ * the certificate directory, one non-blocking handshake, and then kernel
+ * TLS, the engine's record layer (hcs/link_io.h), or the relay thread.
+ *
+ * The engine's record layer is the SSL object itself, used by the engine
+ * thread alone once the link is handed over: send seals records straight
+ * from the engine's buffers (guest memory: runs of 4 KiB or more go as
+ * they are; smaller pieces, record headers and single pages, are gathered
+ * into one record of up to 16 KiB so that a record is never mostly
+ * overhead), recv opens them into the engine's buffers, peek reads ahead
+ * into a small look-aside buffer (a peeked header may straddle records),
+ * and readable tells the engine of records OpenSSL has read ahead from the
+ * socket, which poll() cannot see. A record refused for a retry is
+ * offered again with the same bytes from the same place (the engine
+ * retries a refused send unchanged), as OpenSSL requires.
  *
  * The relay moves bytes both ways between the TLS socket and its end of a
  * socketpair, each way through a buffer of its own, and keeps half-closes
@@ -14,6 +26,7 @@
 #include "actors/tls_link.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
@@ -36,15 +49,22 @@
 #define RELAY_BUF (256u << 10)
 #define EXPORTER_LABEL "EXPORTER-lmshim-migration"
 
+#define STAGE_LEN 16384u      /* one record's plaintext (TLS's maximum) */
+#define DIRECT_MIN 4096u      /* runs this long are sealed where they lie */
+#define CHUNK_MAX (1u << 20)  /* per SSL_write (it returns after each record) */
+#define LOOK_CAP 256u         /* the longest peek (a record header) */
+
 struct lm_tls_ctx {
 	SSL_CTX *as_source;           /* TLS client, client-cert.pem */
 	SSL_CTX *as_dest;             /* TLS server, server-cert.pem */
+	bool relay;                   /* lm_tls_ctx_use_relay */
 };
 
 struct lm_tls_conn {
 	SSL *ssl;
 	int fd;
 	bool source;
+	bool relay;
 	bool confirming;              /* handshake done; the destination's word pending */
 };
 
@@ -59,6 +79,13 @@ struct lm_tls_link {
 	atomic_int refs;
 	bool kernel;
 	char cipher[64];
+	/* the engine's record layer (the link's one user thread at a time) */
+	lm_link_io_t io;
+	SSL *ssl;                     /* NULL: kernel TLS or the relay's */
+	uint8_t *stage;               /* STAGE_LEN */
+	uint8_t look[LOOK_CAP];
+	size_t look_off, look_len;
+	int rx_end;                   /* receiving ended: 1 the peer's end, -errno failed */
 	pthread_mutex_t mu;
 	bool tampered;                /* mu */
 	char why[200];                /* mu */
@@ -178,6 +205,11 @@ int lm_tls_ctx_load(lm_tls_ctx_t **out, const char *dir, char *why, size_t whyle
 	return 0;
 }
 
+void lm_tls_ctx_use_relay(lm_tls_ctx_t *c)
+{
+	c->relay = true;
+}
+
 void lm_tls_ctx_free(lm_tls_ctx_t *c)
 {
 	if (!c)
@@ -216,6 +248,7 @@ int lm_tls_conn_new(lm_tls_ctx_t *c, int fd, bool source, lm_tls_conn_t **out)
 	(void)set_blocking(fd, false);
 	t->fd = fd;
 	t->source = source;
+	t->relay = c->relay;
 	*out = t;
 	return 0;
 }
@@ -455,6 +488,274 @@ static void *relay_main(void *arg)
 	return NULL;
 }
 
+/* ---- the engine's record layer (hcs/link_io.h) ------------------------------------- */
+
+static lm_tls_link_t *link_of(lm_link_io_t *io)
+{
+	return (lm_tls_link_t *)((char *)io - offsetof(lm_tls_link_t, io));
+}
+
+/* Guest memory may change while it is read (the dirty log resends what
+ * was written meanwhile): the TSan build reads it in a way TSan accepts. */
+static void copy_in(uint8_t *dst, const uint8_t *src, size_t n)
+{
+#ifdef LM_TSAN
+	for (size_t i = 0; i < n; i++)
+		dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
+#else
+	memcpy(dst, src, n);
+#endif
+}
+
+/* An OpenSSL failure of the link: -1 with errno (ECONNRESET), or 0 for
+ * the peer's end of the stream. */
+static ssize_t io_failed_now(lm_tls_link_t *l, int r, bool sending);
+
+/* As io_failed_now; a receive that ended stays ended (a later call on a
+ * failed SSL would no longer say why). */
+static ssize_t io_failed(lm_tls_link_t *l, int r, bool sending)
+{
+	ssize_t f = io_failed_now(l, r, sending);
+	if (!sending && f == 0)
+		l->rx_end = 1;
+	else if (!sending && errno != EAGAIN)
+		l->rx_end = -errno;
+	return f;
+}
+
+static ssize_t io_failed_now(lm_tls_link_t *l, int r, bool sending)
+{
+	int e = SSL_get_error(l->ssl, r);
+	if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+		errno = EAGAIN;
+		return -1;
+	}
+	if (e == SSL_ERROR_ZERO_RETURN) {       /* close_notify */
+		ERR_clear_error();
+		return 0;
+	}
+	unsigned long le = ERR_peek_last_error();
+	if (!sending && ((e == SSL_ERROR_SYSCALL && !le && errno == 0) ||
+			 ERR_GET_REASON(le) == SSL_R_UNEXPECTED_EOF_WHILE_READING)) {
+		ERR_clear_error();                    /* closed without a notify */
+		return 0;
+	}
+	int sys = errno;
+	char es[160], w[200];
+	ssl_err(es, sizeof es);
+	bool t = !sending && record_tampered(le);
+	if (t)
+		snprintf(w, sizeof w, "a TLS record failed its authentication: the stream was altered on "
+			 "the way (%s)", es);
+	else
+		snprintf(w, sizeof w, "TLS: %s the peer: %s", sending ? "sending to" : "receiving from",
+			 es[0] ? es : sys ? strerror(sys) : "connection lost");
+	link_fail(l, t, w);
+	errno = e == SSL_ERROR_SYSCALL && sys ? sys : ECONNRESET;
+	return -1;
+}
+
+static ssize_t io_send(lm_link_io_t *io, const struct iovec *iov, int n)
+{
+	lm_tls_link_t *l = link_of(io);
+	size_t total = 0, off = 0;
+	int i = 0;
+	while (i < n) {
+		if (off == iov[i].iov_len) {
+			i++;
+			off = 0;
+			continue;
+		}
+		const uint8_t *p = (const uint8_t *)iov[i].iov_base + off;
+		size_t len = iov[i].iov_len - off;
+		if (len >= DIRECT_MIN) {
+			if (len > CHUNK_MAX)
+				len = CHUNK_MAX;
+		} else {
+			/* small pieces into one record, each whole, up to the
+			 * next long run (the same gathering again on a retry) */
+			size_t k = 0, o = off;
+			for (int j = i; j < n; j++, o = 0) {
+				size_t lj = iov[j].iov_len - o;
+				if (k && (lj >= DIRECT_MIN || k + lj > STAGE_LEN))
+					break;
+				copy_in(l->stage + k, (const uint8_t *)iov[j].iov_base + o, lj);
+				k += lj;
+			}
+			p = l->stage;
+			len = k;
+		}
+		size_t w = 0;
+		ERR_clear_error();
+		int r = SSL_write_ex(l->ssl, p, len, &w);
+		if (r != 1) {
+			if (total)
+				return (ssize_t)total;     /* (the refusal comes again) */
+			ssize_t f = io_failed(l, r, true);
+			if (f == 0) {
+				errno = EPIPE;
+				return -1;
+			}
+			return f;
+		}
+		total += w;
+		while (w) {                           /* past what went */
+			size_t t = iov[i].iov_len - off < w ? iov[i].iov_len - off : w;
+			off += t;
+			w -= t;
+			if (off == iov[i].iov_len && i + 1 < n) {
+				i++;
+				off = 0;
+			}
+		}
+	}
+	return (ssize_t)total;
+}
+
+/* A read that returned bytes may have met a record it could not open
+ * after them (OpenSSL reads ahead): its error is queued, and the next
+ * call would only find a dead SSL. Take it now; the bytes still count. */
+static void rx_late_failure(lm_tls_link_t *l)
+{
+	if (!ERR_peek_error() || l->rx_end)
+		return;
+	(void)io_failed(l, -1, false);
+}
+
+/* Reads into the look-aside buffer until it holds `want` bytes. 1 when it
+ * does, else io_failed's answer (-1 EAGAIN: what is there is all). */
+static ssize_t look_fill(lm_tls_link_t *l, size_t want)
+{
+	if (l->look_off) {
+		memmove(l->look, l->look + l->look_off, l->look_len - l->look_off);
+		l->look_len -= l->look_off;
+		l->look_off = 0;
+	}
+	while (l->look_len < want) {
+		size_t got = 0;
+		ERR_clear_error();
+		int r = SSL_read_ex(l->ssl, l->look + l->look_len, want - l->look_len, &got);
+		if (r != 1)
+			return io_failed(l, r, false);
+		l->look_len += got;
+		rx_late_failure(l);
+		if (l->rx_end)
+			return 1;
+	}
+	return 1;
+}
+
+static ssize_t io_recv(lm_link_io_t *io, const struct iovec *iov, int n, bool peek)
+{
+	lm_tls_link_t *l = link_of(io);
+	if (l->rx_end && l->look_off == l->look_len) {
+		if (l->rx_end > 0)
+			return 0;
+		errno = -l->rx_end;
+		return -1;
+	}
+	if (peek) {
+		size_t want = n ? iov[0].iov_len : 0;
+		if (want > LOOK_CAP)
+			want = LOOK_CAP;
+		ssize_t r = look_fill(l, want);
+		size_t have = l->look_len - l->look_off;
+		if (have) {
+			memcpy(iov[0].iov_base, l->look + l->look_off, have < want ? have : want);
+			return (ssize_t)(have < want ? have : want);
+		}
+		return r;
+	}
+	size_t total = 0;
+	for (int i = 0; i < n; i++) {
+		size_t off = 0;
+		while (off < iov[i].iov_len) {
+			uint8_t *d = (uint8_t *)iov[i].iov_base + off;
+			size_t want = iov[i].iov_len - off, got = 0;
+			if (l->look_off < l->look_len) {
+				got = l->look_len - l->look_off < want ? l->look_len - l->look_off : want;
+				memcpy(d, l->look + l->look_off, got);
+				l->look_off += got;
+				if (l->look_off == l->look_len)
+					l->look_off = l->look_len = 0;
+			} else {
+				ERR_clear_error();
+				int r = SSL_read_ex(l->ssl, d, want, &got);
+				if (r != 1) {
+					/* (an end or a failure after bytes is kept
+					 * for the next call) */
+					ssize_t f = io_failed(l, r, false);
+					return total ? (ssize_t)total : f;
+				}
+				rx_late_failure(l);
+				if (l->rx_end) {
+					total += got;
+					return (ssize_t)total;
+				}
+			}
+			off += got;
+			total += got;
+		}
+	}
+	return (ssize_t)total;
+}
+
+static bool io_readable(lm_link_io_t *io)
+{
+	lm_tls_link_t *l = link_of(io);
+	if (l->rx_end || l->look_off < l->look_len || SSL_pending(l->ssl) > 0)
+		return true;
+	if (!SSL_has_pending(l->ssl))
+		return false;                 /* nothing read ahead: poll() tells */
+	/* read ahead, not yet opened: a whole record (data, an alert, the
+	 * end) is worth a read; part of one needs the socket */
+	uint8_t b;
+	size_t got = 0;
+	ERR_clear_error();
+	int r = SSL_peek_ex(l->ssl, &b, 1, &got);
+	if (r == 1) {
+		rx_late_failure(l);
+		return true;
+	}
+	if (io_failed(l, r, false) < 0 && errno == EAGAIN)
+		return false;
+	return true;                  /* the end, or why not: the next read says */
+}
+
+static void io_shutdown_wr(lm_link_io_t *io, int fd)
+{
+	lm_tls_link_t *l = link_of(io);
+	/* close_notify, whole, within a bound (a peer that reads nothing
+	 * more is not waited for long) */
+	for (int k = 0; k < 20; k++) {
+		ERR_clear_error();
+		int r = SSL_shutdown(l->ssl);
+		if (r >= 0)
+			break;
+		int e = SSL_get_error(l->ssl, r);
+		if (e != SSL_ERROR_WANT_WRITE)
+			break;
+		struct pollfd q = { fd, POLLOUT, 0 };
+		if (poll(&q, 1, 50) < 0 && errno != EINTR)
+			break;
+	}
+	ERR_clear_error();
+	shutdown(fd, SHUT_WR);
+}
+
+static void io_release(lm_link_io_t *io)
+{
+	lm_tls_link_unref(link_of(io));
+}
+
+lm_link_io_t *lm_tls_link_io(lm_tls_link_t *l)
+{
+	if (!l || !l->ssl)
+		return NULL;
+	atomic_fetch_add(&l->refs, 1);
+	return &l->io;
+}
+
 /* ---- after the handshake ------------------------------------------------------------ */
 
 int lm_tls_conn_finish(lm_tls_conn_t *t, int *engine_fd, uint8_t binding[LM_TLS_BINDING_LEN],
@@ -462,6 +763,7 @@ int lm_tls_conn_finish(lm_tls_conn_t *t, int *engine_fd, uint8_t binding[LM_TLS_
 {
 	int fd = t->fd, rc = -ENOMEM;
 	SSL *ssl = t->ssl;
+	bool t_relay = t->relay;
 	free(t);
 	lm_tls_link_t *l = calloc(1, sizeof(*l));
 	if (!l) {
@@ -486,6 +788,21 @@ int lm_tls_conn_finish(lm_tls_conn_t *t, int *engine_fd, uint8_t binding[LM_TLS_
 		SSL_set_quiet_shutdown(ssl, 1);
 		SSL_free(ssl);
 		(void)set_blocking(fd, true);
+		*engine_fd = fd;
+		*link = l;
+		return 0;
+	}
+	if (!t_relay) {
+		/* the engine's record layer: the engine reads and writes the
+		 * socket through it (non-blocking, as the handshake left it) */
+		l->stage = malloc(STAGE_LEN);
+		if (!l->stage) {
+			snprintf(why, whylen, "TLS: out of memory");
+			goto fail;
+		}
+		l->ssl = ssl;
+		l->io = (lm_link_io_t){ .send = io_send, .recv = io_recv, .readable = io_readable,
+					.shutdown_wr = io_shutdown_wr, .release = io_release };
 		*engine_fd = fd;
 		*link = l;
 		return 0;
@@ -526,6 +843,7 @@ fail:
 	close(fd);
 	if (l) {
 		pthread_mutex_destroy(&l->mu);
+		free(l->stage);
 		free(l);
 	}
 	return rc;
@@ -577,7 +895,7 @@ int lm_tls_handshake(lm_tls_ctx_t *c, int fd, bool source, uint64_t deadline_ns,
 
 const char *lm_tls_link_kind(const lm_tls_link_t *l)
 {
-	return l->kernel ? "kernel" : "user space";
+	return l->kernel ? "kernel" : l->ssl ? "user space, in the engine" : "user space, relay";
 }
 
 const char *lm_tls_link_cipher(const lm_tls_link_t *l)
@@ -599,6 +917,8 @@ void lm_tls_link_unref(lm_tls_link_t *l)
 {
 	if (!l || atomic_fetch_sub(&l->refs, 1) != 1)
 		return;
+	SSL_free(l->ssl);             /* (its BIO leaves the socket to its owner) */
+	free(l->stage);
 	pthread_mutex_destroy(&l->mu);
 	free(l);
 }

@@ -18,14 +18,21 @@
  * expired one, one of the wrong role, or a peer that does not speak TLS
  * fails the handshake, before any byte of the transfer protocol.
  *
- * After the handshake the engine gets a plain stream socket and a 32-byte
- * binding (TLS exported keying material, label "EXPORTER-lmshim-migration")
- * that its HELLO carries, so that a transfer handshake recorded in one TLS
- * session cannot be replayed into another (hcs/PROTOCOL.md). The stream
- * socket is the TCP socket itself when OpenSSL moved both directions into
- * the kernel (kernel TLS: TCP_ULP "tls", when the kernel has it), else one
- * end of a socketpair whose other end a relay thread pumps through the TLS
- * session in user space (AES-GCM or ChaCha20-Poly1305, OpenSSL's choice).
+ * After the handshake the engine gets the socket and a 32-byte binding
+ * (TLS exported keying material, label "EXPORTER-lmshim-migration") that
+ * its HELLO carries, so that a transfer handshake recorded in one TLS
+ * session cannot be replayed into another (hcs/PROTOCOL.md). Three kinds
+ * of link, best first:
+ *   kernel     OpenSSL moved both directions into the kernel (kernel TLS,
+ *              TCP_ULP "tls", when the kernel has it): the engine reads
+ *              and writes the socket as a plain one;
+ *   engine     the engine reads and writes through the link's record
+ *              layer (lm_tls_link_io, hcs/link_io.h): records sealed from
+ *              and opened into its own buffers, on its own thread;
+ *   relay      (lm_tls_ctx_use_relay: for users that need a plain fd) one
+ *              end of a socketpair whose other end a relay thread pumps
+ *              through the TLS session.
+ * User space uses AES-128-GCM first (AES-NI), else what both ends have.
  * A record that fails its authentication (a flipped bit on the wire) ends
  * the link; lm_tls_link_tampered says so afterwards.
  *
@@ -45,6 +52,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "hcs/link_io.h"
+
 #define LM_TLS_BINDING_LEN 32u
 
 typedef struct lm_tls_ctx lm_tls_ctx_t;
@@ -57,6 +66,10 @@ typedef struct lm_tls_link lm_tls_link_t;
 int lm_tls_ctx_load(lm_tls_ctx_t **out, const char *dir, char *why, size_t whylen);
 /* Thread: any, once nothing uses it. NULL is a no-op. */
 void lm_tls_ctx_free(lm_tls_ctx_t *c);
+/* Thread: the context's loader, before use. Links of this context that
+ * are not in the kernel get a relay thread and a plain fd instead of a
+ * record layer for the engine. */
+void lm_tls_ctx_use_relay(lm_tls_ctx_t *c);
 
 /* Thread: the handshake's. Starts a handshake on connected socket fd
  * (made non-blocking; the caller keeps fd until lm_tls_conn_finish).
@@ -69,8 +82,9 @@ int lm_tls_conn_new(lm_tls_ctx_t *c, int fd, bool source, lm_tls_conn_t **out);
  * certificate: why says which check failed), -EPROTO it does not speak
  * TLS 1.3, -ECONNRESET it went away. */
 int lm_tls_conn_step(lm_tls_conn_t *t, short *events, char *why, size_t whylen);
-/* After step said 1: takes the connection and fd; *engine_fd (blocking)
- * is what the engine reads and writes; binding gets the exported keying
+/* After step said 1: takes the connection and fd; *engine_fd is what the
+ * engine reads and writes (the socket itself unless a relay's; through
+ * lm_tls_link_io(*link) when that is not NULL); binding gets the exported keying
  * material; *link the link (unref it when done). 0 or -errno with why
  * (fd is closed then). */
 int lm_tls_conn_finish(lm_tls_conn_t *t, int *engine_fd, uint8_t binding[LM_TLS_BINDING_LEN],
@@ -85,8 +99,12 @@ int lm_tls_handshake(lm_tls_ctx_t *c, int fd, bool source, uint64_t deadline_ns,
 		     int *engine_fd, uint8_t binding[LM_TLS_BINDING_LEN], lm_tls_link_t **link,
 		     char *why, size_t whylen);
 
-/* Thread: any. "kernel" or "user space" (the relay). */
+/* Thread: any. "kernel", "user space, in the engine", "user space, relay". */
 const char *lm_tls_link_kind(const lm_tls_link_t *l);
+/* Thread: any. The record layer the engine must read and write the link's
+ * socket through (a reference: the engine releases it when it closes the
+ * socket), or NULL when the socket is plain to its user (kernel, relay). */
+lm_link_io_t *lm_tls_link_io(lm_tls_link_t *l);
 /* Thread: any. The cipher negotiated ("TLS_AES_256_GCM_SHA384"). */
 const char *lm_tls_link_cipher(const lm_tls_link_t *l);
 /* Thread: any. True once a record failed its authentication (the stream

@@ -814,14 +814,16 @@ static void do_mig_start(lm_hcs_system_t *s, struct op *o)
 {
 	char err[200];
 	int sock = o->sock;
+	lm_link_io_t *io = o->start.io;
 	o->sock = -1;
+	o->start.io = NULL;
 	int frc = LM_FAULT("hcs.migration_start");
 	if (frc < 0) {
-		close(sock);
+		lm_link_close(sock, io);
 		return fail_op(o, frc, "migration_start failed (fault)");
 	}
 	if (o->start.transfer_cpu_pct > LM_SCHED_RESERVE_MAX) {
-		close(sock);
+		lm_link_close(sock, io);
 		snprintf(err, sizeof(err), "MigrationStartOptions.TransferCpuReservePercent must be within 0..%d",
 			 LM_SCHED_RESERVE_MAX);
 		return fail_op(o, -EINVAL, err);
@@ -830,7 +832,7 @@ static void do_mig_start(lm_hcs_system_t *s, struct op *o)
 	bool ok = s->vm && (s->destination ? s->ms == MS_NONE : s->ms == MS_INITIALIZED);
 	if (!ok) {
 		pthread_mutex_unlock(&s->mu);
-		close(sock);
+		lm_link_close(sock, io);
 		return fail_op(o, -EPERM, s->destination ? "destination not ready for a migration"
 					 : "migration_initialize first");
 	}
@@ -847,6 +849,7 @@ static void do_mig_start(lm_hcs_system_t *s, struct op *o)
 	s->start_done = o->done;
 	s->start_arg = o->arg;
 	lm__xfer_opts_t xo = s->xo;
+	xo.io = io;                 /* (this link's only: not kept in s->xo) */
 	/* The engine may report SetupDone before we store the pointer: hold
 	 * mu across create so its callback sees s->xfer set. */
 	lm__xfer_t *x = NULL;
@@ -1068,8 +1071,7 @@ static void do_mig_recover(lm_hcs_system_t *s, struct op *o)
 
 static void op_free(struct op *o)
 {
-	if (o->sock >= 0)
-		close(o->sock);
+	lm_link_close(o->sock, o->start.io);
 	free(o->doc);
 	free(o);
 }
@@ -1272,15 +1274,18 @@ int lm_hcs_migration_initialize(lm_hcs_system_t *s, const lm_hcs_migration_optio
 int lm_hcs_migration_start(lm_hcs_system_t *s, const lm_hcs_migration_start_t *p,
 			   int sock, lm_hcs_done_fn done, void *arg)
 {
-	if (sock < 0)
+	lm_link_io_t *io = p ? p->io : NULL;
+	if (sock < 0) {
+		lm_link_close(-1, io);
 		return -EBADF;
+	}
 	if (!s || !p || !done) {
-		close(sock);
+		lm_link_close(sock, io);
 		return -EINVAL;
 	}
 	struct op *o = op_new(OP_MIG_START, done, arg);
 	if (!o) {
-		close(sock);
+		lm_link_close(sock, io);
 		return -ENOMEM;
 	}
 	o->start = *p;

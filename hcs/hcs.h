@@ -50,6 +50,7 @@
 #include <stdint.h>
 
 #include "hcs/backend.h"
+#include "hcs/link_io.h"
 
 typedef struct lm_hcs_system lm_hcs_system_t;
 
@@ -102,6 +103,9 @@ typedef struct lm_hcs_migration_start {
 					   (exported keying material) goes in the hello
 					   and must match the peer's (hcs/PROTOCOL.md) */
 	uint8_t binding[32];
+	lm_link_io_t *io;               /* ours: the link's record layer (hcs/link_io.h:
+					   TLS in user space), or NULL for a plain socket;
+					   taken with the socket */
 } lm_hcs_migration_start_t;
 
 /* MigrationFinalizedOptions.FinalizedOperation. */
@@ -287,7 +291,8 @@ int lm_hcs_system_properties(lm_hcs_system_t *s, unsigned query,
 			     lm_hcs_properties_fn done, void *arg);
 
 /* Thread: any. Live migration (see above). migration_start takes
- * ownership of `sock` when it returns 0 (and closes it on -errno too). */
+ * ownership of `sock` and p->io when it returns 0 (and closes them on
+ * -errno too). */
 int lm_hcs_migration_initialize(lm_hcs_system_t *s, const lm_hcs_migration_options_t *o,
 				lm_hcs_done_fn done, void *arg);
 int lm_hcs_migration_start(lm_hcs_system_t *s, const lm_hcs_migration_start_t *p,

@@ -77,6 +77,8 @@ static int group_teardown(void **state)
 	return 0;
 }
 
+static bool use_relay;     /* load(): contexts whose links get a relay thread */
+
 static lm_tls_ctx_t *load(const char *name)
 {
 	char p[200], why[300];
@@ -86,6 +88,8 @@ static lm_tls_ctx_t *load(const char *name)
 	if (rc)
 		fprintf(stderr, "load %s: %s\n", name, why);
 	assert_int_equal(rc, 0);
+	if (use_relay)
+		lm_tls_ctx_use_relay(c);
 	return c;
 }
 
@@ -221,11 +225,137 @@ static bool read_all(int fd, size_t n, uint8_t seed)
 	return got == n;
 }
 
+
+/* The engine's way (no relay): one thread per side sends and receives
+ * through the link's record layer, non-blocking, polling the socket as
+ * the engine does; what it sends comes in pieces of many sizes (record
+ * headers, single pages, long runs) and what it reads goes into pieces of
+ * other sizes. */
+static const size_t piece_len[] = { 24, 4096, 100, 65536, 3000, 8, 20000, 4095, 1, 300000, 16384, 16385 };
+#define NPIECE (sizeof piece_len / sizeof piece_len[0])
+static uint8_t pattern[(1u << 20) + 512];    /* pattern[i] = i * 31 (+ seed) */
+
+struct duplex {
+	int fd;
+	lm_link_io_t *io;
+	size_t n_out, n_in;
+	bool small_buffers;           /* force refused sends (and their retries) */
+	bool ok;                      /* all sent, all received in order, then EOF */
+	int err;                      /* errno of a failed recv (0: none) */
+	size_t got;
+	pthread_t th;
+};
+
+static void *duplex_main(void *arg)
+{
+	struct duplex *d = arg;
+	if (d->small_buffers) {
+		int v = 4096;
+		/* (only the sending side's: shrinking a TCP receive buffer
+		 * under a window already offered stalls the connection) */
+		setsockopt(d->fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof v);
+	}
+	size_t sent = 0, piece = 0, poff = 0;
+	bool shut = false, eof = false, good = true;
+	uint8_t *in = malloc(1u << 20);
+	uint64_t end = lm_now_ns() + 60 * SEC;
+	while ((!shut || !eof) && good && lm_now_ns() < end) {
+		bool blocked_out = shut;
+		if (!shut && sent < d->n_out) {
+			struct iovec v[16];
+			int n = 0;
+			size_t pos = sent, pi = piece, po = poff;
+			while (n < 16 && pos < d->n_out) {
+				size_t len = piece_len[pi % NPIECE] - po;
+				if (len > d->n_out - pos)
+					len = d->n_out - pos;
+				v[n].iov_base = pattern + (pos & 255u);
+				v[n].iov_len = len;
+				n++;
+				pos += len;
+				pi++;
+				po = 0;
+			}
+			ssize_t w = d->io->send(d->io, v, n);
+			if (w > 0) {
+				size_t left = (size_t)w;
+				sent += left;
+				while (left) {
+					size_t rest = piece_len[piece % NPIECE] - poff;
+					size_t t = rest < left ? rest : left;
+					poff += t;
+					left -= t;
+					if (poff == piece_len[piece % NPIECE]) {
+						piece++;
+						poff = 0;
+					}
+				}
+			} else if (w < 0 && errno != EAGAIN) {
+				good = false;
+			} else {
+				blocked_out = true;
+			}
+		}
+		if (!shut && sent == d->n_out && (d->n_out || eof)) {   /* (a side with nothing to send
+									   shuts last: a relay between
+									   may end at a half-close) */
+			d->io->shutdown_wr(d->io, d->fd);
+			shut = true;
+			blocked_out = true;
+		}
+		bool blocked_in = eof;
+		if (!eof) {
+			size_t a = 7, b = 5000, c = (1u << 20) - a - b;
+			struct iovec v[3] = { { in, a }, { in + a, b }, { in + a + b, c } };
+			ssize_t r = d->io->recv(d->io, v, 3, false);
+			if (r > 0) {
+				for (ssize_t i = 0; i < r; i++)
+					if (in[i] != (uint8_t)((d->got + (size_t)i) * 31u))
+						good = false;
+				d->got += (size_t)r;
+			} else if (r == 0) {
+				eof = true;
+			} else if (errno != EAGAIN) {
+				d->err = errno;
+				good = false;
+			} else {
+				blocked_in = true;
+			}
+		}
+		if (blocked_out && blocked_in && !d->io->readable(d->io)) {
+			struct pollfd q = { d->fd, (short)((eof ? 0 : POLLIN) | (shut ? 0 : POLLOUT)), 0 };
+			poll(&q, 1, 100);
+		}
+	}
+	free(in);
+	d->ok = good && shut && eof && sent == d->n_out && d->got == d->n_in;
+	return NULL;
+}
+
+static void duplex_start(struct duplex *d, struct side *s, size_t n_out, size_t n_in, bool small)
+{
+	memset(d, 0, sizeof(*d));
+	d->fd = s->efd;
+	d->io = lm_tls_link_io(s->link);
+	assert_non_null(d->io);
+	d->n_out = n_out;
+	d->n_in = n_in;
+	d->small_buffers = small;
+	assert_int_equal(pthread_create(&d->th, NULL, duplex_main, d), 0);
+}
+
+static void duplex_end(struct duplex *d)
+{
+	pthread_join(d->th, NULL);
+	d->io->release(d->io);
+}
+
 static void test_the_right_certificates_make_one_bound_link(void **state)
 {
 	(void)state;
-	for (int tcp = 0; tcp < 2; tcp++) {
-	over_tcp = tcp;
+	for (int kind = 0; kind < 4; kind++) {
+	over_tcp = kind & 1;
+	use_relay = kind & 2;
 	lm_tls_ctx_t *s = load("good"), *d = load("good2");
 	struct side a, b;
 	pair(s, d, &a, &b);
@@ -237,14 +367,39 @@ static void test_the_right_certificates_make_one_bound_link(void **state)
 	printf("# link: %s, %s\n", lm_tls_link_kind(a.link), lm_tls_link_cipher(a.link));
 	assert_non_null(strstr(lm_tls_link_cipher(a.link), "TLS_"));
 	/* 8 MiB each way at once; each side half-closes when done */
-	struct pump pa = { .fd = a.efd, .n = 8u << 20, .seed = 1 }, pb = { .fd = b.efd, .n = 8u << 20, .seed = 2 };
-	assert_int_equal(pthread_create(&pa.th, NULL, writer_main, &pa), 0);
-	assert_int_equal(pthread_create(&pb.th, NULL, writer_main, &pb), 0);
-	assert_true(read_all(b.efd, pa.n, 1));
-	assert_true(read_all(a.efd, pb.n, 2));
-	pthread_join(pa.th, NULL);
-	pthread_join(pb.th, NULL);
-	assert_true(pa.ok && pb.ok);
+	if (use_relay) {
+		assert_null(lm_tls_link_io(a.link));
+		struct pump pa = { .fd = a.efd, .n = 8u << 20, .seed = 1 },
+			    pb = { .fd = b.efd, .n = 8u << 20, .seed = 2 };
+		assert_int_equal(pthread_create(&pa.th, NULL, writer_main, &pa), 0);
+		assert_int_equal(pthread_create(&pb.th, NULL, writer_main, &pb), 0);
+		assert_true(read_all(b.efd, pa.n, 1));
+		assert_true(read_all(a.efd, pb.n, 2));
+		pthread_join(pa.th, NULL);
+		pthread_join(pb.th, NULL);
+		assert_true(pa.ok && pb.ok);
+	} else {
+		/* (and again with socket buffers so small that sends are
+		 * refused and retried all the time) */
+		for (int small = 0; small < 2; small++) {
+			struct duplex da, db;
+			duplex_start(&da, &a, small ? 1u << 20 : 8u << 20, small ? 3u << 20 : 8u << 20, small);
+			duplex_start(&db, &b, small ? 3u << 20 : 8u << 20, small ? 1u << 20 : 8u << 20, small);
+			duplex_end(&da);
+			duplex_end(&db);
+			printf("# in the engine%s: %zu and %zu bytes received, err %d/%d\n",
+			       small ? " (small buffers)" : "", da.got, db.got, da.err, db.err);
+			assert_true(da.ok);
+			assert_true(db.ok);
+			if (!small) {          /* a new link for the second round */
+				release(&a);
+				release(&b);
+				pair(s, d, &a, &b);
+				assert_int_equal(a.rc, 0);
+				assert_int_equal(b.rc, 0);
+			}
+		}
+	}
 	assert_false(lm_tls_link_tampered(a.link, NULL, 0));
 	release(&a);
 	release(&b);
@@ -259,6 +414,71 @@ static void test_the_right_certificates_make_one_bound_link(void **state)
 	lm_tls_ctx_free(d);
 	}
 	over_tcp = false;
+	use_relay = false;
+}
+
+/* A peek reads across records (a header the peer sealed in two), the
+ * bytes read ahead are seen by readable where poll() cannot see them, and
+ * the peer's close_notify is the end of the stream. */
+static void test_the_engine_peeks_across_records_and_sees_read_ahead(void **state)
+{
+	(void)state;
+	lm_tls_ctx_t *s = load("good"), *d = load("good2");
+	struct side a, b;
+	pair(s, d, &a, &b);
+	assert_int_equal(a.rc, 0);
+	assert_int_equal(b.rc, 0);
+	lm_link_io_t *ia = lm_tls_link_io(a.link), *ib = lm_tls_link_io(b.link);
+	assert_non_null(ia);
+	assert_non_null(ib);
+	assert_false(ib->readable(ib));
+	uint8_t h[24], got[24];
+	for (unsigned i = 0; i < sizeof h; i++)
+		h[i] = (uint8_t)(i + 1);
+	struct iovec v1 = { h, 10 }, v2 = { h + 10, 14 }, v3 = { h, 24 };
+	assert_int_equal(ia->send(ia, &v1, 1), 10);    /* two records */
+	assert_int_equal(ia->send(ia, &v2, 1), 14);
+	assert_int_equal(ia->send(ia, &v3, 1), 24);    /* and a third behind them */
+	struct iovec g = { got, sizeof got };
+	ssize_t r = -1;
+	for (int k = 0; k < 200 && r != 24; k++) {
+		r = ib->recv(ib, &g, 1, true);
+		if (r != 24)
+			usleep(5000);
+	}
+	assert_int_equal(r, 24);
+	assert_memory_equal(got, h, 24);
+	memset(got, 0, sizeof got);
+	assert_int_equal(ib->recv(ib, &g, 1, true), 24);   /* still there */
+	assert_int_equal(ib->recv(ib, &g, 1, false), 24);
+	assert_memory_equal(got, h, 24);
+	/* the third record: in OpenSSL's read-ahead or the socket; either
+	 * way it is readable, and a poll of the socket may not say so */
+	for (int k = 0; k < 200 && !ib->readable(ib); k++)
+		usleep(5000);
+	assert_true(ib->readable(ib));
+	memset(got, 0, sizeof got);
+	assert_int_equal(ib->recv(ib, &g, 1, false), 24);
+	assert_memory_equal(got, h, 24);
+	assert_false(ib->readable(ib));
+	errno = 0;
+	assert_int_equal(ib->recv(ib, &g, 1, false), -1);
+	assert_int_equal(errno, EAGAIN);
+	ia->shutdown_wr(ia, a.efd);
+	r = -1;
+	for (int k = 0; k < 200 && r != 0; k++) {
+		r = ib->recv(ib, &g, 1, false);
+		if (r != 0)
+			usleep(5000);
+	}
+	assert_int_equal(r, 0);                         /* the end, not an error */
+	assert_false(lm_tls_link_tampered(b.link, NULL, 0));
+	ia->release(ia);
+	ib->release(ib);
+	release(&a);
+	release(&b);
+	lm_tls_ctx_free(s);
+	lm_tls_ctx_free(d);
 }
 
 /* ---- refusals ----------------------------------------------------------------- */
@@ -395,6 +615,8 @@ static void *mitm_main(void *arg)
 static void test_a_flipped_bit_ends_the_link_as_tampered(void **state)
 {
 	(void)state;
+	for (int kind = 0; kind < 2; kind++) {
+	use_relay = kind == 1;
 	lm_tls_ctx_t *s = load("good"), *d = load("good2");
 	int x[2], y[2];
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, x), 0);
@@ -409,8 +631,21 @@ static void test_a_flipped_bit_ends_the_link_as_tampered(void **state)
 	assert_int_equal(a.rc, 0);
 	assert_int_equal(b.rc, 0);
 	struct pump pa = { .fd = a.efd, .n = 4u << 20, .seed = 3 };
-	assert_int_equal(pthread_create(&pa.th, NULL, writer_main, &pa), 0);
-	assert_false(read_all(b.efd, pa.n, 3));       /* the link ends short */
+	struct duplex da, db;
+	if (use_relay) {
+		assert_int_equal(pthread_create(&pa.th, NULL, writer_main, &pa), 0);
+		assert_false(read_all(b.efd, pa.n, 3));       /* the link ends short */
+	} else {
+		duplex_start(&db, &b, 0, 4u << 20, false);
+		duplex_start(&da, &a, 4u << 20, 0, false);
+		duplex_end(&db);
+		shutdown(a.efd, SHUT_RDWR);
+		duplex_end(&da);
+		printf("# in the engine: %zu bytes before the altered record, recv errno %d\n", db.got, db.err);
+		assert_false(db.ok);
+		assert_true(db.got < 4u << 20);
+		assert_int_equal(db.err, ECONNRESET);        /* the link failed: not an end */
+	}
 	char why[200] = "";
 	bool t = false;
 	for (int i = 0; i < 100 && !(t = lm_tls_link_tampered(b.link, why, sizeof why)); i++)
@@ -419,7 +654,9 @@ static void test_a_flipped_bit_ends_the_link_as_tampered(void **state)
 	assert_true(t);
 	assert_non_null(strstr(why, "the stream was altered"));
 	shutdown(a.efd, SHUT_RDWR);
-	pthread_join(pa.th, NULL);
+	shutdown(b.efd, SHUT_RDWR);   /* (the relay in the middle may be writing to b) */
+	if (use_relay)
+		pthread_join(pa.th, NULL);
 	pthread_join(m.th, NULL);
 	release(&a);
 	release(&b);
@@ -427,6 +664,8 @@ static void test_a_flipped_bit_ends_the_link_as_tampered(void **state)
 	close(y[0]);
 	lm_tls_ctx_free(s);
 	lm_tls_ctx_free(d);
+	}
+	use_relay = false;
 }
 
 static void test_a_directory_missing_a_file_is_refused_naming_it(void **state)
@@ -460,8 +699,11 @@ static void test_a_directory_missing_a_file_is_refused_naming_it(void **state)
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
+	for (size_t i = 0; i < sizeof pattern; i++)
+		pattern[i] = (uint8_t)(i * 31u);
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_the_right_certificates_make_one_bound_link),
+		cmocka_unit_test(test_the_engine_peeks_across_records_and_sees_read_ahead),
 		cmocka_unit_test(test_a_certificate_from_another_ca_is_refused),
 		cmocka_unit_test(test_an_expired_certificate_is_refused),
 		cmocka_unit_test(test_a_certificate_of_the_wrong_role_is_refused),

@@ -289,7 +289,7 @@ static void read_records(struct lm__xfer *x, uint8_t *buf, size_t *have, size_t 
 {
 	struct lm__xf_ho *h = &x->ho;
 	for (;;) {
-		ssize_t r = recv(x->sock, buf + *have, cap - *have, MSG_DONTWAIT);
+		ssize_t r = lm__xf_link_recv(x, buf + *have, cap - *have, false);
 		if (r == 0) {
 			x->peer_eof = true;
 			return;
@@ -393,9 +393,12 @@ void lm__xf_ho_run(struct lm__xfer *x, enum lm__ho_state start)
 			break;
 		lm__xf_maybe_keepalive(x);
 		struct pollfd p[2] = { { x->sock, POLLIN, 0 }, { x->wakefd, POLLIN, 0 } };
-		int n = poll(p, 2, lm__xf_tick_ms(x));
+		bool ready = lm__xf_link_readable(x);
+		int n = poll(p, 2, ready ? 0 : lm__xf_tick_ms(x));
 		if (n < 0 && errno != EINTR)
 			break;
+		if (ready)
+			p[0].revents |= POLLIN;
 		if (p[1].revents) {
 			uint64_t v;
 			if (read(x->wakefd, &v, sizeof(v)) < 0) { /* drained */ }
@@ -427,7 +430,7 @@ void lm__xf_ho_run(struct lm__xfer *x, enum lm__ho_state start)
 	}
 	/* Settled (or the peer is gone, or our VM goes away): close for
 	 * good, after what we said has left (FIN after the data). */
-	shutdown(x->sock, SHUT_WR);
+	lm__xf_link_shutdown_wr(x);
 	pthread_mutex_lock(&h->mu);
 	pthread_cond_broadcast(&h->cv);
 	pthread_mutex_unlock(&h->mu);

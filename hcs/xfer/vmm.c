@@ -304,7 +304,10 @@ int lm__xf_src_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_r
 			 * one after 3 s) */
 			lm__xf_maybe_keepalive(x);
 			struct pollfd q[2] = { { x->wakefd, POLLIN, 0 }, { x->sock, POLLIN | POLLRDHUP, 0 } };
-			if (poll(q, 2, lm__xf_tick_ms(x)) > 0) {
+			bool ready = lm__xf_link_readable(x);
+			if (poll(q, 2, ready ? 0 : lm__xf_tick_ms(x)) >= 0 && (ready || q[0].revents || q[1].revents)) {
+				if (ready)
+					q[1].revents |= POLLIN;
 				uint64_t v;
 				if (q[0].revents && read(x->wakefd, &v, sizeof(v)) < 0) { /* drained */ }
 				if (q[1].revents && (rc = peer_said(x)) < 0)
@@ -315,11 +318,14 @@ int lm__xf_src_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_r
 		lm__xf_maybe_keepalive(x);
 		struct pollfd q[3] = { { vfd, POLLIN, 0 }, { x->sock, POLLIN | POLLRDHUP, 0 },
 				       { x->wakefd, POLLIN, 0 } };
-		int n = poll(q, 3, STATUS_MS);
+		bool ready = lm__xf_link_readable(x);
+		int n = poll(q, 3, ready ? 0 : STATUS_MS);
 		if (n < 0 && errno != EINTR) {
 			rc = -errno;
 			goto io_fail;
 		}
+		if (ready)
+			q[1].revents |= POLLIN;
 		if (q[2].revents) {
 			uint64_t v;
 			if (read(x->wakefd, &v, sizeof(v)) < 0) { /* drained */ }
@@ -470,8 +476,11 @@ static int wait_loaded(struct lm__xfer *x, char *why, size_t whylen, enum lm__xf
 		}
 		lm__xf_maybe_keepalive(x);
 		struct pollfd q[2] = { { x->sock, POLLIN | POLLRDHUP, 0 }, { x->wakefd, POLLIN, 0 } };
-		if (poll(q, 2, 5) < 0 && errno != EINTR)
+		bool ready = lm__xf_link_readable(x);
+		if (poll(q, 2, ready ? 0 : 5) < 0 && errno != EINTR)
 			return -errno;
+		if (ready)
+			q[0].revents |= POLLIN;
 		if (q[1].revents) {
 			uint64_t v;
 			if (read(x->wakefd, &v, sizeof(v)) < 0) { /* drained */ }

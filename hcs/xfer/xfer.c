@@ -68,6 +68,52 @@ static ssize_t guest_sendmsg(int fd, const struct msghdr *m, int flags)
 #endif
 
 #define MOD "hcs.xfer"
+
+/* ---------------------------------------------------------------- the link */
+
+ssize_t lm__xf_link_send(struct lm__xfer *x, const struct iovec *iov, int n)
+{
+	if (x->o.io)
+		return x->o.io->send(x->o.io, iov, n);
+	struct msghdr m = { .msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)n };
+	return guest_sendmsg(x->sock, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
+ssize_t lm__xf_link_readv(struct lm__xfer *x, const struct iovec *iov, int n)
+{
+	if (x->o.io)
+		return x->o.io->recv(x->o.io, iov, n, false);
+	return readv(x->sock, iov, n);
+}
+
+ssize_t lm__xf_link_recv(struct lm__xfer *x, void *buf, size_t len, bool peek)
+{
+	if (x->o.io) {
+		struct iovec v = { buf, len };
+		return x->o.io->recv(x->o.io, &v, 1, peek);
+	}
+	return recv(x->sock, buf, len, MSG_DONTWAIT | (peek ? MSG_PEEK : 0));
+}
+
+bool lm__xf_link_readable(struct lm__xfer *x)
+{
+	return x->o.io && x->o.io->readable(x->o.io);
+}
+
+void lm__xf_link_shutdown_wr(struct lm__xfer *x)
+{
+	if (x->o.io)
+		x->o.io->shutdown_wr(x->o.io, x->sock);
+	else
+		shutdown(x->sock, SHUT_WR);
+}
+
+/* send() of one buffer through the link. */
+static ssize_t link_send1(struct lm__xfer *x, const void *buf, size_t len)
+{
+	struct iovec v = { (void *)buf, len };
+	return lm__xf_link_send(x, &v, 1);
+}
 #define IOV_BATCH 1024           /* iovecs per sendmsg/readv call */
 #define MAX_BATCH_IOV 1000       /* iovecs per batch (source) */
 #define WINDOW_PAGES 16384u      /* residency window of pass 1 */
@@ -204,7 +250,7 @@ void lm__xf_maybe_keepalive(struct lm__xfer *x)
 	}
 	/* a non-blocking send may take part of it: the rest goes before any
 	 * other record (finish_keepalive) */
-	ssize_t r = send(x->sock, x->ka + x->ka_off, x->ka_len - x->ka_off, MSG_NOSIGNAL | MSG_DONTWAIT);
+	ssize_t r = link_send1(x, x->ka + x->ka_off, x->ka_len - x->ka_off);
 	if (r > 0) {
 		x->ka_off += (unsigned)r;
 		x->last_tx_ns = now;
@@ -238,14 +284,19 @@ static int wait_io(struct lm__xfer *x, short events)
 			/* bytes of the peer already here (read late: this side
 			 * was busy in a long step) say it is alive */
 			struct pollfd p0 = { x->sock, POLLIN, 0 };
-			if (!(poll(&p0, 1, 0) > 0 && (p0.revents & POLLIN))) {
+			if (!lm__xf_link_readable(x) && !(poll(&p0, 1, 0) > 0 && (p0.revents & POLLIN))) {
 				x->stalled = true;
 				return -ETIMEDOUT;
 			}
 		}
 		lm__xf_maybe_keepalive(x);
 		struct pollfd p[2] = { { x->sock, events, 0 }, { x->wakefd, POLLIN, 0 } };
-		int n = poll(p, 2, lm__xf_tick_ms(x));
+		bool ready = (events & POLLIN) && lm__xf_link_readable(x);
+		int n = poll(p, 2, ready ? 0 : lm__xf_tick_ms(x));
+		if (ready && n >= 0) {
+			p[0].revents |= POLLIN;
+			n++;
+		}
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -290,7 +341,7 @@ static int recv_full(struct lm__xfer *x, void *buf, size_t len)
 	if (atomic_load_explicit(&x->cancel, memory_order_relaxed))
 		return -ECANCELED;
 	while (len) {
-		ssize_t r = recv(x->sock, p, len, MSG_DONTWAIT);
+		ssize_t r = lm__xf_link_recv(x, p, len, false);
 		if (r > 0) {
 			p += r;
 			len -= (size_t)r;
@@ -318,7 +369,7 @@ static int recv_full(struct lm__xfer *x, void *buf, size_t len)
 static int recv_iov(struct lm__xfer *x, struct iovec *iov, unsigned n)
 {
 	while (n) {
-		ssize_t r = readv(x->sock, iov, n > IOV_BATCH ? IOV_BATCH : (int)n);
+		ssize_t r = lm__xf_link_readv(x, iov, n > IOV_BATCH ? IOV_BATCH : (int)n);
 		if (r > 0) {
 			size_t left = (size_t)r;
 			x->last_rx_ns = lm_now_ns();
@@ -382,8 +433,7 @@ static int send_iov(struct lm__xfer *x, struct iovec *iov, unsigned n)
 	x->at_boundary = false;
 	uint64_t t_send = lm_now_ns(), b_send = x->st.bytes_sent;
 	while (n) {
-		struct msghdr m = { .msg_iov = iov, .msg_iovlen = n > IOV_BATCH ? IOV_BATCH : n };
-		ssize_t w = guest_sendmsg(x->sock, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+		ssize_t w = lm__xf_link_send(x, iov, n > IOV_BATCH ? IOV_BATCH : (int)n);
 		if (w >= 0) {
 			size_t left = (size_t)w;
 			x->st.bytes_sent += left;
@@ -453,7 +503,7 @@ static void send_abort(struct lm__xfer *x, int err, unsigned reason, const char 
 	m.a.err = err < 0 ? -err : err;
 	m.a.reason = reason;
 	snprintf(m.a.msg, sizeof(m.a.msg), "%s", msg ? msg : "");
-	ssize_t w = send(x->sock, &m, sizeof(m), MSG_NOSIGNAL | MSG_DONTWAIT);
+	ssize_t w = link_send1(x, &m, sizeof(m));
 	(void)w;
 }
 
@@ -464,7 +514,7 @@ static int read_control_from_peer(struct lm__xfer *x)
 {
 	for (;;) {
 		lm_xf_rec_t h;
-		ssize_t r = recv(x->sock, &h, sizeof(h), MSG_DONTWAIT | MSG_PEEK);
+		ssize_t r = lm__xf_link_recv(x, &h, sizeof(h), true);
 		if (r == 0) {
 			x->peer_eof = true;
 			return -EPIPE;
@@ -472,12 +522,12 @@ static int read_control_from_peer(struct lm__xfer *x)
 		if (r < (ssize_t)sizeof(h))
 			return r < 0 && errno != EAGAIN && errno != EWOULDBLOCK ? -errno : 0;
 		if (h.type == LM_XF_KEEPALIVE && h.len == 0) {
-			if (recv(x->sock, &h, sizeof(h), MSG_DONTWAIT) != sizeof(h))
+			if (lm__xf_link_recv(x, &h, sizeof(h), false) != sizeof(h))
 				return -EPIPE;
 			x->last_rx_ns = lm_now_ns();
 			continue;
 		}
-		if (recv(x->sock, &h, sizeof(h), MSG_DONTWAIT) != sizeof(h))
+		if (lm__xf_link_recv(x, &h, sizeof(h), false) != sizeof(h))
 			return -EPIPE;
 		x->last_rx_ns = lm_now_ns();
 		if (h.type != LM_XF_ABORT || h.len != sizeof(lm_xf_abort_t)) {
@@ -488,7 +538,8 @@ static int read_control_from_peer(struct lm__xfer *x)
 		lm_xf_abort_t a;
 		memset(&a, 0, sizeof(a));
 		struct pollfd p = { x->sock, POLLIN, 0 };
-		if (poll(&p, 1, 100) <= 0 || recv(x->sock, &a, sizeof(a), MSG_DONTWAIT) != sizeof(a)) {
+		if ((!lm__xf_link_readable(x) && poll(&p, 1, 100) <= 0) ||
+		    lm__xf_link_recv(x, &a, sizeof(a), false) != sizeof(a)) {
 			snprintf(x->remote_msg, sizeof(x->remote_msg), "the %s aborted", lm__xf_peer(x));
 			x->remote_reason = LM_XF_ABORT_FAILED;
 			return -ECONNABORTED;
@@ -1037,13 +1088,18 @@ static int wait_go(struct lm__xfer *x)
 		lm__xf_maybe_keepalive(x);
 		short ev = POLLRDHUP | (data_waiting ? 0 : POLLIN);
 		struct pollfd q[2] = { { x->wakefd, POLLIN, 0 }, { x->sock, ev, 0 } };
-		int n = poll(q, 2, lm__xf_tick_ms(x));
+		bool ready = !data_waiting && lm__xf_link_readable(x);
+		int n = poll(q, 2, ready ? 0 : lm__xf_tick_ms(x));
+		if (ready && n >= 0) {
+			q[1].revents |= POLLIN;
+			n++;
+		}
 		if (n > 0 && q[1].revents) {
 			lm_xf_rec_t h;
-			ssize_t r = recv(x->sock, &h, sizeof(h), MSG_DONTWAIT | MSG_PEEK);
+			ssize_t r = lm__xf_link_recv(x, &h, sizeof(h), true);
 			bool closed = q[1].revents & (POLLRDHUP | POLLHUP | POLLERR);
 			if (r == (ssize_t)sizeof(h) && h.type == LM_XF_KEEPALIVE && h.len == 0) {
-				if (recv(x->sock, &h, sizeof(h), MSG_DONTWAIT) == (ssize_t)sizeof(h))
+				if (lm__xf_link_recv(x, &h, sizeof(h), false) == (ssize_t)sizeof(h))
 					x->last_rx_ns = lm_now_ns();
 				continue;
 			}
@@ -1976,8 +2032,7 @@ static void xfer_free(struct lm__xfer *x)
 	free(x->hdrbuf);
 	free(x->iov);
 	free(x->bounce);
-	if (x->sock >= 0)
-		close(x->sock);
+	lm_link_close(x->sock, x->o.io);
 	if (x->wakefd >= 0)
 		close(x->wakefd);
 	lm__xf_ho_fini(x);
@@ -1991,7 +2046,7 @@ static int xfer_init(struct lm__xfer **out, enum lm__xfer_role role,
 {
 	struct lm__xfer *x = calloc(1, sizeof(*x));
 	if (!x) {
-		close(sock);
+		lm_link_close(sock, opts ? opts->io : NULL);
 		return -ENOMEM;
 	}
 	x->role = role;
@@ -2010,7 +2065,7 @@ static int xfer_init(struct lm__xfer **out, enum lm__xfer_role role,
 	x->wakefd = -1;
 	if (lm__xf_ho_init(x) < 0) {
 		pthread_mutex_destroy(&x->stmu);
-		close(sock);
+		lm_link_close(sock, x->o.io);
 		free(x);
 		return -ENOMEM;
 	}

@@ -18,6 +18,7 @@
 #define LM_HCS_XFER_XFER_H
 
 #include "hcs/backend.h"
+#include "hcs/link_io.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -54,6 +55,9 @@ typedef struct lm__xfer_opts {
 					keying material) travels in the hello, and a
 					destination takes only its own (PROTOCOL.md) */
 	uint8_t binding[32];
+	lm_link_io_t *io;            /* the link's record layer (link_io.h), or NULL for a
+					plain socket; lm__xfer_create takes it with the
+					socket (released when the engine closes it) */
 } lm__xfer_opts_t;
 
 /* The blackout's bound (pause -> the destination's ACK): the threshold

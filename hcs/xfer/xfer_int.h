@@ -166,6 +166,18 @@ void lm__xf_wake(struct lm__xfer *x);
 /* SHA-256 of a secret. */
 void lm__xf_commitment(const uint8_t secret[LM_XF_SECRET_LEN], uint8_t out[32]);
 
+/* The link (engine thread): every byte on x->sock goes through these,
+ * so that a link with a record layer (x->o.io, hcs/link_io.h) is read and
+ * written as a plain one is. Non-blocking; as sendmsg/readv/recv(PEEK):
+ * bytes, 0 at end of stream (recv), or -1 with errno. */
+ssize_t lm__xf_link_send(struct lm__xfer *x, const struct iovec *iov, int n);
+ssize_t lm__xf_link_recv(struct lm__xfer *x, void *buf, size_t len, bool peek);
+ssize_t lm__xf_link_readv(struct lm__xfer *x, const struct iovec *iov, int n);
+/* Bytes of the peer already on this side, which poll() would not see:
+ * every poll of the socket for POLLIN asks this first (and does not block
+ * when it says so). */
+bool lm__xf_link_readable(struct lm__xfer *x);
+void lm__xf_link_shutdown_wr(struct lm__xfer *x);
 /* I/O of xfer.c for vmm.c: as their static namesakes there. */
 int lm__xf_send_iov(struct lm__xfer *x, struct iovec *iov, unsigned n);
 int lm__xf_recv_full(struct lm__xfer *x, void *buf, size_t len);
