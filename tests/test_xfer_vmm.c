@@ -40,6 +40,7 @@ struct lm_vm {
 	size_t fail_at;               /* destination: stop reading here (0 never) */
 	bool never_loaded;            /* destination: never says completed */
 	unsigned complete_delay_ms;   /* source: EOF, then completed this late */
+	unsigned keep_open_ms;        /* source: completed, its end closed this late */
 	int aborts;
 };
 
@@ -101,9 +102,21 @@ static void *src_main(void *a)
 		snprintf(v->error, sizeof(v->error), "the stream's socket failed");
 		v->running = true;
 	}
-	close(v->theirs);
-	v->theirs = -1;
+	bool linger = v->state == LM_VS_COMPLETED && v->keep_open_ms;
+	if (!linger) {
+		close(v->theirs);
+		v->theirs = -1;
+	}
 	pthread_mutex_unlock(&v->mu);
+	if (linger) {
+		/* completed, all written, and its end of the stream still open */
+		for (unsigned i = 0; i < v->keep_open_ms / 10 && !__atomic_load_n(&v->stop, __ATOMIC_ACQUIRE); i++)
+			usleep(10000);
+		pthread_mutex_lock(&v->mu);
+		close(v->theirs);
+		v->theirs = -1;
+		pthread_mutex_unlock(&v->mu);
+	}
 	return NULL;
 }
 
@@ -587,6 +600,35 @@ static void test_a_vmm_slow_to_say_completed_is_not_a_stalled_destination(void *
 	mig_teardown(&m);
 }
 
+/* A VMM that says completed but keeps its end of the stream open (a
+ * source QEMU migrating again after a rolled-back migration did, in CI):
+ * its stream is whole once drained; the move completes, the blackout far
+ * inside its bound. */
+static void test_a_vmm_that_keeps_its_stream_open_after_completing_still_moves(void **state)
+{
+	(void)state;
+	struct mig m;
+	lm__xfer_opts_t o;
+	lm__xfer_opts_default(&o);
+	o.session_id = 7;
+	mig_setup(&m, 8, &o);
+	m.src->keep_open_ms = 20000;
+	mig_go(&m);
+	assert_true(ht_wait(&m.ls, LM_XEV_COMPLETED, 30000));
+	assert_true(ht_wait(&m.ld, LM_XEV_COMPLETED, 30000));
+	assert_int_equal(lm__xfer_join(m.xs), 0);
+	assert_int_equal(lm__xfer_join(m.xd), 0);
+	assert_memory_equal(m.src->mem, m.dst->mem, m.src->size);
+	assert_int_equal(m.src->aborts, 0);
+	lm__xfer_stats_t st;
+	lm__xfer_get_stats(m.xs, &st);
+	print_message("# blackout %.0f ms (bound %u ms)\n", (double)st.blackout_ns / 1e6,
+		      lm__xfer_blackout_bound_ms(&o));
+	assert_true(st.blackout_ns < 2000000000ull);
+	__atomic_store_n(&m.src->stop, true, __ATOMIC_RELEASE);   /* (ends its linger) */
+	mig_teardown(&m);
+}
+
 int main(void)
 {
 	if (!getenv("LM_LOG_LEVEL"))
@@ -600,6 +642,7 @@ int main(void)
 		cmocka_unit_test(test_a_pages_destination_refuses_a_vmm_stream),
 		cmocka_unit_test(test_a_failed_handshake_moves_nothing),
 		cmocka_unit_test(test_a_vmm_slow_to_say_completed_is_not_a_stalled_destination),
+		cmocka_unit_test(test_a_vmm_that_keeps_its_stream_open_after_completing_still_moves),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -46,6 +46,7 @@
 
 #define MOD "hcs.xfer"
 #define STATUS_MS 50            /* how often the VMM's status is asked */
+#define EOF_GRACE_MS 300        /* source: completed -> the stream's EOF, normally */
 #define BLACKOUT_STATUS_MS 2    /* ... once it stopped the guest */
 #define LOAD_BOUND_MS 60000     /* destination: END -> loaded, at most */
 
@@ -232,7 +233,7 @@ int lm__xf_src_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_r
 	x->pass = 1;
 	lm__xf_emit(x, LM_XEV_PROGRESS, NULL);
 	bool eof = false, blackout = false, completed = false;
-	uint64_t tb0 = 0;
+	uint64_t tb0 = 0, completed_ns = 0;
 	lm_vmm_stream_status_t vs;
 	memset(&vs, 0, sizeof(vs));
 	struct poller pl;
@@ -277,6 +278,8 @@ int lm__xf_src_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_r
 				goto fail;
 			}
 			completed = vs.state == LM_VS_COMPLETED;
+			if (completed && !completed_ns)
+				completed_ns = lm_now_ns();
 			if ((vs.blackout || completed) && !blackout) {
 				/* the VMM stopped the guest for its last pass: the
 				 * blackout, bounded from here like every backend's */
@@ -295,6 +298,30 @@ int lm__xf_src_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_r
 				if ((rc = lm__xf_send_rec(x, LM_XF_PASS_END, x->pass, &pe, sizeof(pe))) < 0)
 					goto io_fail;
 			}
+		}
+		if (completed && !eof && lm_now_ns() - completed_ns > ms_ns(EOF_GRACE_MS)) {
+			/* The VMM wrote its whole stream before it said
+			 * completed (QEMU flushes, then sets the status), so
+			 * once its socket is drained the stream is whole even
+			 * if its end of the socket stays open (seen in CI: a
+			 * source QEMU migrating again after a rolled-back
+			 * migration kept it open, and the blackout ran out
+			 * waiting for an EOF). */
+			ssize_t r;
+			while ((r = read(vfd, buf, LM_XF_MAX_VMM)) > 0) {
+				if ((rc = send_vmm(x, buf, (size_t)r)) < 0)
+					goto io_fail;
+			}
+			if (r < 0 && errno != EAGAIN && errno != EINTR) {
+				rc = -errno;
+				snprintf(why, whylen, "reading the VMM's stream: %s", strerror(errno));
+				goto fail;
+			}
+			lm_log_warn(MOD, "the VMM completed without closing its stream: taken as whole",
+				    "side=source session_id_hash=%u waited_ms=%u bytes=%llu",
+				    x->o.session_id, EOF_GRACE_MS, (unsigned long long)x->st.bytes_sent);
+			eof = true;
+			continue;
 		}
 		if (eof) {
 			/* all read; the VMM's completion is a status away (the
