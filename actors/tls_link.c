@@ -302,7 +302,8 @@ int lm_tls_conn_step(lm_tls_conn_t *t, short *events, char *why, size_t whylen)
 		snprintf(why, whylen, "TLS: %s refused this side (%s)", peer, a ? a + 1 : es);
 		return -EACCES;
 	}
-	if (e == SSL_ERROR_SYSCALL || e == SSL_ERROR_ZERO_RETURN || (!le && e != SSL_ERROR_SSL)) {
+	if (e == SSL_ERROR_SYSCALL || e == SSL_ERROR_ZERO_RETURN || (!le && e != SSL_ERROR_SSL) ||
+	    reason == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
 		snprintf(why, whylen, "TLS: %s closed the connection during the handshake", peer);
 		return -ECONNRESET;
 	}

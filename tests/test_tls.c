@@ -571,6 +571,167 @@ static void test_a_silent_peer_meets_the_deadline(void **state)
 	lm_tls_ctx_free(d);
 }
 
+/* ---- bad bytes at each step of the handshake ---------------------------------- */
+
+struct raw_peer {
+	int fd;
+	const uint8_t *bytes;
+	size_t len;
+};
+
+static void *raw_peer_main(void *arg)
+{
+	struct raw_peer *r = arg;
+	if (write(r->fd, r->bytes, r->len) < 0) { /* the other side decides */ }
+	shutdown(r->fd, SHUT_WR);             /* truncated: nothing more comes */
+	char b[4096];
+	while (read(r->fd, b, sizeof b) > 0) { }
+	return NULL;
+}
+
+/* Garbage, an oversized record, a truncated record: the destination
+ * refuses each at once, saying why, and never waits out its deadline. */
+static void test_bad_bytes_in_the_first_flight_are_refused_at_once(void **state)
+{
+	(void)state;
+	static const uint8_t garbage[] = "\x16\x03\x01\x00\x10" "0123456789abcdef";   /* a record of junk */
+	static const uint8_t oversized[] = "\x16\x03\x01\xff\xff" "0123456789abcdef";  /* 64 KiB announced */
+	static const uint8_t truncated[] = "\x16\x03\x01\x01\x00" "\x01\x00\x00\xfc\x03\x03";  /* 256 announced, 6 sent */
+	static const uint8_t alert[] = "\x15\x03\x01\x00\x02\x02\x28";                  /* handshake_failure */
+	const struct { const char *name; const uint8_t *b; size_t n; int rc; const char *says; } cs[] = {
+		{ "garbage in a record", garbage, sizeof garbage - 1, -EPROTO, "does not speak TLS 1.3" },
+		{ "an oversized record", oversized, sizeof oversized - 1, -EPROTO, "does not speak TLS 1.3" },
+		{ "a truncated record", truncated, sizeof truncated - 1, -ECONNRESET, "closed the connection" },
+		{ "an alert first", alert, sizeof alert - 1, -EPROTO, "unexpected message" },
+	};
+	lm_tls_ctx_t *d = load("good");
+	for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++) {
+		int sv[2];
+		assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+		struct raw_peer r = { sv[0], cs[i].b, cs[i].n };
+		pthread_t th;
+		assert_int_equal(pthread_create(&th, NULL, raw_peer_main, &r), 0);
+		uint64_t t0 = lm_now_ns();
+		struct side b;
+		side_start(&b, d, sv[1], false);
+		side_end(&b);
+		double ms = (double)(lm_now_ns() - t0) / 1e6;
+		shutdown(sv[0], SHUT_RDWR);
+		pthread_join(th, NULL);
+		close(sv[0]);
+		printf("# %s: %d in %.0f ms: %s\n", cs[i].name, b.rc, ms, b.why);
+		assert_int_equal(b.rc, cs[i].rc);
+		assert_non_null(strstr(b.why, cs[i].says));
+		assert_non_null(strstr(b.why, "the source"));
+		assert_true(ms < 2000);               /* at once, not at the 10 s deadline */
+	}
+	lm_tls_ctx_free(d);
+}
+
+/* A link cut after n bytes of the source's (and any of the
+ * destination's) at each step of a real handshake: both sides fail, each
+ * saying why, well before their deadline; neither reports a link. */
+struct cut {
+	int a, b;              /* the source's side, the destination's */
+	size_t limit;          /* source -> destination bytes passed */
+	size_t passed;
+	pthread_t th;
+};
+
+static void *cut_main(void *arg)
+{
+	struct cut *c = arg;
+	size_t passed = 0;
+	uint8_t buf[4096];
+	for (;;) {
+		struct pollfd q[2] = { { c->a, POLLIN, 0 }, { c->b, POLLIN, 0 } };
+		if (poll(q, 2, 3000) <= 0)
+			break;
+		if (q[0].revents) {
+			ssize_t n = read(c->a, buf, sizeof buf);
+			if (n <= 0)
+				break;
+			size_t k = passed + (size_t)n > c->limit ? c->limit - passed : (size_t)n;
+			if (k && write(c->b, buf, k) != (ssize_t)k)
+				break;
+			passed += k;
+			c->passed = passed;
+			if (passed == c->limit)
+				break;
+		}
+		if (q[1].revents) {
+			ssize_t n = read(c->b, buf, sizeof buf);
+			if (n <= 0 || write(c->a, buf, (size_t)n) != n)
+				break;
+		}
+	}
+	shutdown(c->a, SHUT_RDWR);
+	shutdown(c->b, SHUT_RDWR);
+	return NULL;
+}
+
+static void test_a_handshake_cut_at_any_step_fails_both_sides_at_once(void **state)
+{
+	(void)state;
+	lm_tls_ctx_t *s = load("good"), *d = load("good2");
+	/* how many bytes the source sends in a whole handshake (its
+	 * ClientHello, then its certificate flight and its Finished) */
+	size_t total = 0;
+	{
+		int x[2], y[2];
+		assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, x), 0);
+		assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, y), 0);
+		struct cut c = { .a = x[1], .b = y[0], .limit = SIZE_MAX };
+		assert_int_equal(pthread_create(&c.th, NULL, cut_main, &c), 0);
+		struct side a, b;
+		side_start(&a, s, x[0], true);
+		side_start(&b, d, y[1], false);
+		side_end(&a);
+		side_end(&b);
+		assert_int_equal(a.rc, 0);
+		assert_int_equal(b.rc, 0);
+		shutdown(x[1], SHUT_RDWR);
+		pthread_join(c.th, NULL);
+		total = c.passed;
+		release(&a);
+		release(&b);
+		close(x[1]);
+		close(y[0]);
+	}
+	printf("# a whole handshake: %zu bytes from the source\n", total);
+	assert_true(total > 600);
+	/* before anything; inside the record header; inside the
+	 * ClientHello; inside its second flight; one byte short */
+	const size_t limits[] = { 0, 3, 100, total / 2, total - 1 };
+	for (size_t i = 0; i < sizeof limits / sizeof limits[0]; i++) {
+		int x[2], y[2];
+		assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, x), 0);
+		assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, y), 0);
+		struct cut c = { .a = x[1], .b = y[0], .limit = limits[i] };
+		assert_int_equal(pthread_create(&c.th, NULL, cut_main, &c), 0);
+		uint64_t t0 = lm_now_ns();
+		struct side a, b;
+		side_start(&a, s, x[0], true);
+		side_start(&b, d, y[1], false);
+		side_end(&a);
+		side_end(&b);
+		double ms = (double)(lm_now_ns() - t0) / 1e6;
+		pthread_join(c.th, NULL);
+		printf("# cut after %zu bytes (%.0f ms): source %d \"%s\", destination %d \"%s\"\n", limits[i], ms,
+		       a.rc, a.why, b.rc, b.why);
+		assert_true(a.rc < 0);
+		assert_true(b.rc < 0);
+		assert_true(a.rc != -ETIMEDOUT && b.rc != -ETIMEDOUT);
+		assert_non_null(strstr(a.why, "TLS: "));
+		assert_non_null(strstr(b.why, "TLS: "));
+		assert_true(ms < 5000);
+		close(x[1]);
+		close(y[0]);
+	}
+	lm_tls_ctx_free(s);
+	lm_tls_ctx_free(d);
+}
+
 /* A relay between the two TLS sockets that flips one bit after `after`
  * bytes of the source's stream. */
 struct mitm {
@@ -701,6 +862,9 @@ int main(void)
 	signal(SIGPIPE, SIG_IGN);
 	for (size_t i = 0; i < sizeof pattern; i++)
 		pattern[i] = (uint8_t)(i * 31u);
+	/* LM_TEST_FILTER=test_bad* runs the matching tests only (local use) */
+	if (getenv("LM_TEST_FILTER"))
+		cmocka_set_test_filter(getenv("LM_TEST_FILTER"));
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_the_right_certificates_make_one_bound_link),
 		cmocka_unit_test(test_the_engine_peeks_across_records_and_sees_read_ahead),
@@ -709,6 +873,8 @@ int main(void)
 		cmocka_unit_test(test_a_certificate_of_the_wrong_role_is_refused),
 		cmocka_unit_test(test_a_peer_that_is_not_tls_is_refused),
 		cmocka_unit_test(test_a_silent_peer_meets_the_deadline),
+		cmocka_unit_test(test_bad_bytes_in_the_first_flight_are_refused_at_once),
+		cmocka_unit_test(test_a_handshake_cut_at_any_step_fails_both_sides_at_once),
 		cmocka_unit_test(test_a_flipped_bit_ends_the_link_as_tampered),
 		cmocka_unit_test(test_a_directory_missing_a_file_is_refused_naming_it),
 	};
