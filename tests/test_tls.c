@@ -628,48 +628,52 @@ static void test_bad_bytes_in_the_first_flight_are_refused_at_once(void **state)
 	lm_tls_ctx_free(d);
 }
 
-/* A link cut after n bytes of the source's (and any of the
- * destination's) at each step of a real handshake: both sides fail, each
- * saying why, well before their deadline; neither reports a link. */
-struct cut {
-	int a, b;              /* the source's side, the destination's */
-	size_t limit;          /* source -> destination bytes passed */
+/* A relay between the two TLS sockets, the source's side and the
+ * destination's: it passes at most `limit` bytes of the source's (then
+ * cuts both ways) and flips one bit of the source's stream after
+ * `flip_after` bytes (SIZE_MAX: neither). */
+struct middle {
+	int a, b;
+	size_t limit, flip_after;
 	size_t passed;
 	pthread_t th;
 };
 
-static void *cut_main(void *arg)
+static void *middle_main(void *arg)
 {
-	struct cut *c = arg;
-	size_t passed = 0;
-	uint8_t buf[4096];
+	struct middle *m = arg;
+	uint8_t buf[16384];
 	for (;;) {
-		struct pollfd q[2] = { { c->a, POLLIN, 0 }, { c->b, POLLIN, 0 } };
-		if (poll(q, 2, 3000) <= 0)
+		struct pollfd q[2] = { { m->a, POLLIN, 0 }, { m->b, POLLIN, 0 } };
+		if (poll(q, 2, 5000) <= 0)
 			break;
 		if (q[0].revents) {
-			ssize_t n = read(c->a, buf, sizeof buf);
+			ssize_t n = read(m->a, buf, sizeof buf);
 			if (n <= 0)
 				break;
-			size_t k = passed + (size_t)n > c->limit ? c->limit - passed : (size_t)n;
-			if (k && write(c->b, buf, k) != (ssize_t)k)
+			size_t k = m->passed + (size_t)n > m->limit ? m->limit - m->passed : (size_t)n;
+			if (m->flip_after != SIZE_MAX && m->passed <= m->flip_after && m->passed + k > m->flip_after)
+				buf[m->flip_after - m->passed] ^= 0x10;
+			if (k && write(m->b, buf, k) != (ssize_t)k)
 				break;
-			passed += k;
-			c->passed = passed;
-			if (passed == c->limit)
+			m->passed += k;
+			if (m->passed == m->limit)
 				break;
 		}
 		if (q[1].revents) {
-			ssize_t n = read(c->b, buf, sizeof buf);
-			if (n <= 0 || write(c->a, buf, (size_t)n) != n)
+			ssize_t n = read(m->b, buf, sizeof buf);
+			if (n <= 0 || write(m->a, buf, (size_t)n) != n)
 				break;
 		}
 	}
-	shutdown(c->a, SHUT_RDWR);
-	shutdown(c->b, SHUT_RDWR);
+	shutdown(m->a, SHUT_RDWR);
+	shutdown(m->b, SHUT_RDWR);
 	return NULL;
 }
 
+/* A link cut after n bytes of the source's (and any of the
+ * destination's) at each step of a real handshake: both sides fail, each
+ * saying why, well before their deadline; neither reports a link. */
 static void test_a_handshake_cut_at_any_step_fails_both_sides_at_once(void **state)
 {
 	(void)state;
@@ -681,8 +685,8 @@ static void test_a_handshake_cut_at_any_step_fails_both_sides_at_once(void **sta
 		int x[2], y[2];
 		assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, x), 0);
 		assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, y), 0);
-		struct cut c = { .a = x[1], .b = y[0], .limit = SIZE_MAX };
-		assert_int_equal(pthread_create(&c.th, NULL, cut_main, &c), 0);
+		struct middle c = { .a = x[1], .b = y[0], .limit = SIZE_MAX, .flip_after = SIZE_MAX };
+		assert_int_equal(pthread_create(&c.th, NULL, middle_main, &c), 0);
 		struct side a, b;
 		side_start(&a, s, x[0], true);
 		side_start(&b, d, y[1], false);
@@ -707,8 +711,8 @@ static void test_a_handshake_cut_at_any_step_fails_both_sides_at_once(void **sta
 		int x[2], y[2];
 		assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, x), 0);
 		assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, y), 0);
-		struct cut c = { .a = x[1], .b = y[0], .limit = limits[i] };
-		assert_int_equal(pthread_create(&c.th, NULL, cut_main, &c), 0);
+		struct middle c = { .a = x[1], .b = y[0], .limit = limits[i], .flip_after = SIZE_MAX };
+		assert_int_equal(pthread_create(&c.th, NULL, middle_main, &c), 0);
 		uint64_t t0 = lm_now_ns();
 		struct side a, b;
 		side_start(&a, s, x[0], true);
@@ -732,47 +736,6 @@ static void test_a_handshake_cut_at_any_step_fails_both_sides_at_once(void **sta
 	lm_tls_ctx_free(d);
 }
 
-/* A relay between the two TLS sockets that flips one bit after `after`
- * bytes of the source's stream. */
-struct mitm {
-	int a, b;              /* source side, destination side */
-	size_t after;
-	pthread_t th;
-};
-
-static void *mitm_main(void *arg)
-{
-	struct mitm *m = arg;
-	size_t seen = 0;
-	bool flipped = false;
-	uint8_t buf[16384];
-	for (;;) {
-		struct pollfd q[2] = { { m->a, POLLIN, 0 }, { m->b, POLLIN, 0 } };
-		if (poll(q, 2, 5000) <= 0)
-			break;
-		if (q[0].revents) {
-			ssize_t n = read(m->a, buf, sizeof buf);
-			if (n <= 0)
-				break;
-			if (!flipped && seen + (size_t)n > m->after) {
-				buf[m->after - seen] ^= 0x10;
-				flipped = true;
-			}
-			seen += (size_t)n;
-			if (write(m->b, buf, (size_t)n) != n)
-				break;
-		}
-		if (q[1].revents) {
-			ssize_t n = read(m->b, buf, sizeof buf);
-			if (n <= 0 || write(m->a, buf, (size_t)n) != n)
-				break;
-		}
-	}
-	shutdown(m->a, SHUT_RDWR);
-	shutdown(m->b, SHUT_RDWR);
-	return NULL;
-}
-
 static void test_a_flipped_bit_ends_the_link_as_tampered(void **state)
 {
 	(void)state;
@@ -782,8 +745,8 @@ static void test_a_flipped_bit_ends_the_link_as_tampered(void **state)
 	int x[2], y[2];
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, x), 0);
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, y), 0);
-	struct mitm m = { .a = x[1], .b = y[0], .after = 200000 };   /* well after the handshake */
-	assert_int_equal(pthread_create(&m.th, NULL, mitm_main, &m), 0);
+	struct middle m = { .a = x[1], .b = y[0], .limit = SIZE_MAX, .flip_after = 200000 };   /* well after the handshake */
+	assert_int_equal(pthread_create(&m.th, NULL, middle_main, &m), 0);
 	struct side a, b;
 	side_start(&a, s, x[0], true);
 	side_start(&b, d, y[1], false);
