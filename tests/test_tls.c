@@ -367,8 +367,9 @@ static void test_the_right_certificates_make_one_bound_link(void **state)
 	printf("# link: %s, %s\n", lm_tls_link_kind(a.link), lm_tls_link_cipher(a.link));
 	assert_non_null(strstr(lm_tls_link_cipher(a.link), "TLS_"));
 	/* 8 MiB each way at once; each side half-closes when done */
-	if (use_relay) {
-		assert_null(lm_tls_link_io(a.link));
+	bool kernel = !strcmp(lm_tls_link_kind(a.link), "kernel");   /* (TCP, where the kernel has tls) */
+	if (use_relay || kernel) {
+		assert_null(lm_tls_link_io(a.link));       /* a plain fd to its user */
 		struct pump pa = { .fd = a.efd, .n = 8u << 20, .seed = 1 },
 			    pb = { .fd = b.efd, .n = 8u << 20, .seed = 2 };
 		assert_int_equal(pthread_create(&pa.th, NULL, writer_main, &pa), 0);
@@ -705,8 +706,10 @@ static void test_a_handshake_cut_at_any_step_fails_both_sides_at_once(void **sta
 	printf("# a whole handshake: %zu bytes from the source\n", total);
 	assert_true(total > 600);
 	/* before anything; inside the record header; inside the
-	 * ClientHello; inside its second flight; one byte short */
-	const size_t limits[] = { 0, 3, 100, total / 2, total - 1 };
+	 * ClientHello; inside its second flight; inside its last record, the
+	 * Finished (a handshake's size moves by a byte or two: ECDSA
+	 * signatures vary in length) */
+	const size_t limits[] = { 0, 3, 100, total / 2, total - 16 };
 	for (size_t i = 0; i < sizeof limits / sizeof limits[0]; i++) {
 		int x[2], y[2];
 		assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, x), 0);
