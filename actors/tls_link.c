@@ -510,20 +510,6 @@ static void copy_in(uint8_t *dst, const uint8_t *src, size_t n)
 
 /* An OpenSSL failure of the link: -1 with errno (ECONNRESET), or 0 for
  * the peer's end of the stream. */
-static ssize_t io_failed_now(lm_tls_link_t *l, int r, bool sending);
-
-/* As io_failed_now; a receive that ended stays ended (a later call on a
- * failed SSL would no longer say why). */
-static ssize_t io_failed(lm_tls_link_t *l, int r, bool sending)
-{
-	ssize_t f = io_failed_now(l, r, sending);
-	if (!sending && f == 0)
-		l->rx_end = 1;
-	else if (!sending && errno != EAGAIN)
-		l->rx_end = -errno;
-	return f;
-}
-
 static ssize_t io_failed_now(lm_tls_link_t *l, int r, bool sending)
 {
 	int e = SSL_get_error(l->ssl, r);
@@ -554,6 +540,18 @@ static ssize_t io_failed_now(lm_tls_link_t *l, int r, bool sending)
 	link_fail(l, t, w);
 	errno = e == SSL_ERROR_SYSCALL && sys ? sys : ECONNRESET;
 	return -1;
+}
+
+/* As io_failed_now; a receive that ended stays ended (a later call on a
+ * failed SSL would no longer say why). */
+static ssize_t io_failed(lm_tls_link_t *l, int r, bool sending)
+{
+	ssize_t f = io_failed_now(l, r, sending);
+	if (!sending && f == 0)
+		l->rx_end = 1;
+	else if (!sending && errno != EAGAIN)
+		l->rx_end = -errno;
+	return f;
 }
 
 static ssize_t io_send(lm_link_io_t *io, const struct iovec *iov, int n)
@@ -689,13 +687,11 @@ static ssize_t io_recv(lm_link_io_t *io, const struct iovec *iov, int n, bool pe
 					return total ? (ssize_t)total : f;
 				}
 				rx_late_failure(l);
-				if (l->rx_end) {
-					total += got;
-					return (ssize_t)total;
-				}
 			}
 			off += got;
 			total += got;
+			if (l->rx_end)
+				return (ssize_t)total;   /* (the end is told next call) */
 		}
 	}
 	return (ssize_t)total;

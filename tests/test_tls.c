@@ -672,6 +672,23 @@ static void *middle_main(void *arg)
 	return NULL;
 }
 
+/* Both handshakes (source with `s`, destination with `d`) through the
+ * relay m (its limit and flip set); m->a and m->b are made here and are
+ * the caller's to close once m->th is joined. */
+static void through_middle(lm_tls_ctx_t *s, lm_tls_ctx_t *d, struct middle *m, struct side *a, struct side *b)
+{
+	int x[2], y[2];
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, x), 0);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, y), 0);
+	m->a = x[1];
+	m->b = y[0];
+	assert_int_equal(pthread_create(&m->th, NULL, middle_main, m), 0);
+	side_start(a, s, x[0], true);
+	side_start(b, d, y[1], false);
+	side_end(a);
+	side_end(b);
+}
+
 /* A link cut after n bytes of the source's (and any of the
  * destination's) at each step of a real handshake: both sides fail, each
  * saying why, well before their deadline; neither reports a link. */
@@ -683,25 +700,18 @@ static void test_a_handshake_cut_at_any_step_fails_both_sides_at_once(void **sta
 	 * ClientHello, then its certificate flight and its Finished) */
 	size_t total = 0;
 	{
-		int x[2], y[2];
-		assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, x), 0);
-		assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, y), 0);
-		struct middle c = { .a = x[1], .b = y[0], .limit = SIZE_MAX, .flip_after = SIZE_MAX };
-		assert_int_equal(pthread_create(&c.th, NULL, middle_main, &c), 0);
+		struct middle c = { .limit = SIZE_MAX, .flip_after = SIZE_MAX };
 		struct side a, b;
-		side_start(&a, s, x[0], true);
-		side_start(&b, d, y[1], false);
-		side_end(&a);
-		side_end(&b);
+		through_middle(s, d, &c, &a, &b);
 		assert_int_equal(a.rc, 0);
 		assert_int_equal(b.rc, 0);
-		shutdown(x[1], SHUT_RDWR);
+		shutdown(c.a, SHUT_RDWR);
 		pthread_join(c.th, NULL);
 		total = c.passed;
 		release(&a);
 		release(&b);
-		close(x[1]);
-		close(y[0]);
+		close(c.a);
+		close(c.b);
 	}
 	printf("# a whole handshake: %zu bytes from the source\n", total);
 	assert_true(total > 600);
@@ -711,17 +721,10 @@ static void test_a_handshake_cut_at_any_step_fails_both_sides_at_once(void **sta
 	 * signatures vary in length) */
 	const size_t limits[] = { 0, 3, 100, total / 2, total - 16 };
 	for (size_t i = 0; i < sizeof limits / sizeof limits[0]; i++) {
-		int x[2], y[2];
-		assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, x), 0);
-		assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, y), 0);
-		struct middle c = { .a = x[1], .b = y[0], .limit = limits[i], .flip_after = SIZE_MAX };
-		assert_int_equal(pthread_create(&c.th, NULL, middle_main, &c), 0);
+		struct middle c = { .limit = limits[i], .flip_after = SIZE_MAX };
 		uint64_t t0 = lm_now_ns();
 		struct side a, b;
-		side_start(&a, s, x[0], true);
-		side_start(&b, d, y[1], false);
-		side_end(&a);
-		side_end(&b);
+		through_middle(s, d, &c, &a, &b);
 		double ms = (double)(lm_now_ns() - t0) / 1e6;
 		pthread_join(c.th, NULL);
 		printf("# cut after %zu bytes (%.0f ms): source %d \"%s\", destination %d \"%s\"\n", limits[i], ms,
@@ -732,8 +735,8 @@ static void test_a_handshake_cut_at_any_step_fails_both_sides_at_once(void **sta
 		assert_non_null(strstr(a.why, "TLS: "));
 		assert_non_null(strstr(b.why, "TLS: "));
 		assert_true(ms < 5000);
-		close(x[1]);
-		close(y[0]);
+		close(c.a);
+		close(c.b);
 	}
 	lm_tls_ctx_free(s);
 	lm_tls_ctx_free(d);
@@ -745,16 +748,9 @@ static void test_a_flipped_bit_ends_the_link_as_tampered(void **state)
 	for (int kind = 0; kind < 2; kind++) {
 	use_relay = kind == 1;
 	lm_tls_ctx_t *s = load("good"), *d = load("good2");
-	int x[2], y[2];
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, x), 0);
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, y), 0);
-	struct middle m = { .a = x[1], .b = y[0], .limit = SIZE_MAX, .flip_after = 200000 };   /* well after the handshake */
-	assert_int_equal(pthread_create(&m.th, NULL, middle_main, &m), 0);
+	struct middle m = { .limit = SIZE_MAX, .flip_after = 200000 };   /* well after the handshake */
 	struct side a, b;
-	side_start(&a, s, x[0], true);
-	side_start(&b, d, y[1], false);
-	side_end(&a);
-	side_end(&b);
+	through_middle(s, d, &m, &a, &b);
 	assert_int_equal(a.rc, 0);
 	assert_int_equal(b.rc, 0);
 	struct pump pa = { .fd = a.efd, .n = 4u << 20, .seed = 3 };
@@ -787,8 +783,8 @@ static void test_a_flipped_bit_ends_the_link_as_tampered(void **state)
 	pthread_join(m.th, NULL);
 	release(&a);
 	release(&b);
-	close(x[1]);
-	close(y[0]);
+	close(m.a);
+	close(m.b);
 	lm_tls_ctx_free(s);
 	lm_tls_ctx_free(d);
 	}

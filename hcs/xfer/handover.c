@@ -393,12 +393,9 @@ void lm__xf_ho_run(struct lm__xfer *x, enum lm__ho_state start)
 			break;
 		lm__xf_maybe_keepalive(x);
 		struct pollfd p[2] = { { x->sock, POLLIN, 0 }, { x->wakefd, POLLIN, 0 } };
-		bool ready = lm__xf_link_readable(x);
-		int n = poll(p, 2, ready ? 0 : lm__xf_tick_ms(x));
+		int n = lm__xf_link_poll(x, p, 2, 0, lm__xf_tick_ms(x));
 		if (n < 0 && errno != EINTR)
 			break;
-		if (ready)
-			p[0].revents |= POLLIN;
 		if (p[1].revents) {
 			uint64_t v;
 			if (read(x->wakefd, &v, sizeof(v)) < 0) { /* drained */ }

@@ -331,10 +331,7 @@ int lm__xf_src_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_r
 			 * one after 3 s) */
 			lm__xf_maybe_keepalive(x);
 			struct pollfd q[2] = { { x->wakefd, POLLIN, 0 }, { x->sock, POLLIN | POLLRDHUP, 0 } };
-			bool ready = lm__xf_link_readable(x);
-			if (poll(q, 2, ready ? 0 : lm__xf_tick_ms(x)) >= 0 && (ready || q[0].revents || q[1].revents)) {
-				if (ready)
-					q[1].revents |= POLLIN;
+			if (lm__xf_link_poll(x, q, 2, 1, lm__xf_tick_ms(x)) > 0) {
 				uint64_t v;
 				if (q[0].revents && read(x->wakefd, &v, sizeof(v)) < 0) { /* drained */ }
 				if (q[1].revents && (rc = peer_said(x)) < 0)
@@ -345,14 +342,11 @@ int lm__xf_src_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_r
 		lm__xf_maybe_keepalive(x);
 		struct pollfd q[3] = { { vfd, POLLIN, 0 }, { x->sock, POLLIN | POLLRDHUP, 0 },
 				       { x->wakefd, POLLIN, 0 } };
-		bool ready = lm__xf_link_readable(x);
-		int n = poll(q, 3, ready ? 0 : STATUS_MS);
+		int n = lm__xf_link_poll(x, q, 3, 1, STATUS_MS);
 		if (n < 0 && errno != EINTR) {
 			rc = -errno;
 			goto io_fail;
 		}
-		if (ready)
-			q[1].revents |= POLLIN;
 		if (q[2].revents) {
 			uint64_t v;
 			if (read(x->wakefd, &v, sizeof(v)) < 0) { /* drained */ }
@@ -503,11 +497,8 @@ static int wait_loaded(struct lm__xfer *x, char *why, size_t whylen, enum lm__xf
 		}
 		lm__xf_maybe_keepalive(x);
 		struct pollfd q[2] = { { x->sock, POLLIN | POLLRDHUP, 0 }, { x->wakefd, POLLIN, 0 } };
-		bool ready = lm__xf_link_readable(x);
-		if (poll(q, 2, ready ? 0 : 5) < 0 && errno != EINTR)
+		if (lm__xf_link_poll(x, q, 2, 0, 5) < 0 && errno != EINTR)
 			return -errno;
-		if (ready)
-			q[0].revents |= POLLIN;
 		if (q[1].revents) {
 			uint64_t v;
 			if (read(x->wakefd, &v, sizeof(v)) < 0) { /* drained */ }

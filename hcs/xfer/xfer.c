@@ -95,9 +95,22 @@ ssize_t lm__xf_link_recv(struct lm__xfer *x, void *buf, size_t len, bool peek)
 	return recv(x->sock, buf, len, MSG_DONTWAIT | (peek ? MSG_PEEK : 0));
 }
 
-bool lm__xf_link_readable(struct lm__xfer *x)
+/* Bytes of the peer already on this side, which poll() would not see. */
+static bool link_readable(struct lm__xfer *x)
 {
 	return x->o.io && x->o.io->readable(x->o.io);
+}
+
+int lm__xf_link_poll(struct lm__xfer *x, struct pollfd *p, int nfds, int sock_idx, int timeout_ms)
+{
+	bool ready = (p[sock_idx].events & POLLIN) && link_readable(x);
+	int n = poll(p, (nfds_t)nfds, ready ? 0 : timeout_ms);
+	if (ready && n >= 0) {
+		if (!p[sock_idx].revents)
+			n++;
+		p[sock_idx].revents |= POLLIN;
+	}
+	return n;
 }
 
 void lm__xf_link_shutdown_wr(struct lm__xfer *x)
@@ -284,19 +297,14 @@ static int wait_io(struct lm__xfer *x, short events)
 			/* bytes of the peer already here (read late: this side
 			 * was busy in a long step) say it is alive */
 			struct pollfd p0 = { x->sock, POLLIN, 0 };
-			if (!lm__xf_link_readable(x) && !(poll(&p0, 1, 0) > 0 && (p0.revents & POLLIN))) {
+			if (!(lm__xf_link_poll(x, &p0, 1, 0, 0) > 0 && (p0.revents & POLLIN))) {
 				x->stalled = true;
 				return -ETIMEDOUT;
 			}
 		}
 		lm__xf_maybe_keepalive(x);
 		struct pollfd p[2] = { { x->sock, events, 0 }, { x->wakefd, POLLIN, 0 } };
-		bool ready = (events & POLLIN) && lm__xf_link_readable(x);
-		int n = poll(p, 2, ready ? 0 : lm__xf_tick_ms(x));
-		if (ready && n >= 0) {
-			p[0].revents |= POLLIN;
-			n++;
-		}
+		int n = lm__xf_link_poll(x, p, 2, 0, lm__xf_tick_ms(x));
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -538,7 +546,7 @@ static int read_control_from_peer(struct lm__xfer *x)
 		lm_xf_abort_t a;
 		memset(&a, 0, sizeof(a));
 		struct pollfd p = { x->sock, POLLIN, 0 };
-		if ((!lm__xf_link_readable(x) && poll(&p, 1, 100) <= 0) ||
+		if (lm__xf_link_poll(x, &p, 1, 0, 100) <= 0 ||
 		    lm__xf_link_recv(x, &a, sizeof(a), false) != sizeof(a)) {
 			snprintf(x->remote_msg, sizeof(x->remote_msg), "the %s aborted", lm__xf_peer(x));
 			x->remote_reason = LM_XF_ABORT_FAILED;
@@ -1088,12 +1096,7 @@ static int wait_go(struct lm__xfer *x)
 		lm__xf_maybe_keepalive(x);
 		short ev = POLLRDHUP | (data_waiting ? 0 : POLLIN);
 		struct pollfd q[2] = { { x->wakefd, POLLIN, 0 }, { x->sock, ev, 0 } };
-		bool ready = !data_waiting && lm__xf_link_readable(x);
-		int n = poll(q, 2, ready ? 0 : lm__xf_tick_ms(x));
-		if (ready && n >= 0) {
-			q[1].revents |= POLLIN;
-			n++;
-		}
+		int n = lm__xf_link_poll(x, q, 2, 1, lm__xf_tick_ms(x));
 		if (n > 0 && q[1].revents) {
 			lm_xf_rec_t h;
 			ssize_t r = lm__xf_link_recv(x, &h, sizeof(h), true);

@@ -18,6 +18,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <poll.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/uio.h>
@@ -173,10 +174,10 @@ void lm__xf_commitment(const uint8_t secret[LM_XF_SECRET_LEN], uint8_t out[32]);
 ssize_t lm__xf_link_send(struct lm__xfer *x, const struct iovec *iov, int n);
 ssize_t lm__xf_link_recv(struct lm__xfer *x, void *buf, size_t len, bool peek);
 ssize_t lm__xf_link_readv(struct lm__xfer *x, const struct iovec *iov, int n);
-/* Bytes of the peer already on this side, which poll() would not see:
- * every poll of the socket for POLLIN asks this first (and does not block
- * when it says so). */
-bool lm__xf_link_readable(struct lm__xfer *x);
+/* poll(2) of p[0..nfds), p[sock_idx] being x->sock: bytes already on
+ * this side (TLS records read ahead, which poll() cannot see) count as
+ * POLLIN there, and then it does not wait. */
+int lm__xf_link_poll(struct lm__xfer *x, struct pollfd *p, int nfds, int sock_idx, int timeout_ms);
 void lm__xf_link_shutdown_wr(struct lm__xfer *x);
 /* I/O of xfer.c for vmm.c: as their static namesakes there. */
 int lm__xf_send_iov(struct lm__xfer *x, struct iovec *iov, unsigned n);
