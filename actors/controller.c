@@ -509,9 +509,23 @@ static void on_call_gone(struct ctl *c, lm_rpc_call_t *call)
 
 /* ---- quiesce ----------------------------------------------------------------- */
 
+/* The Shutdown that stopped the shim gets its answer last: containerd
+ * closes the shim's log when it arrives, so this is the last line it
+ * shows of this shim. */
+static void answer_exit(struct ctl *c)
+{
+	if (!c->exit_call)
+		return;
+	lm_log_info("controller", "shutdown complete", "id=%s vm=%s", c->cfg.id ? c->cfg.id : "-",
+		    c->closing ? "closing" : "gone");
+	lm_rpc_call_reply(c->exit_call, NULL, 0);   /* google.protobuf.Empty */
+	c->exit_call = NULL;
+}
+
 static void quiesce_answer(struct ctl *c)
 {
 	if (c->closing == 0 && c->quiesce_reply) {
+		answer_exit(c);
 		lm_msg_t *r = lm_msg_alloc(LM_CTL_CLOSED, 0);
 		if (r && lm_mailbox_send(c->quiesce_reply, r) != 0)
 			lm_msg_free(r);
@@ -634,6 +648,7 @@ static void state_free(void *p)
 	struct ctl *c = p;
 	/* calls still parked get Unavailable (dropped if their clients left) */
 	answer_all_parked(c);
+	answer_exit(c);
 	lm__ctl_guest_drop_creates(c);
 	lm_guest_close(c->guest);
 	if (c->vm)

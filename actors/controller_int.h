@@ -184,6 +184,8 @@ struct ctl {
 	char boot_err[256];
 	int boot_rc;
 	lm_mailbox_t *quiesce_reply;
+	lm_rpc_call_t *exit_call;  /* the Shutdown that stops the shim, answered
+	                              once the quiesce closed the VM */
 };
 
 /* ---- controller.c: helpers -------------------------------------------- */

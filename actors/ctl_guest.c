@@ -328,7 +328,9 @@ unsigned lm__ctl_guest_retry_orphans(struct ctl *c, char *first, size_t len)
 static void on_forgotten(struct ctl *c, struct ctl_done *d)
 {
 	c->disk_removals--;          /* hook_forget's: now each disk's own */
-	if (d->err)
+	if (d->err == -ECANCELED)    /* the VM went first: nothing is left to delete */
+		lm_log_debug("controller", "guest container gone with its VM", "guest_id=%s", d->guest_id);
+	else if (d->err)
 		lm_log_warn("controller", "guest container not deleted in the guest", "guest_id=%s "
 			    "why=\"%s\"", d->guest_id, d->why);
 	char serials[LM_GUEST_MAX_LAYERS][LM_VMDOC_SERIAL_CAP];
@@ -998,7 +1000,7 @@ static void hook_exec_start(void *arg, const struct lm_container *k, const struc
 static void on_exec_forgotten(struct ctl *c, struct ctl_done *d)
 {
 	(void)c;
-	if (d->err)
+	if (d->err && d->err != -ECANCELED)    /* (cancelled: the VM went first) */
 		lm_log_warn("controller", "exec'd process not deleted in the guest", "guest_id=%s exec=%s "
 			    "why=\"%s\"", d->guest_id, d->exec_id, d->why);
 }

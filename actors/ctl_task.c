@@ -34,12 +34,19 @@ void lm__ctl_on_task_call(struct ctl *c, struct lm_ctl_call *tm)
 				 ? &lm__ctl_guest_task_ops : NULL,
 		.guest_arg = c,
 	};
+	lm_rpc_call_t *held = NULL;
+	if (c->cfg.on_shutdown)
+		gate.exit_call = &held;    /* answered once the VM is gone (answer_exit) */
 	lm_rpc_call_t *call = tm->call;
 	tm->call = NULL;
 	int r = lm_task_handle(c->sb, &gate, call, tm->method, &patch);
 	if (r == LM_TASK_EXIT) {
 		lm_log_info("controller", "shutdown", "why=\"task Shutdown with no container and no session\" exits=%s",
 			    c->cfg.on_shutdown ? "yes" : "no (embedded)");
+		if (held && c->exit_call)   /* a second Shutdown: the first one is answered */
+			lm_rpc_call_reply(c->exit_call, NULL, 0);
+		if (held)
+			c->exit_call = held;
 		if (c->cfg.on_shutdown)
 			c->cfg.on_shutdown(c->cfg.shutdown_arg);
 		return;

@@ -670,6 +670,16 @@ static void *worker_main(void *arg)
 			snprintf(why, sizeof why, "the guest's connection is closing");
 		} else {
 			rc = run_job(g, j, &pid, why, sizeof why);
+			if (rc) {
+				/* a close that cut the call is no failure of the call */
+				pthread_mutex_lock(&g->mu);
+				closing = g->closing;
+				pthread_mutex_unlock(&g->mu);
+				if (closing) {
+					rc = -ECANCELED;
+					snprintf(why, sizeof why, "the guest's connection closed");
+				}
+			}
 		}
 		if (j->kind == JOB_CONNECT && rc) {
 			g->conn_err = rc;

@@ -1179,9 +1179,13 @@ int lm_task_handle(lm_sandbox_t *sb, const struct lm_task_gate *gate,
 	case LM_TASK_SHUTDOWN:
 		/* containerd's rule (the runc shim's): answer, and exit only
 		 * when nothing is left to serve */
-		lm_rpc_call_reply(call, NULL, 0);   /* google.protobuf.Empty */
 		if (lm_sandbox_count(sb) == 0 && !gate->session_active)
 			result = LM_TASK_EXIT;
+		if (result == LM_TASK_EXIT && gate->exit_call) {
+			*gate->exit_call = call;       /* answered by the owner */
+			break;
+		}
+		lm_rpc_call_reply(call, NULL, 0);   /* google.protobuf.Empty */
 		break;
 	default:
 		lm_rpc_call_fail(call, LM_RPC_UNIMPLEMENTED, "%s: not implemented by lmshim", name);

@@ -15,12 +15,13 @@
  *   - Wait, Connect: never gated.
  * Served: State, Create, Start, Delete, Pids, Kill, Wait, Connect,
  * Shutdown; for containers that are real processes in the utility VM
- * also Pause, Resume, Stats, CloseIO (stdin) and ResizePty, which a
- * simulated container answers Unimplemented. Exec, Checkpoint and Update
- * answer Unimplemented once past their gate. Shutdown follows containerd's runc shim: it always answers OK,
- * and the shim exits only when it has no container left and no migration
- * session (otherwise containerd's Shutdown after one task's Delete would
- * take the others down).
+ * also Exec, Pause, Resume, Stats, CloseIO (stdin) and ResizePty, which
+ * a simulated container answers Unimplemented. Checkpoint and Update
+ * answer Unimplemented once past their gate. Shutdown follows
+ * containerd's runc shim: it always answers OK, and the shim exits only
+ * when it has no container left and no migration session (otherwise
+ * containerd's Shutdown after one task's Delete would take the others
+ * down).
  * exec_id other than "" names no process: NotFound.
  *
  * A plain Create reads config.json (when the bundle has one) for the
@@ -171,6 +172,12 @@ struct lm_task_gate {
 	                              guest's create hook, below, does) */
 	const struct lm_task_guest_ops *guest;  /* the sandbox is a real guest, or NULL */
 	void *guest_arg;
+	lm_rpc_call_t **exit_call; /* non-NULL: a Shutdown that stops the shim is
+	                              not answered but left here (with its
+	                              reference) for the owner to answer once its
+	                              VM is gone: containerd closes the shim's log
+	                              when the answer arrives, so what the shim
+	                              logs while it stops must come before */
 };
 
 /* Thread: any. Fills *svc (name, the static method table, arg =
@@ -178,8 +185,9 @@ struct lm_task_gate {
  * server (destroy the server first); no reference is taken. */
 void lm_task_service_init(struct lm_rpc_service *svc, lm_actor_t *controller);
 
-/* lm_task_handle's results. LM_TASK_EXIT: a Shutdown was answered and
- * the shim has nothing left to serve: its owner should stop it. */
+/* lm_task_handle's results. LM_TASK_EXIT: a Shutdown found the shim
+ * with nothing left to serve: its owner should stop it (the call was
+ * answered, or left in *gate->exit_call). */
 enum { LM_TASK_ANSWERED = 0, LM_TASK_PATCH = 1, LM_TASK_EXIT = 2 };
 
 /* Thread: owner of sb (the controller). Handles one call (takes its

@@ -47,6 +47,8 @@ cleanup() {
 	# a shim containerd started and left (it should not): named by its socket
 	pkill -f -- "-namespace lmtest -id [^ ]+ -address $sock" 2>/dev/null
 	umount -R "$t/root" 2>/dev/null
+	# LM_CTR_LOG=FILE keeps containerd's log (the shims' logs are in it)
+	[ -n "${LM_CTR_LOG:-}" ] && cp "$t/containerd.log" "$LM_CTR_LOG" 2>/dev/null
 	rm -rf "$t"
 }
 trap cleanup EXIT
@@ -184,6 +186,12 @@ for _ in $(seq 50); do
 done
 check "no shim and no QEMU of these tasks is left running" \
 	[ -z "$(pgrep -f -- "guest=vm-lm|-namespace lmtest -id [^ ]+ -address $sock" || true)" ]
+# every shim containerd stopped by Shutdown logged its last line before
+# containerd closed its log (which it does when Shutdown answers)
+served=$(grep 'mod=lmshim msg=serving' "$t/containerd.log" | sed -n 's/.* id=\([^ ]*\) .*/\1/p' | sort)
+ended=$(grep 'msg="shutdown complete"' "$t/containerd.log" | sed -n 's/.* id=\([^ ]*\) .*/\1/p' | sort)
+echo "# shims served: $(echo $served); ended in the log: $(echo $ended)"
+check "each shim's log reaches containerd to its last line" [ -n "$served" ] && [ "$served" = "$ended" ]
 check "no sanitizer report in the shims' logs" \
 	[ -z "$(grep -E "Sanitizer|runtime error:" "$t/containerd.log" || true)" ]
 [ "$fail" -eq 0 ] || dump
