@@ -56,7 +56,9 @@
 
 #include <jansson.h>
 #include <openssl/sha.h>
+#include <poll.h>
 
+#include "cmd/shim_options.h"
 #include "shim/shim.h"
 #include "task.pb-c.h"
 #include "util/fault.h"
@@ -73,6 +75,12 @@ static const char usage[] =
 	"containerd flags (Go style, -flag value):\n"
 	"  -namespace NS  -id ID  -address ADDR  -publish-binary BIN  -bundle DIR  -debug\n"
 	"  -socket PATH   serve here instead of the address containerd computes\n"
+	"  start reads containerd's runtime options on stdin: runtimeoptions.v1.Options whose\n"
+	"  config_path (ctr run --runtime-config-path FILE; ConfigPath in the CRI's options)\n"
+	"  names a JSON file: {\"vm_memory_mb\": 256, \"vcpus\": 1, \"migration_tls_dir\": DIR,\n"
+	"  \"insecure_migration\": false, \"checksum\": true, \"stall_timeout_ms\": 10000,\n"
+	"  \"orphan_timeout_ms\": 60000, \"transfer_cpu\": 90, \"debug\": false} (all optional;\n"
+	"  an unknown key fails the start, naming it)\n"
 	"  start: a bundle whose config.json has io.kubernetes.cri.sandbox-id=P is served by\n"
 	"  the shim of P (one shim, one utility VM per pod); the first task Create boots the VM\n"
 	"\n"
@@ -137,6 +145,7 @@ static int bad(const char *what)
 
 struct cflags {
 	const char *ns, *id, *address, *publish, *bundle, *socket;
+	const char *options_json;     /* the daemon's: start hands it the options */
 	bool debug;
 	const char *action;
 };
@@ -186,6 +195,7 @@ static int parse_cflags(int argc, char **argv, struct cflags *f)
 		else if (!strcmp(key, "publish-binary")) dst = &f->publish;
 		else if (!strcmp(key, "bundle")) dst = &f->bundle;
 		else if (!strcmp(key, "socket")) dst = &f->socket;
+		else if (!strcmp(key, "options-json")) dst = &f->options_json;
 		if (!dst) {
 			char m[128];
 			snprintf(m, sizeof(m), "unknown flag '-%s'", key);
@@ -263,7 +273,70 @@ static void shim_group(const struct cflags *f, char *group, size_t cap)
 	json_decref(cfg);
 }
 
-static int cmd_start(int argc, char **argv, const struct cflags *given)
+/* containerd writes the runtime options (a protobuf Any) on start's stdin
+ * and closes it; a terminal is not read. At most 64 KiB within 5 s. 0 with
+ * *json (heap, or NULL: no options), or 1 having said why on stderr. */
+static int start_options(char **json)
+{
+	*json = NULL;
+	if (isatty(0))
+		return 0;
+	size_t cap = 64u << 10, len = 0;
+	uint8_t *buf = malloc(cap + 1);
+	if (!buf)
+		return 1;
+	struct timespec t0, t;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (;;) {
+		clock_gettime(CLOCK_MONOTONIC, &t);
+		long left = 5000 - ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000);
+		struct pollfd p = { .fd = 0, .events = POLLIN };
+		int pr = left > 0 ? poll(&p, 1, (int)left) : 0;
+		if (pr < 0 && errno == EINTR)
+			continue;
+		if (pr <= 0) {
+			fprintf(stderr, "lmshim: start: runtime options on stdin: %s\n",
+				pr ? strerror(errno) : "not closed within 5 s");
+			free(buf);
+			return 1;
+		}
+		ssize_t n = read(0, buf + len, cap + 1 - len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EBADF || errno == EINVAL))   /* no stdin */
+			break;
+		if (n < 0) {
+			fprintf(stderr, "lmshim: start: runtime options on stdin: %s\n", strerror(errno));
+			free(buf);
+			return 1;
+		}
+		if (n == 0)
+			break;
+		len += (size_t)n;
+		if (len > cap) {
+			fprintf(stderr, "lmshim: start: runtime options on stdin: more than 64 KiB\n");
+			free(buf);
+			return 1;
+		}
+	}
+	char err[512];
+	int rc = lm_shim_options_from_any(buf, len, json, err, sizeof err);
+	free(buf);
+	struct lm_shim_options o;
+	lm_shim_options_default(&o);
+	if (!rc && *json)
+		rc = lm_shim_options_parse(*json, &o, err, sizeof err);
+	lm_shim_options_clear(&o);
+	if (rc) {
+		fprintf(stderr, "lmshim: start: %s\n", err);
+		free(*json);
+		*json = NULL;
+		return 1;
+	}
+	return 0;
+}
+
+static int start_shim(const struct cflags *given, const char *options)
 {
 	char group[160];
 	shim_group(given, group, sizeof group);
@@ -293,7 +366,7 @@ static int cmd_start(int argc, char **argv, const struct cflags *given)
 		}
 		self[n] = 0;
 		/* the daemon: same flags, no action, our socket */
-		char *args[16];
+		char *args[20];
 		int k = 0;
 		args[k++] = self;
 		args[k++] = "-namespace";
@@ -308,6 +381,10 @@ static int cmd_start(int argc, char **argv, const struct cflags *given)
 		}
 		if (f->debug)
 			args[k++] = "-debug";
+		if (options) {  /* (a pod's shim already running keeps its own) */
+			args[k++] = "-options-json";
+			args[k++] = (char *)options;
+		}
 		args[k++] = "-socket";
 		args[k++] = path;
 		args[k] = NULL;
@@ -364,9 +441,19 @@ static int cmd_start(int argc, char **argv, const struct cflags *given)
 	}
 	fputs(address, stdout);
 	fflush(stdout);
+	return 0;
+}
+
+static int cmd_start(int argc, char **argv, const struct cflags *given)
+{
+	char *options = NULL;
+	if (start_options(&options))
+		return 1;
+	int rc = start_shim(given, options);
+	free(options);
 	(void)argc;
 	(void)argv;
-	return 0;
+	return rc;
 }
 
 static int cmd_delete(const struct cflags *f)
@@ -419,6 +506,7 @@ static int run_shim(const struct lm_shim_config *cfg)
 	}
 	lm_log_info("lmshim", "serving", "socket=%s id=%s pid=%d vm=%s", cfg->socket, cfg->id,
 		    (int)getpid(), cfg->vm_document ? "yes" : "idle");
+	lm_log_debug("lmshim", "debug logging on", "id=%s", cfg->id);
 	int sig = 0;
 	for (;;) {
 		if (sigwait(&set, &sig) != 0)
@@ -453,17 +541,40 @@ static int cmd_daemon(const struct cflags *f)
 	} else if (socket_path(f, path, sizeof(path)) < 0) {
 		return bad("address, namespace and id too long");
 	}
+	/* the runtime options `start` read from containerd (shim_options.h) */
+	struct lm_shim_options o;
+	lm_shim_options_default(&o);
+	if (f->options_json) {
+		char err[512];
+		if (lm_shim_options_parse(f->options_json, &o, err, sizeof err)) {
+			lm_log_error("lmshim", "bad runtime options", "why=\"%s\"", err);
+			lm_shim_options_clear(&o);
+			return 2;
+		}
+		if (o.debug)
+			lm_log_set_level(LM_LOG_DEBUG);
+		lm_log_info("lmshim", "runtime options", "vm_memory_mb=%lu vcpus=%lu migration_tls_dir=%s "
+			    "insecure_migration=%d checksum=%d stall_timeout_ms=%lu orphan_timeout_ms=%lu "
+			    "transfer_cpu=%lu debug=%d", o.vm_memory_mb, o.vcpus,
+			    o.migration_tls_dir ? o.migration_tls_dir : "-", o.insecure_migration, o.checksum,
+			    o.stall_ms, o.orphan_ms, o.transfer_cpu, o.debug || f->debug);
+	}
 	struct lm_shim_config cfg = { .socket = path, .id = f->id, .ns = f->ns,
-				      .transfer_cpu_pct = LM_SHIM_TRANSFER_CPU_DEFAULT,
-				      .orphan_ms = LM_SHIM_ORPHAN_MS_DEFAULT,
+				      .transfer_cpu_pct = (unsigned)o.transfer_cpu,
+				      .orphan_ms = (unsigned)o.orphan_ms, .stall_ms = (unsigned)o.stall_ms,
+				      .no_checksum = !o.checksum,
+				      .migration_tls_dir = o.migration_tls_dir,
+				      .insecure_migration = o.insecure_migration,
 				      .on_shutdown = stop_self,
 				      /* containerd passes its ttrpc address for events */
 				      .events_address = getenv("TTRPC_ADDRESS") };
 	/* the first Create boots the sandbox: a utility VM under QEMU */
 	char doc[512];
-	sandbox_document(doc, sizeof doc, f->id, 256, 1);
+	sandbox_document(doc, sizeof doc, f->id, o.vm_memory_mb, o.vcpus);
 	cfg.vm_on_create = doc;
-	return run_shim(&cfg);
+	int rc = run_shim(&cfg);
+	lm_shim_options_clear(&o);
+	return rc;
 }
 
 /* pod:id[:sandbox|:container][:layers=N],... */

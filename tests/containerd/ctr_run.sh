@@ -39,7 +39,7 @@ cleanup() {
 		ctr tasks kill -s KILL $c >/dev/null 2>&1
 		ctr tasks delete -f $c >/dev/null 2>&1
 	done
-	ctr containers delete lmrun-d lmrun lmapp lmpod >/dev/null 2>&1
+	ctr containers delete lmrun-d lmrun lmapp lmpod lmopt lmbad >/dev/null 2>&1
 	if [ -n "$cpid" ]; then
 		kill "$cpid" 2>/dev/null
 		wait "$cpid" 2>/dev/null
@@ -122,6 +122,29 @@ echo "# ctr run --rm: exit $rc in $ms ms, said: $out"
 check "ctr run prints the container's output" [ "$out" = "hi from lmrun" ]
 check "ctr run returns the container's exit status" [ "$rc" -eq 3 ]
 check "ctr run --rm leaves no container" [ -z "$(ctr containers ls -q)" ]
+
+# ---- runtime options: --runtime-config-path names lmshim's JSON options ----
+# (containerd writes them on the start's stdin as runtimeoptions.v1.Options)
+echo '{"vm_memory_mb": 320, "debug": true}' > "$t/lmshim.json"
+oout=$(timeout 120 "$bin/ctr" --address "$sock" --namespace lmtest run --rm --runtime io.containerd.lmshim.v1 \
+	--runtime-config-path "$t/lmshim.json" "$ref" lmopt true </dev/null 2>&1)
+orc=$?
+echo "# ctr run with runtime options: exit $orc $oout"
+check "ctr run with runtime options runs the task" [ "$orc" -eq 0 ]
+opt_log=$(awk '/id=lmopt pid=/{on=1} on{print} /msg="shutdown complete" id=lmopt/{on=0}' "$t/containerd.log")
+check "the options size the VM (vm_memory_mb 320)" \
+	grep -q 'msg=launched vm=vm-lmopt .*mem_mib=320' <<<"$opt_log"
+check "the options turn debug logging on" grep -q 'level=debug mod=' <<<"$opt_log"
+echo '{"vm_memory": 320}' > "$t/bad.json"
+bout=$(timeout 120 "$bin/ctr" --address "$sock" --namespace lmtest run --rm --runtime io.containerd.lmshim.v1 \
+	--runtime-config-path "$t/bad.json" "$ref" lmbad true </dev/null 2>&1)
+brc=$?
+echo "# ctr run with a bad options file: exit $brc, said: $bout"
+check "a bad options file fails ctr run, naming the key" \
+	[ "$brc" -ne 0 ] && grep -q 'unknown key \\\?"vm_memory\\\?"' <<<"$bout"
+check "and leaves no shim running" \
+	[ -z "$(pgrep -f -- "-namespace lmtest -id lmbad -address $sock" || true)" ]
+ctr containers delete lmbad >/dev/null 2>&1
 
 # ---- a detached task: exec, ps, kill, delete -----------------------------
 # (its shell is PID 1 of its PID namespace: no signal stops it unless it

@@ -9,6 +9,7 @@
  */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -34,10 +35,12 @@
 #include "hcs/xfer/xfer_wire.h"
 #include "tests/tlskit.h"
 #include "events.pb-c.h"
+#include "google/protobuf/any.pb-c.h"
 #include "google/protobuf/timestamp.pb-c.h"
 #include "events_sink.h"
 #include "util/sched.h"
 #include "migration.pb-c.h"
+#include "runtime_options.pb-c.h"
 #include "task.pb-c.h"
 
 struct fx {
@@ -1162,7 +1165,19 @@ static void test_command_lines_help_and_bad_flags(void **state)
 	assert_int_equal(e2e_wait(e2e_spawn(s7, out), 5000), 2);
 }
 
-/* The detached daemon serving `sock` (its command line names it). */
+/* The socket containerd computes for a shim: /run/containerd/s/<sha256
+ * of ADDRESS/NS/ID>. */
+static void shim_socket(const char *addr, const char *ns, const char *id, char *out, size_t cap)
+{
+	char joined[600];
+	int jl = snprintf(joined, sizeof(joined), "%s/%s/%s", addr, ns, id);
+	uint8_t d[32];
+	SHA256((const unsigned char *)joined, (size_t)jl, d);
+	int k = snprintf(out, cap, "/run/containerd/s/");
+	for (int i = 0; i < 32; i++)
+		k += snprintf(out + k, cap - (size_t)k, "%02x", d[i]);
+}
+
 /* containerd's shim protocol: `start` prints unix:///run/containerd/s/
  * <sha256 of ADDRESS/NS/ID>, the daemon answers there; `delete` prints a
  * DeleteResponse. */
@@ -1173,13 +1188,7 @@ static void test_lmshim_start_and_delete_follow_containerd(void **state)
 	snprintf(id, sizeof(id), "e2e-%d", (int)getpid());
 	snprintf(addr, sizeof(addr), "%s/containerd.sock", f->dir);
 	snprintf(out, sizeof(out), "%s/start.out", f->dir);
-	char joined[600];
-	int jl = snprintf(joined, sizeof(joined), "%s/%s/%s", addr, "e2e", id);
-	uint8_t d[32];
-	SHA256((const unsigned char *)joined, (size_t)jl, d);
-	int k = snprintf(sockpath, sizeof(sockpath), "/run/containerd/s/");
-	for (int i = 0; i < 32; i++)
-		k += snprintf(sockpath + k, sizeof(sockpath) - (size_t)k, "%02x", d[i]);
+	shim_socket(addr, "e2e", id, sockpath, sizeof sockpath);
 	snprintf(want, sizeof(want), "unix://%s", sockpath);
 
 	char cwd[4096];
@@ -1241,6 +1250,117 @@ static void test_lmshim_start_and_delete_follow_containerd(void **state)
 	containerd__task__v2__delete_response__free_unpacked(dr, NULL);
 	free(bytes);
 	assert_int_not_equal(access(sockpath, F_OK), 0); /* stale socket removed */
+}
+
+/* `lmshim ... start` run in dir with `len` bytes of `in` on its stdin,
+ * as containerd runs it; its output in dir/start.out. The exit status. */
+static int start_fed(const char *dir, const char *addr, const char *id, bool debug, const void *in,
+		     size_t len)
+{
+	char inp[300], out[300];
+	snprintf(inp, sizeof inp, "%s/stdin.bin", dir);
+	snprintf(out, sizeof out, "%s/start.out", dir);
+	unlink(out);
+	FILE *fp = fopen(inp, "w");
+	if (!fp || fwrite(in, 1, len, fp) != len) {
+		if (fp)
+			fclose(fp);
+		return -1;
+	}
+	fclose(fp);
+	const char *argv[] = { LM_E2E_LMSHIM, "-namespace", "e2e", "-address", addr, "-id", id,
+			       debug ? "-debug" : "-publish-binary", debug ? "start" : "/bin/true",
+			       debug ? NULL : "start", NULL };
+	fflush(stdout);
+	fflush(stderr);
+	pid_t pid = fork();
+	if (pid == 0) {
+		int ifd = open(inp, O_RDONLY);
+		int ofd = open(out, O_CREAT | O_WRONLY | O_APPEND, 0600);
+		if (ifd < 0 || ofd < 0 || chdir(dir) < 0)
+			_exit(126);
+		dup2(ifd, 0);
+		dup2(ofd, 1);
+		dup2(ofd, 2);
+		execv(argv[0], (char *const *)argv);
+		_exit(127);
+	}
+	return e2e_wait(pid, 20000);
+}
+
+/* An Any of type_url around value (protobuf-c packed into buf). */
+static size_t pack_any(uint8_t *buf, const char *type_url, const uint8_t *value, size_t len)
+{
+	Google__Protobuf__Any any = GOOGLE__PROTOBUF__ANY__INIT;
+	any.type_url = (char *)type_url;
+	any.value.data = (uint8_t *)value;
+	any.value.len = len;
+	return google__protobuf__any__pack(&any, buf);
+}
+
+/* containerd writes the runtime options (an Any) on start's stdin: bytes
+ * that are not one, another runtime's options, a missing options file and
+ * a bad key each fail the start saying which; lmshim's options reach the
+ * daemon, and -debug turns its debug log on. */
+static void test_lmshim_start_reads_runtime_options(void **state)
+{
+	struct fx *f = *state;
+	char id[64], addr[300], out[300], sockpath[256], logp[300];
+	snprintf(id, sizeof(id), "e2e-opt-%d", (int)getpid());
+	snprintf(addr, sizeof(addr), "%s/containerd.sock", f->dir);
+	snprintf(out, sizeof(out), "%s/start.out", f->dir);
+	snprintf(logp, sizeof(logp), "%s/lmshim.log", f->dir);
+	shim_socket(addr, "e2e", id, sockpath, sizeof sockpath);
+	uint8_t any[1024], opt[512];
+	struct { const void *in; size_t len; const char *says; } bad[4];
+	bad[0].in = "\xff\xff\xff\xff";
+	bad[0].len = 4;
+	bad[0].says = "runtime options on stdin: not a protobuf Any";
+	size_t runc = pack_any(any, "containerd.runc.v1.Options", (const uint8_t *)"", 0);
+	bad[1].in = any;
+	bad[1].len = runc;
+	bad[1].says = "these are runc's";
+	Runtimeoptions__V1__Options o = RUNTIMEOPTIONS__V1__OPTIONS__INIT;
+	o.config_path = "/nonexistent/lmshim.json";
+	size_t ol = runtimeoptions__v1__options__pack(&o, opt);
+	uint8_t any2[1024], any3[1024];
+	bad[2].in = any2;
+	bad[2].len = pack_any(any2, "runtimeoptions.v1.Options", opt, ol);
+	bad[2].says = "options file /nonexistent/lmshim.json: No such file or directory";
+	o.config_path = "";
+	o.config_body = "{\"vcpus\": 0}";
+	ol = runtimeoptions__v1__options__pack(&o, opt);
+	bad[3].in = any3;
+	bad[3].len = pack_any(any3, "runtimeoptions.v1.Options", opt, ol);
+	bad[3].says = "\"vcpus\" wants an integer 1..64";
+	for (int i = 0; i < 4; i++) {
+		assert_int_equal(start_fed(f->dir, addr, id, false, bad[i].in, bad[i].len), 1);
+		char *said = e2e_slurp(out);
+		assert_non_null(said);
+		if (!strstr(said, bad[i].says))
+			fail_msg("case %d: start said '%s', not '%s'", i, said, bad[i].says);
+		free(said);
+		assert_int_not_equal(access(sockpath, F_OK), 0);   /* no daemon */
+	}
+	/* lmshim's options, in config_body, with containerd's -debug */
+	o.config_body = "{\"vm_memory_mb\": 300, \"stall_timeout_ms\": 5000}";
+	ol = runtimeoptions__v1__options__pack(&o, opt);
+	size_t al = pack_any(any, "type.googleapis.com/runtimeoptions.v1.Options", opt, ol);
+	assert_int_equal(start_fed(f->dir, addr, id, true, any, al), 0);
+	int n = 0;
+	f->daemon = e2e_find_daemon(sockpath, &n);
+	assert_int_equal(n, 1);
+	assert_int_equal(kill(f->daemon, SIGTERM), 0);
+	for (int i = 0; i < 500 && kill(f->daemon, 0) == 0; i++)
+		usleep(20000);
+	assert_int_not_equal(kill(f->daemon, 0), 0);
+	f->daemon = 0;
+	char *log = e2e_slurp(logp);
+	assert_non_null(log);
+	if (!strstr(log, "msg=\"runtime options\" vm_memory_mb=300 vcpus=1") ||
+	    !strstr(log, "stall_timeout_ms=5000") || !strstr(log, "level=debug mod=lmshim msg=\"debug logging on\""))
+		fail_msg("the daemon's log lacks its options or its debug line:\n%.900s", log);
+	free(log);
 }
 
 static int task_call(struct e2e_shim *s, const char *method, const ProtobufCMessage *req)
@@ -1442,6 +1562,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_lmctl_demo_fails_fast_when_a_shim_cannot_start, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_command_lines_help_and_bad_flags, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lmshim_start_and_delete_follow_containerd, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lmshim_start_reads_runtime_options, setup, teardown),
 	};
 	/* LM_TEST_FILTER=test_strangers* runs the matching tests only (local use) */
 	if (getenv("LM_TEST_FILTER"))
