@@ -441,6 +441,7 @@ static void on_gnew_created(struct ctl *c, struct ctl_done *d)
 		.stderr_path = n->stderr_path, .terminal = n->terminal,
 		.process_spec = (const uint8_t *)n->process_spec,
 		.process_spec_len = n->process_spec ? strlen(n->process_spec) : 0,
+		.containerds = n->containerds,
 	};
 	const struct lm_container *k = NULL;
 	if (!rc)
@@ -455,8 +456,8 @@ static void on_gnew_created(struct ctl *c, struct ctl_done *d)
 			  "the sandbox did not take it: %s", strerror(-rc));
 		return;
 	}
-	lm_log_info("controller", "container created in the guest", "id=%s pid=%u layers=%u", n->id,
-		    d->pid, n->n_layers);
+	lm_log_info("controller", "container created in the guest", "id=%s pid=%u layers=%u task_events=%s",
+		    n->id, d->pid, n->n_layers, n->containerds ? "yes" : "no (a Create of another client)");
 	(void)gnew_take(c, g);
 	Containerd__Task__V2__CreateTaskResponse resp = CONTAINERD__TASK__V2__CREATE_TASK_RESPONSE__INIT;
 	resp.pid = d->pid;

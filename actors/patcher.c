@@ -226,6 +226,7 @@ static void handle_req(struct patcher *st, lm_msg_t *m)
 	res->stdout_path = req->stdout_path, req->stdout_path = NULL;
 	res->stderr_path = req->stderr_path, req->stderr_path = NULL;
 	res->terminal = req->terminal;
+	res->containerds = req->containerds;
 	res->pid = st->pid;
 	lm_patch_request_free(req);
 	if (code != LM_RPC_OK) {

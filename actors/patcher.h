@@ -73,6 +73,7 @@ struct lm_patch_request {
 	unsigned n_layers;
 	char *stdin_path, *stdout_path, *stderr_path;
 	bool terminal;
+	bool containerds;          /* the Create came from containerd */
 };
 
 /* The patcher's verdict. code 0 (OK) or a gRPC code with message. On OK
@@ -89,6 +90,7 @@ struct lm_patch_result {
 	unsigned n_layers;
 	char *stdin_path, *stdout_path, *stderr_path;
 	bool terminal;
+	bool containerds;          /* the Create came from containerd */
 	uint32_t pid;
 };
 

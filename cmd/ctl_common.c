@@ -24,6 +24,11 @@
 
 #include "cmd/ctl.h"
 
+/* lmctl names itself on every call (shim/task_service.h LM_CLIENT_MD): a
+ * task it creates on a migration's patch path is not containerd's, and
+ * gets no task events. */
+static const char *const client_md[] = { "lmshim-client", "lmctl" };
+
 static const char *const code_names[] = {
 	"OK", "Canceled", "Unknown", "InvalidArgument", "DeadlineExceeded",
 	"NotFound", "AlreadyExists", "PermissionDenied", "ResourceExhausted",
@@ -218,7 +223,7 @@ int ctl_call(struct ctl_side *s, const char *service, const char *method,
 	if (!buf)
 		return -ENOMEM;
 	protobuf_c_message_pack(req, buf);
-	struct lm_rpc_call_opts co = { .timeout_ns = timeout_ns };
+	struct lm_rpc_call_opts co = { .timeout_ns = timeout_ns, .md = client_md, .n_md = 1 };
 	struct lm_rpc_result r = {0};
 	int rc = lm_rpc_client_call(s->c, service, method, buf, len, &co, &r);
 	free(buf);
@@ -271,7 +276,7 @@ int ctl_call_json(struct ctl_side *s, const char *service, const char *method, c
 			snprintf(msgbuf, msglen, "%s", s->silent ? "the shim does not answer" : "not connected");
 		return s->silent ? -ETIMEDOUT : -ENOTCONN;
 	}
-	struct lm_rpc_call_opts co = { .timeout_ns = ctl_deadline(timeout_ns) };
+	struct lm_rpc_call_opts co = { .timeout_ns = ctl_deadline(timeout_ns), .md = client_md, .n_md = 1 };
 	struct lm_rpc_result r = { 0 };
 	int rc = lm_rpc_client_call(s->c, service, method, req, strlen(req), &co, &r);
 	if (rc == -ETIMEDOUT || rc == -EPIPE)

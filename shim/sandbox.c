@@ -57,9 +57,10 @@ struct lm_sandbox {
 	void *ev_arg;
 };
 
+/* A task event, for a task containerd created (it knows no other). */
 static void emit(const lm_sandbox_t *sb, enum lm_sandbox_event type, const struct lm_container *c)
 {
-	if (sb->ev)
+	if (sb->ev && c->containerds)
 		sb->ev(sb->ev_arg, type, c, NULL);
 }
 
@@ -67,7 +68,7 @@ static void emit(const lm_sandbox_t *sb, enum lm_sandbox_event type, const struc
 static void emit_exec(const lm_sandbox_t *sb, enum lm_sandbox_event type, const struct lm_container *c,
 		      const struct lm_exec *x)
 {
-	if (sb->ev && !x->imported)
+	if (sb->ev && c->containerds && !x->imported)
 		sb->ev(sb->ev_arg, type, c, x);
 }
 
@@ -418,6 +419,7 @@ static int add_ctr(lm_sandbox_t *sb, const struct lm_container_spec *s, uint32_t
 	c->stdout_path = dup_or_empty(s->stdout_path);
 	c->stderr_path = dup_or_empty(s->stderr_path);
 	c->terminal = s->terminal;
+	c->containerds = s->containerds;
 	oom = !c->id || !c->pod_id || !c->bundle || !c->rootfs || !c->scratch ||
 	      !c->stdin_path || !c->stdout_path || !c->stderr_path;
 	if (!oom && s->n_layers) {
@@ -1017,6 +1019,7 @@ int lm_sandbox_apply_patch(lm_sandbox_t *sb, const struct lm_patch_result *r)
 	c->n_layers = r->n_layers;
 	c->terminal = r->terminal;
 	c->patched = true;
+	c->containerds = r->containerds;
 	for (size_t i = 0; i < nx; i++) {
 		struct lm_exec *x = &k->xs[i]->x;
 		free(x->stdin_path);

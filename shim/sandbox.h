@@ -109,6 +109,7 @@ struct lm_container_spec {
 	bool terminal;
 	const uint8_t *process_spec;   /* OCI process spec (JSON bytes), may be NULL */
 	size_t process_spec_len;
+	bool containerds;              /* containerd created it: its task events go out */
 };
 
 /* A container. Thread: owner only. Read-only to callers; pointers are
@@ -133,6 +134,10 @@ struct lm_container {
 					  guest agent knows it by (kept across
 					  migrations and patches); NULL: simulated */
 	bool patched;                  /* imported and mapped by the patch path */
+	bool containerds;              /* containerd created the task (its Create, or the
+	                                  patch path's, came from containerd, not
+	                                  from lmctl: LM_CLIENT_MD): only such a
+	                                  container's task events are emitted */
 	unsigned n_waiters;            /* Wait calls parked on it */
 	size_t n_execs;                /* its exec'd processes (lm_container_exec_at) */
 };

@@ -439,6 +439,7 @@ static void do_create(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_
 				p->stdout_path = strdup(s_or(r->stdout));
 				p->stderr_path = strdup(s_or(r->stderr));
 				p->terminal = r->terminal;
+				p->containerds = LM_FROM_CONTAINERD(call);
 				oom = !p->new_id || !p->bundle || !p->source_id || (ctype && !p->container_type) ||
 				      (sandbox_id && !p->sandbox_id) || !p->stdin_path || !p->stdout_path ||
 				      !p->stderr_path;
@@ -517,6 +518,7 @@ static void do_create(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_
 			n->process_spec = f.process_spec, f.process_spec = NULL;
 			n->memory_limit = f.memory_limit;
 			n->cpus = f.cpus;
+			n->containerds = LM_FROM_CONTAINERD(call);
 			oom = !n->id || !n->pod_id || !n->bundle || !n->stdin_path || !n->stdout_path ||
 			      !n->stderr_path;
 		}
@@ -547,6 +549,7 @@ static void do_create(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_
 		.terminal = r->terminal,
 		.process_spec = (const uint8_t *)f.process_spec,
 		.process_spec_len = f.process_spec ? strlen(f.process_spec) : 0,
+		.containerds = LM_FROM_CONTAINERD(call),
 	};
 	const struct lm_container *c;
 	rc = lm_sandbox_add(sb, &spec, &c);

@@ -100,6 +100,7 @@ struct lm_guest_new {
 	char *process_spec;            /* the OCI process (JSON), or NULL */
 	uint64_t memory_limit;         /* linux.resources.memory.limit, 0: none */
 	uint32_t cpus;                 /* linux.resources.cpu quota/period rounded up, 0: none */
+	bool containerds;              /* the Create came from containerd */
 };
 void lm_guest_new_free(struct lm_guest_new *n);
 
@@ -184,6 +185,14 @@ struct lm_task_gate {
  * controller) for lm_rpc_server_register. The controller must outlive the
  * server (destroy the server first); no reference is taken. */
 void lm_task_service_init(struct lm_rpc_service *svc, lm_actor_t *controller);
+
+/* containerd knows only the tasks it created, so only those get task
+ * events: not the boot containers of `lmshim serve`, and not a task whose
+ * Create came from another client, which says so with this ttrpc
+ * metadata (lmctl does on the patch path: value "lmctl"). containerd 1.6
+ * sends no metadata to a shim that would tell its own calls apart. */
+#define LM_CLIENT_MD "lmshim-client"
+#define LM_FROM_CONTAINERD(call) (lm_rpc_call_metadata_get((call), LM_CLIENT_MD) == NULL)
 
 /* lm_task_handle's results. LM_TASK_EXIT: a Shutdown found the shim
  * with nothing left to serve: its owner should stop it (the call was

@@ -34,6 +34,7 @@ static void add(lm_sandbox_t *sb, const char *id, const char *pod, enum lm_ctr_t
 		.id = id, .pod_id = pod, .type = t, .bundle = "/b", .rootfs = "/b/rootfs",
 		.scratch = "/s", .n_layers = layers, .stdout_path = "/out",
 		.process_spec = (const uint8_t *)"{\"args\":[\"sh\"]}", .process_spec_len = 16,
+		.containerds = true,
 	};
 	assert_int_equal(lm_sandbox_add(sb, &s, NULL), 0);
 }
@@ -627,6 +628,7 @@ static struct lm_patch_result result(const char *src, const char *new_id, unsign
 	r.layers = layers;
 	r.n_layers = n_layers;
 	r.stdout_path = "/new/out";
+	r.containerds = true;
 	return r;
 }
 
@@ -939,6 +941,48 @@ static void test_task_events_follow_the_lifecycle_once_each(void **state)
 	lm_sandbox_clear(sb);
 	assert_int_equal(l.n, 0);
 	lm_sandbox_destroy(sb);
+}
+
+/* containerd knows only the tasks it created: a container added otherwise
+ * (a boot container of lmshim serve) or patched by a Create that was not
+ * containerd's (lmctl's) lives its life without a task event. */
+static void test_only_containerds_tasks_have_events(void **state)
+{
+	(void)state;
+	lm_sandbox_t *sb, *im;
+	struct evlog l = { .n = 0 };
+	assert_int_equal(lm_sandbox_create(&sb), 0);
+	lm_sandbox_set_event_fn(sb, record, &l);
+	assert_int_equal(lm_sandbox_add_pod(sb, "p1", NULL), 0);
+	struct lm_container_spec s = { .id = "boot", .pod_id = "p1", .type = LM_CTR_CONTAINER,
+				       .n_layers = 1 };
+	assert_int_equal(lm_sandbox_add(sb, &s, NULL), 0);
+	add(sb, "web", "p1", LM_CTR_CONTAINER, 1);
+	assert_int_equal(lm_sandbox_start(sb, "boot", NULL), 0);
+	assert_int_equal(lm_sandbox_start(sb, "web", NULL), 0);
+	expect_events(&l, (const char *const[]){ "create web", "start web", NULL });
+	uint8_t *a;
+	size_t la;
+	struct lm_snapshot_vm vm;
+	char err[160];
+	export(sb, &a, &la);
+	assert_int_equal(lm_sandbox_kill(sb, "boot", 9), 0);
+	assert_int_equal(lm_sandbox_delete(sb, "boot", NULL, NULL, NULL), 0);
+	assert_int_equal(l.n, 0);
+	lm_sandbox_destroy(sb);
+	assert_int_equal(lm_sandbox_import(a, la, &im, &vm, err, sizeof err), 0);
+	free(a);
+	lm_snapshot_vm_clear(&vm);
+	lm_sandbox_set_event_fn(im, record, &l);
+	char *layers[] = {"/l/a"};
+	struct lm_patch_result r = result("web", "web-lmctl", 1, layers);
+	r.containerds = false;                      /* lmctl's Create, not containerd's */
+	assert_int_equal(lm_sandbox_apply_patch(im, &r), 0);
+	r = result("boot", "boot-new", 1, layers);  /* containerd's */
+	assert_int_equal(lm_sandbox_apply_patch(im, &r), 0);
+	assert_int_equal(lm_sandbox_kill(im, "web-lmctl", 9), 0);
+	expect_events(&l, (const char *const[]){ "create boot-new", "start boot-new", NULL });
+	lm_sandbox_destroy(im);
 }
 
 /* A guest container pauses and resumes (the guest froze it): each once,
@@ -1364,6 +1408,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_add_assigns_unique_increasing_pids),
 		cmocka_unit_test(test_task_events_follow_the_lifecycle_once_each),
+		cmocka_unit_test(test_only_containerds_tasks_have_events),
 		cmocka_unit_test(test_patched_import_announces_create_then_its_state),
 		cmocka_unit_test(test_a_guest_container_pauses_and_travels_paused),
 		cmocka_unit_test(test_exec_lifecycle_and_events),

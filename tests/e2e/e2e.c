@@ -283,7 +283,7 @@ int e2e_call(struct e2e_shim *s, const char *service, const char *method,
 	size_t len = protobuf_c_message_get_packed_size(req);
 	uint8_t *buf = malloc(len + 1);
 	protobuf_c_message_pack(req, buf);
-	struct lm_rpc_call_opts co = { .timeout_ns = 60ll * 1000000000 };
+	struct lm_rpc_call_opts co = { .timeout_ns = 60ll * 1000000000, .md = s->md, .n_md = s->n_md };
 	struct lm_rpc_result r = {0};
 	int rc = lm_rpc_client_call(s->c, service, method, buf, len, &co, &r);
 	free(buf);

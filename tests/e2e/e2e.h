@@ -32,6 +32,8 @@ struct e2e_shim {
 	char sock[256];
 	char log[256];
 	lm_rpc_client_t *c;       /* the test's own connection */
+	const char *const *md;    /* metadata e2e_call sends (key, value, ...), or NULL */
+	size_t n_md;              /* pairs */
 };
 
 /* Thread: test. A fresh temp dir for this test (out: 256 bytes). */
