@@ -7,7 +7,12 @@
 #   - `ctr run --rm` prints the container's output and returns its exit
 #     status, the shim booting the utility VM for it (QEMU);
 #   - `ctr run -d`, then `ctr task exec` (exit status and output), `ctr
-#     task ps`, `ctr task kill`, and `ctr task delete`;
+#     task ps`, `pause`/`resume`, `metrics`, a containerd restart that
+#     finds the task running, `ctr task kill`, and `ctr task delete`, with
+#     `ctr events` seeing each topic;
+#   - runtime options (--runtime-config-path), good and bad;
+#   - a shim killed under its task: containerd cleans up (`lmshim delete`),
+#     and its VM goes with it;
 #   - a pod (the CRI's annotations): its sandbox and an app container are
 #     served by one shim and run in one VM.
 # Everything lives in a temp folder (containerd's root, state and socket);
@@ -39,7 +44,9 @@ cleanup() {
 		ctr tasks kill -s KILL $c >/dev/null 2>&1
 		ctr tasks delete -f $c >/dev/null 2>&1
 	done
-	ctr containers delete lmrun-d lmrun lmapp lmpod lmopt lmbad >/dev/null 2>&1
+	ctr tasks delete -f lmcrash >/dev/null 2>&1
+	ctr containers delete lmrun-d lmrun lmapp lmpod lmopt lmbad lmcrash >/dev/null 2>&1
+	[ -n "${epid:-}" ] && kill "$epid" 2>/dev/null
 	if [ -n "$cpid" ]; then
 		kill "$cpid" 2>/dev/null
 		wait "$cpid" 2>/dev/null
@@ -73,13 +80,19 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [ttrpc]
   address = "$sock.ttrpc"
 CFG
-PATH="$t/bin:$bin:$PATH" "$bin/containerd" --config "$t/config.toml" >"$t/containerd.log" 2>&1 &
-cpid=$!
-for _ in $(seq 100); do
-	ctr version >/dev/null 2>&1 && break
-	sleep 0.1
-done
-ctr version >/dev/null 2>&1 || { dump; echo "containerd did not start"; exit 1; }
+start_containerd() {
+	PATH="$t/bin:$bin:$PATH" "$bin/containerd" --config "$t/config.toml" >>"$t/containerd.log" 2>&1 &
+	cpid=$!
+	for _ in $(seq 100); do
+		ctr version >/dev/null 2>&1 && break
+		sleep 0.1
+	done
+	ctr version >/dev/null 2>&1 || { dump; echo "containerd did not start"; exit 1; }
+}
+start_containerd
+# every event containerd publishes in this namespace, to the end
+ctr events >"$t/events.out" 2>&1 &
+epid=$!
 
 # ---- an OCI image: busybox-static and its applets, one layer -------------
 img=$t/img
@@ -161,6 +174,24 @@ check "ctr task exec returns its exit status" [ "$xrc" -eq 5 ]
 ps=$(ctr tasks ps lmrun-d 2>&1)
 echo "# ctr task ps:"; echo "$ps" | sed 's/^/#   /'
 check "ctr task ps lists the task's processes" [ "$(echo "$ps" | tail -n +2 | wc -l)" -ge 1 ]
+ctr tasks pause lmrun-d
+check "ctr task pause pauses it" [ "$(ctr tasks ls | awk '$1=="lmrun-d"{print $3}')" = PAUSED ]
+ctr tasks resume lmrun-d
+check "ctr task resume resumes it" [ "$(ctr tasks ls | awk '$1=="lmrun-d"{print $3}')" = RUNNING ]
+met=$(ctr tasks metrics lmrun-d 2>&1)
+echo "# ctr task metrics:"; echo "$met" | sed 's/^/#   /'
+check "ctr task metrics prints the cgroup's figures" \
+	grep -Eq '^(memory\.usage_in_bytes|pids\.current)[[:space:]]+[1-9]' <<<"$met"
+# containerd restarts: it finds the shim and its running task again
+kill "$epid" 2>/dev/null; wait "$epid" 2>/dev/null
+kill "$cpid"; wait "$cpid" 2>/dev/null
+start_containerd
+ctr events >>"$t/events.out" 2>&1 &
+epid=$!
+check "after a containerd restart the task runs on" [ "$(ctr tasks ls | awk '$1=="lmrun-d"{print $3}')" = RUNNING ]
+rout=$(timeout 60 "$bin/ctr" --address "$sock" --namespace lmtest tasks exec --exec-id x2 lmrun-d \
+	hostname </dev/null 2>&1)
+check "and takes an exec ($rout)" [ "$rout" = lmrun-d ]
 ctr tasks kill -s WINCH lmrun-d
 sleep 1
 check "SIGWINCH does not stop it" [ "$(ctr tasks ls | awk '$1=="lmrun-d"{print $3}')" = RUNNING ]
@@ -174,6 +205,36 @@ ctr tasks delete lmrun-d >/dev/null 2>&1
 check "ctr task delete removes it" [ -z "$(ctr tasks ls -q)" ]
 ctr containers delete lmrun-d >/dev/null 2>&1
 sleep 1
+# what containerd published of lmrun-d, in order (one line per event)
+topics=$(grep -- lmrun-d "$t/events.out" | grep -o '/tasks/[a-z-]*' | uniq | tr '\n' ' ')
+echo "# ctr events of lmrun-d: $topics"
+for want in /tasks/create /tasks/start /tasks/exec-added /tasks/exec-started /tasks/paused /tasks/resumed \
+	/tasks/exit /tasks/delete; do
+	check "ctr events shows $want" grep -q -- "$want" <<<"$topics"
+done
+
+# ---- a shim killed under its task: containerd cleans up --------------------
+timeout 120 "$bin/ctr" --address "$sock" --namespace lmtest run -d --runtime io.containerd.lmshim.v1 \
+	"$ref" lmcrash sh -c 'while :; do sleep 0.2; done' </dev/null >"$t/crash.out" 2>&1
+spid=$(pgrep -f -- "-namespace lmtest -id lmcrash -address $sock" | head -n 1)
+csock=/run/containerd/s/$(printf '%s' "$sock/lmtest/lmcrash" | sha256sum | cut -d' ' -f1)
+check "its socket is where containerd computes it" [ -S "$csock" ]
+check "the crash task runs (shim $spid)" [ -n "$spid" ] && [ "$(ctr tasks ls | awk '$1=="lmcrash"{print $3}')" = RUNNING ]
+kill -9 "$spid"
+for _ in $(seq 100); do
+	[ "$(ctr tasks ls | awk '$1=="lmcrash"{print $3}')" != RUNNING ] && \
+		[ -z "$(pgrep -f guest=vm-lmcrash || true)" ] && break
+	sleep 0.1
+done
+check "containerd sees the task stop when its shim dies (state now: '$(ctr tasks ls | awk '$1=="lmcrash"{print $3}')')" \
+	[ "$(ctr tasks ls | awk '$1=="lmcrash"{print $3}')" != RUNNING ]
+check "and its VM dies with the shim" [ -z "$(pgrep -f guest=vm-lmcrash || true)" ]
+ctr tasks delete lmcrash >/dev/null 2>&1
+ctr containers delete lmcrash >/dev/null 2>&1
+check "ctr containers delete cleans it up" [ -z "$(ctr containers ls -q | grep -x lmcrash || true)" ]
+check "containerd ran lmshim delete for it: its stale socket is gone" \
+	grep -q 'cleaning up dead shim' "$t/containerd.log" && [ ! -e "$csock" ]
+
 # ---- a pod: its sandbox and an app container in one shim, one VM ------------
 state() { ctr tasks ls | awk -v id="$1" '$1==id{print $3}'; }
 pod=(--annotation io.kubernetes.cri.sandbox-id=lmpod)
@@ -211,7 +272,8 @@ check "no shim and no QEMU of these tasks is left running" \
 	[ -z "$(pgrep -f -- "guest=vm-lm|-namespace lmtest -id [^ ]+ -address $sock" || true)" ]
 # every shim containerd stopped by Shutdown logged its last line before
 # containerd closed its log (which it does when Shutdown answers)
-served=$(grep 'mod=lmshim msg=serving' "$t/containerd.log" | sed -n 's/.* id=\([^ ]*\) .*/\1/p' | sort)
+served=$(grep 'mod=lmshim msg=serving' "$t/containerd.log" | sed -n 's/.* id=\([^ ]*\) .*/\1/p' |
+	grep -vx lmcrash | sort)   # (not the one killed -9)
 ended=$(grep 'msg="shutdown complete"' "$t/containerd.log" | sed -n 's/.* id=\([^ ]*\) .*/\1/p' | sort)
 echo "# shims served: $(echo $served); ended in the log: $(echo $ended)"
 check "each shim's log reaches containerd to its last line" [ -n "$served" ] && [ "$served" = "$ended" ]
