@@ -34,6 +34,7 @@
 #include <sys/stat.h>
 
 #include "hcs/qemu/backend.h"
+#include "shim/ocires.h"
 #include "shim/task_service.h"
 #include "shim/vmdoc.h"
 #include "task.pb-c.h"
@@ -805,6 +806,8 @@ static void on_stats(void *ctx, int err, const char *why, const struct lm_agent_
 		.cpu_usage_usec = a->cpu_usage_usec, .cpu_user_usec = a->cpu_user_usec,
 		.cpu_system_usec = a->cpu_system_usec, .memory_usage = a->memory_current,
 		.memory_limit = a->memory_max, .pids_current = a->pids_current, .pids_limit = a->pids_max,
+		.cpu_nr_periods = a->cpu_nr_periods, .cpu_nr_throttled = a->cpu_nr_throttled,
+		.cpu_throttled_usec = a->cpu_throttled_usec,
 	};
 	lm_task_reply_stats(call, &st);
 }
@@ -868,6 +871,46 @@ static void hook_pause(void *arg, const struct lm_container *k, bool resume, lm_
 	if (rc) {
 		lm__ctl_op_drop(x);    /* (leaves the call to us) */
 		lm__ctl_fail(call, lm__ctl_code_for_errno(rc), "%s %s: %s", name, k->id, strerror(-rc));
+	}
+}
+
+/* ---- Update --------------------------------------------------------------------- */
+
+static void on_updated(struct ctl *c, struct ctl_done *d)
+{
+	lm_rpc_call_t *call = d->call;
+	d->call = NULL;
+	if (d->err) {
+		lm__ctl_fail(call, lm__ctl_code_for_errno(d->err), "Update (guest container %s): %s",
+			     d->guest_id, d->why);
+		return;
+	}
+	lm_log_info("controller", "container updated", "guest_id=%s", d->guest_id);
+	lm_rpc_call_reply(call, NULL, 0);   /* google.protobuf.Empty */
+	(void)c;
+}
+
+static void hook_update(void *arg, const struct lm_container *k, const struct lm_oci_resources *r,
+			lm_rpc_call_t *call)
+{
+	struct ctl *c = arg;
+	struct lm_agent_update u = {
+		.set_memory = r->set_memory, .memory_max = r->memory_max,
+		.set_pids = r->set_pids, .pids_max = r->pids_max,
+		.set_cpu_max = r->set_cpu_max, .cpu_quota_us = r->cpu_quota_us,
+		.cpu_period_us = r->cpu_period_us,
+		.set_cpu_weight = r->set_cpu_weight, .cpu_weight = r->cpu_weight,
+	};
+	void *x = guest_op(c, on_updated, k->guest_id);
+	if (!x) {
+		lm__ctl_fail(call, LM_RPC_RESOURCE_EXHAUSTED, "Update %s: out of memory", k->id);
+		return;
+	}
+	lm__ctl_op_set_call(x, call);
+	int rc = lm_guest_update(c->guest, k->guest_id, &u, guest_done, x);
+	if (rc) {
+		lm__ctl_op_drop(x);    /* (leaves the call to us) */
+		lm__ctl_fail(call, lm__ctl_code_for_errno(rc), "Update %s: %s", k->id, strerror(-rc));
 	}
 }
 
@@ -1026,6 +1069,7 @@ const struct lm_task_guest_ops lm__ctl_guest_task_ops = {
 	.pids = hook_pids,
 	.pause = hook_pause,
 	.stats = hook_stats,
+	.update = hook_update,
 	.close_io = hook_close_io,
 	.resize = hook_resize,
 	.exec_start = hook_exec_start,

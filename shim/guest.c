@@ -31,7 +31,7 @@
 
 enum job_kind { JOB_CONNECT, JOB_CREATE, JOB_START, JOB_ADOPT, JOB_KILL, JOB_FORGET, JOB_RECONNECT,
 		JOB_SUSPEND, JOB_PS, JOB_FREEZE, JOB_STATS, JOB_CLOSE_STDIN, JOB_RESIZE, JOB_EXEC,
-		JOB_DELETE_EXEC };
+		JOB_DELETE_EXEC, JOB_UPDATE };
 
 struct job {
 	struct job *next;
@@ -57,6 +57,7 @@ struct job {
 	size_t n_ps;
 	lm_guest_stats_fn stats_done; /* JOB_STATS: instead of done */
 	struct lm_agent_stats stats;
+	struct lm_agent_update upd;   /* JOB_UPDATE */
 	void *ctx;
 };
 
@@ -597,6 +598,9 @@ static int run_job(lm_guest_t *g, struct job *j, uint32_t *pid, char *why, size_
 	case JOB_STATS:
 		rc = lm_agent_stats(g->agent, j->id, &j->stats, CALL_NS);
 		return rc ? ctr_err(rc, "Stats", j->id, why, whylen) : 0;
+	case JOB_UPDATE:
+		rc = lm_agent_update(g->agent, j->id, &j->upd, CALL_NS);
+		return rc ? ctr_err(rc, "Update", j->id, why, whylen) : 0;
 	case JOB_FREEZE:
 		rc = j->thaw ? lm_agent_resume(g->agent, j->id, CALL_NS) : lm_agent_pause(g->agent, j->id, CALL_NS);
 		return rc ? ctr_err(rc, j->thaw ? "Resume" : "Pause", j->id, why, whylen) : 0;
@@ -868,6 +872,18 @@ int lm_guest_stats(lm_guest_t *g, const char *guest_id, lm_guest_stats_fn done, 
 	if (!j)
 		return strlen(guest_id) > LM_GUEST_ID_LEN ? -EINVAL : -ENOMEM;
 	j->stats_done = done;
+	return push(g, j);
+}
+
+int lm_guest_update(lm_guest_t *g, const char *guest_id, const struct lm_agent_update *u,
+		    lm_guest_done_fn done, void *ctx)
+{
+	if (!guest_id || !*guest_id)
+		return -EINVAL;
+	struct job *j = job_new(JOB_UPDATE, guest_id, done, ctx);
+	if (!j)
+		return strlen(guest_id) > LM_GUEST_ID_LEN ? -EINVAL : -ENOMEM;
+	j->upd = *u;
 	return push(g, j);
 }
 

@@ -166,6 +166,9 @@ int lm_guest_ps(lm_guest_t *g, const char *guest_id, lm_guest_ps_fn done, void *
  * the worker thread (NULL on failure). */
 typedef void (*lm_guest_stats_fn)(void *ctx, int err, const char *why, const struct lm_agent_stats *st);
 int lm_guest_stats(lm_guest_t *g, const char *guest_id, lm_guest_stats_fn done, void *ctx);
+/* Sets a container's cgroup limits (those u sets). */
+int lm_guest_update(lm_guest_t *g, const char *guest_id, const struct lm_agent_update *u,
+		    lm_guest_done_fn done, void *ctx);
 /* Freezes every process of a container (its cgroup's freezer), or thaws
  * them (thaw). */
 int lm_guest_freeze(lm_guest_t *g, const char *guest_id, bool thaw, lm_guest_done_fn done, void *ctx);

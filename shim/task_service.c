@@ -15,6 +15,7 @@
 #include "shim/task_service.h"
 #include "shim/glue.h"
 #include "shim/ociproc.h"
+#include "shim/ocires.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -133,6 +134,9 @@ int lm_task_stats_any(const struct lm_task_stats *st, uint8_t *buf, size_t cap, 
 	cpu.usage_usec = st->cpu_usage_usec;
 	cpu.user_usec = st->cpu_user_usec;
 	cpu.system_usec = st->cpu_system_usec;
+	cpu.nr_periods = st->cpu_nr_periods;
+	cpu.nr_throttled = st->cpu_nr_throttled;
+	cpu.throttled_usec = st->cpu_throttled_usec;
 	mem.usage = st->memory_usage;
 	mem.usage_limit = st->memory_limit;
 	m.pids = &pids;
@@ -729,6 +733,58 @@ static void do_stats(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_c
 	gate->guest->stats(gate->guest_arg, c, call);
 }
 
+/* Update: a guest container's cgroup limits, from the runtime-spec
+ * LinuxResources the request carries (shim/ocires.h); a simulated
+ * container has no cgroup. An Update without resources (annotations
+ * only) changes nothing. */
+static void do_update(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_call_t *call,
+		      const Containerd__Task__V2__UpdateTaskRequest *r)
+{
+	const char *id = s_or(r->id);
+	const struct lm_container *c = lm_sandbox_find(sb, id);
+	if (!c) {
+		lm_rpc_call_fail(call, LM_RPC_NOT_FOUND, "Update: container \"%s\" not found", id);
+		return;
+	}
+	if (!c->guest_id || !gate->guest || !gate->guest->update) {
+		lm_rpc_call_fail(call, LM_RPC_UNIMPLEMENTED, "Update %s: a simulated container has no cgroup "
+				 "(the qemu backend's containers have)", id);
+		return;
+	}
+	if (c->state == LM_CTR_STOPPED) {
+		lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION, "Update %s: the container has stopped", id);
+		return;
+	}
+	if (!r->resources) {
+		lm_rpc_call_reply(call, NULL, 0);   /* google.protobuf.Empty */
+		return;
+	}
+	const char *url = s_or(r->resources->type_url);
+	size_t ul = strlen(url), tl = strlen(LM_OCI_RESOURCES_TYPE);
+	if (ul < tl || strcmp(url + ul - tl, LM_OCI_RESOURCES_TYPE)) {
+		lm_rpc_call_fail(call, LM_RPC_INVALID_ARGUMENT, "Update %s: resources of type \"%.120s\" (lmshim "
+				 "takes the runtime-spec's %s)", id, url, LM_OCI_RESOURCES_TYPE);
+		return;
+	}
+	struct lm_oci_resources res;
+	char why[256];
+	if (lm_oci_resources_parse(r->resources->value.data, r->resources->value.len, &res, why,
+				   sizeof why)) {
+		lm_rpc_call_fail(call, LM_RPC_INVALID_ARGUMENT, "Update %s: %s", id, why);
+		return;
+	}
+	if (!res.set_memory && !res.set_pids && !res.set_cpu_max && !res.set_cpu_weight) {
+		lm_rpc_call_fail(call, LM_RPC_INVALID_ARGUMENT, "Update %s: no limit lmshim applies in the "
+				 "utility VM (memory.limit, cpu.quota/period, cpu.shares, pids.limit)%s%s", id,
+				 res.ignored[0] ? "; given: " : "", res.ignored);
+		return;
+	}
+	if (res.ignored[0])
+		lm_log_info("task", "Update: fields not applied in the utility VM", "id=%s fields=\"%s\"", id,
+			    res.ignored);
+	gate->guest->update(gate->guest_arg, c, &res, call);
+}
+
 static const char *const state_names[] = { "unknown", "created", "running", "stopped", "paused" };
 
 static const char *state_name(enum lm_ctr_state s)
@@ -1166,6 +1222,9 @@ int lm_task_handle(lm_sandbox_t *sb, const struct lm_task_gate *gate,
 		break;
 	case LM_TASK_WAIT:
 		do_wait(sb, call, (const Containerd__Task__V2__WaitRequest *)req);
+		break;
+	case LM_TASK_UPDATE:
+		do_update(sb, gate, call, (const Containerd__Task__V2__UpdateTaskRequest *)req);
 		break;
 	case LM_TASK_CLOSE_IO:
 		do_close_io(sb, gate, call, (const Containerd__Task__V2__CloseIORequest *)req);

@@ -15,9 +15,10 @@
  *   - Wait, Connect: never gated.
  * Served: State, Create, Start, Delete, Pids, Kill, Wait, Connect,
  * Shutdown; for containers that are real processes in the utility VM
- * also Exec, Pause, Resume, Stats, CloseIO (stdin) and ResizePty, which
- * a simulated container answers Unimplemented. Checkpoint and Update
- * answer Unimplemented once past their gate. Shutdown follows
+ * also Exec, Pause, Resume, Stats, Update (its cgroup limits: shim/
+ * ocires.h), CloseIO (stdin) and ResizePty, which a simulated container
+ * answers Unimplemented. Checkpoint answers Unimplemented once past its
+ * gate. Shutdown follows
  * containerd's runc shim: it always answers OK, and the shim exits only
  * when it has no container left and no migration session (otherwise
  * containerd's Shutdown after one task's Delete would take the others
@@ -114,12 +115,15 @@ struct lm_task_stats {
 	uint64_t cpu_usage_usec, cpu_user_usec, cpu_system_usec;
 	uint64_t memory_usage, memory_limit;   /* limit 0: none */
 	uint64_t pids_current, pids_limit;     /* limit 0: none */
+	uint64_t cpu_nr_periods, cpu_nr_throttled, cpu_throttled_usec;
 };
 void lm_task_reply_stats(lm_rpc_call_t *call, const struct lm_task_stats *st);
 /* Thread: any. The same figures as containerd reads them: *any (type
  * io.containerd.cgroups.v2.Metrics) over buf (cap bytes, which must
  * outlive *any). 0 or -ENOSPC. */
 int lm_task_stats_any(const struct lm_task_stats *st, uint8_t *buf, size_t cap, Google__Protobuf__Any *any);
+
+struct lm_oci_resources;     /* shim/ocires.h */
 
 /* Containers that are real processes in the utility VM (guest_id set):
  * what the task service cannot do on the sandbox alone. Each hook takes
@@ -144,6 +148,10 @@ struct lm_task_guest_ops {
 	/* Stats of a running or paused guest container: its cgroup's
 	 * figures as io.containerd.cgroups.v2.Metrics (lm_task_reply_stats) */
 	void (*stats)(void *arg, const struct lm_container *c, lm_rpc_call_t *call);
+	/* Update of a created, running or paused guest container: the
+	 * limits r sets (at least one) go to its cgroup in the guest */
+	void (*update)(void *arg, const struct lm_container *c, const struct lm_oci_resources *r,
+		       lm_rpc_call_t *call);
 	/* CloseIO (stdin) of a running or paused guest container, or of its
 	 * running exec'd process x: its stdin is closed, the shim reads no
 	 * more of its stdin file */

@@ -537,6 +537,62 @@ static void test_stats_follow_cpu_and_memory_load(void **state)
 	assert_int_equal(lm_agent_delete_container(ag, "c3", NULL, S(10)), 0);
 }
 
+/* Update changes a running container's cgroup limits: Stats reads them
+ * back, a CPU quota throttles a busy loop, a limit of 0 lifts it; bad
+ * requests are refused naming the field. */
+static void test_update_changes_the_limits_of_a_running_container(void **state)
+{
+	(void)state;
+	create("c5", ARGS("sh", "-c", "while :; do :; done"), 0);
+	assert_int_equal(lm_agent_start(ag, "c5", NULL, S(10)), 0);
+	struct lm_agent_stats a, b;
+	assert_int_equal(lm_agent_stats(ag, "c5", &a, S(5)), 0);
+	assert_int_equal(a.memory_max, 0);
+	assert_int_equal(a.cpu_quota_us, 0);
+	struct lm_agent_update u = { .set_memory = true, .memory_max = 64u << 20, .set_pids = true,
+				     .pids_max = 16, .set_cpu_max = true, .cpu_quota_us = 10000,
+				     .cpu_period_us = 100000, .set_cpu_weight = true, .cpu_weight = 50 };
+	assert_int_equal(lm_agent_update(ag, "c5", &u, S(5)), 0);
+	assert_int_equal(lm_agent_stats(ag, "c5", &a, S(5)), 0);
+	assert_int_equal(a.memory_max, 64u << 20);
+	assert_int_equal(a.pids_max, 16);
+	assert_int_equal(a.cpu_quota_us, 10000);
+	assert_int_equal(a.cpu_period_us, 100000);
+	assert_int_equal(a.cpu_weight, 50);
+	struct timespec ts = {1, 0};
+	nanosleep(&ts, NULL);
+	assert_int_equal(lm_agent_stats(ag, "c5", &b, S(5)), 0);
+	fprintf(stderr, "agent: under a 10%% quota for 1 s: periods %llu -> %llu, throttled %llu -> %llu, "
+		"cpu %llu -> %llu us\n", (unsigned long long)a.cpu_nr_periods,
+		(unsigned long long)b.cpu_nr_periods, (unsigned long long)a.cpu_nr_throttled,
+		(unsigned long long)b.cpu_nr_throttled, (unsigned long long)a.cpu_usage_usec,
+		(unsigned long long)b.cpu_usage_usec);
+	assert_true(b.cpu_nr_periods > a.cpu_nr_periods);
+	assert_true(b.cpu_nr_throttled > a.cpu_nr_throttled);
+	/* one limit lifted, the others kept */
+	struct lm_agent_update lift = { .set_memory = true, .memory_max = 0 };
+	assert_int_equal(lm_agent_update(ag, "c5", &lift, S(5)), 0);
+	assert_int_equal(lm_agent_stats(ag, "c5", &b, S(5)), 0);
+	assert_int_equal(b.memory_max, 0);
+	assert_int_equal(b.pids_max, 16);
+	/* refusals */
+	const char *msg;
+	assert_int_equal(lm_agent_update(ag, "nope", &lift, S(5)), -ENOENT);
+	struct lm_agent_update bad = { .set_cpu_max = true, .cpu_quota_us = 5000, .cpu_period_us = 10 };
+	assert_int_equal(lm_agent_update(ag, "c5", &bad, S(5)), -EINVAL);
+	lm_agent_last_error(&msg);
+	assert_non_null(strstr(msg, "cpu_period_us: 10 is outside 1000..1000000"));
+	struct lm_agent_update none = { .memory_max = 1 };
+	assert_int_equal(lm_agent_update(ag, "c5", &none, S(5)), -EINVAL);
+	lm_agent_last_error(&msg);
+	assert_non_null(strstr(msg, "no limit to set"));
+	assert_int_equal(lm_agent_kill(ag, "c5", "", SIGKILL, true, S(5)), 0);
+	struct lm_agent_exit e;
+	assert_int_equal(lm_agent_wait(ag, "c5", "", &e, S(10)), 0);
+	assert_int_equal(lm_agent_update(ag, "c5", &lift, S(5)), -EBUSY);   /* stopped */
+	assert_int_equal(lm_agent_delete_container(ag, "c5", NULL, S(10)), 0);
+}
+
 static void test_reconnect_loses_and_repeats_nothing(void **state)
 {
 	(void)state;
@@ -980,6 +1036,7 @@ int main(void)
 		cmocka_unit_test(test_tty_resize_winch_then_term),
 		cmocka_unit_test(test_pause_stops_a_counter_resume_restarts_it),
 		cmocka_unit_test(test_stats_follow_cpu_and_memory_load),
+		cmocka_unit_test(test_update_changes_the_limits_of_a_running_container),
 		cmocka_unit_test(test_reconnect_loses_and_repeats_nothing),
 		cmocka_unit_test(test_handover_watches_split_one_stream_between_two_hosts),
 		cmocka_unit_test(test_stdin_write_is_exactly_once),

@@ -33,6 +33,7 @@
 #include "actors/patcher.h"
 #include "shim/sandbox.h"
 #include "actors/controller.h"
+#include "shim/ocires.h"
 #include "shim/task_service.h"
 #include "google/protobuf/any.pb-c.h"
 #include "mount.pb-c.h"
@@ -644,7 +645,8 @@ static void test_vm_not_running_gates_vm_methods(void **state)
 /* What the guest hooks saw (controller thread; read after on_ctl). */
 static struct {
 	unsigned kills, forgets, creates, starts, pids, pauses, resumes, close_ios, resizes;
-	unsigned exec_starts, exec_forgets;
+	unsigned exec_starts, exec_forgets, updates;
+	struct lm_oci_resources res;   /* the last Update's */
 	uint32_t width, height;
 	uint32_t signal;
 	bool all;
@@ -737,6 +739,16 @@ static void hook_stats(void *arg, const struct lm_container *k, lm_rpc_call_t *c
 	lm_task_reply_stats(call, &st);
 }
 
+static void hook_update(void *arg, const struct lm_container *k, const struct lm_oci_resources *r,
+			lm_rpc_call_t *call)
+{
+	(void)arg;
+	hooked.updates++;
+	hooked.res = *r;
+	snprintf(hooked.guest_id, sizeof hooked.guest_id, "%s", k->guest_id);
+	lm_rpc_call_reply(call, NULL, 0);
+}
+
 static void hook_close_io(void *arg, const struct lm_container *k, const struct lm_exec *x,
 			  lm_rpc_call_t *call)
 {
@@ -784,7 +796,7 @@ static void hook_exec_forget(void *arg, const struct lm_container *k, const char
 }
 
 static const struct lm_task_guest_ops guest_ops = {hook_create, hook_start, hook_kill, hook_forget,
-						   hook_pids, hook_pause, hook_stats, hook_close_io,
+						   hook_pids, hook_pause, hook_stats, hook_update, hook_close_io,
 						   hook_resize, hook_exec_start, hook_exec_forget};
 
 static void guest_gate_fn(struct ctl *c, void *arg)
@@ -894,6 +906,55 @@ static void test_guest_containers_go_to_the_guest(void **state)
 	io__containerd__cgroups__v2__metrics__free_unpacked(m, NULL);
 	containerd__task__v2__stats_response__free_unpacked(sr, NULL);
 	lm_rpc_result_free(&res);
+	/* Update: the runtime-spec's LinuxResources (JSON in an Any) become
+	 * the cgroup limits the guest sets; what the VM does not apply is
+	 * named; a wrong type or field is refused naming it */
+	Containerd__Task__V2__UpdateTaskRequest up = CONTAINERD__TASK__V2__UPDATE_TASK_REQUEST__INIT;
+	Google__Protobuf__Any ra = GOOGLE__PROTOBUF__ANY__INIT;
+	up.id = "g1";
+	expect("Update", &up.base, LM_RPC_OK, NULL);              /* annotations only */
+	assert_int_equal(hooked.updates, 0);
+	up.resources = &ra;
+	ra.type_url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
+	const char *js = "{\"memory\":{\"limit\":67108864,\"swap\":67108864},\"cpu\":{\"shares\":1024,"
+			 "\"quota\":50000,\"period\":100000,\"cpus\":\"0-1\"},\"pids\":{\"limit\":32},"
+			 "\"devices\":[{\"allow\":false,\"access\":\"rwm\"}]}";
+	ra.value.data = (uint8_t *)js;
+	ra.value.len = strlen(js);
+	expect("Update", &up.base, LM_RPC_OK, NULL);
+	assert_int_equal(hooked.updates, 1);
+	assert_string_equal(hooked.guest_id, "agent-g1");
+	assert_true(hooked.res.set_memory && hooked.res.set_pids && hooked.res.set_cpu_max &&
+		    hooked.res.set_cpu_weight);
+	assert_int_equal(hooked.res.memory_max, 64u << 20);
+	assert_int_equal(hooked.res.pids_max, 32);
+	assert_int_equal(hooked.res.cpu_quota_us, 50000);
+	assert_int_equal(hooked.res.cpu_period_us, 100000);
+	assert_int_equal(hooked.res.cpu_weight, 39);              /* runc's map of 1024 shares */
+	assert_string_equal(hooked.res.ignored, "memory.swap, cpu.cpus, devices");
+	js = "{\"memory\":{\"limit\":-1},\"pids\":{\"limit\":0}}";   /* lift one, keep one */
+	ra.value.data = (uint8_t *)js;
+	ra.value.len = strlen(js);
+	expect("Update", &up.base, LM_RPC_OK, NULL);
+	assert_true(hooked.res.set_memory && !hooked.res.set_pids && !hooked.res.set_cpu_max);
+	assert_int_equal(hooked.res.memory_max, 0);
+	static const struct { const char *js, *says; } bad[] = {
+		{ "{\"cpu\":{\"quota\":\"x\"}}", "Update g1: resources.cpu.quota: not an integer" },
+		{ "{\"memory\":{\"limit\":-5}}", "resources.memory.limit: -5" },
+		{ "{\"cpu\":{\"quota\":20000,\"period\":10}}", "resources.cpu.period: 10 us is outside" },
+		{ "{\"cpu\":{\"shares\":1}}", "resources.cpu.shares: 1 is outside 2..262144" },
+		{ "{\"pids\":5}", "resources.pids: not an object" },
+		{ "[1]", "resources: not a JSON object" },
+		{ "{\"cpu\":{\"cpus\":\"0\"}}", "no limit lmshim applies in the utility VM" },
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		ra.value.data = (uint8_t *)bad[i].js;
+		ra.value.len = strlen(bad[i].js);
+		expect("Update", &up.base, LM_RPC_INVALID_ARGUMENT, bad[i].says);
+	}
+	ra.type_url = "containerd.runc.v1.Options";
+	expect("Update", &up.base, LM_RPC_INVALID_ARGUMENT, "resources of type \"containerd.runc.v1.Options\"");
+	assert_int_equal(hooked.updates, 2);
 	/* Pause and Resume go to the guest, each from the right state; the
 	 * State says paused in between; a paused container is not deleted */
 	expect_id("Resume", "g1", LM_RPC_FAILED_PRECONDITION, "Resume g1: the container is running, not paused");
@@ -919,6 +980,8 @@ static void test_guest_containers_go_to_the_guest(void **state)
 	expect_id("Pause", "nope", LM_RPC_NOT_FOUND, "not found");
 	on_ctl(guest_exits_fn, NULL);   /* what the guest's watch reports */
 	expect_id("Stats", "g1", LM_RPC_FAILED_PRECONDITION, "not running");
+	ra.type_url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
+	expect("Update", &up.base, LM_RPC_FAILED_PRECONDITION, "Update g1: the container has stopped");
 	k.signal = 9;
 	expect("Kill", &k.base, LM_RPC_NOT_FOUND, "already finished");
 	assert_int_equal(hooked.kills, 1);

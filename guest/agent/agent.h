@@ -150,6 +150,7 @@ void lm_agent_kill(lm_rpc_call_t *call, struct container *c, struct proc *p, uin
 void lm_agent_ps(lm_rpc_call_t *call, struct container *c);
 void lm_agent_stats(lm_rpc_call_t *call, struct container *c);
 void lm_agent_freeze(lm_rpc_call_t *call, struct container *c, bool freeze);
+void lm_agent_update(lm_rpc_call_t *call, struct container *c, const Lmshim__Agent__V1__UpdateRequest *r);
 void lm_agent_delete_container(lm_rpc_call_t *call, struct container *c);
 void lm_agent_delete_proc(lm_rpc_call_t *call, struct proc *p);
 struct container *lm_agent_find(const char *id);

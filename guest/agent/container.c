@@ -1216,6 +1216,17 @@ void lm_agent_stats(lm_rpc_call_t *call, struct container *c)
 	r.pids_current = read_u64(c->cgroup, "pids.current", &ok);
 	r.pids_max = read_u64(c->cgroup, "pids.max", &ok);
 	r.frozen = read_keyed(c->cgroup, "cgroup.events", "frozen") == 1;
+	r.cpu_nr_periods = read_keyed(c->cgroup, "cpu.stat", "nr_periods");
+	r.cpu_nr_throttled = read_keyed(c->cgroup, "cpu.stat", "nr_throttled");
+	r.cpu_throttled_usec = read_keyed(c->cgroup, "cpu.stat", "throttled_usec");
+	char p[256], b[64];
+	snprintf(p, sizeof p, "%s/cpu.max", c->cgroup);
+	if (read_str(p, b, sizeof b) > 0) {   /* "max 100000" or "QUOTA PERIOD" */
+		char *sp = strchr(b, ' ');
+		r.cpu_quota_us = strncmp(b, "max", 3) ? strtoull(b, NULL, 10) : 0;
+		r.cpu_period_us = sp ? strtoull(sp + 1, NULL, 10) : 0;
+	}
+	r.cpu_weight = (uint32_t)read_u64(c->cgroup, "cpu.weight", &ok);
 	if (!ok)
 		lm_log_debug(MOD, "some cgroup statistics are missing", "id=%s", c->id);
 	lm_agent_reply(call, &r.base);
@@ -1247,6 +1258,61 @@ void lm_agent_freeze(lm_rpc_call_t *call, struct container *c, bool freeze)
 		ms_sleep(2);
 	}
 	c->paused = freeze;
+	Lmshim__Agent__V1__Empty e = LMSHIM__AGENT__V1__EMPTY__INIT;
+	lm_agent_reply(call, &e.base);
+}
+
+/* A cgroup limit as its file takes it: the number, or "max" for 0. */
+static const char *limit_str(char *v, size_t n, uint64_t limit)
+{
+	if (limit)
+		snprintf(v, n, "%llu", (unsigned long long)limit);
+	else
+		snprintf(v, n, "max");
+	return v;
+}
+
+/* One cgroup file of an Update: 0, or the call failed naming it. */
+static int update_file(lm_rpc_call_t *call, struct container *c, const char *file, const char *v,
+		       const char *field)
+{
+	char p[200];
+	snprintf(p, sizeof p, "%s/%s", c->cgroup, file);
+	int rc = write_str(p, v);
+	if (rc < 0)
+		lm_rpc_call_fail(call, rc == -EINVAL || rc == -EBUSY ? LM_RPC_INVALID_ARGUMENT : LM_RPC_INTERNAL,
+				 "Update: container %s: %s %s (%s): %s", c->id, field, v, file, strerror(-rc));
+	return rc;
+}
+
+void lm_agent_update(lm_rpc_call_t *call, struct container *c, const Lmshim__Agent__V1__UpdateRequest *r)
+{
+	char v[48];
+	if (c->state == C_STOPPED) {
+		lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION, "Update: container %s has stopped", c->id);
+		return;
+	}
+	if (r->set_memory && update_file(call, c, "memory.max", limit_str(v, sizeof v, r->memory_max),
+					 "memory_max"))
+		return;
+	if (r->set_pids && update_file(call, c, "pids.max", limit_str(v, sizeof v, r->pids_max), "pids_max"))
+		return;
+	if (r->set_cpu_max) {
+		unsigned long long period = r->cpu_period_us ? r->cpu_period_us : 100000;
+		if (r->cpu_quota_us)
+			snprintf(v, sizeof v, "%llu %llu", (unsigned long long)r->cpu_quota_us, period);
+		else
+			snprintf(v, sizeof v, "max %llu", period);
+		if (update_file(call, c, "cpu.max", v, "cpu_quota_us/cpu_period_us"))
+			return;
+	}
+	if (r->set_cpu_weight) {
+		snprintf(v, sizeof v, "%u", r->cpu_weight);
+		if (update_file(call, c, "cpu.weight", v, "cpu_weight"))
+			return;
+	}
+	lm_log_info(MOD, "container updated", "id=%s memory=%d pids=%d cpu_max=%d cpu_weight=%d", c->id,
+		    r->set_memory, r->set_pids, r->set_cpu_max, r->set_cpu_weight);
 	Lmshim__Agent__V1__Empty e = LMSHIM__AGENT__V1__EMPTY__INIT;
 	lm_agent_reply(call, &e.base);
 }

@@ -133,7 +133,7 @@ H(h_info, M_INFO) H(h_create, M_CREATE) H(h_start, M_START) H(h_exec, M_EXEC)
 H(h_kill, M_KILL) H(h_wait, M_WAIT) H(h_ps, M_PS) H(h_stats, M_STATS)
 H(h_pause, M_PAUSE) H(h_resume, M_RESUME) H(h_resize, M_RESIZE) H(h_stdin, M_STDIN)
 H(h_close_stdin, M_CLOSE_STDIN) H(h_output, M_OUTPUT) H(h_ack, M_ACK)
-H(h_delete_proc, M_DELETE_PROC) H(h_delete_container, M_DELETE_CONTAINER)
+H(h_delete_proc, M_DELETE_PROC) H(h_delete_container, M_DELETE_CONTAINER) H(h_update, M_UPDATE)
 #undef H
 
 static const struct lm_rpc_method methods[M_COUNT] = {
@@ -154,6 +154,7 @@ static const struct lm_rpc_method methods[M_COUNT] = {
 	[M_ACK] = {"AckOutput", LM_RPC_UNARY, h_ack, NULL, NULL},
 	[M_DELETE_PROC] = {"DeleteProcess", LM_RPC_UNARY, h_delete_proc, NULL, NULL},
 	[M_DELETE_CONTAINER] = {"DeleteContainer", LM_RPC_UNARY, h_delete_container, NULL, NULL},
+	[M_UPDATE] = {"Update", LM_RPC_UNARY, h_update, NULL, NULL},
 };
 
 const struct lm_rpc_service lm_agent_service = {LM_AGENT_SERVICE, methods, M_COUNT, NULL};
@@ -229,6 +230,12 @@ static void run(enum lm_agent_method m, lm_rpc_call_t *call, ProtobufCMessage *m
 			lm_agent_freeze(call, c, m == M_PAUSE);
 		else
 			lm_agent_delete_container(call, c);
+		return;
+	}
+	case M_UPDATE: {
+		const Lmshim__Agent__V1__UpdateRequest *r = (const void *)msg;
+		if ((c = need_container(call, r->container_id)))
+			lm_agent_update(call, c, r);
 		return;
 	}
 	case M_RESIZE: {

@@ -182,6 +182,7 @@ const struct lm_agent_method_desc lm_agent_methods[M_COUNT] = {
 	[M_ACK] = {"AckOutput", &lmshim__agent__v1__ack_output_request__descriptor},
 	[M_DELETE_PROC] = {"DeleteProcess", &lmshim__agent__v1__process_request__descriptor},
 	[M_DELETE_CONTAINER] = {"DeleteContainer", &lmshim__agent__v1__container_request__descriptor},
+	[M_UPDATE] = {"Update", &lmshim__agent__v1__update_request__descriptor},
 };
 
 int lm_agent_check_request(enum lm_agent_method m, const ProtobufCMessage *msg, char *why, size_t n)
@@ -215,6 +216,22 @@ int lm_agent_check_request(enum lm_agent_method m, const ProtobufCMessage *msg, 
 	case M_PS: case M_STATS: case M_PAUSE: case M_RESUME: case M_DELETE_CONTAINER: {
 		const Lmshim__Agent__V1__ContainerRequest *r = (const void *)msg;
 		return lm_agent_check_id("container_id", r->container_id, false, why, n);
+	}
+	case M_UPDATE: {
+		const Lmshim__Agent__V1__UpdateRequest *r = (const void *)msg;
+		if ((rc = lm_agent_check_id("container_id", r->container_id, false, why, n)))
+			return rc;
+		if (r->set_cpu_max && r->cpu_period_us && (r->cpu_period_us < 1000 || r->cpu_period_us > 1000000))
+			return bad(why, n, "cpu_period_us: %llu is outside 1000..1000000",
+				   (unsigned long long)r->cpu_period_us);
+		if (r->set_cpu_max && r->cpu_quota_us && r->cpu_quota_us < 1000)
+			return bad(why, n, "cpu_quota_us: %llu is below 1000 (0: no limit)",
+				   (unsigned long long)r->cpu_quota_us);
+		if (r->set_cpu_weight && (r->cpu_weight < 1 || r->cpu_weight > 10000))
+			return bad(why, n, "cpu_weight: %u is outside 1..10000", r->cpu_weight);
+		if (!r->set_memory && !r->set_pids && !r->set_cpu_max && !r->set_cpu_weight)
+			return bad(why, n, "no limit to set (set_memory, set_pids, set_cpu_max, set_cpu_weight)");
+		return 0;
 	}
 	case M_RESIZE: {
 		const Lmshim__Agent__V1__ResizePtyRequest *r = (const void *)msg;

@@ -664,6 +664,12 @@ int lm_agent_stats(lm_agent_t *a, const char *id, struct lm_agent_stats *out, in
 	out->pids_current = r->pids_current;
 	out->pids_max = r->pids_max;
 	out->frozen = r->frozen;
+	out->cpu_nr_periods = r->cpu_nr_periods;
+	out->cpu_nr_throttled = r->cpu_nr_throttled;
+	out->cpu_throttled_usec = r->cpu_throttled_usec;
+	out->cpu_quota_us = r->cpu_quota_us;
+	out->cpu_period_us = r->cpu_period_us;
+	out->cpu_weight = r->cpu_weight;
 	FREE_MSG(r);
 	return 0;
 }
@@ -676,6 +682,22 @@ int lm_agent_pause(lm_agent_t *a, const char *id, int64_t timeout_ns)
 int lm_agent_resume(lm_agent_t *a, const char *id, int64_t timeout_ns)
 {
 	return container_call(a, "Resume", id, NULL, NULL, timeout_ns);
+}
+
+int lm_agent_update(lm_agent_t *a, const char *id, const struct lm_agent_update *u, int64_t timeout_ns)
+{
+	Lmshim__Agent__V1__UpdateRequest rq = LMSHIM__AGENT__V1__UPDATE_REQUEST__INIT;
+	rq.container_id = (char *)id;
+	rq.set_memory = u->set_memory;
+	rq.memory_max = u->memory_max;
+	rq.set_pids = u->set_pids;
+	rq.pids_max = u->pids_max;
+	rq.set_cpu_max = u->set_cpu_max;
+	rq.cpu_quota_us = u->cpu_quota_us;
+	rq.cpu_period_us = u->cpu_period_us;
+	rq.set_cpu_weight = u->set_cpu_weight;
+	rq.cpu_weight = u->cpu_weight;
+	return call(a, "Update", &rq.base, NULL, NULL, timeout_ns);
 }
 
 int lm_agent_resize(lm_agent_t *a, const char *id, const char *exec_id, uint16_t width,

@@ -94,6 +94,22 @@ struct lm_agent_stats {
 	uint64_t memory_current, memory_max;  /* max 0: no limit */
 	uint64_t pids_current, pids_max;
 	bool frozen;
+	uint64_t cpu_nr_periods, cpu_nr_throttled, cpu_throttled_usec;
+	uint64_t cpu_quota_us, cpu_period_us;  /* cpu.max; quota 0: no limit */
+	uint32_t cpu_weight;
+};
+
+/* An Update of a container's cgroup limits: each applies when its set_
+ * flag is true; a limit of 0 is none. */
+struct lm_agent_update {
+	bool set_memory;
+	uint64_t memory_max;          /* bytes */
+	bool set_pids;
+	uint64_t pids_max;
+	bool set_cpu_max;
+	uint64_t cpu_quota_us, cpu_period_us;  /* period 0: 100000 */
+	bool set_cpu_weight;
+	uint32_t cpu_weight;          /* 1..10000 */
 };
 
 struct lm_agent_ps_entry {
@@ -159,6 +175,7 @@ int lm_agent_ps(lm_agent_t *a, const char *id, struct lm_agent_ps_entry **out, s
 int lm_agent_stats(lm_agent_t *a, const char *id, struct lm_agent_stats *out, int64_t timeout_ns);
 int lm_agent_pause(lm_agent_t *a, const char *id, int64_t timeout_ns);
 int lm_agent_resume(lm_agent_t *a, const char *id, int64_t timeout_ns);
+int lm_agent_update(lm_agent_t *a, const char *id, const struct lm_agent_update *u, int64_t timeout_ns);
 int lm_agent_resize(lm_agent_t *a, const char *id, const char *exec_id, uint16_t width,
 		    uint16_t height, int64_t timeout_ns);
 int lm_agent_close_stdin(lm_agent_t *a, const char *id, const char *exec_id, int64_t timeout_ns);

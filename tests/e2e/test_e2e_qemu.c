@@ -359,8 +359,14 @@ static int task_pids(struct e2e_shim *s, const char *id, uint32_t *pids, size_t 
 	return n;
 }
 
+/* What Stats answers of a container: its cgroup v2 figures. */
+struct stats_of {
+	uint64_t cpu_usec, mem, pids;
+	uint64_t mem_limit, pids_limit, nr_periods;
+};
+
 /* Stats: the container's cgroup v2 metrics (0), or the gRPC code. */
-static int task_stats(struct e2e_shim *s, const char *id, uint64_t *cpu_usec, uint64_t *mem, uint64_t *pids)
+static int task_stats(struct e2e_shim *s, const char *id, struct stats_of *out)
 {
 	Containerd__Task__V2__StatsRequest rq = CONTAINERD__TASK__V2__STATS_REQUEST__INIT;
 	rq.id = (char *)id;
@@ -374,14 +380,31 @@ static int task_stats(struct e2e_shim *s, const char *id, uint64_t *cpu_usec, ui
 	if (r->stats && !strcmp(r->stats->type_url, "io.containerd.cgroups.v2.Metrics"))
 		m = io__containerd__cgroups__v2__metrics__unpack(NULL, r->stats->value.len, r->stats->value.data);
 	rc = m && m->cpu && m->memory && m->pids ? 0 : 13;
-	if (!rc) {
-		*cpu_usec = m->cpu->usage_usec;
-		*mem = m->memory->usage;
-		*pids = m->pids->current;
-	}
+	if (!rc)
+		*out = (struct stats_of){ .cpu_usec = m->cpu->usage_usec, .mem = m->memory->usage,
+					  .pids = m->pids->current, .mem_limit = m->memory->usage_limit,
+					  .pids_limit = m->pids->limit, .nr_periods = m->cpu->nr_periods };
 	if (m)
 		io__containerd__cgroups__v2__metrics__free_unpacked(m, NULL);
 	protobuf_c_message_free_unpacked(resp, NULL);
+	return rc;
+}
+
+/* Update with the runtime-spec's LinuxResources (JSON), as containerd
+ * sends it: 0 or the gRPC code. */
+static int task_update(struct e2e_shim *s, const char *id, const char *json)
+{
+	Containerd__Task__V2__UpdateTaskRequest rq = CONTAINERD__TASK__V2__UPDATE_TASK_REQUEST__INIT;
+	Google__Protobuf__Any a = GOOGLE__PROTOBUF__ANY__INIT;
+	a.type_url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
+	a.value.data = (uint8_t *)json;
+	a.value.len = strlen(json);
+	rq.id = (char *)id;
+	rq.resources = &a;
+	char msg[300];
+	int rc = e2e_call(s, "containerd.task.v2.Task", "Update", &rq.base, NULL, NULL, msg, sizeof msg);
+	if (rc)
+		printf("# Update %s: %d %s\n", id, rc, msg);
 	return rc;
 }
 
@@ -517,11 +540,25 @@ static void pod_moves(struct fx *f, const char *session)
 	assert_true(np >= 1);
 	assert_int_equal(pids[0], pid_c);
 	/* Stats: its cgroup's figures, as containerd's cgroup v2 metrics */
-	uint64_t cpu = 0, mem = 0, npids = 0;
-	assert_int_equal(task_stats(&f->src, "counter", &cpu, &mem, &npids), 0);
+	struct stats_of so, so1;
+	assert_int_equal(task_stats(&f->src, "counter", &so), 0);
 	printf("# counter: Pids %d, Stats cpu %llu us, memory %llu B, pids %llu\n", np,
-	       (unsigned long long)cpu, (unsigned long long)mem, (unsigned long long)npids);
-	assert_true(cpu > 0 && mem > 0 && npids >= 1);
+	       (unsigned long long)so.cpu_usec, (unsigned long long)so.mem, (unsigned long long)so.pids);
+	assert_true(so.cpu_usec > 0 && so.mem > 0 && so.pids >= 1);
+	/* Update sets its cgroup's limits in the guest: Stats reads them
+	 * back, and a CPU quota counts periods */
+	assert_int_equal(task_update(&f->src, "counter", "{\"memory\":{\"limit\":100663296},"
+				     "\"cpu\":{\"quota\":80000,\"period\":100000},\"pids\":{\"limit\":50}}"), 0);
+	assert_int_equal(task_stats(&f->src, "counter", &so), 0);
+	assert_int_equal(so.mem_limit, 96u << 20);
+	assert_int_equal(so.pids_limit, 50);
+	usleep(500000);
+	assert_int_equal(task_stats(&f->src, "counter", &so1), 0);
+	printf("# counter after Update: memory limit %llu, pids limit %llu, cpu periods %llu -> %llu\n",
+	       (unsigned long long)so1.mem_limit, (unsigned long long)so1.pids_limit,
+	       (unsigned long long)so.nr_periods, (unsigned long long)so1.nr_periods);
+	assert_true(so1.nr_periods > so.nr_periods);
+	assert_int_equal(task_update(&f->src, "counter", "{\"cpu\":{\"quota\":\"x\"}}"), 3);
 	/* Pause freezes the counter: its output stops, State says paused;
 	 * Resume thaws it and it counts on */
 	assert_int_equal(task_pause(&f->src, "counter", false), 0);
@@ -568,6 +605,10 @@ static void pod_moves(struct fx *f, const char *session)
 	assert_int_equal(e2e_state(&f->dst, "counter-m", NULL, &st), 0);
 	assert_int_equal(st, 2);
 	assert_one_stream(sc, dc, "", true);
+	/* its limits came with the guest */
+	assert_int_equal(task_stats(&f->dst, "counter-m", &so), 0);
+	assert_int_equal(so.mem_limit, 96u << 20);
+	assert_int_equal(so.pids_limit, 50);
 	/* the writer counts the lines of its file: it grew on from before */
 	assert_one_stream(sw, dw, "lines ", false);
 	/* ... on its own layers, the destination's copies (the top one over
