@@ -507,6 +507,18 @@ static void on_call_gone(struct ctl *c, lm_rpc_call_t *call)
 		lm_notifier_call_gone(c->notifier, call);
 }
 
+void lm__ctl_sandbox_gone(struct ctl *c)
+{
+	if (c->side != SIDE_SOURCE) {
+		lm_sandbox_clear(c->sb);
+		return;
+	}
+	size_t n = lm_sandbox_leave(c->sb);
+	if (n)
+		lm_log_info("controller", "containerd's tasks ended here: the destination runs them",
+			    "tasks=%zu exit_status=%d", n, LM_SANDBOX_MOVED_STATUS);
+}
+
 /* ---- quiesce ----------------------------------------------------------------- */
 
 /* The Shutdown that stopped the shim gets its answer last: containerd

@@ -190,6 +190,11 @@ struct ctl {
 
 /* ---- controller.c: helpers -------------------------------------------- */
 
+/* The sandbox after a STOP: on the source (the guest runs on the
+ * destination now) containerd's tasks end here (lm_sandbox_leave); on a
+ * destination the import is discarded (lm_sandbox_clear). */
+void lm__ctl_sandbox_gone(struct ctl *c);
+
 extern const char *const lm__ctl_state_name[];
 extern const char *const lm__ctl_method_name[LM_MIG_N];
 const char *lm__ctl_side_name(const struct ctl *c);

@@ -123,7 +123,7 @@ static void on_finalized(struct ctl *c, struct ctl_done *d)
 	if (c->finalize_op == LM_HCS_FINALIZE_STOP) {
 		/* source: the migration succeeded; destination: discard */
 		lm__ctl_close_vm(c);
-		lm_sandbox_clear(c->sb);
+		lm__ctl_sandbox_gone(c);
 	} else {
 		c->vm_running = true;
 		lm__ctl_guest_adopt(c);

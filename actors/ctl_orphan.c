@@ -118,7 +118,7 @@ static void on_resolved(struct ctl *c, struct ctl_done *d)
 	lm__ctl_op_answer(c, LM_RPC_OK, NULL);   /* a Finalize that joined ours */
 	if (c->finalize_op == LM_HCS_FINALIZE_STOP) {
 		lm__ctl_close_vm(c);
-		lm_sandbox_clear(c->sb);
+		lm__ctl_sandbox_gone(c);
 	} else {
 		c->vm_running = true;
 		lm__ctl_guest_adopt(c);
@@ -264,7 +264,7 @@ static void on_recovered(struct ctl *c, struct ctl_done *d)
 		break;
 	case LM_HCS_RECOVER_STOP:
 		lm__ctl_close_vm(c);
-		lm_sandbox_clear(c->sb);
+		lm__ctl_sandbox_gone(c);
 		lm__ctl_set_state(c, ST_FINALIZED);
 		break;
 	case LM_HCS_RECOVER_GRANT:

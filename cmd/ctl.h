@@ -170,6 +170,22 @@ struct ctl_migrate_opts {
 	uint64_t vm_bytes;            /* for the display (0: unknown) */
 };
 
+/* containerd on the hosts of a migration (ctl_containerd.c). */
+struct ctl_containerd_opts {
+	const char *src_addr, *dst_addr;  /* containerd's sockets (NULL: not told) */
+	const char *ns;                   /* containerd namespace (default "default") */
+	const char *ctr;                  /* its CLI (default "ctr", looked up in PATH) */
+	const char *runtime;              /* lmshim's runtime name (io.containerd.lmshim.v1) */
+};
+
+/* Thread: main. After a migration that succeeded: the destination's
+ * containerd takes the migrated containers over (created from the
+ * source's image under their new IDs, their tasks adopted by the shim at
+ * dst_shim), the source's containerd deletes them. 0, or 4 when a step
+ * failed (each said on stderr; the guest runs on the destination). */
+int ctl_containerd_handover(const struct ctl_containerd_opts *o, const char *dst_shim,
+			    const struct ctl_container *v, size_t n);
+
 /* The outcome of a migration, for the demo and the summary. */
 struct ctl_migrate_result {
 	bool ok;                      /* the VM runs on the destination */

@@ -27,6 +27,13 @@
 #include "util/fault.h"
 #include "cmd/ctl.h"
 
+/* A shim's socket as given: a path, or containerd's unix://PATH (what
+ * `lmshim start` prints and writes to its address file). */
+static const char *sock_path(const char *arg)
+{
+	return strncmp(arg, "unix://", 7) ? arg : arg + 7;
+}
+
 static const char usage_main[] =
 	"usage: lmctl COMMAND [options]\n"
 	"\n"
@@ -55,7 +62,7 @@ static const char usage_migrate[] =
 	"to settle it (lmctl recover). Ctrl-C cancels and rolls back within 2 s; a second\n"
 	"Ctrl-C quits at once (the shims then settle the session themselves).\n"
 	"\n"
-	"  --from SOCK                 the source shim's ttrpc socket\n"
+	"  --from SOCK                 the source shim's ttrpc socket (a path or unix://PATH)\n"
 	"  --to SOCK                   the destination shim's ttrpc socket\n"
 	"  --session ID                session ID (default: a random UUID)\n"
 	"  --transport unix|tcp|dup    how the shims get the migration socket (default unix)\n"
@@ -87,6 +94,16 @@ static const char usage_migrate[] =
 	"                              reported as unverified, not as a failure)\n"
 	"  --verify                    require the verification (fail if unavailable)\n"
 	"  --timeout DUR               TransferSandbox timeout (e.g. 90s, 10m)\n"
+	"  --src-containerd ADDR       after the migration, the source's containerd deletes the\n"
+	"                              migrated tasks and containers (the shim ended them)\n"
+	"  --dst-containerd ADDR       after the migration, the destination's containerd takes them\n"
+	"                              over: each is created there from the source's image under its\n"
+	"                              new ID and its task adopted (ctr tasks start) as it runs;\n"
+	"                              --to must then be the shim containerd would start for the pod\n"
+	"                              (lmshim -namespace NS -address ADDR -id NEW-ID start prints it)\n"
+	"  --containerd-namespace NS   containerd namespace (default \"default\")\n"
+	"  --ctr PATH                  containerd's CLI (default \"ctr\" in PATH)\n"
+	"  --containerd-runtime NAME   lmshim's runtime name (default io.containerd.lmshim.v1)\n"
 	"  --call-timeout DUR          deadline of each other call (default 10s); a shim that\n"
 	"                              misses one is not called again\n"
 	"  --quiet                     no progress bar\n"
@@ -94,7 +111,9 @@ static const char usage_migrate[] =
 	"\n"
 	"On success stdout has one line per container: SOURCE-ID NEW-ID INIT-PID.\n"
 	"Exit status: 0 migrated, 1 failed (the guest runs on one side: said which),\n"
-	"2 bad usage, 3 failed and not settled (run lmctl recover).\n";
+	"2 bad usage, 3 failed and not settled (run lmctl recover), 4 migrated but a\n"
+	"containerd was not told all of it (each failed step said; the guest runs on the\n"
+	"destination).\n";
 
 static const char usage_recover[] =
 	"usage: lmctl recover --session ID --from SOCK --to SOCK [options]\n"
@@ -217,6 +236,7 @@ static int cmd_migrate(int argc, char **argv)
 		O_FROM = 1, O_TO, O_SESSION, O_TRANSPORT, O_LISTEN, O_CONNECT, O_WORKDIR, O_SANDBOX_ID,
 		O_SUFFIX, O_LAYERMAP, O_CONTAINER, O_CHECKSUM, O_COMPRESS, O_MAXP, O_TARGETP, O_TBLACK, O_CBLACK,
 		O_SCALE, O_NOTHROTTLE, O_VERIFY, O_NOVERIFY, O_TIMEOUT, O_CTIMEOUT, O_QUIET, O_HELP,
+		O_SRC_CD, O_DST_CD, O_CD_NS, O_CTR, O_CD_RUNTIME,
 	};
 	static const struct option lo[] = {
 		{ "from", required_argument, 0, O_FROM }, { "to", required_argument, 0, O_TO },
@@ -241,8 +261,14 @@ static int cmd_migrate(int argc, char **argv)
 		{ "timeout", required_argument, 0, O_TIMEOUT },
 		{ "call-timeout", required_argument, 0, O_CTIMEOUT },
 		{ "quiet", no_argument, 0, O_QUIET }, { "help", no_argument, 0, O_HELP },
+		{ "src-containerd", required_argument, 0, O_SRC_CD },
+		{ "dst-containerd", required_argument, 0, O_DST_CD },
+		{ "containerd-namespace", required_argument, 0, O_CD_NS },
+		{ "ctr", required_argument, 0, O_CTR },
+		{ "containerd-runtime", required_argument, 0, O_CD_RUNTIME },
 		{ 0, 0, 0, 0 },
 	};
+	struct ctl_containerd_opts cd = { .ns = "default", .ctr = "ctr", .runtime = "io.containerd.lmshim.v1" };
 	struct ctl_migrate_opts o = { .id_suffix = "-m", .transport = "unix", .verify = true,
 				      .call_timeout_ns = 10ll * 1000000000 };
 	InitializeOptions io = INITIALIZE_OPTIONS__INIT;
@@ -258,8 +284,8 @@ static int cmd_migrate(int argc, char **argv)
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
 		switch (c) {
-		case O_FROM: o.from = optarg; break;
-		case O_TO: o.to = optarg; break;
+		case O_FROM: o.from = sock_path(optarg); break;
+		case O_TO: o.to = sock_path(optarg); break;
 		case O_SESSION:
 			if (!*optarg)
 				return bad_flag("migrate", "--session must not be empty");
@@ -359,6 +385,11 @@ static int cmd_migrate(int argc, char **argv)
 				return bad_flag("migrate", "--call-timeout wants a duration (500ms, 90s, 10m)");
 			break;
 		case O_QUIET: o.quiet_progress = true; break;
+		case O_SRC_CD: cd.src_addr = optarg; break;
+		case O_DST_CD: cd.dst_addr = optarg; break;
+		case O_CD_NS: cd.ns = optarg; break;
+		case O_CTR: cd.ctr = optarg; break;
+		case O_CD_RUNTIME: cd.runtime = optarg; break;
 		case O_HELP: fputs(usage_migrate, stdout); return 0;
 		default: {
 			char m[160];
@@ -384,6 +415,11 @@ static int cmd_migrate(int argc, char **argv)
 	for (size_t i = 0; rc == 0 && i < res.n_containers; i++)
 		printf("%s %s %" PRIu32 "\n", res.containers[i].src_id, res.containers[i].new_id,
 		       res.containers[i].pid);
+	/* then containerd on each host learns where they are */
+	if (rc == 0 && (cd.src_addr || cd.dst_addr)) {
+		fflush(stdout);
+		rc = ctl_containerd_handover(&cd, o.to, res.containers, res.n_containers);
+	}
 	ctl_migrate_result_free(&res);
 	for (size_t i = 0; i < ncont; i++) {
 		free(conts[i].src_id);
@@ -624,8 +660,8 @@ static int cmd_recover(int argc, char **argv)
 	while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
 		switch (c) {
 		case O_SESSION: o.session = optarg; break;
-		case O_FROM: o.from = optarg; break;
-		case O_TO: o.to = optarg; break;
+		case O_FROM: o.from = sock_path(optarg); break;
+		case O_TO: o.to = sock_path(optarg); break;
 		case O_FSRC: o.force_source_gone = true; break;
 		case O_FDST: o.force_destination_gone = true; break;
 		case O_TMO:

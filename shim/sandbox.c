@@ -72,6 +72,19 @@ static void emit_exec(const lm_sandbox_t *sb, enum lm_sandbox_event type, const 
 		sb->ev(sb->ev_arg, type, c, x);
 }
 
+/* A task containerd just took (a patch, an adoption): it may run already,
+ * be paused or have stopped on the source: its create, then its state. */
+static void announce(const lm_sandbox_t *sb, const struct lm_container *c)
+{
+	emit(sb, LM_SB_EV_CREATE, c);
+	if (c->state == LM_CTR_RUNNING || c->state == LM_CTR_PAUSED)
+		emit(sb, LM_SB_EV_START, c);
+	if (c->state == LM_CTR_PAUSED)
+		emit(sb, LM_SB_EV_PAUSED, c);
+	else if (c->state == LM_CTR_STOPPED)
+		emit(sb, LM_SB_EV_EXIT, c);
+}
+
 void lm_sandbox_set_event_fn(lm_sandbox_t *sb, lm_sandbox_event_fn fn, void *arg)
 {
 	sb->ev = fn;
@@ -578,6 +591,43 @@ int lm_sandbox_exit(lm_sandbox_t *sb, const char *id, uint32_t status)
 	return stop(sb, k, status);
 }
 
+size_t lm_sandbox_leave(lm_sandbox_t *sb)
+{
+	for (size_t i = sb->n; i-- > 0;) {
+		struct ctr *k = sb->v[i];
+		if (!k->c.containerds) {
+			remove_ctr_at(sb, i, LM_RPC_UNAVAILABLE, "sandbox torn down");
+			continue;
+		}
+		for (size_t x = 0; x < k->c.n_execs; x++) {
+			struct xproc *p = k->xs[x];
+			if (p->x.state == LM_CTR_STOPPED)
+				continue;
+			p->x.state = LM_CTR_STOPPED;
+			p->exit_pending = false;
+			p->x.exit_status = LM_SANDBOX_MOVED_STATUS;
+			p->x.exited_at_ns = lm_wall_ns();
+			emit_exec(sb, LM_SB_EV_EXIT, &k->c, &p->x);
+			answer_list(&p->waiters, &p->x.n_waiters, p->x.exit_status, p->x.exited_at_ns);
+		}
+		(void)stop(sb, k, LM_SANDBOX_MOVED_STATUS);
+		free(k->c.guest_id);          /* no guest here any more */
+		k->c.guest_id = NULL;
+		k->c.adopted = false;
+	}
+	for (size_t i = sb->np; i-- > 0;) {
+		bool used = false;
+		for (size_t j = 0; j < sb->n && !used; j++)
+			used = !strcmp(sb->v[j]->c.pod_id, sb->pods[i]->id);
+		if (used)
+			continue;
+		pod_free(sb->pods[i]);
+		memmove(&sb->pods[i], &sb->pods[i + 1], (sb->np - i - 1) * sizeof(*sb->pods));
+		sb->np--;
+	}
+	return sb->n;
+}
+
 int lm_sandbox_delete(lm_sandbox_t *sb, const char *id, uint32_t *pid,
 		      uint32_t *exit_status, uint64_t *exited_at_ns)
 {
@@ -1035,13 +1085,35 @@ int lm_sandbox_apply_patch(lm_sandbox_t *sb, const struct lm_patch_result *r)
 		    c->source_id, c->id, c->pod_id, c->pid);
 	/* containerd created the task under its new ID; it runs already (or
 	 * had stopped on the source): say so too */
-	emit(sb, LM_SB_EV_CREATE, c);
-	if (c->state == LM_CTR_RUNNING || c->state == LM_CTR_PAUSED)
-		emit(sb, LM_SB_EV_START, c);
-	if (c->state == LM_CTR_PAUSED)
-		emit(sb, LM_SB_EV_PAUSED, c);
-	else if (c->state == LM_CTR_STOPPED)
-		emit(sb, LM_SB_EV_EXIT, c);
+	announce(sb, c);
+	return 0;
+}
+
+int lm_sandbox_adopt(lm_sandbox_t *sb, const char *id, const char *source_id)
+{
+	struct ctr *k = find_ctr(sb, id);
+	if (!k)
+		return -ENOENT;
+	struct lm_container *c = &k->c;
+	if (!c->patched || !c->source_id || !source_id || strcmp(c->source_id, source_id))
+		return -EINVAL;
+	if (c->containerds)
+		return -EALREADY;
+	c->containerds = true;
+	c->adopted = c->state != LM_CTR_STOPPED;
+	lm_log_info("sandbox", "container adopted by containerd", "id=%s source_id=%s pid=%" PRIu32, c->id,
+		    c->source_id, c->pid);
+	announce(sb, c);
+	return 0;
+}
+
+int lm_sandbox_start_adopted(lm_sandbox_t *sb, const char *id, uint32_t *pid)
+{
+	struct ctr *k = find_ctr(sb, id);
+	if (!k || !k->c.adopted || (k->c.state != LM_CTR_RUNNING && k->c.state != LM_CTR_PAUSED))
+		return -ESRCH;
+	k->c.adopted = false;
+	*pid = k->c.pid;
 	return 0;
 }
 

@@ -134,6 +134,8 @@ struct lm_container {
 					  guest agent knows it by (kept across
 					  migrations and patches); NULL: simulated */
 	bool patched;                  /* imported and mapped by the patch path */
+	bool adopted;                  /* containerd's Create took it over after a
+	                                  migration: its next Start answers its PID */
 	bool containerds;              /* containerd created the task (its Create, or the
 	                                  patch path's, came from containerd, not
 	                                  from lmctl: LM_CLIENT_MD): only such a
@@ -223,6 +225,17 @@ void lm_sandbox_destroy(lm_sandbox_t *sb);
  * Wait is failed with Unavailable ("sandbox torn down"). The PID counter
  * is kept (it never goes backwards). */
 void lm_sandbox_clear(lm_sandbox_t *sb);
+
+/* Thread: owner only. The guest left this host by migration (the
+ * source's STOP): the tasks containerd created here end, since containerd
+ * here knows them: each that has not stopped stops with exit status
+ * LM_SANDBOX_MOVED_STATUS, its exec'd processes too, each with its
+ * /tasks/exit (and its parked Waits answered); they stay, stopped and in
+ * no guest, until containerd deletes them (then its Shutdown ends the
+ * shim). Every other container and every pod left empty is forgotten, as
+ * lm_sandbox_clear does. Returns how many tasks stay. */
+#define LM_SANDBOX_MOVED_STATUS 0
+size_t lm_sandbox_leave(lm_sandbox_t *sb);
 
 /* ---- pods ------------------------------------------------------------- */
 
@@ -352,6 +365,21 @@ size_t lm_sandbox_pending_patches(const lm_sandbox_t *sb, char *buf, size_t bufl
  * (already patched), -EEXIST (new ID taken by another container or pod),
  * -EINVAL (r->code != 0), -ENOMEM (nothing changed). */
 int lm_sandbox_apply_patch(lm_sandbox_t *sb, const struct lm_patch_result *r);
+
+/* Thread: owner only. containerd takes over container id, which a Create
+ * of another client (lmctl) patched as source container source_id:
+ * containerd's own Create with the same source annotation, once the guest
+ * runs here. The container is containerd's from now on (its events go
+ * out: /tasks/create, then its state's), and its next Start answers with
+ * its PID (it runs already: lm_sandbox_start_adopted). 0, -ENOENT (no
+ * such container), -EINVAL (not one patched from source_id), -EALREADY
+ * (containerd's already). */
+int lm_sandbox_adopt(lm_sandbox_t *sb, const char *id, const char *source_id);
+
+/* Thread: owner only. The Start containerd sends after adopting id: 0 and
+ * *pid when id was adopted and not yet started so (it runs or is paused),
+ * else -ESRCH (an ordinary Start applies). */
+int lm_sandbox_start_adopted(lm_sandbox_t *sb, const char *id, uint32_t *pid);
 
 /* Thread: owner only. The snapshot of this sandbox and *vm, packed as a
  * google.protobuf.Any (type URL LM_SNAPSHOT_TYPE_URL): *out is malloc'd,

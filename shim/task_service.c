@@ -412,7 +412,22 @@ static void do_create(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_
 		/* The patch path: state first (is an import awaiting patches?),
 		 * then the annotation, then the lookup. */
 		const struct lm_container *c = NULL;
-		if (!gate->importing) {
+		const struct lm_container *had = lm_sandbox_find(sb, id);
+		if (!gate->importing && had && had->patched && !had->containerds && LM_FROM_CONTAINERD(call)) {
+			/* containerd takes over a task lmctl patched here: the
+			 * guest runs here already (lm_sandbox_adopt) */
+			int arc = lm_sandbox_adopt(sb, id, source_id);
+			if (arc)
+				lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION,
+						 "Create %s: container \"%s\" was not migrated from \"%s\" "
+						 "(annotation %s)", id, id, source_id, LM_ANNOT_SOURCE_ID);
+			else {
+				Containerd__Task__V2__CreateTaskResponse cr =
+					CONTAINERD__TASK__V2__CREATE_TASK_RESPONSE__INIT;
+				cr.pid = had->pid;
+				lm_task_reply_msg(call, &cr.base);
+			}
+		} else if (!gate->importing) {
 			lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION,
 					 "Create %s: the patch path is closed (no import awaiting patches)", id);
 		} else if (!*source_id) {
@@ -634,7 +649,9 @@ static void do_start(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_c
 		return;
 	}
 	uint32_t pid = 0;
-	int rc = lm_sandbox_start(sb, s_or(r->id), &pid);
+	int rc = s_or(r->exec_id)[0] ? -ESRCH : lm_sandbox_start_adopted(sb, s_or(r->id), &pid);
+	if (rc)   /* (adopted: it runs already; containerd's Start says so) */
+		rc = lm_sandbox_start(sb, s_or(r->id), &pid);
 	if (rc == -ENOENT) {
 		lm_rpc_call_fail(call, LM_RPC_NOT_FOUND, "Start: container \"%s\" not found", s_or(r->id));
 		return;

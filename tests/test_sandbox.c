@@ -985,6 +985,81 @@ static void test_only_containerds_tasks_have_events(void **state)
 	lm_sandbox_destroy(im);
 }
 
+/* The guest left by migration: containerd's tasks end here with status 0
+ * (an exec'd process too), each with its exit event, and stay until
+ * deleted; the others go with their pods. */
+static void test_leaving_ends_containerds_tasks_and_forgets_the_rest(void **state)
+{
+	(void)state;
+	lm_sandbox_t *sb;
+	struct evlog l = { .n = 0 };
+	assert_int_equal(lm_sandbox_create(&sb), 0);
+	assert_int_equal(lm_sandbox_add_pod(sb, "p1", NULL), 0);
+	assert_int_equal(lm_sandbox_add_pod(sb, "boot", NULL), 0);
+	add(sb, "web", "p1", LM_CTR_CONTAINER, 1);
+	struct lm_container_spec s = { .id = "b1", .pod_id = "boot", .type = LM_CTR_CONTAINER, .n_layers = 1 };
+	assert_int_equal(lm_sandbox_add(sb, &s, NULL), 0);
+	assert_int_equal(lm_sandbox_start(sb, "web", NULL), 0);
+	assert_int_equal(lm_sandbox_start(sb, "b1", NULL), 0);
+	assert_int_equal(lm_sandbox_set_guest(sb, "web", "g-web", 40), 0);
+	struct lm_exec_spec xs = { .id = "x1" };
+	assert_int_equal(lm_sandbox_exec_add(sb, "web", &xs, NULL), 0);
+	assert_int_equal(lm_sandbox_exec_start(sb, "web", "x1", 41), 0);
+	lm_sandbox_set_event_fn(sb, record, &l);
+	assert_int_equal(lm_sandbox_leave(sb), 1);
+	expect_events(&l, (const char *const[]){ "exit web/x1 41 0", "exit web 0", NULL });
+	const struct lm_container *w = lm_sandbox_find(sb, "web");
+	assert_non_null(w);
+	assert_int_equal(w->state, LM_CTR_STOPPED);
+	assert_null(w->guest_id);
+	assert_null(lm_sandbox_find(sb, "b1"));
+	assert_null(lm_sandbox_find_pod(sb, "boot"));
+	assert_non_null(lm_sandbox_find_pod(sb, "p1"));
+	uint32_t st = 9;
+	assert_int_equal(lm_sandbox_delete(sb, "web", NULL, &st, NULL), 0);
+	assert_int_equal(st, LM_SANDBOX_MOVED_STATUS);
+	assert_int_equal(lm_sandbox_count(sb), 0);
+	lm_sandbox_destroy(sb);
+}
+
+/* containerd takes over a task lmctl patched: once, from the right source,
+ * with its create and state events; its next Start answers the PID. */
+static void test_containerd_adopts_a_task_lmctl_patched(void **state)
+{
+	(void)state;
+	lm_sandbox_t *sb = two_pods(), *im;
+	assert_int_equal(lm_sandbox_start(sb, "web", NULL), 0);
+	uint32_t pid = lm_sandbox_find(sb, "web")->pid;
+	uint8_t *a;
+	size_t la;
+	struct lm_snapshot_vm vm;
+	char err[160];
+	export(sb, &a, &la);
+	lm_sandbox_destroy(sb);
+	assert_int_equal(lm_sandbox_import(a, la, &im, &vm, err, sizeof err), 0);
+	free(a);
+	lm_snapshot_vm_clear(&vm);
+	struct evlog l = { .n = 0 };
+	lm_sandbox_set_event_fn(im, record, &l);
+	char *layers[] = {"/l/a", "/l/b", "/l/c"};
+	struct lm_patch_result r = result("web", "web-m", 3, layers);
+	r.containerds = false;                                  /* lmctl's */
+	assert_int_equal(lm_sandbox_apply_patch(im, &r), 0);
+	assert_int_equal(l.n, 0);
+	uint32_t got = 0;
+	assert_int_equal(lm_sandbox_start_adopted(im, "web-m", &got), -ESRCH);   /* not adopted */
+	assert_int_equal(lm_sandbox_adopt(im, "web-m", "db"), -EINVAL);          /* wrong source */
+	assert_int_equal(lm_sandbox_adopt(im, "nope", "web"), -ENOENT);
+	assert_int_equal(lm_sandbox_adopt(im, "web-m", "web"), 0);
+	expect_events(&l, (const char *const[]){ "create web-m", "start web-m", NULL });
+	assert_int_equal(lm_sandbox_adopt(im, "web-m", "web"), -EALREADY);
+	assert_int_equal(lm_sandbox_start_adopted(im, "web-m", &got), 0);
+	assert_int_equal(got, pid);
+	assert_int_equal(lm_sandbox_start_adopted(im, "web-m", &got), -ESRCH);   /* once */
+	assert_int_equal(l.n, 0);
+	lm_sandbox_destroy(im);
+}
+
 /* A guest container pauses and resumes (the guest froze it): each once,
  * each with its event; a paused one is not deleted, still exits (a
  * SIGKILL reaches frozen processes), and travels in the snapshot paused,
@@ -1409,6 +1484,8 @@ int main(void)
 		cmocka_unit_test(test_add_assigns_unique_increasing_pids),
 		cmocka_unit_test(test_task_events_follow_the_lifecycle_once_each),
 		cmocka_unit_test(test_only_containerds_tasks_have_events),
+		cmocka_unit_test(test_leaving_ends_containerds_tasks_and_forgets_the_rest),
+		cmocka_unit_test(test_containerd_adopts_a_task_lmctl_patched),
 		cmocka_unit_test(test_patched_import_announces_create_then_its_state),
 		cmocka_unit_test(test_a_guest_container_pauses_and_travels_paused),
 		cmocka_unit_test(test_exec_lifecycle_and_events),

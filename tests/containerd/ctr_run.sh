@@ -14,15 +14,19 @@
 #   - a shim killed under its task: containerd cleans up (`lmshim delete`),
 #     and its VM goes with it;
 #   - a pod (the CRI's annotations): its sandbox and an app container are
-#     served by one shim and run in one VM.
+#     served by one shim and run in one VM;
+#   - a migration between two containerds (lmctl migrate --src-containerd
+#     --dst-containerd): afterwards the destination's containerd lists the
+#     task RUNNING under its new ID and drives it (exec, kill, delete), the
+#     source's lists nothing.
 # Everything lives in a temp folder (containerd's root, state and socket);
 # every process started is stopped and the folder removed at the end.
 #
-#   ctr_run.sh LMSHIM FETCH_CTR CTR_DIR KERNEL INITRAMFS
+#   ctr_run.sh LMSHIM FETCH_CTR CTR_DIR KERNEL INITRAMFS LMCTL
 # Exit 0 passed, 77 skipped (no QEMU, no guest image, no containerd
 # package), anything else failed.
 set -uo pipefail
-lmshim=$1 fetch=$2 ctrdir=$3 kernel=$4 initramfs=$5
+lmshim=$(readlink -f "$1") fetch=$2 ctrdir=$3 kernel=$4 initramfs=$5 lmctl=$(readlink -f "$6")
 
 skip() { echo "# skipped: $*"; exit 77; }
 [ -x /usr/bin/qemu-system-x86_64 ] || skip "no qemu-system-x86_64"
@@ -37,6 +41,7 @@ sock=$t/containerd.sock
 cpid=""
 fail=0
 ctr() { "$bin/ctr" --address "$sock" --namespace lmtest "$@"; }
+ctr2() { "$bin/ctr" --address "$t/b.sock" --namespace lmtest "$@"; }   # the second host's
 cleanup() {
 	ctr tasks kill -s KILL lmrun-d >/dev/null 2>&1
 	ctr tasks delete -f lmrun-d >/dev/null 2>&1
@@ -47,10 +52,21 @@ cleanup() {
 	ctr tasks delete -f lmcrash >/dev/null 2>&1
 	ctr containers delete lmrun-d lmrun lmapp lmpod lmopt lmbad lmcrash >/dev/null 2>&1
 	[ -n "${epid:-}" ] && kill "$epid" 2>/dev/null
-	if [ -n "$cpid" ]; then
-		kill "$cpid" 2>/dev/null
-		wait "$cpid" 2>/dev/null
-	fi
+	for c in lmmig lmmig-m; do
+		ctr2 tasks kill -s KILL $c >/dev/null 2>&1
+		ctr2 tasks delete -f $c >/dev/null 2>&1
+		ctr2 containers delete $c >/dev/null 2>&1
+		ctr tasks kill -s KILL $c >/dev/null 2>&1
+		ctr tasks delete -f $c >/dev/null 2>&1
+		ctr containers delete $c >/dev/null 2>&1
+	done
+	for p in "$cpid" "${c2pid:-}"; do
+		[ -n "$p" ] || continue
+		kill "$p" 2>/dev/null
+		wait "$p" 2>/dev/null
+	done
+	pkill -f -- "-namespace lmtest -id [^ ]+ -address $t/b.sock" 2>/dev/null
+	umount -R "$t/b/root" 2>/dev/null
 	# a shim containerd started and left (it should not): named by its socket
 	pkill -f -- "-namespace lmtest -id [^ ]+ -address $sock" 2>/dev/null
 	umount -R "$t/root" 2>/dev/null
@@ -59,7 +75,7 @@ cleanup() {
 	rm -rf "$t"
 }
 trap cleanup EXIT
-check() {   # check WHAT COND...: one assertion
+check() {   # check WHAT COND...: one assertion (one command: no && in COND)
 	local what=$1; shift
 	if "$@"; then echo "ok - $what"; else echo "not ok - $what"; fail=1; fi
 }
@@ -154,7 +170,7 @@ bout=$(timeout 120 "$bin/ctr" --address "$sock" --namespace lmtest run --rm --ru
 brc=$?
 echo "# ctr run with a bad options file: exit $brc, said: $bout"
 check "a bad options file fails ctr run, naming the key" \
-	[ "$brc" -ne 0 ] && grep -q 'unknown key \\\?"vm_memory\\\?"' <<<"$bout"
+	[ "$brc" -ne 0 -a -n "$(grep 'unknown key \\\?"vm_memory\\\?"' <<<"$bout" || true)" ]
 check "and leaves no shim running" \
 	[ -z "$(pgrep -f -- "-namespace lmtest -id lmbad -address $sock" || true)" ]
 ctr containers delete lmbad >/dev/null 2>&1
@@ -219,7 +235,7 @@ timeout 120 "$bin/ctr" --address "$sock" --namespace lmtest run -d --runtime io.
 spid=$(pgrep -f -- "-namespace lmtest -id lmcrash -address $sock" | head -n 1)
 csock=/run/containerd/s/$(printf '%s' "$sock/lmtest/lmcrash" | sha256sum | cut -d' ' -f1)
 check "its socket is where containerd computes it" [ -S "$csock" ]
-check "the crash task runs (shim $spid)" [ -n "$spid" ] && [ "$(ctr tasks ls | awk '$1=="lmcrash"{print $3}')" = RUNNING ]
+check "the crash task runs (shim $spid)" [ -n "$spid" -a "$(ctr tasks ls | awk '$1=="lmcrash"{print $3}')" = RUNNING ]
 kill -9 "$spid"
 for _ in $(seq 100); do
 	[ "$(ctr tasks ls | awk '$1=="lmcrash"{print $3}')" != RUNNING ] && \
@@ -233,7 +249,7 @@ ctr tasks delete lmcrash >/dev/null 2>&1
 ctr containers delete lmcrash >/dev/null 2>&1
 check "ctr containers delete cleans it up" [ -z "$(ctr containers ls -q | grep -x lmcrash || true)" ]
 check "containerd ran lmshim delete for it: its stale socket is gone" \
-	grep -q 'cleaning up dead shim' "$t/containerd.log" && [ ! -e "$csock" ]
+	[ -n "$(grep -l 'cleaning up dead shim' "$t/containerd.log" || true)" -a ! -e "$csock" ]
 
 # ---- a pod: its sandbox and an app container in one shim, one VM ------------
 state() { ctr tasks ls | awk -v id="$1" '$1==id{print $3}'; }
@@ -250,7 +266,7 @@ shims=$(pgrep -c -f -- "-namespace lmtest -id [^ ]+ -address $sock" || true)
 vms=$(pgrep -c -f "guest=vm-lm(pod|app)" || true)
 echo "# the pod: $shims shim(s), $vms VM(s)"
 check "one shim serves the pod" [ "$shims" = 1 ]
-check "one VM runs the pod" [ "$vms" = 1 ] && [ -n "$(pgrep -f guest=vm-lmpod || true)" ]
+check "one VM runs the pod" [ "$vms" = 1 -a -n "$(pgrep -f guest=vm-lmpod || true)" ]
 aout=$(timeout 60 "$bin/ctr" --address "$sock" --namespace lmtest tasks exec --exec-id a1 lmapp \
 	hostname </dev/null 2>&1)
 check "exec in the app container runs there ($aout)" [ "$aout" = lmapp ]
@@ -268,6 +284,50 @@ for _ in $(seq 50); do
 	[ -z "$(pgrep -f -- "-namespace lmtest -id [^ ]+ -address $sock" || true)" ] && break
 	sleep 0.1
 done
+# ---- a migration between two containerds ------------------------------------
+# a second "host": its own containerd (root, state, sockets), the same image
+sed -e "s|$t/root|$t/b/root|; s|$t/state|$t/b/state|; s|$sock|$t/b.sock|g" "$t/config.toml" >"$t/b.toml"
+PATH="$t/bin:$bin:$PATH" "$bin/containerd" --config "$t/b.toml" >"$t/b.log" 2>&1 &
+c2pid=$!
+for _ in $(seq 100); do ctr2 version >/dev/null 2>&1 && break; sleep 0.1; done
+ctr2 images import --all-platforms "$img/image.tar" >/dev/null 2>&1
+timeout 120 "$bin/ctr" --address "$sock" --namespace lmtest run -d --runtime io.containerd.lmshim.v1 \
+	"$ref" lmmig sh -c 'i=0; while :; do i=$((i+1)); echo $i; sleep 0.1; done' </dev/null >"$t/mig.out" 2>&1
+msrc=/run/containerd/s/$(printf '%s' "$sock/lmtest/lmmig" | sha256sum | cut -d' ' -f1)
+# the destination's shim, started as containerd would start the pod's
+mkdir -p "$t/dshim"
+mdst=$(cd "$t/dshim" && TTRPC_ADDRESS="$t/b.sock.ttrpc" "$lmshim" -namespace lmtest -address "$t/b.sock" \
+	-id lmmig-m start </dev/null)
+check "the source task runs ($msrc), the destination shim waits ($mdst)" \
+	[ "$(ctr tasks ls | awk '$1=="lmmig"{print $3}')" = RUNNING -a -n "$mdst" ]
+mout=$(timeout 300 "$lmctl" migrate --from "$msrc" --to "$mdst" --workdir "$t/mwork" --session ctr-mig \
+	--quiet --no-verify --src-containerd "$sock" --dst-containerd "$t/b.sock" \
+	--containerd-namespace lmtest --ctr "$bin/ctr" 2>&1)
+mrc=$?
+echo "# lmctl migrate with both containerds: exit $mrc"; echo "$mout" | sed 's/^/#   /'
+check "lmctl migrate moves it and tells both containerds" [ "$mrc" -eq 0 ]
+check "the destination's containerd lists it RUNNING under its new ID" \
+	[ "$(ctr2 tasks ls | awk '$1=="lmmig-m"{print $3}')" = RUNNING ]
+check "the source's containerd lists neither task nor container" \
+	[ -z "$(ctr tasks ls -q | grep -x lmmig || true)$(ctr containers ls -q | grep -x lmmig || true)" ]
+n0=$(wc -l <"$t/mwork/bundles/lmmig-m/stdout.log" 2>/dev/null || echo 0)
+sleep 1
+n1=$(wc -l <"$t/mwork/bundles/lmmig-m/stdout.log" 2>/dev/null || echo 0)
+check "it counts on there ($n0 -> $n1 lines)" [ "$n1" -gt "$n0" ]
+xo=$(timeout 60 "$bin/ctr" --address "$t/b.sock" --namespace lmtest tasks exec --exec-id m1 lmmig-m \
+	sh -c 'echo exec after the move' </dev/null 2>&1)
+check "the destination's containerd execs in it ($xo)" [ "$xo" = "exec after the move" ]
+ctr2 tasks kill -s KILL lmmig-m
+for _ in $(seq 100); do [ "$(ctr2 tasks ls | awk '$1=="lmmig-m"{print $3}')" = STOPPED ] && break; sleep 0.1; done
+check "and kills it (its exit reaches that containerd)" [ "$(ctr2 tasks ls | awk '$1=="lmmig-m"{print $3}')" = STOPPED ]
+ctr2 tasks delete lmmig-m >/dev/null 2>&1
+ctr2 containers delete lmmig-m >/dev/null 2>&1
+for _ in $(seq 50); do
+	[ -z "$(pgrep -f -- "-id lmmig(-m)? -address" || true)" ] && break
+	sleep 0.1
+done
+check "no shim of the migrated task is left on either host" [ -z "$(pgrep -f -- "-id lmmig(-m)? -address" || true)" ]
+
 check "no shim and no QEMU of these tasks is left running" \
 	[ -z "$(pgrep -f -- "guest=vm-lm|-namespace lmtest -id [^ ]+ -address $sock" || true)" ]
 # every shim containerd stopped by Shutdown logged its last line before
@@ -276,7 +336,7 @@ served=$(grep 'mod=lmshim msg=serving' "$t/containerd.log" | sed -n 's/.* id=\([
 	grep -vx lmcrash | sort)   # (not the one killed -9)
 ended=$(grep 'msg="shutdown complete"' "$t/containerd.log" | sed -n 's/.* id=\([^ ]*\) .*/\1/p' | sort)
 echo "# shims served: $(echo $served); ended in the log: $(echo $ended)"
-check "each shim's log reaches containerd to its last line" [ -n "$served" ] && [ "$served" = "$ended" ]
+check "each shim's log reaches containerd to its last line" [ -n "$served" -a "$served" = "$ended" ]
 check "no sanitizer report in the shims' logs" \
 	[ -z "$(grep -E "Sanitizer|runtime error:" "$t/containerd.log" || true)" ]
 [ "$fail" -eq 0 ] || dump
