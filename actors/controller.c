@@ -643,6 +643,9 @@ static void dispatch(lm_actor_t *self, lm_msg_t *m)
 	case LM_CTL_ORPHAN_CHECK:
 		lm__ctl_orphan_check(c, *LM_MSG_PAYLOAD(m, uint64_t));
 		break;
+	case LM_CTL_GUEST_OOM:
+		lm__ctl_guest_oom(c, LM_MSG_PAYLOAD(m, char));
+		break;
 	case LM_MSG_SYS_STOP:
 		break;
 	default:

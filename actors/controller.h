@@ -42,6 +42,7 @@ enum {
 	LM_CTL_NOTIFY_RETRY,      /* re-publish events the notifier could not take */
 	LM_CTL_RECOVERY,          /* a Recovery RPC (lmshim.v1.Recovery): struct lm_ctl_call */
 	LM_CTL_ORPHAN_CHECK,      /* timer: is the session still driven? (payload: uint64 gen) */
+	LM_CTL_GUEST_OOM,         /* a guest container's OOM kills grew (payload: its guest ID, char[72]) */
 };
 
 /* Migration methods, in the order of the service. */

@@ -195,6 +195,9 @@ struct ctl {
  * destination the import is discarded (lm_sandbox_clear). */
 void lm__ctl_sandbox_gone(struct ctl *c);
 
+/* ctl_guest.c: a guest container's OOM kills grew (LM_CTL_GUEST_OOM). */
+void lm__ctl_guest_oom(struct ctl *c, const char *guest_id);
+
 extern const char *const lm__ctl_state_name[];
 extern const char *const lm__ctl_method_name[LM_MIG_N];
 const char *lm__ctl_side_name(const struct ctl *c);

@@ -172,6 +172,12 @@ void lm__ctl_on_sandbox_event(void *arg, enum lm_sandbox_event type, const struc
 		lm_publisher_publish(c->pub, "/tasks/paused", "containerd.events.TaskPaused", &e.base);
 		break;
 	}
+	case LM_SB_EV_OOM: {
+		Containerd__Events__TaskOOM e = CONTAINERD__EVENTS__TASK_OOM__INIT;
+		e.container_id = k->id;
+		lm_publisher_publish(c->pub, "/tasks/oom", "containerd.events.TaskOOM", &e.base);
+		break;
+	}
 	case LM_SB_EV_RESUMED: {
 		Containerd__Events__TaskResumed e = CONTAINERD__EVENTS__TASK_RESUMED__INIT;
 		e.container_id = k->id;

@@ -124,6 +124,34 @@ static void on_exec_exit(struct ctl *c, struct ctl_done *d)
 	free(id);
 }
 
+/* ---- OOM kills --------------------------------------------------------------- */
+
+/* The guest's watch (pump thread): the controller hears it as a message. */
+static void guest_oom(void *arg, const char *guest_id, uint64_t oom_kills)
+{
+	lm_actor_t *self = arg;
+	lm_msg_t *m = lm_msg_alloc(LM_CTL_GUEST_OOM, 72);
+	if (!m)
+		return;
+	snprintf(LM_MSG_PAYLOAD(m, char), 72, "%s", guest_id);
+	if (lm_actor_send(self, m) != 0)
+		lm_msg_free(m);
+	(void)oom_kills;
+}
+
+void lm__ctl_guest_oom(struct ctl *c, const char *guest_id)
+{
+	const struct lm_container *k = lm_sandbox_find_guest(c->sb, guest_id);
+	lm_log_warn("controller", "container out of memory: the kernel killed its processes",
+		    "id=%s guest_id=%s", k ? k->id : "-", guest_id);
+	if (k) {
+		char *id = strdup(k->id);
+		if (id)
+			(void)lm_sandbox_oom(c->sb, id);
+		free(id);
+	}
+}
+
 /* ---- the connection ---------------------------------------------------------- */
 
 int lm__ctl_guest_open(struct ctl *c)
@@ -135,7 +163,7 @@ int lm__ctl_guest_open(struct ctl *c)
 	const char *sock = lm_hcs_qemu_agent_socket(vm);
 	if (!sock)
 		return 0;
-	struct lm_guest_cbs cbs = {.exit = guest_exit, .drop = guest_drop};
+	struct lm_guest_cbs cbs = {.exit = guest_exit, .drop = guest_drop, .oom = guest_oom, .arg = c->self};
 	int rc = lm_guest_open(&c->guest, sock, CONNECT_NS, &cbs);
 	if (rc)
 		lm_log_error("controller", "guest agent connection not set up", "socket=%s err=%d", sock, rc);
@@ -520,6 +548,7 @@ static void gnew_next(struct ctl *c, struct gnew *g)
 		.stdout_path = n->stdout_path, .stderr_path = n->stderr_path,
 		.stdin_path = n->stdin_path, .terminal = n->terminal,
 		.width = n->terminal ? g->proc.width : 0, .height = n->terminal ? g->proc.height : 0,
+		.memory_max = n->memory_limit,    /* linux.resources.memory.limit */
 	};
 	void *x = guest_op(c, on_gnew_created, n->id);
 	void *e = exit_ctx(c, n->id);

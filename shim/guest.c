@@ -47,6 +47,7 @@ struct job {
 	size_t n_args, n_env;
 	char *cwd;
 	bool created_only;            /* JOB_CREATE: JOB_START starts it */
+	uint64_t memory_max;          /* JOB_CREATE: the cgroup's limit, 0: none */
 	int sig;
 	bool all;
 	bool thaw;                    /* JOB_FREEZE: resume instead */
@@ -255,6 +256,13 @@ static void on_exit_cb(void *arg, const struct lm_agent_exit *e)
 		w->g->cbs.exit(w->exit_ctx, w->id, e);   /* (exit_ctx names the exec) */
 }
 
+static void on_oom_cb(void *arg, uint64_t oom_kills)
+{
+	struct watch *w = arg;
+	if (!w->exec[0] && w->g->cbs.oom)   /* (the init's watch: the container's count) */
+		w->g->cbs.oom(w->g->cbs.arg, w->id, oom_kills);
+}
+
 #define STDIN_CHUNK 32768
 #define STDIN_RETRY_NS 100000000ll    /* a write refused while disconnected */
 
@@ -388,7 +396,7 @@ static int watch_start(lm_guest_t *g, struct job *j, char *why, size_t whylen)
 		return rc;
 	}
 	struct lm_agent_io_cbs io = {
-		.exit = on_exit_cb, .out_fd = w->out_fd, .err_fd = w->err_fd, .arg = w,
+		.exit = on_exit_cb, .oom = on_oom_cb, .out_fd = w->out_fd, .err_fd = w->err_fd, .arg = w,
 		.handover = true,
 	};
 	rc = lm_agent_watch(g->agent, id, exec_arg(j->exec), &io, &w->proc);
@@ -471,6 +479,7 @@ static int run_create(lm_guest_t *g, struct job *j, uint32_t *pid, char *why, si
 		layers[i] = (struct lm_agent_layer){j->layers[i], NULL};
 	struct lm_agent_container_spec s = {
 		.id = j->id, .layers = layers, .n_layers = j->n_layers, .hostname = j->hostname,
+		.memory_max = j->memory_max,
 		.process = {
 			.args = (const char *const *)j->args, .n_args = j->n_args,
 			.env = j->n_env ? (const char *const *)j->env
@@ -782,6 +791,7 @@ int lm_guest_create(lm_guest_t *g, const struct lm_guest_ctr_spec *spec, void *e
 		j->layers[j->n_layers] = dup_or_null(spec->layer_serials[j->n_layers], &oom);
 	j->hostname = dup_or_null(spec->hostname, &oom);
 	j->terminal = spec->terminal;
+	j->memory_max = spec->memory_max;
 	j->width = spec->width;
 	j->height = spec->height;
 	oom |= !job_process(j, spec->args, spec->n_args, spec->env, spec->n_env, spec->cwd);

@@ -60,6 +60,10 @@ struct lm_guest_cbs {
 	void (*exit)(void *exit_ctx, const char *guest_id, const struct lm_agent_exit *e);
 	/* the watch ended without an exit: exit_ctx comes back unused */
 	void (*drop)(void *exit_ctx);
+	/* the kernel killed processes of container guest_id for want of
+	 * memory (pump thread; oom_kills: its count so far); NULL: not told */
+	void (*oom)(void *arg, const char *guest_id, uint64_t oom_kills);
+	void *arg;                    /* oom's */
 };
 
 /* What lm_guest_create runs: one container whose rootfs is its read-only
@@ -86,6 +90,7 @@ struct lm_guest_ctr_spec {
 					 init's stdin until its end */
 	bool terminal;                /* a pty: stdout carries both streams */
 	uint16_t width, height;       /* the pty's size, 0: the agent's */
+	uint64_t memory_max;          /* its cgroup's memory.max, 0: none */
 };
 
 /* Thread: any. A guest whose agent answers on `agent_socket` (QEMU's

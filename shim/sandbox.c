@@ -583,6 +583,15 @@ int lm_sandbox_kill(lm_sandbox_t *sb, const char *id, uint32_t signal)
 	return stop(sb, k, 128u + signal);
 }
 
+int lm_sandbox_oom(lm_sandbox_t *sb, const char *id)
+{
+	struct ctr *k = find_ctr(sb, id);
+	if (!k)
+		return -ENOENT;
+	emit(sb, LM_SB_EV_OOM, &k->c);
+	return 0;
+}
+
 int lm_sandbox_exit(lm_sandbox_t *sb, const char *id, uint32_t status)
 {
 	struct ctr *k = find_ctr(sb, id);

@@ -64,7 +64,8 @@ enum lm_ctr_type {
  * (stopped: state, exit status and time are set; of the init, or of an
  * exec'd process: x set), /tasks/delete (called just before the container
  * is freed; an exec'd process's delete has none, as runc's shim),
- * /tasks/exec-added, /tasks/exec-started. Not emitted: lm_sandbox_clear
+ * /tasks/exec-added, /tasks/exec-started, /tasks/oom (the kernel killed
+ * a process of the container for want of memory). Not emitted: lm_sandbox_clear
  * (teardown after a migration moved the sandbox), imports, and any event
  * of an exec'd process that came with a snapshot (containerd on this
  * host never created it). */
@@ -77,6 +78,7 @@ enum lm_sandbox_event {
 	LM_SB_EV_RESUMED,
 	LM_SB_EV_EXEC_ADDED,
 	LM_SB_EV_EXEC_STARTED,
+	LM_SB_EV_OOM,
 };
 
 struct lm_container;
@@ -225,6 +227,10 @@ void lm_sandbox_destroy(lm_sandbox_t *sb);
  * Wait is failed with Unavailable ("sandbox torn down"). The PID counter
  * is kept (it never goes backwards). */
 void lm_sandbox_clear(lm_sandbox_t *sb);
+
+/* Thread: owner only. The kernel killed a process of container id for
+ * want of memory: its /tasks/oom. 0, -ENOENT. */
+int lm_sandbox_oom(lm_sandbox_t *sb, const char *id);
 
 /* Thread: owner only. The guest left this host by migration (the
  * source's STOP): the tasks containerd created here end, since containerd

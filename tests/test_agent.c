@@ -58,7 +58,18 @@ struct col {
 	size_t n_out, n_err;
 	int exits;
 	struct lm_agent_exit exit;
+	uint64_t ooms, oom_kills;     /* oom callbacks, the last count */
 };
+
+static void col_oom(void *arg, uint64_t oom_kills)
+{
+	struct col *c = arg;
+	pthread_mutex_lock(&c->mu);
+	c->ooms++;
+	c->oom_kills = oom_kills;
+	pthread_cond_broadcast(&c->cv);
+	pthread_mutex_unlock(&c->mu);
+}
 
 static void col_output(void *arg, int fd, const uint8_t *d, size_t n)
 {
@@ -125,7 +136,7 @@ static size_t col_len(struct col *c)
 
 static lm_agent_proc_t *watch(const char *id, const char *exec_id, struct col *c)
 {
-	struct lm_agent_io_cbs cbs = {.output = col_output, .exit = col_exit, .out_fd = -1,
+	struct lm_agent_io_cbs cbs = {.output = col_output, .exit = col_exit, .oom = col_oom, .out_fd = -1,
 				      .err_fd = -1, .arg = c};
 	lm_agent_proc_t *p = NULL;
 	assert_int_equal(lm_agent_watch(ag, id, exec_id, &cbs, &p), 0);
@@ -593,6 +604,44 @@ static void test_update_changes_the_limits_of_a_running_container(void **state)
 	assert_int_equal(lm_agent_delete_container(ag, "c5", NULL, S(10)), 0);
 }
 
+/* A container that outgrows its memory limit: the kernel kills in it, and
+ * the init's watch hears of it once per kill (the count grows), not for
+ * kills before the watch; another watch starts from the count so far. */
+static void test_an_oom_kill_is_told_to_the_watch(void **state)
+{
+	(void)state;
+	struct col *c = col_new();
+	create("c6", ARGS("sh", "-c", "sleep 1; dd if=/dev/zero of=/dev/shm/fill bs=1M count=64; sleep 100"),
+	       24u << 20);
+	lm_agent_proc_t *p = watch("c6", "", c);
+	assert_int_equal(lm_agent_start(ag, "c6", NULL, S(10)), 0);
+	struct timespec ts = lm_timespec_in(CLOCK_REALTIME, S(20));
+	pthread_mutex_lock(&c->mu);
+	while (!c->ooms && !c->exits && pthread_cond_timedwait(&c->cv, &c->mu, &ts) == 0)
+		;
+	uint64_t ooms = c->ooms, kills = c->oom_kills;
+	pthread_mutex_unlock(&c->mu);
+	fprintf(stderr, "agent: 64 MiB into a 24 MiB container: %llu oom callbacks, oom_kills %llu\n",
+		(unsigned long long)ooms, (unsigned long long)kills);
+	assert_true(ooms >= 1);
+	assert_true(kills >= 1);
+	/* the next watch (another host's, say) is not told those again */
+	lm_agent_unwatch(p);
+	col_free(c);
+	struct col *c2 = col_new();
+	lm_agent_proc_t *p2 = watch("c6", "", c2);
+	struct timespec half = {0, 500000000};
+	nanosleep(&half, NULL);
+	pthread_mutex_lock(&c2->mu);
+	assert_int_equal(c2->ooms, 0);
+	pthread_mutex_unlock(&c2->mu);
+	assert_int_equal(lm_agent_kill(ag, "c6", "", SIGKILL, true, S(5)), 0);
+	assert_int_equal(lm_agent_proc_wait_done(p2, S(10)), 0);
+	lm_agent_unwatch(p2);
+	col_free(c2);
+	assert_int_equal(lm_agent_delete_container(ag, "c6", NULL, S(10)), 0);
+}
+
 static void test_reconnect_loses_and_repeats_nothing(void **state)
 {
 	(void)state;
@@ -1037,6 +1086,7 @@ int main(void)
 		cmocka_unit_test(test_pause_stops_a_counter_resume_restarts_it),
 		cmocka_unit_test(test_stats_follow_cpu_and_memory_load),
 		cmocka_unit_test(test_update_changes_the_limits_of_a_running_container),
+		cmocka_unit_test(test_an_oom_kill_is_told_to_the_watch),
 		cmocka_unit_test(test_reconnect_loses_and_repeats_nothing),
 		cmocka_unit_test(test_handover_watches_split_one_stream_between_two_hosts),
 		cmocka_unit_test(test_stdin_write_is_exactly_once),

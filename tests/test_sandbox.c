@@ -888,7 +888,7 @@ static void record(void *arg, enum lm_sandbox_event type, const struct lm_contai
 {
 	struct evlog *l = arg;
 	static const char *names[] = { "?", "create", "start", "exit", "delete", "paused", "resumed",
-				       "exec-added", "exec-started" };
+				       "exec-added", "exec-started", "oom" };
 	assert_true(l->n < 32);
 	if (type == LM_SB_EV_EXIT && x)
 		snprintf(l->line[l->n++], 48, "exit %s/%s %u %u", c->id, x->id, x->pid, x->exit_status);
@@ -960,7 +960,10 @@ static void test_only_containerds_tasks_have_events(void **state)
 	add(sb, "web", "p1", LM_CTR_CONTAINER, 1);
 	assert_int_equal(lm_sandbox_start(sb, "boot", NULL), 0);
 	assert_int_equal(lm_sandbox_start(sb, "web", NULL), 0);
-	expect_events(&l, (const char *const[]){ "create web", "start web", NULL });
+	assert_int_equal(lm_sandbox_oom(sb, "boot"), 0);
+	assert_int_equal(lm_sandbox_oom(sb, "web"), 0);
+	assert_int_equal(lm_sandbox_oom(sb, "nope"), -ENOENT);
+	expect_events(&l, (const char *const[]){ "create web", "start web", "oom web", NULL });
 	uint8_t *a;
 	size_t la;
 	struct lm_snapshot_vm vm;

@@ -115,6 +115,7 @@ struct container {
 	char dir[128];               /* LM_AGENT_RUN_DIR/<id> */
 	char cgroup[128];            /* LM_AGENT_CGROUP/<id> */
 	char *hostname;              /* the spec's, or NULL: the ID */
+	uint64_t oom_kills;          /* memory.events oom_kill, last read */
 };
 
 struct agent {
@@ -123,6 +124,7 @@ struct agent {
 	pthread_mutex_t job_mu;
 	struct job *jobs, *jobs_tail;  /* under job_mu */
 	ev_io sig_w;                 /* SIGCHLD signalfd */
+	ev_timer oom_w;              /* looks for OOM kills (lm_agent_oom_scan) */
 	int sigfd;
 	struct container *containers;
 	atomic_uint n_containers;    /* for Info on the rpc thread */
@@ -151,6 +153,14 @@ void lm_agent_ps(lm_rpc_call_t *call, struct container *c);
 void lm_agent_stats(lm_rpc_call_t *call, struct container *c);
 void lm_agent_freeze(lm_rpc_call_t *call, struct container *c, bool freeze);
 void lm_agent_update(lm_rpc_call_t *call, struct container *c, const Lmshim__Agent__V1__UpdateRequest *r);
+/* Thread: agent (a timer, every LM_AGENT_OOM_SCAN_MS). Reads each
+ * container's memory.events; a grown oom_kill goes on its init's Output
+ * stream (lm_agent_proc_oom). */
+#define LM_AGENT_OOM_SCAN_MS 250
+void lm_agent_oom_scan(void);
+/* io.c. Thread: agent. Sends the container's OOM kill count on p's
+ * stream, if one is open. */
+void lm_agent_proc_oom(struct proc *p, uint64_t oom_kills);
 void lm_agent_delete_container(lm_rpc_call_t *call, struct container *c);
 void lm_agent_delete_proc(lm_rpc_call_t *call, struct proc *p);
 struct container *lm_agent_find(const char *id);

@@ -1272,6 +1272,21 @@ static const char *limit_str(char *v, size_t n, uint64_t limit)
 	return v;
 }
 
+void lm_agent_oom_scan(void)
+{
+	for (struct container *c = lm_agent.containers; c; c = c->next) {
+		if (!c->cgroup_made || !c->init)
+			continue;
+		uint64_t n = read_keyed(c->cgroup, "memory.events", "oom_kill");
+		if (n <= c->oom_kills)
+			continue;
+		lm_log_warn(MOD, "out of memory: processes killed", "id=%s oom_kills=%llu", c->id,
+			    (unsigned long long)n);
+		c->oom_kills = n;
+		lm_agent_proc_oom(c->init, n);
+	}
+}
+
 /* One cgroup file of an Update: 0, or the call failed naming it. */
 static int update_file(lm_rpc_call_t *call, struct container *c, const char *file, const char *v,
 		       const char *field)

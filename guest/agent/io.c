@@ -315,7 +315,19 @@ void lm_agent_output(lm_rpc_call_t *call, struct proc *p, uint64_t out_off, uint
 		p->out[i].sent = offs[i];
 		p->out[i].eof_sent = false;
 	}
+	if (p == p->c->init)
+		lm_agent_proc_oom(p, p->c->oom_kills);   /* first: the count so far */
 	pump(p);
+}
+
+void lm_agent_proc_oom(struct proc *p, uint64_t oom_kills)
+{
+	if (!p->sub)
+		return;
+	Lmshim__Agent__V1__OutputEvent ev = LMSHIM__AGENT__V1__OUTPUT_EVENT__INIT;
+	ev.oom_kills = oom_kills;
+	ev.oom_count = true;
+	(void)send_event(p, &ev);
 }
 
 void lm_agent_ack(lm_rpc_call_t *call, struct proc *p, uint64_t out_off, uint64_t err_off)

@@ -124,6 +124,14 @@ static void read_boot_id(void)
 		snprintf(lm_agent.release, sizeof lm_agent.release, "%s", u.release);
 }
 
+static void on_oom_scan(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	(void)loop;
+	(void)w;
+	(void)revents;
+	lm_agent_oom_scan();
+}
+
 static void usage(void)
 {
 	fprintf(stderr, "usage: lmshim-agent [--port NAME]\n"
@@ -171,6 +179,9 @@ int main(int argc, char **argv)
 	}
 	ev_io_init(&lm_agent.sig_w, on_sigchld, lm_agent.sigfd, EV_READ);
 	ev_io_start(lm_agent.loop, &lm_agent.sig_w);
+	ev_timer_init(&lm_agent.oom_w, on_oom_scan, LM_AGENT_OOM_SCAN_MS / 1000.,
+		      LM_AGENT_OOM_SCAN_MS / 1000.);
+	ev_timer_start(lm_agent.loop, &lm_agent.oom_w);
 
 	struct lm_rpc_server_config cfg = {.max_conns = 8};
 	if ((rc = lm_rpc_server_create(&lm_agent.srv, &cfg)) < 0 ||

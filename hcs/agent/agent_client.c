@@ -65,6 +65,10 @@ struct lm_agent_proc {
 	uint64_t next[2];             /* stdout/stderr bytes delivered */
 	bool eof[2];
 	uint64_t stdin_off;           /* stdin bytes the agent has taken */
+	uint64_t oom_seen;            /* the container's OOM kills counted so far */
+	bool oom_based;               /* oom_seen holds the agent's first figure
+	                                 (what happened before this watch, on this
+	                                 host or the previous one, is not told) */
 };
 
 static __thread int last_code;
@@ -808,6 +812,17 @@ static int on_event(lm_agent_proc_t *p, struct conn *c, const Lmshim__Agent__V1_
 			p->next[i] = end;
 			pthread_mutex_unlock(&p->mu);
 		}
+	}
+	if (ev->oom_count) {
+		pthread_mutex_lock(&p->mu);
+		/* a stream's first figure is the base of a watch that had none */
+		bool grew = p->oom_based && ev->oom_kills > p->oom_seen;
+		if (ev->oom_kills > p->oom_seen)
+			p->oom_seen = ev->oom_kills;
+		p->oom_based = true;
+		pthread_mutex_unlock(&p->mu);
+		if (grew && p->cbs.oom)
+			p->cbs.oom(p->cbs.arg, ev->oom_kills);
 	}
 	if (ev->eof) {
 		pthread_mutex_lock(&p->mu);

@@ -200,6 +200,11 @@ struct lm_agent_io_cbs {
 	void (*output)(void *arg, int fd, const uint8_t *data, size_t len);
 	/* the exit, exactly once per watch */
 	void (*exit)(void *arg, const struct lm_agent_exit *e);
+	/* a container init's watch: OOM kills in the container grew to
+	 * oom_kills (counted from the watch's first stream: kills before it,
+	 * which a previous host reported, are not told again). NULL: not
+	 * told. */
+	void (*oom)(void *arg, uint64_t oom_kills);
 	int out_fd, err_fd;           /* used when output is NULL; -1: drop */
 	void *arg;
 	/* The process's output moves between hosts with its guest (live

@@ -13,6 +13,7 @@
 #   - runtime options (--runtime-config-path), good and bad;
 #   - a shim killed under its task: containerd cleans up (`lmshim delete`),
 #     and its VM goes with it;
+#   - a container that outgrows its memory limit: /tasks/oom;
 #   - a pod (the CRI's annotations): its sandbox and an app container are
 #     served by one shim and run in one VM;
 #   - a migration between two containerds (lmctl migrate --src-containerd
@@ -45,7 +46,7 @@ ctr2() { "$bin/ctr" --address "$t/b.sock" --namespace lmtest "$@"; }   # the sec
 cleanup() {
 	ctr tasks kill -s KILL lmrun-d >/dev/null 2>&1
 	ctr tasks delete -f lmrun-d >/dev/null 2>&1
-	for c in lmrun-d lmapp lmpod; do
+	for c in lmrun-d lmapp lmpod lmoom; do
 		ctr tasks kill -s KILL $c >/dev/null 2>&1
 		ctr tasks delete -f $c >/dev/null 2>&1
 	done
@@ -250,6 +251,20 @@ ctr containers delete lmcrash >/dev/null 2>&1
 check "ctr containers delete cleans it up" [ -z "$(ctr containers ls -q | grep -x lmcrash || true)" ]
 check "containerd ran lmshim delete for it: its stale socket is gone" \
 	[ -n "$(grep -l 'cleaning up dead shim' "$t/containerd.log" || true)" -a ! -e "$csock" ]
+
+# ---- a container out of its memory: /tasks/oom -----------------------------
+timeout 120 "$bin/ctr" --address "$sock" --namespace lmtest run -d --runtime io.containerd.lmshim.v1 \
+	--memory-limit 25165824 "$ref" lmoom \
+	sh -c 'sleep 1; dd if=/dev/zero of=/dev/shm/fill bs=1M count=64; sleep 3600' </dev/null >"$t/oom.out" 2>&1
+for _ in $(seq 150); do
+	grep -q -- '/tasks/oom.*lmoom' "$t/events.out" && break
+	sleep 0.2
+done
+check "64 MiB into a 24 MiB container: ctr events shows its /tasks/oom" grep -q -- '/tasks/oom.*lmoom' "$t/events.out"
+ctr tasks kill -s KILL lmoom >/dev/null 2>&1
+for _ in $(seq 100); do [ "$(ctr tasks ls | awk '$1=="lmoom"{print $3}')" = STOPPED ] && break; sleep 0.1; done
+ctr tasks delete lmoom >/dev/null 2>&1
+ctr containers delete lmoom >/dev/null 2>&1
 
 # ---- a pod: its sandbox and an app container in one shim, one VM ------------
 state() { ctr tasks ls | awk -v id="$1" '$1==id{print $3}'; }
