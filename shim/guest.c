@@ -70,10 +70,13 @@ struct watch {
 	lm_agent_proc_t *proc;
 	int out_fd, err_fd;
 	int in_fd;                    /* the stdin file, -1: none */
-	int in_wake[2];               /* stops the pump's poll */
+	int in_wake[2];               /* wakes the pump's poll (stop, hold, release) */
 	pthread_t in_th;
 	bool in_running;              /* the pump was started (joined at the end) */
 	atomic_bool in_stop;
+	atomic_bool in_hold;          /* a suspend: read no more of the file */
+	atomic_bool in_busy;          /* the pump holds bytes the agent has not
+	                                 taken (or is about to read some) */
 	void *exit_ctx;
 	atomic_bool fired;            /* cbs.exit ran (pump thread); read after
 					 the pump was joined, or to skip twice */
@@ -266,47 +269,96 @@ static void on_oom_cb(void *arg, uint64_t oom_kills)
 #define STDIN_CHUNK 32768
 #define STDIN_RETRY_NS 100000000ll    /* a write refused while disconnected */
 
+/* Sleeps on the pump's wake pipe for at most ms (-1: until woken) and
+ * drains it: a wake is a stop, a hold or a release, which the caller's
+ * loop looks at. */
+static void pump_nap(struct watch *w, int ms)
+{
+	struct pollfd z = { w->in_wake[0], POLLIN, 0 };
+	if (poll(&z, 1, ms) > 0) {
+		char b[16];
+		if (read(w->in_wake[0], b, sizeof b) < 0) { /* drained */ }
+	}
+}
+
 /* The stdin pump's thread: the stdin file into the init's stdin until
  * the file ends (then the init's stdin is closed), the watch ends, or
  * CloseIO. A FIFO opened without a writer shows no end until a writer
- * came and went (Linux), so it waits for containerd's. */
+ * came and went (Linux), so it waits for containerd's. It reads no more
+ * than the agent says it would take: what it read is the agent's within
+ * one call (in guest memory, where it moves with the guest), and the rest
+ * waits in the file; a suspend (stdin_hold) then finds it idle at once. */
 static void *stdin_pump(void *arg)
 {
 	struct watch *w = arg;
 	uint8_t *buf = malloc(STDIN_CHUNK);
 	bool eof = false;
+	uint64_t room = 0;
+	bool ask = true;
 	while (buf && !atomic_load(&w->in_stop)) {
+		if (atomic_load(&w->in_hold)) {
+			pump_nap(w, -1);
+			ask = true;
+			continue;
+		}
+		if (ask || room == 0) {
+			/* how much the agent takes now (while the connection is
+			 * down, a migration's copy: again every 100 ms) */
+			int rc = lm_agent_proc_stdin_room(w->proc, true, &room, CALL_NS);
+			ask = rc != 0;
+			if (rc || room == 0) {
+				pump_nap(w, rc ? (int)(STDIN_RETRY_NS / 1000000) : 20);
+				continue;
+			}
+		}
 		struct pollfd q[2] = { { w->in_fd, POLLIN, 0 }, { w->in_wake[0], POLLIN, 0 } };
 		if (poll(q, 2, -1) < 0) {
 			if (errno == EINTR)
 				continue;
 			break;
 		}
-		if (q[1].revents || atomic_load(&w->in_stop))
-			break;
-		ssize_t n = read(w->in_fd, buf, STDIN_CHUNK);
-		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		if (q[1].revents) {
+			pump_nap(w, 0);
 			continue;
+		}
+		/* busy before the hold is looked at: a suspend that saw the
+		 * pump idle after holding it knows no read follows */
+		atomic_store(&w->in_busy, true);
+		if (atomic_load(&w->in_hold) || atomic_load(&w->in_stop)) {
+			atomic_store(&w->in_busy, false);
+			continue;
+		}
+		size_t want = room < STDIN_CHUNK ? (size_t)room : STDIN_CHUNK;
+		ssize_t n = read(w->in_fd, buf, want);
+		if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+			atomic_store(&w->in_busy, false);
+			continue;
+		}
 		if (n <= 0) {
+			atomic_store(&w->in_busy, false);
 			eof = n == 0;
 			if (n < 0)
 				lm_log_warn(MOD, "stdin read failed", "id=%s err=%d", w->id, errno);
 			break;
 		}
 		/* exactly once, across a reconnect (the agent skips what it
-		 * took); while the connection is down (a migration's copy),
-		 * again every 100 ms */
+		 * took); while the connection is down, again every 100 ms */
 		int rc;
 		while ((rc = lm_agent_proc_write(w->proc, buf, (size_t)n, CALL_NS)) != 0 &&
-		       (rc == -ENOTCONN || rc == -EPIPE) && !atomic_load(&w->in_stop)) {
-			struct pollfd z = { w->in_wake[0], POLLIN, 0 };
-			(void)poll(&z, 1, (int)(STDIN_RETRY_NS / 1000000));
-		}
+		       (rc == -ENOTCONN || rc == -EPIPE) && !atomic_load(&w->in_stop))
+			pump_nap(w, (int)(STDIN_RETRY_NS / 1000000));
+		atomic_store(&w->in_busy, false);
 		if (rc) {
 			if (!atomic_load(&w->in_stop))
 				lm_log_warn(MOD, "stdin not delivered", "id=%s err=%d", w->id, rc);
+			else
+				lm_log_warn(MOD, "stdin bytes read here were not delivered before the guest left",
+					    "id=%s exec=%s bytes=%zd", w->id, w->exec, n);
 			break;
 		}
+		(void)lm_agent_proc_stdin_room(w->proc, false, &room, 0);   /* its answer's figure */
+		if (room == UINT64_MAX)
+			room = STDIN_CHUNK;      /* an agent that does not say: as before */
 	}
 	free(buf);
 	if (eof && !atomic_load(&w->in_stop)) {
@@ -316,6 +368,32 @@ static void *stdin_pump(void *arg)
 		(void)lm_guest_close_stdin(w->g, w->id, w->exec, NULL, NULL);
 	}
 	return NULL;
+}
+
+/* Worker. hold: every stdin pump stops reading its file, and the bytes
+ * it read are given to the agent (within SUSPEND_NS: a process that does
+ * not read its stdin while the agent's buffer is full keeps them; they
+ * are said lost if the guest leaves). !hold: the pumps read on. */
+static void stdin_hold(lm_guest_t *g, bool hold)
+{
+	pthread_mutex_lock(&g->mu);
+	for (struct watch *w = g->watches; w; w = w->next) {
+		if (!w->in_running)
+			continue;
+		atomic_store(&w->in_hold, hold);
+		if (write(w->in_wake[1], "h", 1) < 0) { /* the pump looks anyway */ }
+	}
+	pthread_mutex_unlock(&g->mu);
+	/* (the list changes only on this thread, the worker's) */
+	uint64_t until = lm_now_ns() + (uint64_t)SUSPEND_NS;
+	for (struct watch *w = g->watches; hold && w; w = w->next) {
+		while (w->in_running && atomic_load(&w->in_busy) && lm_now_ns() < until) {
+			struct timespec ts = {0, 2000000};
+			nanosleep(&ts, NULL);
+		}
+		if (w->in_running && atomic_load(&w->in_busy))
+			lm_log_warn(MOD, "stdin still in flight at the suspend", "id=%s exec=%s", w->id, w->exec);
+	}
 }
 
 /* Opens the stdin file (no link followed, no waiting for a writer) and
@@ -614,14 +692,19 @@ static int run_job(lm_guest_t *g, struct job *j, uint32_t *pid, char *why, size_
 		rc = j->thaw ? lm_agent_resume(g->agent, j->id, CALL_NS) : lm_agent_pause(g->agent, j->id, CALL_NS);
 		return rc ? ctr_err(rc, j->thaw ? "Resume" : "Pause", j->id, why, whylen) : 0;
 	case JOB_SUSPEND:
-		/* acknowledgements in flight finish first (the guest runs):
-		 * then the next host starts exactly where this one stopped */
+		/* the stdin pumps read no more, and what they read reaches the
+		 * agent (guest memory: it moves with the guest) while the
+		 * connection is up; then acknowledgements in flight finish (the
+		 * guest runs): the next host starts exactly where this one
+		 * stopped */
+		stdin_hold(g, true);
 		rc = lm_agent_disconnect_quiet(g->agent, SUSPEND_NS);
 		lm_log_info(MOD, "agent connection suspended", "socket=%s quiet=%s", g->socket,
 			    rc ? "no (timed out)" : "yes");
 		return 0;
 	case JOB_RECONNECT:
 		rc = lm_agent_reconnect(g->agent, g->socket, g->connect_ns);
+		stdin_hold(g, false);    /* the guest is this host's again */
 		if (rc)
 			snprintf(why, whylen, "the guest agent on %s did not answer again: %s", g->socket,
 				 strerror(-rc));

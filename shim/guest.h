@@ -12,9 +12,11 @@
  * pump: a thread that reads the stdin file (containerd's FIFO: it waits
  * for a writer) and hands the bytes to the agent, exactly once even
  * across a reconnect (lm_agent_proc_write), and closes the init's stdin
- * at the file's end. Bytes the source's pump read but the agent had not
- * taken when the migration dropped the connection are lost (at most one
- * read, 32 KiB); the destination reads its own stdin file.
+ * at the file's end. It reads no more than the agent says it would take
+ * (its buffer, in guest memory, moves with the guest), and a suspend
+ * (the copy's start) stops it reading and waits for what it read to be
+ * taken: no stdin byte is lost across a migration (what it did not read
+ * stays in the source's file); the destination reads its own stdin file.
  *
  * Live migration. A container keeps its agent ID (guest_id, carried by
  * the snapshot) and its guest PID wherever the VM goes. Every watch is a

@@ -450,6 +450,8 @@ void lm_agent_stdin(lm_rpc_call_t *call, struct proc *p, uint64_t off, const uin
 		in_flush(p);
 	}
 	r.offset = p->in_off;
+	r.room = LM_AGENT_IN_CAP - p->in_len;
+	r.room_known = true;
 	lm_agent_reply(call, &r.base);
 }
 

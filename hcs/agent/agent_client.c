@@ -65,6 +65,7 @@ struct lm_agent_proc {
 	uint64_t next[2];             /* stdout/stderr bytes delivered */
 	bool eof[2];
 	uint64_t stdin_off;           /* stdin bytes the agent has taken */
+	uint64_t stdin_room;          /* what it said it would take, UINT64_MAX: unknown */
 	uint64_t oom_seen;            /* the container's OOM kills counted so far */
 	bool oom_based;               /* oom_seen holds the agent's first figure
 	                                 (what happened before this watch, on this
@@ -973,6 +974,7 @@ int lm_agent_watch(lm_agent_t *a, const char *id, const char *exec_id,
 	if (!p)
 		return -ENOMEM;
 	p->a = a;
+	p->stdin_room = UINT64_MAX;
 	snprintf(p->id, sizeof p->id, "%s", id);
 	snprintf(p->exec_id, sizeof p->exec_id, "%s", exec_id ? exec_id : "");
 	p->cbs = *cbs;
@@ -1015,9 +1017,13 @@ int lm_agent_proc_write(lm_agent_proc_t *p, const void *data, size_t len, int64_
 		if (rc < 0)
 			return rc;
 		uint64_t got = r->offset;
+		uint64_t room = r->room_known ? r->room : UINT64_MAX;
 		FREE_MSG(r);
 		if (got < start + done)
 			return -EPROTO;
+		pthread_mutex_lock(&p->mu);
+		p->stdin_room = room;
+		pthread_mutex_unlock(&p->mu);
 		if (got == start + done)
 			sleep_ms(5);                    /* the process is not reading yet */
 		done = (size_t)(got - start) < len ? (size_t)(got - start) : len;
@@ -1026,6 +1032,34 @@ int lm_agent_proc_write(lm_agent_proc_t *p, const void *data, size_t len, int64_
 			p->stdin_off = got;
 		pthread_mutex_unlock(&p->mu);
 	}
+	return 0;
+}
+
+int lm_agent_proc_stdin_room(lm_agent_proc_t *p, bool ask, uint64_t *room, int64_t timeout_ns)
+{
+	if (ask) {
+		pthread_mutex_lock(&p->mu);
+		uint64_t off = p->stdin_off;
+		pthread_mutex_unlock(&p->mu);
+		Lmshim__Agent__V1__WriteStdinRequest rq = LMSHIM__AGENT__V1__WRITE_STDIN_REQUEST__INIT;
+		rq.container_id = p->id;
+		rq.exec_id = p->exec_id;
+		rq.offset = off;                          /* no bytes: the agent says its room */
+		Lmshim__Agent__V1__WriteStdinResponse *r = NULL;
+		int rc = call(p->a, "WriteStdin", &rq.base, &lmshim__agent__v1__write_stdin_response__descriptor,
+			      (ProtobufCMessage **)&r, timeout_ns);
+		if (rc < 0)
+			return rc;
+		pthread_mutex_lock(&p->mu);
+		p->stdin_room = r->room_known ? r->room : UINT64_MAX;
+		if (r->offset > p->stdin_off)
+			p->stdin_off = r->offset;
+		pthread_mutex_unlock(&p->mu);
+		FREE_MSG(r);
+	}
+	pthread_mutex_lock(&p->mu);
+	*room = p->stdin_room;
+	pthread_mutex_unlock(&p->mu);
 	return 0;
 }
 

@@ -236,6 +236,11 @@ int lm_agent_proc_write(lm_agent_proc_t *p, const void *data, size_t len, int64_
  * process is gone from the agent (deleted). */
 int lm_agent_proc_wait_done(lm_agent_proc_t *p, int64_t timeout_ns);
 
+/* Thread: any. How many stdin bytes the agent would take now: the figure
+ * its last answer gave, or (ask) a fresh one (a write of no bytes).
+ * UINT64_MAX: an agent that does not say. 0 or a transport -errno. */
+int lm_agent_proc_stdin_room(lm_agent_proc_t *p, bool ask, uint64_t *room, int64_t timeout_ns);
+
 /* Thread: any. Bytes of stdout/stderr delivered so far. */
 void lm_agent_proc_offsets(lm_agent_proc_t *p, uint64_t *out, uint64_t *err);
 

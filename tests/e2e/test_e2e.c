@@ -651,6 +651,14 @@ static void test_back_and_forth_migrations_leave_nothing_behind(void **state)
 		soak_move(f, &f->dst, &f->src, "-b", "", round++);
 	}
 	struct footprint s1 = footprint_of(f->src.pid), d1 = footprint_of(f->dst.pid);
+	/* a VM's closer thread (detached, lm__ctl_close_vm) may still be
+	 * ending the last round's VM: a leak stays, a closer goes */
+	for (int i = 0; i < 100 && (s1.threads != s0.threads || d1.threads != d0.threads ||
+				    s1.fds != s0.fds || d1.fds != d0.fds); i++) {
+		usleep(20000);
+		s1 = footprint_of(f->src.pid);
+		d1 = footprint_of(f->dst.pid);
+	}
 	print_message("soak: %d round trips: source fds %ld -> %ld, threads %ld -> %ld, RSS %ld -> %ld KiB; "
 		      "destination fds %ld -> %ld, threads %ld -> %ld, RSS %ld -> %ld KiB\n", trips,
 		      s0.fds, s1.fds, s0.threads, s1.threads, s0.rss_kib, s1.rss_kib,

@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -1182,6 +1183,125 @@ static void test_a_container_reads_its_stdin_and_its_terminal_resizes(void **sta
 	assert_int_equal(task_resize(&f->src, "tty", 80, 25), 9);   /* not running */
 }
 
+/* The stdin of a container that migrates: a writer thread feeds a FIFO
+ * with a known byte stream until told to stop. */
+struct feeder {
+	const char *path;
+	const uint8_t *data;
+	size_t len, written;
+	int fd;
+	atomic_int stop;
+	pthread_t th;
+};
+
+static void *feed_main(void *arg)
+{
+	struct feeder *fd = arg;
+	while (fd->written < fd->len && !atomic_load(&fd->stop)) {
+		struct pollfd q = { fd->fd, POLLOUT, 0 };
+		if (poll(&q, 1, 50) <= 0)
+			continue;
+		ssize_t n = write(fd->fd, fd->data + fd->written, fd->len - fd->written);
+		if (n > 0)
+			fd->written += (size_t)n;
+		else if (n < 0 && errno == EPIPE)
+			break;      /* no reader any more (a failure: the test says so) */
+	}
+	return NULL;
+}
+
+/* Every byte written to a migrating container's stdin is read by it once
+ * or still in the source's FIFO: none is lost between the source shim's
+ * read and the agent (the source's pump hands what it read to the agent,
+ * in guest memory, before the guest leaves), none is read twice. The
+ * container cats its stdin after 2 s, so when the copy starts the agent's
+ * buffer is full and the pump holds bytes it read. */
+static void test_stdin_moves_with_its_container_exactly_once(void **state)
+{
+	struct fx *f = *state;
+	char rootfs[700], lower[700], ld[300], msg[512], b[400], in[500], so[500], work[400], dso[600],
+	     lout[500];
+	snprintf(ld, sizeof ld, "%s/sink-layers", f->dir);
+	assert_int_equal(mkdir(ld, 0700), 0);
+	make_layers(ld, "sink-top", "none", rootfs, sizeof rootfs);
+	snprintf(lower, sizeof lower, "%s/ltop:%s/lbase", ld, ld);
+	new_bundle(f->dir, "sink", "pod1", "sleep 2; cat", b, sizeof b);
+	snprintf(in, sizeof in, "%s/stdin", b);
+	snprintf(so, sizeof so, "%s/stdout", b);
+	assert_int_equal(mkfifo(in, 0600), 0);
+	/* 1.25 MiB of numbered lines: more than the agent holds (1 MiB) plus
+	 * the FIFO and one read of the pump */
+	size_t len = 163840 * 8;
+	char *data = malloc(len + 1);
+	assert_non_null(data);
+	for (size_t i = 0; i < len / 8; i++)
+		snprintf(data + i * 8, 9, "%07zu\n", i);
+	assert_int_equal(task_create_io(&f->src, "sink", b, lower, in, false, NULL, msg, sizeof msg), 0);
+	assert_int_equal(task_start(&f->src, "sink"), 0);
+	static struct feeder fd;   /* static: outlives a failed test's frame */
+	memset(&fd, 0, sizeof fd);
+	fd.path = in;
+	fd.data = (const uint8_t *)data;
+	fd.len = len;
+	fd.fd = open(in, O_WRONLY | O_NONBLOCK | O_CLOEXEC);   /* the shim reads it */
+	assert_true(fd.fd >= 0);
+	assert_int_equal(pthread_create(&fd.th, NULL, feed_main, &fd), 0);
+	snprintf(work, sizeof work, "%s/work-stdin", f->dir);
+	snprintf(lout, sizeof lout, "%s/lmctl-stdin.out", f->dir);
+	snprintf(dso, sizeof dso, "%s/bundles/sink-m/stdout.log", work);
+	const char *args[] = { "migrate", "--from", f->src.sock, "--to", f->dst.sock, "--workdir", work,
+			       "--quiet", "--session", "stdin-moves", NULL };
+	int rc = e2e_lmctl(args, lout, 180000);
+	atomic_store(&fd.stop, 1);
+	pthread_join(fd.th, NULL);
+	char *t = e2e_slurp(lout);
+	printf("# qemu e2e: migrate with stdin in flight exited %d (%zu bytes written)\n%s", rc, fd.written,
+	       t ? t : "");
+	free(t);
+	if (rc) {
+		e2e_shim_dump(&f->src);
+		e2e_shim_dump(&f->dst);
+	}
+	assert_int_equal(rc, 0);
+	/* what no one read is still in the source's FIFO */
+	int rd = open(in, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+	assert_true(rd >= 0);
+	close(fd.fd);
+	size_t rest = 0;
+	char *restb = malloc(len);
+	for (;;) {
+		ssize_t n = read(rd, restb + rest, len - rest);
+		if (n <= 0)
+			break;
+		rest += (size_t)n;
+	}
+	close(rd);
+	/* the destination's cat reads what the agent holds: its output
+	 * settles */
+	struct stat st1, st2;
+	off_t last = -1;
+	for (int i = 0; i < 120; i++) {
+		off_t a = stat(so, &st1) == 0 ? st1.st_size : 0, c = stat(dso, &st2) == 0 ? st2.st_size : 0;
+		if (a + c == last && (size_t)(a + c) + rest >= fd.written)
+			break;
+		last = a + c;
+		usleep(500000);
+	}
+	char *o1 = e2e_slurp(so), *o2 = e2e_slurp(dso);
+	size_t l1 = o1 ? strlen(o1) : 0, l2 = o2 ? strlen(o2) : 0;
+	printf("# stdin: %zu bytes written, read by the container %zu on the source + %zu on the destination, "
+	       "%zu left in the source's FIFO\n", fd.written, l1, l2, rest);
+	assert_int_equal(l1 + l2 + rest, fd.written);
+	assert_true(l1 + l2 > (1u << 20));
+	assert_memory_equal(o1 ? o1 : "", data, l1);
+	assert_memory_equal(o2 ? o2 : "", data + l1, l2);
+	assert_memory_equal(restb, data + l1 + l2, rest);
+	free(o1);
+	free(o2);
+	free(restb);
+	free(data);
+}
+
 /* task Exec of process `xid` in container `id` running `cmd` under sh,
  * its stdout to `out`: 0 or the code (message printed). */
 static int task_exec(struct e2e_shim *s, const char *id, const char *xid, const char *cmd, const char *out,
@@ -1684,6 +1804,7 @@ static void test_lmctl_demo_on_qemu(void **state)
 
 int main(void)
 {
+	signal(SIGPIPE, SIG_IGN);   /* a FIFO whose reader went says EPIPE */
 	if (!have_qemu()) {
 		printf("# skipped: %s\n", skip_why);
 		return 77;
@@ -1699,6 +1820,8 @@ int main(void)
 						setup_pod, teardown),
 		cmocka_unit_test_setup_teardown(test_the_first_create_boots_the_sandbox_vm, setup_boot, teardown),
 		cmocka_unit_test_setup_teardown(test_the_sandbox_api_runs_the_vm, setup_sandbox_api, teardown),
+		cmocka_unit_test_setup_teardown(test_stdin_moves_with_its_container_exactly_once, setup_pod,
+						teardown),
 		cmocka_unit_test_setup_teardown(test_exec_runs_in_a_container_and_moves_with_it, setup_pod,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_task_create_of_a_new_container_in_the_running_vm,
