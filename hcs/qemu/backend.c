@@ -1266,10 +1266,20 @@ static int qemu_stream_abort(lm_vm_t *vm)
 		/* completed: QEMU keeps the guest stopped (postmigrate);
 		 * cancelled or failed during the blackout: QEMU has resumed
 		 * it before it said so; make sure either way */
-		lm_qemu_status_t st;
-		rc = lm_qemu_vm_status(vm->q, &st, OP_MS);
-		if (rc == 0 && !st.running)
-			rc = lm_qemu_vm_cont(vm->q, LM_QEMU_CONT_AFTER_MIGRATION, OP_MS);
+		/* a cont QEMU refuses while its migration thread still winds
+		 * down (the status says failed a moment before it resumed the
+		 * guest itself: seen under load) is asked again, for a while */
+		uint64_t end = lm_now_ns() + (uint64_t)ABORT_MS * 1000000ull;
+		for (;;) {
+			lm_qemu_status_t st;
+			rc = lm_qemu_vm_status(vm->q, &st, OP_MS);
+			if (rc == 0 && !st.running)
+				rc = lm_qemu_vm_cont(vm->q, LM_QEMU_CONT_AFTER_MIGRATION, OP_MS);
+			if (rc != -EREMOTEIO || lm_now_ns() >= end)
+				break;
+			struct timespec ts = {0, 20000000};
+			nanosleep(&ts, NULL);
+		}
 	}
 	if (rc)
 		lm_log_error(MOD, "stream_abort: the guest was not resumed", "vm=%s err=%d "
