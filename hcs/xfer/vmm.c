@@ -411,6 +411,12 @@ int lm__xf_src_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_r
 	return 0;
 
 io_fail:
+	/* where the stream stood (CI once saw a second hop under TCG run out
+	 * its blackout with no more said): the VMM's EOF and completion, END */
+	lm_log_warn(MOD, "vmm stream failed", "side=source session_id_hash=%u rc=%d vmm_eof=%d "
+		    "vmm_completed=%d vmm_state=%d end_sent=%d bytes=%llu",
+		    x->o.session_id, rc, eof, completed, (int)vs.state, x->end_sent,
+		    (unsigned long long)x->st.bytes_sent);
 	if (buf) {              /* still streaming: the poller runs */
 		free(buf);
 		poller_stop(&pl);
