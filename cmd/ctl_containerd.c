@@ -35,9 +35,8 @@
 #include <unistd.h>
 
 #include <jansson.h>
-#include <openssl/sha.h>
-
 #include "cmd/ctl.h"
+#include "cmd/shim_socket.h"
 
 #define CTR_DEADLINE_MS 60000
 #define ANNOT_SOURCE "io.microsoft.migration.source-container-id"
@@ -124,19 +123,13 @@ static int run_ctr(const struct ctl_containerd_opts *o, const char *addr, char *
 	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-/* The socket containerd computes for shim ID in NS of ADDR (as lmshim
- * start does): does `path` name it? */
+/* Is `path` (or unix://path) the socket containerd computes for shim id
+ * in NS of ADDR (shim_socket.h, as lmshim start serves)? */
 static bool shim_socket_is(const char *addr, const char *ns, const char *id, const char *path)
 {
-	char joined[1024], want[128];
-	int jl = snprintf(joined, sizeof joined, "%s/%s/%s", addr, ns, id);
-	if (jl < 0 || (size_t)jl >= sizeof joined)
+	char want[128];
+	if (lm_containerd_shim_socket(addr, ns, id, want, sizeof want) < 0)
 		return false;
-	uint8_t d[SHA256_DIGEST_LENGTH];
-	SHA256((const unsigned char *)joined, (size_t)jl, d);
-	int k = snprintf(want, sizeof want, "/run/containerd/s/");
-	for (int i = 0; i < SHA256_DIGEST_LENGTH; i++)
-		k += snprintf(want + k, sizeof want - (size_t)k, "%02x", d[i]);
 	if (!strncmp(path, "unix://", 7))
 		path += 7;
 	return !strcmp(path, want);

@@ -55,17 +55,17 @@
 #include <unistd.h>
 
 #include <jansson.h>
-#include <openssl/sha.h>
 #include <poll.h>
 
 #include "cmd/shim_options.h"
+#include "cmd/shim_socket.h"
 #include "shim/shim.h"
 #include "task.pb-c.h"
 #include "util/fault.h"
 #include "util/log.h"
 #include "util/sched.h"
 
-#define SOCKET_ROOT "/run/containerd/s"
+#define SOCKET_ROOT LM_CONTAINERD_SOCKET_ROOT
 
 static const char usage[] =
 	"usage: lmshim [containerd flags] start|delete\n"
@@ -214,28 +214,10 @@ static int parse_cflags(int argc, char **argv, struct cflags *f)
 	return 0;
 }
 
-/* containerd's SocketAddress: sha256(filepath.Join(address, ns, id)). */
+/* containerd's SocketAddress for these flags (shim_socket.h). */
 static int socket_path(const struct cflags *f, char *out, size_t len)
 {
-	char joined[PATH_MAX * 2];
-	/* filepath.Join cleans: our inputs are plain, only avoid "//" */
-	const char *addr = f->address ? f->address : "";
-	size_t al = strlen(addr);
-	while (al > 1 && addr[al - 1] == '/')
-		al--;
-	int k;
-	if (al)
-		k = snprintf(joined, sizeof(joined), "%.*s/%s/%s", (int)al, addr, f->ns, f->id);
-	else
-		k = snprintf(joined, sizeof(joined), "%s/%s", f->ns, f->id);
-	if (k < 0 || (size_t)k >= sizeof(joined))
-		return -ENAMETOOLONG;
-	uint8_t d[SHA256_DIGEST_LENGTH];
-	SHA256((const unsigned char *)joined, (size_t)k, d);
-	int n = snprintf(out, len, "%s/", SOCKET_ROOT);
-	for (int i = 0; i < SHA256_DIGEST_LENGTH && (size_t)n + 3 < len; i++)
-		n += snprintf(out + n, len - (size_t)n, "%02x", d[i]);
-	return 0;
+	return lm_containerd_shim_socket(f->address, f->ns, f->id, out, len);
 }
 
 static bool socket_answers(const char *path)

@@ -295,6 +295,7 @@ static void *stdin_pump(void *arg)
 	bool eof = false;
 	uint64_t room = 0;
 	bool ask = true;
+	int full_ms = 10;        /* asking a full agent again: 10 ms, doubling to 500 */
 	while (buf && !atomic_load(&w->in_stop)) {
 		if (atomic_load(&w->in_hold)) {
 			pump_nap(w, -1);
@@ -306,10 +307,16 @@ static void *stdin_pump(void *arg)
 			 * down, a migration's copy: again every 100 ms) */
 			int rc = lm_agent_proc_stdin_room(w->proc, true, &room, CALL_NS);
 			ask = rc != 0;
-			if (rc || room == 0) {
-				pump_nap(w, rc ? (int)(STDIN_RETRY_NS / 1000000) : 20);
+			if (rc) {
+				pump_nap(w, (int)(STDIN_RETRY_NS / 1000000));
 				continue;
 			}
+			if (room == 0) {   /* the process is not reading */
+				pump_nap(w, full_ms);
+				full_ms = full_ms < 250 ? full_ms * 2 : 500;
+				continue;
+			}
+			full_ms = 10;
 		}
 		struct pollfd q[2] = { { w->in_fd, POLLIN, 0 }, { w->in_wake[0], POLLIN, 0 } };
 		if (poll(q, 2, -1) < 0) {

@@ -729,20 +729,28 @@ static void do_pids(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_ca
 	lm_task_reply_msg(call, &p.base);
 }
 
+/* The container of a call about its cgroup (Stats, Update): a guest
+ * container, when the owner has the hook (has_hook); else the call is
+ * failed (NotFound, or Unimplemented for a simulated one) and NULL. */
+static const struct lm_container *cgroup_ctr(lm_sandbox_t *sb, bool has_hook, lm_rpc_call_t *call,
+					     const char *name, const char *id)
+{
+	const struct lm_container *c = lm_sandbox_find(sb, id);
+	if (!c)
+		lm_rpc_call_fail(call, LM_RPC_NOT_FOUND, "%s: container \"%s\" not found", name, id);
+	else if (!c->guest_id || !has_hook)
+		lm_rpc_call_fail(call, LM_RPC_UNIMPLEMENTED, "%s %s: a simulated container has no cgroup "
+				 "(the qemu backend's containers have)", name, id);
+	return c && c->guest_id && has_hook ? c : NULL;
+}
+
 /* Stats: a guest container's cgroup figures, from the guest; a
  * simulated container has no cgroup. */
 static void do_stats(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_call_t *call, const char *id)
 {
-	const struct lm_container *c = lm_sandbox_find(sb, id);
-	if (!c) {
-		lm_rpc_call_fail(call, LM_RPC_NOT_FOUND, "Stats: container \"%s\" not found", id);
+	const struct lm_container *c = cgroup_ctr(sb, gate->guest && gate->guest->stats, call, "Stats", id);
+	if (!c)
 		return;
-	}
-	if (!c->guest_id || !gate->guest || !gate->guest->stats) {
-		lm_rpc_call_fail(call, LM_RPC_UNIMPLEMENTED, "Stats %s: a simulated container has no cgroup "
-				 "(the qemu backend's containers have)", id);
-		return;
-	}
 	if (c->state != LM_CTR_RUNNING && c->state != LM_CTR_PAUSED) {
 		lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION, "Stats %s: the container is not running", id);
 		return;
@@ -758,16 +766,9 @@ static void do_update(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_
 		      const Containerd__Task__V2__UpdateTaskRequest *r)
 {
 	const char *id = s_or(r->id);
-	const struct lm_container *c = lm_sandbox_find(sb, id);
-	if (!c) {
-		lm_rpc_call_fail(call, LM_RPC_NOT_FOUND, "Update: container \"%s\" not found", id);
+	const struct lm_container *c = cgroup_ctr(sb, gate->guest && gate->guest->update, call, "Update", id);
+	if (!c)
 		return;
-	}
-	if (!c->guest_id || !gate->guest || !gate->guest->update) {
-		lm_rpc_call_fail(call, LM_RPC_UNIMPLEMENTED, "Update %s: a simulated container has no cgroup "
-				 "(the qemu backend's containers have)", id);
-		return;
-	}
 	if (c->state == LM_CTR_STOPPED) {
 		lm_rpc_call_fail(call, LM_RPC_FAILED_PRECONDITION, "Update %s: the container has stopped", id);
 		return;
