@@ -20,6 +20,8 @@
  *   dirty200 transport=unix ms=... passes=... bytes=... blackout_ms=... ...
  *
  * ratio = our GB/s (effective: guest bytes / time) over the baseline's.
+ * by_ref = the share of the stream's bytes that left as guest pages by
+ * reference (vmsplice: a plain link, hcs/xfer/xfer.c send_spliced).
  * Destination memory is made ready when its VM is created (as
  * PrepareSandbox does: populated, then one store per page,
  * util/memready.h), never during the transfer; that time is printed
@@ -517,11 +519,12 @@ static void run_transport(bool tcp)
 		r = best;
 		printf("idle transport=%s rc=%d ms=%.1f gbps=%.3f baseline_gbps=%.3f ratio=%.2f bytes=%llu "
 		       "passes=%u blackout_ms=%.2f cpu_src_s_per_gib=%.3f cpu_dst_s_per_gib=%.3f "
-		       "dst_populate_ms=%.0f populated_at_create=1 best_of=%d\n",
+		       "dst_populate_ms=%.0f populated_at_create=1 by_ref=%.2f best_of=%d\n",
 		       tr, r.rc, r.ms, (double)bytes / (r.ms * 1e6), base,
 		       (double)bytes / (r.ms * 1e6) / base, (unsigned long long)r.ss.bytes_sent,
 		       r.ss.passes, (double)r.ss.blackout_ns / 1e6, (double)r.ss.cpu_ns / 1e9 / gib,
-		       (double)r.sd.cpu_ns / 1e9 / gib, r.populate_ms, reps);
+		       (double)r.sd.cpu_ns / 1e9 / gib, r.populate_ms,
+		       (double)r.ss.spliced_bytes / (double)(r.ss.bytes_sent ? r.ss.bytes_sent : 1), reps);
 		if (!kvm && !link_mbps) {
 			/* the cipher alone on one core, measured now: a link
 			 * whose sender seals every byte on its own thread takes
@@ -562,10 +565,12 @@ static void run_transport(bool tcp)
 		migrate(zs[i].name, tr, src, tcp, &r);
 		double eff = (double)bytes / (r.ms * 1e6);
 		printf("%s transport=%s rc=%d ms=%.1f effective_gbps=%.3f baseline_gbps=%.3f ratio=%.2f "
-		       "bytes=%llu zero_pages=%llu cpu_src_s_per_gib=%.3f cpu_dst_s_per_gib=%.3f populated_at_create=1\n",
+		       "bytes=%llu zero_pages=%llu cpu_src_s_per_gib=%.3f cpu_dst_s_per_gib=%.3f populated_at_create=1 "
+		       "by_ref=%.2f\n",
 		       zs[i].name, tr, r.rc, r.ms, eff, base, eff / base,
 		       (unsigned long long)r.ss.bytes_sent, (unsigned long long)r.ss.zero_pages,
-		       (double)r.ss.cpu_ns / 1e9 / gib, (double)r.sd.cpu_ns / 1e9 / gib);
+		       (double)r.ss.cpu_ns / 1e9 / gib, (double)r.sd.cpu_ns / 1e9 / gib,
+		       (double)r.ss.spliced_bytes / (double)(r.ss.bytes_sent ? r.ss.bytes_sent : 1));
 		fflush(stdout);
 		ops->destroy(src);
 	}
@@ -641,7 +646,7 @@ int main(int argc, char **argv)
 		{ "only", required_argument, 0, 'o' }, { "reps", required_argument, 0, 'r' },
 		{ "link-mbps", required_argument, 0, 'l' },
 		{ "backend", required_argument, 0, 'b' }, { "vcpus", required_argument, 0, 'v' },
-		{ "tls-relay", no_argument, 0, 'R' }, { 0, 0, 0, 0 } };
+		{ "tls-relay", no_argument, 0, 'R' }, { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 } };
 	const char *backend = "sim";
 	int c;
 	while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -656,9 +661,14 @@ int main(int argc, char **argv)
 		case 'b': backend = optarg; break;
 		case 'v': vcpus = (unsigned)atoi(optarg); break;
 		case 'R': tls_relay = true; break;
+		case 'h':
 		default:
-			fprintf(stderr, "usage: %s [--size-mib N] [--transport unix|tcp|both] [--csv F] [--png F] [--only a,b] [--reps N] [--link-mbps M] [--backend sim|kvm|qemu] [--vcpus N] [--tls-relay]\n", argv[0]);
-			return 2;
+			fprintf(c == 'h' ? stdout : stderr,
+				"usage: %s [--size-mib N] [--transport unix|tcp|both] [--csv F] [--png F] [--only a,b] [--reps N] [--link-mbps M] [--backend sim|kvm|qemu] [--vcpus N] [--tls-relay]\n"
+				"  figures (--only): raw idle (with idle_checksum, idle_tls) zero90 zero100 dirty50 dirty200 dirty800;\n"
+				"  each printed beside a baseline measured in the same run (see the top of bench/bench_transfer.c)\n",
+				argv[0]);
+			return c == 'h' ? 0 : 2;
 		}
 	}
 	if (strcmp(backend, "kvm") == 0) {

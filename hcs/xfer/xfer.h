@@ -115,6 +115,7 @@ typedef struct lm__xfer_stats {
 	uint64_t pages_sent;
 	uint64_t zero_pages;
 	uint64_t lz4_pages;
+	uint64_t spliced_bytes;      /* guest memory sent by reference (plain link) */
 	uint64_t blackout_ns;
 	uint64_t total_ns;           /* go -> completed */
 	uint64_t blackout_pages;

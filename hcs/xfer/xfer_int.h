@@ -91,6 +91,9 @@ struct lm__xfer {
 	uint64_t *bitmap[LM_MAX_REGIONS];
 	size_t words[LM_MAX_REGIONS];
 	bool use_mincore;             /* no swap: residency == not a hole */
+	int spipe[2];                 /* source, plain link: guest pages go
+					 out by reference through this pipe
+					 (vmsplice, splice); -1 when not */
 	uint8_t *resid;               /* WINDOW_PAGES residency bytes */
 
 	/* source batch under construction */
