@@ -47,6 +47,7 @@
 #include "migration.pb-c.h"
 #include "rpc/client.h"
 #include "rpc/server.h"
+#include "bench/benchkit.h"
 #include "util/clock.h"
 #include "util/log.h"
 #include "util/sched.h"
@@ -400,18 +401,6 @@ static double fanout_us(int subs, int events)
 	return sum / events / 1e3;
 }
 
-static int cmp_d(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-	qsort(v, (size_t)n, sizeof(*v), cmp_d);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
 int main(int argc, char **argv)
 {
 	double secs = argc > 1 ? atof(argv[1]) : 3;
@@ -448,17 +437,17 @@ int main(int argc, char **argv)
 		items += ours.items;
 		sched_seen = ours.sched;
 	}
-	double mb = median(bm, rounds);
+	double mb = lm_bench_median(bm, rounds);
 	printf("transfer subscribers=%d ours=%.0f baseline=%.0f ratio=%.3f rounds=%d "
 	       "items_per_round=%llu shim_cpu=%.3f baseline_shim_cpu=%.3f client_cpu=%.3f "
 	       "transfer_cpu=%u sched=%s\n",
-	       subs, median(om, rounds), mb, median(ratio, rounds), rounds,
+	       subs, lm_bench_median(om, rounds), mb, lm_bench_median(ratio, rounds), rounds,
 	       (unsigned long long)(items / (uint64_t)rounds),
-	       median(os, rounds), median(bs, rounds), median(oc, rounds), g_reserve,
+	       lm_bench_median(os, rounds), lm_bench_median(bs, rounds), lm_bench_median(oc, rounds), g_reserve,
 	       lm_sched_kind_name(sched_seen));
 	printf("transfer_clients_nice19 subscribers=%d ours=%.0f baseline=%.0f ratio=%.3f\n",
-	       subs, median(nm, rounds), mb, median(nratio, rounds));
-	double po = median(op, rounds), pb = median(bp, rounds);
+	       subs, lm_bench_median(nm, rounds), mb, lm_bench_median(nratio, rounds));
+	double po = lm_bench_median(op, rounds), pb = lm_bench_median(bp, rounds);
 	printf("publish subscribers=%d ours=%.0f baseline=%.0f ratio=%.2f\n", subs, po, pb, po / pb);
 	double f1 = fanout_us(1, 50), fn = fanout_us(subs, 50);
 	printf("fanout subscribers=%d ours=%.1f baseline=%.1f ratio=%.1f per_subscriber_us=%.3f\n",

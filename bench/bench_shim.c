@@ -30,6 +30,7 @@
 #include <getopt.h>
 #include <stdatomic.h>
 
+#include "bench/benchkit.h"
 #include "util/clock.h"
 #include "util/log.h"
 
@@ -121,18 +122,6 @@ static int cmp_u64(const void *a, const void *b)
 {
 	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
 	return x < y ? -1 : x > y;
-}
-
-static int cmp_dbl(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
-static double median(double *v, unsigned n)
-{
-	qsort(v, n, sizeof(double), cmp_dbl);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 struct result {
@@ -395,8 +384,8 @@ int main(int argc, char **argv)
 		       cancel_res.transfer_code, cancel_res.resume_code, cancel_res.source_running);
 		ok &= cancel_res.cancel_code == 0 && cancel_res.resume_code == 0 && cancel_res.source_running;
 	}
-	double um = median(us, opt_reps), lm = median(ls, opt_reps);
-	double ucm = median(uc, opt_reps), lcm = median(lc, opt_reps);
+	double um = lm_bench_median(us, opt_reps), lm = lm_bench_median(ls, opt_reps);
+	double ucm = lm_bench_median(uc, opt_reps), lcm = lm_bench_median(lc, opt_reps);
 	double p50 = 0, p99 = 0;
 	if (nlat) {
 		qsort(lat, nlat, sizeof(uint64_t), cmp_u64);
