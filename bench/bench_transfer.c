@@ -323,12 +323,15 @@ static void *rx_main(void *arg)
 }
 
 /* The baseline: plain 1 MiB writes of the same bytes over the same kind of
- * socket. Returns GB/s. */
+ * socket, its buffers sized as the engines size theirs. Returns GB/s. */
 static double baseline(bool tcp, uint8_t *src, uint8_t *dst, size_t bytes, double *ms_out)
 {
 	int sv[2];
 	if (ht_pair(sv, tcp) < 0)
 		return 0;
+	/* the engines' socket buffers: the same kind of socket */
+	lm__xfer_size_link(sv[0]);
+	lm__xfer_size_link(sv[1]);
 	struct rx r = { sv[1], dst, bytes };
 	pthread_t th;
 	uint64_t t0 = lm_now_ns();

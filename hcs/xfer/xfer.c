@@ -139,6 +139,23 @@ static ssize_t link_send1(struct lm__xfer *x, const void *buf, size_t len)
 #define CSLOT 4160               /* >= LZ4_COMPRESSBOUND(4096), 64-aligned */
 #define SPLICE_PIPE_BYTES (256 << 10) /* the pipe of send_spliced */
 
+/* Socket buffers of a migration link, each way. The defaults (208 KiB
+ * on a unix socket, whatever TCP's autotuning reaches) keep so little in
+ * flight that the two engines take turns: measured on the 2-core VM, 1 GiB
+ * over a unix socketpair in 250-380 ms with them, 140-235 ms with 4 MiB
+ * (the speed of a copy into hot memory); TCP loopback 455-480 -> 390-455. */
+#define LINK_BUF_BYTES (4 << 20)
+
+void lm__xfer_size_link(int sock)
+{
+	int b = LINK_BUF_BYTES;
+	/* beyond net.core.[wr]mem_max where we may (CAP_NET_ADMIN) */
+	if (setsockopt(sock, SOL_SOCKET, SO_SNDBUFFORCE, &b, sizeof(b)) < 0)
+		(void)setsockopt(sock, SOL_SOCKET, SO_SNDBUF, &b, sizeof(b));
+	if (setsockopt(sock, SOL_SOCKET, SO_RCVBUFFORCE, &b, sizeof(b)) < 0)
+		(void)setsockopt(sock, SOL_SOCKET, SO_RCVBUF, &b, sizeof(b));
+}
+
 void lm__xfer_opts_default(lm__xfer_opts_t *o)
 {
 	memset(o, 0, sizeof(*o));
@@ -2240,6 +2257,7 @@ static int xfer_init(struct lm__xfer **out, enum lm__xfer_role role,
 	x->use_mincore = sysinfo(&si) == 0 && si.totalswap == 0;
 	int one = 1;
 	setsockopt(sock, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)); /* not TCP: ignored */
+	lm__xfer_size_link(sock);
 	int fl = fcntl(sock, F_GETFL);
 	if (fl < 0 || fcntl(sock, F_SETFL, fl | O_NONBLOCK) < 0) {
 		rc = -errno;

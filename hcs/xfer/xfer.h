@@ -65,6 +65,11 @@ typedef struct lm__xfer_opts {
  * floor of 5 s. A blackout that reaches it aborts and the source resumes. */
 unsigned lm__xfer_blackout_bound_ms(const lm__xfer_opts_t *o);
 
+/* Thread: any. Sizes a migration link's socket buffers as the engine does
+ * with every socket it is given (4 MiB each way: PROTOCOL.md); for a
+ * baseline that should move bytes over the same kind of socket. */
+void lm__xfer_size_link(int sock);
+
 /* Thread: any. Fills the defaults (documented in PROTOCOL.md). */
 void lm__xfer_opts_default(lm__xfer_opts_t *o);
 
