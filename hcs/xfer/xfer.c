@@ -2264,8 +2264,9 @@ static int xfer_init(struct lm__xfer **out, enum lm__xfer_role role,
 		goto fail;
 	}
 	/* A plain link of a source with memory: pages by reference (see
-	 * send_spliced); without the pipe, sendmsg() does it all. */
-	if (role == LM_XFER_SOURCE && !x->vmm && !x->o.io &&
+	 * send_spliced; checksummed pages leave from the bounce buffer);
+	 * without the pipe, sendmsg() does it all. */
+	if (role == LM_XFER_SOURCE && !x->vmm && !x->o.io && !x->o.checksum &&
 	    pipe2(x->spipe, O_CLOEXEC | O_NONBLOCK) < 0)
 		x->spipe[0] = x->spipe[1] = -1;
 	/* 64 pages a splice: TCP moved 1 GiB in 440-460 ms with it, 540-600
