@@ -758,6 +758,31 @@ static void test_corrupted_batch_without_checksums_reaches_the_destination(void 
 	mig_free(&m);
 }
 
+/* Where vmsplice is refused (a syscall filter), the pages leave by copy
+ * and the guest arrives whole. */
+static void test_a_refused_vmsplice_sends_pages_by_copy(void **state)
+{
+	int sv[2] = { -1, -1 };
+	lm__xfer_opts_t o;
+	opts(&o);
+	assert_int_equal(ht_pair(sv, false), 0);
+	struct mig m = { .src = ht_vm(32, 0, LM_PATTERN_UNIFORM, LM_FILL_RANDOM, false),
+			 .dst = ht_vm(32, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true) };
+	assert_int_equal(lm_fault_arm("transfer.splice:errno=EPERM:times=1"), 0);
+	mig_create(&m, sv[0], sv[1], &o, &o);
+	assert_int_equal(lm_fault_fired("transfer.splice"), 1);
+	lm__xfer_go(m.xd);
+	lm__xfer_go(m.xs);
+	mig_join(&m);
+	lm_fault_disarm_all();
+	assert_int_equal(m.rs, 0);
+	assert_int_equal(m.rd, 0);
+	assert_int_equal(m.ss.spliced_bytes, 0);
+	assert_true(m.ss.pages_sent - m.ss.zero_pages > 8000); /* sent, by copy */
+	assert_int_equal(digest(m.src), digest(m.dst));
+	mig_free(&m);
+}
+
 static void test_send_fault_mid_stream_recovers_source(void **state)
 {
 	int sv[2] = { -1, -1 };
@@ -982,6 +1007,7 @@ int main(void)
 		cmocka_unit_test(test_peer_closing_mid_batch_fails_and_source_recovers),
 		cmocka_unit_test(test_corrupted_batch_with_checksums_is_dataloss_and_source_intact),
 		cmocka_unit_test(test_corrupted_batch_without_checksums_reaches_the_destination),
+		cmocka_unit_test(test_a_refused_vmsplice_sends_pages_by_copy),
 		cmocka_unit_test(test_send_fault_mid_stream_recovers_source),
 		cmocka_unit_test(test_destination_state_load_failure_recovers_source),
 		cmocka_unit_test(test_handshake_refuses_session_id_mismatch),
