@@ -731,17 +731,28 @@ static void do_pids(lm_sandbox_t *sb, const struct lm_task_gate *gate, lm_rpc_ca
 
 /* The container of a call about its cgroup (Stats, Update): a guest
  * container, when the owner has the hook (has_hook); else the call is
- * failed (NotFound, or Unimplemented for a simulated one) and NULL. */
+ * failed and NULL: NotFound; Unimplemented for a simulated container
+ * (the sim backend's records have no cgroup) or an owner without the
+ * hook. */
 static const struct lm_container *cgroup_ctr(lm_sandbox_t *sb, bool has_hook, lm_rpc_call_t *call,
 					     const char *name, const char *id)
 {
 	const struct lm_container *c = lm_sandbox_find(sb, id);
-	if (!c)
+	if (!c) {
 		lm_rpc_call_fail(call, LM_RPC_NOT_FOUND, "%s: container \"%s\" not found", name, id);
-	else if (!c->guest_id || !has_hook)
+		return NULL;
+	}
+	if (!c->guest_id) {
 		lm_rpc_call_fail(call, LM_RPC_UNIMPLEMENTED, "%s %s: a simulated container has no cgroup "
 				 "(the qemu backend's containers have)", name, id);
-	return c && c->guest_id && has_hook ? c : NULL;
+		return NULL;
+	}
+	if (!has_hook) {
+		lm_rpc_call_fail(call, LM_RPC_UNIMPLEMENTED, "%s %s: this shim's guest link does not "
+				 "serve %s", name, id, name);
+		return NULL;
+	}
+	return c;
 }
 
 /* Stats: a guest container's cgroup figures, from the guest; a

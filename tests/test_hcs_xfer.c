@@ -149,6 +149,22 @@ static void mig_join(struct mig *m)
 	lm__xfer_get_stats(m->xd, &m->sd);
 }
 
+/* A source of `mib` MiB filled with `fill`, its guest dirtying `rate`
+ * MB/s once started (uniformly), and an empty destination of its size. */
+static struct mig mig_vms(unsigned mib, double rate, enum lm_mem_fill fill)
+{
+	return (struct mig){ .src = ht_vm(mib, rate, LM_PATTERN_UNIFORM, fill, false),
+			     .dst = ht_vm(mib, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true) };
+}
+
+/* Lets both engines go (destination first) and waits for both. */
+static void mig_go_join(struct mig *m)
+{
+	lm__xfer_go(m->xd);
+	lm__xfer_go(m->xs);
+	mig_join(m);
+}
+
 static void mig_free(struct mig *m)
 {
 	lm__xfer_destroy(m->xs);
@@ -174,9 +190,7 @@ static void run_success(lm_vm_t *src, lm_vm_t *dst, int fs, int fdd, lm__xfer_op
 	mig_create(&m, fs, fdd, o, o);
 	assert_true(ht_wait(&m.ls, LM_XEV_SETUP_DONE, 5000));
 	assert_true(ht_wait(&m.ld, LM_XEV_SETUP_DONE, 5000));
-	lm__xfer_go(m.xd);
-	lm__xfer_go(m.xs);
-	mig_join(&m);
+	mig_go_join(&m);
 	assert_int_equal(m.rs, 0);
 	assert_int_equal(m.rd, 0);
 	assert_int_equal(ht_count(&m.ls, LM_XEV_COMPLETED), 1);
@@ -279,15 +293,12 @@ static void test_compression_workers_send_lz4_pages_on_a_slow_link(void **state)
 	o.compress_workers = 2;
 	o.checksum = true;
 	assert_int_equal(ht_relay_start(&r, 40000000, 0, &fs, &fdd), 0);
-	struct mig m = { .src = ht_vm(32, 100, LM_PATTERN_UNIFORM, LM_FILL_ZERO, false),
-			 .dst = ht_vm(32, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true) };
+	struct mig m = mig_vms(32, 100, LM_FILL_ZERO);
 	start_running(m.src, true);
 	/* pages the guest wrote over its zero memory: what lz4 compresses */
 	wait_pages_written(m.src, 2560);
 	mig_create(&m, fs, fdd, &o, &o);
-	lm__xfer_go(m.xd);
-	lm__xfer_go(m.xs);
-	mig_join(&m);
+	mig_go_join(&m);
 	assert_int_equal(m.rs, 0);
 	assert_int_equal(m.rd, 0);
 	print_message("lz4 pages %llu of %llu\n", (unsigned long long)m.ss.lz4_pages,
@@ -306,12 +317,9 @@ static void test_zero_guest_sends_flags_not_pages(void **state)
 	lm__xfer_opts_t o;
 	opts(&o);
 	assert_int_equal(ht_pair(sv, false), 0);
-	struct mig m = { .src = ht_vm(256, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, false),
-			 .dst = ht_vm(256, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true) };
+	struct mig m = mig_vms(256, 0, LM_FILL_ZERO);
 	mig_create(&m, sv[0], sv[1], &o, &o);
-	lm__xfer_go(m.xd);
-	lm__xfer_go(m.xs);
-	mig_join(&m);
+	mig_go_join(&m);
 	assert_int_equal(m.rs, 0);
 	assert_int_equal(m.rd, 0);
 	assert_true(m.ss.bytes_sent < 64 * 1024);
@@ -332,13 +340,10 @@ static void test_convergence_stops_at_maximum_passes(void **state)
 	o.target_blackout_ms = 1;
 	/* 100 MB/s link, guest dirtying 200 MB/s: never converges alone. */
 	assert_int_equal(ht_relay_start(&r, 100000000, 0, &fs, &fdd), 0);
-	struct mig m = { .src = ht_vm(16, 200, LM_PATTERN_UNIFORM, LM_FILL_RANDOM, false),
-			 .dst = ht_vm(16, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true) };
+	struct mig m = mig_vms(16, 200, LM_FILL_RANDOM);
 	start_running(m.src, true);
 	mig_create(&m, fs, fdd, &o, &o);
-	lm__xfer_go(m.xd);
-	lm__xfer_go(m.xs);
-	mig_join(&m);
+	mig_go_join(&m);
 	assert_int_equal(m.rs, 0);
 	assert_int_equal(m.ss.passes, 4); /* 3 brownout + the blackout pass */
 	assert_int_equal(m.ss.max_throttle_pct, 0);
@@ -354,13 +359,10 @@ static void test_convergence_honours_the_blackout_target(void **state)
 	opts(&o);
 	o.target_blackout_ms = 60000; /* anything left fits: stop after pass 1 */
 	assert_int_equal(ht_pair(sv, false), 0);
-	struct mig m = { .src = ht_vm(16, 200, LM_PATTERN_UNIFORM, LM_FILL_RANDOM, false),
-			 .dst = ht_vm(16, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true) };
+	struct mig m = mig_vms(16, 200, LM_FILL_RANDOM);
 	start_running(m.src, true);
 	mig_create(&m, sv[0], sv[1], &o, &o);
-	lm__xfer_go(m.xd);
-	lm__xfer_go(m.xs);
-	mig_join(&m);
+	mig_go_join(&m);
 	assert_int_equal(m.rs, 0);
 	assert_int_equal(m.ss.passes, 2); /* pass 1 + the blackout pass */
 	assert_int_equal(digest(m.src), digest(m.dst));
@@ -380,13 +382,10 @@ static void test_throttling_engages_when_dirty_rate_beats_link(void **state)
 	o.target_passes = 4;
 	o.target_blackout_ms = 20;
 	assert_int_equal(ht_relay_start(&r, 60000000, 0, &fs, &fdd), 0);
-	struct mig m = { .src = ht_vm(16, 300, LM_PATTERN_UNIFORM, LM_FILL_RANDOM, false),
-			 .dst = ht_vm(16, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true) };
+	struct mig m = mig_vms(16, 300, LM_FILL_RANDOM);
 	start_running(m.src, true);
 	mig_create(&m, fs, fdd, &o, &o);
-	lm__xfer_go(m.xd);
-	lm__xfer_go(m.xs);
-	mig_join(&m);
+	mig_go_join(&m);
 	assert_int_equal(m.rs, 0);
 	assert_true(m.ss.max_throttle_pct > 0);
 	assert_true(m.ss.max_throttle_pct <= 95);
@@ -464,9 +463,7 @@ static void test_throttling_converges_guest_dirtying_faster_than_link(void **sta
 	ht_log_init(&m.ld);
 	assert_int_equal(lm__xfer_create(&m.xd, LM_XFER_DEST, ops, m.dst, fdd, &o, ht_on_event, &m.ld), 0);
 	assert_int_equal(lm__xfer_create(&m.xs, LM_XFER_SOURCE, ops, m.src, fs, &o, pass_log_event, &pl), 0);
-	lm__xfer_go(m.xd);
-	lm__xfer_go(m.xs);
-	mig_join(&m);
+	mig_go_join(&m);
 	assert_int_equal(m.rs, 0);
 	assert_int_equal(m.rd, 0);
 	unsigned brownout = m.ss.passes - 1;
@@ -532,13 +529,10 @@ static void test_blackout_threshold_cancel_recovers_source(void **state)
 	o.cancel_if_blackout_exceeds = true;
 	o.blackout_cancel_ms = 2;
 	assert_int_equal(ht_relay_start(&r, 50000000, 0, &fs, &fdd), 0);
-	struct mig m = { .src = ht_vm(16, 300, LM_PATTERN_UNIFORM, LM_FILL_RANDOM, false),
-			 .dst = ht_vm(16, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true) };
+	struct mig m = mig_vms(16, 300, LM_FILL_RANDOM);
 	start_running(m.src, true);
 	mig_create(&m, fs, fdd, &o, &o);
-	lm__xfer_go(m.xd);
-	lm__xfer_go(m.xs);
-	mig_join(&m);
+	mig_go_join(&m);
 	assert_int_equal(m.rs, -ETIME);
 	assert_int_not_equal(m.rd, 0);
 	assert_int_equal(m.ls.fail_result, LM_XR_CANCELLED);
@@ -684,16 +678,13 @@ static void test_peer_closing_mid_batch_fails_and_source_recovers(void **state)
 	opts(&o);
 	/* Cut 3 MiB + 100 bytes into the stream: inside a batch. */
 	assert_int_equal(ht_relay_start(&r, 0, (3u << 20) + 100, &fs, &fdd), 0);
-	struct mig m = { .src = ht_vm(32, 0, LM_PATTERN_UNIFORM, LM_FILL_RANDOM, false),
-			 .dst = ht_vm(32, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true) };
+	struct mig m = mig_vms(32, 0, LM_FILL_RANDOM);
 	ops->start(m.src);
 	ops->pause(m.src);
 	uint64_t d0 = digest(m.src);
 	ops->resume(m.src);
 	mig_create(&m, fs, fdd, &o, &o);
-	lm__xfer_go(m.xd);
-	lm__xfer_go(m.xs);
-	mig_join(&m);
+	mig_go_join(&m);
 	assert_int_not_equal(m.rs, 0);
 	assert_int_not_equal(m.rd, 0);
 	assert_non_null(strstr(m.ld.fail_msg, "closed"));
@@ -709,17 +700,14 @@ static void test_corrupted_batch_with_checksums_is_dataloss_and_source_intact(vo
 	opts(&o);
 	o.checksum = true;
 	assert_int_equal(ht_pair(sv, false), 0);
-	struct mig m = { .src = ht_vm(32, 0, LM_PATTERN_UNIFORM, LM_FILL_RANDOM, false),
-			 .dst = ht_vm(32, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true) };
+	struct mig m = mig_vms(32, 0, LM_FILL_RANDOM);
 	ops->start(m.src);
 	ops->pause(m.src);
 	uint64_t d0 = digest(m.src);
 	ops->resume(m.src);
 	assert_int_equal(lm_fault_arm("transfer.corrupt:errno=EIO:after=5:times=1"), 0);
 	mig_create(&m, sv[0], sv[1], &o, &o);
-	lm__xfer_go(m.xd);
-	lm__xfer_go(m.xs);
-	mig_join(&m);
+	mig_go_join(&m);
 	lm_fault_disarm_all();
 	assert_int_equal(m.rd, -EBADMSG);
 	assert_non_null(strstr(m.ld.fail_msg, "DataLoss"));
@@ -739,17 +727,14 @@ static void test_corrupted_batch_without_checksums_reaches_the_destination(void 
 	lm__xfer_opts_t o;
 	opts(&o);
 	assert_int_equal(ht_pair(sv, false), 0);
-	struct mig m = { .src = ht_vm(32, 0, LM_PATTERN_UNIFORM, LM_FILL_RANDOM, false),
-			 .dst = ht_vm(32, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true) };
+	struct mig m = mig_vms(32, 0, LM_FILL_RANDOM);
 	ops->start(m.src);
 	ops->pause(m.src);
 	uint64_t d0 = digest(m.src);
 	ops->resume(m.src);
 	assert_int_equal(lm_fault_arm("transfer.corrupt:errno=EIO:after=5:times=1"), 0);
 	mig_create(&m, sv[0], sv[1], &o, &o);
-	lm__xfer_go(m.xd);
-	lm__xfer_go(m.xs);
-	mig_join(&m);
+	mig_go_join(&m);
 	lm_fault_disarm_all();
 	assert_int_equal(m.rs, 0);
 	assert_int_equal(m.rd, 0);
@@ -766,14 +751,11 @@ static void test_a_refused_vmsplice_sends_pages_by_copy(void **state)
 	lm__xfer_opts_t o;
 	opts(&o);
 	assert_int_equal(ht_pair(sv, false), 0);
-	struct mig m = { .src = ht_vm(32, 0, LM_PATTERN_UNIFORM, LM_FILL_RANDOM, false),
-			 .dst = ht_vm(32, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true) };
+	struct mig m = mig_vms(32, 0, LM_FILL_RANDOM);
 	assert_int_equal(lm_fault_arm("transfer.splice:errno=EPERM:times=1"), 0);
 	mig_create(&m, sv[0], sv[1], &o, &o);
 	assert_int_equal(lm_fault_fired("transfer.splice"), 1);
-	lm__xfer_go(m.xd);
-	lm__xfer_go(m.xs);
-	mig_join(&m);
+	mig_go_join(&m);
 	lm_fault_disarm_all();
 	assert_int_equal(m.rs, 0);
 	assert_int_equal(m.rd, 0);
@@ -789,14 +771,11 @@ static void test_send_fault_mid_stream_recovers_source(void **state)
 	lm__xfer_opts_t o;
 	opts(&o);
 	assert_int_equal(ht_pair(sv, true), 0);
-	struct mig m = { .src = ht_vm(32, 50, LM_PATTERN_UNIFORM, LM_FILL_RANDOM, false),
-			 .dst = ht_vm(32, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true) };
+	struct mig m = mig_vms(32, 50, LM_FILL_RANDOM);
 	start_running(m.src, true);
 	assert_int_equal(lm_fault_arm("transfer.send:errno=ECONNRESET:after=10:times=1"), 0);
 	mig_create(&m, sv[0], sv[1], &o, &o);
-	lm__xfer_go(m.xd);
-	lm__xfer_go(m.xs);
-	mig_join(&m);
+	mig_go_join(&m);
 	lm_fault_disarm_all();
 	assert_int_equal(m.rs, -ECONNRESET);
 	assert_int_equal(m.ls.fail_result, LM_XR_SOURCE_FAILED);
@@ -811,16 +790,13 @@ static void test_destination_state_load_failure_recovers_source(void **state)
 	lm__xfer_opts_t o;
 	opts(&o);
 	assert_int_equal(ht_pair(sv, false), 0);
-	struct mig m = { .src = ht_vm(16, 50, LM_PATTERN_UNIFORM, LM_FILL_RANDOM, false),
-			 .dst = ht_vm(16, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true) };
+	struct mig m = mig_vms(16, 50, LM_FILL_RANDOM);
 	start_running(m.src, true);
 	/* The source's state fault hits the first "transfer.state"; arm the
 	 * destination's by letting one pass. */
 	assert_int_equal(lm_fault_arm("transfer.state:errno=EINVAL:after=1:times=1"), 0);
 	mig_create(&m, sv[0], sv[1], &o, &o);
-	lm__xfer_go(m.xd);
-	lm__xfer_go(m.xs);
-	mig_join(&m);
+	mig_go_join(&m);
 	lm_fault_disarm_all();
 	assert_int_not_equal(m.rs, 0);
 	assert_int_equal(m.rd, -EINVAL);

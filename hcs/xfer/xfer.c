@@ -494,6 +494,16 @@ static bool in_guest(const struct lm__xfer *x, const void *p, size_t len)
 	return false;
 }
 
+/* Closes the pipe of send_spliced: pages go by sendmsg() from now on. */
+static void spipe_close(struct lm__xfer *x)
+{
+	if (x->spipe[0] < 0)
+		return;
+	close(x->spipe[0]);
+	close(x->spipe[1]);
+	x->spipe[0] = x->spipe[1] = -1;
+}
+
 /* Sends all of iov through the engine's pipe: runs of guest memory by
  * reference (vmsplice: the pipe holds the pages, the socket's buffers
  * then hold them, and the peer's read copies them out), our own buffers
@@ -574,9 +584,7 @@ static int send_iov(struct lm__xfer *x, struct iovec *iov, unsigned n)
 		if (rc < 0) {
 			/* what is in the pipe belongs to a record that will
 			 * never end: the link is done */
-			close(x->spipe[0]);
-			close(x->spipe[1]);
-			x->spipe[0] = x->spipe[1] = -1;
+			spipe_close(x);
 			return rc;
 		}
 		n = 0;
@@ -2194,10 +2202,7 @@ static void xfer_free(struct lm__xfer *x)
 	lm_link_close(x->sock, x->o.io);
 	if (x->wakefd >= 0)
 		close(x->wakefd);
-	if (x->spipe[0] >= 0) {
-		close(x->spipe[0]);
-		close(x->spipe[1]);
-	}
+	spipe_close(x);
 	lm__xf_ho_fini(x);
 	pthread_mutex_destroy(&x->stmu);
 	free(x);
@@ -2287,9 +2292,7 @@ static int xfer_init(struct lm__xfer **out, enum lm__xfer_role role,
 	    pipe2(x->spipe, O_CLOEXEC | O_NONBLOCK) == 0 && !vmsplice_works(x->spipe)) {
 		lm_log_warn(MOD, "pages by copy", "side=%s session_id_hash=%u why=\"vmsplice refused: %s\"",
 			    lm__xf_side(x), x->o.session_id, strerror(errno));
-		close(x->spipe[0]);
-		close(x->spipe[1]);
-		x->spipe[0] = x->spipe[1] = -1;
+		spipe_close(x);
 	}
 	/* 64 pages a splice: TCP moved 1 GiB in 440-460 ms with it, 540-600
 	 * with the pipe's default 16 (unix: the same within the noise) */
