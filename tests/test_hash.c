@@ -1,0 +1,98 @@
+/*
+ * test_hash.c: the stream's checksum (util/hash.h) is XXH3-64 whatever
+ * vector unit computes it: every implementation this CPU can run gives
+ * xxhash's own one-shot result, for one buffer and for the same bytes cut
+ * into iovecs of odd sizes, and the chosen unit is the widest it has.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include <xxhash.h>
+
+#include "util/hash.h"
+
+#define LEN (1u << 20)
+
+static uint8_t *random_bytes(void)
+{
+	uint8_t *b = malloc(LEN);
+	assert_non_null(b);
+	uint64_t s = 0x243f6a8885a308d3ull;
+	for (size_t i = 0; i < LEN; i++) {
+		s = s * 6364136223846793005ull + 1442695040888963407ull;
+		b[i] = (uint8_t)(s >> 56);
+	}
+	return b;
+}
+
+static void test_every_unit_gives_xxh3(void **state)
+{
+	(void)state;
+	uint8_t *b = random_bytes();
+	const char *units[] = { "avx512", "avx2", "sse2" };
+	unsigned ran = 0;
+	for (size_t u = 0; u < 3; u++) {
+		lm_hash64_iov_fn fn = lm__hash_impl(units[u]);
+		if (!fn) {
+			print_message("%s: not on this CPU\n", units[u]);
+			continue;
+		}
+		ran++;
+		const size_t lens[] = { 0, 1, 63, 64, 240, 241, 4096, 65537, LEN };
+		for (size_t k = 0; k < sizeof(lens) / sizeof(lens[0]); k++) {
+			struct iovec one = { b, lens[k] };
+			assert_true(fn(&one, 1) == XXH3_64bits(b, lens[k]));
+		}
+		/* the same MiB as 4 KiB pages, then as odd pieces */
+		struct iovec pages[LEN / 4096];
+		for (size_t i = 0; i < LEN / 4096; i++)
+			pages[i] = (struct iovec){ b + i * 4096, 4096 };
+		assert_true(fn(pages, LEN / 4096) == XXH3_64bits(b, LEN));
+		struct iovec odd[5] = { { b, 7 }, { b + 7, 4096 }, { b + 4103, 0 },
+					{ b + 4103, 99999 }, { b + 104102, LEN - 104102 } };
+		assert_true(fn(odd, 5) == XXH3_64bits(b, LEN));
+		/* one flipped bit changes it */
+		b[LEN / 2] ^= 4;
+		uint64_t flipped = fn(pages, LEN / 4096);
+		b[LEN / 2] ^= 4;
+		assert_true(flipped != fn(pages, LEN / 4096));
+	}
+	assert_true(ran >= 1);
+	assert_non_null(lm__hash_impl("sse2"));
+	free(b);
+}
+
+static void test_the_widest_unit_is_chosen(void **state)
+{
+	(void)state;
+	const char *u = lm_hash_unit();
+	print_message("chosen: %s\n", u);
+	if (lm__hash_impl("avx512"))
+		assert_string_equal(u, "avx512");
+	else if (lm__hash_impl("avx2"))
+		assert_string_equal(u, "avx2");
+	else
+		assert_string_equal(u, "sse2");
+	uint8_t *b = random_bytes();
+	assert_true(lm_hash64(b, LEN) == XXH3_64bits(b, LEN));
+	uint64_t each[LEN / 4096];
+	lm_hash64_each(b, LEN / 4096, 4096, each);
+	for (size_t i = 0; i < LEN / 4096; i++)
+		assert_true(each[i] == XXH3_64bits(b + i * 4096, 4096));
+	free(b);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_every_unit_gives_xxh3),
+		cmocka_unit_test(test_the_widest_unit_is_chosen),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
