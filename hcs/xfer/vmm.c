@@ -30,6 +30,7 @@
 #include "hcs/xfer/xfer_int.h"
 #include "util/clock.h"
 #include "util/fault.h"
+#include "util/hash.h"
 #include "util/log.h"
 
 #include <errno.h>
@@ -41,8 +42,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
-#define XXH_INLINE_ALL
-#include <xxhash.h>
 
 #define MOD "hcs.xfer"
 #define STATUS_MS 50            /* how often the VMM's status is asked */
@@ -197,7 +196,7 @@ static void poller_stop(struct poller *p)
 static int send_vmm(struct lm__xfer *x, const uint8_t *buf, size_t n)
 {
 	lm_xf_rec_t h = { LM_XF_VMM, 0, n + (x->o.checksum ? 8 : 0) };
-	uint64_t sum = x->o.checksum ? XXH3_64bits(buf, n) : 0;
+	uint64_t sum = x->o.checksum ? lm_hash64(buf, n) : 0;
 	struct iovec iov[3] = { { &h, sizeof(h) }, { (void *)buf, n }, { &sum, sizeof(sum) } };
 	return lm__xf_send_iov(x, iov, x->o.checksum ? 3 : 2);
 }
@@ -219,7 +218,6 @@ int lm__xf_src_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_r
 		return vfd;
 	}
 	x->vmm_started = true;
-	x->running_guest = true;
 	int rc = set_nonblock(vfd);
 	if (rc < 0) {
 		snprintf(why, whylen, "VMM stream socket: %s", strerror(-rc));
@@ -288,7 +286,6 @@ int lm__xf_src_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_r
 				 * from the poll that saw it (up to STATUS_MS later) */
 				tb0 = vs.blackout_ns && vs.blackout_ns <= now ? vs.blackout_ns : now;
 				x->deadline_ns = tb0 + ms_ns(lm__xfer_blackout_bound_ms(&x->o));
-				x->running_guest = false;
 				lm__xf_emit(x, LM_XEV_BLACKOUT_STARTED, NULL);
 				if ((rc = LM_FAULT("transfer.blackout")) < 0) {
 					snprintf(why, whylen, "blackout failed (fault): %s", strerror(-rc));
@@ -560,7 +557,7 @@ int lm__xf_dst_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_r
 			if (extra) {
 				uint64_t sum;
 				memcpy(&sum, buf + n, sizeof(sum));
-				if (sum != XXH3_64bits(buf, n)) {
+				if (sum != lm_hash64(buf, n)) {
 					snprintf(why, whylen, "a VMM record failed its checksum: the stream was corrupted");
 					rc = -EBADMSG;
 					break;

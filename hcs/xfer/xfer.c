@@ -11,15 +11,19 @@
  * link drains. Blackout: pause, send the last dirty pages and the state
  * blob, wait for the destination's ACK. A batch's iovecs point straight
  * into guest memory (contiguous pages merged into one iovec); only
- * checksummed or compressed pages use a bounce buffer. On a plain link the
- * guest's pages go out by reference: vmsplice() into a pipe of the engine,
- * splice() into the socket (send_spliced: the kernel never reads them
- * through our mapping, which on some hosts costs ~8 us a page the first
- * time; see there); otherwise, and for our own buffers, sendmsg().
+ * compressed pages have buffers of their own, and checksums are taken of
+ * each page where it lies. On a plain link the guest's pages go out by
+ * reference: vmsplice() into a pipe of the engine, splice() into the
+ * socket (send_spliced: the kernel never reads them through our mapping,
+ * which on some hosts costs ~8 us a page the first time; see there);
+ * otherwise, and for our own buffers, sendmsg().
  *
  * Destination: validates the hello against its own VM, then reads each
  * batch's descriptors, validates every pfn/length against its regions
- * before any byte lands, and readv()s page data straight into guest memory.
+ * before any byte lands, and readv()s page data straight into guest
+ * memory; with checksums, in pieces summed while in the cache, a page
+ * that fails its sum in brownout being awaited again (PROTOCOL.md,
+ * "Integrity": the suspect bitmap).
  *
  * DESIGN: one engine thread per side owns the socket (non-blocking), the
  * batch buffers, the dirty bitmaps and all counters. Other threads touch
@@ -32,6 +36,7 @@
 #include "hcs/xfer/xfer_int.h"
 #include "util/clock.h"
 #include "util/fault.h"
+#include "util/hash.h"
 #include "util/log.h"
 #include "util/sched.h"
 
@@ -720,6 +725,7 @@ static bool page_is_zero(const void *p)
 	return acc == 0;
 }
 
+#ifdef LM_TSAN
 /* Copy a page the guest may be writing (relaxed word loads: a torn page is
  * fine, the dirty log resends it). */
 static void copy_page_racy(void *dst, const void *src)
@@ -729,6 +735,7 @@ static void copy_page_racy(void *dst, const void *src)
 	for (unsigned i = 0; i < LM_PAGE_SIZE / 8; i++)
 		d[i] = __atomic_load_n(&s[i], __ATOMIC_RELAXED);
 }
+#endif
 
 static uint64_t region_pfn0(const lm_mem_region_t *r)
 {
@@ -768,7 +775,6 @@ static void batch_reset(struct lm__xfer *x)
 	x->ndesc = 0;
 	x->niov = 1; /* iov[0] is the header + descriptors */
 	x->data_bytes = 0;
-	x->bounce_used = 0;
 }
 
 static int batch_flush(struct lm__xfer *x)
@@ -776,22 +782,37 @@ static int batch_flush(struct lm__xfer *x)
 	if (x->ndesc == 0)
 		return 0;
 	size_t dlen = x->ndesc * sizeof(lm_xf_page_t);
-	lm_xf_rec_t h = { LM_XF_PAGES, x->ndesc, dlen + 8 + x->data_bytes };
-	memcpy(x->hdrbuf, &h, sizeof(h));
-	memcpy(x->hdrbuf + sizeof(h), x->descs, dlen);
-	uint64_t sum = 0;
+	uint8_t *p = x->hdrbuf + sizeof(lm_xf_rec_t);
+	memcpy(p, x->descs, dlen);
+	uint64_t dsum = 0;
+	size_t nsums = 0;
 	if (x->o.checksum) {
-		XXH3_state_t s;
-		XXH3_64bits_reset(&s);
-		XXH3_64bits_update(&s, x->descs, dlen);
-		for (unsigned i = 1; i < x->niov; i++)
-			XXH3_64bits_update(&s, x->iov[i].iov_base, x->iov[i].iov_len);
-		sum = XXH3_64bits_digest(&s);
+		/* Each page's sum is of guest memory as it is now; the socket
+		 * may carry a newer state of a page the guest writes meanwhile
+		 * (the destination's rule for that: PROTOCOL.md, "Integrity").
+		 * Data descriptors and iov[1..] correspond one to one. */
+		uint64_t *ps = (uint64_t *)(p + dlen + LM_XF_SUM_LEN);
+		dsum = lm_hash64(x->descs, dlen);
+		for (unsigned i = 0, vi = 1; i < x->ndesc; i++) {
+			const lm_xf_page_t *d = &x->descs[i];
+			if (d->flags == LM_XF_PG_RAW) {
+				lm_hash64_each(x->iov[vi++].iov_base, d->len, LM_PAGE_SIZE, ps + nsums);
+				nsums += d->len;
+			} else if (d->flags == LM_XF_PG_LZ4) {
+				ps[nsums++] = lm_hash64(x->iov[vi].iov_base, x->iov[vi].iov_len);
+				vi++;
+			}
+		}
 	}
+	memcpy(p + dlen, &dsum, LM_XF_SUM_LEN);
+	size_t head = dlen + LM_XF_SUM_LEN + nsums * sizeof(uint64_t);
+	lm_xf_rec_t h = { LM_XF_PAGES, x->ndesc, head + x->data_bytes };
+	memcpy(x->hdrbuf, &h, sizeof(h));
 	/* Test hook "transfer.corrupt": one bit of the batch's first data
-	 * flips on the wire (the checksum, if any, is of the right bytes).
-	 * A copy is corrupted, never guest memory, which the iovecs may
-	 * point into. */
+	 * flips on the wire (after the checksums: they are of the right
+	 * bytes). A copy is corrupted, never guest memory, which the iovecs
+	 * point into; the copy leaves as our own bytes, so the bit flips in
+	 * what goes on the wire whatever the path. */
 	uint8_t *bad = NULL;
 	if (x->niov > 1 && x->iov[1].iov_len > 7 && LM_FAULT("transfer.corrupt") < 0 &&
 	    (bad = malloc(x->iov[1].iov_len))) {
@@ -799,9 +820,8 @@ static int batch_flush(struct lm__xfer *x)
 		bad[7] ^= 0x10;
 		x->iov[1].iov_base = bad;
 	}
-	memcpy(x->hdrbuf + sizeof(h) + dlen, &sum, 8);
 	x->iov[0].iov_base = x->hdrbuf;
-	x->iov[0].iov_len = sizeof(h) + dlen + 8;
+	x->iov[0].iov_len = sizeof(h) + head;
 	int rc = send_iov(x, x->iov, x->niov);
 	free(bad);
 	batch_reset(x);
@@ -850,25 +870,15 @@ static int add_raw(struct lm__xfer *x, uint64_t pfn, uint8_t *host)
 		if (rc < 0)
 			return rc;
 	}
-	uint8_t *src = host;
-	if (x->o.checksum) {
-		/* Checksummed data must not change between hash and send. */
-		src = x->bounce + x->bounce_used;
-		if (x->running_guest)
-			copy_page_racy(src, host);
-		else
-			memcpy(src, host, LM_PAGE_SIZE);
-		x->bounce_used += LM_PAGE_SIZE;
-	}
 	lm_xf_page_t *last = x->ndesc ? &x->descs[x->ndesc - 1] : NULL;
 	struct iovec *li = &x->iov[x->niov - 1];
 	if (last && last->flags == LM_XF_PG_RAW && last->pfn + last->len == pfn &&
-	    x->niov > 1 && (uint8_t *)li->iov_base + li->iov_len == src) {
+	    x->niov > 1 && (uint8_t *)li->iov_base + li->iov_len == host) {
 		last->len++;
 		li->iov_len += LM_PAGE_SIZE;
 	} else {
 		x->descs[x->ndesc++] = (lm_xf_page_t){ pfn, LM_XF_PG_RAW, 1 };
-		x->iov[x->niov++] = (struct iovec){ src, LM_PAGE_SIZE };
+		x->iov[x->niov++] = (struct iovec){ host, LM_PAGE_SIZE };
 	}
 	x->data_bytes += LM_PAGE_SIZE;
 	return 0;
@@ -1361,7 +1371,6 @@ static int src_transfer(struct lm__xfer *x, char *why, size_t whylen,
 		snprintf(why, whylen, "dirty log start failed: %s", strerror(-rc));
 		return rc;
 	}
-	x->running_guest = true;
 	x->written0 = guest_pages_written(x);
 	x->pass = 1;
 	x->pass_t0 = x->t_go;
@@ -1417,7 +1426,6 @@ static int src_transfer(struct lm__xfer *x, char *why, size_t whylen,
 		return rc;
 	}
 	x->paused_by_us = true;
-	x->running_guest = false;
 	if ((rc = LM_FAULT("transfer.blackout")) < 0) {
 		snprintf(why, whylen, "blackout failed (fault): %s", strerror(-rc));
 		return rc;
@@ -1805,23 +1813,127 @@ refuse_now:
 	return rc;
 }
 
+/* The destination's side of integrity (PROTOCOL.md, "Integrity"): pages
+ * [pfn, pfn+cnt) of region k arrived in a batch whose data failed its sum
+ * in brownout (bad: the source must send them again before the end) or in
+ * one that passed (good again). */
+static int suspect_mark(struct lm__xfer *x, int k, uint64_t pfn, uint64_t cnt, bool bad)
+{
+	if (!x->suspect[k]) {
+		if (!bad)
+			return 0;
+		x->suspect[k] = calloc(x->words[k] ? x->words[k] : 1, sizeof(uint64_t));
+		if (!x->suspect[k])
+			return -ENOMEM;
+	}
+	uint64_t *bm = x->suspect[k];
+	for (uint64_t i = pfn - region_pfn0(&x->reg[k]), e = i + cnt; i < e; i++) {
+		uint64_t m = 1ull << (i % 64);
+		if (bad && !(bm[i / 64] & m)) {
+			bm[i / 64] |= m;
+			x->nsuspect++;
+		} else if (!bad && (bm[i / 64] & m)) {
+			bm[i / 64] &= ~m;
+			x->nsuspect--;
+		}
+	}
+	return 0;
+}
+
+/* The first page still awaited (for the error), or UINT64_MAX. */
+static uint64_t suspect_first(const struct lm__xfer *x)
+{
+	for (int k = 0; k < x->nreg; k++)
+		for (size_t w = 0; x->suspect[k] && w < x->words[k]; w++)
+			if (x->suspect[k][w])
+				return region_pfn0(&x->reg[k]) + w * 64 +
+				       (uint64_t)__builtin_ctzll(x->suspect[k][w]);
+	return UINT64_MAX;
+}
+
+/* Receives a checksummed batch's data (cp: one iovec per data descriptor)
+ * in pieces of about SUM_CHUNK bytes and sums each piece's pages while
+ * they are still in the cache: got[] gets one sum per data page, as the
+ * source sent them. (A 1 MiB batch read whole, then summed, had left the
+ * cache: +55 ms of the destination's CPU per GiB, against +20 this way.) */
+#define SUM_CHUNK (256u << 10)
+#define SUM_GROUP 64u
+static int recv_summed(struct lm__xfer *x, uint32_t n, const struct iovec *cp, uint64_t *got)
+{
+	struct iovec g[SUM_GROUP], w[SUM_GROUP];
+	bool raw[SUM_GROUP];
+	unsigned gn = 0;
+	size_t gb = 0, j = 0;
+	for (uint32_t i = 0, vi = 0; i <= n; i++) {
+		bool last = i == n;
+		const lm_xf_page_t *d = last ? NULL : &x->descs[i];
+		if (d && d->flags == LM_XF_PG_ZERO)
+			continue;
+		const struct iovec *c = d ? &cp[vi++] : NULL;
+		size_t off = 0;
+		do {
+			if (c) {
+				size_t len = c->iov_len - off;
+				if (d->flags == LM_XF_PG_RAW) {
+					size_t room = gb < SUM_CHUNK ? (SUM_CHUNK - gb) / LM_PAGE_SIZE * LM_PAGE_SIZE : 0;
+					if (room < LM_PAGE_SIZE)
+						room = LM_PAGE_SIZE;
+					if (len > room)
+						len = room;
+				}
+				raw[gn] = d->flags == LM_XF_PG_RAW;
+				g[gn++] = (struct iovec){ (uint8_t *)c->iov_base + off, len };
+				gb += len;
+				off += len;
+			}
+			if (gn && (last || gb >= SUM_CHUNK || gn == SUM_GROUP)) {
+				memcpy(w, g, gn * sizeof(*w)); /* recv_iov consumes them */
+				int rc = recv_iov(x, w, gn);
+				if (rc < 0)
+					return rc;
+				for (unsigned k = 0; k < gn; k++) {
+					if (raw[k]) {
+						lm_hash64_each(g[k].iov_base, g[k].iov_len / LM_PAGE_SIZE,
+							       LM_PAGE_SIZE, got + j);
+						j += g[k].iov_len / LM_PAGE_SIZE;
+					} else {
+						got[j++] = lm_hash64(g[k].iov_base, g[k].iov_len);
+					}
+				}
+				gn = 0;
+				gb = 0;
+			}
+		} while (c && off < c->iov_len);
+	}
+	return 0;
+}
+
 static int dst_pages(struct lm__xfer *x, const lm_xf_rec_t *h, uint8_t *scratch,
 		     char *why, size_t whylen)
 {
 	uint32_t n = h->count;
 	if (n == 0 || n > LM_XF_MAX_DESCS || h->len > LM_XF_MAX_RECORD ||
-	    h->len < (uint64_t)n * sizeof(lm_xf_page_t) + 8) {
+	    h->len < (uint64_t)n * sizeof(lm_xf_page_t) + LM_XF_SUM_LEN) {
 		snprintf(why, whylen, "malformed page batch (count %u, len %llu)", n,
 			 (unsigned long long)h->len);
 		return -EPROTO;
 	}
 	size_t dlen = n * sizeof(lm_xf_page_t);
-	int rc = recv_full(x, x->descs, dlen + 8);
+	int rc = recv_full(x, x->descs, dlen + LM_XF_SUM_LEN);
 	if (rc < 0)
 		return rc;
-	uint64_t sum;
-	memcpy(&sum, (uint8_t *)x->descs + dlen, 8);
-	uint64_t data = h->len - dlen - 8, need = 0, scr = 0;
+	uint64_t dsum;
+	memcpy(&dsum, (uint8_t *)x->descs + dlen, LM_XF_SUM_LEN);
+	/* The descriptors are the source's own bytes, never racing the
+	 * guest, and say where the data lands: checked before any of it. */
+	if (x->o.checksum && lm_hash64(x->descs, dlen) != dsum) {
+		snprintf(why, whylen, "a page batch's descriptors failed their checksum: "
+			 "data corrupted in transit (DataLoss)");
+		return -EBADMSG;
+	}
+	/* after the descriptors: page sums (with checksums), then data */
+	uint64_t rest = h->len - dlen - LM_XF_SUM_LEN, need = 0, scr = 0, nsums = 0;
+	uint64_t sumlen = x->o.checksum ? sizeof(uint64_t) : 0;
 	unsigned niov = 0;
 	for (uint32_t i = 0; i < n; i++) {
 		lm_xf_page_t *d = &x->descs[i];
@@ -1849,6 +1961,7 @@ static int dst_pages(struct lm__xfer *x, const lm_xf_rec_t *h, uint8_t *scratch,
 				return -EPROTO;
 			}
 			need += cnt * LM_PAGE_SIZE;
+			nsums += cnt;
 			x->iov[niov++] = (struct iovec){ host, cnt * LM_PAGE_SIZE };
 			break;
 		case LM_XF_PG_LZ4:
@@ -1858,6 +1971,7 @@ static int dst_pages(struct lm__xfer *x, const lm_xf_rec_t *h, uint8_t *scratch,
 				return -EPROTO;
 			}
 			need += d->len;
+			nsums++;
 			if (scr + d->len > LM_XF_MAX_DATA) {
 				snprintf(why, whylen, "compressed data too long");
 				return -EPROTO;
@@ -1869,55 +1983,88 @@ static int dst_pages(struct lm__xfer *x, const lm_xf_rec_t *h, uint8_t *scratch,
 			snprintf(why, whylen, "unknown page flags %#x", d->flags);
 			return -EPROTO;
 		}
-		if (need > data) {
+		if (need > LM_XF_MAX_DATA || nsums > LM_XF_MAX_PAGE_SUMS) {
+			snprintf(why, whylen, "page batch over its limits (%llu data bytes, %llu pages)",
+				 (unsigned long long)need, (unsigned long long)nsums);
+			return -EPROTO;
+		}
+		if (need + nsums * sumlen > rest) {
 			snprintf(why, whylen, "page batch data shorter than its descriptors");
 			return -EPROTO;
 		}
 	}
-	if (need != data) {
-		snprintf(why, whylen, "page batch length mismatch (%llu data bytes, descriptors say %llu)",
-			 (unsigned long long)data, (unsigned long long)need);
+	if (need + nsums * sumlen != rest) {
+		snprintf(why, whylen, "page batch length mismatch (%llu bytes after the descriptors, they say %llu)",
+			 (unsigned long long)rest, (unsigned long long)(need + nsums * sumlen));
 		return -EPROTO;
+	}
+	uint64_t *want = NULL, *got = NULL;
+	if (x->o.checksum) {
+		if (!x->psums && !(x->psums = malloc(2 * LM_XF_MAX_PAGE_SUMS * sizeof(uint64_t))))
+			return -ENOMEM;
+		want = x->psums;
+		got = x->psums + LM_XF_MAX_PAGE_SUMS;
+		if (nsums && (rc = recv_full(x, want, nsums * sizeof(uint64_t))) < 0)
+			return rc;
 	}
 	/* Keep a copy of the iovecs: recv_iov consumes them. */
 	struct iovec *cp = x->iov + LM_XF_MAX_DESCS;
 	memcpy(cp, x->iov, niov * sizeof(*cp));
-	if ((rc = recv_iov(x, x->iov, niov)) < 0)
+	if ((rc = x->o.checksum ? recv_summed(x, n, cp, got) : recv_iov(x, x->iov, niov)) < 0)
 		return rc;
-	if (x->o.checksum) {
-		XXH3_state_t s;
-		XXH3_64bits_reset(&s);
-		XXH3_64bits_update(&s, x->descs, dlen);
-		for (unsigned i = 0; i < niov; i++)
-			XXH3_64bits_update(&s, cp[i].iov_base, cp[i].iov_len);
-		if (XXH3_64bits_digest(&s) != sum) {
-			snprintf(why, whylen, "batch checksum mismatch: data corrupted in transit (DataLoss)");
-			return -EBADMSG;
-		}
-	}
+	/* A page's sum was taken from guest memory that the guest may have
+	 * written again before the socket carried it. In brownout, a page
+	 * that fails its sum is awaited again: the guest's write is in the
+	 * dirty log after the fetch that sent it, so a later pass or the
+	 * blackout sends it again, and a page a relay damaged is never sent
+	 * again and fails the END. With the guest paused, it is corruption. */
 	unsigned vi = 0;
+	size_t j = 0;
 	for (uint32_t i = 0; i < n; i++) {
 		lm_xf_page_t *d = &x->descs[i];
-		const lm_mem_region_t *r = NULL;
-		for (int k = 0; k < x->nreg; k++)
-			if (d->pfn >= region_pfn0(&x->reg[k]) &&
-			    d->pfn < region_pfn0(&x->reg[k]) + region_pages(&x->reg[k]))
-				r = &x->reg[k];
+		int k = 0;
+		while (d->pfn < region_pfn0(&x->reg[k]) ||
+		       d->pfn >= region_pfn0(&x->reg[k]) + region_pages(&x->reg[k]))
+			k++; /* found: every descriptor was checked above */
+		const lm_mem_region_t *r = &x->reg[k];
 		uint8_t *host = (uint8_t *)r->host + (d->pfn - region_pfn0(r)) * LM_PAGE_SIZE;
+		uint64_t cnt = d->flags == LM_XF_PG_LZ4 ? 1 : d->len;
+		bool lz4_bad = false;
+		if (d->flags == LM_XF_PG_ZERO) {
+			if (x->nsuspect && (rc = suspect_mark(x, k, d->pfn, cnt, false)) < 0)
+				return rc;
+		} else if (x->o.checksum) {
+			for (uint64_t p = 0; p < cnt; p++, j++) {
+				bool bad = want[j] != got[j];
+				if (bad && x->paused_by_us) {
+					snprintf(why, whylen, "page %llu, sent with the guest paused, failed its "
+						 "checksum: data corrupted in transit (DataLoss)",
+						 (unsigned long long)(d->pfn + p));
+					return -EBADMSG;
+				}
+				if (bad)
+					x->st.sum_mismatches++;
+				if ((bad || x->nsuspect) && (rc = suspect_mark(x, k, d->pfn + p, 1, bad)) < 0)
+					return rc;
+				lz4_bad = bad;
+			}
+		}
 		if (d->flags == LM_XF_PG_ZERO) {
 			if (!x->fresh)
 				memset(host, 0, (size_t)d->len * LM_PAGE_SIZE);
 			x->st.zero_pages += d->len;
 			x->st.pages_sent += d->len;
 		} else if (d->flags == LM_XF_PG_LZ4) {
-			int o = LZ4_decompress_safe(cp[vi].iov_base, (char *)host, (int)d->len,
-						    LM_PAGE_SIZE);
-			vi++;
-			if (o != LM_PAGE_SIZE) {
-				snprintf(why, whylen, "compressed page does not decode to one page");
-				return -EPROTO;
+			if (!lz4_bad) { /* else not decoded: awaited again */
+				int o = LZ4_decompress_safe(cp[vi].iov_base, (char *)host, (int)d->len,
+							    LM_PAGE_SIZE);
+				if (o != LM_PAGE_SIZE) {
+					snprintf(why, whylen, "compressed page does not decode to one page");
+					return -EPROTO;
+				}
+				x->st.lz4_pages++;
 			}
-			x->st.lz4_pages++;
+			vi++;
 			x->st.pages_sent++;
 		} else {
 			vi++;
@@ -2012,6 +2159,15 @@ static int dst_transfer(struct lm__xfer *x, char *why, size_t whylen,
 			if (!blob) {
 				snprintf(why, whylen, "stream ended without a VM state");
 				rc = -EPROTO;
+				break;
+			}
+			if (x->nsuspect) {
+				/* told to the source in the ACK: it resumes */
+				snprintf(why, whylen, "%llu pages failed their checksum and were not sent "
+					 "again (first: pfn %llu): data corrupted in transit (DataLoss)",
+					 (unsigned long long)x->nsuspect,
+					 (unsigned long long)suspect_first(x));
+				rc = lm__xf_dst_ack(x, -EBADMSG, why, whylen);
 				break;
 			}
 			rc = LM_FAULT("transfer.state");
@@ -2192,13 +2348,15 @@ static void xfer_free(struct lm__xfer *x)
 {
 	pool_destroy(x);
 	free(x->cout);
-	for (int i = 0; i < LM_MAX_REGIONS; i++)
+	for (int i = 0; i < LM_MAX_REGIONS; i++) {
 		free(x->bitmap[i]);
+		free(x->suspect[i]);
+	}
 	free(x->resid);
 	free(x->descs);
 	free(x->hdrbuf);
+	free(x->psums);
 	free(x->iov);
-	free(x->bounce);
 	lm_link_close(x->sock, x->o.io);
 	if (x->wakefd >= 0)
 		close(x->wakefd);
@@ -2262,13 +2420,11 @@ static int xfer_init(struct lm__xfer **out, enum lm__xfer_role role,
 		}
 	}
 	x->resid = malloc(WINDOW_PAGES);
-	x->descs = malloc(LM_XF_MAX_DESCS * sizeof(lm_xf_page_t) + 8);
-	x->hdrbuf = malloc(sizeof(lm_xf_rec_t) + LM_XF_MAX_DESCS * sizeof(lm_xf_page_t) + 8);
+	x->descs = malloc(LM_XF_MAX_DESCS * sizeof(lm_xf_page_t) + LM_XF_SUM_LEN);
+	x->hdrbuf = malloc(sizeof(lm_xf_rec_t) + LM_XF_MAX_DESCS * sizeof(lm_xf_page_t) +
+			   LM_XF_SUM_LEN + LM_XF_MAX_PAGE_SUMS * sizeof(uint64_t));
 	x->iov = malloc(2 * LM_XF_MAX_DESCS * sizeof(struct iovec) + 16);
-	if (role == LM_XFER_SOURCE && x->o.checksum)
-		x->bounce = malloc(x->o.batch_bytes);
-	if (!x->resid || !x->descs || !x->hdrbuf || !x->iov ||
-	    (role == LM_XFER_SOURCE && x->o.checksum && !x->bounce)) {
+	if (!x->resid || !x->descs || !x->hdrbuf || !x->iov) {
 		rc = -ENOMEM;
 		goto fail;
 	}
@@ -2286,9 +2442,9 @@ static int xfer_init(struct lm__xfer **out, enum lm__xfer_role role,
 		goto fail;
 	}
 	/* A plain link of a source with memory: pages by reference (see
-	 * send_spliced; checksummed pages leave from the bounce buffer);
-	 * without the pipe, sendmsg() does it all. */
-	if (role == LM_XFER_SOURCE && !x->vmm && !x->o.io && !x->o.checksum &&
+	 * send_spliced), checksummed or not; without the pipe, sendmsg() does
+	 * it all. */
+	if (role == LM_XFER_SOURCE && !x->vmm && !x->o.io &&
 	    pipe2(x->spipe, O_CLOEXEC | O_NONBLOCK) == 0 && !vmsplice_works(x->spipe)) {
 		lm_log_warn(MOD, "pages by copy", "side=%s session_id_hash=%u why=\"vmsplice refused: %s\"",
 			    lm__xf_side(x), x->o.session_id, strerror(errno));

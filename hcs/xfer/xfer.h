@@ -121,6 +121,8 @@ typedef struct lm__xfer_stats {
 	uint64_t zero_pages;
 	uint64_t lz4_pages;
 	uint64_t spliced_bytes;      /* guest memory sent by reference (plain link) */
+	uint64_t sum_mismatches;     /* dest: pages that failed their checksum in
+					brownout (so awaited again) */
 	uint64_t blackout_ns;
 	uint64_t total_ns;           /* go -> completed */
 	uint64_t blackout_pages;

@@ -102,9 +102,6 @@ struct lm__xfer {
 	struct iovec *iov;
 	unsigned ndesc, niov;
 	size_t data_bytes;
-	uint8_t *bounce;              /* checksum / LZ4 copies, batch_bytes */
-	size_t bounce_used;
-	bool running_guest;           /* brownout: guest writes concurrently */
 	/* compression (source, ThrottleWorkerCount > 0): pages wait in the
 	 * queue cq until a round compresses them on the pool + this thread */
 	struct cpool *pool;
@@ -132,6 +129,14 @@ struct lm__xfer {
 					 non-blocking send may take part of it) */
 	bool paused_by_us;
 	bool fresh;                   /* dest: pass 1, memory still all zero */
+	uint64_t *suspect[LM_MAX_REGIONS]; /* dest: pages whose last copy failed
+					 its sum in brownout (a bit per page, made
+					 at the first such batch); the source must
+					 send each again before the end */
+	uint64_t nsuspect;            /* bits set in suspect */
+	uint64_t *psums;              /* dest with checksums: a batch's page sums as
+					 sent, then (from LM_XF_MAX_PAGE_SUMS) as
+					 received */
 	char remote_msg[128];
 	unsigned remote_reason;
 

@@ -1,5 +1,5 @@
 /*
- * xfer_wire.h: the wire format of the memory-transfer stream, version 2.
+ * xfer_wire.h: the wire format of the memory-transfer stream, version 3.
  * hcs/PROTOCOL.md is the prose description; this header is the truth for
  * the byte layout. All integers are little-endian; every struct is
  * naturally aligned with no padding (checked by static asserts).
@@ -11,14 +11,15 @@
 #include <stdint.h>
 
 #define LM_XF_MAGIC 0x58464d4cu   /* bytes "LMFX" */
-#define LM_XF_VERSION 2u
+#define LM_XF_VERSION 3u
 #define LM_XF_COMPAT_MAX 4096u    /* compatibility data bytes */
 #define LM_XF_MAX_DESCS 4096u     /* page descriptors per batch */
 #define LM_XF_MAX_DATA (16u << 20) /* data bytes per batch */
-#define LM_XF_MAX_RECORD (LM_XF_MAX_DATA + LM_XF_MAX_DESCS * 16u + 8u)
+#define LM_XF_MAX_RECORD (LM_XF_MAX_DATA + LM_XF_MAX_DESCS * 16u + LM_XF_SUM_LEN + \
+			  LM_XF_MAX_PAGE_SUMS * 8u)
 
 /* hello.flags */
-#define LM_XF_HELLO_CHECKSUM 0x1u /* PAGES batches carry a checksum */
+#define LM_XF_HELLO_CHECKSUM 0x1u /* PAGES batches carry checksums */
 #define LM_XF_HELLO_COMPRESS 0x2u /* PAGES may carry LZ4 pages */
 #define LM_XF_HELLO_HANDOVER 0x4u /* after ACK, the handover (PROTOCOL.md):
 				     the destination runs the guest only
@@ -73,7 +74,7 @@ static_assert(sizeof(lm_xf_hello_ack_t) == 160, "hello ack layout");
 
 /* Every later message is a record: header then `len` payload bytes. */
 enum lm_xf_type {
-	LM_XF_PAGES = 1,    /* src->dst: count descs, u64 checksum, data */
+	LM_XF_PAGES = 1,    /* src->dst: count descs, sums, data (below) */
 	LM_XF_PASS_END = 2, /* src->dst: count = pass number; lm_xf_pass_end_t */
 	LM_XF_STATE = 3,    /* src->dst: the VM state blob */
 	LM_XF_END = 4,      /* src->dst: no more pages; lm_xf_end_t */
@@ -109,6 +110,15 @@ typedef struct lm_xf_page {
 	uint32_t len;
 } lm_xf_page_t;
 static_assert(sizeof(lm_xf_page_t) == 16, "page descriptor layout");
+
+/* A PAGES record's payload: `count` descriptors; a u64, XXH3-64 of the
+ * descriptors; with LM_XF_HELLO_CHECKSUM, a u64 XXH3-64 of each data page
+ * in descriptor order (every page of a RAW run, each LZ4 page's compressed
+ * bytes); then the data. Without checksums the u64 is 0 and there are no
+ * page sums. A page's sum is taken from guest memory while the guest may
+ * run: PROTOCOL.md, "Integrity". */
+#define LM_XF_SUM_LEN 8u
+#define LM_XF_MAX_PAGE_SUMS (LM_XF_MAX_DATA / 4096u + LM_XF_MAX_DESCS)
 
 typedef struct lm_xf_pass_end {
 	uint64_t pages_sent;     /* pages described in this pass */

@@ -309,15 +309,18 @@ static void test_strangers_on_the_listener_do_not_stop_the_source(void **state)
 	free(log);
 }
 
-/* Integrity by default: a bit flipped on the wire (fault point
- * transfer.corrupt on the source) is caught by the batch checksums the
- * source sends though lmctl asked for none: the migration fails with
- * DataLoss and the guest runs on at the source. */
+/* Integrity by default: bits flipped on the wire (fault point
+ * transfer.corrupt on the source, in every batch after the fifth) are
+ * caught by the page checksums the source sends though lmctl asked for
+ * none: the migration fails with DataLoss and the guest runs on at the
+ * source. (Every batch: a page damaged in brownout that the running guest
+ * writes again arrives whole the next time, which is no loss; with one
+ * damaged page the outcome would depend on the guest's writes.) */
 static void test_a_flipped_bit_is_caught_without_asking(void **state)
 {
 	struct fx *f = *state;
 	assert_int_equal(e2e_source_start(&f->src, f->dir, "src", 64, 50,
-					  "transfer.corrupt:errno=EIO:after=5:times=1"), 0);
+					  "transfer.corrupt:errno=EIO:after=5"), 0);
 	assert_int_equal(e2e_dest_start(&f->dst, f->dir, "dst", NULL), 0);
 	char out[300], work[300];
 	snprintf(out, sizeof(out), "%s/lmctl.out", f->dir);

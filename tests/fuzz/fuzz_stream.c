@@ -5,7 +5,10 @@
  * into a destination engine running on this thread over a 1 MiB sim VM.
  * The parser must refuse bad input with an error, never crash, hang or
  * write outside guest memory (ASan watches). Seeds: tests/fuzz/corpus/stream
- * (SessionId 7, one 1 MiB region, the sim compat string).
+ * (SessionId 7, one 1 MiB region, the sim compat string), real streams
+ * recorded by make_stream_seeds.c; after a change of the wire format:
+ * build/tests/make_stream_seeds tests/fuzz/corpus/stream (and
+ * tests/fuzz/corpus/stream_bound --bound).
  */
 #include "hcs/backend.h"
 #include "hcs/xfer/xfer.h"

@@ -7,7 +7,7 @@ import os
 import struct
 import sys
 
-MAGIC, VERSION = 0x58464d4c, 2
+MAGIC, VERSION = 0x58464d4c, 3
 CHECKSUM, HANDOVER, VMM = 0x1, 0x4, 0x8
 PASS_END, END, ABORT, VMMREC, KEEPALIVE, COMMIT_REQ, GRANT = 2, 4, 6, 14, 7, 8, 9
 
