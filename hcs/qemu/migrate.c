@@ -4,7 +4,10 @@
  * The status we wait on comes from QEMU's MIGRATION events (vm.c keeps it
  * in vm->mig_status); waits also ask query-migrate every 500 ms, so that
  * an event we could have missed never turns into a wait that only ends at
- * its deadline.
+ * its deadline. An answer counts only if no event (nor our own start)
+ * changed the status while it was asked: QEMU may write an "active" answer
+ * just before its "completed" event, and our loop thread may handle the
+ * event before the asking thread takes the answer.
  */
 #include "hcs/qemu/vm_internal.h"
 
@@ -169,7 +172,7 @@ int lm_qemu_migrate_start(lm_qemu_vm_t *vm, int fd, unsigned timeout_ms, char *e
 		vm->outgoing_completed = false;
 		vm->blackout_reported = false;
 		vm->sync_running = 0;
-		vm->mig_status = LM_QEMU_MIG_SETUP;
+		lm__mig_status_from_event(vm, LM_QEMU_MIG_SETUP);
 	}
 	pthread_mutex_unlock(&vm->mu);
 	if (rc) {
@@ -187,8 +190,10 @@ int lm_qemu_migrate_start(lm_qemu_vm_t *vm, int fd, unsigned timeout_ms, char *e
 				 timeout_ms, NULL, errbuf, errlen);
 	if (rc) {
 		pthread_mutex_lock(&vm->mu);
-		if (vm->mig_status == LM_QEMU_MIG_SETUP)
+		if (vm->mig_status == LM_QEMU_MIG_SETUP) {
 			vm->mig_status = was;
+			vm->mig_seq++;
+		}
 		pthread_cond_broadcast(&vm->cv);
 		pthread_mutex_unlock(&vm->mu);
 		lm_log_error(MOD, "migration did not start", "vm=%s err=%d", vm->name, -rc);
@@ -211,6 +216,24 @@ static uint64_t get_u64(json_t *o, const char *k)
 							       : 0;
 }
 
+void lm__mig_status_from_event(lm_qemu_vm_t *vm, enum lm_qemu_mig_status s)
+{
+	vm->mig_status = s;
+	vm->mig_seq++;
+	if (vm->mig_outgoing && s == LM_QEMU_MIG_COMPLETED)
+		vm->outgoing_completed = true;
+}
+
+bool lm__mig_status_from_query(lm_qemu_vm_t *vm, unsigned seq, enum lm_qemu_mig_status s)
+{
+	if (vm->mig_seq != seq || s == LM_QEMU_MIG_NONE || s == vm->mig_status)
+		return false;
+	vm->mig_status = s;
+	if (vm->mig_outgoing && s == LM_QEMU_MIG_COMPLETED)
+		vm->outgoing_completed = true;
+	return true;
+}
+
 int lm_qemu_migrate_query(lm_qemu_vm_t *vm, lm_qemu_migration_info_t *out,
 			  unsigned timeout_ms)
 {
@@ -218,6 +241,9 @@ int lm_qemu_migrate_query(lm_qemu_vm_t *vm, lm_qemu_migration_info_t *out,
 	out->total_time_ms = out->setup_time_ms = out->downtime_ms =
 		out->expected_downtime_ms = -1;
 	json_t *r = NULL;
+	pthread_mutex_lock(&vm->mu);
+	unsigned seq = vm->mig_seq;
+	pthread_mutex_unlock(&vm->mu);
 	int rc = lm__vm_exec(vm, "query-migrate", NULL, -1, timeout_ms, &r, NULL, 0);
 	if (rc)
 		return rc;
@@ -247,15 +273,12 @@ int lm_qemu_migrate_query(lm_qemu_vm_t *vm, lm_qemu_migration_info_t *out,
 	if (ed)
 		snprintf(out->error_desc, sizeof(out->error_desc), "%s", ed);
 	json_decref(r);
-	/* a status we see here counts as much as one from an event */
+	/* a status we see here counts as much as one from an event, unless
+	 * an event came while we asked: it is newer */
 	if (s) {
 		pthread_mutex_lock(&vm->mu);
-		if (vm->mig_status != out->status && out->status != LM_QEMU_MIG_NONE) {
-			vm->mig_status = out->status;
-			if (vm->mig_outgoing && out->status == LM_QEMU_MIG_COMPLETED)
-				vm->outgoing_completed = true;
+		if (lm__mig_status_from_query(vm, seq, out->status))
 			pthread_cond_broadcast(&vm->cv);
-		}
 		pthread_mutex_unlock(&vm->mu);
 	}
 	return 0;

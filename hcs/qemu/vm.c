@@ -372,9 +372,7 @@ static void on_qmp_event(void *arg, const char *name, json_t *data, uint64_t ts_
 		e.type = LM_QEMU_EV_MIGRATION;
 		e.u.migration.status =
 			lm_qemu_mig_status_parse(json_string_value(json_object_get(data, "status")));
-		vm->mig_status = e.u.migration.status;
-		if (vm->mig_outgoing && e.u.migration.status == LM_QEMU_MIG_COMPLETED)
-			vm->outgoing_completed = true;
+		lm__mig_status_from_event(vm, e.u.migration.status);
 	} else if (!strcmp(name, "MIGRATION_PASS")) {
 		e.type = LM_QEMU_EV_MIGRATION_PASS;
 		json_t *p = json_object_get(data, "pass");
@@ -1215,7 +1213,7 @@ int lm_qemu_vm_launch(lm_qemu_vm_t **out, const lm_qemu_vm_config_t *cfg, char *
 		rc = lm_qemu_migrate_set(vm, cfg->incoming_params, SETUP_TIMEOUT_MS, e, sizeof(e));
 	if (!rc && incoming) {
 		pthread_mutex_lock(&vm->mu);
-		vm->mig_status = LM_QEMU_MIG_SETUP;
+		lm__mig_status_from_event(vm, LM_QEMU_MIG_SETUP);
 		pthread_mutex_unlock(&vm->mu);
 		char uri[16];
 		snprintf(uri, sizeof(uri), "fd:%d", INCOMING_FD);

@@ -58,6 +58,10 @@ struct lm_qemu_vm {
 	bool running;               /* STOP/RESUME */
 	bool agent_open;            /* VSERPORT_CHANGE of our port */
 	enum lm_qemu_mig_status mig_status; /* from MIGRATION events */
+	unsigned mig_seq;           /* bumped by every change of mig_status from
+				       an event or our own start; a query-migrate
+				       answer counts only if none came while it
+				       was asked (lm__mig_status_from_query) */
 	bool mig_outgoing;          /* lm_qemu_migrate_start ran on this VM */
 	bool outgoing_completed;    /* ... and it completed: no cont */
 	bool blackout_reported;     /* BLACKOUT_START sent for this migration */
@@ -78,6 +82,15 @@ struct lm_qemu_vm {
  * caller holds it), until the absolute CLOCK_MONOTONIC deadline:
  * 0 or ETIMEDOUT (positive, as pthread). */
 int lm__vm_wait_locked(lm_qemu_vm_t *vm, const struct timespec *until);
+
+/* Under vm->mu. The migration status as an event or our own start says
+ * (authoritative), and as a query-migrate answer says, `seq` being
+ * mig_seq when the query was sent: an answer QEMU wrote before an event
+ * that we handled first must not take the status back (seen in CI: a
+ * stale "active" after the event "completed" left a source reporting its
+ * blackout until the bound ran out). True if the status changed. */
+void lm__mig_status_from_event(lm_qemu_vm_t *vm, enum lm_qemu_mig_status s);
+bool lm__mig_status_from_query(lm_qemu_vm_t *vm, unsigned seq, enum lm_qemu_mig_status s);
 
 /* Thread: any. Sends `cmd` and copies QMP's error text into errbuf. */
 int lm__vm_exec(lm_qemu_vm_t *vm, const char *cmd, json_t *args, int fd,
