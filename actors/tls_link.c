@@ -570,6 +570,14 @@ static ssize_t io_send(lm_link_io_t *io, const struct iovec *iov, int n)
 		if (len >= DIRECT_MIN) {
 			if (len > CHUNK_MAX)
 				len = CHUNK_MAX;
+#ifdef LM_TSAN
+			/* OpenSSL's own copy would show TSan the racing reads:
+			 * the TSan build seals long runs from the stage too */
+			if (len > STAGE_LEN)
+				len = STAGE_LEN;
+			copy_in(l->stage, p, len);
+			p = l->stage;
+#endif
 		} else {
 			/* small pieces into one record, each whole, up to the
 			 * next long run (the same gathering again on a retry) */
