@@ -269,19 +269,32 @@ static bool console_has(lm_qemu_vm_t *vm, const char *s)
  * the guest running, which can lose a page, hcs/qemu/README.md "Seen
  * under TCG"; the convergence cases use them on purpose), both VMs go
  * and the case is skipped, saying so; otherwise it fails. */
+/* The migrated guest's kernel crashed on the destination, or it booted
+ * again (panic=-1 reboots at once and `quiet` hides the oops: the test
+ * init's "lmready", which a migrated guest never prints again, and its
+ * counter from 1). */
+static bool known_crash(lm_qemu_vm_t *dst)
+{
+	return console_has(dst, "Oops") || console_has(dst, "BUG:") ||
+	       console_has(dst, "Kernel panic") || console_has(dst, "general protection") ||
+	       console_has(dst, "lmready");
+}
+
+static void skip_known_crash(lm_qemu_vm_t *src, lm_qemu_vm_t *dst)
+{
+	print_message("# SKIP: the migrated guest's kernel crashed on the destination (the "
+		      "QEMU TCG defect of hcs/qemu/README.md; its console is above)\n");
+	vm_destroy(src);
+	vm_destroy(dst);
+	skip();
+}
+
 static void tick_or_known_crash(lm_qemu_vm_t *src, lm_qemu_vm_t *dst, long at_least, unsigned ms)
 {
 	if (wait_tick(dst, at_least, ms))
 		return;
-	bool crashed = console_has(dst, "Oops") || console_has(dst, "BUG:") ||
-		       console_has(dst, "Kernel panic") || console_has(dst, "general protection");
-	if (crashed) {
-		print_message("# SKIP: the migrated guest's kernel crashed on the destination (the "
-			      "QEMU TCG defect of hcs/qemu/README.md; its console is above)\n");
-		vm_destroy(src);
-		vm_destroy(dst);
-		skip();
-	}
+	if (known_crash(dst))
+		skip_known_crash(src, dst);
 	fail_msg("the destination's counter stopped and its kernel did not crash");
 }
 
@@ -926,8 +939,15 @@ static enum lm_qemu_mig_status migrate_writer(const char *tag, const char *dirty
 		 * with the guest, and under a throttled TCG guest the source's
 		 * output of it may already have been read) */
 		long first = tick(dst, true);
-		if (!(first >= last - 1 && first <= last + 3))
+		if (!(first >= last - 1 && first <= last + 3)) {
 			print_message("# qemu: counter: source's last %ld, destination's first %ld\n", last, first);
+			/* QEMU synced its dirty log with the vCPU running (this
+			 * test's passes, unlike the backend's one pass under
+			 * TCG): a guest that crashed and booted again counts
+			 * from 1, fast enough to pass wait_tick above */
+			if (mi.dirty_sync_count > 1 && known_crash(dst))
+				skip_known_crash(src, dst);
+		}
 		assert_true(first >= last - 1 && first <= last + 3);
 	}
 	mi.cpu_throttle_percentage = max_throttle;
