@@ -43,6 +43,7 @@
 #include <openssl/x509v3.h>
 
 #include "util/clock.h"
+#include "util/guest_copy.h"
 #include "util/log.h"
 
 #define MOD "tls"
@@ -496,18 +497,6 @@ static lm_tls_link_t *link_of(lm_link_io_t *io)
 	return (lm_tls_link_t *)((char *)io - offsetof(lm_tls_link_t, io));
 }
 
-/* Guest memory may change while it is read (the dirty log resends what
- * was written meanwhile): the TSan build reads it in a way TSan accepts. */
-static void copy_in(uint8_t *dst, const uint8_t *src, size_t n)
-{
-#ifdef LM_TSAN
-	for (size_t i = 0; i < n; i++)
-		dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
-#else
-	memcpy(dst, src, n);
-#endif
-}
-
 /* An OpenSSL failure of the link: -1 with errno (ECONNRESET), or 0 for
  * the peer's end of the stream. */
 static ssize_t io_failed_now(lm_tls_link_t *l, int r, bool sending)
@@ -575,7 +564,7 @@ static ssize_t io_send(lm_link_io_t *io, const struct iovec *iov, int n)
 			 * the TSan build seals long runs from the stage too */
 			if (len > STAGE_LEN)
 				len = STAGE_LEN;
-			copy_in(l->stage, p, len);
+			lm_guest_copy(l->stage, p, len);
 			p = l->stage;
 #endif
 		} else {
@@ -586,7 +575,7 @@ static ssize_t io_send(lm_link_io_t *io, const struct iovec *iov, int n)
 				size_t lj = iov[j].iov_len - o;
 				if (k && (lj >= DIRECT_MIN || k + lj > STAGE_LEN))
 					break;
-				copy_in(l->stage + k, (const uint8_t *)iov[j].iov_base + o, lj);
+				lm_guest_copy(l->stage + k, (const uint8_t *)iov[j].iov_base + o, lj);
 				k += lj;
 			}
 			p = l->stage;

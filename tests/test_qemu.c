@@ -264,11 +264,6 @@ static bool console_has(lm_qemu_vm_t *vm, const char *s)
 	return strstr(buf, s) != NULL;
 }
 
-/* A migrated guest whose counter stopped: if its kernel crashed (an oops
- * on its console: QEMU 7.2's own passes under TCG sync the dirty log with
- * the guest running, which can lose a page, hcs/qemu/README.md "Seen
- * under TCG"; the convergence cases use them on purpose), both VMs go
- * and the case is skipped, saying so; otherwise it fails. */
 /* The migrated guest's kernel crashed on the destination, or it booted
  * again (panic=-1 reboots at once and `quiet` hides the oops: the test
  * init's "lmready", which a migrated guest never prints again, and its
@@ -282,13 +277,19 @@ static bool known_crash(lm_qemu_vm_t *dst)
 
 static void skip_known_crash(lm_qemu_vm_t *src, lm_qemu_vm_t *dst)
 {
-	print_message("# SKIP: the migrated guest's kernel crashed on the destination (the "
-		      "QEMU TCG defect of hcs/qemu/README.md; its console is above)\n");
+	print_message("# SKIP: the migrated guest crashed on the destination (an oops, or a "
+		      "second boot: the QEMU TCG defect of hcs/qemu/README.md; its console is "
+		      "above)\n");
 	vm_destroy(src);
 	vm_destroy(dst);
 	skip();
 }
 
+/* A migrated guest whose counter stopped: if its kernel crashed (an oops
+ * on its console: QEMU 7.2's own passes under TCG sync the dirty log with
+ * the guest running, which can lose a page, hcs/qemu/README.md "Seen
+ * under TCG"; the convergence cases use them on purpose), both VMs go
+ * and the case is skipped, saying so; otherwise it fails. */
 static void tick_or_known_crash(lm_qemu_vm_t *src, lm_qemu_vm_t *dst, long at_least, unsigned ms)
 {
 	if (wait_tick(dst, at_least, ms))

@@ -36,6 +36,7 @@
 #include "hcs/xfer/xfer_int.h"
 #include "util/clock.h"
 #include "util/fault.h"
+#include "util/guest_copy.h"
 #include "util/hash.h"
 #include "util/log.h"
 #include "util/sched.h"
@@ -725,25 +726,6 @@ static bool page_is_zero(const void *p)
 	return acc == 0;
 }
 
-/* Copy guest memory the guest may be writing: a torn copy is fine, the
- * dirty log resends what was written meanwhile. The TSan build reads it
- * with relaxed word loads, which TSan accepts as a race by design. */
-static void copy_guest(void *dst, const void *src, size_t len)
-{
-#ifdef LM_TSAN
-	uint8_t *d = dst;
-	const uint8_t *s = src;
-	size_t i = 0;
-	if (((uintptr_t)d | (uintptr_t)s) % 8 == 0)
-		for (; i + 8 <= len; i += 8)
-			*(uint64_t *)(d + i) = __atomic_load_n((const uint64_t *)(s + i), __ATOMIC_RELAXED);
-	for (; i < len; i++)
-		d[i] = __atomic_load_n(s + i, __ATOMIC_RELAXED);
-#else
-	memcpy(dst, src, len);
-#endif
-}
-
 static uint64_t region_pfn0(const lm_mem_region_t *r)
 {
 	return r->gpa / LM_PAGE_SIZE;
@@ -823,7 +805,7 @@ static int batch_flush(struct lm__xfer *x)
 	uint8_t *bad = NULL;
 	if (x->niov > 1 && x->iov[1].iov_len > 7 && LM_FAULT("transfer.corrupt") < 0 &&
 	    (bad = malloc(x->iov[1].iov_len))) {
-		copy_guest(bad, x->iov[1].iov_base, x->iov[1].iov_len);
+		lm_guest_copy(bad, x->iov[1].iov_base, x->iov[1].iov_len);
 		bad[7] ^= 0x10;
 		x->iov[1].iov_base = bad;
 	}
@@ -898,7 +880,7 @@ static void compress_one(struct lm__xfer *x, unsigned i)
 	/* As for sendmsg: LZ4 reads racing guest writes are by design; give
 	 * TSan a private copy to look at. */
 	uint64_t tmp[LM_PAGE_SIZE / 8];
-	copy_guest(tmp, in, LM_PAGE_SIZE);
+	lm_guest_copy(tmp, in, LM_PAGE_SIZE);
 	in = (const uint8_t *)tmp;
 #endif
 	x->clen[i] = LZ4_compress_default((const char *)in, (char *)x->cout + (size_t)i * CSLOT,
