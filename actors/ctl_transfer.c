@@ -92,6 +92,7 @@ void lm__ctl_on_socket(struct ctl *c, const struct lm_ctl_socket *s)
 	}
 	lm_hcs_migration_start_t start = { .transfer_cpu_pct = c->cfg.transfer_cpu_pct,
 					   .stall_ms = c->cfg.stall_ms, .bound = s->tls,
+					   .vmm_carry = c->cfg.vmm_carry,
 					   .io = lm_tls_link_io(s->link) };
 	memcpy(start.binding, s->binding, sizeof start.binding);
 	lm_tls_link_unref(c->tls_link);

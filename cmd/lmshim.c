@@ -78,8 +78,9 @@ static const char usage[] =
 	"  start reads containerd's runtime options on stdin: runtimeoptions.v1.Options whose\n"
 	"  config_path (ctr run --runtime-config-path FILE; ConfigPath in the CRI's options)\n"
 	"  names a JSON file: {\"vm_memory_mb\": 256, \"vcpus\": 1, \"migration_tls_dir\": DIR,\n"
-	"  \"insecure_migration\": false, \"checksum\": true, \"stall_timeout_ms\": 10000,\n"
-	"  \"orphan_timeout_ms\": 60000, \"transfer_cpu\": 90, \"debug\": false} (all optional;\n"
+	"  \"insecure_migration\": false, \"checksum\": true, \"vmm_stream_on_link\": true,\n"
+	"  \"stall_timeout_ms\": 10000, \"orphan_timeout_ms\": 60000, \"transfer_cpu\": 90,\n"
+	"  \"debug\": false} (all optional;\n"
 	"  an unknown key fails the start, naming it)\n"
 	"  start: a bundle whose config.json has io.kubernetes.cri.sandbox-id=P is served by\n"
 	"  the shim of P (one shim, one utility VM per pod); the first task Create boots the VM\n"
@@ -114,6 +115,10 @@ static const char usage[] =
 	"                                  (default: only a unix socket may carry a plain link)\n"
 	"  --no-checksum                   migrations this shim sends carry batch checksums only\n"
 	"                                  when the orchestrator asks (default: always)\n"
+	"  --vmm-stream link|carry         backend qemu: on a plain unix link the two QEMUs speak\n"
+	"                                  on the link themselves (link, the default), or QEMU's\n"
+	"                                  stream travels in our records (carry: our checksums;\n"
+	"                                  TCP and TLS links always carry)\n"
 	"  --boot-on-create                with --idle and --backend qemu: the first plain task\n"
 	"                                  Create boots the VM (--vm-size-mb plus the container's\n"
 	"                                  memory limit, at least --vcpus), as the shim that\n"
@@ -544,7 +549,7 @@ static int cmd_daemon(const struct cflags *f)
 	struct lm_shim_config cfg = { .socket = path, .id = f->id, .ns = f->ns,
 				      .transfer_cpu_pct = (unsigned)o.transfer_cpu,
 				      .orphan_ms = (unsigned)o.orphan_ms, .stall_ms = (unsigned)o.stall_ms,
-				      .no_checksum = !o.checksum,
+				      .no_checksum = !o.checksum, .vmm_carry = !o.vmm_on_link,
 				      .migration_tls_dir = o.migration_tls_dir,
 				      .insecure_migration = o.insecure_migration,
 				      .on_shutdown = stop_self,
@@ -685,7 +690,7 @@ static int cmd_serve(int argc, char **argv)
 {
 	enum { O_SOCKET = 1, O_ID, O_NS, O_MB, O_VCPUS, O_BACKEND, O_RATE, O_PATTERN, O_CONT, O_IDLE,
 	       O_STATE, O_WORKERS, O_DEBUG, O_ANYUID, O_HELP, O_FILL, O_XCPU, O_EVENTS, O_STALL,
-	       O_ORPHAN, O_CCMD, O_CROOT, O_BOOTC, O_NOCSUM, O_TLSDIR, O_INSECURE };
+	       O_ORPHAN, O_CCMD, O_CROOT, O_BOOTC, O_NOCSUM, O_TLSDIR, O_INSECURE, O_VMMSTREAM };
 	static const struct option lo[] = {
 		{ "socket", required_argument, 0, O_SOCKET }, { "id", required_argument, 0, O_ID },
 		{ "namespace", required_argument, 0, O_NS },
@@ -708,6 +713,7 @@ static int cmd_serve(int argc, char **argv)
 		{ "no-checksum", no_argument, 0, O_NOCSUM },
 		{ "migration-tls-dir", required_argument, 0, O_TLSDIR },
 		{ "insecure-migration", no_argument, 0, O_INSECURE },
+		{ "vmm-stream", required_argument, 0, O_VMMSTREAM },
 		{ "help", no_argument, 0, O_HELP }, { 0, 0, 0, 0 },
 	};
 	const char *sock = NULL, *id = "standalone", *ns = "default", *backend = "sim";
@@ -717,6 +723,7 @@ static int cmd_serve(int argc, char **argv)
 	unsigned long stall = 10000, orphan = LM_SHIM_ORPHAN_MS_DEFAULT;
 	const char *events = getenv("TTRPC_ADDRESS");
 	bool idle = false, any_uid = false, boot_on_create = false, no_checksum = false, insecure = false;
+	bool vmm_carry = false;
 	const char *tls_dir = NULL;
 	const char *ccmd[32], *croot[32];
 	unsigned n_ccmd = 0, n_croot = 0;
@@ -785,6 +792,12 @@ static int cmd_serve(int argc, char **argv)
 		case O_NOCSUM: no_checksum = true; break;
 		case O_TLSDIR: tls_dir = optarg; break;
 		case O_INSECURE: insecure = true; break;
+		case O_VMMSTREAM:
+			if (!strcmp(optarg, "link") || !strcmp(optarg, "carry")) {
+				vmm_carry = !strcmp(optarg, "carry");
+				break;
+			}
+			return bad("--vmm-stream wants link or carry");
 		case O_STATE: state = optarg; break;
 		case O_WORKERS:
 			workers = strtoul(optarg, &end, 10);
@@ -826,7 +839,8 @@ static int cmd_serve(int argc, char **argv)
 				      .transfer_cpu_pct = (unsigned)xcpu, .on_shutdown = stop_self,
 				      .events_address = events, .stall_ms = (unsigned)stall,
 				      .orphan_ms = (unsigned)orphan, .no_checksum = no_checksum,
-				      .migration_tls_dir = tls_dir, .insecure_migration = insecure };
+				      .migration_tls_dir = tls_dir, .insecure_migration = insecure,
+				      .vmm_carry = vmm_carry };
 	char doc[1024], cdoc[512];
 	if (boot_on_create) {
 		if (!idle || strcmp(backend, "qemu"))

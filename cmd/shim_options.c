@@ -24,6 +24,7 @@
 void lm_shim_options_default(struct lm_shim_options *o)
 {
 	*o = (struct lm_shim_options){ .vm_memory_mb = 256, .vcpus = 1, .checksum = true,
+				       .vmm_on_link = true,
 				       .stall_ms = 10000, .orphan_ms = LM_SHIM_ORPHAN_MS_DEFAULT,
 				       .transfer_cpu = LM_SHIM_TRANSFER_CPU_DEFAULT };
 }
@@ -185,6 +186,8 @@ int lm_shim_options_parse(const char *json, struct lm_shim_options *o, char *err
 			rc = bool_key(v, key, &o->insecure_migration, err, errlen);
 		else if (!strcmp(key, "checksum"))
 			rc = bool_key(v, key, &o->checksum, err, errlen);
+		else if (!strcmp(key, "vmm_stream_on_link"))
+			rc = bool_key(v, key, &o->vmm_on_link, err, errlen);
 		else if (!strcmp(key, "debug"))
 			rc = bool_key(v, key, &o->debug, err, errlen);
 		else if (!strcmp(key, "migration_tls_dir")) {
@@ -199,7 +202,7 @@ int lm_shim_options_parse(const char *json, struct lm_shim_options *o, char *err
 			}
 		} else {
 			snprintf(err, errlen, "runtime options: unknown key \"%.80s\" (vm_memory_mb, vcpus, "
-				 "migration_tls_dir, insecure_migration, checksum, stall_timeout_ms, "
+				 "migration_tls_dir, insecure_migration, checksum, vmm_stream_on_link, stall_timeout_ms, "
 				 "orphan_timeout_ms, transfer_cpu, debug)", key);
 			rc = -EINVAL;
 		}

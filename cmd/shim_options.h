@@ -15,6 +15,8 @@
  *     "migration_tls_dir": "/etc/lmshim/tls",  mutual TLS on migration links
  *     "insecure_migration": false,      plain TCP links without TLS
  *     "checksum": true,                 batch checksums on sent migrations
+ *     "vmm_stream_on_link": true,       QEMU's stream on a unix link itself
+ *                                       (false: carried in our records)
  *     "stall_timeout_ms": 10000,        the migration link's liveness
  *     "orphan_timeout_ms": 60000,       a session left by its orchestrator
  *     "transfer_cpu": 90,               percent of a core for the transfer
@@ -41,6 +43,7 @@ struct lm_shim_options {
 	char *migration_tls_dir;     /* NULL: none (heap) */
 	bool insecure_migration;
 	bool checksum;               /* default true */
+	bool vmm_on_link;            /* default true */
 	unsigned long stall_ms;      /* default 10000 */
 	unsigned long orphan_ms;     /* default LM_SHIM_ORPHAN_MS_DEFAULT */
 	unsigned long transfer_cpu;  /* default LM_SHIM_TRANSFER_CPU_DEFAULT */

@@ -114,6 +114,10 @@ typedef struct lm_vmm_stream_params {
 				       than the link drains */
 	unsigned throttle_initial;  /* auto-converge: first step, percent (0: default) */
 	unsigned throttle_increment;/* auto-converge: step, percent (0: default) */
+	bool on_link;               /* the VMM speaks on the migration link
+				       itself (link_fd; ops.stream_on_link) */
+	int link_fd;                /* with on_link: the engine's connected
+				       socket; the VMM gets its own copy */
 } lm_vmm_stream_params_t;
 
 enum lm_vmm_stream_state {
@@ -137,6 +141,9 @@ typedef struct lm_vmm_stream_status {
 	double dirty_rate_mbps;     /* the VMM's measured dirty rate, 0 unknown */
 	unsigned throttle_pct;      /* the VMM's current throttle */
 	uint64_t downtime_ms;       /* after completion: the VMM's figure */
+	uint64_t busy_ns;           /* destination: the CPU time its VMM used so
+				       far (loading a stream shows as this
+				       growing), 0 unknown */
 	char error[128];
 } lm_vmm_stream_status_t;
 
@@ -228,13 +235,19 @@ typedef struct lm_backend_ops {
 	 * backend. */
 	/* Thread: transfer. Source: the VMM starts its outgoing migration
 	 * with `p` and writes its stream to a socket whose other end is
-	 * returned. Destination (a VM created incoming): the socket the VMM
-	 * reads its incoming stream from (the VMM waits for it from create
-	 * on). Either way the fd stays the backend's (closed at destroy or at
-	 * the next stream_open); the engine makes it non-blocking and only
-	 * reads (source) or writes (destination) it. A negative errno with
-	 * the reason logged. */
+	 * returned. Destination (a VM created incoming; p NULL or only
+	 * on_link/link_fd set): the VMM starts reading its incoming stream
+	 * from a socket whose other end is returned. Either way the fd stays
+	 * the backend's (closed at destroy or at the next stream_open); the
+	 * engine makes it non-blocking and only reads (source) or writes
+	 * (destination) it. With p->on_link (only where stream_on_link):
+	 * the VMM writes (source) or reads (destination) its stream on
+	 * p->link_fd itself, through a copy of it, and 0 is returned. A
+	 * negative errno with the reason logged. */
 	int (*stream_open)(lm_vm_t *vm, const struct lm_vmm_stream_params *p);
+	/* stream_open takes on_link: the engine may hand the link to the
+	 * VMM for its stream (hcs/PROTOCOL.md, "The VMM on the link") */
+	bool stream_on_link;
 	/* Thread: transfer, or its status thread (never at the same time as
 	 * another stream_* call). Where the VMM's migration stands (one VMM
 	 * query: may wait while the VMM finishes its stream). */

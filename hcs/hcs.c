@@ -843,6 +843,7 @@ static void do_mig_start(lm_hcs_system_t *s, struct op *o)
 	s->xo.stall_ms = o->start.stall_ms ? o->start.stall_ms : 10000;
 	s->xo.keepalive_ms = o->start.keepalive_ms ? o->start.keepalive_ms : 1000;
 	s->xo.bound = o->start.bound;
+	s->xo.vmm_carry = o->start.vmm_carry;
 	memcpy(s->xo.binding, o->start.binding, sizeof s->xo.binding);
 	s->recovered = false;
 	s->ms = MS_STARTING;

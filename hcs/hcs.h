@@ -99,6 +99,8 @@ typedef struct lm_hcs_migration_start {
 	unsigned stall_ms;              /* ours: a peer silent this long has stalled
 					   (the link's liveness bound); 0 = 10 s */
 	unsigned keepalive_ms;          /* ours: idle sides say so this often; 0 = 1 s */
+	bool vmm_carry;                 /* ours: a VMM's stream never goes on the link
+					   itself (hcs/PROTOCOL.md, "The VMM on the link") */
 	bool bound;                     /* ours: the link is a TLS session: its binding
 					   (exported keying material) goes in the hello
 					   and must match the peer's (hcs/PROTOCOL.md) */

@@ -76,6 +76,10 @@ struct lm_shim_config {
 	 * orchestrator's options ask (ChecksumVerification); false (the
 	 * default): always (docs: "Integrity"). */
 	bool no_checksum;
+	/* A VMM's own stream (the qemu backend) always travels in our
+	 * records, even where both VMMs could speak on the link itself (a
+	 * plain unix link: hcs/PROTOCOL.md, "The VMM on the link"). */
+	bool vmm_carry;
 	/* Mutual TLS 1.3 on every migration link: the directory of
 	 * actors/tls_link.h (ca-cert.pem, server-cert.pem, server-key.pem,
 	 * client-cert.pem, client-key.pem), or NULL: plain links, which only

@@ -800,7 +800,7 @@ static void test_migration_through_the_stream_ops(void **state)
 	assert_true(sfd >= 0);
 	int dfd = ops->stream_open(dst, NULL);
 	assert_true(dfd >= 0);
-	assert_int_equal(ops->stream_open(dst, NULL), dfd);   /* the same, still ours */
+	assert_int_equal(ops->stream_open(dst, NULL), -EBUSY); /* one incoming stream */
 	struct relay r;
 	relay_start(&r, sfd, dfd);
 	/* the VMM's defaults, but not QEMU's 32 MiB/s bandwidth cap */
@@ -868,6 +868,71 @@ static void test_migration_through_the_stream_ops(void **state)
 	vm_destroy(dst);
 }
 
+/* The VMMs on the link: both QEMUs get a copy of one connected socket
+ * (the engine's link), the source's writes its stream there and the
+ * destination's reads it, with nothing of ours in between. Afterwards the
+ * link is still whole for the engine's own records both ways: neither
+ * QEMU shut it down, and the destination's read nothing past the stream. */
+static void test_migration_on_the_link_leaves_the_link_to_us(void **state)
+{
+	(void)state;
+	NEED_QEMU();
+	lm_vm_t *src = boot_vm("lsrc", NULL, NULL);
+	assert_true(wait_tick(src, 5, 10000));
+	lm_vm_t *dst = make_vm("ldst", true, NULL);
+	assert_true(ops->stream_on_link);
+	int link[2];
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, link), 0);
+	lm_vmm_stream_params_t ip = {.on_link = true, .link_fd = link[1]};
+	assert_int_equal(ops->stream_open(dst, &ip), 0);
+	lm_vmm_stream_params_t p = {.on_link = true, .link_fd = link[0]};
+	uint64_t t0 = lm_now_ns();
+	assert_int_equal(ops->stream_open(src, &p), 0);
+	lm_vmm_stream_status_t ss, ds;
+	bool early_blackout;
+	double max_status_ms;
+	wait_both_completed(src, dst, &ss, &ds, &early_blackout, &max_status_ms);
+	double wall = ms_since(t0);
+	usleep(100000);         /* QEMU fills in its times a moment after "completed" */
+	assert_int_equal(ops->stream_status(src, &ss), 0);
+	assert_int_equal(ops->stream_status(dst, &ds), 0);
+	print_message("# qemu-backend: migration %d MiB idle guest on the link: wall %.0f ms, "
+		      "transferred %.1f MB, downtime %llu ms, destination's QEMU CPU %.0f ms\n",
+		      MEM_MIB, wall, ss.transferred / 1e6, (unsigned long long)ss.downtime_ms,
+		      ds.busy_ns / 1e6);
+	assert_int_equal(ss.state, LM_VS_COMPLETED);
+	assert_int_equal(ds.state, LM_VS_COMPLETED);
+	assert_true(ss.transferred > 0);
+	assert_true(ds.busy_ns > 0);       /* the destination's progress sign */
+	/* the link is ours again, both ways, and empty */
+	char b[8];
+	assert_int_equal(recv(link[1], b, sizeof(b), MSG_DONTWAIT), -1);
+	assert_int_equal(errno, EAGAIN);
+	assert_int_equal(send(link[0], "to-dst", 6, MSG_NOSIGNAL | MSG_DONTWAIT), 6);
+	assert_int_equal(send(link[1], "to-src", 6, MSG_NOSIGNAL | MSG_DONTWAIT), 6);
+	struct pollfd q = {link[1], POLLIN, 0};
+	assert_int_equal(poll(&q, 1, 2000), 1);
+	assert_int_equal(recv(link[1], b, sizeof(b), MSG_DONTWAIT), 6);
+	assert_memory_equal(b, "to-dst", 6);
+	q.fd = link[0];
+	assert_int_equal(poll(&q, 1, 2000), 1);
+	assert_int_equal(recv(link[0], b, sizeof(b), MSG_DONTWAIT), 6);
+	assert_memory_equal(b, "to-src", 6);
+	/* the destination runs the guest on from where it stopped */
+	long last = tick(src, false);
+	assert_false(qemu_running(src));
+	assert_int_equal(ops->start(dst), 0);
+	assert_true(wait_tick(dst, last + 3, 10000));
+	long first = tick(dst, true);
+	print_message("# qemu-backend: counter on the link: source's last %ld, destination's "
+		      "first %ld\n", last, first);
+	assert_true(first > last && first <= last + 2);
+	close(link[0]);
+	close(link[1]);
+	vm_destroy(src);
+	vm_destroy(dst);
+}
+
 static void test_stream_abort_mid_stream_leaves_the_source_running(void **state)
 {
 	(void)state;
@@ -920,7 +985,7 @@ static void test_stream_abort_mid_stream_leaves_the_source_running(void **state)
 	relay_join(&r);
 	assert_true(atomic_load(&r.eof));
 	assert_int_equal(ops->stream_abort(dst), 0);
-	assert_int_equal(ops->stream_open(dst, NULL), -EBADF);
+	assert_int_equal(ops->stream_open(dst, NULL), -EBUSY);
 	/* its QEMU saw the stream end in the middle: it failed (QEMU 7.2
 	 * exits then), and the guest never runs there */
 	end = lm_now_ns() + 5000000000ull;
@@ -1168,6 +1233,8 @@ int main(void)
 		cmocka_unit_test_teardown(test_a_layer_is_hot_plugged_in_its_slot_and_removed,
 					  case_teardown),
 		cmocka_unit_test_teardown(test_migration_through_the_stream_ops, case_teardown),
+		cmocka_unit_test_teardown(test_migration_on_the_link_leaves_the_link_to_us,
+					  case_teardown),
 		cmocka_unit_test_teardown(test_stream_abort_mid_stream_leaves_the_source_running,
 					  case_teardown),
 		cmocka_unit_test_teardown(test_stream_abort_after_completion_runs_the_source_again,

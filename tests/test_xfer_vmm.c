@@ -7,12 +7,18 @@
  * stopped the guest, a destination that stops reading or never finishes
  * loading. Each test checks where the guest runs afterwards: at most one
  * copy, and the source running again whenever the move failed.
+ *
+ * Every case runs twice: with the stream carried in the engine's records,
+ * and with the fake VMMs speaking on the link themselves (each gets a
+ * copy of the engine's socket, as QEMU does: vmm.c, "the VMM on the
+ * link"); a few cases are the link's own.
  */
 #include "testkit.h"
 #include "hcs/xfer/xfer_wire.h"
 #include "util/fault.h"
 #include "util/log.h"
 
+#include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -29,7 +35,9 @@ struct lm_vm {
 	enum lm_vmm_stream_state state;
 	bool blackout;
 	char error[128];
-	int ours, theirs;             /* socketpair: engine's end, VMM's end */
+	int ours, theirs;             /* socketpair: engine's end, VMM's end;
+					 on the link: -1, the VMM's copy of it */
+	bool on_link;                 /* stream_open gave it the link */
 	pthread_t th;
 	bool th_started;
 	bool stop;                    /* cancel asked (atomic) */
@@ -46,12 +54,25 @@ struct lm_vm {
 
 #define CHUNK 65536
 
+/* The link the engine lends is non-blocking (the file's flag, shared by
+ * every copy): wait as a VMM would (QEMU polls, or makes it blocking). */
+static bool io_wait(int fd, short ev)
+{
+	if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+		return false;
+	struct pollfd q = { fd, ev, 0 };
+	return poll(&q, 1, 100) >= 0;
+}
+
 static void *src_main(void *a)
 {
 	struct lm_vm *v = a;
 	size_t off = 0;
 	uint64_t n = v->size;
-	bool ok = send(v->theirs, &n, sizeof(n), MSG_NOSIGNAL) == (ssize_t)sizeof(n);
+	ssize_t hw;
+	while ((hw = send(v->theirs, &n, sizeof(n), MSG_NOSIGNAL)) < 0 && io_wait(v->theirs, POLLOUT)) {
+	}
+	bool ok = hw == (ssize_t)sizeof(n);
 	while (ok && off < v->size) {
 		bool stop = __atomic_load_n(&v->stop, __ATOMIC_ACQUIRE);
 		pthread_mutex_lock(&v->mu);
@@ -73,6 +94,11 @@ static void *src_main(void *a)
 		size_t w = 0;
 		while (w < k) {
 			ssize_t r = send(v->theirs, v->mem + off + w, k - w, MSG_NOSIGNAL);
+			if (r < 0 && io_wait(v->theirs, POLLOUT)) {
+				if (__atomic_load_n(&v->stop, __ATOMIC_ACQUIRE))
+					break;
+				continue;
+			}
 			if (r <= 0) {
 				ok = false;
 				break;
@@ -85,8 +111,10 @@ static void *src_main(void *a)
 			usleep(v->chunk_delay_us);
 	}
 	if (ok && off == v->size && v->complete_delay_ms) {
-		/* the stream's EOF first, its status later (QEMU finishing) */
-		shutdown(v->theirs, SHUT_WR);
+		/* the stream's EOF first, its status later (QEMU finishing;
+		 * on the link, only its status later: QEMU closes its copy) */
+		if (!v->on_link)
+			shutdown(v->theirs, SHUT_WR);
 		for (unsigned i = 0; i < v->complete_delay_ms / 10 && !__atomic_load_n(&v->stop, __ATOMIC_ACQUIRE); i++)
 			usleep(10000);
 	}
@@ -125,13 +153,18 @@ static void *dst_main(void *a)
 	struct lm_vm *v = a;
 	uint64_t n = 0;
 	size_t off = 0;
-	bool ok = read(v->theirs, &n, sizeof(n)) == (ssize_t)sizeof(n) && n == v->size;
+	ssize_t hr;
+	while ((hr = read(v->theirs, &n, sizeof(n))) < 0 && io_wait(v->theirs, POLLIN)) {
+	}
+	bool ok = hr == (ssize_t)sizeof(n) && n == v->size;
 	while (ok && off < v->size) {
 		if (v->fail_at && off >= v->fail_at) {
 			ok = false;
 			break;
 		}
 		ssize_t r = read(v->theirs, v->mem + off, v->size - off);
+		if (r < 0 && io_wait(v->theirs, POLLIN))
+			continue;
 		if (r <= 0) {
 			ok = false;
 			break;
@@ -244,7 +277,22 @@ static int f_stats(lm_vm_t *v, lm_guest_stats_t *out)
 
 static int f_stream_open(lm_vm_t *v, const lm_vmm_stream_params_t *p)
 {
-	(void)p;
+	if (p && p->on_link) {
+		/* the VMM's own copy of the link, and nothing for the engine */
+		if (v->ours >= 0)
+			close(v->ours);
+		if (v->theirs >= 0)
+			close(v->theirs);
+		v->ours = -1;
+		v->theirs = fcntl(p->link_fd, F_DUPFD_CLOEXEC, 0);
+		assert_true(v->theirs >= 0);
+		v->on_link = true;
+		v->state = LM_VS_ACTIVE;
+		if (pthread_create(&v->th, NULL, v->incoming ? dst_main : src_main, v) != 0)
+			return -EAGAIN;
+		v->th_started = true;
+		return 0;
+	}
 	if (v->incoming) {
 		/* the reader starts here so that a test's knobs, set before
 		 * the transfer, are seen by it */
@@ -276,6 +324,8 @@ static int f_stream_status(lm_vm_t *v, lm_vmm_stream_status_t *out)
 	out->total_bytes = v->size;
 	out->transferred = __atomic_load_n(&v->done, __ATOMIC_ACQUIRE);
 	out->remaining = v->size - out->transferred;
+	if (v->incoming)       /* a VMM loading spends CPU: 100 ns a byte */
+		out->busy_ns = out->transferred * 100 + 1;
 	out->passes = 1;
 	snprintf(out->error, sizeof(out->error), "%s", v->error);
 	pthread_mutex_unlock(&v->mu);
@@ -301,7 +351,7 @@ static int f_stream_abort(lm_vm_t *v)
 	return 0;
 }
 
-static const lm_backend_ops_t fvmm_ops = {
+static lm_backend_ops_t fvmm_ops = {
 	.name = "fvmm",
 	.create = f_create,
 	.destroy = f_destroy,
@@ -317,6 +367,26 @@ static const lm_backend_ops_t fvmm_ops = {
 	.stream_status = f_stream_status,
 	.stream_abort = f_stream_abort,
 };
+
+/* The group's mode: the fake VMMs may take the link (run_group_link). */
+static bool g_link;
+static bool g_dst_carry;      /* the destination's operator said carry */
+
+static int run_group_link(void **state)
+{
+	(void)state;
+	g_link = true;
+	fvmm_ops.stream_on_link = true;
+	return 0;
+}
+
+static int run_group_carried(void **state)
+{
+	(void)state;
+	g_link = false;
+	fvmm_ops.stream_on_link = false;
+	return 0;
+}
 
 static bool running(lm_vm_t *v)
 {
@@ -348,6 +418,7 @@ static void mig_setup(struct mig *m, size_t mib, lm__xfer_opts_t *os)
 		os = &o;
 	lm__xfer_opts_t od = o;
 	od.stall_ms = os->stall_ms;   /* both ends of a link share its bound */
+	od.vmm_carry = g_dst_carry;
 	int sv[2];
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
 	ht_log_init(&m->ls);
@@ -405,7 +476,10 @@ static void test_the_vmm_stream_arrives_whole(void **state)
 		assert_int_equal(m.src->aborts, 0);
 		lm__xfer_stats_t st;
 		lm__xfer_get_stats(m.xs, &st);
-		assert_true(st.bytes_sent > m.src->size);
+		assert_true(st.bytes_sent >= m.src->size);
+		/* on the link exactly when both sides could */
+		assert_int_equal(m.src->on_link, g_link);
+		assert_int_equal(m.dst->on_link, g_link);
 		mig_teardown(&m);
 	}
 }
@@ -439,7 +513,8 @@ static void test_a_destination_vmm_that_stops_reading_fails_the_move(void **stat
 	m.dst->fail_at = 8u << 20;
 	mig_go(&m);
 	assert_true(ht_wait(&m.ld, LM_XEV_FAILED, 10000));
-	assert_non_null(strstr(m.ld.fail_msg, "stopped reading"));
+	if (!g_link)
+		assert_non_null(strstr(m.ld.fail_msg, "stopped reading"));
 	assert_non_null(strstr(m.ld.fail_msg, "load of migration stream failed"));
 	assert_true(ht_wait(&m.ls, LM_XEV_FAILED, 10000));
 	assert_true(ht_wait(&m.ls, LM_XEV_RECOVERY_DONE, 10000));
@@ -591,6 +666,7 @@ static void moves_whole(struct mig *m)
 	assert_int_equal(lm__xfer_join(m->xd), 0);
 	assert_memory_equal(m->src->mem, m->dst->mem, m->src->size);
 	assert_int_equal(m->src->aborts, 0);
+	assert_int_equal(m->src->on_link, g_link && !g_dst_carry);
 }
 
 static void test_a_vmm_slow_to_say_completed_is_not_a_stalled_destination(void **state)
@@ -630,6 +706,75 @@ static void test_a_vmm_that_keeps_its_stream_open_after_completing_still_moves(v
 	mig_teardown(&m);
 }
 
+/* The link's own cases. */
+
+/* A destination whose operator said carry answers the hello without the
+ * link: the stream goes in records, and still arrives whole. */
+static void test_a_destination_that_carries_keeps_the_stream_in_records(void **state)
+{
+	(void)state;
+	g_dst_carry = true;
+	struct mig m;
+	mig_setup(&m, 8, NULL);
+	moves_whole(&m);
+	assert_false(m.dst->on_link);
+	g_dst_carry = false;
+	mig_teardown(&m);
+}
+
+/* The source's VMM stops writing in the middle (its host stalls, say) and
+ * the source says nothing while its VMM has the link: the destination
+ * sees its VMM with nothing to load for stall_ms, fails, tells the
+ * source, and the guest runs on the source. */
+static void test_a_source_that_stops_writing_is_stalled_at_the_destination(void **state)
+{
+	(void)state;
+	struct mig m;
+	lm__xfer_opts_t o;
+	lm__xfer_opts_default(&o);
+	o.session_id = 7;
+	o.stall_ms = 400;
+	mig_setup(&m, 24, &o);
+	m.src->chunk_delay_us = 1000000;
+	mig_go(&m);
+	uint64_t t0 = lm_now_ns();
+	assert_true(ht_wait(&m.ld, LM_XEV_FAILED, 5000));
+	double ms = (lm_now_ns() - t0) / 1e6;
+	print_message("# stall bound 400 ms: the destination gave up after %.0f ms: %s\n", ms,
+		      m.ld.fail_msg);
+	assert_non_null(strstr(m.ld.fail_msg, "nothing to load for 400 ms"));
+	assert_true(ht_wait(&m.ls, LM_XEV_FAILED, 5000));
+	assert_true(ht_wait(&m.ls, LM_XEV_RECOVERY_DONE, 5000));
+	assert_true(running(m.src));
+	assert_false(running(m.dst));
+	assert_int_equal(f_start(m.dst), -EBUSY);
+	mig_teardown(&m);
+}
+
+/* The source gives up after its VMM wrote the whole stream (cancel at the
+ * last moment): the destination's VMM loads it all, yet with no END the
+ * destination never completes; it sees the link close and fails. */
+static void test_a_source_that_leaves_after_the_stream_leaves_no_copy_behind(void **state)
+{
+	(void)state;
+	struct mig m;
+	mig_setup(&m, 8, NULL);
+	m.src->complete_delay_ms = 3000;   /* all written, completed only later */
+	mig_go(&m);
+	while (__atomic_load_n(&m.src->done, __ATOMIC_ACQUIRE) < m.src->size)
+		usleep(1000);
+	usleep(200000);
+	lm__xfer_cancel(m.xs);
+	assert_true(ht_wait(&m.ls, LM_XEV_FAILED, 5000));
+	assert_int_equal(m.ls.fail_result, LM_XR_CANCELLED);
+	assert_true(ht_wait(&m.ls, LM_XEV_RECOVERY_DONE, 5000));
+	assert_true(ht_wait(&m.ld, LM_XEV_FAILED, 5000));
+	assert_int_equal(ht_count(&m.ld, LM_XEV_COMPLETED), 0);
+	assert_true(running(m.src));
+	assert_false(running(m.dst));
+	mig_teardown(&m);
+}
+
 int main(void)
 {
 	if (!getenv("LM_LOG_LEVEL"))
@@ -645,5 +790,12 @@ int main(void)
 		cmocka_unit_test(test_a_vmm_slow_to_say_completed_is_not_a_stalled_destination),
 		cmocka_unit_test(test_a_vmm_that_keeps_its_stream_open_after_completing_still_moves),
 	};
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	const struct CMUnitTest link_tests[] = {
+		cmocka_unit_test(test_a_destination_that_carries_keeps_the_stream_in_records),
+		cmocka_unit_test(test_a_source_that_stops_writing_is_stalled_at_the_destination),
+		cmocka_unit_test(test_a_source_that_leaves_after_the_stream_leaves_no_copy_behind),
+	};
+	int rc = cmocka_run_group_tests_name("carried", tests, run_group_carried, NULL);
+	rc |= cmocka_run_group_tests_name("on the link", tests, run_group_link, NULL);
+	return rc | cmocka_run_group_tests_name("the link's own", link_tests, run_group_link, NULL);
 }

@@ -80,6 +80,8 @@
 #define MiB (1024ull * 1024ull)
 #define OP_MS 5000              /* one QMP command (stop, cont, set) */
 #define STATUS_MS 2000          /* stream_status / stats: one query */
+#define IN_QUERY_MS 500         /* destination: query-migrate at least this often */
+#define IN_CPU_MS 50            /* ... and its CPU time, at most this often */
 #define ABORT_MS 10000          /* migrate_cancel until cancelled */
 #define KILL_MS 5000            /* SIGKILL until reaped */
 #define BOOT_TCG_MS 60000       /* default boot bound under TCG */
@@ -122,6 +124,9 @@ struct lm_vm {
 	/* transfer thread only: the source's last full status, the answer
 	 * while QEMU is in its blackout (see stream_status) */
 	lm_vmm_stream_status_t last;
+	uint64_t in_query_ns;       /* transfer thread: destination, the last
+				       query-migrate (incoming_answer) */
+	uint64_t in_cpu_ns, in_cpu_at; /* ... and QEMU's CPU time, when read */
 
 	/* under mu */
 	pthread_mutex_t mu;
@@ -579,12 +584,6 @@ static int qemu_create(lm_vm_t **out, const lm_vm_config_t *cfg)
 	snprintf(vm->cpu_compat, sizeof(vm->cpu_compat), "%s", o->cpu[0] ? o->cpu : "default");
 	compat_refresh(vm);
 
-	int sv[2] = {-1, -1};
-	if (cfg->incoming && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
-		rc = -errno;
-		lm_log_error(MOD, "socketpair failed", "id=%s err=%d", id, -rc);
-		goto fail;
-	}
 	/* $LM_QEMU_CONSOLE_DIR: the guest's console goes to a file there
 	 * (kept after the VM; for a post-mortem), else to our tail buffer */
 	char console[PATH_MAX] = "";
@@ -599,13 +598,11 @@ static int qemu_create(lm_vm_t **out, const lm_vm_config_t *cfg)
 		.vcpus = vm->vcpus, .cpu = o->cpu[0] ? o->cpu : NULL, .kernel = o->kernel,
 		.initrd = o->initrd[0] ? o->initrd : NULL,
 		.cmdline = o->cmdline[0] ? o->cmdline : NULL, .agent_socket = vm->agent,
-		.incoming_fd = sv[1], .accel = o->accel, .on_event = on_event, .event_arg = vm,
+		.incoming_fd = -1, .incoming_later = cfg->incoming, .accel = o->accel,
+		.on_event = on_event, .event_arg = vm,
 	};
 	char err[512] = "";
 	rc = lm_qemu_vm_launch(&vm->q, &qc, err, sizeof(err));
-	if (sv[1] >= 0)
-		close(sv[1]);           /* QEMU has its own copy (or none: failed) */
-	vm->stream_fd = sv[0];
 	if (rc) {
 		char q[600];
 		vm->q = NULL;           /* launch killed and reaped it */
@@ -1004,29 +1001,61 @@ static int clamp_pct(unsigned v)
 	return v == 0 ? LM_QEMU_KEEP : v > 99 ? 99 : (int)v;
 }
 
+/* Thread: transfer. Destination: QEMU (waiting since create) starts
+ * reading its incoming stream from the link, or from a new socketpair
+ * whose other end is returned. */
+static int stream_open_incoming(lm_vm_t *vm, const lm_vmm_stream_params_t *p)
+{
+	pthread_mutex_lock(&vm->mu);
+	bool again = vm->in_opened;
+	vm->in_opened = true;
+	pthread_mutex_unlock(&vm->mu);
+	if (again) {
+		lm_log_error(MOD, "stream_open refused: the incoming stream was opened before",
+			     "vm=%s", vm->name);
+		return -EBUSY;
+	}
+	bool on_link = p && p->on_link;
+	int sv[2] = {-1, -1};
+	if (!on_link && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+		int rc = -errno;
+		lm_log_error(MOD, "stream_open: socketpair failed", "vm=%s err=%d", vm->name, -rc);
+		return rc;
+	}
+	char err[512] = "";
+	int rc = lm_qemu_migrate_incoming(vm->q, on_link ? p->link_fd : sv[1], OP_MS, err,
+					  sizeof(err));
+	if (sv[1] >= 0)
+		close(sv[1]);   /* QEMU has its own copy (or none: failed) */
+	if (rc) {
+		char q[600];
+		if (sv[0] >= 0)
+			close(sv[0]);
+		lm_log_error(MOD, "stream_open: QEMU did not take the incoming stream", "vm=%s "
+			     "err=%d why=%s", vm->name, -rc, lm_log_quote(q, sizeof(q), err));
+		return rc;
+	}
+	pthread_mutex_lock(&vm->mu);
+	vm->stream_fd = sv[0];
+	pthread_mutex_unlock(&vm->mu);
+	lm_log_info(MOD, "incoming stream opened", "vm=%s on_link=%d", vm->name, (int)on_link);
+	return on_link ? 0 : sv[0];
+}
+
 /* Thread: transfer. Source: set QEMU's parameters, start its outgoing
- * migration into a new socketpair, return the end it does not write.
- * Destination: the end of the socketpair QEMU reads from since create. */
+ * migration on the link or into a new socketpair (the end it does not
+ * write returned). Destination: stream_open_incoming. */
 static int qemu_stream_open(lm_vm_t *vm, const lm_vmm_stream_params_t *p)
 {
 	pthread_mutex_lock(&vm->mu);
 	bool started = vm->started, gone = vm->terminated;
-	int fd = vm->stream_fd;
-	if (vm->incoming && fd >= 0 && !gone)
-		vm->in_opened = true;
 	pthread_mutex_unlock(&vm->mu);
 	if (gone) {
 		lm_log_error(MOD, "stream_open refused: terminated", "vm=%s", vm->name);
 		return -ESRCH;
 	}
-	if (vm->incoming) {
-		if (fd < 0) {
-			lm_log_error(MOD, "stream_open refused: the incoming stream was aborted",
-				     "vm=%s", vm->name);
-			return -EBADF;
-		}
-		return fd;
-	}
+	if (vm->incoming)
+		return stream_open_incoming(vm, p);
 	if (!started) {
 		lm_log_error(MOD, "stream_open refused: the guest was never started", "vm=%s",
 			     vm->name);
@@ -1076,8 +1105,9 @@ static int qemu_stream_open(lm_vm_t *vm, const lm_vmm_stream_params_t *p)
 		lm_log_error(MOD, "stream_open: no QEMU status", "vm=%s err=%d", vm->name, -rc);
 		return rc;
 	}
-	int sv[2];
-	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+	bool on_link = p->on_link;
+	int sv[2] = {-1, -1};
+	if (!on_link && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
 		rc = -errno;
 		lm_log_error(MOD, "stream_open: socketpair failed", "vm=%s err=%d", vm->name, -rc);
 		return rc;
@@ -1085,11 +1115,13 @@ static int qemu_stream_open(lm_vm_t *vm, const lm_vmm_stream_params_t *p)
 	atomic_store(&vm->blackout, false);
 	atomic_store(&vm->blackout_ns, 0);
 	memset(&vm->last, 0, sizeof(vm->last));
-	rc = lm_qemu_migrate_start(vm->q, sv[0], OP_MS, err, sizeof(err));
-	close(sv[0]);   /* QEMU has its own copy: its close is the engine's EOF */
+	rc = lm_qemu_migrate_start(vm->q, on_link ? p->link_fd : sv[0], OP_MS, err, sizeof(err));
+	if (sv[0] >= 0)
+		close(sv[0]);   /* QEMU has its own copy: its close is the engine's EOF */
 	if (rc) {
 		char q[600];
-		close(sv[1]);
+		if (sv[1] >= 0)
+			close(sv[1]);
 		lm_log_error(MOD, "stream_open: QEMU did not start its migration", "vm=%s err=%d "
 			     "why=%s", vm->name, -rc, lm_log_quote(q, sizeof(q), err));
 		return rc;
@@ -1097,16 +1129,17 @@ static int qemu_stream_open(lm_vm_t *vm, const lm_vmm_stream_params_t *p)
 	pthread_mutex_lock(&vm->mu);
 	if (vm->stream_fd >= 0)
 		close(vm->stream_fd);   /* the previous stream's */
-	vm->stream_fd = sv[1];
+	vm->stream_fd = sv[1];      /* -1 on the link: the engine's own socket */
 	vm->out_opened = true;
 	vm->was_running = st.running;
 	vm->one_pass = one_pass;
 	pthread_mutex_unlock(&vm->mu);
 	lm_log_info(MOD, "outgoing stream opened", "vm=%s downtime_ms=%u max_bandwidth=%" PRIu64
-		    " auto_converge=%d throttle=%u+%u was_running=%d tcg_one_pass=%d", vm->name,
-		    p->downtime_ms, p->max_bandwidth, (int)p->auto_converge, p->throttle_initial,
-		    p->throttle_increment, (int)st.running, (int)one_pass);
-	return sv[1];
+		    " auto_converge=%d throttle=%u+%u was_running=%d tcg_one_pass=%d on_link=%d",
+		    vm->name, p->downtime_ms, p->max_bandwidth, (int)p->auto_converge,
+		    p->throttle_initial, p->throttle_increment, (int)st.running, (int)one_pass,
+		    (int)on_link);
+	return on_link ? 0 : sv[1];
 }
 
 static enum lm_vmm_stream_state map_state(enum lm_qemu_mig_status s)
@@ -1135,6 +1168,58 @@ static int blackout_answer(lm_vm_t *vm, lm_vmm_stream_status_t *out)
 	return 0;
 }
 
+/* The CPU time QEMU has used so far (/proc/PID/stat utime + stime), 0 when
+ * unknown. QEMU reports no progress of an incoming stream, and it reads
+ * it with recvmsg, which no byte counter of /proc shows; a destination
+ * that loads spends CPU, one that waits for a stream that stopped spends
+ * next to none (a QMP answer now and then). This is how a destination
+ * whose VMM reads the link itself sees the stream move. */
+static uint64_t qemu_cpu_ns(lm_vm_t *vm)
+{
+	char path[64], buf[512];
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)lm_qemu_vm_pid(vm->q));
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return 0;
+	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = 0;
+	const char *p = strrchr(buf, ')');   /* the name may hold spaces */
+	unsigned long long ut, st;
+	if (!p || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+			 &ut, &st) != 2)
+		return 0;
+	long hz = sysconf(_SC_CLK_TCK);
+	return (ut + st) * (1000000000ull / (uint64_t)(hz > 0 ? hz : 100));
+}
+
+/* A destination's status from QEMU's MIGRATION events, without asking
+ * QEMU (the engine asks every few ms while the VMM reads the link itself,
+ * to see its stream complete at once): true with *out filled, false when
+ * it is time to ask (a final status, whose error only query-migrate
+ * gives, or IN_QUERY_MS since the last query: an event we could have
+ * missed is never missed for long). */
+static bool incoming_answer(lm_vm_t *vm, lm_vmm_stream_status_t *out)
+{
+	enum lm_qemu_mig_status s = lm_qemu_migrate_status(vm->q);
+	uint64_t now = lm_now_ns();
+	if (!mig_in_flight(s) || now - vm->in_query_ns >= IN_QUERY_MS * 1000000ull) {
+		vm->in_query_ns = now;
+		return false;
+	}
+	lm_qemu_exit_t ex;
+	if (lm_qemu_vm_wait_exit(vm->q, 0, &ex) == 0)
+		return false;           /* query-migrate says how it ended */
+	if (now - vm->in_cpu_at >= IN_CPU_MS * 1000000ull) {
+		vm->in_cpu_ns = qemu_cpu_ns(vm);
+		vm->in_cpu_at = now;
+	}
+	out->state = LM_VS_ACTIVE;
+	out->total_bytes = (uint64_t)vm->memory_mib * MiB;
+	out->busy_ns = vm->in_cpu_ns;
+	return true;
+}
+
 /* Thread: transfer. One query-migrate (plus, on a source in flight whose
  * blackout we have not seen yet, one query-status); none during the
  * source's blackout (blackout_answer). Under TCG a source whose QEMU
@@ -1158,6 +1243,8 @@ static int qemu_stream_status(lm_vm_t *vm, lm_vmm_stream_status_t *out)
 	if (!vm->incoming && atomic_load(&vm->blackout) &&
 	    mig_in_flight(lm_qemu_migrate_status(vm->q)))
 		return blackout_answer(vm, out);
+	if (vm->incoming && incoming_answer(vm, out))
+		return 0;
 	lm_qemu_migration_info_t mi;
 	int rc = lm_qemu_migrate_query(vm->q, &mi, STATUS_MS);
 	if (rc == -ETIMEDOUT && !vm->incoming && atomic_load(&vm->blackout))
@@ -1186,6 +1273,7 @@ static int qemu_stream_status(lm_vm_t *vm, lm_vmm_stream_status_t *out)
 		if (mi.status == LM_QEMU_MIG_SETUP && !opened)
 			out->state = LM_VS_IDLE;
 		out->total_bytes = (uint64_t)vm->memory_mib * MiB;
+		out->busy_ns = qemu_cpu_ns(vm);
 		return 0;
 	}
 	out->total_bytes = mi.ram_total;
@@ -1314,6 +1402,7 @@ const lm_backend_ops_t lm_hcs_qemu_ops = {
 	.stream_open = qemu_stream_open,
 	.stream_status = qemu_stream_status,
 	.stream_abort = qemu_stream_abort,
+	.stream_on_link = true,
 };
 
 lm_qemu_vm_t *lm_hcs_qemu_vm(lm_vm_t *vm)

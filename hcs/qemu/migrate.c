@@ -21,6 +21,7 @@
 
 #define MOD "qemu"
 #define MIG_FDNAME "lm-migrate"
+#define INCOMING_FDNAME "lm-incoming"
 #define POLL_MS 500
 
 static const char *const mig_names[] = {
@@ -200,6 +201,39 @@ int lm_qemu_migrate_start(lm_qemu_vm_t *vm, int fd, unsigned timeout_ms, char *e
 		return rc;
 	}
 	lm_log_info(MOD, "migration started", "vm=%s", vm->name);
+	return 0;
+}
+
+int lm_qemu_migrate_incoming(lm_qemu_vm_t *vm, int fd, unsigned timeout_ms, char *errbuf,
+			     size_t errlen)
+{
+	if (fd < 0) {
+		if (errbuf && errlen)
+			snprintf(errbuf, errlen, "no socket");
+		return -EINVAL;
+	}
+	pthread_mutex_lock(&vm->mu);
+	int rc = !vm->incoming ? -EPERM : vm->mig_status != LM_QEMU_MIG_NONE ? -EBUSY : 0;
+	if (!rc)
+		lm__mig_status_from_event(vm, LM_QEMU_MIG_SETUP);
+	pthread_mutex_unlock(&vm->mu);
+	if (rc) {
+		if (errbuf && errlen)
+			snprintf(errbuf, errlen, "%s", rc == -EPERM ? "not a migration destination"
+				 : "its incoming stream already started");
+		return rc;
+	}
+	rc = lm__vm_exec(vm, "getfd", json_pack("{s:s}", "fdname", INCOMING_FDNAME), fd,
+			 timeout_ms, NULL, errbuf, errlen);
+	if (!rc)
+		rc = lm__vm_exec(vm, "migrate-incoming",
+				 json_pack("{s:s}", "uri", "fd:" INCOMING_FDNAME), -1, timeout_ms,
+				 NULL, errbuf, errlen);
+	if (rc) {
+		lm_log_error(MOD, "incoming migration did not start", "vm=%s err=%d", vm->name, -rc);
+		return rc;       /* the status stays setup: the VM is destroyed next */
+	}
+	lm_log_info(MOD, "incoming migration started", "vm=%s", vm->name);
 	return 0;
 }
 

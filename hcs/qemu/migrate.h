@@ -68,6 +68,14 @@ int lm_qemu_migrate_set(lm_qemu_vm_t *vm, const lm_qemu_migrate_params_t *p,
 int lm_qemu_migrate_start(lm_qemu_vm_t *vm, int fd, unsigned timeout_ms,
 			  char *errbuf, size_t errlen);
 
+/* Thread: any but the loop's. Destination launched with incoming_later:
+ * gives QEMU `fd` (a connected stream socket; QEMU gets its own copy, as
+ * for lm_qemu_migrate_start) with "getfd" and starts reading its incoming
+ * stream from it ("migrate-incoming fd:NAME"). -EPERM on a VM that is not
+ * a waiting destination, -EBUSY if its incoming stream already started. */
+int lm_qemu_migrate_incoming(lm_qemu_vm_t *vm, int fd, unsigned timeout_ms,
+			     char *errbuf, size_t errlen);
+
 /* query-migrate, parsed. Fields QEMU did not report are 0 (-1 for times). */
 typedef struct lm_qemu_migration_info {
 	enum lm_qemu_mig_status status;

@@ -1104,7 +1104,7 @@ int lm_qemu_vm_launch(lm_qemu_vm_t **out, const lm_qemu_vm_config_t *cfg, char *
 		return rc;
 	}
 	uint64_t t0 = lm_now_ns();
-	bool incoming = cfg->incoming_fd >= 0;
+	bool incoming = cfg->incoming_fd >= 0 || cfg->incoming_later;
 	char why[160];
 	enum lm_qemu_accel accel = lm_qemu_accel_decide(cfg, why, sizeof(why));
 
@@ -1158,7 +1158,7 @@ int lm_qemu_vm_launch(lm_qemu_vm_t **out, const lm_qemu_vm_config_t *cfg, char *
 	po[0] = pe[0] = -1;
 	struct spawn sp = {.vm = vm, .path = qemu, .argv = av.v, .envp = (char **)qemu_env,
 			   .src = {devnull, po[1], pe[1], qsv[1], cfg->incoming_fd},
-			   .n = incoming ? 5 : 4, .pidfd = -1};
+			   .n = cfg->incoming_fd >= 0 ? 5 : 4, .pidfd = -1};
 	rc = lm_qemu_loop_call(vm->loop, spawn_on_loop, &sp);
 	if (!rc)
 		rc = sp.err;
@@ -1211,7 +1211,7 @@ int lm_qemu_vm_launch(lm_qemu_vm_t **out, const lm_qemu_vm_config_t *cfg, char *
 			 sizeof(e));
 	if (!rc && incoming && cfg->incoming_params)
 		rc = lm_qemu_migrate_set(vm, cfg->incoming_params, SETUP_TIMEOUT_MS, e, sizeof(e));
-	if (!rc && incoming) {
+	if (!rc && cfg->incoming_fd >= 0) {
 		pthread_mutex_lock(&vm->mu);
 		lm__mig_status_from_event(vm, LM_QEMU_MIG_SETUP);
 		pthread_mutex_unlock(&vm->mu);

@@ -119,6 +119,9 @@ typedef struct lm_qemu_vm_config {
 				   socket (QEMU gets its own copy; the caller
 				   keeps and closes its fd); -1: none.
 				   Note: 0 is a valid fd, so set -1. */
+	bool incoming_later;    /* with incoming_fd -1: a migration
+				   destination whose stream comes later,
+				   through lm_qemu_migrate_incoming */
 	const lm_qemu_migrate_params_t *incoming_params; /* applied before the
 				   incoming stream is accepted (capabilities
 				   that must match the source), NULL none */

@@ -203,9 +203,65 @@ static int send_vmm(struct lm__xfer *x, const uint8_t *buf, size_t n)
 
 /* ------------------------------------------------------------- source */
 
+/* The VMM's stream is whole and the guest stopped (tb0: since when): END,
+ * the destination's ACK, and the figures. From here a failure resumes the
+ * guest through stream_abort (the engine's caller). */
+static int src_finish(struct lm__xfer *x, uint64_t tb0, const lm_vmm_stream_status_t *vs,
+		      char *why, size_t whylen, enum lm__xfer_result *res)
+{
+	x->paused_by_us = true;
+	x->pages_remaining = 0;
+	int rc;
+	if (atomic_load(&x->cancel)) {
+		rc = -ECANCELED;     /* last chance: END has not left */
+		goto io_fail;
+	}
+	if ((rc = LM_FAULT("transfer.state")) < 0) {
+		snprintf(why, whylen, "finishing the VMM's stream failed (fault): %s", strerror(-rc));
+		lm__xf_send_abort(x, rc, LM_XF_ABORT_FAILED, why);
+		return rc;
+	}
+	lm_xf_end_t end = { 0, x->st.bytes_sent };
+	x->end_sent = true;   /* from here the destination may be complete */
+	if ((rc = lm__xf_send_rec(x, LM_XF_END, 0, &end, sizeof(end))) < 0)
+		goto io_fail;
+	rc = lm__xf_await_ack(x, why, whylen, res);
+	if (rc == -EAGAIN)
+		goto io_fail;      /* an I/O failure: rc in x->io_rc */
+	if (rc < 0)
+		return rc;
+	x->deadline_ns = 0;
+	uint64_t tb1 = lm_now_ns();
+	x->st.blackout_ns = tb1 - tb0;
+	x->st.total_ns = tb1 - x->t_go;
+	lm__xf_emit(x, LM_XEV_PROGRESS, NULL);   /* the final figures (bytes, passes) */
+	lm__xf_emit(x, LM_XEV_OFFLINE_DONE, NULL);
+	lm__xfer_event_t ev;
+	memset(&ev, 0, sizeof(ev));
+	ev.blackout_ns = tb1 - tb0;
+	ev.blackout_stop_wall_ns = lm_wall_ns();
+	lm__xf_emit(x, LM_XEV_BLACKOUT_EXITED, &ev);
+	lm_log_info(MOD, "vmm stream done", "side=source session_id_hash=%u bytes=%llu passes=%u "
+		    "vmm_downtime_ms=%llu on_link=%d", x->o.session_id,
+		    (unsigned long long)x->st.bytes_sent, x->pass,
+		    (unsigned long long)vs->downtime_ms, (int)x->vmm_link);
+	return 0;
+io_fail:
+	lm_log_warn(MOD, "vmm stream failed after its end", "side=source session_id_hash=%u rc=%d "
+		    "end_sent=%d bytes=%llu", x->o.session_id, rc, x->end_sent,
+		    (unsigned long long)x->st.bytes_sent);
+	if (rc == -EAGAIN)
+		rc = x->io_rc;
+	return lm__xf_src_io_fail(x, rc, why, whylen, res);
+}
+
+static int src_vmm_link(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_result *res);
+
 int lm__xf_src_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_result *res)
 {
 	*res = LM_XR_SOURCE_FAILED;
+	if (x->vmm_link)
+		return src_vmm_link(x, why, whylen, res);
 	lm_vmm_stream_params_t p = {
 		.downtime_ms = x->o.target_blackout_ms,
 		.auto_converge = !x->o.skip_throttling,
@@ -369,43 +425,7 @@ int lm__xf_src_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_r
 	free(buf);
 	buf = NULL;
 	poller_stop(&pl);
-	/* completed: the VMM keeps the guest stopped; from here a failure
-	 * resumes it through stream_abort */
-	x->paused_by_us = true;
-	x->pages_remaining = 0;
-	if (atomic_load(&x->cancel)) {
-		rc = -ECANCELED;     /* last chance: END has not left */
-		goto io_fail;
-	}
-	if ((rc = LM_FAULT("transfer.state")) < 0) {
-		snprintf(why, whylen, "finishing the VMM's stream failed (fault): %s", strerror(-rc));
-		lm__xf_send_abort(x, rc, LM_XF_ABORT_FAILED, why);
-		return rc;
-	}
-	lm_xf_end_t end = { 0, x->st.bytes_sent };
-	x->end_sent = true;   /* from here the destination may be complete */
-	if ((rc = lm__xf_send_rec(x, LM_XF_END, 0, &end, sizeof(end))) < 0)
-		goto io_fail;
-	rc = lm__xf_await_ack(x, why, whylen, res);
-	if (rc == -EAGAIN)
-		goto io_fail;      /* an I/O failure: rc in x->io_rc */
-	if (rc < 0)
-		return rc;
-	x->deadline_ns = 0;
-	uint64_t tb1 = lm_now_ns();
-	x->st.blackout_ns = tb1 - tb0;
-	x->st.total_ns = tb1 - x->t_go;
-	lm__xf_emit(x, LM_XEV_PROGRESS, NULL);   /* the final figures (bytes, passes) */
-	lm__xf_emit(x, LM_XEV_OFFLINE_DONE, NULL);
-	lm__xfer_event_t ev;
-	memset(&ev, 0, sizeof(ev));
-	ev.blackout_ns = tb1 - tb0;
-	ev.blackout_stop_wall_ns = lm_wall_ns();
-	lm__xf_emit(x, LM_XEV_BLACKOUT_EXITED, &ev);
-	lm_log_info(MOD, "vmm stream done", "side=source session_id_hash=%u bytes=%llu passes=%u vmm_downtime_ms=%llu",
-		    x->o.session_id, (unsigned long long)x->st.bytes_sent, x->pass,
-		    (unsigned long long)vs.downtime_ms);
-	return 0;
+	return src_finish(x, tb0, &vs, why, whylen, res);
 
 io_fail:
 	/* where the stream stood (CI once saw a second hop under TCG run out
@@ -520,9 +540,13 @@ static int wait_loaded(struct lm__xfer *x, char *why, size_t whylen, enum lm__xf
 	}
 }
 
+static int dst_vmm_link(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_result *res);
+
 int lm__xf_dst_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_result *res)
 {
 	*res = LM_XR_DEST_FAILED;
+	if (x->vmm_link)
+		return dst_vmm_link(x, why, whylen, res);
 	int vfd = x->ops->stream_open(x->vm, NULL);
 	if (vfd < 0) {
 		snprintf(why, whylen, "the destination's VMM is not waiting for a stream: %s", strerror(-vfd));
@@ -609,4 +633,286 @@ int lm__xf_dst_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_r
 		*res = LM_XR_CANCELLED;
 	free(buf);
 	return rc;
+}
+
+/* ------------------------------------------------- the VMM on the link */
+
+/* With vmm_link (both sides agreed in the handshake: xfer.c,
+ * lm__xf_link_lendable) the VMMs speak on the link themselves: the source
+ * sends VMM_LINK and hands its VMM a copy of the link, the destination
+ * hands its VMM the link on reading VMM_LINK; the stream goes from one
+ * VMM to the other with no hop through us. While the source's VMM writes,
+ * nothing of ours may go src->dst (at_boundary stays false: no keepalive,
+ * no ABORT); the other way is ours all along (keepalives, ABORT,
+ * VMM_LOADED). The destination's engine never reads the link while its
+ * VMM does, and the source writes nothing after the VMM's stream until
+ * VMM_LOADED, so neither reads the other's bytes. After VMM_LOADED the
+ * link is ours again: END, ACK and the handover as for a carried stream.
+ * hcs/PROTOCOL.md, "The VMM on the link". */
+
+#define LINK_POLL_MS 2          /* destination: its VMM's status, this often */
+#define LINK_BUSY_NS 30000000ull /* destination: the CPU time its VMM must
+				       spend in stall_ms not to be stalled */
+
+/* Source, while its VMM writes the link: what the destination said. 1 when
+ * VMM_LOADED came, 0 for nothing more now (keepalives consumed), < 0 when
+ * it aborted or left. */
+static int src_link_heard(struct lm__xfer *x)
+{
+	for (;;) {
+		lm_xf_rec_t h;
+		ssize_t r = lm__xf_link_recv(x, &h, sizeof(h), true);
+		if (r != (ssize_t)sizeof(h) ||
+		    !((h.type == LM_XF_KEEPALIVE || h.type == LM_XF_VMM_LOADED) && h.len == 0))
+			return peer_said(x);   /* nothing, part of a header, an ABORT, EOF */
+		if (lm__xf_link_recv(x, &h, sizeof(h), false) != (ssize_t)sizeof(h))
+			return peer_said(x);
+		x->last_rx_ns = lm_now_ns();
+		if (h.type == LM_XF_VMM_LOADED)
+			return 1;
+	}
+}
+
+/* The destination's VMM loaded the whole stream, so the source's wrote
+ * all of it: the link is ours again (the VMM may have made it blocking:
+ * our calls do not rely on the flag, but put it back). */
+static void link_back(struct lm__xfer *x, bool *loaded)
+{
+	*loaded = true;
+	x->at_boundary = true;
+	set_nonblock(x->sock);
+}
+
+static int src_vmm_link(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_result *res)
+{
+	lm_vmm_stream_params_t p = {
+		.downtime_ms = x->o.target_blackout_ms,
+		.auto_converge = !x->o.skip_throttling,
+		.throttle_initial = (unsigned)x->o.throttling_scale,
+		.throttle_increment = (unsigned)x->o.throttling_scale,
+		.on_link = true,
+		.link_fd = x->sock,
+	};
+	/* the marker, then the VMM's stream from the next byte */
+	int rc = lm__xf_send_rec(x, LM_XF_VMM_LINK, 0, NULL, 0);
+	if (rc < 0)
+		return lm__xf_src_io_fail(x, rc, why, whylen, res);
+	x->at_boundary = false;      /* lent: nothing of ours goes out */
+	lm__xf_size_link_default(x->sock);
+	rc = x->ops->stream_open(x->vm, &p);
+	if (rc < 0) {
+		/* the destination's VMM waits for a stream that never comes:
+		 * the link's shutdown (our caller) ends it there */
+		snprintf(why, whylen, "the VMM did not start its migration: %s", strerror(-rc));
+		return rc;
+	}
+	x->vmm_started = true;
+	x->pass = 1;
+	lm__xf_emit(x, LM_XEV_PROGRESS, NULL);
+	bool loaded = false, blackout = false, completed = false;
+	uint64_t tb0 = 0;
+	lm_vmm_stream_status_t vs;
+	memset(&vs, 0, sizeof(vs));
+	struct poller pl;
+	if ((rc = poller_start(&pl, x)) < 0) {
+		snprintf(why, whylen, "cannot start the VMM status thread");
+		return rc;
+	}
+	while (!(loaded && completed)) {
+		if (atomic_load(&x->cancel)) {
+			rc = -ECANCELED;
+			goto io_fail;
+		}
+		uint64_t now = lm_now_ns();
+		if (x->deadline_ns && now >= x->deadline_ns) {
+			x->deadline_hit = true;
+			rc = -ETIME;
+			goto io_fail;
+		}
+		if (x->o.stall_ms && now - x->last_rx_ns > ms_ns(x->o.stall_ms)) {
+			/* the destination keeps speaking while its VMM reads */
+			if ((rc = src_link_heard(x)) < 0)
+				goto io_fail;
+			if (rc == 1)
+				link_back(x, &loaded);
+			if (lm_now_ns() - x->last_rx_ns > ms_ns(x->o.stall_ms)) {
+				x->stalled = true;
+				rc = -ETIMEDOUT;
+				goto io_fail;
+			}
+		}
+		int src;
+		if (poller_take(&pl, &vs, &src)) {
+			if ((rc = src) < 0) {
+				snprintf(why, whylen, "the VMM's migration status is unavailable: %s", strerror(-rc));
+				goto fail;
+			}
+			take_status(x, &vs);
+			x->st.bytes_sent = vs.transferred;
+			if (vs.state == LM_VS_FAILED || vs.state == LM_VS_CANCELLED) {
+				snprintf(why, whylen, "the VMM's migration %s: %s", vs_name(vs.state),
+					 vs.error[0] ? vs.error : "no reason given");
+				rc = -EIO;
+				goto fail;
+			}
+			completed = vs.state == LM_VS_COMPLETED;
+			if ((vs.blackout || completed) && !blackout) {
+				blackout = true;
+				tb0 = vs.blackout_ns && vs.blackout_ns <= now ? vs.blackout_ns : now;
+				x->deadline_ns = tb0 + ms_ns(lm__xfer_blackout_bound_ms(&x->o));
+				lm__xf_emit(x, LM_XEV_BLACKOUT_STARTED, NULL);
+				if ((rc = LM_FAULT("transfer.blackout")) < 0) {
+					snprintf(why, whylen, "blackout failed (fault): %s", strerror(-rc));
+					goto fail;
+				}
+			}
+			lm__xf_maybe_progress(x);
+		}
+		if (loaded && completed)
+			break;
+		if (loaded)   /* the destination waits for END: it hears we are here */
+			lm__xf_maybe_keepalive(x);
+		struct pollfd q[2] = { { x->sock, POLLIN | POLLRDHUP, 0 }, { x->wakefd, POLLIN, 0 } };
+		int n = lm__xf_link_poll(x, q, 2, 0, completed ? BLACKOUT_STATUS_MS : STATUS_MS);
+		if (n < 0 && errno != EINTR) {
+			rc = -errno;
+			goto io_fail;
+		}
+		if (q[1].revents) {
+			uint64_t v;
+			if (read(x->wakefd, &v, sizeof(v)) < 0) { /* drained */ }
+		}
+		if (q[0].revents) {
+			if ((rc = src_link_heard(x)) < 0)
+				goto io_fail;
+			if (rc == 1) {
+				link_back(x, &loaded);
+				poller_kick(&pl);   /* its completion is the next answer */
+			}
+		}
+	}
+	poller_stop(&pl);
+	return src_finish(x, tb0, &vs, why, whylen, res);
+
+io_fail:
+	lm_log_warn(MOD, "vmm stream on the link failed", "side=source session_id_hash=%u rc=%d "
+		    "vmm_completed=%d dest_loaded=%d vmm_state=%d bytes=%llu", x->o.session_id, rc,
+		    completed, loaded, (int)vs.state, (unsigned long long)x->st.bytes_sent);
+	poller_stop(&pl);
+	return lm__xf_src_io_fail(x, rc, why, whylen, res);
+fail:
+	poller_stop(&pl);
+	return rc;      /* no ABORT: the link is the VMM's; its shutdown ends the stream */
+}
+
+static int dst_vmm_link(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_result *res)
+{
+	lm_xf_rec_t h;
+	int rc = LM_FAULT("transfer.recv");
+	if (rc < 0) {
+		snprintf(why, whylen, "destination receive failed (fault): %s", strerror(-rc));
+		return rc;
+	}
+	if ((rc = lm__xf_recv_hdr(x, &h)) < 0) {
+		lm__xf_recv_why(x, rc, why, whylen);
+		return rc;
+	}
+	if (h.type == LM_XF_ABORT && h.len == sizeof(lm_xf_abort_t))
+		return lm__xf_dst_abort(x, why, whylen, res);
+	if (h.type != LM_XF_VMM_LINK || h.len != 0) {
+		snprintf(why, whylen, "protocol error: record type %u length %llu where the VMM's "
+			 "stream on the link begins", h.type, (unsigned long long)h.len);
+		return -EPROTO;
+	}
+	lm_vmm_stream_params_t p = { .on_link = true, .link_fd = x->sock };
+	lm__xf_size_link_default(x->sock);
+	if ((rc = x->ops->stream_open(x->vm, &p)) < 0) {
+		snprintf(why, whylen, "the destination's VMM did not take the stream: %s", strerror(-rc));
+		return rc;
+	}
+	x->vmm_started = true;
+	x->pass = 1;
+	/* Until its VMM loaded the stream. The source says nothing meanwhile,
+	 * so a source that stopped is seen from here as a VMM that does
+	 * nothing for stall_ms: it spends next to no CPU (a source that
+	 * closed ends the VMM's stream, and its failure says so). */
+	uint64_t busy = 0, moved_ns = lm_now_ns();
+	for (;;) {
+		if (atomic_load(&x->cancel)) {
+			snprintf(why, whylen, "migration cancelled on the destination");
+			*res = LM_XR_CANCELLED;
+			return -ECANCELED;
+		}
+		lm_vmm_stream_status_t vs;
+		memset(&vs, 0, sizeof(vs));
+		if ((rc = x->ops->stream_status(x->vm, &vs)) < 0) {
+			snprintf(why, whylen, "the destination's VMM status is unavailable: %s", strerror(-rc));
+			return rc;
+		}
+		if (vs.state == LM_VS_COMPLETED)
+			break;
+		if (vs.state == LM_VS_FAILED || vs.state == LM_VS_CANCELLED) {
+			snprintf(why, whylen, "the destination's VMM could not load the stream: %s",
+				 vs.error[0] ? vs.error : vs_name(vs.state));
+			return -EIO;
+		}
+		uint64_t now = lm_now_ns();
+		if (!vs.busy_ns || vs.busy_ns >= busy + LINK_BUSY_NS) {
+			/* (0: the backend cannot tell; the source's close and the
+			 * VMM's own failure still end it) */
+			busy = vs.busy_ns;
+			moved_ns = now;
+		} else if (x->o.stall_ms && now - moved_ns > ms_ns(x->o.stall_ms)) {
+			x->stalled = true;
+			snprintf(why, whylen, "the source's stream stopped: the destination's VMM had "
+				 "nothing to load for %u ms", x->o.stall_ms);
+			return -ETIMEDOUT;
+		}
+		lm__xf_maybe_keepalive(x);
+		/* the link is its VMM's to read; a hangup is ours to see: a
+		 * source that gave up shuts the link (it never does while
+		 * its VMM's stream is under way), and no END will come */
+		struct pollfd q[2] = { { x->wakefd, POLLIN, 0 }, { x->sock, POLLRDHUP, 0 } };
+		if (poll(q, 2, LINK_POLL_MS) > 0) {
+			uint64_t v;
+			if (q[0].revents && read(x->wakefd, &v, sizeof(v)) < 0) { /* drained */ }
+			if (q[1].revents & (POLLRDHUP | POLLHUP | POLLERR)) {
+				x->peer_gone = true;
+				x->peer_eof = true;
+				snprintf(why, whylen, "the source closed the link during the VMM's stream");
+				*res = LM_XR_SOURCE_FAILED;
+				return -EPIPE;
+			}
+		}
+	}
+	/* loaded, not running: the blackout is under way on the source */
+	if (!x->paused_by_us) {
+		x->paused_by_us = true;
+		lm__xf_emit(x, LM_XEV_BLACKOUT_STARTED, NULL);
+	}
+	if ((rc = lm__xf_send_rec(x, LM_XF_VMM_LOADED, 0, NULL, 0)) < 0) {
+		lm__xf_recv_why(x, rc, why, whylen);
+		return rc;
+	}
+	/* the link is ours again: the source's END (or ABORT) */
+	if ((rc = lm__xf_recv_hdr(x, &h)) < 0) {
+		lm__xf_recv_why(x, rc, why, whylen);
+		return rc;
+	}
+	if (h.type == LM_XF_ABORT && h.len == sizeof(lm_xf_abort_t))
+		return lm__xf_dst_abort(x, why, whylen, res);
+	lm_xf_end_t e;
+	if (h.type != LM_XF_END || h.len != sizeof(e)) {
+		snprintf(why, whylen, "protocol error: record type %u length %llu after the VMM's "
+			 "stream", h.type, (unsigned long long)h.len);
+		return -EPROTO;
+	}
+	if ((rc = lm__xf_recv_full(x, &e, sizeof(e))) < 0) {
+		snprintf(why, whylen, "truncated end record");
+		return rc;
+	}
+	rc = LM_FAULT("transfer.state");
+	if (rc < 0)
+		snprintf(why, whylen, "loading the VM state failed (fault): %s", strerror(-rc));
+	return lm__xf_dst_ack(x, rc, why, whylen);
 }

@@ -51,6 +51,9 @@ typedef struct lm__xfer_opts {
 					the guest (destination: taken from the hello) */
 	unsigned keepalive_ms;       /* idle sides send a KEEPALIVE this often (default 1000) */
 	unsigned stall_ms;           /* a peer silent this long has stalled (default 10000) */
+	bool vmm_carry;              /* a VMM's stream always travels in our records, never
+					on the link itself (PROTOCOL.md, "The VMM on the
+					link"); both sides must allow the link */
 	bool bound;                  /* the link is a TLS session: binding (its exported
 					keying material) travels in the hello, and a
 					destination takes only its own (PROTOCOL.md) */

@@ -85,6 +85,8 @@ struct lm__xfer {
 	bool vmm;                     /* the backend streams its VMM's own
 					 migration (backend.h): vmm.c */
 	bool vmm_started;             /* stream_open succeeded */
+	bool vmm_link;                /* both sides agreed: the VMMs speak on
+					 the link themselves (vmm.c) */
 	int io_rc;                    /* lm__xf_await_ack's I/O failure */
 	const lm_mem_region_t *reg;   /* backend's region array */
 	int nreg;
@@ -211,6 +213,8 @@ int lm__xf_src_io_fail(struct lm__xfer *x, int rc, char *why, size_t whylen, enu
 
 /* ---- vmm.c (engine thread): after go, in place of the pages ------------- */
 
+bool lm__xf_link_lendable(const struct lm__xfer *x);
+void lm__xf_size_link_default(int sock);
 int lm__xf_src_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_result *res);
 int lm__xf_dst_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_result *res);
 

@@ -32,6 +32,14 @@
 				     bytes of its exported keying material follow
 				     the compatibility data */
 #define LM_XF_BINDING_LEN 32u
+#define LM_XF_HELLO_VMM_LINK 0x20u /* with LM_XF_HELLO_VMM: the source may
+				     hand the link to its VMM for the stream
+				     (VMM_LINK .. VMM_LOADED, PROTOCOL.md);
+				     taken only if the answer's flags say so */
+
+/* hello_ack.flags */
+#define LM_XF_ACK_VMM_LINK 0x1u   /* the destination hands the link to its
+				     VMM too: the stream goes on the link */
 
 #define LM_XF_SECRET_LEN 32u      /* handover secrets; their SHA-256 is
 				     committed to in the handshake */
@@ -65,7 +73,7 @@ typedef struct lm_xf_region {
 typedef struct lm_xf_hello_ack {
 	uint32_t magic;
 	uint16_t version;
-	uint16_t reserved;
+	uint16_t flags;          /* LM_XF_ACK_*; 0 from a side that knows none */
 	int32_t status;
 	char reason[116];
 	uint8_t commit[32];      /* SHA-256 of the destination's release secret */
@@ -90,6 +98,13 @@ enum lm_xf_type {
 	LM_XF_BYE = 13,     /* src->dst, no payload: the handover is settled */
 	LM_XF_VMM = 14,     /* src->dst: the next bytes of the VMM's own
 			       migration stream (LM_XF_HELLO_VMM), 1..LM_XF_MAX_VMM */
+	LM_XF_VMM_LINK = 15,/* src->dst, no payload (LM_XF_ACK_VMM_LINK): the
+			       next bytes are the VMM's own stream, written on
+			       the link by the source's VMM, read by the
+			       destination's; nothing else goes src->dst until
+			       the destination's VMM_LOADED */
+	LM_XF_VMM_LOADED = 16, /* dst->src, no payload: the destination's VMM
+			       loaded the whole stream; the link is ours again */
 };
 
 typedef struct lm_xf_rec {

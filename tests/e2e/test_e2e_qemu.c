@@ -194,6 +194,15 @@ static void test_a_linux_guest_moves_and_runs_only_on_the_destination(void **sta
 	assert_int_equal(qemu_of(f->src.pid), 0);
 	/* the source has no compute system left */
 	assert_int_equal(props(&f->src, st, sizeof(st), &run), E2E_NOT_FOUND);
+	/* on a unix link the two QEMUs spoke on it themselves, and both
+	 * sides said so (hcs/PROTOCOL.md, "The VMM on the link") */
+	char *sl = e2e_slurp(f->src.log), *dl = e2e_slurp(f->dst.log);
+	assert_non_null(strstr(sl, "msg=\"outgoing stream opened\""));
+	assert_non_null(strstr(strstr(sl, "msg=\"outgoing stream opened\""), "on_link=1"));
+	assert_non_null(strstr(dl, "msg=\"incoming stream opened\""));
+	assert_non_null(strstr(strstr(dl, "msg=\"incoming stream opened\""), "on_link=1"));
+	free(sl);
+	free(dl);
 }
 
 static void test_cancel_mid_transfer_keeps_the_source_running(void **state)
