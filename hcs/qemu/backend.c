@@ -7,13 +7,16 @@
  * itself, so this backend has no regions, dirty log or state blob for the
  * engine (those ops return -ENOTSUP, as does set_throttle: QEMU throttles
  * with auto-converge): it migrates through the VMM's own stream instead
- * (stream_open / stream_status / stream_abort). The source's QEMU writes
- * its migration stream into one end of a socketpair and the engine reads
- * the other; the destination's QEMU was launched reading one end of a
- * socketpair (`-incoming defer` + migrate-incoming fd:), and the engine
- * writes the other. The engine carries those bytes in its own records, so
- * the handshake, keepalives, aborts and the handover are those of every
- * backend.
+ * (stream_open / stream_status / stream_abort). On a unix link the engine
+ * lends the link itself (stream_on_link): the source's QEMU writes its
+ * stream on a copy of it and the destination's reads it there. Otherwise
+ * the source's QEMU writes into one end of a socketpair and the engine
+ * reads the other, the destination's QEMU reads one end of a socketpair
+ * and the engine writes the other, and the engine carries those bytes in
+ * its own records. Either way the handshake, aborts and the handover are
+ * the engine's (hcs/PROTOCOL.md, "The VMM's stream", "The VMM on the
+ * link"). A destination is launched with `-incoming defer` and takes its
+ * stream at stream_open (migrate-incoming fd:).
  *
  * The document: the seam's memory size (a MiB multiple) and vCPU count,
  * and "VirtualMachine": {"Qemu": {...}} for the rest (Kernel, Initrd,

@@ -1,13 +1,14 @@
 /*
  * migrate.h: QEMU's own live migration, driven over QMP.
  *
- * The source gets a connected stream socket from us (in the shim, one end
- * of a socketpair whose other end our transfer thread carries inside our
- * framed stream): lm_qemu_migrate_start passes it to QEMU with "getfd"
- * (SCM_RIGHTS) and starts "migrate" to "fd:NAME". The destination was
- * launched with the other end (lm_qemu_vm_config_t.incoming_fd: QEMU
- * starts with -incoming defer, paused, and launch issues migrate-incoming
- * fd:4). Both sides report status changes as LM_QEMU_EV_MIGRATION events
+ * The source gets a connected stream socket from us (in the shim, the
+ * migration link itself, or one end of a socketpair whose other end our
+ * transfer thread carries inside our framed stream): lm_qemu_migrate_start
+ * passes it to QEMU with "getfd" (SCM_RIGHTS) and starts "migrate" to
+ * "fd:NAME". A destination launched with incoming_later (QEMU starts with
+ * -incoming defer, paused) gets its socket the same way from
+ * lm_qemu_migrate_incoming ("migrate-incoming" to "fd:NAME"); one launched
+ * with incoming_fd gets it at launch (migrate-incoming fd:4). Both sides report status changes as LM_QEMU_EV_MIGRATION events
  * (QEMU's "events" capability is always on), the source also each RAM
  * pass and, ours, LM_QEMU_EV_BLACKOUT_START when it stops the guest for
  * the last pass. When the destination's status is "completed" the guest

@@ -6,7 +6,9 @@
  * backend (hcs/PROTOCOL.md, "The VMM's stream"). The handshake before it
  * and the handover after it are the engine's usual ones (xfer.c,
  * handover.c): the destination's VMM holds a complete copy that runs only
- * with the source's grant.
+ * with the source's grant. On a plain unix link both sides may instead
+ * lend the link to their VMMs for the stream (the end of this file, "the
+ * VMM on the link"); what follows first is the stream carried.
  *
  * Source: stream_open starts the VMM's outgoing migration, which writes
  * into a socket we read; each read becomes a VMM record. The VMM's own
