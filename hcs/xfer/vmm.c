@@ -804,7 +804,10 @@ io_fail:
 	return lm__xf_src_io_fail(x, rc, why, whylen, res);
 fail:
 	poller_stop(&pl);
-	return rc;      /* no ABORT: the link is the VMM's; its shutdown ends the stream */
+	/* (no ABORT while the link is the VMM's: its shutdown by our caller
+	 * ends the stream there; send_abort says nothing then) */
+	lm__xf_send_abort(x, rc, LM_XF_ABORT_FAILED, why);
+	return rc;
 }
 
 static int dst_vmm_link(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_result *res)
@@ -871,6 +874,7 @@ static int dst_vmm_link(struct lm__xfer *x, char *why, size_t whylen, enum lm__x
 			return -ETIMEDOUT;
 		}
 		lm__xf_maybe_keepalive(x);
+		lm__xf_maybe_progress(x);
 		/* the link is its VMM's to read; a hangup is ours to see: a
 		 * source that gave up shuts the link (it never does while
 		 * its VMM's stream is under way), and no END will come */
