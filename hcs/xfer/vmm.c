@@ -205,6 +205,131 @@ static int send_vmm(struct lm__xfer *x, const uint8_t *buf, size_t n)
 
 /* ------------------------------------------------------------- source */
 
+/* Source, while it streams: what the destination said. 1 when VMM_LOADED
+ * came (the VMM on the link only), 0 for nothing more now (keepalives
+ * consumed), < 0 when it aborted or left. */
+static int src_heard(struct lm__xfer *x)
+{
+	for (;;) {
+		lm_xf_rec_t h;
+		ssize_t r = lm__xf_link_recv(x, &h, sizeof(h), true);
+		bool ours = h.type == LM_XF_KEEPALIVE || (h.type == LM_XF_VMM_LOADED && x->vmm_link);
+		if (r != (ssize_t)sizeof(h) || !ours || h.len != 0)
+			return peer_said(x);   /* nothing, part of a header, an ABORT, EOF */
+		if (lm__xf_link_recv(x, &h, sizeof(h), false) != (ssize_t)sizeof(h))
+			return peer_said(x);
+		x->last_rx_ns = lm_now_ns();
+		if (h.type == LM_XF_VMM_LOADED)
+			return 1;
+	}
+}
+
+/* The destination's VMM loaded the whole stream, so the source's wrote
+ * all of it: the link is ours again (the VMM may have made it blocking:
+ * our calls do not rely on the flag, but put it back). */
+static void link_back(struct lm__xfer *x, bool *loaded)
+{
+	*loaded = true;
+	x->at_boundary = true;
+	set_nonblock(x->sock);
+}
+
+/* The source's stall rule at each turn of its loop: the destination
+ * speaks while it takes the stream (what it said while this thread was
+ * busy elsewhere counts). 0, or < 0 to fail with (an I/O failure);
+ * *loaded when its VMM_LOADED came. */
+static int src_stall(struct lm__xfer *x, uint64_t now, bool *loaded)
+{
+	if (!x->o.stall_ms || now - x->last_rx_ns <= ms_ns(x->o.stall_ms))
+		return 0;
+	int rc = src_heard(x);
+	if (rc < 0)
+		return rc;
+	if (rc == 1)
+		link_back(x, loaded);
+	if (lm_now_ns() - x->last_rx_ns > ms_ns(x->o.stall_ms)) {
+		x->stalled = true;
+		return -ETIMEDOUT;
+	}
+	return 0;
+}
+
+/* The VMM's migration parameters from the engine's options. */
+static lm_vmm_stream_params_t src_params(const struct lm__xfer *x)
+{
+	return (lm_vmm_stream_params_t){
+		.downtime_ms = x->o.target_blackout_ms,
+		.auto_converge = !x->o.skip_throttling,
+		.throttle_initial = (unsigned)x->o.throttling_scale,
+		.throttle_increment = (unsigned)x->o.throttling_scale,
+	};
+}
+
+/* The source's bounds at each turn of its loop: a cancel, the blackout's
+ * deadline. 0 or the negative errno to fail with (an I/O failure). */
+static int src_bounds(struct lm__xfer *x, uint64_t now)
+{
+	if (atomic_load(&x->cancel))
+		return -ECANCELED;
+	if (x->deadline_ns && now >= x->deadline_ns) {
+		x->deadline_hit = true;
+		return -ETIME;
+	}
+	return 0;
+}
+
+/* Where the source's stream stands, from the poller's latest answer. */
+struct src_state {
+	bool blackout, completed;
+	uint64_t tb0;                 /* the guest's stop (lm_now_ns) */
+	uint64_t completed_ns;        /* when the VMM said completed */
+	lm_vmm_stream_status_t vs;
+};
+
+/* Takes a fresh status: progress, a failed VMM, the completion, and the
+ * start of the blackout (bounded from the guest's stop when the VMM told
+ * it, not from the poll that saw it, up to STATUS_MS later). 0, or < 0
+ * with `why` (*io: an I/O failure of the link, else the VMM's). */
+static int src_take(struct lm__xfer *x, struct src_state *ss, int src, uint64_t now,
+		    char *why, size_t whylen, bool *io)
+{
+	*io = false;
+	if (src < 0) {
+		snprintf(why, whylen, "the VMM's migration status is unavailable: %s", strerror(-src));
+		return src;
+	}
+	const lm_vmm_stream_status_t *vs = &ss->vs;
+	take_status(x, vs);
+	if (vs->state == LM_VS_FAILED || vs->state == LM_VS_CANCELLED) {
+		snprintf(why, whylen, "the VMM's migration %s: %s", vs_name(vs->state),
+			 vs->error[0] ? vs->error : "no reason given");
+		return -EIO;
+	}
+	ss->completed = vs->state == LM_VS_COMPLETED;
+	if (ss->completed && !ss->completed_ns)
+		ss->completed_ns = lm_now_ns();
+	if ((vs->blackout || ss->completed) && !ss->blackout) {
+		ss->blackout = true;
+		ss->tb0 = vs->blackout_ns && vs->blackout_ns <= now ? vs->blackout_ns : now;
+		x->deadline_ns = ss->tb0 + ms_ns(lm__xfer_blackout_bound_ms(&x->o));
+		lm__xf_emit(x, LM_XEV_BLACKOUT_STARTED, NULL);
+		int rc = LM_FAULT("transfer.blackout");
+		if (rc < 0) {
+			snprintf(why, whylen, "blackout failed (fault): %s", strerror(-rc));
+			return rc;
+		}
+		if (!x->vmm_link) {
+			/* carried: the destination hears of it from us */
+			lm_xf_pass_end_t pe = { 0, x->st.bytes_sent, x->pages_remaining, 1, 0 };
+			rc = lm__xf_send_rec(x, LM_XF_PASS_END, x->pass, &pe, sizeof(pe));
+			*io = rc < 0;
+			return rc;
+		}
+	}
+	return 0;
+}
+
+
 /* The VMM's stream is whole and the guest stopped (tb0: since when): END,
  * the destination's ACK, and the figures. From here a failure resumes the
  * guest through stream_abort (the engine's caller). */
@@ -264,12 +389,7 @@ int lm__xf_src_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_r
 	*res = LM_XR_SOURCE_FAILED;
 	if (x->vmm_link)
 		return src_vmm_link(x, why, whylen, res);
-	lm_vmm_stream_params_t p = {
-		.downtime_ms = x->o.target_blackout_ms,
-		.auto_converge = !x->o.skip_throttling,
-		.throttle_initial = (unsigned)x->o.throttling_scale,
-		.throttle_increment = (unsigned)x->o.throttling_scale,
-	};
+	lm_vmm_stream_params_t p = src_params(x);
 	int vfd = x->ops->stream_open(x->vm, &p);
 	if (vfd < 0) {
 		snprintf(why, whylen, "the VMM did not start its migration: %s", strerror(-vfd));
@@ -288,73 +408,28 @@ int lm__xf_src_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_r
 	}
 	x->pass = 1;
 	lm__xf_emit(x, LM_XEV_PROGRESS, NULL);
-	bool eof = false, blackout = false, completed = false;
-	uint64_t tb0 = 0, completed_ns = 0;
-	lm_vmm_stream_status_t vs;
-	memset(&vs, 0, sizeof(vs));
+	bool eof = false, loaded;      /* (never loaded: carried) */
+	struct src_state ss;
+	memset(&ss, 0, sizeof(ss));
 	struct poller pl;
 	if ((rc = poller_start(&pl, x)) < 0) {
 		free(buf);
 		snprintf(why, whylen, "cannot start the VMM status thread");
 		return rc;
 	}
-	while (!(eof && completed)) {
-		if (atomic_load(&x->cancel)) {
-			rc = -ECANCELED;
-			goto io_fail;
-		}
+	while (!(eof && ss.completed)) {
 		uint64_t now = lm_now_ns();
-		if (x->deadline_ns && now >= x->deadline_ns) {
-			x->deadline_hit = true;
-			rc = -ETIME;
+		if ((rc = src_bounds(x, now)) < 0 || (rc = src_stall(x, now, &loaded)) < 0)
 			goto io_fail;
-		}
-		if (x->o.stall_ms && now - x->last_rx_ns > ms_ns(x->o.stall_ms)) {
-			/* what the destination said while this thread was busy
-			 * elsewhere (its keepalives) counts */
-			if ((rc = peer_said(x)) < 0)
-				goto io_fail;
-			if (lm_now_ns() - x->last_rx_ns > ms_ns(x->o.stall_ms)) {
-				x->stalled = true;
-				rc = -ETIMEDOUT;
-				goto io_fail;
-			}
-		}
 		int src;
-		if (poller_take(&pl, &vs, &src)) {
-			if ((rc = src) < 0) {
-				snprintf(why, whylen, "the VMM's migration status is unavailable: %s", strerror(-rc));
-				goto fail;
-			}
-			take_status(x, &vs);
-			if (vs.state == LM_VS_FAILED || vs.state == LM_VS_CANCELLED) {
-				snprintf(why, whylen, "the VMM's migration %s: %s", vs_name(vs.state),
-					 vs.error[0] ? vs.error : "no reason given");
-				rc = -EIO;
-				goto fail;
-			}
-			completed = vs.state == LM_VS_COMPLETED;
-			if (completed && !completed_ns)
-				completed_ns = lm_now_ns();
-			if ((vs.blackout || completed) && !blackout) {
-				/* the VMM stopped the guest for its last pass: the
-				 * blackout, bounded from here like every backend's */
-				blackout = true;
-				/* from the guest's stop when the VMM told it, not
-				 * from the poll that saw it (up to STATUS_MS later) */
-				tb0 = vs.blackout_ns && vs.blackout_ns <= now ? vs.blackout_ns : now;
-				x->deadline_ns = tb0 + ms_ns(lm__xfer_blackout_bound_ms(&x->o));
-				lm__xf_emit(x, LM_XEV_BLACKOUT_STARTED, NULL);
-				if ((rc = LM_FAULT("transfer.blackout")) < 0) {
-					snprintf(why, whylen, "blackout failed (fault): %s", strerror(-rc));
-					goto fail;
-				}
-				lm_xf_pass_end_t pe = { 0, x->st.bytes_sent, x->pages_remaining, 1, 0 };
-				if ((rc = lm__xf_send_rec(x, LM_XF_PASS_END, x->pass, &pe, sizeof(pe))) < 0)
-					goto io_fail;
-			}
+		bool io;
+		if (poller_take(&pl, &ss.vs, &src) &&
+		    (rc = src_take(x, &ss, src, now, why, whylen, &io)) < 0) {
+			if (io)
+				goto io_fail;
+			goto fail;
 		}
-		if (completed && !eof && lm_now_ns() - completed_ns > ms_ns(EOF_GRACE_MS)) {
+		if (ss.completed && !eof && lm_now_ns() - ss.completed_ns > ms_ns(EOF_GRACE_MS)) {
 			/* The VMM wrote its whole stream before it said
 			 * completed (QEMU flushes, then sets the status), so
 			 * once its socket is drained the stream is whole even
@@ -427,14 +502,14 @@ int lm__xf_src_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_r
 	free(buf);
 	buf = NULL;
 	poller_stop(&pl);
-	return src_finish(x, tb0, &vs, why, whylen, res);
+	return src_finish(x, ss.tb0, &ss.vs, why, whylen, res);
 
 io_fail:
 	/* where the stream stood (CI once saw a second hop under TCG run out
 	 * its blackout with no more said): the VMM's EOF and completion, END */
 	lm_log_warn(MOD, "vmm stream failed", "side=source session_id_hash=%u rc=%d vmm_eof=%d "
 		    "vmm_completed=%d vmm_state=%d end_sent=%d bytes=%llu",
-		    x->o.session_id, rc, eof, completed, (int)vs.state, x->end_sent,
+		    x->o.session_id, rc, eof, ss.completed, (int)ss.vs.state, x->end_sent,
 		    (unsigned long long)x->st.bytes_sent);
 	if (buf) {              /* still streaming: the poller runs */
 		free(buf);
@@ -656,45 +731,11 @@ int lm__xf_dst_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_r
 #define LINK_BUSY_NS 30000000ull /* destination: the CPU time its VMM must
 				       spend in stall_ms not to be stalled */
 
-/* Source, while its VMM writes the link: what the destination said. 1 when
- * VMM_LOADED came, 0 for nothing more now (keepalives consumed), < 0 when
- * it aborted or left. */
-static int src_link_heard(struct lm__xfer *x)
-{
-	for (;;) {
-		lm_xf_rec_t h;
-		ssize_t r = lm__xf_link_recv(x, &h, sizeof(h), true);
-		if (r != (ssize_t)sizeof(h) ||
-		    !((h.type == LM_XF_KEEPALIVE || h.type == LM_XF_VMM_LOADED) && h.len == 0))
-			return peer_said(x);   /* nothing, part of a header, an ABORT, EOF */
-		if (lm__xf_link_recv(x, &h, sizeof(h), false) != (ssize_t)sizeof(h))
-			return peer_said(x);
-		x->last_rx_ns = lm_now_ns();
-		if (h.type == LM_XF_VMM_LOADED)
-			return 1;
-	}
-}
-
-/* The destination's VMM loaded the whole stream, so the source's wrote
- * all of it: the link is ours again (the VMM may have made it blocking:
- * our calls do not rely on the flag, but put it back). */
-static void link_back(struct lm__xfer *x, bool *loaded)
-{
-	*loaded = true;
-	x->at_boundary = true;
-	set_nonblock(x->sock);
-}
-
 static int src_vmm_link(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_result *res)
 {
-	lm_vmm_stream_params_t p = {
-		.downtime_ms = x->o.target_blackout_ms,
-		.auto_converge = !x->o.skip_throttling,
-		.throttle_initial = (unsigned)x->o.throttling_scale,
-		.throttle_increment = (unsigned)x->o.throttling_scale,
-		.on_link = true,
-		.link_fd = x->sock,
-	};
+	lm_vmm_stream_params_t p = src_params(x);
+	p.on_link = true;
+	p.link_fd = x->sock;
 	/* the marker, then the VMM's stream from the next byte */
 	int rc = lm__xf_send_rec(x, LM_XF_VMM_LINK, 0, NULL, 0);
 	if (rc < 0)
@@ -711,71 +752,32 @@ static int src_vmm_link(struct lm__xfer *x, char *why, size_t whylen, enum lm__x
 	x->vmm_started = true;
 	x->pass = 1;
 	lm__xf_emit(x, LM_XEV_PROGRESS, NULL);
-	bool loaded = false, blackout = false, completed = false;
-	uint64_t tb0 = 0;
-	lm_vmm_stream_status_t vs;
-	memset(&vs, 0, sizeof(vs));
+	bool loaded = false;
+	struct src_state ss;
+	memset(&ss, 0, sizeof(ss));
 	struct poller pl;
 	if ((rc = poller_start(&pl, x)) < 0) {
 		snprintf(why, whylen, "cannot start the VMM status thread");
 		return rc;
 	}
-	while (!(loaded && completed)) {
-		if (atomic_load(&x->cancel)) {
-			rc = -ECANCELED;
-			goto io_fail;
-		}
+	while (!(loaded && ss.completed)) {
 		uint64_t now = lm_now_ns();
-		if (x->deadline_ns && now >= x->deadline_ns) {
-			x->deadline_hit = true;
-			rc = -ETIME;
+		if ((rc = src_bounds(x, now)) < 0 || (rc = src_stall(x, now, &loaded)) < 0)
 			goto io_fail;
-		}
-		if (x->o.stall_ms && now - x->last_rx_ns > ms_ns(x->o.stall_ms)) {
-			/* the destination keeps speaking while its VMM reads */
-			if ((rc = src_link_heard(x)) < 0)
-				goto io_fail;
-			if (rc == 1)
-				link_back(x, &loaded);
-			if (lm_now_ns() - x->last_rx_ns > ms_ns(x->o.stall_ms)) {
-				x->stalled = true;
-				rc = -ETIMEDOUT;
-				goto io_fail;
-			}
-		}
 		int src;
-		if (poller_take(&pl, &vs, &src)) {
-			if ((rc = src) < 0) {
-				snprintf(why, whylen, "the VMM's migration status is unavailable: %s", strerror(-rc));
-				goto fail;
-			}
-			take_status(x, &vs);
-			x->st.bytes_sent = vs.transferred;
-			if (vs.state == LM_VS_FAILED || vs.state == LM_VS_CANCELLED) {
-				snprintf(why, whylen, "the VMM's migration %s: %s", vs_name(vs.state),
-					 vs.error[0] ? vs.error : "no reason given");
-				rc = -EIO;
-				goto fail;
-			}
-			completed = vs.state == LM_VS_COMPLETED;
-			if ((vs.blackout || completed) && !blackout) {
-				blackout = true;
-				tb0 = vs.blackout_ns && vs.blackout_ns <= now ? vs.blackout_ns : now;
-				x->deadline_ns = tb0 + ms_ns(lm__xfer_blackout_bound_ms(&x->o));
-				lm__xf_emit(x, LM_XEV_BLACKOUT_STARTED, NULL);
-				if ((rc = LM_FAULT("transfer.blackout")) < 0) {
-					snprintf(why, whylen, "blackout failed (fault): %s", strerror(-rc));
-					goto fail;
-				}
-			}
+		bool io;
+		if (poller_take(&pl, &ss.vs, &src)) {
+			x->st.bytes_sent = ss.vs.transferred;
+			if ((rc = src_take(x, &ss, src, now, why, whylen, &io)) < 0)
+				goto fail;   /* (never an I/O failure: nothing of ours is sent) */
 			lm__xf_maybe_progress(x);
 		}
-		if (loaded && completed)
+		if (loaded && ss.completed)
 			break;
 		if (loaded)   /* the destination waits for END: it hears we are here */
 			lm__xf_maybe_keepalive(x);
 		struct pollfd q[2] = { { x->sock, POLLIN | POLLRDHUP, 0 }, { x->wakefd, POLLIN, 0 } };
-		int n = lm__xf_link_poll(x, q, 2, 0, completed ? BLACKOUT_STATUS_MS : STATUS_MS);
+		int n = lm__xf_link_poll(x, q, 2, 0, ss.completed ? BLACKOUT_STATUS_MS : STATUS_MS);
 		if (n < 0 && errno != EINTR) {
 			rc = -errno;
 			goto io_fail;
@@ -785,7 +787,7 @@ static int src_vmm_link(struct lm__xfer *x, char *why, size_t whylen, enum lm__x
 			if (read(x->wakefd, &v, sizeof(v)) < 0) { /* drained */ }
 		}
 		if (q[0].revents) {
-			if ((rc = src_link_heard(x)) < 0)
+			if ((rc = src_heard(x)) < 0)
 				goto io_fail;
 			if (rc == 1) {
 				link_back(x, &loaded);
@@ -794,12 +796,12 @@ static int src_vmm_link(struct lm__xfer *x, char *why, size_t whylen, enum lm__x
 		}
 	}
 	poller_stop(&pl);
-	return src_finish(x, tb0, &vs, why, whylen, res);
+	return src_finish(x, ss.tb0, &ss.vs, why, whylen, res);
 
 io_fail:
 	lm_log_warn(MOD, "vmm stream on the link failed", "side=source session_id_hash=%u rc=%d "
 		    "vmm_completed=%d dest_loaded=%d vmm_state=%d bytes=%llu", x->o.session_id, rc,
-		    completed, loaded, (int)vs.state, (unsigned long long)x->st.bytes_sent);
+		    ss.completed, loaded, (int)ss.vs.state, (unsigned long long)x->st.bytes_sent);
 	poller_stop(&pl);
 	return lm__xf_src_io_fail(x, rc, why, whylen, res);
 fail:
