@@ -541,10 +541,10 @@ static int cmd_daemon(const struct cflags *f)
 		if (o.debug)
 			lm_log_set_level(LM_LOG_DEBUG);
 		lm_log_info("lmshim", "runtime options", "vm_memory_mb=%lu vcpus=%lu migration_tls_dir=%s "
-			    "insecure_migration=%d checksum=%d stall_timeout_ms=%lu orphan_timeout_ms=%lu "
-			    "transfer_cpu=%lu debug=%d", o.vm_memory_mb, o.vcpus,
+			    "insecure_migration=%d checksum=%d vmm_stream_on_link=%d stall_timeout_ms=%lu "
+			    "orphan_timeout_ms=%lu transfer_cpu=%lu debug=%d", o.vm_memory_mb, o.vcpus,
 			    o.migration_tls_dir ? o.migration_tls_dir : "-", o.insecure_migration, o.checksum,
-			    o.stall_ms, o.orphan_ms, o.transfer_cpu, o.debug || f->debug);
+			    o.vmm_on_link, o.stall_ms, o.orphan_ms, o.transfer_cpu, o.debug || f->debug);
 	}
 	struct lm_shim_config cfg = { .socket = path, .id = f->id, .ns = f->ns,
 				      .transfer_cpu_pct = (unsigned)o.transfer_cpu,

@@ -1333,7 +1333,7 @@ static void test_lmshim_start_reads_runtime_options(void **state)
 	snprintf(logp, sizeof(logp), "%s/lmshim.log", f->dir);
 	shim_socket(addr, "e2e", id, sockpath, sizeof sockpath);
 	uint8_t any[1024], opt[512];
-	struct { const void *in; size_t len; const char *says; } bad[4];
+	struct { const void *in; size_t len; const char *says; } bad[5];
 	bad[0].in = "\xff\xff\xff\xff";
 	bad[0].len = 4;
 	bad[0].says = "runtime options on stdin: not a protobuf Any";
@@ -1354,7 +1354,13 @@ static void test_lmshim_start_reads_runtime_options(void **state)
 	bad[3].in = any3;
 	bad[3].len = pack_any(any3, "runtimeoptions.v1.Options", opt, ol);
 	bad[3].says = "\"vcpus\" wants an integer 1..64";
-	for (int i = 0; i < 4; i++) {
+	uint8_t any4[1024];
+	o.config_body = "{\"vmm_stream_on_link\": \"no\"}";
+	ol = runtimeoptions__v1__options__pack(&o, opt);
+	bad[4].in = any4;
+	bad[4].len = pack_any(any4, "runtimeoptions.v1.Options", opt, ol);
+	bad[4].says = "\"vmm_stream_on_link\" wants true or false";
+	for (int i = 0; i < 5; i++) {
 		assert_int_equal(start_fed(f->dir, addr, id, false, bad[i].in, bad[i].len), 1);
 		char *said = e2e_slurp(out);
 		assert_non_null(said);
@@ -1364,7 +1370,8 @@ static void test_lmshim_start_reads_runtime_options(void **state)
 		assert_int_not_equal(access(sockpath, F_OK), 0);   /* no daemon */
 	}
 	/* lmshim's options, in config_body, with containerd's -debug */
-	o.config_body = "{\"vm_memory_mb\": 300, \"stall_timeout_ms\": 5000}";
+	o.config_body = "{\"vm_memory_mb\": 300, \"stall_timeout_ms\": 5000, "
+			"\"vmm_stream_on_link\": false}";
 	ol = runtimeoptions__v1__options__pack(&o, opt);
 	size_t al = pack_any(any, "type.googleapis.com/runtimeoptions.v1.Options", opt, ol);
 	assert_int_equal(start_fed(f->dir, addr, id, true, any, al), 0);
@@ -1379,7 +1386,8 @@ static void test_lmshim_start_reads_runtime_options(void **state)
 	char *log = e2e_slurp(logp);
 	assert_non_null(log);
 	if (!strstr(log, "msg=\"runtime options\" vm_memory_mb=300 vcpus=1") ||
-	    !strstr(log, "stall_timeout_ms=5000") || !strstr(log, "level=debug mod=lmshim msg=\"debug logging on\""))
+	    !strstr(log, "vmm_stream_on_link=0 stall_timeout_ms=5000") ||
+	    !strstr(log, "level=debug mod=lmshim msg=\"debug logging on\""))
 		fail_msg("the daemon's log lacks its options or its debug line:\n%.900s", log);
 	free(log);
 }
