@@ -223,8 +223,10 @@ int lm_qemu_migrate_incoming(lm_qemu_vm_t *vm, int fd, unsigned timeout_ms, char
 				 : "its incoming stream already started");
 		return rc;
 	}
-	rc = lm__vm_exec(vm, "getfd", json_pack("{s:s}", "fdname", INCOMING_FDNAME), fd,
-			 timeout_ms, NULL, errbuf, errlen);
+	rc = LM_FAULT("qemu.incoming");
+	if (!rc)
+		rc = lm__vm_exec(vm, "getfd", json_pack("{s:s}", "fdname", INCOMING_FDNAME), fd,
+				 timeout_ms, NULL, errbuf, errlen);
 	if (!rc)
 		rc = lm__vm_exec(vm, "migrate-incoming",
 				 json_pack("{s:s}", "uri", "fd:" INCOMING_FDNAME), -1, timeout_ms,

@@ -25,8 +25,8 @@
  * params through incoming_params.
  *
  * Threads: as vm.h (any thread but the VM's loop; they wait). Fault
- * point: "qemu.migrate" (lm_qemu_migrate_start fails before QEMU hears of
- * it).
+ * points: "qemu.migrate" (lm_qemu_migrate_start fails before QEMU hears of
+ * it), "qemu.incoming" (the same for lm_qemu_migrate_incoming).
  */
 #ifndef LM_HCS_QEMU_MIGRATE_H
 #define LM_HCS_QEMU_MIGRATE_H

@@ -148,6 +148,13 @@ static int setup_slow(void **state)
 	return setup_with(state, "transfer.recv:delay_ms=100");
 }
 
+/* On the link: the destination's QEMU takes its stream 4 s late (the
+ * source's QEMU waits on a full socket), so the stream lasts. */
+static int setup_link_held(void **state)
+{
+	return setup_with(state, "qemu.incoming:delay_ms=4000");
+}
+
 static int teardown(void **state)
 {
 	struct fx *f = *state;
@@ -245,24 +252,26 @@ static void test_cancel_mid_transfer_keeps_the_source_running(void **state)
 }
 
 /* The destination's QEMU killed (-9) in the middle of the transfer: the
- * move fails, the source's guest runs on, nothing runs on the destination
- * and a later migration works. */
-static void test_a_destination_qemu_killed_mid_transfer_leaves_the_source_running(void **state)
+ * move fails, the source's guest runs on, nothing runs on the destination.
+ * Carried (setup_slow) and with the QEMUs on the link (setup_link_held). */
+static void kill_dst_qemu_mid_transfer(struct fx *f, const char *session, bool on_link)
 {
-	struct fx *f = *state;
 	char out[300], work[300];
 	snprintf(out, sizeof(out), "%s/lmctl.out", f->dir);
 	snprintf(work, sizeof(work), "%s/work", f->dir);
 	const char *args[] = { "migrate", "--from", f->src.sock, "--to", f->dst.sock, "--workdir", work,
-			       "--quiet", "--session", "qemu-3", NULL };
+			       "--quiet", "--session", session, NULL };
 	pid_t p = e2e_lmctl_spawn(args, out);
-	assert_true(e2e_wait_phase(&f->src, "qemu-3", 2 /* TransferInProgress */, 60000, NULL) >= 0);
+	assert_true(e2e_wait_phase(&f->src, session, 2 /* TransferInProgress */, 60000, NULL) >= 0);
+	if (on_link)
+		usleep(500000);   /* the source's QEMU writes; the destination's waits */
 	pid_t q = 0;
 	assert_int_equal(qemu_of_pid(f->dst.pid, &q), 1);
 	assert_int_equal(kill(q, SIGKILL), 0);
 	int rc = e2e_wait(p, 60000);
 	char *t = e2e_slurp(out);
-	printf("# qemu e2e: destination QEMU killed mid-transfer: lmctl exited %d\n%s", rc, t);
+	printf("# qemu e2e: destination QEMU killed mid-transfer (%s): lmctl exited %d\n%s",
+	       on_link ? "on the link" : "carried", rc, t);
 	free(t);
 	assert_int_equal(rc, 1);
 	char st[32];
@@ -274,6 +283,21 @@ static void test_a_destination_qemu_killed_mid_transfer_leaves_the_source_runnin
 	while (qemu_of(f->dst.pid) && (uint64_t)time(NULL) < end)
 		usleep(50000);
 	assert_int_equal(qemu_of(f->dst.pid), 0);
+	char *sl = e2e_slurp(f->src.log);
+	const char *opened = strstr(sl, "msg=\"outgoing stream opened\"");
+	assert_non_null(opened);
+	assert_non_null(strstr(opened, on_link ? "on_link=1" : "on_link=0"));
+	free(sl);
+}
+
+static void test_a_destination_qemu_killed_mid_transfer_leaves_the_source_running(void **state)
+{
+	kill_dst_qemu_mid_transfer(*state, "qemu-3", false);
+}
+
+static void test_a_destination_qemu_killed_mid_stream_on_the_link_leaves_the_source_running(void **state)
+{
+	kill_dst_qemu_mid_transfer(*state, "qemu-3l", true);
 }
 
 /* ---- a pod of real processes ------------------------------------------ */
@@ -1834,6 +1858,8 @@ int main(void)
 		cmocka_unit_test(test_lmctl_demo_on_qemu),
 		cmocka_unit_test_setup_teardown(test_cancel_mid_transfer_keeps_the_source_running, setup_slow, teardown),
 		cmocka_unit_test_setup_teardown(test_a_destination_qemu_killed_mid_transfer_leaves_the_source_running, setup_slow, teardown),
+		cmocka_unit_test_setup_teardown(test_a_destination_qemu_killed_mid_stream_on_the_link_leaves_the_source_running,
+						setup_link_held, teardown),
 		cmocka_unit_test_setup_teardown(test_a_linux_guest_moves_and_runs_only_on_the_destination, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_a_destination_with_other_layers_is_refused, setup_pod, teardown),
 		cmocka_unit_test_setup_teardown(test_a_failure_at_each_step_leaves_the_guest_on_the_source, setup_pod, teardown),
