@@ -153,6 +153,21 @@ int lm_qemu_migrate_set(lm_qemu_vm_t *vm, const lm_qemu_migrate_params_t *p,
 	return lm__vm_exec(vm, "migrate-set-parameters", a, -1, timeout_ms, NULL, errbuf, errlen);
 }
 
+/* The fault point, then QEMU gets `fd` as fdname (getfd, SCM_RIGHTS) and
+ * runs cmd with uri "fd:fdname": a migration's start on either side. */
+static int exec_on_fd(lm_qemu_vm_t *vm, const char *fault, const char *fdname, const char *cmd,
+		      int fd, unsigned timeout_ms, char *errbuf, size_t errlen)
+{
+	int rc = LM_FAULT(fault);
+	if (!rc)
+		rc = lm__vm_exec(vm, "getfd", json_pack("{s:s}", "fdname", fdname), fd, timeout_ms,
+				 NULL, errbuf, errlen);
+	if (!rc)
+		rc = lm__vm_exec(vm, cmd, json_pack("{s:s+}", "uri", "fd:", fdname), -1,
+				 timeout_ms, NULL, errbuf, errlen);
+	return rc;
+}
+
 int lm_qemu_migrate_start(lm_qemu_vm_t *vm, int fd, unsigned timeout_ms, char *errbuf,
 			  size_t errlen)
 {
@@ -182,13 +197,7 @@ int lm_qemu_migrate_start(lm_qemu_vm_t *vm, int fd, unsigned timeout_ms, char *e
 				 : "a migration is already under way");
 		return rc;
 	}
-	rc = LM_FAULT("qemu.migrate");
-	if (!rc)
-		rc = lm__vm_exec(vm, "getfd", json_pack("{s:s}", "fdname", MIG_FDNAME), fd,
-				 timeout_ms, NULL, errbuf, errlen);
-	if (!rc)
-		rc = lm__vm_exec(vm, "migrate", json_pack("{s:s}", "uri", "fd:" MIG_FDNAME), -1,
-				 timeout_ms, NULL, errbuf, errlen);
+	rc = exec_on_fd(vm, "qemu.migrate", MIG_FDNAME, "migrate", fd, timeout_ms, errbuf, errlen);
 	if (rc) {
 		pthread_mutex_lock(&vm->mu);
 		if (vm->mig_status == LM_QEMU_MIG_SETUP) {
@@ -223,14 +232,8 @@ int lm_qemu_migrate_incoming(lm_qemu_vm_t *vm, int fd, unsigned timeout_ms, char
 				 : "its incoming stream already started");
 		return rc;
 	}
-	rc = LM_FAULT("qemu.incoming");
-	if (!rc)
-		rc = lm__vm_exec(vm, "getfd", json_pack("{s:s}", "fdname", INCOMING_FDNAME), fd,
-				 timeout_ms, NULL, errbuf, errlen);
-	if (!rc)
-		rc = lm__vm_exec(vm, "migrate-incoming",
-				 json_pack("{s:s}", "uri", "fd:" INCOMING_FDNAME), -1, timeout_ms,
-				 NULL, errbuf, errlen);
+	rc = exec_on_fd(vm, "qemu.incoming", INCOMING_FDNAME, "migrate-incoming", fd, timeout_ms,
+			errbuf, errlen);
 	if (rc) {
 		lm_log_error(MOD, "incoming migration did not start", "vm=%s err=%d", vm->name, -rc);
 		return rc;       /* the status stays setup: the VM is destroyed next */
