@@ -193,6 +193,11 @@ struct ctl_migrate_result {
 	int placement;                /* after a failure: 0 the guest is on the source,
 					 1 on the destination, 2 not settled (recover) */
 	double total_ms;
+	double transfer_ms;           /* the two TransferSandbox calls, until both
+					 answered (-1: not reached) */
+	double resumed_ms;            /* from those answers to the destination's
+					 RESUME answered: the guest's pause beyond
+					 the engine's blackout (-1: not reached) */
 	int64_t blackout_ms;
 	int verified;                 /* 1 equal, 0 unavailable, -1 mismatch */
 	char src_digest[64], dst_digest[64];

@@ -606,6 +606,13 @@ static int setup_socket(const struct ctl_migrate_opts *o, struct ctl_side *src, 
 
 /* ------------------------------------------------------------- transfer */
 
+/* The guest is paused from the blackout until the destination's
+ * FinalizeSandbox(RESUME): the main loop waits for the two
+ * TransferSandbox answers on xfer_cv, woken the moment one comes, not
+ * at its next 100 ms tick. */
+static pthread_mutex_t xfer_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t xfer_cv = PTHREAD_COND_INITIALIZER;
+
 struct xfer_thread {
 	struct ctl_side *side;
 	const char *session;
@@ -630,8 +637,29 @@ static void *transfer_thread(void *a)
 	/* no rpc deadline: the call lasts as long as the transfer */
 	x->rc = ctl_call(x->side, CTL_MIGRATION_SERVICE, "TransferSandbox", &req.base, NULL, NULL, 0, true,
 			 x->msg, sizeof(x->msg));
+	pthread_mutex_lock(&xfer_mu);
 	__atomic_store_n(&x->done, 1, __ATOMIC_RELEASE);
+	pthread_cond_broadcast(&xfer_cv);
+	pthread_mutex_unlock(&xfer_mu);
 	return NULL;
+}
+
+/* Thread: main. Up to `ms`, or until a TransferSandbox call that was
+ * running when the main loop last looked (was_done false) has ended. */
+static void xfer_wait(const struct xfer_thread *a, const struct xfer_thread *b, bool a_was, bool b_was,
+		      unsigned ms)
+{
+	struct timespec dl;
+	clock_gettime(CLOCK_REALTIME, &dl);
+	dl.tv_nsec += (long)(ms % 1000) * 1000000l;
+	dl.tv_sec += ms / 1000 + dl.tv_nsec / 1000000000l;
+	dl.tv_nsec %= 1000000000l;
+	pthread_mutex_lock(&xfer_mu);
+	while (__atomic_load_n(&a->done, __ATOMIC_ACQUIRE) == a_was &&
+	       __atomic_load_n(&b->done, __ATOMIC_ACQUIRE) == b_was &&
+	       pthread_cond_timedwait(&xfer_cv, &xfer_mu, &dl) == 0)
+		;
+	pthread_mutex_unlock(&xfer_mu);
 }
 
 /* Each stream has a connection of its own: a call cut by its deadline or
@@ -935,6 +963,7 @@ int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res
 {
 	memset(res, 0, sizeof(*res));
 	res->blackout_ms = -1;
+	res->transfer_ms = res->resumed_ms = -1;
 	double t0 = now_ms();
 	char session[256];
 	if (o->session && strlen(o->session) >= sizeof(session)) {
@@ -1050,6 +1079,7 @@ int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res
 		goto fail;
 	}
 	transfer_began = true;   /* from here the guest may move */
+	double transfer_t0 = now_ms(), transfer_answered = 0;
 	bool cancelled = false;
 	double one_failed_at = 0, cancelled_at = 0, one_ok_at = 0;
 	struct ctl_side *late = NULL;   /* its answer is asked for again */
@@ -1109,10 +1139,12 @@ int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res
 			if (!__atomic_load_n(&xd.done, __ATOMIC_ACQUIRE))
 				ctl_side_abandon(&dst);
 		}
-		usleep(100 * 1000);
+		xfer_wait(&xs, &xd, sdone, ddone, 100);
 	}
 	pthread_join(xs.th, NULL);
 	pthread_join(xd.th, NULL);
+	transfer_answered = now_ms();
+	res->transfer_ms = transfer_answered - transfer_t0;
 	if (late) {
 		struct xfer_thread *lx = late == &src ? &xs : &xd;
 		fprintf(stderr, "\nlmctl: no answer to TransferSandbox from the %s %.0f ms after the %s's: asking again\n",
@@ -1127,10 +1159,9 @@ int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res
 					  false, lx->msg, sizeof(lx->msg));
 		}
 	}
-	usleep(50 * 1000); /* let the last notifications land */
-	if (!o->quiet_progress)
-		ctl_progress_render(&prog, tty, true, o->vm_bytes);
 	if (xs.rc != 0 || xd.rc != 0) {
+		if (!o->quiet_progress)
+			ctl_progress_render(&prog, tty, true, o->vm_bytes);
 		if (xs.rc != 0)
 			fprintf(stderr, "lmctl: TransferSandbox on source (%s): %s: %s\n", src.path,
 				xs.rc > 0 ? ctl_code_name(xs.rc) : "transport",
@@ -1180,6 +1211,11 @@ int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res
 	fi.action = FINALIZE_ACTION__FINALIZE_ACTION_RESUME;
 	if (ctl_call(&dst, CTL_MIGRATION_SERVICE, "FinalizeSandbox", &fi.base, NULL, NULL, tmo, false, NULL, 0) != 0)
 		goto fail;
+	res->resumed_ms = now_ms() - transfer_answered;
+	/* the progress line's last state, once the guest runs again (its
+	 * last notifications had the Finalize call's time to land) */
+	if (!o->quiet_progress)
+		ctl_progress_render(&prog, tty, true, o->vm_bytes);
 	if (res->verified == 1) {
 		/* the guest goes on from where it was: its counter never resets
 		 * nor goes back, and it advances on the destination */
@@ -1285,8 +1321,12 @@ summary:
 		: res->placement == IN_DOUBT ? "migration FAILED and is NOT settled"
 		: "migration FAILED (rolled back: the guest runs on the source)",
 		res->total_ms);
+	if (res->transfer_ms >= 0)
+		fprintf(stderr, " (transfer %.0f ms)", res->transfer_ms);
 	if (res->blackout_ms >= 0)
 		fprintf(stderr, ", blackout %" PRId64 " ms", res->blackout_ms);
+	if (res->resumed_ms >= 0)
+		fprintf(stderr, " + %.0f ms to the destination's resume", res->resumed_ms);
 	if (prog.have_progress)
 		fprintf(stderr, ", %.0f passes, %.2f GiB sent", prog.pass,
 			prog.bytes_sent / (1024.0 * 1024.0 * 1024.0));
