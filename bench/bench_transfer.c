@@ -78,8 +78,7 @@
 static uint64_t size_mib = 1024;
 static bool size_given;
 
-/* transfer_qemu.c: --backend qemu */
-int bench_transfer_qemu(uint64_t size_mib, int reps, const char *only);
+#include "bench/transfer_qemu.h"   /* --backend qemu */
 static int reps = 3; /* raw and idle: best of reps, interleaved (busy host) */
 static uint64_t link_mbps; /* >0: migrations go through a relay limited to this */
 static FILE *csv;
@@ -714,7 +713,8 @@ int main(int argc, char **argv)
 	} else if (strcmp(backend, "qemu") == 0) {
 		if (!getenv("LM_LOG_LEVEL"))    /* LM_LOG_LEVEL=debug shows the VMs' steps */
 			lm_log_set_level(LM_LOG_WARN);
-		return bench_transfer_qemu(size_given ? size_mib : 256, reps, only);
+		int rc = bench_transfer_shims(size_given ? size_mib : 256, reps, only);
+		return rc ? rc : bench_transfer_qemu(size_given ? size_mib : 256, reps, only);
 	} else if (strcmp(backend, "sim") != 0) {
 		fprintf(stderr, "bench_transfer: --backend must be sim, kvm or qemu, not \"%s\"\n", backend);
 		return 2;

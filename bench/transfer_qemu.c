@@ -1,5 +1,7 @@
 /*
- * transfer_qemu.c: `bench_transfer --backend qemu`: a Linux utility VM
+ * transfer_qemu.c: `bench_transfer --backend qemu`, cases qemu-idle and
+ * qemu-writer (after transfer_shims.c's, which migrate through two lmshim
+ * processes): a Linux utility VM
  * (the qemu backend: the build's kernel, a busybox initramfs with a memory
  * writer, QEMU under TCG or KVM) migrated through our two transfer engines,
  * beside the baseline: the same pair of VMs, created the same way, with
@@ -28,6 +30,7 @@
  * the destination's ACK, its VMM loaded).
  */
 #include "bench/benchkit.h"
+#include "bench/transfer_qemu.h"
 #include "testkit.h"
 #include "hcs/qemu/backend.h"
 #include "hcs/qemu/migrate.h"
@@ -53,9 +56,8 @@ static char *make_doc(const char *id, uint64_t mib, const char *cmdline)
 	return s;
 }
 
-static lm_vm_t *vm_new(const char *id, uint64_t mib, bool incoming, const char *cmdline)
+lm_vm_t *lm_bench_qemu_vm(const char *doc, const char *id, uint64_t mib, bool incoming)
 {
-	char *doc = make_doc(id, mib, cmdline);
 	lm_vm_config_t c;
 	memset(&c, 0, sizeof(c));
 	snprintf(c.id, sizeof(c.id), "%s", id);
@@ -66,7 +68,6 @@ static lm_vm_t *vm_new(const char *id, uint64_t mib, bool incoming, const char *
 	c.document_json = doc;
 	lm_vm_t *vm = NULL;
 	int rc = lm_hcs_qemu_ops.create(&vm, &c);
-	free(doc);
 	if (rc < 0) {
 		fprintf(stderr, "bench_transfer: qemu create %s: %s\n", id, strerror(-rc));
 		exit(1);
@@ -78,10 +79,15 @@ static lm_vm_t *vm_new(const char *id, uint64_t mib, bool incoming, const char *
 	return vm;
 }
 
-struct fig {
-	double ms, downtime_ms, blackout_ms;
-	uint64_t bytes, passes;
-};
+static lm_vm_t *vm_new(const char *id, uint64_t mib, bool incoming, const char *cmdline)
+{
+	char *doc = make_doc(id, mib, cmdline);
+	lm_vm_t *vm = lm_bench_qemu_vm(doc, id, mib, incoming);
+	free(doc);
+	return vm;
+}
+
+#define fig lm_bench_qfig
 
 static void wait_loaded(lm_vm_t *dst, uint64_t t0, const char *what)
 {
@@ -106,6 +112,11 @@ static struct fig run_qemu(uint64_t mib, const char *cmdline, unsigned downtime_
 {
 	lm_vm_t *src = vm_new("bsrc", mib, false, cmdline);
 	lm_vm_t *dst = vm_new("bdst", mib, true, cmdline);
+	return lm_bench_qemu_alone(src, dst, downtime_ms);
+}
+
+struct lm_bench_qfig lm_bench_qemu_alone(lm_vm_t *src, lm_vm_t *dst, unsigned downtime_ms)
+{
 	int dfd = lm_hcs_qemu_ops.stream_open(dst, NULL);
 	lm_qemu_vm_t *q = lm_hcs_qemu_vm(src);
 	lm_qemu_migrate_params_t mp;
@@ -131,7 +142,13 @@ static struct fig run_qemu(uint64_t mib, const char *cmdline, unsigned downtime_
 		exit(1);
 	}
 	wait_loaded(dst, t0, "qemu baseline");
-	struct fig f = { .ms = (double)(lm_now_ns() - t0) / 1e6 };
+	struct fig f = { .ms = (double)(lm_now_ns() - t0) / 1e6, .pause_ms = -1 };
+	/* the guest's pause: its STOP on the source (the backend's event
+	 * time) to its run on the destination */
+	lm_vmm_stream_status_t ss;
+	lm_hcs_qemu_ops.stream_status(src, &ss);
+	if (lm_hcs_qemu_ops.start(dst) == 0 && ss.blackout_ns)
+		f.pause_ms = (double)(lm_now_ns() - ss.blackout_ns) / 1e6;
 	lm_qemu_migration_info_t mi;
 	enum lm_qemu_mig_status fin;
 	lm_qemu_migrate_wait(q, MIG_MS, LM_QEMU_MIG_COMPLETED, &fin);

@@ -1,0 +1,420 @@
+/*
+ * transfer_shims.c: `bench_transfer --backend qemu`, cases shims-idle and
+ * shims-writer: a pod's utility VM migrated the way users migrate it, by
+ * two lmshim processes (`lmshim serve --backend qemu`: the build's
+ * kernel, initramfs and agent, the containers real processes in the
+ * guest) driven by `lmctl migrate` over a unix socket, beside QEMU
+ * migrating the same guest by itself over the same kind of socket.
+ *
+ * The same guest: the baseline's VMs come from the document lmshim serve
+ * writes (memory, one vCPU, the backend's defaults for the rest), through
+ * the same backend, and the same containers run in them, created through
+ * the agent as the shim creates them: the pod's sandbox container
+ * (`sleep`) and, in the writer case, a container whose shell rewrites
+ * 32 MiB of random bytes in its scratch (guest memory) 4 MiB at a time,
+ * 20 ms apart. Before a migration the baseline drops its agent connection
+ * as the source shim does; both wait the same settle time after boot.
+ *
+ * Each rep runs the baseline and ours back to back (alternating which goes
+ * first), fresh processes and VMs each time; figures are medians:
+ *
+ *   shims-idle size_mib=256 qemu_ms=... ours_ms=... ratio=... paired_ratio=...
+ *       qemu_downtime_ms=... ours_downtime_ms=... qemu_pause_ms=... ours_pause_ms=...
+ *       ours_blackout_ms=... ours_resume_ms=... lmctl_ms=... reps=...
+ *
+ * qemu_ms: QEMU's migrate -> the destination loaded. ours_ms: lmctl's
+ * TransferSandbox calls on both shims until both answered (our handshake,
+ * the QEMUs' stream on the link, the destination loaded, END/ACK). ratio
+ * = qemu_ms / ours_ms of the medians (target >= 0.95), paired_ratio the
+ * median of each rep's own. *_downtime_ms: QEMU's own figure on the
+ * source. *_pause_ms: the guest stopped -> it runs on the destination
+ * (ours: the engine's blackout, STOP -> the destination's ACK, plus lmctl's
+ * Finalize(RESUME): ours_blackout_ms + ours_resume_ms). lmctl_ms: the whole
+ * `lmctl migrate` (export, import, prepare, socket, transfer, finalize,
+ * cleanup).
+ */
+#include "bench/benchkit.h"
+#include "bench/transfer_qemu.h"
+#include "hcs/qemu/backend.h"
+#include "shim/guest.h"
+#include "util/clock.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define READY_MS 120000           /* a shim's VM booted, its containers running */
+#define LMCTL_MS 300000
+#define SETTLE_IDLE_MS 1000
+#define SETTLE_WRITER_MS 3000
+
+static const char WRITER[] =
+	"head -c 33554432 /dev/urandom > /r && cp /r /w && i=0 && while :; do "
+	"dd if=/r of=/w bs=1M count=4 skip=$i seek=$i conv=notrunc 2>/dev/null; "
+	"i=$(( (i + 4) % 32 )); usleep 20000; done";
+
+static char dir[200];
+
+static void die(const char *what)
+{
+	fprintf(stderr, "bench_transfer: shims: %s\n", what);
+	exit(1);
+}
+
+static void nap_ms(unsigned ms)
+{
+	struct timespec t = { ms / 1000, (long)(ms % 1000) * 1000000l };
+	nanosleep(&t, NULL);
+}
+
+static double ms_since(uint64_t t0)
+{
+	return (double)(lm_now_ns() - t0) / 1e6;
+}
+
+/* ---- the baseline: the shim's guest, QEMU migrating it by itself ------- */
+
+struct gwait {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int left, err;
+	char why[256];
+};
+
+static void g_done(void *ctx, int err, const char *why, uint32_t pid)
+{
+	struct gwait *w = ctx;
+	(void)pid;
+	pthread_mutex_lock(&w->mu);
+	if (err && !w->err) {
+		w->err = err;
+		snprintf(w->why, sizeof w->why, "%s", why);
+	}
+	w->left--;
+	pthread_cond_broadcast(&w->cv);
+	pthread_mutex_unlock(&w->mu);
+}
+
+static void g_exit(void *exit_ctx, const char *guest_id, const struct lm_agent_exit *e)
+{
+	(void)exit_ctx;
+	(void)e;
+	fprintf(stderr, "bench_transfer: shims: baseline container %s exited\n", guest_id);
+}
+
+static void g_drop(void *exit_ctx)
+{
+	(void)exit_ctx;
+}
+
+static void doc_of(char *doc, size_t cap, const char *id, uint64_t mib)
+{
+	/* lmshim serve's (cmd/lmshim.c) */
+	snprintf(doc, cap, "{\"Id\":\"%s\",\"VirtualMachine\":{\"Backend\":\"qemu\",\"ComputeTopology\":"
+		 "{\"Memory\":{\"SizeInMB\":%llu},\"Processor\":{\"Count\":1}}}}", id,
+		 (unsigned long long)mib);
+}
+
+static struct lm_bench_qfig run_alone(uint64_t mib, bool writer)
+{
+	char doc[512];
+	doc_of(doc, sizeof doc, "vm-alone-src", mib);
+	lm_vm_t *src = lm_bench_qemu_vm(doc, "vm-alone-src", mib, false);
+	struct lm_guest_cbs cbs = { .exit = g_exit, .drop = g_drop };
+	lm_guest_t *g = NULL;
+	if (lm_guest_open(&g, lm_hcs_qemu_agent_socket(src), 30000000000ll, &cbs))
+		die("baseline: the agent connection");
+	struct gwait w = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, "" };
+	static const char *const layers[] = { "rootfs" };
+	static const char *const sleeper[] = { "sleep", "2000000000" };
+	static const char *const sh[] = { "/bin/sh", "-c", WRITER };
+	struct lm_guest_ctr_spec s = { .guest_id = "sandbox", .layer_serials = layers, .n_layers = 1,
+				       .args = sleeper, .n_args = 2 };
+	w.left = 1 + writer;
+	if (lm_guest_create(g, &s, NULL, g_done, &w))
+		die("baseline: create the sandbox container");
+	if (writer) {
+		s.guest_id = "w";
+		s.args = sh;
+		s.n_args = 3;
+		if (lm_guest_create(g, &s, NULL, g_done, &w))
+			die("baseline: create the writer");
+	}
+	pthread_mutex_lock(&w.mu);
+	while (w.left > 0)
+		pthread_cond_wait(&w.cv, &w.mu);   /* the guest's worker answers each, or fails it */
+	pthread_mutex_unlock(&w.mu);
+	if (w.err) {
+		fprintf(stderr, "bench_transfer: shims: baseline container: %s\n", w.why);
+		exit(1);
+	}
+	nap_ms(writer ? SETTLE_WRITER_MS : SETTLE_IDLE_MS);
+	lm_guest_close(g);                     /* as the source shim drops its own */
+	doc_of(doc, sizeof doc, "vm-alone-dst", mib);
+	lm_vm_t *dst = lm_bench_qemu_vm(doc, "vm-alone-dst", mib, true);
+	return lm_bench_qemu_alone(src, dst, 300);
+}
+
+/* ---- ours: two lmshim processes and lmctl migrate ------------------------ */
+
+static pid_t spawn(char *const argv[], const char *log)
+{
+	pid_t p = fork();
+	if (p < 0)
+		die("fork");
+	if (p == 0) {
+		int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+		int nul = open("/dev/null", O_RDWR);
+		if (fd < 0 || nul < 0)
+			_exit(126);
+		dup2(nul, 0);
+		dup2(nul, 1);
+		dup2(fd, 2);
+		execv(argv[0], argv);
+		_exit(127);
+	}
+	return p;
+}
+
+/* The file's text (at most cap-1 bytes), "" if unreadable. */
+static char *slurp(const char *path, char *buf, size_t cap)
+{
+	buf[0] = '\0';
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return buf;
+	size_t n = fread(buf, 1, cap - 1, f);
+	buf[n] = '\0';
+	fclose(f);
+	return buf;
+}
+
+static unsigned count(const char *hay, const char *needle)
+{
+	unsigned n = 0;
+	for (const char *p = hay; (p = strstr(p, needle)); p += strlen(needle))
+		n++;
+	return n;
+}
+
+static bool alive(pid_t p)
+{
+	return waitpid(p, NULL, WNOHANG) == 0;
+}
+
+static bool answers(const char *sock)
+{
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	if (strlen(sock) >= sizeof a.sun_path)
+		die("socket path too long");
+	memcpy(a.sun_path, sock, strlen(sock) + 1);
+	bool ok = fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
+	if (fd >= 0)
+		close(fd);
+	return ok;
+}
+
+static void stop(pid_t p)
+{
+	if (p <= 0)
+		return;
+	kill(p, SIGTERM);
+	uint64_t t0 = lm_now_ns();
+	while (waitpid(p, NULL, WNOHANG) == 0) {
+		if (ms_since(t0) > 20000) {
+			fprintf(stderr, "bench_transfer: shims: a shim did not stop in 20 s: killed\n");
+			kill(p, SIGKILL);
+			waitpid(p, NULL, 0);
+			return;
+		}
+		nap_ms(20);
+	}
+}
+
+static double field(const char *text, const char *key)
+{
+	const char *p = strstr(text, key);
+	return p ? strtod(p + strlen(key), NULL) : -1;
+}
+
+static struct lm_bench_qfig run_shims(uint64_t mib, bool writer, int rep)
+{
+	static char big[1 << 20];
+	char ssock[300], dsock[300], slog[300], dlog[300], clog[300], sst[300], dst_[300], mb[32];
+	snprintf(ssock, sizeof ssock, "%s/s.sock", dir);
+	snprintf(dsock, sizeof dsock, "%s/d.sock", dir);
+	snprintf(slog, sizeof slog, "%s/src-%d.log", dir, rep);
+	snprintf(dlog, sizeof dlog, "%s/dst-%d.log", dir, rep);
+	snprintf(clog, sizeof clog, "%s/lmctl-%d.log", dir, rep);
+	snprintf(sst, sizeof sst, "%s/state-s", dir);
+	snprintf(dst_, sizeof dst_, "%s/state-d", dir);
+	snprintf(mb, sizeof mb, "%llu", (unsigned long long)mib);
+	char wcmd[sizeof WRITER + 8];
+	snprintf(wcmd, sizeof wcmd, "w=%s", WRITER);
+	char *sargv[] = { LM_BENCH_LMSHIM, "serve", "--socket", ssock, "--backend", "qemu",
+			  "--vm-size-mb", mb, "--vcpus", "1", "--state-dir", sst, "--containers",
+			  writer ? "pod1:sandbox,pod1:w" : "pod1:sandbox",
+			  writer ? "--container-cmd" : NULL, wcmd, NULL };   /* idle: ends at the NULL */
+	char *dargv[] = { LM_BENCH_LMSHIM, "serve", "--socket", dsock, "--backend", "qemu", "--idle",
+			  "--state-dir", dst_, NULL };
+	pid_t sp = spawn(sargv, slog), dp = spawn(dargv, dlog);
+	uint64_t t0 = lm_now_ns();
+	unsigned want = 1 + writer;
+	while (count(slurp(slog, big, sizeof big), "msg=\"container runs in the guest\"") < want ||
+	       !answers(dsock)) {
+		if (!alive(sp) || !alive(dp) || ms_since(t0) > READY_MS) {
+			fprintf(stderr, "bench_transfer: shims: the shims did not come up (logs: %s, %s)\n",
+				slog, dlog);
+			stop(sp);
+			stop(dp);
+			exit(1);
+		}
+		nap_ms(50);
+	}
+	nap_ms(writer ? SETTLE_WRITER_MS : SETTLE_IDLE_MS);
+	char *cargv[] = { LM_BENCH_LMCTL, "migrate", "--from", ssock, "--to", dsock, "--quiet",
+			  "--no-verify", NULL };
+	pid_t cp = spawn(cargv, clog);
+	int st = 0;
+	t0 = lm_now_ns();
+	while (waitpid(cp, &st, WNOHANG) == 0) {
+		if (ms_since(t0) > LMCTL_MS) {
+			kill(cp, SIGKILL);
+			waitpid(cp, &st, 0);
+			break;
+		}
+		nap_ms(20);
+	}
+	slurp(clog, big, sizeof big);
+	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+		fprintf(stderr, "bench_transfer: shims: lmctl migrate failed (%s):\n%s", clog, big);
+		stop(sp);
+		stop(dp);
+		exit(1);
+	}
+	struct lm_bench_qfig f = { .ms = field(big, "(transfer "), .blackout_ms = field(big, "blackout "),
+				   .resume_ms = field(big, " ms + ") };
+	f.whole_ms = field(big, "migrated in ");
+	f.pause_ms = f.blackout_ms >= 0 && f.resume_ms >= 0 ? f.blackout_ms + f.resume_ms : -1;
+	stop(sp);
+	stop(dp);
+	slurp(slog, big, sizeof big);
+	f.downtime_ms = field(big, "vmm_downtime_ms=");
+	const char *d = strstr(big, "msg=\"vmm stream done\"");
+	f.bytes = d && strstr(d, " bytes=") ? strtoull(strstr(d, " bytes=") + 7, NULL, 10) : 0;
+	if (f.ms < 0 || f.downtime_ms < 0) {
+		fprintf(stderr, "bench_transfer: shims: no transfer time or downtime in %s / %s\n", clog, slog);
+		exit(1);
+	}
+	return f;
+}
+
+static int cmp_ms(const void *a, const void *b)
+{
+	double x = ((const struct lm_bench_qfig *)a)->ms, y = ((const struct lm_bench_qfig *)b)->ms;
+	return x < y ? -1 : x > y;
+}
+
+static double med(const struct lm_bench_qfig *v, int n, size_t off)
+{
+	double x[16];
+	for (int i = 0; i < n; i++)
+		x[i] = *(const double *)((const char *)&v[i] + off);
+	return lm_bench_median(x, (unsigned)n);
+}
+
+static bool wanted(const char *only, const char *name)
+{
+	if (!only)
+		return true;
+	size_t n = strlen(name);
+	for (const char *p = only; (p = strstr(p, name)); p += n)
+		if ((p == only || p[-1] == ',') && (p[n] == ',' || !p[n]))
+			return true;
+	return false;
+}
+
+int bench_transfer_shims(uint64_t size_mib, int reps, const char *only)
+{
+	if (!wanted(only, "shims-idle") && !wanted(only, "shims-writer"))
+		return 0;
+	if (access(LM_BENCH_LMSHIM, X_OK) || access(LM_BENCH_LMCTL, X_OK)) {
+		fprintf(stderr, "bench_transfer: shims: %s or %s is not built\n", LM_BENCH_LMSHIM, LM_BENCH_LMCTL);
+		return 1;
+	}
+	snprintf(dir, sizeof dir, "/tmp/lm-bench-shims-XXXXXX");
+	if (!mkdtemp(dir))
+		return 1;
+	const char *t = getenv("TMPDIR");
+	char *old_tmp = t ? strdup(t) : NULL;
+	setenv("TMPDIR", dir, 1);      /* the VMs' private folders, lmctl's work dirs */
+	printf("# bench_transfer backend=qemu size_mib=%llu reps=%d (median): ours: two lmshim processes "
+	       "(serve --backend qemu) and lmctl migrate over a unix socket; baseline: QEMU migrating the "
+	       "same guest (the shim's document, kernel, initramfs and containers) by itself over a "
+	       "socketpair; logs in %s\n", (unsigned long long)size_mib, reps, dir);
+	fflush(stdout);
+	static const struct { const char *name; bool writer; } cases[] = {
+		{ "shims-idle", false },
+		{ "shims-writer", true },
+	};
+	for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+		if (!wanted(only, cases[k].name))
+			continue;
+		struct lm_bench_qfig q[16], o[16];
+		double pr[16];
+		int n = reps > 16 ? 16 : reps;
+		for (int i = 0; i < n; i++) {
+			if (i % 2 == 0) {
+				q[i] = run_alone(size_mib, cases[k].writer);
+				o[i] = run_shims(size_mib, cases[k].writer, i);
+			} else {
+				o[i] = run_shims(size_mib, cases[k].writer, i);
+				q[i] = run_alone(size_mib, cases[k].writer);
+			}
+			pr[i] = q[i].ms / o[i].ms;
+			fprintf(stderr, "  %s run %d: qemu %.0f ms (downtime %.0f, pause %.0f), ours %.0f ms "
+				"(downtime %.0f, blackout %.0f + resume %.0f; lmctl %.0f ms)\n", cases[k].name,
+				i + 1, q[i].ms, q[i].downtime_ms, q[i].pause_ms, o[i].ms, o[i].downtime_ms,
+				o[i].blackout_ms, o[i].resume_ms, o[i].whole_ms);
+		}
+		double mpr = lm_bench_median(pr, (unsigned)n);
+		double qd = med(q, n, offsetof(struct lm_bench_qfig, downtime_ms));
+		double od = med(o, n, offsetof(struct lm_bench_qfig, downtime_ms));
+		double qp = med(q, n, offsetof(struct lm_bench_qfig, pause_ms));
+		double op = med(o, n, offsetof(struct lm_bench_qfig, pause_ms));
+		double ob = med(o, n, offsetof(struct lm_bench_qfig, blackout_ms));
+		double orr = med(o, n, offsetof(struct lm_bench_qfig, resume_ms));
+		double lm = med(o, n, offsetof(struct lm_bench_qfig, whole_ms));
+		qsort(q, (size_t)n, sizeof q[0], cmp_ms);
+		qsort(o, (size_t)n, sizeof o[0], cmp_ms);
+		printf("%s size_mib=%llu qemu_ms=%.0f ours_ms=%.0f ratio=%.2f paired_ratio=%.2f "
+		       "qemu_downtime_ms=%.0f ours_downtime_ms=%.0f qemu_pause_ms=%.0f ours_pause_ms=%.0f "
+		       "ours_blackout_ms=%.0f ours_resume_ms=%.0f lmctl_ms=%.0f qemu_bytes=%llu "
+		       "ours_bytes=%llu reps=%d\n",
+		       cases[k].name, (unsigned long long)size_mib, q[n / 2].ms, o[n / 2].ms,
+		       q[n / 2].ms / o[n / 2].ms, mpr, qd, od, qp, op, ob, orr, lm,
+		       (unsigned long long)q[n / 2].bytes, (unsigned long long)o[n / 2].bytes, n);
+		fflush(stdout);
+	}
+	char cmd[300];
+	snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+	if (system(cmd) != 0) { /* best effort */ }
+	if (old_tmp)
+		setenv("TMPDIR", old_tmp, 1);
+	else
+		unsetenv("TMPDIR");
+	free(old_tmp);
+	return 0;
+}
