@@ -160,6 +160,7 @@ struct lm_bench_qfig lm_bench_qemu_alone(lm_vm_t *src, lm_vm_t *dst, unsigned do
 		nanosleep(&tick, NULL);
 	}
 	f.downtime_ms = (double)mi.downtime_ms;
+	f.vmm_ms = mi.total_time_ms > 0 ? (double)mi.total_time_ms : -1;
 	f.bytes = mi.ram_transferred;
 	f.passes = mi.dirty_sync_count;
 	lm_hcs_qemu_ops.destroy(src);

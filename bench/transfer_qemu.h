@@ -19,6 +19,8 @@ struct lm_bench_qfig {
 	double pause_ms;        /* the guest stopped -> it runs on the destination
 				   (-1 unknown) */
 	double whole_ms;        /* ours through lmshim: the whole lmctl migrate */
+	double vmm_ms;          /* QEMU's own time, its migrate -> completed on the
+				   source (its total-time), -1 unknown */
 	uint64_t bytes, passes;
 };
 

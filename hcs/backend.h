@@ -141,6 +141,8 @@ typedef struct lm_vmm_stream_status {
 	double dirty_rate_mbps;     /* the VMM's measured dirty rate, 0 unknown */
 	unsigned throttle_pct;      /* the VMM's current throttle */
 	uint64_t downtime_ms;       /* after completion: the VMM's figure */
+	uint64_t total_ms;          /* after completion: the VMM's own time from
+				       its migrate to completed, 0 unknown */
 	uint64_t busy_ns;           /* destination: the CPU time its VMM used so
 				       far (loading a stream shows as this
 				       growing), 0 unknown */

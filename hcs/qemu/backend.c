@@ -1289,6 +1289,8 @@ static int qemu_stream_status(lm_vm_t *vm, lm_vmm_stream_status_t *out)
 							   : 0;
 	if (mi.status == LM_QEMU_MIG_COMPLETED && mi.downtime_ms > 0)
 		out->downtime_ms = (uint64_t)mi.downtime_ms;
+	if (mi.status == LM_QEMU_MIG_COMPLETED && mi.total_time_ms > 0)
+		out->total_ms = (uint64_t)mi.total_time_ms;
 	bool b = atomic_load(&vm->blackout);
 	if (!b && mi.status == LM_QEMU_MIG_COMPLETED) {
 		b = true;       /* it went through finish-migrate to get there */

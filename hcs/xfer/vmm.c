@@ -369,9 +369,10 @@ static int src_finish(struct lm__xfer *x, uint64_t tb0, const lm_vmm_stream_stat
 	ev.blackout_stop_wall_ns = lm_wall_ns();
 	lm__xf_emit(x, LM_XEV_BLACKOUT_EXITED, &ev);
 	lm_log_info(MOD, "vmm stream done", "side=source session_id_hash=%u bytes=%llu passes=%u "
-		    "vmm_downtime_ms=%llu on_link=%d", x->o.session_id,
+		    "vmm_downtime_ms=%llu vmm_total_ms=%llu on_link=%d", x->o.session_id,
 		    (unsigned long long)x->st.bytes_sent, x->pass,
-		    (unsigned long long)vs->downtime_ms, (int)x->vmm_link);
+		    (unsigned long long)vs->downtime_ms, (unsigned long long)vs->total_ms,
+		    (int)x->vmm_link);
 	return 0;
 io_fail:
 	lm_log_warn(MOD, "vmm stream failed after its end", "side=source session_id_hash=%u rc=%d "
