@@ -1159,9 +1159,11 @@ int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res
 					  false, lx->msg, sizeof(lx->msg));
 		}
 	}
+	/* the progress line ends here (the summary line, printed once the
+	 * notifications ended, has the last figures) */
+	if (!o->quiet_progress)
+		ctl_progress_render(&prog, tty, true, o->vm_bytes);
 	if (xs.rc != 0 || xd.rc != 0) {
-		if (!o->quiet_progress)
-			ctl_progress_render(&prog, tty, true, o->vm_bytes);
 		if (xs.rc != 0)
 			fprintf(stderr, "lmctl: TransferSandbox on source (%s): %s: %s\n", src.path,
 				xs.rc > 0 ? ctl_code_name(xs.rc) : "transport",
@@ -1212,10 +1214,6 @@ int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res
 	if (ctl_call(&dst, CTL_MIGRATION_SERVICE, "FinalizeSandbox", &fi.base, NULL, NULL, tmo, false, NULL, 0) != 0)
 		goto fail;
 	res->resumed_ms = now_ms() - transfer_answered;
-	/* the progress line's last state, once the guest runs again (its
-	 * last notifications had the Finalize call's time to land) */
-	if (!o->quiet_progress)
-		ctl_progress_render(&prog, tty, true, o->vm_bytes);
 	if (res->verified == 1) {
 		/* the guest goes on from where it was: its counter never resets
 		 * nor goes back, and it advances on the destination */
