@@ -41,8 +41,11 @@
  * through the relay kind of TLS link instead of the engine's record
  * layer: actors/tls_link.h).
  *
- * --backend qemu (transfer_qemu.c) migrates a Linux utility VM (default
- * 256 MiB) through our engines beside QEMU migrating it by itself.
+ * --backend qemu migrates a Linux utility VM (default 256 MiB) beside QEMU
+ * migrating the same guest by itself: through two lmshim processes and
+ * lmctl migrate (transfer_shims.c: shims-idle, shims-writer), then through
+ * two transfer engines in this process (transfer_qemu.c: qemu-idle,
+ * qemu-writer).
  *
  * --backend kvm runs the same table on real KVM micro-VMs (hcs/kvm): the
  * baseline copies the source micro-VM's memory into a destination
@@ -692,6 +695,7 @@ int main(int argc, char **argv)
 			fprintf(c == 'h' ? stdout : stderr,
 				"usage: %s [--size-mib N] [--transport unix|tcp|both] [--csv F] [--png F] [--only a,b] [--reps N] [--link-mbps M] [--backend sim|kvm|qemu] [--vcpus N] [--tls-relay]\n"
 				"  figures (--only): raw idle (with idle_checksum, idle_tls) zero90 zero100 dirty50 dirty200 dirty800;\n"
+				"  with --backend qemu: shims-idle shims-writer qemu-idle qemu-writer;\n"
 				"  each printed beside a baseline measured in the same run (see the top of bench/bench_transfer.c)\n",
 				argv[0]);
 			return c == 'h' ? 0 : 2;

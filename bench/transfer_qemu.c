@@ -230,17 +230,6 @@ static int cmp_fig(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-static bool wanted(const char *only, const char *name)
-{
-	if (!only)
-		return true;
-	size_t n = strlen(name);
-	for (const char *p = only; (p = strstr(p, name)); p += n)
-		if ((p == only || p[-1] == ',') && (p[n] == ',' || !p[n]))
-			return true;
-	return false;
-}
-
 int bench_transfer_qemu(uint64_t size_mib, int reps, const char *only)
 {
 	if (system("command -v qemu-system-x86_64 >/dev/null 2>&1") != 0) {
@@ -276,7 +265,7 @@ int bench_transfer_qemu(uint64_t size_mib, int reps, const char *only)
 		{ "qemu-writer", "lm_dirty=64:200", 300 },
 	};
 	for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
-		if (!wanted(only, cases[k].name))
+		if (!lm_bench_wanted(only, cases[k].name))
 			continue;
 		struct fig q[16], o[16], c[16];
 		int n = reps > 16 ? 16 : reps;

@@ -348,20 +348,9 @@ static double med(const struct lm_bench_qfig *v, int n, size_t off)
 	return lm_bench_median(x, (unsigned)n);
 }
 
-static bool wanted(const char *only, const char *name)
-{
-	if (!only)
-		return true;
-	size_t n = strlen(name);
-	for (const char *p = only; (p = strstr(p, name)); p += n)
-		if ((p == only || p[-1] == ',') && (p[n] == ',' || !p[n]))
-			return true;
-	return false;
-}
-
 int bench_transfer_shims(uint64_t size_mib, int reps, const char *only)
 {
-	if (!wanted(only, "shims-idle") && !wanted(only, "shims-writer"))
+	if (!lm_bench_wanted(only, "shims-idle") && !lm_bench_wanted(only, "shims-writer"))
 		return 0;
 	if (access(LM_BENCH_LMSHIM, X_OK) || access(LM_BENCH_LMCTL, X_OK)) {
 		fprintf(stderr, "bench_transfer: shims: %s or %s is not built\n", LM_BENCH_LMSHIM, LM_BENCH_LMCTL);
@@ -383,7 +372,7 @@ int bench_transfer_shims(uint64_t size_mib, int reps, const char *only)
 		{ "shims-writer", true },
 	};
 	for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
-		if (!wanted(only, cases[k].name))
+		if (!lm_bench_wanted(only, cases[k].name))
 			continue;
 		struct lm_bench_qfig q[16], o[16];
 		double pr[16];
