@@ -87,8 +87,6 @@ static lm_vm_t *vm_new(const char *id, uint64_t mib, bool incoming, const char *
 	return vm;
 }
 
-#define fig lm_bench_qfig
-
 static void wait_loaded(lm_vm_t *dst, uint64_t t0, const char *what)
 {
 	for (;;) {
@@ -108,7 +106,7 @@ static void wait_loaded(lm_vm_t *dst, uint64_t t0, const char *what)
 
 /* QEMU by itself: the source's stream goes straight into the destination's
  * socket (the one its QEMU reads), with the parameters our backend sets. */
-static struct fig run_qemu(uint64_t mib, const char *cmdline, unsigned downtime_ms)
+static struct lm_bench_qfig run_qemu(uint64_t mib, const char *cmdline, unsigned downtime_ms)
 {
 	lm_vm_t *src = vm_new("bsrc", mib, false, cmdline);
 	lm_vm_t *dst = vm_new("bdst", mib, true, cmdline);
@@ -142,7 +140,7 @@ struct lm_bench_qfig lm_bench_qemu_alone(lm_vm_t *src, lm_vm_t *dst, unsigned do
 		exit(1);
 	}
 	wait_loaded(dst, t0, "qemu baseline");
-	struct fig f = { .ms = (double)(lm_now_ns() - t0) / 1e6, .pause_ms = -1 };
+	struct lm_bench_qfig f = { .ms = (double)(lm_now_ns() - t0) / 1e6, .pause_ms = -1 };
 	/* the guest's pause: its STOP on the source (the backend's event
 	 * time) to its run on the destination */
 	lm_vmm_stream_status_t ss;
@@ -170,7 +168,7 @@ struct lm_bench_qfig lm_bench_qemu_alone(lm_vm_t *src, lm_vm_t *dst, unsigned do
 
 /* Ours: two transfer engines over a socketpair; the VMMs on the link, or
  * (carry) their stream in our checksummed records. */
-static struct fig run_ours(uint64_t mib, const char *cmdline, unsigned downtime_ms, bool carry)
+static struct lm_bench_qfig run_ours(uint64_t mib, const char *cmdline, unsigned downtime_ms, bool carry)
 {
 	lm_vm_t *src = vm_new("osrc", mib, false, cmdline);
 	lm_vm_t *dst = vm_new("odst", mib, true, cmdline);
@@ -197,7 +195,7 @@ static struct fig run_ours(uint64_t mib, const char *cmdline, unsigned downtime_
 	lm__xfer_go(xd);
 	lm__xfer_go(xs);
 	int rs = lm__xfer_join(xs), rd = lm__xfer_join(xd);
-	struct fig f = { .ms = (double)(lm_now_ns() - t0) / 1e6 };
+	struct lm_bench_qfig f = { .ms = (double)(lm_now_ns() - t0) / 1e6 };
 	if (rs || rd) {
 		fprintf(stderr, "bench_transfer: our migration failed: %s / %s\n", ls.fail_msg, ld.fail_msg);
 		exit(1);
@@ -224,9 +222,9 @@ static struct fig run_ours(uint64_t mib, const char *cmdline, unsigned downtime_
 	return f;
 }
 
-static int cmp_fig(const void *a, const void *b)
+int lm_bench_qfig_cmp_ms(const void *a, const void *b)
 {
-	double x = ((const struct fig *)a)->ms, y = ((const struct fig *)b)->ms;
+	double x = ((const struct lm_bench_qfig *)a)->ms, y = ((const struct lm_bench_qfig *)b)->ms;
 	return x < y ? -1 : x > y;
 }
 
@@ -267,7 +265,7 @@ int bench_transfer_qemu(uint64_t size_mib, int reps, const char *only)
 	for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
 		if (!lm_bench_wanted(only, cases[k].name))
 			continue;
-		struct fig q[16], o[16], c[16];
+		struct lm_bench_qfig q[16], o[16], c[16];
 		int n = reps > 16 ? 16 : reps;
 		for (int i = 0; i < n; i++) {
 			q[i] = run_qemu(size_mib, cases[k].cmdline, cases[k].downtime_ms);
@@ -286,10 +284,10 @@ int bench_transfer_qemu(uint64_t size_mib, int reps, const char *only)
 			pc[i] = q[i].ms / c[i].ms;
 		}
 		double mpr = lm_bench_median(pr, (unsigned)n), mpc = lm_bench_median(pc, (unsigned)n);
-		qsort(q, (size_t)n, sizeof(q[0]), cmp_fig);
-		qsort(o, (size_t)n, sizeof(o[0]), cmp_fig);
-		qsort(c, (size_t)n, sizeof(c[0]), cmp_fig);
-		struct fig mq = q[n / 2], mo = o[n / 2], mc = c[n / 2];
+		qsort(q, (size_t)n, sizeof(q[0]), lm_bench_qfig_cmp_ms);
+		qsort(o, (size_t)n, sizeof(o[0]), lm_bench_qfig_cmp_ms);
+		qsort(c, (size_t)n, sizeof(c[0]), lm_bench_qfig_cmp_ms);
+		struct lm_bench_qfig mq = q[n / 2], mo = o[n / 2], mc = c[n / 2];
 		printf("%s size_mib=%llu qemu_ms=%.0f ours_ms=%.0f ratio=%.2f paired_ratio=%.2f "
 		       "qemu_downtime_ms=%.0f ours_downtime_ms=%.0f ours_blackout_ms=%.0f "
 		       "carried_ms=%.0f ratio_carried=%.2f paired_ratio_carried=%.2f "

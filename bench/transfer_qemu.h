@@ -32,6 +32,9 @@ lm_vm_t *lm_bench_qemu_vm(const char *doc, const char *id, uint64_t mib, bool in
  * parameters (under TCG one pass, downtime-limit 0). Destroys both VMs. */
 struct lm_bench_qfig lm_bench_qemu_alone(lm_vm_t *src, lm_vm_t *dst, unsigned downtime_ms);
 
+/* qsort's order of figures by .ms */
+int lm_bench_qfig_cmp_ms(const void *a, const void *b);
+
 /* bench_transfer --backend qemu: transfer_qemu.c (two transfer engines in
  * this process), transfer_shims.c (two lmshim processes and lmctl). */
 int bench_transfer_qemu(uint64_t size_mib, int reps, const char *only);

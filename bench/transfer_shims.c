@@ -61,7 +61,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define READY_MS 120000           /* a shim's VM booted, its containers running */
+#define READY_MS 120000           /* (said as 120 s) a shim's VM booted, its containers running */
 #define LMCTL_MS 300000
 #define SETTLE_IDLE_MS 1000
 #define SETTLE_WRITER_MS 3000
@@ -79,6 +79,12 @@ static char dir[200];
 static void die(const char *what)
 {
 	fprintf(stderr, "bench_transfer: shims: %s\n", what);
+	exit(1);
+}
+
+static void die_rc(const char *what, int rc)
+{
+	fprintf(stderr, "bench_transfer: shims: %s: %s\n", what, strerror(rc < 0 ? -rc : rc));
 	exit(1);
 }
 
@@ -143,8 +149,9 @@ static struct lm_bench_qfig run_alone(uint64_t mib, bool writer)
 	lm_vm_t *src = lm_bench_qemu_vm(doc, "vm-alone-src", mib, false);
 	struct lm_guest_cbs cbs = { .exit = g_exit, .drop = g_drop };
 	lm_guest_t *g = NULL;
-	if (lm_guest_open(&g, lm_hcs_qemu_agent_socket(src), 30000000000ll, &cbs))
-		die("baseline: the agent connection");
+	int rc = lm_guest_open(&g, lm_hcs_qemu_agent_socket(src), 30000000000ll, &cbs);
+	if (rc)
+		die_rc("baseline: lm_guest_open on the source's agent socket", rc);
 	struct gwait w = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, "" };
 	static const char *const layers[] = { "rootfs" };
 	static const char *const sleeper[] = { "sleep", "2000000000" };
@@ -152,19 +159,25 @@ static struct lm_bench_qfig run_alone(uint64_t mib, bool writer)
 	struct lm_guest_ctr_spec s = { .guest_id = "sandbox", .layer_serials = layers, .n_layers = 1,
 				       .args = sleeper, .n_args = 2 };
 	w.left = 1 + writer;
-	if (lm_guest_create(g, &s, NULL, g_done, &w))
-		die("baseline: create the sandbox container");
+	if ((rc = lm_guest_create(g, &s, NULL, g_done, &w)))
+		die_rc("baseline: lm_guest_create of the sandbox container", rc);
 	if (writer) {
 		s.guest_id = "w";
 		s.args = sh;
 		s.n_args = 3;
-		if (lm_guest_create(g, &s, NULL, g_done, &w))
-			die("baseline: create the writer");
+		if ((rc = lm_guest_create(g, &s, NULL, g_done, &w)))
+			die_rc("baseline: lm_guest_create of the writer container", rc);
 	}
+	struct timespec dl;
+	clock_gettime(CLOCK_REALTIME, &dl);
+	dl.tv_sec += READY_MS / 1000;
 	pthread_mutex_lock(&w.mu);
-	while (w.left > 0)
-		pthread_cond_wait(&w.cv, &w.mu);   /* the guest's worker answers each, or fails it */
+	while (w.left > 0 && pthread_cond_timedwait(&w.cv, &w.mu, &dl) == 0)
+		;                              /* the guest's worker answers each, or fails it */
+	int left = w.left;
 	pthread_mutex_unlock(&w.mu);
+	if (left > 0)
+		die("baseline: the agent did not answer the containers' creation in time");
 	if (w.err) {
 		fprintf(stderr, "bench_transfer: shims: baseline container: %s\n", w.why);
 		exit(1);
@@ -284,9 +297,13 @@ static struct lm_bench_qfig run_shims(uint64_t mib, bool writer, int rep)
 	unsigned want = 1 + writer;
 	while (count(slurp(slog, big, sizeof big), "msg=\"container runs in the guest\"") < want ||
 	       !answers(dsock)) {
-		if (!alive(sp) || !alive(dp) || ms_since(t0) > READY_MS) {
-			fprintf(stderr, "bench_transfer: shims: the shims did not come up (logs: %s, %s)\n",
-				slog, dlog);
+		bool s_up = alive(sp), d_up = alive(dp);
+		if (!s_up || !d_up || ms_since(t0) > READY_MS) {
+			fprintf(stderr, "bench_transfer: shims: %s (logs: %s, %s)\n",
+				!s_up ? "the source lmshim exited before its containers ran"
+				: !d_up ? "the destination lmshim exited before it served"
+					: "the source's containers or the destination's socket not up "
+					  "within 120 s", slog, dlog);
 			stop(sp);
 			stop(dp);
 			exit(1);
@@ -326,18 +343,13 @@ static struct lm_bench_qfig run_shims(uint64_t mib, bool writer, int rep)
 	f.downtime_ms = field(big, "vmm_downtime_ms=");
 	f.vmm_ms = field(big, "vmm_total_ms=");
 	const char *d = strstr(big, "msg=\"vmm stream done\"");
-	f.bytes = d && strstr(d, " bytes=") ? strtoull(strstr(d, " bytes=") + 7, NULL, 10) : 0;
+	double b = d ? field(d, " bytes=") : -1;
+	f.bytes = b > 0 ? (uint64_t)b : 0;
 	if (f.ms < 0 || f.downtime_ms < 0) {
 		fprintf(stderr, "bench_transfer: shims: no transfer time or downtime in %s / %s\n", clog, slog);
 		exit(1);
 	}
 	return f;
-}
-
-static int cmp_ms(const void *a, const void *b)
-{
-	double x = ((const struct lm_bench_qfig *)a)->ms, y = ((const struct lm_bench_qfig *)b)->ms;
-	return x < y ? -1 : x > y;
 }
 
 static double med(const struct lm_bench_qfig *v, int n, size_t off)
@@ -413,8 +425,8 @@ int bench_transfer_shims(uint64_t size_mib, int reps, const char *only)
 			ox[i] = o[i].ms - o[i].vmm_ms;
 		}
 		double qa = lm_bench_median(qx, (unsigned)n), oa = lm_bench_median(ox, (unsigned)n);
-		qsort(q, (size_t)n, sizeof q[0], cmp_ms);
-		qsort(o, (size_t)n, sizeof o[0], cmp_ms);
+		qsort(q, (size_t)n, sizeof q[0], lm_bench_qfig_cmp_ms);
+		qsort(o, (size_t)n, sizeof o[0], lm_bench_qfig_cmp_ms);
 		printf("%s size_mib=%llu qemu_ms=%.0f ours_ms=%.0f ratio=%.2f paired_ratio=%.2f "
 		       "qemu_downtime_ms=%.0f ours_downtime_ms=%.0f qemu_pause_ms=%.0f ours_pause_ms=%.0f "
 		       "ours_blackout_ms=%.0f ours_resume_ms=%.0f target_blackout_ms=%u max_ours_pause_ms=%.0f "

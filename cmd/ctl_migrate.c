@@ -1143,8 +1143,6 @@ int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res
 	}
 	pthread_join(xs.th, NULL);
 	pthread_join(xd.th, NULL);
-	transfer_answered = now_ms();
-	res->transfer_ms = transfer_answered - transfer_t0;
 	if (late) {
 		struct xfer_thread *lx = late == &src ? &xs : &xd;
 		fprintf(stderr, "\nlmctl: no answer to TransferSandbox from the %s %.0f ms after the %s's: asking again\n",
@@ -1159,6 +1157,8 @@ int ctl_migrate(const struct ctl_migrate_opts *o, struct ctl_migrate_result *res
 					  false, lx->msg, sizeof(lx->msg));
 		}
 	}
+	transfer_answered = now_ms();    /* both answers, a late one asked for again included */
+	res->transfer_ms = transfer_answered - transfer_t0;
 	/* the progress line ends here (the summary line, printed once the
 	 * notifications ended, has the last figures) */
 	if (!o->quiet_progress)
