@@ -254,6 +254,13 @@ typedef struct lm_backend_ops {
 	 * another stream_* call). Where the VMM's migration stands (one VMM
 	 * query: may wait while the VMM finishes its stream). */
 	int (*stream_status)(lm_vm_t *vm, struct lm_vmm_stream_status *out);
+	/* Thread: any. May be NULL. A descriptor that polls readable when
+	 * the VMM's stream may have changed (its status, the blackout's
+	 * start, the VMM gone): the engine waits on it instead of asking
+	 * stream_status every few ms, and reads it (non-blocking, 8 bytes)
+	 * to clear it. Only a hint: the answer is stream_status's. The
+	 * backend's, valid until destroy; -1 when there is none. */
+	int (*stream_event_fd)(lm_vm_t *vm);
 	/* Thread: transfer. Source: the outgoing migration is over without
 	 * a handover: cancel it if it still runs, and leave the guest running
 	 * as it was before the stream (the VMM's cancel resumes a guest it

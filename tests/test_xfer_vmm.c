@@ -19,6 +19,7 @@
 #include "util/log.h"
 
 #include <fcntl.h>
+#include <sys/eventfd.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -49,8 +50,25 @@ struct lm_vm {
 	bool never_loaded;            /* destination: never says completed */
 	unsigned complete_delay_ms;   /* source: EOF, then completed this late */
 	unsigned keep_open_ms;        /* source: completed, its end closed this late */
+	unsigned load_ms;             /* destination: all read, loaded this late */
 	int aborts;
+	/* the event fd (ops.stream_event_fd when a test sets it): written on
+	 * every change of state or blackout */
+	int evfd;
+	unsigned status_calls;        /* atomic: stream_status asked */
+	uint64_t final_ns;            /* mu: the state became final */
+	uint64_t final_seen_ns;       /* mu: stream_status first answered it */
 };
+
+/* Thread: any holding v->mu. The stream changed: state or blackout. */
+static void changed(struct lm_vm *v)
+{
+	if (v->state == LM_VS_COMPLETED || v->state == LM_VS_FAILED || v->state == LM_VS_CANCELLED)
+		if (!v->final_ns)
+			v->final_ns = lm_now_ns();
+	uint64_t one = 1;
+	if (write(v->evfd, &one, sizeof(one)) < 0) { /* already signalled */ }
+}
 
 #define CHUNK 65536
 
@@ -79,6 +97,7 @@ static void *src_main(void *a)
 		if (!v->blackout && off >= v->size / 10 * 8) {
 			v->blackout = true;   /* the VMM stops the guest for the rest */
 			v->running = false;
+			changed(v);
 		}
 		bool stall = v->blackout && v->stall_after_blackout_ms;
 		pthread_mutex_unlock(&v->mu);
@@ -130,6 +149,7 @@ static void *src_main(void *a)
 		snprintf(v->error, sizeof(v->error), "the stream's socket failed");
 		v->running = true;
 	}
+	changed(v);
 	bool linger = v->state == LM_VS_COMPLETED && v->keep_open_ms;
 	if (!linger) {
 		close(v->theirs);
@@ -172,6 +192,8 @@ static void *dst_main(void *a)
 		off += (size_t)r;
 		__atomic_store_n(&v->done, off, __ATOMIC_RELEASE);
 	}
+	if (ok && v->load_ms)
+		usleep(v->load_ms * 1000u);     /* the device state, say */
 	pthread_mutex_lock(&v->mu);
 	if (ok && !v->never_loaded) {
 		v->state = LM_VS_COMPLETED;
@@ -181,6 +203,7 @@ static void *dst_main(void *a)
 		close(v->theirs);
 		v->theirs = -1;
 	}
+	changed(v);
 	pthread_mutex_unlock(&v->mu);
 	return NULL;
 }
@@ -192,6 +215,8 @@ static int f_create(lm_vm_t **out, const lm_vm_config_t *cfg)
 	v->mem = calloc(1, v->size);
 	v->incoming = cfg->incoming;
 	v->ours = v->theirs = -1;
+	v->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	assert_true(v->evfd >= 0);
 	pthread_mutex_init(&v->mu, NULL);
 	if (!v->incoming)
 		for (size_t i = 0; i < v->size; i++)
@@ -225,6 +250,7 @@ static void f_destroy(lm_vm_t *v)
 		close(v->ours);
 	if (v->theirs >= 0)
 		close(v->theirs);
+	close(v->evfd);
 	pthread_mutex_destroy(&v->mu);
 	free(v->mem);
 	free(v);
@@ -318,7 +344,10 @@ static int f_stream_open(lm_vm_t *v, const lm_vmm_stream_params_t *p)
 static int f_stream_status(lm_vm_t *v, lm_vmm_stream_status_t *out)
 {
 	memset(out, 0, sizeof(*out));
+	__atomic_add_fetch(&v->status_calls, 1, __ATOMIC_RELAXED);
 	pthread_mutex_lock(&v->mu);
+	if (v->final_ns && !v->final_seen_ns)
+		v->final_seen_ns = lm_now_ns();
 	out->state = v->state;
 	out->blackout = v->blackout;
 	out->total_bytes = v->size;
@@ -330,6 +359,11 @@ static int f_stream_status(lm_vm_t *v, lm_vmm_stream_status_t *out)
 	snprintf(out->error, sizeof(out->error), "%s", v->error);
 	pthread_mutex_unlock(&v->mu);
 	return 0;
+}
+
+static int f_stream_event_fd(lm_vm_t *v)
+{
+	return v->evfd;
 }
 
 static int f_stream_abort(lm_vm_t *v)
@@ -377,6 +411,7 @@ static int run_group_link(void **state)
 	(void)state;
 	g_link = true;
 	fvmm_ops.stream_on_link = true;
+	fvmm_ops.stream_event_fd = NULL;
 	return 0;
 }
 
@@ -385,6 +420,7 @@ static int run_group_carried(void **state)
 	(void)state;
 	g_link = false;
 	fvmm_ops.stream_on_link = false;
+	fvmm_ops.stream_event_fd = NULL;
 	return 0;
 }
 
@@ -775,6 +811,45 @@ static void test_a_source_that_leaves_after_the_stream_leaves_no_copy_behind(voi
 	mig_teardown(&m);
 }
 
+static double median3(const double *v)
+{
+	double a = v[0], b = v[1], c = v[2];
+	return a > b ? (b > c ? b : (a > c ? c : a)) : (a > c ? a : (b > c ? c : b));
+}
+
+/* A VMM with an event fd is waited on, not asked every few ms: through a
+ * 300 ms blackout on the source and a 300 ms load on the destination the
+ * engine asks its status about every STATUS_MS (50 ms; without the event,
+ * every 2-5 ms: 60-150 times), and it sees the end at once (the median
+ * of three moves under 20 ms after the VMM said so; a 50 ms timer alone
+ * would give 25 ms on average). */
+static void test_a_vmm_with_an_event_fd_is_waited_on_not_polled(void **state)
+{
+	(void)state;
+	fvmm_ops.stream_event_fd = f_stream_event_fd;
+	double src_ms[3], dst_ms[3];
+	for (int i = 0; i < 3; i++) {
+		struct mig m;
+		mig_setup(&m, 24, NULL);
+		m.src->stall_after_blackout_ms = 300;
+		m.dst->load_ms = 300;
+		moves_whole(&m);
+		unsigned sc = __atomic_load_n(&m.src->status_calls, __ATOMIC_RELAXED);
+		unsigned dc = __atomic_load_n(&m.dst->status_calls, __ATOMIC_RELAXED);
+		src_ms[i] = (double)(m.src->final_seen_ns - m.src->final_ns) / 1e6;
+		dst_ms[i] = (double)(m.dst->final_seen_ns - m.dst->final_ns) / 1e6;
+		printf("# move %d: status asked %u times on the source, %u on the destination; "
+		       "completion seen after %.2f / %.2f ms\n", i, sc, dc, src_ms[i], dst_ms[i]);
+		assert_true(m.src->final_seen_ns && m.dst->final_seen_ns);
+		assert_true(sc < 40);
+		assert_true(dc < 40);
+		mig_teardown(&m);
+	}
+	fvmm_ops.stream_event_fd = NULL;
+	assert_true(median3(src_ms) < 20);
+	assert_true(median3(dst_ms) < 20);
+}
+
 int main(void)
 {
 	if (!getenv("LM_LOG_LEVEL"))
@@ -789,6 +864,7 @@ int main(void)
 		cmocka_unit_test(test_a_failed_handshake_moves_nothing),
 		cmocka_unit_test(test_a_vmm_slow_to_say_completed_is_not_a_stalled_destination),
 		cmocka_unit_test(test_a_vmm_that_keeps_its_stream_open_after_completing_still_moves),
+		cmocka_unit_test(test_a_vmm_with_an_event_fd_is_waited_on_not_polled),
 	};
 	const struct CMUnitTest link_tests[] = {
 		cmocka_unit_test(test_a_destination_that_carries_keeps_the_stream_in_records),

@@ -71,6 +71,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -84,6 +85,7 @@
 #define OP_MS 5000              /* one QMP command (stop, cont, set) */
 #define STATUS_MS 2000          /* stream_status / stats: one query */
 #define IN_QUERY_MS 500         /* destination: query-migrate at least this often */
+#define COMPLETED_FIGURES_TRIES 20 /* source: completed, figures 1 ms apart */
 #define IN_CPU_MS 50            /* ... and its CPU time, at most this often */
 #define ABORT_MS 10000          /* migrate_cancel until cancelled */
 #define KILL_MS 5000            /* SIGKILL until reaped */
@@ -119,6 +121,8 @@ struct lm_vm {
 	char cpu_compat[64];        /* the compat data's cpu= */
 	unsigned boot_ms;           /* boot bound (agent port) */
 
+	int evfd;                   /* eventfd: on_event writes it on a change
+				       of the stream (stream_event_fd) */
 	/* transfer thread and on_event: sticky for the current outgoing
 	 * stream (stream_open clears it before QEMU starts). A flag with no
 	 * data behind it: the default (seq_cst) order, no edge needed */
@@ -165,6 +169,13 @@ static void on_event(void *arg, const lm_qemu_event_t *ev)
 	if (ev->type == LM_QEMU_EV_BLACKOUT_START) {
 		atomic_store(&vm->blackout_ns, ev->mono_ns);
 		atomic_store(&vm->blackout, true);
+	}
+	/* the stream's state may have changed: the transfer thread asks
+	 * (a full counter only drops the hint; the waiter wakes anyway) */
+	if (ev->type == LM_QEMU_EV_BLACKOUT_START || ev->type == LM_QEMU_EV_MIGRATION ||
+	    ev->type == LM_QEMU_EV_QMP_CLOSED || ev->type == LM_QEMU_EV_EXITED) {
+		uint64_t one = 1;
+		if (write(vm->evfd, &one, sizeof(one)) < 0) { /* EAGAIN: already signalled */ }
 	}
 }
 
@@ -513,6 +524,13 @@ static int qemu_create(lm_vm_t **out, const lm_vm_config_t *cfg)
 		free(o);
 		return -ENOMEM;
 	}
+	vm->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (vm->evfd < 0) {
+		rc = -errno;
+		free(o);
+		free(vm);
+		return rc;
+	}
 	pthread_mutex_init(&vm->mu, NULL);
 	vm->stream_fd = -1;
 	vm->incoming = cfg->incoming;
@@ -639,6 +657,7 @@ static void qemu_destroy(lm_vm_t *vm)
 	vm->q = NULL;
 	if (vm->stream_fd >= 0)
 		close(vm->stream_fd);
+	close(vm->evfd);               /* (QEMU's loop, its writer, is gone) */
 	rm_private_dir(vm->dir);
 	pthread_mutex_destroy(&vm->mu);
 	free(vm);
@@ -1197,15 +1216,25 @@ static uint64_t qemu_cpu_ns(lm_vm_t *vm)
 }
 
 /* A destination's status from QEMU's MIGRATION events, without asking
- * QEMU (the engine asks every few ms while the VMM reads the link itself,
- * to see its stream complete at once): true with *out filled, false when
- * it is time to ask (a final status, whose error only query-migrate
- * gives, or IN_QUERY_MS since the last query: an event we could have
- * missed is never missed for long). */
+ * QEMU (the engine asks on each event and every 50 ms while the VMM reads
+ * the link itself): true with *out filled, false when it is time to ask
+ * (a failure or cancel, whose error only query-migrate gives, or
+ * IN_QUERY_MS since the last query: an event we could have missed is
+ * never missed for long). Completed is answered from the event: it is the
+ * guest's pause that waits for it. */
 static bool incoming_answer(lm_vm_t *vm, lm_vmm_stream_status_t *out)
 {
 	enum lm_qemu_mig_status s = lm_qemu_migrate_status(vm->q);
 	uint64_t now = lm_now_ns();
+	if (s == LM_QEMU_MIG_COMPLETED) {
+		/* loaded: QEMU sets it last, once the state is in (the
+		 * engine's wait ends here on the event, with no query on the
+		 * guest's pause) */
+		out->state = LM_VS_COMPLETED;
+		out->total_bytes = (uint64_t)vm->memory_mib * MiB;
+		out->busy_ns = vm->in_cpu_ns;
+		return true;
+	}
 	if (!mig_in_flight(s) || now - vm->in_query_ns >= IN_QUERY_MS * 1000000ull) {
 		vm->in_query_ns = now;
 		return false;
@@ -1250,6 +1279,16 @@ static int qemu_stream_status(lm_vm_t *vm, lm_vmm_stream_status_t *out)
 		return 0;
 	lm_qemu_migration_info_t mi;
 	int rc = lm_qemu_migrate_query(vm->q, &mi, STATUS_MS);
+	/* QEMU says completed (its event, which woke the engine) a moment
+	 * before it has computed the figures (total-time, downtime: its
+	 * migration thread sets them next, under the big lock): ask again,
+	 * briefly, for them */
+	for (int k = 0; k < COMPLETED_FIGURES_TRIES && rc == 0 && !vm->incoming &&
+	     mi.status == LM_QEMU_MIG_COMPLETED && mi.total_time_ms <= 0; k++) {
+		struct timespec ts = { 0, 1000000 };
+		nanosleep(&ts, NULL);
+		rc = lm_qemu_migrate_query(vm->q, &mi, STATUS_MS);
+	}
 	if (rc == -ETIMEDOUT && !vm->incoming && atomic_load(&vm->blackout))
 		return blackout_answer(vm, out);     /* it began while we asked */
 	if (rc == -EPIPE || rc == -ECHILD) {
@@ -1314,6 +1353,12 @@ static int qemu_stream_status(lm_vm_t *vm, lm_vmm_stream_status_t *out)
  * way the guest runs again if it ran at stream_open.
  * Destination: close our end (QEMU's incoming stream ends; the VM is
  * destroyed next). */
+/* Thread: any. The eventfd on_event signals (see struct lm_vm). */
+static int qemu_stream_event_fd(lm_vm_t *vm)
+{
+	return vm->evfd;
+}
+
 static int qemu_stream_abort(lm_vm_t *vm)
 {
 	if (vm->incoming) {
@@ -1407,6 +1452,7 @@ const lm_backend_ops_t lm_hcs_qemu_ops = {
 	.stream_open = qemu_stream_open,
 	.stream_status = qemu_stream_status,
 	.stream_abort = qemu_stream_abort,
+	.stream_event_fd = qemu_stream_event_fd,
 	.stream_on_link = true,
 };
 

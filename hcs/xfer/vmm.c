@@ -12,9 +12,11 @@
  *
  * Source: stream_open starts the VMM's outgoing migration, which writes
  * into a socket we read; each read becomes a VMM record. The VMM's own
- * pre-copy and auto-converge pace it; its stream status, polled every
- * STATUS_MS, gives progress and the moment it stopped the guest (the
- * blackout, bounded as for every backend: lm__xfer_blackout_bound_ms).
+ * pre-copy and auto-converge pace it; its stream status, asked every
+ * STATUS_MS and at once when the backend's event fd says it changed
+ * (ops.stream_event_fd), gives progress and the moment it stopped the
+ * guest (the blackout, bounded as for every backend:
+ * lm__xfer_blackout_bound_ms).
  * When the VMM says completed and its socket reached EOF, END goes out
  * and the destination's ACK is awaited under the bound. On failure the
  * backend's stream_abort puts the guest back as it was (the VMM's cancel
@@ -22,7 +24,10 @@
  *
  * Destination: VMM records are written to the socket its VMM reads
  * (stream_open); after END it waits until its VMM says the incoming
- * stream completed (the guest loaded, not running), then ACKs.
+ * stream completed (the guest loaded, not running), then ACKs. Its wait
+ * wakes on the VMM's event fd where the backend has one: the guest's
+ * pause does not wait for a timer, and no timer of ours preempts the two
+ * busy VMMs every few ms (the engine thread holds a CPU reservation).
  *
  * DESIGN: everything here runs on the engine thread and follows xfer.c's
  * rules: every wait is a poll() with the wake fd and the engine's tick,
@@ -42,6 +47,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -106,24 +112,42 @@ static const char *vs_name(enum lm_vmm_stream_state s)
  * finishes its stream (QEMU holds its big lock for the whole blackout),
  * and it finishes only as fast as we read: a status query on the engine
  * thread would stop the reading and stretch the blackout by the query's
- * timeout (seen: 2 s). So a thread of its own asks every STATUS_MS and
- * leaves the latest answer here; the engine thread only reads and relays,
- * and looks at the latest answer. It is the only caller of stream_status
- * while it runs, and is joined before any other stream_* call. */
+ * timeout (seen: 2 s). So a thread of its own asks and leaves the latest
+ * answer here; the engine thread only reads and relays, and looks at the
+ * latest answer. It asks every STATUS_MS (progress), and at once when the
+ * backend's event fd says the stream changed (the blackout began, the VMM
+ * completed); without one, every BLACKOUT_STATUS_MS in the blackout. It
+ * is the only caller of stream_status while it runs, and is joined before
+ * any other stream_* call. It waits in poll() on the event fd and on
+ * `kick` (an eventfd: ask now, or stop), so that it sleeps through the
+ * blackout instead of waking the busy VMM's cores every few ms. */
 struct poller {
 	struct lm__xfer *x;
 	pthread_t th;
+	int kick;                     /* eventfd: poller_kick / poller_stop */
 	pthread_mutex_t mu;
-	pthread_cond_t cv;
 	bool stop;                    /* mu */
 	bool fresh;                   /* mu: an answer the engine has not taken */
 	int rc;                       /* mu */
 	lm_vmm_stream_status_t st;    /* mu */
 };
 
+/* The backend's event fd (ops.stream_event_fd), or -1 (poll() skips it). */
+static int vmm_evfd(const struct lm__xfer *x)
+{
+	return x->ops->stream_event_fd ? x->ops->stream_event_fd(x->vm) : -1;
+}
+
+static void drain_fd(int fd)
+{
+	uint64_t v;
+	if (fd >= 0 && read(fd, &v, sizeof(v)) < 0) { /* EAGAIN: nothing pending */ }
+}
+
 static void *poller_main(void *arg)
 {
 	struct poller *p = arg;
+	int evfd = vmm_evfd(p->x);
 	pthread_mutex_lock(&p->mu);
 	while (!p->stop) {
 		pthread_mutex_unlock(&p->mu);
@@ -137,11 +161,19 @@ static void *poller_main(void *arg)
 		lm__xf_wake(p->x);
 		if (p->stop)
 			break;
+		pthread_mutex_unlock(&p->mu);
 		/* in the blackout the answer costs the VMM nothing (the backend
-		 * answers from its events) and its end is what we wait for */
-		int64_t ms = st.blackout ? BLACKOUT_STATUS_MS : STATUS_MS;
-		struct timespec ts = lm_timespec_in(CLOCK_MONOTONIC, ms * 1000000);
-		pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+		 * answers from its events) and its end is what we wait for:
+		 * the event says when, else ask often */
+		int ms = st.blackout && evfd < 0 ? BLACKOUT_STATUS_MS : STATUS_MS;
+		struct pollfd q[2] = { { p->kick, POLLIN, 0 }, { evfd, POLLIN, 0 } };
+		if (poll(q, 2, ms) > 0) {
+			if (q[0].revents)
+				drain_fd(p->kick);
+			if (q[1].revents)
+				drain_fd(evfd);
+		}
+		pthread_mutex_lock(&p->mu);
 	}
 	pthread_mutex_unlock(&p->mu);
 	return NULL;
@@ -151,11 +183,15 @@ static int poller_start(struct poller *p, struct lm__xfer *x)
 {
 	memset(p, 0, sizeof(*p));
 	p->x = x;
+	p->kick = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (p->kick < 0)
+		return -errno;
 	pthread_mutex_init(&p->mu, NULL);
-	lm_cond_init_monotonic(&p->cv);
+	/* a hint left from before this stream would only ask once more */
+	drain_fd(vmm_evfd(x));
 	if (pthread_create(&p->th, NULL, poller_main, p) != 0) {
-		pthread_cond_destroy(&p->cv);
 		pthread_mutex_destroy(&p->mu);
+		close(p->kick);
 		return -EAGAIN;
 	}
 	return 0;
@@ -178,20 +214,19 @@ static bool poller_take(struct poller *p, lm_vmm_stream_status_t *st, int *rc)
 /* Ask now (the stream ended: its completion is the next answer). */
 static void poller_kick(struct poller *p)
 {
-	pthread_mutex_lock(&p->mu);
-	pthread_cond_signal(&p->cv);
-	pthread_mutex_unlock(&p->mu);
+	uint64_t one = 1;
+	if (write(p->kick, &one, sizeof(one)) < 0) { /* EAGAIN: already kicked */ }
 }
 
 static void poller_stop(struct poller *p)
 {
 	pthread_mutex_lock(&p->mu);
 	p->stop = true;
-	pthread_cond_signal(&p->cv);
 	pthread_mutex_unlock(&p->mu);
+	poller_kick(p);
 	pthread_join(p->th, NULL);
-	pthread_cond_destroy(&p->cv);
 	pthread_mutex_destroy(&p->mu);
+	close(p->kick);
 }
 
 /* One VMM record: header, data, and its checksum when the hello said so. */
@@ -571,6 +606,7 @@ static int write_vmm(struct lm__xfer *x, int vfd, const uint8_t *buf, size_t n, 
 static int wait_loaded(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_result *res)
 {
 	uint64_t t0 = lm_now_ns();
+	int evfd = vmm_evfd(x);        /* its completion wakes us; else ask every 5 ms */
 	for (;;) {
 		lm_vmm_stream_status_t vs;
 		memset(&vs, 0, sizeof(vs));
@@ -597,13 +633,16 @@ static int wait_loaded(struct lm__xfer *x, char *why, size_t whylen, enum lm__xf
 			return -ETIMEDOUT;
 		}
 		lm__xf_maybe_keepalive(x);
-		struct pollfd q[2] = { { x->sock, POLLIN | POLLRDHUP, 0 }, { x->wakefd, POLLIN, 0 } };
-		if (lm__xf_link_poll(x, q, 2, 0, 5) < 0 && errno != EINTR)
+		struct pollfd q[3] = { { x->sock, POLLIN | POLLRDHUP, 0 }, { x->wakefd, POLLIN, 0 },
+				       { evfd, POLLIN, 0 } };
+		if (lm__xf_link_poll(x, q, 3, 0, evfd >= 0 ? STATUS_MS : 5) < 0 && errno != EINTR)
 			return -errno;
 		if (q[1].revents) {
 			uint64_t v;
 			if (read(x->wakefd, &v, sizeof(v)) < 0) { /* drained */ }
 		}
+		if (q[2].revents)
+			drain_fd(evfd);
 		if (q[0].revents) {
 			/* the source gave up waiting (its blackout bound): ABORT */
 			int a = lm__xf_read_control(x);
@@ -778,7 +817,8 @@ static int src_vmm_link(struct lm__xfer *x, char *why, size_t whylen, enum lm__x
 		if (loaded)   /* the destination waits for END: it hears we are here */
 			lm__xf_maybe_keepalive(x);
 		struct pollfd q[2] = { { x->sock, POLLIN | POLLRDHUP, 0 }, { x->wakefd, POLLIN, 0 } };
-		int n = lm__xf_link_poll(x, q, 2, 0, ss.completed ? BLACKOUT_STATUS_MS : STATUS_MS);
+		/* (the poller wakes us with each answer) */
+		int n = lm__xf_link_poll(x, q, 2, 0, STATUS_MS);
 		if (n < 0 && errno != EINTR) {
 			rc = -errno;
 			goto io_fail;
@@ -845,6 +885,7 @@ static int dst_vmm_link(struct lm__xfer *x, char *why, size_t whylen, enum lm__x
 	 * nothing for stall_ms: it spends next to no CPU (a source that
 	 * closed ends the VMM's stream, and its failure says so). */
 	uint64_t busy = 0, moved_ns = lm_now_ns();
+	int evfd = vmm_evfd(x);
 	for (;;) {
 		if (atomic_load(&x->cancel)) {
 			snprintf(why, whylen, "migration cancelled on the destination");
@@ -880,11 +921,16 @@ static int dst_vmm_link(struct lm__xfer *x, char *why, size_t whylen, enum lm__x
 		lm__xf_maybe_progress(x);
 		/* the link is its VMM's to read; a hangup is ours to see: a
 		 * source that gave up shuts the link (it never does while
-		 * its VMM's stream is under way), and no END will come */
-		struct pollfd q[2] = { { x->wakefd, POLLIN, 0 }, { x->sock, POLLRDHUP, 0 } };
-		if (poll(q, 2, LINK_POLL_MS) > 0) {
+		 * its VMM's stream is under way), and no END will come. The
+		 * VMM's completion wakes us through its event fd; without
+		 * one, we ask every LINK_POLL_MS */
+		struct pollfd q[3] = { { x->wakefd, POLLIN, 0 }, { x->sock, POLLRDHUP, 0 },
+				       { evfd, POLLIN, 0 } };
+		if (poll(q, 3, evfd >= 0 ? STATUS_MS : LINK_POLL_MS) > 0) {
 			uint64_t v;
 			if (q[0].revents && read(x->wakefd, &v, sizeof(v)) < 0) { /* drained */ }
+			if (q[2].revents)
+				drain_fd(evfd);
 			if (q[1].revents & (POLLRDHUP | POLLHUP | POLLERR)) {
 				x->peer_gone = true;
 				x->peer_eof = true;
