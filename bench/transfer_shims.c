@@ -345,19 +345,32 @@ static struct lm_bench_qfig run_shims(uint64_t mib, bool writer, int rep)
 	const char *d = strstr(big, "msg=\"vmm stream done\"");
 	double b = d ? field(d, " bytes=") : -1;
 	f.bytes = b > 0 ? (uint64_t)b : 0;
-	if (f.ms < 0 || f.downtime_ms < 0) {
-		fprintf(stderr, "bench_transfer: shims: no transfer time or downtime in %s / %s\n", clog, slog);
+	if (f.ms < 0) {
+		fprintf(stderr, "bench_transfer: shims: no transfer time in %s\n", clog);
 		exit(1);
+	}
+	if (f.vmm_ms <= 0 || f.downtime_ms < 0) {
+		/* QEMU's figures not in the log (0: it had not computed them):
+		 * left out of the medians, not taken as 0 */
+		fprintf(stderr, "bench_transfer: shims: no QEMU figures (vmm_total_ms, vmm_downtime_ms) "
+			"in %s: left out\n", slog);
+		f.vmm_ms = f.downtime_ms = -1;
 	}
 	return f;
 }
 
+/* The median of one figure over the reps, those unknown (< 0) left out
+ * (-1 when none is known). */
 static double med(const struct lm_bench_qfig *v, int n, size_t off)
 {
 	double x[16];
-	for (int i = 0; i < n; i++)
-		x[i] = *(const double *)((const char *)&v[i] + off);
-	return lm_bench_median(x, (unsigned)n);
+	unsigned k = 0;
+	for (int i = 0; i < n; i++) {
+		double f = *(const double *)((const char *)&v[i] + off);
+		if (f >= 0)
+			x[k++] = f;
+	}
+	return k ? lm_bench_median(x, k) : -1;
 }
 
 int bench_transfer_shims(uint64_t size_mib, int reps, const char *only)
@@ -420,11 +433,14 @@ int bench_transfer_shims(uint64_t size_mib, int reps, const char *only)
 		/* what each adds to QEMU's own time (the destination's load,
 		 * and ours our handshake, the stream's start and end, the call) */
 		double qx[16], ox[16];
+		unsigned nq = 0, no = 0;
 		for (int i = 0; i < n; i++) {
-			qx[i] = q[i].ms - q[i].vmm_ms;
-			ox[i] = o[i].ms - o[i].vmm_ms;
+			if (q[i].vmm_ms >= 0)
+				qx[nq++] = q[i].ms - q[i].vmm_ms;
+			if (o[i].vmm_ms >= 0)
+				ox[no++] = o[i].ms - o[i].vmm_ms;
 		}
-		double qa = lm_bench_median(qx, (unsigned)n), oa = lm_bench_median(ox, (unsigned)n);
+		double qa = nq ? lm_bench_median(qx, nq) : -1, oa = no ? lm_bench_median(ox, no) : -1;
 		qsort(q, (size_t)n, sizeof q[0], lm_bench_qfig_cmp_ms);
 		qsort(o, (size_t)n, sizeof o[0], lm_bench_qfig_cmp_ms);
 		printf("%s size_mib=%llu qemu_ms=%.0f ours_ms=%.0f ratio=%.2f paired_ratio=%.2f "
