@@ -18,7 +18,7 @@
  * Each rep runs the baseline and ours back to back (alternating which goes
  * first), fresh processes and VMs each time; figures are medians:
  *
- *   shims-idle size_mib=256 qemu_ms=... ours_ms=... ratio=... paired_ratio=...
+ *   shims-idle size_mib=256 qemu_ms=... ours_ms=... ratio=... ratio_ci95=LO-HI paired_ratio=...
  *       qemu_downtime_ms=... ours_downtime_ms=... qemu_pause_ms=... ours_pause_ms=...
  *       ours_blackout_ms=... ours_resume_ms=... target_blackout_ms=300
  *       max_ours_pause_ms=... lmctl_ms=... reps=...
@@ -26,8 +26,10 @@
  * qemu_ms: QEMU's migrate -> the destination loaded. ours_ms: lmctl's
  * TransferSandbox calls on both shims until both answered (our handshake,
  * the QEMUs' stream on the link, the destination loaded, END/ACK). ratio
- * = qemu_ms / ours_ms of the medians (target >= 0.95), paired_ratio the
- * median of each rep's own. *_downtime_ms: QEMU's own figure on the
+ * = qemu_ms / ours_ms of the medians (target >= 0.95), ratio_ci95 a 95%
+ * interval for it (a paired bootstrap over the reps: lm_bench_ratio_ci),
+ * paired_ratio the median of each rep's own. Up to SHIMS_REPS_MAX reps
+ * (--reps; at 1 GiB a rep of both arms takes about half a minute). *_downtime_ms: QEMU's own figure on the
  * source. *_pause_ms: the guest stopped -> it runs on the destination
  * (ours: the engine's blackout, STOP -> the destination's ACK, plus lmctl's
  * Finalize(RESUME): ours_blackout_ms + ours_resume_ms); max_ours_pause_ms
@@ -68,6 +70,7 @@
 /* the blackout asked for, on both sides (the baseline's downtime-limit;
  * under TCG the backend makes one pass whatever it is: hcs/qemu/README.md) */
 #define TARGET_BLACKOUT_MS 300
+#define SHIMS_REPS_MAX 64
 
 static const char WRITER[] =
 	"head -c 33554432 /dev/urandom > /r && cp /r /w && i=0 && while :; do "
@@ -363,7 +366,7 @@ static struct lm_bench_qfig run_shims(uint64_t mib, bool writer, int rep)
  * (-1 when none is known). */
 static double med(const struct lm_bench_qfig *v, int n, size_t off)
 {
-	double x[16];
+	double x[SHIMS_REPS_MAX];
 	unsigned k = 0;
 	for (int i = 0; i < n; i++) {
 		double f = *(const double *)((const char *)&v[i] + off);
@@ -399,9 +402,9 @@ int bench_transfer_shims(uint64_t size_mib, int reps, const char *only)
 	for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
 		if (!lm_bench_wanted(only, cases[k].name))
 			continue;
-		struct lm_bench_qfig q[16], o[16];
-		double pr[16];
-		int n = reps > 16 ? 16 : reps;
+		struct lm_bench_qfig q[SHIMS_REPS_MAX], o[SHIMS_REPS_MAX];
+		double pr[SHIMS_REPS_MAX], qms[SHIMS_REPS_MAX], oms[SHIMS_REPS_MAX];
+		int n = reps > SHIMS_REPS_MAX ? SHIMS_REPS_MAX : reps;
 		for (int i = 0; i < n; i++) {
 			if (i % 2 == 0) {
 				q[i] = run_alone(size_mib, cases[k].writer);
@@ -411,6 +414,8 @@ int bench_transfer_shims(uint64_t size_mib, int reps, const char *only)
 				q[i] = run_alone(size_mib, cases[k].writer);
 			}
 			pr[i] = q[i].ms / o[i].ms;
+			qms[i] = q[i].ms;
+			oms[i] = o[i].ms;
 			fprintf(stderr, "  %s run %d: qemu %.0f ms (its own %.0f, downtime %.0f, pause %.0f), "
 				"ours %.0f ms (QEMU's own %.0f, downtime %.0f, blackout %.0f + resume %.0f; "
 				"lmctl %.0f ms)\n", cases[k].name, i + 1, q[i].ms, q[i].vmm_ms,
@@ -432,7 +437,8 @@ int bench_transfer_shims(uint64_t size_mib, int reps, const char *only)
 		double ov = med(o, n, offsetof(struct lm_bench_qfig, vmm_ms));
 		/* what each adds to QEMU's own time (the destination's load,
 		 * and ours our handshake, the stream's start and end, the call) */
-		double qx[16], ox[16];
+		double qx[SHIMS_REPS_MAX], ox[SHIMS_REPS_MAX], clo, chi;
+		lm_bench_ratio_ci(qms, oms, (unsigned)n, &clo, &chi);
 		unsigned nq = 0, no = 0;
 		for (int i = 0; i < n; i++) {
 			if (q[i].vmm_ms >= 0)
@@ -443,13 +449,13 @@ int bench_transfer_shims(uint64_t size_mib, int reps, const char *only)
 		double qa = nq ? lm_bench_median(qx, nq) : -1, oa = no ? lm_bench_median(ox, no) : -1;
 		qsort(q, (size_t)n, sizeof q[0], lm_bench_qfig_cmp_ms);
 		qsort(o, (size_t)n, sizeof o[0], lm_bench_qfig_cmp_ms);
-		printf("%s size_mib=%llu qemu_ms=%.0f ours_ms=%.0f ratio=%.2f paired_ratio=%.2f "
+		printf("%s size_mib=%llu qemu_ms=%.0f ours_ms=%.0f ratio=%.2f ratio_ci95=%.2f-%.2f paired_ratio=%.2f "
 		       "qemu_downtime_ms=%.0f ours_downtime_ms=%.0f qemu_pause_ms=%.0f ours_pause_ms=%.0f "
 		       "ours_blackout_ms=%.0f ours_resume_ms=%.0f target_blackout_ms=%u max_ours_pause_ms=%.0f "
 		       "lmctl_ms=%.0f qemu_vmm_ms=%.0f ours_vmm_ms=%.0f qemu_added_ms=%.0f ours_added_ms=%.0f "
 		       "qemu_bytes=%llu ours_bytes=%llu reps=%d\n",
 		       cases[k].name, (unsigned long long)size_mib, q[n / 2].ms, o[n / 2].ms,
-		       q[n / 2].ms / o[n / 2].ms, mpr, qd, od, qp, op, ob, orr, TARGET_BLACKOUT_MS,
+		       q[n / 2].ms / o[n / 2].ms, clo, chi, mpr, qd, od, qp, op, ob, orr, TARGET_BLACKOUT_MS,
 		       max_pause, lm, qv, ov, qa, oa, (unsigned long long)q[n / 2].bytes,
 		       (unsigned long long)o[n / 2].bytes, n);
 		fflush(stdout);
