@@ -439,6 +439,8 @@ int bench_transfer_shims(uint64_t size_mib, int reps, const char *only)
 		 * and ours our handshake, the stream's start and end, the call) */
 		double qx[SHIMS_REPS_MAX], ox[SHIMS_REPS_MAX], clo, chi;
 		lm_bench_ratio_ci(qms, oms, (unsigned)n, &clo, &chi);
+		/* (the same medians as the interval's: sorts qms, oms) */
+		double qm = lm_bench_median(qms, (unsigned)n), om = lm_bench_median(oms, (unsigned)n);
 		unsigned nq = 0, no = 0;
 		for (int i = 0; i < n; i++) {
 			if (q[i].vmm_ms >= 0)
@@ -454,8 +456,7 @@ int bench_transfer_shims(uint64_t size_mib, int reps, const char *only)
 		       "ours_blackout_ms=%.0f ours_resume_ms=%.0f target_blackout_ms=%u max_ours_pause_ms=%.0f "
 		       "lmctl_ms=%.0f qemu_vmm_ms=%.0f ours_vmm_ms=%.0f qemu_added_ms=%.0f ours_added_ms=%.0f "
 		       "qemu_bytes=%llu ours_bytes=%llu reps=%d\n",
-		       cases[k].name, (unsigned long long)size_mib, q[n / 2].ms, o[n / 2].ms,
-		       q[n / 2].ms / o[n / 2].ms, clo, chi, mpr, qd, od, qp, op, ob, orr, TARGET_BLACKOUT_MS,
+		       cases[k].name, (unsigned long long)size_mib, qm, om, qm / om, clo, chi, mpr, qd, od, qp, op, ob, orr, TARGET_BLACKOUT_MS,
 		       max_pause, lm, qv, ov, qa, oa, (unsigned long long)q[n / 2].bytes,
 		       (unsigned long long)o[n / 2].bytes, n);
 		fflush(stdout);

@@ -251,15 +251,16 @@ typedef struct lm_backend_ops {
 	 * VMM for its stream (hcs/PROTOCOL.md, "The VMM on the link") */
 	bool stream_on_link;
 	/* Thread: transfer, or its status thread (never at the same time as
-	 * another stream_* call). Where the VMM's migration stands (one VMM
-	 * query: may wait while the VMM finishes its stream). */
+	 * another stream_* call). Where the VMM's migration stands (a VMM
+	 * query, or a few: may wait while the VMM finishes its stream). */
 	int (*stream_status)(lm_vm_t *vm, struct lm_vmm_stream_status *out);
 	/* Thread: any. May be NULL. A descriptor that polls readable when
 	 * the VMM's stream may have changed (its status, the blackout's
 	 * start, the VMM gone): the engine waits on it instead of asking
-	 * stream_status every few ms, and reads it (non-blocking, 8 bytes)
-	 * to clear it. Only a hint: the answer is stream_status's. The
-	 * backend's, valid until destroy; -1 when there is none. */
+	 * stream_status every few ms, and reads it (8 bytes) to clear it:
+	 * it must be O_NONBLOCK (an eventfd made with EFD_NONBLOCK). Only a
+	 * hint: the answer is stream_status's. The backend's, valid until
+	 * destroy; -1 when there is none. */
 	int (*stream_event_fd)(lm_vm_t *vm);
 	/* Thread: transfer. Source: the outgoing migration is over without
 	 * a handover: cancel it if it still runs, and leave the guest running

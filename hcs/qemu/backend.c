@@ -85,7 +85,7 @@
 #define OP_MS 5000              /* one QMP command (stop, cont, set) */
 #define STATUS_MS 2000          /* stream_status / stats: one query */
 #define IN_QUERY_MS 500         /* destination: query-migrate at least this often */
-#define COMPLETED_FIGURES_TRIES 20 /* source: completed, figures 1 ms apart */
+#define COMPLETED_FIGURES_MS 200 /* source: completed, its figures asked until */
 #define IN_CPU_MS 50            /* ... and its CPU time, at most this often */
 #define ABORT_MS 10000          /* migrate_cancel until cancelled */
 #define KILL_MS 5000            /* SIGKILL until reaped */
@@ -1253,8 +1253,9 @@ static bool incoming_answer(lm_vm_t *vm, lm_vmm_stream_status_t *out)
 }
 
 /* Thread: transfer. One query-migrate (plus, on a source in flight whose
- * blackout we have not seen yet, one query-status); none during the
- * source's blackout (blackout_answer). Under TCG a source whose QEMU
+ * blackout we have not seen yet, one query-status; on a source just
+ * completed, more until QEMU's figures are in); none during the source's
+ * blackout (blackout_answer). Under TCG a source whose QEMU
  * synced its dirty log with the guest running is failed: its copy may
  * lack a page (stream_open). */
 static int qemu_stream_status(lm_vm_t *vm, lm_vmm_stream_status_t *out)
@@ -1282,13 +1283,23 @@ static int qemu_stream_status(lm_vm_t *vm, lm_vmm_stream_status_t *out)
 	/* QEMU says completed (its event, which woke the engine) a moment
 	 * before it has computed the figures (total-time, downtime: its
 	 * migration thread sets them next, under the big lock): ask again,
-	 * briefly, for them */
-	for (int k = 0; k < COMPLETED_FIGURES_TRIES && rc == 0 && !vm->incoming &&
-	     mi.status == LM_QEMU_MIG_COMPLETED && mi.total_time_ms <= 0; k++) {
+	 * 1 ms apart for up to COMPLETED_FIGURES_MS, for them. Only an answer
+	 * is taken: a query that fails leaves the completion as it was said.
+	 * (The engine's END waits for the destination's load meanwhile.) */
+	uint64_t fig_t0 = lm_now_ns();
+	while (rc == 0 && !vm->incoming && mi.status == LM_QEMU_MIG_COMPLETED &&
+	       mi.total_time_ms <= 0 &&
+	       lm_now_ns() - fig_t0 < COMPLETED_FIGURES_MS * 1000000ull) {
 		struct timespec ts = { 0, 1000000 };
 		nanosleep(&ts, NULL);
-		rc = lm_qemu_migrate_query(vm->q, &mi, STATUS_MS);
+		lm_qemu_migration_info_t again;
+		if (lm_qemu_migrate_query(vm->q, &again, OP_MS) != 0)
+			break;
+		mi = again;
 	}
+	if (rc == 0 && !vm->incoming && mi.status == LM_QEMU_MIG_COMPLETED && mi.total_time_ms <= 0)
+		lm_log_warn(MOD, "stream_status: QEMU completed without its figures", "vm=%s waited_ms=%u",
+			    vm->name, COMPLETED_FIGURES_MS);
 	if (rc == -ETIMEDOUT && !vm->incoming && atomic_load(&vm->blackout))
 		return blackout_answer(vm, out);     /* it began while we asked */
 	if (rc == -EPIPE || rc == -ECHILD) {

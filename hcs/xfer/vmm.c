@@ -138,6 +138,14 @@ static int vmm_evfd(const struct lm__xfer *x)
 	return x->ops->stream_event_fd ? x->ops->stream_event_fd(x->vm) : -1;
 }
 
+/* How long a destination sleeps on its VMM's event fd: STATUS_MS, or the
+ * engine's tick when keepalives are due sooner (a short stall_ms). */
+static int evfd_wait_ms(const struct lm__xfer *x)
+{
+	int t = lm__xf_tick_ms(x);
+	return t < STATUS_MS ? t : STATUS_MS;
+}
+
 static void drain_fd(int fd)
 {
 	uint64_t v;
@@ -635,7 +643,7 @@ static int wait_loaded(struct lm__xfer *x, char *why, size_t whylen, enum lm__xf
 		lm__xf_maybe_keepalive(x);
 		struct pollfd q[3] = { { x->sock, POLLIN | POLLRDHUP, 0 }, { x->wakefd, POLLIN, 0 },
 				       { evfd, POLLIN, 0 } };
-		if (lm__xf_link_poll(x, q, 3, 0, evfd >= 0 ? STATUS_MS : 5) < 0 && errno != EINTR)
+		if (lm__xf_link_poll(x, q, 3, 0, evfd >= 0 ? evfd_wait_ms(x) : 5) < 0 && errno != EINTR)
 			return -errno;
 		if (q[1].revents) {
 			uint64_t v;
@@ -767,7 +775,8 @@ int lm__xf_dst_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_r
  * link is ours again: END, ACK and the handover as for a carried stream.
  * hcs/PROTOCOL.md, "The VMM on the link". */
 
-#define LINK_POLL_MS 2          /* destination: its VMM's status, this often */
+#define LINK_POLL_MS 2          /* destination without an event fd: its
+				   VMM's status, this often */
 #define LINK_BUSY_NS 30000000ull /* destination: the CPU time its VMM must
 				       spend in stall_ms not to be stalled */
 
@@ -926,7 +935,7 @@ static int dst_vmm_link(struct lm__xfer *x, char *why, size_t whylen, enum lm__x
 		 * one, we ask every LINK_POLL_MS */
 		struct pollfd q[3] = { { x->wakefd, POLLIN, 0 }, { x->sock, POLLRDHUP, 0 },
 				       { evfd, POLLIN, 0 } };
-		if (poll(q, 3, evfd >= 0 ? STATUS_MS : LINK_POLL_MS) > 0) {
+		if (poll(q, 3, evfd >= 0 ? evfd_wait_ms(x) : LINK_POLL_MS) > 0) {
 			uint64_t v;
 			if (q[0].revents && read(x->wakefd, &v, sizeof(v)) < 0) { /* drained */ }
 			if (q[2].revents)
