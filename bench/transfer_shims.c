@@ -29,8 +29,8 @@
  * = qemu_ms / ours_ms of the medians (target >= 0.95), ratio_ci95 a 95%
  * interval for it (a paired bootstrap over the reps: lm_bench_ratio_ci),
  * paired_ratio the median of each rep's own. Up to SHIMS_REPS_MAX reps
- * (--reps; at 1 GiB a rep of both arms takes about half a minute). *_downtime_ms: QEMU's own figure on the
- * source. *_pause_ms: the guest stopped -> it runs on the destination
+ * (--reps; at 1 GiB a rep of both arms takes about half a minute).
+ * *_downtime_ms: QEMU's own figure on the source. *_pause_ms: the guest stopped -> it runs on the destination
  * (ours: the engine's blackout, STOP -> the destination's ACK, plus lmctl's
  * Finalize(RESUME): ours_blackout_ms + ours_resume_ms); max_ours_pause_ms
  * the longest of the reps, against the blackout asked for
@@ -451,12 +451,14 @@ int bench_transfer_shims(uint64_t size_mib, int reps, const char *only)
 		double qa = nq ? lm_bench_median(qx, nq) : -1, oa = no ? lm_bench_median(ox, no) : -1;
 		qsort(q, (size_t)n, sizeof q[0], lm_bench_qfig_cmp_ms);
 		qsort(o, (size_t)n, sizeof o[0], lm_bench_qfig_cmp_ms);
-		printf("%s size_mib=%llu qemu_ms=%.0f ours_ms=%.0f ratio=%.2f ratio_ci95=%.2f-%.2f paired_ratio=%.2f "
+		printf("%s size_mib=%llu qemu_ms=%.0f ours_ms=%.0f ratio=%.2f ratio_ci95=%.2f-%.2f "
+		       "paired_ratio=%.2f "
 		       "qemu_downtime_ms=%.0f ours_downtime_ms=%.0f qemu_pause_ms=%.0f ours_pause_ms=%.0f "
 		       "ours_blackout_ms=%.0f ours_resume_ms=%.0f target_blackout_ms=%u max_ours_pause_ms=%.0f "
 		       "lmctl_ms=%.0f qemu_vmm_ms=%.0f ours_vmm_ms=%.0f qemu_added_ms=%.0f ours_added_ms=%.0f "
 		       "qemu_bytes=%llu ours_bytes=%llu reps=%d\n",
-		       cases[k].name, (unsigned long long)size_mib, qm, om, qm / om, clo, chi, mpr, qd, od, qp, op, ob, orr, TARGET_BLACKOUT_MS,
+		       cases[k].name, (unsigned long long)size_mib, qm, om, qm / om, clo, chi, mpr,
+		       qd, od, qp, op, ob, orr, TARGET_BLACKOUT_MS,
 		       max_pause, lm, qv, ov, qa, oa, (unsigned long long)q[n / 2].bytes,
 		       (unsigned long long)o[n / 2].bytes, n);
 		fflush(stdout);

@@ -85,8 +85,8 @@
 #define OP_MS 5000              /* one QMP command (stop, cont, set) */
 #define STATUS_MS 2000          /* stream_status / stats: one query */
 #define IN_QUERY_MS 500         /* destination: query-migrate at least this often */
-#define COMPLETED_FIGURES_MS 200 /* source: completed, its figures asked until */
 #define IN_CPU_MS 50            /* ... and its CPU time, at most this often */
+#define COMPLETED_FIGURES_MS 200 /* source: completed, its figures asked until */
 #define ABORT_MS 10000          /* migrate_cancel until cancelled */
 #define KILL_MS 5000            /* SIGKILL until reaped */
 #define BOOT_TCG_MS 60000       /* default boot bound under TCG */
@@ -1252,6 +1252,29 @@ static bool incoming_answer(lm_vm_t *vm, lm_vmm_stream_status_t *out)
 	return true;
 }
 
+/* Thread: transfer. A source's query said completed without QEMU's
+ * figures: QEMU says completed (its event, which woke the engine) a moment
+ * before its migration thread has computed total-time and downtime. Asks
+ * again, 1 ms apart for up to COMPLETED_FIGURES_MS, and takes only an
+ * answer: a query that fails leaves *mi (completed) as it was. The
+ * engine's END waits for the destination's load meanwhile. */
+static void completed_figures(lm_vm_t *vm, lm_qemu_migration_info_t *mi)
+{
+	uint64_t t0 = lm_now_ns();
+	while (mi->total_time_ms <= 0 && lm_now_ns() - t0 < COMPLETED_FIGURES_MS * 1000000ull) {
+		struct timespec ts = { 0, 1000000 };
+		nanosleep(&ts, NULL);
+		lm_qemu_migration_info_t again;
+		if (lm_qemu_migrate_query(vm->q, &again, OP_MS) != 0)
+			return;
+		*mi = again;
+	}
+	if (mi->total_time_ms <= 0)
+		lm_log_warn(MOD, "stream_status: QEMU completed without its figures",
+			    "vm=%s query=query-migrate field=total-time waited_ms=%u", vm->name,
+			    COMPLETED_FIGURES_MS);
+}
+
 /* Thread: transfer. One query-migrate (plus, on a source in flight whose
  * blackout we have not seen yet, one query-status; on a source just
  * completed, more until QEMU's figures are in); none during the source's
@@ -1280,26 +1303,8 @@ static int qemu_stream_status(lm_vm_t *vm, lm_vmm_stream_status_t *out)
 		return 0;
 	lm_qemu_migration_info_t mi;
 	int rc = lm_qemu_migrate_query(vm->q, &mi, STATUS_MS);
-	/* QEMU says completed (its event, which woke the engine) a moment
-	 * before it has computed the figures (total-time, downtime: its
-	 * migration thread sets them next, under the big lock): ask again,
-	 * 1 ms apart for up to COMPLETED_FIGURES_MS, for them. Only an answer
-	 * is taken: a query that fails leaves the completion as it was said.
-	 * (The engine's END waits for the destination's load meanwhile.) */
-	uint64_t fig_t0 = lm_now_ns();
-	while (rc == 0 && !vm->incoming && mi.status == LM_QEMU_MIG_COMPLETED &&
-	       mi.total_time_ms <= 0 &&
-	       lm_now_ns() - fig_t0 < COMPLETED_FIGURES_MS * 1000000ull) {
-		struct timespec ts = { 0, 1000000 };
-		nanosleep(&ts, NULL);
-		lm_qemu_migration_info_t again;
-		if (lm_qemu_migrate_query(vm->q, &again, OP_MS) != 0)
-			break;
-		mi = again;
-	}
 	if (rc == 0 && !vm->incoming && mi.status == LM_QEMU_MIG_COMPLETED && mi.total_time_ms <= 0)
-		lm_log_warn(MOD, "stream_status: QEMU completed without its figures", "vm=%s waited_ms=%u",
-			    vm->name, COMPLETED_FIGURES_MS);
+		completed_figures(vm, &mi);
 	if (rc == -ETIMEDOUT && !vm->incoming && atomic_load(&vm->blackout))
 		return blackout_answer(vm, out);     /* it began while we asked */
 	if (rc == -EPIPE || rc == -ECHILD) {

@@ -146,6 +146,7 @@ static int evfd_wait_ms(const struct lm__xfer *x)
 	return t < STATUS_MS ? t : STATUS_MS;
 }
 
+/* Clears an eventfd (the wake fd, an event fd, a kick); -1 is skipped. */
 static void drain_fd(int fd)
 {
 	uint64_t v;
@@ -506,8 +507,8 @@ int lm__xf_src_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_r
 			lm__xf_maybe_keepalive(x);
 			struct pollfd q[2] = { { x->wakefd, POLLIN, 0 }, { x->sock, POLLIN | POLLRDHUP, 0 } };
 			if (lm__xf_link_poll(x, q, 2, 1, lm__xf_tick_ms(x)) > 0) {
-				uint64_t v;
-				if (q[0].revents && read(x->wakefd, &v, sizeof(v)) < 0) { /* drained */ }
+				if (q[0].revents)
+					drain_fd(x->wakefd);
 				if (q[1].revents && (rc = peer_said(x)) < 0)
 					goto io_fail;
 			}
@@ -521,10 +522,8 @@ int lm__xf_src_vmm(struct lm__xfer *x, char *why, size_t whylen, enum lm__xfer_r
 			rc = -errno;
 			goto io_fail;
 		}
-		if (q[2].revents) {
-			uint64_t v;
-			if (read(x->wakefd, &v, sizeof(v)) < 0) { /* drained */ }
-		}
+		if (q[2].revents)
+			drain_fd(x->wakefd);
 		if (q[1].revents && (rc = peer_said(x)) < 0)
 			goto io_fail;
 		if (q[0].revents) {
@@ -602,10 +601,8 @@ static int write_vmm(struct lm__xfer *x, int vfd, const uint8_t *buf, size_t n, 
 		struct pollfd q[2] = { { vfd, POLLOUT, 0 }, { x->wakefd, POLLIN, 0 } };
 		if (poll(q, 2, lm__xf_tick_ms(x)) < 0 && errno != EINTR)
 			return -errno;
-		if (q[1].revents) {
-			uint64_t v;
-			if (read(x->wakefd, &v, sizeof(v)) < 0) { /* drained */ }
-		}
+		if (q[1].revents)
+			drain_fd(x->wakefd);
 	}
 	return 0;
 }
@@ -645,10 +642,8 @@ static int wait_loaded(struct lm__xfer *x, char *why, size_t whylen, enum lm__xf
 				       { evfd, POLLIN, 0 } };
 		if (lm__xf_link_poll(x, q, 3, 0, evfd >= 0 ? evfd_wait_ms(x) : 5) < 0 && errno != EINTR)
 			return -errno;
-		if (q[1].revents) {
-			uint64_t v;
-			if (read(x->wakefd, &v, sizeof(v)) < 0) { /* drained */ }
-		}
+		if (q[1].revents)
+			drain_fd(x->wakefd);
 		if (q[2].revents)
 			drain_fd(evfd);
 		if (q[0].revents) {
@@ -832,10 +827,8 @@ static int src_vmm_link(struct lm__xfer *x, char *why, size_t whylen, enum lm__x
 			rc = -errno;
 			goto io_fail;
 		}
-		if (q[1].revents) {
-			uint64_t v;
-			if (read(x->wakefd, &v, sizeof(v)) < 0) { /* drained */ }
-		}
+		if (q[1].revents)
+			drain_fd(x->wakefd);
 		if (q[0].revents) {
 			if ((rc = src_heard(x)) < 0)
 				goto io_fail;
@@ -936,8 +929,8 @@ static int dst_vmm_link(struct lm__xfer *x, char *why, size_t whylen, enum lm__x
 		struct pollfd q[3] = { { x->wakefd, POLLIN, 0 }, { x->sock, POLLRDHUP, 0 },
 				       { evfd, POLLIN, 0 } };
 		if (poll(q, 3, evfd >= 0 ? evfd_wait_ms(x) : LINK_POLL_MS) > 0) {
-			uint64_t v;
-			if (q[0].revents && read(x->wakefd, &v, sizeof(v)) < 0) { /* drained */ }
+			if (q[0].revents)
+				drain_fd(x->wakefd);
 			if (q[2].revents)
 				drain_fd(evfd);
 			if (q[1].revents & (POLLRDHUP | POLLHUP | POLLERR)) {
