@@ -20,6 +20,14 @@
  * knows why, a tampered record included). readable says whether bytes are
  * waiting on this side of the socket, where poll() cannot see them.
  *
+ * A layer may hold bytes send took (TLS gathers sealed records into one
+ * write to the socket: a syscall per 16 KiB record cost more than the
+ * cipher on some hosts). flush hands them to the kernel: 0 when nothing
+ * is held, -1 with errno EAGAIN while some still is (wait for POLLOUT,
+ * call again), or the link's failure. The engine flushes before it waits
+ * for the peer and at the end of every record it sends; flush NULL: the
+ * layer never holds bytes.
+ *
  * Threads: one thread at a time uses a link (the engine's, once handed
  * over; the hand-over is a message, which orders it). release may run on
  * any thread and frees the link's state once its other holders are done
@@ -40,6 +48,7 @@ struct lm_link_io {
 	/* peek: leave the bytes to be read again (as MSG_PEEK) */
 	ssize_t (*recv)(lm_link_io_t *io, const struct iovec *iov, int n, bool peek);
 	bool (*readable)(lm_link_io_t *io);
+	int (*flush)(lm_link_io_t *io);
 	/* ends this side's sending (a TLS close_notify; then shutdown(SHUT_WR)) */
 	void (*shutdown_wr)(lm_link_io_t *io, int fd);
 	void (*release)(lm_link_io_t *io);

@@ -17,6 +17,7 @@
 #include "testkit.h"
 #include "hcs/xfer/xfer_wire.h"
 #include "util/fault.h"
+#include "util/guest_copy.h"
 #include "util/log.h"
 
 #include <dirent.h>
@@ -181,13 +182,14 @@ static void opts(lm__xfer_opts_t *o)
 	o->session_id = 2883990515u;
 }
 
-/* Full migration; asserts the success properties. */
-static void run_success(lm_vm_t *src, lm_vm_t *dst, int fs, int fdd, lm__xfer_opts_t *o,
-			bool dirtying)
+/* Full migration, each side with its options (o: the source's);
+ * asserts the success properties. */
+static void run_success_with(lm_vm_t *src, lm_vm_t *dst, int fs, int fdd, lm__xfer_opts_t *o,
+			     const lm__xfer_opts_t *od, bool dirtying)
 {
 	struct mig m = { .src = src, .dst = dst };
 	start_running(src, dirtying);
-	mig_create(&m, fs, fdd, o, o);
+	mig_create(&m, fs, fdd, o, od);
 	assert_true(ht_wait(&m.ls, LM_XEV_SETUP_DONE, 5000));
 	assert_true(ht_wait(&m.ld, LM_XEV_SETUP_DONE, 5000));
 	mig_go_join(&m);
@@ -226,6 +228,13 @@ static void run_success(lm_vm_t *src, lm_vm_t *dst, int fs, int fdd, lm__xfer_op
 		start_running(dst, true); /* asserts its iterations grow */
 	assert_int_equal(ops->pause(dst), 0);
 	mig_free(&m);
+}
+
+/* Full migration, both sides with the same options. */
+static void run_success(lm_vm_t *src, lm_vm_t *dst, int fs, int fdd, lm__xfer_opts_t *o,
+			bool dirtying)
+{
+	run_success_with(src, dst, fs, fdd, o, o, dirtying);
 }
 
 static void test_idle_guest_migrates_over_socketpair(void **state)
@@ -815,6 +824,112 @@ static void test_a_refused_vmsplice_sends_pages_by_copy(void **state)
 	mig_free(&m);
 }
 
+/* A record layer that holds every byte send takes (up to HOLD_CAP) until
+ * flush: the way TLS gathers sealed records (hcs/link_io.h). An engine
+ * that waited for its peer without flushing would wait for bytes still
+ * here: the migration would stall and fail. */
+#define HOLD_CAP (192u << 10)
+struct holding_io {
+	lm_link_io_t io;
+	int fd;
+	uint8_t buf[HOLD_CAP];
+	size_t off, len;
+	unsigned flushes_held;        /* flush calls that found bytes held */
+};
+
+static ssize_t hold_send(lm_link_io_t *io, const struct iovec *iov, int n)
+{
+	struct holding_io *h = (struct holding_io *)io;
+	if (h->off == h->len)
+		h->off = h->len = 0;
+	size_t took = 0;
+	for (int i = 0; i < n && h->len < HOLD_CAP; i++) {
+		size_t k = iov[i].iov_len < HOLD_CAP - h->len ? iov[i].iov_len : HOLD_CAP - h->len;
+		lm_guest_copy(h->buf + h->len, iov[i].iov_base, k); /* (guest memory, being written) */
+		h->len += k;
+		took += k;
+	}
+	if (!took && n) {
+		errno = EAGAIN;
+		return -1;
+	}
+	return (ssize_t)took;
+}
+
+static int hold_flush(lm_link_io_t *io)
+{
+	struct holding_io *h = (struct holding_io *)io;
+	if (h->off < h->len)
+		h->flushes_held++;
+	while (h->off < h->len) {
+		ssize_t w = send(h->fd, h->buf + h->off, h->len - h->off, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (w <= 0)
+			return -1;            /* (errno: EAGAIN, or the link's) */
+		h->off += (size_t)w;
+	}
+	return 0;
+}
+
+static ssize_t hold_recv(lm_link_io_t *io, const struct iovec *iov, int n, bool peek)
+{
+	struct holding_io *h = (struct holding_io *)io;
+	if (peek)
+		return recv(h->fd, iov[0].iov_base, iov[0].iov_len, MSG_DONTWAIT | MSG_PEEK);
+	return readv(h->fd, iov, n);
+}
+
+static bool hold_readable(lm_link_io_t *io)
+{
+	(void)io;
+	return false;
+}
+
+static void hold_shutdown_wr(lm_link_io_t *io, int fd)
+{
+	(void)io;
+	shutdown(fd, SHUT_WR);
+}
+
+static void hold_release(lm_link_io_t *io)
+{
+	(void)io;
+}
+
+static struct holding_io *holding_io(int fd)
+{
+	struct holding_io *h = calloc(1, sizeof(*h));
+	assert_non_null(h);
+	h->fd = fd;
+	h->io = (lm_link_io_t){ .send = hold_send, .recv = hold_recv, .readable = hold_readable,
+				.flush = hold_flush, .shutdown_wr = hold_shutdown_wr,
+				.release = hold_release };
+	return h;
+}
+
+static void test_a_record_layer_that_holds_bytes_is_flushed_before_each_wait(void **state)
+{
+	int sv[2] = { -1, -1 };
+	lm__xfer_opts_t os, od;
+	opts(&os);
+	os.stall_ms = 3000;           /* (a stall fails well before ctest's timeout) */
+	assert_int_equal(ht_pair(sv, false), 0);
+	struct holding_io *hs = holding_io(sv[0]), *hd = holding_io(sv[1]);
+	od = os;
+	os.io = &hs->io;
+	od.io = &hd->io;
+	/* a guest dirtying memory: passes, keepalives and the blackout's
+	 * exchange, each a wait for the peer after a send */
+	run_success_with(ht_vm(32, 40, LM_PATTERN_UNIFORM, LM_FILL_RANDOM, false),
+			 ht_vm(32, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true), sv[0], sv[1], &os, &od,
+			 true);
+	print_message("flushes that found bytes held: source %u, destination %u\n", hs->flushes_held,
+		      hd->flushes_held);
+	assert_true(hs->flushes_held > 0);
+	assert_true(hd->flushes_held > 0);
+	free(hs);
+	free(hd);
+}
+
 static void test_send_fault_mid_stream_recovers_source(void **state)
 {
 	int sv[2] = { -1, -1 };
@@ -1037,6 +1152,7 @@ int main(void)
 		cmocka_unit_test(test_a_refused_vmsplice_sends_pages_by_copy),
 		cmocka_unit_test(test_send_fault_mid_stream_recovers_source),
 		cmocka_unit_test(test_destination_state_load_failure_recovers_source),
+		cmocka_unit_test(test_a_record_layer_that_holds_bytes_is_flushed_before_each_wait),
 		cmocka_unit_test(test_handshake_refuses_session_id_mismatch),
 		cmocka_unit_test(test_session_mismatch_tells_the_peer_nothing),
 		cmocka_unit_test(test_a_bound_destination_takes_only_its_sessions_hello),

@@ -323,7 +323,18 @@ static void *duplex_main(void *arg)
 			}
 		}
 		if (blocked_out && blocked_in && !d->io->readable(d->io)) {
-			struct pollfd q = { d->fd, (short)((eof ? 0 : POLLIN) | (shut ? 0 : POLLOUT)), 0 };
+			/* as the engine does before it waits: what the layer
+			 * holds goes first (without this, the small buffers'
+			 * round stalls: sealed records wait in the layer) */
+			bool held = false;
+			if (d->io->flush && d->io->flush(d->io) < 0) {
+				if (errno == EAGAIN)
+					held = true;
+				else
+					good = false;
+			}
+			short ev = (short)((eof ? 0 : POLLIN) | (shut && !held ? 0 : POLLOUT));
+			struct pollfd q = { d->fd, ev, 0 };
 			poll(&q, 1, 100);
 		}
 	}

@@ -928,7 +928,7 @@ static int dst_vmm_link(struct lm__xfer *x, char *why, size_t whylen, enum lm__x
 		 * one, we ask every LINK_POLL_MS */
 		struct pollfd q[3] = { { x->wakefd, POLLIN, 0 }, { x->sock, POLLRDHUP, 0 },
 				       { evfd, POLLIN, 0 } };
-		if (poll(q, 3, evfd >= 0 ? evfd_wait_ms(x) : LINK_POLL_MS) > 0) {
+		if (lm__xf_link_poll(x, q, 3, 1, evfd >= 0 ? evfd_wait_ms(x) : LINK_POLL_MS) > 0) {
 			if (q[0].revents)
 				drain_fd(x->wakefd);
 			if (q[2].revents)

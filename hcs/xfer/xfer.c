@@ -112,16 +112,46 @@ static bool link_readable(struct lm__xfer *x)
 	return x->o.io && x->o.io->readable(x->o.io);
 }
 
+int lm__xf_link_flush(struct lm__xfer *x)
+{
+	if (!x->o.io || !x->o.io->flush || x->o.io->flush(x->o.io) == 0)
+		return 0;
+	return errno ? -errno : -EIO;
+}
+
 int lm__xf_link_poll(struct lm__xfer *x, struct pollfd *p, int nfds, int sock_idx, int timeout_ms)
 {
-	bool ready = (p[sock_idx].events & POLLIN) && link_readable(x);
-	int n = poll(p, (nfds_t)nfds, ready ? 0 : timeout_ms);
-	if (ready && n >= 0) {
-		if (!p[sock_idx].revents)
-			n++;
-		p[sock_idx].revents |= POLLIN;
+	short asked = p[sock_idx].events;
+	uint64_t end = lm_now_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000ull;
+	for (;;) {
+		/* held bytes: POLLOUT too, to send them as the socket drains
+		 * (not told to a caller that did not ask for it); a failed
+		 * link is the next send's or recv's to tell */
+		bool held = lm__xf_link_flush(x) == -EAGAIN;
+		bool ready = (asked & POLLIN) && link_readable(x);
+		int ms = 0;
+		if (!ready && timeout_ms != 0) {
+			uint64_t now = lm_now_ns();
+			ms = timeout_ms < 0 ? -1 : now >= end ? 0 : (int)((end - now + 999999) / 1000000);
+		}
+		if (held)
+			p[sock_idx].events |= POLLOUT;
+		int n = poll(p, (nfds_t)nfds, ms);
+		p[sock_idx].events = asked;
+		if (n > 0 && held && !(asked & POLLOUT) && (p[sock_idx].revents & POLLOUT)) {
+			p[sock_idx].revents &= (short)~POLLOUT;
+			if (!p[sock_idx].revents)
+				n--;
+		}
+		if (ready && n >= 0) {
+			if (!p[sock_idx].revents)
+				n++;
+			p[sock_idx].revents |= POLLIN;
+		}
+		if (n != 0 || !held || ms == 0)
+			return n;
+		/* only the socket's room woke us: send, and wait on */
 	}
-	return n;
 }
 
 void lm__xf_link_shutdown_wr(struct lm__xfer *x)
@@ -637,6 +667,12 @@ static int send_iov(struct lm__xfer *x, struct iovec *iov, unsigned n)
 		if ((rc = send_blocked(x)) < 0)
 			return rc;
 	}
+	/* the record whole in the kernel, as for a plain link */
+	while ((rc = lm__xf_link_flush(x)) == -EAGAIN)
+		if ((rc = send_blocked(x)) < 0)
+			return rc;
+	if (rc < 0)
+		return send_failed(x, rc);
 	x->at_boundary = true;
 	x->link_ns += lm_now_ns() - t_send;
 	x->link_bytes += x->st.bytes_sent - b_send;
@@ -670,6 +706,7 @@ static void send_abort(struct lm__xfer *x, int err, unsigned reason, const char 
 	snprintf(m.a.msg, sizeof(m.a.msg), "%s", msg ? msg : "");
 	ssize_t w = link_send1(x, &m, sizeof(m));
 	(void)w;
+	(void)lm__xf_link_flush(x);  /* (as the send: what goes now) */
 }
 
 /* The peer sent something while we stream: KEEPALIVEs (consumed) or an

@@ -186,8 +186,12 @@ ssize_t lm__xf_link_recv(struct lm__xfer *x, void *buf, size_t len, bool peek);
 ssize_t lm__xf_link_readv(struct lm__xfer *x, const struct iovec *iov, int n);
 /* poll(2) of p[0..nfds), p[sock_idx] being x->sock: bytes already on
  * this side (TLS records read ahead, which poll() cannot see) count as
- * POLLIN there, and then it does not wait. */
+ * POLLIN there, and then it does not wait. Bytes the record layer holds
+ * go to the kernel meanwhile (the peer may be waiting for them). */
 int lm__xf_link_poll(struct lm__xfer *x, struct pollfd *p, int nfds, int sock_idx, int timeout_ms);
+/* Hands bytes the record layer holds to the kernel, without waiting: 0
+ * when none is left, -EAGAIN while the socket is full, -errno. */
+int lm__xf_link_flush(struct lm__xfer *x);
 void lm__xf_link_shutdown_wr(struct lm__xfer *x);
 /* I/O of xfer.c for vmm.c: as their static namesakes there. */
 int lm__xf_send_iov(struct lm__xfer *x, struct iovec *iov, unsigned n);
