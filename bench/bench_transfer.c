@@ -20,6 +20,10 @@
  *   dirty200 transport=unix ms=... passes=... bytes=... blackout_ms=... ...
  *
  * ratio = our GB/s (effective: guest bytes / time) over the baseline's.
+ * The idle line adds the ratio of the two arms' medians over the reps
+ * (median_ratio=) with a 95% bootstrap interval (ratio_ci95=, pairs kept:
+ * bench/benchkit.h), and the median of each rep's own ratio
+ * (paired_median_ratio=).
  * by_ref = the share of the stream's bytes that left as guest pages by
  * reference (vmsplice: a plain link, hcs/xfer/xfer.c send_spliced).
  * Destination memory is made ready when its VM is created (as
@@ -483,8 +487,10 @@ static void run_transport(bool tcp)
 	 * whose speed drifts; their median is printed beside the ratio of
 	 * the bests */
 	double *pair = calloc((size_t)reps, sizeof(double));
+	/* and each arm's times, for the medians' ratio and its interval */
+	double *raw_v = calloc((size_t)reps, sizeof(double)), *idle_v = calloc((size_t)reps, sizeof(double));
 	int npair = 0;
-	if (!pair)
+	if (!pair || !raw_v || !idle_v)
 		exit(1);
 	for (int i = 0; i < reps; i++) {
 		lm_vm_t *dstb = bvm(0, LM_FILL_ZERO, true);
@@ -507,8 +513,11 @@ static void run_transport(bool tcp)
 			migrate("idle", tr, src, tcp, &r);
 			if (r.rc || r.ms < best.ms)
 				best = r;
-			if (r.rc == 0)
+			if (r.rc == 0) {
+				raw_v[npair] = raw_ms;
+				idle_v[npair] = r.ms;
 				pair[npair++] = raw_ms / r.ms;
+			}
 			/* the same with every batch checksummed, interleaved */
 			with_checksum = true;
 			migrate("idle_checksum", tr, src, tcp, &r);
@@ -534,15 +543,25 @@ static void run_transport(bool tcp)
 
 	if (want("idle")) {
 		r = best;
+		/* the medians' ratio, with its 95% interval (benchkit.h):
+		 * the bests' ratio is the figure, this says how far chance
+		 * may move it on this host */
+		double lo = 0, hi = 0, med_ratio = 0;
+		if (npair) {
+			lm_bench_ratio_ci(raw_v, idle_v, (unsigned)npair, &lo, &hi);
+			med_ratio = lm_bench_median(raw_v, (unsigned)npair) /
+				    lm_bench_median(idle_v, (unsigned)npair);
+		}
 		printf("idle transport=%s rc=%d ms=%.1f gbps=%.3f baseline_gbps=%.3f ratio=%.2f bytes=%llu "
 		       "passes=%u blackout_ms=%.2f cpu_src_s_per_gib=%.3f cpu_dst_s_per_gib=%.3f "
-		       "dst_populate_ms=%.0f populated_at_create=1 by_ref=%.2f best_of=%d paired_median_ratio=%.2f\n",
+		       "dst_populate_ms=%.0f populated_at_create=1 by_ref=%.2f best_of=%d paired_median_ratio=%.2f "
+		       "median_ratio=%.2f ratio_ci95=%.2f-%.2f\n",
 		       tr, r.rc, r.ms, (double)bytes / (r.ms * 1e6), base,
 		       (double)bytes / (r.ms * 1e6) / base, (unsigned long long)r.ss.bytes_sent,
 		       r.ss.passes, (double)r.ss.blackout_ns / 1e6, (double)r.ss.cpu_ns / 1e9 / gib,
 		       (double)r.sd.cpu_ns / 1e9 / gib, r.populate_ms,
 		       (double)r.ss.spliced_bytes / (double)(r.ss.bytes_sent ? r.ss.bytes_sent : 1), reps,
-		       lm_bench_median(pair, (unsigned)npair));
+		       lm_bench_median(pair, (unsigned)npair), med_ratio, lo, hi);
 		if (!kvm && !link_mbps) {
 			/* the cipher alone on one core, measured now: a link
 			 * whose sender seals every byte on its own thread takes
@@ -568,6 +587,8 @@ static void run_transport(bool tcp)
 	}
 	ops->destroy(src);
 	free(pair);
+	free(raw_v);
+	free(idle_v);
 
 	static const struct { const char *name; enum lm_mem_fill fill; } zs[] = {
 		{ "zero90", LM_FILL_ZERO90 }, { "zero100", LM_FILL_ZERO } };
