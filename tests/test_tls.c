@@ -299,8 +299,17 @@ static void *duplex_main(void *arg)
 		if (!shut && sent == d->n_out && (d->n_out || eof)) {   /* (a side with nothing to send
 									   shuts last: a relay between
 									   may end at a half-close) */
-			d->io->shutdown_wr(d->io, d->fd);
-			shut = true;
+			/* all sent first, as the engine does (the layer may
+			 * hold records: the peer reads them meanwhile, and a
+			 * side that shut with them held would wait on a peer
+			 * that may be waiting too) */
+			int f = d->io->flush ? d->io->flush(d->io) : 0;
+			if (f < 0 && errno != EAGAIN)
+				good = false;
+			if (f == 0) {
+				d->io->shutdown_wr(d->io, d->fd);
+				shut = true;
+			}
 			blocked_out = true;
 		}
 		bool blocked_in = eof;
