@@ -627,10 +627,8 @@ static long out_ctrl(BIO *b, int cmd, long num, void *ptr)
 	}
 	case BIO_CTRL_WPENDING:
 		return (long)(l->out_len - l->out_off);
-	case BIO_CTRL_PENDING:
-		return 0;
 	default:
-		return 0;
+		return 0;             /* (no reading side, no kernel TLS) */
 	}
 }
 

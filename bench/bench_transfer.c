@@ -483,12 +483,12 @@ static void run_transport(bool tcp)
 	ops->regions(src, &rs);
 	double bms = 1e18, hot_ms = 1e18, ms;
 	struct result r, best = { .ms = 1e18 }, best_ck = { .ms = 1e18 }, best_tls = { .ms = 1e18 };
-	/* raw time / idle time of each rep: the same moment of a host
-	 * whose speed drifts; their median is printed beside the ratio of
-	 * the bests */
-	double *pair = calloc((size_t)reps, sizeof(double));
-	/* and each arm's times, for the medians' ratio and its interval */
+	/* each rep's raw and idle times (the same moment of a host whose
+	 * speed drifts): the median of their ratios, and the ratio of their
+	 * medians with its interval, are printed beside the ratio of the
+	 * bests */
 	double *raw_v = calloc((size_t)reps, sizeof(double)), *idle_v = calloc((size_t)reps, sizeof(double));
+	double *pair = calloc((size_t)reps, sizeof(double));
 	int npair = 0;
 	if (!pair || !raw_v || !idle_v)
 		exit(1);
@@ -515,8 +515,7 @@ static void run_transport(bool tcp)
 				best = r;
 			if (r.rc == 0) {
 				raw_v[npair] = raw_ms;
-				idle_v[npair] = r.ms;
-				pair[npair++] = raw_ms / r.ms;
+				idle_v[npair++] = r.ms;
 			}
 			/* the same with every batch checksummed, interleaved */
 			with_checksum = true;
@@ -547,7 +546,10 @@ static void run_transport(bool tcp)
 		 * the bests' ratio is the figure, this says how far chance
 		 * may move it on this host */
 		double lo = 0, hi = 0, med_ratio = 0;
+		for (int i = 0; i < npair; i++)
+			pair[i] = raw_v[i] / idle_v[i];
 		if (npair) {
+			/* (before the medians: they sort each arm apart) */
 			lm_bench_ratio_ci(raw_v, idle_v, (unsigned)npair, &lo, &hi);
 			med_ratio = lm_bench_median(raw_v, (unsigned)npair) /
 				    lm_bench_median(idle_v, (unsigned)npair);
