@@ -3,8 +3,15 @@
  * the certificate directory, one non-blocking handshake, and then kernel
  * TLS, the engine's record layer (hcs/link_io.h), or the relay thread.
  *
- * The engine's record layer is the SSL object itself, used by the engine
- * thread alone once the link is handed over: send seals records straight
+ * The engine's record layer is ours (tls_record.h) where the CPU has
+ * VAES and the suite is AES-GCM: once the handshake is done the session's
+ * traffic secrets (OpenSSL's key log callback) key our records, which
+ * seal from guest memory into the output buffer below and open in a
+ * receive buffer of RBUF_CAP, authenticated before any byte of a record
+ * is decrypted into the engine's buffers; an alert (close_notify) or a
+ * post-handshake message arrives as a record of its own type. Elsewhere
+ * it is the SSL object itself. Either way the engine thread uses it
+ * alone once the link is handed over: send seals records straight
  * from the engine's buffers (guest memory: runs of 4 KiB or more go as
  * they are; smaller pieces, record headers and single pages, are gathered
  * into one record of up to 16 KiB so that a record is never mostly
@@ -48,6 +55,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include "actors/tls_record.h"
 #include "util/clock.h"
 #include "util/guest_copy.h"
 #include "util/log.h"
@@ -62,11 +70,21 @@
 #define LOOK_CAP 256u         /* the longest peek (a record header) */
 #define OUT_CAP (512u << 10)  /* sealed records gathered for one send() */
 #define OUT_SEND (256u << 10) /* ... sent once this much is there */
+#define RBUF_CAP (256u << 10) /* our records: read ahead from the socket */
 
 struct lm_tls_ctx {
 	SSL_CTX *as_source;           /* TLS client, client-cert.pem */
 	SSL_CTX *as_dest;             /* TLS server, server-cert.pem */
 	bool relay;                   /* lm_tls_ctx_use_relay */
+	bool openssl_records;         /* lm_tls_ctx_use_openssl_records */
+};
+
+/* The session's application traffic secrets, as OpenSSL's key log
+ * callback tells them (kept for our record layer, wiped after). */
+struct secrets {
+	uint8_t client[48], server[48];
+	size_t len;
+	bool have_client, have_server;
 };
 
 struct lm_tls_conn {
@@ -74,7 +92,9 @@ struct lm_tls_conn {
 	int fd;
 	bool source;
 	bool relay;
+	bool openssl_records;
 	bool confirming;              /* handshake done; the destination's word pending */
+	struct secrets sec;           /* (the SSL's ex_data while it lives) */
 };
 
 /* In TLS 1.3 a client's handshake is over before the server has looked
@@ -90,7 +110,14 @@ struct lm_tls_link {
 	char cipher[64];
 	/* the engine's record layer (the link's one user thread at a time) */
 	lm_link_io_t io;
-	SSL *ssl;                     /* NULL: kernel TLS or the relay's */
+	SSL *ssl;                     /* OpenSSL's records; NULL: ours, kernel TLS or the relay's */
+	bool own;                     /* our records (tls_record.h) */
+	lm_tls_dir_t tx, rx;          /* own: each direction's keys and count */
+	uint8_t *rbuf;                /* own: RBUF_CAP read from the socket */
+	size_t roff, rlen;            /* own: what of rbuf is still to open */
+	lm_tls_opened_t cur;          /* own: the record being read (in rbuf) */
+	size_t cur_off;               /* own: its content bytes read so far */
+	bool cur_open;
 	uint8_t *stage;               /* STAGE_LEN */
 	int fd;                       /* the socket (the output BIO's) */
 	uint8_t *out;                 /* OUT_CAP: sealed records not yet in the kernel */
@@ -131,6 +158,51 @@ static int file_in(const char *dir, const char *name, char *path, size_t cap, ch
 		return -e;
 	}
 	return 0;
+}
+
+/* The SSL ex_data slot of a handshake's struct secrets (made once). */
+static int sec_idx = -1;
+static pthread_once_t sec_once = PTHREAD_ONCE_INIT;
+
+static void sec_idx_make(void)
+{
+	sec_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
+
+static int unhex(char c)
+{
+	return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 :
+	       c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+/* OpenSSL's key log line ("LABEL <client random> <secret>", hex): the
+ * application traffic secrets are kept for our record layer, the rest
+ * (handshake and exporter secrets) ignored. Nothing is written anywhere. */
+static void keylog(const SSL *ssl, const char *line)
+{
+	struct secrets *s = sec_idx >= 0 ? SSL_get_ex_data(ssl, sec_idx) : NULL;
+	bool client = !strncmp(line, "CLIENT_TRAFFIC_SECRET_0 ", 24);
+	if (!s || (!client && strncmp(line, "SERVER_TRAFFIC_SECRET_0 ", 24)))
+		return;
+	const char *h = strchr(line + 24, ' ');
+	if (!h)
+		return;
+	h++;
+	size_t n = strlen(h) / 2;
+	uint8_t *dst = client ? s->client : s->server;
+	if (n != 32 && n != 48)
+		return;
+	for (size_t k = 0; k < n; k++) {
+		int a = unhex(h[2 * k]), b = unhex(h[2 * k + 1]);
+		if (a < 0 || b < 0)
+			return;
+		dst[k] = (uint8_t)(a << 4 | b);
+	}
+	s->len = n;
+	if (client)
+		s->have_client = true;
+	else
+		s->have_server = true;
 }
 
 static SSL_CTX *make_ctx(const char *dir, bool server, char *why, size_t whylen, int *err)
@@ -186,6 +258,10 @@ static SSL_CTX *make_ctx(const char *dir, bool server, char *why, size_t whylen,
 	SSL_CTX_set_options(c, SSL_OP_ENABLE_KTLS | SSL_OP_NO_TICKET);
 	SSL_CTX_set_mode(c, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
 	SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);
+	/* no session tickets: a link lives for one migration, and our record
+	 * layer takes no post-handshake message (tls_record.h) */
+	SSL_CTX_set_num_tickets(c, 0);
+	SSL_CTX_set_keylog_callback(c, keylog);
 	/* AES-128-GCM first: with AES-NI the fastest of TLS 1.3's, and
 	 * ample for a link that lives for one migration */
 	SSL_CTX_set_ciphersuites(c, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256");
@@ -223,6 +299,11 @@ void lm_tls_ctx_use_relay(lm_tls_ctx_t *c)
 	c->relay = true;
 }
 
+void lm_tls_ctx_use_openssl_records(lm_tls_ctx_t *c)
+{
+	c->openssl_records = true;
+}
+
 void lm_tls_ctx_free(lm_tls_ctx_t *c)
 {
 	if (!c)
@@ -248,8 +329,10 @@ int lm_tls_conn_new(lm_tls_ctx_t *c, int fd, bool source, lm_tls_conn_t **out)
 	lm_tls_conn_t *t = calloc(1, sizeof(*t));
 	if (!t)
 		return -ENOMEM;
+	pthread_once(&sec_once, sec_idx_make);
 	t->ssl = SSL_new(source ? c->as_source : c->as_dest);
-	if (!t->ssl || SSL_set_fd(t->ssl, fd) != 1) {
+	if (!t->ssl || SSL_set_fd(t->ssl, fd) != 1 || sec_idx < 0 ||
+	    !SSL_set_ex_data(t->ssl, sec_idx, &t->sec)) {
 		SSL_free(t->ssl);
 		free(t);
 		return -ENOMEM;
@@ -262,6 +345,7 @@ int lm_tls_conn_new(lm_tls_ctx_t *c, int fd, bool source, lm_tls_conn_t **out)
 	t->fd = fd;
 	t->source = source;
 	t->relay = c->relay;
+	t->openssl_records = c->openssl_records;
 	*out = t;
 	return 0;
 }
@@ -330,6 +414,7 @@ void lm_tls_conn_free(lm_tls_conn_t *t)
 	if (!t)
 		return;
 	SSL_free(t->ssl);             /* (SSL_set_fd's BIO leaves fd open) */
+	OPENSSL_cleanse(&t->sec, sizeof t->sec);
 	free(t);
 }
 
@@ -586,25 +671,36 @@ static int out_drain(lm_tls_link_t *l)
 	return 0;
 }
 
+/* Makes room for len more bytes in the output buffer, sending what is
+ * there once OUT_SEND is: 0, -EAGAIN (the socket is full and so is the
+ * buffer), or -errno (the link failed). */
+static int out_room(lm_tls_link_t *l, size_t len)
+{
+	if (l->out_len + len <= OUT_CAP && l->out_len < OUT_SEND)
+		return 0;
+	int rc = out_drain(l);
+	if (rc < 0 && rc != -EAGAIN)
+		return rc;
+	if (l->out_off) {                     /* room at the front */
+		memmove(l->out, l->out + l->out_off, l->out_len - l->out_off);
+		l->out_len -= l->out_off;
+		l->out_off = 0;
+	}
+	return l->out_len + len > OUT_CAP ? -EAGAIN : 0;
+}
+
 static int out_write(BIO *b, const char *data, size_t len, size_t *written)
 {
 	lm_tls_link_t *l = BIO_get_data(b);
 	BIO_clear_retry_flags(b);
-	if (l->out_len + len > OUT_CAP || l->out_len >= OUT_SEND) {
-		int rc = out_drain(l);
-		if (rc < 0 && rc != -EAGAIN) {
-			errno = -rc;
-			return 0;
-		}
-		if (l->out_off) {             /* room at the front */
-			memmove(l->out, l->out + l->out_off, l->out_len - l->out_off);
-			l->out_len -= l->out_off;
-			l->out_off = 0;
-		}
-		if (l->out_len + len > OUT_CAP) {
-			BIO_set_retry_write(b);
-			return 0;
-		}
+	int rc = out_room(l, len);
+	if (rc == -EAGAIN) {
+		BIO_set_retry_write(b);
+		return 0;
+	}
+	if (rc < 0) {
+		errno = -rc;
+		return 0;
 	}
 	memcpy(l->out + l->out_len, data, len);
 	l->out_len += len;
@@ -644,6 +740,143 @@ static void out_method_make(void)
 	}
 	out_method = m;
 }
+
+/* ---- our records (tls_record.h) ------------------------------------------------ */
+
+/* Seals up to one record of p into the output buffer: 1 (*w: how much),
+ * or -1 with errno (EAGAIN: no room until the socket drains; else the
+ * link failed). */
+static int own_tx(lm_tls_link_t *l, uint8_t type, const uint8_t *p, size_t len, size_t *w)
+{
+	if (len > LM_TLS_REC_PLAIN_MAX)
+		len = LM_TLS_REC_PLAIN_MAX;
+	int rc = out_room(l, len + LM_TLS_REC_OVERHEAD);
+	if (rc < 0) {
+		if (rc != -EAGAIN) {
+			char why[200];
+			snprintf(why, sizeof why, "TLS: sending to the peer: %s", strerror(-rc));
+			link_fail(l, false, why);
+		}
+		errno = -rc;
+		return -1;
+	}
+	if (l->tx.seq == UINT64_MAX) {        /* (never, in a migration's life) */
+		link_fail(l, false, "TLS: the link's record count is spent");
+		errno = EPIPE;
+		return -1;
+	}
+	l->out_len += lm_tls_rec_seal(&l->tx, type, p, len, l->out + l->out_len);
+	*w = len;
+	return 1;
+}
+
+/* The receiving side failed for good: -1 with errno ECONNRESET. */
+static int own_rx_fail(lm_tls_link_t *l, bool tampered, const char *why)
+{
+	link_fail(l, tampered, why);
+	l->rx_end = -ECONNRESET;
+	errno = ECONNRESET;
+	return -1;
+}
+
+/* Opens the next record, reading the socket as needed: 1 l->cur is an
+ * application data record (of any length), 0 the peer's end (its
+ * close_notify, or the socket's end), -1 with errno EAGAIN (wait for the
+ * socket) or ECONNRESET (the link failed: why is kept). */
+static int own_next(lm_tls_link_t *l)
+{
+	for (;;) {
+		size_t need = 0;
+		char why[200];
+		long r = lm_tls_rec_open(&l->rx, l->rbuf + l->roff, l->rlen - l->roff, &l->cur, &need,
+					 why, sizeof why);
+		if (r < 0)
+			return own_rx_fail(l, r == -EBADMSG, why);
+		if (r > 0) {
+			l->roff += (size_t)r;
+			l->cur_off = 0;
+			l->cur_open = true;
+			if (l->cur.type == LM_TLS_CT_APPDATA)
+				return 1;
+			l->cur_open = false;
+			uint8_t a[2] = { 0, 0 };
+			if (l->cur.type == LM_TLS_CT_ALERT && l->cur.len == 2) {
+				lm_tls_rec_read(&l->rx, &l->cur, 0, a, 2);
+				if (a[1] == 0) {              /* close_notify */
+					l->rx_end = 1;
+					return 0;
+				}
+				snprintf(why, sizeof why, "TLS: the peer sent alert %u (level %u)", a[1], a[0]);
+			} else if (l->cur.type == LM_TLS_CT_HANDSHAKE) {
+				snprintf(why, sizeof why, "TLS: the peer sent a post-handshake message "
+					 "(a key update or a ticket), which this link does not take");
+			} else {
+				snprintf(why, sizeof why, "TLS: a record of content type %u (%zu bytes)",
+					 l->cur.type, l->cur.len);
+			}
+			return own_rx_fail(l, false, why);
+		}
+		/* more bytes: at the end of the buffer, after what is left */
+		if (l->roff == l->rlen)
+			l->roff = l->rlen = 0;
+		else if (l->roff + need > RBUF_CAP) {
+			memmove(l->rbuf, l->rbuf + l->roff, l->rlen - l->roff);
+			l->rlen -= l->roff;
+			l->roff = 0;
+		}
+		ssize_t n = recv(l->fd, l->rbuf + l->rlen, RBUF_CAP - l->rlen, MSG_DONTWAIT);
+		if (n > 0) {
+			l->rlen += (size_t)n;
+			continue;
+		}
+		if (n == 0) {                         /* closed without a notify */
+			l->rx_end = 1;
+			return 0;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN || errno == EWOULDBLOCK) {
+			errno = EAGAIN;
+			return -1;
+		}
+		int e = errno;
+		snprintf(why, sizeof why, "TLS: receiving from the peer: %s", strerror(e));
+		link_fail(l, false, why);
+		l->rx_end = -e;
+		errno = e;
+		return -1;
+	}
+}
+
+/* Up to want content bytes into d: 1 (*got > 0), 0 the end, -1 errno. */
+static int own_rx(lm_tls_link_t *l, uint8_t *d, size_t want, size_t *got)
+{
+	while (!l->cur_open || l->cur_off == l->cur.len) {
+		l->cur_open = false;
+		int r = own_next(l);
+		if (r != 1)
+			return r;
+	}
+	size_t n = l->cur.len - l->cur_off < want ? l->cur.len - l->cur_off : want;
+	lm_tls_rec_read(&l->rx, &l->cur, l->cur_off, d, n);
+	l->cur_off += n;
+	*got = n;
+	return 1;
+}
+
+/* Whether a whole record waits in rbuf (or one is being read). */
+static bool own_readable(lm_tls_link_t *l)
+{
+	if (l->cur_open && l->cur_off < l->cur.len)
+		return true;
+	size_t have = l->rlen - l->roff;
+	if (have < LM_TLS_REC_HDR)
+		return false;
+	const uint8_t *h = l->rbuf + l->roff;
+	return have >= LM_TLS_REC_HDR + ((size_t)h[3] << 8 | h[4]) || h[0] != LM_TLS_CT_APPDATA;
+}
+
+/* ---- the engine's calls ------------------------------------------------------------ */
 
 static ssize_t io_send(lm_link_io_t *io, const struct iovec *iov, int n)
 {
@@ -685,10 +918,12 @@ static ssize_t io_send(lm_link_io_t *io, const struct iovec *iov, int n)
 		}
 		size_t w = 0;
 		ERR_clear_error();
-		int r = SSL_write_ex(l->ssl, p, len, &w);
+		int r = l->own ? own_tx(l, LM_TLS_CT_APPDATA, p, len, &w) : SSL_write_ex(l->ssl, p, len, &w);
 		if (r != 1) {
 			if (total)
 				return (ssize_t)total;     /* (the refusal comes again) */
+			if (l->own)
+				return -1;
 			ssize_t f = io_failed(l, r, true);
 			if (f == 0) {
 				errno = EPIPE;
@@ -736,6 +971,21 @@ static void rx_late_failure(lm_tls_link_t *l)
 	(void)io_failed(l, -1, false);
 }
 
+/* Up to want bytes of the stream into d, by our records or OpenSSL's:
+ * 1 (*got > 0), else 0 (the end) or -1 with errno (EAGAIN: wait; else
+ * the link failed, its why kept). */
+static int rx_some(lm_tls_link_t *l, uint8_t *d, size_t want, size_t *got)
+{
+	if (l->own)
+		return own_rx(l, d, want, got);
+	ERR_clear_error();
+	int r = SSL_read_ex(l->ssl, d, want, got);
+	if (r != 1)
+		return (int)io_failed(l, r, false);
+	rx_late_failure(l);
+	return 1;
+}
+
 /* Reads into the look-aside buffer until it holds `want` bytes. 1 when it
  * does, else io_failed's answer (-1 EAGAIN: what is there is all). */
 static ssize_t look_fill(lm_tls_link_t *l, size_t want)
@@ -747,12 +997,10 @@ static ssize_t look_fill(lm_tls_link_t *l, size_t want)
 	}
 	while (l->look_len < want) {
 		size_t got = 0;
-		ERR_clear_error();
-		int r = SSL_read_ex(l->ssl, l->look + l->look_len, want - l->look_len, &got);
+		int r = rx_some(l, l->look + l->look_len, want - l->look_len, &got);
 		if (r != 1)
-			return io_failed(l, r, false);
+			return r;
 		l->look_len += got;
-		rx_late_failure(l);
 		if (l->rx_end)
 			return 1;
 	}
@@ -793,15 +1041,10 @@ static ssize_t io_recv(lm_link_io_t *io, const struct iovec *iov, int n, bool pe
 				if (l->look_off == l->look_len)
 					l->look_off = l->look_len = 0;
 			} else {
-				ERR_clear_error();
-				int r = SSL_read_ex(l->ssl, d, want, &got);
-				if (r != 1) {
-					/* (an end or a failure after bytes is kept
-					 * for the next call) */
-					ssize_t f = io_failed(l, r, false);
-					return total ? (ssize_t)total : f;
-				}
-				rx_late_failure(l);
+				int r = rx_some(l, d, want, &got);
+				if (r != 1)   /* (an end or a failure after bytes
+					       * is kept for the next call) */
+					return total ? (ssize_t)total : r;
 			}
 			off += got;
 			total += got;
@@ -815,7 +1058,11 @@ static ssize_t io_recv(lm_link_io_t *io, const struct iovec *iov, int n, bool pe
 static bool io_readable(lm_link_io_t *io)
 {
 	lm_tls_link_t *l = link_of(io);
-	if (l->rx_end || l->look_off < l->look_len || SSL_pending(l->ssl) > 0)
+	if (l->rx_end || l->look_off < l->look_len)
+		return true;
+	if (l->own)
+		return own_readable(l);
+	if (SSL_pending(l->ssl) > 0)
 		return true;
 	if (!SSL_has_pending(l->ssl))
 		return false;                 /* nothing read ahead: poll() tells */
@@ -839,7 +1086,16 @@ static void io_shutdown_wr(lm_link_io_t *io, int fd)
 	lm_tls_link_t *l = link_of(io);
 	/* close_notify, whole, within a bound (a peer that reads nothing
 	 * more is not waited for long) */
-	for (int k = 0; k < 20; k++) {
+	static const uint8_t notify[2] = { 1, 0 };   /* warning, close_notify */
+	for (int k = 0; l->own && k < 20; k++) {
+		size_t w = 0;
+		if (own_tx(l, LM_TLS_CT_ALERT, notify, sizeof notify, &w) == 1 || errno != EAGAIN)
+			break;
+		struct pollfd q = { fd, POLLOUT, 0 };
+		if (poll(&q, 1, 50) < 0 && errno != EINTR)
+			break;
+	}
+	for (int k = 0; !l->own && k < 20; k++) {
 		ERR_clear_error();
 		int r = SSL_shutdown(l->ssl);
 		if (r >= 0)
@@ -875,7 +1131,7 @@ static void io_release(lm_link_io_t *io)
 
 lm_link_io_t *lm_tls_link_io(lm_tls_link_t *l)
 {
-	if (!l || !l->ssl)
+	if (!l || (!l->ssl && !l->own))
 		return NULL;
 	atomic_fetch_add(&l->refs, 1);
 	return &l->io;
@@ -883,12 +1139,43 @@ lm_link_io_t *lm_tls_link_io(lm_tls_link_t *l)
 
 /* ---- after the handshake ------------------------------------------------------------ */
 
+/* Takes the session's records over from OpenSSL (tls_record.h) when it
+ * can: an AES-GCM suite, both traffic secrets known, and nothing read
+ * ahead that OpenSSL would keep. Sequence numbers go on from where the
+ * handshake left them: the destination has sent one record of
+ * application data (its word, ACCEPTED_BYTE), the source none, and no
+ * tickets are sent (make_ctx). Else OpenSSL keeps the records. */
+static bool own_start(lm_tls_link_t *l, SSL *ssl, const struct secrets *sec, bool source)
+{
+	const char *cn = SSL_get_cipher_name(ssl);
+	bool a128 = cn && !strcmp(cn, "TLS_AES_128_GCM_SHA256");
+	bool a256 = cn && !strcmp(cn, "TLS_AES_256_GCM_SHA384");
+	if ((!a128 && !a256) || !sec->have_client || !sec->have_server || SSL_has_pending(ssl) ||
+	    sec->len != (a256 ? 48u : 32u))
+		return false;
+	const uint8_t *mine = source ? sec->client : sec->server;
+	const uint8_t *theirs = source ? sec->server : sec->client;
+	size_t kl = a256 ? 32 : 16;
+	if (lm_tls_dir_init(&l->tx, mine, sec->len, a256, kl, source ? 0 : 1) ||
+	    lm_tls_dir_init(&l->rx, theirs, sec->len, a256, kl, source ? 1 : 0)) {
+		lm_tls_dir_wipe(&l->tx);
+		lm_tls_dir_wipe(&l->rx);
+		return false;
+	}
+	l->own = true;
+	return true;
+}
+
 int lm_tls_conn_finish(lm_tls_conn_t *t, int *engine_fd, uint8_t binding[LM_TLS_BINDING_LEN],
 		       lm_tls_link_t **link, char *why, size_t whylen)
 {
 	int fd = t->fd, rc = -ENOMEM;
 	SSL *ssl = t->ssl;
-	bool t_relay = t->relay;
+	bool t_relay = t->relay, t_source = t->source;
+	bool ours = !t->relay && !t->openssl_records && lm_gcm_available();
+	struct secrets sec = t->sec;
+	SSL_set_ex_data(ssl, sec_idx, NULL);
+	OPENSSL_cleanse(&t->sec, sizeof t->sec);
 	free(t);
 	lm_tls_link_t *l = calloc(1, sizeof(*l));
 	if (!l) {
@@ -923,6 +1210,21 @@ int lm_tls_conn_finish(lm_tls_conn_t *t, int *engine_fd, uint8_t binding[LM_TLS_
 		l->stage = malloc(STAGE_LEN);
 		l->out = malloc(OUT_CAP);
 		l->fd = fd;
+		l->io = (lm_link_io_t){ .send = io_send, .recv = io_recv, .readable = io_readable,
+					.flush = io_flush, .shutdown_wr = io_shutdown_wr,
+					.release = io_release };
+		if (ours && own_start(l, ssl, &sec, t_source)) {
+			OPENSSL_cleanse(&sec, sizeof sec);
+			if (!l->stage || !l->out || !(l->rbuf = malloc(RBUF_CAP))) {
+				snprintf(why, whylen, "TLS: out of memory");
+				goto fail;
+			}
+			SSL_free(ssl);            /* (its BIO leaves fd open) */
+			*engine_fd = fd;
+			*link = l;
+			return 0;
+		}
+		OPENSSL_cleanse(&sec, sizeof sec);
 		pthread_once(&out_once, out_method_make);
 		BIO *ob = out_method && l->stage && l->out ? BIO_new(out_method) : NULL;
 		if (!ob) {
@@ -933,9 +1235,6 @@ int lm_tls_conn_finish(lm_tls_conn_t *t, int *engine_fd, uint8_t binding[LM_TLS_
 		BIO_set_init(ob, 1);
 		SSL_set0_wbio(ssl, ob);   /* (the socket's BIO stays to read) */
 		l->ssl = ssl;
-		l->io = (lm_link_io_t){ .send = io_send, .recv = io_recv, .readable = io_readable,
-					.flush = io_flush, .shutdown_wr = io_shutdown_wr,
-					.release = io_release };
 		*engine_fd = fd;
 		*link = l;
 		return 0;
@@ -972,10 +1271,14 @@ int lm_tls_conn_finish(lm_tls_conn_t *t, int *engine_fd, uint8_t binding[LM_TLS_
 	*link = l;
 	return 0;
 fail:
+	OPENSSL_cleanse(&sec, sizeof sec);
 	SSL_free(ssl);
 	close(fd);
 	if (l) {
 		pthread_mutex_destroy(&l->mu);
+		lm_tls_dir_wipe(&l->tx);
+		lm_tls_dir_wipe(&l->rx);
+		free(l->rbuf);
 		free(l->stage);
 		free(l->out);
 		free(l);
@@ -1029,7 +1332,14 @@ int lm_tls_handshake(lm_tls_ctx_t *c, int fd, bool source, uint64_t deadline_ns,
 
 const char *lm_tls_link_kind(const lm_tls_link_t *l)
 {
-	return l->kernel ? "kernel" : l->ssl ? "user space, in the engine" : "user space, relay";
+	return l->kernel ? "kernel" : l->ssl || l->own ? "user space, in the engine" : "user space, relay";
+}
+
+const char *lm_tls_link_records(const lm_tls_link_t *l)
+{
+	if (l->own)
+		return l->tx.gcm.wide ? "lmshim records, AES-GCM with VAES" : "lmshim records, AES-GCM with AES-NI";
+	return l->kernel ? "kernel records" : "OpenSSL records";
 }
 
 const char *lm_tls_link_cipher(const lm_tls_link_t *l)
@@ -1052,6 +1362,9 @@ void lm_tls_link_unref(lm_tls_link_t *l)
 	if (!l || atomic_fetch_sub(&l->refs, 1) != 1)
 		return;
 	SSL_free(l->ssl);             /* (its BIO leaves the socket to its owner) */
+	lm_tls_dir_wipe(&l->tx);
+	lm_tls_dir_wipe(&l->rx);
+	free(l->rbuf);
 	free(l->stage);
 	free(l->out);
 	pthread_mutex_destroy(&l->mu);

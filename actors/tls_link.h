@@ -28,7 +28,10 @@
  *              and writes the socket as a plain one;
  *   engine     the engine reads and writes through the link's record
  *              layer (lm_tls_link_io, hcs/link_io.h): records sealed from
- *              and opened into its own buffers, on its own thread;
+ *              and opened into its own buffers, on its own thread; ours
+ *              (actors/tls_record.h: AES-GCM with VAES, no copy of the
+ *              plaintext) where the CPU has VAES and the suite is AES-GCM,
+ *              else OpenSSL's;
  *   relay      (lm_tls_ctx_use_relay: for users that need a plain fd) one
  *              end of a socketpair whose other end a relay thread pumps
  *              through the TLS session.
@@ -71,6 +74,10 @@ void lm_tls_ctx_free(lm_tls_ctx_t *c);
  * record layer for the engine. */
 void lm_tls_ctx_use_relay(lm_tls_ctx_t *c);
 
+/* Thread: the context's loader, before use. Links of this context keep
+ * OpenSSL's record layer even where ours would run (for comparison). */
+void lm_tls_ctx_use_openssl_records(lm_tls_ctx_t *c);
+
 /* Thread: the handshake's. Starts a handshake on connected socket fd
  * (made non-blocking; the caller keeps fd until lm_tls_conn_finish).
  * source: this side is the migration's source (TLS client). 0 or -ENOMEM. */
@@ -105,6 +112,9 @@ const char *lm_tls_link_kind(const lm_tls_link_t *l);
  * socket through (a reference: the engine releases it when it closes the
  * socket), or NULL when the socket is plain to its user (kernel, relay). */
 lm_link_io_t *lm_tls_link_io(lm_tls_link_t *l);
+/* Thread: any. Whose records: "lmshim records, AES-GCM with VAES",
+ * "OpenSSL records", "kernel records". */
+const char *lm_tls_link_records(const lm_tls_link_t *l);
 /* Thread: any. The cipher negotiated ("TLS_AES_256_GCM_SHA384"). */
 const char *lm_tls_link_cipher(const lm_tls_link_t *l);
 /* Thread: any. True once a record failed its authentication (the stream

@@ -77,7 +77,7 @@ struct done {
 	bool tls;
 	uint8_t binding[LM_TLS_BINDING_LEN];
 	lm_tls_link_t *link;
-	char tls_what[96];
+	char tls_what[160];
 	bool unauthenticated;     /* the TLS peer did not authenticate */
 	bool forbidden;           /* a plain link where only TLS is allowed */
 };
@@ -548,8 +548,8 @@ secured:
 	if (rc)
 		goto out;
 	if (d.tls)
-		snprintf(d.tls_what, sizeof d.tls_what, "TLS 1.3 %s (%s)", lm_tls_link_cipher(d.link),
-			 lm_tls_link_kind(d.link));
+		snprintf(d.tls_what, sizeof d.tls_what, "TLS 1.3 %s (%s; %s)", lm_tls_link_cipher(d.link),
+			 lm_tls_link_kind(d.link), lm_tls_link_records(d.link));
 	/* the engine uses blocking I/O on its own thread */
 	int fl = fcntl(fd, F_GETFL);
 	if (fl >= 0)

@@ -56,7 +56,8 @@ struct lm_ctl_socket {
 	bool tls;
 	uint8_t binding[LM_TLS_BINDING_LEN];   /* the hello's binding (tls_link.h) */
 	lm_tls_link_t *link;      /* one reference, now the receiver's (unref it) */
-	char tls_what[96];        /* "TLS 1.3 TLS_AES_256_GCM_SHA384 (user space)" */
+	char tls_what[160];       /* "TLS 1.3 TLS_AES_128_GCM_SHA256 (user space, in the
+				   * engine; lmshim records, AES-GCM with VAES)" */
 };
 
 /* What the transport does to every migration link. */

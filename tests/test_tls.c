@@ -26,6 +26,7 @@
 
 #include <cmocka.h>
 
+#include "actors/tls_gcm.h"
 #include "actors/tls_link.h"
 #include "tests/tlskit.h"
 #include "util/clock.h"
@@ -78,6 +79,7 @@ static int group_teardown(void **state)
 }
 
 static bool use_relay;     /* load(): contexts whose links get a relay thread */
+static bool openssl_records; /* load(): contexts whose links keep OpenSSL's records */
 
 static lm_tls_ctx_t *load(const char *name)
 {
@@ -90,6 +92,8 @@ static lm_tls_ctx_t *load(const char *name)
 	assert_int_equal(rc, 0);
 	if (use_relay)
 		lm_tls_ctx_use_relay(c);
+	if (openssl_records)
+		lm_tls_ctx_use_openssl_records(c);
 	return c;
 }
 
@@ -370,13 +374,32 @@ static void duplex_end(struct duplex *d)
 	d->io->release(d->io);
 }
 
+/* Whose records a link in the engine runs: OpenSSL's when asked, else
+ * ours where the CPU has what they need. */
+static void check_records(lm_tls_link_t *l, bool openssl)
+{
+	const char *r = lm_tls_link_records(l);
+	if (openssl || !lm_gcm_available())
+		assert_string_equal(r, "OpenSSL records");
+	else
+		assert_non_null(strstr(r, "lmshim records"));
+}
+
 static void test_the_right_certificates_make_one_bound_link(void **state)
 {
 	(void)state;
-	for (int kind = 0; kind < 4; kind++) {
+	/* unix and TCP: our records, the relay, OpenSSL's records; then a
+	 * source of ours with a destination of OpenSSL's, and the reverse
+	 * (TLS on the wire both ways: either end may be either) */
+	for (int kind = 0; kind < 8; kind++) {
 	over_tcp = kind & 1;
-	use_relay = kind & 2;
-	lm_tls_ctx_t *s = load("good"), *d = load("good2");
+	use_relay = kind == 2 || kind == 3;
+	openssl_records = kind == 4 || kind == 5 || kind == 7;
+	lm_tls_ctx_t *s = load("good");
+	openssl_records = kind == 4 || kind == 5 || kind == 6;
+	lm_tls_ctx_t *d = load("good2");
+	bool s_openssl = kind == 4 || kind == 5 || kind == 7, d_openssl = openssl_records;
+	openssl_records = false;
 	struct side a, b;
 	pair(s, d, &a, &b);
 	if (a.rc || b.rc)
@@ -384,10 +407,15 @@ static void test_the_right_certificates_make_one_bound_link(void **state)
 	assert_int_equal(a.rc, 0);
 	assert_int_equal(b.rc, 0);
 	assert_memory_equal(a.binding, b.binding, LM_TLS_BINDING_LEN);   /* one session */
-	printf("# link: %s, %s\n", lm_tls_link_kind(a.link), lm_tls_link_cipher(a.link));
+	printf("# link: %s, %s, %s to %s\n", lm_tls_link_kind(a.link), lm_tls_link_cipher(a.link),
+	       lm_tls_link_records(a.link), lm_tls_link_records(b.link));
 	assert_non_null(strstr(lm_tls_link_cipher(a.link), "TLS_"));
 	/* 8 MiB each way at once; each side half-closes when done */
 	bool kernel = !strcmp(lm_tls_link_kind(a.link), "kernel");   /* (TCP, where the kernel has tls) */
+	if (!use_relay && !kernel) {
+		check_records(a.link, s_openssl);
+		check_records(b.link, d_openssl);
+	}
 	if (use_relay || kernel) {
 		assert_null(lm_tls_link_io(a.link));       /* a plain fd to its user */
 		struct pump pa = { .fd = a.efd, .n = 8u << 20, .seed = 1 },
@@ -444,7 +472,13 @@ static void test_the_right_certificates_make_one_bound_link(void **state)
 static void test_the_engine_peeks_across_records_and_sees_read_ahead(void **state)
 {
 	(void)state;
-	lm_tls_ctx_t *s = load("good"), *d = load("good2");
+	/* ours both ways, OpenSSL's both ways, ours to OpenSSL's, and back */
+	for (int kind = 0; kind < 4; kind++) {
+	openssl_records = kind == 1 || kind == 3;
+	lm_tls_ctx_t *s = load("good");
+	openssl_records = kind == 1 || kind == 2;
+	lm_tls_ctx_t *d = load("good2");
+	openssl_records = false;
 	struct side a, b;
 	pair(s, d, &a, &b);
 	assert_int_equal(a.rc, 0);
@@ -500,6 +534,7 @@ static void test_the_engine_peeks_across_records_and_sees_read_ahead(void **stat
 	release(&b);
 	lm_tls_ctx_free(s);
 	lm_tls_ctx_free(d);
+	}
 }
 
 /* ---- refusals ----------------------------------------------------------------- */
@@ -765,9 +800,12 @@ static void test_a_handshake_cut_at_any_step_fails_both_sides_at_once(void **sta
 static void test_a_flipped_bit_ends_the_link_as_tampered(void **state)
 {
 	(void)state;
-	for (int kind = 0; kind < 2; kind++) {
+	/* the engine with our records, the relay, the engine with OpenSSL's */
+	for (int kind = 0; kind < 3; kind++) {
 	use_relay = kind == 1;
+	openssl_records = kind == 2;
 	lm_tls_ctx_t *s = load("good"), *d = load("good2");
+	openssl_records = false;
 	struct middle m = { .limit = SIZE_MAX, .flip_after = 200000 };   /* well after the handshake */
 	struct side a, b;
 	through_middle(s, d, &m, &a, &b);
