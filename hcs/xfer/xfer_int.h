@@ -93,9 +93,13 @@ struct lm__xfer {
 	uint64_t *bitmap[LM_MAX_REGIONS];
 	size_t words[LM_MAX_REGIONS];
 	bool use_mincore;             /* no swap: residency == not a hole */
-	int spipe[2];                 /* source, plain link: guest pages go
-					 out by reference through this pipe
-					 (vmsplice, splice); -1 when not */
+	int spipe[2];                 /* source, plain unix link: guest pages
+					 go out by reference through this
+					 pipe (vmsplice, splice); -1 when not */
+	uint8_t *cbuf;                /* source, plain TCP link: what is sent
+					 is copied here first, then sent
+					 CBUF_SEND at a time (link_copy_send) */
+	size_t cb_off, cb_len;        /* what of cbuf is still to send */
 	uint8_t *resid;               /* WINDOW_PAGES residency bytes */
 
 	/* source batch under construction */
