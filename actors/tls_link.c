@@ -112,6 +112,7 @@ struct lm_tls_link {
 	lm_link_io_t io;
 	SSL *ssl;                     /* OpenSSL's records; NULL: ours, kernel TLS or the relay's */
 	bool own;                     /* our records (tls_record.h) */
+	bool ktx;                     /* the kernel seals what is sent (one way) */
 	lm_tls_dir_t tx, rx;          /* own: each direction's keys and count */
 	uint8_t *rbuf;                /* own: RBUF_CAP read from the socket */
 	size_t roff, rlen;            /* own: what of rbuf is still to open */
@@ -872,8 +873,12 @@ static bool own_readable(lm_tls_link_t *l)
 	size_t have = l->rlen - l->roff;
 	if (have < LM_TLS_REC_HDR)
 		return false;
+	/* a whole record, or a header that is already wrong: the next read
+	 * says why */
 	const uint8_t *h = l->rbuf + l->roff;
-	return have >= LM_TLS_REC_HDR + ((size_t)h[3] << 8 | h[4]) || h[0] != LM_TLS_CT_APPDATA;
+	size_t body = (size_t)h[3] << 8 | h[4];
+	return have >= LM_TLS_REC_HDR + body || h[0] != LM_TLS_CT_APPDATA || h[1] != 3 ||
+	       body > LM_TLS_REC_CIPHER_MAX || body < 1 + LM_GCM_TAG;
 }
 
 /* ---- the engine's calls ------------------------------------------------------------ */
@@ -1204,6 +1209,12 @@ int lm_tls_conn_finish(lm_tls_conn_t *t, int *engine_fd, uint8_t binding[LM_TLS_
 		*link = l;
 		return 0;
 	}
+	/* the kernel may take the sending side alone (kernel TLS one way):
+	 * then it seals what the socket is given, and neither our records
+	 * nor our output buffer may stand before it (they would seal twice);
+	 * OpenSSL writes through the socket's own BIO, which knows. Untested:
+	 * the machines we test on have no tls module. */
+	l->ktx = BIO_get_ktls_send(SSL_get_wbio(ssl)) != 0;
 	if (!t_relay) {
 		/* the engine's record layer: the engine reads and writes the
 		 * socket through it (non-blocking, as the handshake left it) */
@@ -1213,7 +1224,7 @@ int lm_tls_conn_finish(lm_tls_conn_t *t, int *engine_fd, uint8_t binding[LM_TLS_
 		l->io = (lm_link_io_t){ .send = io_send, .recv = io_recv, .readable = io_readable,
 					.flush = io_flush, .shutdown_wr = io_shutdown_wr,
 					.release = io_release };
-		if (ours && own_start(l, ssl, &sec, t_source)) {
+		if (ours && !l->ktx && own_start(l, ssl, &sec, t_source)) {
 			OPENSSL_cleanse(&sec, sizeof sec);
 			if (!l->stage || !l->out || !(l->rbuf = malloc(RBUF_CAP))) {
 				snprintf(why, whylen, "TLS: out of memory");
@@ -1225,6 +1236,16 @@ int lm_tls_conn_finish(lm_tls_conn_t *t, int *engine_fd, uint8_t binding[LM_TLS_
 			return 0;
 		}
 		OPENSSL_cleanse(&sec, sizeof sec);
+		if (l->ktx) {
+			if (!l->stage || !l->out) {
+				snprintf(why, whylen, "TLS: out of memory");
+				goto fail;
+			}
+			l->ssl = ssl;     /* (the socket's BIO both ways) */
+			*engine_fd = fd;
+			*link = l;
+			return 0;
+		}
 		pthread_once(&out_once, out_method_make);
 		BIO *ob = out_method && l->stage && l->out ? BIO_new(out_method) : NULL;
 		if (!ob) {
@@ -1339,7 +1360,7 @@ const char *lm_tls_link_records(const lm_tls_link_t *l)
 {
 	if (l->own)
 		return l->tx.gcm.wide ? "lmshim records, AES-GCM with VAES" : "lmshim records, AES-GCM with AES-NI";
-	return l->kernel ? "kernel records" : "OpenSSL records";
+	return l->kernel ? "kernel records" : l->ktx ? "OpenSSL records, sent by the kernel" : "OpenSSL records";
 }
 
 const char *lm_tls_link_cipher(const lm_tls_link_t *l)
@@ -1365,6 +1386,8 @@ void lm_tls_link_unref(lm_tls_link_t *l)
 	lm_tls_dir_wipe(&l->tx);
 	lm_tls_dir_wipe(&l->rx);
 	free(l->rbuf);
+	if (l->stage)                 /* (plaintext gathered for records) */
+		OPENSSL_cleanse(l->stage, STAGE_LEN);
 	free(l->stage);
 	free(l->out);
 	pthread_mutex_destroy(&l->mu);

@@ -537,6 +537,60 @@ static void test_the_engine_peeks_across_records_and_sees_read_ahead(void **stat
 	}
 }
 
+/* Bytes that are not a record of the session, written straight into the
+ * socket behind the peer's record layer after one good record: once the
+ * good one is read, the bad header already read ahead with it counts as
+ * readable (poll() would not see it: it is off the socket) and the next
+ * read fails the link, rather than the engine waiting on a body that
+ * will never make sense. */
+static void test_a_bad_record_header_fails_the_next_read(void **state)
+{
+	(void)state;
+	if (!lm_gcm_available())
+		skip();
+	static const uint8_t bad[][5] = {
+		{ 23, 3, 3, 0xff, 0xff },     /* a length out of bounds */
+		{ 22, 3, 3, 0x00, 0x20 },     /* not application data */
+	};
+	for (unsigned i = 0; i < sizeof bad / sizeof *bad; i++) {
+		lm_tls_ctx_t *s = load("good"), *d = load("good2");
+		struct side a, b;
+		pair(s, d, &a, &b);
+		assert_int_equal(a.rc, 0);
+		assert_int_equal(b.rc, 0);
+		lm_link_io_t *ia = lm_tls_link_io(a.link), *ib = lm_tls_link_io(b.link);
+		assert_non_null(ia);
+		assert_non_null(ib);
+		uint8_t msg[10] = "0123456789", got[10];
+		struct iovec v = { msg, sizeof msg }, g = { got, sizeof got };
+		assert_int_equal(ia->send(ia, &v, 1), (ssize_t)sizeof msg);
+		for (int k = 0; k < 200 && ia->flush(ia) != 0; k++)
+			usleep(5000);
+		assert_int_equal(write(a.efd, bad[i], sizeof bad[i]), (ssize_t)sizeof bad[i]);
+		usleep(20000);                                  /* (both on the receiver's socket) */
+		ssize_t r = -1;
+		for (int k = 0; k < 200 && r < 0; k++) {
+			r = ib->recv(ib, &g, 1, false);
+			if (r < 0) {
+				assert_int_equal(errno, EAGAIN);
+				usleep(5000);
+			}
+		}
+		assert_int_equal(r, (ssize_t)sizeof msg);
+		assert_memory_equal(got, msg, sizeof msg);
+		assert_true(ib->readable(ib));
+		assert_int_equal(ib->recv(ib, &g, 1, false), -1);
+		assert_int_equal(errno, ECONNRESET);
+		assert_false(lm_tls_link_tampered(b.link, NULL, 0));   /* refused, not altered */
+		ia->release(ia);
+		ib->release(ib);
+		release(&a);
+		release(&b);
+		lm_tls_ctx_free(s);
+		lm_tls_ctx_free(d);
+	}
+}
+
 /* ---- refusals ----------------------------------------------------------------- */
 
 /* The handshake between `src_dir` and `dst_dir` fails; the side that
@@ -888,6 +942,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_the_right_certificates_make_one_bound_link),
 		cmocka_unit_test(test_the_engine_peeks_across_records_and_sees_read_ahead),
+		cmocka_unit_test(test_a_bad_record_header_fails_the_next_read),
 		cmocka_unit_test(test_a_certificate_from_another_ca_is_refused),
 		cmocka_unit_test(test_an_expired_certificate_is_refused),
 		cmocka_unit_test(test_a_certificate_of_the_wrong_role_is_refused),
