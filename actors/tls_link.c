@@ -690,6 +690,19 @@ static int out_room(lm_tls_link_t *l, size_t len)
 	return l->out_len + len > OUT_CAP ? -EAGAIN : 0;
 }
 
+/* The output buffer's -errno as a link call's answer: -1 with errno; the
+ * link fails for good unless the socket was only full (-EAGAIN). */
+static int out_failed(lm_tls_link_t *l, int rc)
+{
+	if (rc != -EAGAIN) {
+		char why[200];
+		snprintf(why, sizeof why, "TLS: sending to the peer: %s", strerror(-rc));
+		link_fail(l, false, why);
+	}
+	errno = -rc;
+	return -1;
+}
+
 static int out_write(BIO *b, const char *data, size_t len, size_t *written)
 {
 	lm_tls_link_t *l = BIO_get_data(b);
@@ -752,15 +765,8 @@ static int own_tx(lm_tls_link_t *l, uint8_t type, const uint8_t *p, size_t len, 
 	if (len > LM_TLS_REC_PLAIN_MAX)
 		len = LM_TLS_REC_PLAIN_MAX;
 	int rc = out_room(l, len + LM_TLS_REC_OVERHEAD);
-	if (rc < 0) {
-		if (rc != -EAGAIN) {
-			char why[200];
-			snprintf(why, sizeof why, "TLS: sending to the peer: %s", strerror(-rc));
-			link_fail(l, false, why);
-		}
-		errno = -rc;
-		return -1;
-	}
+	if (rc < 0)
+		return out_failed(l, rc);
 	if (l->tx.seq == UINT64_MAX) {        /* (never, in a migration's life) */
 		link_fail(l, false, "TLS: the link's record count is spent");
 		errno = EPIPE;
@@ -955,15 +961,7 @@ static int io_flush(lm_link_io_t *io)
 {
 	lm_tls_link_t *l = link_of(io);
 	int rc = out_drain(l);
-	if (rc == 0)
-		return 0;
-	if (rc != -EAGAIN) {
-		char w[200];
-		snprintf(w, sizeof w, "TLS: sending to the peer: %s", strerror(-rc));
-		link_fail(l, false, w);
-	}
-	errno = -rc;
-	return -1;
+	return rc == 0 ? 0 : out_failed(l, rc);
 }
 
 /* A read that returned bytes may have met a record it could not open

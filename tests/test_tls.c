@@ -466,6 +466,19 @@ static void test_the_right_certificates_make_one_bound_link(void **state)
 	use_relay = false;
 }
 
+/* A link between s and d made for the engine: both record layers. */
+static void engine_pair(lm_tls_ctx_t *s, lm_tls_ctx_t *d, struct side *a, struct side *b, lm_link_io_t **ia,
+			lm_link_io_t **ib)
+{
+	pair(s, d, a, b);
+	assert_int_equal(a->rc, 0);
+	assert_int_equal(b->rc, 0);
+	*ia = lm_tls_link_io(a->link);
+	*ib = lm_tls_link_io(b->link);
+	assert_non_null(*ia);
+	assert_non_null(*ib);
+}
+
 /* A peek reads across records (a header the peer sealed in two), the
  * bytes read ahead are seen by readable where poll() cannot see them, and
  * the peer's close_notify is the end of the stream. */
@@ -480,12 +493,8 @@ static void test_the_engine_peeks_across_records_and_sees_read_ahead(void **stat
 	lm_tls_ctx_t *d = load("good2");
 	openssl_records = false;
 	struct side a, b;
-	pair(s, d, &a, &b);
-	assert_int_equal(a.rc, 0);
-	assert_int_equal(b.rc, 0);
-	lm_link_io_t *ia = lm_tls_link_io(a.link), *ib = lm_tls_link_io(b.link);
-	assert_non_null(ia);
-	assert_non_null(ib);
+	lm_link_io_t *ia, *ib;
+	engine_pair(s, d, &a, &b, &ia, &ib);
 	assert_false(ib->readable(ib));
 	uint8_t h[24], got[24];
 	for (unsigned i = 0; i < sizeof h; i++)
@@ -555,12 +564,8 @@ static void test_a_bad_record_header_fails_the_next_read(void **state)
 	for (unsigned i = 0; i < sizeof bad / sizeof *bad; i++) {
 		lm_tls_ctx_t *s = load("good"), *d = load("good2");
 		struct side a, b;
-		pair(s, d, &a, &b);
-		assert_int_equal(a.rc, 0);
-		assert_int_equal(b.rc, 0);
-		lm_link_io_t *ia = lm_tls_link_io(a.link), *ib = lm_tls_link_io(b.link);
-		assert_non_null(ia);
-		assert_non_null(ib);
+		lm_link_io_t *ia, *ib;
+		engine_pair(s, d, &a, &b, &ia, &ib);
 		uint8_t msg[10] = "0123456789", got[10];
 		struct iovec v = { msg, sizeof msg }, g = { got, sizeof got };
 		assert_int_equal(ia->send(ia, &v, 1), (ssize_t)sizeof msg);
