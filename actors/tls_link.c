@@ -58,6 +58,7 @@
 #include "actors/tls_record.h"
 #include "util/clock.h"
 #include "util/guest_copy.h"
+#include "util/held.h"
 #include "util/log.h"
 
 #define MOD "tls"
@@ -121,9 +122,7 @@ struct lm_tls_link {
 	bool cur_open;
 	uint8_t *stage;               /* STAGE_LEN */
 	int fd;                       /* the socket (the output BIO's) */
-	uint8_t *out;                 /* OUT_CAP: sealed records not yet in the kernel */
-	size_t out_off, out_len;      /* what of out is still to send */
-	int out_err;                  /* sending failed: -errno, for good */
+	lm_held_t out;                /* sealed records not yet in the kernel */
 	uint8_t look[LOOK_CAP];
 	size_t look_off, look_len;
 	int rx_end;                   /* receiving ended: 1 the peer's end, -errno failed */
@@ -644,50 +643,15 @@ static ssize_t io_failed(lm_tls_link_t *l, int r, bool sending)
 /* ---- the output buffer ---------------------------------------------------------- */
 
 /* OpenSSL writes each sealed record through a BIO of ours (one BIO_write
- * per record, retried unchanged after a refusal); it lands in l->out,
- * which goes to the socket once OUT_SEND bytes are there, at the end of
+ * per record, retried unchanged after a refusal); it lands in l->out
+ * (util/held.h), which goes to the socket once OUT_SEND bytes are
+ * there, at the end of
  * each io_send, and on flush. The BIO's method is made once per process
  * and kept (as OpenSSL keeps its own). */
 
-/* Sends what the output buffer holds: 0 once it is empty, -EAGAIN when
- * the socket is full, -errno when the link failed. */
 static int out_drain(lm_tls_link_t *l)
 {
-	if (l->out_err)
-		return l->out_err;
-	while (l->out_off < l->out_len) {
-		ssize_t w = send(l->fd, l->out + l->out_off, l->out_len - l->out_off,
-				 MSG_NOSIGNAL | MSG_DONTWAIT);
-		if (w > 0) {
-			l->out_off += (size_t)w;
-			continue;
-		}
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-			return -EAGAIN;
-		return l->out_err = w < 0 ? -errno : -EPIPE;
-	}
-	l->out_off = l->out_len = 0;
-	return 0;
-}
-
-/* Makes room for len more bytes in the output buffer, sending what is
- * there once OUT_SEND is: 0, -EAGAIN (the socket is full and so is the
- * buffer), or -errno (the link failed). */
-static int out_room(lm_tls_link_t *l, size_t len)
-{
-	if (l->out_len + len <= OUT_CAP && l->out_len < OUT_SEND)
-		return 0;
-	int rc = out_drain(l);
-	if (rc < 0 && rc != -EAGAIN)
-		return rc;
-	if (l->out_off) {                     /* room at the front */
-		memmove(l->out, l->out + l->out_off, l->out_len - l->out_off);
-		l->out_len -= l->out_off;
-		l->out_off = 0;
-	}
-	return l->out_len + len > OUT_CAP ? -EAGAIN : 0;
+	return lm_held_drain(&l->out, l->fd);
 }
 
 /* The output buffer's -errno as a link call's answer: -1 with errno; the
@@ -707,7 +671,7 @@ static int out_write(BIO *b, const char *data, size_t len, size_t *written)
 {
 	lm_tls_link_t *l = BIO_get_data(b);
 	BIO_clear_retry_flags(b);
-	int rc = out_room(l, len);
+	int rc = lm_held_room(&l->out, l->fd, len);
 	if (rc == -EAGAIN) {
 		BIO_set_retry_write(b);
 		return 0;
@@ -716,8 +680,8 @@ static int out_write(BIO *b, const char *data, size_t len, size_t *written)
 		errno = -rc;
 		return 0;
 	}
-	memcpy(l->out + l->out_len, data, len);
-	l->out_len += len;
+	memcpy(lm_held_tail(&l->out), data, len);
+	lm_held_put(&l->out, len);
 	*written = len;
 	return 1;
 }
@@ -736,7 +700,7 @@ static long out_ctrl(BIO *b, int cmd, long num, void *ptr)
 		return rc == 0;
 	}
 	case BIO_CTRL_WPENDING:
-		return (long)(l->out_len - l->out_off);
+		return (long)lm_held_bytes(&l->out);
 	default:
 		return 0;             /* (no reading side, no kernel TLS) */
 	}
@@ -764,7 +728,7 @@ static int own_tx(lm_tls_link_t *l, uint8_t type, const uint8_t *p, size_t len, 
 {
 	if (len > LM_TLS_REC_PLAIN_MAX)
 		len = LM_TLS_REC_PLAIN_MAX;
-	int rc = out_room(l, len + LM_TLS_REC_OVERHEAD);
+	int rc = lm_held_room(&l->out, l->fd, len + LM_TLS_REC_OVERHEAD);
 	if (rc < 0)
 		return out_failed(l, rc);
 	if (l->tx.seq == UINT64_MAX) {        /* (never, in a migration's life) */
@@ -772,7 +736,7 @@ static int own_tx(lm_tls_link_t *l, uint8_t type, const uint8_t *p, size_t len, 
 		errno = EPIPE;
 		return -1;
 	}
-	l->out_len += lm_tls_rec_seal(&l->tx, type, p, len, l->out + l->out_len);
+	lm_held_put(&l->out, lm_tls_rec_seal(&l->tx, type, p, len, lm_held_tail(&l->out)));
 	*w = len;
 	return 1;
 }
@@ -1112,17 +1076,7 @@ static void io_shutdown_wr(lm_link_io_t *io, int fd)
 	}
 	/* the records held and the alert, under the same bound: a second
 	 * without the socket taking a byte, five in all */
-	size_t left = l->out_len - l->out_off;
-	uint64_t end = lm_now_ns() + 5000000000ull;
-	for (int k = 0; k < 20 && lm_now_ns() < end && out_drain(l) == -EAGAIN; k++) {
-		if (l->out_len - l->out_off < left) {
-			left = l->out_len - l->out_off;
-			k = 0;
-		}
-		struct pollfd q = { fd, POLLOUT, 0 };
-		if (poll(&q, 1, 50) < 0 && errno != EINTR)
-			break;
-	}
+	(void)lm_held_finish(&l->out, fd);
 	ERR_clear_error();
 	shutdown(fd, SHUT_WR);
 }
@@ -1217,14 +1171,14 @@ int lm_tls_conn_finish(lm_tls_conn_t *t, int *engine_fd, uint8_t binding[LM_TLS_
 		/* the engine's record layer: the engine reads and writes the
 		 * socket through it (non-blocking, as the handshake left it) */
 		l->stage = malloc(STAGE_LEN);
-		l->out = malloc(OUT_CAP);
+		bool out_ok = lm_held_init(&l->out, OUT_CAP, OUT_SEND) == 0;
 		l->fd = fd;
 		l->io = (lm_link_io_t){ .send = io_send, .recv = io_recv, .readable = io_readable,
 					.flush = io_flush, .shutdown_wr = io_shutdown_wr,
 					.release = io_release };
 		if (ours && !l->ktx && own_start(l, ssl, &sec, t_source)) {
 			OPENSSL_cleanse(&sec, sizeof sec);
-			if (!l->stage || !l->out || !(l->rbuf = malloc(RBUF_CAP))) {
+			if (!l->stage || !out_ok || !(l->rbuf = malloc(RBUF_CAP))) {
 				snprintf(why, whylen, "TLS: out of memory");
 				goto fail;
 			}
@@ -1235,7 +1189,7 @@ int lm_tls_conn_finish(lm_tls_conn_t *t, int *engine_fd, uint8_t binding[LM_TLS_
 		}
 		OPENSSL_cleanse(&sec, sizeof sec);
 		if (l->ktx) {
-			if (!l->stage || !l->out) {
+			if (!l->stage || !out_ok) {
 				snprintf(why, whylen, "TLS: out of memory");
 				goto fail;
 			}
@@ -1245,7 +1199,7 @@ int lm_tls_conn_finish(lm_tls_conn_t *t, int *engine_fd, uint8_t binding[LM_TLS_
 			return 0;
 		}
 		pthread_once(&out_once, out_method_make);
-		BIO *ob = out_method && l->stage && l->out ? BIO_new(out_method) : NULL;
+		BIO *ob = out_method && l->stage && out_ok ? BIO_new(out_method) : NULL;
 		if (!ob) {
 			snprintf(why, whylen, "TLS: out of memory");
 			goto fail;
@@ -1299,7 +1253,7 @@ fail:
 		lm_tls_dir_wipe(&l->rx);
 		free(l->rbuf);
 		free(l->stage);
-		free(l->out);
+		lm_held_free(&l->out);
 		free(l);
 	}
 	return rc;
@@ -1387,7 +1341,7 @@ void lm_tls_link_unref(lm_tls_link_t *l)
 	if (l->stage)                 /* (plaintext gathered for records) */
 		OPENSSL_cleanse(l->stage, STAGE_LEN);
 	free(l->stage);
-	free(l->out);
+	lm_held_free(&l->out);
 	pthread_mutex_destroy(&l->mu);
 	free(l);
 }

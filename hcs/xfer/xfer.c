@@ -38,6 +38,7 @@
 #include "util/fault.h"
 #include "util/guest_copy.h"
 #include "util/hash.h"
+#include "util/held.h"
 #include "util/log.h"
 #include "util/sched.h"
 
@@ -97,58 +98,25 @@ static ssize_t guest_sendmsg(int fd, const struct msghdr *m, int flags)
 #define CBUF_CAP (512u << 10)
 #define CBUF_SEND (256u << 10)
 
-/* Sends what cbuf holds: 0 once it is empty, -EAGAIN while some stays,
- * -errno when the link failed. */
-static int link_copy_drain(struct lm__xfer *x)
-{
-	while (x->cb_off < x->cb_len) {
-		ssize_t w = send(x->sock, x->cbuf + x->cb_off, x->cb_len - x->cb_off, MSG_NOSIGNAL | MSG_DONTWAIT);
-		if (w > 0) {
-			x->cb_off += (size_t)w;
-			continue;
-		}
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-			return -EAGAIN;
-		return w < 0 ? -errno : -EPIPE;
-	}
-	x->cb_off = x->cb_len = 0;
-	return 0;
-}
-
+/* Copies what it can of iov into cbuf (sending first when CBUF_SEND is
+ * held or it is full): how much it took, or -1 with errno. */
 static ssize_t link_copy_send(struct lm__xfer *x, const struct iovec *iov, int n)
 {
-	if (x->cb_len >= CBUF_SEND || x->cb_len == CBUF_CAP) {
-		int rc = link_copy_drain(x);
-		if (rc < 0 && rc != -EAGAIN) {
-			errno = -rc;
-			return -1;
-		}
-		if (x->cb_off) {
-			memmove(x->cbuf, x->cbuf + x->cb_off, x->cb_len - x->cb_off);
-			x->cb_len -= x->cb_off;
-			x->cb_off = 0;
-		}
-		if (x->cb_len == CBUF_CAP) {
-			errno = EAGAIN;
-			return -1;
-		}
+	int rc = lm_held_room(&x->cbuf, x->sock, 1);
+	if (rc < 0) {
+		errno = -rc;
+		return -1;
 	}
 	size_t took = 0;
-	for (int i = 0; i < n && x->cb_len < CBUF_CAP; i++) {
-		size_t k = iov[i].iov_len < CBUF_CAP - x->cb_len ? iov[i].iov_len : CBUF_CAP - x->cb_len;
-		lm_guest_copy(x->cbuf + x->cb_len, iov[i].iov_base, k);
-		x->cb_len += k;
+	for (int i = 0; i < n && x->cbuf.len < x->cbuf.cap; i++) {
+		size_t room = x->cbuf.cap - x->cbuf.len;
+		size_t k = iov[i].iov_len < room ? iov[i].iov_len : room;
+		lm_guest_copy(lm_held_tail(&x->cbuf), iov[i].iov_base, k);
+		lm_held_put(&x->cbuf, k);
 		took += k;
 	}
-	if (x->cb_len >= CBUF_SEND) {
-		int rc = link_copy_drain(x);
-		if (rc < 0 && rc != -EAGAIN && !took) {
-			errno = -rc;
-			return -1;
-		}
-	}
+	if (x->cbuf.len >= x->cbuf.send_at)
+		(void)lm_held_drain(&x->cbuf, x->sock);   /* (a failure: the next call's) */
 	return (ssize_t)took;
 }
 
@@ -156,7 +124,7 @@ ssize_t lm__xf_link_send(struct lm__xfer *x, const struct iovec *iov, int n)
 {
 	if (x->o.io)
 		return x->o.io->send(x->o.io, iov, n);
-	if (x->cbuf)
+	if (x->cbuf.buf)
 		return link_copy_send(x, iov, n);
 	struct msghdr m = { .msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)n };
 	return guest_sendmsg(x->sock, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -186,8 +154,8 @@ static bool link_readable(struct lm__xfer *x)
 
 int lm__xf_link_flush(struct lm__xfer *x)
 {
-	if (x->cbuf)
-		return link_copy_drain(x);
+	if (x->cbuf.buf)
+		return lm_held_drain(&x->cbuf, x->sock);
 	if (!x->o.io || !x->o.io->flush || x->o.io->flush(x->o.io) == 0)
 		return 0;
 	return errno ? -errno : -EIO;
@@ -236,17 +204,8 @@ void lm__xf_link_shutdown_wr(struct lm__xfer *x)
 	}
 	/* bytes the copy buffer holds go first, within a bound: a second
 	 * without the socket taking any, five in all */
-	size_t left = x->cbuf ? x->cb_len - x->cb_off : 0;
-	uint64_t end = lm_now_ns() + 5000000000ull;
-	for (int k = 0; x->cbuf && k < 20 && lm_now_ns() < end && link_copy_drain(x) == -EAGAIN; k++) {
-		if (x->cb_len - x->cb_off < left) {
-			left = x->cb_len - x->cb_off;
-			k = 0;
-		}
-		struct pollfd q = { x->sock, POLLOUT, 0 };
-		if (poll(&q, 1, 50) < 0 && errno != EINTR)
-			break;
-	}
+	if (x->cbuf.buf)
+		(void)lm_held_finish(&x->cbuf, x->sock);
 	shutdown(x->sock, SHUT_WR);
 }
 
@@ -2521,7 +2480,7 @@ static void xfer_free(struct lm__xfer *x)
 	free(x->psums);
 	free(x->iov);
 	lm_link_close(x->sock, x->o.io);
-	free(x->cbuf);
+	lm_held_free(&x->cbuf);
 	if (x->wakefd >= 0)
 		close(x->wakefd);
 	spipe_close(x);
@@ -2613,11 +2572,12 @@ static int xfer_init(struct lm__xfer **out, enum lm__xfer_role role,
 	socklen_t sslen = sizeof(ss);
 	bool tcp = getsockname(sock, (struct sockaddr *)&ss, &sslen) == 0 &&
 		   (ss.ss_family == AF_INET || ss.ss_family == AF_INET6);
-	if (role == LM_XFER_SOURCE && !x->vmm && !x->o.io && tcp && !(x->cbuf = malloc(CBUF_CAP))) {
+	if (role == LM_XFER_SOURCE && !x->vmm && !x->o.io && tcp &&
+	    lm_held_init(&x->cbuf, CBUF_CAP, CBUF_SEND) < 0) {
 		rc = -ENOMEM;
 		goto fail;
 	}
-	if (role == LM_XFER_SOURCE && !x->vmm && !x->o.io && !x->cbuf &&
+	if (role == LM_XFER_SOURCE && !x->vmm && !x->o.io && !x->cbuf.buf &&
 	    pipe2(x->spipe, O_CLOEXEC | O_NONBLOCK) == 0 && !vmsplice_works(x->spipe)) {
 		lm_log_warn(MOD, "pages by copy", "side=%s session_id_hash=%u why=\"vmsplice refused: %s\"",
 			    lm__xf_side(x), x->o.session_id, strerror(errno));

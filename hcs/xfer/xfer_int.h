@@ -15,6 +15,7 @@
 
 #include "hcs/xfer/xfer.h"
 #include "hcs/xfer/xfer_wire.h"
+#include "util/held.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -96,10 +97,10 @@ struct lm__xfer {
 	int spipe[2];                 /* source, plain unix link: guest pages
 					 go out by reference through this
 					 pipe (vmsplice, splice); -1 when not */
-	uint8_t *cbuf;                /* source, plain TCP link: what is sent
+	lm_held_t cbuf;               /* source, plain TCP link: what is sent
 					 is copied here first, then sent
-					 CBUF_SEND at a time (link_copy_send) */
-	size_t cb_off, cb_len;        /* what of cbuf is still to send */
+					 CBUF_SEND at a time (link_copy_send;
+					 .buf NULL on other links) */
 	uint8_t *resid;               /* WINDOW_PAGES residency bytes */
 
 	/* source batch under construction */
