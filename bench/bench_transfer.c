@@ -23,7 +23,11 @@
  * The idle line adds the ratio of the two arms' medians over the reps
  * (median_ratio=) with a 95% bootstrap interval (ratio_ci95=, pairs kept:
  * bench/benchkit.h), and the median of each rep's own ratio
- * (paired_median_ratio=).
+ * (paired_median_ratio=); idle_tls and idle_checksum the median of each
+ * rep's plain time over theirs (paired_median_ratio=, the three run back
+ * to back), and how many cores both engines kept busy, theirs and the
+ * plain one's (cores_busy=, plain_cores_busy=: both ends share this
+ * host's cores, so near the host's count the run was bound by its CPU).
  * by_ref = the share of the stream's bytes that left as guest pages by
  * reference (vmsplice: a plain link, hcs/xfer/xfer.c send_spliced).
  * Destination memory is made ready when its VM is created (as
@@ -402,6 +406,14 @@ struct result {
 	double resume_after_ms; /* engines completed -> destination vCPUs started */
 };
 
+/* Both engines' CPU over the migration's time: how many of the host's
+ * cores the two ends kept busy (on the 2-core test hosts, near 2 means
+ * the run was bound by the CPU, both ends on one host). */
+static double cores_busy(const struct result *r)
+{
+	return r->ms > 0 ? (double)(r->ss.cpu_ns + r->sd.cpu_ns) / 1e6 / r->ms : 0;
+}
+
 static void migrate(const char *name, const char *transport, lm_vm_t *src, bool tcp,
 		    struct result *res)
 {
@@ -524,7 +536,11 @@ static void run_transport(bool tcp)
 	double *raw_v = calloc((size_t)reps, sizeof(double)), *idle_v = calloc((size_t)reps, sizeof(double));
 	double *pair = calloc((size_t)reps, sizeof(double));
 	int npair = 0;
-	if (!pair || !raw_v || !idle_v)
+	/* each rep's plain idle time over its checksummed and its TLS time,
+	 * the three run back to back (the median of these: paired) */
+	double *ck_pair = calloc((size_t)reps, sizeof(double)), *tls_pair = calloc((size_t)reps, sizeof(double));
+	int nck = 0, ntls = 0;
+	if (!pair || !raw_v || !idle_v || !ck_pair || !tls_pair)
 		exit(1);
 	for (int i = 0; i < reps; i++) {
 		lm_vm_t *dstb = bvm(0, LM_FILL_ZERO, true);
@@ -547,6 +563,7 @@ static void run_transport(bool tcp)
 			migrate("idle", tr, src, tcp, &r);
 			if (r.rc || r.ms < best.ms)
 				best = r;
+			double plain_ms = r.rc == 0 ? r.ms : 0;
 			if (r.rc == 0) {
 				raw_v[npair] = raw_ms;
 				idle_v[npair++] = r.ms;
@@ -557,6 +574,8 @@ static void run_transport(bool tcp)
 			with_checksum = false;
 			if (r.rc || r.ms < best_ck.ms)
 				best_ck = r;
+			if (r.rc == 0 && plain_ms > 0)
+				ck_pair[nck++] = plain_ms / r.ms;
 			/* and through mutual TLS (each side's relay), unchecked
 			 * as the plain one: the cost of the encryption alone */
 			if (!kvm && !link_mbps) {
@@ -565,6 +584,8 @@ static void run_transport(bool tcp)
 				with_tls = false;
 				if (r.rc || r.ms < best_tls.ms)
 					best_tls = r;
+				if (r.rc == 0 && plain_ms > 0)
+					tls_pair[ntls++] = plain_ms / r.ms;
 			}
 		}
 	}
@@ -607,16 +628,20 @@ static void run_transport(bool tcp)
 			double used_ms = strstr(tls_records_seen, "lmshim records") ? own_ms : seal_ms;
 			printf("idle_tls transport=%s rc=%d ms=%.1f plain_ms=%.1f ratio=%.2f tls=\"TLS 1.3 %s (%s)\" "
 			       "records=\"%s\" cpu_src_s_per_gib=%.3f cpu_dst_s_per_gib=%.3f aes128gcm_seal_ms=%.1f "
-			       "lmshim_seal_ms=%.1f ratio_bound=%.2f best_of=%d\n",
+			       "lmshim_seal_ms=%.1f ratio_bound=%.2f best_of=%d paired_median_ratio=%.2f "
+			       "cores_busy=%.2f plain_cores_busy=%.2f\n",
 			       tr, best_tls.rc, best_tls.ms, r.ms, r.ms / best_tls.ms, tls_cipher_seen, tls_kind_seen,
 			       tls_records_seen, (double)best_tls.ss.cpu_ns / 1e9 / gib,
-			       (double)best_tls.sd.cpu_ns / 1e9 / gib, seal_ms, own_ms, r.ms / (r.ms + used_ms), reps);
+			       (double)best_tls.sd.cpu_ns / 1e9 / gib, seal_ms, own_ms, r.ms / (r.ms + used_ms), reps,
+			       lm_bench_median(tls_pair, (unsigned)ntls), cores_busy(&best_tls), cores_busy(&r));
 		}
 		/* integrity's cost: checksummed (lmshim's default) vs unchecked */
 		printf("idle_checksum transport=%s rc=%d ms=%.1f unchecked_ms=%.1f ratio=%.2f "
-		       "cpu_src_s_per_gib=%.3f cpu_dst_s_per_gib=%.3f best_of=%d\n",
+		       "cpu_src_s_per_gib=%.3f cpu_dst_s_per_gib=%.3f best_of=%d paired_median_ratio=%.2f "
+		       "cores_busy=%.2f plain_cores_busy=%.2f\n",
 		       tr, best_ck.rc, best_ck.ms, r.ms, r.ms / best_ck.ms, (double)best_ck.ss.cpu_ns / 1e9 / gib,
-		       (double)best_ck.sd.cpu_ns / 1e9 / gib, reps);
+		       (double)best_ck.sd.cpu_ns / 1e9 / gib, reps, lm_bench_median(ck_pair, (unsigned)nck),
+		       cores_busy(&best_ck), cores_busy(&r));
 		if (kvm)
 			printf("idle guest transport=%s backend=kvm vcpus=%u guest_precopy_max_gap_ms=%.2f "
 			       "guest_max_gap_ms=%.2f dst_resume_after_ms=%.2f\n",
@@ -627,6 +652,8 @@ static void run_transport(bool tcp)
 	free(pair);
 	free(raw_v);
 	free(idle_v);
+	free(ck_pair);
+	free(tls_pair);
 
 	static const struct { const char *name; enum lm_mem_fill fill; } zs[] = {
 		{ "zero90", LM_FILL_ZERO90 }, { "zero100", LM_FILL_ZERO } };
