@@ -645,9 +645,8 @@ static ssize_t io_failed(lm_tls_link_t *l, int r, bool sending)
 /* OpenSSL writes each sealed record through a BIO of ours (one BIO_write
  * per record, retried unchanged after a refusal); it lands in l->out
  * (util/held.h), which goes to the socket once OUT_SEND bytes are
- * there, at the end of
- * each io_send, and on flush. The BIO's method is made once per process
- * and kept (as OpenSSL keeps its own). */
+ * there, at the end of each io_send, and on flush. The BIO's method is
+ * made once per process and kept (as OpenSSL keeps its own). */
 
 static int out_drain(lm_tls_link_t *l)
 {
@@ -1076,7 +1075,7 @@ static void io_shutdown_wr(lm_link_io_t *io, int fd)
 	}
 	/* the records held and the alert, under the same bound: a second
 	 * without the socket taking a byte, five in all */
-	(void)lm_held_finish(&l->out, fd);
+	(void)lm_held_finish(&l->out, l->fd);
 	ERR_clear_error();
 	shutdown(fd, SHUT_WR);
 }
@@ -1171,7 +1170,9 @@ int lm_tls_conn_finish(lm_tls_conn_t *t, int *engine_fd, uint8_t binding[LM_TLS_
 		/* the engine's record layer: the engine reads and writes the
 		 * socket through it (non-blocking, as the handshake left it) */
 		l->stage = malloc(STAGE_LEN);
-		bool out_ok = lm_held_init(&l->out, OUT_CAP, OUT_SEND) == 0;
+		/* (a kernel that seals what the socket is given needs no
+		 * output buffer of ours) */
+		bool out_ok = l->ktx || lm_held_init(&l->out, OUT_CAP, OUT_SEND) == 0;
 		l->fd = fd;
 		l->io = (lm_link_io_t){ .send = io_send, .recv = io_recv, .readable = io_readable,
 					.flush = io_flush, .shutdown_wr = io_shutdown_wr,

@@ -133,6 +133,22 @@ static void test_a_failed_send_is_kept(void **state)
 	assert_int_equal(lm_held_room(&h, sv[0], 1), -EPIPE);
 	assert_int_equal(lm_held_drain(&h, sv[0]), -EPIPE);
 	assert_int_equal(lm_held_finish(&h, sv[0]), -EPIPE);
+	/* kept, not found again: a healthy socket given after the failure
+	 * gets nothing, and the failure is still the answer */
+	int ok[2];
+	small_pair(ok);
+	assert_int_equal(lm_held_drain(&h, ok[0]), -EPIPE);
+	assert_int_equal(lm_held_finish(&h, ok[0]), -EPIPE);
+	uint32_t got = 0;
+	assert_int_equal(read_pattern(ok[1], &got), 0);
+	/* (and room that could never be is refused as such) */
+	lm_held_t tiny;
+	assert_int_equal(lm_held_init(&tiny, 64, 64), 0);
+	assert_int_equal(lm_held_room(&tiny, ok[0], 65), -EMSGSIZE);
+	assert_int_equal(lm_held_room(&tiny, ok[0], 64), 0);
+	lm_held_free(&tiny);
+	close(ok[0]);
+	close(ok[1]);
 	lm_held_free(&h);
 	close(sv[0]);
 }

@@ -50,6 +50,8 @@ int lm_held_room(lm_held_t *h, int fd, size_t need)
 {
 	if (h->err)
 		return h->err;
+	if (need > h->cap)
+		return -EMSGSIZE;
 	if (h->len + need <= h->cap && h->len < h->send_at)
 		return 0;
 	int rc = lm_held_drain(h, fd);

@@ -2,13 +2,13 @@
  * held.h: bytes held for a non-blocking socket, gathered in one buffer
  * and sent in large pieces. The TLS link's sealed records
  * (actors/tls_link.c) and a plain TCP source's copied pages
- * (hcs/xfer/xfer.c) both go out this way: one send() per `send_at`
- * bytes instead of one per record or page run.
+ * (hcs/xfer/xfer.c) both go out this way: a send() once `send_at` bytes
+ * are held (and on a flush) instead of one per record or page run.
  *
  * Rules its users keep (hcs/link_io.h): what is held is flushed at the
- * end of each of their writes and before every wait, so no byte sits
- * here while the peer waits for it; before the sending side is shut,
- * lm_held_finish sends the rest within a bound.
+ * end of every record of the stream and before every wait, so no byte
+ * sits here while the peer waits for it; before the sending side is
+ * shut, lm_held_finish sends the rest within a bound.
  *
  * One owner thread (the link's user); no locks. A failed send is kept
  * (err): every later call answers it.
@@ -52,7 +52,8 @@ int lm_held_drain(lm_held_t *h, int fd);
 
 /* Makes room for `need` contiguous bytes at the tail, sending first when
  * send_at bytes are held or they would not fit: 0, -EAGAIN (the socket
- * is full and so is the buffer), or -errno (the link failed). */
+ * is full and so is the buffer), -EMSGSIZE (need > cap: never room), or
+ * -errno (the link failed). */
 int lm_held_room(lm_held_t *h, int fd, size_t need);
 
 /* Sends what is held before the sending side is shut: waits for the
