@@ -53,6 +53,23 @@ void e2e_rmdir(const char *dir)
 	e2e_wait(e2e_spawn(argv, NULL), 10000);
 }
 
+static char qemu_mark[256];
+
+static void qemu_mark_remove(void)
+{
+	e2e_rmdir(qemu_mark);
+}
+
+const char *e2e_qemu_mark(void)
+{
+	if (!qemu_mark[0]) {
+		e2e_tmpdir(qemu_mark);
+		setenv("TMPDIR", qemu_mark, 1);
+		atexit(qemu_mark_remove);
+	}
+	return qemu_mark;
+}
+
 pid_t e2e_spawn(const char *const *argv, const char *out)
 {
 	fflush(stdout);

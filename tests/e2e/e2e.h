@@ -68,6 +68,13 @@ void e2e_shim_kill9(struct e2e_shim *s);
  * (NULL: any QEMU) and whose parent is parent (0: any parent). Their
  * number, and the pid of one in *one (may be NULL). */
 int e2e_qemu_procs(const char *image, pid_t parent, pid_t *one);
+/* Thread: test (first call from main, before any shim starts). A
+ * directory of this test process's own, made TMPDIR for the shims it
+ * starts: their QEMUs' command lines name it (the agent's socket lives
+ * under TMPDIR, hcs/qemu/backend.c), so e2e_qemu_procs(e2e_qemu_mark(),
+ * ...) counts this process's QEMUs, orphans included, and not those of
+ * another test running beside it (ctest -j). Removed at exit. */
+const char *e2e_qemu_mark(void);
 /* Prints the shim's log (on failures). */
 void e2e_shim_dump(const struct e2e_shim *s);
 

@@ -330,7 +330,7 @@ static bool qemu_settled(const struct e2e_shim *src, const struct e2e_shim *dst,
 {
 	int all = 0, s = 0, d = 0;
 	for (double end = now_ms() + 10000; now_ms() < end; usleep(50000)) {
-		all = e2e_qemu_procs(LM_E2E_INITRAMFS, 0, NULL);
+		all = e2e_qemu_procs(e2e_qemu_mark(), 0, NULL);   /* this process's */
 		s = src->pid ? e2e_qemu_procs(NULL, src->pid, NULL) : 0;
 		d = dst->pid ? e2e_qemu_procs(NULL, dst->pid, NULL) : 0;
 		if (all == s + d && s + d <= 1 && (!holder || (holder == src ? s : d) == 1))
@@ -906,5 +906,6 @@ int main(void)
 	};
 	if (getenv("LM_TEST_FILTER"))
 		cmocka_set_test_filter(getenv("LM_TEST_FILTER"));
+	(void)e2e_qemu_mark();
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

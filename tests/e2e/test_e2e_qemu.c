@@ -79,9 +79,11 @@ static int props(struct e2e_shim *s, char *state, size_t sl, int *running)
 static char skip_why[256];
 
 /* Any QEMU booting the build's initramfs still running. */
+/* Any QEMU this test process's shims started still running (orphans
+ * included: e2e_qemu_mark). */
 static bool leftover_qemu(void)
 {
-	return e2e_qemu_procs(LM_E2E_INITRAMFS, 0, NULL) > 0;
+	return e2e_qemu_procs(e2e_qemu_mark(), 0, NULL) > 0;
 }
 
 static int have_qemu(void)
@@ -183,6 +185,9 @@ static void test_a_linux_guest_moves_and_runs_only_on_the_destination(void **sta
 	assert_true(run);
 	assert_int_equal(qemu_of(f->src.pid), 1);
 	assert_int_equal(qemu_of(f->dst.pid), 0);
+	/* the teardown's leftover check sees this process's QEMUs (by the
+	 * mark in their command lines), this one included */
+	assert_int_equal(e2e_qemu_procs(e2e_qemu_mark(), 0, NULL), 1);
 	char out[300], work[300];
 	snprintf(out, sizeof(out), "%s/lmctl.out", f->dir);
 	snprintf(work, sizeof(work), "%s/work", f->dir);
@@ -1854,6 +1859,7 @@ int main(void)
 		printf("# skipped: %s\n", skip_why);
 		return 77;
 	}
+	(void)e2e_qemu_mark();
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_lmctl_demo_on_qemu),
 		cmocka_unit_test_setup_teardown(test_cancel_mid_transfer_keeps_the_source_running, setup_slow, teardown),
