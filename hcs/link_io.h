@@ -52,6 +52,26 @@ struct lm_link_io {
 	/* ends this side's sending (a TLS close_notify; then shutdown(SHUT_WR)) */
 	void (*shutdown_wr)(lm_link_io_t *io, int fd);
 	void (*release)(lm_link_io_t *io);
+	/* A layer whose bytes poll() cannot see at all (hcs/ring_link.h),
+	 * NULL for others. ready: which of asked (POLLIN, POLLOUT) would
+	 * not block now; when none and the caller would wait, the layer
+	 * (after a short spin) has asked its peer to ring, and the socket's
+	 * POLLIN is the doorbell; rung takes the doorbells
+	 * (and notes the peer's end). POLLHUP with them: the link is done,
+	 * the next call says how. */
+	short (*ready)(lm_link_io_t *io, short asked, bool wait);
+	void (*rung)(lm_link_io_t *io);
+	/* A layer that can move its bytes onto the rings (TLS over them:
+	 * its records go through shared memory instead of the socket), NULL
+	 * for others. pass_fd: fd rides the next bytes this layer puts on
+	 * the socket (SCM_RIGHTS; the caller keeps it open until they were
+	 * flushed). take_fd: an fd that came with bytes read from the
+	 * socket, or -1 (the caller owns it). over_rings: from now on the
+	 * layer's bytes go through `rings` (hcs/ring_link.h), which it owns:
+	 * 0, or -errno (bytes that are not doorbells were read ahead). */
+	int (*pass_fd)(lm_link_io_t *io, int fd);
+	int (*take_fd)(lm_link_io_t *io);
+	int (*over_rings)(lm_link_io_t *io, lm_link_io_t *rings);
 };
 
 /* Closes a link: releases its record layer (NULL: none) and closes fd

@@ -3,6 +3,7 @@
  */
 #include "util/held.h"
 #include "util/clock.h"
+#include "util/fdpass.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -17,6 +18,7 @@ int lm_held_init(lm_held_t *h, size_t cap, size_t send_at)
 		return -ENOMEM;
 	h->cap = cap;
 	h->send_at = send_at < cap ? send_at : cap;
+	h->pass_fd = -1;
 	return 0;
 }
 
@@ -31,7 +33,13 @@ int lm_held_drain(lm_held_t *h, int fd)
 	if (h->err)
 		return h->err;
 	while (h->off < h->len) {
-		ssize_t w = send(fd, h->buf + h->off, h->len - h->off, MSG_NOSIGNAL | MSG_DONTWAIT);
+		const uint8_t *p = h->buf + h->off;
+		size_t n = h->len - h->off;
+		ssize_t w = h->sink ? h->sink(h->sink_arg, p, n)
+			  : h->pass_fd >= 0 ? lm_fd_send(fd, &(struct iovec){ (void *)p, n }, 1, h->pass_fd)
+			  : send(fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (w > 0 && !h->sink)
+			h->pass_fd = -1;
 		if (w > 0) {
 			h->off += (size_t)w;
 			continue;

@@ -1,0 +1,441 @@
+/*
+ * ring_link.c: the shared-memory link of ring_link.h: two single-writer
+ * single-reader byte rings in memfds, a unix socket for doorbells.
+ *
+ * Memory: each ring's memfd is [control page][data]. The control page
+ * holds a header the writer fills once (magic, size) and four words on
+ * cache lines of their own: head and closed (the writer's), tail (the
+ * reader's), and the two wait flags, each set by the side that sleeps and
+ * cleared by the side that rings. The data is mapped twice, back to back,
+ * so that any span of up to `size` bytes from any offset is contiguous.
+ *
+ * Ownership: the link owns its mappings; the fds are closed once mapped.
+ * The socket is its owner's (the engine closes it). One thread at a time.
+ */
+#include "hcs/ring_link.h"
+#include "util/fault.h"
+#include "util/guest_copy.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CTL_BYTES 4096u
+#define RING_MAGIC 0x4c4d5247u /* "LMRG" */
+#define BELL LM_RING_BELL
+#define SPIN_NS 50000u
+#define PIECE (64u << 10)
+
+static uint64_t spin_now(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
+struct ring_ctl {
+	uint32_t magic;
+	uint32_t version;
+	uint64_t size;
+	_Alignas(64) _Atomic uint64_t head;      /* writer: bytes ever written */
+	_Atomic uint32_t closed;                 /* writer: nothing after head */
+	_Alignas(64) _Atomic uint64_t tail;      /* reader: bytes ever consumed */
+	_Alignas(64) _Atomic uint32_t rd_wait;   /* reader sleeps: writer rings */
+	_Alignas(64) _Atomic uint32_t wr_wait;   /* writer sleeps: reader rings */
+};
+_Static_assert(sizeof(struct ring_ctl) <= CTL_BYTES, "control page");
+
+struct ring {
+	struct ring_ctl *ctl;
+	uint8_t *data;        /* size bytes, mapped twice */
+	size_t size;
+	uint64_t pos;         /* ours: head (writer) or tail (reader) */
+};
+
+struct rlink {
+	lm_link_io_t io;      /* first: the link is its io */
+	int sock;
+	struct ring out, in;
+	int err;              /* the link failed: errno, for good */
+	bool peer_end;        /* the socket reached its end (the peer closed) */
+	bool out_closed;
+	unsigned long long sent, received;
+};
+
+static bool pow2(size_t v)
+{
+	return v && !(v & (v - 1));
+}
+
+int lm_ring_make(size_t bytes)
+{
+	if (!pow2(bytes) || bytes < LM_RING_MIN || bytes > LM_RING_MAX || bytes % 4096)
+		return -EINVAL;
+	int fd = memfd_create("lm-ring", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (fd < 0)
+		return -errno;
+	int rc = 0;
+	if (ftruncate(fd, (off_t)(CTL_BYTES + bytes)) < 0)
+		rc = -errno;
+	struct ring_ctl *c = rc ? MAP_FAILED : mmap(NULL, CTL_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (!rc && c == MAP_FAILED)
+		rc = -errno;
+	if (!rc) {
+		c->magic = RING_MAGIC;
+		c->version = 1;
+		c->size = bytes;
+		munmap(c, CTL_BYTES);
+		/* the size is fixed for good: a peer that could shrink it
+		 * would make our reads fault (SIGBUS) */
+		if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0)
+			rc = -errno;
+	}
+	if (rc) {
+		close(fd);
+		return rc;
+	}
+	return fd;
+}
+
+static void ring_unmap(struct ring *r)
+{
+	if (r->ctl)
+		munmap(r->ctl, CTL_BYTES);
+	if (r->data)
+		munmap(r->data, 2 * r->size);
+	r->ctl = NULL;
+	r->data = NULL;
+}
+
+/* Maps a ring from fd, checking what a peer could have got wrong. */
+static int ring_map(struct ring *r, int fd, bool writer, char *why, size_t whylen)
+{
+	const char *side = writer ? "this side's ring" : "the peer's ring";
+	int seals = fcntl(fd, F_GET_SEALS);
+	if (seals < 0 || !(seals & F_SEAL_SHRINK)) {
+		snprintf(why, whylen, "%s is not a memfd sealed against shrinking (seals %d)", side, seals);
+		return -EPROTO;
+	}
+	struct stat st;
+	if (fstat(fd, &st) < 0) {
+		snprintf(why, whylen, "%s: fstat: %s", side, strerror(errno));
+		return -errno;
+	}
+	size_t size = st.st_size > CTL_BYTES ? (size_t)st.st_size - CTL_BYTES : 0;
+	if (!S_ISREG(st.st_mode) || !pow2(size) || size < LM_RING_MIN || size > LM_RING_MAX) {
+		snprintf(why, whylen, "%s has a bad size (%lld bytes)", side, (long long)st.st_size);
+		return -EPROTO;
+	}
+	r->ctl = mmap(NULL, CTL_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (r->ctl == MAP_FAILED) {
+		r->ctl = NULL;
+		snprintf(why, whylen, "%s: mmap: %s", side, strerror(errno));
+		return -errno;
+	}
+	/* read once: the peer may change the page later, we keep ours */
+	uint32_t magic = r->ctl->magic;
+	uint64_t said = r->ctl->size;
+	if (magic != RING_MAGIC || said != size) {
+		snprintf(why, whylen, "%s's header is wrong (magic %#x, size %llu of %zu)",
+			 side, magic, (unsigned long long)said, size);
+		ring_unmap(r);
+		return -EPROTO;
+	}
+	/* twice in a row: reserve both halves, then map the data into each */
+	uint8_t *base = mmap(NULL, 2 * size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (base == MAP_FAILED) {
+		snprintf(why, whylen, "%s: reserving %zu bytes: %s", side, 2 * size, strerror(errno));
+		ring_unmap(r);
+		return -ENOMEM;
+	}
+	int prot = writer ? PROT_READ | PROT_WRITE : PROT_READ;
+	for (int i = 0; i < 2; i++)
+		if (mmap(base + i * size, size, prot, MAP_SHARED | MAP_FIXED, fd, CTL_BYTES) == MAP_FAILED) {
+			int e = errno;
+			munmap(base, 2 * size);
+			snprintf(why, whylen, "%s: mmap: %s", side, strerror(e));
+			ring_unmap(r);
+			return -e;
+		}
+	r->data = base;
+	r->size = size;
+	/* the reader's index starts at 0; the writer's too, and it has
+	 * written nothing (a reader may find bytes already there) */
+	r->pos = 0;
+	if (atomic_load(&r->ctl->tail) != 0 || (writer && atomic_load(&r->ctl->head) != 0)) {
+		snprintf(why, whylen, "%s was used before", side);
+		ring_unmap(r);
+		return -EPROTO;
+	}
+	return 0;
+}
+
+/* The link's failure (kept) as the socket calls give it: -1, errno. */
+static ssize_t fail(struct rlink *l, int e)
+{
+	if (!l->err)
+		l->err = e;
+	errno = l->err;
+	return -1;
+}
+
+static void bell(struct rlink *l)
+{
+	char c = BELL;
+	/* EAGAIN: the peer has doorbells it has not read; one is enough */
+	if (send(l->sock, &c, 1, MSG_DONTWAIT | MSG_NOSIGNAL) < 0 &&
+	    errno != EAGAIN && errno != EINTR)
+		l->peer_end = true;
+}
+
+/* Bytes the peer wrote that we have not read; -1: its head is outside
+ * the ring. */
+static int64_t in_avail(struct rlink *l)
+{
+	uint64_t head = atomic_load_explicit(&l->in.ctl->head, memory_order_acquire);
+	uint64_t n = head - l->in.pos;
+	return n > l->in.size ? -1 : (int64_t)n;
+}
+
+/* Room in our ring; -1: the peer's tail is outside it. */
+static int64_t out_room(struct rlink *l)
+{
+	uint64_t tail = atomic_load_explicit(&l->out.ctl->tail, memory_order_acquire);
+	uint64_t used = l->out.pos - tail;
+	return used > l->out.size ? -1 : (int64_t)(l->out.size - used);
+}
+
+static ssize_t io_send(lm_link_io_t *io, const struct iovec *iov, int n)
+{
+	struct rlink *l = (struct rlink *)io;
+	if (l->err)
+		return fail(l, l->err);
+	if (l->out_closed || l->peer_end) {
+		errno = EPIPE;   /* not kept: what the peer sent is still read */
+		return -1;
+	}
+	int64_t room = out_room(l);
+	if (room < 0)
+		return fail(l, EPROTO);
+	if (room == 0) {
+		errno = EAGAIN;
+		return -1;
+	}
+	/* published a piece at a time: the reader copies one while we copy
+	 * the next */
+	size_t took = 0;
+	uint8_t *dst = l->out.data + (l->out.pos & (l->out.size - 1));
+	for (int i = 0; i < n && took < (size_t)room; i++) {
+		size_t k = iov[i].iov_len < (size_t)room - took ? iov[i].iov_len : (size_t)room - took;
+		for (size_t o = 0; o < k;) {
+			size_t c = k - o < PIECE ? k - o : PIECE;
+			lm_guest_copy(dst + took, (const uint8_t *)iov[i].iov_base + o, c);
+			took += c;
+			o += c;
+			atomic_store_explicit(&l->out.ctl->head, l->out.pos + took, memory_order_release);
+		}
+	}
+	/* test hook: a bit of what is now in the ring flips, as another
+	 * holder of its memfd could make it */
+	if (took && LM_FAULT("ring.flip") < 0)
+		dst[took - 1] ^= 1;
+	l->out.pos += took;
+	atomic_thread_fence(memory_order_seq_cst);
+	if (atomic_load_explicit(&l->out.ctl->rd_wait, memory_order_relaxed) &&
+	    atomic_exchange(&l->out.ctl->rd_wait, 0))
+		bell(l);
+	l->sent += took;
+	return (ssize_t)took;
+}
+
+static ssize_t io_recv(lm_link_io_t *io, const struct iovec *iov, int n, bool peek)
+{
+	struct rlink *l = (struct rlink *)io;
+	if (l->err)
+		return fail(l, l->err);
+	int64_t avail = in_avail(l);
+	if (avail < 0)
+		return fail(l, EPROTO);
+	if (avail == 0) {
+		/* closed is set after the last head: look at head again */
+		if (atomic_load_explicit(&l->in.ctl->closed, memory_order_acquire)) {
+			if ((avail = in_avail(l)) < 0)
+				return fail(l, EPROTO);
+			if (avail == 0)
+				return 0;
+		} else if (l->peer_end) {
+			return 0;   /* the peer is gone: its end, as a socket's */
+		} else {
+			errno = EAGAIN;
+			return -1;
+		}
+	}
+	size_t got = 0;
+	const uint8_t *src = l->in.data + (l->in.pos & (l->in.size - 1));
+	for (int i = 0; i < n && got < (size_t)avail; i++) {
+		size_t k = iov[i].iov_len < (size_t)avail - got ? iov[i].iov_len : (size_t)avail - got;
+		lm_guest_copy(iov[i].iov_base, src + got, k);
+		got += k;
+	}
+	if (peek)
+		return (ssize_t)got;
+	l->in.pos += got;
+	atomic_store_explicit(&l->in.ctl->tail, l->in.pos, memory_order_release);
+	atomic_thread_fence(memory_order_seq_cst);
+	/* the writer sleeps until a quarter of the ring is free */
+	if (atomic_load_explicit(&l->in.ctl->wr_wait, memory_order_relaxed) &&
+	    (uint64_t)avail - got <= l->in.size - l->in.size / 4 &&
+	    atomic_exchange(&l->in.ctl->wr_wait, 0))
+		bell(l);
+	l->received += got;
+	return (ssize_t)got;
+}
+
+static bool io_readable(lm_link_io_t *io)
+{
+	struct rlink *l = (struct rlink *)io;
+	return l->err || l->peer_end || in_avail(l) != 0 ||
+	       atomic_load_explicit(&l->in.ctl->closed, memory_order_acquire);
+}
+
+static bool writable(struct rlink *l)
+{
+	int64_t room = out_room(l);
+	return room < 0 || (size_t)room >= l->out.size / 4;
+}
+
+static short now_ready(struct rlink *l, short asked)
+{
+	short r = 0;
+	if ((asked & POLLIN) && io_readable(&l->io))
+		r |= POLLIN;
+	if ((asked & POLLOUT) && writable(l))
+		r |= POLLOUT;
+	return r;
+}
+
+static short io_ready(lm_link_io_t *io, short asked, bool wait)
+{
+	struct rlink *l = (struct rlink *)io;
+	if (l->err || l->peer_end)
+		return (short)((asked & (POLLIN | POLLOUT)) | POLLHUP);
+	short r = now_ready(l, asked);
+	if (r || !wait)
+		return r;
+	/* The peer is usually busy on the other end: a short spin sees its
+	 * next bytes (or room) without a doorbell and a sleep, whose
+	 * wake-up costs more than the spin on some hosts */
+	uint64_t end = spin_now() + SPIN_NS;
+	while (!(r = now_ready(l, asked)) && spin_now() < end)
+		__builtin_ia32_pause();
+	if (r)
+		return r;
+	if (asked & POLLIN) {
+		if (io_readable(io)) {
+			r |= POLLIN;
+		} else {
+			atomic_store(&l->in.ctl->rd_wait, 1);
+			atomic_thread_fence(memory_order_seq_cst);
+			if (io_readable(io))
+				r |= POLLIN;
+		}
+	}
+	if (asked & POLLOUT) {
+		if (writable(l)) {
+			r |= POLLOUT;
+		} else {
+			atomic_store(&l->out.ctl->wr_wait, 1);
+			atomic_thread_fence(memory_order_seq_cst);
+			if (writable(l))
+				r |= POLLOUT;
+		}
+	}
+	return r;
+}
+
+static void io_rung(lm_link_io_t *io)
+{
+	struct rlink *l = (struct rlink *)io;
+	char b[64];
+	for (;;) {
+		ssize_t r = recv(l->sock, b, sizeof b, MSG_DONTWAIT);
+		if (r > 0) {
+			for (ssize_t i = 0; i < r; i++)
+				if (b[i] != BELL)
+					(void)fail(l, EPROTO); /* not ours: a stream on the socket */
+			continue;
+		}
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
+			l->peer_end = true;
+		return;
+	}
+}
+
+static void io_shutdown_wr(lm_link_io_t *io, int fd)
+{
+	(void)fd;
+	struct rlink *l = (struct rlink *)io;
+	if (l->out_closed)
+		return;
+	l->out_closed = true;
+	atomic_store_explicit(&l->out.ctl->closed, 1, memory_order_release);
+	atomic_thread_fence(memory_order_seq_cst);
+	/* the socket stays open both ways: the peer's ring still needs
+	 * our doorbells while we read it */
+	bell(l);
+}
+
+static void io_release(lm_link_io_t *io)
+{
+	struct rlink *l = (struct rlink *)io;
+	ring_unmap(&l->out);
+	ring_unmap(&l->in);
+	free(l);
+}
+
+int lm_ring_link_open(lm_link_io_t **out, int sock, int out_fd, int in_fd,
+		      char *why, size_t whylen)
+{
+	*out = NULL;
+	struct rlink *l = calloc(1, sizeof(*l));
+	int rc = l ? 0 : -ENOMEM;
+	if (!l)
+		snprintf(why, whylen, "out of memory");
+	if (!rc)
+		rc = ring_map(&l->out, out_fd, true, why, whylen);
+	if (!rc)
+		rc = ring_map(&l->in, in_fd, false, why, whylen);
+	close(out_fd);
+	close(in_fd);
+	if (rc) {
+		if (l)
+			io_release(&l->io);
+		return rc;
+	}
+	l->sock = sock;
+	l->io = (lm_link_io_t){ .send = io_send, .recv = io_recv, .readable = io_readable,
+				.flush = NULL, .shutdown_wr = io_shutdown_wr,
+				.release = io_release, .ready = io_ready, .rung = io_rung };
+	*out = &l->io;
+	return 0;
+}
+
+void lm_ring_link_counts(lm_link_io_t *io, unsigned long long *sent,
+			 unsigned long long *received)
+{
+	struct rlink *l = (struct rlink *)io;
+	*sent = l->sent;
+	*received = l->received;
+}
