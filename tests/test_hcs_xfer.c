@@ -205,14 +205,18 @@ static void run_success_with(lm_vm_t *src, lm_vm_t *dst, int fs, int fdd, lm__xf
 	assert_int_equal(ht_count(&m.ld, LM_XEV_OFFLINE_DONE), 1);
 	assert_true(ht_count(&m.ls, LM_XEV_PROGRESS) >= (int)m.ss.passes);
 	/* A plain unix link takes the guest's pages by reference, checksummed
-	 * or not (the sum is taken where they lie); a TCP one copies them
-	 * through the engine's buffer (xfer.c, link_copy_send). With
+	 * or not (the sum is taken where they lie), and stays on the socket
+	 * (no shared-memory rings: they are for a record layer, or when
+	 * vmsplice is refused); a TCP one copies them through the engine's
+	 * buffer (xfer.c, link_copy_send). With
 	 * checksums, a batch whose pages the guest wrote while they were on
 	 * their way fails its sum and is awaited again: the migration still
 	 * succeeds, whole. */
 	if (o->checksum)
 		print_message("checksummed: %llu pages failed their sum in brownout, sent again\n",
 			      (unsigned long long)m.sd.sum_mismatches);
+	assert_false(m.ss.ring);
+	assert_false(m.sd.ring);
 	if (o->io || tcp)
 		assert_int_equal(m.ss.spliced_bytes, 0);
 	else
@@ -271,6 +275,108 @@ static void test_hotset_dirtying_guest_migrates_over_socketpair(void **state)
 	assert_int_equal(ht_pair(sv, false), 0);
 	run_success(ht_vm(64, 400, LM_PATTERN_HOTSET, LM_FILL_ZERO90, false),
 		    ht_vm(64, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true), sv[0], sv[1], &o, true);
+}
+
+static void assert_source_recovered(struct mig *m, uint64_t d0, bool idle);
+
+/* A source that cannot splice (vmsplice refused: fault "transfer.splice")
+ * sends through the shared-memory rings instead of by copy through the
+ * socket; checksummed, a guest that writes meanwhile: whole. */
+static void test_a_checksummed_dirtying_guest_migrates_over_the_ring(void **state)
+{
+	int sv[2] = { -1, -1 };
+	lm__xfer_opts_t o;
+	opts(&o);
+	o.checksum = true;
+	assert_int_equal(ht_pair(sv, false), 0);
+	struct mig m = { .src = ht_vm(64, 400, LM_PATTERN_UNIFORM, LM_FILL_RANDOM, false),
+			 .dst = ht_vm(64, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true) };
+	start_running(m.src, true);
+	assert_int_equal(lm_fault_arm("transfer.splice:errno=EPERM:times=1"), 0);
+	mig_create(&m, sv[0], sv[1], &o, &o);
+	assert_int_equal(lm_fault_fired("transfer.splice"), 1);
+	lm_fault_disarm_all();
+	mig_go_join(&m);
+	assert_int_equal(m.rs, 0);
+	assert_int_equal(m.rd, 0);
+	assert_true(m.ss.ring);
+	assert_true(m.sd.ring);
+	assert_int_equal(m.ss.spliced_bytes, 0);
+	assert_true(m.ss.passes > 1);
+	print_message("  over the rings: %u passes, %llu pages failed their sum and were sent again\n",
+		      m.ss.passes, (unsigned long long)m.sd.sum_mismatches);
+	assert_false(gstats(m.src).running);
+	assert_int_equal(digest(m.src), digest(m.dst));
+	mig_free(&m);
+}
+
+/* A destination that cannot take the rings (fault "transfer.ring") answers
+ * without them, and so does one told not to (no_ring): the stream stays
+ * on the socket (pages by copy, vmsplice being refused), whole. */
+static void test_a_refused_ring_leaves_the_stream_on_the_socket(void **state)
+{
+	for (int told = 0; told < 2; told++) {
+	int sv[2] = { -1, -1 };
+	lm__xfer_opts_t o, od;
+	opts(&o);
+	opts(&od);
+	od.no_ring = told;
+	assert_int_equal(ht_pair(sv, false), 0);
+	struct mig m = mig_vms(32, 0, LM_FILL_RANDOM);
+	assert_int_equal(lm_fault_arm("transfer.splice:errno=EPERM:times=1"), 0);
+	if (!told)
+		assert_int_equal(lm_fault_arm("transfer.ring:errno=EPROTO:times=1"), 0);
+	mig_create(&m, sv[0], sv[1], &o, &od);
+	mig_go_join(&m);
+	assert_int_equal(lm_fault_fired("transfer.ring"), told ? 0 : 1);
+	lm_fault_disarm_all();
+	assert_int_equal(m.rs, 0);
+	assert_int_equal(m.rd, 0);
+	assert_false(m.ss.ring);
+	assert_false(m.sd.ring);
+	assert_int_equal(m.ss.spliced_bytes, 0);
+	assert_true(m.ss.pages_sent - m.ss.zero_pages > 8000); /* by copy */
+	assert_int_equal(digest(m.src), digest(m.dst));
+	mig_free(&m);
+	}
+}
+
+/* The rings stay mapped when the socket between the two dies: each side
+ * learns it from the socket (no doorbell can come) and fails within the
+ * stall bound, never waiting on a ring for ever; the source recovers. */
+static void test_over_the_ring_a_dead_socket_fails_both_sides_and_the_source_recovers(void **state)
+{
+	for (int on_source = 0; on_source < 2; on_source++) {
+		int sv[2] = { -1, -1 };
+		lm__xfer_opts_t o;
+		opts(&o);
+		o.skip_throttling = true;
+		o.target_blackout_ms = 1;
+		o.max_passes = 1000;
+		o.stall_ms = 2000;
+		assert_int_equal(ht_pair(sv, false), 0);
+		struct mig m = mig_vms(64, 400, LM_FILL_RANDOM);
+		ops->start(m.src);
+		assert_int_equal(lm_fault_arm("transfer.splice:errno=EPERM:times=1"), 0);
+		mig_create(&m, sv[0], sv[1], &o, &o);
+		lm_fault_disarm_all();
+		lm__xfer_go(m.xd);
+		lm__xfer_go(m.xs);
+		assert_true(ht_wait(&m.ls, LM_XEV_PROGRESS, 10000));
+		uint64_t t0 = lm_now_ns();
+		/* as if the peer's process died: its end of the socket shut */
+		assert_int_equal(shutdown(on_source ? sv[0] : sv[1], SHUT_RDWR), 0);
+		mig_join(&m);
+		uint64_t ms = (lm_now_ns() - t0) / 1000000u;
+		print_message("  socket of the %s shut: both failed in %llu ms\n",
+			      on_source ? "source" : "destination", (unsigned long long)ms);
+		assert_true(m.ss.ring);
+		assert_int_not_equal(m.rs, 0);
+		assert_int_not_equal(m.rd, 0);
+		assert_true(ms < 5000);
+		assert_source_recovered(&m, 0, false);
+		mig_free(&m);
+	}
 }
 
 static void test_sequential_guest_with_checksums_and_lz4_migrates_over_tcp(void **state)
@@ -810,7 +916,10 @@ static void test_corrupted_batch_without_checksums_reaches_the_destination(void 
 
 /* Where vmsplice is refused (a syscall filter), the pages leave by copy
  * and the guest arrives whole. */
-static void test_a_refused_vmsplice_sends_pages_by_copy(void **state)
+/* vmsplice refused: the pages go through the rings (no kernel read of
+ * our mapping), or by copy through the socket when the rings are refused
+ * too (test_a_refused_ring_leaves_the_stream_on_the_socket). */
+static void test_a_refused_vmsplice_sends_pages_over_the_rings(void **state)
 {
 	int sv[2] = { -1, -1 };
 	lm__xfer_opts_t o;
@@ -825,7 +934,9 @@ static void test_a_refused_vmsplice_sends_pages_by_copy(void **state)
 	assert_int_equal(m.rs, 0);
 	assert_int_equal(m.rd, 0);
 	assert_int_equal(m.ss.spliced_bytes, 0);
-	assert_true(m.ss.pages_sent - m.ss.zero_pages > 8000); /* sent, by copy */
+	assert_true(m.ss.ring);
+	assert_true(m.sd.ring);
+	assert_true(m.ss.pages_sent - m.ss.zero_pages > 8000);
 	assert_int_equal(digest(m.src), digest(m.dst));
 	mig_free(&m);
 }
@@ -1139,6 +1250,9 @@ int main(void)
 		cmocka_unit_test(test_idle_guest_migrates_over_socketpair),
 		cmocka_unit_test(test_uniform_dirtying_guest_migrates_over_tcp),
 		cmocka_unit_test(test_hotset_dirtying_guest_migrates_over_socketpair),
+		cmocka_unit_test(test_a_checksummed_dirtying_guest_migrates_over_the_ring),
+		cmocka_unit_test(test_a_refused_ring_leaves_the_stream_on_the_socket),
+		cmocka_unit_test(test_over_the_ring_a_dead_socket_fails_both_sides_and_the_source_recovers),
 		cmocka_unit_test(test_sequential_guest_with_checksums_and_lz4_migrates_over_tcp),
 		cmocka_unit_test(test_zero_guest_sends_flags_not_pages),
 		cmocka_unit_test(test_compression_workers_send_lz4_pages_on_a_slow_link),
@@ -1155,7 +1269,7 @@ int main(void)
 		cmocka_unit_test(test_corrupted_batch_with_checksums_is_dataloss_and_source_intact),
 		cmocka_unit_test(test_a_corrupted_blackout_page_is_dataloss_at_once),
 		cmocka_unit_test(test_corrupted_batch_without_checksums_reaches_the_destination),
-		cmocka_unit_test(test_a_refused_vmsplice_sends_pages_by_copy),
+		cmocka_unit_test(test_a_refused_vmsplice_sends_pages_over_the_rings),
 		cmocka_unit_test(test_send_fault_mid_stream_recovers_source),
 		cmocka_unit_test(test_destination_state_load_failure_recovers_source),
 		cmocka_unit_test(test_a_record_layer_that_holds_bytes_is_flushed_before_each_wait),

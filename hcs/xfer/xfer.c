@@ -16,7 +16,10 @@
  * reference: vmsplice() into a pipe of the engine, splice() into the
  * socket (send_spliced: the kernel never reads them through our mapping,
  * which on some hosts costs ~8 us a page the first time; see there);
- * otherwise, and for our own buffers, sendmsg().
+ * otherwise, and for our own buffers, sendmsg(). Over a unix socket, under
+ * TLS or where vmsplice is refused, both sides may agree in the handshake
+ * to move the stream into shared-memory rings (hcs/ring_link.h; the
+ * socket then rings), which the link's calls and its poll go through.
  *
  * Destination: validates the hello against its own VM, then reads each
  * batch's descriptors, validates every pfn/length against its regions
@@ -34,8 +37,10 @@
  * every 250 ms. Events go out through the callback on the engine thread.
  */
 #include "hcs/xfer/xfer_int.h"
+#include "hcs/ring_link.h"
 #include "util/clock.h"
 #include "util/fault.h"
+#include "util/fdpass.h"
 #include "util/guest_copy.h"
 #include "util/hash.h"
 #include "util/held.h"
@@ -161,8 +166,55 @@ int lm__xf_link_flush(struct lm__xfer *x)
 	return errno ? -errno : -EIO;
 }
 
+/* lm__xf_link_poll over a layer poll() cannot see (a ring): what is
+ * ready comes from the layer, the socket is polled for doorbells only. */
+static int ring_poll(struct lm__xfer *x, struct pollfd *p, int nfds, int sock_idx, int timeout_ms)
+{
+	lm_link_io_t *io = x->o.io;
+	short asked = p[sock_idx].events;
+	uint64_t end = lm_now_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000ull;
+	for (;;) {
+		/* bytes the layer holds go as the rings take them (room for
+		 * them is not told to a caller that did not ask for it) */
+		bool held = lm__xf_link_flush(x) == -EAGAIN;
+		short want = (short)(asked | (held ? POLLOUT : 0));
+		short r = io->ready(io, want, timeout_ms != 0);
+		short rep = (short)(r & (asked | POLLHUP));
+		if (held && (r & POLLOUT) && !rep)
+			continue;
+		int ms = 0;
+		if (!rep && timeout_ms != 0) {
+			uint64_t now = lm_now_ns();
+			ms = timeout_ms < 0 ? -1 : now >= end ? 0 : (int)((end - now + 999999) / 1000000);
+		}
+		p[sock_idx].events = POLLIN;
+		int n = poll(p, (nfds_t)nfds, ms);
+		p[sock_idx].events = asked;
+		if (n < 0)
+			return n;
+		if (p[sock_idx].revents) {
+			io->rung(io);
+			p[sock_idx].revents = 0;
+			n--;
+			r = io->ready(io, want, false);
+			rep = (short)(r & (asked | POLLHUP));
+		}
+		if (rep) {
+			p[sock_idx].revents = rep;
+			n++;
+		}
+		if (n == 0 && held && (r & POLLOUT))
+			continue;
+		if (n != 0 || ms == 0)
+			return n;
+		/* a doorbell with nothing for the caller: wait on */
+	}
+}
+
 int lm__xf_link_poll(struct lm__xfer *x, struct pollfd *p, int nfds, int sock_idx, int timeout_ms)
 {
+	if (x->o.io && x->o.io->ready)
+		return ring_poll(x, p, nfds, sock_idx, timeout_ms);
 	short asked = p[sock_idx].events;
 	uint64_t end = lm_now_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000ull;
 	for (;;) {
@@ -464,7 +516,7 @@ static int finish_keepalive(struct lm__xfer *x)
 		struct pollfd p[2] = { { x->sock, POLLOUT, 0 }, { x->wakefd, POLLIN, 0 } };
 		if (atomic_load(&x->cancel))
 			return -ECANCELED;
-		if (poll(p, 2, lm__xf_tick_ms(x)) < 0 && errno != EINTR)
+		if (lm__xf_link_poll(x, p, 2, 0, lm__xf_tick_ms(x)) < 0 && errno != EINTR)
 			return -errno;
 		if (x->o.stall_ms && lm_now_ns() - x->last_tx_ns > (uint64_t)x->o.stall_ms * 1000000ull &&
 		    lm_now_ns() - x->last_rx_ns > (uint64_t)x->o.stall_ms * 1000000ull) {
@@ -475,13 +527,16 @@ static int finish_keepalive(struct lm__xfer *x)
 	return 0;
 }
 
-static int recv_full(struct lm__xfer *x, void *buf, size_t len)
+/* Receives len bytes whole: through the link, or (fd: a hello or its
+ * answer on a plain link, which may carry the peer's ring) straight from
+ * the socket, keeping the first fd that came with them in *fd. */
+static int recv_all(struct lm__xfer *x, void *buf, size_t len, int *fd)
 {
 	uint8_t *p = buf;
 	if (atomic_load_explicit(&x->cancel, memory_order_relaxed))
 		return -ECANCELED;
 	while (len) {
-		ssize_t r = lm__xf_link_recv(x, p, len, false);
+		ssize_t r = fd ? lm_fd_recv(x->sock, p, len, fd) : lm__xf_link_recv(x, p, len, false);
 		if (r > 0) {
 			p += r;
 			len -= (size_t)r;
@@ -504,6 +559,11 @@ static int recv_full(struct lm__xfer *x, void *buf, size_t len)
 			return w;
 	}
 	return 0;
+}
+
+static int recv_full(struct lm__xfer *x, void *buf, size_t len)
+{
+	return recv_all(x, buf, len, NULL);
 }
 
 /* Drops v bytes from the front of iov[0..*n) (modified). */
@@ -1253,6 +1313,91 @@ bool lm__xf_link_lendable(const struct lm__xfer *x)
 	return ss.ss_family == AF_UNIX;
 }
 
+/* ------------------------------------------------- the shared-memory ring */
+
+/* Source 4 MiB (four batches), destination 256 KiB (its records are
+ * small); both in the caches between the two sides. */
+#define RING_SRC_BYTES (4u << 20)
+#define RING_DST_BYTES (256u << 10)
+
+/* Whether this side's link can take the rings (hcs/ring_link.h): a unix
+ * socket (the peer is on this kernel) of a page stream, plain or under a
+ * record layer that can go over them, and not told otherwise. */
+static bool ring_able(const struct lm__xfer *x)
+{
+	if (x->vmm || x->o.no_ring)
+		return false;
+	/* a record layer (TLS) goes over the rings if it can */
+	if (x->o.io && !(x->o.io->pass_fd && x->o.io->take_fd && x->o.io->over_rings))
+		return false;
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	return getsockname(x->sock, (struct sockaddr *)&ss, &len) == 0 && ss.ss_family == AF_UNIX;
+}
+
+/* Whether the source offers them: under a record layer (TLS), whose
+ * sealed records the socket would copy twice more, or on a plain link
+ * whose pages cannot be spliced (vmsplice refused here), which would
+ * send them by copy through the kernel's reads of our mapping. A plain
+ * link that splices stays on the socket: one copy in all (the
+ * destination's read), where the rings make two (bench/RESULTS.md,
+ * "rings"). */
+static bool ring_offered(const struct lm__xfer *x)
+{
+	return ring_able(x) && (x->o.io || x->spipe[1] < 0);
+}
+
+static void ring_fds_close(struct lm__xfer *x)
+{
+	if (x->ring_own >= 0)
+		close(x->ring_own);
+	if (x->ring_peer >= 0)
+		close(x->ring_peer);
+	x->ring_own = x->ring_peer = -1;
+}
+
+/* From now on the stream goes through the rings: the link itself, or
+ * below its record layer (which takes them, whatever happens). */
+static int ring_attach(struct lm__xfer *x, lm_link_io_t *rings, char *why, size_t whylen)
+{
+	if (x->o.io) {
+		int rc = x->o.io->over_rings(x->o.io, rings);
+		if (rc < 0) {
+			snprintf(why, whylen, "the record layer cannot go over the rings: "
+				 "bytes other than doorbells were read ahead");
+			return rc;
+		}
+	} else {
+		x->o.io = rings;
+	}
+	spipe_close(x);
+	x->st.ring = true;
+	lm_log_info(MOD, "shared-memory ring", "side=%s session_id_hash=%u",
+		    lm__xf_side(x), x->o.session_id);
+	return 0;
+}
+
+/* Sends iov whole, its first byte carrying fd (SCM_RIGHTS). */
+static int send_iov_fd(struct lm__xfer *x, struct iovec *iov, unsigned n, int fd)
+{
+	for (;;) {
+		ssize_t w = lm_fd_send(x->sock, iov, (int)n, fd);
+		if (w > 0) {
+			x->st.bytes_sent += (uint64_t)w;
+			x->last_tx_ns = lm_now_ns();
+			iov = iov_advance(iov, &n, (size_t)w);
+			return n ? send_iov(x, iov, n) : 0;
+		}
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w == 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
+			return send_failed(x, w < 0 ? -errno : -EPIPE);
+		int rc = send_blocked(x);
+		if (rc < 0)
+			return rc;
+	}
+}
+
 static int src_handshake(struct lm__xfer *x, char *why, size_t whylen)
 {
 	int rc = LM_FAULT("transfer.handshake");
@@ -1286,6 +1431,21 @@ static int src_handshake(struct lm__xfer *x, char *why, size_t whylen)
 		h.flags |= LM_XF_HELLO_VMM_LINK;
 	if (x->o.bound)
 		h.flags |= LM_XF_HELLO_BOUND;
+	bool ring = ring_offered(x);
+	if (ring) {
+		x->ring_own = lm_ring_make(RING_SRC_BYTES);
+		if (x->ring_own < 0) {
+			lm_log_warn(MOD, "no shared-memory ring", "side=source session_id_hash=%u why=\"%s\"",
+				    x->o.session_id, strerror(-x->ring_own));
+			ring = false;
+		} else if (x->o.io && x->o.io->pass_fd(x->o.io, x->ring_own) < 0) {
+			ring_fds_close(x);
+			ring = false;
+		} else {
+			h.flags |= LM_XF_HELLO_RING;
+		}
+	}
+	bool fd_here = ring && !x->o.io;   /* on the socket: ours to pass */
 	size_t off = sizeof(h);
 	for (int i = 0; i < x->nreg; i++) {
 		lm_xf_region_t r = { x->reg[i].gpa, x->reg[i].size };
@@ -1306,12 +1466,13 @@ static int src_handshake(struct lm__xfer *x, char *why, size_t whylen)
 		iovn = 2;
 	}
 	struct iovec iov[2] = { { buf, off }, { bound, sizeof bound } };
-	if ((rc = send_iov(x, iov, iovn)) < 0) {
+	if ((rc = fd_here ? send_iov_fd(x, iov, (unsigned)iovn, x->ring_own)
+			  : send_iov(x, iov, (unsigned)iovn)) < 0) {
 		snprintf(why, whylen, "sending hello: %s", strerror(-rc));
 		return rc;
 	}
 	lm_xf_hello_ack_t a;
-	if ((rc = recv_full(x, &a, sizeof(a))) < 0) {
+	if ((rc = fd_here ? recv_all(x, &a, sizeof(a), &x->ring_peer) : recv_full(x, &a, sizeof(a))) < 0) {
 		char b[160];
 		snprintf(why, whylen, "no handshake answer from the destination: %s", io_why(x, rc, b, sizeof(b)));
 		return rc;
@@ -1327,6 +1488,24 @@ static int src_handshake(struct lm__xfer *x, char *why, size_t whylen)
 	}
 	memcpy(x->ho.peer_commit, a.commit, sizeof(a.commit));
 	x->vmm_link = (h.flags & LM_XF_HELLO_VMM_LINK) && (a.flags & LM_XF_ACK_VMM_LINK);
+	if (ring && x->o.io)
+		x->ring_peer = x->o.io->take_fd(x->o.io);
+	if (ring && (a.flags & LM_XF_ACK_RING)) {
+		/* the destination reads its next bytes from our ring */
+		char w[160];
+		lm_link_io_t *rings;
+		if (x->ring_peer < 0) {
+			snprintf(why, whylen, "the destination took the shared-memory ring but passed none of its own");
+			return -EPROTO;
+		}
+		rc = lm_ring_link_open(&rings, x->sock, x->ring_own, x->ring_peer, w, sizeof(w));
+		x->ring_own = x->ring_peer = -1;
+		if (rc < 0 || (rc = ring_attach(x, rings, w, sizeof(w))) < 0) {
+			snprintf(why, whylen, "the destination's shared-memory ring: %s", w);
+			return rc;
+		}
+	}
+	ring_fds_close(x);
 	return 0;
 }
 
@@ -1816,16 +1995,21 @@ static int dst_handshake(struct lm__xfer *x, char *why, size_t whylen)
 		return rc;
 	}
 	lm_xf_hello_t h;
-	if ((rc = recv_full(x, &h, sizeof(h))) < 0) {
+	bool ring = ring_able(x);
+	lm_link_io_t *rings = NULL;
+	if ((rc = ring && !x->o.io ? recv_all(x, &h, sizeof(h), &x->ring_peer) : recv_full(x, &h, sizeof(h))) < 0) {
 		char b[160];
 		snprintf(why, whylen, "no hello from the source: %s", io_why(x, rc, b, sizeof(b)));
 		return rc;
 	}
+	if (ring && x->o.io)
+		x->ring_peer = x->o.io->take_fd(x->o.io);
 	lm_xf_hello_ack_t a;
 	memset(&a, 0, sizeof(a));
 	a.magic = LM_XF_MAGIC;
 	a.version = LM_XF_VERSION;
 	int status = 0;
+	int ring_send = -1;           /* our ring's memfd, for the answer */
 	char peer_why[64] = "";       /* what the peer is told, when not `why` */
 	uint64_t total = 0;
 	for (int i = 0; i < x->nreg; i++)
@@ -1923,10 +2107,55 @@ static int dst_handshake(struct lm__xfer *x, char *why, size_t whylen)
 			x->vmm_link = true;
 		}
 	}
+	/* the ring: ours made, both mapped (the source's checked) before
+	 * we say yes; any trouble leaves the stream on the socket */
+	if (!status && ring && (h.flags & LM_XF_HELLO_RING) && x->ring_peer >= 0) {
+		char w[160] = "";
+		x->ring_own = lm_ring_make(RING_DST_BYTES);
+		if (x->ring_own >= 0)
+			ring_send = fcntl(x->ring_own, F_DUPFD_CLOEXEC, 0);
+		if (x->ring_own < 0 || ring_send < 0)
+			snprintf(w, sizeof(w), "making this side's ring: %s",
+				 strerror(x->ring_own < 0 ? -x->ring_own : errno));
+		else if (LM_FAULT("transfer.ring") < 0)
+			snprintf(w, sizeof(w), "refused (fault)");
+		else if (lm_ring_link_open(&rings, x->sock, x->ring_own, x->ring_peer, w, sizeof(w)) == 0)
+			a.flags |= LM_XF_ACK_RING;
+		x->ring_own = x->ring_peer = -1;   /* (taken by the open) */
+		if (rings && x->o.io && x->o.io->pass_fd(x->o.io, ring_send) < 0) {
+			snprintf(w, sizeof(w), "the record layer cannot pass it");
+			rings->release(rings);
+			rings = NULL;
+			a.flags &= (uint16_t)~LM_XF_ACK_RING;
+		}
+		if (!(a.flags & LM_XF_ACK_RING)) {
+			lm_log_warn(MOD, "no shared-memory ring", "side=destination session_id_hash=%u why=\"%s\"",
+				    x->o.session_id, w);
+			if (ring_send >= 0)
+				close(ring_send);
+			ring_send = -1;
+		}
+	}
 refuse_now:
+	ring_fds_close(x);
 	a.status = status;
 	snprintf(a.reason, sizeof(a.reason), "%s", !status ? "ok" : peer_why[0] ? peer_why : why);
 	struct iovec iov = { &a, sizeof(a) };
+	if (ring_send >= 0) {
+		/* the answer goes on the socket (through the record layer,
+		 * which passes the fd); the rings are for what follows */
+		rc = x->o.io ? send_iov(x, &iov, 1) : send_iov_fd(x, &iov, 1, ring_send);
+		close(ring_send);
+		if (rc < 0) {
+			rings->release(rings);
+			snprintf(why, whylen, "sending handshake answer: %s", strerror(-rc));
+			return rc;
+		}
+		char w[160];
+		if ((rc = ring_attach(x, rings, w, sizeof(w))) < 0)
+			snprintf(why, whylen, "%s", w);
+		return rc;
+	}
 	rc = send_iov(x, &iov, 1);
 	if (status)
 		return -status;
@@ -2484,6 +2713,7 @@ static void xfer_free(struct lm__xfer *x)
 	if (x->wakefd >= 0)
 		close(x->wakefd);
 	spipe_close(x);
+	ring_fds_close(x);
 	lm__xf_ho_fini(x);
 	pthread_mutex_destroy(&x->stmu);
 	free(x);
@@ -2513,6 +2743,7 @@ static int xfer_init(struct lm__xfer **out, enum lm__xfer_role role,
 		x->o.keepalive_ms = 1000;
 	x->wakefd = -1;
 	x->spipe[0] = x->spipe[1] = -1;
+	x->ring_own = x->ring_peer = -1;
 	if (lm__xf_ho_init(x) < 0) {
 		pthread_mutex_destroy(&x->stmu);
 		lm_link_close(sock, x->o.io);

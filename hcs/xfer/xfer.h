@@ -58,6 +58,9 @@ typedef struct lm__xfer_opts {
 					keying material) travels in the hello, and a
 					destination takes only its own (PROTOCOL.md) */
 	uint8_t binding[32];
+	bool no_ring;                /* a plain unix link stays on the socket's buffers
+					(no shared-memory ring, hcs/ring_link.h): for
+					comparison and diagnosis */
 	lm_link_io_t *io;            /* the link's record layer (link_io.h), or NULL for a
 					plain socket; lm__xfer_create takes it with the
 					socket (released when the engine closes it) */
@@ -124,6 +127,8 @@ typedef struct lm__xfer_stats {
 	uint64_t zero_pages;
 	uint64_t lz4_pages;
 	uint64_t spliced_bytes;      /* guest memory sent by reference (plain link) */
+	bool ring;                   /* the stream went through shared-memory rings
+					(hcs/ring_link.h), the socket only rang */
 	uint64_t sum_mismatches;     /* dest: pages that failed their checksum in
 					brownout (so awaited again) */
 	uint64_t blackout_ns;

@@ -86,6 +86,8 @@ struct lm__xfer {
 	bool vmm;                     /* the backend streams its VMM's own
 					 migration (backend.h): vmm.c */
 	bool vmm_started;             /* stream_open succeeded */
+	int ring_own, ring_peer;      /* the rings' memfds during the handshake
+					 (hcs/ring_link.h; -1: none) */
 	bool vmm_link;                /* both sides agreed: the VMMs speak on
 					 the link themselves (vmm.c) */
 	int io_rc;                    /* lm__xf_await_ack's I/O failure */

@@ -37,9 +37,19 @@
 				     (VMM_LINK .. VMM_LOADED, PROTOCOL.md);
 				     taken only if the answer's flags say so */
 
+#define LM_XF_HELLO_RING 0x40u    /* pages: the source offers a shared-memory
+				     ring (hcs/ring_link.h); its memfd rides
+				     the hello's first byte (SCM_RIGHTS, unix
+				     sockets); taken only if the answer's
+				     flags say so */
+
 /* hello_ack.flags */
 #define LM_XF_ACK_VMM_LINK 0x1u   /* the destination hands the link to its
 				     VMM too: the stream goes on the link */
+#define LM_XF_ACK_RING 0x2u       /* the destination takes the ring: its own
+				     ring's memfd rides the answer's first
+				     byte; both sides' next bytes go through
+				     the rings */
 
 #define LM_XF_SECRET_LEN 32u      /* handover secrets; their SHA-256 is
 				     committed to in the handshake */
