@@ -28,6 +28,15 @@
  * offered again with the same bytes from the same place (the engine
  * retries a refused send unchanged), as OpenSSL requires.
  *
+ * Over a unix socket our records may leave the socket for shared-memory
+ * rings (hcs/ring_link.h), which the engine negotiates in its hello: the
+ * link passes a ring's memfd with the bytes it puts on the socket
+ * (pass_fd) and keeps one that came with the bytes it read (take_fd);
+ * over_rings then moves its output buffer's drain into the rings and its
+ * reads out of them into rbuf (the copy that makes authentication safe
+ * from a writer of the ring). Records are still sealed here and copied
+ * in: the seal reads back the ciphertext it wrote.
+ *
  * The relay moves bytes both ways between the TLS socket and its end of a
  * socketpair, each way through a buffer of its own, and keeps half-closes
  * apart: the engine shutting its sending side becomes a close_notify, the
@@ -56,7 +65,9 @@
 #include <openssl/x509v3.h>
 
 #include "actors/tls_record.h"
+#include "hcs/ring_link.h"
 #include "util/clock.h"
+#include "util/fdpass.h"
 #include "util/guest_copy.h"
 #include "util/held.h"
 #include "util/log.h"
@@ -126,6 +137,10 @@ struct lm_tls_link {
 	uint8_t look[LOOK_CAP];
 	size_t look_off, look_len;
 	int rx_end;                   /* receiving ended: 1 the peer's end, -errno failed */
+	lm_link_io_t *lower;          /* own: the rings our records go through
+					 (hcs/ring_link.h), NULL: the socket */
+	int got_fd;                   /* own: an fd that came with the socket's
+					 bytes (take_fd), -1 */
 	pthread_mutex_t mu;
 	bool tampered;                /* mu */
 	char why[200];                /* mu */
@@ -749,6 +764,19 @@ static int own_rx_fail(lm_tls_link_t *l, bool tampered, const char *why)
 	return -1;
 }
 
+/* Reads what is there into rbuf, as recv(): from the rings (a copy out
+ * of shared memory before any byte is authenticated, so a writer there
+ * changes nothing after the check), or from the socket, keeping one fd
+ * that came with its bytes (take_fd; more than one: all closed). */
+static ssize_t own_read(lm_tls_link_t *l, uint8_t *d, size_t cap)
+{
+	if (l->lower) {
+		struct iovec v = { d, cap };
+		return l->lower->recv(l->lower, &v, 1, false);
+	}
+	return lm_fd_recv(l->fd, d, cap, &l->got_fd);
+}
+
 /* Opens the next record, reading the socket as needed: 1 l->cur is an
  * application data record (of any length), 0 the peer's end (its
  * close_notify, or the socket's end), -1 with errno EAGAIN (wait for the
@@ -794,7 +822,7 @@ static int own_next(lm_tls_link_t *l)
 			l->rlen -= l->roff;
 			l->roff = 0;
 		}
-		ssize_t n = recv(l->fd, l->rbuf + l->rlen, RBUF_CAP - l->rlen, MSG_DONTWAIT);
+		ssize_t n = own_read(l, l->rbuf + l->rlen, RBUF_CAP - l->rlen);
 		if (n > 0) {
 			l->rlen += (size_t)n;
 			continue;
@@ -1047,9 +1075,47 @@ static bool io_readable(lm_link_io_t *io)
 	return true;                  /* the end, or why not: the next read says */
 }
 
+/* Waits up to 50 ms for the rings' room (doorbells on fd). */
+static void lower_wait_room(lm_tls_link_t *l, int fd)
+{
+	if (l->lower->ready(l->lower, POLLOUT, true))
+		return;
+	struct pollfd q = { fd, POLLIN, 0 };
+	if (poll(&q, 1, 50) > 0)
+		l->lower->rung(l->lower);
+}
+
+/* io_shutdown_wr over the rings: the alert and what is held, within the
+ * same bounds as on the socket, then the rings' end (the socket stays:
+ * the peer's ring still rings it). */
+static void lower_shutdown_wr(lm_tls_link_t *l, int fd)
+{
+	static const uint8_t notify[2] = { 1, 0 };   /* warning, close_notify */
+	for (int k = 0; k < 20; k++) {
+		size_t w = 0;
+		if (own_tx(l, LM_TLS_CT_ALERT, notify, sizeof notify, &w) == 1 || errno != EAGAIN)
+			break;
+		lower_wait_room(l, fd);
+	}
+	size_t left = lm_held_bytes(&l->out);
+	uint64_t end = lm_now_ns() + 5000000000ull;
+	for (int k = 0; k < 20 && out_drain(l) == -EAGAIN && lm_now_ns() < end; k++) {
+		if (lm_held_bytes(&l->out) < left) {
+			left = lm_held_bytes(&l->out);
+			k = 0;
+		}
+		lower_wait_room(l, fd);
+	}
+	l->lower->shutdown_wr(l->lower, fd);
+}
+
 static void io_shutdown_wr(lm_link_io_t *io, int fd)
 {
 	lm_tls_link_t *l = link_of(io);
+	if (l->lower) {
+		lower_shutdown_wr(l, fd);
+		return;
+	}
 	/* close_notify, whole, within a bound (a peer that reads nothing
 	 * more is not waited for long) */
 	static const uint8_t notify[2] = { 1, 0 };   /* warning, close_notify */
@@ -1083,6 +1149,87 @@ static void io_shutdown_wr(lm_link_io_t *io, int fd)
 static void io_release(lm_link_io_t *io)
 {
 	lm_tls_link_unref(link_of(io));
+}
+
+/* ---- over the rings (hcs/ring_link.h) ------------------------------------------------- */
+
+static ssize_t lower_sink(void *arg, const void *buf, size_t len)
+{
+	lm_tls_link_t *l = arg;
+	struct iovec v = { (void *)buf, len };
+	return l->lower->send(l->lower, &v, 1);
+}
+
+static int io_pass_fd(lm_link_io_t *io, int fd)
+{
+	lm_tls_link_t *l = link_of(io);
+	if (!l->own || l->lower || !l->out.buf)
+		return -EOPNOTSUPP;
+	l->out.pass_fd = fd;
+	return 0;
+}
+
+static int io_take_fd(lm_link_io_t *io)
+{
+	lm_tls_link_t *l = link_of(io);
+	int f = l->got_fd;
+	l->got_fd = -1;
+	return f;
+}
+
+/* Ready as the engine's poll asks it (hcs/link_io.h): records already in
+ * rbuf, room in the output buffer, else what the rings say. */
+static short io_ready(lm_link_io_t *io, short asked, bool wait)
+{
+	lm_tls_link_t *l = link_of(io);
+	short r = 0, low = 0;
+	if (asked & POLLIN) {
+		if (io_readable(io))
+			r |= POLLIN;
+		else
+			low |= POLLIN;
+	}
+	if (asked & POLLOUT) {
+		if (lm_held_bytes(&l->out) < OUT_SEND)
+			r |= POLLOUT;
+		else
+			low |= POLLOUT;
+	}
+	if (low) {
+		short lr = l->lower->ready(l->lower, low, wait && !r);
+		r |= (short)(lr & (POLLIN | POLLOUT | POLLHUP));
+	}
+	return r;
+}
+
+static void io_rung(lm_link_io_t *io)
+{
+	lm_tls_link_t *l = link_of(io);
+	l->lower->rung(l->lower);
+}
+
+static int io_over_rings(lm_link_io_t *io, lm_link_io_t *rings)
+{
+	lm_tls_link_t *l = link_of(io);
+	if (!l->own || l->lower || !l->out.buf || l->look_off < l->look_len ||
+	    (l->cur_open && l->cur_off < l->cur.len) || lm_held_bytes(&l->out)) {
+		rings->release(rings);
+		return -EPROTO;
+	}
+	/* read ahead from the socket after the last record: only the
+	 * peer's doorbells may be there (its rings began after it) */
+	for (size_t i = l->roff; i < l->rlen; i++)
+		if (l->rbuf[i] != LM_RING_BELL) {
+			rings->release(rings);
+			return -EPROTO;
+		}
+	l->roff = l->rlen = 0;
+	l->lower = rings;
+	l->out.sink = lower_sink;
+	l->out.sink_arg = l;
+	l->io.ready = io_ready;
+	l->io.rung = io_rung;
+	return 0;
 }
 
 lm_link_io_t *lm_tls_link_io(lm_tls_link_t *l)
@@ -1138,6 +1285,8 @@ int lm_tls_conn_finish(lm_tls_conn_t *t, int *engine_fd, uint8_t binding[LM_TLS_
 		snprintf(why, whylen, "TLS: out of memory");
 		goto fail;
 	}
+	l->got_fd = -1;
+	l->out.pass_fd = -1;
 	atomic_init(&l->refs, 1);
 	pthread_mutex_init(&l->mu, NULL);
 	snprintf(l->cipher, sizeof l->cipher, "%s", SSL_get_cipher_name(ssl));
@@ -1179,6 +1328,10 @@ int lm_tls_conn_finish(lm_tls_conn_t *t, int *engine_fd, uint8_t binding[LM_TLS_
 					.release = io_release };
 		if (ours && !l->ktx && own_start(l, ssl, &sec, t_source)) {
 			OPENSSL_cleanse(&sec, sizeof sec);
+			/* our records may go over rings (a unix link) */
+			l->io.pass_fd = io_pass_fd;
+			l->io.take_fd = io_take_fd;
+			l->io.over_rings = io_over_rings;
 			if (!l->stage || !out_ok || !(l->rbuf = malloc(RBUF_CAP))) {
 				snprintf(why, whylen, "TLS: out of memory");
 				goto fail;
@@ -1343,6 +1496,10 @@ void lm_tls_link_unref(lm_tls_link_t *l)
 		OPENSSL_cleanse(l->stage, STAGE_LEN);
 	free(l->stage);
 	lm_held_free(&l->out);
+	if (l->lower)
+		l->lower->release(l->lower);
+	if (l->got_fd >= 0)
+		close(l->got_fd);
 	pthread_mutex_destroy(&l->mu);
 	free(l);
 }

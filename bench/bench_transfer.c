@@ -14,6 +14,10 @@
  *   idle_tls transport=unix ms=... plain_ms=... ratio=... tls="TLS 1.3 ..." (the same
  *       guest through mutual TLS on both engines' sockets, as lmshim's
  *       transports set it up; ratio = plain time / TLS time)
+ *   idle_tls_rings transport=unix ms=... socket_ms=... ratio=...  (unix only:
+ *       TLS over a unix socket goes through shared-memory rings,
+ *       hcs/ring_link.h; the same on the socket's buffers, interleaved;
+ *       ratio = socket time / rings time)
  *   idle_checksum transport=unix ms=... unchecked_ms=... ratio=...  (the same
  *       guest with every batch checksummed, lmshim's default; ratio =
  *       unchecked time / checked)
@@ -103,6 +107,7 @@ static const lm_backend_ops_t *ops = &lm_hcs_sim_ops;
 static bool kvm;          /* --backend kvm */
 static bool with_checksum; /* migrate(): batches checksummed (lmshim's default) */
 static bool with_tls;      /* migrate(): each engine's socket through mutual TLS */
+static bool without_ring;  /* migrate(): a unix link on the socket's buffers (no rings) */
 static bool tls_relay;     /* --tls-relay */
 static bool tls_openssl;   /* --tls-openssl-records */
 static char tls_cipher_seen[64] = "?", tls_kind_seen[32] = "?", tls_records_seen[64] = "?";
@@ -433,6 +438,7 @@ static void migrate(const char *name, const char *transport, lm_vm_t *src, bool 
 	lm__xfer_opts_default(&o);
 	o.session_id = 7;
 	o.checksum = with_checksum;
+	o.no_ring = without_ring;
 	lm_tls_link_t *links[2] = { NULL, NULL };
 	if (with_tls) {
 		tls_wrap(sv, links, o.binding);
@@ -528,7 +534,8 @@ static void run_transport(bool tcp)
 	lm_vm_t *src = bvm(0, LM_FILL_RANDOM, false);
 	ops->regions(src, &rs);
 	double bms = 1e18, hot_ms = 1e18, ms;
-	struct result r, best = { .ms = 1e18 }, best_ck = { .ms = 1e18 }, best_tls = { .ms = 1e18 };
+	struct result r, best = { .ms = 1e18 }, best_ck = { .ms = 1e18 }, best_tls = { .ms = 1e18 },
+		      best_sock = { .ms = 1e18 };
 	/* each rep's raw and idle times (the same moment of a host whose
 	 * speed drifts): the median of their ratios, and the ratio of their
 	 * medians with its interval, are printed beside the ratio of the
@@ -539,8 +546,9 @@ static void run_transport(bool tcp)
 	/* each rep's plain idle time over its checksummed and its TLS time,
 	 * the three run back to back (the median of these: paired) */
 	double *ck_pair = calloc((size_t)reps, sizeof(double)), *tls_pair = calloc((size_t)reps, sizeof(double));
-	int nck = 0, ntls = 0;
-	if (!pair || !raw_v || !idle_v || !ck_pair || !tls_pair)
+	double *sock_pair = calloc((size_t)reps, sizeof(double));
+	int nck = 0, ntls = 0, nsock = 0;
+	if (!pair || !raw_v || !idle_v || !ck_pair || !tls_pair || !sock_pair)
 		exit(1);
 	for (int i = 0; i < reps; i++) {
 		lm_vm_t *dstb = bvm(0, LM_FILL_ZERO, true);
@@ -584,8 +592,20 @@ static void run_transport(bool tcp)
 				with_tls = false;
 				if (r.rc || r.ms < best_tls.ms)
 					best_tls = r;
+				double tls_ms = r.rc == 0 ? r.ms : 0;
 				if (r.rc == 0 && plain_ms > 0)
 					tls_pair[ntls++] = plain_ms / r.ms;
+				/* over unix TLS goes through the rings: the
+				 * same on the socket's buffers, what they bring */
+				if (!tcp && r.ss.ring) {
+					with_tls = without_ring = true;
+					migrate("idle_tls_socket", tr, src, tcp, &r);
+					with_tls = without_ring = false;
+					if (r.rc || r.ms < best_sock.ms)
+						best_sock = r;
+					if (r.rc == 0 && tls_ms > 0)
+						sock_pair[nsock++] = r.ms / tls_ms;
+				}
 			}
 		}
 	}
@@ -627,14 +647,22 @@ static void run_transport(bool tcp)
 			double own_ms = own_seal_ms_per_gib() * (double)bytes / (double)(1ull << 30);
 			double used_ms = strstr(tls_records_seen, "lmshim records") ? own_ms : seal_ms;
 			printf("idle_tls transport=%s rc=%d ms=%.1f plain_ms=%.1f ratio=%.2f tls=\"TLS 1.3 %s (%s)\" "
-			       "records=\"%s\" cpu_src_s_per_gib=%.3f cpu_dst_s_per_gib=%.3f aes128gcm_seal_ms=%.1f "
+			       "records=\"%s\" rings=%d cpu_src_s_per_gib=%.3f cpu_dst_s_per_gib=%.3f aes128gcm_seal_ms=%.1f "
 			       "lmshim_seal_ms=%.1f ratio_bound=%.2f best_of=%d paired_median_ratio=%.2f "
 			       "cores_busy=%.2f plain_cores_busy=%.2f\n",
 			       tr, best_tls.rc, best_tls.ms, r.ms, r.ms / best_tls.ms, tls_cipher_seen, tls_kind_seen,
-			       tls_records_seen, (double)best_tls.ss.cpu_ns / 1e9 / gib,
+			       tls_records_seen, best_tls.ss.ring, (double)best_tls.ss.cpu_ns / 1e9 / gib,
 			       (double)best_tls.sd.cpu_ns / 1e9 / gib, seal_ms, own_ms, r.ms / (r.ms + used_ms), reps,
 			       lm_bench_median(tls_pair, (unsigned)ntls), cores_busy(&best_tls), cores_busy(&r));
 		}
+		if (nsock)
+			printf("idle_tls_rings transport=%s rc=%d ms=%.1f socket_ms=%.1f ratio=%.2f "
+			       "cpu_src_s_per_gib=%.3f cpu_dst_s_per_gib=%.3f socket_cpu_src_s_per_gib=%.3f "
+			       "socket_cpu_dst_s_per_gib=%.3f best_of=%d paired_median_ratio=%.2f\n",
+			       tr, best_sock.rc, best_tls.ms, best_sock.ms, best_sock.ms / best_tls.ms,
+			       (double)best_tls.ss.cpu_ns / 1e9 / gib, (double)best_tls.sd.cpu_ns / 1e9 / gib,
+			       (double)best_sock.ss.cpu_ns / 1e9 / gib, (double)best_sock.sd.cpu_ns / 1e9 / gib,
+			       reps, lm_bench_median(sock_pair, (unsigned)nsock));
 		/* integrity's cost: checksummed (lmshim's default) vs unchecked */
 		printf("idle_checksum transport=%s rc=%d ms=%.1f unchecked_ms=%.1f ratio=%.2f "
 		       "cpu_src_s_per_gib=%.3f cpu_dst_s_per_gib=%.3f best_of=%d paired_median_ratio=%.2f "
@@ -654,6 +682,7 @@ static void run_transport(bool tcp)
 	free(idle_v);
 	free(ck_pair);
 	free(tls_pair);
+	free(sock_pair);
 
 	static const struct { const char *name; enum lm_mem_fill fill; } zs[] = {
 		{ "zero90", LM_FILL_ZERO90 }, { "zero100", LM_FILL_ZERO } };

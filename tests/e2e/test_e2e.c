@@ -367,8 +367,8 @@ static void tls_dirs(struct fx *f)
 }
 
 /* A source and a destination shim; tls: their directory's name under
- * f->dir, or NULL for none. */
-static void tls_pair(struct fx *f, const char *src_tls, const char *dst_tls)
+ * f->dir, or NULL for none; src_faults: the source's fault points. */
+static void tls_pair_faults(struct fx *f, const char *src_tls, const char *dst_tls, const char *src_faults)
 {
 	char sd[300], dd[300];
 	snprintf(sd, sizeof sd, "%s/%s", f->dir, src_tls ? src_tls : "");
@@ -376,8 +376,13 @@ static void tls_pair(struct fx *f, const char *src_tls, const char *dst_tls)
 	const char *sargs[] = { "--vm-size-mb", "64", "--workload-rate", "50", "--containers", "pod1:sandbox,pod1:c1",
 				src_tls ? "--migration-tls-dir" : NULL, sd, NULL };
 	const char *dargs[] = { "--idle", dst_tls ? "--migration-tls-dir" : NULL, dd, NULL };
-	assert_int_equal(e2e_shim_start(&f->src, f->dir, "src", NULL, NULL, sargs), 0);
+	assert_int_equal(e2e_shim_start(&f->src, f->dir, "src", NULL, src_faults, sargs), 0);
 	assert_int_equal(e2e_shim_start(&f->dst, f->dir, "dst", NULL, NULL, dargs), 0);
+}
+
+static void tls_pair(struct fx *f, const char *src_tls, const char *dst_tls)
+{
+	tls_pair_faults(f, src_tls, dst_tls, NULL);
 }
 
 /* lmctl migrate src -> dst with extra args; its exit status, output in *text. */
@@ -406,7 +411,9 @@ static void assert_source_runs(struct fx *f)
 }
 
 /* Two shims with certificates of one CA migrate over TLS, over a unix
- * socket and over TCP; each log names the link (TLS 1.3, its cipher). */
+ * socket and over TCP; each log names the link (TLS 1.3, its cipher).
+ * Over unix, with our records, they go through shared-memory rings
+ * (hcs/ring_link.h), and each log says so. */
 static void test_migrate_over_mutual_tls(void **state)
 {
 	struct fx *f = *state;
@@ -440,6 +447,11 @@ static void test_migrate_over_mutual_tls(void **state)
 			if (!k || (eol && k > eol))
 				k = strstr(l, "(kernel;");
 			assert_true(k && (!eol || k < eol));
+			/* (the logs go on from the unix case: one each) */
+			int rings = 0;
+			for (const char *r = log; (r = strstr(r, "msg=\"shared-memory ring\"")); r++)
+				rings++;
+			assert_int_equal(rings, lm_gcm_available() ? 1 : 0);
 			free(log);
 		}
 		assert_int_equal(e2e_shim_stop(&f->src), 0);
@@ -580,6 +592,36 @@ static void test_a_bit_flipped_in_the_tls_stream_is_dataloss(void **state)
 	pthread_join(th, NULL);
 	close(fl.lfd);
 	assert_source_runs(f);
+	assert_int_equal(e2e_shim_stop(&f->src), 0);
+	assert_int_equal(e2e_shim_stop(&f->dst), 0);
+}
+
+/* Over a unix socket TLS's records go through shared-memory rings: a bit
+ * that flips there after the source sealed a record (fault point
+ * ring.flip on the source: as another holder of the ring's memfd could
+ * make it) fails that record's authentication: DataLoss, and the guest
+ * runs on at the source. */
+static void test_a_bit_flipped_in_the_rings_is_dataloss(void **state)
+{
+	struct fx *f = *state;
+	if (!lm_gcm_available())
+		skip();   /* (OpenSSL's records stay on the socket) */
+	tls_dirs(f);
+	tls_pair_faults(f, "tls-src", "tls-dst", "ring.flip:errno=EIO:after=20");
+	char *text = NULL;
+	int rc = tls_migrate(f, "e2e-ring-flip", NULL, &text);
+	printf("# a flipped bit in the rings: lmctl exited %d\n", rc);
+	assert_int_not_equal(rc, 0);
+	if (!strstr(text, "DataLoss"))
+		printf("%s", text);
+	assert_non_null(strstr(text, "DataLoss"));
+	assert_non_null(strstr(text, "altered on the way"));
+	free(text);
+	char *log = e2e_slurp(f->src.log);
+	assert_non_null(strstr(log, "msg=\"shared-memory ring\""));
+	free(log);
+	assert_source_runs(f);
+	assert_workload_moves(&f->src);
 	assert_int_equal(e2e_shim_stop(&f->src), 0);
 	assert_int_equal(e2e_shim_stop(&f->dst), 0);
 }
@@ -1588,6 +1630,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_migrate_over_mutual_tls, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_tls_refusals_leave_the_source_running, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_a_bit_flipped_in_the_tls_stream_is_dataloss, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_a_bit_flipped_in_the_rings_is_dataloss, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_migrate_with_duplicated_socket_pair, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_migrate_with_compression_and_pass_limits, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_back_and_forth_migrations_leave_nothing_behind, setup, teardown),
