@@ -1163,6 +1163,10 @@ static ssize_t lower_sink(void *arg, const void *buf, size_t len)
 static int io_pass_fd(lm_link_io_t *io, int fd)
 {
 	lm_tls_link_t *l = link_of(io);
+	if (fd < 0) {                 /* (forget one that did not go) */
+		l->out.pass_fd = -1;
+		return 0;
+	}
 	if (!l->own || l->lower || !l->out.buf)
 		return -EOPNOTSUPP;
 	l->out.pass_fd = fd;
@@ -1189,8 +1193,11 @@ static short io_ready(lm_link_io_t *io, short asked, bool wait)
 		else
 			low |= POLLIN;
 	}
+	/* room: nothing held (a send seals into the buffer), else what
+	 * the rings take (held bytes wait for them: never POLLOUT while
+	 * the rings are full, or the engine would spin) */
 	if (asked & POLLOUT) {
-		if (lm_held_bytes(&l->out) < OUT_SEND)
+		if (lm_held_bytes(&l->out) == 0)
 			r |= POLLOUT;
 		else
 			low |= POLLOUT;

@@ -65,7 +65,7 @@ struct lm_link_io {
 	 * its records go through shared memory instead of the socket), NULL
 	 * for others. pass_fd: fd rides the next bytes this layer puts on
 	 * the socket (SCM_RIGHTS; the caller keeps it open until they were
-	 * flushed). take_fd: an fd that came with bytes read from the
+	 * flushed, then passes -1: one not sent is forgotten). take_fd: an fd that came with bytes read from the
 	 * socket, or -1 (the caller owns it). over_rings: from now on the
 	 * layer's bytes go through `rings` (hcs/ring_link.h), which it owns:
 	 * 0, or -errno (bytes that are not doorbells were read ahead). */

@@ -34,6 +34,12 @@
 #define RING_MAGIC 0x4c4d5247u /* "LMRG" */
 #define BELL LM_RING_BELL
 #define SPIN_NS 50000u
+static _Atomic uint64_t spin_ns = SPIN_NS;   /* lm__ring_spin_ns (tests) */
+
+void lm__ring_spin_ns(uint64_t ns)
+{
+	atomic_store(&spin_ns, ns);
+}
 #define PIECE (64u << 10)
 
 static uint64_t spin_now(void)
@@ -128,8 +134,9 @@ static int ring_map(struct ring *r, int fd, bool writer, char *why, size_t whyle
 	}
 	struct stat st;
 	if (fstat(fd, &st) < 0) {
-		snprintf(why, whylen, "%s: fstat: %s", side, strerror(errno));
-		return -errno;
+		int e = errno;
+		snprintf(why, whylen, "%s: fstat: %s", side, strerror(e));
+		return -e;
 	}
 	size_t size = st.st_size > CTL_BYTES ? (size_t)st.st_size - CTL_BYTES : 0;
 	if (!S_ISREG(st.st_mode) || !pow2(size) || size < LM_RING_MIN || size > LM_RING_MAX) {
@@ -138,16 +145,17 @@ static int ring_map(struct ring *r, int fd, bool writer, char *why, size_t whyle
 	}
 	r->ctl = mmap(NULL, CTL_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	if (r->ctl == MAP_FAILED) {
+		int e = errno;
 		r->ctl = NULL;
-		snprintf(why, whylen, "%s: mmap: %s", side, strerror(errno));
-		return -errno;
+		snprintf(why, whylen, "%s: mmap: %s", side, strerror(e));
+		return -e;
 	}
 	/* read once: the peer may change the page later, we keep ours */
-	uint32_t magic = r->ctl->magic;
+	uint32_t magic = r->ctl->magic, version = r->ctl->version;
 	uint64_t said = r->ctl->size;
-	if (magic != RING_MAGIC || said != size) {
-		snprintf(why, whylen, "%s's header is wrong (magic %#x, size %llu of %zu)",
-			 side, magic, (unsigned long long)said, size);
+	if (magic != RING_MAGIC || version != 1 || said != size) {
+		snprintf(why, whylen, "%s's header is wrong (magic %#x, version %u, size %llu of %zu)",
+			 side, magic, version, (unsigned long long)said, size);
 		ring_unmap(r);
 		return -EPROTO;
 	}
@@ -192,9 +200,14 @@ static ssize_t fail(struct rlink *l, int e)
 static void bell(struct rlink *l)
 {
 	char c = BELL;
-	/* EAGAIN: the peer has doorbells it has not read; one is enough */
-	if (send(l->sock, &c, 1, MSG_DONTWAIT | MSG_NOSIGNAL) < 0 &&
-	    errno != EAGAIN && errno != EINTR)
+	ssize_t w;
+	while ((w = send(l->sock, &c, 1, MSG_DONTWAIT | MSG_NOSIGNAL)) < 0 && errno == EINTR) {
+	}
+	/* EAGAIN: the peer has doorbells it has not read; one is enough.
+	 * Its end: EPIPE, ECONNRESET. Anything else (ENOBUFS) loses this
+	 * one: the sleeper's next tick looks at the ring (the engine's
+	 * waits are bounded). */
+	if (w < 0 && (errno == EPIPE || errno == ECONNRESET))
 		l->peer_end = true;
 }
 
@@ -233,22 +246,29 @@ static ssize_t io_send(lm_link_io_t *io, const struct iovec *iov, int n)
 	}
 	/* published a piece at a time: the reader copies one while we copy
 	 * the next */
+	size_t total = 0;
+	for (int i = 0; i < n; i++)
+		total += iov[i].iov_len;
+	if (total > (size_t)room)
+		total = (size_t)room;
+	/* test hook: the last byte's lowest bit flips in the ring before
+	 * the reader may see it, as another holder of its memfd could make
+	 * it */
+	bool flip = total && LM_FAULT("ring.flip") < 0;
 	size_t took = 0;
 	uint8_t *dst = l->out.data + (l->out.pos & (l->out.size - 1));
-	for (int i = 0; i < n && took < (size_t)room; i++) {
-		size_t k = iov[i].iov_len < (size_t)room - took ? iov[i].iov_len : (size_t)room - took;
+	for (int i = 0; i < n && took < total; i++) {
+		size_t k = iov[i].iov_len < total - took ? iov[i].iov_len : total - took;
 		for (size_t o = 0; o < k;) {
 			size_t c = k - o < PIECE ? k - o : PIECE;
 			lm_guest_copy(dst + took, (const uint8_t *)iov[i].iov_base + o, c);
 			took += c;
 			o += c;
+			if (flip && took == total)
+				dst[took - 1] ^= 1;
 			atomic_store_explicit(&l->out.ctl->head, l->out.pos + took, memory_order_release);
 		}
 	}
-	/* test hook: a bit of what is now in the ring flips, as another
-	 * holder of its memfd could make it */
-	if (took && LM_FAULT("ring.flip") < 0)
-		dst[took - 1] ^= 1;
 	l->out.pos += took;
 	atomic_thread_fence(memory_order_seq_cst);
 	if (atomic_load_explicit(&l->out.ctl->rd_wait, memory_order_relaxed) &&
@@ -335,7 +355,7 @@ static short io_ready(lm_link_io_t *io, short asked, bool wait)
 	/* The peer is usually busy on the other end: a short spin sees its
 	 * next bytes (or room) without a doorbell and a sleep, whose
 	 * wake-up costs more than the spin on some hosts */
-	uint64_t end = spin_now() + SPIN_NS;
+	uint64_t end = spin_now() + atomic_load_explicit(&spin_ns, memory_order_relaxed);
 	while (!(r = now_ready(l, asked)) && spin_now() < end)
 		__builtin_ia32_pause();
 	if (r)
@@ -366,13 +386,17 @@ static short io_ready(lm_link_io_t *io, short asked, bool wait)
 static void io_rung(lm_link_io_t *io)
 {
 	struct rlink *l = (struct rlink *)io;
-	char b[64];
-	for (;;) {
+	char b[256];
+	/* at most 4 KiB a call: a peer that writes without end does not
+	 * keep the caller here */
+	for (int k = 0; k < 16; k++) {
 		ssize_t r = recv(l->sock, b, sizeof b, MSG_DONTWAIT);
 		if (r > 0) {
 			for (ssize_t i = 0; i < r; i++)
-				if (b[i] != BELL)
+				if (b[i] != BELL) {
 					(void)fail(l, EPROTO); /* not ours: a stream on the socket */
+					return;
+				}
 			continue;
 		}
 		if (r < 0 && errno == EINTR)

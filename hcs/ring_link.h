@@ -40,6 +40,7 @@
 #include "hcs/link_io.h"
 
 #include <stddef.h>
+#include <stdint.h>
 
 #define LM_RING_BELL 'R' /* a doorbell: the only byte on the socket */
 #define LM_RING_MIN (64u << 10)
@@ -56,6 +57,10 @@ int lm_ring_make(size_t bytes);
  * 0 with *out set, or -errno with why filled. */
 int lm_ring_link_open(lm_link_io_t **out, int sock, int out_fd, int in_fd,
 		      char *why, size_t whylen);
+
+/* Tests: how long a side spins before it sleeps (default 50 us; 0 makes
+ * every wait a sleep and a doorbell). */
+void lm__ring_spin_ns(uint64_t ns);
 
 /* Bytes moved through a link's rings (sent, received): stats, tests. */
 void lm_ring_link_counts(lm_link_io_t *io, unsigned long long *sent,

@@ -279,6 +279,26 @@ static void test_hotset_dirtying_guest_migrates_over_socketpair(void **state)
 
 static void assert_source_recovered(struct mig *m, uint64_t d0, bool idle);
 
+/* This process's open rings (memfds named lm-ring). */
+static int ring_fds(void)
+{
+	int n = 0;
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+	while (d && (e = readdir(d))) {
+		char p[300], t[300];
+		snprintf(p, sizeof p, "/proc/self/fd/%s", e->d_name);
+		ssize_t k = readlink(p, t, sizeof t - 1);
+		if (k > 0) {
+			t[k] = 0;
+			n += strstr(t, "lm-ring") != NULL;
+		}
+	}
+	if (d)
+		closedir(d);
+	return n;
+}
+
 /* A source that cannot splice (vmsplice refused: fault "transfer.splice")
  * sends through the shared-memory rings instead of by copy through the
  * socket; checksummed, a guest that writes meanwhile: whole. */
@@ -323,6 +343,7 @@ static void test_a_refused_ring_leaves_the_stream_on_the_socket(void **state)
 	od.no_ring = told;
 	assert_int_equal(ht_pair(sv, false), 0);
 	struct mig m = mig_vms(32, 0, LM_FILL_RANDOM);
+	int fds0 = ring_fds();
 	assert_int_equal(lm_fault_arm("transfer.splice:errno=EPERM:times=1"), 0);
 	if (!told)
 		assert_int_equal(lm_fault_arm("transfer.ring:errno=EPROTO:times=1"), 0);
@@ -336,6 +357,7 @@ static void test_a_refused_ring_leaves_the_stream_on_the_socket(void **state)
 	assert_false(m.sd.ring);
 	assert_int_equal(m.ss.spliced_bytes, 0);
 	assert_true(m.ss.pages_sent - m.ss.zero_pages > 8000); /* by copy */
+	assert_int_equal(ring_fds(), fds0);                    /* none kept */
 	assert_int_equal(digest(m.src), digest(m.dst));
 	mig_free(&m);
 	}

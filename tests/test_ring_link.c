@@ -122,6 +122,9 @@ static void *write_main(void *arg)
 static void test_bytes_cross_many_wraps_in_order(void **state)
 {
 	(void)state;
+	/* with the spin, and without it: every wait a sleep and a doorbell */
+	for (int spin = 1; spin >= 0; spin--) {
+	lm__ring_spin_ns(spin ? 50000 : 0);
 	struct pair p;
 	pair_open(&p);
 	struct writer w = { &p, 64ull << 20 };  /* 1024 times round the ring */
@@ -156,6 +159,57 @@ static void test_bytes_cross_many_wraps_in_order(void **state)
 	lm_ring_link_counts(p.b, &sent, &got);
 	assert_int_equal(got, w.total);
 	pair_close(&p);
+	}
+	lm__ring_spin_ns(50000);
+}
+
+/* One byte each way at a time, neither side spinning: each wait is a
+ * sleep the other side's doorbell must end. A lost wake-up (a flag set
+ * after the writer looked, a missing fence) leaves both asleep: the
+ * deadline of wait_ready fails it. */
+struct pinger {
+	lm_link_io_t *io;
+	int sock, rounds;
+	bool first;
+};
+
+static void *ping_main(void *arg)
+{
+	struct pinger *g = arg;
+	for (int i = 0; i < g->rounds; i++) {
+		uint8_t c = (uint8_t)i, got = 0;
+		struct iovec v = { &c, 1 }, r = { &got, 1 };
+		if (g->first) {
+			assert_int_equal(g->io->send(g->io, &v, 1), 1);
+		}
+		ssize_t n;
+		while ((n = g->io->recv(g->io, &r, 1, false)) != 1) {
+			assert_true(n < 0 && errno == EAGAIN);
+			wait_ready(g->io, g->sock, POLLIN, 5000);
+		}
+		assert_int_equal(got, (uint8_t)i);
+		if (!g->first) {
+			assert_int_equal(g->io->send(g->io, &v, 1), 1);
+		}
+	}
+	return NULL;
+}
+
+static void test_ping_pong_without_spinning_loses_no_wake_up(void **state)
+{
+	(void)state;
+	lm__ring_spin_ns(0);
+	struct pair p;
+	pair_open(&p);
+	struct pinger a = { p.a, p.sv[0], 20000, true }, b = { p.b, p.sv[1], 20000, false };
+	pthread_t th;
+	uint64_t t0 = lm_now_ns();
+	assert_int_equal(pthread_create(&th, NULL, ping_main, &b), 0);
+	ping_main(&a);
+	pthread_join(th, NULL);
+	print_message("  20000 round trips asleep: %.1f us each\n", (double)(lm_now_ns() - t0) / 20000 / 1000);
+	pair_close(&p);
+	lm__ring_spin_ns(50000);
 }
 
 /* A reader with nothing to read sleeps; the writer's bytes ring it. */
@@ -351,7 +405,7 @@ static void test_bad_rings_are_refused(void **state)
 
 /* Test hook "ring.flip": a bit of what was just written flips in the
  * ring, as another holder of its memfd could make it (what TLS over the
- * rings must catch, tests/test_tls.c). */
+ * rings must catch, tests/e2e/test_e2e.c). */
 static void test_the_flip_hook_changes_one_bit_in_the_ring(void **state)
 {
 	(void)state;
@@ -373,6 +427,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_bytes_cross_many_wraps_in_order),
+		cmocka_unit_test(test_ping_pong_without_spinning_loses_no_wake_up),
 		cmocka_unit_test(test_a_sleeping_reader_is_rung),
 		cmocka_unit_test(test_a_full_writer_is_rung_when_room_is_made),
 		cmocka_unit_test(test_either_end_ends_the_stream_after_its_bytes),

@@ -180,7 +180,7 @@ static int ring_poll(struct lm__xfer *x, struct pollfd *p, int nfds, int sock_id
 		short want = (short)(asked | (held ? POLLOUT : 0));
 		short r = io->ready(io, want, timeout_ms != 0);
 		short rep = (short)(r & (asked | POLLHUP));
-		if (held && (r & POLLOUT) && !rep)
+		if (held && (r & POLLOUT) && !rep && (timeout_ms < 0 || lm_now_ns() < end))
 			continue;
 		int ms = 0;
 		if (!rep && timeout_ms != 0) {
@@ -203,11 +203,10 @@ static int ring_poll(struct lm__xfer *x, struct pollfd *p, int nfds, int sock_id
 			p[sock_idx].revents = rep;
 			n++;
 		}
-		if (n == 0 && held && (r & POLLOUT))
-			continue;
 		if (n != 0 || ms == 0)
 			return n;
-		/* a doorbell with nothing for the caller: wait on */
+		/* a doorbell with nothing for the caller (or room for what is
+		 * held): wait on, within the caller's bound */
 	}
 }
 
@@ -1466,8 +1465,10 @@ static int src_handshake(struct lm__xfer *x, char *why, size_t whylen)
 		iovn = 2;
 	}
 	struct iovec iov[2] = { { buf, off }, { bound, sizeof bound } };
-	if ((rc = fd_here ? send_iov_fd(x, iov, (unsigned)iovn, x->ring_own)
-			  : send_iov(x, iov, (unsigned)iovn)) < 0) {
+	rc = fd_here ? send_iov_fd(x, iov, (unsigned)iovn, x->ring_own) : send_iov(x, iov, (unsigned)iovn);
+	if (ring && x->o.io)
+		(void)x->o.io->pass_fd(x->o.io, -1);   /* (gone, or never to go) */
+	if (rc < 0) {
 		snprintf(why, whylen, "sending hello: %s", strerror(-rc));
 		return rc;
 	}
@@ -2119,9 +2120,13 @@ static int dst_handshake(struct lm__xfer *x, char *why, size_t whylen)
 				 strerror(x->ring_own < 0 ? -x->ring_own : errno));
 		else if (LM_FAULT("transfer.ring") < 0)
 			snprintf(w, sizeof(w), "refused (fault)");
-		else if (lm_ring_link_open(&rings, x->sock, x->ring_own, x->ring_peer, w, sizeof(w)) == 0)
-			a.flags |= LM_XF_ACK_RING;
-		x->ring_own = x->ring_peer = -1;   /* (taken by the open) */
+		else {
+			int ro = lm_ring_link_open(&rings, x->sock, x->ring_own, x->ring_peer, w, sizeof(w));
+			x->ring_own = x->ring_peer = -1;   /* (taken by the open) */
+			if (ro == 0)
+				a.flags |= LM_XF_ACK_RING;
+		}
+		/* (what no open took is closed below) */
 		if (rings && x->o.io && x->o.io->pass_fd(x->o.io, ring_send) < 0) {
 			snprintf(w, sizeof(w), "the record layer cannot pass it");
 			rings->release(rings);
@@ -2145,6 +2150,8 @@ refuse_now:
 		/* the answer goes on the socket (through the record layer,
 		 * which passes the fd); the rings are for what follows */
 		rc = x->o.io ? send_iov(x, &iov, 1) : send_iov_fd(x, &iov, 1, ring_send);
+		if (x->o.io)
+			(void)x->o.io->pass_fd(x->o.io, -1);
 		close(ring_send);
 		if (rc < 0) {
 			rings->release(rings);
