@@ -360,27 +360,14 @@ static short io_ready(lm_link_io_t *io, short asked, bool wait)
 		__builtin_ia32_pause();
 	if (r)
 		return r;
-	if (asked & POLLIN) {
-		if (io_readable(io)) {
-			r |= POLLIN;
-		} else {
-			atomic_store(&l->in.ctl->rd_wait, 1);
-			atomic_thread_fence(memory_order_seq_cst);
-			if (io_readable(io))
-				r |= POLLIN;
-		}
-	}
-	if (asked & POLLOUT) {
-		if (writable(l)) {
-			r |= POLLOUT;
-		} else {
-			atomic_store(&l->out.ctl->wr_wait, 1);
-			atomic_thread_fence(memory_order_seq_cst);
-			if (writable(l))
-				r |= POLLOUT;
-		}
-	}
-	return r;
+	/* nothing yet: ask the peer to ring, then look again (bytes or room
+	 * that came between the look and the flag would ring nobody) */
+	if (asked & POLLIN)
+		atomic_store(&l->in.ctl->rd_wait, 1);
+	if (asked & POLLOUT)
+		atomic_store(&l->out.ctl->wr_wait, 1);
+	atomic_thread_fence(memory_order_seq_cst);
+	return now_ready(l, asked);
 }
 
 static void io_rung(lm_link_io_t *io)

@@ -1301,15 +1301,19 @@ static int send_pass_end(struct lm__xfer *x, uint64_t pages, bool final)
  * this host (a unix socket: nothing between the two VMMs but the kernel;
  * across hosts the stream stays in our records, with their checksums and
  * TLS), and no operator saying carry. PROTOCOL.md, "The VMM on the link". */
+/* The link is a unix socket: the peer is on this kernel. */
+static bool link_is_unix(const struct lm__xfer *x)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	return getsockname(x->sock, (struct sockaddr *)&ss, &len) == 0 && ss.ss_family == AF_UNIX;
+}
+
 bool lm__xf_link_lendable(const struct lm__xfer *x)
 {
 	if (!x->vmm || !x->ops->stream_on_link || x->o.io || x->o.vmm_carry)
 		return false;
-	struct sockaddr_storage ss;
-	socklen_t len = sizeof(ss);
-	if (getsockname(x->sock, (struct sockaddr *)&ss, &len) < 0)
-		return false;
-	return ss.ss_family == AF_UNIX;
+	return link_is_unix(x);
 }
 
 /* ------------------------------------------------- the shared-memory ring */
@@ -1329,9 +1333,7 @@ static bool ring_able(const struct lm__xfer *x)
 	/* a record layer (TLS) goes over the rings if it can */
 	if (x->o.io && !(x->o.io->pass_fd && x->o.io->take_fd && x->o.io->over_rings))
 		return false;
-	struct sockaddr_storage ss;
-	socklen_t len = sizeof(ss);
-	return getsockname(x->sock, (struct sockaddr *)&ss, &len) == 0 && ss.ss_family == AF_UNIX;
+	return link_is_unix(x);
 }
 
 /* Whether the source offers them: under a record layer (TLS), whose
@@ -1437,7 +1439,10 @@ static int src_handshake(struct lm__xfer *x, char *why, size_t whylen)
 			lm_log_warn(MOD, "no shared-memory ring", "side=source session_id_hash=%u why=\"%s\"",
 				    x->o.session_id, strerror(-x->ring_own));
 			ring = false;
-		} else if (x->o.io && x->o.io->pass_fd(x->o.io, x->ring_own) < 0) {
+		} else if (x->o.io && (rc = x->o.io->pass_fd(x->o.io, x->ring_own)) < 0) {
+			lm_log_warn(MOD, "no shared-memory ring", "side=source session_id_hash=%u "
+				    "why=\"the record layer cannot pass its memfd: %s\"",
+				    x->o.session_id, strerror(-rc));
 			ring_fds_close(x);
 			ring = false;
 		} else {
