@@ -2,7 +2,10 @@
  * test_hash.c: the stream's checksum (util/hash.h) is XXH3-64 whatever
  * vector unit computes it: every implementation this CPU can run gives
  * xxhash's own one-shot result, for one buffer and for the same bytes cut
- * into iovecs of odd sizes, and the chosen unit is the widest it has.
+ * into iovecs of odd sizes, and the chosen unit is the widest it has;
+ * the copy that sums (lm_hash64_copy_pages) stores exactly the pages, at
+ * every alignment of its destination and with every kind of store, and
+ * gives each page's XXH3.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -88,11 +91,62 @@ static void test_the_widest_unit_is_chosen(void **state)
 	free(b);
 }
 
+/* Every unit's fused copy, cached and streamed, into a destination at
+ * each of the 64 byte offsets of a line: the bytes land where they
+ * should and nowhere else, and each sum is XXH3_64bits of its page. */
+static void test_the_copy_that_sums(void **state)
+{
+	(void)state;
+	uint8_t *b = random_bytes();
+	enum { PAGES = 5 };
+	uint8_t *to = aligned_alloc(4096, PAGES * 4096 + 8192);
+	assert_non_null(to);
+	uint64_t want[PAGES], got[PAGES];
+	for (size_t i = 0; i < PAGES; i++)
+		want[i] = XXH3_64bits(b + 4096 + i * 4096, 4096);
+	const char *units[] = { "avx512", "avx2", "sse2" };
+	for (size_t u = 0; u < 3; u++) {
+		lm_hash64_copy_fn fn = lm__hash_copy_impl(units[u]);
+		if (!fn)
+			continue;
+		for (unsigned off = 0; off < 64; off++) {
+			for (int nt = 0; nt < 2; nt++) {
+				memset(to, 0xa5, PAGES * 4096 + 8192);
+				memset(got, 0, sizeof(got));
+				const uint8_t *from = b + 4096;
+				fn(to + 4096 + off, from, PAGES, got, nt);
+				assert_memory_equal(to + 4096 + off, from, PAGES * 4096);
+				for (size_t i = 0; i < 4096 + off; i++)
+					assert_int_equal(to[i], 0xa5);
+				for (size_t i = 4096 + off + PAGES * 4096; i < PAGES * 4096 + 8192; i++)
+					assert_int_equal(to[i], 0xa5);
+				for (size_t i = 0; i < PAGES; i++)
+					assert_true(got[i] == want[i]);
+			}
+		}
+		/* one flipped bit in the source: that page's sum only */
+		b[4096 + 2 * 4096 + 100] ^= 1;
+		fn(to, b + 4096, PAGES, got, true);
+		b[4096 + 2 * 4096 + 100] ^= 1;
+		for (size_t i = 0; i < PAGES; i++)
+			assert_true((got[i] == want[i]) == (i != 2));
+	}
+	/* and the one the engine calls, from an unaligned source */
+	uint8_t *src = b + 8; /* not on a line */
+	uint64_t one;
+	lm_hash64_copy_pages(to + 24, src, 1, &one, true);
+	assert_memory_equal(to + 24, src, 4096);
+	assert_true(one == XXH3_64bits(src, 4096));
+	free(to);
+	free(b);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_every_unit_gives_xxh3),
 		cmocka_unit_test(test_the_widest_unit_is_chosen),
+		cmocka_unit_test(test_the_copy_that_sums),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

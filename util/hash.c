@@ -11,6 +11,7 @@
 
 #define LM_HASH_FN lm__hash64_iov_base
 #define LM_HASH_EACH_FN lm__hash64_each_base
+#define LM_HASH_COPY_FN lm__hash64_copy_base
 #include "util/hash_impl.h"
 
 #if defined(__x86_64__) && defined(LM_HASH_X86)
@@ -18,18 +19,21 @@ uint64_t lm__hash64_iov_avx2(const struct iovec *iov, unsigned n);
 uint64_t lm__hash64_iov_avx512(const struct iovec *iov, unsigned n);
 void lm__hash64_each_avx2(const void *p, size_t units, size_t unit, uint64_t *out);
 void lm__hash64_each_avx512(const void *p, size_t units, size_t unit, uint64_t *out);
+void lm__hash64_copy_avx2(void *dst, const void *src, size_t pages, uint64_t *out, bool nt);
+void lm__hash64_copy_avx512(void *dst, const void *src, size_t pages, uint64_t *out, bool nt);
 #endif
 
 static const struct {
 	const char *unit;
 	lm_hash64_iov_fn fn;
 	void (*each)(const void *p, size_t units, size_t unit, uint64_t *out);
+	lm_hash64_copy_fn copy;
 } impls[] = {
 #if defined(__x86_64__) && defined(LM_HASH_X86)
-	{ "avx512", lm__hash64_iov_avx512, lm__hash64_each_avx512 },
-	{ "avx2", lm__hash64_iov_avx2, lm__hash64_each_avx2 },
+	{ "avx512", lm__hash64_iov_avx512, lm__hash64_each_avx512, lm__hash64_copy_avx512 },
+	{ "avx2", lm__hash64_iov_avx2, lm__hash64_each_avx2, lm__hash64_copy_avx2 },
 #endif
-	{ "sse2", lm__hash64_iov_base, lm__hash64_each_base },
+	{ "sse2", lm__hash64_iov_base, lm__hash64_each_base, lm__hash64_copy_base },
 };
 
 static bool cpu_has(const char *unit)
@@ -37,7 +41,8 @@ static bool cpu_has(const char *unit)
 #if defined(__x86_64__) && defined(LM_HASH_X86)
 	__builtin_cpu_init();
 	if (!strcmp(unit, "avx512"))
-		return __builtin_cpu_supports("avx512f");
+		return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+		       __builtin_cpu_supports("avx512vbmi");
 	if (!strcmp(unit, "avx2"))
 		return __builtin_cpu_supports("avx2");
 #endif
@@ -49,6 +54,14 @@ lm_hash64_iov_fn lm__hash_impl(const char *unit)
 	for (size_t i = 0; i < sizeof(impls) / sizeof(impls[0]); i++)
 		if (!strcmp(impls[i].unit, unit))
 			return cpu_has(unit) ? impls[i].fn : NULL;
+	return NULL;
+}
+
+lm_hash64_copy_fn lm__hash_copy_impl(const char *unit)
+{
+	for (size_t i = 0; i < sizeof(impls) / sizeof(impls[0]); i++)
+		if (!strcmp(impls[i].unit, unit))
+			return cpu_has(unit) ? impls[i].copy : NULL;
 	return NULL;
 }
 
@@ -74,6 +87,11 @@ uint64_t lm_hash64_iov(const struct iovec *iov, unsigned n)
 void lm_hash64_each(const void *p, size_t units, size_t unit, uint64_t *out)
 {
 	impls[choose()].each(p, units, unit, out);
+}
+
+void lm_hash64_copy_pages(void *dst, const void *src, size_t pages, uint64_t *out, bool nt)
+{
+	impls[choose()].copy(dst, src, pages, out, nt);
 }
 
 const char *lm_hash_unit(void)

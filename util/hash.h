@@ -16,6 +16,7 @@
 #ifndef LM_UTIL_HASH_H
 #define LM_UTIL_HASH_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/uio.h>
@@ -33,11 +34,22 @@ static inline uint64_t lm_hash64(const void *p, size_t len)
  * (the per-page sums of a run of guest pages). */
 void lm_hash64_each(const void *p, size_t units, size_t unit, uint64_t *out);
 
+/* Copies `pages` 4096-byte pages from src to dst and sets out[i] to the
+ * XXH3-64 of page i as written to dst (lm_hash64_each's sums), reading
+ * each byte of src once: the copy and its sum in one pass, so that the
+ * sum is of the bytes stored even while src changes (a ring the peer can
+ * write, guest memory the guest writes). dst and src do not overlap.
+ * nt: dst is not read soon (a destination's guest memory): its stores
+ * bypass the cache where dst is 64-byte aligned and the unit allows. */
+void lm_hash64_copy_pages(void *dst, const void *src, size_t pages, uint64_t *out, bool nt);
+
 /* The vector unit in use: "avx512", "avx2" or "sse2" (logs, benches). */
 const char *lm_hash_unit(void);
 
 /* Each implementation, for tests; NULL where the CPU lacks it. */
 typedef uint64_t (*lm_hash64_iov_fn)(const struct iovec *iov, unsigned n);
 lm_hash64_iov_fn lm__hash_impl(const char *unit);
+typedef void (*lm_hash64_copy_fn)(void *dst, const void *src, size_t pages, uint64_t *out, bool nt);
+lm_hash64_copy_fn lm__hash_copy_impl(const char *unit);
 
 #endif

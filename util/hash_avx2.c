@@ -4,4 +4,5 @@
 #include <stdint.h>
 #define LM_HASH_FN lm__hash64_iov_avx2
 #define LM_HASH_EACH_FN lm__hash64_each_avx2
+#define LM_HASH_COPY_FN lm__hash64_copy_avx2
 #include "util/hash_impl.h"

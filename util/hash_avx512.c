@@ -4,4 +4,5 @@
 #include <stdint.h>
 #define LM_HASH_FN lm__hash64_iov_avx512
 #define LM_HASH_EACH_FN lm__hash64_each_avx512
+#define LM_HASH_COPY_FN lm__hash64_copy_avx512
 #include "util/hash_impl.h"
