@@ -75,6 +75,8 @@ struct rlink {
 	int err;              /* the link failed: errno, for good */
 	bool peer_end;        /* the socket reached its end (the peer closed) */
 	bool out_closed;
+	size_t need;          /* a reserve waits for this much room */
+	size_t reserved;      /* lm_ring_reserve gave this much, not committed */
 	unsigned long long sent, received;
 };
 
@@ -228,6 +230,18 @@ static int64_t out_room(struct rlink *l)
 	return used > l->out.size ? -1 : (int64_t)(l->out.size - used);
 }
 
+/* After head moved past `took` more bytes: ours too, and the reader
+ * rung if it sleeps. */
+static void wrote(struct rlink *l, size_t took)
+{
+	l->out.pos += took;
+	atomic_thread_fence(memory_order_seq_cst);
+	if (atomic_load_explicit(&l->out.ctl->rd_wait, memory_order_relaxed) &&
+	    atomic_exchange(&l->out.ctl->rd_wait, 0))
+		bell(l);
+	l->sent += took;
+}
+
 static ssize_t io_send(lm_link_io_t *io, const struct iovec *iov, int n)
 {
 	struct rlink *l = (struct rlink *)io;
@@ -269,37 +283,54 @@ static ssize_t io_send(lm_link_io_t *io, const struct iovec *iov, int n)
 			atomic_store_explicit(&l->out.ctl->head, l->out.pos + took, memory_order_release);
 		}
 	}
-	l->out.pos += took;
-	atomic_thread_fence(memory_order_seq_cst);
-	if (atomic_load_explicit(&l->out.ctl->rd_wait, memory_order_relaxed) &&
-	    atomic_exchange(&l->out.ctl->rd_wait, 0))
-		bell(l);
-	l->sent += took;
+	wrote(l, took);
 	return (ssize_t)took;
 }
 
-static ssize_t io_recv(lm_link_io_t *io, const struct iovec *iov, int n, bool peek)
+/* After `got` of the `avail` readable bytes were copied out: the tail
+ * moves, and the writer is rung if it sleeps and a quarter of the ring
+ * is free. */
+static void consumed(struct rlink *l, size_t got, uint64_t avail)
 {
-	struct rlink *l = (struct rlink *)io;
+	l->in.pos += got;
+	atomic_store_explicit(&l->in.ctl->tail, l->in.pos, memory_order_release);
+	atomic_thread_fence(memory_order_seq_cst);
+	if (atomic_load_explicit(&l->in.ctl->wr_wait, memory_order_relaxed) &&
+	    avail - got <= l->in.size - l->in.size / 4 &&
+	    atomic_exchange(&l->in.ctl->wr_wait, 0))
+		bell(l);
+	l->received += got;
+}
+
+/* Bytes readable now: > 0, 0 at the peer's end, or -1 with errno
+ * (EAGAIN: none yet; the link's failure). */
+static int64_t readable_now(struct rlink *l)
+{
 	if (l->err)
 		return fail(l, l->err);
 	int64_t avail = in_avail(l);
 	if (avail < 0)
 		return fail(l, EPROTO);
-	if (avail == 0) {
-		/* closed is set after the last head: look at head again */
-		if (atomic_load_explicit(&l->in.ctl->closed, memory_order_acquire)) {
-			if ((avail = in_avail(l)) < 0)
-				return fail(l, EPROTO);
-			if (avail == 0)
-				return 0;
-		} else if (l->peer_end) {
-			return 0;   /* the peer is gone: its end, as a socket's */
-		} else {
-			errno = EAGAIN;
-			return -1;
-		}
+	if (avail > 0)
+		return avail;
+	/* closed is set after the last head: look at head again */
+	if (atomic_load_explicit(&l->in.ctl->closed, memory_order_acquire)) {
+		if ((avail = in_avail(l)) < 0)
+			return fail(l, EPROTO);
+		return avail;
 	}
+	if (l->peer_end)
+		return 0;   /* the peer is gone: its end, as a socket's */
+	errno = EAGAIN;
+	return -1;
+}
+
+static ssize_t io_recv(lm_link_io_t *io, const struct iovec *iov, int n, bool peek)
+{
+	struct rlink *l = (struct rlink *)io;
+	int64_t avail = readable_now(l);
+	if (avail <= 0)
+		return avail;
 	size_t got = 0;
 	const uint8_t *src = l->in.data + (l->in.pos & (l->in.size - 1));
 	for (int i = 0; i < n && got < (size_t)avail; i++) {
@@ -309,15 +340,7 @@ static ssize_t io_recv(lm_link_io_t *io, const struct iovec *iov, int n, bool pe
 	}
 	if (peek)
 		return (ssize_t)got;
-	l->in.pos += got;
-	atomic_store_explicit(&l->in.ctl->tail, l->in.pos, memory_order_release);
-	atomic_thread_fence(memory_order_seq_cst);
-	/* the writer sleeps until a quarter of the ring is free */
-	if (atomic_load_explicit(&l->in.ctl->wr_wait, memory_order_relaxed) &&
-	    (uint64_t)avail - got <= l->in.size - l->in.size / 4 &&
-	    atomic_exchange(&l->in.ctl->wr_wait, 0))
-		bell(l);
-	l->received += got;
+	consumed(l, got, (uint64_t)avail);
 	return (ssize_t)got;
 }
 
@@ -331,7 +354,8 @@ static bool io_readable(lm_link_io_t *io)
 static bool writable(struct rlink *l)
 {
 	int64_t room = out_room(l);
-	return room < 0 || (size_t)room >= l->out.size / 4;
+	size_t want = l->need > l->out.size / 4 ? l->need : l->out.size / 4;
+	return room < 0 || (size_t)room >= want;
 }
 
 static short now_ready(struct rlink *l, short asked)
@@ -414,6 +438,78 @@ static void io_release(lm_link_io_t *io)
 	ring_unmap(&l->out);
 	ring_unmap(&l->in);
 	free(l);
+}
+
+/* ------------------------------------------------ bytes in place */
+
+static struct rlink *as_ring(lm_link_io_t *io)
+{
+	return io && io->send == io_send ? (struct rlink *)io : NULL;
+}
+
+void *lm_ring_reserve(lm_link_io_t *io, size_t len)
+{
+	struct rlink *l = as_ring(io);
+	if (!l || len == 0 || len > l->out.size / 2) {
+		errno = l ? EMSGSIZE : EINVAL;
+		return NULL;
+	}
+	if (l->err) {
+		(void)fail(l, l->err);
+		return NULL;
+	}
+	if (l->out_closed || l->peer_end) {
+		errno = EPIPE;
+		return NULL;
+	}
+	int64_t room = out_room(l);
+	if (room < 0) {
+		(void)fail(l, EPROTO);
+		return NULL;
+	}
+	if ((size_t)room < len) {
+		l->need = len;   /* POLLOUT once this much is free */
+		errno = EAGAIN;
+		return NULL;
+	}
+	l->reserved = len;
+	return l->out.data + (l->out.pos & (l->out.size - 1));
+}
+
+void lm_ring_commit(lm_link_io_t *io, size_t len)
+{
+	struct rlink *l = as_ring(io);
+	if (!l || len > l->reserved)
+		return;   /* more than was reserved: nothing is published */
+	l->reserved = 0;
+	/* the test hook of io_send, the same here */
+	if (len && LM_FAULT("ring.flip") < 0)
+		l->out.data[((l->out.pos + len - 1) & (l->out.size - 1))] ^= 1;
+	l->need = 0;
+	atomic_store_explicit(&l->out.ctl->head, l->out.pos + len, memory_order_release);
+	wrote(l, len);
+}
+
+ssize_t lm_ring_span(lm_link_io_t *io, const uint8_t **p)
+{
+	struct rlink *l = as_ring(io);
+	if (!l) {
+		errno = EINVAL;
+		return -1;
+	}
+	int64_t avail = readable_now(l);
+	if (avail > 0)
+		*p = l->in.data + (l->in.pos & (l->in.size - 1));
+	return avail;
+}
+
+void lm_ring_consume(lm_link_io_t *io, size_t n)
+{
+	struct rlink *l = as_ring(io);
+	int64_t avail = l ? in_avail(l) : -1;
+	if (avail < 0 || n > (uint64_t)avail)
+		return;   /* more than lm_ring_span said: nothing moves */
+	consumed(l, n, (uint64_t)avail);
 }
 
 int lm_ring_link_open(lm_link_io_t **out, int sock, int out_fd, int in_fd,

@@ -41,6 +41,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #define LM_RING_BELL 'R' /* a doorbell: the only byte on the socket */
 #define LM_RING_MIN (64u << 10)
@@ -57,6 +58,27 @@ int lm_ring_make(size_t bytes);
  * 0 with *out set, or -errno with why filled. */
 int lm_ring_link_open(lm_link_io_t **out, int sock, int out_fd, int in_fd,
 		      char *why, size_t whylen);
+
+/* Bytes in place, for a copy that does more than copy (the engine's
+ * copy that sums the pages it moves, util/hash.h), on a link from
+ * lm_ring_link_open (anything else: EINVAL).
+ *
+ * Writer: lm_ring_reserve gives `len` contiguous bytes of the ring to
+ * fill (len at most half the ring, else EMSGSIZE), or NULL with errno:
+ * EAGAIN (no room yet; the link's `ready` says POLLOUT once there is
+ * room for len), EPIPE, or the link's failure. Nothing is the reader's
+ * until lm_ring_commit(len) publishes them all (len at most what was
+ * reserved; more publishes nothing).
+ *
+ * Reader: lm_ring_span points *p at the bytes readable now, in place,
+ * and returns their count: > 0, 0 at the end, -1 with errno as a recv.
+ * The peer can still write them: read each byte once, into memory of
+ * ours, before anything depends on it. lm_ring_consume(n) gives back the
+ * first n (at most what lm_ring_span said). */
+void *lm_ring_reserve(lm_link_io_t *io, size_t len);
+void lm_ring_commit(lm_link_io_t *io, size_t len);
+ssize_t lm_ring_span(lm_link_io_t *io, const uint8_t **p);
+void lm_ring_consume(lm_link_io_t *io, size_t n);
 
 /* Tests: how long a side spins before it sleeps (default 50 us; 0 makes
  * every wait a sleep and a doorbell). */

@@ -5,7 +5,10 @@
  * it); the writer's end and the socket's end each end the stream after
  * its bytes; and what a peer may get wrong is refused: rings not sealed,
  * of a bad size, with a wrong header or used before, indices outside the
- * ring (EPROTO, kept), bytes on the socket that are not doorbells.
+ * ring (EPROTO, kept), bytes on the socket that are not doorbells. The
+ * bytes-in-place calls (reserve/commit, span/consume) keep the stream's
+ * order with the copying ones, wait for room as they say, and refuse what
+ * they cannot do.
  */
 #define _GNU_SOURCE 1
 #include <errno.h>
@@ -313,6 +316,82 @@ static struct ctl_view *ctl_map(int fd)
 }
 
 /* A peer's head or tail outside the ring: EPROTO, for good. */
+/* A record filled in place (reserve, commit) between copied bytes, read
+ * in place and copied: one stream, in order; nothing is the reader's
+ * before the commit; a reserve the ring has no room for is EAGAIN and
+ * POLLOUT waits until that room is free (not just a quarter); over half
+ * the ring is EMSGSIZE; a link that is not the rings is EINVAL. */
+static void test_bytes_in_place_keep_the_stream_in_order(void **state)
+{
+	(void)state;
+	struct pair p;
+	pair_open(&p);
+	struct iovec v = { "head", 4 };
+	assert_int_equal(p.a->send(p.a, &v, 1), 4);
+	uint8_t *w = lm_ring_reserve(p.a, 10000);
+	assert_non_null(w);
+	for (unsigned i = 0; i < 10000; i++)
+		w[i] = pattern(i);
+	const uint8_t *in;
+	assert_int_equal(lm_ring_span(p.b, &in), 4);   /* not committed yet */
+	lm_ring_commit(p.a, 10001);                    /* more than reserved */
+	assert_int_equal(lm_ring_span(p.b, &in), 4);
+	lm_ring_commit(p.a, 10000);
+	v = (struct iovec){ "tail", 4 };
+	assert_int_equal(p.a->send(p.a, &v, 1), 4);
+	char b4[4];
+	struct iovec r = { b4, 2 };
+	assert_int_equal(p.b->recv(p.b, &r, 1, false), 2);
+	assert_int_equal(lm_ring_span(p.b, &in), 2 + 10000 + 4);
+	assert_memory_equal(in, "ad", 2);
+	lm_ring_consume(p.b, 2);
+	assert_int_equal(lm_ring_span(p.b, &in), 10000 + 4);
+	for (unsigned i = 0; i < 10000; i++)
+		assert_int_equal(in[i], pattern(i));
+	lm_ring_consume(p.b, 10000 + 5);   /* more than there is: nothing moves */
+	assert_int_equal(lm_ring_span(p.b, &in), 10000 + 4);
+	lm_ring_consume(p.b, 10000);
+	r = (struct iovec){ b4, 4 };
+	assert_int_equal(p.b->recv(p.b, &r, 1, false), 4);
+	assert_memory_equal(b4, "tail", 4);
+	assert_int_equal(lm_ring_span(p.b, &in), -1);
+	assert_int_equal(errno, EAGAIN);
+
+	/* room: fill all but 100 bytes, then ask for half the ring */
+	static uint8_t big[RING];
+	v = (struct iovec){ big, RING - 100 };
+	assert_int_equal(p.a->send(p.a, &v, 1), RING - 100);
+	assert_null(lm_ring_reserve(p.a, RING / 2));
+	assert_int_equal(errno, EAGAIN);
+	assert_int_equal(p.a->ready(p.a, POLLOUT, false), 0);
+	r = (struct iovec){ big, RING / 4 + 200 };   /* a quarter is free */
+	assert_int_equal(p.b->recv(p.b, &r, 1, false), RING / 4 + 200);
+	assert_int_equal(p.a->ready(p.a, POLLOUT, false), 0);   /* not half */
+	r = (struct iovec){ big, RING / 4 };
+	assert_int_equal(p.b->recv(p.b, &r, 1, false), RING / 4);
+	assert_int_equal(p.a->ready(p.a, POLLOUT, false), POLLOUT);
+	assert_non_null(lm_ring_reserve(p.a, RING / 2));
+	lm_ring_commit(p.a, RING / 2);
+	assert_null(lm_ring_reserve(p.a, RING / 2 + 1));
+	assert_int_equal(errno, EMSGSIZE);
+	/* the writer's end: the bytes, then 0 */
+	p.a->shutdown_wr(p.a, p.sv[0]);
+	assert_null(lm_ring_reserve(p.a, 1));
+	assert_int_equal(errno, EPIPE);
+	ssize_t left = lm_ring_span(p.b, &in);
+	assert_int_equal(left, RING - 100 - (RING / 4 + 200) - RING / 4 + RING / 2);
+	lm_ring_consume(p.b, (size_t)left);
+	assert_int_equal(lm_ring_span(p.b, &in), 0);
+
+	/* not the rings */
+	lm_link_io_t other = { 0 };
+	assert_null(lm_ring_reserve(&other, 1));
+	assert_int_equal(errno, EINVAL);
+	assert_int_equal(lm_ring_span(&other, &in), -1);
+	assert_int_equal(errno, EINVAL);
+	pair_close(&p);
+}
+
 static void test_indices_outside_the_ring_fail_the_link(void **state)
 {
 	(void)state;
@@ -431,6 +510,7 @@ int main(void)
 		cmocka_unit_test(test_a_sleeping_reader_is_rung),
 		cmocka_unit_test(test_a_full_writer_is_rung_when_room_is_made),
 		cmocka_unit_test(test_either_end_ends_the_stream_after_its_bytes),
+		cmocka_unit_test(test_bytes_in_place_keep_the_stream_in_order),
 		cmocka_unit_test(test_indices_outside_the_ring_fail_the_link),
 		cmocka_unit_test(test_bytes_on_the_socket_that_are_not_doorbells_fail_the_link),
 		cmocka_unit_test(test_bad_rings_are_refused),

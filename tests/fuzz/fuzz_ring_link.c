@@ -3,12 +3,14 @@
  * hcs/ring_link.h, with what a peer controls made arbitrary: the words of
  * both rings' control pages (head, closed, tail, the wait flags, written
  * at any moment as a peer holding the memfds could) and the bytes on the
- * socket (doorbells or not), between sends, reads, peeks, readiness
- * checks and ends on either side. A fresh pair of 64 KiB rings per
+ * socket (doorbells or not), between sends, reads, peeks, records made
+ * in place (reserve, commit), bytes read in place (span, consume),
+ * readiness checks and ends on either side. A fresh pair of 64 KiB rings per
  * input; nothing ever waits. What must hold: no access outside the
- * mappings (a fault ends the run), a read never returns more than asked,
- * a failure is EAGAIN, EPIPE or EPROTO, and a link that said EPROTO says
- * it again.
+ * mappings (a fault ends the run), a read never returns more than asked
+ * nor a span more than the ring, a failure is EAGAIN, EPIPE or EPROTO
+ * (EMSGSIZE for a reserve over half the ring), and a link that said
+ * EPROTO says it again.
  *
  * Input: a sequence of operations, each a byte (op = b % 8) and its
  * arguments from the bytes that follow.
@@ -84,14 +86,38 @@ int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n)
 		struct side *me = &s[(op >> 3) & 1];
 		size_t len = i < n ? ((size_t)d[i++] * 1031u) % sizeof buf : 0;
 		switch (op % 8) {
-		case 0: case 1: {                      /* send, in two pieces */
+		case 0: {                              /* send, in two pieces */
 			struct iovec v[2] = { { buf, len / 3 }, { buf + len / 3, len - len / 3 } };
 			check(me, me->io->send(me->io, v, 2), len);
 			break;
 		}
-		case 2: case 3: {                      /* read or peek */
+		case 1: {                              /* a record made in place */
+			uint8_t *w = lm_ring_reserve(me->io, len);
+			if (!w) {
+				if (errno != EMSGSIZE)
+					check(me, -1, len);
+				break;
+			}
+			memset(w, 0x5a, len);           /* all of it is ours */
+			lm_ring_commit(me->io, len);
+			break;
+		}
+		case 2: {                              /* read, or peek */
 			struct iovec v = { buf, len };
-			check(me, me->io->recv(me->io, &v, 1, op % 8 == 3), len);
+			check(me, me->io->recv(me->io, &v, 1, len & 1), len);
+			break;
+		}
+		case 3: {                              /* read in place, give some back */
+			const uint8_t *p;
+			ssize_t r = lm_ring_span(me->io, &p);
+			check(me, r, RING);
+			if (r > 0) {
+				volatile uint8_t sum = 0;
+				for (ssize_t k = 0; k < r; k++)
+					sum ^= p[k];       /* all of it is mapped */
+				(void)sum;
+				lm_ring_consume(me->io, len % ((size_t)r + 1));
+			}
 			break;
 		}
 		case 4: {                              /* a peer's word in a control page */
