@@ -7,7 +7,9 @@
  * 2-core AMD EPYC VM, XXH3 over 1 GiB of 4 KiB pages: SSE2 68 ms hot in
  * cache and 125 ms from memory; AVX2 21 / 65 ms; AVX-512 16 / 63 ms. The
  * checksum of every batch is on by default, so it is paid on both ends of
- * every migration. XXH3's result does not depend on the vector unit, so
+ * every migration. The "avx512" unit needs AVX-512 F, BW and VBMI (the
+ * fused copy's byte shuffle, lm_hash64_copy_pages); a CPU with F alone
+ * uses AVX2. XXH3's result does not depend on the vector unit, so
  * two hosts with different CPUs agree (test_hash checks the three
  * against each other).
  *
