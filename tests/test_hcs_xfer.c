@@ -204,20 +204,23 @@ static void run_success_with(lm_vm_t *src, lm_vm_t *dst, int fs, int fdd, lm__xf
 	assert_int_equal(ht_count(&m.ls, LM_XEV_BLACKOUT_EXITED), 1);
 	assert_int_equal(ht_count(&m.ld, LM_XEV_OFFLINE_DONE), 1);
 	assert_true(ht_count(&m.ls, LM_XEV_PROGRESS) >= (int)m.ss.passes);
-	/* A plain unix link takes the guest's pages by reference, checksummed
-	 * or not (the sum is taken where they lie), and stays on the socket
-	 * (no shared-memory rings: they are for a record layer, or when
-	 * vmsplice is refused); a TCP one copies them through the engine's
-	 * buffer (xfer.c, link_copy_send). With
-	 * checksums, a batch whose pages the guest wrote while they were on
-	 * their way fails its sum and is awaited again: the migration still
-	 * succeeds, whole. */
+	/* An unchecked plain unix link takes the guest's pages by reference
+	 * and stays on the socket; a checksummed one goes through the
+	 * shared-memory rings, each side copying and summing a page in one
+	 * pass, so a page's sum is of the bytes sent and never fails for a
+	 * write of the guest; a TCP one copies them through the engine's
+	 * buffer (xfer.c, link_copy_send). On a socket, with checksums, a
+	 * page the guest wrote while it was on its way fails its sum and is
+	 * awaited again: the migration still succeeds, whole. */
+	bool rings = !tcp && !o->io && o->checksum && !o->no_ring && !od->no_ring;
 	if (o->checksum)
-		print_message("checksummed: %llu pages failed their sum in brownout, sent again\n",
-			      (unsigned long long)m.sd.sum_mismatches);
-	assert_false(m.ss.ring);
-	assert_false(m.sd.ring);
-	if (o->io || tcp)
+		print_message("checksummed%s: %llu pages failed their sum in brownout, sent again\n",
+			      rings ? " through the rings" : "", (unsigned long long)m.sd.sum_mismatches);
+	assert_int_equal(m.ss.ring, rings);
+	assert_int_equal(m.sd.ring, rings);
+	if (rings)
+		assert_int_equal(m.sd.sum_mismatches, 0);
+	if (o->io || tcp || rings)
 		assert_int_equal(m.ss.spliced_bytes, 0);
 	else
 		assert_int_equal(m.ss.spliced_bytes,
@@ -299,35 +302,44 @@ static int ring_fds(void)
 	return n;
 }
 
-/* A source that cannot splice (vmsplice refused: fault "transfer.splice")
- * sends through the shared-memory rings instead of by copy through the
- * socket; checksummed, a guest that writes meanwhile: whole. */
+/* A checksummed plain unix link goes through the shared-memory rings,
+ * each side copying a page and summing it in one pass: a guest writing
+ * 400 MB/s meanwhile arrives whole, and no page fails its sum (each is of
+ * the bytes sent, where on the socket a page written after its sum was
+ * taken fails it and is sent again); compressed pages go through the
+ * rings too. Told no_ring, the same migration stays on the socket. */
 static void test_a_checksummed_dirtying_guest_migrates_over_the_ring(void **state)
 {
-	int sv[2] = { -1, -1 };
-	lm__xfer_opts_t o;
-	opts(&o);
-	o.checksum = true;
-	assert_int_equal(ht_pair(sv, false), 0);
-	struct mig m = { .src = ht_vm(64, 400, LM_PATTERN_UNIFORM, LM_FILL_RANDOM, false),
-			 .dst = ht_vm(64, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true) };
-	start_running(m.src, true);
-	assert_int_equal(lm_fault_arm("transfer.splice:errno=EPERM:times=1"), 0);
-	mig_create(&m, sv[0], sv[1], &o, &o);
-	assert_int_equal(lm_fault_fired("transfer.splice"), 1);
-	lm_fault_disarm_all();
-	mig_go_join(&m);
-	assert_int_equal(m.rs, 0);
-	assert_int_equal(m.rd, 0);
-	assert_true(m.ss.ring);
-	assert_true(m.sd.ring);
-	assert_int_equal(m.ss.spliced_bytes, 0);
-	assert_true(m.ss.passes > 1);
-	print_message("  over the rings: %u passes, %llu pages failed their sum and were sent again\n",
-		      m.ss.passes, (unsigned long long)m.sd.sum_mismatches);
-	assert_false(gstats(m.src).running);
-	assert_int_equal(digest(m.src), digest(m.dst));
-	mig_free(&m);
+	for (int ring = 1; ring >= 0; ring--) {
+		int sv[2] = { -1, -1 };
+		lm__xfer_opts_t o;
+		opts(&o);
+		o.checksum = true;
+		o.compress_workers = 1;
+		o.no_ring = !ring;
+		assert_int_equal(ht_pair(sv, false), 0);
+		struct mig m = { .src = ht_vm(64, 400, LM_PATTERN_UNIFORM, LM_FILL_ZERO90, false),
+				 .dst = ht_vm(64, 0, LM_PATTERN_UNIFORM, LM_FILL_ZERO, true) };
+		start_running(m.src, true);
+		mig_create(&m, sv[0], sv[1], &o, &o);
+		mig_go_join(&m);
+		assert_int_equal(m.rs, 0);
+		assert_int_equal(m.rd, 0);
+		assert_int_equal(m.ss.ring, ring);
+		assert_int_equal(m.sd.ring, ring);
+		assert_true(m.ss.passes > 1);
+		assert_true(m.ss.lz4_pages > 0);
+		print_message("  %s: %u passes, %llu lz4 pages, %llu pages failed their sum and were sent again\n",
+			      ring ? "over the rings" : "on the socket", m.ss.passes,
+			      (unsigned long long)m.ss.lz4_pages, (unsigned long long)m.sd.sum_mismatches);
+		if (ring) {
+			assert_int_equal(m.ss.spliced_bytes, 0);
+			assert_int_equal(m.sd.sum_mismatches, 0);
+		}
+		assert_false(gstats(m.src).running);
+		assert_int_equal(digest(m.src), digest(m.dst));
+		mig_free(&m);
+	}
 }
 
 /* A destination that cannot take the rings (fault "transfer.ring") answers
@@ -841,12 +853,16 @@ static void test_peer_closing_mid_batch_fails_and_source_recovers(void **state)
 	mig_free(&m);
 }
 
+/* Through the rings (where the batch is made in place) and on the socket
+ * (no_ring): the same DataLoss. */
 static void test_corrupted_batch_with_checksums_is_dataloss_and_source_intact(void **state)
 {
+	for (int ring = 1; ring >= 0; ring--) {
 	int sv[2] = { -1, -1 };
 	lm__xfer_opts_t o;
 	opts(&o);
 	o.checksum = true;
+	o.no_ring = !ring;
 	assert_int_equal(ht_pair(sv, false), 0);
 	struct mig m = mig_vms(32, 0, LM_FILL_RANDOM);
 	ops->start(m.src);
@@ -863,10 +879,12 @@ static void test_corrupted_batch_with_checksums_is_dataloss_and_source_intact(vo
 	 * never written again, fails the END (the guest is idle) */
 	assert_non_null(strstr(m.ld.fail_msg, "1 pages failed their checksum and were not sent again"));
 	assert_int_equal(m.sd.sum_mismatches, 1);
+	assert_int_equal(m.ss.ring, ring);
 	assert_int_not_equal(m.rs, 0);
 	assert_int_equal(m.ls.fail_result, LM_XR_DEST_FAILED);
 	assert_source_recovered(&m, d0, true);
 	mig_free(&m);
+	}
 }
 
 /* The source's events, arming transfer.corrupt when the blackout starts:
@@ -883,10 +901,12 @@ static void corrupt_at_blackout(void *arg, const lm__xfer_event_t *e)
  * source resumes its guest. */
 static void test_a_corrupted_blackout_page_is_dataloss_at_once(void **state)
 {
+	for (int ring = 1; ring >= 0; ring--) {
 	int sv[2] = { -1, -1 };
 	lm__xfer_opts_t o;
 	opts(&o);
 	o.checksum = true;
+	o.no_ring = !ring;
 	o.max_passes = 2;           /* the blackout after one dirty pass */
 	o.skip_throttling = true;
 	assert_int_equal(ht_pair(sv, false), 0);
@@ -905,9 +925,11 @@ static void test_a_corrupted_blackout_page_is_dataloss_at_once(void **state)
 	print_message("%s\n", m.ld.fail_msg);
 	assert_non_null(strstr(m.ld.fail_msg, "sent with the guest paused, failed its checksum"));
 	assert_non_null(strstr(m.ld.fail_msg, "DataLoss"));
+	assert_int_equal(m.ss.ring, ring);
 	assert_int_not_equal(m.rs, 0);
 	assert_source_recovered(&m, 0, false);
 	mig_free(&m);
+	}
 }
 
 /* transfer.corrupt flips a bit on the wire whatever the options: without

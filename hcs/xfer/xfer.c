@@ -17,9 +17,12 @@
  * socket (send_spliced: the kernel never reads them through our mapping,
  * which on some hosts costs ~8 us a page the first time; see there);
  * otherwise, and for our own buffers, sendmsg(). Over a unix socket, under
- * TLS or where vmsplice is refused, both sides may agree in the handshake
- * to move the stream into shared-memory rings (hcs/ring_link.h; the
- * socket then rings), which the link's calls and its poll go through.
+ * TLS, with checksums, or where vmsplice is refused, both sides may agree
+ * in the handshake to move the stream into shared-memory rings
+ * (hcs/ring_link.h; the socket then rings), which the link's calls and
+ * its poll go through; a checksummed batch is then copied into the ring
+ * and summed in one pass (send_summed_ring), and out of it the same way
+ * (recv_summed_ring).
  *
  * Destination: validates the hello against its own VM, then reads each
  * batch's descriptors, validates every pfn/length against its regions
@@ -733,7 +736,9 @@ static int send_spliced(struct lm__xfer *x, struct iovec *iov, unsigned n)
 
 /* Sends all of iov (modified). The source also watches for a message from
  * the destination (an ABORT) while it waits. */
-static int send_iov(struct lm__xfer *x, struct iovec *iov, unsigned n)
+/* Before a record goes out: the fault point, cancel, a KEEPALIVE half
+ * sent finished. */
+static int send_begin(struct lm__xfer *x)
 {
 	int rc = LM_FAULT("transfer.send");
 	if (rc < 0)
@@ -743,6 +748,27 @@ static int send_iov(struct lm__xfer *x, struct iovec *iov, unsigned n)
 	if ((rc = finish_keepalive(x)) < 0)
 		return rc;
 	x->at_boundary = false;
+	return 0;
+}
+
+/* A record went out whole, from t_send on, bytes_sent having been
+ * b_send: the link's measured rate. */
+static void send_done(struct lm__xfer *x, uint64_t t_send, uint64_t b_send)
+{
+	x->at_boundary = true;
+	x->link_ns += lm_now_ns() - t_send;
+	x->link_bytes += x->st.bytes_sent - b_send;
+	if (x->link_bytes > (256u << 20)) {
+		x->link_bytes /= 2;
+		x->link_ns /= 2;
+	}
+}
+
+static int send_iov(struct lm__xfer *x, struct iovec *iov, unsigned n)
+{
+	int rc = send_begin(x);
+	if (rc < 0)
+		return rc;
 	uint64_t t_send = lm_now_ns(), b_send = x->st.bytes_sent;
 	bool spliced = false;
 	for (unsigned i = 0; x->spipe[1] >= 0 && i < n && !spliced; i++)
@@ -779,13 +805,7 @@ static int send_iov(struct lm__xfer *x, struct iovec *iov, unsigned n)
 			return rc;
 	if (rc < 0)
 		return send_failed(x, rc);
-	x->at_boundary = true;
-	x->link_ns += lm_now_ns() - t_send;
-	x->link_bytes += x->st.bytes_sent - b_send;
-	if (x->link_bytes > (256u << 20)) {
-		x->link_bytes /= 2;
-		x->link_ns /= 2;
-	}
+	send_done(x, t_send, b_send);
 	return 0;
 }
 
@@ -935,6 +955,68 @@ static void batch_reset(struct lm__xfer *x)
 	x->data_bytes = 0;
 }
 
+/* A checksummed batch over the rings themselves (x->ring_direct): each
+ * run of pages is copied into the ring and summed in the same pass
+ * (lm_hash64_copy_pages), so a page is read once and its sum is of the
+ * bytes sent, not of the page as it is a moment before; the header,
+ * with the sums, then goes in front of them, and the whole record is
+ * published at once. The layout is a batch's as on any link
+ * (PROTOCOL.md). 1: the record is over half the ring (sent as usual). */
+static int send_summed_ring(struct lm__xfer *x, size_t dlen)
+{
+	uint8_t *p = x->hdrbuf + sizeof(lm_xf_rec_t);
+	uint64_t *ps = (uint64_t *)(p + dlen + LM_XF_SUM_LEN);
+	size_t nsums = 0;
+	for (unsigned i = 0; i < x->ndesc; i++)
+		nsums += x->descs[i].flags == LM_XF_PG_RAW ? x->descs[i].len
+			 : x->descs[i].flags == LM_XF_PG_LZ4 ? 1 : 0;
+	size_t head = dlen + LM_XF_SUM_LEN + nsums * sizeof(uint64_t);
+	size_t total = sizeof(lm_xf_rec_t) + head + x->data_bytes;
+	int rc = send_begin(x);
+	if (rc < 0)
+		return rc;
+	uint64_t t_send = lm_now_ns(), b_send = x->st.bytes_sent;
+	uint8_t *w;
+	while (!(w = lm_ring_reserve(x->o.io, total))) {
+		if (errno == EMSGSIZE)
+			return 1;
+		if (errno != EAGAIN)
+			return send_failed(x, -errno);
+		if ((rc = send_blocked(x)) < 0)
+			return rc;
+	}
+	uint8_t *dst = w + sizeof(lm_xf_rec_t) + head;
+	nsums = 0;
+	for (unsigned i = 0, vi = 1; i < x->ndesc; i++) {
+		const lm_xf_page_t *d = &x->descs[i];
+		const struct iovec *v = &x->iov[vi];
+		if (d->flags == LM_XF_PG_RAW) {
+			lm_hash64_copy_pages(dst, v->iov_base, d->len, ps + nsums, true);
+			nsums += d->len;
+		} else if (d->flags == LM_XF_PG_LZ4) {
+			memcpy(dst, v->iov_base, v->iov_len); /* our own buffer */
+			ps[nsums++] = lm_hash64(v->iov_base, v->iov_len);
+		} else {
+			continue;
+		}
+		dst += v->iov_len;
+		vi++;
+	}
+	uint64_t dsum = lm_hash64(x->descs, dlen);
+	memcpy(p + dlen, &dsum, LM_XF_SUM_LEN);
+	lm_xf_rec_t h = { LM_XF_PAGES, x->ndesc, head + x->data_bytes };
+	memcpy(x->hdrbuf, &h, sizeof(h));
+	memcpy(w, x->hdrbuf, sizeof(h) + head);
+	/* test hook "transfer.corrupt", as below: after the sums */
+	if (x->niov > 1 && x->iov[1].iov_len > 7 && LM_FAULT("transfer.corrupt") < 0)
+		w[sizeof(h) + head + 7] ^= 0x10;
+	lm_ring_commit(x->o.io, total);
+	x->st.bytes_sent += total;
+	x->last_tx_ns = lm_now_ns();
+	send_done(x, t_send, b_send);
+	return 0;
+}
+
 static int batch_flush(struct lm__xfer *x)
 {
 	if (x->ndesc == 0)
@@ -942,6 +1024,15 @@ static int batch_flush(struct lm__xfer *x)
 	size_t dlen = x->ndesc * sizeof(lm_xf_page_t);
 	uint8_t *p = x->hdrbuf + sizeof(lm_xf_rec_t);
 	memcpy(p, x->descs, dlen);
+	if (x->o.checksum && x->ring_direct) {
+		int rc = send_summed_ring(x, dlen);
+		if (rc <= 0) {
+			batch_reset(x);
+			if (rc == 0)
+				maybe_progress(x);
+			return rc;
+		}
+	}
 	uint64_t dsum = 0;
 	size_t nsums = 0;
 	if (x->o.checksum) {
@@ -1337,15 +1428,17 @@ static bool ring_able(const struct lm__xfer *x)
 }
 
 /* Whether the source offers them: under a record layer (TLS), whose
- * sealed records the socket would copy twice more, or on a plain link
- * whose pages cannot be spliced (vmsplice refused here), which would
- * send them by copy through the kernel's reads of our mapping. A plain
- * link that splices stays on the socket: one copy in all (the
- * destination's read), where the rings make two (bench/RESULTS.md,
- * "rings"). */
+ * sealed records the socket would copy twice more; with checksums, whose
+ * pages each side then copies and sums in one pass (send_summed_ring,
+ * recv_summed_ring: on the socket each side reads every page once more
+ * for its sums); or on a plain link whose pages cannot be spliced
+ * (vmsplice refused here), which would send them by copy through the
+ * kernel's reads of our mapping. An unchecked plain link that splices
+ * stays on the socket: one copy in all (the destination's read), where
+ * the rings make two (bench/RESULTS.md, "rings"). */
 static bool ring_offered(const struct lm__xfer *x)
 {
-	return ring_able(x) && (x->o.io || x->spipe[1] < 0);
+	return ring_able(x) && (x->o.io || x->spipe[1] < 0 || x->o.checksum);
 }
 
 static void ring_fds_close(struct lm__xfer *x)
@@ -1370,6 +1463,7 @@ static int ring_attach(struct lm__xfer *x, lm_link_io_t *rings, char *why, size_
 		}
 	} else {
 		x->o.io = rings;
+		x->ring_direct = true;
 	}
 	spipe_close(x);
 	x->st.ring = true;
@@ -2221,8 +2315,75 @@ static uint64_t suspect_first(const struct lm__xfer *x)
  * cache: +55 ms of the destination's CPU per GiB, against +20 this way.) */
 #define SUM_CHUNK (256u << 10)
 #define SUM_GROUP 64u
+/* The same over the rings themselves (x->ring_direct): each run of pages
+ * is copied out of the ring into guest memory and summed in one pass
+ * (lm_hash64_copy_pages, its stores bypassing the cache: the guest reads
+ * them later), so every byte of the ring is read once and the sum is of
+ * what landed, whatever the ring's other holder writes meanwhile. A page
+ * not yet whole in the ring, and compressed data, go the usual way. */
+#define RING_TAKE 64u   /* pages copied out before the tail moves */
+static int recv_summed_ring(struct lm__xfer *x, uint32_t n, const struct iovec *cp, uint64_t *got)
+{
+	size_t j = 0;
+	for (uint32_t i = 0, vi = 0; i < n; i++) {
+		const lm_xf_page_t *d = &x->descs[i];
+		if (d->flags == LM_XF_PG_ZERO)
+			continue;
+		const struct iovec *c = &cp[vi++];
+		if (d->flags != LM_XF_PG_RAW) {
+			struct iovec w = *c;
+			int rc = recv_iov(x, &w, 1);
+			if (rc < 0)
+				return rc;
+			got[j++] = lm_hash64(c->iov_base, c->iov_len); /* scratch: ours */
+			continue;
+		}
+		uint8_t *to = c->iov_base;
+		size_t pages = c->iov_len / LM_PAGE_SIZE;
+		while (pages) {
+			const uint8_t *from;
+			ssize_t a = lm_ring_span(x->o.io, &from);
+			size_t k = 0;
+			if (a >= (ssize_t)LM_PAGE_SIZE) {
+				k = (size_t)a / LM_PAGE_SIZE;
+				k = k < pages ? k : pages;
+				k = k < RING_TAKE ? k : RING_TAKE;
+				lm_hash64_copy_pages(to, from, k, got + j, true);
+				lm_ring_consume(x->o.io, k * LM_PAGE_SIZE);
+				x->last_rx_ns = lm_now_ns();
+			} else if (a > 0) {
+				/* part of a page: read it whole (recv_iov waits
+				 * for the rest), then sum it where it landed */
+				struct iovec w = { to, LM_PAGE_SIZE };
+				int rc = recv_iov(x, &w, 1);
+				if (rc < 0)
+					return rc;
+				lm_hash64_each(to, 1, LM_PAGE_SIZE, got + j);
+				k = 1;
+			} else if (a == 0) {
+				x->peer_gone = true;
+				x->peer_eof = true;
+				return -EPIPE;
+			} else if (errno != EAGAIN) {
+				x->peer_gone = true;
+				return -errno;
+			} else {
+				int w = wait_io(x, POLLIN);
+				if (w < 0)
+					return w;
+			}
+			to += k * LM_PAGE_SIZE;
+			pages -= k;
+			j += k;
+		}
+	}
+	return 0;
+}
+
 static int recv_summed(struct lm__xfer *x, uint32_t n, const struct iovec *cp, uint64_t *got)
 {
+	if (x->ring_direct)
+		return recv_summed_ring(x, n, cp, got);
 	struct iovec g[SUM_GROUP], w[SUM_GROUP];
 	bool raw[SUM_GROUP];
 	unsigned gn = 0;

@@ -88,6 +88,9 @@ struct lm__xfer {
 	bool vmm_started;             /* stream_open succeeded */
 	int ring_own, ring_peer;      /* the rings' memfds during the handshake
 					 (hcs/ring_link.h; -1: none) */
+	bool ring_direct;             /* the link is the rings themselves (no
+					 record layer): checksummed pages are
+					 copied and summed in one pass */
 	bool vmm_link;                /* both sides agreed: the VMMs speak on
 					 the link themselves (vmm.c) */
 	int io_rc;                    /* lm__xf_await_ack's I/O failure */
