@@ -21,6 +21,7 @@ void lm__hash64_each_avx2(const void *p, size_t units, size_t unit, uint64_t *ou
 void lm__hash64_each_avx512(const void *p, size_t units, size_t unit, uint64_t *out);
 void lm__hash64_copy_avx2(void *dst, const void *src, size_t pages, uint64_t *out, bool nt);
 void lm__hash64_copy_avx512(void *dst, const void *src, size_t pages, uint64_t *out, bool nt);
+void lm__hash64_copy_vbmi(void *dst, const void *src, size_t pages, uint64_t *out, bool nt);
 #endif
 
 static const struct {
@@ -41,6 +42,8 @@ static bool cpu_has(const char *unit)
 #if defined(__x86_64__) && defined(LM_HASH_X86)
 	__builtin_cpu_init();
 	if (!strcmp(unit, "avx512"))
+		return __builtin_cpu_supports("avx512f");
+	if (!strcmp(unit, "avx512vbmi"))
 		return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
 		       __builtin_cpu_supports("avx512vbmi");
 	if (!strcmp(unit, "avx2"))
@@ -59,6 +62,10 @@ lm_hash64_iov_fn lm__hash_impl(const char *unit)
 
 lm_hash64_copy_fn lm__hash_copy_impl(const char *unit)
 {
+#if defined(__x86_64__) && defined(LM_HASH_X86)
+	if (!strcmp(unit, "avx512vbmi"))
+		return cpu_has(unit) ? lm__hash64_copy_vbmi : NULL;
+#endif
 	for (size_t i = 0; i < sizeof(impls) / sizeof(impls[0]); i++)
 		if (!strcmp(impls[i].unit, unit))
 			return cpu_has(unit) ? impls[i].copy : NULL;
@@ -89,9 +96,20 @@ void lm_hash64_each(const void *p, size_t units, size_t unit, uint64_t *out)
 	impls[choose()].each(p, units, unit, out);
 }
 
+static _Atomic(lm_hash64_copy_fn) copy_fn; /* chosen at the first call */
+
 void lm_hash64_copy_pages(void *dst, const void *src, size_t pages, uint64_t *out, bool nt)
 {
-	impls[choose()].copy(dst, src, pages, out, nt);
+	lm_hash64_copy_fn f = atomic_load_explicit(&copy_fn, memory_order_relaxed);
+	if (!f) {
+		f = impls[choose()].copy;
+#if defined(__x86_64__) && defined(LM_HASH_X86)
+		if (!strcmp(impls[choose()].unit, "avx512") && cpu_has("avx512vbmi"))
+			f = lm__hash64_copy_vbmi;
+#endif
+		atomic_store_explicit(&copy_fn, f, memory_order_relaxed);
+	}
+	f(dst, src, pages, out, nt);
 }
 
 const char *lm_hash_unit(void)

@@ -7,9 +7,9 @@
  * 2-core AMD EPYC VM, XXH3 over 1 GiB of 4 KiB pages: SSE2 68 ms hot in
  * cache and 125 ms from memory; AVX2 21 / 65 ms; AVX-512 16 / 63 ms. The
  * checksum of every batch is on by default, so it is paid on both ends of
- * every migration. The "avx512" unit needs AVX-512 F, BW and VBMI (the
- * fused copy's byte shuffle, lm_hash64_copy_pages); a CPU with F alone
- * uses AVX2. XXH3's result does not depend on the vector unit, so
+ * every migration. lm_hash64_copy_pages streams its stores at any
+ * alignment only with AVX-512 BW and VBMI too ("avx512vbmi", the copy
+ * alone). XXH3's result does not depend on the vector unit, so
  * two hosts with different CPUs agree (test_hash checks the three
  * against each other).
  *
@@ -41,8 +41,9 @@ void lm_hash64_each(const void *p, size_t units, size_t unit, uint64_t *out);
  * each byte of src once: the copy and its sum in one pass, so that the
  * sum is of the bytes stored even while src changes (a ring the peer can
  * write, guest memory the guest writes). dst and src do not overlap.
- * nt: dst is not read soon (a destination's guest memory): its stores
- * bypass the cache where dst is 64-byte aligned and the unit allows. */
+ * nt: dst is not read soon (a destination's guest memory, a ring another
+ * core reads): its stores bypass the cache where dst is 64-byte aligned
+ * (AVX2, AVX-512), or at any alignment ("avx512vbmi"). */
 void lm_hash64_copy_pages(void *dst, const void *src, size_t pages, uint64_t *out, bool nt);
 
 /* The vector unit in use: "avx512", "avx2" or "sse2" (logs, benches). */

@@ -2,7 +2,8 @@
  * hash_impl.h: the body of one XXH3 implementation, included by hash.c
  * (baseline), hash_avx2.c and hash_avx512.c, each compiled for its vector
  * unit (util/CMakeLists.txt) and naming its functions LM_HASH_FN,
- * LM_HASH_EACH_FN and LM_HASH_COPY_FN. Not
+ * LM_HASH_EACH_FN and LM_HASH_COPY_FN (hash_copy_vbmi.c: the copy alone,
+ * LM_HASH_COPY_ONLY). Not
  * instrumented by TSan: the source hashes guest pages the guest may be
  * writing, which hcs/PROTOCOL.md ("Integrity") allows by design.
  */
@@ -13,9 +14,10 @@
 #include <string.h>
 #include <sys/uio.h>
 
+void LM_HASH_COPY_FN(void *dst, const void *src, size_t pages, uint64_t *out, bool nt);
+#ifndef LM_HASH_COPY_ONLY
 uint64_t LM_HASH_FN(const struct iovec *iov, unsigned n);
 void LM_HASH_EACH_FN(const void *p, size_t units, size_t unit, uint64_t *out);
-void LM_HASH_COPY_FN(void *dst, const void *src, size_t pages, uint64_t *out, bool nt);
 
 void LM_HASH_EACH_FN(const void *p, size_t units, size_t unit, uint64_t *out)
 {
@@ -34,6 +36,7 @@ uint64_t LM_HASH_FN(const struct iovec *iov, unsigned n)
 		XXH3_64bits_update(&s, iov[i].iov_base, iov[i].iov_len);
 	return XXH3_64bits_digest(&s);
 }
+#endif /* LM_HASH_COPY_ONLY */
 
 /* The fused copy of one page: each 64-byte stripe is loaded once into
  * vector registers, stored to dst, and accumulated from the registers
@@ -46,10 +49,14 @@ uint64_t LM_HASH_FN(const struct iovec *iov, unsigned n)
  * the other core holds is not fetched for a store that rewrites it
  * whole: two threads through a ring on two cores, 63-68 ms per GiB
  * against 170-230 with ordinary stores, bench/RESULTS.md);
- * LM_ST_SHIFT (AVX-512 with VBMI), dst not aligned: each aligned line of
- * dst is put together from two stripes and streamed, the run's first
- * and last partial lines stored ordinarily. */
+ * LM_ST_SHIFT (AVX-512 with BW and VBMI: hash_copy_vbmi.c), dst not
+ * aligned: each aligned line of dst is put together from two stripes and
+ * streamed, the run's first and last partial lines stored ordinarily;
+ * elsewhere an unaligned dst gets ordinary stores. */
 enum { LM_ST_CACHED, LM_ST_NT, LM_ST_SHIFT };
+#if XXH_VECTOR == XXH_AVX512 && defined(__AVX512BW__) && defined(__AVX512VBMI__)
+#define LM_SHIFT 1
+#endif
 #if XXH_VECTOR == XXH_AVX512
 typedef struct {
 	int mode;
@@ -65,6 +72,7 @@ static inline void lm_acc_init(lm_acc_t *v, const xxh_u64 *init)
 static inline void lm_stripe(lm_acc_t *v, uint8_t *d, const uint8_t *s, const xxh_u8 *sec, lm_out_t *o)
 {
 	__m512i x = _mm512_loadu_si512(s);
+#ifdef LM_SHIFT
 	if (o->mode == LM_ST_SHIFT) {
 		/* the aligned line at d - m: the last m bytes of the stripe
 		 * before, then the first 64 - m of this one */
@@ -75,7 +83,9 @@ static inline void lm_stripe(lm_acc_t *v, uint8_t *d, const uint8_t *s, const xx
 			_mm512_stream_si512((void *)(d - o->m), line);
 		o->first = false;
 		o->prev = x;
-	} else if (o->mode == LM_ST_NT) {
+	} else
+#endif
+	if (o->mode == LM_ST_NT) {
 		_mm512_stream_si512((void *)d, x);
 	} else {
 		_mm512_storeu_si512(d, x);
@@ -197,7 +207,7 @@ void LM_HASH_COPY_FN(void *dst, const void *src, size_t pages, uint64_t *out, bo
 	uint8_t *d = dst;
 	const uint8_t *s = src;
 	lm_out_t o = { .mode = !nt ? LM_ST_CACHED : (uintptr_t)d % 64 == 0 ? LM_ST_NT : LM_ST_CACHED };
-#if XXH_VECTOR == XXH_AVX512
+#ifdef LM_SHIFT
 	if (nt && o.mode == LM_ST_CACHED && pages) {
 		static const uint8_t iota[64] = { 0,  1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12,
 						  13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
@@ -213,7 +223,7 @@ void LM_HASH_COPY_FN(void *dst, const void *src, size_t pages, uint64_t *out, bo
 #endif
 	for (size_t i = 0; i < pages; i++)
 		out[i] = lm_copy_page(d + i * 4096, s + i * 4096, &o);
-#if XXH_VECTOR == XXH_AVX512
+#ifdef LM_SHIFT
 	if (o.mode == LM_ST_SHIFT && pages) {
 		/* the last partial line: the last stripe's last m bytes */
 		__m512i line = _mm512_permutex2var_epi8(o.prev, o.idx, _mm512_setzero_si512());
