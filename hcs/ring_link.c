@@ -472,15 +472,18 @@ void *lm_ring_reserve(lm_link_io_t *io, size_t len)
 		errno = EAGAIN;
 		return NULL;
 	}
+	l->need = 0;
 	l->reserved = len;
 	return l->out.data + (l->out.pos & (l->out.size - 1));
 }
 
-void lm_ring_commit(lm_link_io_t *io, size_t len)
+int lm_ring_commit(lm_link_io_t *io, size_t len)
 {
 	struct rlink *l = as_ring(io);
-	if (!l || len > l->reserved)
-		return;   /* more than was reserved: nothing is published */
+	if (!l || len > l->reserved) {
+		errno = EINVAL;   /* more than was reserved: nothing is published */
+		return -1;
+	}
 	l->reserved = 0;
 	/* the test hook of io_send, the same here */
 	if (len && LM_FAULT("ring.flip") < 0)
@@ -488,6 +491,7 @@ void lm_ring_commit(lm_link_io_t *io, size_t len)
 	l->need = 0;
 	atomic_store_explicit(&l->out.ctl->head, l->out.pos + len, memory_order_release);
 	wrote(l, len);
+	return 0;
 }
 
 ssize_t lm_ring_span(lm_link_io_t *io, const uint8_t **p)
@@ -503,13 +507,21 @@ ssize_t lm_ring_span(lm_link_io_t *io, const uint8_t **p)
 	return avail;
 }
 
-void lm_ring_consume(lm_link_io_t *io, size_t n)
+int lm_ring_consume(lm_link_io_t *io, size_t n)
 {
 	struct rlink *l = as_ring(io);
-	int64_t avail = l ? in_avail(l) : -1;
+	if (!l) {
+		errno = EINVAL;
+		return -1;
+	}
+	if (l->err)
+		return (int)fail(l, l->err);
+	/* fewer bytes than lm_ring_span said: the peer moved its head back */
+	int64_t avail = in_avail(l);
 	if (avail < 0 || n > (uint64_t)avail)
-		return;   /* more than lm_ring_span said: nothing moves */
+		return (int)fail(l, EPROTO);
 	consumed(l, n, (uint64_t)avail);
+	return 0;
 }
 
 int lm_ring_link_open(lm_link_io_t **out, int sock, int out_fd, int in_fd,

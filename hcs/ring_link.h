@@ -67,18 +67,19 @@ int lm_ring_link_open(lm_link_io_t **out, int sock, int out_fd, int in_fd,
  * fill (len at most half the ring, else EMSGSIZE), or NULL with errno:
  * EAGAIN (no room yet; the link's `ready` says POLLOUT once there is
  * room for len), EPIPE, or the link's failure. Nothing is the reader's
- * until lm_ring_commit(len) publishes them all (len at most what was
- * reserved; more publishes nothing).
+ * until lm_ring_commit(len) publishes them all (0; len more than was
+ * reserved publishes nothing: -1, EINVAL).
  *
  * Reader: lm_ring_span points *p at the bytes readable now, in place,
  * and returns their count: > 0, 0 at the end, -1 with errno as a recv.
  * The peer can still write them: read each byte once, into memory of
  * ours, before anything depends on it. lm_ring_consume(n) gives back the
- * first n (at most what lm_ring_span said). */
+ * first n: 0, or -1 with errno (the link's failure; EPROTO, kept, when
+ * fewer than n are there: the peer moved its head back). */
 void *lm_ring_reserve(lm_link_io_t *io, size_t len);
-void lm_ring_commit(lm_link_io_t *io, size_t len);
+int lm_ring_commit(lm_link_io_t *io, size_t len);
 ssize_t lm_ring_span(lm_link_io_t *io, const uint8_t **p);
-void lm_ring_consume(lm_link_io_t *io, size_t n);
+int lm_ring_consume(lm_link_io_t *io, size_t n);
 
 /* Tests: how long a side spins before it sleeps (default 50 us; 0 makes
  * every wait a sleep and a doorbell). */

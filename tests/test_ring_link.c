@@ -334,9 +334,10 @@ static void test_bytes_in_place_keep_the_stream_in_order(void **state)
 		w[i] = pattern(i);
 	const uint8_t *in;
 	assert_int_equal(lm_ring_span(p.b, &in), 4);   /* not committed yet */
-	lm_ring_commit(p.a, 10001);                    /* more than reserved */
+	assert_int_equal(lm_ring_commit(p.a, 10001), -1);   /* more than reserved */
+	assert_int_equal(errno, EINVAL);
 	assert_int_equal(lm_ring_span(p.b, &in), 4);
-	lm_ring_commit(p.a, 10000);
+	assert_int_equal(lm_ring_commit(p.a, 10000), 0);
 	v = (struct iovec){ "tail", 4 };
 	assert_int_equal(p.a->send(p.a, &v, 1), 4);
 	char b4[4];
@@ -344,13 +345,11 @@ static void test_bytes_in_place_keep_the_stream_in_order(void **state)
 	assert_int_equal(p.b->recv(p.b, &r, 1, false), 2);
 	assert_int_equal(lm_ring_span(p.b, &in), 2 + 10000 + 4);
 	assert_memory_equal(in, "ad", 2);
-	lm_ring_consume(p.b, 2);
+	assert_int_equal(lm_ring_consume(p.b, 2), 0);
 	assert_int_equal(lm_ring_span(p.b, &in), 10000 + 4);
 	for (unsigned i = 0; i < 10000; i++)
 		assert_int_equal(in[i], pattern(i));
-	lm_ring_consume(p.b, 10000 + 5);   /* more than there is: nothing moves */
-	assert_int_equal(lm_ring_span(p.b, &in), 10000 + 4);
-	lm_ring_consume(p.b, 10000);
+	assert_int_equal(lm_ring_consume(p.b, 10000), 0);
 	r = (struct iovec){ b4, 4 };
 	assert_int_equal(p.b->recv(p.b, &r, 1, false), 4);
 	assert_memory_equal(b4, "tail", 4);
@@ -371,7 +370,7 @@ static void test_bytes_in_place_keep_the_stream_in_order(void **state)
 	assert_int_equal(p.b->recv(p.b, &r, 1, false), RING / 4);
 	assert_int_equal(p.a->ready(p.a, POLLOUT, false), POLLOUT);
 	assert_non_null(lm_ring_reserve(p.a, RING / 2));
-	lm_ring_commit(p.a, RING / 2);
+	assert_int_equal(lm_ring_commit(p.a, RING / 2), 0);
 	assert_null(lm_ring_reserve(p.a, RING / 2 + 1));
 	assert_int_equal(errno, EMSGSIZE);
 	/* the writer's end: the bytes, then 0 */
@@ -380,7 +379,7 @@ static void test_bytes_in_place_keep_the_stream_in_order(void **state)
 	assert_int_equal(errno, EPIPE);
 	ssize_t left = lm_ring_span(p.b, &in);
 	assert_int_equal(left, RING - 100 - (RING / 4 + 200) - RING / 4 + RING / 2);
-	lm_ring_consume(p.b, (size_t)left);
+	assert_int_equal(lm_ring_consume(p.b, (size_t)left), 0);
 	assert_int_equal(lm_ring_span(p.b, &in), 0);
 
 	/* not the rings */
@@ -389,6 +388,59 @@ static void test_bytes_in_place_keep_the_stream_in_order(void **state)
 	assert_int_equal(errno, EINVAL);
 	assert_int_equal(lm_ring_span(&other, &in), -1);
 	assert_int_equal(errno, EINVAL);
+	pair_close(&p);
+}
+
+/* A record reserved across the ring's end is contiguous (the second
+ * mapping) and arrives whole; a writer asleep for room is rung by the
+ * reader's lm_ring_consume; a head moved back between the reader's span
+ * and its consume (another holder of the ring) fails the link, EPROTO,
+ * kept, rather than the same bytes being read twice. */
+static void test_in_place_wraps_wakes_and_catches_a_head_moved_back(void **state)
+{
+	(void)state;
+	struct pair p;
+	pair_open(&p);
+	static uint8_t big[RING];
+	/* to 1000 bytes before the end, all read */
+	struct iovec v = { big, RING - 1000 };
+	assert_int_equal(p.a->send(p.a, &v, 1), RING - 1000);
+	struct iovec r = { big, RING - 1000 };
+	assert_int_equal(p.b->recv(p.b, &r, 1, false), RING - 1000);
+	uint8_t *w = lm_ring_reserve(p.a, 5000);
+	assert_non_null(w);
+	for (unsigned i = 0; i < 5000; i++)
+		w[i] = pattern(i);
+	assert_int_equal(lm_ring_commit(p.a, 5000), 0);
+	static uint8_t got[5000];
+	r = (struct iovec){ got, sizeof got };
+	assert_int_equal(p.b->recv(p.b, &r, 1, false), 5000);
+	for (unsigned i = 0; i < 5000; i++)
+		assert_int_equal(got[i], pattern(i));
+
+	/* a writer that sleeps for half the ring is rung by a consume */
+	v = (struct iovec){ big, RING };
+	assert_int_equal(p.a->send(p.a, &v, 1), RING);
+	assert_null(lm_ring_reserve(p.a, RING / 2));
+	assert_int_equal(errno, EAGAIN);
+	assert_int_equal(p.a->ready(p.a, POLLOUT, true), 0);   /* armed: asleep */
+	struct pollfd q = { p.sv[0], POLLIN, 0 };
+	const uint8_t *in;
+	assert_int_equal(lm_ring_span(p.b, &in), RING);
+	assert_int_equal(lm_ring_consume(p.b, RING / 2), 0);
+	assert_int_equal(poll(&q, 1, 1000), 1);                 /* rung */
+	p.a->rung(p.a);
+	assert_int_equal(p.a->ready(p.a, POLLOUT, false), POLLOUT);
+
+	/* the head moved back under the reader */
+	assert_int_equal(lm_ring_span(p.b, &in), RING / 2);
+	struct ctl_view *ca = ctl_map(p.ra);
+	ca->head -= 4096;
+	assert_int_equal(lm_ring_consume(p.b, RING / 2), -1);
+	assert_int_equal(errno, EPROTO);
+	assert_int_equal(lm_ring_span(p.b, &in), -1);            /* kept */
+	assert_int_equal(errno, EPROTO);
+	munmap(ca, 4096);
 	pair_close(&p);
 }
 
@@ -511,6 +563,7 @@ int main(void)
 		cmocka_unit_test(test_a_full_writer_is_rung_when_room_is_made),
 		cmocka_unit_test(test_either_end_ends_the_stream_after_its_bytes),
 		cmocka_unit_test(test_bytes_in_place_keep_the_stream_in_order),
+		cmocka_unit_test(test_in_place_wraps_wakes_and_catches_a_head_moved_back),
 		cmocka_unit_test(test_indices_outside_the_ring_fail_the_link),
 		cmocka_unit_test(test_bytes_on_the_socket_that_are_not_doorbells_fail_the_link),
 		cmocka_unit_test(test_bad_rings_are_refused),

@@ -99,7 +99,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n)
 				break;
 			}
 			memset(w, 0x5a, len);           /* all of it is ours */
-			lm_ring_commit(me->io, len);
+			if (lm_ring_commit(me->io, len) != 0)
+				abort();                 /* what was reserved is published */
 			break;
 		}
 		case 2: {                              /* read, or peek */
@@ -116,7 +117,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n)
 				for (ssize_t k = 0; k < r; k++)
 					sum ^= p[k];       /* all of it is mapped */
 				(void)sum;
-				lm_ring_consume(me->io, len % ((size_t)r + 1));
+				if (lm_ring_consume(me->io, len % ((size_t)r + 1)) < 0)
+					check(me, -1, 0);  /* a head moved back: EPROTO */
 			}
 			break;
 		}
