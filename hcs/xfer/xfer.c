@@ -961,7 +961,8 @@ static void batch_reset(struct lm__xfer *x)
  * bytes sent, not of the page as it is a moment before; the header,
  * with the sums, then goes in front of them, and the whole record is
  * published at once. The layout is a batch's as on any link
- * (PROTOCOL.md). 1: the record is over half the ring (sent as usual). */
+ * (PROTOCOL.md). The ring was made for the largest record of this
+ * batch size (ring_src_bytes). */
 static int send_summed_ring(struct lm__xfer *x, size_t dlen)
 {
 	uint8_t *p = x->hdrbuf + sizeof(lm_xf_rec_t);
@@ -978,8 +979,6 @@ static int send_summed_ring(struct lm__xfer *x, size_t dlen)
 	uint64_t t_send = lm_now_ns(), b_send = x->st.bytes_sent;
 	uint8_t *w;
 	while (!(w = lm_ring_reserve(x->o.io, total))) {
-		if (errno == EMSGSIZE)
-			return 1;
 		if (errno != EAGAIN)
 			return send_failed(x, -errno);
 		if ((rc = send_blocked(x)) < 0)
@@ -1010,7 +1009,8 @@ static int send_summed_ring(struct lm__xfer *x, size_t dlen)
 	/* test hook "transfer.corrupt", as below: after the sums */
 	if (x->niov > 1 && x->iov[1].iov_len > 7 && LM_FAULT("transfer.corrupt") < 0)
 		w[sizeof(h) + head + 7] ^= 0x10;
-	lm_ring_commit(x->o.io, total);
+	if (lm_ring_commit(x->o.io, total) < 0)
+		return send_failed(x, -errno);
 	x->st.bytes_sent += total;
 	x->last_tx_ns = lm_now_ns();
 	send_done(x, t_send, b_send);
@@ -1026,12 +1026,10 @@ static int batch_flush(struct lm__xfer *x)
 	memcpy(p, x->descs, dlen);
 	if (x->o.checksum && x->ring_direct) {
 		int rc = send_summed_ring(x, dlen);
-		if (rc <= 0) {
-			batch_reset(x);
-			if (rc == 0)
-				maybe_progress(x);
-			return rc;
-		}
+		batch_reset(x);
+		if (rc == 0)
+			maybe_progress(x);
+		return rc;
 	}
 	uint64_t dsum = 0;
 	size_t nsums = 0;
@@ -1409,10 +1407,25 @@ bool lm__xf_link_lendable(const struct lm__xfer *x)
 
 /* ------------------------------------------------- the shared-memory ring */
 
-/* Source 4 MiB (four batches), destination 256 KiB (its records are
- * small); both in the caches between the two sides. */
+/* Source 4 MiB (four batches of the default size), destination 256 KiB
+ * (its records are small); both in the caches between the two sides. */
 #define RING_SRC_BYTES (4u << 20)
 #define RING_DST_BYTES (256u << 10)
+
+/* The source's ring: RING_SRC_BYTES, or more when its batches are large,
+ * so that a checksummed PAGES record, made in place (send_summed_ring),
+ * always fits in half of it (lm_ring_reserve); 64 MiB at most holds
+ * LM_XF_MAX_DATA's. */
+static size_t ring_src_bytes(const struct lm__xfer *x)
+{
+	uint64_t b = x->o.batch_bytes;
+	uint64_t rec = sizeof(lm_xf_rec_t) + LM_XF_MAX_DESCS * sizeof(lm_xf_page_t) + LM_XF_SUM_LEN +
+		       (b / LM_PAGE_SIZE + LM_XF_MAX_DESCS) * sizeof(uint64_t) + b;
+	size_t size = RING_SRC_BYTES;
+	while (size < 2 * rec && size < LM_RING_MAX)
+		size *= 2;
+	return size;
+}
 
 /* Whether this side's link can take the rings (hcs/ring_link.h): a unix
  * socket (the peer is on this kernel) of a page stream, plain or under a
@@ -1528,7 +1541,7 @@ static int src_handshake(struct lm__xfer *x, char *why, size_t whylen)
 		h.flags |= LM_XF_HELLO_BOUND;
 	bool ring = ring_offered(x);
 	if (ring) {
-		x->ring_own = lm_ring_make(RING_SRC_BYTES);
+		x->ring_own = lm_ring_make(ring_src_bytes(x));
 		if (x->ring_own < 0) {
 			lm_log_warn(MOD, "no shared-memory ring", "side=source session_id_hash=%u why=\"%s\"",
 				    x->o.session_id, strerror(-x->ring_own));
@@ -2349,7 +2362,10 @@ static int recv_summed_ring(struct lm__xfer *x, uint32_t n, const struct iovec *
 				k = k < pages ? k : pages;
 				k = k < RING_TAKE ? k : RING_TAKE;
 				lm_hash64_copy_pages(to, from, k, got + j, true);
-				lm_ring_consume(x->o.io, k * LM_PAGE_SIZE);
+				if (lm_ring_consume(x->o.io, k * LM_PAGE_SIZE) < 0) {
+					x->peer_gone = true;
+					return -errno;
+				}
 				x->last_rx_ns = lm_now_ns();
 			} else if (a > 0) {
 				/* part of a page: read it whole (recv_iov waits
