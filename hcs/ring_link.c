@@ -477,6 +477,13 @@ void *lm_ring_reserve(lm_link_io_t *io, size_t len)
 	return l->out.data + (l->out.pos & (l->out.size - 1));
 }
 
+size_t lm_ring_room(lm_link_io_t *io)
+{
+	struct rlink *l = as_ring(io);
+	int64_t room = l ? out_room(l) : -1;
+	return room < 0 ? 0 : (size_t)room;
+}
+
 int lm_ring_commit(lm_link_io_t *io, size_t len)
 {
 	struct rlink *l = as_ring(io);

@@ -78,6 +78,9 @@ int lm_ring_link_open(lm_link_io_t **out, int sock, int out_fd, int in_fd,
  * fewer than n are there: the peer moved its head back). */
 void *lm_ring_reserve(lm_link_io_t *io, size_t len);
 int lm_ring_commit(lm_link_io_t *io, size_t len);
+/* Free bytes in this side's ring now (0 for a link that is not one):
+ * the peer's reading shows as room growing. */
+size_t lm_ring_room(lm_link_io_t *io);
 ssize_t lm_ring_span(lm_link_io_t *io, const uint8_t **p);
 int lm_ring_consume(lm_link_io_t *io, size_t n);
 

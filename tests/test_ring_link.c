@@ -423,12 +423,14 @@ static void test_in_place_wraps_wakes_and_catches_a_head_moved_back(void **state
 	assert_int_equal(p.a->send(p.a, &v, 1), RING);
 	assert_null(lm_ring_reserve(p.a, RING / 2));
 	assert_int_equal(errno, EAGAIN);
+	assert_int_equal(lm_ring_room(p.a), 0);
 	assert_int_equal(p.a->ready(p.a, POLLOUT, true), 0);   /* armed: asleep */
 	struct pollfd q = { p.sv[0], POLLIN, 0 };
 	const uint8_t *in;
 	assert_int_equal(lm_ring_span(p.b, &in), RING);
 	assert_int_equal(lm_ring_consume(p.b, RING / 2), 0);
 	assert_int_equal(poll(&q, 1, 1000), 1);                 /* rung */
+	assert_int_equal(lm_ring_room(p.a), RING / 2);
 	p.a->rung(p.a);
 	assert_int_equal(p.a->ready(p.a, POLLOUT, false), POLLOUT);
 

@@ -978,11 +978,18 @@ static int send_summed_ring(struct lm__xfer *x, size_t dlen)
 		return rc;
 	uint64_t t_send = lm_now_ns(), b_send = x->st.bytes_sent;
 	uint8_t *w;
+	size_t room = lm_ring_room(x->o.io);
 	while (!(w = lm_ring_reserve(x->o.io, total))) {
 		if (errno != EAGAIN)
 			return send_failed(x, -errno);
 		if ((rc = send_blocked(x)) < 0)
 			return rc;
+		/* the peer reading the ring is the link moving, as a
+		 * socket's partial write would say (the stall bound) */
+		size_t now_room = lm_ring_room(x->o.io);
+		if (now_room > room)
+			x->last_tx_ns = lm_now_ns();
+		room = now_room;
 	}
 	uint8_t *dst = w + sizeof(lm_xf_rec_t) + head;
 	nsums = 0;
