@@ -242,9 +242,10 @@ static void wrote(struct rlink *l, size_t took)
 	l->sent += took;
 }
 
-static ssize_t io_send(lm_link_io_t *io, const struct iovec *iov, int n)
+/* Room to write now: >= 0, or -1 with errno (the link's failure; EPIPE
+ * after our end or the peer's). */
+static int64_t room_now(struct rlink *l)
 {
-	struct rlink *l = (struct rlink *)io;
 	if (l->err)
 		return fail(l, l->err);
 	if (l->out_closed || l->peer_end) {
@@ -252,8 +253,15 @@ static ssize_t io_send(lm_link_io_t *io, const struct iovec *iov, int n)
 		return -1;
 	}
 	int64_t room = out_room(l);
+	return room < 0 ? fail(l, EPROTO) : room;
+}
+
+static ssize_t io_send(lm_link_io_t *io, const struct iovec *iov, int n)
+{
+	struct rlink *l = (struct rlink *)io;
+	int64_t room = room_now(l);
 	if (room < 0)
-		return fail(l, EPROTO);
+		return -1;
 	if (room == 0) {
 		errno = EAGAIN;
 		return -1;
@@ -454,19 +462,9 @@ void *lm_ring_reserve(lm_link_io_t *io, size_t len)
 		errno = l ? EMSGSIZE : EINVAL;
 		return NULL;
 	}
-	if (l->err) {
-		(void)fail(l, l->err);
+	int64_t room = room_now(l);
+	if (room < 0)
 		return NULL;
-	}
-	if (l->out_closed || l->peer_end) {
-		errno = EPIPE;
-		return NULL;
-	}
-	int64_t room = out_room(l);
-	if (room < 0) {
-		(void)fail(l, EPROTO);
-		return NULL;
-	}
 	if ((size_t)room < len) {
 		l->need = len;   /* POLLOUT once this much is free */
 		errno = EAGAIN;
@@ -495,7 +493,6 @@ int lm_ring_commit(lm_link_io_t *io, size_t len)
 	/* the test hook of io_send, the same here */
 	if (len && LM_FAULT("ring.flip") < 0)
 		l->out.data[((l->out.pos + len - 1) & (l->out.size - 1))] ^= 1;
-	l->need = 0;
 	atomic_store_explicit(&l->out.ctl->head, l->out.pos + len, memory_order_release);
 	wrote(l, len);
 	return 0;

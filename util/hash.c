@@ -102,11 +102,10 @@ void lm_hash64_copy_pages(void *dst, const void *src, size_t pages, uint64_t *ou
 {
 	lm_hash64_copy_fn f = atomic_load_explicit(&copy_fn, memory_order_relaxed);
 	if (!f) {
-		f = impls[choose()].copy;
-#if defined(__x86_64__) && defined(LM_HASH_X86)
-		if (!strcmp(impls[choose()].unit, "avx512") && cpu_has("avx512vbmi"))
-			f = lm__hash64_copy_vbmi;
-#endif
+		/* VBMI's copy where the CPU has it (it has AVX-512F then, the
+		 * unit choose() takes), else the chosen unit's */
+		if (!(f = lm__hash_copy_impl("avx512vbmi")))
+			f = impls[choose()].copy;
 		atomic_store_explicit(&copy_fn, f, memory_order_relaxed);
 	}
 	f(dst, src, pages, out, nt);

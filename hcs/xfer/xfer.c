@@ -583,6 +583,26 @@ static struct iovec *iov_advance(struct iovec *iov, unsigned *n, size_t v)
 	return iov;
 }
 
+/* A read of the link that got nothing (r: 0 at the peer's end, or -1 with
+ * errno): 0 once the link may have more (after waiting for it), or the
+ * failure, the peer then gone. */
+static int recv_nothing(struct lm__xfer *x, ssize_t r)
+{
+	if (r == 0) {
+		x->peer_gone = true;
+		x->peer_eof = true;
+		return -EPIPE;
+	}
+	if (errno == EINTR)
+		return 0;
+	if (errno != EAGAIN && errno != EWOULDBLOCK) {
+		x->peer_gone = true;
+		return -errno;
+	}
+	int w = wait_io(x, POLLIN);
+	return w < 0 ? w : 0;
+}
+
 static int recv_iov(struct lm__xfer *x, struct iovec *iov, unsigned n)
 {
 	while (n) {
@@ -592,20 +612,9 @@ static int recv_iov(struct lm__xfer *x, struct iovec *iov, unsigned n)
 			iov = iov_advance(iov, &n, (size_t)r);
 			continue;
 		}
-		if (r == 0) {
-			x->peer_gone = true;
-			x->peer_eof = true;
-			return -EPIPE;
-		}
-		if (errno == EINTR)
-			continue;
-		if (errno != EAGAIN && errno != EWOULDBLOCK) {
-			x->peer_gone = true;
-			return -errno;
-		}
-		int w = wait_io(x, POLLIN);
-		if (w < 0)
-			return w;
+		int rc = recv_nothing(x, r);
+		if (rc < 0)
+			return rc;
 	}
 	return 0;
 }
@@ -734,8 +743,6 @@ static int send_spliced(struct lm__xfer *x, struct iovec *iov, unsigned n)
 	return 0;
 }
 
-/* Sends all of iov (modified). The source also watches for a message from
- * the destination (an ABORT) while it waits. */
 /* Before a record goes out: the fault point, cancel, a KEEPALIVE half
  * sent finished. */
 static int send_begin(struct lm__xfer *x)
@@ -764,6 +771,8 @@ static void send_done(struct lm__xfer *x, uint64_t t_send, uint64_t b_send)
 	}
 }
 
+/* Sends all of iov (modified). The source also watches for a message from
+ * the destination (an ABORT) while it waits. */
 static int send_iov(struct lm__xfer *x, struct iovec *iov, unsigned n)
 {
 	int rc = send_begin(x);
@@ -1392,11 +1401,6 @@ static int send_pass_end(struct lm__xfer *x, uint64_t pages, bool final)
 
 /* -------------------------------------------------------------- source */
 
-/* Whether this side would hand the link to its VMM for the stream: a VMM
- * that can take it, a plain socket (no record layer of ours on it), on
- * this host (a unix socket: nothing between the two VMMs but the kernel;
- * across hosts the stream stays in our records, with their checksums and
- * TLS), and no operator saying carry. PROTOCOL.md, "The VMM on the link". */
 /* The link is a unix socket: the peer is on this kernel. */
 static bool link_is_unix(const struct lm__xfer *x)
 {
@@ -1404,6 +1408,12 @@ static bool link_is_unix(const struct lm__xfer *x)
 	socklen_t len = sizeof(ss);
 	return getsockname(x->sock, (struct sockaddr *)&ss, &len) == 0 && ss.ss_family == AF_UNIX;
 }
+
+/* Whether this side would hand the link to its VMM for the stream: a VMM
+ * that can take it, a plain socket (no record layer of ours on it), on
+ * this host (a unix socket: nothing between the two VMMs but the kernel;
+ * across hosts the stream stays in our records, with their checksums and
+ * TLS), and no operator saying carry. PROTOCOL.md, "The VMM on the link". */
 
 bool lm__xf_link_lendable(const struct lm__xfer *x)
 {
@@ -2328,14 +2338,9 @@ static uint64_t suspect_first(const struct lm__xfer *x)
 	return UINT64_MAX;
 }
 
-/* Receives a checksummed batch's data (cp: one iovec per data descriptor)
- * in pieces of about SUM_CHUNK bytes and sums each piece's pages while
- * they are still in the cache: got[] gets one sum per data page, as the
- * source sent them. (A 1 MiB batch read whole, then summed, had left the
- * cache: +55 ms of the destination's CPU per GiB, against +20 this way.) */
-#define SUM_CHUNK (256u << 10)
-#define SUM_GROUP 64u
-/* The same over the rings themselves (x->ring_direct): each run of pages
+/* A checksummed batch's data over the rings themselves (x->ring_direct,
+ * recv_summed below otherwise; cp: one iovec per data descriptor, got[]:
+ * one sum per data page, as the source sent them): each run of pages
  * is copied out of the ring into guest memory and summed in one pass
  * (lm_hash64_copy_pages, its stores bypassing the cache: the guest reads
  * them later), so every byte of the ring is read once and the sum is of
@@ -2383,17 +2388,10 @@ static int recv_summed_ring(struct lm__xfer *x, uint32_t n, const struct iovec *
 					return rc;
 				lm_hash64_each(to, 1, LM_PAGE_SIZE, got + j);
 				k = 1;
-			} else if (a == 0) {
-				x->peer_gone = true;
-				x->peer_eof = true;
-				return -EPIPE;
-			} else if (errno != EAGAIN) {
-				x->peer_gone = true;
-				return -errno;
 			} else {
-				int w = wait_io(x, POLLIN);
-				if (w < 0)
-					return w;
+				int rc = recv_nothing(x, a);
+				if (rc < 0)
+					return rc;
 			}
 			to += k * LM_PAGE_SIZE;
 			pages -= k;
@@ -2403,6 +2401,13 @@ static int recv_summed_ring(struct lm__xfer *x, uint32_t n, const struct iovec *
 	return 0;
 }
 
+/* Receives a checksummed batch's data (cp: one iovec per data descriptor)
+ * in pieces of about SUM_CHUNK bytes and sums each piece's pages while
+ * they are still in the cache: got[] gets one sum per data page, as the
+ * source sent them. (A 1 MiB batch read whole, then summed, had left the
+ * cache: +55 ms of the destination's CPU per GiB, against +20 this way.) */
+#define SUM_CHUNK (256u << 10)
+#define SUM_GROUP 64u
 static int recv_summed(struct lm__xfer *x, uint32_t n, const struct iovec *cp, uint64_t *got)
 {
 	if (x->ring_direct)
