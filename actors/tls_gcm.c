@@ -16,6 +16,12 @@
  * Counter blocks are kept byte-reflected too, so that GCM's 32-bit
  * increment is an addition to the lowest 32-bit lane.
  *
+ * A run (lm_gcm_run_*) does both halves in one pass, four registers of
+ * counter blocks through the AES rounds while the registers of
+ * ciphertext they make (or open) go into GHASH: 75-80 ms per GiB sealed
+ * into a hot buffer on one core, where the two passes took 100 (counter
+ * mode, then GHASH over what it wrote).
+ *
  * Everything is selected at run time with function target attributes:
  * the file is built for any x86-64; elsewhere it compiles to "not
  * available" and the link keeps OpenSSL's record layer.
@@ -30,7 +36,7 @@
 #include <immintrin.h>
 
 #define T_NI __attribute__((target("aes,pclmul,sse2,ssse3,sse4.1")))
-#define T_WIDE __attribute__((target("aes,pclmul,sse2,ssse3,sse4.1,avx,avx2,avx512f,avx512bw,avx512vl,vaes,vpclmulqdq")))
+#define T_WIDE __attribute__((target("aes,pclmul,sse2,ssse3,sse4.1,avx,avx2,avx512f,avx512bw,avx512vl,avx512vbmi,vaes,vpclmulqdq")))
 
 static bool cpu_ni(void)
 {
@@ -41,7 +47,9 @@ static bool cpu_ni(void)
 
 /* AVX-512 as the compiler's check reports it (the OS saving its state
  * included); VAES and VPCLMULQDQ from CPUID leaf 7 (ECX bits 9 and 10),
- * which not every compiler's check knows. */
+ * which not every compiler's check knows, and VBMI (ECX bit 1: the
+ * streamed stores at any alignment of a run). Every CPU with VAES on
+ * 512-bit registers has VBMI too (Ice Lake on, Zen 4 on). */
 static bool cpu_wide(void)
 {
 	unsigned a, b, c, d;
@@ -49,7 +57,7 @@ static bool cpu_wide(void)
 	if (!cpu_ni() || !__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
 	    !__builtin_cpu_supports("avx512vl") || !__get_cpuid_count(7, 0, &a, &b, &c, &d))
 		return false;
-	return (c >> 9 & 1) && (c >> 10 & 1);
+	return (c >> 1 & 1) && (c >> 9 & 1) && (c >> 10 & 1);
 }
 
 bool lm_gcm_available(void)
@@ -304,6 +312,186 @@ static T_WIDE void ctr_wide(const lm_gcm_t *g, __m128i *r, const uint8_t **in, u
 	_mm256_zeroupper();
 }
 
+/* ---- one pass (a run, tls_gcm.h): the counter mode and GHASH stitched ------------ */
+
+/* Where a run's 64-byte registers go (tls_gcm.h, nt): ordinary stores;
+ * streamed ones at an aligned out; or, out not aligned, each aligned line
+ * put together from two registers (VBMI's two-source byte permute) and
+ * streamed, the first and last partial lines stored ordinarily. Why
+ * streamed: a store into a line the other core read last fetches that
+ * line back first; a store that bypasses the cache and writes the line
+ * whole does not (util/hash_impl.h has the figures). */
+enum { W_CACHED, W_NT, W_SHIFT };
+
+typedef struct {
+	uint8_t *d;                   /* where the next register's bytes go */
+	int mode;
+	unsigned m;                   /* W_SHIFT: d % 64 */
+	bool first;                   /* no line stored yet */
+	__m512i prev, idx;            /* the register before; idx[i] = 64 - m + i */
+} wout_t;
+
+static const uint8_t iota64[64] __attribute__((aligned(64))) = {
+	0,  1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21,
+	22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43,
+	44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63
+};
+
+static T_WIDE inline void wout_init(wout_t *o, uint8_t *d, bool nt)
+{
+	o->d = d;
+	o->m = (unsigned)((uintptr_t)d % 64);
+	o->mode = !nt ? W_CACHED : o->m ? W_SHIFT : W_NT;
+	o->first = true;
+	o->prev = _mm512_setzero_si512();
+	o->idx = _mm512_add_epi8(_mm512_load_si512((const void *)iota64),
+				 _mm512_set1_epi8((char)(64 - o->m)));
+}
+
+static T_WIDE inline void wput(wout_t *o, __m512i x)
+{
+	if (o->mode == W_SHIFT) {
+		/* the aligned line at d - m: the last m bytes of the register
+		 * before, then the first 64 - m of this one */
+		__m512i line = _mm512_permutex2var_epi8(o->prev, o->idx, x);
+		if (o->first)
+			_mm512_mask_storeu_epi8(o->d - o->m, ~0ull << o->m, line);
+		else
+			_mm512_stream_si512((void *)(o->d - o->m), line);
+		o->first = false;
+		o->prev = x;
+	} else if (o->mode == W_NT) {
+		_mm512_stream_si512((void *)o->d, x);
+	} else {
+		_mm512_storeu_si512((void *)o->d, x);
+	}
+	o->d += 64;
+}
+
+/* The last partial line (W_SHIFT): the last m bytes of the last register. */
+static T_WIDE inline void wflush(wout_t *o)
+{
+	if (o->mode == W_SHIFT && !o->first) {
+		__m512i line = _mm512_permutex2var_epi8(o->prev, o->idx, _mm512_setzero_si512());
+		_mm512_mask_storeu_epi8(o->d - o->m, (1ull << o->m) - 1, line);
+		o->first = true;
+	}
+}
+
+/* lo, mid, hi += (ct, reflected, acc added to its first block) times the
+ * four powers of H at hp (Karatsuba, as ghash_wide). */
+static T_WIDE inline void gh4(__m512i ct, __m512i acc, const uint8_t *hp, const uint8_t *hk,
+			      __m512i *lo, __m512i *mid, __m512i *hi)
+{
+	__m512i x = _mm512_xor_si512(bswap512(ct), acc);
+	__m512i h = _mm512_loadu_si512((const void *)hp);
+	__m512i k = _mm512_loadu_si512((const void *)hk);
+	__m512i xk = _mm512_xor_si512(x, _mm512_shuffle_epi32(x, (_MM_PERM_ENUM)0x4e));
+	*lo = _mm512_xor_si512(*lo, _mm512_clmulepi64_epi128(x, h, 0x00));
+	*hi = _mm512_xor_si512(*hi, _mm512_clmulepi64_epi128(x, h, 0x11));
+	*mid = _mm512_xor_si512(*mid, _mm512_clmulepi64_epi128(xk, k, 0x00));
+}
+
+/* len bytes of in to out from counter block *rp (reflected), their
+ * ciphertext (what is loaded when opening, what is stored when sealing)
+ * into the GHASH *accp; both advance. Every byte of in is loaded once,
+ * into the register both halves use (the stores in between may alias
+ * in, so the compiler cannot load it again). GHASH is reduced once per
+ * 64 blocks (the powers H^m..H^1 for a chunk of m); what is left under
+ * four blocks goes through one masked register. */
+static T_WIDE void run_wide(const lm_gcm_t *g, __m128i *accp, __m128i *rp, const uint8_t *in,
+			    uint8_t *out, size_t len, bool nt, bool open)
+{
+	const int nr = g->nr;
+	__m512i rk[15];
+	for (int j = 0; j <= nr; j++)
+		rk[j] = _mm512_broadcast_i32x4(_mm_load_si128((const __m128i *)g->rk[j]));
+	const __m512i inc = _mm512_set_epi32(0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4);
+	__m512i c = _mm512_add_epi32(_mm512_broadcast_i32x4(*rp),
+				     _mm512_set_epi32(0, 0, 0, 3, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 0));
+	__m128i acc = *accp;
+	wout_t o;
+	wout_init(&o, out, nt);
+	size_t nb = len / 16;
+	while (nb >= 4) {
+		size_t m = nb >= 64 ? 64 : nb & ~(size_t)3;
+		const uint8_t *hp = g->hpow[64 - m], *hk = g->hkar[64 - m];
+		__m512i lo = _mm512_setzero_si512(), mid = lo, hi = lo;
+		__m512i a = _mm512_zextsi128_si512(acc);
+		size_t k = 0;
+		for (; m - k >= 16; k += 16, in += 256) {
+			/* (four named registers: GCC keeps an array of them on
+			 * the stack, which took twice the time) */
+			__m512i x0 = _mm512_xor_si512(bswap512(c), rk[0]);
+			__m512i x1 = _mm512_xor_si512(bswap512(_mm512_add_epi32(c, inc)), rk[0]);
+			c = _mm512_add_epi32(c, _mm512_add_epi32(inc, inc));
+			__m512i x2 = _mm512_xor_si512(bswap512(c), rk[0]);
+			__m512i x3 = _mm512_xor_si512(bswap512(_mm512_add_epi32(c, inc)), rk[0]);
+			c = _mm512_add_epi32(c, _mm512_add_epi32(inc, inc));
+			for (int j = 1; j < nr; j++) {
+				x0 = _mm512_aesenc_epi128(x0, rk[j]);
+				x1 = _mm512_aesenc_epi128(x1, rk[j]);
+				x2 = _mm512_aesenc_epi128(x2, rk[j]);
+				x3 = _mm512_aesenc_epi128(x3, rk[j]);
+			}
+#define ONE(x, i)                                                                                  \
+	do {                                                                                       \
+		__m512i v = _mm512_loadu_si512((const void *)(in + 64 * (i)));                     \
+		__m512i y = _mm512_xor_si512(_mm512_aesenclast_epi128(x, rk[nr]), v);               \
+		wput(&o, y);                                                                       \
+		gh4(open ? v : y, a, hp + 16 * (k + 4 * (i)), hk + 16 * (k + 4 * (i)), &lo, &mid, &hi); \
+		a = _mm512_setzero_si512();                                                        \
+	} while (0)
+			ONE(x0, 0);
+			ONE(x1, 1);
+			ONE(x2, 2);
+			ONE(x3, 3);
+#undef ONE
+		}
+		for (; k < m; k += 4, in += 64) {
+			__m512i x = _mm512_xor_si512(bswap512(c), rk[0]);
+			c = _mm512_add_epi32(c, inc);
+			for (int j = 1; j < nr; j++)
+				x = _mm512_aesenc_epi128(x, rk[j]);
+			__m512i v = _mm512_loadu_si512((const void *)in);
+			__m512i y = _mm512_xor_si512(_mm512_aesenclast_epi128(x, rk[nr]), v);
+			wput(&o, y);
+			gh4(open ? v : y, a, hp + 16 * k, hk + 16 * k, &lo, &mid, &hi);
+			a = _mm512_setzero_si512();
+		}
+		mid = _mm512_xor_si512(mid, _mm512_xor_si512(lo, hi));
+		acc = reduce(fold4(lo), fold4(mid), fold4(hi));
+		nb -= m;
+	}
+	wflush(&o);
+	size_t rest = nb * 16 + len % 16;       /* under 64 bytes */
+	if (rest) {
+		__mmask64 mk = (1ull << rest) - 1;
+		__m512i v = _mm512_maskz_loadu_epi8(mk, (const void *)in);
+		__m512i x = _mm512_xor_si512(bswap512(c), rk[0]);
+		for (int j = 1; j < nr; j++)
+			x = _mm512_aesenc_epi128(x, rk[j]);
+		/* (zero past the end: a partial block is hashed zero-padded) */
+		__m512i y = _mm512_maskz_mov_epi8(mk, _mm512_xor_si512(_mm512_aesenclast_epi128(x, rk[nr]), v));
+		_mm512_mask_storeu_epi8((void *)o.d, mk, y);
+		unsigned nbt = (unsigned)((rest + 15) / 16);
+		__mmask8 hm = (__mmask8)((1u << (2 * nbt)) - 1);   /* H^nbt..H^1 */
+		__m512i h = _mm512_maskz_loadu_epi64(hm, (const void *)g->hpow[64 - nbt]);
+		__m512i hk = _mm512_maskz_loadu_epi64(hm, (const void *)g->hkar[64 - nbt]);
+		__m512i t = _mm512_xor_si512(bswap512(open ? v : y), _mm512_zextsi128_si512(acc));
+		__m512i tk = _mm512_xor_si512(t, _mm512_shuffle_epi32(t, (_MM_PERM_ENUM)0x4e));
+		__m512i lo = _mm512_clmulepi64_epi128(t, h, 0x00);
+		__m512i hi = _mm512_clmulepi64_epi128(t, h, 0x11);
+		__m512i mid = _mm512_xor_si512(_mm512_clmulepi64_epi128(tk, hk, 0x00), _mm512_xor_si512(lo, hi));
+		acc = reduce(fold4(lo), fold4(mid), fold4(hi));
+	}
+	if (o.mode != W_CACHED)
+		_mm_sfence();                 /* the streamed stores before what follows */
+	*accp = acc;
+	*rp = _mm_add_epi32(*rp, _mm_cvtsi32_si128((int)(uint32_t)((len + 15) / 16)));
+	_mm256_zeroupper();
+}
+
 /* ---- the interface ---------------------------------------------------------------- */
 
 int lm_gcm_init(lm_gcm_t *g, const uint8_t *key, size_t keylen)
@@ -331,13 +519,12 @@ static T_NI __m128i ghash_bytes(const lm_gcm_t *g, __m128i acc, const uint8_t *p
 	return acc;
 }
 
-T_NI void lm_gcm_tag(const lm_gcm_t *g, const uint8_t nonce[LM_GCM_NONCE], const uint8_t *aad,
-		     size_t aadlen, const uint8_t *ct, size_t ctlen, uint8_t tag[LM_GCM_TAG])
+/* The tag from the GHASH of the additional data and the ciphertext. */
+static T_NI void finish(const lm_gcm_t *g, const uint8_t nonce[LM_GCM_NONCE], __m128i acc,
+			uint64_t aadlen, uint64_t ctlen, uint8_t tag[LM_GCM_TAG])
 {
-	__m128i acc = ghash_bytes(g, _mm_setzero_si128(), aad, aadlen);
-	acc = ghash_bytes(g, acc, ct, ctlen);
 	uint8_t lens[16];
-	uint64_t ab = (uint64_t)aadlen * 8, cb = (uint64_t)ctlen * 8;
+	uint64_t ab = aadlen * 8, cb = ctlen * 8;
 	for (int k = 0; k < 8; k++) {
 		lens[k] = (uint8_t)(ab >> (56 - 8 * k));
 		lens[8 + k] = (uint8_t)(cb >> (56 - 8 * k));
@@ -348,6 +535,14 @@ T_NI void lm_gcm_tag(const lm_gcm_t *g, const uint8_t nonce[LM_GCM_NONCE], const
 	j0[15] = 1;
 	__m128i e = aes1(g, _mm_loadu_si128((const __m128i *)j0));
 	_mm_storeu_si128((__m128i *)tag, _mm_xor_si128(bswap128(acc), e));
+}
+
+T_NI void lm_gcm_tag(const lm_gcm_t *g, const uint8_t nonce[LM_GCM_NONCE], const uint8_t *aad,
+		     size_t aadlen, const uint8_t *ct, size_t ctlen, uint8_t tag[LM_GCM_TAG])
+{
+	__m128i acc = ghash_bytes(g, _mm_setzero_si128(), aad, aadlen);
+	acc = ghash_bytes(g, acc, ct, ctlen);
+	finish(g, nonce, acc, aadlen, ctlen, tag);
 }
 
 T_NI void lm_gcm_ctr(const lm_gcm_t *g, const uint8_t nonce[LM_GCM_NONCE], uint64_t off,
@@ -381,6 +576,82 @@ T_NI void lm_gcm_ctr(const lm_gcm_t *g, const uint8_t nonce[LM_GCM_NONCE], uint6
 	}
 }
 
+/* A run without the wide units: each KiB through a buffer on the stack
+ * (an opening copies its ciphertext there first, so that it too is
+ * loaded from the caller's memory once), with ordinary stores. */
+static T_NI void run_ni(const lm_gcm_t *g, __m128i *accp, __m128i *rp, const uint8_t *in,
+			uint8_t *out, size_t len, bool open)
+{
+	uint8_t buf[1024] __attribute__((aligned(16)));
+	__m128i acc = *accp, r = *rp;
+	while (len) {
+		size_t n = len < sizeof buf ? len : sizeof buf, nb = n / 16;
+		const uint8_t *src = in;
+		if (open) {
+			memcpy(buf, in, n);
+			acc = ghash_bytes(g, acc, buf, n);
+			src = buf;
+		}
+		uint8_t *dst = open ? out : buf;
+		ctr_ni(g, r, src, dst, nb);
+		if (n % 16) {
+			uint8_t ks[16];
+			_mm_storeu_si128((__m128i *)ks, aes1(g, bswap128(_mm_add_epi32(r, _mm_cvtsi32_si128((int)nb)))));
+			for (size_t k = 0; k < n % 16; k++)
+				dst[nb * 16 + k] = src[nb * 16 + k] ^ ks[k];
+		}
+		if (!open) {
+			acc = ghash_bytes(g, acc, buf, n);
+			memcpy(out, buf, n);
+		}
+		r = _mm_add_epi32(r, _mm_cvtsi32_si128((int)(uint32_t)((n + 15) / 16)));
+		in += n;
+		out += n;
+		len -= n;
+	}
+	*accp = acc;
+	*rp = r;
+}
+
+T_NI void lm_gcm_run_begin(const lm_gcm_t *g, lm_gcm_run_t *r, const uint8_t nonce[LM_GCM_NONCE],
+			   const uint8_t *aad, size_t aadlen)
+{
+	memcpy(r->nonce, nonce, LM_GCM_NONCE);
+	_mm_storeu_si128((__m128i *)r->acc, ghash_bytes(g, _mm_setzero_si128(), aad, aadlen));
+	r->aadlen = aadlen;
+	r->len = 0;
+}
+
+static T_NI void run(const lm_gcm_t *g, lm_gcm_run_t *r, const uint8_t *in, uint8_t *out,
+		     size_t len, bool nt, bool open)
+{
+	__m128i acc = _mm_loadu_si128((const __m128i *)r->acc);
+	__m128i c = ctr_base(r->nonce, r->len / 16);
+	if (g->wide)
+		run_wide(g, &acc, &c, in, out, len, nt, open);
+	else
+		run_ni(g, &acc, &c, in, out, len, open);
+	_mm_storeu_si128((__m128i *)r->acc, acc);
+	r->len += len;
+}
+
+void lm_gcm_run_seal(const lm_gcm_t *g, lm_gcm_run_t *r, const uint8_t *in, uint8_t *out,
+		     size_t len, bool nt)
+{
+	run(g, r, in, out, len, nt, false);
+}
+
+void lm_gcm_run_open(const lm_gcm_t *g, lm_gcm_run_t *r, const uint8_t *in, uint8_t *out,
+		     size_t len, bool nt)
+{
+	run(g, r, in, out, len, nt, true);
+}
+
+T_NI void lm_gcm_run_tag(const lm_gcm_t *g, const lm_gcm_run_t *r, uint8_t tag[LM_GCM_TAG])
+{
+	finish(g, r->nonce, _mm_loadu_si128((const __m128i *)r->acc), r->aadlen, r->len, tag);
+}
+
 #else /* not x86-64: the link keeps OpenSSL's record layer */
 
 bool lm_gcm_available(void)
@@ -411,6 +682,32 @@ void lm_gcm_tag(const lm_gcm_t *g, const uint8_t nonce[LM_GCM_NONCE], const uint
 		size_t aadlen, const uint8_t *ct, size_t ctlen, uint8_t tag[LM_GCM_TAG])
 {
 	(void)g, (void)nonce, (void)aad, (void)aadlen, (void)ct, (void)ctlen;
+	memset(tag, 0, LM_GCM_TAG);
+}
+
+
+void lm_gcm_run_begin(const lm_gcm_t *g, lm_gcm_run_t *r, const uint8_t nonce[LM_GCM_NONCE],
+		      const uint8_t *aad, size_t aadlen)
+{
+	(void)g, (void)nonce, (void)aad, (void)aadlen;
+	memset(r, 0, sizeof(*r));
+}
+
+void lm_gcm_run_seal(const lm_gcm_t *g, lm_gcm_run_t *r, const uint8_t *in, uint8_t *out,
+		     size_t len, bool nt)
+{
+	(void)g, (void)r, (void)in, (void)out, (void)len, (void)nt;
+}
+
+void lm_gcm_run_open(const lm_gcm_t *g, lm_gcm_run_t *r, const uint8_t *in, uint8_t *out,
+		     size_t len, bool nt)
+{
+	(void)g, (void)r, (void)in, (void)out, (void)len, (void)nt;
+}
+
+void lm_gcm_run_tag(const lm_gcm_t *g, const lm_gcm_run_t *r, uint8_t tag[LM_GCM_TAG])
+{
+	(void)g, (void)r;
 	memset(tag, 0, LM_GCM_TAG);
 }
 

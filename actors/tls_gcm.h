@@ -61,4 +61,31 @@ void lm_gcm_ctr(const lm_gcm_t *g, const uint8_t nonce[LM_GCM_NONCE], uint64_t o
 void lm_gcm_tag(const lm_gcm_t *g, const uint8_t nonce[LM_GCM_NONCE], const uint8_t *aad,
 		size_t aadlen, const uint8_t *ct, size_t ctlen, uint8_t tag[LM_GCM_TAG]);
 
+/* Both halves in one pass (a "run"): each byte of `in` is loaded once
+ * and the GHASH is taken from the registers that carry the ciphertext
+ * (the bytes stored when sealing, the bytes loaded when opening), so the
+ * tag covers exactly what was written or decrypted whatever another
+ * writer of in or out does meanwhile (a peer's shared ring), and nothing
+ * is read back. lm_gcm_run_begin takes the additional data; then parts
+ * in order (each a multiple of 16 bytes, except the run's last);
+ * lm_gcm_run_tag ends it. nt: stores that bypass the cache, for memory
+ * another core reads next (a ring) or that is not read soon (guest
+ * memory), at any alignment of out on the wide units (the part's first
+ * and last partial lines are stored ordinarily); the part ends with a
+ * store fence. Elsewhere out gets ordinary stores and an opening copies
+ * each KiB of in to the stack first (loaded once all the same). */
+typedef struct lm_gcm_run {
+	uint8_t acc[16];              /* GHASH so far (byte-reflected) */
+	uint8_t nonce[LM_GCM_NONCE];
+	uint64_t aadlen, len;         /* bytes of each so far */
+} lm_gcm_run_t;
+
+void lm_gcm_run_begin(const lm_gcm_t *g, lm_gcm_run_t *r, const uint8_t nonce[LM_GCM_NONCE],
+		      const uint8_t *aad, size_t aadlen);
+void lm_gcm_run_seal(const lm_gcm_t *g, lm_gcm_run_t *r, const uint8_t *in, uint8_t *out,
+		     size_t len, bool nt);
+void lm_gcm_run_open(const lm_gcm_t *g, lm_gcm_run_t *r, const uint8_t *in, uint8_t *out,
+		     size_t len, bool nt);
+void lm_gcm_run_tag(const lm_gcm_t *g, const lm_gcm_run_t *r, uint8_t tag[LM_GCM_TAG]);
+
 #endif
