@@ -750,7 +750,7 @@ static int own_tx(lm_tls_link_t *l, uint8_t type, const uint8_t *p, size_t len, 
 		errno = EPIPE;
 		return -1;
 	}
-	lm_held_put(&l->out, lm_tls_rec_seal(&l->tx, type, p, len, lm_held_tail(&l->out)));
+	lm_held_put(&l->out, lm_tls_rec_seal(&l->tx, type, p, len, lm_held_tail(&l->out), false));
 	*w = len;
 	return 1;
 }

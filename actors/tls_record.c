@@ -10,8 +10,10 @@
 #include "actors/tls_record.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/uio.h>
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -72,22 +74,52 @@ static void nonce_of(const lm_tls_dir_t *d, uint8_t nonce[LM_GCM_NONCE])
 		nonce[LM_GCM_NONCE - 1 - k] ^= (uint8_t)(d->seq >> (8 * k));
 }
 
-size_t lm_tls_rec_seal(lm_tls_dir_t *d, uint8_t type, const uint8_t *p, size_t len, uint8_t *out)
+size_t lm_tls_rec_seal(lm_tls_dir_t *d, uint8_t type, const uint8_t *p, size_t len, uint8_t *out,
+		       bool nt)
 {
-	size_t body = len + 1 + LM_GCM_TAG;
-	uint8_t nonce[LM_GCM_NONCE];
+	size_t body = len + 1 + LM_GCM_TAG, whole = len & ~(size_t)15;
+	uint8_t nonce[LM_GCM_NONCE], h[LM_TLS_REC_HDR] = { LM_TLS_CT_APPDATA, 3, 3, (uint8_t)(body >> 8),
+							     (uint8_t)body };
+	uint8_t last[16 + 1], tag[LM_GCM_TAG];
 	nonce_of(d, nonce);
-	out[0] = LM_TLS_CT_APPDATA;
-	out[1] = 3;
-	out[2] = 3;
-	out[3] = (uint8_t)(body >> 8);
-	out[4] = (uint8_t)body;
+	memcpy(out, h, sizeof h);
 	uint8_t *ct = out + LM_TLS_REC_HDR;
-	lm_gcm_ctr(&d->gcm, nonce, 0, p, ct, len);
-	lm_gcm_ctr(&d->gcm, nonce, len, &type, ct + len, 1);
-	lm_gcm_tag(&d->gcm, nonce, out, LM_TLS_REC_HDR, ct, len + 1, ct + len + 1);
+	/* one pass: the whole blocks, then the rest of the content with
+	 * the type after it (from a copy, so each byte is read once) */
+	lm_gcm_run_t r;
+	lm_gcm_run_begin(&d->gcm, &r, nonce, h, sizeof h);
+	lm_gcm_run_seal(&d->gcm, &r, p, ct, whole, nt);
+	memcpy(last, p + whole, len - whole);
+	last[len - whole] = type;
+	lm_gcm_run_seal(&d->gcm, &r, last, ct + whole, len - whole + 1, nt);
+	lm_gcm_run_tag(&d->gcm, &r, tag);
+	memcpy(ct + len + 1, tag, sizeof tag);
 	d->seq++;
 	return LM_TLS_REC_HDR + body;
+}
+
+/* A record's header: its body's length, or -errno with why. */
+static long body_of(const uint8_t h[LM_TLS_REC_HDR], char *why, size_t whylen)
+{
+	if (h[0] != LM_TLS_CT_APPDATA || h[1] != 3) {
+		snprintf(why, whylen, "TLS: not a TLS 1.3 record (type %u, version %u.%u)", h[0], h[1],
+			 h[2]);
+		return -EPROTO;
+	}
+	size_t body = (size_t)h[3] << 8 | h[4];
+	if (body < 1 + LM_GCM_TAG || body > LM_TLS_REC_CIPHER_MAX) {
+		snprintf(why, whylen, "TLS: a record of %zu bytes (%u to %u allowed)", body,
+			 1 + LM_GCM_TAG, LM_TLS_REC_CIPHER_MAX);
+		return -EMSGSIZE;
+	}
+	return (long)body;
+}
+
+static long altered(const lm_tls_dir_t *d, size_t body, char *why, size_t whylen)
+{
+	snprintf(why, whylen, "a TLS record failed its authentication: the stream was altered on the "
+		 "way (record %llu, %zu bytes)", (unsigned long long)d->seq, body);
+	return -EBADMSG;
 }
 
 long lm_tls_rec_open(lm_tls_dir_t *d, const uint8_t *buf, size_t have, lm_tls_opened_t *o,
@@ -97,17 +129,10 @@ long lm_tls_rec_open(lm_tls_dir_t *d, const uint8_t *buf, size_t have, lm_tls_op
 		*need = LM_TLS_REC_HDR;
 		return 0;
 	}
-	if (buf[0] != LM_TLS_CT_APPDATA || buf[1] != 3) {
-		snprintf(why, whylen, "TLS: not a TLS 1.3 record (type %u, version %u.%u)", buf[0],
-			 buf[1], buf[2]);
-		return -EPROTO;
-	}
-	size_t body = (size_t)buf[3] << 8 | buf[4];
-	if (body < 1 + LM_GCM_TAG || body > LM_TLS_REC_CIPHER_MAX) {
-		snprintf(why, whylen, "TLS: a record of %zu bytes (%u to %u allowed)", body,
-			 1 + LM_GCM_TAG, LM_TLS_REC_CIPHER_MAX);
-		return -EMSGSIZE;
-	}
+	long b = body_of(buf, why, whylen);
+	if (b < 0)
+		return b;
+	size_t body = (size_t)b;
 	if (have < LM_TLS_REC_HDR + body) {
 		*need = LM_TLS_REC_HDR + body;
 		return 0;
@@ -117,11 +142,8 @@ long lm_tls_rec_open(lm_tls_dir_t *d, const uint8_t *buf, size_t have, lm_tls_op
 	uint8_t tag[LM_GCM_TAG];
 	nonce_of(d, o->nonce);
 	lm_gcm_tag(&d->gcm, o->nonce, buf, LM_TLS_REC_HDR, ct, clen, tag);
-	if (CRYPTO_memcmp(tag, ct + clen, LM_GCM_TAG) != 0) {
-		snprintf(why, whylen, "a TLS record failed its authentication: the stream was altered "
-			 "on the way (record %llu, %zu bytes)", (unsigned long long)d->seq, body);
-		return -EBADMSG;
-	}
+	if (CRYPTO_memcmp(tag, ct + clen, LM_GCM_TAG) != 0)
+		return altered(d, body, why, whylen);
 	if (clen > LM_TLS_REC_PLAIN_MAX + 1) {
 		snprintf(why, whylen, "TLS: a record's plaintext of %zu bytes (%u at most)", clen,
 			 LM_TLS_REC_PLAIN_MAX + 1);
@@ -156,4 +178,71 @@ void lm_tls_rec_read(const lm_tls_dir_t *d, const lm_tls_opened_t *o, size_t off
 		     size_t n)
 {
 	lm_gcm_ctr(&d->gcm, o->nonce, off, o->ct + off, dst, n);
+}
+
+long lm_tls_rec_open_into(lm_tls_dir_t *d, const uint8_t *buf, size_t have, const struct iovec *iov,
+			  int n, size_t *got, char *why, size_t whylen)
+{
+	uint8_t h[LM_TLS_REC_HDR];
+	if (have < LM_TLS_REC_HDR)
+		return 0;
+	memcpy(h, buf, sizeof h);     /* (read once: its length and the AAD) */
+	long b = body_of(h, why, whylen);
+	if (b < 0)
+		return b;
+	size_t body = (size_t)b, clen = body - LM_GCM_TAG;
+	/* the blocks before the last byte go straight to iov: content
+	 * unless the record is padded (the content type and padding come
+	 * after the content) */
+	size_t direct = (clen - 1) & ~(size_t)15, rest = clen - direct, room = 0;
+	if (have < LM_TLS_REC_HDR + body || direct < LM_TLS_OPEN_INTO_MIN || clen > LM_TLS_REC_PLAIN_MAX + 1)
+		return 0;
+	int k = 0;
+	for (; k < n && room < direct; k++) {
+		size_t len = iov[k].iov_len < direct - room ? iov[k].iov_len : direct - room;
+		if (len % 16)
+			return 0;             /* (a run's parts are whole blocks) */
+		room += len;
+	}
+	if (room < direct)
+		return 0;
+	const uint8_t *ct = buf + LM_TLS_REC_HDR;
+	uint8_t end[16 + LM_GCM_TAG], pt[16], tag[LM_GCM_TAG];
+	memcpy(end, ct + direct, rest + LM_GCM_TAG);
+	lm_gcm_run_t r;
+	uint8_t nonce[LM_GCM_NONCE];
+	nonce_of(d, nonce);
+	lm_gcm_run_begin(&d->gcm, &r, nonce, h, sizeof h);
+	for (size_t off = 0, i = 0; off < direct; i++) {
+		size_t len = iov[i].iov_len < direct - off ? iov[i].iov_len : direct - off;
+		lm_gcm_run_open(&d->gcm, &r, ct + off, iov[i].iov_base, len, true);
+		off += len;
+	}
+	lm_gcm_run_open(&d->gcm, &r, end, pt, rest, false);
+	lm_gcm_run_tag(&d->gcm, &r, tag);
+	if (CRYPTO_memcmp(tag, end + rest, LM_GCM_TAG) != 0)
+		return altered(d, body, why, whylen);
+	size_t t = rest;
+	while (t && pt[t - 1] == 0)
+		t--;
+	if (!t || pt[t - 1] != LM_TLS_CT_APPDATA)
+		return 0;     /* padded past its last block, or not data */
+	/* the content's last bytes, after the direct ones */
+	size_t more = t - 1, at = 0, i = 0, skip = direct;
+	for (; i < (size_t)n && more; i++) {
+		if (skip >= iov[i].iov_len) {
+			skip -= iov[i].iov_len;
+			continue;
+		}
+		size_t c = iov[i].iov_len - skip < more ? iov[i].iov_len - skip : more;
+		memcpy((uint8_t *)iov[i].iov_base + skip, pt + at, c);
+		at += c;
+		more -= c;
+		skip = 0;
+	}
+	if (more)
+		return 0;             /* (no room for them: the usual way) */
+	d->seq++;
+	*got = direct + t - 1;
+	return (long)(LM_TLS_REC_HDR + body);
 }

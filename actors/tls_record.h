@@ -7,10 +7,13 @@
  * Why: OpenSSL copies every record's plaintext into its own buffer before
  * sealing it and out of its buffer after opening it, and seals one AES
  * block per instruction. Here a record is sealed from where its bytes lie
- * (guest memory) into the link's output buffer, and opened in the receive
- * buffer: authenticated first (GHASH over the ciphertext), then decrypted
- * piece by piece straight to where the engine wants its bytes, so that no
- * byte leaves the receive buffer unauthenticated (actors/tls_gcm.h).
+ * (guest memory) into the link's output buffer or a ring, in one pass
+ * (actors/tls_gcm.h, lm_gcm_run_*), and opened either in the receive
+ * buffer, authenticated first (GHASH over the ciphertext) and then
+ * decrypted piece by piece straight to where the engine wants its bytes,
+ * so that no byte leaves the receive buffer unauthenticated; or, whole in
+ * a peer's ring, in one pass straight into the engine's buffers, counted
+ * only once its tag checks (lm_tls_rec_open_into).
  *
  * Keys come from the session's traffic secrets (HKDF-Expand-Label "key"
  * and "iv"); each direction counts its records from the sequence number
@@ -62,8 +65,11 @@ int lm_tls_dir_init(lm_tls_dir_t *d, const uint8_t *secret, size_t slen, bool sh
 void lm_tls_dir_wipe(lm_tls_dir_t *d);
 
 /* Seals content p (len <= LM_TLS_REC_PLAIN_MAX) of `type` as one record
- * into out (room for len + LM_TLS_REC_OVERHEAD): the record's length. */
-size_t lm_tls_rec_seal(lm_tls_dir_t *d, uint8_t type, const uint8_t *p, size_t len, uint8_t *out);
+ * into out (room for len + LM_TLS_REC_OVERHEAD) in one pass, each byte of
+ * p read once and nothing of out read back (lm_gcm_run_*): the record's
+ * length. nt: streamed stores (out is a ring the peer reads next). */
+size_t lm_tls_rec_seal(lm_tls_dir_t *d, uint8_t type, const uint8_t *p, size_t len, uint8_t *out,
+		       bool nt);
 
 /* Opens the record at the front of buf (have bytes): its whole length
  * when it is there and authentic (*o says what it holds); 0 when more
@@ -73,6 +79,21 @@ size_t lm_tls_rec_seal(lm_tls_dir_t *d, uint8_t type, const uint8_t *p, size_t l
  * why says which. */
 long lm_tls_rec_open(lm_tls_dir_t *d, const uint8_t *buf, size_t have, lm_tls_opened_t *o,
 		     size_t *need, char *why, size_t whylen);
+/* Opens the whole record at the front of buf (have bytes, in a peer's
+ * ring: each byte read once) straight into the gather list iov, in one
+ * pass with streamed stores (lm_gcm_run_open): its length, with *got
+ * content bytes in iov, when it is authentic application data of at
+ * least LM_TLS_OPEN_INTO_MIN bytes, whole in buf, whose content fits in
+ * iov (in parts that are whole 16-byte blocks up to its last block), not
+ * padded past that block; -EBADMSG (altered), -EPROTO or -EMSGSIZE (a
+ * bad header) with why, as lm_tls_rec_open; else 0, nothing consumed:
+ * open it with lm_tls_rec_open. Where it fails, or returns 0 after the
+ * check, iov holds what it decrypted: the caller uses only *got bytes
+ * of a record that opened. */
+#define LM_TLS_OPEN_INTO_MIN 1024u
+struct iovec;
+long lm_tls_rec_open_into(lm_tls_dir_t *d, const uint8_t *buf, size_t have, const struct iovec *iov,
+			  int n, size_t *got, char *why, size_t whylen);
 /* Decrypts content bytes [off, off + n) of an opened record into dst. */
 void lm_tls_rec_read(const lm_tls_dir_t *d, const lm_tls_opened_t *o, size_t off, uint8_t *dst,
 		     size_t n);

@@ -200,7 +200,7 @@ static double own_seal_ms_per_gib(void)
 	for (int rep = 0; rep < 3 && in && out; rep++) {
 		uint64_t t0 = lm_now_ns();
 		for (size_t done = 0; done < TOTAL; done += REC)
-			(void)lm_tls_rec_seal(&d, LM_TLS_CT_APPDATA, in, REC, out);
+			(void)lm_tls_rec_seal(&d, LM_TLS_CT_APPDATA, in, REC, out, false);
 		double ms = (double)(lm_now_ns() - t0) / 1e6 * (double)(1u << 30) / TOTAL;
 		if (ms < best)
 			best = ms;

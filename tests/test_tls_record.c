@@ -17,6 +17,10 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/uio.h>
+#include <stdbool.h>
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
 #include <openssl/kdf.h>
@@ -107,6 +111,139 @@ static void test_aes_gcm_matches_openssl_on_both_paths(void **state)
 	printf("# %u cases on %s\n", checked, lm_gcm_unit());
 }
 
+/* Cuts [0, len) into parts for a run: each a multiple of 16 but the
+ * last; *np parts, their ends in cut[]. */
+static int run_cuts(size_t len, size_t *cut)
+{
+	int n = 0;
+	size_t at = 0;
+	while (at < len && n < 7) {
+		size_t step = (rnd() % 3 == 0 ? rnd() % 64 : rnd() % 6000) * 16;
+		if (at + step >= len)
+			break;
+		at += step;
+		cut[n++] = at;
+	}
+	cut[n++] = len;
+	return n;
+}
+
+/* A run (one pass: lm_gcm_run_*) seals and opens what EVP does, in parts
+ * cut anywhere on a block, on both paths, with ordinary and streamed
+ * stores at every alignment of out; nothing is written outside out. */
+static void test_a_run_in_one_pass_matches_openssl(void **state)
+{
+	(void)state;
+	static uint8_t in[17000], want[17000], buf[17000 + 192];
+	uint8_t key[32], nonce[12], aad[48], tw[16], tg[16];
+	unsigned checked = 0;
+	for (int it = 0; it < 1200; it++) {
+		size_t kl = it & 1 ? 32 : 16;
+		size_t len = it < 40 ? edge_len[(it / 2) % 20] : rnd() % sizeof in;
+		size_t al = rnd() % sizeof aad;
+		fill(key, sizeof key);
+		fill(nonce, sizeof nonce);
+		fill(aad, al);
+		fill(in, len);
+		evp_seal(key, kl, nonce, aad, al, in, len, want, tw);
+		size_t cut[8];
+		int nc = run_cuts(len, cut);
+		for (int wide = 0; wide < 2; wide++) {
+			lm_gcm_t g;
+			if (lm_gcm_init(&g, key, kl))
+				skip();
+			if (wide && !g.wide)
+				continue;
+			g.wide = wide;
+			bool nt = rnd() & 1;
+			size_t at = 64 + rnd() % 64;     /* out at every alignment */
+			for (int open = 0; open < 2; open++) {
+				memset(buf, 0xa5, sizeof buf);
+				lm_gcm_run_t r;
+				lm_gcm_run_begin(&g, &r, nonce, aad, al);
+				for (int k = 0, from = 0; k < nc; from = (int)cut[k], k++) {
+					const uint8_t *src = open ? want : in;
+					if (open)
+						lm_gcm_run_open(&g, &r, src + from, buf + at + from, cut[k] - from, nt);
+					else
+						lm_gcm_run_seal(&g, &r, src + from, buf + at + from, cut[k] - from, nt);
+				}
+				lm_gcm_run_tag(&g, &r, tg);
+				assert_memory_equal(tg, tw, 16);
+				if (len)
+					assert_memory_equal(buf + at, open ? in : want, len);
+				for (size_t k = 0; k < at; k++)
+					assert_int_equal(buf[k], 0xa5);
+				for (size_t k = at + len; k < sizeof buf; k++)
+					assert_int_equal(buf[k], 0xa5);
+				checked++;
+			}
+			lm_gcm_wipe(&g);
+		}
+	}
+	printf("# %u runs on %s\n", checked, lm_gcm_unit());
+}
+
+/* The ciphertext under a run being opened changes all the while (a peer
+ * writing its ring): the tag must be of the very bytes decrypted, which
+ * holds only if each is loaded once. The bytes decrypted are found again
+ * by encrypting the output (the counter mode is its own inverse). */
+struct flipper {
+	uint8_t *p;
+	size_t len;
+	atomic_int stop;
+};
+
+static void *flip_main(void *arg)
+{
+	struct flipper *f = arg;
+	uint64_t x = 88172645463325252ull;
+	while (!atomic_load_explicit(&f->stop, memory_order_relaxed)) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		__atomic_fetch_xor(&f->p[x % f->len], (uint8_t)(1u << (x >> 61)), __ATOMIC_RELAXED);
+	}
+	return NULL;
+}
+
+static void test_an_opening_run_authenticates_what_it_decrypts_under_a_writer(void **state)
+{
+	(void)state;
+	enum { LEN = 16384 + 1 };
+	static uint8_t ct[LEN], out[LEN], again[LEN];
+	uint8_t key[16], nonce[12], aad[5] = { 23, 3, 3, 0x40, 0x11 }, tg[16], tw[16];
+	fill(key, sizeof key);
+	fill(nonce, sizeof nonce);
+	fill(ct, sizeof ct);
+	lm_gcm_t g;
+	if (lm_gcm_init(&g, key, sizeof key))
+		skip();
+	struct flipper f = { ct, LEN, 0 };
+	pthread_t th;
+	assert_int_equal(pthread_create(&th, NULL, flip_main, &f), 0);
+	unsigned changed = 0;
+	for (int it = 0; it < 400; it++) {
+		lm_gcm_run_t r;
+		lm_gcm_run_begin(&g, &r, nonce, aad, sizeof aad);
+		lm_gcm_run_open(&g, &r, ct, out, LEN - 1, it & 1);
+		lm_gcm_run_open(&g, &r, ct + LEN - 1, out + LEN - 1, 1, it & 1);
+		lm_gcm_run_tag(&g, &r, tg);
+		lm_gcm_ctr(&g, nonce, 0, out, again, LEN);   /* the ciphertext it decrypted */
+		lm_gcm_tag(&g, nonce, aad, sizeof aad, again, LEN, tw);
+		assert_memory_equal(tg, tw, 16);
+		for (size_t k = 0; k < LEN; k++)   /* (the writer's bytes, as TSan allows) */
+			if (again[k] != __atomic_load_n(&ct[k], __ATOMIC_RELAXED)) {
+				changed++;
+				break;
+			}
+	}
+	atomic_store(&f.stop, 1);
+	pthread_join(th, NULL);
+	printf("# 400 runs under a writer, %u of them decrypted bytes that were changed since\n", changed);
+	lm_gcm_wipe(&g);
+}
+
 /* TLS 1.3's key schedule by OpenSSL's own KDF ("TLS13-KDF") */
 static void evp_expand_label(const uint8_t *secret, size_t sl, const char *md, const char *label, uint8_t *out,
 			     size_t len)
@@ -172,7 +309,7 @@ static void test_records_match_the_rfc_built_with_openssl(void **state)
 			size_t len = seq == 5 ? 0 : seq == 6 ? 16384 : rnd() % 16385;
 			fill(content, len);
 			uint8_t type = seq % 7 == 0 ? LM_TLS_CT_ALERT : LM_TLS_CT_APPDATA;
-			size_t n = lm_tls_rec_seal(&tx, type, content, len, mine);
+			size_t n = lm_tls_rec_seal(&tx, type, content, len, mine, seq % 2);
 			assert_int_equal(n, len + LM_TLS_REC_OVERHEAD);
 			assert_int_equal(evp_record(key, kl, iv, seq, type, content, len, 0, ref), n);
 			assert_memory_equal(mine, ref, n);             /* byte for byte */
@@ -218,7 +355,7 @@ static void test_bad_records_are_refused_saying_why(void **state)
 	assert_int_equal(lm_tls_dir_init(&tx, secret, 32, false, 16, 0), 0);
 	static uint8_t content[4000], rec[17000], bad[17000];
 	fill(content, sizeof content);
-	size_t n = lm_tls_rec_seal(&tx, LM_TLS_CT_APPDATA, content, sizeof content, rec);
+	size_t n = lm_tls_rec_seal(&tx, LM_TLS_CT_APPDATA, content, sizeof content, rec, false);
 	lm_tls_opened_t o;
 	size_t need = 0;
 	char why[200];
@@ -285,12 +422,119 @@ static void test_bad_records_are_refused_saying_why(void **state)
 	lm_tls_dir_wipe(&rx);
 }
 
+/* A record opened straight into a gather list (lm_tls_rec_open_into, the
+ * destination's way out of the rings): the same content as the usual
+ * way, in pages cut anywhere on a block; 0 and nothing counted for what
+ * it leaves to the usual way; a flipped bit is altered, a bad header
+ * refused as lm_tls_rec_open refuses it. */
+static void test_a_record_opens_straight_into_pages(void **state)
+{
+	(void)state;
+	if (!strcmp(lm_gcm_unit(), "none"))
+		skip();
+	uint8_t secret[32], key[16], iv[12];
+	fill(secret, sizeof secret);
+	evp_expand_label(secret, 32, "SHA256", "key", key, 16);
+	evp_expand_label(secret, 32, "SHA256", "iv", iv, 12);
+	lm_tls_dir_t rx;
+	static uint8_t content[16384], rec[17000], bad[17000], pages[5][4096 + 64];
+	char why[200];
+	size_t got;
+	assert_int_equal(lm_tls_dir_init(&rx, secret, 32, false, 16, 0), 0);
+	for (uint64_t seq = 0; seq < 200; seq++) {
+		size_t len = seq == 0 ? 16384 : seq == 1 ? 1024 : 1024 + rnd() % (16384 - 1024 + 1);
+		fill(content, len);
+		size_t n = evp_record(key, 16, iv, seq, LM_TLS_CT_APPDATA, content, len, 0, rec);
+		/* five pieces: the first four cut on blocks, the last anything */
+		struct iovec v[5];
+		size_t left = len + 64;
+		for (int k = 0; k < 5; k++) {
+			size_t l = k < 4 ? (rnd() % 257) * 16 : left;
+			l = l < left ? l : left;
+			if (l > sizeof pages[k])
+				l = sizeof pages[k];
+			v[k] = (struct iovec){ pages[k], l };
+			left -= l;
+			memset(pages[k], 0xa5, sizeof pages[k]);
+		}
+		size_t room = 0;
+		for (int k = 0; k < 5; k++)
+			room += v[k].iov_len;
+		size_t whole = 0;             /* blocks before the last byte fit in whole-block pieces */
+		for (int k = 0; k < 5 && whole < ((len) & ~(size_t)15); k++) {
+			size_t want = (len & ~(size_t)15) - whole;
+			if (v[k].iov_len % 16 && v[k].iov_len < want)
+				break;
+			whole += v[k].iov_len < want ? v[k].iov_len : want;
+		}
+		bool fits = room >= len && whole >= (len & ~(size_t)15);
+		long r = lm_tls_rec_open_into(&rx, rec, n, v, 5, &got, why, sizeof why);
+		if (!fits) {
+			assert_int_equal(r, 0);
+			assert_int_equal(rx.seq, seq);
+			lm_tls_opened_t o;
+			size_t need;
+			assert_int_equal(lm_tls_rec_open(&rx, rec, n, &o, &need, why, sizeof why), (long)n);
+			continue;
+		}
+		assert_int_equal(r, (long)n);
+		assert_int_equal(got, len);
+		assert_int_equal(rx.seq, seq + 1);
+		size_t at = 0;
+		for (int k = 0; k < 5 && at < len; k++) {
+			size_t c = v[k].iov_len < len - at ? v[k].iov_len : len - at;
+			assert_memory_equal(pages[k], content + at, c);
+			at += c;
+			if (c < sizeof pages[k] && c == len - at + c && k < 4)
+				assert_int_equal(pages[k][c], 0xa5);   /* nothing past the content */
+		}
+	}
+	uint64_t seq = rx.seq;
+	fill(content, 8192);
+	struct iovec v[2] = { { pages[0], 4096 }, { pages[1], 4096 } };
+	/* left to the usual way, nothing counted: a record short of whole,
+	 * too small, padded past its last block, an alert, no room */
+	size_t n = evp_record(key, 16, iv, seq, LM_TLS_CT_APPDATA, content, 8192, 0, rec);
+	assert_int_equal(lm_tls_rec_open_into(&rx, rec, n - 1, v, 2, &got, why, sizeof why), 0);
+	assert_int_equal(lm_tls_rec_open_into(&rx, rec, n, v, 1, &got, why, sizeof why), 0);
+	size_t pn = evp_record(key, 16, iv, seq, LM_TLS_CT_APPDATA, content, 1000, 0, bad);
+	assert_int_equal(lm_tls_rec_open_into(&rx, bad, pn, v, 2, &got, why, sizeof why), 0);
+	pn = evp_record(key, 16, iv, seq, LM_TLS_CT_APPDATA, content, 4000, 40, bad);
+	assert_int_equal(lm_tls_rec_open_into(&rx, bad, pn, v, 2, &got, why, sizeof why), 0);
+	pn = evp_record(key, 16, iv, seq, LM_TLS_CT_ALERT, content, 4000, 0, bad);
+	assert_int_equal(lm_tls_rec_open_into(&rx, bad, pn, v, 2, &got, why, sizeof why), 0);
+	assert_int_equal(rx.seq, seq);
+	/* a bit flipped anywhere after the length: altered */
+	for (size_t pos = 5; pos < n; pos += 1 + pos / 5) {
+		memcpy(bad, rec, n);
+		bad[pos] ^= (uint8_t)(1u << (pos % 8));
+		why[0] = 0;
+		assert_int_equal(lm_tls_rec_open_into(&rx, bad, n, v, 2, &got, why, sizeof why), -EBADMSG);
+		assert_non_null(strstr(why, "the stream was altered"));
+		assert_int_equal(rx.seq, seq);
+	}
+	/* a bad header as lm_tls_rec_open says it */
+	memcpy(bad, rec, n);
+	bad[0] = 22;
+	assert_int_equal(lm_tls_rec_open_into(&rx, bad, n, v, 2, &got, why, sizeof why), -EPROTO);
+	assert_non_null(strstr(why, "not a TLS 1.3 record"));
+	/* and the record itself still opens */
+	assert_int_equal(lm_tls_rec_open_into(&rx, rec, n, v, 2, &got, why, sizeof why), (long)n);
+	assert_int_equal(got, 8192);
+	assert_memory_equal(pages[0], content, 4096);
+	assert_memory_equal(pages[1], content + 4096, 4096);
+	lm_tls_dir_wipe(&rx);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_aes_gcm_matches_openssl_on_both_paths),
+		cmocka_unit_test(test_a_run_in_one_pass_matches_openssl),
+		cmocka_unit_test(test_an_opening_run_authenticates_what_it_decrypts_under_a_writer),
 		cmocka_unit_test(test_records_match_the_rfc_built_with_openssl),
 		cmocka_unit_test(test_bad_records_are_refused_saying_why),
+		cmocka_unit_test(test_a_record_opens_straight_into_pages),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -11,6 +11,10 @@
  *         content type under the padding, the lengths) is reached; it
  *         must open to that type and content, or be refused for having
  *         no type (type 0) or too long a plaintext.
+ * In both modes each record is first offered to lm_tls_rec_open_into (the
+ * way out of a ring, into three pieces cut where byte 0 says), which must
+ * agree with lm_tls_rec_open: the same refusal, or the same length,
+ * type and content, or 0 with nothing counted.
  * Seeds: tests/fuzz/corpus/tls_record.
  */
 #include "actors/tls_record.h"
@@ -20,6 +24,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/uio.h>
 
 static lm_tls_dir_t rx;       /* (its keys also seal the odd inputs) */
 static int ready;
@@ -30,6 +35,49 @@ static void setup(void)
 	if (lm_tls_dir_init(&rx, secret, sizeof secret, false, 16, 0))
 		__builtin_trap();
 	ready = 1;
+}
+
+/* Opens the record at p the one-pass way (nothing of rx kept): what
+ * lm_tls_rec_open must then say of it; *got and into[] hold its content,
+ * in pieces of 4096, 16 * (cut >> 1) and 20000 bytes. */
+static uint8_t into[3][20000];
+static size_t into_len[3];
+
+static long open_into(const uint8_t *p, size_t left, uint8_t cut, size_t *got)
+{
+	into_len[0] = 4096;
+	into_len[1] = 16u * (cut >> 1);
+	into_len[2] = sizeof into[2];
+	struct iovec v[3];
+	for (int k = 0; k < 3; k++)
+		v[k] = (struct iovec){ into[k], into_len[k] };
+	char why[200] = "";
+	uint64_t seq = rx.seq;
+	*got = 0;
+	long r = lm_tls_rec_open_into(&rx, p, left, v, 3, got, why, sizeof why);
+	if ((r < 0 && !why[0]) || (r <= 0 && rx.seq != seq) || (r > 0 && rx.seq != seq + 1))
+		__builtin_trap();
+	rx.seq = seq;
+	return r;
+}
+
+/* lm_tls_rec_open said r of the same record (o): the two agree. */
+static void agree(long ri, size_t got, long r, const lm_tls_opened_t *o)
+{
+	if (ri < 0 && r != ri)
+		__builtin_trap();
+	if (ri <= 0)
+		return;
+	static uint8_t plain[LM_TLS_REC_PLAIN_MAX];
+	if (r != ri || o->type != LM_TLS_CT_APPDATA || o->len != got)
+		__builtin_trap();
+	lm_tls_rec_read(&rx, o, 0, plain, o->len);    /* (by the record's own nonce) */
+	for (size_t k = 0, at = 0; k < 3 && at < got; k++) {
+		size_t c = into_len[k] < got - at ? into_len[k] : got - at;
+		if (memcmp(into[k], plain + at, c) != 0)
+			__builtin_trap();
+		at += c;
+	}
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -47,7 +95,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		const uint8_t *p = data + 1;
 		size_t left = size - 1;
 		for (;;) {
+			size_t got;
+			long ri = open_into(p, left, data[0], &got);
 			long r = lm_tls_rec_open(&rx, p, left, &o, &need, why, sizeof why);
+			agree(ri, got, r, &o);
 			if (r <= 0) {
 				if (r < 0 && !why[0])
 					__builtin_trap();
@@ -86,7 +137,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	memcpy(nonce, rx.iv, sizeof nonce);          /* record 0: the IV itself */
 	lm_gcm_ctr(&rx.gcm, nonce, 0, ct, ct, inner);
 	lm_gcm_tag(&rx.gcm, nonce, buf, 5, ct, inner, ct + inner);
+	size_t got;
+	long ri = open_into(buf, 5 + body, data[1] ^ data[2], &got);
 	long r = lm_tls_rec_open(&rx, buf, 5 + body, &o, &need, why, sizeof why);
+	agree(ri, got, r, &o);
 	bool none = true;
 	for (size_t i = 0; i < len + 1; i++)
 		none = none && (i < len ? data[3 + i] : type) == 0;
