@@ -6,9 +6,10 @@
  * The engine's record layer is ours (tls_record.h) where the CPU has
  * VAES and the suite is AES-GCM: once the handshake is done the session's
  * traffic secrets (OpenSSL's key log callback) key our records, which
- * seal from guest memory into the output buffer below and open in a
- * receive buffer of RBUF_CAP, authenticated before any byte of a record
- * is decrypted into the engine's buffers; an alert (close_notify) or a
+ * seal from guest memory into the output buffer below (or the ring) and
+ * open in a receive buffer of RBUF_CAP, authenticated before any byte of
+ * a record is decrypted into the engine's buffers (or, out of the ring,
+ * authenticated as they are decrypted and counted after); an alert (close_notify) or a
  * post-handshake message arrives as a record of its own type. Elsewhere
  * it is the SSL object itself. Either way the engine thread uses it
  * alone once the link is handed over: send seals records straight
@@ -31,11 +32,16 @@
  * Over a unix socket our records may leave the socket for shared-memory
  * rings (hcs/ring_link.h), which the engine negotiates in its hello: the
  * link passes a ring's memfd with the bytes it puts on the socket
- * (pass_fd) and keeps one that came with the bytes it read (take_fd);
- * over_rings then moves its output buffer's drain into the rings and its
- * reads out of them into rbuf (the copy that makes authentication safe
- * from a writer of the ring). Records are still sealed here and copied
- * in: the seal reads back the ciphertext it wrote.
+ * (pass_fd) and keeps one that came with the bytes it read (take_fd).
+ * Over the rings each record is sealed straight into the ring (reserved,
+ * sealed in one pass with streamed stores, committed; what the output
+ * buffer held from before goes first), and each record the engine's
+ * receive can take whole is opened straight out of the ring into the
+ * engine's buffers in one pass (own_into: every byte of the ring read
+ * once, the record counted only once its tag checks). The others are
+ * copied out of the ring into rbuf one record at a time and opened there.
+ * On the socket a record is sealed into the output buffer, which costs a
+ * copy into the kernel and one out of it: two more than the rings.
  *
  * The relay moves bytes both ways between the TLS socket and its end of a
  * socketpair, each way through a buffer of its own, and keeps half-closes
@@ -141,6 +147,7 @@ struct lm_tls_link {
 					 (hcs/ring_link.h), NULL: the socket */
 	int got_fd;                   /* own: an fd that came with the socket's
 					 bytes (take_fd), -1 */
+	unsigned long long ring_sealed, ring_opened; /* own: records in one pass */
 	pthread_mutex_t mu;
 	bool tampered;                /* mu */
 	char why[200];                /* mu */
@@ -735,21 +742,45 @@ static void out_method_make(void)
 
 /* ---- our records (tls_record.h) ------------------------------------------------ */
 
-/* Seals up to one record of p into the output buffer: 1 (*w: how much),
- * or -1 with errno (EAGAIN: no room until the socket drains; else the
- * link failed). */
+/* Seals up to one record of p into the output buffer, or over the
+ * rings straight into the ring, in one pass with streamed stores (after
+ * what the output buffer still holds from before): 1 (*w: how much), or
+ * -1 with errno (EAGAIN: no room until the socket or the peer drains;
+ * else the link failed). */
 static int own_tx(lm_tls_link_t *l, uint8_t type, const uint8_t *p, size_t len, size_t *w)
 {
 	if (len > LM_TLS_REC_PLAIN_MAX)
 		len = LM_TLS_REC_PLAIN_MAX;
-	int rc = lm_held_room(&l->out, l->fd, len + LM_TLS_REC_OVERHEAD);
-	if (rc < 0)
-		return out_failed(l, rc);
 	if (l->tx.seq == UINT64_MAX) {        /* (never, in a migration's life) */
 		link_fail(l, false, "TLS: the link's record count is spent");
 		errno = EPIPE;
 		return -1;
 	}
+	if (l->lower) {
+		int rc = out_drain(l);
+		if (rc < 0)
+			return out_failed(l, rc);
+		uint8_t *d = lm_ring_reserve(l->lower, len + LM_TLS_REC_OVERHEAD);
+		if (!d) {
+			if (errno != EAGAIN) {
+				char why[200];
+				snprintf(why, sizeof why, "TLS: sending to the peer: %s", strerror(errno));
+				link_fail(l, false, why);
+			}
+			return -1;
+		}
+		size_t n = lm_tls_rec_seal(&l->tx, type, p, len, d, true);
+		if (lm_ring_commit(l->lower, n) < 0) {
+			link_fail(l, false, "TLS: sending to the peer: the ring refused a record");
+			return -1;
+		}
+		l->ring_sealed++;
+		*w = len;
+		return 1;
+	}
+	int rc = lm_held_room(&l->out, l->fd, len + LM_TLS_REC_OVERHEAD);
+	if (rc < 0)
+		return out_failed(l, rc);
 	lm_held_put(&l->out, lm_tls_rec_seal(&l->tx, type, p, len, lm_held_tail(&l->out), false));
 	*w = len;
 	return 1;
@@ -822,7 +853,12 @@ static int own_next(lm_tls_link_t *l)
 			l->rlen -= l->roff;
 			l->roff = 0;
 		}
-		ssize_t n = own_read(l, l->rbuf + l->rlen, RBUF_CAP - l->rlen);
+		/* over the rings, this record's bytes alone: the next ones may
+		 * open straight out of the ring (io_recv) */
+		size_t cap = RBUF_CAP - l->rlen;
+		if (l->lower && need - (l->rlen - l->roff) < cap)
+			cap = need - (l->rlen - l->roff);
+		ssize_t n = own_read(l, l->rbuf + l->rlen, cap);
 		if (n > 0) {
 			l->rlen += (size_t)n;
 			continue;
@@ -1001,6 +1037,41 @@ static ssize_t look_fill(lm_tls_link_t *l, size_t want)
 	return 1;
 }
 
+/* Over the rings, the next record opened straight out of the ring into
+ * the engine's buffers (iov from `off` into its first), in one pass:
+ * each byte of the ring read once, authenticated as it is decrypted, and
+ * nothing of it counted before the tag is checked (tls_record.h,
+ * lm_tls_rec_open_into). 1 with *got, -1 the link failed (errno), or 0:
+ * the usual way (rx_some) takes it: a record not yet whole, a small one,
+ * or nothing read ahead may be pending. */
+static int own_into(lm_tls_link_t *l, const struct iovec *iov, int n, size_t off, size_t *got)
+{
+	if (!l->lower || !l->own || (l->cur_open && l->cur_off < l->cur.len) || l->roff < l->rlen)
+		return 0;
+	struct iovec v[8];
+	int k = 0;
+	for (; k < n && k < 8; k++) {
+		v[k].iov_base = (uint8_t *)iov[k].iov_base + (k ? 0 : off);
+		v[k].iov_len = iov[k].iov_len - (k ? 0 : off);
+	}
+	const uint8_t *p;
+	ssize_t a = lm_ring_span(l->lower, &p);
+	if (a < (ssize_t)LM_TLS_REC_HDR)
+		return 0;
+	char why[200];
+	long r = lm_tls_rec_open_into(&l->rx, p, (size_t)a, v, k, got, why, sizeof why);
+	if (r < 0)
+		return own_rx_fail(l, r == -EBADMSG, why);
+	if (r == 0)
+		return 0;
+	if (lm_ring_consume(l->lower, (size_t)r) < 0) {
+		snprintf(why, sizeof why, "TLS: receiving from the peer's ring: %s", strerror(errno));
+		return own_rx_fail(l, false, why);
+	}
+	l->ring_opened++;
+	return 1;
+}
+
 static ssize_t io_recv(lm_link_io_t *io, const struct iovec *iov, int n, bool peek)
 {
 	lm_tls_link_t *l = link_of(io);
@@ -1022,29 +1093,42 @@ static ssize_t io_recv(lm_link_io_t *io, const struct iovec *iov, int n, bool pe
 		}
 		return r;
 	}
-	size_t total = 0;
-	for (int i = 0; i < n; i++) {
-		size_t off = 0;
-		while (off < iov[i].iov_len) {
-			uint8_t *d = (uint8_t *)iov[i].iov_base + off;
-			size_t want = iov[i].iov_len - off, got = 0;
-			if (l->look_off < l->look_len) {
-				got = l->look_len - l->look_off < want ? l->look_len - l->look_off : want;
-				memcpy(d, l->look + l->look_off, got);
-				l->look_off += got;
-				if (l->look_off == l->look_len)
-					l->look_off = l->look_len = 0;
-			} else {
-				int r = rx_some(l, d, want, &got);
-				if (r != 1)   /* (an end or a failure after bytes
-					       * is kept for the next call) */
-					return total ? (ssize_t)total : r;
-			}
-			off += got;
-			total += got;
-			if (l->rx_end)
-				return (ssize_t)total;   /* (the end is told next call) */
+	size_t total = 0, off = 0;
+	int i = 0;
+	while (i < n) {
+		if (off == iov[i].iov_len) {
+			i++;
+			off = 0;
+			continue;
 		}
+		uint8_t *d = (uint8_t *)iov[i].iov_base + off;
+		size_t want = iov[i].iov_len - off, got = 0;
+		if (l->look_off < l->look_len) {
+			got = l->look_len - l->look_off < want ? l->look_len - l->look_off : want;
+			memcpy(d, l->look + l->look_off, got);
+			l->look_off += got;
+			if (l->look_off == l->look_len)
+				l->look_off = l->look_len = 0;
+		} else {
+			int r = own_into(l, iov + i, n - i, off, &got);
+			if (r == 0)
+				r = rx_some(l, d, want, &got);
+			if (r != 1)   /* (an end or a failure after bytes is
+				       * kept for the next call) */
+				return total ? (ssize_t)total : r;
+		}
+		total += got;
+		while (got) {                 /* (a record opened into several) */
+			size_t t = iov[i].iov_len - off < got ? iov[i].iov_len - off : got;
+			off += t;
+			got -= t;
+			if (got) {
+				i++;
+				off = 0;
+			}
+		}
+		if (l->rx_end)
+			return (ssize_t)total;       /* (the end is told next call) */
 	}
 	return (ssize_t)total;
 }
@@ -1193,15 +1277,12 @@ static short io_ready(lm_link_io_t *io, short asked, bool wait)
 		else
 			low |= POLLIN;
 	}
-	/* room: nothing held (a send seals into the buffer), else what
-	 * the rings take (held bytes wait for them: never POLLOUT while
-	 * the rings are full, or the engine would spin) */
-	if (asked & POLLOUT) {
-		if (lm_held_bytes(&l->out) == 0)
-			r |= POLLOUT;
-		else
-			low |= POLLOUT;
-	}
+	/* room: what the ring says (records are sealed into it, and held
+	 * bytes from before wait for it: never POLLOUT while it is full, or
+	 * the engine would spin); it waits for as much as the last refused
+	 * record asked */
+	if (asked & POLLOUT)
+		low |= POLLOUT;
 	if (low) {
 		short lr = l->lower->ready(l->lower, low, wait && !r);
 		r |= (short)(lr & (POLLIN | POLLOUT | POLLHUP));
@@ -1474,6 +1555,13 @@ const char *lm_tls_link_records(const lm_tls_link_t *l)
 	if (l->own)
 		return l->tx.gcm.wide ? "lmshim records, AES-GCM with VAES" : "lmshim records, AES-GCM with AES-NI";
 	return l->kernel ? "kernel records" : l->ktx ? "OpenSSL records, sent by the kernel" : "OpenSSL records";
+}
+
+void lm_tls_link_ring_records(const lm_tls_link_t *l, unsigned long long *sealed,
+			      unsigned long long *opened)
+{
+	*sealed = l ? l->ring_sealed : 0;
+	*opened = l ? l->ring_opened : 0;
 }
 
 const char *lm_tls_link_cipher(const lm_tls_link_t *l)

@@ -115,6 +115,12 @@ lm_link_io_t *lm_tls_link_io(lm_tls_link_t *l);
 /* Thread: any. Whose records: "lmshim records, AES-GCM with VAES",
  * "OpenSSL records", "kernel records". */
 const char *lm_tls_link_records(const lm_tls_link_t *l);
+/* Thread: the link's user, or any once it is done. Our records that went
+ * over the rings in one pass: sealed straight into the ring, and opened
+ * straight out of it into the engine's buffers (the others went through
+ * the link's buffers). */
+void lm_tls_link_ring_records(const lm_tls_link_t *l, unsigned long long *sealed,
+			      unsigned long long *opened);
 /* Thread: any. The cipher negotiated ("TLS_AES_256_GCM_SHA384"). */
 const char *lm_tls_link_cipher(const lm_tls_link_t *l);
 /* Thread: any. True once a record failed its authentication (the stream
