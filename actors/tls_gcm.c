@@ -269,16 +269,23 @@ static T_WIDE __m128i ghash_wide(const lm_gcm_t *g, __m128i acc, const uint8_t *
 	return acc;
 }
 
+/* The round keys in every lane (rk), and the four counter blocks from r
+ * (reflected) in one register. */
+static T_WIDE inline __m512i wide_setup(const lm_gcm_t *g, __m128i r, __m512i rk[15])
+{
+	for (int j = 0; j <= g->nr; j++)
+		rk[j] = _mm512_broadcast_i32x4(_mm_load_si128((const __m128i *)g->rk[j]));
+	return _mm512_add_epi32(_mm512_broadcast_i32x4(r),
+				_mm512_set_epi32(0, 0, 0, 3, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 0));
+}
+
 /* The first multiple of 16 blocks from counter *r; *r and *nb advance. */
 static T_WIDE void ctr_wide(const lm_gcm_t *g, __m128i *r, const uint8_t **in, uint8_t **out, size_t *nb)
 {
 	const int nr = g->nr;
 	__m512i rk[15];
-	for (int j = 0; j <= nr; j++)
-		rk[j] = _mm512_broadcast_i32x4(_mm_load_si128((const __m128i *)g->rk[j]));
+	__m512i c = wide_setup(g, *r, rk);
 	const __m512i inc = _mm512_set_epi32(0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4);
-	__m512i c = _mm512_add_epi32(_mm512_broadcast_i32x4(*r),
-				     _mm512_set_epi32(0, 0, 0, 3, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 0));
 	const uint8_t *i = *in;
 	uint8_t *o = *out;
 	size_t n = *nb;
@@ -404,11 +411,8 @@ static T_WIDE void run_wide(const lm_gcm_t *g, __m128i *accp, __m128i *rp, const
 {
 	const int nr = g->nr;
 	__m512i rk[15];
-	for (int j = 0; j <= nr; j++)
-		rk[j] = _mm512_broadcast_i32x4(_mm_load_si128((const __m128i *)g->rk[j]));
+	__m512i c = wide_setup(g, *rp, rk);
 	const __m512i inc = _mm512_set_epi32(0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4);
-	__m512i c = _mm512_add_epi32(_mm512_broadcast_i32x4(*rp),
-				     _mm512_set_epi32(0, 0, 0, 3, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 0));
 	__m128i acc = *accp;
 	wout_t o;
 	wout_init(&o, out, nt);
