@@ -213,9 +213,16 @@ long lm_tls_rec_open_into(lm_tls_dir_t *d, const uint8_t *buf, size_t have, cons
 	uint8_t nonce[LM_GCM_NONCE];
 	nonce_of(d, nonce);
 	lm_gcm_run_begin(&d->gcm, &r, nonce, h, sizeof h);
-	for (size_t off = 0, i = 0; off < direct; i++) {
-		size_t len = iov[i].iov_len < direct - off ? iov[i].iov_len : direct - off;
-		lm_gcm_run_open(&d->gcm, &r, ct + off, iov[i].iov_base, len, true);
+	for (size_t off = 0, i = 0; off < direct;) {
+		/* pieces that follow each other in memory (a run of guest
+		 * pages) in one call */
+		uint8_t *to = iov[i].iov_base;
+		size_t len = 0;
+		do {
+			len += iov[i].iov_len < direct - off - len ? iov[i].iov_len : direct - off - len;
+			i++;
+		} while (off + len < direct && (uint8_t *)iov[i].iov_base == to + len);
+		lm_gcm_run_open(&d->gcm, &r, ct + off, to, len, true);
 		off += len;
 	}
 	lm_gcm_run_open(&d->gcm, &r, end, pt, rest, false);
