@@ -381,6 +381,13 @@ static void duplex_end(struct duplex *d)
 static void check_records(lm_tls_link_t *l, bool openssl)
 {
 	const char *r = lm_tls_link_records(l);
+	/* a kernel with a tls module may take the sending side alone
+	 * (OpenSSL 3.0 seals TLS 1.3 in the kernel, opens it itself): then
+	 * OpenSSL's records both ways, the duplex below their test */
+	if (!strcmp(r, "OpenSSL records, sent by the kernel")) {
+		printf("# kernel TLS one way here: %s\n", r);
+		return;
+	}
 	if (openssl || !lm_gcm_available())
 		assert_string_equal(r, "OpenSSL records");
 	else
