@@ -21,8 +21,10 @@
  * in the handshake to move the stream into shared-memory rings
  * (hcs/ring_link.h; the socket then rings), which the link's calls and
  * its poll go through; a checksummed batch is then copied into the ring
- * and summed in one pass (send_summed_ring), and out of it the same way
- * (recv_summed_ring).
+ * and summed in one pass (send_summed_direct), and out of it the same way
+ * (recv_summed_ring). Over TCP a checksummed batch is made the same way in
+ * the source's buffer of copies (link_copy_send's), which the socket
+ * takes from there.
  *
  * Destination: validates the hello against its own VM, then reads each
  * batch's descriptors, validates every pfn/length against its regions
@@ -964,15 +966,48 @@ static void batch_reset(struct lm__xfer *x)
 	x->data_bytes = 0;
 }
 
-/* A checksummed batch over the rings themselves (x->ring_direct): each
- * run of pages is copied into the ring and summed in the same pass
+/* A checksummed batch made in place: in the ring itself (x->ring_direct)
+ * or, over TCP, in the buffer of copies (x->cbuf, which the socket then
+ * takes): each run of pages is copied there and summed in the same pass
  * (lm_hash64_copy_pages), so a page is read once and its sum is of the
  * bytes sent, not of the page as it is a moment before; the header,
  * with the sums, then goes in front of them, and the whole record is
  * published at once. The layout is a batch's as on any link
- * (PROTOCOL.md). The ring was made for the largest record of this
- * batch size (ring_src_bytes). */
-static int send_summed_ring(struct lm__xfer *x, size_t dlen)
+ * (PROTOCOL.md). Both were made for the largest record of this batch
+ * size (record_max). Into the ring the stores bypass the cache (the
+ * other core reads it next); into the buffer they do not (this core's
+ * send() reads it next). */
+static uint8_t *direct_reserve(struct lm__xfer *x, size_t total)
+{
+	if (x->ring_direct)
+		return lm_ring_reserve(x->o.io, total);
+	int rc = lm_held_room(&x->cbuf, x->sock, total);
+	if (rc < 0) {
+		errno = -rc;
+		return NULL;
+	}
+	return lm_held_tail(&x->cbuf);
+}
+
+/* How far the peer has taken what this side made in place: the ring's
+ * room, or the buffer's bytes not yet sent (growing room, falling
+ * bytes: the link moving, as a socket's partial write would say). */
+static size_t direct_room(struct lm__xfer *x)
+{
+	return x->ring_direct ? lm_ring_room(x->o.io) : x->cbuf.cap - lm_held_bytes(&x->cbuf);
+}
+
+static int direct_commit(struct lm__xfer *x, size_t total)
+{
+	if (x->ring_direct)
+		return lm_ring_commit(x->o.io, total);
+	lm_held_put(&x->cbuf, total);
+	if (x->cbuf.len >= x->cbuf.send_at)
+		(void)lm_held_drain(&x->cbuf, x->sock);   /* (a failure: the next call's) */
+	return 0;
+}
+
+static int send_summed_direct(struct lm__xfer *x, size_t dlen)
 {
 	uint8_t *p = x->hdrbuf + sizeof(lm_xf_rec_t);
 	uint64_t *ps = (uint64_t *)(p + dlen + LM_XF_SUM_LEN);
@@ -987,18 +1022,17 @@ static int send_summed_ring(struct lm__xfer *x, size_t dlen)
 		return rc;
 	uint64_t t_send = lm_now_ns(), b_send = x->st.bytes_sent;
 	uint8_t *w;
-	size_t room = lm_ring_room(x->o.io);
-	while (!(w = lm_ring_reserve(x->o.io, total))) {
+	size_t room = direct_room(x);
+	while (!(w = direct_reserve(x, total))) {
 		if (errno != EAGAIN)
 			return send_failed(x, -errno);
-		if ((rc = send_blocked(x)) < 0)
-			return rc;
-		/* the peer reading the ring is the link moving, as a
-		 * socket's partial write would say (the stall bound) */
-		size_t now_room = lm_ring_room(x->o.io);
+		/* the peer taking bytes is the link moving (the stall bound) */
+		size_t now_room = direct_room(x);
 		if (now_room > room)
 			x->last_tx_ns = lm_now_ns();
 		room = now_room;
+		if ((rc = send_blocked(x)) < 0)
+			return rc;
 	}
 	uint8_t *dst = w + sizeof(lm_xf_rec_t) + head;
 	nsums = 0;
@@ -1006,7 +1040,7 @@ static int send_summed_ring(struct lm__xfer *x, size_t dlen)
 		const lm_xf_page_t *d = &x->descs[i];
 		const struct iovec *v = &x->iov[vi];
 		if (d->flags == LM_XF_PG_RAW) {
-			lm_hash64_copy_pages(dst, v->iov_base, d->len, ps + nsums, true);
+			lm_hash64_copy_pages(dst, v->iov_base, d->len, ps + nsums, x->ring_direct);
 			nsums += d->len;
 		} else if (d->flags == LM_XF_PG_LZ4) {
 			memcpy(dst, v->iov_base, v->iov_len); /* our own buffer */
@@ -1025,7 +1059,7 @@ static int send_summed_ring(struct lm__xfer *x, size_t dlen)
 	/* test hook "transfer.corrupt", as below: after the sums */
 	if (x->niov > 1 && x->iov[1].iov_len > 7 && LM_FAULT("transfer.corrupt") < 0)
 		w[sizeof(h) + head + 7] ^= 0x10;
-	if (lm_ring_commit(x->o.io, total) < 0)
+	if (direct_commit(x, total) < 0)
 		return send_failed(x, -errno);
 	x->st.bytes_sent += total;
 	x->last_tx_ns = lm_now_ns();
@@ -1040,8 +1074,8 @@ static int batch_flush(struct lm__xfer *x)
 	size_t dlen = x->ndesc * sizeof(lm_xf_page_t);
 	uint8_t *p = x->hdrbuf + sizeof(lm_xf_rec_t);
 	memcpy(p, x->descs, dlen);
-	if (x->o.checksum && x->ring_direct) {
-		int rc = send_summed_ring(x, dlen);
+	if (x->o.checksum && (x->ring_direct || x->cbuf.buf)) {
+		int rc = send_summed_direct(x, dlen);
 		batch_reset(x);
 		if (rc == 0)
 			maybe_progress(x);
@@ -1429,16 +1463,22 @@ bool lm__xf_link_lendable(const struct lm__xfer *x)
 #define RING_SRC_BYTES (4u << 20)
 #define RING_DST_BYTES (256u << 10)
 
+/* The largest PAGES record of this batch size: header, descriptors,
+ * sums, data. */
+static size_t record_max(const struct lm__xfer *x)
+{
+	uint64_t b = x->o.batch_bytes;
+	return sizeof(lm_xf_rec_t) + LM_XF_MAX_DESCS * sizeof(lm_xf_page_t) + LM_XF_SUM_LEN +
+	       (b / LM_PAGE_SIZE + LM_XF_MAX_DESCS) * sizeof(uint64_t) + b;
+}
+
 /* The source's ring: RING_SRC_BYTES, or more when its batches are large,
- * so that a checksummed PAGES record, made in place (send_summed_ring),
+ * so that a checksummed PAGES record, made in place (send_summed_direct),
  * always fits in half of it (lm_ring_reserve); 64 MiB at most holds
  * LM_XF_MAX_DATA's. */
 static size_t ring_src_bytes(const struct lm__xfer *x)
 {
-	uint64_t b = x->o.batch_bytes;
-	uint64_t rec = sizeof(lm_xf_rec_t) + LM_XF_MAX_DESCS * sizeof(lm_xf_page_t) + LM_XF_SUM_LEN +
-		       (b / LM_PAGE_SIZE + LM_XF_MAX_DESCS) * sizeof(uint64_t) + b;
-	size_t size = RING_SRC_BYTES;
+	size_t rec = record_max(x), size = RING_SRC_BYTES;
 	while (size < 2 * rec && size < LM_RING_MAX)
 		size *= 2;
 	return size;
@@ -1459,7 +1499,7 @@ static bool ring_able(const struct lm__xfer *x)
 
 /* Whether the source offers them: under a record layer (TLS), whose
  * sealed records the socket would copy twice more; with checksums, whose
- * pages each side then copies and sums in one pass (send_summed_ring,
+ * pages each side then copies and sums in one pass (send_summed_direct,
  * recv_summed_ring: on the socket each side reads every page once more
  * for its sums); or on a plain link whose pages cannot be spliced
  * (vmsplice refused here), which would send them by copy through the
@@ -3004,8 +3044,10 @@ static int xfer_init(struct lm__xfer **out, enum lm__xfer_role role,
 	socklen_t sslen = sizeof(ss);
 	bool tcp = getsockname(sock, (struct sockaddr *)&ss, &sslen) == 0 &&
 		   (ss.ss_family == AF_INET || ss.ss_family == AF_INET6);
+	/* (checksummed, a whole record is made in it: send_summed_direct) */
+	size_t cbuf_cap = x->o.checksum && 2 * record_max(x) > CBUF_CAP ? 2 * record_max(x) : CBUF_CAP;
 	if (role == LM_XFER_SOURCE && !x->vmm && !x->o.io && tcp &&
-	    lm_held_init(&x->cbuf, CBUF_CAP, CBUF_SEND) < 0) {
+	    lm_held_init(&x->cbuf, cbuf_cap, CBUF_SEND) < 0) {
 		rc = -ENOMEM;
 		goto fail;
 	}
