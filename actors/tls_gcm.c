@@ -399,19 +399,27 @@ static T_WIDE inline void gh4(__m512i ct, __m512i acc, const uint8_t *hp, const 
 	*mid = _mm512_xor_si512(*mid, _mm512_clmulepi64_epi128(xk, k, 0x00));
 }
 
-/* len bytes of in to out from counter block *rp (reflected), their
+/* A loaded register the compiler must keep: it may not load the same
+ * bytes again for a second use (a peer's ring changes under us), which
+ * it could otherwise do, the memory being the same for all it knows. */
+static T_WIDE inline __m512i once(__m512i v)
+{
+	__asm__("" : "+v"(v));
+	return v;
+}
+
+/* len bytes of in to out from counter block r (reflected), their
  * ciphertext (what is loaded when opening, what is stored when sealing)
- * into the GHASH *accp; both advance. Every byte of in is loaded once,
- * into the register both halves use (the stores in between may alias
- * in, so the compiler cannot load it again). GHASH is reduced once per
+ * into the GHASH *accp, which advances. Every byte of in is loaded once,
+ * into the register both halves use (once()). GHASH is reduced once per
  * 64 blocks (the powers H^m..H^1 for a chunk of m); what is left under
  * four blocks goes through one masked register. */
-static T_WIDE void run_wide(const lm_gcm_t *g, __m128i *accp, __m128i *rp, const uint8_t *in,
+static T_WIDE void run_wide(const lm_gcm_t *g, __m128i *accp, __m128i r, const uint8_t *in,
 			    uint8_t *out, size_t len, bool nt, bool open)
 {
 	const int nr = g->nr;
 	__m512i rk[15];
-	__m512i c = wide_setup(g, *rp, rk);
+	__m512i c = wide_setup(g, r, rk);
 	const __m512i inc = _mm512_set_epi32(0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4);
 	__m128i acc = *accp;
 	wout_t o;
@@ -440,7 +448,7 @@ static T_WIDE void run_wide(const lm_gcm_t *g, __m128i *accp, __m128i *rp, const
 			}
 #define ONE(x, i)                                                                                  \
 	do {                                                                                       \
-		__m512i v = _mm512_loadu_si512((const void *)(in + 64 * (i)));                     \
+		__m512i v = once(_mm512_loadu_si512((const void *)(in + 64 * (i))));               \
 		__m512i y = _mm512_xor_si512(_mm512_aesenclast_epi128(x, rk[nr]), v);               \
 		wput(&o, y);                                                                       \
 		gh4(open ? v : y, a, hp + 16 * (k + 4 * (i)), hk + 16 * (k + 4 * (i)), &lo, &mid, &hi); \
@@ -457,7 +465,7 @@ static T_WIDE void run_wide(const lm_gcm_t *g, __m128i *accp, __m128i *rp, const
 			c = _mm512_add_epi32(c, inc);
 			for (int j = 1; j < nr; j++)
 				x = _mm512_aesenc_epi128(x, rk[j]);
-			__m512i v = _mm512_loadu_si512((const void *)in);
+			__m512i v = once(_mm512_loadu_si512((const void *)in));
 			__m512i y = _mm512_xor_si512(_mm512_aesenclast_epi128(x, rk[nr]), v);
 			wput(&o, y);
 			gh4(open ? v : y, a, hp + 16 * k, hk + 16 * k, &lo, &mid, &hi);
@@ -471,7 +479,7 @@ static T_WIDE void run_wide(const lm_gcm_t *g, __m128i *accp, __m128i *rp, const
 	size_t rest = nb * 16 + len % 16;       /* under 64 bytes */
 	if (rest) {
 		__mmask64 mk = (1ull << rest) - 1;
-		__m512i v = _mm512_maskz_loadu_epi8(mk, (const void *)in);
+		__m512i v = once(_mm512_maskz_loadu_epi8(mk, (const void *)in));
 		__m512i x = _mm512_xor_si512(bswap512(c), rk[0]);
 		for (int j = 1; j < nr; j++)
 			x = _mm512_aesenc_epi128(x, rk[j]);
@@ -492,7 +500,6 @@ static T_WIDE void run_wide(const lm_gcm_t *g, __m128i *accp, __m128i *rp, const
 	if (o.mode != W_CACHED)
 		_mm_sfence();                 /* the streamed stores before what follows */
 	*accp = acc;
-	*rp = _mm_add_epi32(*rp, _mm_cvtsi32_si128((int)(uint32_t)((len + 15) / 16)));
 	_mm256_zeroupper();
 }
 
@@ -632,7 +639,7 @@ static T_NI void run(const lm_gcm_t *g, lm_gcm_run_t *r, const uint8_t *in, uint
 	__m128i acc = _mm_loadu_si128((const __m128i *)r->acc);
 	__m128i c = ctr_base(r->nonce, r->len / 16);
 	if (g->wide)
-		run_wide(g, &acc, &c, in, out, len, nt, open);
+		run_wide(g, &acc, c, in, out, len, nt, open);
 	else
 		run_ni(g, &acc, &c, in, out, len, open);
 	_mm_storeu_si128((__m128i *)r->acc, acc);

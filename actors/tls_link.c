@@ -743,9 +743,8 @@ static void out_method_make(void)
 /* ---- our records (tls_record.h) ------------------------------------------------ */
 
 /* Seals up to one record of p into the output buffer, or over the
- * rings straight into the ring, in one pass with streamed stores (after
- * what the output buffer still holds from before): 1 (*w: how much), or
- * -1 with errno (EAGAIN: no room until the socket or the peer drains;
+ * rings straight into the ring, in one pass with streamed stores: 1 (*w:
+ * how much), or -1 with errno (EAGAIN: no room until the socket or the peer drains;
  * else the link failed). */
 static int own_tx(lm_tls_link_t *l, uint8_t type, const uint8_t *p, size_t len, size_t *w)
 {
@@ -756,10 +755,7 @@ static int own_tx(lm_tls_link_t *l, uint8_t type, const uint8_t *p, size_t len, 
 		errno = EPIPE;
 		return -1;
 	}
-	if (l->lower) {
-		int rc = out_drain(l);
-		if (rc < 0)
-			return out_failed(l, rc);
+	if (l->lower) {              /* (nothing is held: io_over_rings) */
 		uint8_t *d = lm_ring_reserve(l->lower, len + LM_TLS_REC_OVERHEAD);
 		if (!d) {
 			if (errno != EAGAIN) {
@@ -1169,23 +1165,22 @@ static void lower_wait_room(lm_tls_link_t *l, int fd)
 		l->lower->rung(l->lower);
 }
 
-/* io_shutdown_wr over the rings: the alert and what is held, within the
- * same bounds as on the socket, then the rings' end (the socket stays:
- * the peer's ring still rings it). */
+/* io_shutdown_wr over the rings: the alert, sealed into the ring, within
+ * the same bound as on the socket (a second without the peer taking a
+ * byte, five in all), then the rings' end (the socket stays: the peer's
+ * ring still rings it). Nothing is held over the rings: own_tx seals
+ * into the ring or refuses. */
 static void lower_shutdown_wr(lm_tls_link_t *l, int fd)
 {
 	static const uint8_t notify[2] = { 1, 0 };   /* warning, close_notify */
-	for (int k = 0; k < 20; k++) {
+	size_t room = lm_ring_room(l->lower);
+	uint64_t end = lm_now_ns() + 5000000000ull;
+	for (int k = 0; k < 20 && lm_now_ns() < end; k++) {
 		size_t w = 0;
 		if (own_tx(l, LM_TLS_CT_ALERT, notify, sizeof notify, &w) == 1 || errno != EAGAIN)
 			break;
-		lower_wait_room(l, fd);
-	}
-	size_t left = lm_held_bytes(&l->out);
-	uint64_t end = lm_now_ns() + 5000000000ull;
-	for (int k = 0; k < 20 && out_drain(l) == -EAGAIN && lm_now_ns() < end; k++) {
-		if (lm_held_bytes(&l->out) < left) {
-			left = lm_held_bytes(&l->out);
+		if (lm_ring_room(l->lower) > room) {    /* the peer reads: a new second */
+			room = lm_ring_room(l->lower);
 			k = 0;
 		}
 		lower_wait_room(l, fd);
@@ -1237,13 +1232,6 @@ static void io_release(lm_link_io_t *io)
 
 /* ---- over the rings (hcs/ring_link.h) ------------------------------------------------- */
 
-static ssize_t lower_sink(void *arg, const void *buf, size_t len)
-{
-	lm_tls_link_t *l = arg;
-	struct iovec v = { (void *)buf, len };
-	return l->lower->send(l->lower, &v, 1);
-}
-
 static int io_pass_fd(lm_link_io_t *io, int fd)
 {
 	lm_tls_link_t *l = link_of(io);
@@ -1277,10 +1265,9 @@ static short io_ready(lm_link_io_t *io, short asked, bool wait)
 		else
 			low |= POLLIN;
 	}
-	/* room: what the ring says (records are sealed into it, and held
-	 * bytes from before wait for it: never POLLOUT while it is full, or
-	 * the engine would spin); it waits for as much as the last refused
-	 * record asked */
+	/* room: what the ring says (records are sealed into it: never
+	 * POLLOUT while it is full, or the engine would spin); it waits for
+	 * as much as the last refused record asked */
 	if (asked & POLLOUT)
 		low |= POLLOUT;
 	if (low) {
@@ -1313,8 +1300,6 @@ static int io_over_rings(lm_link_io_t *io, lm_link_io_t *rings)
 		}
 	l->roff = l->rlen = 0;
 	l->lower = rings;
-	l->out.sink = lower_sink;
-	l->out.sink_arg = l;
 	l->io.ready = io_ready;
 	l->io.rung = io_rung;
 	return 0;

@@ -35,12 +35,10 @@ int lm_held_drain(lm_held_t *h, int fd)
 	while (h->off < h->len) {
 		const uint8_t *p = h->buf + h->off;
 		size_t n = h->len - h->off;
-		ssize_t w = h->sink ? h->sink(h->sink_arg, p, n)
-			  : h->pass_fd >= 0 ? lm_fd_send(fd, &(struct iovec){ (void *)p, n }, 1, h->pass_fd)
+		ssize_t w = h->pass_fd >= 0 ? lm_fd_send(fd, &(struct iovec){ (void *)p, n }, 1, h->pass_fd)
 			  : send(fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
-		if (w > 0 && !h->sink)
-			h->pass_fd = -1;
 		if (w > 0) {
+			h->pass_fd = -1;
 			h->off += (size_t)w;
 			continue;
 		}

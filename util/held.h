@@ -25,10 +25,6 @@ typedef struct lm_held {
 	size_t cap, send_at;  /* sent once send_at bytes are there */
 	size_t off, len;      /* buf[off, len): still to send */
 	int err;              /* a send failed: -errno, for good */
-	/* where the bytes go instead of send() to the socket (NULL: there):
-	 * a layer below (the rings of hcs/ring_link.h), as send() answers */
-	ssize_t (*sink)(void *arg, const void *buf, size_t len);
-	void *sink_arg;
 	int pass_fd;          /* >= 0: rides the next send() to the socket
 				 (SCM_RIGHTS, not owned), then -1 */
 } lm_held_t;
