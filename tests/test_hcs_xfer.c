@@ -895,9 +895,18 @@ static void test_corrupted_batch_with_checksums_is_dataloss_and_source_intact(vo
 }
 
 /* The source's events, arming transfer.corrupt when the blackout starts:
- * the next batch, the first the guest cannot be writing, flips a bit. */
+ * the next batch, the first the guest cannot be writing, flips a bit. At
+ * the first progress, before the pause, the guest is given time to write
+ * some pages (on a busy host its thread may not have run during the first
+ * pass), so that the blackout has pages to send. */
+static lm_vm_t *blackout_guest;
+
 static void corrupt_at_blackout(void *arg, const lm__xfer_event_t *e)
 {
+	if (e->type == LM_XEV_PROGRESS && blackout_guest) {
+		(void)wait_pages_written(blackout_guest, 16);
+		blackout_guest = NULL;
+	}
 	if (e->type == LM_XEV_BLACKOUT_STARTED)
 		assert_int_equal(lm_fault_arm("transfer.corrupt:errno=EIO:times=1"), 0);
 	ht_on_event(arg, e);
@@ -921,6 +930,7 @@ static void test_a_corrupted_blackout_page_is_dataloss_at_once(void **state)
 	start_running(m.src, true);
 	ht_log_init(&m.ls);
 	ht_log_init(&m.ld);
+	blackout_guest = m.src;
 	assert_int_equal(lm__xfer_create(&m.xd, LM_XFER_DEST, ops, m.dst, sv[1], &o, ht_on_event, &m.ld), 0);
 	assert_int_equal(lm__xfer_create(&m.xs, LM_XFER_SOURCE, ops, m.src, sv[0], &o, corrupt_at_blackout, &m.ls), 0);
 	mig_go_join(&m);
