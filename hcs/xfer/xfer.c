@@ -773,6 +773,17 @@ static void send_done(struct lm__xfer *x, uint64_t t_send, uint64_t b_send)
 	}
 }
 
+/* The record just sent whole in the kernel, as for a plain link: what a
+ * layer or the buffer of copies holds goes now (hcs/link_io.h). */
+static int flush_record(struct lm__xfer *x)
+{
+	int rc;
+	while ((rc = lm__xf_link_flush(x)) == -EAGAIN)
+		if ((rc = send_blocked(x)) < 0)
+			return rc;
+	return rc < 0 ? send_failed(x, rc) : 0;
+}
+
 /* Sends all of iov (modified). The source also watches for a message from
  * the destination (an ABORT) while it waits. */
 static int send_iov(struct lm__xfer *x, struct iovec *iov, unsigned n)
@@ -810,12 +821,8 @@ static int send_iov(struct lm__xfer *x, struct iovec *iov, unsigned n)
 		if ((rc = send_blocked(x)) < 0)
 			return rc;
 	}
-	/* the record whole in the kernel, as for a plain link */
-	while ((rc = lm__xf_link_flush(x)) == -EAGAIN)
-		if ((rc = send_blocked(x)) < 0)
-			return rc;
-	if (rc < 0)
-		return send_failed(x, rc);
+	if ((rc = flush_record(x)) < 0)
+		return rc;
 	send_done(x, t_send, b_send);
 	return 0;
 }
@@ -1002,9 +1009,7 @@ static int direct_commit(struct lm__xfer *x, size_t total)
 	if (x->ring_direct)
 		return lm_ring_commit(x->o.io, total);
 	lm_held_put(&x->cbuf, total);
-	if (x->cbuf.len >= x->cbuf.send_at)
-		(void)lm_held_drain(&x->cbuf, x->sock);   /* (a failure: the next call's) */
-	return 0;
+	return 0;                     /* (flush_record sends it) */
 }
 
 static int send_summed_direct(struct lm__xfer *x, size_t dlen)
@@ -1061,6 +1066,8 @@ static int send_summed_direct(struct lm__xfer *x, size_t dlen)
 		w[sizeof(h) + head + 7] ^= 0x10;
 	if (direct_commit(x, total) < 0)
 		return send_failed(x, -errno);
+	if (!x->ring_direct && (rc = flush_record(x)) < 0)
+		return rc;
 	x->st.bytes_sent += total;
 	x->last_tx_ns = lm_now_ns();
 	send_done(x, t_send, b_send);
