@@ -9,8 +9,9 @@
  * seal from guest memory into the output buffer below (or the ring) and
  * open in a receive buffer of RBUF_CAP, authenticated before any byte of
  * a record is decrypted into the engine's buffers (or, out of the ring,
- * authenticated as they are decrypted and counted after); an alert (close_notify) or a
- * post-handshake message arrives as a record of its own type. Elsewhere
+ * authenticated as they are decrypted and counted after); an alert
+ * (close_notify) or a post-handshake message arrives as a record of its
+ * own type. Elsewhere
  * it is the SSL object itself. Either way the engine thread uses it
  * alone once the link is handed over: send seals records straight
  * from the engine's buffers (guest memory: runs of 4 KiB or more go as
@@ -34,8 +35,8 @@
  * link passes a ring's memfd with the bytes it puts on the socket
  * (pass_fd) and keeps one that came with the bytes it read (take_fd).
  * Over the rings each record is sealed straight into the ring (reserved,
- * sealed in one pass with streamed stores, committed; what the output
- * buffer held from before goes first), and each record the engine's
+ * sealed in one pass with streamed stores, committed; nothing is held in
+ * the output buffer then), and each record the engine's
  * receive can take whole is opened straight out of the ring into the
  * engine's buffers in one pass (own_into: every byte of the ring read
  * once, the record counted only once its tag checks). The others are
@@ -744,8 +745,8 @@ static void out_method_make(void)
 
 /* Seals up to one record of p into the output buffer, or over the
  * rings straight into the ring, in one pass with streamed stores: 1 (*w:
- * how much), or -1 with errno (EAGAIN: no room until the socket or the peer drains;
- * else the link failed). */
+ * how much), or -1 with errno (EAGAIN: no room until the socket or the
+ * peer drains; else the link failed). */
 static int own_tx(lm_tls_link_t *l, uint8_t type, const uint8_t *p, size_t len, size_t *w)
 {
 	if (len > LM_TLS_REC_PLAIN_MAX)
@@ -756,18 +757,21 @@ static int own_tx(lm_tls_link_t *l, uint8_t type, const uint8_t *p, size_t len, 
 		return -1;
 	}
 	if (l->lower) {              /* (nothing is held: io_over_rings) */
+		char why[200];
 		uint8_t *d = lm_ring_reserve(l->lower, len + LM_TLS_REC_OVERHEAD);
 		if (!d) {
 			if (errno != EAGAIN) {
-				char why[200];
-				snprintf(why, sizeof why, "TLS: sending to the peer: %s", strerror(errno));
+				snprintf(why, sizeof why, "TLS: sending to the peer: reserving a record of %zu "
+					 "bytes in the ring: %s", len + LM_TLS_REC_OVERHEAD, strerror(errno));
 				link_fail(l, false, why);
 			}
 			return -1;
 		}
 		size_t n = lm_tls_rec_seal(&l->tx, type, p, len, d, true);
 		if (lm_ring_commit(l->lower, n) < 0) {
-			link_fail(l, false, "TLS: sending to the peer: the ring refused a record");
+			snprintf(why, sizeof why, "TLS: sending to the peer: committing a record of %zu "
+				 "bytes to the ring: %s", n, strerror(errno));
+			link_fail(l, false, why);
 			return -1;
 		}
 		l->ring_sealed++;
@@ -912,6 +916,21 @@ static bool own_readable(lm_tls_link_t *l)
 
 /* ---- the engine's calls ------------------------------------------------------------ */
 
+/* The cursor (*i, *off) into iov moved past w bytes; it may stop at the
+ * end of a piece (the next step moves on). */
+static void iov_past(const struct iovec *iov, int *i, size_t *off, size_t w)
+{
+	while (w) {
+		size_t t = iov[*i].iov_len - *off < w ? iov[*i].iov_len - *off : w;
+		*off += t;
+		w -= t;
+		if (w) {
+			(*i)++;
+			*off = 0;
+		}
+	}
+}
+
 static ssize_t io_send(lm_link_io_t *io, const struct iovec *iov, int n)
 {
 	lm_tls_link_t *l = link_of(io);
@@ -966,15 +985,7 @@ static ssize_t io_send(lm_link_io_t *io, const struct iovec *iov, int n)
 			return f;
 		}
 		total += w;
-		while (w) {                           /* past what went */
-			size_t t = iov[i].iov_len - off < w ? iov[i].iov_len - off : w;
-			off += t;
-			w -= t;
-			if (off == iov[i].iov_len && i + 1 < n) {
-				i++;
-				off = 0;
-			}
-		}
+		iov_past(iov, &i, &off, w);
 	}
 	(void)out_drain(l);           /* (what stays is the engine's to flush) */
 	return (ssize_t)total;
@@ -1042,8 +1053,8 @@ static ssize_t look_fill(lm_tls_link_t *l, size_t want)
  * or nothing read ahead may be pending. */
 static int own_into(lm_tls_link_t *l, const struct iovec *iov, int n, size_t off, size_t *got)
 {
-	if (!l->lower || !l->own || (l->cur_open && l->cur_off < l->cur.len) || l->roff < l->rlen)
-		return 0;
+	if (!l->lower || (l->cur_open && l->cur_off < l->cur.len) || l->roff < l->rlen)
+		return 0;             /* (lower: our records, io_over_rings) */
 	struct iovec v[8];
 	int k = 0;
 	for (; k < n && k < 8; k++) {
@@ -1114,15 +1125,7 @@ static ssize_t io_recv(lm_link_io_t *io, const struct iovec *iov, int n, bool pe
 				return total ? (ssize_t)total : r;
 		}
 		total += got;
-		while (got) {                 /* (a record opened into several) */
-			size_t t = iov[i].iov_len - off < got ? iov[i].iov_len - off : got;
-			off += t;
-			got -= t;
-			if (got) {
-				i++;
-				off = 0;
-			}
-		}
+		iov_past(iov, &i, &off, got);   /* (a record opened into several) */
 		if (l->rx_end)
 			return (ssize_t)total;       /* (the end is told next call) */
 	}
